@@ -1,0 +1,125 @@
+//! The outcome types every job ends with (the failure-semantics contract).
+
+use billiard_plugin_api::Status;
+use serde::{Deserialize, Serialize};
+
+/// The kind of a failed job. The names (`as_str`) are a contract: the CLI
+/// prints them and outside tools match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The task panicked; the worker survived.
+    Panic,
+    /// The task returned `Err`.
+    TaskError,
+    /// The arguments did not decode into the task's types.
+    BadArgs,
+    /// No such task (or plugin).
+    UnknownTask,
+    /// The worker died mid-job; it was replaced.
+    WorkerLost,
+    /// The task passed its soft limit and stopped cooperatively.
+    SoftTimeLimit,
+    /// The hard limit passed; the worker was killed and replaced.
+    TimeLimit,
+    /// The job was cancelled or its worker terminated on request.
+    Terminated,
+    /// The plugin could not be loaded.
+    PluginLoad,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Panic,
+        ErrorKind::TaskError,
+        ErrorKind::BadArgs,
+        ErrorKind::UnknownTask,
+        ErrorKind::WorkerLost,
+        ErrorKind::SoftTimeLimit,
+        ErrorKind::TimeLimit,
+        ErrorKind::Terminated,
+        ErrorKind::PluginLoad,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Panic => "panic",
+            ErrorKind::TaskError => "task_error",
+            ErrorKind::BadArgs => "bad_args",
+            ErrorKind::UnknownTask => "unknown_task",
+            ErrorKind::WorkerLost => "worker_lost",
+            ErrorKind::SoftTimeLimit => "soft_time_limit",
+            ErrorKind::TimeLimit => "time_limit",
+            ErrorKind::Terminated => "terminated",
+            ErrorKind::PluginLoad => "plugin_load",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The kind of a non-`Ok` status reported by a plugin.
+    pub fn from_status(status: Status) -> Option<ErrorKind> {
+        Some(match status {
+            Status::Ok => return None,
+            Status::Panic => ErrorKind::Panic,
+            Status::TaskError => ErrorKind::TaskError,
+            Status::BadArgs => ErrorKind::BadArgs,
+            Status::UnknownTask => ErrorKind::UnknownTask,
+            Status::SoftTimeLimit => ErrorKind::SoftTimeLimit,
+            Status::Terminated => ErrorKind::Terminated,
+        })
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job that did not produce a value: its kind and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct TaskError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        TaskError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_the_contract() {
+        let names: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "panic",
+                "task_error",
+                "bad_args",
+                "unknown_task",
+                "worker_lost",
+                "soft_time_limit",
+                "time_limit",
+                "terminated",
+                "plugin_load"
+            ]
+        );
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+}

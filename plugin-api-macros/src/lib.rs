@@ -1,0 +1,304 @@
+//! Procedural macros of `billiard-plugin-api`. Plugin authors use them
+//! through that crate: `billiard_plugin_api::task`.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, ToTokens};
+use syn::{
+    parse_macro_input, spanned::Spanned, FnArg, GenericArgument, ItemFn, Pat, PathArguments,
+    ReturnType, Type,
+};
+
+/// Turns an ordinary function into a billiard task.
+///
+/// Arguments are decoded positionally from the job's argument tuple (any
+/// owned serde type); a `&TaskContext` argument, anywhere in the list, is
+/// supplied by the host instead. The function may return `T` or
+/// `Result<T, E>` with `E: Display` (an `Err` becomes a `task_error`).
+/// The doc comment becomes the task's documentation in `inspect`.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(Span::call_site(), "#[task] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let func = parse_macro_input!(item as ItemFn);
+    match expand_task(&func) {
+        Ok(ts) => ts.into(),
+        Err(e) => {
+            let mut ts = e.to_compile_error();
+            func.to_tokens(&mut ts);
+            ts.into()
+        }
+    }
+}
+
+/// `Vec<u8>` travels as a byte string; other types as they are.
+fn is_vec_u8(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let Some(last) = p.path.segments.last() else {
+        return false;
+    };
+    if last.ident != "Vec" {
+        return false;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    matches!(args.args.first(), Some(GenericArgument::Type(Type::Path(inner))) if inner.path.is_ident("u8"))
+}
+
+fn is_context(ty: &Type) -> bool {
+    let Type::Reference(r) = ty else { return false };
+    let Type::Path(p) = &*r.elem else {
+        return false;
+    };
+    p.path
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "TaskContext")
+}
+
+/// `Some(T)` when the return type is written `Result<T, E>` (any path
+/// ending in `Result` with two type arguments).
+fn result_ok_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    if args.args.len() != 2 {
+        return None;
+    }
+    match args.args.first() {
+        Some(GenericArgument::Type(t)) => Some(t),
+        _ => None,
+    }
+}
+
+/// Type text as people write it: `Vec<u8>`, not `Vec < u8 >`.
+fn type_text(ty: &impl ToTokens) -> String {
+    let s = ty.to_token_stream().to_string();
+    let mut out = String::with_capacity(s.len());
+    let chars: Vec<char> = s.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c == ' ' {
+            let prev = if i > 0 { chars[i - 1] } else { ' ' };
+            let next = chars.get(i + 1).copied().unwrap_or(' ');
+            if matches!(prev, '<' | '&' | ':' | '(' | '[')
+                || matches!(next, '<' | '>' | ',' | ':' | ')' | ']' | ';')
+            {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &func.sig;
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "a #[task] function cannot be generic",
+        ));
+    }
+    if sig.asyncness.is_some() {
+        return Err(syn::Error::new(
+            sig.span(),
+            "a #[task] function cannot be async",
+        ));
+    }
+    let name = &sig.ident;
+    let name_str = name.to_string();
+    let vis = &func.vis;
+
+    let doc = func
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(nv) => match &nv.value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(s),
+                    ..
+                }) => Some(s.value().trim().to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+
+    let mut takes_context = false;
+    let mut decode_types = Vec::new();
+    let mut bindings = Vec::new();
+    let mut conversions = Vec::new();
+    let mut call_args = Vec::new();
+    let mut arg_infos = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(pt) = input else {
+            return Err(syn::Error::new(
+                input.span(),
+                "a #[task] function cannot take self",
+            ));
+        };
+        let ty = &*pt.ty;
+        if is_context(ty) {
+            if takes_context {
+                return Err(syn::Error::new(
+                    ty.span(),
+                    "only one &TaskContext argument is allowed",
+                ));
+            }
+            takes_context = true;
+            call_args.push(quote!(ctx));
+            continue;
+        }
+        if let Type::Reference(_) = ty {
+            return Err(syn::Error::new(
+                ty.span(),
+                "task arguments must be owned types (e.g. String instead of &str, Vec<T> instead of &[T]); only &TaskContext may be borrowed",
+            ));
+        }
+        let arg_name = match &*pt.pat {
+            Pat::Ident(id) => id.ident.to_string(),
+            _ => format!("arg{i}"),
+        };
+        let var = format_ident!("__billiard_arg{}", i);
+        if is_vec_u8(ty) {
+            decode_types.push(quote!(
+                ::billiard_plugin_api::__private::serde_bytes::ByteBuf
+            ));
+            conversions.push(quote!(let #var = #var.into_vec();));
+        } else {
+            decode_types.push(quote!(#ty));
+        }
+        bindings.push(var.clone());
+        call_args.push(quote!(#var));
+        let ty_str = type_text(ty);
+        arg_infos.push(quote!(::billiard_plugin_api::abi::ArgInfo {
+            name: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#arg_name),
+            ty: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#ty_str),
+        }));
+    }
+
+    let decode = if bindings.is_empty() {
+        quote!(::billiard_plugin_api::glue::decode_no_args(codec, args)?;)
+    } else {
+        quote!(
+            let (#(#bindings,)*): (#(#decode_types,)*) = ::billiard_plugin_api::glue::decode_args(codec, args)?;
+            #(#conversions)*
+        )
+    };
+
+    let call = quote!(#name(#(#call_args),*));
+    let (ret_str, produce) = match &sig.output {
+        ReturnType::Default => ("()".to_string(), quote!({ #call; Ok(()) })),
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) => {
+                let map = if is_vec_u8(ok) {
+                    quote!(.map(::billiard_plugin_api::__private::serde_bytes::ByteBuf::from))
+                } else {
+                    quote!()
+                };
+                (
+                    type_text(ty),
+                    quote!(::billiard_plugin_api::glue::from_result(#call #map)),
+                )
+            }
+            None => {
+                let value = if is_vec_u8(ty) {
+                    quote!(::billiard_plugin_api::__private::serde_bytes::ByteBuf::from(#call))
+                } else {
+                    call.clone()
+                };
+                (type_text(ty), quote!(Ok(#value)))
+            }
+        },
+    };
+
+    Ok(quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #vis struct #name {}
+
+        impl ::billiard_plugin_api::glue::Task for #name {
+            const INFO: ::billiard_plugin_api::abi::TaskInfo = ::billiard_plugin_api::abi::TaskInfo {
+                name: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#name_str),
+                doc: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#doc),
+                args: ::billiard_plugin_api::__private::abi_stable::std_types::RSlice::from_slice(&[#(#arg_infos),*]),
+                ret: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#ret_str),
+                takes_context: #takes_context,
+            };
+            const RUN: ::billiard_plugin_api::glue::RunFn = {
+                #[allow(unused_variables)]
+                fn __billiard_run(
+                    codec: ::billiard_plugin_api::Codec,
+                    args: &[u8],
+                    ctx: &::billiard_plugin_api::TaskContext<'_>,
+                    out: &mut ::billiard_plugin_api::__private::abi_stable::std_types::RVec<u8>,
+                ) -> ::billiard_plugin_api::Status {
+                    ::billiard_plugin_api::glue::run(
+                        &<#name as ::billiard_plugin_api::glue::Task>::INFO,
+                        codec,
+                        ctx,
+                        out,
+                        || {
+                            #decode
+                            #produce
+                        },
+                    )
+                }
+                __billiard_run
+            };
+        }
+    })
+}
+
+/// Exports the plugin's root module (used by `export_plugin!`). Like
+/// abi_stable's `export_root_module`, but with paths through
+/// `billiard_plugin_api` so a plugin needs no direct abi_stable dependency.
+#[doc(hidden)]
+#[proc_macro_attribute]
+pub fn __export_root_module(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let module: TokenStream2 = if attr.is_empty() {
+        quote!(::billiard_plugin_api::abi::PluginModRef)
+    } else {
+        attr.into()
+    };
+    let func = parse_macro_input!(item as ItemFn);
+    let ident = &func.sig.ident;
+    let export_name = syn::Ident::new(
+        &abi_stable_shared::mangled_root_module_loader_name(),
+        Span::call_site(),
+    );
+    quote!(
+        #func
+
+        #[no_mangle]
+        pub static #export_name: ::billiard_plugin_api::__private::abi_stable::library::LibHeader = {
+            pub extern "C" fn _sabi_erased_module() -> ::billiard_plugin_api::__private::abi_stable::library::RootModuleResult {
+                ::billiard_plugin_api::__private::abi_stable::library::__call_root_module_loader(#ident)
+            }
+            // SAFETY: the constructor returns the module type named here,
+            // exactly as abi_stable's own `export_root_module` arranges.
+            unsafe {
+                ::billiard_plugin_api::__private::abi_stable::library::LibHeader::from_constructor::<
+                    #module,
+                >(
+                    _sabi_erased_module,
+                    ::billiard_plugin_api::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    )
+    .into()
+}

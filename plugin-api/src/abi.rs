@@ -1,0 +1,186 @@
+//! The binary interface between the host and a plugin.
+//!
+//! Everything here is `#[repr(C)]` and derives `StableAbi`, so abi_stable
+//! checks at load time that the host and the plugin agree on every field of
+//! every type reachable from the root module. [`ABI_VERSION`] is checked on
+//! top of that for changes in *meaning* that keep the layout.
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_types::VersionStrings,
+    std_types::{RSlice, RStr, RVec},
+    StableAbi,
+};
+
+use crate::TaskContext;
+
+/// Version of the calling convention (frame layouts, status meanings).
+/// Bumped on any change a layout check cannot see.
+pub const ABI_VERSION: u32 = 1;
+
+/// How the argument and result buffers are encoded.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// bincode 2 (`config::standard()`) of the argument tuple / the result.
+    Bincode = 0,
+    /// A JSON array of the arguments / the JSON result.
+    Json = 1,
+}
+
+/// The outcome of one call, as the plugin reports it. On `Ok` the output
+/// buffer holds the encoded result; otherwise a UTF-8 message.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Ok = 0,
+    Panic = 1,
+    TaskError = 2,
+    BadArgs = 3,
+    UnknownTask = 4,
+    SoftTimeLimit = 5,
+    Terminated = 6,
+}
+
+impl Status {
+    /// The stable name of the error kind (the contract's `kind` strings).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Panic => "panic",
+            Status::TaskError => "task_error",
+            Status::BadArgs => "bad_args",
+            Status::UnknownTask => "unknown_task",
+            Status::SoftTimeLimit => "soft_time_limit",
+            Status::Terminated => "terminated",
+        }
+    }
+
+    /// Decodes a status byte from a batch output buffer.
+    pub fn from_u8(b: u8) -> Option<Status> {
+        Some(match b {
+            0 => Status::Ok,
+            1 => Status::Panic,
+            2 => Status::TaskError,
+            3 => Status::BadArgs,
+            4 => Status::UnknownTask,
+            5 => Status::SoftTimeLimit,
+            6 => Status::Terminated,
+            _ => return None,
+        })
+    }
+}
+
+/// One positional argument of a task, for `inspect` and error messages.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct ArgInfo {
+    pub name: RStr<'static>,
+    pub ty: RStr<'static>,
+}
+
+/// Static description of one task.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct TaskInfo {
+    pub name: RStr<'static>,
+    pub doc: RStr<'static>,
+    pub args: RSlice<'static, ArgInfo>,
+    pub ret: RStr<'static>,
+    pub takes_context: bool,
+}
+
+/// Calls task `task` once. `out` is cleared by the callee and receives the
+/// encoded result (status `Ok`) or an error message.
+pub type CallFn = extern "C" fn(
+    task: u32,
+    codec: Codec,
+    args: RSlice<'_, u8>,
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+) -> Status;
+
+/// Calls task `task` over a chunk of argument sets in one FFI call.
+///
+/// `args` holds `count` records `[u32 LE length][bytes]`. For each record, in
+/// order, the callee appends `[u8 status][u32 LE length][bytes]` to `out`
+/// (not cleared). Item `i` runs with job id `ctx.job_id() + i`. Returns the
+/// number of records it appended (always `count` unless `args` is malformed,
+/// in which case the remaining items are missing and the host reports them).
+pub type BatchFn = extern "C" fn(
+    task: u32,
+    codec: Codec,
+    args: RSlice<'_, u8>,
+    count: u32,
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+) -> u32;
+
+/// The root module a plugin exports (through [`export_plugin!`](crate::export_plugin)).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    pub abi_version: u32,
+    pub name: RStr<'static>,
+    pub version: RStr<'static>,
+    /// Version of `billiard-plugin-api` the plugin was built with.
+    pub api_version: RStr<'static>,
+    pub tasks: RSlice<'static, TaskInfo>,
+    /// See [`CallFn`] (written out because the layout derive needs it inline).
+    pub call: extern "C" fn(
+        task: u32,
+        codec: Codec,
+        args: RSlice<'_, u8>,
+        ctx: &TaskContext<'_>,
+        out: &mut RVec<u8>,
+    ) -> Status,
+    /// See [`BatchFn`].
+    #[sabi(last_prefix_field)]
+    pub call_batch: extern "C" fn(
+        task: u32,
+        codec: Codec,
+        args: RSlice<'_, u8>,
+        count: u32,
+        ctx: &TaskContext<'_>,
+        out: &mut RVec<u8>,
+    ) -> u32,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "billiard_plugin";
+    const NAME: &'static str = "billiard_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// Version of this crate, recorded in every plugin.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Test support: a root module with the same name but another layout, to
+/// prove the host refuses plugins built against an incompatible ABI.
+#[doc(hidden)]
+pub mod incompatible_for_tests {
+    use super::*;
+
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+    #[sabi(missing_field(panic))]
+    pub struct PluginMod {
+        pub abi_version: u64,
+        pub name: RStr<'static>,
+        #[sabi(last_prefix_field)]
+        pub extra: u32,
+    }
+
+    impl RootModule for PluginModRef {
+        declare_root_module_statics! {PluginModRef}
+        const BASE_NAME: &'static str = "billiard_plugin";
+        const NAME: &'static str = "billiard_plugin";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+}

@@ -1,0 +1,246 @@
+//! The wire codec of arguments and results.
+//!
+//! Arguments are positional: a task `f(a: A, b: B)` receives the tuple
+//! `(A, B)`, encoded as bincode 2 (`config::standard()`) by programs or as a
+//! JSON array `[a, b]` by people. Results are the task's return value in the
+//! same codec. `Vec<u8>` arguments and results travel as byte strings
+//! (`serde_bytes`), which costs one `memcpy` instead of a per-byte loop.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::Codec;
+
+/// The bincode configuration used on both sides of the ABI.
+pub fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// An encoding or decoding failure, with a message meant for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError(pub String);
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Encodes a value (an argument tuple or a result) into `out` (appending).
+pub fn encode_into<T: Serialize + ?Sized>(
+    codec: Codec,
+    value: &T,
+    out: &mut impl std::io::Write,
+) -> Result<(), CodecError> {
+    match codec {
+        Codec::Bincode => bincode::serde::encode_into_std_write(value, out, bincode_config())
+            .map(drop)
+            .map_err(|e| CodecError(format!("bincode encoding failed: {e}"))),
+        Codec::Json => serde_json::to_writer(out, value)
+            .map_err(|e| CodecError(format!("JSON encoding failed: {e}"))),
+    }
+}
+
+/// Encodes a value into a new buffer.
+pub fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_into(codec, value, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a whole buffer into `T`; trailing bytes are an error (they mean
+/// the sender and the receiver disagree on the types).
+pub fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, CodecError> {
+    match codec {
+        Codec::Bincode => {
+            let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+                .map_err(|e| CodecError(format!("bincode: {e}")))?;
+            if used != bytes.len() {
+                return Err(CodecError(format!(
+                    "bincode: {} trailing bytes after the value (too many arguments, or wrong types)",
+                    bytes.len() - used
+                )));
+            }
+            Ok(value)
+        }
+        Codec::Json => serde_json::from_slice(bytes).map_err(|e| CodecError(format!("JSON: {e}"))),
+    }
+}
+
+/// Decodes the arguments of a task that takes none: an empty bincode buffer
+/// or the JSON array `[]`.
+pub fn decode_no_args(codec: Codec, bytes: &[u8]) -> Result<(), CodecError> {
+    match codec {
+        Codec::Bincode if bytes.is_empty() => Ok(()),
+        Codec::Bincode => Err(CodecError(format!(
+            "expected no arguments, got {} bytes",
+            bytes.len()
+        ))),
+        Codec::Json => {
+            let v: Vec<serde::de::IgnoredAny> = serde_json::from_slice(bytes)
+                .map_err(|e| CodecError(format!("JSON: {e}; expected an empty array []")))?;
+            if v.is_empty() {
+                Ok(())
+            } else {
+                Err(CodecError(format!(
+                    "expected no arguments, got {} (an empty array [])",
+                    v.len()
+                )))
+            }
+        }
+    }
+}
+
+/// Appends one batch record `[u32 LE length][bytes]` to `out`.
+pub fn push_record(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Iterates the records of a batch buffer written by [`push_record`]. Yields
+/// `None` once and stops if the buffer is truncated.
+pub fn records(mut buf: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        if broken || buf.is_empty() {
+            return None;
+        }
+        if buf.len() < 4 {
+            broken = true;
+            return Some(None);
+        }
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if buf.len() - 4 < len {
+            broken = true;
+            return Some(None);
+        }
+        let (rec, rest) = buf[4..].split_at(len);
+        buf = rest;
+        Some(Some(rec))
+    })
+}
+
+/// Iterates the results of a batch output buffer: `(status byte, bytes)`.
+pub fn result_records(mut buf: &[u8]) -> impl Iterator<Item = Option<(u8, &[u8])>> {
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        if broken || buf.is_empty() {
+            return None;
+        }
+        if buf.len() < 5 {
+            broken = true;
+            return Some(None);
+        }
+        let status = buf[0];
+        let len = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.len() - 5 < len {
+            broken = true;
+            return Some(None);
+        }
+        let (rec, rest) = buf[5..].split_at(len);
+        buf = rest;
+        Some(Some((status, rec)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Shape {
+        Circle { r: f64 },
+        Square(u32),
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Point {
+        x: i64,
+        label: Option<String>,
+        tags: BTreeMap<String, u8>,
+        shape: Shape,
+    }
+
+    fn sample() -> (Point, Vec<u32>, String) {
+        let mut tags = BTreeMap::new();
+        tags.insert("a".to_string(), 1);
+        (
+            Point {
+                x: -5,
+                label: Some("p".into()),
+                tags,
+                shape: Shape::Circle { r: 1.5 },
+            },
+            vec![1, 2, 3],
+            "s".into(),
+        )
+    }
+
+    #[test]
+    fn round_trips_in_both_codecs() {
+        for codec in [Codec::Bincode, Codec::Json] {
+            let v = sample();
+            let bytes = encode(codec, &v).unwrap();
+            let back: (Point, Vec<u32>, String) = decode(codec, &bytes).unwrap();
+            assert_eq!(back, v, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn json_args_are_a_positional_array() {
+        let (a, b): (u64, String) = decode(Codec::Json, br#"[3, "x"]"#).unwrap();
+        assert_eq!((a, b.as_str()), (3, "x"));
+        let one: (u64,) = decode(Codec::Json, b"[7]").unwrap();
+        assert_eq!(one.0, 7);
+    }
+
+    #[test]
+    fn wrong_count_and_types_are_errors() {
+        let e = decode::<(u64, u64)>(Codec::Json, b"[1]").unwrap_err();
+        assert!(e.0.contains("invalid length"), "{e}");
+        let e = decode::<(u64,)>(Codec::Json, br#"["x"]"#).unwrap_err();
+        assert!(e.0.contains("invalid type"), "{e}");
+        let bytes = encode(Codec::Bincode, &(1u64, 2u64)).unwrap();
+        let e = decode::<(u64,)>(Codec::Bincode, &bytes).unwrap_err();
+        assert!(e.0.contains("trailing"), "{e}");
+        let e = decode::<(u64, u64)>(Codec::Bincode, &bytes[..1]).unwrap_err();
+        assert!(e.0.starts_with("bincode"), "{e}");
+    }
+
+    #[test]
+    fn no_args() {
+        assert!(decode_no_args(Codec::Json, b"[]").is_ok());
+        assert!(decode_no_args(Codec::Json, b" [ ] ").is_ok());
+        assert!(decode_no_args(Codec::Json, b"[1]").is_err());
+        assert!(decode_no_args(Codec::Json, b"{}").is_err());
+        assert!(decode_no_args(Codec::Bincode, b"").is_ok());
+        assert!(decode_no_args(Codec::Bincode, b"\x01").is_err());
+    }
+
+    #[test]
+    fn bytes_travel_compactly_and_interoperate_with_vec() {
+        let data = vec![7u8; 1000];
+        let as_bytes = encode(Codec::Bincode, &(serde_bytes::Bytes::new(&data),)).unwrap();
+        let as_vec = encode(Codec::Bincode, &(data.clone(),)).unwrap();
+        assert_eq!(as_bytes, as_vec, "same wire form either way");
+        assert!(as_bytes.len() <= data.len() + 3);
+        let (back,): (serde_bytes::ByteBuf,) = decode(Codec::Bincode, &as_vec).unwrap();
+        assert_eq!(back.into_vec(), data);
+        let (back,): (serde_bytes::ByteBuf,) = decode(Codec::Json, b"[[1,2,3]]").unwrap();
+        assert_eq!(back.into_vec(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn records_round_trip_and_detect_truncation() {
+        let mut buf = Vec::new();
+        push_record(&mut buf, b"abc");
+        push_record(&mut buf, b"");
+        let got: Vec<_> = records(&buf).collect();
+        assert_eq!(got, vec![Some(&b"abc"[..]), Some(&b""[..])]);
+        let got: Vec<_> = records(&buf[..5]).collect();
+        assert_eq!(got, vec![None]);
+    }
+}

@@ -1,0 +1,333 @@
+//! Runtime support for the code that `#[task]` and `export_plugin!`
+//! generate. Everything a task does runs inside [`run`], which guarantees
+//! that no panic unwinds out of the plugin's `extern "C"` entries.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Display;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+use abi_stable::std_types::{RSlice, RVec};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::abi::{Status, TaskInfo};
+use crate::context::{StopReason, StopUnwind};
+use crate::{codec, Codec, TaskContext};
+
+/// The signature of the per-task function `#[task]` generates. It appends
+/// its output (encoded result or message) to `out`.
+pub type RunFn = fn(Codec, &[u8], &TaskContext<'_>, &mut RVec<u8>) -> Status;
+
+/// What `#[task]` generates for each task, gathered by `export_plugin!`.
+pub trait Task {
+    const INFO: TaskInfo;
+    const RUN: RunFn;
+}
+
+/// Why a task call did not produce a value.
+pub enum Fail {
+    BadArgs(String),
+    User(String),
+}
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static HOOK: Once = Once::new();
+
+/// Installs (once per plugin) a panic hook that records the message and
+/// location of a panic inside a task instead of printing it; panics outside
+/// tasks go to the previous hook.
+fn install_panic_hook() {
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_TASK.with(Cell::get) {
+                previous(info);
+                return;
+            }
+            let payload = info.payload();
+            let msg = if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_string()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else {
+                "Box<dyn Any>".to_string()
+            };
+            let mut text = match info.location() {
+                Some(loc) => format!("{msg} (at {}:{}:{})", loc.file(), loc.line(), loc.column()),
+                None => msg,
+            };
+            if backtrace_wanted() {
+                let bt = std::backtrace::Backtrace::force_capture();
+                text.push_str(&format!("\nbacktrace:\n{bt}"));
+            }
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+        }));
+    });
+}
+
+fn backtrace_wanted() -> bool {
+    matches!(
+        std::env::var("BILLIARD_BACKTRACE").as_deref(),
+        Ok("1") | Ok("full")
+    ) || matches!(std::env::var("RUST_BACKTRACE").as_deref(), Ok(v) if v != "0")
+}
+
+fn stop_status(reason: StopReason) -> Status {
+    match reason {
+        StopReason::SoftTimeLimit => Status::SoftTimeLimit,
+        StopReason::Cancelled => Status::Terminated,
+    }
+}
+
+fn write_msg(out: &mut RVec<u8>, msg: impl Display) {
+    let _ = write!(out, "{msg}");
+}
+
+/// Runs one task call: decode, call, encode, all behind `catch_unwind`.
+/// Appends the output to `out` and returns the status.
+pub fn run<R: Serialize>(
+    info: &TaskInfo,
+    codec: Codec,
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+    body: impl FnOnce() -> Result<R, Fail>,
+) -> Status {
+    install_panic_hook();
+    let start = out.len();
+    IN_TASK.with(|f| f.set(true));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let value = body()?;
+        codec::encode_into(codec, &value, &mut *out)
+            .map_err(|e| Fail::User(format!("could not encode the result: {e}")))
+    }));
+    IN_TASK.with(|f| f.set(false));
+    match result {
+        Ok(Ok(())) => Status::Ok,
+        Ok(Err(fail)) => {
+            out.truncate(start);
+            match fail {
+                Fail::BadArgs(msg) => {
+                    write_msg(
+                        out,
+                        format_args!("bad arguments for task {}: {msg}", signature(info)),
+                    );
+                    Status::BadArgs
+                }
+                Fail::User(msg) => match ctx.stop_requested() {
+                    // The task gave up because it was asked to stop.
+                    Some(reason) => {
+                        write_msg(out, format_args!("task `{}` stopped: {msg}", info.name));
+                        stop_status(reason)
+                    }
+                    None => {
+                        write_msg(out, msg);
+                        Status::TaskError
+                    }
+                },
+            }
+        }
+        Err(payload) => {
+            out.truncate(start);
+            if let Some(StopUnwind(reason)) = payload.downcast_ref::<StopUnwind>() {
+                let what = match reason {
+                    StopReason::SoftTimeLimit => "soft time limit exceeded",
+                    StopReason::Cancelled => "job cancelled",
+                };
+                write_msg(out, format_args!("task `{}` stopped: {what}", info.name));
+                return stop_status(*reason);
+            }
+            let msg = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| "panic with no message".to_string());
+            write_msg(out, format_args!("task `{}` panicked: {msg}", info.name));
+            // Dropping the payload runs plugin code that could panic again;
+            // contain that too.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            Status::Panic
+        }
+    }
+}
+
+/// `name(a: A, b: B) -> R`, for messages.
+pub fn signature(info: &TaskInfo) -> String {
+    let args: Vec<String> = info
+        .args
+        .iter()
+        .map(|a| format!("{}: {}", a.name, a.ty))
+        .collect();
+    format!(
+        "`{}({})` (expects {} argument{})",
+        info.name,
+        args.join(", "),
+        args.len(),
+        if args.len() == 1 { "" } else { "s" }
+    )
+}
+
+/// Decodes the argument tuple; a failure is a `bad_args` outcome.
+pub fn decode_args<T: DeserializeOwned>(codec: Codec, args: &[u8]) -> Result<T, Fail> {
+    codec::decode(codec, args).map_err(|e| Fail::BadArgs(e.0))
+}
+
+pub fn decode_no_args(codec: Codec, args: &[u8]) -> Result<(), Fail> {
+    codec::decode_no_args(codec, args).map_err(|e| Fail::BadArgs(e.0))
+}
+
+/// The result of a task that returns `Result<T, E>`.
+pub fn from_result<T, E: Display>(r: Result<T, E>) -> Result<T, Fail> {
+    r.map_err(|e| Fail::User(e.to_string()))
+}
+
+/// The `call` entry of a plugin: dispatches to the task's run function.
+pub fn call(
+    runs: &[RunFn],
+    infos: &[TaskInfo],
+    task: u32,
+    codec: Codec,
+    args: RSlice<'_, u8>,
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+) -> Status {
+    out.clear();
+    call_one(runs, infos, task, codec, args.as_slice(), ctx, out)
+}
+
+fn call_one(
+    runs: &[RunFn],
+    infos: &[TaskInfo],
+    task: u32,
+    codec: Codec,
+    args: &[u8],
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+) -> Status {
+    match runs.get(task as usize) {
+        Some(run) => {
+            // `run` already catches task panics; this outer guard covers the
+            // glue itself so nothing can unwind into the host.
+            let start = out.len();
+            match catch_unwind(AssertUnwindSafe(|| run(codec, args, ctx, out))) {
+                Ok(status) => status,
+                Err(_) => {
+                    out.truncate(start);
+                    write_msg(out, "internal error in the plugin glue (panic)");
+                    Status::Panic
+                }
+            }
+        }
+        None => {
+            write_msg(
+                out,
+                format_args!("no task with index {task} (the plugin has {})", infos.len()),
+            );
+            Status::UnknownTask
+        }
+    }
+}
+
+/// The `call_batch` entry: runs `count` records, appending one result record
+/// each. Stops early (reporting the rest as stopped) once the host raises the
+/// stop flag.
+#[allow(clippy::too_many_arguments)]
+pub fn call_batch(
+    runs: &[RunFn],
+    infos: &[TaskInfo],
+    task: u32,
+    codec: Codec,
+    args: RSlice<'_, u8>,
+    count: u32,
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+) -> u32 {
+    let mut done = 0u32;
+    for rec in codec::records(args.as_slice()).take(count as usize) {
+        let Some(rec) = rec else { break };
+        let header = out.len();
+        out.extend_from_slice(&[0u8; 5]);
+        let item_ctx = ctx.for_batch_item(done as u64);
+        let status = match ctx.stop_requested() {
+            Some(reason) => {
+                write_msg(out, "not started: the batch was stopped");
+                stop_status(reason)
+            }
+            None => call_one(runs, infos, task, codec, rec, &item_ctx, out),
+        };
+        let len = (out.len() - header - 5) as u32;
+        out[header] = status as u8;
+        out[header + 1..header + 5].copy_from_slice(&len.to_le_bytes());
+        done += 1;
+    }
+    done
+}
+
+/// Defines the plugin's root module. One line per plugin:
+///
+/// ```ignore
+/// billiard_plugin_api::export_plugin!(name: "math", tasks: [square, add]);
+/// ```
+///
+/// The version defaults to the plugin crate's `CARGO_PKG_VERSION`; pass
+/// `version: "1.2.3"` to override it.
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, tasks: [$($task:path),* $(,)?] $(,)?) => {
+        $crate::export_plugin!(name: $name, version: env!("CARGO_PKG_VERSION"), tasks: [$($task),*]);
+    };
+    (name: $name:expr, version: $version:expr, tasks: [$($task:path),* $(,)?] $(,)?) => {
+        $crate::export_plugin!(@abi $crate::ABI_VERSION, name: $name, version: $version, tasks: [$($task),*]);
+    };
+    (@abi $abi:expr, name: $name:expr, version: $version:expr, tasks: [$($task:path),* $(,)?] $(,)?) => {
+        #[doc(hidden)]
+        mod __billiard_plugin_export {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::__private::abi_stable::std_types::{RSlice, RStr, RVec};
+            use $crate::glue::{RunFn, Task};
+            use $crate::abi::{TaskInfo, PluginMod, PluginModRef};
+
+            static INFOS: &[TaskInfo] = &[$(<$task as Task>::INFO),*];
+            static RUNS: &[RunFn] = &[$(<$task as Task>::RUN),*];
+
+            extern "C" fn call(
+                task: u32,
+                codec: $crate::Codec,
+                args: RSlice<'_, u8>,
+                ctx: &$crate::TaskContext<'_>,
+                out: &mut RVec<u8>,
+            ) -> $crate::Status {
+                $crate::glue::call(RUNS, INFOS, task, codec, args, ctx, out)
+            }
+
+            extern "C" fn call_batch(
+                task: u32,
+                codec: $crate::Codec,
+                args: RSlice<'_, u8>,
+                count: u32,
+                ctx: &$crate::TaskContext<'_>,
+                out: &mut RVec<u8>,
+            ) -> u32 {
+                $crate::glue::call_batch(RUNS, INFOS, task, codec, args, count, ctx, out)
+            }
+
+            #[$crate::__export_root_module]
+            fn get_root_module() -> PluginModRef {
+                use $crate::__private::abi_stable::prefix_type::PrefixTypeTrait;
+                PluginMod {
+                    abi_version: $abi,
+                    name: RStr::from_str($name),
+                    version: RStr::from_str($version),
+                    api_version: RStr::from_str($crate::abi::API_VERSION),
+                    tasks: RSlice::from_slice(INFOS),
+                    call,
+                    call_batch,
+                }
+                .leak_into_prefix()
+            }
+        }
+    };
+}

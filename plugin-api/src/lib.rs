@@ -1,0 +1,48 @@
+//! # billiard-plugin-api
+//!
+//! The only crate a billiard-host task plugin depends on. A plugin is a
+//! `cdylib` crate that writes its tasks as ordinary functions:
+//!
+//! ```ignore
+//! use billiard_plugin_api::{task, export_plugin};
+//!
+//! /// Squares a number.
+//! #[task]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! export_plugin!(name: "math", tasks: [square]);
+//! ```
+//!
+//! The [`task`] attribute generates the glue that decodes the positional
+//! arguments (bincode from programs, a JSON array from people), catches
+//! panics before they can reach the FFI boundary and encodes the result;
+//! [`export_plugin!`] exports the layout-checked [`abi::PluginMod`] root
+//! module that the host loads.
+//!
+//! A task may take a [`TaskContext`] (`ctx: &TaskContext` as any argument) to
+//! learn its job id and to poll for a soft time limit or cancellation, and may
+//! return `T` or `Result<T, E>` where `E: Display` becomes a `task_error`.
+
+pub mod abi;
+pub mod codec;
+mod context;
+#[doc(hidden)]
+pub mod glue;
+
+pub use abi::{Codec, Status, ABI_VERSION};
+#[doc(hidden)]
+pub use billiard_plugin_api_macros::__export_root_module;
+pub use billiard_plugin_api_macros::task;
+pub use context::{StopReason, Stopped, TaskContext};
+
+/// Re-exports the generated code relies on, so a plugin crate needs no other
+/// dependency than this one.
+#[doc(hidden)]
+pub mod __private {
+    pub use abi_stable;
+    pub use serde;
+    pub use serde_bytes;
+}
+
+pub use serde;
+pub use serde_bytes;

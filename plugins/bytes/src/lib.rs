@@ -1,0 +1,40 @@
+//! `bytes`: tasks over byte buffers, used by the payload benchmarks.
+
+use billiard_plugin_api::{export_plugin, task};
+
+/// Length of the buffer.
+#[task]
+pub fn len(data: Vec<u8>) -> u64 {
+    data.len() as u64
+}
+
+/// FNV-1a 64-bit checksum of the buffer (reads every byte).
+#[task]
+pub fn checksum(data: Vec<u8>) -> u64 {
+    fnv1a(&data)
+}
+
+/// Returns the buffer unchanged.
+#[task]
+pub fn echo(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+/// A buffer of `n` bytes, each `fill`.
+#[task]
+pub fn make(n: u64, fill: u8) -> Result<Vec<u8>, String> {
+    let n = usize::try_from(n).map_err(|_| format!("{n} bytes do not fit in memory"))?;
+    Ok(vec![fill; n])
+}
+
+/// FNV-1a, 64 bit.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+export_plugin!(name: "bytes", tasks: [len, checksum, echo, make]);
