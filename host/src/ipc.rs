@@ -1,0 +1,391 @@
+//! The wire protocols between the supervisor, the zygote and the workers.
+//!
+//! Worker sockets carry length-prefixed binary frames with a fixed header,
+//! so that a job's argument bytes and a result's bytes are written straight
+//! from (and read straight into) their own buffers with no re-encoding:
+//!
+//! ```text
+//! frame  := len:u32le  kind:u8  body           (len counts kind + body)
+//! RUN    (kind 1, S→W): job:u64 plugin:u16 task:u32 codec:u8 attempt:u32 count:u32  args
+//! EXIT   (kind 2, S→W): (empty)
+//! DONE   (kind 10, W→S): job:u64 count:u32 flags:u8 status:u8  payload
+//! ```
+//!
+//! With `count == 1`, `args` / `payload` are the raw encoded arguments /
+//! result; with `count > 1` they are batch records (see
+//! `billiard_plugin_api::codec::records`). A frame longer than the limit, an
+//! unknown kind or a short body is a protocol error: the supervisor treats
+//! the worker as lost.
+//!
+//! The zygote's control socket (SOCK_SEQPACKET) carries bincode-encoded
+//! [`ZygoteCmd`] / [`ZygoteMsg`] values, one per packet, with fds attached.
+
+use billiard_plugin_api::Codec;
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::{PluginInfo, PluginLoadError};
+use crate::sys::ExitInfo;
+
+pub const KIND_RUN: u8 = 1;
+pub const KIND_EXIT: u8 = 2;
+pub const KIND_DONE: u8 = 10;
+
+pub const RUN_HEADER: usize = 4 + 1 + 8 + 2 + 4 + 1 + 4 + 4;
+pub const DONE_HEADER: usize = 4 + 1 + 8 + 4 + 1 + 1;
+
+/// `flags` bit of DONE: the worker exits after this frame (recycling).
+pub const FLAG_RETIRING: u8 = 1;
+
+/// Default largest frame accepted (either direction).
+pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunHeader {
+    pub job: u64,
+    pub plugin: u16,
+    pub task: u32,
+    pub codec: Codec,
+    pub attempt: u32,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoneHeader {
+    pub job: u64,
+    pub count: u32,
+    pub flags: u8,
+    pub status: u8,
+}
+
+fn frame_len(header: usize, payload: usize) -> Result<u32, FrameError> {
+    u32::try_from(header - 4 + payload).map_err(|_| FrameError::TooLarge(header + payload))
+}
+
+pub fn encode_run(h: &RunHeader, payload_len: usize) -> Result<[u8; RUN_HEADER], FrameError> {
+    let mut b = [0u8; RUN_HEADER];
+    b[0..4].copy_from_slice(&frame_len(RUN_HEADER, payload_len)?.to_le_bytes());
+    b[4] = KIND_RUN;
+    b[5..13].copy_from_slice(&h.job.to_le_bytes());
+    b[13..15].copy_from_slice(&h.plugin.to_le_bytes());
+    b[15..19].copy_from_slice(&h.task.to_le_bytes());
+    b[19] = h.codec as u8;
+    b[20..24].copy_from_slice(&h.attempt.to_le_bytes());
+    b[24..28].copy_from_slice(&h.count.to_le_bytes());
+    Ok(b)
+}
+
+pub fn encode_exit() -> [u8; 5] {
+    let mut b = [0u8; 5];
+    b[0..4].copy_from_slice(&1u32.to_le_bytes());
+    b[4] = KIND_EXIT;
+    b
+}
+
+pub fn encode_done(h: &DoneHeader, payload_len: usize) -> Result<[u8; DONE_HEADER], FrameError> {
+    let mut b = [0u8; DONE_HEADER];
+    b[0..4].copy_from_slice(&frame_len(DONE_HEADER, payload_len)?.to_le_bytes());
+    b[4] = KIND_DONE;
+    b[5..13].copy_from_slice(&h.job.to_le_bytes());
+    b[13..17].copy_from_slice(&h.count.to_le_bytes());
+    b[17] = h.flags;
+    b[18] = h.status;
+    Ok(b)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("frame too short for its kind ({kind}, {len} bytes)")]
+    Short { kind: u8, len: usize },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("bad codec byte {0}")]
+    BadCodec(u8),
+    #[error("empty frame")]
+    Empty,
+}
+
+/// A decoded frame; payloads borrow from the reader's buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Run(RunHeader, &'a [u8]),
+    Exit,
+    Done(DoneHeader, &'a [u8]),
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(a)
+}
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Decodes the body of one frame (everything after the length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
+    let Some(&kind) = body.first() else {
+        return Err(FrameError::Empty);
+    };
+    let short = || FrameError::Short {
+        kind,
+        len: body.len(),
+    };
+    match kind {
+        KIND_RUN => {
+            if body.len() < RUN_HEADER - 4 {
+                return Err(short());
+            }
+            let codec = match body[15] {
+                0 => Codec::Bincode,
+                1 => Codec::Json,
+                b => return Err(FrameError::BadCodec(b)),
+            };
+            let h = RunHeader {
+                job: u64_at(body, 1),
+                plugin: u16::from_le_bytes([body[9], body[10]]),
+                task: u32_at(body, 11),
+                codec,
+                attempt: u32_at(body, 16),
+                count: u32_at(body, 20),
+            };
+            Ok(Frame::Run(h, &body[RUN_HEADER - 4..]))
+        }
+        KIND_EXIT => Ok(Frame::Exit),
+        KIND_DONE => {
+            if body.len() < DONE_HEADER - 4 {
+                return Err(short());
+            }
+            let h = DoneHeader {
+                job: u64_at(body, 1),
+                count: u32_at(body, 9),
+                flags: body[13],
+                status: body[14],
+            };
+            Ok(Frame::Done(h, &body[DONE_HEADER - 4..]))
+        }
+        k => Err(FrameError::UnknownKind(k)),
+    }
+}
+
+/// Accumulates bytes from a non-blocking stream and yields whole frames.
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: usize,
+}
+
+impl FrameReader {
+    pub fn new(max_frame: usize) -> Self {
+        FrameReader {
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+            max_frame,
+        }
+    }
+
+    /// Reads what is available from `r` (until WouldBlock). Returns false
+    /// at EOF.
+    pub fn fill(&mut self, r: &mut impl std::io::Read) -> std::io::Result<bool> {
+        loop {
+            if self.start > 0 && self.start == self.buf.len() {
+                self.buf.clear();
+                self.start = 0;
+            }
+            // Make room for at least the rest of the current frame.
+            let want = self.pending_need().max(64 * 1024);
+            if self.buf.capacity() - self.buf.len() < want {
+                if self.start > 0 {
+                    self.buf.drain(..self.start);
+                    self.start = 0;
+                }
+                self.buf.reserve(want);
+            }
+            let len = self.buf.len();
+            let cap = self.buf.capacity();
+            self.buf.resize(cap, 0);
+            match r.read(&mut self.buf[len..]) {
+                Ok(0) => {
+                    self.buf.truncate(len);
+                    return Ok(false);
+                }
+                Ok(n) => self.buf.truncate(len + n),
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return match e.kind() {
+                        std::io::ErrorKind::WouldBlock => Ok(true),
+                        std::io::ErrorKind::Interrupted => continue,
+                        _ => Err(e),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Bytes still missing for the frame at the front (0 if unknown/none).
+    fn pending_need(&self) -> usize {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return 0;
+        }
+        let len = u32_at(avail, 0) as usize;
+        if len > self.max_frame {
+            return 0;
+        }
+        (4 + len).saturating_sub(avail.len())
+    }
+
+    /// The next complete frame, if any.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32_at(avail, 0) as usize;
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge(len));
+        }
+        if avail.len() < 4 + len {
+            return Ok(None);
+        }
+        let begin = self.start + 4;
+        self.start += 4 + len;
+        decode_body(&self.buf[begin..begin + len]).map(Some)
+    }
+
+    /// Bytes buffered but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// What a worker process needs to know at birth.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerParams {
+    pub worker: u64,
+    pub slot: u32,
+    pub max_tasks: Option<u64>,
+    /// Recycle after a job once anonymous memory grew past this (bytes).
+    pub max_memory: Option<u64>,
+    /// RLIMIT_AS for the worker (bytes).
+    pub address_space_limit: Option<u64>,
+    /// A task run once when the worker starts: (plugin index, task index, JSON args).
+    pub initializer: Option<(u16, u32, Vec<u8>)>,
+    pub max_frame: usize,
+}
+
+/// Supervisor → zygote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ZygoteCmd {
+    Spawn(WorkerParams),
+    /// Kill every worker and exit.
+    Shutdown,
+}
+
+/// Zygote → supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ZygoteMsg {
+    Hello {
+        pid: i32,
+        plugins: Result<Vec<PluginInfo>, PluginLoadError>,
+    },
+    /// Carries three fds: the worker's socket, its output pipe (read end)
+    /// and a pidfd.
+    Spawned {
+        worker: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        worker: u64,
+        error: String,
+    },
+    Exited {
+        pid: i32,
+        info: ExitInfo,
+    },
+}
+
+pub fn encode_ctl<T: Serialize>(v: &T) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail.
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
+}
+
+pub fn decode_ctl<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_and_done_round_trip() {
+        let h = RunHeader {
+            job: 7,
+            plugin: 2,
+            task: 9,
+            codec: Codec::Json,
+            attempt: 1,
+            count: 3,
+        };
+        let mut bytes = encode_run(&h, 5).unwrap().to_vec();
+        bytes.extend_from_slice(b"hello");
+        let d = DoneHeader {
+            job: 7,
+            count: 3,
+            flags: FLAG_RETIRING,
+            status: 2,
+        };
+        bytes.extend_from_slice(&encode_done(&d, 2).unwrap());
+        bytes.extend_from_slice(b"ok");
+        bytes.extend_from_slice(&encode_exit());
+        let mut r = FrameReader::new(1 << 20);
+        let mut cursor = std::io::Cursor::new(bytes);
+        assert!(!r.fill(&mut cursor).unwrap());
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Run(h, b"hello")));
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Done(d, b"ok")));
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Exit));
+        assert_eq!(r.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        let mut r = FrameReader::new(16);
+        let mut c = std::io::Cursor::new(vec![0xff; 64]);
+        r.fill(&mut c).unwrap();
+        assert!(matches!(r.next_frame(), Err(FrameError::TooLarge(_))));
+        let mut r = FrameReader::new(1 << 20);
+        let mut c = std::io::Cursor::new(vec![2, 0, 0, 0, 99, 0]);
+        r.fill(&mut c).unwrap();
+        assert_eq!(r.next_frame(), Err(FrameError::UnknownKind(99)));
+        assert!(matches!(
+            decode_body(&[KIND_DONE, 1, 2]),
+            Err(FrameError::Short { .. })
+        ));
+        assert_eq!(decode_body(&[]), Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more_bytes() {
+        let d = DoneHeader {
+            job: 1,
+            count: 1,
+            flags: 0,
+            status: 0,
+        };
+        let mut bytes = encode_done(&d, 3).unwrap().to_vec();
+        bytes.extend_from_slice(b"abc");
+        let mut r = FrameReader::new(1 << 20);
+        for (i, b) in bytes.iter().enumerate() {
+            let mut c = std::io::Cursor::new(vec![*b]);
+            r.fill(&mut c).unwrap();
+            if i + 1 < bytes.len() {
+                assert_eq!(r.next_frame().unwrap(), None);
+            }
+        }
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Done(d, b"abc")));
+    }
+}

@@ -1,0 +1,138 @@
+//! Pool configuration: what `Pool::builder()` sets and the CLI flags map to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How workers are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StartMethod {
+    /// A single-threaded zygote, started by exec, preloads the plugins and
+    /// forks workers copy-on-write (default; safe in multithreaded hosts).
+    #[default]
+    Forkserver,
+    /// The zygote is a fork of the host itself (workers see the host's
+    /// memory as it was at `build()`); refused when the host has threads.
+    Fork,
+    /// Every worker is a fresh exec of the worker executable that loads the
+    /// plugins itself: slowest, shares nothing.
+    Spawn,
+}
+
+impl std::fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StartMethod::Forkserver => "forkserver",
+            StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+        })
+    }
+}
+
+/// A task run once in every new worker before it takes jobs (billiard's
+/// `initializer`). Arguments are a JSON array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Initializer {
+    pub plugin: String,
+    pub task: String,
+    pub args_json: String,
+}
+
+/// Everything that shapes a pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub workers: usize,
+    pub plugins: Vec<PathBuf>,
+    pub start_method: StartMethod,
+    /// The executable started as zygote / spawned worker (must call
+    /// `billiard_host::run_if_helper()` first thing); found automatically
+    /// when `None` (see `Pool::builder().worker_exe`).
+    pub worker_exe: Option<PathBuf>,
+    /// Jobs in flight per worker (1: only idle workers get work).
+    pub prefetch: usize,
+    pub max_tasks_per_child: Option<u64>,
+    /// Recycle a worker after a job once its private (anonymous) memory grew
+    /// by more than this many bytes since it started.
+    pub max_memory_per_child: Option<u64>,
+    /// Hard address-space cap per worker (RLIMIT_AS), bytes.
+    pub address_space_limit: Option<u64>,
+    pub soft_time_limit: Option<Duration>,
+    pub time_limit: Option<Duration>,
+    pub initializer: Option<Initializer>,
+    /// Largest frame accepted from a worker, bytes.
+    pub max_frame: usize,
+    /// Jobs an `imap` keeps in flight before it waits for results.
+    pub imap_window: usize,
+    /// At most this many workers may die at start within `restart_window`
+    /// before the pool stops forking and fails pending jobs.
+    pub max_start_failures: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            plugins: Vec::new(),
+            start_method: StartMethod::default(),
+            worker_exe: None,
+            prefetch: 1,
+            max_tasks_per_child: None,
+            max_memory_per_child: None,
+            address_space_limit: None,
+            soft_time_limit: None,
+            time_limit: None,
+            initializer: None,
+            max_frame: crate::ipc::DEFAULT_MAX_FRAME,
+            imap_window: 4096,
+            max_start_failures: 10,
+            restart_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-job overrides of the pool's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub soft: Option<Duration>,
+    pub hard: Option<Duration>,
+}
+
+impl Limits {
+    /// These limits, falling back to the pool's where unset.
+    pub fn or(self, cfg: &PoolConfig) -> Limits {
+        Limits {
+            soft: self.soft.or(cfg.soft_time_limit),
+            hard: self.hard.or(cfg.time_limit),
+        }
+    }
+}
+
+/// Finds the executable to start as zygote / spawned worker.
+pub fn find_worker_exe(configured: Option<&PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os("BILLIARD_HOST_EXE") {
+        return Ok(PathBuf::from(p));
+    }
+    let name = "billiard-host";
+    let mut candidates = Vec::new();
+    if let Ok(me) = std::env::current_exe() {
+        if me.file_name().is_some_and(|n| n == name) {
+            return Ok(me);
+        }
+        // Beside us, or one level up (cargo puts test and example binaries
+        // in target/<profile>/deps and .../examples).
+        for dir in me.ancestors().skip(1).take(2) {
+            candidates.push(dir.join(name));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates.into_iter().find(|c| c.is_file()).ok_or_else(|| {
+        "cannot find the billiard-host executable that starts the zygote; set Pool::builder().worker_exe(..) or BILLIARD_HOST_EXE, put billiard-host on PATH, or use the fork start method".to_string()
+    })
+}

@@ -1,0 +1,48 @@
+//! Observability: an optional stream of pool events.
+
+use std::time::Duration;
+
+use super::job::{JobId, WorkerId};
+
+/// Something that happened in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    WorkerUp {
+        worker: WorkerId,
+        pid: i32,
+    },
+    /// `reason` says how it ended ("exited with code 0", "killed by signal 11 (SIGSEGV)", ...).
+    WorkerDown {
+        worker: WorkerId,
+        pid: i32,
+        reason: String,
+    },
+    /// A job (or a chunk of `count` jobs starting at `job`) was handed to a worker.
+    JobStarted {
+        job: JobId,
+        worker: WorkerId,
+        count: u32,
+    },
+    JobFinished {
+        job: JobId,
+        worker: WorkerId,
+        count: u32,
+        elapsed: Duration,
+    },
+}
+
+/// Where the supervisor sends events; a no-op unless someone subscribed.
+#[derive(Clone, Default)]
+pub struct EventSink(Option<crossbeam_channel::Sender<Event>>);
+
+impl EventSink {
+    pub fn new(tx: Option<crossbeam_channel::Sender<Event>>) -> Self {
+        EventSink(tx)
+    }
+
+    pub fn emit(&self, e: Event) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(e);
+        }
+    }
+}

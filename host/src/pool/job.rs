@@ -1,0 +1,151 @@
+//! Jobs as the supervisor sees them, and how their outcomes reach callers.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use billiard_plugin_api::Codec;
+
+use super::config::Limits;
+use crate::error::TaskError;
+
+/// Identifies one job within a pool. Jobs of one chunk have consecutive ids.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job#{}", self.0)
+    }
+}
+
+/// Identifies one worker process over the life of a pool.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct WorkerId(pub u64);
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "worker#{}", self.0)
+    }
+}
+
+/// A job's result: the encoded value, or why there is none.
+pub type Outcome = Result<Vec<u8>, TaskError>;
+
+type Callback = Box<dyn FnOnce(&Outcome) + Send>;
+
+/// Where one job's outcome goes (an `AsyncResult`), filled exactly once.
+pub struct ResultSlot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+struct SlotState {
+    outcome: Option<Outcome>,
+    callback: Option<Callback>,
+}
+
+impl ResultSlot {
+    pub fn new(callback: Option<Callback>) -> Arc<ResultSlot> {
+        Arc::new(ResultSlot {
+            state: Mutex::new(SlotState {
+                outcome: None,
+                callback,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Stores the outcome (the first one wins) and hands back the callback
+    /// to run, if any.
+    pub fn fill(&self, outcome: Outcome) -> Option<(Callback, Outcome)> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.outcome.is_some() {
+            return None;
+        }
+        let cb = st.callback.take().map(|cb| (cb, outcome.clone()));
+        st.outcome = Some(outcome);
+        drop(st);
+        self.cv.notify_all();
+        cb
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .outcome
+            .is_some()
+    }
+
+    /// Waits for the outcome (up to `timeout`) and returns a copy.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Outcome> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(o) = &st.outcome {
+                return Some(o.clone());
+            }
+            match deadline {
+                None => st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    st = self
+                        .cv
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Takes the outcome out (for a one-shot `get`).
+    pub fn take(&self) -> Option<Outcome> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.outcome.clone()
+    }
+}
+
+/// Where the outcomes of a dispatch go.
+#[derive(Clone)]
+pub enum Reply {
+    /// One job, one slot.
+    Slot(Arc<ResultSlot>),
+    /// A stream (map / imap): item `i` of the dispatch is sent as
+    /// `(first_index + i, outcome)`.
+    Stream {
+        tx: crossbeam_channel::Sender<(u64, Outcome)>,
+        first_index: u64,
+    },
+}
+
+/// The unit the supervisor sends to a worker: one job or a chunk of jobs
+/// of the same task.
+pub struct Dispatch {
+    pub first_job: JobId,
+    pub count: u32,
+    pub plugin: u16,
+    pub task: u32,
+    pub codec: Codec,
+    /// The encoded arguments (count == 1) or argument records (count > 1).
+    pub payload: Arc<Vec<u8>>,
+    pub limits: Limits,
+    pub reply: Reply,
+    pub attempt: u32,
+    /// Set by `terminate_job` on a job already sent: deliver `terminated`
+    /// instead of its result.
+    pub cancelled: bool,
+}
+
+impl Dispatch {
+    pub fn contains(&self, job: JobId) -> bool {
+        job.0 >= self.first_job.0 && job.0 < self.first_job.0 + self.count as u64
+    }
+}

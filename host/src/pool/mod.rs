@@ -1,0 +1,907 @@
+//! The process pool: `Pool` and its builder, the billiard-style API.
+//!
+//! ```no_run
+//! use billiard_host::Pool;
+//! let pool = Pool::builder().workers(2).plugin("target/release/libbilliard_math.so").build()?;
+//! let y: u64 = pool.apply("math", "square", (3u64,))?;
+//! assert_eq!(y, 9);
+//! let ys: Vec<u64> = pool.map("math", "square", 0..100u64, 10)?;
+//! pool.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod config;
+pub mod events;
+pub mod job;
+mod stats;
+mod stream;
+mod supervisor;
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use billiard_plugin_api::{codec, Codec};
+use crossbeam_channel::Sender;
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use config::{Initializer, Limits, PoolConfig, StartMethod};
+pub use events::Event;
+pub use job::{JobId, Outcome, WorkerId};
+pub use stats::Stats;
+pub use stream::{Imap, RawJob, RawStream};
+
+use crate::error::{ErrorKind, TaskError};
+use crate::plugin::PluginInfo;
+use crate::sys::{self, Scoreboard};
+use job::{Dispatch, Reply, ResultSlot};
+use supervisor::{Cmd, Supervisor};
+
+/// Why a pool could not be built or an operation could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    PluginLoad(TaskError),
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the pool's supervisor is gone")]
+    Gone,
+    #[error("the supervisor thread panicked")]
+    SupervisorPanicked,
+}
+
+/// Builds a [`Pool`].
+#[derive(Debug, Clone, Default)]
+pub struct PoolBuilder {
+    cfg: PoolConfig,
+    events: Option<Sender<Event>>,
+}
+
+impl PoolBuilder {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.cfg.workers = n;
+        self
+    }
+    /// Adds a plugin file every worker loads.
+    pub fn plugin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.plugins.push(path.into());
+        self
+    }
+    pub fn start_method(mut self, m: StartMethod) -> Self {
+        self.cfg.start_method = m;
+        self
+    }
+    /// The executable started as the zygote (forkserver) or as each worker
+    /// (spawn). It must call [`crate::run_if_helper`] first thing in `main`;
+    /// `billiard-host` does. Default: `$BILLIARD_HOST_EXE`, else a
+    /// `billiard-host` beside (or one directory above) the current
+    /// executable, else on `PATH`.
+    pub fn worker_exe(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cfg.worker_exe = Some(path.into());
+        self
+    }
+    /// Jobs in flight per worker (default 1: work goes to idle workers only).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.cfg.prefetch = n;
+        self
+    }
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.cfg.max_tasks_per_child = Some(n);
+        self
+    }
+    /// Recycle a worker once its private memory grew by more than `bytes`.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.cfg.max_memory_per_child = Some(bytes);
+        self
+    }
+    /// Hard cap on each worker's address space (RLIMIT_AS).
+    pub fn address_space_limit(mut self, bytes: u64) -> Self {
+        self.cfg.address_space_limit = Some(bytes);
+        self
+    }
+    pub fn soft_time_limit(mut self, d: Duration) -> Self {
+        self.cfg.soft_time_limit = Some(d);
+        self
+    }
+    pub fn time_limit(mut self, d: Duration) -> Self {
+        self.cfg.time_limit = Some(d);
+        self
+    }
+    /// A task every new worker runs once before taking jobs.
+    pub fn initializer(mut self, plugin: &str, task: &str, args_json: &str) -> Self {
+        self.cfg.initializer = Some(Initializer {
+            plugin: plugin.into(),
+            task: task.into(),
+            args_json: args_json.into(),
+        });
+        self
+    }
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.cfg.max_frame = bytes;
+        self
+    }
+    pub fn imap_window(mut self, jobs: usize) -> Self {
+        self.cfg.imap_window = jobs;
+        self
+    }
+    /// Stop forking after `failures` workers died at start within `window`.
+    pub fn restart_limit(mut self, failures: u32, window: Duration) -> Self {
+        self.cfg.max_start_failures = failures;
+        self.cfg.restart_window = window;
+        self
+    }
+    /// Receive [`Event`]s (worker up/down, job start/finish) on `tx`.
+    pub fn events(mut self, tx: Sender<Event>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+    pub fn config(mut self, cfg: PoolConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    pub fn build(self) -> Result<Pool, PoolError> {
+        Pool::start(self.cfg, self.events)
+    }
+}
+
+/// A pool of worker processes running plugin tasks.
+pub struct Pool {
+    tx: Sender<Cmd>,
+    waker: Arc<mio::Waker>,
+    thread: Option<JoinHandle<()>>,
+    callback_thread: Option<JoinHandle<()>>,
+    plugins: Vec<PluginInfo>,
+    next_job: Arc<AtomicU64>,
+    closed: AtomicBool,
+    cfg: PoolConfig,
+}
+
+/// A task resolved to the indices the ABI uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRef {
+    pub plugin: u16,
+    pub task: u32,
+}
+
+const SCOREBOARD_SLOTS: usize = 1024;
+
+impl Pool {
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    fn start(cfg: PoolConfig, events: Option<Sender<Event>>) -> Result<Pool, PoolError> {
+        if cfg.workers == 0 {
+            return Err(PoolError::Config("workers must be at least 1".into()));
+        }
+        if cfg.workers > SCOREBOARD_SLOTS / 2 {
+            return Err(PoolError::Config(format!(
+                "at most {} workers",
+                SCOREBOARD_SLOTS / 2
+            )));
+        }
+        if cfg.plugins.is_empty() {
+            return Err(PoolError::Config("no plugin given".into()));
+        }
+        if cfg.plugins.len() > u16::MAX as usize {
+            return Err(PoolError::Config("too many plugins".into()));
+        }
+        let io = |what| move |source| PoolError::Io { what, source };
+        let board = Arc::new(
+            Scoreboard::create(SCOREBOARD_SLOTS).map_err(io("cannot create the scoreboard"))?,
+        );
+        let forked = if cfg.start_method == StartMethod::Fork {
+            Some(fork_zygote(&cfg, &board)?)
+        } else {
+            None
+        };
+
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (cb_tx, cb_rx) = crossbeam_channel::unbounded::<supervisor::CallbackJob>();
+        let callback_thread = std::thread::Builder::new()
+            .name("billiard-callbacks".into())
+            .spawn(move || {
+                for job in cb_rx {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a result callback panicked; the pool carries on");
+                    }
+                }
+            })
+            .map_err(io("cannot start the callback thread"))?;
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let sup_cfg = cfg.clone();
+        let sink = events::EventSink::new(events);
+        // The supervisor thread starts the zygote itself: the zygote dies
+        // with the thread that started it (PR_SET_PDEATHSIG), and that
+        // thread lives exactly as long as the pool.
+        let thread = std::thread::Builder::new()
+            .name("billiard-supervisor".into())
+            .spawn(move || {
+                let (mut sup, waker) = match Supervisor::new(sup_cfg, rx, board, cb_tx, sink) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(TaskError::new(
+                            ErrorKind::PluginLoad,
+                            format!("cannot start the supervisor: {e}"),
+                        )));
+                        return;
+                    }
+                };
+                match sup.start_zygote(forked) {
+                    Ok(plugins) => {
+                        let _ = ready_tx.send(Ok((plugins, waker)));
+                        sup.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(io("cannot start the supervisor thread"))?;
+        let (plugins, waker) = match ready_rx.recv() {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(PoolError::PluginLoad(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(PoolError::SupervisorPanicked);
+            }
+        };
+        Ok(Pool {
+            tx,
+            waker,
+            thread: Some(thread),
+            callback_thread: Some(callback_thread),
+            plugins,
+            next_job: Arc::new(AtomicU64::new(1)),
+            closed: AtomicBool::new(false),
+            cfg,
+        })
+    }
+
+    /// The plugins the workers loaded, in the order given to the builder.
+    pub fn plugins(&self) -> &[PluginInfo] {
+        &self.plugins
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    /// Resolves `plugin` (its name; may be empty when only one plugin is
+    /// loaded) and `task`.
+    pub fn task_ref(&self, plugin: &str, task: &str) -> Result<TaskRef, TaskError> {
+        let (pi, p) = if plugin.is_empty() && self.plugins.len() == 1 {
+            (0, &self.plugins[0])
+        } else {
+            self.plugins
+                .iter()
+                .enumerate()
+                .find(|(_, p)| p.name == plugin)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self.plugins.iter().map(|p| p.name.as_str()).collect();
+                    TaskError::new(
+                        ErrorKind::UnknownTask,
+                        format!(
+                            "no plugin named `{plugin}` is loaded (loaded: {})",
+                            names.join(", ")
+                        ),
+                    )
+                })?
+        };
+        let task = p
+            .task_index(task)
+            .ok_or_else(|| crate::plugin::unknown_task(p, task))?;
+        Ok(TaskRef {
+            plugin: pi as u16,
+            task,
+        })
+    }
+
+    /// Finds a task by name in whichever plugin has it; `plugin.task` picks
+    /// a plugin explicitly. Ambiguous names are an error.
+    pub fn find_task(&self, name: &str) -> Result<TaskRef, TaskError> {
+        if let Some((plugin, task)) = name.split_once('.') {
+            if self.plugins.iter().any(|p| p.name == plugin) {
+                return self.task_ref(plugin, task);
+            }
+        }
+        let hits: Vec<(usize, u32)> = self
+            .plugins
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.task_index(name).map(|t| (i, t)))
+            .collect();
+        match hits.as_slice() {
+            [(p, t)] => Ok(TaskRef {
+                plugin: *p as u16,
+                task: *t,
+            }),
+            [] => {
+                let all: Vec<String> = self
+                    .plugins
+                    .iter()
+                    .flat_map(|p| {
+                        p.tasks
+                            .iter()
+                            .map(move |t| format!("{}.{}", p.name, t.name))
+                    })
+                    .collect();
+                Err(TaskError::new(
+                    ErrorKind::UnknownTask,
+                    format!(
+                        "no task `{name}` in the loaded plugins (tasks: {})",
+                        all.join(", ")
+                    ),
+                ))
+            }
+            _ => {
+                let names: Vec<String> = hits
+                    .iter()
+                    .map(|(p, _)| format!("{}.{name}", self.plugins[*p].name))
+                    .collect();
+                Err(TaskError::new(
+                    ErrorKind::UnknownTask,
+                    format!(
+                        "task `{name}` is ambiguous; name one of: {}",
+                        names.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), TaskError> {
+        self.tx.send(cmd).map_err(|_| gone())?;
+        self.waker.wake().map_err(|e| {
+            TaskError::new(
+                ErrorKind::Terminated,
+                format!("cannot wake the supervisor: {e}"),
+            )
+        })
+    }
+
+    pub(crate) fn submit(&self, ds: Vec<Dispatch>) -> Result<(), TaskError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TaskError::new(
+                ErrorKind::Terminated,
+                "the pool is closed; no new jobs are accepted",
+            ));
+        }
+        self.send(Cmd::Submit(ds))
+    }
+
+    pub(crate) fn job_ids(&self, n: u32) -> JobId {
+        JobId(self.next_job.fetch_add(n as u64, Ordering::Relaxed))
+    }
+
+    fn encode_args<A: Serialize>(args: &A) -> Result<Vec<u8>, TaskError> {
+        codec::encode(Codec::Bincode, args).map_err(|e| {
+            TaskError::new(
+                ErrorKind::BadArgs,
+                format!("cannot encode the arguments: {e}"),
+            )
+        })
+    }
+
+    /// Submits one job with encoded arguments; the building block of the
+    /// typed `apply*` methods and of the CLI.
+    pub fn apply_raw(
+        &self,
+        target: TaskRef,
+        codec: Codec,
+        args: Vec<u8>,
+        limits: Limits,
+    ) -> Result<RawResult, TaskError> {
+        self.apply_raw_with(target, codec, args, limits, None)
+    }
+
+    fn apply_raw_with(
+        &self,
+        target: TaskRef,
+        codec: Codec,
+        args: Vec<u8>,
+        limits: Limits,
+        callback: Option<Box<dyn FnOnce(&Outcome) + Send>>,
+    ) -> Result<RawResult, TaskError> {
+        let id = self.job_ids(1);
+        let slot = ResultSlot::new(callback);
+        self.submit(vec![Dispatch {
+            first_job: id,
+            count: 1,
+            plugin: target.plugin,
+            task: target.task,
+            codec,
+            payload: Arc::new(args),
+            limits,
+            reply: Reply::Slot(slot.clone()),
+            attempt: 0,
+            cancelled: false,
+        }])?;
+        Ok(RawResult { id, slot })
+    }
+
+    /// Runs a task and waits for its result. `args` is a tuple, one element
+    /// per task argument: `(3u64,)`.
+    pub fn apply<A: Serialize, R: DeserializeOwned + 'static>(
+        &self,
+        plugin: &str,
+        task: &str,
+        args: A,
+    ) -> Result<R, TaskError> {
+        self.apply_async(plugin, task, args)?.get()
+    }
+
+    /// Submits a task; the handle gives its result later.
+    pub fn apply_async<A: Serialize, R: DeserializeOwned + 'static>(
+        &self,
+        plugin: &str,
+        task: &str,
+        args: A,
+    ) -> Result<AsyncResult<R>, TaskError> {
+        self.apply_async_with(plugin, task, args, JobOptions::default())
+    }
+
+    /// `apply_async` with per-job limits and callbacks.
+    pub fn apply_async_with<A: Serialize, R: DeserializeOwned + 'static>(
+        &self,
+        plugin: &str,
+        task: &str,
+        args: A,
+        opts: JobOptions<R>,
+    ) -> Result<AsyncResult<R>, TaskError> {
+        let target = self.task_ref(plugin, task)?;
+        let bytes = Self::encode_args(&args)?;
+        let JobOptions {
+            limits,
+            on_success,
+            on_error,
+        } = opts;
+        let callback: Option<Box<dyn FnOnce(&Outcome) + Send>> =
+            if on_success.is_none() && on_error.is_none() {
+                None
+            } else {
+                Some(Box::new(move |outcome: &Outcome| {
+                    match decode_outcome::<R>(outcome.clone()) {
+                        Ok(v) => {
+                            if let Some(f) = on_success {
+                                f(v)
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(f) = on_error {
+                                f(e)
+                            }
+                        }
+                    }
+                }))
+            };
+        let raw = self.apply_raw_with(target, Codec::Bincode, bytes, limits, callback)?;
+        Ok(AsyncResult {
+            raw,
+            _r: PhantomData,
+        })
+    }
+
+    /// Applies a one-argument task to every item; results in input order.
+    /// Fails with the first failed item's error. `chunksize` items travel
+    /// per message (and run in one FFI call).
+    pub fn map<A: Serialize, R: DeserializeOwned>(
+        &self,
+        plugin: &str,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>, TaskError> {
+        self.imap(plugin, task, items, chunksize)?.collect()
+    }
+
+    /// Like `map`, but each item is the whole argument tuple.
+    pub fn starmap<A: Serialize, R: DeserializeOwned>(
+        &self,
+        plugin: &str,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>, TaskError> {
+        let target = self.task_ref(plugin, task)?;
+        let jobs = items
+            .into_iter()
+            .map(move |a| Ok(RawJob::new(target, Codec::Bincode, Self::encode_args(&a)?)));
+        Imap::new(self.imap_raw(jobs, true, chunksize)).collect()
+    }
+
+    /// Starts a `map` in the background; `MapResult::get` waits for it.
+    pub fn map_async<A: Serialize, R: DeserializeOwned>(
+        &self,
+        plugin: &str,
+        task: &str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<MapResult<R>, TaskError> {
+        let target = self.task_ref(plugin, task)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut ds = Vec::new();
+        let mut n = 0u64;
+        let mut chunk = Vec::new();
+        let chunksize = chunksize.max(1);
+        for item in items {
+            chunk.push(Self::encode_args(&(item,))?);
+            if chunk.len() == chunksize {
+                ds.push(self.chunk_dispatch(
+                    target,
+                    Codec::Bincode,
+                    Limits::default(),
+                    std::mem::take(&mut chunk),
+                    &tx,
+                    n,
+                ));
+                n += chunksize as u64;
+            }
+        }
+        if !chunk.is_empty() {
+            let len = chunk.len() as u64;
+            ds.push(self.chunk_dispatch(target, Codec::Bincode, Limits::default(), chunk, &tx, n));
+            n += len;
+        }
+        self.submit(ds)?;
+        Ok(MapResult {
+            rx,
+            n,
+            _r: PhantomData,
+        })
+    }
+
+    pub(crate) fn chunk_dispatch(
+        &self,
+        target: TaskRef,
+        codec: Codec,
+        limits: Limits,
+        args: Vec<Vec<u8>>,
+        tx: &Sender<(u64, Outcome)>,
+        first_index: u64,
+    ) -> Dispatch {
+        let count = args.len() as u32;
+        let payload = if count == 1 {
+            args.into_iter().next().unwrap_or_default()
+        } else {
+            let mut p = Vec::with_capacity(args.iter().map(|a| a.len() + 4).sum());
+            for a in &args {
+                codec::push_record(&mut p, a);
+            }
+            p
+        };
+        Dispatch {
+            first_job: self.job_ids(count),
+            count,
+            plugin: target.plugin,
+            task: target.task,
+            codec,
+            payload: Arc::new(payload),
+            limits,
+            reply: Reply::Stream {
+                tx: tx.clone(),
+                first_index,
+            },
+            attempt: 0,
+            cancelled: false,
+        }
+    }
+
+    /// Lazily applies a one-argument task to every item, yielding results in
+    /// input order. At most `imap_window` jobs are in flight: a huge input
+    /// is consumed as results are, so memory stays flat.
+    pub fn imap<'p, A: Serialize + 'p, R: DeserializeOwned>(
+        &'p self,
+        plugin: &str,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'p,
+        chunksize: usize,
+    ) -> Result<Imap<'p, R>, TaskError> {
+        let target = self.task_ref(plugin, task)?;
+        let jobs = items.into_iter().map(move |a| {
+            Ok(RawJob::new(
+                target,
+                Codec::Bincode,
+                Self::encode_args(&(a,))?,
+            ))
+        });
+        Ok(Imap::new(self.imap_raw(jobs, true, chunksize)))
+    }
+
+    /// Like `imap`, in completion order.
+    pub fn imap_unordered<'p, A: Serialize + 'p, R: DeserializeOwned>(
+        &'p self,
+        plugin: &str,
+        task: &str,
+        items: impl IntoIterator<Item = A> + 'p,
+        chunksize: usize,
+    ) -> Result<Imap<'p, R>, TaskError> {
+        let target = self.task_ref(plugin, task)?;
+        let jobs = items.into_iter().map(move |a| {
+            Ok(RawJob::new(
+                target,
+                Codec::Bincode,
+                Self::encode_args(&(a,))?,
+            ))
+        });
+        Ok(Imap::new(self.imap_raw(jobs, false, chunksize)))
+    }
+
+    /// The general streaming form: each item is a job (any task, any codec,
+    /// its own limits) or an error that stands as that item's outcome.
+    /// Yields `(index, outcome)`, in input order when `ordered`.
+    pub fn imap_raw<'p>(
+        &'p self,
+        jobs: impl Iterator<Item = Result<RawJob, TaskError>> + 'p,
+        ordered: bool,
+        chunksize: usize,
+    ) -> RawStream<'p> {
+        RawStream::new(
+            self,
+            Box::new(jobs),
+            ordered,
+            chunksize.max(1),
+            self.cfg.imap_window.max(1),
+        )
+    }
+
+    /// Cancels a job: a queued one is dropped, a running one has its worker
+    /// killed and replaced. Either way it ends with exactly one `terminated`
+    /// outcome. Returns false if the job is unknown or already finished.
+    pub fn terminate_job(&self, id: JobId) -> Result<bool, TaskError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Cmd::TerminateJob(id, tx))?;
+        rx.recv().map_err(|_| gone())
+    }
+
+    /// Adds `n` workers.
+    pub fn grow(&self, n: usize) -> Result<(), TaskError> {
+        self.send(Cmd::Grow(n))
+    }
+
+    /// Removes `n` workers (never below one): idle ones go at once, busy
+    /// ones after their current job.
+    pub fn shrink(&self, n: usize) -> Result<(), TaskError> {
+        self.send(Cmd::Shrink(n))
+    }
+
+    /// Rolling restart: reloads the plugin files in a new zygote and
+    /// replaces every worker after its current job (hot reload).
+    pub fn restart(&self) -> Result<(), TaskError> {
+        self.send(Cmd::Restart)
+    }
+
+    pub fn stats(&self) -> Result<Stats, TaskError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Cmd::Stats(tx))?;
+        rx.recv().map_err(|_| gone())
+    }
+
+    /// No new jobs; the ones submitted still run. `join` waits for them.
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.send(Cmd::Close);
+        }
+    }
+
+    /// Closes the pool, waits for every job to finish and for every worker
+    /// to exit.
+    pub fn join(mut self) -> Result<(), PoolError> {
+        self.close();
+        self.wait_threads()
+    }
+
+    /// Stops now: workers are killed, unfinished jobs end `terminated`.
+    pub fn terminate(mut self) -> Result<(), PoolError> {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.send(Cmd::Terminate);
+        self.wait_threads()
+    }
+
+    fn wait_threads(&mut self) -> Result<(), PoolError> {
+        let mut res = Ok(());
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                res = Err(PoolError::SupervisorPanicked);
+            }
+        }
+        if let Some(t) = self.callback_thread.take() {
+            let _ = t.join();
+        }
+        res
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.closed.store(true, Ordering::Release);
+            let _ = self.send(Cmd::Terminate);
+            let _ = self.wait_threads();
+        }
+    }
+}
+
+fn gone() -> TaskError {
+    TaskError::new(ErrorKind::Terminated, "the pool has shut down")
+}
+
+/// Decodes a bincode outcome into the caller's type.
+pub(crate) fn decode_outcome<R: DeserializeOwned>(o: Outcome) -> Result<R, TaskError> {
+    let bytes = o?;
+    codec::decode(Codec::Bincode, &bytes).map_err(|e| {
+        TaskError::new(
+            ErrorKind::TaskError,
+            format!("cannot decode the result as the requested type: {e}"),
+        )
+    })
+}
+
+/// Per-job options for `apply_async_with`.
+pub struct JobOptions<R> {
+    pub limits: Limits,
+    on_success: Option<Box<dyn FnOnce(R) + Send>>,
+    on_error: Option<Box<dyn FnOnce(TaskError) + Send>>,
+}
+
+impl<R> Default for JobOptions<R> {
+    fn default() -> Self {
+        JobOptions {
+            limits: Limits::default(),
+            on_success: None,
+            on_error: None,
+        }
+    }
+}
+
+impl<R> JobOptions<R> {
+    pub fn soft_time_limit(mut self, d: Duration) -> Self {
+        self.limits.soft = Some(d);
+        self
+    }
+    pub fn time_limit(mut self, d: Duration) -> Self {
+        self.limits.hard = Some(d);
+        self
+    }
+    /// Runs on the pool's callback thread with the result. A panic in it is
+    /// caught and logged.
+    pub fn on_success(mut self, f: impl FnOnce(R) + Send + 'static) -> Self {
+        self.on_success = Some(Box::new(f));
+        self
+    }
+    pub fn on_error(mut self, f: impl FnOnce(TaskError) + Send + 'static) -> Self {
+        self.on_error = Some(Box::new(f));
+        self
+    }
+}
+
+/// The handle of a job submitted with `apply_raw`: encoded result bytes.
+#[derive(Clone)]
+pub struct RawResult {
+    id: JobId,
+    slot: Arc<ResultSlot>,
+}
+
+impl RawResult {
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+    pub fn ready(&self) -> bool {
+        self.slot.is_ready()
+    }
+    pub fn wait(&self) {
+        self.slot.wait(None);
+    }
+    pub fn wait_timeout(&self, d: Duration) -> bool {
+        self.slot.wait(Some(d)).is_some()
+    }
+    pub fn get(&self) -> Outcome {
+        self.slot.wait(None).unwrap_or_else(|| Err(gone()))
+    }
+    pub fn get_timeout(&self, d: Duration) -> Option<Outcome> {
+        self.slot.wait(Some(d))
+    }
+}
+
+/// The handle of a job submitted with `apply_async`.
+pub struct AsyncResult<R> {
+    raw: RawResult,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    pub fn id(&self) -> JobId {
+        self.raw.id
+    }
+    /// True once the outcome is known.
+    pub fn ready(&self) -> bool {
+        self.raw.ready()
+    }
+    /// Waits for the outcome.
+    pub fn wait(&self) {
+        self.raw.wait()
+    }
+    /// Waits up to `d`; true if the outcome is known.
+    pub fn wait_timeout(&self, d: Duration) -> bool {
+        self.raw.wait_timeout(d)
+    }
+    /// Waits for and returns the result.
+    pub fn get(&self) -> Result<R, TaskError> {
+        decode_outcome(self.raw.get())
+    }
+    /// The result, or `None` if it is not known within `d`.
+    pub fn get_timeout(&self, d: Duration) -> Option<Result<R, TaskError>> {
+        self.raw.get_timeout(d).map(decode_outcome)
+    }
+    pub fn raw(&self) -> &RawResult {
+        &self.raw
+    }
+}
+
+/// The handle of a `map_async`.
+pub struct MapResult<R> {
+    rx: crossbeam_channel::Receiver<(u64, Outcome)>,
+    n: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> MapResult<R> {
+    /// Waits for every item; the first failure (in input order) wins.
+    pub fn get(self) -> Result<Vec<R>, TaskError> {
+        let mut slots: Vec<Option<Outcome>> = (0..self.n).map(|_| None).collect();
+        for _ in 0..self.n {
+            let (i, o) = self.rx.recv().map_err(|_| gone())?;
+            if let Some(s) = slots.get_mut(i as usize) {
+                *s = Some(o);
+            }
+        }
+        slots
+            .into_iter()
+            .map(|o| decode_outcome(o.unwrap_or_else(|| Err(gone()))))
+            .collect()
+    }
+}
+
+/// Forks the zygote straight from this process (the `fork` start method).
+fn fork_zygote(
+    cfg: &PoolConfig,
+    board: &Arc<Scoreboard>,
+) -> Result<(std::os::fd::OwnedFd, i32), PoolError> {
+    use std::os::fd::AsRawFd;
+    let io = |what| move |source| PoolError::Io { what, source };
+    let (ours, theirs) = sys::seqpacket_pair().map_err(io("socketpair"))?;
+    let (_out_r, out_w) = sys::pipe().map_err(io("pipe"))?;
+    match sys::fork_single_threaded().map_err(|e| PoolError::Config(e.to_string()))? {
+        sys::Forked::Child => {
+            // The zygote: a copy of this (single-threaded) process.
+            if sys::setup_worker_process(
+                &[theirs.as_raw_fd(), board.fd().as_raw_fd()],
+                out_w.as_raw_fd(),
+            )
+            .is_err()
+                || sys::die_with_parent().is_err()
+            {
+                sys::exit_now(1);
+            }
+            let Ok(ctl) = sys::inherited_fd(3) else {
+                sys::exit_now(1)
+            };
+            std::mem::forget((ours, theirs, out_w));
+            let board: &'static Arc<Scoreboard> = Box::leak(Box::new(board.clone()));
+            crate::zygote::run(ctl, cfg.plugins.clone(), board, crate::zygote::Birth::Fork)
+        }
+        sys::Forked::Parent { child } => Ok((ours, child)),
+    }
+}

@@ -1,0 +1,290 @@
+//! The zygote: a single-threaded process that loads the plugins once and
+//! forks workers on request, so each worker starts copy-on-write with the
+//! plugins already mapped. It reaps its workers and reports how they ended
+//! (exit status and rusage), since only a parent can.
+//!
+//! It talks to the supervisor over a SOCK_SEQPACKET control socket (see
+//! `ipc`). When that socket closes — the pool or the whole host went away —
+//! it kills every worker and exits.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::ipc::{self, WorkerParams, ZygoteCmd, ZygoteMsg};
+use crate::plugin::{Plugin, PluginLoadError};
+use crate::sys::{self, Scoreboard};
+use crate::worker;
+
+/// How the zygote makes a worker.
+#[derive(Debug, Clone)]
+pub enum Birth {
+    /// Fork: the worker runs with the zygote's preloaded plugins.
+    Fork,
+    /// Fork + exec of this program in worker mode (the `spawn` start method).
+    Exec { exe: PathBuf },
+}
+
+/// Loads every plugin, or says which one failed.
+pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
+    paths.iter().map(Plugin::load).collect()
+}
+
+/// Runs the zygote loop; never returns.
+pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth: Birth) -> ! {
+    let loaded = load_all(&paths);
+    let hello = ZygoteMsg::Hello {
+        pid: sys::getpid(),
+        plugins: loaded
+            .as_ref()
+            .map(|ps| ps.iter().map(|p| p.info().clone()).collect())
+            .map_err(Clone::clone),
+    };
+    if sys::send_with_fds(&ctl, &ipc::encode_ctl(&hello), &[]).is_err() {
+        sys::exit_now(0);
+    }
+    let Ok(plugins) = loaded else {
+        // The supervisor reports the load error; nothing more to do.
+        sys::exit_now(0);
+    };
+    let sigchld = match sys::sigchld_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("billiard zygote: cannot watch for dead workers: {e}");
+            sys::exit_now(1);
+        }
+    };
+    let mut z = Zygote {
+        ctl,
+        plugins,
+        paths,
+        board,
+        birth,
+        workers: HashMap::new(),
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let (ctl_ready, chld_ready) = {
+            let mut fds = [
+                PollFd::new(z.ctl.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sigchld.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => z.shutdown(),
+            }
+            (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
+        };
+        if chld_ready {
+            while let Ok(Some(_)) = sigchld.read_signal() {}
+            z.reap();
+        }
+        if ctl_ready {
+            match sys::recv_with_fds(&z.ctl, &mut buf) {
+                Ok(Some((n, _fds))) => match ipc::decode_ctl::<ZygoteCmd>(&buf[..n]) {
+                    Ok(ZygoteCmd::Spawn(params)) => z.spawn(params),
+                    Ok(ZygoteCmd::Shutdown) | Err(_) => z.shutdown(),
+                },
+                Ok(None) => z.shutdown(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => z.shutdown(),
+            }
+        }
+    }
+}
+
+struct Zygote {
+    ctl: OwnedFd,
+    plugins: Vec<Plugin>,
+    paths: Vec<PathBuf>,
+    board: &'static Scoreboard,
+    birth: Birth,
+    /// pid → worker id
+    workers: HashMap<i32, u64>,
+}
+
+impl Zygote {
+    fn send(&self, msg: &ZygoteMsg, fds: &[i32]) {
+        if sys::send_with_fds(&self.ctl, &ipc::encode_ctl(msg), fds).is_err() {
+            self.shutdown();
+        }
+    }
+
+    fn spawn(&mut self, params: WorkerParams) {
+        let worker = params.worker;
+        let fail = |z: &Zygote, e: std::io::Error| {
+            z.send(
+                &ZygoteMsg::SpawnFailed {
+                    worker,
+                    error: e.to_string(),
+                },
+                &[],
+            )
+        };
+        let (ours, theirs) = match sys::stream_pair() {
+            Ok(p) => p,
+            Err(e) => return fail(self, e),
+        };
+        let (out_r, out_w) = match sys::pipe() {
+            Ok(p) => p,
+            Err(e) => return fail(self, e),
+        };
+        match sys::fork_single_threaded() {
+            Err(e) => fail(self, e),
+            Ok(sys::Forked::Child) => {
+                let keep = [theirs.as_raw_fd(), self.board.fd().as_raw_fd()];
+                if let Err(e) = sys::setup_worker_process(&keep, out_w.as_raw_fd()) {
+                    eprintln!("billiard worker: setup failed: {e}");
+                    sys::exit_now(worker::exit_code::SETUP);
+                }
+                // fds 3 (socket) and 4 (scoreboard) now; the rest are closed.
+                let sock = match sys::inherited_fd(3) {
+                    Ok(fd) => fd,
+                    Err(_) => sys::exit_now(worker::exit_code::SETUP),
+                };
+                // The originals were closed by setup; forget the handles.
+                std::mem::forget((ours, theirs, out_r, out_w));
+                match &self.birth {
+                    Birth::Fork => {
+                        worker::run(std::mem::take(&mut self.plugins), params, sock, self.board)
+                    }
+                    Birth::Exec { exe } => exec_worker(exe, &params, &self.paths),
+                }
+            }
+            Ok(sys::Forked::Parent { child }) => {
+                drop(theirs);
+                drop(out_w);
+                let pidfd = match sys::pidfd_open(child) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        let _ = sys::kill_pid(child, sys::SIGKILL);
+                        return fail(self, e);
+                    }
+                };
+                self.workers.insert(child, worker);
+                self.send(
+                    &ZygoteMsg::Spawned { worker, pid: child },
+                    &[ours.as_raw_fd(), out_r.as_raw_fd(), pidfd.as_raw_fd()],
+                );
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Ok(Some((pid, info))) = sys::reap_any() {
+            if self.workers.remove(&pid).is_some() {
+                self.send(&ZygoteMsg::Exited { pid, info }, &[]);
+            }
+        }
+    }
+
+    fn shutdown(&self) -> ! {
+        for &pid in self.workers.keys() {
+            let _ = sys::kill_group(pid, sys::SIGKILL);
+            let _ = sys::kill_pid(pid, sys::SIGKILL);
+        }
+        for &pid in self.workers.keys() {
+            sys::wait_child(pid);
+        }
+        sys::exit_now(0);
+    }
+}
+
+/// In a freshly forked worker: exec this program in worker mode.
+fn exec_worker(exe: &std::path::Path, params: &WorkerParams, paths: &[PathBuf]) -> ! {
+    use std::os::unix::process::CommandExt;
+    let params_json = serde_json::to_string(params).unwrap_or_default();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(WORKER_ARG).arg(params_json);
+    cmd.args(paths.iter().map(OsString::from));
+    let err = cmd.exec();
+    eprintln!("billiard worker: cannot exec {}: {err}", exe.display());
+    sys::exit_now(worker::exit_code::SETUP);
+}
+
+/// The hidden first argument that starts this program as a zygote.
+pub const ZYGOTE_ARG: &str = "__billiard_zygote";
+/// The hidden first argument that starts this program as a worker.
+pub const WORKER_ARG: &str = "__billiard_worker";
+
+/// Entry point for a program started by the pool as a helper process (the
+/// zygote, or a spawned worker). Call it first thing in `main`; it returns
+/// only when this process is not such a helper. `billiard-host` calls it;
+/// a program that embeds `Pool` and wants to be its own worker executable
+/// calls it too.
+pub fn run_if_helper() {
+    let mut args = std::env::args_os().skip(1);
+    let Some(first) = args.next() else { return };
+    if first == ZYGOTE_ARG {
+        let rest: Vec<OsString> = args.collect();
+        helper_zygote(rest);
+    } else if first == WORKER_ARG {
+        let rest: Vec<OsString> = args.collect();
+        helper_worker(rest);
+    }
+}
+
+/// `__billiard_zygote MODE [EXE] PLUGIN...` with fd 3 = control socket and
+/// fd 4 = scoreboard. MODE is `fork` or `exec`.
+fn helper_zygote(args: Vec<OsString>) -> ! {
+    let (ctl, board) = match (sys::inherited_fd(3), sys::inherited_fd(4)) {
+        (Ok(c), Ok(b)) => (c, b),
+        _ => {
+            eprintln!("billiard: {ZYGOTE_ARG} is internal; it is started by the pool");
+            sys::exit_now(2);
+        }
+    };
+    let board: &'static Scoreboard = match Scoreboard::map(board) {
+        Ok(b) => Box::leak(Box::new(b)),
+        Err(e) => {
+            eprintln!("billiard zygote: cannot map the scoreboard: {e}");
+            sys::exit_now(1);
+        }
+    };
+    let mut it = args.into_iter();
+    let birth = match it.next().as_deref().and_then(|m| m.to_str()) {
+        Some("exec") => match std::env::current_exe() {
+            Ok(exe) => Birth::Exec { exe },
+            Err(e) => {
+                eprintln!("billiard zygote: cannot find its own executable: {e}");
+                sys::exit_now(1);
+            }
+        },
+        _ => Birth::Fork,
+    };
+    let paths = it.map(PathBuf::from).collect();
+    run(ctl, paths, board, birth)
+}
+
+/// `__billiard_worker PARAMS_JSON PLUGIN...` with fd 3 = socket, fd 4 =
+/// scoreboard (the spawn start method).
+fn helper_worker(args: Vec<OsString>) -> ! {
+    let mut it = args.into_iter();
+    let params: Option<WorkerParams> = it
+        .next()
+        .and_then(|p| serde_json::from_str(p.to_str()?).ok());
+    let (Some(params), Ok(sock), Ok(board)) = (params, sys::inherited_fd(3), sys::inherited_fd(4))
+    else {
+        eprintln!("billiard: {WORKER_ARG} is internal; it is started by the pool");
+        sys::exit_now(2);
+    };
+    let board: &'static Scoreboard = match Scoreboard::map(board) {
+        Ok(b) => Box::leak(Box::new(b)),
+        Err(e) => {
+            eprintln!("billiard worker: cannot map the scoreboard: {e}");
+            sys::exit_now(worker::exit_code::SETUP);
+        }
+    };
+    let paths: Vec<PathBuf> = it.map(PathBuf::from).collect();
+    match load_all(&paths) {
+        Ok(plugins) => worker::run(plugins, params, sock, board),
+        Err(e) => {
+            eprintln!("billiard worker: {e}");
+            sys::exit_now(worker::exit_code::PLUGIN_LOAD);
+        }
+    }
+}
