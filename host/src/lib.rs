@@ -16,6 +16,7 @@ pub mod sys;
 mod worker;
 mod zygote;
 
+pub use billiard_plugin_api::Codec;
 pub use error::{ErrorKind, TaskError};
 pub use plugin::{Plugin, PluginInfo, PluginLoadError, TaskSpec};
 pub use pool::{

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU32;
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
 use abi_stable::std_types::{RSlice, RVec};
 use billiard_plugin_api::abi::PluginModRef;
 use billiard_plugin_api::{codec, Codec, Status, TaskContext, ABI_VERSION};
@@ -99,9 +99,14 @@ impl std::fmt::Debug for Plugin {
 
 const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
 const ET_DYN: u16 = 3;
+const PT_LOAD: u32 = 1;
+/// `e_phnum` value meaning "too many program headers to count here".
+const PN_XNUM: u16 = 0xffff;
 
 /// Checks the file before handing it to the dynamic loader, so that the
-/// common mistakes get a precise message.
+/// common mistakes get a precise message, and so that a truncated file
+/// cannot crash the process (the loader maps the file's segments; touching
+/// a page past the end of the file raises SIGBUS).
 fn precheck(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".to_string(),
@@ -111,22 +116,135 @@ fn precheck(path: &Path) -> Result<(), String> {
     if meta.is_dir() {
         return Err("it is a directory, not a plugin file (pass the .so inside target/)".into());
     }
-    let mut header = [0u8; 18];
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
-    let n = f
-        .read(&mut header)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if n < 18 || header[..4] != ELF_MAGIC {
-        return Err("not an ELF shared object (a plugin is the .so a cdylib crate builds)".into());
+    if !meta.is_file() {
+        return Err("not a regular file (a plugin is the .so a cdylib crate builds)".into());
     }
-    // e_type, in the byte order e_ident[EI_DATA] names.
-    let e_type = if header[5] == 2 {
-        u16::from_be_bytes([header[16], header[17]])
-    } else {
-        u16::from_le_bytes([header[16], header[17]])
+    let not_elf = || "not an ELF shared object (a plugin is the .so a cdylib crate builds)";
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let mut header = Vec::with_capacity(64);
+    (&mut f)
+        .take(64)
+        .read_to_end(&mut header)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if header.len() < 18 || header[..4] != ELF_MAGIC {
+        return Err(not_elf().into());
+    }
+    let elf = Elf {
+        is64: header[4] == 2,
+        big_endian: header[5] == 2,
     };
+    let e_type = elf.u16(&header, 16);
     if e_type != ET_DYN {
         return Err(format!("an ELF file but not a shared object (e_type {e_type}); build the plugin as crate-type = [\"cdylib\"]"));
+    }
+    if header.len() < elf.header_len() {
+        return Err(format!(
+            "the file is truncated ({} bytes, shorter than an ELF header)",
+            header.len()
+        ));
+    }
+    check_segments(&mut f, &header, elf, meta.len())
+}
+
+/// The class and byte order of an ELF file, to read its header fields.
+#[derive(Clone, Copy)]
+struct Elf {
+    is64: bool,
+    big_endian: bool,
+}
+
+impl Elf {
+    fn header_len(self) -> usize {
+        if self.is64 {
+            64
+        } else {
+            52
+        }
+    }
+
+    fn u16(self, b: &[u8], at: usize) -> u16 {
+        let v = [b[at], b[at + 1]];
+        if self.big_endian {
+            u16::from_be_bytes(v)
+        } else {
+            u16::from_le_bytes(v)
+        }
+    }
+
+    fn u32(self, b: &[u8], at: usize) -> u32 {
+        let v = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if self.big_endian {
+            u32::from_be_bytes(v)
+        } else {
+            u32::from_le_bytes(v)
+        }
+    }
+
+    /// A file offset or size: 8 bytes in ELF64, 4 in ELF32.
+    fn word(self, b: &[u8], at: usize) -> u64 {
+        if !self.is64 {
+            return u64::from(self.u32(b, at));
+        }
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[at..at + 8]);
+        if self.big_endian {
+            u64::from_be_bytes(v)
+        } else {
+            u64::from_le_bytes(v)
+        }
+    }
+}
+
+/// Checks that the program header table and every loadable segment lie
+/// within the file's `len` bytes.
+fn check_segments(f: &mut std::fs::File, header: &[u8], elf: Elf, len: u64) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom};
+    let (phoff, phentsize, phnum) = if elf.is64 {
+        (
+            elf.word(header, 32),
+            elf.u16(header, 54),
+            elf.u16(header, 56),
+        )
+    } else {
+        (
+            elf.word(header, 28),
+            elf.u16(header, 42),
+            elf.u16(header, 44),
+        )
+    };
+    // (p_offset, p_filesz) positions within one program header entry.
+    let (off_at, filesz_at, min_entry) = if elf.is64 { (8, 32, 56) } else { (4, 16, 32) };
+    if phnum == PN_XNUM || phnum == 0 {
+        // Unusual layouts: leave them to the loader.
+        return Ok(());
+    }
+    if usize::from(phentsize) < min_entry {
+        return Err(format!(
+            "a malformed ELF file (program header entries of {phentsize} bytes)"
+        ));
+    }
+    let table_len = u64::from(phentsize) * u64::from(phnum);
+    let truncated = |what: &str, end: u64| {
+        format!("the file is truncated or corrupt: it has {len} bytes but {what} reaches byte {end} (was it being rebuilt?)")
+    };
+    let table_end = phoff.saturating_add(table_len);
+    if table_end > len {
+        return Err(truncated("its program header table", table_end));
+    }
+    let mut table = vec![0u8; table_len as usize];
+    f.seek(SeekFrom::Start(phoff))
+        .and_then(|_| f.read_exact(&mut table))
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    for entry in table.chunks_exact(usize::from(phentsize)) {
+        if elf.u32(entry, 0) != PT_LOAD {
+            continue;
+        }
+        let end = elf
+            .word(entry, off_at)
+            .saturating_add(elf.word(entry, filesz_at));
+        if end > len {
+            return Err(truncated("a loadable segment", end));
+        }
     }
     Ok(())
 }
@@ -147,8 +265,15 @@ fn explain(err: LibraryError) -> String {
             "built against an incompatible billiard-plugin-api: the ABI layout differs; rebuild the plugin against this host's plugin-api.\nlayout check: {}",
             first_lines(&e.to_string(), 12)
         ),
-        LibraryError::RootModule { err, .. } => format!("the plugin's module initializer failed: {err}"),
-        other => format!("{other}"),
+        LibraryError::RootModule { err: RootModuleError::Unwound, .. } => {
+            "the plugin's module initializer panicked".into()
+        }
+        // abi_stable's text is wrapped in newlines.
+        LibraryError::RootModule { err, .. } => format!(
+            "the plugin's module initializer failed: {}",
+            err.to_string().trim()
+        ),
+        other => other.to_string().trim().to_string(),
     }
 }
 

@@ -516,7 +516,16 @@ pub fn worker_signal_dispositions() -> io::Result<()> {
         ] {
             signal(s, SigHandler::SigIgn).map_err(io::Error::from)?;
         }
-        for s in [Signal::SIGCHLD, Signal::SIGUSR1, Signal::SIGUSR2] {
+        // SIGSEGV/SIGBUS too: Rust's runtime handler (for stack-overflow
+        // reports) would swallow a raised SIGSEGV instead of ending the
+        // worker; a crash must end it, and the supervisor reports it.
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGSEGV,
+            Signal::SIGBUS,
+        ] {
             signal(s, SigHandler::SigDfl).map_err(io::Error::from)?;
         }
     }

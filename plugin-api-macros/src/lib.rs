@@ -14,7 +14,8 @@ use syn::{
 /// Arguments are decoded positionally from the job's argument tuple (any
 /// owned serde type); a `&TaskContext` argument, anywhere in the list, is
 /// supplied by the host instead. The function may return `T` or
-/// `Result<T, E>` with `E: Display` (an `Err` becomes a `task_error`).
+/// `Result<T, E>` with `E: Display` (an `Err` becomes a `task_error`);
+/// a one-argument alias such as `anyhow::Result<T>` counts as a `Result`.
 /// The doc comment becomes the task's documentation in `inspect`.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -60,8 +61,9 @@ fn is_context(ty: &Type) -> bool {
         .is_some_and(|s| s.ident == "TaskContext")
 }
 
-/// `Some(T)` when the return type is written `Result<T, E>` (any path
-/// ending in `Result` with two type arguments).
+/// `Some(T)` when the return type is written `Result<T, E>` or `Result<T>`
+/// (any path ending in `Result`: `std::io::Result<T>`, `anyhow::Result<T>`
+/// and a crate's own alias are results too).
 fn result_ok_type(ty: &Type) -> Option<&Type> {
     let Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
@@ -71,7 +73,7 @@ fn result_ok_type(ty: &Type) -> Option<&Type> {
     let PathArguments::AngleBracketed(args) = &last.arguments else {
         return None;
     };
-    if args.args.len() != 2 {
+    if !matches!(args.args.len(), 1 | 2) {
         return None;
     }
     match args.args.first() {

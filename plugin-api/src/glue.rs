@@ -33,7 +33,9 @@ pub enum Fail {
 
 thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The last panic inside a task on this thread: (payload text, text
+    /// with location and optional backtrace).
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
 static HOOK: Once = Once::new();
@@ -49,25 +51,29 @@ fn install_panic_hook() {
                 previous(info);
                 return;
             }
-            let payload = info.payload();
-            let msg = if let Some(s) = payload.downcast_ref::<&str>() {
-                (*s).to_string()
-            } else if let Some(s) = payload.downcast_ref::<String>() {
-                s.clone()
-            } else {
-                "Box<dyn Any>".to_string()
-            };
+            let msg = payload_text(info.payload());
             let mut text = match info.location() {
                 Some(loc) => format!("{msg} (at {}:{}:{})", loc.file(), loc.line(), loc.column()),
-                None => msg,
+                None => msg.to_string(),
             };
             if backtrace_wanted() {
                 let bt = std::backtrace::Backtrace::force_capture();
                 text.push_str(&format!("\nbacktrace:\n{bt}"));
             }
-            LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((msg.to_string(), text)));
         }));
     });
+}
+
+/// The message of a panic payload (`panic!` makes a `&str` or a `String`).
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "Box<dyn Any>"
+    }
 }
 
 fn backtrace_wanted() -> bool {
@@ -99,13 +105,18 @@ pub fn run<R: Serialize>(
 ) -> Status {
     install_panic_hook();
     let start = out.len();
-    IN_TASK.with(|f| f.set(true));
+    // A message left over from an earlier call must not be reported for an
+    // unwind that did not go through the hook.
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+    // Restored afterwards rather than cleared: a task may run another
+    // task's glue, and its own later panics must still be recorded.
+    let was_in_task = IN_TASK.with(|f| f.replace(true));
     let result = catch_unwind(AssertUnwindSafe(|| {
         let value = body()?;
         codec::encode_into(codec, &value, &mut *out)
             .map_err(|e| Fail::User(format!("could not encode the result: {e}")))
     }));
-    IN_TASK.with(|f| f.set(false));
+    IN_TASK.with(|f| f.set(was_in_task));
     match result {
         Ok(Ok(())) => Status::Ok,
         Ok(Err(fail)) => {
@@ -141,9 +152,14 @@ pub fn run<R: Serialize>(
                 write_msg(out, format_args!("task `{}` stopped: {what}", info.name));
                 return stop_status(*reason);
             }
-            let msg = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| "panic with no message".to_string());
+            // The recorded text belongs to this unwind only if the payloads
+            // agree: `resume_unwind` skips the hook, so what was recorded may
+            // be a panic the task caught itself.
+            let payload_msg = payload_text(&*payload);
+            let msg = match LAST_PANIC.with(|p| p.borrow_mut().take()) {
+                Some((recorded, text)) if recorded == payload_msg => text,
+                _ => payload_msg.to_string(),
+            };
             write_msg(out, format_args!("task `{}` panicked: {msg}", info.name));
             // Dropping the payload runs plugin code that could panic again;
             // contain that too.

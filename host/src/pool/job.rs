@@ -35,7 +35,8 @@ impl std::fmt::Display for WorkerId {
 /// A job's result: the encoded value, or why there is none.
 pub type Outcome = Result<Vec<u8>, TaskError>;
 
-type Callback = Box<dyn FnOnce(&Outcome) + Send>;
+/// Runs with a job's outcome, on the pool's callback thread.
+pub type Callback = Box<dyn FnOnce(&Outcome) + Send>;
 
 /// Where one job's outcome goes (an `AsyncResult`), filled exactly once.
 pub struct ResultSlot {

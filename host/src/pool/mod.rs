@@ -413,7 +413,7 @@ impl Pool {
         codec: Codec,
         args: Vec<u8>,
         limits: Limits,
-        callback: Option<Box<dyn FnOnce(&Outcome) + Send>>,
+        callback: Option<job::Callback>,
     ) -> Result<RawResult, TaskError> {
         let id = self.job_ids(1);
         let slot = ResultSlot::new(callback);
@@ -468,25 +468,24 @@ impl Pool {
             on_success,
             on_error,
         } = opts;
-        let callback: Option<Box<dyn FnOnce(&Outcome) + Send>> =
-            if on_success.is_none() && on_error.is_none() {
-                None
-            } else {
-                Some(Box::new(move |outcome: &Outcome| {
-                    match decode_outcome::<R>(outcome.clone()) {
-                        Ok(v) => {
-                            if let Some(f) = on_success {
-                                f(v)
-                            }
-                        }
-                        Err(e) => {
-                            if let Some(f) = on_error {
-                                f(e)
-                            }
+        let callback: Option<job::Callback> = if on_success.is_none() && on_error.is_none() {
+            None
+        } else {
+            Some(Box::new(move |outcome: &Outcome| {
+                match decode_outcome::<R>(outcome.clone()) {
+                    Ok(v) => {
+                        if let Some(f) = on_success {
+                            f(v)
                         }
                     }
-                }))
-            };
+                    Err(e) => {
+                        if let Some(f) = on_error {
+                            f(e)
+                        }
+                    }
+                }
+            }))
+        };
         let raw = self.apply_raw_with(target, Codec::Bincode, bytes, limits, callback)?;
         Ok(AsyncResult {
             raw,

@@ -229,7 +229,7 @@ impl Supervisor {
                 ))
             }
             Err(e) => {
-                let output = output.map(|o| drain_text(o)).unwrap_or_default();
+                let output = output.map(drain_text).unwrap_or_default();
                 let status = reap_zygote(child, pid);
                 return Err(load_err(format!(
                     "the zygote died while loading the plugins ({e}; {status}){}",
@@ -803,10 +803,7 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
-        let open = match w.reader.fill(&mut ReadAdapter(&w.sock)) {
-            Ok(open) => open,
-            Err(_) => false,
-        };
+        let open = w.reader.fill(&mut ReadAdapter(&w.sock)).unwrap_or_default();
         loop {
             let Some(w) = self.workers.get_mut(&wid) else {
                 return;
@@ -995,6 +992,9 @@ impl Supervisor {
     // ----- deaths ---------------------------------------------------------
 
     fn worker_exited(&mut self, wid: WorkerId, info: Option<ExitInfo>) {
+        // Results the worker wrote before it died still count: the exit
+        // report can overtake them in the event loop.
+        self.worker_readable(wid);
         // Collect the last words first: they explain the death.
         self.output_readable(wid);
         let Some(mut w) = self.workers.remove(&wid) else {

@@ -27,15 +27,20 @@ pub fn sum(xs: Vec<f64>) -> f64 {
 /// The n-th Fibonacci number (fib(0) = 0), computed iteratively; fails past u64.
 #[task]
 pub fn fib(n: u32) -> Result<u64, String> {
+    if n == 0 {
+        return Ok(0);
+    }
+    // (fib(i - 1), fib(i)), from i = 1 up to n: never computes fib(n + 1),
+    // which overflows for fib(93), the largest that fits.
     let (mut a, mut b) = (0u64, 1u64);
-    for _ in 0..n {
+    for _ in 1..n {
         let next = a
             .checked_add(b)
             .ok_or_else(|| format!("fib({n}) does not fit in u64"))?;
         a = b;
         b = next;
     }
-    Ok(a)
+    Ok(b)
 }
 
 /// A shape, to show enums crossing the boundary.

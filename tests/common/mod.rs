@@ -1,0 +1,241 @@
+//! Shared helpers of the end-to-end tests in `tests/`.
+//!
+//! Every test file is a test target of the `billiard-host` crate
+//! (`[[test]]` entries in `host/Cargo.toml`) and starts with `mod common;`.
+//! The helpers give the paths of the built `billiard-host` binary and of
+//! the plugin `.so` files; the plugins are built on first use, once per test
+//! binary, with the same cargo, profile and target directory as the test
+//! itself, so `cargo test --workspace` needs no separate build step.
+//!
+//! ```ignore
+//! mod common;
+//!
+//! #[test]
+//! fn squares() {
+//!     let out = common::host(&["inspect", common::plugin_str("math").as_str()]);
+//!     assert_eq!(out.status.code(), Some(0));
+//! }
+//! ```
+
+// Each test binary uses its own subset of the helpers.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The packages [`plugin`] can hand out: short name, cargo package, library
+/// file name.
+pub const PLUGINS: &[(&str, &str, &str)] = &[
+    ("math", "billiard-plugin-math", "libbilliard_math.so"),
+    ("bytes", "billiard-plugin-bytes", "libbilliard_bytes.so"),
+    ("faults", "billiard-plugin-faults", "libbilliard_faults.so"),
+    (
+        "abi-layout-mismatch",
+        "billiard-plugin-abi-layout-mismatch",
+        "libbilliard_abi_layout_mismatch.so",
+    ),
+    (
+        "abi-version-mismatch",
+        "billiard-plugin-abi-version-mismatch",
+        "libbilliard_abi_version_mismatch.so",
+    ),
+    (
+        "init-panic",
+        "billiard-plugin-init-panic",
+        "libbilliard_init_panic.so",
+    ),
+];
+
+/// The `billiard-host` binary cargo built for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_billiard-host"))
+}
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent directory")
+        .to_path_buf()
+}
+
+/// The directory the artifacts of this run's profile land in
+/// (`target/debug` by default). It is the directory of the binary under
+/// test, which already accounts for `CARGO_TARGET_DIR`, `--target-dir`,
+/// `--profile` and `--target`.
+pub fn artifact_dir() -> PathBuf {
+    bin()
+        .parent()
+        .expect("the binary lives in a directory")
+        .to_path_buf()
+}
+
+/// The path of plugin `name` (a short name from [`PLUGINS`], e.g. `"math"`
+/// for `target/debug/libbilliard_math.so`), built if needed.
+///
+/// Panics on an unknown name or if the build fails (with cargo's output).
+pub fn plugin(name: &str) -> PathBuf {
+    let (_, _, file) = PLUGINS
+        .iter()
+        .find(|(short, _, _)| *short == name)
+        .unwrap_or_else(|| panic!("unknown test plugin `{name}`; see common::PLUGINS"));
+    let dir = built_plugins();
+    let path = dir.join(file);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// [`plugin`] as a `String`, for command lines.
+pub fn plugin_str(name: &str) -> String {
+    plugin(name).to_string_lossy().into_owned()
+}
+
+/// Builds every plugin of [`PLUGINS`] once per test binary; returns the
+/// directory they are in.
+fn built_plugins() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = artifact_dir();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(workspace_root()).arg("build");
+        for (_, package, _) in PLUGINS {
+            cmd.args(["-p", package]);
+        }
+        cmd.args(profile_args(&dir));
+        // Build where the binary under test was built (this honours
+        // CARGO_TARGET_DIR and --target-dir alike).
+        cmd.args(target_args(&dir));
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cargo ({cmd:?}): {e}"));
+        assert!(
+            out.status.success(),
+            "building the test plugins failed ({cmd:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// Cargo's profile flag for an artifact directory named after its profile.
+fn profile_args(dir: &Path) -> Vec<String> {
+    match dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => vec![],
+        Some("release") => vec!["--release".into()],
+        Some(other) => vec!["--profile".into(), other.into()],
+    }
+}
+
+/// `--target-dir` (and `--target`) flags that make cargo put its artifacts
+/// in `dir`: `<target-dir>/<profile>` or `<target-dir>/<triple>/<profile>`.
+/// A target directory is recognised by the `CACHEDIR.TAG` cargo writes in
+/// it; without one, cargo's defaults apply.
+fn target_args(dir: &Path) -> Vec<String> {
+    let is_target_dir = |p: &Path| p.join("CACHEDIR.TAG").is_file();
+    let Some(parent) = dir.parent() else {
+        return vec![];
+    };
+    if is_target_dir(parent) {
+        return vec!["--target-dir".into(), parent.to_string_lossy().into_owned()];
+    }
+    match (parent.parent(), parent.file_name()) {
+        (Some(grandparent), Some(triple)) if is_target_dir(grandparent) => vec![
+            "--target-dir".into(),
+            grandparent.to_string_lossy().into_owned(),
+            "--target".into(),
+            triple.to_string_lossy().into_owned(),
+        ],
+        _ => vec![],
+    }
+}
+
+/// A command that runs `billiard-host` (add arguments, environment, stdin
+/// as needed). `RUST_LOG` is removed so that a developer's setting does not
+/// add log lines to the stderr the tests look at.
+pub fn host_command() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs `billiard-host` with `args` and returns its output (never panics on
+/// a non-zero exit; check `status` yourself).
+pub fn host<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    host_command()
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin().display()))
+}
+
+/// The exit code of a finished command, or a panic naming the signal that
+/// killed it.
+pub fn exit_code(out: &Output) -> i32 {
+    match out.status.code() {
+        Some(code) => code,
+        None => panic!(
+            "the command was killed by a signal: {:?}\nstderr:\n{}",
+            out.status,
+            stderr(out)
+        ),
+    }
+}
+
+/// Standard output as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A shared library of the system that is not a billiard plugin (libm), found
+/// through `ldconfig -p`, then at the usual paths; `None` when there is none.
+pub fn system_library() -> Option<PathBuf> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => Some("x86-64"),
+        "aarch64" => Some("AArch64"),
+        _ => None,
+    };
+    for ldconfig in ["ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"] {
+        let Ok(out) = Command::new(ldconfig).arg("-p").output() else {
+            continue;
+        };
+        // Lines look like: `libm.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libm.so.6`
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let line = line.trim();
+            if !line.starts_with("libm.so.6 ") {
+                continue;
+            }
+            if arch.is_some_and(|a| !line.contains(a)) {
+                continue;
+            }
+            if let Some((_, path)) = line.rsplit_once(" => ") {
+                let path = PathBuf::from(path.trim());
+                if path.is_file() {
+                    return Some(path);
+                }
+            }
+        }
+    }
+    [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib/aarch64-linux-gnu/libm.so.6",
+        "/usr/lib/aarch64-linux-gnu/libm.so.6",
+        "/usr/lib64/libm.so.6",
+        "/lib64/libm.so.6",
+        "/usr/lib/libm.so.6",
+        "/lib/libm.so.6",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}

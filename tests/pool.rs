@@ -1,0 +1,499 @@
+//! End-to-end tests of the `Pool` library API with real plugins and real
+//! worker processes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use billiard_host::{
+    Codec, ErrorKind, Event, JobOptions, Limits, Pool, PoolBuilder, StartMethod, TaskError,
+};
+
+fn builder(workers: usize) -> PoolBuilder {
+    Pool::builder()
+        .workers(workers)
+        .worker_exe(common::bin())
+        .plugin(common::plugin("math"))
+        .plugin(common::plugin("faults"))
+        .plugin(common::plugin("bytes"))
+}
+
+fn pool(workers: usize) -> Pool {
+    builder(workers).build().expect("pool builds")
+}
+
+/// Pids of live processes whose parent is `ppid`.
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may contain spaces).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_string()) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; count it as alive (not reaped).
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn apply_and_apply_async() {
+    let pool = pool(2);
+    let y: u64 = pool.apply("math", "square", (7u64,)).unwrap();
+    assert_eq!(y, 49);
+    let h = pool.apply_async::<_, u64>("math", "fib", (10u32,)).unwrap();
+    h.wait();
+    assert!(h.ready());
+    assert_eq!(h.get().unwrap(), 55);
+    assert_eq!(h.get_timeout(Duration::from_secs(5)).unwrap().unwrap(), 55);
+    let slow = pool
+        .apply_async::<_, u64>("faults", "sleep_ms", (300u64,))
+        .unwrap();
+    assert!(
+        slow.get_timeout(Duration::from_millis(1)).is_none(),
+        "not ready that fast"
+    );
+    assert!(!slow.wait_timeout(Duration::from_millis(1)));
+    assert_eq!(slow.get().unwrap(), 300);
+    assert_ne!(h.id(), slow.id());
+    let err = pool
+        .apply::<_, i64>("math", "add", (i64::MAX, 1i64))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::TaskError);
+    assert!(err.message.contains("overflows"), "{err}");
+    let err = pool.apply::<_, u64>("math", "nope", (1u64,)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::UnknownTask);
+    let err = pool
+        .apply::<_, u64>("nosuch", "square", (1u64,))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::UnknownTask);
+    let err = pool
+        .apply::<_, u64>("math", "square", ("x".to_string(),))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+    pool.join().unwrap();
+}
+
+#[test]
+fn callbacks_run_and_a_panicking_callback_does_not_hurt() {
+    let pool = pool(2);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let tx2 = tx.clone();
+    pool.apply_async_with(
+        "math",
+        "square",
+        (5u64,),
+        JobOptions::default().on_success(move |v: u64| tx.send(Ok(v)).unwrap()),
+    )
+    .unwrap();
+    pool.apply_async_with(
+        "faults",
+        "fail",
+        ("boom".to_string(),),
+        JobOptions::default()
+            .on_success(|_: u64| panic!("not called"))
+            .on_error(move |e: TaskError| tx2.send(Err(e.kind)).unwrap()),
+    )
+    .unwrap();
+    pool.apply_async_with(
+        "math",
+        "square",
+        (1u64,),
+        JobOptions::default().on_success(|_: u64| panic!("a user callback panics")),
+    )
+    .unwrap();
+    let mut got: Vec<Result<u64, ErrorKind>> = vec![rx.recv().unwrap(), rx.recv().unwrap()];
+    got.sort();
+    assert_eq!(got, vec![Ok(25), Err(ErrorKind::TaskError)]);
+    // The pool still works after the panicking callback.
+    let y: u64 = pool.apply("math", "square", (12u64,)).unwrap();
+    assert_eq!(y, 144);
+    pool.join().unwrap();
+}
+
+#[test]
+fn map_imap_starmap_in_every_chunk_size() {
+    let pool = pool(2);
+    let want: Vec<u64> = (0..500u64).map(|x| x * x).collect();
+    for chunksize in [1, 7, 100, 1000] {
+        let got: Vec<u64> = pool.map("math", "square", 0..500u64, chunksize).unwrap();
+        assert_eq!(got, want, "map chunksize {chunksize}");
+        let got: Vec<u64> = pool
+            .imap("math", "square", 0..500u64, chunksize)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, want, "imap chunksize {chunksize}");
+        let mut got: Vec<u64> = pool
+            .imap_unordered("math", "square", 0..500u64, chunksize)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        got.sort();
+        assert_eq!(got, want, "imap_unordered chunksize {chunksize}");
+    }
+    let sums: Vec<i64> = pool
+        .starmap("math", "add", (0..50i64).map(|i| (i, 1000i64)), 8)
+        .unwrap();
+    assert_eq!(sums, (0..50i64).map(|i| i + 1000).collect::<Vec<_>>());
+    let m = pool
+        .map_async::<_, u64>("math", "square", 0..100u64, 9)
+        .unwrap();
+    assert_eq!(
+        m.get().unwrap(),
+        (0..100u64).map(|x| x * x).collect::<Vec<_>>()
+    );
+    // The first failing item decides map's error.
+    let err = pool
+        .map::<_, u64>("math", "fib", [1u32, 2, 200, 3], 2)
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::TaskError);
+    pool.join().unwrap();
+}
+
+#[test]
+fn unordered_yields_in_completion_order() {
+    let pool = pool(2);
+    // Item 0 sleeps; the quick items finish first.
+    let order: Vec<u64> = pool
+        .imap_unordered("faults", "sleep_ms", [400u64, 1, 1, 1, 1], 1)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(order.last(), Some(&400), "{order:?}");
+    let ordered: Vec<u64> = pool
+        .imap("faults", "sleep_ms", [200u64, 1, 1], 1)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ordered, vec![200, 1, 1]);
+    pool.join().unwrap();
+}
+
+#[test]
+fn raw_json_jobs() {
+    let pool = pool(1);
+    let t = pool.task_ref("math", "add").unwrap();
+    let r = pool
+        .apply_raw(t, Codec::Json, b"[2, 3]".to_vec(), Limits::default())
+        .unwrap();
+    assert_eq!(r.get().unwrap(), b"5");
+    let r = pool
+        .apply_raw(t, Codec::Json, b"[2]".to_vec(), Limits::default())
+        .unwrap();
+    let e = r.get().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadArgs);
+    assert!(e.message.contains("add"), "{e}");
+    assert!(
+        pool.find_task("square").is_err(),
+        "square is in math and faults: ambiguous"
+    );
+    assert!(pool.find_task("math.square").is_ok());
+    assert!(pool.find_task("fib").is_ok());
+    pool.join().unwrap();
+}
+
+#[test]
+fn crashing_tasks_cost_one_worker_and_nothing_else() {
+    let pool = pool(2);
+    for (task, args, needle) in [
+        ("segfault", "[]", "SIGSEGV"),
+        ("abort", "[]", "SIGABRT"),
+        ("exit", "[3]", "exited with code 3"),
+    ] {
+        let t = pool.task_ref("faults", task).unwrap();
+        let e = pool
+            .apply_raw(t, Codec::Json, args.as_bytes().to_vec(), Limits::default())
+            .unwrap()
+            .get()
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::WorkerLost, "{task}: {e}");
+        assert!(e.message.contains(needle), "{task}: {e}");
+        assert!(e.message.contains("had started"), "{task}: {e}");
+        assert!(e.message.contains("peak memory"), "{task}: {e}");
+        let next: Vec<u64> = pool.map("math", "square", 0..100u64, 1).unwrap();
+        assert_eq!(next.len(), 100);
+        assert_eq!(next[99], 99 * 99);
+    }
+    // A panic is caught in the worker, which survives.
+    let before: u32 = pool.apply("faults", "pid", ()).unwrap();
+    let e = pool
+        .apply::<_, u64>("faults", "panic", ("oops".to_string(),))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Panic);
+    assert!(
+        e.message.contains("oops") && e.message.contains("lib.rs"),
+        "{e}"
+    );
+    let pids: HashSet<u32> = (0..20)
+        .map(|_| pool.apply::<_, u32>("faults", "pid", ()).unwrap())
+        .collect();
+    assert!(pids.contains(&before), "the panicking worker lives on");
+    // The last lines a worker wrote are in its worker_lost message.
+    let (t_log, t_exit) = (
+        pool.task_ref("faults", "log").unwrap(),
+        pool.task_ref("faults", "exit").unwrap(),
+    );
+    let pool1 = builder(1).build().unwrap();
+    pool1
+        .apply_raw(
+            pool1.task_ref("faults", "log").unwrap(),
+            Codec::Json,
+            br#"["last words"]"#.to_vec(),
+            Limits::default(),
+        )
+        .unwrap()
+        .get()
+        .unwrap();
+    let e = pool1
+        .apply_raw(
+            pool1.task_ref("faults", "exit").unwrap(),
+            Codec::Json,
+            b"[9]".to_vec(),
+            Limits::default(),
+        )
+        .unwrap()
+        .get()
+        .unwrap_err();
+    assert!(e.message.contains("last words"), "{e}");
+    let _ = (t_log, t_exit);
+    pool1.join().unwrap();
+    pool.join().unwrap();
+}
+
+#[test]
+fn collateral_jobs_are_untouched_by_a_crash() {
+    let pool = pool(2);
+    let sleeper = pool
+        .apply_async::<_, u64>("faults", "sleep_ms", (300u64,))
+        .unwrap();
+    let crash = pool
+        .apply_async::<_, u64>("faults", "segfault", ())
+        .unwrap();
+    let others: Vec<_> = (0..4u64)
+        .map(|i| pool.apply_async::<_, u64>("math", "square", (i,)).unwrap())
+        .collect();
+    assert_eq!(crash.get().unwrap_err().kind, ErrorKind::WorkerLost);
+    assert_eq!(sleeper.get().unwrap(), 300);
+    for (i, h) in others.iter().enumerate() {
+        assert_eq!(h.get().unwrap(), (i * i) as u64);
+    }
+    pool.join().unwrap();
+}
+
+#[test]
+fn garbage_on_the_ipc_socket_is_a_lost_worker_not_a_host_crash() {
+    let pool = pool(2);
+    let e = pool
+        .apply::<_, u64>("faults", "garbage_fds", ())
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::WorkerLost, "{e}");
+    let y: u64 = pool.apply("math", "square", (9u64,)).unwrap();
+    assert_eq!(y, 81);
+    pool.join().unwrap();
+}
+
+#[test]
+fn works_inside_a_multithreaded_program_and_fork_is_refused_there() {
+    // A runtime-like set of busy threads exists before the pool.
+    let stop = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while stop.load(Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
+            })
+        })
+        .collect();
+    for method in [StartMethod::Forkserver, StartMethod::Spawn] {
+        let pool = builder(2).start_method(method).build().unwrap();
+        let got: Vec<u64> = pool.map("math", "square", 0..50u64, 5).unwrap();
+        assert_eq!(got[49], 49 * 49, "{method}");
+        // Jobs from several threads at once.
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let pool = &pool;
+                s.spawn(move || {
+                    for i in 0..25u64 {
+                        let y: u64 = pool.apply("math", "square", (t * 100 + i,)).unwrap();
+                        assert_eq!(y, (t * 100 + i) * (t * 100 + i));
+                    }
+                });
+            }
+        });
+        pool.join().unwrap();
+    }
+    let err = builder(2)
+        .start_method(StartMethod::Fork)
+        .build()
+        .err()
+        .expect("fork refused");
+    assert!(err.to_string().contains("threads"), "{err}");
+    stop.store(1, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn no_worker_survives_terminate_or_drop() {
+    for how in ["terminate", "drop", "join"] {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let pool = builder(2).events(tx).build().unwrap();
+        let _: Vec<u64> = pool.map("math", "square", 0..10u64, 1).unwrap();
+        let _busy = pool
+            .apply_async::<_, u64>("faults", "sleep_ms", (60_000u64,))
+            .unwrap();
+        let _: u64 = pool.apply("math", "square", (1u64,)).unwrap();
+        let pids: Vec<i32> = rx
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::WorkerUp { pid, .. } => Some(pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pids.len(), 2, "{how}");
+        match how {
+            "terminate" => pool.terminate().unwrap(),
+            "drop" => drop(pool),
+            _ => {
+                // join waits for the sleeper: cancel it first.
+                assert!(pool.terminate_job(_busy.id()).unwrap());
+                assert_eq!(_busy.get().unwrap_err().kind, ErrorKind::Terminated);
+                pool.join().unwrap();
+            }
+        }
+        for pid in pids {
+            assert!(!alive(pid as u32), "{how}: worker {pid} still exists");
+        }
+    }
+    assert!(children_of(std::process::id()).iter().all(|&p| {
+        // Only processes of other tests may remain; none of them is a zombie of ours.
+        !std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    }));
+}
+
+#[test]
+fn fds_stay_flat_over_jobs_and_worker_replacements() {
+    let pool = builder(2).max_tasks_per_child(20).build().unwrap();
+    let _: Vec<u64> = pool.map("math", "square", 0..100u64, 1).unwrap();
+    let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = count();
+    let _: Vec<u64> = pool.map("math", "square", 0..1000u64, 1).unwrap();
+    for _ in 0..25 {
+        let e = pool.apply::<_, u64>("faults", "segfault", ()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::WorkerLost);
+    }
+    let _: Vec<u64> = pool.map("math", "square", 0..100u64, 1).unwrap();
+    let stats = pool.stats().unwrap();
+    assert!(stats.workers_started >= 2 + 25 + 50, "{stats:?}");
+    // Other tests in this binary open and close fds concurrently; allow
+    // for them but not for a leak proportional to the replacements.
+    let after = count();
+    assert!(after <= before + 6, "fds grew from {before} to {after}");
+    pool.join().unwrap();
+}
+
+#[test]
+fn prefetch_serves_floods_of_tiny_jobs() {
+    let pool = builder(2).prefetch(8).build().unwrap();
+    let got: Vec<u64> = pool.map("math", "square", 0..5000u64, 1).unwrap();
+    assert_eq!(got[4999], 4999 * 4999);
+    // A crash with prefetched jobs behind it: those run elsewhere, not lost.
+    let hs: Vec<_> = (0..20u64)
+        .map(|i| {
+            if i == 3 {
+                pool.apply_async::<_, u64>("faults", "segfault", ())
+                    .unwrap()
+            } else {
+                pool.apply_async::<_, u64>("math", "square", (i,)).unwrap()
+            }
+        })
+        .collect();
+    for (i, h) in hs.iter().enumerate() {
+        match h.get() {
+            Ok(v) => assert_eq!(v, (i * i) as u64),
+            Err(e) => {
+                assert_eq!(i, 3, "{e}");
+                assert_eq!(e.kind, ErrorKind::WorkerLost);
+            }
+        }
+    }
+    pool.join().unwrap();
+}
+
+#[test]
+fn imap_keeps_memory_flat_on_a_huge_lazy_input() {
+    let pool = builder(2).imap_window(256).build().unwrap();
+    let mut n = 0u64;
+    let mut taken = 0u64;
+    let counter = &mut taken;
+    let input = (0..200_000u64).inspect(move |_| *counter += 1);
+    for r in pool.imap::<_, u64>("math", "square", input, 100).unwrap() {
+        r.unwrap();
+        n += 1;
+        if n == 1000 {
+            break;
+        }
+    }
+    assert_eq!(n, 1000);
+    pool.join().unwrap();
+}
+
+#[test]
+fn bad_builds_are_clear_errors() {
+    let e = Pool::builder()
+        .worker_exe(common::bin())
+        .plugin("/no/such.so")
+        .build()
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("/no/such.so") && e.to_string().contains("no such file"),
+        "{e}"
+    );
+    let e = Pool::builder()
+        .worker_exe(common::bin())
+        .plugin(common::plugin("abi-version-mismatch"))
+        .build()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("ABI version 999"), "{e}");
+    let e = Pool::builder()
+        .worker_exe(common::bin())
+        .plugin(common::plugin("init-panic"))
+        .build()
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("initializer failed") || e.to_string().contains("panicked"),
+        "{e}"
+    );
+    let e = Pool::builder()
+        .workers(0)
+        .plugin(common::plugin("math"))
+        .build()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("at least 1"), "{e}");
+}
