@@ -46,6 +46,16 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
         "billiard-plugin-init-panic",
         "libbilliard_init_panic.so",
     ),
+    (
+        "reload-a",
+        "billiard-plugin-reload-a",
+        "libbilliard_reload_a.so",
+    ),
+    (
+        "reload-b",
+        "billiard-plugin-reload-b",
+        "libbilliard_reload_b.so",
+    ),
 ];
 
 /// The `billiard-host` binary cargo built for this test run.

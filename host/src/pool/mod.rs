@@ -709,6 +709,16 @@ impl Pool {
         self.wait_threads()
     }
 
+    /// Like [`Pool::terminate`], through a shared reference (e.g. from a
+    /// signal-handling thread while another thread consumes a stream):
+    /// workers are killed and every unfinished job ends `terminated`, its
+    /// outcome delivered as usual. No new jobs are accepted; `join` or drop
+    /// the pool afterwards to wait for the supervisor.
+    pub fn terminate_now(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.send(Cmd::Terminate);
+    }
+
     fn wait_threads(&mut self) -> Result<(), PoolError> {
         let mut res = Ok(());
         if let Some(t) = self.thread.take() {

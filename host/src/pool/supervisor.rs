@@ -28,6 +28,9 @@ use crate::sys::{self, ExitInfo, Scoreboard};
 use crate::zygote;
 
 pub const WAKER: Token = Token(0);
+/// A job whose worker died before starting it is resent this many times
+/// before it fails as `worker_lost`.
+const MAX_UNSTARTED_RETRIES: u32 = 2;
 /// Lines of worker output kept for `worker_lost` messages.
 const TAIL_LINES: usize = 12;
 
@@ -329,7 +332,16 @@ impl Supervisor {
 
     /// Handles every queued command; true when the pool must stop now.
     fn drain_commands(&mut self) -> bool {
-        while let Ok(cmd) = self.rx.try_recv() {
+        loop {
+            let cmd = match self.rx.try_recv() {
+                Ok(cmd) => cmd,
+                Err(crossbeam_channel::TryRecvError::Empty) => return false,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    // Every API handle is gone: nobody can submit or wait.
+                    self.terminate_all("the pool was dropped");
+                    return true;
+                }
+            };
             match cmd {
                 Cmd::Submit(ds) => {
                     for d in ds {
@@ -359,22 +371,6 @@ impl Supervisor {
                 }
             }
         }
-        // All API handles gone: nobody can submit or wait any more.
-        if self.rx.is_empty()
-            && crossbeam_channel::Receiver::is_empty(&self.rx)
-            && self.rx_disconnected()
-        {
-            self.terminate_all("the pool was dropped");
-            return true;
-        }
-        false
-    }
-
-    fn rx_disconnected(&self) -> bool {
-        matches!(
-            self.rx.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        )
     }
 
     fn snapshot(&self) -> Stats {
@@ -680,6 +676,15 @@ impl Supervisor {
             attempt: d.attempt,
             count: d.count,
         };
+        if d.payload.len() + ipc::RUN_HEADER > self.cfg.max_frame {
+            let msg = format!(
+                "the arguments take {} bytes, over the pool's frame limit of {} bytes",
+                d.payload.len(),
+                self.cfg.max_frame
+            );
+            self.fail_dispatch(d, TaskError::new(ErrorKind::BadArgs, msg));
+            return;
+        }
         let header = match ipc::encode_run(&h, d.payload.len()) {
             Ok(h) => h,
             Err(e) => {
@@ -1034,9 +1039,23 @@ impl Supervisor {
             running != 0 && d.first_job.0 <= running && running < d.first_job.0 + d.count as u64
         });
         let mut inflight = std::mem::take(&mut w.inflight);
-        if let Some(head) = inflight.pop_front() {
-            let err = self.death_error(&w, &head, info.as_ref(), &how, head_started);
-            self.fail_dispatch(head, err);
+        if let Some(mut head) = inflight.pop_front() {
+            let elapsed = w.head_since.map(|s| s.elapsed()).unwrap_or_default();
+            self.events.emit(Event::JobFinished {
+                job: head.first_job,
+                worker: wid,
+                count: head.count,
+                elapsed,
+            });
+            if !head_started && w.kill.is_none() && head.attempt < MAX_UNSTARTED_RETRIES {
+                // The worker died before it began this job (e.g. at start):
+                // the job is not to blame and is safe to run elsewhere.
+                head.attempt += 1;
+                inflight.push_front(head);
+            } else {
+                let err = self.death_error(&w, &head, info.as_ref(), &how, head_started);
+                self.fail_dispatch(head, err);
+            }
         }
         // Jobs queued behind (prefetch) never started: run them elsewhere.
         for d in inflight.into_iter().rev() {
