@@ -2,9 +2,16 @@
 //! function over the library; exit codes are named in [`exit`].
 
 pub mod exit;
+mod input;
 mod inspect;
+mod output;
+mod progress;
+mod run;
+mod signals;
 
-use clap::{Parser, Subcommand};
+use std::io::Write;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -12,7 +19,7 @@ use clap::{Parser, Subcommand};
     version,
     about = "Run Rust task plugins in a pool of forked worker processes",
     long_about = None,
-    after_help = "Examples:\n  billiard-host inspect target/release/libbilliard_math.so\n  billiard-host inspect --json target/release/libbilliard_math.so"
+    after_help = "Examples:\n  billiard-host run target/release/libbilliard_math.so --task square --args '[3]'\n  billiard-host run target/release/libbilliard_math.so --task square --input examples/jobs.jsonl\n  billiard-host inspect target/release/libbilliard_math.so\n  billiard-host inspect --json target/release/libbilliard_math.so\n  billiard-host completions bash > ~/.local/share/bash-completion/completions/billiard-host"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,8 +28,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run jobs: one (--args) or one per input line (--input), JSON results.
+    Run(Box<run::Args>),
     /// Show a plugin's name, version, ABI version and tasks.
     Inspect(inspect::Args),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Parses the command line, runs the subcommand and returns the exit code.
@@ -41,7 +55,24 @@ pub fn main() -> i32 {
     };
     init_logging();
     match cli.command {
+        Command::Run(args) => run::run(*args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Completions { shell } => completions(shell),
+    }
+}
+
+/// `billiard-host completions SHELL`
+fn completions(shell: clap_complete::Shell) -> i32 {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "billiard-host", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|_| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            exit::USAGE
+        }
     }
 }
 
@@ -53,9 +84,4 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// Prints an error (with its causes) to stderr.
-pub fn report(err: &anyhow::Error) {
-    eprintln!("error: {err:#}");
 }

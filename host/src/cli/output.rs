@@ -1,0 +1,155 @@
+//! Result lines of `run`: `{"index":N,"ok":VALUE}` or
+//! `{"index":N,"error":{"kind":KIND,"message":"..."}}`, buffered, and
+//! flushed by a background thread whenever results are waiting, so a
+//! reader sees each result within a fraction of a second even when the
+//! next one takes minutes.
+
+use std::io::{BufWriter, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use billiard_host::{ErrorKind, Outcome, TaskError};
+use serde::Serialize;
+
+/// How often the flusher looks for unflushed results.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// A shared, buffered result sink.
+pub struct Output {
+    state: Mutex<State>,
+}
+
+struct State {
+    w: BufWriter<Box<dyn Write + Send>>,
+    dirty: bool,
+    /// The first write error; every later write fails with its kind.
+    failed: Option<std::io::ErrorKind>,
+}
+
+impl Output {
+    pub fn new(w: Box<dyn Write + Send>) -> Output {
+        Output {
+            state: Mutex::new(State {
+                w: BufWriter::with_capacity(64 * 1024, w),
+                dirty: false,
+                failed: None,
+            }),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kind) = st.failed {
+            return Err(kind.into());
+        }
+        let r = f(&mut st);
+        if let Err(e) = &r {
+            st.failed = Some(e.kind());
+        }
+        r
+    }
+
+    pub fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        self.with(|st| {
+            st.dirty = true;
+            st.w.write_all(line)
+        })
+    }
+
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.with(|st| {
+            st.dirty = false;
+            st.w.flush()
+        })
+    }
+
+    /// Flushes if anything was written since the last flush. Errors are
+    /// kept for the next `write_line` to report.
+    pub fn flush_if_dirty(&self) {
+        let _ = self.with(|st| {
+            if st.dirty {
+                st.dirty = false;
+                st.w.flush()?;
+            }
+            Ok(())
+        });
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorLine<'a> {
+    index: u64,
+    error: &'a TaskError,
+}
+
+/// Renders one result line (with its newline) and tells whether the job
+/// failed, and how. A result that is not JSON (a misbehaving plugin) is
+/// reported as a `task_error`.
+pub fn render(index: u64, outcome: &Outcome) -> (Vec<u8>, Option<ErrorKind>) {
+    let err = match outcome {
+        Ok(value) => match compact_json(value) {
+            Ok(value) => {
+                let mut line = Vec::with_capacity(value.len() + 32);
+                line.extend_from_slice(format!("{{\"index\":{index},\"ok\":").as_bytes());
+                line.extend_from_slice(&value);
+                line.extend_from_slice(b"}\n");
+                return (line, None);
+            }
+            Err(e) => TaskError::new(
+                ErrorKind::TaskError,
+                format!("the task's result is not valid JSON: {e}"),
+            ),
+        },
+        Err(e) => e.clone(),
+    };
+    let mut line = serde_json::to_vec(&ErrorLine { index, error: &err })
+        .expect("an error line always serializes");
+    line.push(b'\n');
+    (line, Some(err.kind))
+}
+
+/// The JSON value in `bytes` on one line (as is when it already is).
+fn compact_json(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, serde_json::Error> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)?;
+    let bytes = bytes.trim_ascii();
+    if !bytes.contains(&b'\n') && !bytes.contains(&b'\r') {
+        return Ok(bytes.into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
+    Ok(serde_json::to_vec(&v)?.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(index: u64, o: Outcome) -> (String, Option<ErrorKind>) {
+        let (line, kind) = render(index, &o);
+        (String::from_utf8(line).unwrap(), kind)
+    }
+
+    #[test]
+    fn renders_values_and_errors() {
+        assert_eq!(
+            text(0, Ok(b"9".to_vec())),
+            ("{\"index\":0,\"ok\":9}\n".into(), None)
+        );
+        assert_eq!(
+            text(3, Ok(b"{\n \"a\": [1, 2]\n}".to_vec())).0,
+            "{\"index\":3,\"ok\":{\"a\":[1,2]}}\n"
+        );
+        let (line, kind) = text(
+            1,
+            Err(TaskError::new(ErrorKind::Panic, "boom \"quoted\"\nline")),
+        );
+        assert_eq!(kind, Some(ErrorKind::Panic));
+        assert_eq!(
+            line,
+            "{\"index\":1,\"error\":{\"kind\":\"panic\",\"message\":\"boom \\\"quoted\\\"\\nline\"}}\n"
+        );
+        let (line, kind) = text(2, Ok(b"not json".to_vec()));
+        assert_eq!(kind, Some(ErrorKind::TaskError));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["kind"], "task_error");
+    }
+}
