@@ -170,18 +170,40 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
 }
 
 /// Accumulates bytes from a non-blocking stream and yields whole frames.
+///
+/// `buf[start..end]` holds unread bytes; the buffer is zero-filled only
+/// when it grows, never per read.
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     max_frame: usize,
 }
+
+const READ_CHUNK: usize = 64 * 1024;
 
 impl FrameReader {
     pub fn new(max_frame: usize) -> Self {
         FrameReader {
-            buf: Vec::with_capacity(64 * 1024),
+            buf: vec![0; READ_CHUNK],
             start: 0,
+            end: 0,
             max_frame,
+        }
+    }
+
+    /// Makes room for at least `want` more bytes after `end`.
+    fn reserve(&mut self, want: usize) {
+        if self.buf.len() - self.end >= want {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want, 0);
         }
     }
 
@@ -189,43 +211,32 @@ impl FrameReader {
     /// at EOF.
     pub fn fill(&mut self, r: &mut impl std::io::Read) -> std::io::Result<bool> {
         loop {
-            if self.start > 0 && self.start == self.buf.len() {
-                self.buf.clear();
+            if self.start == self.end {
                 self.start = 0;
+                self.end = 0;
+                // Give back the memory of an unusually large frame.
+                if self.buf.len() > 64 * READ_CHUNK {
+                    self.buf = vec![0; READ_CHUNK];
+                }
             }
-            // Make room for at least the rest of the current frame.
-            let want = self.pending_need().max(64 * 1024);
-            if self.buf.capacity() - self.buf.len() < want {
-                if self.start > 0 {
-                    self.buf.drain(..self.start);
-                    self.start = 0;
-                }
-                self.buf.reserve(want);
-            }
-            let len = self.buf.len();
-            let cap = self.buf.capacity();
-            self.buf.resize(cap, 0);
-            match r.read(&mut self.buf[len..]) {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    return Ok(false);
-                }
-                Ok(n) => self.buf.truncate(len + n),
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return match e.kind() {
-                        std::io::ErrorKind::WouldBlock => Ok(true),
-                        std::io::ErrorKind::Interrupted => continue,
-                        _ => Err(e),
-                    };
-                }
+            // Room for the rest of the current frame, so a large payload
+            // arrives in one buffer without repeated moves.
+            self.reserve(self.pending_need().max(READ_CHUNK));
+            match r.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.end += n,
+                Err(e) => match e.kind() {
+                    std::io::ErrorKind::WouldBlock => return Ok(true),
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                },
             }
         }
     }
 
     /// Bytes still missing for the frame at the front (0 if unknown/none).
     fn pending_need(&self) -> usize {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < 4 {
             return 0;
         }
@@ -238,7 +249,7 @@ impl FrameReader {
 
     /// The next complete frame, if any.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < 4 {
             return Ok(None);
         }
@@ -256,7 +267,7 @@ impl FrameReader {
 
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 }
 

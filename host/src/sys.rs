@@ -421,9 +421,10 @@ pub fn spawn_helper(
                     return Err(io::Error::last_os_error());
                 }
             }
+            // The zygote: it cleans up its workers when this thread dies.
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
+                ZYGOTE_DEATH_SIGNAL as libc::c_ulong,
                 0,
                 0,
                 0,
@@ -482,18 +483,33 @@ pub fn setup_worker_process(keep: &[RawFd], output: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Points `fd` at /dev/null, read-only, keeping its number taken: whatever
+/// was behind it (the scoreboard's memfd, once mapped) can no longer be
+/// written through it, not even by a stray `write(fd, ...)` in a task.
+pub fn blind_fd(fd: RawFd) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 between two open fds; `fd` stays open (now /dev/null),
+    // so whoever owns that number still owns an open fd.
+    cvt(unsafe { libc::dup2(null.as_raw_fd(), fd) })?;
+    Ok(())
+}
+
 /// Asks the kernel to SIGKILL this process when its parent (thread) dies.
 pub fn die_with_parent() -> io::Result<()> {
+    die_with_parent_by(libc::SIGKILL)
+}
+
+/// The signal a zygote gets when the thread that started it dies
+/// (`PR_SET_PDEATHSIG`). Catchable, unlike SIGKILL: the zygote then kills
+/// its workers' whole process groups, the processes their tasks started
+/// included, before it exits (see `zygote_signal_fd`).
+pub const ZYGOTE_DEATH_SIGNAL: i32 = libc::SIGTERM;
+
+/// Asks the kernel to send `sig` to this process when its parent (thread)
+/// dies; exits at once if the parent is already gone.
+pub fn die_with_parent_by(sig: i32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
-    cvt(unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    })?;
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })?;
     // The parent may have died before the prctl: then we are an orphan.
     // SAFETY: getppid takes no arguments.
     if unsafe { libc::getppid() } == 1 {
@@ -550,13 +566,16 @@ pub fn on_stop_signal(handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
 pub const STOP_SIGNAL: i32 = libc::SIGUSR1;
 pub const SIGKILL: i32 = libc::SIGKILL;
 
-/// Blocks SIGCHLD and returns a signalfd that becomes readable when a child
-/// exits (the zygote's way to notice dead workers without a handler).
-pub fn sigchld_fd() -> io::Result<nix::sys::signalfd::SignalFd> {
+/// Blocks SIGCHLD and [`ZYGOTE_DEATH_SIGNAL`] and returns a signalfd that
+/// becomes readable when a child exits or the zygote's parent died (the
+/// zygote's way to notice both without a handler). Workers unblock every
+/// signal at start (`worker_signal_dispositions`).
+pub fn zygote_signal_fd() -> io::Result<nix::sys::signalfd::SignalFd> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
+    mask.add(Signal::try_from(ZYGOTE_DEATH_SIGNAL).map_err(io::Error::from)?);
     mask.thread_block().map_err(io::Error::from)?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(io::Error::from)

@@ -50,7 +50,7 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth:
         // The supervisor reports the load error; nothing more to do.
         sys::exit_now(0);
     };
-    let sigchld = match sys::sigchld_fd() {
+    let signals = match sys::zygote_signal_fd() {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("billiard zygote: cannot watch for dead workers: {e}");
@@ -70,7 +70,7 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth:
         let (ctl_ready, chld_ready) = {
             let mut fds = [
                 PollFd::new(z.ctl.as_fd(), PollFlags::POLLIN),
-                PollFd::new(sigchld.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -80,8 +80,16 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth:
             (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
         };
         if chld_ready {
-            while let Ok(Some(_)) = sigchld.read_signal() {}
+            let mut orphaned = false;
+            while let Ok(Some(info)) = signals.read_signal() {
+                orphaned |= info.ssi_signo as i32 == sys::ZYGOTE_DEATH_SIGNAL;
+            }
             z.reap();
+            if orphaned {
+                // The host died without a word (SIGKILL, a crash): end the
+                // workers' process groups, their tasks' children included.
+                z.shutdown();
+            }
         }
         if ctl_ready {
             match sys::recv_with_fds(&z.ctl, &mut buf) {
@@ -136,12 +144,21 @@ impl Zygote {
         match sys::fork_single_threaded() {
             Err(e) => fail(self, e),
             Ok(sys::Forked::Child) => {
-                let keep = [theirs.as_raw_fd(), self.board.fd().as_raw_fd()];
-                if let Err(e) = sys::setup_worker_process(&keep, out_w.as_raw_fd()) {
+                // A forked worker inherits the scoreboard's mapping and gets
+                // no fd to it: a task writing to a stray fd number must not
+                // reach the board every worker's stop requests go through.
+                // An exec'd worker maps it from fd 4 (and blinds that fd).
+                let board = self.board.fd().as_raw_fd();
+                let keep: &[i32] = match &self.birth {
+                    Birth::Fork => &[theirs.as_raw_fd()],
+                    Birth::Exec { .. } => &[theirs.as_raw_fd(), board],
+                };
+                if let Err(e) = sys::setup_worker_process(keep, out_w.as_raw_fd()) {
                     eprintln!("billiard worker: setup failed: {e}");
                     sys::exit_now(worker::exit_code::SETUP);
                 }
-                // fds 3 (socket) and 4 (scoreboard) now; the rest are closed.
+                // fd 3 is the socket now (and 4 the scoreboard, for exec);
+                // the rest are closed.
                 let sock = match sys::inherited_fd(3) {
                     Ok(fd) => fd,
                     Err(_) => sys::exit_now(worker::exit_code::SETUP),
@@ -279,6 +296,12 @@ fn helper_worker(args: Vec<OsString>) -> ! {
             sys::exit_now(worker::exit_code::SETUP);
         }
     };
+    // Mapped: the fd is not needed any more, and a task must not be able to
+    // write to the board through it (see `Zygote::spawn`).
+    if let Err(e) = sys::blind_fd(board.fd().as_raw_fd()) {
+        eprintln!("billiard worker: cannot close the scoreboard's fd: {e}");
+        sys::exit_now(worker::exit_code::SETUP);
+    }
     let paths: Vec<PathBuf> = it.map(PathBuf::from).collect();
     match load_all(&paths) {
         Ok(plugins) => worker::run(plugins, params, sock, board),

@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands. Each subcommand is a small
 //! function over the library; exit codes are named in [`exit`].
 
+mod check;
 pub mod exit;
 mod input;
 mod inspect;
@@ -19,7 +20,7 @@ use clap::{CommandFactory, Parser, Subcommand};
     version,
     about = "Run Rust task plugins in a pool of forked worker processes",
     long_about = None,
-    after_help = "Examples:\n  billiard-host run target/release/libbilliard_math.so --task square --args '[3]'\n  billiard-host run target/release/libbilliard_math.so --task square --input examples/jobs.jsonl\n  billiard-host inspect target/release/libbilliard_math.so\n  billiard-host inspect --json target/release/libbilliard_math.so\n  billiard-host completions bash > ~/.local/share/bash-completion/completions/billiard-host"
+    after_help = "Examples:\n  billiard-host run target/release/libbilliard_math.so --task square --args '[3]'\n  billiard-host run target/release/libbilliard_math.so --task square --input examples/jobs.jsonl\n  billiard-host inspect target/release/libbilliard_math.so\n  billiard-host inspect --json target/release/libbilliard_math.so\n  billiard-host check target/release/libbilliard_math.so --cases cases.jsonl\n  billiard-host completions bash > ~/.local/share/bash-completion/completions/billiard-host"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +33,8 @@ enum Command {
     Run(Box<run::Args>),
     /// Show a plugin's name, version, ABI version and tasks.
     Inspect(inspect::Args),
+    /// Check a plugin: it loads, its ABI fits, its golden cases pass.
+    Check(Box<check::Args>),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -57,6 +60,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Check(args) => check::run(*args),
         Command::Completions { shell } => completions(shell),
     }
 }

@@ -111,7 +111,7 @@ pub struct Args {
     quiet: bool,
 }
 
-fn parse_workers(s: &str) -> Result<usize, String> {
+pub(super) fn parse_workers(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
     match n {
         0 => Err("a pool needs at least 1 worker".into()),
@@ -127,14 +127,14 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_positive_u64(s: &str) -> Result<u64, String> {
+pub(super) fn parse_positive_u64(s: &str) -> Result<u64, String> {
     match s.parse::<u64>().map_err(|e| e.to_string())? {
         0 => Err("must be at least 1".into()),
         n => Ok(n),
     }
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
     let size: bytesize::ByteSize = s
         .trim()
         .parse()
@@ -145,7 +145,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 2s, 1m)"))?;
     if d.is_zero() {
         return Err("must be longer than 0".into());
@@ -185,6 +185,14 @@ pub fn run(args: Args) -> i32 {
             Source::Lines(Box::new(BufReader::new(std::io::stdin())), None)
         } else {
             match std::fs::File::open(&path) {
+                // Opening a directory works; reading it fails later, far
+                // from the path. Say so now, before any worker starts.
+                Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => {
+                    return usage(format_args!(
+                        "cannot read {}: it is a directory, not a file of jobs",
+                        path.display()
+                    ))
+                }
                 Ok(f) => Source::Lines(
                     Box::new(BufReader::with_capacity(256 * 1024, f)),
                     Some(path),

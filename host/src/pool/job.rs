@@ -143,6 +143,35 @@ pub struct Dispatch {
     /// Set by `terminate_job` on a job already sent: deliver `terminated`
     /// instead of its result.
     pub cancelled: bool,
+    /// Items whose outcome went out (always a prefix: 0..delivered).
+    pub delivered: u32,
+}
+
+impl Drop for Dispatch {
+    /// The last line of "exactly one outcome": a dispatch dropped before
+    /// all its outcomes went out (a command still in the channel when the
+    /// supervisor stopped, a queue dropped at shutdown) reports the rest as
+    /// `terminated`, so no caller ever waits forever.
+    fn drop(&mut self) {
+        for i in self.delivered..self.count {
+            let err = TaskError::new(
+                crate::error::ErrorKind::Terminated,
+                format!(
+                    "job {} was dropped when the pool shut down",
+                    self.first_job.0 + i as u64
+                ),
+            );
+            match &self.reply {
+                Reply::Slot(slot) => {
+                    // The callback is dropped, not run: the pool is going away.
+                    let _ = slot.fill(Err(err));
+                }
+                Reply::Stream { tx, first_index } => {
+                    let _ = tx.send((first_index + i as u64, Err(err)));
+                }
+            }
+        }
+    }
 }
 
 impl Dispatch {

@@ -258,6 +258,20 @@ impl Pool {
                 return Err(PoolError::SupervisorPanicked);
             }
         };
+        // Jobs name plugins by name: two of one name could never be told
+        // apart (the same file given twice, or two builds of one plugin).
+        if let Some((a, b)) = duplicate_plugin(&plugins) {
+            let _ = tx.send(Cmd::Terminate);
+            let _ = waker.wake();
+            let _ = thread.join();
+            let _ = callback_thread.join();
+            return Err(PoolError::Config(format!(
+                "the plugin name `{}` is loaded twice ({} and {}); give each plugin once",
+                plugins[a].name,
+                cfg.plugins[a].display(),
+                cfg.plugins[b].display()
+            )));
+        }
         Ok(Pool {
             tx,
             waker,
@@ -428,6 +442,7 @@ impl Pool {
             reply: Reply::Slot(slot.clone()),
             attempt: 0,
             cancelled: false,
+            delivered: 0,
         }])?;
         Ok(RawResult { id, slot })
     }
@@ -595,6 +610,7 @@ impl Pool {
             },
             attempt: 0,
             cancelled: false,
+            delivered: 0,
         }
     }
 
@@ -741,6 +757,16 @@ impl Drop for Pool {
             let _ = self.wait_threads();
         }
     }
+}
+
+/// The indices of the first two plugins that share a name, if any.
+fn duplicate_plugin(plugins: &[PluginInfo]) -> Option<(usize, usize)> {
+    plugins.iter().enumerate().find_map(|(b, p)| {
+        plugins[..b]
+            .iter()
+            .position(|q| q.name == p.name)
+            .map(|a| (a, b))
+    })
 }
 
 fn gone() -> TaskError {
@@ -900,7 +926,7 @@ fn fork_zygote(
                 out_w.as_raw_fd(),
             )
             .is_err()
-                || sys::die_with_parent().is_err()
+                || sys::die_with_parent_by(sys::ZYGOTE_DEATH_SIGNAL).is_err()
             {
                 sys::exit_now(1);
             }

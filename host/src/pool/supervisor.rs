@@ -873,7 +873,7 @@ impl Supervisor {
             );
             return;
         }
-        let Some(d) = w.inflight.pop_front() else {
+        let Some(mut d) = w.inflight.pop_front() else {
             return;
         };
         w.dispatches_done += 1;
@@ -899,7 +899,7 @@ impl Supervisor {
                     format!("the worker reported an unknown status {}", h.status),
                 )),
             };
-            self.deliver(&d, 0, outcome);
+            self.deliver(&mut d, 0, outcome);
         } else {
             let mut results = codec::result_records(&payload);
             for i in 0..d.count {
@@ -916,14 +916,15 @@ impl Supervisor {
                         "the worker returned a truncated batch result",
                     )),
                 };
-                self.deliver(&d, i, outcome);
+                self.deliver(&mut d, i, outcome);
             }
         }
     }
 
     /// Sends item `i` of a dispatch its outcome (or `terminated` if it was
     /// cancelled meanwhile) and counts it.
-    fn deliver(&mut self, d: &Dispatch, i: u32, outcome: Outcome) {
+    fn deliver(&mut self, d: &mut Dispatch, i: u32, outcome: Outcome) {
+        d.delivered = d.delivered.max(i + 1);
         let outcome = if d.cancelled {
             Err(TaskError::new(
                 ErrorKind::Terminated,
@@ -948,9 +949,9 @@ impl Supervisor {
         }
     }
 
-    fn fail_dispatch(&mut self, d: Dispatch, err: TaskError) {
+    fn fail_dispatch(&mut self, mut d: Dispatch, err: TaskError) {
         for i in 0..d.count {
-            self.deliver(&d, i, Err(err.clone()));
+            self.deliver(&mut d, i, Err(err.clone()));
         }
     }
 
@@ -1038,6 +1039,11 @@ impl Supervisor {
         let head_started = w.inflight.front().is_some_and(|d| {
             running != 0 && d.first_job.0 <= running && running < d.first_job.0 + d.count as u64
         });
+        let died_at_start = w.dispatches_done == 0
+            && !head_started
+            && w.kill.is_none()
+            && !clean_exit
+            && !w.leaving;
         let mut inflight = std::mem::take(&mut w.inflight);
         if let Some(mut head) = inflight.pop_front() {
             let elapsed = w.head_since.map(|s| s.elapsed()).unwrap_or_default();
@@ -1047,10 +1053,16 @@ impl Supervisor {
                 count: head.count,
                 elapsed,
             });
-            if !head_started && w.kill.is_none() && head.attempt < MAX_UNSTARTED_RETRIES {
-                // The worker died before it began this job (e.g. at start):
-                // the job is not to blame and is safe to run elsewhere.
-                head.attempt += 1;
+            if !head_started
+                && w.kill.is_none()
+                && (died_at_start || head.attempt < MAX_UNSTARTED_RETRIES)
+            {
+                // The worker died before it began this job: the job is not
+                // to blame and is safe to run elsewhere. Deaths at start are
+                // bounded by the start-failure limit, not by the job.
+                if !died_at_start {
+                    head.attempt += 1;
+                }
                 inflight.push_front(head);
             } else {
                 let err = self.death_error(&w, &head, info.as_ref(), &how, head_started);
@@ -1061,11 +1073,7 @@ impl Supervisor {
         for d in inflight.into_iter().rev() {
             self.queue.push_front(d);
         }
-        let died_at_start = w.dispatches_done == 0
-            && !head_started
-            && w.kill.is_none()
-            && !clean_exit
-            && !w.leaving;
+
         if died_at_start {
             let tail = w.tail.iter().cloned().collect::<Vec<_>>().join("\n");
             self.start_failed(format!(
