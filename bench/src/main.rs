@@ -103,6 +103,11 @@ struct Args {
     /// Reuse limits.c results from this JSONL file instead of running it.
     #[arg(long)]
     limits_jsonl: Option<PathBuf>,
+    /// Reuse billiard-host results from this JSONL file (e.g. an earlier
+    /// results-host.jsonl) instead of running the Rust workloads; with
+    /// --python-jsonl and --limits-jsonl it only rebuilds the report.
+    #[arg(long)]
+    host_jsonl: Option<PathBuf>,
 
     // Internal: run one workload in this (child) process.
     #[arg(long, hide = true)]
@@ -284,7 +289,7 @@ fn plugin_dir(args: &Args) -> Result<PathBuf> {
             .find(|d| has_plugins(d) && d.join("billiard-host").is_file())
             .context("no built plugins found; pass --plugin-dir and --host-exe (or build with `cargo build -p billiard-plugin-math -p billiard-plugin-bytes -p billiard-plugin-faults -p billiard-host`)");
     }
-    if !args.no_build {
+    if !args.no_build && args.host_jsonl.is_none() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
@@ -394,8 +399,15 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
     let cap = Duration::from_secs_f64(args.cap.unwrap_or(if args.dry_run { 120.0 } else { 900.0 }));
     let mut host = Vec::new();
     let host_jsonl = out_dir.join("results-host.jsonl");
+    if let Some(f) = &args.host_jsonl {
+        host = Record::parse_lines(&std::fs::read_to_string(f)?);
+        host.retain(|r| wls.contains(&r.workload));
+    }
     let mut hf = std::fs::File::create(&host_jsonl)?;
-    for w in &wls {
+    for r in &host {
+        writeln!(hf, "{}", r.to_line())?;
+    }
+    for w in wls.iter().filter(|_| args.host_jsonl.is_none()) {
         eprintln!("[bench] billiard-host {w}");
         for r in run_child(args, &ctx, w, cap)? {
             let line = r.to_line();
@@ -450,6 +462,7 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
             "billiard_host": external::command_line(&host_exe.to_string_lossy(), &["--version"]),
             "python": py_versions.get("python").cloned().unwrap_or(Value::Null),
             "billiard": py_versions.get("billiard").cloned().unwrap_or(Value::Null),
+            "git": git_state(),
             "gcc": if limits.is_empty() || args.limits_jsonl.is_some() { None } else { external::command_line("gcc", &["--version"]) },
         },
         "command": command_text(),
@@ -462,6 +475,7 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
         "plugin_dir": plugin_dir,
         "python_results": args.python_jsonl.clone(),
         "limits_results": args.limits_jsonl.clone(),
+        "host_results": args.host_jsonl.clone(),
     });
     let mut all = host.clone();
     all.extend(python.iter().cloned());
@@ -521,6 +535,46 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
     }
 }
 
+/// The commit measured, and whether the sources differ from it
+/// (`abc1234+dirty (host/src/pool/stream.rs, ...)`).
+fn git_state() -> Option<String> {
+    let root = workspace_root();
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args([
+            "status",
+            "--porcelain",
+            "--",
+            "host",
+            "plugin-api",
+            "plugins",
+            "bench",
+        ])
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.get(3..).map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    Some(if dirty.is_empty() {
+        head
+    } else {
+        format!("{head}+dirty ({})", dirty.join(", "))
+    })
+}
+
 /// The command line, as a `cargo run` line.
 fn command_text() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -559,9 +613,10 @@ fn render_markdown(
         s(&header["loadavg_at_end"]),
     );
     out += &format!(
-        "Versions: {}; {}; Python {}; billiard {}; gcc: {}.\n",
+        "Versions: {}; {} at {}; Python {}; billiard {}; gcc: {}.\n",
         s(&v["rustc"]),
         s(&v["billiard_host"]),
+        s(&v["git"]),
         s(&v["python"]),
         s(&v["billiard"]),
         s(&v["gcc"]),

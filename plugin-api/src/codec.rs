@@ -54,8 +54,8 @@ pub fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>,
 pub fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, CodecError> {
     match codec {
         Codec::Bincode => {
-            let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
-                .map_err(|e| CodecError(format!("bincode: {e}")))?;
+            let (value, used) =
+                bincode_decode(bytes).map_err(|e| CodecError(format!("bincode: {e}")))?;
             if used != bytes.len() {
                 return Err(CodecError(format!(
                     "bincode: {} trailing bytes after the value (too many arguments, or wrong types)",
@@ -64,7 +64,69 @@ pub fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, Code
             }
             Ok(value)
         }
-        Codec::Json => serde_json::from_slice(bytes).map_err(|e| CodecError(format!("JSON: {e}"))),
+        Codec::Json => {
+            serde_json::from_slice(bytes).map_err(|e| CodecError(clip(format!("JSON: {e}"))))
+        }
+    }
+}
+
+/// serde_json quotes the offending value in its messages (`invalid type:
+/// string "..."`): a 50 MB string argument would make a 50 MB error
+/// message. Keep the head and the tail (which says where), drop the middle.
+fn clip(msg: String) -> String {
+    const HEAD: usize = 600;
+    const TAIL: usize = 200;
+    if msg.len() <= HEAD + TAIL + 64 {
+        return msg;
+    }
+    let mut head = HEAD;
+    while !msg.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = msg.len() - TAIL;
+    while !msg.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{}[... {} bytes omitted ...]{}",
+        &msg[..head],
+        tail - head,
+        &msg[tail..]
+    )
+}
+
+/// Decodes bincode with a memory budget proportional to the input.
+///
+/// bincode allocates a `String` or `Vec<u8>` at the length its prefix
+/// announces before it reads the bytes: without a limit, nine bytes
+/// announcing 2^40 bytes abort the process ("memory allocation failed"),
+/// and a result decoded as the wrong type can do the same in the host. A
+/// byte of input accounts for at most 16 bytes of what bincode counts
+/// against its limit (a `u128` in one varint byte), so a limit of 16 times
+/// the input never refuses a value that fits in it. The limit is a type
+/// parameter, hence a few fixed steps (each at most 16 times the last).
+fn bincode_decode<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::serde::decode_from_slice as d;
+    let c = bincode_config();
+    let need = bytes.len().saturating_mul(16);
+    if need <= 1 << 12 {
+        d(bytes, c.with_limit::<{ 1 << 12 }>())
+    } else if need <= 1 << 16 {
+        d(bytes, c.with_limit::<{ 1 << 16 }>())
+    } else if need <= 1 << 20 {
+        d(bytes, c.with_limit::<{ 1 << 20 }>())
+    } else if need <= 1 << 24 {
+        d(bytes, c.with_limit::<{ 1 << 24 }>())
+    } else if need <= 1 << 28 {
+        d(bytes, c.with_limit::<{ 1 << 28 }>())
+    } else {
+        #[cfg(target_pointer_width = "64")]
+        if need <= 1 << 34 {
+            return d(bytes, c.with_limit::<{ 1 << 34 }>());
+        }
+        d(bytes, c.with_limit::<{ usize::MAX >> 1 }>())
     }
 }
 

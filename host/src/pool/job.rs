@@ -119,12 +119,31 @@ impl ResultSlot {
 pub enum Reply {
     /// One job, one slot.
     Slot(Arc<ResultSlot>),
-    /// A stream (map / imap): item `i` of the dispatch is sent as
-    /// `(first_index + i, outcome)`.
+    /// A stream (map / imap): the whole dispatch's outcomes are sent as one
+    /// [`ChunkResult`], items numbered from `first_index`.
     Stream {
-        tx: crossbeam_channel::Sender<(u64, Outcome)>,
+        tx: crossbeam_channel::Sender<ChunkResult>,
         first_index: u64,
     },
+}
+
+/// The outcomes of a chunk of consecutive stream items, delivered at once
+/// so a chunk of a thousand tiny jobs costs one channel message, not a
+/// thousand.
+pub struct ChunkResult {
+    pub first_index: u64,
+    pub count: u32,
+    pub body: ChunkBody,
+}
+
+pub enum ChunkBody {
+    /// A single item's outcome.
+    One(Outcome),
+    /// `count` batch result records `[u8 status][u32 len][bytes]`, as the
+    /// worker wrote them.
+    Records(Vec<u8>),
+    /// Every item failed the same way.
+    Failed(TaskError),
 }
 
 /// The unit the supervisor sends to a worker: one job or a chunk of jobs
@@ -167,7 +186,14 @@ impl Drop for Dispatch {
                     let _ = slot.fill(Err(err));
                 }
                 Reply::Stream { tx, first_index } => {
-                    let _ = tx.send((first_index + i as u64, Err(err)));
+                    let first_index = first_index + i as u64;
+                    let count = self.count - i;
+                    let _ = tx.send(ChunkResult {
+                        first_index,
+                        count,
+                        body: ChunkBody::Failed(err),
+                    });
+                    return;
                 }
             }
         }
@@ -175,6 +201,14 @@ impl Drop for Dispatch {
 }
 
 impl Dispatch {
+    /// The stream index of the first item (0 for slot replies).
+    pub fn reply_first_index(&self) -> u64 {
+        match &self.reply {
+            Reply::Stream { first_index, .. } => *first_index,
+            Reply::Slot(_) => 0,
+        }
+    }
+
     pub fn contains(&self, job: JobId) -> bool {
         job.0 >= self.first_job.0 && job.0 < self.first_job.0 + self.count as u64
     }

@@ -530,10 +530,7 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Vec<R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
-        let jobs = items
-            .into_iter()
-            .map(move |a| Ok(RawJob::new(target, Codec::Bincode, Self::encode_args(&a)?)));
-        Imap::new(self.imap_raw(jobs, true, chunksize)).collect()
+        Imap::new(self.typed_stream(target, items, |a| a, true, chunksize)).collect()
     }
 
     /// Starts a `map` in the background; `MapResult::get` waits for it.
@@ -546,28 +543,35 @@ impl Pool {
     ) -> Result<MapResult<R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        let chunksize = chunksize.max(1);
         let mut ds = Vec::new();
         let mut n = 0u64;
-        let mut chunk = Vec::new();
-        let chunksize = chunksize.max(1);
-        for item in items {
-            chunk.push(Self::encode_args(&(item,))?);
-            if chunk.len() == chunksize {
-                ds.push(self.chunk_dispatch(
-                    target,
-                    Codec::Bincode,
-                    Limits::default(),
-                    std::mem::take(&mut chunk),
-                    &tx,
-                    n,
-                ));
-                n += chunksize as u64;
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut payload = Vec::new();
+            let mut count = 0u32;
+            let mut args: Vec<Vec<u8>> = Vec::with_capacity(chunksize);
+            for item in items.by_ref().take(chunksize) {
+                args.push(Self::encode_args(&(item,))?);
+                count += 1;
             }
-        }
-        if !chunk.is_empty() {
-            let len = chunk.len() as u64;
-            ds.push(self.chunk_dispatch(target, Codec::Bincode, Limits::default(), chunk, &tx, n));
-            n += len;
+            if count == 1 {
+                payload = args.pop().unwrap_or_default();
+            } else {
+                for a in &args {
+                    codec::push_record(&mut payload, a);
+                }
+            }
+            ds.push(self.chunk_dispatch(
+                target,
+                Codec::Bincode,
+                Limits::default(),
+                payload,
+                count,
+                &tx,
+                n,
+            ));
+            n += count as u64;
         }
         self.submit(ds)?;
         Ok(MapResult {
@@ -577,25 +581,20 @@ impl Pool {
         })
     }
 
+    /// A dispatch of `count` jobs of one task (`payload`: the raw arguments
+    /// when `count == 1`, else argument records) whose outcomes go to a
+    /// stream as items `first_index..`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn chunk_dispatch(
         &self,
         target: TaskRef,
         codec: Codec,
         limits: Limits,
-        args: Vec<Vec<u8>>,
-        tx: &Sender<(u64, Outcome)>,
+        payload: Vec<u8>,
+        count: u32,
+        tx: &Sender<job::ChunkResult>,
         first_index: u64,
     ) -> Dispatch {
-        let count = args.len() as u32;
-        let payload = if count == 1 {
-            args.into_iter().next().unwrap_or_default()
-        } else {
-            let mut p = Vec::with_capacity(args.iter().map(|a| a.len() + 4).sum());
-            for a in &args {
-                codec::push_record(&mut p, a);
-            }
-            p
-        };
         Dispatch {
             first_job: self.job_ids(count),
             count,
@@ -614,6 +613,38 @@ impl Pool {
         }
     }
 
+    /// A typed stream over `items`, each encoded with `wrap` into the
+    /// argument tuple.
+    fn typed_stream<'p, A: Serialize + 'p, T: Serialize>(
+        &'p self,
+        target: TaskRef,
+        items: impl IntoIterator<Item = A> + 'p,
+        wrap: impl Fn(A) -> T + 'p,
+        ordered: bool,
+        chunksize: usize,
+    ) -> RawStream<'p> {
+        let mut it = items.into_iter();
+        let next = move |buf: &mut Vec<u8>| {
+            let item = it.next()?;
+            Some(
+                codec::encode_into(Codec::Bincode, &wrap(item), buf).map_err(|e| {
+                    TaskError::new(
+                        ErrorKind::BadArgs,
+                        format!("cannot encode the arguments: {e}"),
+                    )
+                }),
+            )
+        };
+        RawStream::typed(
+            self,
+            target,
+            Box::new(next),
+            ordered,
+            chunksize,
+            self.cfg.imap_window.max(1),
+        )
+    }
+
     /// Lazily applies a one-argument task to every item, yielding results in
     /// input order. At most `imap_window` jobs are in flight: a huge input
     /// is consumed as results are, so memory stays flat.
@@ -625,14 +656,13 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<'p, R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
-        let jobs = items.into_iter().map(move |a| {
-            Ok(RawJob::new(
-                target,
-                Codec::Bincode,
-                Self::encode_args(&(a,))?,
-            ))
-        });
-        Ok(Imap::new(self.imap_raw(jobs, true, chunksize)))
+        Ok(Imap::new(self.typed_stream(
+            target,
+            items,
+            |a| (a,),
+            true,
+            chunksize,
+        )))
     }
 
     /// Like `imap`, in completion order.
@@ -644,14 +674,13 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<'p, R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
-        let jobs = items.into_iter().map(move |a| {
-            Ok(RawJob::new(
-                target,
-                Codec::Bincode,
-                Self::encode_args(&(a,))?,
-            ))
-        });
-        Ok(Imap::new(self.imap_raw(jobs, false, chunksize)))
+        Ok(Imap::new(self.typed_stream(
+            target,
+            items,
+            |a| (a,),
+            false,
+            chunksize,
+        )))
     }
 
     /// The general streaming form: each item is a job (any task, any codec,
@@ -775,8 +804,12 @@ fn gone() -> TaskError {
 
 /// Decodes a bincode outcome into the caller's type.
 pub(crate) fn decode_outcome<R: DeserializeOwned>(o: Outcome) -> Result<R, TaskError> {
-    let bytes = o?;
-    codec::decode(Codec::Bincode, &bytes).map_err(|e| {
+    decode_outcome_bytes(&o?)
+}
+
+/// Decodes a bincode result into the caller's type.
+pub(crate) fn decode_outcome_bytes<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, TaskError> {
+    codec::decode(Codec::Bincode, bytes).map_err(|e| {
         TaskError::new(
             ErrorKind::TaskError,
             format!("cannot decode the result as the requested type: {e}"),
@@ -887,7 +920,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
 /// The handle of a `map_async`.
 pub struct MapResult<R> {
-    rx: crossbeam_channel::Receiver<(u64, Outcome)>,
+    rx: crossbeam_channel::Receiver<job::ChunkResult>,
     n: u64,
     _r: PhantomData<fn() -> R>,
 }
@@ -895,17 +928,7 @@ pub struct MapResult<R> {
 impl<R: DeserializeOwned> MapResult<R> {
     /// Waits for every item; the first failure (in input order) wins.
     pub fn get(self) -> Result<Vec<R>, TaskError> {
-        let mut slots: Vec<Option<Outcome>> = (0..self.n).map(|_| None).collect();
-        for _ in 0..self.n {
-            let (i, o) = self.rx.recv().map_err(|_| gone())?;
-            if let Some(s) = slots.get_mut(i as usize) {
-                *s = Some(o);
-            }
-        }
-        slots
-            .into_iter()
-            .map(|o| decode_outcome(o.unwrap_or_else(|| Err(gone()))))
-            .collect()
+        stream::collect_chunks(&self.rx, self.n, gone)
     }
 }
 

@@ -1,17 +1,22 @@
 //! Lazy, bounded streams of jobs: the engine under `imap`,
 //! `imap_unordered`, `map`, `starmap` and the CLI's `run --input`.
+//!
+//! Items are grouped into chunks of `chunksize` consecutive jobs of the same
+//! task; a chunk travels as one message, runs in one FFI call and comes
+//! back as one [`ChunkResult`], which this stream then hands out item by
+//! item, decoding straight from the worker's result buffer.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use billiard_plugin_api::Codec;
+use billiard_plugin_api::{codec, Codec, Status};
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 use super::config::Limits;
-use super::job::Outcome;
-use super::{decode_outcome, Pool, TaskRef};
-use crate::error::TaskError;
+use super::job::{ChunkBody, ChunkResult, Outcome};
+use super::{decode_outcome_bytes, Pool, TaskRef};
+use crate::error::{ErrorKind, TaskError};
 
 /// One job of a stream: a task, encoded arguments and optional limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +42,82 @@ impl RawJob {
     }
 }
 
+/// Encodes the next input item by appending it to the buffer; `None` once
+/// the input is exhausted.
+pub(crate) type EncodeNext<'p> = Box<dyn FnMut(&mut Vec<u8>) -> Option<Result<(), TaskError>> + 'p>;
+
+enum Source<'p> {
+    Raw {
+        input: Box<dyn Iterator<Item = Result<RawJob, TaskError>> + 'p>,
+        peeked: Option<Result<RawJob, TaskError>>,
+    },
+    Typed {
+        target: TaskRef,
+        next: EncodeNext<'p>,
+    },
+}
+
+/// Walks the items of one chunk.
+pub(crate) struct Cursor {
+    chunk: ChunkResult,
+    i: u32,
+    pos: usize,
+}
+
+impl Cursor {
+    pub(crate) fn new(chunk: ChunkResult) -> Cursor {
+        Cursor {
+            chunk,
+            i: 0,
+            pos: 0,
+        }
+    }
+
+    /// The next item: its index and its encoded value or error.
+    pub(crate) fn next_item(&mut self) -> Option<(u64, Result<&[u8], TaskError>)> {
+        if self.i >= self.chunk.count {
+            return None;
+        }
+        let index = self.chunk.first_index + self.i as u64;
+        self.i += 1;
+        let item = match &self.chunk.body {
+            ChunkBody::One(Ok(bytes)) => Ok(bytes.as_slice()),
+            ChunkBody::One(Err(e)) | ChunkBody::Failed(e) => Err(e.clone()),
+            ChunkBody::Records(buf) => {
+                let rest = &buf[self.pos.min(buf.len())..];
+                match codec::result_records(rest).next().flatten() {
+                    Some((status, bytes)) => {
+                        self.pos += 5 + bytes.len();
+                        match Status::from_u8(status).map(|s| (s, ErrorKind::from_status(s))) {
+                            Some((_, None)) => Ok(bytes),
+                            Some((_, Some(kind))) => Err(TaskError::new(
+                                kind,
+                                String::from_utf8_lossy(bytes).into_owned(),
+                            )),
+                            None => Err(TaskError::new(
+                                ErrorKind::WorkerLost,
+                                format!("unknown status {status}"),
+                            )),
+                        }
+                    }
+                    None => Err(TaskError::new(
+                        ErrorKind::WorkerLost,
+                        "the worker returned a truncated batch result",
+                    )),
+                }
+            }
+        };
+        Some((index, item))
+    }
+}
+
 /// Yields `(index, outcome)` for every input item. Pulls input only as
 /// results come back: at most `window` jobs are in flight.
 pub struct RawStream<'p> {
     pool: &'p Pool,
-    input: Box<dyn Iterator<Item = Result<RawJob, TaskError>> + 'p>,
-    tx: Sender<(u64, Outcome)>,
-    rx: Receiver<(u64, Outcome)>,
+    source: Source<'p>,
+    tx: Sender<ChunkResult>,
+    rx: Receiver<ChunkResult>,
     ordered: bool,
     chunksize: usize,
     window: usize,
@@ -51,9 +125,8 @@ pub struct RawStream<'p> {
     taken: u64,
     in_flight: usize,
     next_out: u64,
-    held: BTreeMap<u64, Outcome>,
-    /// An item read ahead that did not fit in the last chunk.
-    peeked: Option<Result<RawJob, TaskError>>,
+    held: BTreeMap<u64, ChunkResult>,
+    cur: Option<Cursor>,
     exhausted: bool,
 }
 
@@ -65,26 +138,70 @@ impl<'p> RawStream<'p> {
         chunksize: usize,
         window: usize,
     ) -> Self {
+        Self::with_source(
+            pool,
+            Source::Raw {
+                input,
+                peeked: None,
+            },
+            ordered,
+            chunksize,
+            window,
+        )
+    }
+
+    pub(crate) fn typed(
+        pool: &'p Pool,
+        target: TaskRef,
+        next: EncodeNext<'p>,
+        ordered: bool,
+        chunksize: usize,
+        window: usize,
+    ) -> Self {
+        Self::with_source(
+            pool,
+            Source::Typed { target, next },
+            ordered,
+            chunksize,
+            window,
+        )
+    }
+
+    fn with_source(
+        pool: &'p Pool,
+        source: Source<'p>,
+        ordered: bool,
+        chunksize: usize,
+        window: usize,
+    ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         RawStream {
             pool,
-            input,
+            source,
             tx,
             rx,
             ordered,
-            chunksize,
-            window: window.max(chunksize),
+            chunksize: chunksize.max(1),
+            window: window.max(chunksize).max(1),
             taken: 0,
             in_flight: 0,
             next_out: 0,
             held: BTreeMap::new(),
-            peeked: None,
+            cur: None,
             exhausted: false,
         }
     }
 
-    fn next_input(&mut self) -> Option<Result<RawJob, TaskError>> {
-        self.peeked.take().or_else(|| self.input.next())
+    /// An item's own error (bad input), standing in its place.
+    fn hold_error(&mut self, index: u64, e: TaskError) {
+        self.held.insert(
+            index,
+            ChunkResult {
+                first_index: index,
+                count: 1,
+                body: ChunkBody::One(Err(e)),
+            },
+        );
     }
 
     /// Submits input until `window` jobs are in flight (hysteresis: only
@@ -95,54 +212,180 @@ impl<'p> RawStream<'p> {
         }
         let mut dispatches = Vec::new();
         while self.in_flight < self.window && !self.exhausted {
-            let Some(first) = self.next_input() else {
-                self.exhausted = true;
-                break;
-            };
             let index = self.taken;
-            self.taken += 1;
-            let first = match first {
-                Ok(job) => job,
-                Err(e) => {
-                    // Stands as the item's outcome, in its place.
-                    self.held.insert(index, Err(e));
-                    continue;
-                }
+            let chunk = match &mut self.source {
+                Source::Raw { .. } => self.next_raw_chunk(),
+                Source::Typed { .. } => self.next_typed_chunk(),
             };
-            let mut chunk = vec![first];
-            while chunk.len() < self.chunksize {
-                match self.next_input() {
-                    Some(Ok(job)) if job.same_kind(&chunk[0]) => {
-                        self.taken += 1;
-                        chunk.push(job);
-                    }
-                    Some(other) => {
-                        self.peeked = Some(other);
-                        break;
-                    }
-                    None => {
-                        self.exhausted = true;
-                        break;
-                    }
-                }
+            if let Some((target, codec, limits, payload, count)) = chunk {
+                self.in_flight += count as usize;
+                dispatches.push(
+                    self.pool
+                        .chunk_dispatch(target, codec, limits, payload, count, &self.tx, index),
+                );
             }
-            self.in_flight += chunk.len();
-            let head = &chunk[0];
-            let (target, codec, limits) = (head.target, head.codec, head.limits);
-            let args = chunk.into_iter().map(|j| j.args).collect();
-            dispatches.push(
-                self.pool
-                    .chunk_dispatch(target, codec, limits, args, &self.tx, index),
-            );
         }
         if !dispatches.is_empty() {
+            let firsts: Vec<(u64, u32)> = dispatches
+                .iter()
+                .map(|d| (d.reply_first_index(), d.count))
+                .collect();
             if let Err(e) = self.pool.submit(dispatches) {
                 // The pool is closed or gone: every submitted item fails.
-                let first = self.taken - self.in_flight as u64;
-                for i in first..self.taken {
-                    self.held.insert(i, Err(e.clone()));
+                for (first, count) in firsts {
+                    self.in_flight -= count as usize;
+                    self.held.insert(
+                        first,
+                        ChunkResult {
+                            first_index: first,
+                            count,
+                            body: ChunkBody::Failed(e.clone()),
+                        },
+                    );
                 }
-                self.in_flight = 0;
+            }
+        }
+    }
+
+    /// Next chunk of raw jobs: consecutive jobs of one kind, records built.
+    #[allow(clippy::type_complexity)]
+    fn next_raw_chunk(&mut self) -> Option<(TaskRef, Codec, Limits, Vec<u8>, u32)> {
+        let Source::Raw { input, peeked } = &mut self.source else {
+            return None;
+        };
+        let first = match peeked.take().or_else(|| input.next()) {
+            None => {
+                self.exhausted = true;
+                return None;
+            }
+            Some(first) => first,
+        };
+        let index = self.taken;
+        self.taken += 1;
+        let first = match first {
+            Ok(job) => job,
+            Err(e) => {
+                self.hold_error(index, e);
+                return None;
+            }
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < self.chunksize {
+            match peeked.take().or_else(|| input.next()) {
+                Some(Ok(job)) if job.same_kind(&jobs[0]) => {
+                    self.taken += 1;
+                    jobs.push(job);
+                }
+                Some(other) => {
+                    *peeked = Some(other);
+                    break;
+                }
+                None => {
+                    self.exhausted = true;
+                    break;
+                }
+            }
+        }
+        let (target, codec, limits) = (jobs[0].target, jobs[0].codec, jobs[0].limits);
+        let count = jobs.len() as u32;
+        let payload = if count == 1 {
+            jobs.pop().map(|j| j.args).unwrap_or_default()
+        } else {
+            let mut p = Vec::with_capacity(jobs.iter().map(|j| j.args.len() + 4).sum());
+            for j in &jobs {
+                codec::push_record(&mut p, &j.args);
+            }
+            p
+        };
+        Some((target, codec, limits, payload, count))
+    }
+
+    /// Next chunk of typed items, encoded straight into the payload.
+    #[allow(clippy::type_complexity)]
+    fn next_typed_chunk(&mut self) -> Option<(TaskRef, Codec, Limits, Vec<u8>, u32)> {
+        let single = self.chunksize == 1;
+        let Source::Typed { target, next } = &mut self.source else {
+            return None;
+        };
+        let target = *target;
+        let mut payload = Vec::with_capacity(if single { 16 } else { self.chunksize * 12 });
+        let mut count = 0u32;
+        let mut bad = None;
+        while (count as usize) < self.chunksize {
+            let start = payload.len();
+            if !single {
+                payload.extend_from_slice(&[0; 4]);
+            }
+            match next(&mut payload) {
+                None => {
+                    payload.truncate(start);
+                    self.exhausted = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    payload.truncate(start);
+                    bad = Some(e);
+                    break;
+                }
+                Some(Ok(())) => {
+                    if !single {
+                        let len = (payload.len() - start - 4) as u32;
+                        payload[start..start + 4].copy_from_slice(&len.to_le_bytes());
+                    }
+                    count += 1;
+                }
+            }
+        }
+        self.taken += count as u64;
+        if count == 1 && !single {
+            // A lone item travels as plain arguments, not as a record.
+            payload.drain(..4);
+        }
+        if let Some(e) = bad {
+            let index = self.taken;
+            self.taken += 1;
+            self.hold_error(index, e);
+        }
+        (count > 0).then_some((target, Codec::Bincode, Limits::default(), payload, count))
+    }
+
+    /// The next item, handed to `f` as its index and encoded outcome.
+    pub(crate) fn next_with<T>(
+        &mut self,
+        mut f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
+    ) -> Option<T> {
+        loop {
+            if let Some(cur) = &mut self.cur {
+                if let Some((index, item)) = cur.next_item() {
+                    self.next_out = index + 1;
+                    return Some(f(index, item));
+                }
+                self.cur = None;
+            }
+            self.top_up();
+            let ready = if self.ordered {
+                self.held.remove(&self.next_out)
+            } else {
+                self.held.pop_first().map(|(_, c)| c)
+            };
+            if let Some(chunk) = ready {
+                self.cur = Some(Cursor::new(chunk));
+                continue;
+            }
+            if self.in_flight == 0 {
+                if !self.exhausted {
+                    continue;
+                }
+                // Nothing in flight and nothing more to read: done (an
+                // ordered gap cannot happen; refuse to hang if it did).
+                return None;
+            }
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.in_flight -= chunk.count as usize;
+                    self.held.insert(chunk.first_index, chunk);
+                }
+                Err(_) => return None,
             }
         }
     }
@@ -152,33 +395,7 @@ impl Iterator for RawStream<'_> {
     type Item = (u64, Outcome);
 
     fn next(&mut self) -> Option<(u64, Outcome)> {
-        loop {
-            self.top_up();
-            if self.ordered {
-                if let Some(o) = self.held.remove(&self.next_out) {
-                    self.next_out += 1;
-                    return Some((self.next_out - 1, o));
-                }
-            } else if let Some((i, o)) = self.held.pop_first() {
-                return Some((i, o));
-            }
-            if self.in_flight == 0 {
-                if self.exhausted && self.held.is_empty() && self.peeked.is_none() {
-                    return None;
-                }
-                continue;
-            }
-            match self.rx.recv() {
-                Ok((i, o)) => {
-                    self.in_flight -= 1;
-                    if !self.ordered {
-                        return Some((i, o));
-                    }
-                    self.held.insert(i, o);
-                }
-                Err(_) => return None,
-            }
-        }
+        self.next_with(|i, item| (i, item.map(<[u8]>::to_vec)))
     }
 }
 
@@ -201,6 +418,30 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.raw.next().map(|(_, o)| decode_outcome(o))
+        self.raw
+            .next_with(|_, item| item.and_then(decode_outcome_bytes))
     }
+}
+
+/// Collects a whole map's chunks and decodes them in input order.
+pub(crate) fn collect_chunks<R: DeserializeOwned>(
+    rx: &Receiver<ChunkResult>,
+    n: u64,
+    gone: impl Fn() -> TaskError,
+) -> Result<Vec<R>, TaskError> {
+    let mut chunks = BTreeMap::new();
+    let mut got = 0u64;
+    while got < n {
+        let c = rx.recv().map_err(|_| gone())?;
+        got += c.count as u64;
+        chunks.insert(c.first_index, c);
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for (_, c) in chunks {
+        let mut cur = Cursor::new(c);
+        while let Some((_, item)) = cur.next_item() {
+            out.push(item.and_then(decode_outcome_bytes)?);
+        }
+    }
+    Ok(out)
 }

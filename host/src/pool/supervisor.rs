@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::config::{PoolConfig, StartMethod};
 use super::events::{Event, EventSink};
-use super::job::{Dispatch, JobId, Outcome, Reply, WorkerId};
+use super::job::{ChunkBody, ChunkResult, Dispatch, JobId, Outcome, Reply, WorkerId};
 use super::stats::Stats;
 use crate::error::{ErrorKind, TaskError};
 use crate::ipc::{self, Frame, FrameReader, WorkerParams, ZygoteCmd, ZygoteMsg};
@@ -128,7 +128,8 @@ pub struct Supervisor {
     queue: VecDeque<Dispatch>,
     timers: BinaryHeap<Reverse<(Instant, TimerKind, WorkerId, JobId)>>,
     target: usize,
-    pending_spawns: HashMap<u64, u64>,
+    /// Spawn requests not answered yet: worker id → (slot, zygote generation).
+    pending_spawns: HashMap<u64, (u32, u64)>,
     start_failures: VecDeque<Instant>,
     /// Set when workers keep dying at start: why the pool stopped forking.
     broken: Option<String>,
@@ -304,8 +305,8 @@ impl Supervisor {
                         self.shutdown();
                         return;
                     }
-                } else if let Some(i) = self.zygotes.iter().position(|z| z.token == token) {
-                    self.zygote_readable(i);
+                } else if self.zygotes.iter().any(|z| z.token == token) {
+                    self.zygote_readable(token);
                 } else if let Some(&(wid, is_sock)) = self.tokens.get(&token) {
                     if is_sock {
                         if ev.is_writable() {
@@ -400,7 +401,19 @@ impl Supervisor {
             .values()
             .filter(|w| !w.leaving && !w.broken)
             .count()
-            + self.pending_spawns.len()
+            + self
+                .pending_spawns
+                .values()
+                .filter(|(_, gen)| self.zygote_is_current(*gen))
+                .count()
+    }
+
+    /// Whether workers of zygote generation `gen` are wanted (it is alive
+    /// and not being replaced by a restart).
+    fn zygote_is_current(&self, gen: u64) -> bool {
+        self.zygotes
+            .iter()
+            .any(|z| z.gen == gen && z.alive && !z.retired)
     }
 
     fn ensure_workers(&mut self) {
@@ -454,6 +467,7 @@ impl Supervisor {
             s.stop_job.store(0, std::sync::atomic::Ordering::Release);
         }
         let msg = ipc::encode_ctl(&ZygoteCmd::Spawn(params));
+        let gen = z.gen;
         let sent = sys::send_with_fds(&z.fd, &msg, &[]);
         self.next_worker += 1;
         if let Err(e) = sent {
@@ -461,13 +475,17 @@ impl Supervisor {
             self.free_slots.push(slot);
             return false;
         }
-        self.pending_spawns.insert(id, slot as u64);
+        self.pending_spawns.insert(id, (slot, gen));
         true
     }
 
-    fn zygote_readable(&mut self, zi: usize) {
+    fn zygote_readable(&mut self, token: Token) {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
+            // Looked up each time: handling a message may retire a zygote.
+            let Some(zi) = self.zygotes.iter().position(|z| z.token == token) else {
+                return;
+            };
             let res = sys::recv_with_fds(&self.zygotes[zi].fd, &mut buf);
             match res {
                 Ok(Some((n, fds))) => match ipc::decode_ctl::<ZygoteMsg>(&buf[..n]) {
@@ -491,29 +509,28 @@ impl Supervisor {
     fn zygote_msg(&mut self, zi: usize, msg: ZygoteMsg, fds: Vec<OwnedFd>) {
         match msg {
             ZygoteMsg::Spawned { worker, pid } => {
-                let Some(slot) = self.pending_spawns.remove(&worker) else {
+                let Some((slot, gen)) = self.pending_spawns.remove(&worker) else {
                     return;
                 };
                 let mut fds = fds.into_iter();
                 let (Some(sock), Some(out), Some(pidfd)) = (fds.next(), fds.next(), fds.next())
                 else {
                     tracing::error!("the zygote sent a worker without its fds");
-                    self.free_slots.push(slot as u32);
+                    self.free_slots.push(slot);
                     return;
                 };
-                self.add_worker(
-                    WorkerId(worker),
-                    self.zygotes[zi].gen,
-                    slot as u32,
-                    pid,
-                    sock,
-                    out,
-                    pidfd,
-                );
+                let _ = zi;
+                self.add_worker(WorkerId(worker), gen, slot, pid, sock, out, pidfd);
+                if !self.zygote_is_current(gen) {
+                    // Requested before a restart: it leaves at once.
+                    if let Some(w) = self.workers.get_mut(&WorkerId(worker)) {
+                        w.leaving = true;
+                    }
+                }
             }
             ZygoteMsg::SpawnFailed { worker, error } => {
-                if let Some(slot) = self.pending_spawns.remove(&worker) {
-                    self.free_slots.push(slot as u32);
+                if let Some((slot, _)) = self.pending_spawns.remove(&worker) {
+                    self.free_slots.push(slot);
                 }
                 self.start_failed(format!("fork failed: {error}"));
             }
@@ -554,7 +571,17 @@ impl Supervisor {
             }
             self.worker_exited(wid, None);
         }
-        self.pending_spawns.clear();
+        let lost: Vec<u64> = self
+            .pending_spawns
+            .iter()
+            .filter(|(_, (_, g))| *g == gen)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some((slot, _)) = self.pending_spawns.remove(&id) {
+                self.free_slots.push(slot);
+            }
+        }
         if retired || self.closing {
             return;
         }
@@ -901,22 +928,70 @@ impl Supervisor {
             };
             self.deliver(&mut d, 0, outcome);
         } else {
-            let mut results = codec::result_records(&payload);
-            for i in 0..d.count {
-                let outcome = match results.next() {
-                    Some(Some((status, bytes))) => match Status::from_u8(status) {
-                        Some(status) => crate::plugin::outcome(status, bytes.to_vec()),
-                        None => Err(TaskError::new(
-                            ErrorKind::WorkerLost,
-                            format!("unknown status {status}"),
-                        )),
-                    },
-                    _ => Err(TaskError::new(
-                        ErrorKind::WorkerLost,
-                        "the worker returned a truncated batch result",
-                    )),
-                };
-                self.deliver(&mut d, i, outcome);
+            self.deliver_records(d, payload);
+        }
+    }
+
+    /// Delivers a batch result in one piece (streams) or item by item.
+    fn deliver_records(&mut self, mut d: Dispatch, payload: Vec<u8>) {
+        let mut ok = 0u32;
+        let mut n = 0u32;
+        let mut malformed = false;
+        let mut failed: Vec<ErrorKind> = Vec::new();
+        for rec in codec::result_records(&payload) {
+            match rec.and_then(|(status, _)| Status::from_u8(status)) {
+                Some(Status::Ok) => ok += 1,
+                Some(status) => failed.extend(ErrorKind::from_status(status)),
+                None => malformed = true,
+            }
+            n += 1;
+        }
+        if malformed || n != d.count {
+            // Undo the per-kind counts: every item fails the same way.
+            let err = TaskError::new(
+                ErrorKind::WorkerLost,
+                "the worker returned a malformed batch result",
+            );
+            self.fail_dispatch(d, err);
+            return;
+        }
+        if d.cancelled {
+            let err = TaskError::new(
+                ErrorKind::Terminated,
+                format!("job {} was terminated on request", d.first_job.0),
+            );
+            self.fail_dispatch(d, err);
+            return;
+        }
+        self.stats.succeeded += ok as u64;
+        for kind in failed {
+            *self.stats.failed.entry(kind).or_default() += 1;
+        }
+        match &d.reply {
+            Reply::Stream { tx, first_index } => {
+                let _ = tx.send(ChunkResult {
+                    first_index: *first_index,
+                    count: d.count,
+                    body: ChunkBody::Records(payload),
+                });
+                d.delivered = d.count;
+            }
+            Reply::Slot(_) => {
+                // Not produced by the API (slots are single jobs); handle anyway.
+                let outcomes: Vec<Outcome> = codec::result_records(&payload)
+                    .map(
+                        |r| match r.and_then(|(st, b)| Some((Status::from_u8(st)?, b))) {
+                            Some((st, b)) => crate::plugin::outcome(st, b.to_vec()),
+                            None => Err(TaskError::new(
+                                ErrorKind::WorkerLost,
+                                "malformed batch result",
+                            )),
+                        },
+                    )
+                    .collect();
+                for (i, o) in outcomes.into_iter().enumerate() {
+                    self.send_outcome(&mut d, i as u32, o);
+                }
             }
         }
     }
@@ -924,7 +999,6 @@ impl Supervisor {
     /// Sends item `i` of a dispatch its outcome (or `terminated` if it was
     /// cancelled meanwhile) and counts it.
     fn deliver(&mut self, d: &mut Dispatch, i: u32, outcome: Outcome) {
-        d.delivered = d.delivered.max(i + 1);
         let outcome = if d.cancelled {
             Err(TaskError::new(
                 ErrorKind::Terminated,
@@ -937,6 +1011,11 @@ impl Supervisor {
             Ok(_) => self.stats.succeeded += 1,
             Err(e) => *self.stats.failed.entry(e.kind).or_default() += 1,
         }
+        self.send_outcome(d, i, outcome);
+    }
+
+    fn send_outcome(&mut self, d: &mut Dispatch, i: u32, outcome: Outcome) {
+        d.delivered = d.delivered.max(i + 1);
         match &d.reply {
             Reply::Slot(slot) => {
                 if let Some((cb, outcome)) = slot.fill(outcome) {
@@ -944,14 +1023,34 @@ impl Supervisor {
                 }
             }
             Reply::Stream { tx, first_index } => {
-                let _ = tx.send((first_index + i as u64, outcome));
+                let _ = tx.send(ChunkResult {
+                    first_index: first_index + i as u64,
+                    count: 1,
+                    body: ChunkBody::One(outcome),
+                });
             }
         }
     }
 
+    /// Every item of `d` fails with `err`: one message for a stream chunk.
     fn fail_dispatch(&mut self, mut d: Dispatch, err: TaskError) {
-        for i in 0..d.count {
-            self.deliver(&mut d, i, Err(err.clone()));
+        let remaining = d.count - d.delivered;
+        *self.stats.failed.entry(err.kind).or_default() += remaining as u64;
+        match &d.reply {
+            Reply::Stream { tx, first_index } => {
+                let first_index = first_index + d.delivered as u64;
+                let _ = tx.send(ChunkResult {
+                    first_index,
+                    count: remaining,
+                    body: ChunkBody::Failed(err),
+                });
+                d.delivered = d.count;
+            }
+            Reply::Slot(_) => {
+                for i in d.delivered..d.count {
+                    self.send_outcome(&mut d, i, Err(err.clone()));
+                }
+            }
         }
     }
 
@@ -1326,7 +1425,9 @@ impl Supervisor {
 
     /// A retired zygote with no workers left is told to exit.
     fn maybe_finish_zygote(&mut self, gen: u64) {
-        if self.workers.values().any(|w| w.gen == gen) {
+        if self.workers.values().any(|w| w.gen == gen)
+            || self.pending_spawns.values().any(|(_, g)| *g == gen)
+        {
             return;
         }
         if let Some(i) = self.zygotes.iter().position(|z| z.gen == gen && z.retired) {
