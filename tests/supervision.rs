@@ -331,7 +331,10 @@ fn workers_dying_at_start_trip_the_rate_limit_instead_of_a_fork_storm() {
     let e = pool.apply::<_, u64>("math", "square", (3u64,)).unwrap_err();
     assert!(e.message.contains("stopped starting workers"), "{e}");
     let again = pool.stats().unwrap();
-    assert!(again.workers_started <= 5 + 2 + 1, "forking went on after the limit: {again:?}");
+    assert!(
+        again.workers_started <= 5 + 2 + 1,
+        "forking went on after the limit: {again:?}"
+    );
     pool.terminate().unwrap();
 }
 

@@ -249,3 +249,105 @@ pub fn system_library() -> Option<PathBuf> {
     .map(PathBuf::from)
     .find(|p| p.is_file())
 }
+
+// ----- processes, fds and memory (the reliability suite) ------------------
+
+/// What `/proc/PID/stat` says about a process: its state letter (`R`, `S`,
+/// `Z`...), parent and process group; `None` once it is gone.
+pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may contain spaces and parens.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// Every process on the machine as `(pid, state, ppid, pgrp)`.
+pub fn all_processes() -> Vec<(i32, char, i32, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| proc_stat(pid).map(|(s, pp, pg)| (pid, s, pp, pg)))
+        .collect()
+}
+
+/// Pids of the processes (zombies included) whose parent is `ppid`.
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.2 == ppid)
+        .map(|p| p.0)
+        .collect()
+}
+
+/// `pid` and every process below it (children, grandchildren...).
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let procs = all_processes();
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(procs.iter().filter(|p| p.2 == parent).map(|p| p.0));
+        i += 1;
+    }
+    out
+}
+
+/// Live (non-zombie) members of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.3 == pgid && p.1 != 'Z')
+        .map(|p| p.0)
+        .collect()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn running(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|(state, ..)| state != 'Z')
+}
+
+/// Polls `cond` until it holds or `limit` passes; true if it held. For
+/// waiting on an effect in another process (a death, a reparenting), which
+/// no channel of ours reports.
+pub fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of this process, KiB (`VmRSS`).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The executable a process runs (`/proc/PID/exe`), if readable.
+pub fn exe_of(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
