@@ -219,9 +219,15 @@ impl FrameReader {
                     self.buf = vec![0; READ_CHUNK];
                 }
             }
-            // Room for the rest of the current frame, so a large payload
-            // arrives in one buffer without repeated moves.
-            self.reserve(self.pending_need().max(READ_CHUNK));
+            // Room for more of the current frame, growing with what has
+            // actually arrived (doubling): a length prefix alone must not
+            // make us allocate the size it announces.
+            let buffered = self.end - self.start;
+            let grow = self
+                .pending_need()
+                .min(buffered.max(READ_CHUNK) * 2)
+                .max(READ_CHUNK);
+            self.reserve(grow);
             match r.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Ok(false),
                 Ok(n) => self.end += n,

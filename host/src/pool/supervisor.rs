@@ -1343,32 +1343,48 @@ impl Supervisor {
             }
             return true;
         }
-        let mut kill = None;
-        for w in self.workers.values_mut() {
-            if let Some(pos) = w.inflight.iter().position(|d| d.contains(job)) {
-                if pos == 0 && !w.broken {
-                    kill = Some(w.id);
-                } else {
-                    w.inflight[pos].cancelled = true;
-                }
-                break;
+        let holder = self
+            .workers
+            .values()
+            .find(|w| w.inflight.iter().any(|d| d.contains(job)))
+            .map(|w| w.id);
+        let Some(wid) = holder else { return false };
+        // Take in what the worker already answered: a job whose result is
+        // waiting in the socket is finished, not terminated.
+        self.worker_readable(wid);
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return false;
+        };
+        let Some(pos) = w.inflight.iter().position(|d| d.contains(job)) else {
+            return false;
+        };
+        let running = self
+            .board
+            .slot(w.slot as usize)
+            .map(|s| s.running.load(std::sync::atomic::Ordering::Acquire));
+        let head = &w.inflight[pos];
+        let is_running = pos == 0 && running.is_some_and(|r| head.contains(JobId(r)));
+        if is_running && !w.broken {
+            // Kill exactly this (worker, job): it is running it right now.
+            w.kill = Some(Kill::Terminated(job));
+            w.leaving = true;
+            let _ = sys::kill_group(w.pid, sys::SIGKILL);
+            let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
+        } else {
+            // Not started yet (prefetched), or finished with its result on
+            // the way: it ends as `terminated` whatever it returns, and a
+            // cooperative task is told to stop as soon as it starts.
+            w.inflight[pos].cancelled = true;
+            if let Some(s) = self.board.slot(w.slot as usize) {
+                s.stop_reason.store(
+                    StopReason::Cancelled.as_flag() as u64,
+                    std::sync::atomic::Ordering::Release,
+                );
+                s.stop_job
+                    .store(job.0, std::sync::atomic::Ordering::Release);
             }
         }
-        match kill {
-            Some(wid) => {
-                if let Some(w) = self.workers.get_mut(&wid) {
-                    w.kill = Some(Kill::Terminated(job));
-                    w.leaving = true;
-                    let _ = sys::kill_group(w.pid, sys::SIGKILL);
-                    let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
-                }
-                true
-            }
-            None => self
-                .workers
-                .values()
-                .any(|w| w.inflight.iter().any(|d| d.contains(job))),
-        }
+        true
     }
 
     fn shrink(&mut self, n: usize) {
