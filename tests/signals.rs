@@ -474,6 +474,31 @@ fn terminating_a_job_that_just_finished_is_exact_and_spares_the_next_job() {
     pool.join().unwrap();
 }
 
+/// A restart (what SIGHUP does) right after the pool starts, before its
+/// first workers reported in: the jobs must still run. The retired zygote
+/// used to be shut down with worker requests still pending, which were
+/// then counted as live workers forever: no worker ever started again.
+#[test]
+fn a_restart_right_after_start_still_runs_the_jobs() {
+    for round in 0..10 {
+        let pool = builder(2).build().unwrap();
+        pool.restart().unwrap();
+        let hs: Vec<_> = (0..4u64)
+            .map(|i| pool.apply_async::<_, u64>("math", "square", (i,)).unwrap())
+            .collect();
+        for (i, h) in hs.iter().enumerate() {
+            let got = h.get_timeout(Duration::from_secs(20));
+            let stats = pool.stats().unwrap();
+            assert_eq!(
+                got.map(|r| r.ok()),
+                Some(Some((i * i) as u64)),
+                "round {round}, job {i}: {stats:?}"
+            );
+        }
+        pool.terminate().unwrap();
+    }
+}
+
 // ----- a closed stdout --------------------------------------------------------
 
 /// Runs `billiard-host ARGS` with a stdout nobody reads (the read end is
