@@ -638,18 +638,13 @@ fn run_cases(
         .start_method(args.start_method)
         .time_limit(args.time_limit.unwrap_or(DEFAULT_TIME_LIMIT))
         .events(events_tx);
-    if let Some(d) = args.soft_time_limit {
-        b = b.soft_time_limit(d);
+    b = super::WorkerLimits {
+        max_tasks_per_child: args.max_tasks_per_child,
+        max_memory_per_child: args.max_memory_per_child,
+        address_space_limit: args.address_space_limit,
+        soft_time_limit: args.soft_time_limit,
     }
-    if let Some(n) = args.max_tasks_per_child {
-        b = b.max_tasks_per_child(n);
-    }
-    if let Some(n) = args.max_memory_per_child {
-        b = b.max_memory_per_child(n);
-    }
-    if let Some(n) = args.address_space_limit {
-        b = b.address_space_limit(n);
-    }
+    .apply(b);
     let pool = b.build().map_err(fail_usage)?;
 
     let limits_text = match (args.soft_time_limit, args.time_limit) {

@@ -89,3 +89,29 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// The per-worker limits `run` and `check` share, applied where set.
+pub(crate) struct WorkerLimits {
+    pub max_tasks_per_child: Option<u64>,
+    pub max_memory_per_child: Option<u64>,
+    pub address_space_limit: Option<u64>,
+    pub soft_time_limit: Option<std::time::Duration>,
+}
+
+impl WorkerLimits {
+    pub(crate) fn apply(&self, mut b: billiard_host::PoolBuilder) -> billiard_host::PoolBuilder {
+        if let Some(n) = self.max_tasks_per_child {
+            b = b.max_tasks_per_child(n);
+        }
+        if let Some(n) = self.max_memory_per_child {
+            b = b.max_memory_per_child(n);
+        }
+        if let Some(n) = self.address_space_limit {
+            b = b.address_space_limit(n);
+        }
+        if let Some(d) = self.soft_time_limit {
+            b = b.soft_time_limit(d);
+        }
+        b
+    }
+}

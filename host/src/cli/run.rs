@@ -354,18 +354,13 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
     for p in &args.more_plugins {
         b = b.plugin(p);
     }
-    if let Some(n) = args.max_tasks_per_child {
-        b = b.max_tasks_per_child(n);
+    b = super::WorkerLimits {
+        max_tasks_per_child: args.max_tasks_per_child,
+        max_memory_per_child: args.max_memory_per_child,
+        address_space_limit: args.address_space_limit,
+        soft_time_limit: args.soft_time_limit,
     }
-    if let Some(n) = args.max_memory_per_child {
-        b = b.max_memory_per_child(n);
-    }
-    if let Some(n) = args.address_space_limit {
-        b = b.address_space_limit(n);
-    }
-    if let Some(d) = args.soft_time_limit {
-        b = b.soft_time_limit(d);
-    }
+    .apply(b);
     if let Some(d) = args.time_limit {
         b = b.time_limit(d);
     }
