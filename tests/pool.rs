@@ -25,31 +25,9 @@ fn pool(workers: usize) -> Pool {
     builder(workers).build().expect("pool builds")
 }
 
-/// Pids of live processes whose parent is `ppid`.
-fn children_of(ppid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may contain spaces).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_string()) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
+/// True while the process exists, zombie or not (a zombie is not reaped yet).
 fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; count it as alive (not reaped).
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    common::proc_stat(pid as i32).is_some()
 }
 
 #[test]
@@ -385,12 +363,10 @@ fn no_worker_survives_terminate_or_drop() {
             assert!(!alive(pid as u32), "{how}: worker {pid} still exists");
         }
     }
-    assert!(children_of(std::process::id()).iter().all(|&p| {
-        // Only processes of other tests may remain; none of them is a zombie of ours.
-        !std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-    }));
+    // Only processes of other tests may remain; none of them is a zombie of ours.
+    assert!(common::children_of(std::process::id() as i32)
+        .into_iter()
+        .all(|p| common::proc_stat(p).map(|(state, ..)| state) != Some('Z')));
 }
 
 #[test]

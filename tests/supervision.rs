@@ -20,28 +20,6 @@ fn pid(pool: &Pool) -> u32 {
     pool.apply("faults", "pid", ()).unwrap()
 }
 
-/// Pids of the processes in process group `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // state ppid pgrp ...; a zombie no longer counts.
-        if f.first() != Some(&"Z") && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn max_tasks_per_child_recycles_workers() {
     let pool = builder(1).max_tasks_per_child(3).build().unwrap();
@@ -116,7 +94,7 @@ fn hard_time_limit_kills_the_worker_and_its_grandchildren() {
     assert_eq!(killed.len(), 2, "{killed:?}");
     for pgid in killed {
         assert_eq!(
-            group_members(pgid),
+            common::group_members(pgid),
             Vec::<i32>::new(),
             "process group {pgid} survived"
         );
