@@ -5,23 +5,27 @@
 //! next one takes minutes.
 
 use std::io::{BufWriter, Write};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use billiard_host::{ErrorKind, Outcome, TaskError};
 use serde::Serialize;
 
-/// How often the flusher looks for unflushed results.
+/// How long a waiting result may sit in the buffer before it is flushed.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// A shared, buffered result sink.
 pub struct Output {
     state: Mutex<State>,
+    /// Signalled when the first unflushed line arrives, and at close.
+    wake: Condvar,
 }
 
 struct State {
     w: BufWriter<Box<dyn Write + Send>>,
     dirty: bool,
+    /// No more lines: the flusher ends.
+    closed: bool,
     /// The first write error; every later write fails with its kind.
     failed: Option<std::io::ErrorKind>,
 }
@@ -32,8 +36,10 @@ impl Output {
             state: Mutex::new(State {
                 w: BufWriter::with_capacity(64 * 1024, w),
                 dirty: false,
+                closed: false,
                 failed: None,
             }),
+            wake: Condvar::new(),
         }
     }
 
@@ -50,10 +56,32 @@ impl Output {
     }
 
     pub fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
-        self.with(|st| {
+        let mut woke = false;
+        let r = self.with(|st| {
+            woke = !st.dirty;
             st.dirty = true;
             st.w.write_all(line)
-        })
+        });
+        if woke {
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    /// Blocks while nothing waits to be flushed (so an idle `run` costs no
+    /// wake-ups); false once the output is closed.
+    pub fn wait_dirty(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.dirty && !st.closed {
+            st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        !st.closed
+    }
+
+    /// Ends `wait_dirty` for good.
+    pub fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.wake.notify_all();
     }
 
     pub fn flush(&self) -> std::io::Result<()> {

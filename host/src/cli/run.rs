@@ -259,10 +259,17 @@ pub fn run(args: Args) -> i32 {
         let (flusher_done, done) = crossbeam_channel::bounded::<()>(0);
         let output = &output;
         s.spawn(move || {
-            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                done.recv_timeout(output::FLUSH_EVERY)
-            {
+            // Sleep until a line is waiting, give later lines FLUSH_EVERY
+            // to join it, flush; end when the run is over.
+            while output.wait_dirty() {
+                let over = !matches!(
+                    done.recv_timeout(output::FLUSH_EVERY),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                );
                 output.flush_if_dirty();
+                if over {
+                    break;
+                }
             }
         });
 
@@ -281,6 +288,7 @@ pub fn run(args: Args) -> i32 {
             write_error = output.flush().err();
         }
         drop(flusher_done);
+        output.close();
         if let Some(h) = watcher {
             h.close();
         }
