@@ -7,11 +7,10 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use billiard_host::{Codec, ErrorKind, Limits, Pool, PoolBuilder, TaskRef};
-use common::{exit_code, host_command, plugin_str, stderr, stdout};
+use common::{exit_code, host_command, plugin_str, scratch, stderr, stdout};
 use serde_json::Value;
 
 fn run(args: &[&str]) -> Output {
@@ -35,28 +34,6 @@ fn run_with(args: &[&str], stdin: Option<&[u8]>) -> Output {
         child.stdin.take().unwrap().write_all(bytes).unwrap();
     }
     child.wait_with_output().unwrap()
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("bad_input")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-fn results(out: &Output) -> Vec<Value> {
-    stdout(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:.200}")))
-        .collect()
 }
 
 fn kind(r: &Value) -> &str {
@@ -94,8 +71,8 @@ fn assert_refused(args: &[&str], needles: &[&str]) {
 #[test]
 fn plugins_that_cannot_be_run_exit_2_naming_file_and_reason() {
     let dir = scratch("plugins");
-    let text = write(&dir, "notes.so", b"not an ELF file\n");
-    let empty = write(&dir, "empty.so", b"");
+    let text = common::write_file(&dir, "notes.so", b"not an ELF file\n");
+    let empty = common::write_file(&dir, "empty.so", b"");
     let exe = common::bin().to_string_lossy().into_owned();
     let dirpath = dir.to_string_lossy().into_owned();
     let version = plugin_str("abi-version-mismatch");
@@ -140,7 +117,7 @@ fn an_unreadable_plugin_or_input_exits_2() {
     let plugin = dir.join("libmath.so");
     std::fs::copy(common::plugin("math"), &plugin).unwrap();
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let input = write(&dir, "jobs.jsonl", b"[1]\n");
+    let input = common::write_file(&dir, "jobs.jsonl", b"[1]\n");
     std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o000)).unwrap();
     let p = plugin.to_string_lossy().into_owned();
     assert_refused(&[&p, "--task", "square", "--args", "[1]"], &["libmath.so"]);
@@ -155,7 +132,7 @@ fn an_unreadable_plugin_or_input_exits_2() {
 fn unusable_input_and_output_paths_exit_2() {
     let dir = scratch("paths");
     let m = plugin_str("math");
-    let input = write(&dir, "jobs.jsonl", b"[1]\n");
+    let input = common::write_file(&dir, "jobs.jsonl", b"[1]\n");
     let d = dir.to_string_lossy().into_owned();
     // A directory as input: nothing to run, a clear reason.
     assert_refused(
@@ -179,7 +156,7 @@ fn unusable_input_and_output_paths_exit_2() {
 #[test]
 fn bad_numbers_and_limits_exit_2_naming_the_flag() {
     let dir = scratch("flags");
-    let input = write(&dir, "jobs.jsonl", b"[1]\n");
+    let input = common::write_file(&dir, "jobs.jsonl", b"[1]\n");
     let m = plugin_str("math");
     let cases: &[(&str, &str)] = &[
         ("--workers", "-1"),
@@ -237,7 +214,7 @@ fn empty_and_blank_input_is_zero_jobs_and_success() {
     let dir = scratch("empty");
     let m = plugin_str("math");
     for (name, bytes) in [("empty.jsonl", &b""[..]), ("blank.jsonl", b"\n\n   \n\t\n")] {
-        let input = write(&dir, name, bytes);
+        let input = common::write_file(&dir, name, bytes);
         let out = run(&[&m, "--task", "square", "--input", &input]);
         assert_eq!(exit_code(&out), 0, "{name}: {}", stderr(&out));
         assert_eq!(stdout(&out), "", "{name}");
@@ -270,7 +247,7 @@ fn input_without_a_final_newline_and_with_crlf_runs_every_line() {
         Some(b"[2]\n[3"),
     );
     assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
-    let rs = results(&out);
+    let rs = json_results(&out);
     assert_eq!(rs.len(), 2);
     assert_eq!(rs[0]["ok"], 4);
     assert_eq!(kind(&rs[1]), "bad_args");
@@ -320,7 +297,7 @@ fn wrong_argument_types_and_counts_fail_only_their_own_line() {
         Some(input.as_bytes()),
     );
     assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
-    let rs = results(&out);
+    let rs = json_results(&out);
     assert_eq!(rs.len(), lines.len(), "one result per line");
     for (i, ((line, want), r)) in lines.iter().zip(&rs).enumerate() {
         assert_eq!(r["index"], i, "{line}");
@@ -355,7 +332,7 @@ fn huge_and_deeply_nested_lines_fail_alone_with_short_messages() {
     text.extend(std::iter::repeat_n(b'[', 100_000));
     text.extend(std::iter::repeat_n(b']', 100_000));
     text.extend_from_slice(b"\n[2]");
-    let input = write(&dir, "huge.jsonl", &text);
+    let input = common::write_file(&dir, "huge.jsonl", &text);
     drop(text);
     let m = plugin_str("math");
     let out = run(&[&m, "--task", "square", "--input", &input, "-q", "-w", "2"]);
@@ -365,7 +342,7 @@ fn huge_and_deeply_nested_lines_fail_alone_with_short_messages() {
         "the results echo the input: {} bytes",
         out.stdout.len()
     );
-    let rs = results(&out);
+    let rs = json_results(&out);
     let kinds: Vec<&str> = rs.iter().map(kind).collect();
     assert_eq!(
         kinds,
@@ -404,7 +381,7 @@ fn builder(workers: usize) -> PoolBuilder {
 #[test]
 fn the_builder_refuses_bad_plugins_and_settings_clearly() {
     let dir = scratch("builder");
-    let text = write(&dir, "notes.so", b"hello");
+    let text = common::write_file(&dir, "notes.so", b"hello");
     let cases: Vec<(PoolBuilder, Vec<String>)> = vec![
         (
             Pool::builder().worker_exe(common::bin()).plugin(&dir),
@@ -530,4 +507,9 @@ fn bad_jobs_fail_alone_in_a_working_pool() {
         "bad input costs no worker: {stats:?}"
     );
     pool.join().unwrap();
+}
+
+/// The result lines on a finished run's stdout.
+fn json_results(out: &Output) -> Vec<Value> {
+    common::json_lines(&stdout(out))
 }

@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{exit_code, host_command, plugin_str, stderr, stdout};
+use common::{exit_code, host_command, plugin_str, scratch, stderr, stdout};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -23,23 +22,6 @@ fn check(args: &[&str]) -> Output {
         .env_remove("NO_COLOR")
         .output()
         .expect("billiard-host starts")
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("cli_check")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes the case lines to `dir/cases.jsonl`; returns its path.
-fn cases_file(dir: &Path, lines: &[&str]) -> String {
-    let path = dir.join("cases.jsonl");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path.to_string_lossy().into_owned()
 }
 
 /// One XML element of a JUnit report: its name and attributes.
@@ -120,7 +102,7 @@ const MATH_CASES: &[&str] = &[
 #[test]
 fn all_cases_pass() {
     let dir = scratch("all_cases_pass");
-    let cases = cases_file(&dir, MATH_CASES);
+    let cases = common::lines_file(&dir, "cases.jsonl", MATH_CASES);
     let junit = dir.join("report.xml");
     let out = check(&[
         &plugin_str("math"),
@@ -170,8 +152,9 @@ fn all_cases_pass() {
 #[test]
 fn a_failing_case_shows_a_diff_and_fails_the_check() {
     let dir = scratch("failing_case");
-    let cases = cases_file(
+    let cases = common::lines_file(
         &dir,
+        "cases.jsonl",
         &[
             r#"{"task": "square", "args": [3], "expect": {"ok": 9}}"#,
             r#"{"name": "wrong sum", "task": "add", "args": [1, 2], "expect": {"ok": 4}}"#,
@@ -217,8 +200,9 @@ fn a_failing_case_shows_a_diff_and_fails_the_check() {
 #[test]
 fn every_error_kind_can_be_expected() {
     let dir = scratch("error_kinds");
-    let cases = cases_file(
+    let cases = common::lines_file(
         &dir,
+        "cases.jsonl",
         &[
             r#"{"task": "panic", "args": ["boom"], "expect": {"error": "panic", "message_contains": "boom"}}"#,
             r#"{"task": "fail", "args": ["no"], "expect": {"error": "task_error"}, "message_contains": "no"}"#,
@@ -239,8 +223,9 @@ fn every_error_kind_can_be_expected() {
 #[test]
 fn pool_flags_apply_to_every_case() {
     let dir = scratch("pool_flags");
-    let cases = cases_file(
+    let cases = common::lines_file(
         &dir,
+        "cases.jsonl",
         &[r#"{"task": "spin_ms", "args": [60000], "expect": {"error": "time_limit"}}"#],
     );
     let out = check(&[
@@ -274,8 +259,9 @@ fn a_plugin_that_cannot_load_exits_2() {
     let dir = scratch("cannot_load");
     let not_a_plugin = dir.join("notes.so");
     std::fs::write(&not_a_plugin, "not a shared object").unwrap();
-    let cases = cases_file(
+    let cases = common::lines_file(
         &dir,
+        "cases.jsonl",
         &[r#"{"task": "square", "args": [3], "expect": {"ok": 9}}"#],
     );
     for (file, reason) in [
@@ -300,8 +286,9 @@ fn a_plugin_that_cannot_load_exits_2() {
 #[test]
 fn an_invalid_cases_file_exits_2_and_runs_nothing() {
     let dir = scratch("invalid_cases");
-    let cases = cases_file(
+    let cases = common::lines_file(
         &dir,
+        "cases.jsonl",
         &[
             r#"{"task": "square", "args": [3], "expect": {"ok": 9}}"#,
             r#"{"task": "square", "args": [3], "expect": {"error": "explode"}}"#,

@@ -7,10 +7,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{exit_code, host_command, plugin_str, stderr, stdout};
+use common::{exit_code, host_command, plugin_str, scratch, stderr, stdout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -45,32 +45,6 @@ fn base_command(args: &[&str]) -> Command {
         .env_remove("RUST_BACKTRACE")
         .env_remove("BILLIARD_BACKTRACE");
     cmd
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("cli_run")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes `lines` (one job each) to `dir/name` and returns its path.
-fn jobs_file(dir: &Path, name: &str, lines: &[&str]) -> String {
-    let path = dir.join(name);
-    let mut text = lines.join("\n");
-    text.push('\n');
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-/// The result lines of a run, parsed; every line must be JSON.
-fn results(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Result lines keyed by index; asserts each index appears once.
@@ -126,7 +100,7 @@ fn one_job_prints_its_result() {
         r#"[{"id": 2, "name": "a", "shape": {"rect": {"w": 1.0, "h": 2.0}}, "note": null, "tags": {}}, 3.0]"#,
     ]);
     assert_eq!(exit_code(&out), 0, "stderr: {}", stderr(&out));
-    let r = &results(&stdout(&out))[0];
+    let r = &common::json_lines(&stdout(&out))[0];
     assert_eq!(r["ok"]["id"], 4);
     assert_eq!(r["ok"]["shape"], json!({"rect": {"w": 3.0, "h": 6.0}}));
     assert_eq!(r["ok"]["tags"]["area"], 18);
@@ -142,7 +116,7 @@ fn one_failed_job_exits_1_with_its_error() {
         "[9223372036854775807, 1]",
     ]);
     assert_eq!(exit_code(&out), 1);
-    let r = &results(&stdout(&out))[0];
+    let r = &common::json_lines(&stdout(&out))[0];
     assert_eq!(r["index"], 0);
     assert_eq!(kind(r), "task_error");
     assert!(message(r).contains("overflows"), "{r}");
@@ -156,7 +130,7 @@ fn one_failed_job_exits_1_with_its_error() {
 #[test]
 fn a_file_of_good_and_bad_lines_gets_one_result_per_line_in_order() {
     let dir = scratch("mixed");
-    let input = jobs_file(
+    let input = common::lines_file(
         &dir,
         "jobs.jsonl",
         &[
@@ -176,7 +150,7 @@ fn a_file_of_good_and_bad_lines_gets_one_result_per_line_in_order() {
     );
     let out = run(&[&math(), "--task", "square", "--input", &input, "-w", "2"]);
     assert_eq!(exit_code(&out), 1, "stderr: {}", stderr(&out));
-    let rs = results(&stdout(&out));
+    let rs = common::json_lines(&stdout(&out));
     // Blank lines get no index; the rest are numbered from 0 in order.
     assert_eq!(indices(&rs), (0..10).collect::<Vec<_>>());
     assert_eq!(rs[0]["ok"], 1);
@@ -219,7 +193,7 @@ fn invalid_utf8_is_bad_args_for_that_line_only() {
         "-q",
     ]);
     assert_eq!(exit_code(&out), 1);
-    let rs = results(&stdout(&out));
+    let rs = common::json_lines(&stdout(&out));
     assert_eq!(rs.len(), 3);
     assert_eq!(rs[0]["ok"], 4);
     assert_eq!(kind(&rs[1]), "bad_args");
@@ -232,7 +206,7 @@ fn all_good_exits_0_and_output_goes_to_a_file() {
     let dir = scratch("output");
     let lines: Vec<String> = (0..25).map(|i| format!("[{i}]")).collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let input = jobs_file(&dir, "jobs.jsonl", &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let output = dir.join("results.jsonl");
     let out = run(&[
         &math(),
@@ -252,7 +226,7 @@ fn all_good_exits_0_and_output_goes_to_a_file() {
     assert_eq!(exit_code(&out), 0, "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "", "results go to the file");
     assert!(stderr(&out).contains("25 jobs: 25 ok"), "{}", stderr(&out));
-    let rs = results(&std::fs::read_to_string(&output).unwrap());
+    let rs = common::json_lines(&std::fs::read_to_string(&output).unwrap());
     assert_eq!(indices(&rs), (0..25).collect::<Vec<_>>());
     for (i, r) in rs.iter().enumerate() {
         assert_eq!(r["ok"], (i * i) as u64);
@@ -266,7 +240,7 @@ fn unordered_gives_every_result_once_in_completion_order() {
     let mut lines = vec!["[300]".to_string()];
     lines.extend((0..12).map(|_| "[0]".to_string()));
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let input = jobs_file(&dir, "jobs.jsonl", &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let out = run(&[
         &faults(),
         "--task",
@@ -279,7 +253,7 @@ fn unordered_gives_every_result_once_in_completion_order() {
         "-q",
     ]);
     assert_eq!(exit_code(&out), 0, "stderr: {}", stderr(&out));
-    let rs = results(&stdout(&out));
+    let rs = common::json_lines(&stdout(&out));
     let map = by_index(&rs);
     assert_eq!(
         map.keys().copied().collect::<Vec<_>>(),
@@ -300,7 +274,7 @@ fn jobs_from_standard_input() {
         Some("[0]\n[1]\n\n[10]\n[94]\n"),
     );
     assert_eq!(exit_code(&out), 1);
-    let rs = results(&stdout(&out));
+    let rs = common::json_lines(&stdout(&out));
     assert_eq!(indices(&rs), [0, 1, 2, 3]);
     assert_eq!(rs[0]["ok"], 0);
     assert_eq!(rs[1]["ok"], 1);
@@ -318,7 +292,7 @@ fn jobs_from_standard_input() {
 #[test]
 fn every_error_kind_a_job_can_end_with() {
     let dir = scratch("kinds");
-    let input = jobs_file(
+    let input = common::lines_file(
         &dir,
         "jobs.jsonl",
         &[
@@ -345,7 +319,7 @@ fn every_error_kind_a_job_can_end_with() {
         "400ms",
     ]);
     assert_eq!(exit_code(&out), 1, "stderr: {}", stderr(&out));
-    let rs = results(&stdout(&out));
+    let rs = common::json_lines(&stdout(&out));
     assert_eq!(indices(&rs), (0..9).collect::<Vec<_>>());
     let kinds: Vec<&str> = rs[..8].iter().map(kind).collect();
     assert_eq!(
@@ -378,7 +352,7 @@ fn every_error_kind_a_job_can_end_with() {
 #[test]
 fn object_lines_mix_tasks_of_two_plugins_with_their_own_limits() {
     let dir = scratch("two_plugins");
-    let input = jobs_file(
+    let input = common::lines_file(
         &dir,
         "jobs.jsonl",
         &[
@@ -407,7 +381,7 @@ fn object_lines_mix_tasks_of_two_plugins_with_their_own_limits() {
         "-q",
     ]);
     assert_eq!(exit_code(&out), 1, "stderr: {}", stderr(&out));
-    let rs = results(&stdout(&out));
+    let rs = common::json_lines(&stdout(&out));
     assert_eq!(indices(&rs), (0..10).collect::<Vec<_>>());
     assert_eq!(rs[0]["ok"], 16, "--task is the default");
     assert_eq!(rs[1]["ok"], 25);
@@ -426,7 +400,7 @@ fn object_lines_mix_tasks_of_two_plugins_with_their_own_limits() {
 #[test]
 fn stats_json_holds_the_final_pool_stats() {
     let dir = scratch("stats");
-    let input = jobs_file(&dir, "jobs.jsonl", &["[1]", "[2]", "[x]", "[3]"]);
+    let input = common::lines_file(&dir, "jobs.jsonl", &["[1]", "[2]", "[x]", "[3]"]);
     let stats = dir.join("stats.json");
     let out = run(&[
         &math(),
@@ -484,7 +458,7 @@ fn pool_flags_are_accepted() {
 #[test]
 fn usage_errors_exit_2() {
     let dir = scratch("usage");
-    let input = jobs_file(&dir, "jobs.jsonl", &["[1]"]);
+    let input = common::lines_file(&dir, "jobs.jsonl", &["[1]"]);
     let m = math();
     let cases: &[(&[&str], &str)] = &[
         (&[&m, "--task", "square"], "--args"),
@@ -585,7 +559,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn a_plugin_that_cannot_be_loaded_exits_2_naming_it() {
     let dir = scratch("plugin_load");
-    let not_a_plugin = jobs_file(&dir, "not-a-plugin.so", &["hello"]);
+    let not_a_plugin = common::lines_file(&dir, "not-a-plugin.so", &["hello"]);
     let missing = dir.join("missing.so").to_string_lossy().into_owned();
     let layout = plugin_str("abi-layout-mismatch");
     let m = math();
@@ -628,7 +602,7 @@ fn signal(child: &Child, sig: Signal) {
 fn sigterm_mid_batch_finishes_running_jobs_and_terminates_the_rest() {
     let dir = scratch("sigterm");
     let lines = vec!["[50]"; 40];
-    let input = jobs_file(&dir, "jobs.jsonl", &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let mut child = spawn_batch(&[
         &faults(),
         "--task",
@@ -655,7 +629,7 @@ fn sigterm_mid_batch_finishes_running_jobs_and_terminates_the_rest() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "stderr: {err}");
 
-    let rs = results(&(first + &rest));
+    let rs = common::json_lines(&(first + &rest));
     assert_eq!(
         indices(&rs),
         (0..40).collect::<Vec<_>>(),
@@ -682,7 +656,7 @@ fn a_second_signal_kills_the_running_jobs() {
     let dir = scratch("second_signal");
     let mut lines = vec!["[0]"];
     lines.extend(vec!["[20000]"; 6]);
-    let input = jobs_file(&dir, "jobs.jsonl", &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let started = std::time::Instant::now();
     let mut child = spawn_batch(&[
         &faults(),
@@ -712,7 +686,7 @@ fn a_second_signal_kills_the_running_jobs() {
     errs.read_to_string(&mut err).unwrap();
     assert_eq!(status.code(), Some(1), "stderr: {err}");
     assert!(err.starts_with("SIGINT: terminating"), "{err}");
-    let rs = results(&(first + &rest));
+    let rs = common::json_lines(&(first + &rest));
     assert_eq!(indices(&rs), (0..7).collect::<Vec<_>>());
     for r in &rs[1..] {
         assert_eq!(kind(r), "terminated", "{r}");
@@ -727,7 +701,7 @@ fn a_second_signal_kills_the_running_jobs() {
 fn a_closed_stdout_ends_the_batch_quietly() {
     let dir = scratch("epipe");
     let lines = vec!["[20]"; 200];
-    let input = jobs_file(&dir, "jobs.jsonl", &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let mut child = spawn_batch(&[
         &faults(),
         "--task",
@@ -781,7 +755,7 @@ fn help_and_completions() {
 fn sighup_reloads_the_plugins_and_the_batch_goes_on() {
     let dir = scratch("sighup");
     let lines = vec!["[20]"; 30];
-    let input = jobs_file(&dir, "jobs.jsonl", &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let stats = dir.join("stats.json");
     let mut child = spawn_batch(&[
         &faults(),
@@ -808,7 +782,7 @@ fn sighup_reloads_the_plugins_and_the_batch_goes_on() {
     let mut err = String::new();
     errs.read_to_string(&mut err).unwrap();
     assert_eq!(status.code(), Some(0), "stderr: {err}");
-    let rs = results(&(first + &rest));
+    let rs = common::json_lines(&(first + &rest));
     assert_eq!(indices(&rs), (0..30).collect::<Vec<_>>());
     assert!(rs.iter().all(|r| r["ok"] == 20), "{rs:?}");
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();

@@ -20,30 +20,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use billiard_host::{ErrorKind, Event, JobOptions, Pool, PoolBuilder};
-use common::{host_command, plugin_str};
+use common::{host_command, plugin_str, scratch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("signals")
-        .join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn jobs_file(dir: &Path, lines: &[&str]) -> String {
-    let path = dir.join("jobs.jsonl");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path.to_string_lossy().into_owned()
-}
 
 /// `billiard-host run ARGS` in a process group of its own (like a service
 /// under a container manager), stdout and stderr piped.
@@ -80,10 +64,7 @@ fn finish(
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    let rs = (first + &rest)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let rs = common::json_lines(&(first + &rest));
     let code = status
         .code()
         .unwrap_or_else(|| panic!("killed by a signal: {status:?}; stderr: {err}"));
@@ -136,7 +117,7 @@ fn assert_stopped_cleanly(rs: &[Value], lines: usize, value: u64) -> usize {
 fn sigterm_to_the_whole_process_group_stops_gently_and_spares_the_workers() {
     let dir = scratch("group");
     let lines = vec!["[300]"; 16];
-    let input = jobs_file(&dir, &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let faults = plugin_str("faults");
     let mut child = start(&[&faults, "--task", "sleep_ms", "--input", &input, "-w", "2"]);
     let host = child.id() as i32;
@@ -177,7 +158,7 @@ fn sigterm_to_the_whole_process_group_stops_gently_and_spares_the_workers() {
 fn one_signal_delivered_twice_at_once_counts_once() {
     let dir = scratch("double");
     let lines = vec!["[300]"; 12];
-    let input = jobs_file(&dir, &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let faults = plugin_str("faults");
     let mut child = start(&[&faults, "--task", "sleep_ms", "--input", &input, "-w", "2"]);
     let host = child.id() as i32;
@@ -201,7 +182,7 @@ fn a_second_sigterm_later_kills_the_running_jobs() {
     let dir = scratch("twice");
     let mut lines = vec!["[0]"];
     lines.extend(vec!["[20000]"; 6]);
-    let input = jobs_file(&dir, &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let faults = plugin_str("faults");
     let started = Instant::now();
     let mut child = start(&[&faults, "--task", "sleep_ms", "--input", &input, "-w", "2"]);
@@ -245,7 +226,7 @@ fn a_second_sigterm_later_kills_the_running_jobs() {
 fn no_zygote_or_worker_outlives_a_killed_host() {
     let dir = scratch("sigkill");
     let lines = vec!["[20000]"; 6];
-    let input = jobs_file(&dir, &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     let faults = plugin_str("faults");
     for method in ["forkserver", "fork", "spawn"] {
         let mut child = start(&[
@@ -320,7 +301,7 @@ fn a_tasks_children_do_not_outlive_a_killed_host() {
 #[test]
 fn a_task_that_leaves_grandchildren_and_passes_its_hard_limit_leaves_none() {
     let dir = scratch("grandchildren");
-    let input = jobs_file(&dir, &["[4242, 20000]", "[4242, 20000]"]);
+    let input = common::lines_file(&dir, "jobs.jsonl", &["[4242, 20000]", "[4242, 20000]"]);
     let faults = plugin_str("faults");
     let child = start(&[
         &faults,
@@ -527,7 +508,7 @@ fn a_closed_stdout_is_a_quiet_exit_for_every_command() {
     let dir = scratch("epipe");
     let lines: Vec<String> = (0..3000).map(|i| format!("[{i}]")).collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let input = jobs_file(&dir, &lines);
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
     for (args, want) in [
         (vec!["run", &m, "--task", "square", "--args", "[3]"], 1),
         (

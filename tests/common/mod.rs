@@ -351,3 +351,34 @@ pub fn rss_kib() -> u64 {
 pub fn exe_of(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
+
+/// A fresh, empty scratch directory for one test:
+/// `$CARGO_TARGET_TMPDIR/<test binary>/<test>`.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(env!("CARGO_CRATE_NAME"))
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `bytes` to `dir/name`; returns the path as a string for a
+/// command line.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Writes `lines` (one job or case each, newline-terminated) to `dir/name`.
+pub fn lines_file(dir: &Path, name: &str, lines: &[&str]) -> String {
+    write_file(dir, name, (lines.join("\n") + "\n").as_bytes())
+}
+
+/// Result lines of `run`, parsed; every line must be JSON.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:.200}")))
+        .collect()
+}
