@@ -66,11 +66,8 @@ pub fn run_timed(cmd: &mut Command, timeout: Duration) -> Result<Finished> {
     let res = match rx.recv_timeout(timeout) {
         Ok((st, wall)) => (Some(st.context("waiting for the child")?), wall),
         Err(_) => {
-            // SAFETY: kill(2) on the process group of the child started
-            // above (process_group(0) made its pid the group id).
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
+            // process_group(0) made the child's pid its group id.
+            let _ = billiard_host::sys::kill_group(pid, billiard_host::sys::SIGKILL);
             let wall = rx.recv().map(|(_, w)| w).unwrap_or_default();
             (None, wall)
         }

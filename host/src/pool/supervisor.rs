@@ -95,7 +95,6 @@ struct Worker {
     broken: bool,
     kill: Option<Kill>,
     dispatches_done: u64,
-    born: Instant,
 }
 
 struct OutItem {
@@ -489,7 +488,7 @@ impl Supervisor {
             let res = sys::recv_with_fds(&self.zygotes[zi].fd, &mut buf);
             match res {
                 Ok(Some((n, fds))) => match ipc::decode_ctl::<ZygoteMsg>(&buf[..n]) {
-                    Ok(msg) => self.zygote_msg(zi, msg, fds),
+                    Ok(msg) => self.zygote_msg(msg, fds),
                     Err(e) => tracing::error!("garbled message from the zygote: {e}"),
                 },
                 Ok(None) => {
@@ -506,7 +505,7 @@ impl Supervisor {
         }
     }
 
-    fn zygote_msg(&mut self, zi: usize, msg: ZygoteMsg, fds: Vec<OwnedFd>) {
+    fn zygote_msg(&mut self, msg: ZygoteMsg, fds: Vec<OwnedFd>) {
         match msg {
             ZygoteMsg::Spawned { worker, pid } => {
                 let Some((slot, gen)) = self.pending_spawns.remove(&worker) else {
@@ -519,7 +518,6 @@ impl Supervisor {
                     self.free_slots.push(slot);
                     return;
                 };
-                let _ = zi;
                 self.add_worker(WorkerId(worker), gen, slot, pid, sock, out, pidfd);
                 if !self.zygote_is_current(gen) {
                     // Requested before a restart: it leaves at once.
@@ -662,7 +660,6 @@ impl Supervisor {
                 broken: false,
                 kill: None,
                 dispatches_done: 0,
-                born: Instant::now(),
             },
         );
     }
@@ -1184,7 +1181,6 @@ impl Supervisor {
                 }
             ));
         }
-        let _ = w.born;
         self.maybe_finish_zygote(w.gen);
     }
 
