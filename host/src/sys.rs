@@ -650,6 +650,9 @@ pub struct Slot {
     pub stop_job: AtomicU64,
     /// Why (`StopReason::as_flag`).
     pub stop_reason: AtomicU64,
+    /// Id of the job (or first job of a batch) the worker finished last,
+    /// so a result still in transit is told apart from a job not started.
+    pub finished: AtomicU64,
 }
 
 impl Scoreboard {

@@ -196,6 +196,7 @@ impl Worker {
                 Status::Ok
             }
         };
+        self.slot.finished.store(h.job, Ordering::Release);
         self.slot.running.store(0, Ordering::Release);
         self.tasks_done += h.count as u64;
         let by_count = self.params.max_tasks.is_some_and(|m| self.tasks_done >= m);

@@ -464,6 +464,7 @@ impl Supervisor {
         if let Some(s) = self.board.slot(slot as usize) {
             s.running.store(0, std::sync::atomic::Ordering::Release);
             s.stop_job.store(0, std::sync::atomic::Ordering::Release);
+            s.finished.store(0, std::sync::atomic::Ordering::Release);
         }
         let msg = ipc::encode_ctl(&ZygoteCmd::Spawn(params));
         let gen = z.gen;
@@ -1117,6 +1118,7 @@ impl Supervisor {
             .unwrap_or(0);
         if let Some(s) = slot {
             s.stop_job.store(0, std::sync::atomic::Ordering::Release);
+            s.finished.store(0, std::sync::atomic::Ordering::Release);
         }
         self.free_slots.push(w.slot);
         let how = info
@@ -1354,21 +1356,23 @@ impl Supervisor {
         let Some(pos) = w.inflight.iter().position(|d| d.contains(job)) else {
             return false;
         };
-        let running = self
+        let finished = self
             .board
             .slot(w.slot as usize)
-            .map(|s| s.running.load(std::sync::atomic::Ordering::Acquire));
+            .map(|s| s.finished.load(std::sync::atomic::Ordering::Acquire));
         let head = &w.inflight[pos];
-        let is_running = pos == 0 && running.is_some_and(|r| head.contains(JobId(r)));
-        if is_running && !w.broken {
-            // Kill exactly this (worker, job): it is running it right now.
+        // The worker's current job, unless it already finished it and its
+        // result is on the way (then killing would only hit the next job).
+        let current = pos == 0 && !finished.is_some_and(|f| head.contains(JobId(f)));
+        if current && !w.broken {
+            // Kill exactly this (worker, job): it is running it, or about to.
             w.kill = Some(Kill::Terminated(job));
             w.leaving = true;
             let _ = sys::kill_group(w.pid, sys::SIGKILL);
             let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
         } else {
-            // Not started yet (prefetched), or finished with its result on
-            // the way: it ends as `terminated` whatever it returns, and a
+            // Prefetched behind the current job, or finished with its result
+            // on the way: it ends as `terminated` whatever it returns, and a
             // cooperative task is told to stop as soon as it starts.
             w.inflight[pos].cancelled = true;
             if let Some(s) = self.board.slot(w.slot as usize) {
