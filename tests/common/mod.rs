@@ -31,6 +31,7 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
     ("math", "billiard-plugin-math", "libbilliard_math.so"),
     ("bytes", "billiard-plugin-bytes", "libbilliard_bytes.so"),
     ("faults", "billiard-plugin-faults", "libbilliard_faults.so"),
+    ("hostile", "billiard-plugin-hostile", "libbilliard_hostile.so"),
     (
         "abi-layout-mismatch",
         "billiard-plugin-abi-layout-mismatch",
