@@ -8,6 +8,7 @@
 //! method needs the `billiard-host` executable (it is exec'd as the
 //! zygote); see [`PoolBuilder::worker_exe`].
 
+pub mod celery;
 pub mod error;
 pub mod ipc;
 pub mod plugin;

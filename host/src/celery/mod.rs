@@ -1,0 +1,10 @@
+//! Celery worker mode: consume Celery protocol v2 messages from Redis, run
+//! them as plugin tasks on a [`crate::Pool`], store their results where a
+//! Python `AsyncResult.get()` finds them. See `docs/celery.md`.
+//!
+//! - [`protocol`]: the wire types (serde only, no I/O);
+//!
+//! The supervisor learns nothing about brokers: this module is a client of
+//! the public `Pool` API.
+
+pub mod protocol;
