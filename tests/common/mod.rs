@@ -20,6 +20,10 @@
 // Each test binary uses its own subset of the helpers.
 #![allow(dead_code)]
 
+/// The Celery tests' helpers: a private redis-server, the Python venv,
+/// a Redis client, a `billiard-host worker` child.
+pub mod celery;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,7 +35,11 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
     ("math", "billiard-plugin-math", "libbilliard_math.so"),
     ("bytes", "billiard-plugin-bytes", "libbilliard_bytes.so"),
     ("faults", "billiard-plugin-faults", "libbilliard_faults.so"),
-    ("hostile", "billiard-plugin-hostile", "libbilliard_hostile.so"),
+    (
+        "hostile",
+        "billiard-plugin-hostile",
+        "libbilliard_hostile.so",
+    ),
     (
         "abi-layout-mismatch",
         "billiard-plugin-abi-layout-mismatch",
@@ -47,6 +55,7 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
         "billiard-plugin-init-panic",
         "libbilliard_init_panic.so",
     ),
+    ("bad-ctor", "billiard-plugin-bad-ctor", "libbilliard_bad_ctor.so"),
     (
         "reload-a",
         "billiard-plugin-reload-a",

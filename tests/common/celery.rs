@@ -1,0 +1,815 @@
+//! Helpers of the Celery tests (`tests/celery_*.rs`): a private
+//! `redis-server` per test, the Python venv with Celery, a small Redis
+//! client, and a `billiard-host worker` child.
+//!
+//! Every Celery test starts its own `redis-server` on a free port (and a unix
+//! socket in its own temp dir) and stops it by pid; no test needs a server
+//! started by hand. What the tests need from outside is `redis-server` on
+//! `PATH` and a venv with `celery[redis]==5.7.0` (`./scripts/test`, the
+//! README's test command, installs both). When one is missing a test prints
+//! a loud `SKIP` line and passes, except with `CI=true`, where it fails.
+//!
+//! ```ignore
+//! mod common;
+//! use common::celery;
+//!
+//! #[test]
+//! fn square_from_python() {
+//!     let Some((redis, _py)) = celery::celery_or_skip("square_from_python") else {
+//!         return;
+//!     };
+//!     let _worker = celery::spawn_worker([
+//!         "worker", common::plugin_str("math").as_str(), "--broker", redis.url().as_str(),
+//!     ]);
+//!     let v = celery::python_json(
+//!         &format!("{}\nprint(json.dumps(app.send_task('math.square', args=[3]).get(timeout=30)))",
+//!                  celery::py_app(&redis.url())),
+//!         &[],
+//!     );
+//!     assert_eq!(v, serde_json::json!(9));
+//! }
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// True when running under CI (`CI=true` or `CI=1`): a missing
+/// `redis-server` or venv is then a test failure, not a skip.
+pub fn ci() -> bool {
+    matches!(
+        std::env::var("CI")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Ok("true") | Ok("1") | Ok("yes")
+    )
+}
+
+/// Reports a missing prerequisite: panics under CI, else prints a loud SKIP
+/// line straight to stderr (past libtest's capture, so it shows even when
+/// the test passes).
+pub fn skip(test: &str, why: &str) {
+    if ci() {
+        panic!("{test}: {why} (CI=true: a missing prerequisite is a failure; run ./scripts/test)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIP {test}: {why}; run ./scripts/test to install it (with CI=true this fails) ***"
+    );
+}
+
+// ----- prerequisites ------------------------------------------------------
+
+/// `redis-server` on `PATH` (or `$BILLIARD_REDIS_SERVER`), if any.
+pub fn redis_server_exe() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BILLIARD_REDIS_SERVER") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    find_on_path("redis-server")
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The venv's Python: `$BILLIARD_CELERY_PYTHON`, else
+/// `<workspace>/.venv/bin/python`; `None` unless it exists and imports
+/// `celery`, `kombu` and `redis` (checked once per test binary).
+pub fn python() -> Option<PathBuf> {
+    static PY: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PY.get_or_init(|| {
+        let py = match std::env::var_os("BILLIARD_CELERY_PYTHON") {
+            Some(p) => PathBuf::from(p),
+            None => super::workspace_root().join(".venv/bin/python"),
+        };
+        let ok = Command::new(&py)
+            .args(["-c", "import celery, kombu, redis"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(py)
+    })
+    .clone()
+}
+
+/// A fresh [`RedisServer`], or `None` after [`skip`] when `redis-server`
+/// is missing (a panic under CI).
+pub fn redis_or_skip(test: &str) -> Option<RedisServer> {
+    if redis_server_exe().is_none() {
+        skip(test, "redis-server is not on PATH");
+        return None;
+    }
+    Some(RedisServer::start())
+}
+
+/// The venv's Python, or `None` after [`skip`] (a panic under CI).
+pub fn python_or_skip(test: &str) -> Option<PathBuf> {
+    let py = python();
+    if py.is_none() {
+        let want = std::env::var("BILLIARD_CELERY_PYTHON").unwrap_or_else(|_| {
+            super::workspace_root()
+                .join(".venv/bin/python")
+                .display()
+                .to_string()
+        });
+        skip(
+            test,
+            &format!("no Python with celery[redis] at {want} (set BILLIARD_CELERY_PYTHON to use another)"),
+        );
+    }
+    py
+}
+
+/// Both prerequisites of a test that talks to Python Celery: a fresh
+/// [`RedisServer`] and the venv's Python.
+pub fn celery_or_skip(test: &str) -> Option<(RedisServer, PathBuf)> {
+    let py = python_or_skip(test)?;
+    let redis = redis_or_skip(test)?;
+    Some((redis, py))
+}
+
+// ----- redis-server -------------------------------------------------------
+
+/// A private `redis-server` child: no persistence, its own temp dir (which
+/// holds its log and unix socket), killed by pid on drop.
+pub struct RedisServer {
+    exe: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// How long a redis-server may take to answer PING after it was started.
+const REDIS_START: Duration = Duration::from_secs(20);
+
+impl RedisServer {
+    /// Starts `redis-server --port <free port> --save '' --appendonly no
+    /// --daemonize no` and waits until it answers PING. Panics when
+    /// `redis-server` is missing (use [`redis_or_skip`]) or does not start.
+    pub fn start() -> RedisServer {
+        let exe =
+            redis_server_exe().expect("redis-server is not on PATH (use celery::redis_or_skip)");
+        let dir = unique_temp_dir("redis");
+        // A free port can be taken by someone else between our probe and
+        // redis' bind: then the server exits and we try another one.
+        let mut last_err = String::new();
+        for _ in 0..20 {
+            let port = free_port();
+            let mut server = RedisServer {
+                exe: exe.clone(),
+                port,
+                dir: dir.clone(),
+                child: None,
+            };
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("redis-server did not start: {last_err}");
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let _ = std::fs::remove_file(self.socket_path());
+        let log = self.dir.join("redis.log");
+        let child = Command::new(&self.exe)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--unixsocket")
+            .arg(self.socket_path())
+            .args(["--unixsocketperm", "700"])
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + REDIS_START;
+        loop {
+            if let Ok(mut c) = self.try_connect() {
+                if c.try_cmd(&["PING"])
+                    .is_ok_and(|r| r == Reply::Status("PONG".into()))
+                {
+                    return Ok(());
+                }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                return Err(format!(
+                    "exited with {status} on port {}: {tail:?}",
+                    self.port
+                ));
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(format!(
+                    "no PONG within {REDIS_START:?} on port {}",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `redis://127.0.0.1:<port>/<db>`.
+    pub fn url_db(&self, db: u32) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The unix socket the server also listens on.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// The server's temp dir (log file `redis.log`, socket `redis.sock`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Kills the server with SIGKILL (by pid) and reaps it; every
+    /// connection drops, all data is gone (no persistence).
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the server again on the same port (after [`kill`](Self::kill),
+    /// or kills it first) and waits until it answers PING. Retries while
+    /// the port is briefly unavailable.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + REDIS_START;
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("redis-server did not restart on port {}: {e}", self.port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    fn try_connect(&self) -> std::io::Result<RedisConn> {
+        RedisConn::connect(self.port)
+    }
+
+    /// The error of connecting now, `None` when a connection succeeds.
+    pub fn conn_err(&self) -> Option<std::io::Error> {
+        self.try_connect().err()
+    }
+
+    /// A new connection to the server (panics if it cannot connect).
+    pub fn conn(&self) -> RedisConn {
+        self.try_connect()
+            .unwrap_or_else(|e| panic!("cannot connect to redis on port {}: {e}", self.port))
+    }
+
+    /// Runs one command on a new connection; panics on an I/O error (an
+    /// error *reply* is returned as [`Reply::Error`]).
+    ///
+    /// ```ignore
+    /// redis.cmd(&["LLEN", "celery"]).int()
+    /// ```
+    pub fn cmd<A: AsRef<[u8]>>(&self, args: &[A]) -> Reply {
+        self.conn().cmd(args)
+    }
+
+    /// The keys matching `pattern` (`KEYS`), as text, sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .cmd(&["KEYS", pattern])
+            .array()
+            .iter()
+            .map(Reply::text)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The value of `celery-task-meta-<id>` parsed as JSON, if stored.
+    pub fn task_meta(&self, id: &str) -> Option<serde_json::Value> {
+        match self.cmd(&["GET", &format!("celery-task-meta-{id}")]) {
+            Reply::Nil => None,
+            r => Some(
+                serde_json::from_slice(r.bytes())
+                    .unwrap_or_else(|e| panic!("task meta of {id} is not JSON ({e}): {r:?}")),
+            ),
+        }
+    }
+
+    /// Every element of list `key` (`LRANGE key 0 -1`), each parsed as JSON
+    /// (a kombu envelope in a queue list).
+    pub fn list_json(&self, key: &str) -> Vec<serde_json::Value> {
+        self.cmd(&["LRANGE", key, "0", "-1"])
+            .array()
+            .iter()
+            .map(|r| {
+                serde_json::from_slice(r.bytes())
+                    .unwrap_or_else(|e| panic!("element of {key} is not JSON ({e}): {r:?}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// A new empty directory under the system temp dir, unique per call.
+pub fn unique_temp_dir(what: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("billiard-test-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
+}
+
+// ----- a minimal Redis (RESP2) client -------------------------------------
+
+/// One Redis reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Nil,
+    Int(i64),
+    Status(String),
+    Error(String),
+    Bulk(Vec<u8>),
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    /// The integer of an `Int` reply (panics otherwise).
+    pub fn int(&self) -> i64 {
+        match self {
+            Reply::Int(i) => *i,
+            other => panic!("expected an integer reply, got {other:?}"),
+        }
+    }
+
+    /// The bytes of a bulk or status reply (panics otherwise).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Reply::Bulk(b) => b,
+            Reply::Status(s) => s.as_bytes(),
+            other => panic!("expected a bulk reply, got {other:?}"),
+        }
+    }
+
+    /// A bulk, status or integer reply as text (lossy UTF-8).
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Int(i) => i.to_string(),
+            other => String::from_utf8_lossy(other.bytes()).into_owned(),
+        }
+    }
+
+    /// The elements of an array reply (an empty vector for `Nil`; panics
+    /// otherwise).
+    pub fn array(&self) -> &[Reply] {
+        match self {
+            Reply::Array(a) => a,
+            Reply::Nil => &[],
+            other => panic!("expected an array reply, got {other:?}"),
+        }
+    }
+
+    pub fn is_nil(&self) -> bool {
+        matches!(self, Reply::Nil)
+    }
+}
+
+/// A connection speaking RESP2; binary-safe (keys such as the priority
+/// queue `celery\x06\x163` are plain byte strings).
+pub struct RedisConn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl RedisConn {
+    /// Connects to `127.0.0.1:port` with 30 s read/write timeouts.
+    pub fn connect(port: u16) -> std::io::Result<RedisConn> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        Ok(RedisConn {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Sets the read timeout (for waiting on pub/sub messages).
+    pub fn set_read_timeout(&mut self, d: Duration) {
+        let _ = self.reader.get_ref().set_read_timeout(Some(d));
+    }
+
+    /// Sends one command and reads its reply; panics on an I/O error.
+    pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
+        self.try_cmd(args)
+            .unwrap_or_else(|e| panic!("redis command failed ({e}): {:?}", show_args(args)))
+    }
+
+    /// Sends one command and reads its reply.
+    pub fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<Reply> {
+        self.send(args)?;
+        self.read_reply()
+    }
+
+    /// Sends one command without reading a reply (SUBSCRIBE, pipelining).
+    pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<()> {
+        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            let a = a.as_ref();
+            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            buf.extend_from_slice(a);
+            buf.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&buf)
+    }
+
+    /// Reads one reply (a pub/sub message after SUBSCRIBE).
+    pub fn read_reply(&mut self) -> std::io::Result<Reply> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        if line.len() < 3 || !line.ends_with(b"\r\n") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("bad RESP line {:?}", String::from_utf8_lossy(&line)),
+            ));
+        }
+        let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+        let num = || {
+            body.parse::<i64>().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{body:?}: {e}"))
+            })
+        };
+        Ok(match line[0] {
+            b'+' => Reply::Status(body),
+            b'-' => Reply::Error(body),
+            b':' => Reply::Int(num()?),
+            b'$' => {
+                let n = num()?;
+                if n < 0 {
+                    Reply::Nil
+                } else {
+                    let mut data = vec![0; n as usize + 2];
+                    self.reader.read_exact(&mut data)?;
+                    data.truncate(n as usize);
+                    Reply::Bulk(data)
+                }
+            }
+            b'*' => {
+                let n = num()?;
+                if n < 0 {
+                    Reply::Nil
+                } else {
+                    let mut items = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        items.push(self.read_reply()?);
+                    }
+                    Reply::Array(items)
+                }
+            }
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unknown RESP type byte {other:#x}"),
+                ))
+            }
+        })
+    }
+}
+
+fn show_args<A: AsRef<[u8]>>(args: &[A]) -> Vec<String> {
+    args.iter()
+        .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
+        .collect()
+}
+
+// ----- Python -------------------------------------------------------------
+
+/// A Python preamble that imports `json`, `sys`, `time` and `celery` and
+/// makes `app`, a Celery app with `broker_url` as broker and result
+/// backend, JSON only.
+pub fn py_app(broker_url: &str) -> String {
+    let url = serde_json::to_string(broker_url).expect("a string serializes");
+    format!(
+        r#"import json, sys, time
+import celery
+from celery import Celery
+app = Celery("billiard_test", broker={url}, backend={url})
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+)
+"#
+    )
+}
+
+/// How long a Python snippet may run before the test fails.
+pub const PYTHON_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `script` (`python -c script args...`) with the venv's Python and
+/// waits at most `timeout`, then kills it and panics. Panics when the venv
+/// is missing (check with [`python_or_skip`] first).
+pub fn run_python(script: &str, args: &[&str], timeout: Duration) -> Output {
+    let py = python().expect("no Python venv with celery (use celery::python_or_skip)");
+    let mut cmd = Command::new(&py);
+    cmd.arg("-c").arg(script).args(args);
+    cmd.env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    run_with_timeout(cmd, timeout)
+}
+
+/// Runs `script` with [`run_python`] (timeout [`PYTHON_TIMEOUT`]), asserts
+/// that it exits 0 and returns its last stdout line parsed as JSON.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = run_python(script, args, PYTHON_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python failed ({}):\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "python printed nothing:\n--- script\n{script}\n--- stderr\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "python's last line is not JSON ({e}): {last}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Runs `cmd` with stdout and stderr captured; kills it and panics (with
+/// what it printed) if it has not exited after `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}\n--- stdout\n{}\n--- stderr\n{}",
+                String::from_utf8_lossy(&out.join().unwrap_or_default()),
+                String::from_utf8_lossy(&err.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+// ----- billiard-host worker -----------------------------------------------
+
+/// What [`spawn_worker`] waits for on the worker's stderr: the startup log
+/// line (it names broker, queues, plugins and tasks) contains this text
+/// once the worker consumes.
+pub const WORKER_READY: &str = "ready";
+
+/// How long a worker may take to print its startup line.
+pub const WORKER_START: Duration = Duration::from_secs(60);
+
+/// A running `billiard-host` child (a `worker`, or any long-running
+/// command); killed by pid on drop, with everything it started.
+pub struct Worker {
+    child: Option<Child>,
+    pid: i32,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Starts `billiard-host <args>` (e.g. `["worker", math, "--broker", url]`)
+/// and waits for its startup line ([`WORKER_READY`]); panics with the
+/// stderr so far if it exits or stays silent for [`WORKER_START`].
+pub fn spawn_worker<I, S>(args: I) -> Worker
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = super::host_command();
+    cmd.args(args);
+    spawn_worker_cmd(cmd)
+}
+
+/// [`spawn_worker`] for a prepared command (extra environment, cwd...).
+pub fn spawn_worker_cmd(cmd: Command) -> Worker {
+    spawn_until(cmd, WORKER_READY, WORKER_START)
+}
+
+/// Starts `cmd` with stderr captured and waits until a stderr line contains
+/// `marker`. Its stdout goes to the test's stdout.
+pub fn spawn_until(mut cmd: Command, marker: &str, limit: Duration) -> Worker {
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id() as i32;
+    let pipe = child.stderr.take().expect("stderr is piped");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    {
+        let stderr = Arc::clone(&stderr);
+        let marker = marker.to_string();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            let mut seen = false;
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                if let Ok(mut s) = stderr.lock() {
+                    s.push_str(&text);
+                }
+                if !seen && text.contains(&marker) {
+                    seen = true;
+                    let _ = tx.send(());
+                }
+            }
+            // Dropping tx tells a waiting spawn_until that stderr closed.
+        });
+    }
+    let mut worker = Worker {
+        child: Some(child),
+        pid,
+        stderr,
+    };
+    match rx.recv_timeout(limit) {
+        Ok(()) => worker,
+        Err(e) => {
+            let status = worker
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            worker.kill();
+            panic!(
+                "{cmd:?} printed no line containing {marker:?} ({}; exit status {status:?})\n--- stderr\n{}",
+                match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => format!("waited {limit:?}"),
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => "stderr closed".into(),
+                },
+                worker.stderr()
+            );
+        }
+    }
+}
+
+impl Worker {
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sends `sig` to the process (not its children).
+    pub fn signal(&self, sig: Signal) {
+        if self.child.is_some() {
+            let _ = kill(Pid::from_raw(self.pid), sig);
+        }
+    }
+
+    /// Polls until the process exits, at most `limit`; its exit status, or
+    /// `None` if it still runs.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILLs the process and every process below it (pool workers, the
+    /// zygote), by pid, and reaps it. `kill -9` of a host.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let tree = super::process_tree(self.pid);
+            for pid in &tree {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs only the host process (its pool workers are left to notice),
+    /// and reaps it.
+    pub fn kill_host_only(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
