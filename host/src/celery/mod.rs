@@ -3,8 +3,10 @@
 //! Python `AsyncResult.get()` finds them. See `docs/celery.md`.
 //!
 //! - [`protocol`]: the wire types (serde only, no I/O);
+//! - [`client`]: the producer side: send tasks, wait for their results;
 //!
 //! The supervisor learns nothing about brokers: this module is a client of
 //! the public `Pool` API.
 
+pub mod client;
 pub mod protocol;

@@ -1,0 +1,874 @@
+//! The producer side: send Celery protocol v2 task messages to a Redis
+//! broker exactly as kombu's Redis transport does, and wait for their
+//! results in Celery's Redis backend format. A Python Celery worker and a
+//! `billiard-host worker` take these messages alike; a Python
+//! `AsyncResult(id).get()` sees their results alike.
+//!
+//! ```no_run
+//! use billiard_host::celery::client::{Client, SendOptions};
+//! use serde_json::json;
+//!
+//! let client = Client::connect("redis://127.0.0.1:6379/0")?;
+//! let h = client.send_task("math.square", vec![json!(3)], Default::default(), &SendOptions::default())?;
+//! assert_eq!(h.get_timeout(std::time::Duration::from_secs(10))?, json!(9));
+//! # Ok::<(), billiard_host::celery::client::ClientError>(())
+//! ```
+//!
+//! What goes over the wire, per message (kombu 5.7's `Channel._put` and
+//! `_queue_bind`): `SADD _kombu.binding.<queue>` and
+//! `SADD _kombu.binding_permanent.<queue>` with `<queue>\x06\x16\x06\x16<queue>`
+//! (once per queue and connection), then `LPUSH <queue list> <envelope>`.
+//! Waiting for a result is Celery's `ResultConsumer`: `SUBSCRIBE
+//! celery-task-meta-<id>` first, then `GET` the key (a result stored before
+//! the subscription is found there; one stored after is published), then
+//! wait for the `PUBLISH`. Many results are waited for on one subscribed
+//! connection ([`Waiter`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+
+use super::protocol::{self, ExcInfo, NewTask, ResultMeta, State, TimeLimit};
+use crate::error::{ErrorKind, TaskError};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not a Redis URL this client can use.
+    #[error("bad Redis URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    /// Redis could not be reached (after retrying), or answered an error.
+    #[error("redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// No result within the time given.
+    #[error("no result for task {id} within {waited:?}")]
+    Timeout { id: String, waited: Duration },
+    /// A stored or published result is not Celery's result format.
+    #[error("the result of task {id} is not a Celery result: {reason}")]
+    BadResult { id: String, reason: String },
+    /// The task ran and failed (or was revoked): its kind and message.
+    #[error("task {id} failed: {error}")]
+    Task { id: String, error: TaskError },
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How a message is sent: where to, when, with which limits.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// The queue (default `celery`).
+    pub queue: Option<String>,
+    /// 0-9 (kombu's priority lists; on Redis 0 is the highest).
+    pub priority: u8,
+    /// Run no earlier than this long after sending (the `eta` header).
+    pub countdown: Option<Duration>,
+    /// Revoke (REVOKED, "expired") if not started this long after sending.
+    pub expires: Option<Duration>,
+    /// The hard limit (`timelimit[0]`): the job ends `time_limit`.
+    pub time_limit: Option<Duration>,
+    /// The soft limit (`timelimit[1]`): the job ends `soft_time_limit`.
+    pub soft_time_limit: Option<Duration>,
+    /// The task id (default: a fresh uuid4).
+    pub task_id: Option<String>,
+    /// Ask the worker not to store a result.
+    pub ignore_result: bool,
+}
+
+impl SendOptions {
+    /// The message for `task(*args, **kwargs)` with these options.
+    pub fn message(&self, task: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> NewTask {
+        let mut t = NewTask::new(task, args);
+        t.kwargs = kwargs;
+        if let Some(q) = &self.queue {
+            t.queue = q.clone();
+        }
+        t.priority = self.priority.min(9);
+        let now = Utc::now();
+        let later = |d: Duration| chrono::Duration::from_std(d).ok().map(|d| now + d);
+        t.eta = self.countdown.and_then(later);
+        t.expires = self.expires.and_then(later);
+        t.timelimit = TimeLimit {
+            hard: self.time_limit.map(|d| d.as_secs_f64()),
+            soft: self.soft_time_limit.map(|d| d.as_secs_f64()),
+        };
+        if let Some(id) = &self.task_id {
+            t.id = id.clone();
+        }
+        t.ignore_result = self.ignore_result;
+        t
+    }
+}
+
+/// Connection settings: how long to wait for Redis, how long to keep
+/// retrying a lost connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting, and each command's read/write.
+    pub io: Duration,
+    /// How long a lost connection is retried (with backoff) before a call
+    /// fails.
+    pub retry_for: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            io: Duration::from_secs(10),
+            retry_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Opens `url` as a `redis::Client`. Besides the redis crate's forms
+/// (`redis://[:password@]host:port/db`, `rediss://`, `redis+unix:///path`,
+/// `unix:///path`) it takes kombu's `redis+socket:///path` and `socket://`.
+pub fn open(url: &str) -> Result<redis::Client> {
+    let translated = if let Some(rest) = url.strip_prefix("redis+socket://") {
+        format!("redis+unix://{rest}")
+    } else if let Some(rest) = url.strip_prefix("socket://") {
+        format!("redis+unix://{rest}")
+    } else {
+        url.to_string()
+    };
+    redis::Client::open(translated.as_str()).map_err(|e| ClientError::Url {
+        url: redact(url),
+        reason: e.to_string(),
+    })
+}
+
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// One Redis endpoint with a lazily (re)opened command connection.
+struct Endpoint {
+    client: redis::Client,
+    url: String,
+    timeouts: Timeouts,
+    conn: Mutex<Option<redis::Connection>>,
+}
+
+impl Endpoint {
+    fn new(url: &str, timeouts: Timeouts) -> Result<Endpoint> {
+        Ok(Endpoint {
+            client: open(url)?,
+            url: redact(url),
+            timeouts,
+            conn: Mutex::new(None),
+        })
+    }
+
+    fn err(&self, source: redis::RedisError) -> ClientError {
+        ClientError::Redis {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let c = self.client.get_connection_with_timeout(self.timeouts.io)?;
+        c.set_read_timeout(Some(self.timeouts.io))?;
+        c.set_write_timeout(Some(self.timeouts.io))?;
+        Ok(c)
+    }
+
+    /// Runs `f` on the connection, reconnecting with backoff while the
+    /// failure is a lost connection, for at most `retry_for`. `fresh` is
+    /// true when `f` runs on a new connection (redo per-connection state).
+    fn with<T>(
+        &self,
+        mut f: impl FnMut(&mut redis::Connection, bool) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + self.timeouts.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let fresh = guard.is_none();
+            let attempt = match guard.as_mut() {
+                Some(c) => f(c, false),
+                None => match self.connect() {
+                    Ok(c) => f(guard.insert(c), fresh),
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                    *guard = None;
+                    std::thread::sleep(
+                        backoff.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    if retryable(&e) {
+                        *guard = None;
+                    }
+                    return Err(self.err(e));
+                }
+            }
+        }
+    }
+}
+
+/// A failure that a new connection may cure.
+fn retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// A producer: sends task messages to a broker and hands out handles for
+/// their results (by default stored on the broker, as Celery's
+/// `result_backend = broker_url` does).
+pub struct Client {
+    broker: Endpoint,
+    backend_url: String,
+    timeouts: Timeouts,
+    /// Queues whose bindings this connection declared.
+    declared: Mutex<HashSet<String>>,
+}
+
+impl Client {
+    /// A client of `broker_url` that also reads results there.
+    pub fn connect(broker_url: &str) -> Result<Client> {
+        Client::with_backend(broker_url, broker_url, Timeouts::default())
+    }
+
+    /// A client with a separate result backend and explicit timeouts.
+    /// Connects (and checks with PING) before returning.
+    pub fn with_backend(broker_url: &str, backend_url: &str, timeouts: Timeouts) -> Result<Client> {
+        let client = Client {
+            broker: Endpoint::new(broker_url, timeouts)?,
+            backend_url: backend_url.to_string(),
+            timeouts,
+            declared: Mutex::new(HashSet::new()),
+        };
+        open(backend_url)?;
+        client
+            .broker
+            .with(|c, _| redis::cmd("PING").query::<String>(c))?;
+        Ok(client)
+    }
+
+    /// The broker URL (password redacted).
+    pub fn broker_url(&self) -> &str {
+        &self.broker.url
+    }
+
+    /// Sends `task(*args, **kwargs)`; returns the handle of its result.
+    pub fn send_task(
+        &self,
+        task: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: &SendOptions,
+    ) -> Result<ResultHandle> {
+        let mut msg = options.message(task, args, kwargs);
+        self.send(&mut msg)?;
+        Ok(self.result(&msg.id))
+    }
+
+    /// Sends one prepared message (its id is assigned if empty).
+    pub fn send(&self, msg: &mut NewTask) -> Result<()> {
+        self.send_many(std::slice::from_mut(msg))
+    }
+
+    /// Sends many messages in one round trip (ids assigned where empty),
+    /// in order: a worker takes them first to last.
+    pub fn send_many(&self, msgs: &mut [NewTask]) -> Result<()> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut pushes: Vec<(String, String)> = Vec::with_capacity(msgs.len());
+        let mut queues: Vec<String> = Vec::new();
+        for m in msgs.iter_mut() {
+            let (env, key) = m.envelope();
+            let q = m.queue_name().to_string();
+            if !queues.contains(&q) {
+                queues.push(q);
+            }
+            pushes.push((key, env.to_json()));
+        }
+        self.broker.with(|c, fresh| {
+            let mut declared = self.declared.lock().unwrap_or_else(|e| e.into_inner());
+            if fresh {
+                declared.clear();
+            }
+            let mut pipe = redis::pipe();
+            let mut new_queues = Vec::new();
+            for q in &queues {
+                if !declared.contains(q) {
+                    // kombu's _queue_bind: routing key, pattern, queue.
+                    let member = format!("{q}{sep}{sep}{q}", sep = protocol::PRIORITY_SEP);
+                    pipe.cmd("SADD")
+                        .arg(format!("_kombu.binding.{q}"))
+                        .arg(&member)
+                        .ignore();
+                    pipe.cmd("SADD")
+                        .arg(format!("_kombu.binding_permanent.{q}"))
+                        .arg(&member)
+                        .ignore();
+                    new_queues.push(q.clone());
+                }
+            }
+            // Consecutive messages for one list go in one LPUSH (pushed
+            // left to right, so the first is popped first by BRPOP).
+            let mut i = 0;
+            while i < pushes.len() {
+                let key = &pushes[i].0;
+                let mut cmd = redis::cmd("LPUSH");
+                cmd.arg(key);
+                while i < pushes.len() && &pushes[i].0 == key {
+                    cmd.arg(&pushes[i].1);
+                    i += 1;
+                }
+                pipe.add_command(cmd).ignore();
+            }
+            pipe.query::<()>(c)?;
+            declared.extend(new_queues);
+            Ok(())
+        })
+    }
+
+    /// The handle of task `id`'s result (sent by anyone).
+    pub fn result(&self, id: &str) -> ResultHandle {
+        ResultHandle {
+            id: id.to_string(),
+            backend_url: self.backend_url.clone(),
+            timeouts: self.timeouts,
+        }
+    }
+
+    /// A [`Waiter`] on this client's result backend.
+    pub fn waiter(&self) -> Result<Waiter> {
+        Waiter::new(&self.backend_url, self.timeouts)
+    }
+}
+
+/// The result of one task: wait for it with [`get`](Self::get).
+#[derive(Debug, Clone)]
+pub struct ResultHandle {
+    id: String,
+    backend_url: String,
+    timeouts: Timeouts,
+}
+
+impl ResultHandle {
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits (without a limit) for the task to finish: its value, or
+    /// [`ClientError::Task`] with the error kind of the failure.
+    pub fn get(&self) -> Result<Value> {
+        self.wait(None).and_then(|m| self.value(&m))
+    }
+
+    /// [`get`](Self::get) for at most `limit` ([`ClientError::Timeout`]).
+    pub fn get_timeout(&self, limit: Duration) -> Result<Value> {
+        self.wait(Some(limit)).and_then(|m| self.value(&m))
+    }
+
+    fn value(&self, meta: &ResultMeta) -> Result<Value> {
+        outcome(meta).map_err(|error| ClientError::Task {
+            id: self.id.clone(),
+            error,
+        })
+    }
+
+    /// The stored result now, if the task is done (SUCCESS, FAILURE or
+    /// REVOKED); `None` while it is pending or running.
+    pub fn ready(&self) -> Result<Option<ResultMeta>> {
+        let ep = Endpoint::new(&self.backend_url, self.timeouts)?;
+        let raw: Option<Vec<u8>> = ep.with(|c, _| {
+            redis::cmd("GET")
+                .arg(protocol::result_key(&self.id))
+                .query(c)
+        })?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => {
+                let meta = parse_meta(&self.id, &raw)?;
+                Ok(is_ready(meta.status).then_some(meta))
+            }
+        }
+    }
+
+    /// Waits for the finished result's meta (any final state), at most
+    /// `limit` if given.
+    pub fn wait(&self, limit: Option<Duration>) -> Result<ResultMeta> {
+        let mut w = Waiter::new(&self.backend_url, self.timeouts)?;
+        w.watch(std::iter::once(self.id.clone()))?;
+        w.check_stored()?;
+        let deadline = limit.map(|l| Instant::now() + l);
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if slice.is_zero() {
+                return Err(ClientError::Timeout {
+                    id: self.id.clone(),
+                    waited: limit.unwrap_or_default(),
+                });
+            }
+            if let Some((_, meta)) = w.next(slice)? {
+                return Ok(meta);
+            }
+        }
+    }
+}
+
+/// Celery's READY_STATES: the task will not change any more.
+pub fn is_ready(state: State) -> bool {
+    matches!(state, State::Success | State::Failure | State::Revoked)
+}
+
+fn parse_meta(id: &str, raw: &[u8]) -> Result<ResultMeta> {
+    serde_json::from_slice(raw).map_err(|e| ClientError::BadResult {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A finished result as our outcome: the value of a SUCCESS, or the error
+/// kind and message of a FAILURE / REVOKED. The reverse of
+/// [`protocol::exception_table`]; an exception of no kind of ours (a Python
+/// task's `ValueError`) is a `task_error` named after it.
+pub fn outcome(meta: &ResultMeta) -> std::result::Result<Value, TaskError> {
+    match meta.status {
+        State::Success => Ok(meta.result.clone()),
+        State::Revoked => Err(TaskError::new(
+            ErrorKind::Terminated,
+            exc_of(&meta.result)
+                .map(|e| message_of(&e))
+                .unwrap_or_else(|| "revoked".into()),
+        )),
+        State::Failure => {
+            let Some(exc) = exc_of(&meta.result) else {
+                return Err(TaskError::new(
+                    ErrorKind::TaskError,
+                    format!("the task failed: {}", meta.result),
+                ));
+            };
+            let msg = message_of(&exc);
+            Err(match kind_of_exception(&exc.exc_module, &exc.exc_type) {
+                Some(kind) => TaskError::new(kind, msg),
+                None => TaskError::new(
+                    ErrorKind::TaskError,
+                    format!("{}.{}: {msg}", exc.exc_module, exc.exc_type),
+                ),
+            })
+        }
+        other => Err(TaskError::new(
+            ErrorKind::TaskError,
+            format!("the task is not finished (state {other:?})"),
+        )),
+    }
+}
+
+/// The error kind a Celery exception stands for: our table first (module
+/// and type), then by type name alone (Celery re-exports billiard's time
+/// limit exceptions from `celery.exceptions`).
+pub fn kind_of_exception(module: &str, ty: &str) -> Option<ErrorKind> {
+    ErrorKind::ALL
+        .into_iter()
+        .find(|k| {
+            let (_, m, t) = protocol::exception_table(*k);
+            m == module && t == ty
+        })
+        .or_else(|| {
+            ErrorKind::ALL
+                .into_iter()
+                .find(|k| protocol::exception_table(*k).2 == ty)
+        })
+}
+
+fn exc_of(v: &Value) -> Option<ExcInfo> {
+    serde_json::from_value(v.clone()).ok()
+}
+
+fn message_of(e: &ExcInfo) -> String {
+    match e.exc_message.as_slice() {
+        [Value::String(s)] => s.clone(),
+        [] => String::new(),
+        many => many
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Channels subscribed or unsubscribed per command.
+const SUBSCRIBE_BATCH: usize = 512;
+
+/// Waits for the results of many tasks on one subscribed connection (plus
+/// one command connection for `GET`/`DEL`), as Celery's `ResultConsumer`.
+///
+/// [`watch`](Self::watch) a task *before* sending it (it returns once the
+/// subscription is confirmed, so no PUBLISH can be missed); for a task sent
+/// earlier, call [`check_stored`](Self::check_stored) after watching. A lost
+/// connection is reopened (with backoff), every watched channel is
+/// subscribed again and the stored results are checked again.
+pub struct Waiter {
+    client: redis::Client,
+    url: String,
+    timeouts: Timeouts,
+    sub: Option<redis::Connection>,
+    cmd: Endpoint,
+    watching: HashSet<String>,
+    /// Results seen (stored or published) not yet handed out.
+    ready: VecDeque<(String, ResultMeta)>,
+    /// Channels of results handed out, to unsubscribe in a batch.
+    unsubscribe: Vec<String>,
+}
+
+impl Waiter {
+    /// A waiter on the result backend at `url`.
+    pub fn new(url: &str, timeouts: Timeouts) -> Result<Waiter> {
+        Ok(Waiter {
+            client: open(url)?,
+            url: redact(url),
+            timeouts,
+            sub: None,
+            cmd: Endpoint::new(url, timeouts)?,
+            watching: HashSet::new(),
+            ready: VecDeque::new(),
+            unsubscribe: Vec::new(),
+        })
+    }
+
+    fn err(&self, source: redis::RedisError) -> ClientError {
+        ClientError::Redis {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// How many watched tasks have not been handed out yet.
+    pub fn pending(&self) -> usize {
+        self.watching.len()
+    }
+
+    /// Subscribes to the results of `ids` and returns once Redis confirmed
+    /// every subscription.
+    pub fn watch(&mut self, ids: impl IntoIterator<Item = String>) -> Result<()> {
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| self.watching.insert(id.clone()))
+            .collect();
+        if self.sub.is_none() {
+            // (Re)connecting subscribes to everything watched, new included.
+            return self.reconnect();
+        }
+        for chunk in new.chunks(SUBSCRIBE_BATCH) {
+            if let Err(e) = self.subscribe(chunk) {
+                if !retryable(&e) {
+                    return Err(self.err(e));
+                }
+                return self.reconnect();
+            }
+        }
+        Ok(())
+    }
+
+    /// `SUBSCRIBE` the result channels of `ids` on the current connection
+    /// and read until each is confirmed (results arriving meanwhile are
+    /// kept).
+    fn subscribe(&mut self, ids: &[String]) -> redis::RedisResult<()> {
+        // Taken out while in use; left out (None) on an error, so the
+        // caller reconnects.
+        let Some(mut conn) = self.sub.take() else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("SUBSCRIBE");
+        for id in ids {
+            cmd.arg(protocol::result_key(id));
+        }
+        conn.send_packed_command(&cmd.get_packed_command())?;
+        let want: HashSet<String> = ids.iter().map(|id| protocol::result_key(id)).collect();
+        let mut confirmed = 0;
+        while confirmed < want.len() {
+            let v = conn.recv_response()?;
+            match classify(v) {
+                Push::Subscribed(ch) if want.contains(&ch) => confirmed += 1,
+                Push::Message(ch, payload) => self.on_message(&ch, &payload),
+                _ => {}
+            }
+        }
+        self.sub = Some(conn);
+        Ok(())
+    }
+
+    fn on_message(&mut self, channel: &str, payload: &[u8]) {
+        let Some(id) = channel.strip_prefix(protocol::RESULT_KEY_PREFIX) else {
+            return;
+        };
+        if !self.watching.contains(id) {
+            return;
+        }
+        if let Ok(meta) = serde_json::from_slice::<ResultMeta>(payload) {
+            if is_ready(meta.status) {
+                self.watching.remove(id);
+                self.ready.push_back((id.to_string(), meta));
+            }
+        }
+    }
+
+    /// Opens the subscribed connection again (with backoff, at most
+    /// `retry_for`), subscribes to every watched channel, then checks the
+    /// stored results (results published while disconnected are there).
+    fn reconnect(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.timeouts.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            self.sub = None;
+            let attempt = self.open_and_subscribe();
+            match attempt {
+                Ok(()) => return self.check_stored(),
+                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(
+                        backoff.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    self.sub = None;
+                    return Err(self.err(e));
+                }
+            }
+        }
+    }
+
+    fn open_and_subscribe(&mut self) -> redis::RedisResult<()> {
+        let c = self.client.get_connection_with_timeout(self.timeouts.io)?;
+        c.set_write_timeout(Some(self.timeouts.io))?;
+        c.set_read_timeout(Some(self.timeouts.io))?;
+        self.sub = Some(c);
+        self.unsubscribe.clear();
+        let all: Vec<String> = self.watching.iter().cloned().collect();
+        for chunk in all.chunks(SUBSCRIBE_BATCH) {
+            self.subscribe(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the stored results of every watched task (`MGET`); finished
+    /// ones are handed out by [`next`](Self::next).
+    pub fn check_stored(&mut self) -> Result<()> {
+        let ids: Vec<String> = self.watching.iter().cloned().collect();
+        for chunk in ids.chunks(SUBSCRIBE_BATCH) {
+            let keys: Vec<String> = chunk.iter().map(|id| protocol::result_key(id)).collect();
+            let values: Vec<Option<Vec<u8>>> = self
+                .cmd
+                .with(|c, _| redis::cmd("MGET").arg(&keys).query(c))?;
+            for (id, raw) in chunk.iter().zip(values) {
+                if let Some(raw) = raw {
+                    let meta = parse_meta(id, &raw)?;
+                    if is_ready(meta.status) && self.watching.remove(id) {
+                        self.ready.push_back((id.clone(), meta));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next finished result among the watched tasks, waiting at most
+    /// `limit`; `None` when none finished in time (or none is watched).
+    pub fn next(&mut self, limit: Duration) -> Result<Option<(String, ResultMeta)>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some((id, meta)) = self.ready.pop_front() {
+                self.unsubscribe.push(protocol::result_key(&id));
+                if self.unsubscribe.len() >= SUBSCRIBE_BATCH || self.watching.is_empty() {
+                    self.flush_unsubscribe();
+                }
+                return Ok(Some((id, meta)));
+            }
+            if self.watching.is_empty() {
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            if self.sub.is_none() {
+                self.reconnect()?;
+                continue;
+            }
+            let read = match self.sub.as_mut() {
+                Some(conn) => conn
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .and_then(|_| conn.recv_response()),
+                None => continue,
+            };
+            match read {
+                Ok(v) => {
+                    if let Push::Message(ch, payload) = classify(v) {
+                        self.on_message(&ch, &payload);
+                    }
+                }
+                Err(e) if e.is_timeout() => return Ok(None),
+                Err(e) if retryable(&e) => {
+                    self.sub = None;
+                    self.reconnect()?;
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    /// Unsubscribes the channels of results already handed out (without
+    /// waiting for the confirmations, which `next` skips).
+    fn flush_unsubscribe(&mut self) {
+        if self.unsubscribe.is_empty() {
+            return;
+        }
+        let chans = std::mem::take(&mut self.unsubscribe);
+        if let Some(conn) = self.sub.as_mut() {
+            let mut cmd = redis::cmd("UNSUBSCRIBE");
+            cmd.arg(&chans);
+            if conn.send_packed_command(&cmd.get_packed_command()).is_err() {
+                self.sub = None;
+            }
+        }
+    }
+
+    /// Deletes the stored results of `ids` (Celery's `forget()`), for
+    /// results nobody else will read.
+    pub fn forget(&mut self, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(SUBSCRIBE_BATCH) {
+            let keys: Vec<String> = chunk.iter().map(|id| protocol::result_key(id)).collect();
+            self.cmd
+                .with(|c, _| redis::cmd("DEL").arg(&keys).query::<i64>(c))?;
+        }
+        Ok(())
+    }
+}
+
+/// A reply on a subscribed connection.
+enum Push {
+    Subscribed(String),
+    Message(String, Vec<u8>),
+    Other,
+}
+
+fn classify(v: redis::Value) -> Push {
+    let items = match v {
+        redis::Value::Array(items) => items,
+        redis::Value::Push { data, .. } => data,
+        _ => return Push::Other,
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match items.as_slice() {
+        [kind, ch, payload] if text(kind).as_deref() == Some("message") => {
+            match (text(ch), payload) {
+                (Some(ch), redis::Value::BulkString(p)) => Push::Message(ch, p.clone()),
+                _ => Push::Other,
+            }
+        }
+        [kind, ch, _] if text(kind).as_deref() == Some("subscribe") => match text(ch) {
+            Some(ch) => Push::Subscribed(ch),
+            None => Push::Other,
+        },
+        _ => Push::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::celery::protocol::Exception;
+
+    #[test]
+    fn failures_map_back_to_our_kinds() {
+        for kind in ErrorKind::ALL {
+            let meta = ResultMeta::failure("id", &Exception::for_kind(kind, "why"));
+            let err = outcome(&meta).unwrap_err();
+            assert_eq!(err.kind, kind, "{meta:?}");
+            assert_eq!(err.message, "why");
+        }
+        let expired = ResultMeta::failure("id", &Exception::revoked("expired"));
+        assert_eq!(
+            outcome(&expired).unwrap_err(),
+            TaskError::new(ErrorKind::Terminated, "expired")
+        );
+        let nr = ResultMeta::failure("id", &Exception::not_registered("math.nope"));
+        assert_eq!(outcome(&nr).unwrap_err().kind, ErrorKind::UnknownTask);
+        // A Python task's own exception.
+        let mut py = ResultMeta::success("id", Value::Null);
+        py.status = State::Failure;
+        py.result = serde_json::json!({"exc_type": "ValueError", "exc_message": ["bad", 3], "exc_module": "builtins"});
+        assert_eq!(
+            outcome(&py).unwrap_err(),
+            TaskError::new(ErrorKind::TaskError, "builtins.ValueError: bad, 3")
+        );
+        // Celery's own re-export of the soft limit.
+        assert_eq!(
+            kind_of_exception("celery.exceptions", "SoftTimeLimitExceeded"),
+            Some(ErrorKind::SoftTimeLimit)
+        );
+        let ok = ResultMeta::success("id", serde_json::json!([1, 2]));
+        assert_eq!(outcome(&ok), Ok(serde_json::json!([1, 2])));
+    }
+
+    #[test]
+    fn options_become_headers() {
+        let opts = SendOptions {
+            queue: Some("q".into()),
+            priority: 12,
+            countdown: Some(Duration::from_secs(60)),
+            expires: Some(Duration::from_secs(120)),
+            time_limit: Some(Duration::from_secs(10)),
+            soft_time_limit: Some(Duration::from_millis(2500)),
+            task_id: Some("my-id".into()),
+            ignore_result: false,
+        };
+        let mut m = opts.message("math.square", vec![Value::from(3)], Map::new());
+        let (env, key) = m.envelope();
+        assert_eq!(key, "q\x06\x169");
+        assert_eq!(env.headers.id.as_deref(), Some("my-id"));
+        assert_eq!(env.headers.timelimit.hard, Some(10.0));
+        assert_eq!(env.headers.timelimit.soft, Some(2.5));
+        let eta = protocol::parse_time(env.headers.eta.as_deref().unwrap()).unwrap();
+        let exp = protocol::parse_time(env.headers.expires.as_deref().unwrap()).unwrap();
+        assert!(exp > eta && eta > Utc::now());
+        assert_eq!(env.properties.delivery_info.routing_key, "q");
+    }
+
+    #[test]
+    fn urls_are_redacted_and_kombu_socket_urls_open() {
+        assert_eq!(redact("redis://:secret@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+        assert!(open("redis+socket:///tmp/r.sock").is_ok());
+        assert!(open("redis+unix:///tmp/r.sock").is_ok());
+        assert!(matches!(open("http://x"), Err(ClientError::Url { .. })));
+    }
+}
