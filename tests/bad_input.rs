@@ -449,26 +449,12 @@ fn bad_jobs_fail_alone_in_a_working_pool() {
             "trailing",
         ),
         (
-            raw(
-                TaskRef {
-                    plugin: 0,
-                    task: 999,
-                },
-                Codec::Json,
-                b"[1]",
-            ),
+            raw(TaskRef::raw(0, 999), Codec::Json, b"[1]"),
             ErrorKind::UnknownTask,
             "",
         ),
         (
-            raw(
-                TaskRef {
-                    plugin: 77,
-                    task: 0,
-                },
-                Codec::Json,
-                b"[1]",
-            ),
+            raw(TaskRef::raw(77, 0), Codec::Json, b"[1]"),
             ErrorKind::UnknownTask,
             "77",
         ),

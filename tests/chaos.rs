@@ -449,10 +449,7 @@ fn soak(total: usize) {
                     let (plugin, task, _, json, limits) = j.spec();
                     let target = if j.kind == Kind::UnknownTask {
                         // A task index no plugin has, as a stale client might send.
-                        Some(TaskRef {
-                            plugin: 0,
-                            task: 9_999,
-                        })
+                        Some(TaskRef::raw(0, 9_999))
                     } else {
                         pool_ref.task_ref(plugin, task).ok()
                     };

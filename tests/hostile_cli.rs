@@ -1,2 +1,440 @@
-//! (being written)
+//! Regression tests of the adversarial report (../shared/reports/
+//! adversarial-2026-12-01.md) for the command line and the plugin loader:
+//! one test per finding, named after its B-number (or after the finding for
+//! the report's unnumbered UX list).
+
 mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{exit_code, host_command, json_lines, plugin_str, scratch, stderr, stdout};
+use serde_json::{json, Value};
+
+/// `billiard-host ARGS...` with no stdin, no backtraces, the bad-ctor
+/// plugin's switches cleared; `env` adds variables.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = host_command();
+    cmd.args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("BILLIARD_BACKTRACE")
+        .env_remove("BILLIARD_BAD_CTOR")
+        .env_remove("BILLIARD_BAD_CTOR_DUP")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn host(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run billiard-host: {e}"))
+}
+
+fn math() -> String {
+    plugin_str("math")
+}
+
+fn bad_ctor() -> String {
+    plugin_str("bad-ctor")
+}
+
+/// The numbers 1..=n as one-argument job lines.
+fn numbers(n: u64) -> String {
+    (1..=n).map(|i| format!("[{i}]\n")).collect()
+}
+
+fn assert_usage_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(exit_code(out), 2, "stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "expected {n:?} in: {err}");
+    }
+}
+
+// ----- B6: an output file that is the input --------------------------------
+
+#[test]
+fn b6_output_naming_the_input_is_refused() {
+    let dir = scratch("b6_output");
+    let jobs = numbers(50);
+    let input = common::write_file(&dir, "jobs.jsonl", jobs.as_bytes());
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let hard = dir.join("hard.jsonl");
+    std::fs::hard_link(&input, &hard).unwrap();
+    let m = math();
+    let base = ["run", m.as_str(), "--task", "square", "--input", &input];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--output", &input], "--output"),
+        (vec!["-o", link.to_str().unwrap()], "--output"),
+        (vec!["--output", hard.to_str().unwrap()], "--output"),
+        (vec!["--stats-json", &input], "--stats-json"),
+        (vec!["--stats-json", link.to_str().unwrap()], "--stats-json"),
+    ];
+    for (extra, flag) in cases {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let out = host(&args, &[]);
+        assert_usage_error(&out, &[flag, "is the input file"]);
+        assert_eq!(stdout(&out), "", "{extra:?}");
+        assert_eq!(
+            std::fs::read_to_string(&input).unwrap(),
+            jobs,
+            "{extra:?} changed the input"
+        );
+    }
+
+    // The input as standard input, redirected from the output file.
+    let out = command(
+        &["run", &m, "--task", "square", "--input", "-", "-o", &input],
+        &[],
+    )
+    .stdin(std::fs::File::open(&input).unwrap())
+    .output()
+    .unwrap();
+    assert_usage_error(&out, &["--output", "is the input file"]);
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), jobs);
+
+    // Another output file works as before.
+    let results = dir.join("results.jsonl");
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["-o", results.to_str().unwrap(), "-q"])
+        .collect();
+    let out = host(&args, &[]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        json_lines(&std::fs::read_to_string(&results).unwrap()).len(),
+        50
+    );
+}
+
+#[test]
+fn b6_output_and_stats_json_naming_one_file_is_refused() {
+    let dir = scratch("b6_both");
+    let input = common::write_file(&dir, "jobs.jsonl", numbers(20).as_bytes());
+    let m = math();
+    let same = dir.join("same.json");
+    let same = same.to_str().unwrap();
+    // Once when the file does not exist yet, once when it does.
+    for _ in 0..2 {
+        let out = host(
+            &[
+                "run",
+                &m,
+                "--task",
+                "square",
+                "--input",
+                &input,
+                "--output",
+                same,
+                "--stats-json",
+                same,
+            ],
+            &[],
+        );
+        assert_usage_error(&out, &["--output", "--stats-json", "the same file"]);
+        std::fs::write(same, "keep").unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(same).unwrap(), "keep");
+}
+
+// ----- B15: non-finite float results ---------------------------------------
+
+#[test]
+fn b15_a_non_finite_float_result_is_an_error_not_null() {
+    let m = math();
+    let out = host(
+        &["run", &m, "--task", "sum", "--args", "[[1e308, 1e308]]"],
+        &[],
+    );
+    assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+    let r = &json_lines(&stdout(&out))[0];
+    assert_eq!(r["error"]["kind"], "task_error", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("non-finite float (inf)") && msg.contains("JSON cannot represent"),
+        "{msg}"
+    );
+
+    // Nested: a Vec<f64> holding NaN or -inf; finite values still pass.
+    let dir = scratch("b15");
+    let input = common::lines_file(
+        &dir,
+        "jobs.jsonl",
+        &[r#"["nan"]"#, r#"["-inf"]"#, r#"["fine"]"#],
+    );
+    let h = plugin_str("hostile");
+    let out = host(
+        &["run", &h, "--task", "floats_with", "--input", &input, "-q"],
+        &[],
+    );
+    assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+    let rs = json_lines(&stdout(&out));
+    assert_eq!(rs.len(), 3);
+    for (r, what) in rs.iter().zip(["(NaN)", "(-inf)"]) {
+        assert_eq!(r["error"]["kind"], "task_error", "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(what),
+            "{r}"
+        );
+    }
+    assert_eq!(rs[2], json!({"index": 2, "ok": [1.5, 2.5]}));
+}
+
+// ----- B16: a plugin constructor that exits or blocks ----------------------
+
+#[test]
+fn b16_inspect_and_check_report_a_constructor_that_exits() {
+    let p = bad_ctor();
+    let dir = scratch("b16");
+    let cases = common::lines_file(
+        &dir,
+        "cases.jsonl",
+        &[r#"{"task": "ping", "args": [], "expect": {"ok": 1}}"#],
+    );
+    // The plugin is fine without the switch: the failures below are its
+    // constructor's.
+    let out = host(&["inspect", "--json", &p], &[]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    let info: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(info["name"], "bad-ctor");
+    let out = host(&["check", &p, "--cases", &cases, "--color", "never"], &[]);
+    assert_eq!(exit_code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+
+    let headline = format!("error: cannot load plugin {p}: ");
+    for (mode, how) in [
+        ("exit", "exited with code 0"),
+        ("exit3", "exited with code 3"),
+        ("abort", "killed by signal 6 (SIGABRT)"),
+    ] {
+        let env = [("BILLIARD_BAD_CTOR", mode)];
+        for args in [
+            vec!["inspect", p.as_str()],
+            vec!["inspect", "--json", p.as_str()],
+            vec!["check", p.as_str(), "--cases", cases.as_str()],
+        ] {
+            let out = host(&args, &env);
+            assert_usage_error(&out, &[&headline, how]);
+            assert_eq!(stdout(&out), "", "{mode} {args:?}");
+        }
+    }
+}
+
+#[test]
+fn b16_inspect_and_check_give_up_on_a_constructor_that_blocks() {
+    let p = bad_ctor();
+    let env = [("BILLIARD_BAD_CTOR", "sleep")];
+    for cmd in ["inspect", "check"] {
+        let mut child = command(&[cmd, &p, "--load-timeout", "500ms"], &env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: the constructor sleeps an hour.
+        let finished = common::eventually(Duration::from_secs(60), || {
+            child.try_wait().unwrap().is_some()
+        });
+        if !finished {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(finished, "{cmd} still loading after 60s");
+        assert_usage_error(
+            &out,
+            &[
+                &format!("error: cannot load plugin {p}: "),
+                "did not finish within 500ms",
+            ],
+        );
+    }
+}
+
+#[test]
+fn b16_run_names_the_plugin_whose_constructor_exits() {
+    let p = bad_ctor();
+    for (mode, how) in [("exit", "code 0"), ("exit3", "code 3")] {
+        let out = host(
+            &["run", &p, "--task", "ping", "--args", "[]"],
+            &[("BILLIARD_BAD_CTOR", mode)],
+        );
+        assert_usage_error(&out, &[&p, how]);
+        assert_eq!(stdout(&out), "");
+    }
+    let out = host(&["run", &p, "--task", "ping", "--args", "[]"], &[]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "{\"index\":0,\"ok\":1}\n");
+}
+
+// ----- the report's UX list ------------------------------------------------
+
+#[test]
+fn duplicate_task_names_are_refused_at_load() {
+    let p = bad_ctor();
+    let env = [("BILLIARD_BAD_CTOR_DUP", "1")];
+    let headline = format!("error: cannot load plugin {p}: ");
+    let out = host(&["inspect", &p], &env);
+    assert_usage_error(&out, &[&headline, "two tasks named `ping`"]);
+    let out = host(&["check", &p], &env);
+    assert_usage_error(&out, &[&headline, "two tasks named `ping`"]);
+    let out = host(&["run", &p, "--task", "ping", "--args", "[]"], &env);
+    assert_usage_error(&out, &[&p, "two tasks named `ping`"]);
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn a_zero_time_limit_in_an_object_line_is_bad_args_for_that_line() {
+    let dir = scratch("zero_limit");
+    let input = common::lines_file(
+        &dir,
+        "jobs.jsonl",
+        &[
+            r#"{"args": [3], "time_limit": "0s"}"#,
+            r#"{"args": [4], "soft_time_limit": "0ms"}"#,
+            r#"{"args": [5], "time_limit": "2s", "soft_time_limit": "1s"}"#,
+        ],
+    );
+    let m = math();
+    let out = host(
+        &["run", &m, "--task", "square", "--input", &input, "-q"],
+        &[],
+    );
+    assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+    let rs = json_lines(&stdout(&out));
+    assert_eq!(rs.len(), 3);
+    for (r, (line, field)) in rs
+        .iter()
+        .zip([(1, "\"time_limit\""), (2, "\"soft_time_limit\"")])
+    {
+        assert_eq!(r["error"]["kind"], "bad_args", "{r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with(&format!("line {line}: {field}")) && msg.contains("longer than 0"),
+            "{msg}"
+        );
+    }
+    assert_eq!(rs[2], json!({"index": 2, "ok": 25}));
+}
+
+#[test]
+fn a_full_disk_counts_only_the_results_written() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    let dir = scratch("enospc");
+    let input = common::write_file(&dir, "jobs.jsonl", numbers(40).as_bytes());
+    let m = math();
+    let out = host(
+        &[
+            "run",
+            &m,
+            "--task",
+            "square",
+            "--input",
+            &input,
+            "-o",
+            "/dev/full",
+            "-w",
+            "2",
+        ],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(exit_code(&out), 1, "{err}");
+    assert!(err.contains("cannot write the results"), "{err}");
+    // Nothing reached /dev/full: the summary must not claim 40 ok jobs.
+    assert!(err.contains("0 jobs: 0 ok"), "{err}");
+    assert!(
+        err.contains("stopped early") && err.contains("the rest of the input was not read"),
+        "{err}"
+    );
+}
+
+// ----- B7: results flow while the input is quiet ---------------------------
+
+/// A `run --input -` child with piped stdin and stdout, and a thread that
+/// hands out its result lines.
+struct Session {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: crossbeam_channel::Receiver<String>,
+}
+
+impl Session {
+    fn start(args: &[&str]) -> Session {
+        let mut child = command(args, &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Session {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Writes one job line and waits (bounded) for one result line.
+    fn ask(&mut self, line: &str) -> Value {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        match self.lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => serde_json::from_str(&l).unwrap(),
+            Err(_) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("no result for {line} within 30s while the input is quiet");
+            }
+        }
+    }
+
+    fn finish(mut self) -> i32 {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(self.lines.recv().is_err(), "a result after EOF");
+        status.code().unwrap_or(-1)
+    }
+}
+
+#[test]
+fn b7_results_flow_while_the_input_is_quiet() {
+    let m = math();
+    for unordered in [false, true] {
+        for workers in ["1", "2"] {
+            let mut args = vec![
+                "run", &m, "--task", "square", "--input", "-", "-w", workers, "-q",
+            ];
+            if unordered {
+                args.push("--unordered");
+            }
+            let mut s = Session::start(&args);
+            for i in 0..5u64 {
+                let r = s.ask(&format!("[{}]", i + 2));
+                assert_eq!(r, json!({"index": i, "ok": (i + 2) * (i + 2)}), "{args:?}");
+            }
+            // An error line and an object line answer as well.
+            let r = s.ask("[\"x\"]");
+            assert_eq!(r["error"]["kind"], "bad_args", "{r}");
+            let r = s.ask(r#"{"task": "add", "args": [2, 3]}"#);
+            assert_eq!(r, json!({"index": 6, "ok": 5}));
+            assert_eq!(s.finish(), 1, "{args:?}");
+        }
+    }
+}

@@ -1,2 +1,336 @@
-//! (being written)
+//! Regression tests of the adversarial report (../shared/reports/
+//! adversarial-2026-12-01.md) for the supervisor: reloads, deaths after a
+//! task returned, stopped zygotes, output floods, blocking constructors and
+//! chunks under time limits. One test per finding, named after its B-number.
+
 mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use billiard_host::{Codec, ErrorKind, Limits, Pool};
+use common::{exit_code, json_lines, plugin_str, scratch, stderr, stdout};
+use serde_json::Value;
+
+fn hostile() -> String {
+    plugin_str("hostile")
+}
+
+/// `billiard-host ARGS...` without backtraces (they would fill the tails).
+fn command(args: &[&str]) -> Command {
+    let mut cmd = common::host_command();
+    cmd.args(args)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("BILLIARD_BACKTRACE")
+        .env_remove("BILLIARD_BAD_CTOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for `child` to exit within `limit`; kills its whole tree and
+/// panics with `what` if it does not (the hang the test is about).
+fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if Instant::now() >= deadline {
+            let tree = common::process_tree(pid);
+            for p in tree.iter().rev() {
+                // SAFETY-free: plain kill(2) through nix on pids we found.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*p),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{what}: still running after {limit:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Results by index, checking every index 0..n appears exactly once.
+fn by_index(out: &str, n: usize) -> Vec<Value> {
+    let mut got: Vec<Option<Value>> = vec![None; n];
+    for v in json_lines(out) {
+        let i = v["index"].as_u64().expect("index") as usize;
+        assert!(i < n, "index {i} out of range: {out}");
+        assert!(got[i].is_none(), "index {i} twice: {out}");
+        got[i] = Some(v);
+    }
+    got.into_iter()
+        .enumerate()
+        .map(|(i, v)| v.unwrap_or_else(|| panic!("no result for index {i}: {out}")))
+        .collect()
+}
+
+fn kind(v: &Value) -> &str {
+    v["error"]["kind"].as_str().unwrap_or("ok")
+}
+
+/// Installs plugin `from` at `path` the way a build should: copy beside it,
+/// then rename over it.
+fn install(from: &str, path: &Path) {
+    let tmp = path.with_extension("incoming");
+    std::fs::copy(common::plugin(from), &tmp).expect("copy plugin");
+    std::fs::rename(&tmp, path).expect("rename plugin");
+}
+
+// ----- B1: a reload that reorders or removes tasks ---------------------------
+
+#[test]
+fn b1_reload_that_reorders_or_removes_tasks_never_runs_another_task() {
+    let dir = scratch("b1");
+    let path: PathBuf = dir.join("libreload.so");
+    install("reload-a", &path); // tasks [version, square, double]
+    let pool = Pool::builder()
+        .workers(2)
+        .worker_exe(common::bin())
+        .plugin(&path)
+        .build()
+        .expect("pool");
+    // Resolved (and cached, as the CLI does) before the reload.
+    let square = pool.task_ref("reload", "square").expect("square");
+    let double = pool.find_task("double").expect("double");
+    let run = |t| {
+        pool.apply_raw(t, Codec::Json, b"[7]".to_vec(), Limits::default())
+            .expect("submit")
+            .get()
+    };
+    assert_eq!(run(square).expect("square"), b"49");
+    assert_eq!(run(double).expect("double"), b"14");
+
+    install("reload-b", &path); // tasks [double, version]: square is gone
+    pool.restart().expect("reload");
+    assert_eq!(pool.generation().gen, 2);
+    let live = pool.plugins();
+    assert_eq!(live[0].version, "2.0.0");
+    let names: Vec<&str> = live[0].tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["double", "version"]);
+
+    for _ in 0..20 {
+        // The cached ref of `double` (index 2 before, 0 now) still doubles.
+        assert_eq!(run(double).expect("double after reload"), b"14");
+        // `square` is gone: unknown_task, never some other task's result.
+        let e = run(square).expect_err("square is gone");
+        assert_eq!(e.kind, ErrorKind::UnknownTask, "{e}");
+        assert!(e.message.contains("reload.square"), "{e}");
+    }
+    let e = pool
+        .find_task("square")
+        .expect_err("gone from the live table");
+    assert_eq!(e.kind, ErrorKind::UnknownTask);
+    // A fresh lookup gives the new index.
+    let fresh = pool.task_ref("reload", "double").expect("double");
+    assert_eq!((fresh.task, fresh.gen), (0, 2));
+    pool.join().expect("join");
+}
+
+#[test]
+fn b1_cli_reload_that_reorders_tasks_keeps_running_the_named_task() {
+    let dir = scratch("b1-cli");
+    let path = dir.join("libreload.so");
+    install("reload-a", &path);
+    let mut child = command(&[
+        "run",
+        path.to_str().expect("utf-8 path"),
+        "--task",
+        "double",
+        "--input",
+        "-",
+        "-w",
+        "2",
+        "-q",
+    ])
+    .stdin(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ask = |x: u64| -> Value {
+        writeln!(stdin, "[{x}]").expect("write a job");
+        stdin.flush().expect("flush");
+        let line = lines.next().expect("a result line").expect("read");
+        serde_json::from_str(&line).expect("json")
+    };
+    assert_eq!(ask(3)["ok"], 6);
+    install("reload-b", &path);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    // Until the reload is in, jobs run on 1.0.0 workers; afterwards on
+    // 2.0.0 ones. Either way `double` doubles.
+    for x in 4..200u64 {
+        let v = ask(x);
+        assert_eq!(v["ok"], 2 * x, "job {x}: {v}");
+    }
+    drop(stdin);
+    let out = wait_or_kill(child, Duration::from_secs(60), "run after reload");
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+}
+
+// ----- B2: a worker that dies after its task returned -------------------------
+
+#[test]
+fn b2_worker_dying_after_its_task_returned_is_never_rerun() {
+    let dir = scratch("b2");
+    let marks = dir.join("marks.txt");
+    // keep=true: the worker's socket stays open (dup'd) until it exits, so
+    // its death comes after the task returned and recorded it finished;
+    // keep=false: the pool sees the socket close mid-task and kills it.
+    for keep in [true, false] {
+        let mut lines = vec![format!(
+            r#"{{"task":"mark_close_socket","args":["{}", {keep}]}}"#,
+            marks.display()
+        )];
+        for _ in 0..20 {
+            lines.push(r#"{"task":"nap","args":[1]}"#.to_string());
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let input = common::lines_file(&dir, "in.jsonl", &refs);
+        for workers in ["1", "2"] {
+            let _ = std::fs::remove_file(&marks);
+            let child = command(&["run", &hostile(), "--input", &input, "-w", workers, "-q"])
+                .spawn()
+                .expect("spawn");
+            let out = wait_or_kill(child, Duration::from_secs(120), "b2 run");
+            let ran = std::fs::read_to_string(&marks).unwrap_or_default();
+            assert_eq!(
+                ran.lines().count(),
+                1,
+                "keep={keep} -w {workers}: the task ran {} times",
+                ran.lines().count()
+            );
+            let res = by_index(&stdout(&out), 21);
+            assert_eq!(kind(&res[0]), "worker_lost", "{}", res[0]);
+            let msg = res[0]["error"]["message"].as_str().unwrap_or_default();
+            if keep {
+                assert!(msg.contains("had finished"), "{msg}");
+            } else {
+                assert!(
+                    msg.contains("had finished") || msg.contains("had started"),
+                    "{msg}"
+                );
+            }
+            assert!(!msg.contains("NOT started"), "{msg}");
+            for r in &res[1..] {
+                assert_eq!(kind(r), "ok", "keep={keep} -w {workers}: {r}");
+            }
+            assert_eq!(exit_code(&out), 1);
+        }
+    }
+}
+
+// ----- B3: a task that stops its zygote ---------------------------------------
+
+#[test]
+fn b3_stopped_zygote_does_not_keep_the_host_from_exiting() {
+    let dir = scratch("b3");
+    let mut lines = vec![r#"{"task":"kill_parent","args":[19]}"#];
+    lines.extend(std::iter::repeat_n(r#"{"task":"nap","args":[10]}"#, 10));
+    let input = common::lines_file(&dir, "in.jsonl", &lines);
+    let child = command(&["run", &hostile(), "--input", &input, "-w", "2", "-q"])
+        .spawn()
+        .expect("spawn");
+    let out = wait_or_kill(child, Duration::from_secs(60), "host with a stopped zygote");
+    let res = by_index(&stdout(&out), 11);
+    assert!(res.iter().all(|r| kind(r) == "ok"), "{}", stdout(&out));
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn b3_worker_death_under_a_stopped_zygote_is_final_and_the_pool_goes_on() {
+    let dir = scratch("b3-mid");
+    let mut lines = vec![
+        r#"{"task":"kill_parent","args":[19]}"#,
+        r#"{"task":"nap","args":[300]}"#,
+        r#"{"task":"segv","args":[]}"#,
+    ];
+    lines.extend(std::iter::repeat_n(r#"{"task":"nap","args":[10]}"#, 10));
+    let input = common::lines_file(&dir, "in.jsonl", &lines);
+    let child = command(&[
+        "run",
+        &hostile(),
+        "--input",
+        &input,
+        "-w",
+        "1",
+        "--time-limit",
+        "5s",
+        "--unordered",
+        "-q",
+    ])
+    .spawn()
+    .expect("spawn");
+    let out = wait_or_kill(child, Duration::from_secs(90), "pool with a stopped zygote");
+    let res = by_index(&stdout(&out), 13);
+    assert_eq!(kind(&res[2]), "worker_lost", "{}", res[2]);
+    for (i, r) in res.iter().enumerate() {
+        if i != 2 {
+            assert_eq!(kind(r), "ok", "job {i}: {r}");
+        }
+    }
+    assert!(
+        stderr(&out).contains("is stopped"),
+        "the stopped zygote is named: {}",
+        stderr(&out)
+    );
+}
+
+// ----- B4: a flood of short output lines --------------------------------------
+
+#[test]
+fn b4_output_flood_in_short_lines_does_not_stall_the_pool() {
+    let dir = scratch("b4");
+    // 48 MiB of 80-byte lines on stderr (quadratic before the fix: about
+    // 6 minutes of supervisor CPU), and a short job on the other worker
+    // that must not wait for the flood to end.
+    let input = common::lines_file(
+        &dir,
+        "in.jsonl",
+        &[
+            r#"{"task":"spew","args":[2,48,80]}"#,
+            r#"{"task":"nap","args":[1]}"#,
+        ],
+    );
+    let child = command(&[
+        "run",
+        &hostile(),
+        "--input",
+        &input,
+        "-w",
+        "2",
+        "--unordered",
+        "-q",
+    ])
+    .spawn()
+    .expect("spawn");
+    let out = wait_or_kill(child, Duration::from_secs(120), "output flood");
+    let text = stdout(&out);
+    let order: Vec<u64> = json_lines(&text)
+        .iter()
+        .map(|v| v["index"].as_u64().expect("index"))
+        .collect();
+    assert_eq!(order, [1, 0], "the short job finished first: {text}");
+    let res = by_index(&text, 2);
+    assert_eq!(res[0]["ok"], 48u64 << 20);
+    assert_eq!(exit_code(&out), 0);
+}

@@ -327,7 +327,10 @@ impl Plugin {
                 ret: t.ret.to_string(),
                 takes_context: t.takes_context,
             })
-            .collect();
+            .collect::<Vec<TaskSpec>>();
+        if let Some(reason) = duplicate_task(&tasks) {
+            return Err(fail(reason));
+        }
         let info = PluginInfo {
             path: abs,
             name: module.name().to_string(),
@@ -426,6 +429,23 @@ impl Plugin {
         let status = self.call_raw(index, codec, args, &ctx, &mut out);
         outcome(status, out.into_vec())
     }
+}
+
+/// Two tasks of one name: the second could never be called.
+fn duplicate_task(tasks: &[TaskSpec]) -> Option<String> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(first) = seen.insert(t.name.as_str(), i) {
+            return Some(format!(
+                "it exports two tasks named `{}` (tasks {} and {} of its list); \
+                 the second could never be called: give each task its own name",
+                t.name,
+                first + 1,
+                i + 1
+            ));
+        }
+    }
+    None
 }
 
 /// The `unknown_task` error, listing what the plugin does have.

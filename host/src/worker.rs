@@ -40,18 +40,20 @@ struct Worker {
     last_status: Status,
 }
 
-/// Runs the worker loop; never returns.
+/// Runs the worker loop; never returns. `zygote` is the pid of the
+/// worker's parent, whose death it watches for.
 pub fn run(
     plugins: Vec<Plugin>,
     params: WorkerParams,
     sock: OwnedFd,
     board: &'static Scoreboard,
+    zygote: i32,
 ) -> ! {
     let Some(slot) = board.slot(params.slot as usize) else {
         eprintln!("billiard worker: no scoreboard slot {}", params.slot);
         sys::exit_now(exit_code::SETUP);
     };
-    if let Err(e) = setup(&params, slot) {
+    if let Err(e) = setup(&params, slot, &sock, zygote) {
         eprintln!("billiard worker: setup failed: {e}");
         sys::exit_now(exit_code::SETUP);
     }
@@ -69,10 +71,17 @@ pub fn run(
     w.serve()
 }
 
-fn setup(params: &WorkerParams, slot: &'static Slot) -> std::io::Result<()> {
-    sys::worker_signal_dispositions()?;
-    sys::die_with_parent()?;
+fn setup(
+    params: &WorkerParams,
+    slot: &'static Slot,
+    sock: &OwnedFd,
+    zygote: i32,
+) -> std::io::Result<()> {
     sys::install_stop_handler(slot, &STOP)?;
+    sys::reset_worker_signals()?;
+    // Outlive the zygote while the supervisor lives (a task that kills the
+    // zygote must not cost the other workers their jobs); die with the host.
+    sys::watch_for_orphaning(sock, zygote)?;
     if let Some(limit) = params.address_space_limit {
         sys::limit_address_space(limit)?;
     }
@@ -113,17 +122,17 @@ impl Worker {
                 } else {
                     exit_code::PROTOCOL
                 };
-                sys::exit_now(code);
+                leave(code);
             }
             let len = u32::from_le_bytes(len) as usize;
             if len > self.params.max_frame {
                 eprintln!("billiard worker: frame of {len} bytes exceeds the limit");
-                sys::exit_now(exit_code::PROTOCOL);
+                leave(exit_code::PROTOCOL);
             }
             buf.clear();
             buf.resize(len, 0);
             if self.sock.read_exact(&mut buf).is_err() {
-                sys::exit_now(exit_code::PROTOCOL);
+                leave(exit_code::PROTOCOL);
             }
             match ipc::decode_body(&buf) {
                 Ok(Frame::Run(h, args)) => {
@@ -142,24 +151,40 @@ impl Worker {
                         Ok(h) => h,
                         Err(e) => {
                             eprintln!("billiard worker: result too large: {e}");
-                            sys::exit_now(exit_code::PROTOCOL);
+                            leave(exit_code::PROTOCOL);
                         }
                     };
                     if sys::write_all_vectored(&self.sock, &[&header, out.as_slice()]).is_err() {
-                        sys::exit_now(exit_code::PROTOCOL);
+                        leave(exit_code::PROTOCOL);
                     }
                     if retiring {
-                        sys::exit_now(0);
+                        leave(0);
+                    }
+                    // Whatever the task did to the signal mask, SIGUSR1
+                    // or SIGTERM/SIGHUP ends with its job (B12).
+                    if let Err(e) = sys::restore_worker_signals() {
+                        eprintln!("billiard worker: cannot restore its signal state: {e}");
+                        leave(exit_code::SETUP);
                     }
                 }
-                Ok(Frame::Exit) => sys::exit_now(0),
+                Ok(Frame::Exit) => leave(0),
                 Ok(Frame::Done(..)) | Err(_) => {
                     eprintln!("billiard worker: unexpected frame from the supervisor");
-                    sys::exit_now(exit_code::PROTOCOL);
+                    leave(exit_code::PROTOCOL);
                 }
             }
         }
     }
+}
+
+/// Ends the worker. One whose zygote died kills what its tasks left
+/// behind first (it is their subreaper; otherwise the zygote does this
+/// when it reaps the worker).
+fn leave(code: i32) -> ! {
+    if sys::orphaned() {
+        sys::kill_descendants();
+    }
+    sys::exit_now(code)
 }
 
 impl Worker {

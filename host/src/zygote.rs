@@ -5,7 +5,16 @@
 //!
 //! It talks to the supervisor over a SOCK_SEQPACKET control socket (see
 //! `ipc`). When that socket closes — the pool or the whole host went away —
-//! it kills every worker and exits.
+//! or its parent-death signal (a real-time signal, never SIGTERM) arrives,
+//! it kills every worker and exits. It ignores the signals an operator
+//! sends to the whole service (SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1):
+//! the host decides what they mean.
+//!
+//! It is a child subreaper: whatever a dead worker's task left behind, in
+//! any process group or session, is reparented to it, and it kills those
+//! processes when it reaps the worker (workers are subreapers of their own
+//! tasks' descendants while they live, so everything the zygote inherits
+//! belongs to a worker that has ended).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -35,6 +44,19 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
 
 /// Runs the zygote loop; never returns.
 pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth: Birth) -> ! {
+    // Before the plugins' constructors run: a SIGTERM or SIGHUP meant for
+    // the host must not end the zygote, not even while it loads.
+    if let Err(e) = sys::zygote_signal_dispositions() {
+        eprintln!("billiard zygote: cannot set up its signals: {e}");
+        sys::exit_now(1);
+    }
+    let signals = match sys::zygote_signal_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("billiard zygote: cannot watch for dead workers: {e}");
+            sys::exit_now(1);
+        }
+    };
     let loaded = load_all(&paths);
     let hello = ZygoteMsg::Hello {
         pid: sys::getpid(),
@@ -49,13 +71,6 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth:
     let Ok(plugins) = loaded else {
         // The supervisor reports the load error; nothing more to do.
         sys::exit_now(0);
-    };
-    let signals = match sys::zygote_signal_fd() {
-        Ok(fd) => fd,
-        Err(e) => {
-            eprintln!("billiard zygote: cannot watch for dead workers: {e}");
-            sys::exit_now(1);
-        }
     };
     let mut z = Zygote {
         ctl,
@@ -135,12 +150,13 @@ impl Zygote {
         };
         let (ours, theirs) = match sys::stream_pair() {
             Ok(p) => p,
-            Err(e) => return fail(self, e),
+            Err(e) => return fail(self, sys::explain_fd_error(e)),
         };
         let (out_r, out_w) = match sys::pipe() {
             Ok(p) => p,
-            Err(e) => return fail(self, e),
+            Err(e) => return fail(self, sys::explain_fd_error(e)),
         };
+        let zygote = sys::getpid();
         match sys::fork_single_threaded() {
             Err(e) => fail(self, e),
             Ok(sys::Forked::Child) => {
@@ -167,7 +183,8 @@ impl Zygote {
                 std::mem::forget((ours, theirs, out_r, out_w));
                 match &self.birth {
                     Birth::Fork => {
-                        worker::run(std::mem::take(&mut self.plugins), params, sock, self.board)
+                        let plugins = std::mem::take(&mut self.plugins);
+                        worker::run(plugins, params, sock, self.board, zygote)
                     }
                     Birth::Exec { exe } => exec_worker(exe, &params, &self.paths),
                 }
@@ -179,7 +196,7 @@ impl Zygote {
                     Ok(fd) => fd,
                     Err(e) => {
                         let _ = sys::kill_pid(child, sys::SIGKILL);
-                        return fail(self, e);
+                        return fail(self, sys::explain_fd_error(e));
                     }
                 };
                 self.workers.insert(child, worker);
@@ -192,10 +209,35 @@ impl Zygote {
     }
 
     fn reap(&mut self) {
+        let mut ended = false;
         while let Ok(Some((pid, info))) = sys::reap_any() {
             if self.workers.remove(&pid).is_some() {
+                // Whoever ended the worker, what its task started in its
+                // group ends with it (its pgid stays reserved while the
+                // group has members, so this cannot hit a recycled pid).
+                let _ = sys::kill_group(pid, sys::SIGKILL);
+                ended = true;
                 self.send(&ZygoteMsg::Exited { pid, info }, &[]);
             }
+            // Anything else is a process a dead worker's task left behind
+            // (reparented to us, the subreaper) that has ended too.
+        }
+        if ended {
+            self.kill_strays();
+        }
+    }
+
+    /// Kills every child of the zygote that is not a worker, with its
+    /// descendants: processes a dead worker's task left behind (a forked
+    /// child, one that called setsid or setpgid to leave the worker's
+    /// group), reparented to the zygote because it is their subreaper.
+    fn kill_strays(&self) {
+        let strays: Vec<i32> = sys::children_of(sys::getpid())
+            .into_iter()
+            .filter(|p| !self.workers.contains_key(p))
+            .collect();
+        if !strays.is_empty() {
+            sys::kill_trees(&strays);
         }
     }
 
@@ -206,6 +248,18 @@ impl Zygote {
         }
         for &pid in self.workers.keys() {
             sys::wait_child(pid);
+        }
+        // The workers' leftovers are our children now: kill and reap them
+        // (bounded: a process stuck in the kernel is left to init).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            while let Ok(Some(_)) = sys::reap_any() {}
+            let left = sys::children_of(sys::getpid());
+            if left.is_empty() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            sys::kill_trees(&left);
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
         sys::exit_now(0);
     }
@@ -303,8 +357,9 @@ fn helper_worker(args: Vec<OsString>) -> ! {
         sys::exit_now(worker::exit_code::SETUP);
     }
     let paths: Vec<PathBuf> = it.map(PathBuf::from).collect();
+    let zygote = std::os::unix::process::parent_id() as i32;
     match load_all(&paths) {
-        Ok(plugins) => worker::run(plugins, params, sock, board),
+        Ok(plugins) => worker::run(plugins, params, sock, board, zygote),
         Err(e) => {
             eprintln!("billiard worker: {e}");
             sys::exit_now(worker::exit_code::PLUGIN_LOAD);

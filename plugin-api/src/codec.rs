@@ -37,10 +37,227 @@ pub fn encode_into<T: Serialize + ?Sized>(
         Codec::Bincode => bincode::serde::encode_into_std_write(value, out, bincode_config())
             .map(drop)
             .map_err(|e| CodecError(format!("bincode encoding failed: {e}"))),
-        Codec::Json => serde_json::to_writer(out, value)
-            .map_err(|e| CodecError(format!("JSON encoding failed: {e}"))),
+        Codec::Json => {
+            // serde_json writes NaN and the infinities as `null`: a silent
+            // wrong value. The output is scanned for `null`, and only a value
+            // that wrote one is walked again to tell a float from a real null.
+            let mut w = NullScan {
+                out,
+                saw_null: false,
+            };
+            serde_json::to_writer(&mut w, value)
+                .map_err(|e| CodecError(format!("JSON encoding failed: {e}")))?;
+            if w.saw_null {
+                value.serialize(FiniteCheck).map_err(|e| {
+                    CodecError(format!(
+                        "JSON encoding failed: {e}, which JSON cannot represent"
+                    ))
+                })?;
+            }
+            Ok(())
+        }
     }
 }
+
+/// A writer that notes whether `null` was written (serde_json writes each
+/// `null` in one piece).
+struct NullScan<'a, W: std::io::Write> {
+    out: &'a mut W,
+    saw_null: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for NullScan<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.saw_null |= buf[..n].windows(4).any(|w| w == b"null");
+        Ok(n)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(buf)?;
+        self.saw_null |= buf.windows(4).any(|w| w == b"null");
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Why a value has no JSON form.
+#[derive(Debug)]
+struct NonFinite(String);
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NonFinite {}
+
+impl serde::ser::Error for NonFinite {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        NonFinite(msg.to_string())
+    }
+}
+
+/// A serializer that writes nothing and fails on the first non-finite
+/// float: the check behind [`encode_into`]'s JSON branch.
+struct FiniteCheck;
+
+impl FiniteCheck {
+    fn float(v: f64) -> Result<(), NonFinite> {
+        if v.is_finite() {
+            return Ok(());
+        }
+        let what = if v.is_nan() {
+            "NaN"
+        } else if v > 0.0 {
+            "inf"
+        } else {
+            "-inf"
+        };
+        Err(NonFinite(format!(
+            "the value contains a non-finite float ({what})"
+        )))
+    }
+}
+
+macro_rules! finite_ok {
+    ($($method:ident($ty:ty)),* $(,)?) => {
+        $(fn $method(self, _: $ty) -> Result<(), NonFinite> { Ok(()) })*
+    };
+}
+
+impl serde::Serializer for FiniteCheck {
+    type Ok = ();
+    type Error = NonFinite;
+    type SerializeSeq = FiniteCheck;
+    type SerializeTuple = FiniteCheck;
+    type SerializeTupleStruct = FiniteCheck;
+    type SerializeTupleVariant = FiniteCheck;
+    type SerializeMap = FiniteCheck;
+    type SerializeStruct = FiniteCheck;
+    type SerializeStructVariant = FiniteCheck;
+
+    finite_ok!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
+        serialize_char(char),
+        serialize_str(&str),
+        serialize_bytes(&[u8]),
+        serialize_unit_struct(&'static str),
+    );
+
+    fn serialize_f32(self, v: f32) -> Result<(), NonFinite> {
+        Self::float(f64::from(v))
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), NonFinite> {
+        Self::float(v)
+    }
+    fn serialize_none(self) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<FiniteCheck, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<FiniteCheck, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<FiniteCheck, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<FiniteCheck, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<FiniteCheck, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<FiniteCheck, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<FiniteCheck, NonFinite> {
+        Ok(self)
+    }
+}
+
+macro_rules! finite_compound {
+    ($($trait:ident { $($method:ident($($arg:ident: $ty:ty),*)),* }),* $(,)?) => {
+        $(impl serde::ser::$trait for FiniteCheck {
+            type Ok = ();
+            type Error = NonFinite;
+            $(fn $method<T: Serialize + ?Sized>(&mut self, $($arg: $ty,)* v: &T) -> Result<(), NonFinite> {
+                $(let _ = $arg;)*
+                v.serialize(FiniteCheck)
+            })*
+            fn end(self) -> Result<(), NonFinite> {
+                Ok(())
+            }
+        })*
+    };
+}
+
+finite_compound!(
+    SerializeSeq { serialize_element() },
+    SerializeTuple { serialize_element() },
+    SerializeTupleStruct { serialize_field() },
+    SerializeTupleVariant { serialize_field() },
+    SerializeMap { serialize_key(), serialize_value() },
+    SerializeStruct { serialize_field(key: &'static str) },
+    SerializeStructVariant { serialize_field(key: &'static str) },
+);
 
 /// Encodes a value into a new buffer.
 pub fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>, CodecError> {
@@ -293,6 +510,33 @@ mod tests {
         assert_eq!(back.into_vec(), data);
         let (back,): (serde_bytes::ByteBuf,) = decode(Codec::Json, b"[[1,2,3]]").unwrap();
         assert_eq!(back.into_vec(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn non_finite_floats_are_refused_in_json_only() {
+        for (v, what) in [
+            (f64::INFINITY, "(inf)"),
+            (f64::NEG_INFINITY, "(-inf)"),
+            (f64::NAN, "(NaN)"),
+        ] {
+            let e = encode(Codec::Json, &v).unwrap_err();
+            assert!(
+                e.0.contains(what) && e.0.contains("JSON cannot represent"),
+                "{e}"
+            );
+            let nested = (
+                vec![1.0, v],
+                Some(BTreeMap::from([("k".to_string(), v as f32)])),
+            );
+            assert!(encode(Codec::Json, &nested).is_err(), "{nested:?}");
+            assert!(encode(Codec::Bincode, &nested).is_ok());
+        }
+        // A real null, a "null" string and finite floats still encode.
+        let fine = (None::<u8>, "null", vec![1.5f64, -0.0], ());
+        assert_eq!(
+            encode(Codec::Json, &fine).unwrap(),
+            br#"[null,"null",[1.5,-0.0],null]"#
+        );
     }
 
     #[test]

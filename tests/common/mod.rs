@@ -55,7 +55,11 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
         "billiard-plugin-init-panic",
         "libbilliard_init_panic.so",
     ),
-    ("bad-ctor", "billiard-plugin-bad-ctor", "libbilliard_bad_ctor.so"),
+    (
+        "bad-ctor",
+        "billiard-plugin-bad-ctor",
+        "libbilliard_bad_ctor.so",
+    ),
     (
         "reload-a",
         "billiard-plugin-reload-a",

@@ -3,10 +3,19 @@
 //! Python `AsyncResult.get()` finds them. See `docs/celery.md`.
 //!
 //! - [`protocol`]: the wire types (serde only, no I/O);
+//! - [`redis`]: kombu's Redis transport, consumer side (Lua reserve,
+//!   heartbeat, restore sweep, reconnect);
+//! - [`backend`]: Celery's Redis result backend (SETEX + PUBLISH);
+//! - [`worker`]: the consumer loop over the `Pool`.
 //! - [`client`]: the producer side: send tasks, wait for their results;
 //!
 //! The supervisor learns nothing about brokers: this module is a client of
 //! the public `Pool` API.
 
+pub mod backend;
 pub mod client;
 pub mod protocol;
+pub mod redis;
+pub mod worker;
+
+pub use worker::{Control, Controller, StartupInfo, Summary, Worker, WorkerError, WorkerOptions};

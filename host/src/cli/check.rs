@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use anstyle::{AnsiColor, Style};
 use billiard_host::{
-    Codec, ErrorKind, Event, JobId, Limits, Outcome, Plugin, PluginInfo, Pool, StartMethod,
-    TaskError,
+    Codec, ErrorKind, Event, JobId, Limits, Outcome, PluginInfo, Pool, StartMethod, TaskError,
 };
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use serde_json::{Map, Value};
@@ -105,6 +104,10 @@ pub struct Args {
     /// Colour the table.
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = ColorWhen::Auto)]
     color: ColorWhen,
+    /// Give up loading the plugin after this long (its initialization code
+    /// may block).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    load_timeout: Duration,
 }
 
 /// What a case expects.
@@ -211,13 +214,8 @@ fn parse_case(line: &str, lineno: usize) -> Result<Case, String> {
         Some(a @ Value::Array(_)) => a,
         Some(other) => return Err(format!("\"args\" must be a JSON array, not {other}")),
     };
-    let duration = |s: Option<String>, field: &str| -> Result<Option<Duration>, String> {
-        s.map(|s| {
-            humantime::parse_duration(&s)
-                .map_err(|e| format!("\"{field}\": {e} (e.g. \"500ms\", \"2s\")"))
-        })
-        .transpose()
-    };
+    // As in `run`'s object lines: 0 is refused.
+    let duration = |s: Option<String>, field: &str| super::input::duration(s.as_deref(), field);
     let limits = Limits {
         hard: duration(string(&mut obj, "time_limit")?, "time_limit")?,
         soft: duration(string(&mut obj, "soft_time_limit")?, "soft_time_limit")?,
@@ -510,8 +508,10 @@ fn fail_usage(msg: impl std::fmt::Display) -> i32 {
 }
 
 pub fn run(args: Args) -> i32 {
-    let plugin = match Plugin::load(&args.plugin) {
-        Ok(p) => p,
+    // In a child process: the plugin's own code may end or block the
+    // loading process (see `inspect::load_isolated`).
+    let info = match super::inspect::load_isolated(&args.plugin, args.load_timeout) {
+        Ok(info) => info,
         Err(e) => return fail_usage(e),
     };
     let cases = match &args.cases {
@@ -549,7 +549,7 @@ pub fn run(args: Args) -> i32 {
     };
     let palette = Palette::new(use_color(args.color));
     let mut out = std::io::stdout().lock();
-    let info = plugin.info();
+    let info = &info;
     let _ = write_header(&mut out, info, &palette);
 
     let started = Instant::now();

@@ -9,11 +9,9 @@
 //! one result, a line that cannot be a job included (`bad_args`,
 //! `unknown_task`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use billiard_host::{Codec, ErrorKind, Limits, Pool, RawJob, TaskError, TaskRef};
@@ -91,7 +89,7 @@ pub struct Jobs<'p> {
     stop: Arc<Stop>,
     default_task: Option<String>,
     tasks: HashMap<String, Result<TaskRef, TaskError>>,
-    report: Rc<RefCell<InputReport>>,
+    report: Arc<Mutex<InputReport>>,
     /// Stopping: lines already read end `terminated`, nothing more is read.
     draining: bool,
     done: bool,
@@ -103,8 +101,8 @@ impl<'p> Jobs<'p> {
         lines: Receiver<Line>,
         stop: Arc<Stop>,
         default_task: Option<String>,
-    ) -> (Self, Rc<RefCell<InputReport>>) {
-        let report = Rc::new(RefCell::new(InputReport::default()));
+    ) -> (Self, Arc<Mutex<InputReport>>) {
+        let report = Arc::new(Mutex::new(InputReport::default()));
         let jobs = Jobs {
             pool,
             lines,
@@ -143,42 +141,64 @@ impl<'p> Jobs<'p> {
     }
 
     fn job(&mut self, lineno: u64, line: &[u8]) -> Result<RawJob, TaskError> {
-        let line = line.trim_ascii();
-        let bad = |msg: String| TaskError::new(ErrorKind::BadArgs, format!("line {lineno}: {msg}"));
-        if std::str::from_utf8(line).is_err() {
-            return Err(bad("not valid UTF-8".into()));
+        let parsed = parse_line(lineno, line)?;
+        let target = self.resolve(parsed.task.as_deref())?;
+        let mut job = RawJob::new(target, Codec::Json, parsed.args);
+        job.limits = parsed.limits;
+        Ok(job)
+    }
+}
+
+/// One input line's job before its task is looked up (`run` looks it up in
+/// the pool, `run --broker` sends it by name).
+pub struct LineJob {
+    /// The task the line names; `None`: the default (`--task`).
+    pub task: Option<String>,
+    /// The arguments, a JSON array (an array line as is: the plugin's glue
+    /// judges it).
+    pub args: Vec<u8>,
+    pub limits: Limits,
+}
+
+/// Parses input line `lineno` (see the module docs); a line that cannot be
+/// a job is a `bad_args` error naming the line.
+pub fn parse_line(lineno: u64, line: &[u8]) -> Result<LineJob, TaskError> {
+    let line = line.trim_ascii();
+    let bad = |msg: String| TaskError::new(ErrorKind::BadArgs, format!("line {lineno}: {msg}"));
+    if std::str::from_utf8(line).is_err() {
+        return Err(bad("not valid UTF-8".into()));
+    }
+    match line.first() {
+        // The plugin's glue decodes (and judges) the array itself.
+        Some(b'[') => Ok(LineJob {
+            task: None,
+            args: line.to_vec(),
+            limits: Limits::default(),
+        }),
+        Some(b'{') => {
+            let obj: JobLine = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+            let args = match obj.args {
+                None => b"[]".to_vec(),
+                Some(v @ serde_json::Value::Array(_)) => {
+                    serde_json::to_vec(&v).map_err(|e| bad(e.to_string()))?
+                }
+                Some(_) => return Err(bad("\"args\" must be a JSON array".into())),
+            };
+            let limits = Limits {
+                soft: duration(obj.soft_time_limit.as_deref(), "soft_time_limit").map_err(bad)?,
+                hard: duration(obj.time_limit.as_deref(), "time_limit").map_err(bad)?,
+            };
+            Ok(LineJob {
+                task: obj.task,
+                args,
+                limits,
+            })
         }
-        match line.first() {
-            // The plugin's glue decodes (and judges) the array itself.
-            Some(b'[') => {
-                let target = self.resolve(None)?;
-                Ok(RawJob::new(target, Codec::Json, line.to_vec()))
-            }
-            Some(b'{') => {
-                let obj: JobLine = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
-                let args = match obj.args {
-                    None => b"[]".to_vec(),
-                    Some(v @ serde_json::Value::Array(_)) => {
-                        serde_json::to_vec(&v).map_err(|e| bad(e.to_string()))?
-                    }
-                    Some(_) => return Err(bad("\"args\" must be a JSON array".into())),
-                };
-                let limits = Limits {
-                    soft: duration(obj.soft_time_limit.as_deref(), "soft_time_limit")
-                        .map_err(bad)?,
-                    hard: duration(obj.time_limit.as_deref(), "time_limit").map_err(bad)?,
-                };
-                let target = self.resolve(obj.task.as_deref())?;
-                let mut job = RawJob::new(target, Codec::Json, args);
-                job.limits = limits;
-                Ok(job)
-            }
-            _ => Err(bad(
-                "expected a JSON array of arguments (like [3]) or an object \
-                 {\"task\": \"NAME\", \"args\": [...]}"
-                    .into(),
-            )),
-        }
+        _ => Err(bad(
+            "expected a JSON array of arguments (like [3]) or an object \
+             {\"task\": \"NAME\", \"args\": [...]}"
+                .into(),
+        )),
     }
 }
 
@@ -192,50 +212,101 @@ struct JobLine {
     soft_time_limit: Option<String>,
 }
 
-fn duration(s: Option<&str>, field: &str) -> Result<Option<Duration>, String> {
+/// A limit of an object line; like the `--time-limit` flags, 0 is refused
+/// (a job that may not run at all is a mistake, not a limit).
+pub(super) fn duration(s: Option<&str>, field: &str) -> Result<Option<Duration>, String> {
     s.map(|s| {
-        humantime::parse_duration(s)
-            .map_err(|e| format!("\"{field}\": {e} (e.g. \"500ms\", \"2s\")"))
+        let d = humantime::parse_duration(s)
+            .map_err(|e| format!("\"{field}\": {e} (e.g. \"500ms\", \"2s\")"))?;
+        if d.is_zero() {
+            return Err(format!(
+                "\"{field}\": must be longer than 0 (e.g. \"500ms\", \"2s\")"
+            ));
+        }
+        Ok(d)
     })
     .transpose()
 }
 
-impl Iterator for Jobs<'_> {
-    type Item = Result<RawJob, TaskError>;
+/// What [`Jobs::pull`] found.
+pub enum Pull {
+    /// The next job (or the error standing in its place).
+    Job(Result<RawJob, TaskError>),
+    /// No line arrived within [`QUIET`] (only when not asked to wait).
+    Quiet,
+    /// The input is over (its end, a read error or a stop).
+    End,
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+/// How long [`Jobs::pull`] waits for a line before it calls the input quiet.
+pub const QUIET: Duration = Duration::from_millis(2);
+
+impl Jobs<'_> {
+    /// True once the input is over: every later `pull` is [`Pull::End`].
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next job. With `wait`, blocks until a line (or the end, or a
+    /// stop) arrives; without, gives up after [`QUIET`] so that the caller
+    /// can deliver results meanwhile.
+    pub fn pull(&mut self, wait: bool) -> Pull {
         loop {
             if self.done {
-                return None;
+                return Pull::End;
             }
             if self.draining {
                 // Lines already read end `terminated`; no more are read.
                 match self.lines.try_recv() {
-                    Ok(Line::Data(lineno, _)) => return Some(Err(self.terminated(lineno))),
+                    Ok(Line::Data(lineno, _)) => return Pull::Job(Err(self.terminated(lineno))),
                     Ok(Line::End) => {}
                     Ok(Line::Error(..)) | Err(_) => {
-                        self.report.borrow_mut().stopped_early = true;
+                        self.report_mut().stopped_early = true;
                     }
                 }
                 self.done = true;
-                return None;
+                return Pull::End;
             }
             if self.stop.is_set() {
                 self.draining = true;
                 continue;
             }
-            crossbeam_channel::select! {
-                recv(self.lines) -> msg => match msg {
-                    Ok(Line::Data(lineno, line)) => return Some(self.job(lineno, &line)),
-                    Ok(Line::Error(lineno, e)) => {
-                        self.report.borrow_mut().read_error =
-                            Some(format!("cannot read input line {lineno}: {e}"));
-                        self.done = true;
+            let msg = match self.lines.try_recv() {
+                Ok(msg) => Ok(msg),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    let timeout = if wait {
+                        crossbeam_channel::never()
+                    } else {
+                        crossbeam_channel::after(QUIET)
+                    };
+                    let got = crossbeam_channel::select! {
+                        recv(self.lines) -> msg => Some(msg.map_err(drop)),
+                        recv(self.stop.woken()) -> _ => None,
+                        recv(timeout) -> _ => return Pull::Quiet,
+                    };
+                    match got {
+                        Some(msg) => msg,
+                        None => {
+                            self.draining = true;
+                            continue;
+                        }
                     }
-                    Ok(Line::End) | Err(_) => self.done = true,
-                },
-                recv(self.stop.woken()) -> _ => self.draining = true,
+                }
+            };
+            match msg {
+                Ok(Line::Data(lineno, line)) => return Pull::Job(self.job(lineno, &line)),
+                Ok(Line::Error(lineno, e)) => {
+                    self.report_mut().read_error =
+                        Some(format!("cannot read input line {lineno}: {e}"));
+                    self.done = true;
+                }
+                Ok(Line::End) | Err(()) => self.done = true,
             }
         }
+    }
+
+    fn report_mut(&self) -> std::sync::MutexGuard<'_, InputReport> {
+        self.report.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -1,11 +1,26 @@
-//! `billiard-host inspect PLUGIN.so [--json]`
+//! `billiard-host inspect PLUGIN.so [--json]`, and the isolated loader
+//! `inspect` and `check` share.
+//!
+//! Loading a plugin runs its code (ELF constructors, the root-module
+//! initializer): a plugin may exit, crash or block right there. So these
+//! commands never load an untrusted plugin in their own process: they
+//! start this executable again as a loader ([`LOADER_ARG`]), which loads
+//! the file and prints its [`PluginInfo`] as one JSON line, and report any
+//! other end of the loader (exit, signal, no answer in time) as a load
+//! failure naming the file.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use billiard_host::Plugin;
+use billiard_host::{Plugin, PluginInfo, PluginLoadError};
+use serde::{Deserialize, Serialize};
 
 use super::exit;
+
+/// The hidden first argument that makes this executable a plugin loader.
+pub const LOADER_ARG: &str = "__billiard_load_plugin";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,17 +29,128 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Give up loading the plugin after this long (its initialization code
+    /// may block).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::run::parse_duration)]
+    load_timeout: Duration,
+}
+
+/// What the loader prints: one JSON line.
+#[derive(Serialize, Deserialize)]
+enum LoaderAnswer {
+    Loaded(PluginInfo),
+    Refused(PluginLoadError),
+}
+
+/// `billiard-host __billiard_load_plugin PLUGIN`: loads the plugin in this
+/// process and prints the answer; never returns.
+pub fn loader_main(path: &Path) -> ! {
+    let answer = match Plugin::load(path) {
+        Ok(p) => LoaderAnswer::Loaded(p.info().clone()),
+        Err(e) => LoaderAnswer::Refused(e),
+    };
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer(&mut out, &answer)
+        .map_err(std::io::Error::from)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush());
+    // No atexit handler or destructor of the plugin runs: the answer is
+    // out, nothing else of this process matters.
+    billiard_host::sys::exit_now(if written.is_ok() { 0 } else { 1 })
+}
+
+/// Loads `path` in a child process (see the module docs) and returns what
+/// the plugin is, or why it cannot be loaded.
+pub fn load_isolated(path: &Path, timeout: Duration) -> Result<PluginInfo, PluginLoadError> {
+    let fail = |reason: String| PluginLoadError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| fail(format!("cannot find this executable to load it with: {e}")))?;
+    let mut child = Command::new(exe)
+        .arg(LOADER_ARG)
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start a process to load it in: {e}")))?;
+    let Some(mut stdout) = child.stdout.take() else {
+        return Err(fail("cannot read the loader's answer".into()));
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    // Detached: a process the plugin started may hold the pipe open.
+    let reader = std::thread::Builder::new()
+        .name("billiard-loader".into())
+        .spawn(move || {
+            let mut bytes = Vec::new();
+            let r = stdout.read_to_end(&mut bytes).map(|_| bytes);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = reader {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(fail(format!("cannot start a thread: {e}")));
+    }
+    let answer = match rx.recv_timeout(timeout) {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!("cannot read the loader's answer: {e}")));
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "loading it did not finish within {} (does its initialization code, \
+                 such as an ELF constructor, block?); the loading process was killed",
+                humantime::format_duration(timeout)
+            )));
+        }
+    };
+    let status = child.wait();
+    let line = answer.split(|&b| b == b'\n').next().unwrap_or_default();
+    match serde_json::from_slice::<LoaderAnswer>(line) {
+        Ok(LoaderAnswer::Loaded(info)) => Ok(info),
+        Ok(LoaderAnswer::Refused(e)) => Err(e),
+        Err(_) => {
+            let how = match status {
+                Ok(s) => describe(s),
+                Err(e) => format!("ended (cannot tell how: {e})"),
+            };
+            Err(fail(format!(
+                "the process loading it {how} before the plugin was loaded: its \
+                 initialization code (an ELF constructor or the module initializer) \
+                 ended the process"
+            )))
+        }
+    }
+}
+
+/// "exited with code 0", "killed by signal 6 (SIGABRT)".
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (_, Some(sig)) => format!(
+            "was killed by signal {sig} ({})",
+            billiard_host::sys::signal_name(sig)
+        ),
+        (Some(code), _) => format!("exited with code {code}"),
+        _ => "ended".into(),
+    }
 }
 
 pub fn run(args: Args) -> i32 {
-    let plugin = match Plugin::load(&args.plugin) {
-        Ok(p) => p,
+    let info = match load_isolated(&args.plugin, args.load_timeout) {
+        Ok(info) => info,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;
         }
     };
-    let info = plugin.info();
+    let info = &info;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         serde_json::to_writer_pretty(&mut out, info)

@@ -9,6 +9,8 @@ mod output;
 mod progress;
 mod run;
 mod signals;
+mod submit;
+mod worker;
 
 use std::io::Write;
 
@@ -35,6 +37,12 @@ enum Command {
     Inspect(inspect::Args),
     /// Check a plugin: it loads, its ABI fits, its golden cases pass.
     Check(Box<check::Args>),
+    /// Consume Celery tasks from Redis and run them on the plugins (a
+    /// long-running Celery worker).
+    Worker(Box<worker::Args>),
+    /// Send jobs to Celery workers through a broker (and wait for their
+    /// results with --wait).
+    Submit(Box<submit::Args>),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -44,6 +52,12 @@ enum Command {
 
 /// Parses the command line, runs the subcommand and returns the exit code.
 pub fn main() -> i32 {
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == inspect::LOADER_ARG) {
+        if let (Some(path), None) = (argv.next(), argv.next()) {
+            inspect::loader_main(std::path::Path::new(&path));
+        }
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -56,11 +70,16 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging();
+    if !matches!(cli.command, Command::Worker(_)) {
+        // `worker` sets up its own (info level, text or JSON).
+        init_logging();
+    }
     match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Check(args) => check::run(*args),
+        Command::Worker(args) => worker::run(*args),
+        Command::Submit(args) => submit::run(*args),
         Command::Completions { shell } => completions(shell),
     }
 }

@@ -4,6 +4,7 @@
 //! reader sees each result within a fraction of a second even when the
 //! next one takes minutes.
 
+use std::collections::VecDeque;
 use std::io::{BufWriter, Write};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -22,7 +23,12 @@ pub struct Output {
 }
 
 struct State {
-    w: BufWriter<Box<dyn Write + Send>>,
+    w: BufWriter<Counting>,
+    /// Bytes handed to `w` so far.
+    accepted: u64,
+    /// Lines not yet known to be written through to the file: the offset
+    /// their last byte ends at, and how their job failed.
+    unconfirmed: VecDeque<(u64, Option<ErrorKind>)>,
     dirty: bool,
     /// No more lines: the flusher ends.
     closed: bool,
@@ -30,11 +36,51 @@ struct State {
     failed: Option<std::io::ErrorKind>,
 }
 
+/// The destination, counting the bytes it took.
+struct Counting {
+    inner: Box<dyn Write + Send>,
+    written: u64,
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl State {
+    /// Forgets the lines that are through.
+    fn confirm(&mut self) {
+        let written = self.w.get_ref().written;
+        while self
+            .unconfirmed
+            .front()
+            .is_some_and(|&(end, _)| end <= written)
+        {
+            self.unconfirmed.pop_front();
+        }
+    }
+}
+
 impl Output {
     pub fn new(w: Box<dyn Write + Send>) -> Output {
         Output {
             state: Mutex::new(State {
-                w: BufWriter::with_capacity(64 * 1024, w),
+                w: BufWriter::with_capacity(
+                    64 * 1024,
+                    Counting {
+                        inner: w,
+                        written: 0,
+                    },
+                ),
+                accepted: 0,
+                unconfirmed: VecDeque::new(),
                 dirty: false,
                 closed: false,
                 failed: None,
@@ -55,12 +101,19 @@ impl Output {
         r
     }
 
-    pub fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+    /// Writes one result line; `failed` is its job's failure, kept until
+    /// the line is through (see [`Output::unwritten`]).
+    pub fn write_line(&self, line: &[u8], failed: Option<ErrorKind>) -> std::io::Result<()> {
         let mut woke = false;
         let r = self.with(|st| {
             woke = !st.dirty;
             st.dirty = true;
-            st.w.write_all(line)
+            st.accepted += line.len() as u64;
+            let end = st.accepted;
+            st.unconfirmed.push_back((end, failed));
+            let r = st.w.write_all(line);
+            st.confirm();
+            r
         });
         if woke {
             self.wake.notify_one();
@@ -87,8 +140,18 @@ impl Output {
     pub fn flush(&self) -> std::io::Result<()> {
         self.with(|st| {
             st.dirty = false;
-            st.w.flush()
+            let r = st.w.flush();
+            st.confirm();
+            r
         })
+    }
+
+    /// After a write error: the failures (`None` for a success) of the
+    /// lines that did not get through whole.
+    pub fn unwritten(&self) -> Vec<Option<ErrorKind>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.confirm();
+        st.unconfirmed.iter().map(|&(_, kind)| kind).collect()
     }
 
     /// Flushes if anything was written since the last flush. Errors are
@@ -97,7 +160,9 @@ impl Output {
         let _ = self.with(|st| {
             if st.dirty {
                 st.dirty = false;
-                st.w.flush()?;
+                let r = st.w.flush();
+                st.confirm();
+                r?;
             }
             Ok(())
         });

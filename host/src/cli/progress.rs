@@ -103,6 +103,21 @@ impl Progress {
         self.bar.inc(1);
     }
 
+    /// Takes back a [`Progress::record`] (a result that was not written).
+    pub fn unrecord(&mut self, failed: Option<ErrorKind>) {
+        match failed {
+            None => self.tally.ok = self.tally.ok.saturating_sub(1),
+            Some(kind) => {
+                if let Some(n) = self.tally.failed.get_mut(&kind) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.tally.failed.remove(&kind);
+                    }
+                }
+            }
+        }
+    }
+
     pub fn bar(&self) -> &ProgressBar {
         &self.bar
     }

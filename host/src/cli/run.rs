@@ -6,16 +6,19 @@
 //! complete. The contract (result format, exit codes, signals) is in the
 //! README's "billiard-host run" section and in `--help`.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::Scope;
 use std::time::Duration;
 
-use billiard_host::{Pool, PoolConfig, StartMethod};
+use billiard_host::{Outcome, Pool, PoolConfig, RawJob, StartMethod, TaskError};
 use clap::ArgGroup;
+use crossbeam_channel::Sender;
 
 use super::exit;
-use super::input::{self, Jobs};
+use super::input::{self, Jobs, Pull};
 use super::output::{self, Output};
 use super::progress::Progress;
 use super::signals::{self, Escalation, Stop};
@@ -103,6 +106,10 @@ pub struct Args {
     /// How workers are created.
     #[arg(long, value_name = "METHOD", default_value_t = StartMethod::Forkserver)]
     start_method: StartMethod,
+    /// Give up loading the plugins (at start, or on a SIGHUP reload, which
+    /// then keeps the current workers) after this long (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    load_timeout: Option<Duration>,
     /// Write the pool's final statistics to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
@@ -172,6 +179,11 @@ fn create(path: &Path, what: &str) -> Result<std::fs::File, i32> {
 }
 
 pub fn run(args: Args) -> i32 {
+    // Before anything is opened for writing: an output that is the input
+    // (or the other output) would destroy it.
+    if let Err(msg) = check_distinct_files(&args) {
+        return usage(msg);
+    }
     let source = if let Some(a) = &args.args {
         if args.task.is_none() && !a.trim_start().starts_with('{') {
             return usage(
@@ -221,7 +233,7 @@ pub fn run(args: Args) -> i32 {
     // start method requires it.
     let pool = match build_pool(&args, single) {
         Ok(p) => p,
-        Err(e) => return usage(e),
+        Err(e) => return usage(name_the_plugins(&args, e)),
     };
 
     let visible = !single && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -237,6 +249,7 @@ pub fn run(args: Args) -> i32 {
         }
     };
     let (jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
+    let jobs = Mutex::new(jobs);
     let escalation = Escalation::default();
     let output = Output::new(out);
     let mut write_error = None;
@@ -273,19 +286,25 @@ pub fn run(args: Args) -> i32 {
             }
         });
 
-        for (index, outcome) in pool.imap_raw(jobs, !args.unordered, args.chunksize) {
-            let (line, failed) = output::render(index, &outcome);
+        let written = stream_results(s, &pool, &jobs, !args.unordered, args.chunksize, |i, o| {
+            let (line, failed) = output::render(i, o);
             progress.record(failed);
-            if let Err(e) = output.write_line(&line) {
-                // Nobody reads the results any more: stop everything.
-                stop.request("the output was closed");
-                pool.terminate_now();
-                write_error = Some(e);
-                break;
-            }
+            output.write_line(&line, failed)
+        });
+        if let Err(e) = written {
+            // Nobody reads the results any more: stop everything.
+            stop.request("the output was closed");
+            pool.terminate_now();
+            write_error = Some(e);
         }
         if write_error.is_none() {
             write_error = output.flush().err();
+        }
+        if write_error.is_some() {
+            // The summary counts the results that were written.
+            for failed in output.unwritten() {
+                progress.unrecord(failed);
+            }
         }
         drop(flusher_done);
         output.close();
@@ -297,7 +316,7 @@ pub fn run(args: Args) -> i32 {
     let stats = pool.stats();
     let _ = pool.join();
     let summary = progress.finish();
-    let report = report.borrow();
+    let report = report.lock().unwrap_or_else(|e| e.into_inner());
     let mut code = if progress.tally.failed_total() > 0 || report.stopped_early {
         exit::JOBS_FAILED
     } else {
@@ -311,9 +330,18 @@ pub fn run(args: Args) -> i32 {
         }
         code = exit::JOBS_FAILED;
     }
+    // A closed pipe (`| head`) is an ordinary way to stop: no message.
+    let write_failed = write_error
+        .as_ref()
+        .is_some_and(|e| e.kind() != std::io::ErrorKind::BrokenPipe);
     if !args.quiet && !single {
         eprintln!("{summary}");
-        if report.stopped_early {
+        if write_failed {
+            eprintln!(
+                "stopped early (the results could not be written): the rest of the input \
+                 was not read"
+            );
+        } else if report.stopped_early {
             eprintln!(
                 "stopped early ({}): the rest of the input was not read",
                 stop.reason().unwrap_or("stopped")
@@ -339,6 +367,236 @@ pub fn run(args: Args) -> i32 {
         code = exit::USAGE;
     }
     code
+}
+
+/// At most this many streams run at once (see [`stream_results`]).
+const MAX_SEGMENTS: usize = 4;
+
+/// What the segment threads of [`stream_results`] report.
+enum Msg {
+    /// The outcome of the job at this (global) index.
+    Result(u64, Outcome),
+    /// A segment stopped taking input after `taken` jobs: the input went
+    /// quiet or ended. Sent exactly once per segment, before `Done`.
+    Paused { taken: u64 },
+    /// A segment delivered all its results.
+    Done,
+}
+
+/// The input of one stream: jobs until the input goes quiet. It waits for
+/// a line only while it has handed out nothing, so the stream that pulls
+/// from it is never stuck on the input while it holds results.
+struct Segment<'a, 'p> {
+    jobs: &'a Mutex<Jobs<'p>>,
+    taken: u64,
+    paused: bool,
+    tx: Sender<Msg>,
+}
+
+impl Segment<'_, '_> {
+    fn pause(&mut self) {
+        if !self.paused {
+            self.paused = true;
+            let _ = self.tx.send(Msg::Paused { taken: self.taken });
+        }
+    }
+}
+
+impl Iterator for Segment<'_, '_> {
+    type Item = Result<RawJob, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.paused {
+            return None;
+        }
+        let pulled = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pull(self.taken == 0);
+        match pulled {
+            Pull::Job(job) => {
+                self.taken += 1;
+                Some(job)
+            }
+            Pull::Quiet | Pull::End => {
+                self.pause();
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Segment<'_, '_> {
+    fn drop(&mut self) {
+        // Even if its stream ends early: the writer counts on it.
+        self.pause();
+    }
+}
+
+/// Runs the jobs through the pool and hands each outcome to `emit` with
+/// its index (in input order when `ordered`); stops at `emit`'s first
+/// error.
+///
+/// One [`Pool::imap_raw`] stream pulls its input synchronously, so a stream
+/// fed by a quiet pipe would sit on the results it already has. Instead
+/// the input is cut into segments at its quiet moments: each segment is a
+/// stream on a thread of its own that ends taking input when no line came
+/// for [`input::QUIET`], then delivers its results while the next segment
+/// waits for the next line. Each stream keeps its window (bounded memory);
+/// at most [`MAX_SEGMENTS`] run at once; the indices run on across
+/// segments and ordered output is reassembled here, so the output is the
+/// same as one stream's.
+fn stream_results<'scope, 'env>(
+    s: &'scope Scope<'scope, 'env>,
+    pool: &'env Pool,
+    jobs: &'env Mutex<Jobs<'env>>,
+    ordered: bool,
+    chunksize: usize,
+    mut emit: impl FnMut(u64, &Outcome) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+    let spawn = |offset: u64| {
+        let tx = tx.clone();
+        let segment = Segment {
+            jobs,
+            taken: 0,
+            paused: false,
+            tx: tx.clone(),
+        };
+        s.spawn(move || {
+            for (i, outcome) in pool.imap_raw(segment, ordered, chunksize) {
+                if tx.send(Msg::Result(offset + i, outcome)).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Msg::Done);
+        });
+    };
+    spawn(0);
+    let (mut live, mut offset, mut want_segment) = (1usize, 0u64, false);
+    let mut held: BTreeMap<u64, Outcome> = BTreeMap::new();
+    let mut next_out = 0u64;
+    while live > 0 {
+        let Ok(msg) = rx.recv() else { break };
+        match msg {
+            Msg::Result(i, outcome) if !ordered => emit(i, &outcome)?,
+            Msg::Result(i, outcome) => {
+                held.insert(i, outcome);
+                while let Some(outcome) = held.remove(&next_out) {
+                    emit(next_out, &outcome)?;
+                    next_out += 1;
+                }
+            }
+            Msg::Paused { taken } => {
+                offset += taken;
+                want_segment = !jobs.lock().unwrap_or_else(|e| e.into_inner()).is_done();
+            }
+            Msg::Done => live -= 1,
+        }
+        if want_segment && live < MAX_SEGMENTS {
+            want_segment = false;
+            live += 1;
+            spawn(offset);
+        }
+    }
+    Ok(())
+}
+
+/// A pool start error that does not say which file it is about (the zygote
+/// died while loading) gets the plugin files named.
+fn name_the_plugins(args: &Args, e: billiard_host::PoolError) -> String {
+    let msg = e.to_string();
+    let paths: Vec<String> = std::iter::once(&args.plugin)
+        .chain(&args.more_plugins)
+        .map(|p| p.display().to_string())
+        .collect();
+    if !matches!(e, billiard_host::PoolError::PluginLoad(_))
+        || paths.iter().any(|p| msg.contains(p.as_str()))
+    {
+        return msg;
+    }
+    match paths.as_slice() {
+        [one] => format!("cannot load plugin {one}: {msg}"),
+        many => format!("cannot load the plugins {}: {msg}", many.join(", ")),
+    }
+}
+
+/// What a path names, for telling whether two paths are one file: the
+/// inode of an existing file (symlinks followed, hard links included), else
+/// the absolute path (its directory resolved) it would be created at.
+#[derive(PartialEq, Eq)]
+enum FileId {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        return Some(FileId::Inode(m.dev(), m.ino()));
+    }
+    let name = path.file_name()?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(FileId::Path(std::fs::canonicalize(dir).ok()?.join(name)))
+}
+
+/// The identity of an open standard stream, when it is a regular file
+/// (`< jobs.jsonl`, `>> jobs.jsonl`).
+fn stream_id(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+    let m = f.metadata().ok()?;
+    m.is_file().then(|| FileId::Inode(m.dev(), m.ino()))
+}
+
+/// Refuses `--output` or `--stats-json` naming the input file (directly,
+/// through a symlink or a hard link), and one file named by both.
+fn check_distinct_files(args: &Args) -> Result<(), String> {
+    use std::os::fd::AsFd;
+    let named = |p: &Option<PathBuf>| p.as_ref().filter(|p| p.as_os_str() != "-").cloned();
+    let input_path = if args.args.is_some() {
+        None
+    } else {
+        Some(args.input.clone().unwrap_or_else(|| "-".into()))
+    };
+    let input = match &input_path {
+        Some(p) if p.as_os_str() == "-" => {
+            stream_id(std::io::stdin().as_fd()).map(|id| (id, "the standard input".to_string()))
+        }
+        Some(p) => file_id(p).map(|id| (id, format!("--input {}", p.display()))),
+        None => None,
+    };
+    let output = match named(&args.output) {
+        Some(p) => file_id(&p).map(|id| (id, format!("--output {}", p.display()))),
+        None => {
+            stream_id(std::io::stdout().as_fd()).map(|id| (id, "the standard output".to_string()))
+        }
+    };
+    let stats = named(&args.stats_json)
+        .and_then(|p| file_id(&p).map(|id| (id, format!("--stats-json {}", p.display()))));
+    for (written, what) in [&output, &stats].into_iter().flatten() {
+        if let Some((id, input)) = &input {
+            if id == written {
+                return Err(format!(
+                    "{what} is the input file ({input}): writing it would destroy the jobs \
+                     before they are read; write the results to another file"
+                ));
+            }
+        }
+    }
+    if let (Some((a, what_a)), Some((b, what_b))) = (&output, &stats) {
+        if a == b {
+            return Err(format!(
+                "{what_a} and {what_b} are the same file: the statistics would \
+                 overwrite the results; give them different files"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolError> {
@@ -371,6 +629,9 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
     .apply(b);
     if let Some(d) = args.time_limit {
         b = b.time_limit(d);
+    }
+    if let Some(d) = args.load_timeout {
+        b = b.load_timeout(d);
     }
     b.build()
 }

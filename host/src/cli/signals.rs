@@ -98,8 +98,11 @@ pub fn watch<'scope, 'env>(
                     _ => "SIGHUP",
                 };
                 if sig == SIGHUP {
-                    match pool.restart() {
-                        Ok(()) => say("SIGHUP: reloading the plugins (rolling restart)"),
+                    // Not waited for here: the new files load while the
+                    // current workers serve, and the pool logs whether the
+                    // reload took ("the plugins were reloaded") or failed.
+                    match pool.restart_in_background() {
+                        Ok(()) => say("SIGHUP: loading the plugin files again (rolling restart)"),
                         Err(e) => say(&format!("SIGHUP: cannot restart the pool: {e}")),
                     }
                 } else if first.is_some_and(|(s, at)| s == sig && at.elapsed() < REPEAT) {

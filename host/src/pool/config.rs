@@ -66,6 +66,9 @@ pub struct PoolConfig {
     /// before the pool stops forking and fails pending jobs.
     pub max_start_failures: u32,
     pub restart_window: Duration,
+    /// How long a zygote may take to load the plugins (their constructors
+    /// run then) before the start, or a reload, is given up.
+    pub load_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -88,6 +91,7 @@ impl Default for PoolConfig {
             imap_window: 4096,
             max_start_failures: 10,
             restart_window: Duration::from_secs(10),
+            load_timeout: Duration::from_secs(60),
         }
     }
 }

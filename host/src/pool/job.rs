@@ -153,6 +153,9 @@ pub struct Dispatch {
     pub count: u32,
     pub plugin: u16,
     pub task: u32,
+    /// The plugin generation `plugin`/`task` index (0: raw indices); the
+    /// supervisor maps them onto the generation of the worker it picks.
+    pub gen: u64,
     pub codec: Codec,
     /// The encoded arguments (count == 1) or argument records (count > 1).
     pub payload: Arc<Vec<u8>>,

@@ -132,6 +132,12 @@ impl PoolBuilder {
         self.cfg.imap_window = jobs;
         self
     }
+    /// How long the zygote may take to load the plugins (at start and on
+    /// every `restart`) before the load is given up (default 60 s).
+    pub fn load_timeout(mut self, d: Duration) -> Self {
+        self.cfg.load_timeout = d;
+        self
+    }
     /// Stop forking after `failures` workers died at start within `window`.
     pub fn restart_limit(mut self, failures: u32, window: Duration) -> Self {
         self.cfg.max_start_failures = failures;
@@ -159,17 +165,38 @@ pub struct Pool {
     waker: Arc<mio::Waker>,
     thread: Option<JoinHandle<()>>,
     callback_thread: Option<JoinHandle<()>>,
-    plugins: Vec<PluginInfo>,
+    /// The generation of plugins the newest zygote loaded (a rolling
+    /// restart replaces it once the new files are loaded).
+    live: supervisor::LiveGeneration,
     next_job: Arc<AtomicU64>,
     closed: AtomicBool,
     cfg: PoolConfig,
 }
 
-/// A task resolved to the indices the ABI uses.
+/// A task resolved to the indices the ABI uses, in the plugin generation
+/// it was resolved against. A reload (`Pool::restart`) may reorder, add or
+/// remove tasks: the supervisor maps each job onto the generation of the
+/// worker that runs it by name, so a cached `TaskRef` never runs another
+/// task, and a task gone after the reload ends `unknown_task`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskRef {
     pub plugin: u16,
     pub task: u32,
+    /// The generation the indices refer to; 0: raw indices, taken as they
+    /// are by whatever generation runs the job.
+    pub gen: u64,
+}
+
+impl TaskRef {
+    /// Raw indices, not tied to a generation (for tools that speak the ABI
+    /// directly).
+    pub fn raw(plugin: u16, task: u32) -> TaskRef {
+        TaskRef {
+            plugin,
+            task,
+            gen: 0,
+        }
+    }
 }
 
 const SCOREBOARD_SLOTS: usize = 1024;
@@ -218,6 +245,8 @@ impl Pool {
             })
             .map_err(io("cannot start the callback thread"))?;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let live = supervisor::LiveGeneration::default();
+        let sup_live = live.clone();
         let sup_cfg = cfg.clone();
         let sink = events::EventSink::new(events);
         // The supervisor thread starts the zygote itself: the zygote dies
@@ -226,16 +255,17 @@ impl Pool {
         let thread = std::thread::Builder::new()
             .name("billiard-supervisor".into())
             .spawn(move || {
-                let (mut sup, waker) = match Supervisor::new(sup_cfg, rx, board, cb_tx, sink) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(TaskError::new(
-                            ErrorKind::PluginLoad,
-                            format!("cannot start the supervisor: {e}"),
-                        )));
-                        return;
-                    }
-                };
+                let (mut sup, waker) =
+                    match Supervisor::new(sup_cfg, rx, board, cb_tx, sink, sup_live) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(TaskError::new(
+                                ErrorKind::PluginLoad,
+                                format!("cannot start the supervisor: {e}"),
+                            )));
+                            return;
+                        }
+                    };
                 match sup.start_zygote(forked) {
                     Ok(plugins) => {
                         let _ = ready_tx.send(Ok((plugins, waker)));
@@ -277,16 +307,27 @@ impl Pool {
             waker,
             thread: Some(thread),
             callback_thread: Some(callback_thread),
-            plugins,
+            live,
             next_job: Arc::new(AtomicU64::new(1)),
             closed: AtomicBool::new(false),
             cfg,
         })
     }
 
-    /// The plugins the workers loaded, in the order given to the builder.
-    pub fn plugins(&self) -> &[PluginInfo] {
-        &self.plugins
+    /// The plugins of the live generation (what the newest zygote loaded;
+    /// after a rolling restart, the reloaded files), in the order given to
+    /// the builder.
+    pub fn plugins(&self) -> Arc<Vec<PluginInfo>> {
+        self.generation().plugins
+    }
+
+    /// The live plugin generation and its number (1 at start, one more per
+    /// successful reload or zygote replacement).
+    pub fn generation(&self) -> supervisor::Generation {
+        self.live
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -296,15 +337,17 @@ impl Pool {
     /// Resolves `plugin` (its name; may be empty when only one plugin is
     /// loaded) and `task`.
     pub fn task_ref(&self, plugin: &str, task: &str) -> Result<TaskRef, TaskError> {
-        let (pi, p) = if plugin.is_empty() && self.plugins.len() == 1 {
-            (0, &self.plugins[0])
+        let live = self.generation();
+        let plugins = &live.plugins;
+        let (pi, p) = if plugin.is_empty() && plugins.len() == 1 {
+            (0, &plugins[0])
         } else {
-            self.plugins
+            plugins
                 .iter()
                 .enumerate()
                 .find(|(_, p)| p.name == plugin)
                 .ok_or_else(|| {
-                    let names: Vec<&str> = self.plugins.iter().map(|p| p.name.as_str()).collect();
+                    let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
                     TaskError::new(
                         ErrorKind::UnknownTask,
                         format!(
@@ -320,19 +363,21 @@ impl Pool {
         Ok(TaskRef {
             plugin: pi as u16,
             task,
+            gen: live.gen,
         })
     }
 
     /// Finds a task by name in whichever plugin has it; `plugin.task` picks
     /// a plugin explicitly. Ambiguous names are an error.
     pub fn find_task(&self, name: &str) -> Result<TaskRef, TaskError> {
+        let live = self.generation();
+        let plugins = &live.plugins;
         if let Some((plugin, task)) = name.split_once('.') {
-            if self.plugins.iter().any(|p| p.name == plugin) {
+            if plugins.iter().any(|p| p.name == plugin) {
                 return self.task_ref(plugin, task);
             }
         }
-        let hits: Vec<(usize, u32)> = self
-            .plugins
+        let hits: Vec<(usize, u32)> = plugins
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.task_index(name).map(|t| (i, t)))
@@ -341,10 +386,10 @@ impl Pool {
             [(p, t)] => Ok(TaskRef {
                 plugin: *p as u16,
                 task: *t,
+                gen: live.gen,
             }),
             [] => {
-                let all: Vec<String> = self
-                    .plugins
+                let all: Vec<String> = plugins
                     .iter()
                     .flat_map(|p| {
                         p.tasks
@@ -363,7 +408,7 @@ impl Pool {
             _ => {
                 let names: Vec<String> = hits
                     .iter()
-                    .map(|(p, _)| format!("{}.{name}", self.plugins[*p].name))
+                    .map(|(p, _)| format!("{}.{name}", plugins[*p].name))
                     .collect();
                 Err(TaskError::new(
                     ErrorKind::UnknownTask,
@@ -421,6 +466,21 @@ impl Pool {
         self.apply_raw_with(target, codec, args, limits, None)
     }
 
+    /// Like [`Pool::apply_raw`], and `then` runs with the outcome on the
+    /// pool's callback thread as soon as it is known (no thread per job).
+    /// `then` is not run if the pool shuts down before the job is done
+    /// (the handle still reports `terminated`).
+    pub fn apply_raw_then(
+        &self,
+        target: TaskRef,
+        codec: Codec,
+        args: Vec<u8>,
+        limits: Limits,
+        then: impl FnOnce(&Outcome) + Send + 'static,
+    ) -> Result<RawResult, TaskError> {
+        self.apply_raw_with(target, codec, args, limits, Some(Box::new(then)))
+    }
+
     fn apply_raw_with(
         &self,
         target: TaskRef,
@@ -436,6 +496,7 @@ impl Pool {
             count: 1,
             plugin: target.plugin,
             task: target.task,
+            gen: target.gen,
             codec,
             payload: Arc::new(args),
             limits,
@@ -600,6 +661,7 @@ impl Pool {
             count,
             plugin: target.plugin,
             task: target.task,
+            gen: target.gen,
             codec,
             payload: Arc::new(payload),
             limits,
@@ -722,9 +784,22 @@ impl Pool {
     }
 
     /// Rolling restart: reloads the plugin files in a new zygote and
-    /// replaces every worker after its current job (hot reload).
+    /// replaces every worker after its current job (hot reload). Returns
+    /// once the new files are loaded and jobs submitted from then on run on
+    /// them; the pool keeps serving with the current workers meanwhile.
+    /// If the reload fails (a file is missing or not a plugin, its
+    /// constructor dies or takes longer than the load timeout) the current
+    /// generation keeps serving and the error says why (`plugin_load`).
     pub fn restart(&self) -> Result<(), TaskError> {
-        self.send(Cmd::Restart)
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Cmd::Restart(Some(tx)))?;
+        rx.recv().map_err(|_| gone())?
+    }
+
+    /// Starts a rolling restart and returns at once (see [`Pool::restart`]);
+    /// the outcome is logged.
+    pub fn restart_in_background(&self) -> Result<(), TaskError> {
+        self.send(Cmd::Restart(None))
     }
 
     pub fn stats(&self) -> Result<Stats, TaskError> {

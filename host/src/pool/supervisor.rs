@@ -33,6 +33,9 @@ pub const WAKER: Token = Token(0);
 const MAX_UNSTARTED_RETRIES: u32 = 2;
 /// Lines of worker output kept for `worker_lost` messages.
 const TAIL_LINES: usize = 12;
+/// Bytes of one worker's output read per event-loop turn (see
+/// `output_readable`).
+const OUTPUT_BUDGET: usize = 1 << 20;
 
 /// Requests from the API to the supervisor thread.
 pub enum Cmd {
@@ -40,7 +43,9 @@ pub enum Cmd {
     TerminateJob(JobId, Sender<bool>),
     Grow(usize),
     Shrink(usize),
-    Restart,
+    /// A rolling restart; the reply (if any) says when the new generation
+    /// serves, or why the reload failed.
+    Restart(Option<Sender<Result<(), TaskError>>>),
     /// Finish queued and running jobs, then stop.
     Close,
     /// Stop now: kill workers, every unfinished job gets `terminated`.
@@ -58,11 +63,50 @@ struct Zygote {
     pid: i32,
     child: Option<std::process::Child>,
     token: Token,
-    /// Plugins as this zygote loaded them.
+    /// Plugins as this zygote loaded them (empty until `ready`).
     plugins: Vec<PluginInfo>,
     alive: bool,
     retired: bool,
+    /// It said hello: the plugins are loaded and it forks workers.
+    ready: bool,
+    /// Why it was started (what a failed start means).
+    purpose: Start,
+    /// Its stdout/stderr while it loads (then handed to a log thread).
+    output: Option<OwnedFd>,
+    /// Who waits for it to be ready (`Pool::restart`).
+    on_ready: Option<Sender<Result<(), TaskError>>>,
 }
+
+/// Why a zygote was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The pool's first: `Pool::build` waits for it.
+    Initial,
+    /// A rolling restart (`Pool::restart`, SIGHUP): until it is ready the
+    /// current generation serves; if it fails, that generation stays.
+    Restart,
+    /// The previous zygote died.
+    Replace,
+}
+
+/// A zygote process just started, before it is registered.
+struct Launched {
+    fd: OwnedFd,
+    pid: i32,
+    child: Option<std::process::Child>,
+    output: Option<OwnedFd>,
+}
+
+/// The plugins of one zygote generation, as the pool's API resolves task
+/// names against them (`Pool::task_ref`, `find_task`, `plugins`).
+#[derive(Debug, Clone, Default)]
+pub struct Generation {
+    pub gen: u64,
+    pub plugins: Arc<Vec<PluginInfo>>,
+}
+
+/// The live generation, shared with the `Pool` handle.
+pub type LiveGeneration = Arc<std::sync::RwLock<Generation>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kill {
@@ -78,11 +122,14 @@ struct Worker {
     slot: u32,
     pid: i32,
     pidfd: OwnedFd,
+    pidfd_token: Token,
+    /// Set once the pidfd said the process is gone (the zygote's exit
+    /// report may still be on its way).
+    dead: bool,
     sock: mio::net::UnixStream,
     sock_token: Token,
     output: Option<(mio::unix::pipe::Receiver, Token)>,
-    out_partial: Vec<u8>,
-    tail: VecDeque<String>,
+    out: OutputTail,
     reader: FrameReader,
     outq: VecDeque<OutItem>,
     inflight: VecDeque<Dispatch>,
@@ -94,6 +141,11 @@ struct Worker {
     /// Its socket failed or closed; waiting for the zygote's exit report.
     broken: bool,
     kill: Option<Kill>,
+    /// How it ended when no exit report tells (see `exit_report_overdue`).
+    lost_how: Option<String>,
+    /// Its socket closed mid-job and the pool killed it for that (so a
+    /// "killed by SIGKILL" is the pool's doing, not an outside kill).
+    killed_at_eof: bool,
     dispatches_done: u64,
 }
 
@@ -106,9 +158,32 @@ struct OutItem {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
-    Soft,
-    Hard,
+    /// The soft limit of (worker, job).
+    Soft(WorkerId, JobId),
+    /// The hard limit of (worker, job).
+    Hard(WorkerId, JobId),
+    /// A worker's pidfd said it died, but its zygote has not reported how:
+    /// past this deadline the death is final without the report (a
+    /// stopped or wedged zygote must not stall the pool).
+    ExitReport(WorkerId),
+    /// A zygote of this generation must have loaded the plugins by now.
+    ZygoteStart(u64),
 }
+
+/// What a registered poll token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Sock,
+    Output,
+    /// The worker's pidfd: readable once the process has exited.
+    Pidfd,
+}
+
+/// How long a worker's death (seen on its pidfd) waits for the zygote's
+/// exit report, which carries the signal and rusage, before it is final.
+const EXIT_REPORT_GRACE: Duration = Duration::from_millis(500);
+/// How long a zygote gets to exit after being asked, before it is killed.
+const ZYGOTE_EXIT_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Supervisor {
     cfg: PoolConfig,
@@ -119,13 +194,21 @@ pub struct Supervisor {
     events: EventSink,
     zygotes: Vec<Zygote>,
     gen: u64,
+    /// Every generation's plugins, to map a job's task (resolved against
+    /// the generation of its `TaskRef`) onto the worker's generation.
+    generations: HashMap<u64, Arc<Vec<PluginInfo>>>,
+    live: LiveGeneration,
+    /// The `Pool::restart` caller of a zygote start that just failed.
+    reload_waiter: Option<Sender<Result<(), TaskError>>>,
     workers: HashMap<WorkerId, Worker>,
-    tokens: HashMap<Token, (WorkerId, bool)>,
+    tokens: HashMap<Token, (WorkerId, Source)>,
     next_token: usize,
     next_worker: u64,
     free_slots: Vec<u32>,
     queue: VecDeque<Dispatch>,
-    timers: BinaryHeap<Reverse<(Instant, TimerKind, WorkerId, JobId)>>,
+    /// Workers with output left to read after their budget ran out.
+    output_backlog: Vec<WorkerId>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKind)>>,
     target: usize,
     /// Spawn requests not answered yet: worker id → (slot, zygote generation).
     pending_spawns: HashMap<u64, (u32, u64)>,
@@ -147,8 +230,12 @@ impl Supervisor {
         board: Arc<Scoreboard>,
         callbacks: Sender<CallbackJob>,
         events: EventSink,
+        live: LiveGeneration,
     ) -> std::io::Result<(Supervisor, Arc<Waker>)> {
         let poll = Poll::new()?;
+        // The OOM-kill counter's baseline: later deaths by an outside
+        // SIGKILL are named as OOM kills when it has moved.
+        let _ = sys::oom_kills_since_start();
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let slots = board.capacity() as u32;
         let target = cfg.workers;
@@ -162,12 +249,16 @@ impl Supervisor {
                 events,
                 zygotes: Vec::new(),
                 gen: 0,
+                generations: HashMap::new(),
+                live,
+                reload_waiter: None,
                 workers: HashMap::new(),
                 tokens: HashMap::new(),
                 next_token: 1,
                 next_worker: 1,
                 free_slots: (0..slots).rev().collect(),
                 queue: VecDeque::new(),
+                output_backlog: Vec::new(),
                 timers: BinaryHeap::new(),
                 target,
                 pending_spawns: HashMap::new(),
@@ -185,12 +276,18 @@ impl Supervisor {
         Token(self.next_token)
     }
 
-    /// Starts a zygote (forkserver/spawn: exec of the worker executable;
-    /// fork: `forked` is the already-forked one) and waits for its hello.
-    pub fn start_zygote(&mut self, forked: Option<(OwnedFd, i32)>) -> Ready {
+    /// Starts a zygote process (forkserver/spawn: exec of the worker
+    /// executable; fork: `forked` is the already-forked one). It loads the
+    /// plugins and then says hello; nothing here waits for that.
+    fn launch_zygote(&mut self, forked: Option<(OwnedFd, i32)>) -> Result<Launched, TaskError> {
         let load_err = |reason: String| TaskError::new(ErrorKind::PluginLoad, reason);
-        let (fd, pid, child, output) = match forked {
-            Some((fd, pid)) => (fd, pid, None, None),
+        Ok(match forked {
+            Some((fd, pid)) => Launched {
+                fd,
+                pid,
+                child: None,
+                output: None,
+            },
             None => {
                 let exe = super::config::find_worker_exe(self.cfg.worker_exe.as_ref())
                     .map_err(load_err)?;
@@ -212,68 +309,246 @@ impl Supervisor {
                 )
                 .map_err(|e| load_err(format!("cannot start the zygote {}: {e}", exe.display())))?;
                 let pid = child.id() as i32;
-                (ours, pid, Some(child), Some(out_r))
+                Launched {
+                    fd: ours,
+                    pid,
+                    child: Some(child),
+                    output: Some(out_r),
+                }
             }
-        };
-        // Wait (bounded) for the hello: the zygote loads every plugin first.
+        })
+    }
+
+    /// Starts the first zygote and waits (at most `load_timeout`) for it to
+    /// load the plugins: `Pool::build` returns only once they are loaded.
+    pub fn start_zygote(&mut self, forked: Option<(OwnedFd, i32)>) -> Ready {
+        let z = self.launch_zygote(forked)?;
         let mut buf = vec![0u8; 4 << 20];
-        let hello = wait_hello(&fd, &mut buf, Duration::from_secs(60));
-        let plugins = match hello {
-            Ok(ZygoteMsg::Hello { plugins: Ok(p), .. }) => p,
-            Ok(ZygoteMsg::Hello {
+        let hello = wait_hello(&z.fd, &mut buf, self.cfg.load_timeout);
+        let hello = match hello {
+            Ok(msg) => msg,
+            Err(e) => return Err(self.load_failure(z, &e)),
+        };
+        let gen = self.gen + 1;
+        self.install_zygote(z, gen, Start::Initial)?;
+        let zi = self.zygotes.len() - 1;
+        self.zygote_hello(zi, hello)
+    }
+
+    /// Starts a zygote for a restart or to replace a dead one, without
+    /// waiting: its hello arrives through the event loop (`zygote_hello`),
+    /// and `load_timeout` later it is given up (`TimerKind::ZygoteStart`).
+    fn begin_zygote(&mut self, purpose: Start) -> Result<(), TaskError> {
+        // A newer reload supersedes one still loading.
+        let stale: Vec<u64> = self
+            .zygotes
+            .iter()
+            .filter(|z| !z.ready && z.alive)
+            .map(|z| z.gen)
+            .collect();
+        for gen in stale {
+            if let Some(zi) = self.zygotes.iter().position(|z| z.gen == gen) {
+                self.zygote_start_failed(zi, "superseded by a newer restart".into());
+            }
+        }
+        let z = self.launch_zygote(None)?;
+        let gen = self.gen + 1;
+        self.install_zygote(z, gen, purpose)?;
+        self.timers.push(Reverse((
+            Instant::now() + self.cfg.load_timeout,
+            TimerKind::ZygoteStart(gen),
+        )));
+        Ok(())
+    }
+
+    /// Registers a launched zygote (not ready until its hello).
+    fn install_zygote(&mut self, z: Launched, gen: u64, purpose: Start) -> Result<(), TaskError> {
+        let load_err = |reason: String| TaskError::new(ErrorKind::PluginLoad, reason);
+        if let Err(e) = sys::set_nonblocking(&z.fd, true) {
+            return Err(self.load_failure(z, &format!("zygote socket: {e}")));
+        }
+        let token = self.token();
+        if let Err(e) = self.poll.registry().register(
+            &mut mio::unix::SourceFd(&z.fd.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        ) {
+            let msg = format!("cannot watch the zygote: {e}");
+            let _ = self.load_failure(z, &msg);
+            return Err(load_err(msg));
+        }
+        self.gen = gen;
+        self.zygotes.push(Zygote {
+            gen,
+            fd: z.fd,
+            pid: z.pid,
+            child: z.child,
+            token,
+            plugins: Vec::new(),
+            alive: true,
+            retired: false,
+            ready: false,
+            purpose,
+            output: z.output,
+            on_ready: None,
+        });
+        Ok(())
+    }
+
+    /// The first message of a zygote that is loading the plugins.
+    fn zygote_hello(&mut self, zi: usize, msg: ZygoteMsg) -> Ready {
+        let plugins = match msg {
+            ZygoteMsg::Hello { plugins: Ok(p), .. } => p,
+            ZygoteMsg::Hello {
                 plugins: Err(e), ..
-            }) => {
-                reap_zygote(child, pid);
-                return Err(e.into());
+            } => {
+                // A plugin refused to load; the zygote exits by itself.
+                let e: TaskError = e.into();
+                let (z, purpose) = self.remove_zygote(zi);
+                drop(z.fd);
+                drop(z.output);
+                reap_zygote(z.child, z.pid);
+                self.start_outcome(purpose, &e.message);
+                return Err(e);
             }
-            Ok(_) => {
-                return Err(load_err(
-                    "the zygote sent an unexpected first message".into(),
-                ))
-            }
-            Err(e) => {
-                let output = output.map(drain_text).unwrap_or_default();
-                let status = reap_zygote(child, pid);
-                return Err(load_err(format!(
-                    "the zygote died while loading the plugins ({e}; {status}){}",
-                    if output.trim().is_empty() {
-                        String::new()
-                    } else {
-                        format!("; its output:\n{}", output.trim_end())
-                    }
-                )));
+            _ => {
+                let why = "the zygote sent an unexpected first message".to_string();
+                self.zygote_start_failed(zi, why.clone());
+                return Err(TaskError::new(ErrorKind::PluginLoad, why));
             }
         };
-        if let Err(e) = sys::set_nonblocking(&fd, true) {
-            return Err(load_err(format!("zygote socket: {e}")));
-        }
+        let z = &mut self.zygotes[zi];
+        z.ready = true;
+        z.plugins = plugins.clone();
+        let on_ready = z.on_ready.take();
+        let (gen, pid, purpose) = (z.gen, z.pid, z.purpose);
         // Zygote output (rare: plugin constructors printing) goes to the log.
-        if let Some(o) = output {
+        if let Some(o) = z.output.take() {
             std::thread::Builder::new()
                 .name("billiard-zygote-log".into())
                 .spawn(move || forward_lines(o, pid))
                 .ok();
         }
-        self.gen += 1;
-        let token = self.token();
-        if let Err(e) = self.poll.registry().register(
-            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
-            token,
-            Interest::READABLE,
-        ) {
-            return Err(load_err(format!("cannot watch the zygote: {e}")));
+        let plugins = Arc::new(plugins);
+        self.generations.insert(gen, plugins.clone());
+        if let Ok(mut live) = self.live.write() {
+            *live = Generation { gen, plugins };
         }
-        self.zygotes.push(Zygote {
-            gen: self.gen,
-            fd,
-            pid,
-            child,
-            token,
-            plugins: plugins.clone(),
-            alive: true,
-            retired: false,
-        });
-        Ok(plugins)
+        match purpose {
+            Start::Initial => {}
+            Start::Replace => tracing::info!("a new zygote (pid {pid}) loaded the plugins"),
+            Start::Restart => {
+                tracing::info!(
+                    "rolling restart: the plugins were reloaded (generation {gen}, zygote pid {pid}); the workers are replaced as they finish their jobs"
+                );
+                for z in self.zygotes.iter_mut().filter(|z| z.gen != gen) {
+                    z.retired = true;
+                }
+                for w in self.workers.values_mut().filter(|w| w.gen != gen) {
+                    w.leaving = true;
+                }
+                self.stats.restarts += 1;
+                self.retire_idle_leavers();
+                let old: Vec<u64> = self
+                    .zygotes
+                    .iter()
+                    .filter(|z| z.retired)
+                    .map(|z| z.gen)
+                    .collect();
+                for g in old {
+                    self.maybe_finish_zygote(g);
+                }
+            }
+        }
+        if let Some(reply) = on_ready {
+            let _ = reply.send(Ok(()));
+        }
+        Ok(self.generations[&gen].as_ref().clone())
+    }
+
+    /// A zygote that was loading the plugins failed (or took too long):
+    /// it is ended, and the pool goes on as it was (a failed reload keeps
+    /// the current workers) or, if it was to replace a dead zygote, stops
+    /// forking.
+    fn zygote_start_failed(&mut self, zi: usize, why: String) {
+        let (launched, purpose) = self.remove_zygote(zi);
+        let err = self.load_failure(launched, &why);
+        self.start_outcome(purpose, &err.message);
+    }
+
+    /// What a failed zygote start means for the pool.
+    fn start_outcome(&mut self, purpose: Start, why: &str) {
+        if let Some(reply) = self.reload_waiter.take() {
+            let _ = reply.send(Err(TaskError::new(ErrorKind::PluginLoad, why)));
+        }
+        match purpose {
+            Start::Initial => {}
+            Start::Restart => {
+                tracing::error!("the reload failed, the current workers keep serving: {why}")
+            }
+            Start::Replace => {
+                self.stop_forking(format!("the zygote died and could not be replaced: {why}"))
+            }
+        }
+    }
+
+    /// Takes a zygote out of the pool's books (and out of the poll set).
+    fn remove_zygote(&mut self, zi: usize) -> (Launched, Start) {
+        let mut z = self.zygotes.remove(zi);
+        self.reload_waiter = z.on_ready.take();
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut mio::unix::SourceFd(&z.fd.as_raw_fd()));
+        let purpose = z.purpose;
+        (
+            Launched {
+                fd: z.fd,
+                pid: z.pid,
+                child: z.child.take(),
+                output: z.output.take(),
+            },
+            purpose,
+        )
+    }
+
+    /// Ends a zygote that did not load the plugins and says why, with its
+    /// exit status and whatever it printed.
+    fn load_failure(&mut self, z: Launched, why: &str) -> TaskError {
+        // SIGKILL first: a zygote still inside a plugin constructor would
+        // not read its socket.
+        let _ = sys::kill_pid(z.pid, sys::SIGKILL);
+        drop(z.fd);
+        let output = z.output.map(drain_text).unwrap_or_default();
+        let status = reap_zygote(z.child, z.pid);
+        let files: Vec<String> = self
+            .cfg
+            .plugins
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        TaskError::new(
+            ErrorKind::PluginLoad,
+            format!(
+                "the zygote died while loading the plugins ({}): {why} ({status}){}",
+                files.join(", "),
+                if output.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!("; its output:\n{}", output.trim_end())
+                }
+            ),
+        )
+    }
+
+    fn zygote_start_timeout(&mut self, gen: u64) {
+        if let Some(zi) = self.zygotes.iter().position(|z| z.gen == gen && !z.ready) {
+            let why = format!(
+                "it did not finish loading them within {} (does a plugin's constructor block?)",
+                humantime::format_duration(self.cfg.load_timeout)
+            );
+            self.zygote_start_failed(zi, why);
+        }
     }
 
     /// The event loop. Returns when the pool is closed and drained, or
@@ -286,10 +561,13 @@ impl Supervisor {
             if self.finished() {
                 break;
             }
-            let timeout = self
-                .timers
-                .peek()
-                .map(|Reverse((t, ..))| t.saturating_duration_since(Instant::now()));
+            let timeout = if self.output_backlog.is_empty() {
+                self.timers
+                    .peek()
+                    .map(|Reverse((t, ..))| t.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!("supervisor poll failed: {e}");
@@ -306,18 +584,23 @@ impl Supervisor {
                     }
                 } else if self.zygotes.iter().any(|z| z.token == token) {
                     self.zygote_readable(token);
-                } else if let Some(&(wid, is_sock)) = self.tokens.get(&token) {
-                    if is_sock {
-                        if ev.is_writable() {
-                            self.flush(wid);
+                } else if let Some(&(wid, source)) = self.tokens.get(&token) {
+                    match source {
+                        Source::Sock => {
+                            if ev.is_writable() {
+                                self.flush(wid);
+                            }
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                self.worker_readable(wid);
+                            }
                         }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.worker_readable(wid);
-                        }
-                    } else {
-                        self.output_readable(wid);
+                        Source::Output => self.output_readable(wid),
+                        Source::Pidfd => self.worker_pidfd_readable(wid),
                     }
                 }
+            }
+            for wid in std::mem::take(&mut self.output_backlog) {
+                self.output_readable(wid);
             }
             self.fire_timers();
         }
@@ -360,7 +643,7 @@ impl Supervisor {
                 }
                 Cmd::Grow(n) => self.target += n,
                 Cmd::Shrink(n) => self.shrink(n),
-                Cmd::Restart => self.restart(),
+                Cmd::Restart(reply) => self.restart(reply),
                 Cmd::Close => self.closing = true,
                 Cmd::Terminate => {
                     self.terminate_all("the pool was terminated");
@@ -412,7 +695,7 @@ impl Supervisor {
     fn zygote_is_current(&self, gen: u64) -> bool {
         self.zygotes
             .iter()
-            .any(|z| z.gen == gen && z.alive && !z.retired)
+            .any(|z| z.gen == gen && z.alive && z.ready && !z.retired)
     }
 
     fn ensure_workers(&mut self) {
@@ -427,7 +710,10 @@ impl Supervisor {
     }
 
     fn current_zygote(&self) -> Option<&Zygote> {
-        self.zygotes.iter().rev().find(|z| z.alive && !z.retired)
+        self.zygotes
+            .iter()
+            .rev()
+            .find(|z| z.alive && z.ready && !z.retired)
     }
 
     fn spawn_worker(&mut self) -> bool {
@@ -487,11 +773,23 @@ impl Supervisor {
                 return;
             };
             let res = sys::recv_with_fds(&self.zygotes[zi].fd, &mut buf);
+            let ready = self.zygotes[zi].ready;
             match res {
                 Ok(Some((n, fds))) => match ipc::decode_ctl::<ZygoteMsg>(&buf[..n]) {
+                    Ok(msg) if !ready => {
+                        let _ = self.zygote_hello(zi, msg);
+                    }
                     Ok(msg) => self.zygote_msg(msg, fds),
+                    Err(e) if !ready => {
+                        self.zygote_start_failed(zi, format!("garbled hello: {e}"));
+                        return;
+                    }
                     Err(e) => tracing::error!("garbled message from the zygote: {e}"),
                 },
+                Ok(None) if !ready => {
+                    self.zygote_start_failed(zi, "it exited".into());
+                    return;
+                }
                 Ok(None) => {
                     self.zygote_died(zi);
                     return;
@@ -515,8 +813,32 @@ impl Supervisor {
                 let mut fds = fds.into_iter();
                 let (Some(sock), Some(out), Some(pidfd)) = (fds.next(), fds.next(), fds.next())
                 else {
-                    tracing::error!("the zygote sent a worker without its fds");
+                    // The kernel drops passed fds this process has no room
+                    // for (MSG_CTRUNC): out of descriptors. Go on with the
+                    // workers there are (no retry storm), or count a start
+                    // failure when there are none.
                     self.free_slots.push(slot);
+                    let why = format!(
+                        "a new worker's fds did not arrive: {}",
+                        sys::fd_shortage_hint()
+                    );
+                    let live = self
+                        .workers
+                        .values()
+                        .filter(|w| !w.leaving && !w.broken)
+                        .count();
+                    if live > 0 {
+                        if self.target > live {
+                            tracing::error!(
+                                "{why}; going on with {live} workers instead of {}",
+                                self.target
+                            );
+                            self.target = live;
+                        }
+                    } else {
+                        tracing::error!("{why}");
+                        self.start_failed(why);
+                    }
                     return;
                 };
                 self.add_worker(WorkerId(worker), gen, slot, pid, sock, out, pidfd);
@@ -556,19 +878,53 @@ impl Supervisor {
             .deregister(&mut mio::unix::SourceFd(&z.fd.as_raw_fd()));
         let status = reap_zygote(z.child.take(), z.pid);
         let retired = z.retired;
-        // Its workers die with it (PR_SET_PDEATHSIG); nobody will report
-        // their exit status, so finalize them now.
+        // Its workers outlive it while this supervisor lives (they watch
+        // for that: `sys::watch_for_orphaning`), so a task that kills its
+        // zygote costs no other job. Idle ones are ended now; busy ones
+        // finish and report their job, then leave; nobody reports their
+        // exit status, so their pidfds finalize them.
         let orphans: Vec<WorkerId> = self
             .workers
             .values()
             .filter(|w| w.gen == gen)
             .map(|w| w.id)
             .collect();
+        let mut running = Vec::new();
         for wid in orphans {
-            if let Some(w) = self.workers.get(&wid) {
-                let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
+            let Some(w) = self.workers.get_mut(&wid) else {
+                continue;
+            };
+            match w.inflight.front() {
+                Some(d) if !w.broken && w.kill.is_none() => {
+                    w.leaving = true;
+                    // The culprit may have finished already (its kill()
+                    // returned) and its worker moved on: name that job too.
+                    let before = self
+                        .board
+                        .slot(w.slot as usize)
+                        .map(|s| s.finished.load(std::sync::atomic::Ordering::Acquire))
+                        .filter(|&f| f != 0)
+                        .map(|f| format!(", right after job {f}"))
+                        .unwrap_or_default();
+                    running.push(format!(
+                        "job {} on worker {} (pid {}){before}",
+                        d.first_job.0, w.id, w.pid
+                    ));
+                }
+                _ => {
+                    let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
+                    self.worker_exited(wid, None);
+                }
             }
-            self.worker_exited(wid, None);
+        }
+        if !running.is_empty() {
+            // A zygote runs no task code: a death by a signal while jobs
+            // ran is most likely one of their tasks' doing.
+            tracing::error!(
+                "the zygote (pid {}) died ({status}) while these jobs were running: {}; one of their tasks may have killed it; they finish on their workers, which are then replaced",
+                self.zygotes[zi].pid,
+                running.join(", ")
+            );
         }
         let lost: Vec<u64> = self
             .pending_spawns
@@ -587,7 +943,9 @@ impl Supervisor {
         tracing::error!("the zygote died ({status}); starting a new one");
         self.start_failed(format!("the zygote died ({status})"));
         if self.broken.is_none() {
-            if let Err(e) = self.start_zygote(None) {
+            // Started without waiting: running jobs keep being served while
+            // it loads the plugins.
+            if let Err(e) = self.begin_zygote(Start::Replace) {
                 self.stop_forking(format!(
                     "the zygote died ({status}) and could not be restarted: {}",
                     e.message
@@ -619,6 +977,7 @@ impl Supervisor {
         let mut output = mio::unix::pipe::Receiver::from(out);
         let sock_token = self.token();
         let out_token = self.token();
+        let pidfd_token = self.token();
         let reg = self.poll.registry();
         if reg
             .register(
@@ -630,13 +989,21 @@ impl Supervisor {
             || reg
                 .register(&mut output, out_token, Interest::READABLE)
                 .is_err()
+            || reg
+                .register(
+                    &mut mio::unix::SourceFd(&pidfd.as_raw_fd()),
+                    pidfd_token,
+                    Interest::READABLE,
+                )
+                .is_err()
         {
             tracing::error!("worker {id}: cannot watch its sockets");
             let _ = sys::pidfd_send_signal(&pidfd, sys::SIGKILL);
             return;
         }
-        self.tokens.insert(sock_token, (id, true));
-        self.tokens.insert(out_token, (id, false));
+        self.tokens.insert(sock_token, (id, Source::Sock));
+        self.tokens.insert(out_token, (id, Source::Output));
+        self.tokens.insert(pidfd_token, (id, Source::Pidfd));
         self.stats.workers_started += 1;
         self.events.emit(Event::WorkerUp { worker: id, pid });
         self.workers.insert(
@@ -647,11 +1014,12 @@ impl Supervisor {
                 slot,
                 pid,
                 pidfd,
+                pidfd_token,
+                dead: false,
                 sock,
                 sock_token,
                 output: Some((output, out_token)),
-                out_partial: Vec::new(),
-                tail: VecDeque::new(),
+                out: OutputTail::default(),
                 reader: FrameReader::new(self.cfg.max_frame),
                 outq: VecDeque::new(),
                 inflight: VecDeque::new(),
@@ -660,6 +1028,8 @@ impl Supervisor {
                 exit_sent: false,
                 broken: false,
                 kill: None,
+                lost_how: None,
+                killed_at_eof: false,
                 dispatches_done: 0,
             },
         );
@@ -692,7 +1062,64 @@ impl Supervisor {
         self.retire_idle_leavers();
     }
 
-    fn send_dispatch(&mut self, wid: WorkerId, d: Dispatch) {
+    /// Maps a dispatch's task onto the plugin generation of the worker that
+    /// will run it, by name: a reload may have reordered, added or removed
+    /// tasks, so indices of another generation are never sent as they are.
+    fn resolve_for(&self, d: &mut Dispatch, worker_gen: u64) -> Result<(), TaskError> {
+        if d.gen == 0 || d.gen == worker_gen {
+            return Ok(());
+        }
+        let unknown = |why: String| TaskError::new(ErrorKind::UnknownTask, why);
+        let (Some(from), Some(to)) = (
+            self.generations.get(&d.gen),
+            self.generations.get(&worker_gen),
+        ) else {
+            return Err(unknown(format!(
+                "the job names a task of plugin generation {}, which this pool does not know",
+                d.gen
+            )));
+        };
+        let Some(plugin) = from.get(d.plugin as usize) else {
+            return Err(unknown(format!("no plugin #{} is loaded", d.plugin)));
+        };
+        let Some(task) = plugin.tasks.get(d.task as usize) else {
+            return Err(unknown(format!(
+                "plugin `{}` has no task #{}",
+                plugin.name, d.task
+            )));
+        };
+        let Some((pi, now)) = to.iter().enumerate().find(|(_, p)| p.name == plugin.name) else {
+            return Err(unknown(format!(
+                "plugin `{}` is gone since the plugins were reloaded",
+                plugin.name
+            )));
+        };
+        let Some(ti) = now.task_index(&task.name) else {
+            return Err(unknown(format!(
+                "task `{}.{}` is gone since the plugins were reloaded ({} {} now has: {})",
+                plugin.name,
+                task.name,
+                now.name,
+                now.version,
+                now.tasks
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        d.plugin = pi as u16;
+        d.task = ti;
+        d.gen = worker_gen;
+        Ok(())
+    }
+
+    fn send_dispatch(&mut self, wid: WorkerId, mut d: Dispatch) {
+        let worker_gen = self.workers.get(&wid).map(|w| w.gen).unwrap_or(0);
+        if let Err(e) = self.resolve_for(&mut d, worker_gen) {
+            self.fail_dispatch(d, e);
+            return;
+        }
         let h = ipc::RunHeader {
             job: d.first_job.0,
             plugin: d.plugin,
@@ -757,17 +1184,13 @@ impl Supervisor {
         if let Some(soft) = limits.soft {
             self.timers.push(Reverse((
                 now + soft * scale,
-                TimerKind::Soft,
-                wid,
-                d.first_job,
+                TimerKind::Soft(wid, d.first_job),
             )));
         }
         if let Some(hard) = limits.hard {
             self.timers.push(Reverse((
                 now + hard * scale,
-                TimerKind::Hard,
-                wid,
-                d.first_job,
+                TimerKind::Hard(wid, d.first_job),
             )));
         }
         self.events.emit(Event::JobStarted {
@@ -858,6 +1281,7 @@ impl Supervisor {
                 // exit report finalizes it; make sure it really goes.
                 w.broken = true;
                 if w.kill.is_none() && !w.inflight.is_empty() {
+                    w.killed_at_eof = true;
                     let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
                 }
                 let _ = self.poll.registry().deregister(&mut w.sock);
@@ -874,7 +1298,8 @@ impl Supervisor {
             w.id,
             w.pid
         );
-        w.tail
+        w.out
+            .tail
             .push_back(format!("[billiard: protocol error from the worker: {why}]"));
         w.broken = true;
         w.kill.get_or_insert(Kill::Protocol);
@@ -1052,6 +1477,11 @@ impl Supervisor {
         }
     }
 
+    /// Takes in what a worker wrote to stdout/stderr: the last lines are
+    /// kept for its crash report and logged (rate-limited). Work per call
+    /// is bounded ([`OUTPUT_BUDGET`]) and linear in the bytes read, so a
+    /// task flooding its output cannot stall the event loop; a worker with
+    /// more to read goes on the backlog and is served again next turn.
     fn output_readable(&mut self, wid: WorkerId) {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
@@ -1059,15 +1489,24 @@ impl Supervisor {
         let Some((pipe, _)) = w.output.as_mut() else {
             return;
         };
-        let mut buf = [0u8; 8192];
+        let mut buf = [0u8; 64 * 1024];
         let mut closed = false;
+        let mut taken = 0usize;
+        let mut more = false;
         loop {
+            if taken >= OUTPUT_BUDGET {
+                more = true;
+                break;
+            }
             match pipe.read(&mut buf) {
                 Ok(0) => {
                     closed = true;
                     break;
                 }
-                Ok(n) => w.out_partial.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    taken += n;
+                    w.out.take(&buf[..n], w.pid);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -1076,23 +1515,64 @@ impl Supervisor {
                 }
             }
         }
-        while let Some(nl) = w.out_partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = w.out_partial.drain(..=nl).collect();
-            push_line(&mut w.tail, &line[..line.len() - 1], w.pid);
-        }
-        if w.out_partial.len() > 8192 || (closed && !w.out_partial.is_empty()) {
-            let line = std::mem::take(&mut w.out_partial);
-            push_line(&mut w.tail, &line, w.pid);
-        }
         if closed {
+            w.out.finish(w.pid);
             if let Some((mut pipe, token)) = w.output.take() {
                 let _ = self.poll.registry().deregister(&mut pipe);
                 self.tokens.remove(&token);
             }
+        } else if more && !self.output_backlog.contains(&wid) {
+            self.output_backlog.push(wid);
         }
     }
 
     // ----- deaths ---------------------------------------------------------
+
+    /// The worker's pidfd turned readable: the process is gone. Its zygote
+    /// normally reports how (signal, rusage) within microseconds; the
+    /// death is made final after a grace period even without that report.
+    fn worker_pidfd_readable(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        if w.dead {
+            return;
+        }
+        w.dead = true;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut mio::unix::SourceFd(&w.pidfd.as_raw_fd()));
+        self.timers.push(Reverse((
+            Instant::now() + EXIT_REPORT_GRACE,
+            TimerKind::ExitReport(wid),
+        )));
+    }
+
+    /// A worker died and its zygote did not say how within the grace
+    /// period: the zygote is stopped or wedged. Finalize the worker without
+    /// the report, and replace a zygote that is stopped.
+    fn exit_report_overdue(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return; // the report came
+        };
+        let gen = w.gen;
+        w.lost_how = Some(format!(
+            "died (its zygote did not report how within {})",
+            humantime::format_duration(EXIT_REPORT_GRACE)
+        ));
+        self.worker_exited(wid, None);
+        let Some(z) = self.zygotes.iter().find(|z| z.gen == gen && z.alive) else {
+            return;
+        };
+        if let Some(state @ ('T' | 't')) = sys::process_state(z.pid) {
+            tracing::error!(
+                "the zygote (pid {}) is stopped (state {state}) and cannot report or fork workers; killing it",
+                z.pid
+            );
+            let _ = sys::kill_pid(z.pid, sys::SIGKILL);
+        }
+    }
 
     fn worker_exited(&mut self, wid: WorkerId, info: Option<ExitInfo>) {
         // Results the worker wrote before it died still count: the exit
@@ -1106,6 +1586,8 @@ impl Supervisor {
         let reg = self.poll.registry();
         let _ = reg.deregister(&mut w.sock);
         self.tokens.remove(&w.sock_token);
+        let _ = reg.deregister(&mut mio::unix::SourceFd(&w.pidfd.as_raw_fd()));
+        self.tokens.remove(&w.pidfd_token);
         if let Some((mut pipe, token)) = w.output.take() {
             let _ = reg.deregister(&mut pipe);
             self.tokens.remove(&token);
@@ -1116,6 +1598,9 @@ impl Supervisor {
         let running = slot
             .map(|s| s.running.swap(0, std::sync::atomic::Ordering::AcqRel))
             .unwrap_or(0);
+        let finished = slot
+            .map(|s| s.finished.load(std::sync::atomic::Ordering::Acquire))
+            .unwrap_or(0);
         if let Some(s) = slot {
             s.stop_job.store(0, std::sync::atomic::Ordering::Release);
             s.finished.store(0, std::sync::atomic::Ordering::Release);
@@ -1124,7 +1609,8 @@ impl Supervisor {
         let how = info
             .as_ref()
             .map(ExitInfo::describe)
-            .unwrap_or_else(|| "its zygote died, taking it along".into());
+            .or_else(|| w.lost_how.take())
+            .unwrap_or_else(|| "was lost when its zygote died".into());
         let clean_exit = info.as_ref().is_some_and(|i| i.code == Some(0)) && w.inflight.is_empty();
         self.events.emit(Event::WorkerDown {
             worker: wid,
@@ -1134,9 +1620,19 @@ impl Supervisor {
         if !clean_exit {
             self.stats.worker_deaths += 1;
         }
-        let head_started = w.inflight.front().is_some_and(|d| {
-            running != 0 && d.first_job.0 <= running && running < d.first_job.0 + d.count as u64
-        });
+        // Whether the head job ran: the worker marks it running when the
+        // task starts and finished when it returns. A worker that dies after
+        // its task returned (the task closed the worker's socket, a child
+        // holds it) has cleared `running` but recorded `finished`: that job
+        // ran, its side effects happened, and it must never be resent.
+        let head_finished = w
+            .inflight
+            .front()
+            .is_some_and(|d| finished != 0 && d.contains(JobId(finished)));
+        let head_started = head_finished
+            || w.inflight
+                .front()
+                .is_some_and(|d| running != 0 && d.contains(JobId(running)));
         let died_at_start = w.dispatches_done == 0
             && !head_started
             && w.kill.is_none()
@@ -1163,7 +1659,8 @@ impl Supervisor {
                 }
                 inflight.push_front(head);
             } else {
-                let err = self.death_error(&w, &head, info.as_ref(), &how, head_started);
+                let err =
+                    self.death_error(&w, &head, info.as_ref(), &how, head_started, head_finished);
                 self.fail_dispatch(head, err);
             }
         }
@@ -1173,7 +1670,7 @@ impl Supervisor {
         }
 
         if died_at_start {
-            let tail = w.tail.iter().cloned().collect::<Vec<_>>().join("\n");
+            let tail = w.out.tail.iter().cloned().collect::<Vec<_>>().join("\n");
             self.start_failed(format!(
                 "a worker died before running any job ({how}){}",
                 if tail.is_empty() {
@@ -1193,6 +1690,7 @@ impl Supervisor {
         info: Option<&ExitInfo>,
         how: &str,
         started: bool,
+        finished: bool,
     ) -> TaskError {
         match w.kill {
             Some(Kill::TimeLimit(job)) if head.contains(job) => {
@@ -1244,7 +1742,10 @@ impl Supervisor {
                 }
             }
         }
-        msg.push_str(if started {
+        msg.push_str(if finished {
+            "; the task had finished, but its result was lost (the worker died before sending it; \
+             did the task close or hand out the worker's socket, fd 3?); it is not run again"
+        } else if started {
             "; the task had started"
         } else {
             "; the task had NOT started (safe to retry)"
@@ -1252,9 +1753,25 @@ impl Supervisor {
         if w.kill == Some(Kill::Protocol) {
             msg.push_str("; the worker sent malformed data on its socket and was killed");
         }
-        if !w.tail.is_empty() {
+        if w.killed_at_eof && info.is_some_and(|i| i.signal == Some(libc::SIGKILL)) {
+            msg.push_str(
+                "; the pool killed it because its socket to the pool closed mid-job \
+                 (the task closed or replaced fd 3)",
+            );
+        } else if info.is_some_and(|i| i.signal == Some(libc::SIGKILL)) && w.kill.is_none() {
+            msg.push_str(&format!(
+                "; the SIGKILL came from outside the pool{}",
+                if sys::oom_kills_since_start() {
+                    " (the kernel's OOM killer has killed processes of this cgroup: \
+                     the worker most likely ran out of memory)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if !w.out.tail.is_empty() {
             msg.push_str("; last output:\n");
-            msg.push_str(&w.tail.iter().cloned().collect::<Vec<_>>().join("\n"));
+            msg.push_str(&w.out.tail.iter().cloned().collect::<Vec<_>>().join("\n"));
         }
         TaskError::new(ErrorKind::WorkerLost, msg)
     }
@@ -1294,11 +1811,22 @@ impl Supervisor {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((t, kind, wid, job))) = self.timers.peek().copied() {
+        while let Some(Reverse((t, kind))) = self.timers.peek().copied() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            let (wid, job) = match kind {
+                TimerKind::Soft(wid, job) | TimerKind::Hard(wid, job) => (wid, job),
+                TimerKind::ExitReport(wid) => {
+                    self.exit_report_overdue(wid);
+                    continue;
+                }
+                TimerKind::ZygoteStart(gen) => {
+                    self.zygote_start_timeout(gen);
+                    continue;
+                }
+            };
             // Take in whatever the worker already answered: if the job is
             // done, the timer is stale and must not touch the next job.
             self.worker_readable(wid);
@@ -1309,7 +1837,8 @@ impl Supervisor {
                 continue;
             }
             match kind {
-                TimerKind::Soft => {
+                TimerKind::ExitReport(_) | TimerKind::ZygoteStart(_) => {}
+                TimerKind::Soft(..) => {
                     if let Some(s) = self.board.slot(w.slot as usize) {
                         s.stop_reason.store(
                             StopReason::SoftTimeLimit.as_flag() as u64,
@@ -1320,7 +1849,7 @@ impl Supervisor {
                     }
                     let _ = sys::pidfd_send_signal(&w.pidfd, sys::STOP_SIGNAL);
                 }
-                TimerKind::Hard => {
+                TimerKind::Hard(..) => {
                     w.kill = Some(Kill::TimeLimit(job));
                     w.leaving = true;
                     let _ = sys::kill_group(w.pid, sys::SIGKILL);
@@ -1413,29 +1942,24 @@ impl Supervisor {
 
     /// Rolling restart: a new zygote loads the plugin files afresh; every
     /// current worker leaves after its current job and is replaced.
-    fn restart(&mut self) {
-        match self.start_zygote(None) {
-            Ok(_) => {
-                let newest = self.gen;
-                for z in self.zygotes.iter_mut().filter(|z| z.gen != newest) {
-                    z.retired = true;
-                }
-                for w in self.workers.values_mut().filter(|w| w.gen != newest) {
-                    w.leaving = true;
-                }
-                self.stats.restarts += 1;
-                self.retire_idle_leavers();
-                let old: Vec<u64> = self
-                    .zygotes
-                    .iter()
-                    .filter(|z| z.retired)
-                    .map(|z| z.gen)
-                    .collect();
-                for g in old {
-                    self.maybe_finish_zygote(g);
+    fn restart(&mut self, reply: Option<Sender<Result<(), TaskError>>>) {
+        // The new zygote loads the plugins while the current generation
+        // serves; `zygote_hello` switches over once it is ready.
+        match self.begin_zygote(Start::Restart) {
+            Ok(()) => {
+                if let (Some(z), Some(reply)) = (self.zygotes.last_mut(), reply) {
+                    z.on_ready = Some(reply);
                 }
             }
-            Err(e) => tracing::error!("restart failed, keeping the current workers: {}", e.message),
+            Err(e) => {
+                tracing::error!(
+                    "the reload failed, the current workers keep serving: {}",
+                    e.message
+                );
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e));
+                }
+            }
         }
     }
 
@@ -1518,13 +2042,93 @@ impl Read for ReadAdapter<'_> {
     }
 }
 
-fn push_line(tail: &mut VecDeque<String>, line: &[u8], pid: i32) {
-    let text = String::from_utf8_lossy(line).into_owned();
-    tracing::info!(target: "billiard::worker", pid, "{text}");
-    if tail.len() == TAIL_LINES {
-        tail.pop_front();
+/// A worker's output as the supervisor keeps it: the last [`TAIL_LINES`]
+/// lines (for its crash report) and the unfinished line, capped.
+#[derive(Default)]
+struct OutputTail {
+    tail: VecDeque<String>,
+    partial: Vec<u8>,
+    /// Lines logged in the current second, and lines not logged.
+    log_window: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// Longest line kept whole; a longer one is cut into pieces this long.
+const MAX_LINE: usize = 8192;
+/// Worker output lines logged per second per worker; the rest are counted.
+const LOG_LINES_PER_SEC: u32 = 200;
+
+impl OutputTail {
+    /// Takes in a chunk of output: each byte is looked at once.
+    fn take(&mut self, mut chunk: &[u8], pid: i32) {
+        while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
+            let (line, rest) = (&chunk[..nl], &chunk[nl + 1..]);
+            if self.partial.is_empty() {
+                self.line(line, pid);
+            } else {
+                let room = MAX_LINE.saturating_sub(self.partial.len());
+                self.partial
+                    .extend_from_slice(&line[..line.len().min(room)]);
+                let whole = std::mem::take(&mut self.partial);
+                self.line(&whole, pid);
+                self.partial = whole;
+                self.partial.clear();
+            }
+            chunk = rest;
+        }
+        while !chunk.is_empty() {
+            let room = MAX_LINE - self.partial.len();
+            let n = chunk.len().min(room);
+            self.partial.extend_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            if self.partial.len() >= MAX_LINE {
+                let whole = std::mem::take(&mut self.partial);
+                self.line(&whole, pid);
+                self.partial = whole;
+                self.partial.clear();
+            }
+        }
     }
-    tail.push_back(text);
+
+    /// The pipe closed: an unfinished last line still counts.
+    fn finish(&mut self, pid: i32) {
+        if !self.partial.is_empty() {
+            let whole = std::mem::take(&mut self.partial);
+            self.line(&whole, pid);
+        }
+        if self.suppressed > 0 {
+            tracing::info!(target: "billiard::worker", pid, "[{} more lines not logged]", self.suppressed);
+            self.suppressed = 0;
+        }
+    }
+
+    fn line(&mut self, line: &[u8], pid: i32) {
+        let text = String::from_utf8_lossy(line).into_owned();
+        let now = Instant::now();
+        let window_over = match self.log_window {
+            Some(t) => now.duration_since(t) >= Duration::from_secs(1),
+            None => true,
+        };
+        if window_over {
+            if self.suppressed > 0 {
+                tracing::info!(target: "billiard::worker", pid, "[{} lines not logged: the worker writes faster than {LOG_LINES_PER_SEC} lines/s]", self.suppressed);
+                self.suppressed = 0;
+            }
+            self.log_window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < LOG_LINES_PER_SEC {
+            self.logged += 1;
+            tracing::info!(target: "billiard::worker", pid, "{text}");
+        } else {
+            self.suppressed += 1;
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text);
+    }
 }
 
 fn bytesize_text(bytes: u64) -> String {
@@ -1557,28 +2161,21 @@ fn wait_hello(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<ZygoteM
     }
 }
 
-/// Reaps a zygote we started (our child) and says how it ended. The
-/// zygote exits promptly once its control socket closes (it kills and
-/// reaps its workers first), so a blocking wait is bounded.
+/// Reaps a zygote we started (our child: exec'd, or forked for the `fork`
+/// start method) and says how it ended. The zygote exits promptly once its
+/// control socket closes, but a stopped (SIGSTOP) or wedged one would not:
+/// the wait is bounded, then it is killed.
 fn reap_zygote(child: Option<std::process::Child>, pid: i32) -> String {
-    match child {
-        Some(mut c) => c
-            .wait()
-            .map(describe_status)
-            .unwrap_or_else(|e| e.to_string()),
-        None => {
-            sys::wait_child(pid);
-            "exited".into()
-        }
-    }
-}
-
-fn describe_status(st: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (st.code(), st.signal()) {
-        (_, Some(sig)) => format!("killed by signal {sig} ({})", sys::signal_name(sig)),
-        (Some(c), _) => format!("exited with code {c}"),
-        _ => "ended".into(),
+    // The std handle is only dropped (that does not wait): the pid is
+    // reaped here, with a bound.
+    drop(child);
+    match sys::reap_child_bounded(pid, ZYGOTE_EXIT_GRACE) {
+        (Some(st), false) => sys::describe_wait_status(st),
+        (Some(_), true) => format!(
+            "it did not exit within {} (stopped or wedged) and was killed",
+            humantime::format_duration(ZYGOTE_EXIT_GRACE)
+        ),
+        (None, _) => "already reaped".into(),
     }
 }
 

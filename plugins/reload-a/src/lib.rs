@@ -10,4 +10,16 @@ pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-export_plugin!(name: "reload", tasks: [version]);
+/// `x * x`. Gone in reload-b (a reload that removes a task, B1).
+#[task]
+pub fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// `2 * x`. First in reload-b's table (a reload that reorders tasks, B1).
+#[task]
+pub fn double(x: u64) -> u64 {
+    2 * x
+}
+
+export_plugin!(name: "reload", tasks: [version, square, double]);

@@ -10,4 +10,11 @@ pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-export_plugin!(name: "reload", tasks: [version]);
+/// `2 * x`; reload-a lists it last, this build first (B1).
+#[task]
+pub fn double(x: u64) -> u64 {
+    2 * x
+}
+
+// reload-a's `square` is gone here on purpose (B1).
+export_plugin!(name: "reload", tasks: [double, version]);

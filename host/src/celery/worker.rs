@@ -1,0 +1,1303 @@
+//! The consumer loop: Redis ⇄ [`Pool`], through the pool's public API only.
+//!
+//! Threads (all in the host process; workers are unchanged):
+//! - the caller's thread runs [`Worker::run`]: reserves messages (only as
+//!   many as idle slots × prefetch multiplier), decodes them, holds eta
+//!   messages (reserved and heartbeated, without a worker), submits jobs;
+//! - the *finisher* stores results, sends follow-ups (chain, link,
+//!   link_error) and acks, in batches, retrying with backoff while Redis
+//!   is away (running jobs keep running meanwhile);
+//! - the *keeper* refreshes the scores of every message this host holds
+//!   every visibility/3 and runs the restore sweep.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use billiard_plugin_api::Codec;
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
+use super::protocol::{
+    self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
+    TimeLimit,
+};
+use super::redis::{self as broker, BrokerError, Link, RedisBroker, Reserved};
+use crate::error::{ErrorKind, TaskError};
+use crate::pool::{Limits, Pool, TaskRef};
+
+/// How a `billiard-host worker` consumes.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `redis://...`, `rediss://...`, `redis+unix:///path`.
+    pub broker_url: String,
+    /// Where results go; None: the broker.
+    pub backend_url: Option<String>,
+    /// Queues to consume, in order (default `celery`).
+    pub queues: Vec<String>,
+    /// A message whose score is not renewed for this long is returned to
+    /// its queue by a sweeper. This host renews its own every third of it.
+    pub visibility_timeout: Duration,
+    /// Messages reserved per worker process (Celery's
+    /// `worker_prefetch_multiplier`, default 1 here).
+    pub prefetch_multiplier: usize,
+    /// Result time to live (Celery's `result_expires`, default 1 day).
+    pub result_expires: Duration,
+    /// At most this many eta messages are held without counting against
+    /// the reservation limit.
+    pub max_eta_held: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            broker_url: "redis://127.0.0.1:6379/0".into(),
+            backend_url: None,
+            queues: vec![protocol::DEFAULT_QUEUE.into()],
+            visibility_timeout: Duration::from_secs(60),
+            prefetch_multiplier: 1,
+            result_expires: DEFAULT_RESULT_EXPIRES,
+            max_eta_held: 10_000,
+        }
+    }
+}
+
+/// A request to a running [`Worker`] (what the CLI's signals map to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop reserving; finish and ack what runs; return.
+    Warm,
+    /// Kill running jobs and return their messages to the queue at once.
+    Cold,
+    /// Rolling restart: re-read the plugin files, replace every worker.
+    Restart,
+    /// One more worker process.
+    Grow,
+    /// One fewer worker process (never below one).
+    Shrink,
+}
+
+/// Sends [`Control`]s to a running worker; cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    tx: Sender<Control>,
+}
+
+impl Controller {
+    pub fn send(&self, c: Control) {
+        let _ = self.tx.send(c);
+    }
+}
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub received: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub requeued: u64,
+    /// "warm" or "cold".
+    pub shutdown: String,
+}
+
+/// What the startup line says.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartupInfo {
+    pub broker: String,
+    pub backend: String,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    pub prefetch_multiplier: usize,
+    pub visibility_timeout_s: f64,
+    pub plugins: Vec<PluginLine>,
+    pub tasks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginLine {
+    pub name: String,
+    pub version: String,
+    pub path: String,
+}
+
+/// A task as the worker resolves a Celery task name.
+#[derive(Debug, Clone)]
+struct TaskEntry {
+    target: TaskRef,
+    /// `plugin.task`
+    name: String,
+    args: Vec<String>,
+}
+
+/// What a finished job needs from its message.
+#[derive(Debug, Clone)]
+struct JobCtx {
+    tag: String,
+    task_id: String,
+    task: String,
+    root_id: String,
+    group: Option<String>,
+    parent_id: Option<String>,
+    ignore_result: bool,
+    embed: Embed,
+}
+
+/// A decoded message ready to run.
+struct Prepared {
+    ctx: JobCtx,
+    target: TaskRef,
+    args: Vec<u8>,
+    limits: Limits,
+    expires: Option<DateTime<Utc>>,
+}
+
+/// A job's end, for the finisher.
+enum Res {
+    Ok(Value),
+    Err(TaskError),
+    Exc(Exception),
+}
+
+struct Fin {
+    ctx: JobCtx,
+    res: Res,
+    /// It occupied a pool slot (the consumer counts it free once acked).
+    slot: bool,
+}
+
+/// Sends a job's outcome to the finisher exactly once: when the pool runs
+/// the callback, or, if the pool drops it unrun (shutdown), on drop.
+struct Pending {
+    ctx: Option<JobCtx>,
+    tx: Sender<Fin>,
+}
+
+impl Pending {
+    fn done(mut self, res: Res) {
+        if let Some(ctx) = self.ctx.take() {
+            let _ = self.tx.send(Fin {
+                ctx,
+                res,
+                slot: true,
+            });
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            let _ = self.tx.send(Fin {
+                ctx,
+                res: Res::Err(TaskError::new(
+                    ErrorKind::Terminated,
+                    "the pool shut down before the job ran",
+                )),
+                slot: true,
+            });
+        }
+    }
+}
+
+/// State shared by the consumer, the finisher and the keeper.
+struct Shared {
+    /// Tags this host holds (reserved, not yet acked or requeued).
+    live: Mutex<HashSet<String>>,
+    /// A cold shutdown is under way: `terminated` outcomes are requeued.
+    cold: AtomicBool,
+    /// Give up on results not yet stored (cold shutdown, Redis away).
+    abandon: AtomicBool,
+    counts: Mutex<Summary>,
+}
+
+impl Shared {
+    fn forget(&self, tags: &[String]) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tags {
+            live.remove(t);
+        }
+    }
+}
+
+/// A Celery worker over a [`Pool`].
+pub struct Worker {
+    pool: Pool,
+    opts: WorkerOptions,
+    ctl_tx: Sender<Control>,
+    ctl_rx: Receiver<Control>,
+}
+
+impl Worker {
+    /// A worker for `pool`; nothing is consumed before [`Worker::run`].
+    pub fn new(pool: Pool, opts: WorkerOptions) -> Result<Worker, WorkerError> {
+        if opts.queues.is_empty() {
+            return Err(WorkerError::Config("no queue to consume".into()));
+        }
+        if opts.prefetch_multiplier == 0 {
+            return Err(WorkerError::Config(
+                "the prefetch multiplier must be at least 1".into(),
+            ));
+        }
+        // Fail early on a URL that cannot work.
+        broker::client(&opts.broker_url)?;
+        if let Some(b) = &opts.backend_url {
+            broker::client(b)?;
+        }
+        let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+        Ok(Worker {
+            pool,
+            opts,
+            ctl_tx,
+            ctl_rx,
+        })
+    }
+
+    pub fn controller(&self) -> Controller {
+        Controller {
+            tx: self.ctl_tx.clone(),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The task names this worker answers to, sorted.
+    pub fn task_names(&self) -> Vec<String> {
+        task_names(&self.pool)
+    }
+
+    /// What the startup line says.
+    pub fn startup_info(&self) -> StartupInfo {
+        StartupInfo {
+            broker: broker::redact(&self.opts.broker_url),
+            backend: broker::redact(
+                self.opts
+                    .backend_url
+                    .as_deref()
+                    .unwrap_or(&self.opts.broker_url),
+            ),
+            queues: self.opts.queues.clone(),
+            concurrency: self.pool.config().workers,
+            prefetch_multiplier: self.opts.prefetch_multiplier,
+            visibility_timeout_s: self.opts.visibility_timeout.as_secs_f64(),
+            plugins: self
+                .pool
+                .plugins()
+                .iter()
+                .map(|p| PluginLine {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    path: p.path.display().to_string(),
+                })
+                .collect(),
+            tasks: self.task_names(),
+        }
+    }
+
+    /// Consumes until a [`Control::Warm`] or [`Control::Cold`] has been
+    /// carried out. `ready` runs once the broker answered (the startup
+    /// line). The pool is joined (warm) or terminated (cold) on the way out.
+    pub fn run(self, ready: impl FnOnce(&StartupInfo)) -> Result<Summary, WorkerError> {
+        let info = self.startup_info();
+        let Worker {
+            pool,
+            opts,
+            ctl_tx,
+            ctl_rx,
+        } = self;
+        drop(ctl_tx);
+        let mut broker = RedisBroker::new(&opts.broker_url, opts.queues.clone())?;
+        let shared = Arc::new(Shared {
+            live: Mutex::new(HashSet::new()),
+            cold: AtomicBool::new(false),
+            abandon: AtomicBool::new(false),
+            counts: Mutex::new(Summary::default()),
+        });
+
+        // Wait for the broker (Celery's broker_connection_retry_on_startup).
+        let mut warned = false;
+        loop {
+            match broker.ping() {
+                Ok(()) => break,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!("cannot reach the broker yet ({e}); retrying");
+                        warned = true;
+                    }
+                    match ctl_rx.recv_timeout(broker.link().backoff_left().max(ms(50))) {
+                        Ok(Control::Warm | Control::Cold) => {
+                            let _ = pool.terminate();
+                            return Ok(Summary {
+                                shutdown: "warm".into(),
+                                ..Summary::default()
+                            });
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+        }
+        ready(&info);
+
+        let (fin_tx, fin_rx) = crossbeam_channel::unbounded::<Fin>();
+        let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<usize>();
+        let backend = ResultBackend::new(
+            opts.backend_url.as_deref(),
+            &opts.broker_url,
+            opts.result_expires,
+        )?;
+        let finisher = {
+            let shared = shared.clone();
+            let link = Link::new(&opts.broker_url, "broker")?;
+            std::thread::Builder::new()
+                .name("celery-finisher".into())
+                .spawn(move || finisher(fin_rx, freed_tx, link, backend, shared))
+                .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
+        };
+        let (keeper_stop, keeper_rx) = crossbeam_channel::bounded::<()>(0);
+        let keeper = {
+            let shared = shared.clone();
+            let link = Link::new(&opts.broker_url, "broker")?;
+            let queues = opts.queues.clone();
+            let vis = opts.visibility_timeout;
+            std::thread::Builder::new()
+                .name("celery-keeper".into())
+                .spawn(move || keeper(keeper_rx, link, queues, vis, shared))
+                .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
+        };
+
+        let mut c = Consumer {
+            pool: &pool,
+            opts: &opts,
+            broker,
+            shared: shared.clone(),
+            fin_tx,
+            workers: pool.config().workers,
+            running: 0,
+            ready: VecDeque::new(),
+            held: BinaryHeap::new(),
+            held_jobs: HashMap::new(),
+            seq: 0,
+            stopping: false,
+            cold_requested: false,
+            broker_warned: false,
+        };
+        let cold = c.consume(&ctl_rx, &freed_rx);
+        let requeue = c.drain_held();
+        // Held messages go back to their queue now, not after a timeout.
+        if !requeue.is_empty() {
+            let mut tries = 0;
+            loop {
+                match broker::requeue(c.broker.link(), &requeue) {
+                    Ok(n) => {
+                        shared
+                            .counts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .requeued += n as u64;
+                        break;
+                    }
+                    Err(e) if tries < 20 => {
+                        tries += 1;
+                        tracing::warn!("cannot requeue held messages yet: {e}");
+                        std::thread::sleep(c.broker.link().backoff_left().max(ms(100)));
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "giving up requeueing {} held messages ({e}); a sweeper \
+                             returns them after the visibility timeout",
+                            requeue.len()
+                        );
+                        break;
+                    }
+                }
+            }
+            shared.forget(&requeue);
+        }
+        drop(c);
+        if cold {
+            let _ = pool.terminate();
+        } else {
+            let _ = pool.join();
+        }
+        let _ = finisher.join();
+        drop(keeper_stop);
+        let _ = keeper.join();
+        let mut s = shared
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.shutdown = if cold { "cold" } else { "warm" }.into();
+        Ok(s)
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Every task name the worker answers to: `plugin.task`, and the bare
+/// task name when only one plugin has it.
+fn task_names(pool: &Pool) -> Vec<String> {
+    let plugins = pool.plugins();
+    let mut names = Vec::new();
+    let mut bare: HashMap<&str, usize> = HashMap::new();
+    for p in plugins.iter() {
+        for t in &p.tasks {
+            names.push(format!("{}.{}", p.name, t.name));
+            *bare.entry(t.name.as_str()).or_default() += 1;
+        }
+    }
+    names.extend(
+        bare.into_iter()
+            .filter(|(_, n)| *n == 1)
+            .map(|(t, _)| t.to_string()),
+    );
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Resolves a Celery task name against the pool's live plugins.
+fn resolve(pool: &Pool, name: &str) -> Option<TaskEntry> {
+    let target = pool.find_task(name).ok()?;
+    let plugins = pool.plugins();
+    let p = plugins.get(target.plugin as usize)?;
+    let t = p.tasks.get(target.task as usize)?;
+    Some(TaskEntry {
+        target,
+        name: format!("{}.{}", p.name, t.name),
+        args: t.args.iter().map(|a| a.name.clone()).collect(),
+    })
+}
+
+/// Puts `args` and `kwargs` into the task's positional order, or says
+/// why not (as Python's `TypeError` would).
+fn map_args(
+    task: &str,
+    names: &[String],
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+) -> Result<Vec<Value>, String> {
+    let n = names.len();
+    if args.len() > n {
+        return Err(format!(
+            "{}() takes {n} positional argument{} but {} were given",
+            task,
+            if n == 1 { "" } else { "s" },
+            args.len()
+        ));
+    }
+    let mut slots: Vec<Option<Value>> = args.into_iter().map(Some).collect();
+    slots.resize(n, None);
+    for (k, v) in kwargs {
+        match names.iter().position(|a| *a == k) {
+            Some(i) if slots[i].is_some() => {
+                return Err(format!("{}() got multiple values for argument '{k}'", task))
+            }
+            Some(i) => slots[i] = Some(v),
+            None => {
+                return Err(format!(
+                    "{}() got an unexpected keyword argument '{k}'",
+                    task
+                ))
+            }
+        }
+    }
+    let missing: Vec<String> = slots
+        .iter()
+        .zip(names)
+        .filter(|(s, _)| s.is_none())
+        .map(|(_, a)| format!("'{a}'"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{}() missing {} required argument{}: {}",
+            task,
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", ")
+        ));
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+fn limits_of(t: TimeLimit) -> Limits {
+    let d = |s: Option<f64>| s.and_then(|x| Duration::try_from_secs_f64(x).ok());
+    Limits {
+        soft: d(t.soft),
+        hard: d(t.hard),
+    }
+}
+
+/// The consumer loop's state.
+struct Consumer<'a> {
+    pool: &'a Pool,
+    opts: &'a WorkerOptions,
+    broker: RedisBroker,
+    shared: Arc<Shared>,
+    fin_tx: Sender<Fin>,
+    workers: usize,
+    /// Jobs submitted to the pool whose completion is not yet acked.
+    running: usize,
+    /// Due jobs waiting for a slot.
+    ready: VecDeque<Prepared>,
+    /// Eta jobs by due time.
+    held: BinaryHeap<Reverse<(Instant, u64)>>,
+    held_jobs: HashMap<u64, Prepared>,
+    seq: u64,
+    stopping: bool,
+    cold_requested: bool,
+    broker_warned: bool,
+}
+
+/// What became of one reserved message.
+enum Step {
+    Run(Prepared),
+    Hold(Instant, Prepared),
+    Fail(JobCtx, Exception),
+    /// Not a task message (no id to answer to): acked, logged.
+    Discard(String),
+}
+
+impl Consumer<'_> {
+    fn capacity(&self) -> usize {
+        self.workers.max(1) * self.opts.prefetch_multiplier
+    }
+
+    /// Runs until a warm stop completed (false) or a cold stop was asked
+    /// (true).
+    fn consume(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>) -> bool {
+        loop {
+            while let Ok(c) = ctl.try_recv() {
+                if self.control(c) {
+                    self.cold_requested = true;
+                }
+            }
+            if self.cold_requested {
+                return self.cold_stop(freed);
+            }
+            while let Ok(n) = freed.try_recv() {
+                self.running = self.running.saturating_sub(n);
+            }
+            self.release_due();
+            self.submit_ready();
+            if self.stopping {
+                if self.running == 0 && self.ready.is_empty() {
+                    return false;
+                }
+                self.wait_events(ctl, freed, ms(250));
+                continue;
+            }
+            let room = self
+                .capacity()
+                .saturating_sub(self.running + self.ready.len() + self.overheld());
+            if room == 0 {
+                let t = self.next_due().unwrap_or(ms(250)).min(ms(250));
+                self.wait_events(ctl, freed, t);
+                continue;
+            }
+            if self.broker.link().is_down() && !self.broker.link().backoff_left().is_zero() {
+                let t = self.broker.link().backoff_left().min(ms(250));
+                self.wait_events(ctl, freed, t);
+                continue;
+            }
+            match self.broker.reserve(room) {
+                Ok(got) => {
+                    if self.broker_warned {
+                        tracing::warn!("the broker is back; consuming again");
+                        self.broker_warned = false;
+                    }
+                    let n = got.len();
+                    for r in got {
+                        self.take(r);
+                    }
+                    self.submit_ready();
+                    if n < room {
+                        let t = self.next_due().unwrap_or(ms(250)).min(ms(250));
+                        if let Err(e) = self.broker.wait(t.max(ms(10))) {
+                            self.broker_down(e);
+                        }
+                    }
+                }
+                Err(e) => self.broker_down(e),
+            }
+        }
+    }
+
+    fn broker_down(&mut self, e: BrokerError) {
+        if !self.broker_warned {
+            tracing::warn!(
+                "lost the broker ({e}); reconnecting with backoff, running jobs carry on"
+            );
+            self.broker_warned = true;
+        }
+    }
+
+    /// Eta messages past `max_eta_held` count against the reservation.
+    fn overheld(&self) -> usize {
+        self.held_jobs.len().saturating_sub(self.opts.max_eta_held)
+    }
+
+    fn next_due(&self) -> Option<Duration> {
+        self.held
+            .peek()
+            .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+    }
+
+    fn wait_events(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>, t: Duration) {
+        crossbeam_channel::select! {
+            recv(freed) -> n => if let Ok(n) = n { self.running = self.running.saturating_sub(n) },
+            recv(ctl) -> c => if let Ok(c) = c {
+                // A cold stop is carried out on the next turn of the loop.
+                if self.control(c) {
+                    self.cold_requested = true;
+                }
+            },
+            default(t) => {}
+        }
+    }
+
+    /// Carries out a control; true for a cold stop.
+    fn control(&mut self, c: Control) -> bool {
+        match c {
+            Control::Warm => {
+                if !self.stopping {
+                    tracing::warn!(
+                        "warm shutdown: no more messages are reserved; waiting for {} \
+                         running job(s) (signal again to kill them)",
+                        self.running
+                    );
+                }
+                self.stopping = true;
+                false
+            }
+            Control::Cold => true,
+            Control::Restart => {
+                match self.pool.restart() {
+                    Ok(()) => tracing::warn!("rolling restart: reloading the plugins"),
+                    Err(e) => tracing::error!("cannot restart the pool: {e}"),
+                }
+                false
+            }
+            Control::Grow => {
+                match self.pool.grow(1) {
+                    Ok(()) => {
+                        self.workers += 1;
+                        tracing::warn!("concurrency +1: {} workers", self.workers);
+                    }
+                    Err(e) => tracing::error!("cannot grow the pool: {e}"),
+                }
+                false
+            }
+            Control::Shrink => {
+                if self.workers > 1 {
+                    match self.pool.shrink(1) {
+                        Ok(()) => {
+                            self.workers -= 1;
+                            tracing::warn!("concurrency -1: {} workers", self.workers);
+                        }
+                        Err(e) => tracing::error!("cannot shrink the pool: {e}"),
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Kills the running jobs (their `terminated` outcomes are requeued by
+    /// the finisher) and waits for them to be requeued.
+    fn cold_stop(&mut self, freed: &Receiver<usize>) -> bool {
+        tracing::warn!(
+            "cold shutdown: killing {} running job(s); their messages go back to the queue",
+            self.running
+        );
+        self.shared.cold.store(true, Ordering::Release);
+        self.stopping = true;
+        self.pool.terminate_now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.running > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.shared.abandon.store(true, Ordering::Release);
+                break;
+            }
+            if let Ok(n) = freed.recv_timeout(left) {
+                self.running = self.running.saturating_sub(n);
+            }
+        }
+        true
+    }
+
+    /// Takes every job not sent to the pool (held and ready): their tags,
+    /// to requeue.
+    fn drain_held(&mut self) -> Vec<String> {
+        let mut tags: Vec<String> = self.held_jobs.drain().map(|(_, p)| p.ctx.tag).collect();
+        self.held.clear();
+        tags.extend(self.ready.drain(..).map(|p| p.ctx.tag));
+        tags
+    }
+
+    fn release_due(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((t, seq))) = self.held.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.held.pop();
+            if let Some(p) = self.held_jobs.remove(&seq) {
+                self.ready.push_back(p);
+            }
+        }
+    }
+
+    fn submit_ready(&mut self) {
+        if self.shared.cold.load(Ordering::Acquire) {
+            return;
+        }
+        while self.running < self.capacity() {
+            let Some(p) = self.ready.pop_front() else {
+                break;
+            };
+            if p.expires.is_some_and(|e| e <= Utc::now()) {
+                self.fail(p.ctx, Exception::revoked("expired"));
+                continue;
+            }
+            self.running += 1;
+            let pending = Pending {
+                ctx: Some(p.ctx),
+                tx: self.fin_tx.clone(),
+            };
+            // On an error the callback (and with it `pending`) is dropped,
+            // which reports the job `terminated`: one Fin either way.
+            let _ = self
+                .pool
+                .apply_raw_then(p.target, Codec::Json, p.args, p.limits, move |o| {
+                    pending.done(match o {
+                        Ok(bytes) => Res::Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(bytes).into_owned())
+                        })),
+                        Err(e) => Res::Err(e.clone()),
+                    })
+                });
+        }
+    }
+
+    fn fail(&mut self, ctx: JobCtx, exc: Exception) {
+        let _ = self.fin_tx.send(Fin {
+            ctx,
+            res: Res::Exc(exc),
+            slot: false,
+        });
+    }
+
+    /// Handles one reserved message.
+    fn take(&mut self, r: Reserved) {
+        if r.tag.is_empty() {
+            tracing::error!(
+                "dropped a list element of queue {} that is not a message: {:?}",
+                r.queue,
+                String::from_utf8_lossy(&r.raw[..r.raw.len().min(200)])
+            );
+            return;
+        }
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(r.tag.clone());
+        self.shared
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .received += 1;
+        match self.prepare(&r) {
+            Step::Run(p) => self.ready.push_back(p),
+            Step::Hold(at, p) => {
+                self.seq += 1;
+                self.held.push(Reverse((at, self.seq)));
+                self.held_jobs.insert(self.seq, p);
+            }
+            Step::Fail(ctx, exc) => self.fail(ctx, exc),
+            Step::Discard(why) => {
+                tracing::error!("discarded message {} from queue {}: {why}", r.tag, r.queue);
+                let tags = [r.tag.clone()];
+                if let Err(e) = broker::ack(self.broker.link(), &tags) {
+                    tracing::warn!("cannot ack the discarded message yet ({e})");
+                }
+                self.shared.forget(&tags);
+            }
+        }
+    }
+
+    fn prepare(&mut self, r: &Reserved) -> Step {
+        let env = match Envelope::parse(&r.raw) {
+            Ok(e) => e,
+            Err(e) => return Step::Discard(e.to_string()),
+        };
+        let Some(task_id) = env.task_id().map(str::to_string) else {
+            return Step::Discard("no task id in the headers".into());
+        };
+        let h = &env.headers;
+        let mut ctx = JobCtx {
+            tag: r.tag.clone(),
+            task_id: task_id.clone(),
+            task: h.task.clone().unwrap_or_default(),
+            root_id: h.root_id.clone().unwrap_or_else(|| task_id.clone()),
+            group: h.group.clone(),
+            parent_id: h.parent_id.clone(),
+            ignore_result: h.ignore_result == Some(true),
+            embed: Embed::default(),
+        };
+        let name = match env.task_name() {
+            Ok(n) => n.to_string(),
+            Err(e) => {
+                return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &e.to_string()))
+            }
+        };
+        let body: Body = match env.body() {
+            Ok(b) => b,
+            Err(ProtocolError::ContentDisallowed(ct)) => {
+                return Step::Fail(ctx, Exception::content_disallowed(&ct))
+            }
+            Err(e) => {
+                return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &e.to_string()))
+            }
+        };
+        ctx.embed = body.embed;
+        let Some(entry) = resolve(self.pool, &name) else {
+            return Step::Fail(ctx, Exception::not_registered(&name));
+        };
+        let args = match map_args(&entry.name, &entry.args, body.args, body.kwargs) {
+            Ok(a) => a,
+            Err(msg) => return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &msg)),
+        };
+        let expires = h.expires.as_deref().and_then(protocol::parse_time);
+        if expires.is_some_and(|e| e <= Utc::now()) {
+            return Step::Fail(ctx, Exception::revoked("expired"));
+        }
+        let p = Prepared {
+            ctx,
+            target: entry.target,
+            args: serde_json::to_vec(&args).unwrap_or_else(|_| b"[]".to_vec()),
+            limits: limits_of(h.timelimit),
+            expires,
+        };
+        match h.eta.as_deref().and_then(protocol::parse_time) {
+            Some(eta) if eta > Utc::now() => {
+                let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+                Step::Hold(Instant::now() + wait, p)
+            }
+            _ => Step::Run(p),
+        }
+    }
+}
+
+/// Builds a follow-up message (chain step, link, link_error) from `sig`;
+/// `first` is prepended to its args unless the signature is immutable.
+fn follow_up(
+    sig: &Signature,
+    first: Option<Value>,
+    parent: &JobCtx,
+    rest: Option<Vec<Signature>>,
+) -> (String, String) {
+    let mut args = Vec::with_capacity(sig.args.len() + 1);
+    if !sig.immutable {
+        if let Some(v) = first {
+            args.push(v);
+        }
+    }
+    args.extend(sig.args.iter().cloned());
+    let o = &sig.options;
+    let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+    let f = |k: &str| o.get(k).and_then(Value::as_f64);
+    let sigs = |k: &str| -> Option<Vec<Signature>> {
+        let v = o.get(k)?;
+        match v {
+            Value::Array(_) => serde_json::from_value(v.clone()).ok(),
+            Value::Object(_) => serde_json::from_value(v.clone()).ok().map(|s| vec![s]),
+            _ => None,
+        }
+    };
+    let now = Utc::now();
+    let secs = |x: f64| chrono::Duration::milliseconds((x * 1000.0) as i64);
+    let eta = s("eta")
+        .and_then(|e| protocol::parse_time(&e))
+        .or_else(|| f("countdown").map(|c| now + secs(c)));
+    let expires = s("expires")
+        .and_then(|e| protocol::parse_time(&e))
+        .or_else(|| f("expires").map(|c| now + secs(c)));
+    let mut t = NewTask {
+        task: sig.task.clone(),
+        id: s("task_id").unwrap_or_default(),
+        args,
+        kwargs: sig.kwargs.clone(),
+        embed: Embed {
+            callbacks: sigs("link"),
+            errbacks: sigs("link_error"),
+            chain: rest.filter(|r| !r.is_empty()),
+            chord: None,
+        },
+        queue: s("queue").or_else(|| s("routing_key")).unwrap_or_default(),
+        priority: o
+            .get("priority")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(9) as u8,
+        eta,
+        expires,
+        timelimit: TimeLimit {
+            hard: f("time_limit"),
+            soft: f("soft_time_limit"),
+        },
+        ignore_result: o
+            .get("ignore_result")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        root_id: Some(parent.root_id.clone()),
+        parent_id: Some(parent.task_id.clone()),
+        group: s("group_id"),
+        retries: 0,
+        origin: String::new(),
+    };
+    let (env, list) = t.envelope();
+    (list, env.to_json())
+}
+
+/// The completion of one finished job: result meta and follow-ups.
+fn completion(ctx: &JobCtx, res: &Res) -> (Completion, bool) {
+    let (meta, ok, send) = match res {
+        Res::Ok(v) => {
+            let mut send = Vec::new();
+            if let Some(chain) = &ctx.embed.chain {
+                let mut rest = chain.clone();
+                if let Some(next) = rest.pop() {
+                    send.push(follow_up(&next, Some(v.clone()), ctx, Some(rest)));
+                }
+            }
+            for cb in ctx.embed.callbacks.iter().flatten() {
+                send.push(follow_up(cb, Some(v.clone()), ctx, None));
+            }
+            (ResultMeta::success(&ctx.task_id, v.clone()), true, send)
+        }
+        Res::Err(_) | Res::Exc(_) => {
+            let exc = match res {
+                Res::Err(e) => Exception::for_kind(e.kind, &e.message),
+                Res::Exc(x) => x.clone(),
+                Res::Ok(_) => unreachable!("matched above"),
+            };
+            let send = ctx
+                .embed
+                .errbacks
+                .iter()
+                .flatten()
+                .map(|eb| follow_up(eb, Some(Value::String(ctx.task_id.clone())), ctx, None))
+                .collect();
+            (ResultMeta::failure(&ctx.task_id, &exc), false, send)
+        }
+    };
+    let mut meta = meta;
+    meta.group_id = ctx.group.clone();
+    meta.parent_id = ctx.parent_id.clone();
+    (
+        Completion {
+            tag: ctx.tag.clone(),
+            task_id: ctx.task_id.clone(),
+            meta: (!ctx.ignore_result).then_some(meta),
+            send,
+        },
+        ok,
+    )
+}
+
+/// The finisher thread: stores, sends follow-ups, acks; in batches; with
+/// retries while Redis is away. Ends when every sender is gone.
+fn finisher(
+    rx: Receiver<Fin>,
+    freed: Sender<usize>,
+    mut link: Link,
+    mut backend: ResultBackend,
+    shared: Arc<Shared>,
+) {
+    const BATCH: usize = 256;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let slots = batch.iter().filter(|f| f.slot).count();
+        let cold = shared.cold.load(Ordering::Acquire);
+        let mut requeue = Vec::new();
+        let mut comps = Vec::new();
+        let (mut ok, mut failed) = (0u64, 0u64);
+        for f in &batch {
+            let killed = matches!(&f.res, Res::Err(e) if e.kind == ErrorKind::Terminated);
+            if cold && f.slot && killed {
+                requeue.push(f.ctx.tag.clone());
+                continue;
+            }
+            let (c, success) = completion(&f.ctx, &f.res);
+            tracing::debug!(
+                "task {}[{}] {}",
+                f.ctx.task,
+                f.ctx.task_id,
+                if success { "succeeded" } else { "failed" }
+            );
+            if success {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+            comps.push(c);
+        }
+        let mut warned = false;
+        while !comps.is_empty() {
+            match backend.complete(&mut link, &comps) {
+                Ok(res) => {
+                    for (c, r) in comps.iter().zip(res) {
+                        if !r.held {
+                            tracing::warn!(
+                                "task {} finished after its message had been restored to \
+                                 the queue (its host missed the visibility timeout); it may \
+                                 run again",
+                                c.task_id
+                            );
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if shared.abandon.load(Ordering::Acquire) {
+                        tracing::error!(
+                            "giving up storing {} result(s): {e}; their messages stay \
+                             unacked and a sweeper returns them to the queue",
+                            comps.len()
+                        );
+                        break;
+                    }
+                    if !warned {
+                        tracing::warn!(
+                            "cannot store {} result(s) yet ({e}); retrying with backoff",
+                            comps.len()
+                        );
+                        warned = true;
+                    }
+                    std::thread::sleep(link.backoff_left().max(ms(20)));
+                }
+            }
+        }
+        while !requeue.is_empty() {
+            match broker::requeue(&mut link, &requeue) {
+                Ok(n) => {
+                    shared
+                        .counts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .requeued += n as u64;
+                    break;
+                }
+                Err(e) => {
+                    if shared.abandon.load(Ordering::Acquire) {
+                        tracing::error!("cannot requeue killed jobs' messages: {e}");
+                        break;
+                    }
+                    std::thread::sleep(link.backoff_left().max(ms(20)));
+                }
+            }
+        }
+        {
+            let mut c = shared.counts.lock().unwrap_or_else(|e| e.into_inner());
+            c.succeeded += ok;
+            c.failed += failed;
+        }
+        let tags: Vec<String> = batch.iter().map(|f| f.ctx.tag.clone()).collect();
+        shared.forget(&tags);
+        if slots > 0 {
+            let _ = freed.send(slots);
+        }
+    }
+}
+
+/// The keeper thread: heartbeats this host's messages every
+/// visibility/3 and sweeps stale ones of dead hosts back to their queues.
+fn keeper(
+    stop: Receiver<()>,
+    mut link: Link,
+    queues: Vec<String>,
+    visibility: Duration,
+    shared: Arc<Shared>,
+) {
+    let every = (visibility / 3).max(ms(100));
+    let mut warned = false;
+    loop {
+        let tags: Vec<String> = shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let res = broker::heartbeat(&mut link, &tags)
+            .and_then(|_| broker::sweep(&mut link, &queues, visibility, 1000));
+        match res {
+            Ok(_) => warned = false,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!("cannot renew in-flight messages ({e}); retrying");
+                    warned = true;
+                }
+            }
+        }
+        let wait = if link.is_down() {
+            link.backoff_left().max(ms(50)).min(every)
+        } else {
+            every
+        };
+        match stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => continue,
+            _ => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn kw(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn kwargs_go_to_their_positions() {
+        let e = names(&["a", "b"]);
+        assert_eq!(
+            map_args(
+                "math.add",
+                &e,
+                vec![Value::from(1)],
+                kw(serde_json::json!({"b": 2}))
+            )
+            .unwrap(),
+            vec![Value::from(1), Value::from(2)]
+        );
+        assert_eq!(
+            map_args(
+                "math.add",
+                &e,
+                vec![],
+                kw(serde_json::json!({"b": 2, "a": 1}))
+            )
+            .unwrap(),
+            vec![Value::from(1), Value::from(2)]
+        );
+        let err = map_args("math.add", &e, vec![], kw(serde_json::json!({"c": 2}))).unwrap_err();
+        assert!(err.contains("unexpected keyword argument 'c'"), "{err}");
+        let err = map_args(
+            "math.add",
+            &e,
+            vec![Value::from(1)],
+            kw(serde_json::json!({"a": 2})),
+        )
+        .unwrap_err();
+        assert!(err.contains("multiple values for argument 'a'"), "{err}");
+        let err = map_args("math.add", &e, vec![Value::from(1)], Map::new()).unwrap_err();
+        assert!(err.contains("missing 1 required argument: 'b'"), "{err}");
+        let err = map_args(
+            "math.add",
+            &e,
+            vec![1.into(), 2.into(), 3.into()],
+            Map::new(),
+        )
+        .unwrap_err();
+        assert!(err.contains("takes 2 positional arguments but 3"), "{err}");
+    }
+
+    fn ctx() -> JobCtx {
+        JobCtx {
+            tag: "tag".into(),
+            task_id: "id-1".into(),
+            task: "math.square".into(),
+            root_id: "root".into(),
+            group: None,
+            parent_id: None,
+            ignore_result: false,
+            embed: Embed::default(),
+        }
+    }
+
+    #[test]
+    fn a_chain_sends_its_last_element_with_the_result_first() {
+        let body: Body = serde_json::from_str(r#"[[2], {}, {"chain": [{"task": "math.square", "args": [7], "kwargs": {}, "options": {"task_id": "t3"}, "immutable": true}, {"task": "py.double", "args": [1], "kwargs": {}, "options": {"task_id": "t2", "queue": "py"}, "immutable": false}]}]"#).unwrap();
+        let mut c = ctx();
+        c.embed = body.embed;
+        let (comp, ok) = completion(&c, &Res::Ok(Value::from(4)));
+        assert!(ok);
+        assert_eq!(comp.send.len(), 1);
+        let (list, json) = &comp.send[0];
+        assert_eq!(list, "py");
+        let env = Envelope::parse(json.as_bytes()).unwrap();
+        assert_eq!(env.task_id(), Some("t2"));
+        assert_eq!(env.headers.parent_id.as_deref(), Some("id-1"));
+        assert_eq!(env.headers.root_id.as_deref(), Some("root"));
+        let b = env.body().unwrap();
+        assert_eq!(b.args, vec![Value::from(4), Value::from(1)]);
+        let rest = b.embed.chain.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].task, "math.square");
+        // Immutable: no result prepended.
+        let mut c2 = ctx();
+        c2.embed = Embed {
+            callbacks: Some(rest),
+            ..Embed::default()
+        };
+        let (comp, _) = completion(&c2, &Res::Ok(Value::from(4)));
+        let env = Envelope::parse(comp.send[0].1.as_bytes()).unwrap();
+        assert_eq!(env.body().unwrap().args, vec![Value::from(7)]);
+        assert_eq!(comp.send[0].0, "celery");
+    }
+
+    #[test]
+    fn errbacks_get_the_task_id_and_failures_no_chain() {
+        let body: Body = serde_json::from_str(r#"[[2], {}, {"errbacks": [{"task": "py.err", "args": [], "kwargs": {}, "options": {}, "immutable": false}], "chain": [{"task": "py.next", "args": [], "kwargs": {}, "options": {}, "immutable": false}]}]"#).unwrap();
+        let mut c = ctx();
+        c.embed = body.embed;
+        let (comp, ok) = completion(
+            &c,
+            &Res::Err(TaskError::new(ErrorKind::TimeLimit, "hard limit 1s")),
+        );
+        assert!(!ok);
+        assert_eq!(comp.send.len(), 1);
+        let env = Envelope::parse(comp.send[0].1.as_bytes()).unwrap();
+        assert_eq!(env.task_name().unwrap(), "py.err");
+        assert_eq!(env.body().unwrap().args, vec![Value::from("id-1")]);
+        let meta = comp.meta.unwrap();
+        assert_eq!(meta.result["exc_type"], "TimeLimitExceeded");
+        let mut c = ctx();
+        c.ignore_result = true;
+        assert!(completion(&c, &Res::Ok(Value::Null)).0.meta.is_none());
+    }
+}

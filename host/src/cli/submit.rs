@@ -1,0 +1,681 @@
+//! `billiard-host submit --broker URL ...` and `billiard-host run --broker
+//! URL ...`: the producer side of the Celery mode on the command line, over
+//! [`billiard_host::celery::client`].
+//!
+//! Jobs are read and parsed exactly as `run` reads them ([`super::input`]),
+//! sent as Celery task messages, and (with `--wait`, always for `run
+//! --broker`) their results are written as `run`'s result lines
+//! ([`super::output`]), in input order unless `--unordered`, with `run`'s
+//! exit codes. A line that cannot be a job gets its error line here, without
+//! being sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use billiard_host::celery::client::{self, Client, SendOptions, Timeouts, Waiter};
+use billiard_host::celery::protocol::NewTask;
+use billiard_host::{ErrorKind, TaskError};
+use serde_json::{Map, Value};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::exit;
+use super::input::{self, Line};
+use super::output::{self, Output};
+use super::progress::Progress;
+use super::run::parse_duration;
+use super::signals::{Stop, REPEAT};
+
+const AFTER_HELP: &str = "\
+Examples:
+  billiard-host submit --broker redis://127.0.0.1:6379/0 --task math.square --args '[3]' --wait
+  billiard-host submit --broker redis://127.0.0.1:6379/0 --task math.add --args '[1]' --kwargs '{\"b\": 2}'
+  billiard-host submit --broker redis://127.0.0.1:6379/0 --task square --input jobs.jsonl --wait
+
+Input lines are those of `run` (a JSON array of arguments for --task, or an object
+  {\"task\": \"add\", \"args\": [1, 2], \"time_limit\": \"2s\", \"soft_time_limit\": \"500ms\"}).
+  A task is named as the workers know it: `plugin.task`, or the bare task name when
+  only one of their plugins has it.
+
+Output: without --wait one line per job naming its task id, {\"index\":0,\"id\":\"...\"}; with
+  --wait the result lines of `run`, in input order (--unordered: as they complete):
+  {\"index\":0,\"ok\":9}   {\"index\":1,\"error\":{\"kind\":\"time_limit\",\"message\":\"...\"}}
+
+Exit status: 0 every job was sent (and, with --wait, succeeded); 1 some job failed or was
+  not sent; 2 usage error, unreadable input, or a broker that cannot be reached.
+
+Signals: the first SIGINT/SIGTERM stops reading input (lines read but not sent end
+  `terminated`) and waits for the results of the jobs already sent; a second one stops
+  waiting: their lines end `terminated` (the jobs themselves stay queued or running).";
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = AFTER_HELP,
+    group(clap::ArgGroup::new("jobs").required(true).args(["args", "input"])),
+)]
+pub struct Args {
+    /// The broker: redis://[:PASSWORD@]HOST:PORT/DB, rediss://..., redis+unix:///PATH.
+    #[arg(long, value_name = "URL")]
+    broker: String,
+    /// Where results are stored (default: the broker).
+    #[arg(long, value_name = "URL")]
+    result_backend: Option<String>,
+    /// The task (`plugin.task`, or `task` when the workers have one of that
+    /// name); the default for input lines that do not name one.
+    #[arg(short, long, value_name = "NAME")]
+    task: Option<String>,
+    /// Send one job with these positional arguments (a JSON array, or an
+    /// object line).
+    #[arg(long, value_name = "JSON")]
+    args: Option<String>,
+    /// Keyword arguments of the --args job (a JSON object); the workers map
+    /// them onto the task's argument names.
+    #[arg(long, value_name = "JSON", requires = "args")]
+    kwargs: Option<String>,
+    /// Send one job per line of FILE (`-`: standard input).
+    #[arg(short, long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// The queue (default: celery).
+    #[arg(short = 'Q', long, value_name = "QUEUE")]
+    queue: Option<String>,
+    /// Message priority 0-9 (kombu's Redis priority lists; 0 is the highest).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
+    /// Run no earlier than this long from now (e.g. 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    countdown: Option<Duration>,
+    /// Revoke the job (`terminated`, "expired") if it has not started this
+    /// long from now.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    expires: Option<Duration>,
+    /// Per-job hard limit (the message's timelimit), unless the line sets one.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    time_limit: Option<Duration>,
+    /// Per-job soft limit, unless the line sets one.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    soft_time_limit: Option<Duration>,
+    /// Wait for the results and print them as `run` does.
+    #[arg(long)]
+    wait: bool,
+    /// Write the lines to FILE instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// With --wait: results as they complete instead of in input order.
+    #[arg(long, requires = "wait")]
+    unordered: bool,
+    /// No progress bar, no summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// `billiard-host submit`.
+pub fn run(args: Args) -> i32 {
+    let kwargs = match &args.kwargs {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return usage("--kwargs must be a JSON object such as '{\"b\": 2}'"),
+            Err(e) => return usage(format_args!("--kwargs is not JSON: {e}")),
+        },
+    };
+    let source = match (&args.args, &args.input) {
+        (Some(a), _) => {
+            if args.task.is_none() && !a.trim_start().starts_with('{') {
+                return usage(
+                    "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})",
+                );
+            }
+            Source::One(a.clone().into_bytes())
+        }
+        (None, input) => Source::Path(input.clone().unwrap_or_else(|| "-".into())),
+    };
+    execute(Batch {
+        broker: args.broker,
+        result_backend: args.result_backend,
+        default_task: args.task,
+        source,
+        kwargs,
+        options: SendOptions {
+            queue: args.queue,
+            priority: args.priority.unwrap_or(0),
+            countdown: args.countdown,
+            expires: args.expires,
+            time_limit: args.time_limit,
+            soft_time_limit: args.soft_time_limit,
+            ..SendOptions::default()
+        },
+        output: args.output,
+        wait: args.wait,
+        unordered: args.unordered,
+        quiet: args.quiet,
+        forget: false,
+    })
+}
+
+/// Where the jobs come from.
+pub enum Source {
+    /// One job (`--args`).
+    One(Vec<u8>),
+    /// One job per line of a file (`-`: standard input).
+    Path(PathBuf),
+}
+
+/// One batch for the fleet: what `submit` and `run --broker` hand over.
+pub struct Batch {
+    pub broker: String,
+    pub result_backend: Option<String>,
+    /// `--task`.
+    pub default_task: Option<String>,
+    pub source: Source,
+    /// Keyword arguments of every job (`--kwargs`, with `--args` only).
+    pub kwargs: Map<String, Value>,
+    /// Queue, priority, countdown, expiry and the default limits.
+    pub options: SendOptions,
+    pub output: Option<PathBuf>,
+    /// Wait for results (else print task ids).
+    pub wait: bool,
+    pub unordered: bool,
+    pub quiet: bool,
+    /// Delete each result once read (nobody else knows these task ids).
+    pub forget: bool,
+}
+
+/// Jobs sent but not yet written, at most (bounds memory and the queue
+/// this producer builds on the broker).
+const WINDOW: usize = 8192;
+
+/// Lines taken from the reader per round (one SUBSCRIBE and one pipeline
+/// of LPUSHes each).
+const CHUNK: usize = 512;
+
+/// How long one wait for results lasts before the loop looks at input and
+/// signals again.
+const TICK: Duration = Duration::from_millis(50);
+
+fn usage(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    exit::USAGE
+}
+
+/// Runs a batch on the fleet; returns the exit code.
+pub fn execute(b: Batch) -> i32 {
+    // Open everything that can fail as a usage error first.
+    let (reader, total_from): (Option<Box<dyn BufRead + Send>>, Option<PathBuf>) = match &b.source {
+        Source::One(_) => (None, None),
+        Source::Path(path) if path.as_os_str() == "-" => {
+            (Some(Box::new(BufReader::new(std::io::stdin()))), None)
+        }
+        Source::Path(path) => match std::fs::File::open(path) {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => {
+                return usage(format_args!(
+                    "cannot read {}: it is a directory, not a file of jobs",
+                    path.display()
+                ))
+            }
+            Ok(f) => (
+                Some(Box::new(BufReader::with_capacity(256 * 1024, f))),
+                Some(path.clone()),
+            ),
+            Err(e) => return usage(format_args!("cannot open {}: {e}", path.display())),
+        },
+    };
+    let out: Box<dyn Write + Send> = match &b.output {
+        Some(p) if p.as_os_str() != "-" => match std::fs::File::create(p) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                return usage(format_args!(
+                    "cannot create the output file {}: {e}",
+                    p.display()
+                ))
+            }
+        },
+        _ => Box::new(std::io::stdout()),
+    };
+    let backend = b.result_backend.clone().unwrap_or_else(|| b.broker.clone());
+    let client = match Client::with_backend(&b.broker, &backend, Timeouts::default()) {
+        Ok(c) => c,
+        Err(e) => return usage(format_args!("cannot reach the broker: {e}")),
+    };
+    let waiter = if b.wait {
+        match client.waiter() {
+            Ok(w) => Some(w),
+            Err(e) => return usage(format_args!("cannot reach the result backend: {e}")),
+        }
+    } else {
+        None
+    };
+
+    let single = matches!(b.source, Source::One(_));
+    let stop = Arc::new(Stop::new());
+    let lines = match (&b.source, reader) {
+        (Source::One(bytes), _) => input::one_line(bytes.clone()),
+        (_, Some(reader)) => input::spawn_reader(reader, stop.clone()),
+        (_, None) => input::one_line(Vec::new()),
+    };
+    let visible = !single && !b.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = Progress::new(visible);
+    if let Some(path) = total_from {
+        progress.count_total_in(path);
+    }
+    let abandon = AtomicBool::new(false);
+    let output = Output::new(out);
+
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot install signal handlers: {e}");
+            None
+        }
+    };
+    let handle = signals.as_ref().map(|s| s.handle());
+    let mut fleet = Fleet {
+        b: &b,
+        client: &client,
+        waiter,
+        lines,
+        stop: &stop,
+        abandon: &abandon,
+        output: &output,
+        progress: &mut progress,
+        next_index: 0,
+        next_out: 0,
+        slots: BTreeMap::new(),
+        ids: HashMap::new(),
+        forget: Vec::new(),
+        input_done: false,
+        read_error: None,
+        stopped_early: false,
+        write_error: None,
+        lost: None,
+    };
+    std::thread::scope(|s| {
+        if let Some(mut signals) = signals.take() {
+            let stop = &stop;
+            let abandon = &abandon;
+            let quiet = b.quiet;
+            s.spawn(move || {
+                let mut first: Option<(i32, Instant)> = None;
+                for sig in signals.forever() {
+                    let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                    if first.is_some_and(|(s0, at)| s0 == sig && at.elapsed() < REPEAT) {
+                        continue;
+                    }
+                    if stop.request(&format!("interrupted by {name}")) {
+                        first = Some((sig, Instant::now()));
+                        if !quiet {
+                            eprintln!(
+                                "{name}: no more input is read; waiting for the results of \
+                                 the jobs already sent (send it again to stop waiting)"
+                            );
+                        }
+                    } else {
+                        abandon.store(true, Ordering::Release);
+                        if !quiet {
+                            eprintln!("{name}: not waiting for the remaining results");
+                        }
+                    }
+                }
+            });
+        }
+        fleet.run();
+        if let Some(h) = &handle {
+            h.close();
+        }
+    });
+
+    let Fleet {
+        read_error,
+        stopped_early,
+        write_error,
+        lost,
+        ..
+    } = fleet;
+    let summary = progress.finish();
+    let mut code = if progress.tally.failed_total() > 0 || stopped_early {
+        exit::JOBS_FAILED
+    } else {
+        exit::OK
+    };
+    if let Some(e) = &write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write the results: {e}");
+        }
+        code = exit::JOBS_FAILED;
+    }
+    if !b.quiet && !single {
+        eprintln!("{summary}");
+        if stopped_early && write_error.is_none() {
+            eprintln!(
+                "stopped early ({}): the rest of the input was not read",
+                stop.reason().unwrap_or("stopped")
+            );
+        }
+    }
+    if let Some(e) = lost {
+        eprintln!("error: {e}");
+        code = code.max(exit::JOBS_FAILED);
+    }
+    if let Some(e) = read_error {
+        eprintln!("error: {e}");
+        code = exit::USAGE;
+    }
+    code
+}
+
+/// The state of one job between reading and writing its line.
+enum Slot {
+    /// Sent; waiting for its result.
+    Sent,
+    /// Its line, ready to be written (ordered mode keeps it until its turn).
+    Done(Vec<u8>, Option<ErrorKind>),
+}
+
+/// The producer loop's state.
+struct Fleet<'a> {
+    b: &'a Batch,
+    client: &'a Client,
+    waiter: Option<Waiter>,
+    lines: crossbeam_channel::Receiver<Line>,
+    stop: &'a Stop,
+    abandon: &'a AtomicBool,
+    output: &'a Output,
+    progress: &'a mut Progress,
+    /// The index the next job gets.
+    next_index: u64,
+    /// The index whose line is written next (ordered mode).
+    next_out: u64,
+    /// Jobs read and not yet written.
+    slots: BTreeMap<u64, Slot>,
+    /// Task id -> index, for jobs awaiting their result.
+    ids: HashMap<String, u64>,
+    /// Results read, to delete (`forget`).
+    forget: Vec<String>,
+    input_done: bool,
+    read_error: Option<String>,
+    stopped_early: bool,
+    write_error: Option<std::io::Error>,
+    /// The broker or backend was lost for good.
+    lost: Option<String>,
+}
+
+impl Fleet<'_> {
+    fn run(&mut self) {
+        loop {
+            if self.write_error.is_some() {
+                break;
+            }
+            if self.abandon.load(Ordering::Acquire) {
+                self.give_up(&format!(
+                    "{}: its result was not awaited (the job may still run)",
+                    self.stop.reason().unwrap_or("interrupted")
+                ));
+                break;
+            }
+            if !self.input_done && self.stop.is_set() {
+                self.drain_read_lines();
+            }
+            let room = WINDOW.saturating_sub(self.slots.len());
+            if !self.input_done && room > 0 {
+                // Block for input only when nothing is in flight.
+                let block = self.ids.is_empty();
+                let jobs = self.read_some(room.min(CHUNK), block);
+                self.send(jobs);
+            }
+            if self.input_done && self.ids.is_empty() {
+                break;
+            }
+            if !self.ids.is_empty() {
+                // More input is waiting: only collect what is there.
+                let busy = !self.input_done && !self.lines.is_empty() && room > 0;
+                self.collect(if busy { Duration::ZERO } else { TICK });
+            }
+            self.output.flush_if_dirty();
+        }
+        if self.write_error.is_none() {
+            self.write_error = self.output.flush().err();
+        }
+        self.output.close();
+        self.flush_forget(true);
+    }
+
+    /// Up to `max` jobs from the input (waiting for the first one if
+    /// `block`), each with its index: to send, or already finished (a line
+    /// that cannot be a job).
+    fn read_some(&mut self, max: usize, block: bool) -> Vec<(u64, NewTask)> {
+        let mut jobs = Vec::new();
+        while jobs.len() < max && !self.input_done {
+            let msg = if block && jobs.is_empty() {
+                crossbeam_channel::select! {
+                    recv(self.lines) -> m => m.ok(),
+                    recv(self.stop.woken()) -> _ => {
+                        self.drain_read_lines();
+                        return jobs;
+                    }
+                    default(TICK) => return jobs,
+                }
+            } else {
+                match self.lines.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(crossbeam_channel::TryRecvError::Empty) => return jobs,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => None,
+                }
+            };
+            match msg {
+                Some(Line::Data(lineno, line)) => {
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    match self.message(lineno, &line) {
+                        Ok(m) => jobs.push((index, m)),
+                        Err(e) => self.finish(index, Err(e)),
+                    }
+                }
+                Some(Line::Error(lineno, e)) => {
+                    self.read_error = Some(format!("cannot read input line {lineno}: {e}"));
+                    self.input_done = true;
+                }
+                Some(Line::End) | None => self.input_done = true,
+            }
+        }
+        jobs
+    }
+
+    /// After a stop request: lines already read get `terminated`, nothing
+    /// more is read.
+    fn drain_read_lines(&mut self) {
+        let why = self.stop.reason().unwrap_or("stopped").to_string();
+        loop {
+            match self.lines.try_recv() {
+                Ok(Line::Data(lineno, _)) => {
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    let e = TaskError::new(
+                        ErrorKind::Terminated,
+                        format!("{why} before the job on input line {lineno} was sent"),
+                    );
+                    self.finish(index, Err(e));
+                }
+                Ok(Line::End) => break,
+                Ok(Line::Error(..)) | Err(_) => {
+                    self.stopped_early = true;
+                    break;
+                }
+            }
+        }
+        self.input_done = true;
+    }
+
+    /// The task message for one input line, or the line's error.
+    fn message(&self, lineno: u64, line: &[u8]) -> Result<NewTask, TaskError> {
+        let parsed = input::parse_line(lineno, line)?;
+        let Some(task) = parsed.task.or_else(|| self.b.default_task.clone()) else {
+            return Err(TaskError::new(
+                ErrorKind::UnknownTask,
+                "no task given: pass --task NAME, or write the line as \
+                 {\"task\": \"NAME\", \"args\": [...]}",
+            ));
+        };
+        let args: Vec<Value> = serde_json::from_slice(&parsed.args).map_err(|e| {
+            TaskError::new(
+                ErrorKind::BadArgs,
+                format!("line {lineno}: the arguments are not a JSON array: {e}"),
+            )
+        })?;
+        let mut opts = self.b.options.clone();
+        if parsed.limits.hard.is_some() {
+            opts.time_limit = parsed.limits.hard;
+        }
+        if parsed.limits.soft.is_some() {
+            opts.soft_time_limit = parsed.limits.soft;
+        }
+        Ok(opts.message(&task, args, self.b.kwargs.clone()))
+    }
+
+    /// Sends `jobs` (subscribing to their results first).
+    fn send(&mut self, jobs: Vec<(u64, NewTask)>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let (indexes, mut msgs): (Vec<u64>, Vec<NewTask>) = jobs.into_iter().unzip();
+        for m in &mut msgs {
+            if m.id.is_empty() {
+                m.id = billiard_host::celery::protocol::new_id();
+            }
+        }
+        if let Some(w) = self.waiter.as_mut() {
+            if let Err(e) = w.watch(msgs.iter().map(|m| m.id.clone())) {
+                self.lose(&indexes, &format!("cannot subscribe to the results: {e}"));
+                return;
+            }
+        }
+        if let Err(e) = self.client.send_many(&mut msgs) {
+            self.lose(&indexes, &format!("cannot send the job: {e}"));
+            return;
+        }
+        for (index, m) in indexes.into_iter().zip(msgs) {
+            if self.waiter.is_some() {
+                self.ids.insert(m.id, index);
+                self.slots.insert(index, Slot::Sent);
+            } else {
+                let line = format!("{{\"index\":{index},\"id\":{}}}\n", Value::from(m.id));
+                self.put(index, line.into_bytes(), None);
+            }
+        }
+    }
+
+    /// The broker went away: these jobs, and every later one, end
+    /// `terminated`; the input is not read further.
+    fn lose(&mut self, indexes: &[u64], why: &str) {
+        self.lost.get_or_insert_with(|| why.to_string());
+        for &index in indexes {
+            self.finish(
+                index,
+                Err(TaskError::new(ErrorKind::Terminated, why.to_string())),
+            );
+        }
+        self.stop.request(why);
+        self.drain_read_lines();
+        self.stopped_early = true;
+    }
+
+    /// Waits up to `limit` for results and writes what arrived.
+    fn collect(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let Some(w) = self.waiter.as_mut() else {
+                return;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match w.next(left.max(Duration::from_micros(1))) {
+                Ok(Some((id, meta))) => {
+                    if let Some(index) = self.ids.remove(&id) {
+                        if self.b.forget {
+                            self.forget.push(id);
+                        }
+                        let outcome = client::outcome(&meta)
+                            .map(|v| serde_json::to_vec(&v).unwrap_or_else(|_| b"null".to_vec()));
+                        self.finish(index, outcome);
+                    }
+                    // Take everything already there without waiting.
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let why = format!("lost the result backend: {e}");
+                    self.give_up(&why);
+                    self.lost.get_or_insert(why);
+                    break;
+                }
+            }
+        }
+        self.flush_forget(false);
+    }
+
+    /// Every job still awaiting its result ends `terminated` with `why`.
+    fn give_up(&mut self, why: &str) {
+        let mut waiting: Vec<u64> = self.ids.drain().map(|(_, i)| i).collect();
+        waiting.sort_unstable();
+        for index in waiting {
+            self.finish(index, Err(TaskError::new(ErrorKind::Terminated, why)));
+        }
+        if !self.input_done {
+            self.stop.request(why);
+            self.drain_read_lines();
+            self.stopped_early = true;
+        }
+    }
+
+    fn flush_forget(&mut self, all: bool) {
+        if self.forget.is_empty() || (!all && self.forget.len() < CHUNK) {
+            return;
+        }
+        let ids = std::mem::take(&mut self.forget);
+        if let Some(w) = self.waiter.as_mut() {
+            if let Err(e) = w.forget(&ids) {
+                tracing::warn!("cannot delete {} read results: {e}", ids.len());
+            }
+        }
+    }
+
+    /// Job `index` has its outcome: render its line.
+    fn finish(&mut self, index: u64, outcome: billiard_host::Outcome) {
+        let (line, failed) = output::render(index, &outcome);
+        self.put(index, line, failed);
+    }
+
+    /// Writes job `index`'s line now (unordered) or when its turn comes.
+    fn put(&mut self, index: u64, line: Vec<u8>, failed: Option<ErrorKind>) {
+        if self.b.unordered {
+            self.slots.remove(&index);
+            self.write(&line, failed);
+            return;
+        }
+        self.slots.insert(index, Slot::Done(line, failed));
+        while let Some(entry) = self.slots.first_entry() {
+            if *entry.key() != self.next_out || matches!(entry.get(), Slot::Sent) {
+                break;
+            }
+            if let Slot::Done(line, failed) = entry.remove() {
+                self.write(&line, failed);
+            }
+            self.next_out += 1;
+        }
+    }
+
+    fn write(&mut self, line: &[u8], failed: Option<ErrorKind>) {
+        if self.write_error.is_some() {
+            return;
+        }
+        self.progress.record(failed);
+        if let Err(e) = self.output.write_line(line, failed) {
+            // Nobody reads the results any more: stop.
+            self.stop.request("the output was closed");
+            self.write_error = Some(e);
+        }
+    }
+}

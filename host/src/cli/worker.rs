@@ -1,0 +1,270 @@
+//! `billiard-host worker PLUGIN.so [--plugin MORE.so] --broker URL ...`
+//!
+//! A long-running Celery worker on Redis whose tasks are the plugins'
+//! tasks: a thin layer over [`billiard_host::celery::Worker`]. The pool
+//! flags are `run`'s (same parsers, same per-worker limits); signals follow
+//! Celery's and gunicorn's conventions (see `--help` and docs/celery.md).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use billiard_host::celery::{Control, Worker, WorkerOptions};
+use billiard_host::{Pool, StartMethod};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
+use signal_hook::iterator::Signals;
+
+use super::exit;
+use super::run::{parse_duration, parse_positive_u64, parse_size, parse_workers};
+
+const AFTER_HELP: &str = "\
+Examples:
+  billiard-host worker libbilliard_math.so --broker redis://127.0.0.1:6379/0
+  billiard-host worker libbilliard_math.so --plugin libbilliard_faults.so -Q rust,celery -c 8
+  billiard-host worker libbilliard_math.so --broker redis+unix:///run/redis.sock --log-format json
+
+  Then, from Python: Celery(broker=URL, backend=URL).send_task('math.square', args=[3]).get()
+
+Task names: `plugin.task` (math.square), or the bare task name when only one plugin has it.
+  Arguments: Celery's args, and kwargs mapped onto the task's argument names.
+
+Signals: SIGTERM/SIGINT: warm shutdown (stop reserving, finish and ack running jobs, exit 0);
+  a second SIGTERM/SIGINT, or SIGQUIT: cold shutdown (kill running jobs and return their
+  messages to the queue at once, exit 0); SIGHUP: rolling restart with the plugin files re-read;
+  SIGTTIN/SIGTTOU: one worker process more/fewer.";
+
+/// How log lines are written (on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// The plugin file (a .so built from a cdylib crate).
+    plugin: PathBuf,
+    /// Another plugin to load (repeatable).
+    #[arg(long = "plugin", value_name = "MORE.so")]
+    more_plugins: Vec<PathBuf>,
+    /// The broker: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., redis+unix:///PATH.
+    #[arg(
+        short,
+        long,
+        value_name = "URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    broker: String,
+    /// Where results go (default: the broker).
+    #[arg(long, value_name = "URL")]
+    result_backend: Option<String>,
+    /// Queues to consume, comma-separated.
+    #[arg(
+        short = 'Q',
+        long,
+        value_name = "Q1,Q2",
+        value_delimiter = ',',
+        default_value = "celery"
+    )]
+    queues: Vec<String>,
+    /// A message whose host stops renewing it for this long goes back to its
+    /// queue (this host renews its own every third of it).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    visibility_timeout: Duration,
+    /// Messages reserved per worker process.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive_u64)]
+    prefetch_multiplier: u64,
+    /// How long results are kept (Celery's result_expires).
+    #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
+    result_expires: Duration,
+    /// Log lines as text or as JSON objects (one per line, on stderr).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    pool: PoolFlags,
+}
+
+/// The pool flags `worker` shares with `run` (same names, same parsers).
+#[derive(clap::Args, Debug)]
+pub struct PoolFlags {
+    /// Worker processes (1 to 512; default: the number of CPUs).
+    #[arg(short = 'c', long = "concurrency", visible_alias = "workers", value_name = "N", value_parser = parse_workers)]
+    workers: Option<usize>,
+    /// Replace a worker after it ran N jobs.
+    #[arg(long, value_name = "N", value_parser = parse_positive_u64)]
+    max_tasks_per_child: Option<u64>,
+    /// Replace a worker once its memory grew by more than SIZE (e.g. 200MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory_per_child: Option<u64>,
+    /// Cap each worker's address space (RLIMIT_AS) at SIZE (e.g. 2GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    address_space_limit: Option<u64>,
+    /// Default soft limit (a message's `timelimit` header overrides it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    soft_time_limit: Option<Duration>,
+    /// Default hard limit (a message's `timelimit` header overrides it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    time_limit: Option<Duration>,
+    /// How workers are created.
+    #[arg(long, value_name = "METHOD", default_value_t = StartMethod::Forkserver)]
+    start_method: StartMethod,
+}
+
+impl PoolFlags {
+    fn build(&self, plugins: &[PathBuf]) -> Result<Pool, billiard_host::PoolError> {
+        let mut b = Pool::builder().start_method(self.start_method);
+        if let Some(n) = self.workers {
+            b = b.workers(n);
+        }
+        for p in plugins {
+            b = b.plugin(p);
+        }
+        b = super::WorkerLimits {
+            max_tasks_per_child: self.max_tasks_per_child,
+            max_memory_per_child: self.max_memory_per_child,
+            address_space_limit: self.address_space_limit,
+            soft_time_limit: self.soft_time_limit,
+        }
+        .apply(b);
+        if let Some(d) = self.time_limit {
+            b = b.time_limit(d);
+        }
+        b.build()
+    }
+}
+
+/// `RUST_LOG`-style logging to stderr, info by default, text or JSON.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The same signal again within this long counts as one delivery (a
+/// signal sent to both a process and its group arrives twice).
+const REPEAT: Duration = Duration::from_millis(100);
+
+pub fn run(args: Args) -> i32 {
+    init_logging(args.log_format);
+    let mut plugins = vec![args.plugin.clone()];
+    plugins.extend(args.more_plugins.iter().cloned());
+    // The pool starts before this process has other threads (the fork
+    // start method needs it).
+    let pool = match args.pool.build(&plugins) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let opts = WorkerOptions {
+        broker_url: args.broker.clone(),
+        backend_url: args.result_backend.clone(),
+        queues: args
+            .queues
+            .iter()
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .collect(),
+        visibility_timeout: args.visibility_timeout,
+        prefetch_multiplier: args.prefetch_multiplier.min(1 << 16) as usize,
+        result_expires: args.result_expires,
+        ..WorkerOptions::default()
+    };
+    let worker = match Worker::new(pool, opts) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let ctl = worker.controller();
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return exit::USAGE;
+        }
+    };
+    let handle = signals.handle();
+    let watcher = std::thread::Builder::new()
+        .name("worker-signals".into())
+        .spawn(move || {
+            let mut first: Option<(i32, Instant)> = None;
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => ctl.send(Control::Restart),
+                    SIGTTIN => ctl.send(Control::Grow),
+                    SIGTTOU => ctl.send(Control::Shrink),
+                    SIGQUIT => ctl.send(Control::Cold),
+                    _ => {
+                        if first.is_some_and(|(s, at)| s == sig && at.elapsed() < REPEAT) {
+                            continue;
+                        }
+                        if first.is_none() {
+                            first = Some((sig, Instant::now()));
+                            ctl.send(Control::Warm);
+                        } else {
+                            ctl.send(Control::Cold);
+                        }
+                    }
+                }
+            }
+        });
+    let json = args.log_format == LogFormat::Json;
+    let result = worker.run(|info| {
+        if json {
+            let mut v = serde_json::to_value(info).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("level".into(), "INFO".into());
+                o.insert("message".into(), "billiard-host worker ready".into());
+            }
+            eprintln!("{v}");
+        } else {
+            let plugins: Vec<String> = info
+                .plugins
+                .iter()
+                .map(|p| format!("{} {} ({})", p.name, p.version, p.path))
+                .collect();
+            eprintln!(
+                "billiard-host worker ready: broker {}, results {}, queues [{}], concurrency {} \
+                 (prefetch x{}), visibility timeout {}s, plugins [{}], tasks [{}]",
+                info.broker,
+                info.backend,
+                info.queues.join(", "),
+                info.concurrency,
+                info.prefetch_multiplier,
+                info.visibility_timeout_s,
+                plugins.join(", "),
+                info.tasks.join(", ")
+            );
+        }
+    });
+    handle.close();
+    if let Ok(w) = watcher {
+        let _ = w.join();
+    }
+    match result {
+        Ok(summary) => {
+            tracing::info!(
+                received = summary.received,
+                succeeded = summary.succeeded,
+                failed = summary.failed,
+                requeued = summary.requeued,
+                "{} shutdown complete",
+                summary.shutdown
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::JOBS_FAILED
+        }
+    }
+}
