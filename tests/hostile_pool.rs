@@ -334,3 +334,177 @@ fn b4_output_flood_in_short_lines_does_not_stall_the_pool() {
     assert_eq!(res[0]["ok"], 48u64 << 20);
     assert_eq!(exit_code(&out), 0);
 }
+
+// ----- B5: a plugin constructor that blocks ------------------------------------
+
+#[test]
+fn b5_blocking_constructor_at_start_is_given_up_after_the_load_timeout() {
+    let child = command(&[
+        "run",
+        &plugin_str("bad-ctor"),
+        "--task",
+        "ping",
+        "--args",
+        "[]",
+        "--load-timeout",
+        "2s",
+    ])
+    .env("BILLIARD_BAD_CTOR", "sleep")
+    .spawn()
+    .expect("spawn");
+    let out = wait_or_kill(
+        child,
+        Duration::from_secs(60),
+        "run on a blocking constructor",
+    );
+    let err = stderr(&out);
+    assert_eq!(exit_code(&out), 2, "{err}");
+    assert!(err.contains("within 2s"), "{err}");
+    assert!(err.contains("bad_ctor"), "the plugin file is named: {err}");
+}
+
+#[test]
+fn b5_reload_onto_a_blocking_constructor_keeps_the_pool_serving() {
+    let dir = scratch("b5-reload");
+    let path = dir.join("libplugin.so");
+    install("hostile", &path);
+    let mut child = command(&[
+        "run",
+        path.to_str().expect("utf-8 path"),
+        "--task",
+        "nap",
+        "--input",
+        "-",
+        "-w",
+        "2",
+        "-q",
+        "--load-timeout",
+        "2s",
+    ])
+    // Only bad-ctor reads it: the first plugin loads normally.
+    .env("BILLIARD_BAD_CTOR", "sleep")
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let errs = child.stderr.take().expect("stderr");
+    let err_thread = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(errs).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ask = |ms: u64| -> Value {
+        writeln!(stdin, "[{ms}]").expect("write a job");
+        stdin.flush().expect("flush");
+        let line = lines.next().expect("a result line").expect("read");
+        serde_json::from_str(&line).expect("json")
+    };
+    assert_eq!(ask(1)["ok"], 1);
+    install("bad-ctor", &path);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    // Jobs keep being answered while the new zygote hangs in its
+    // constructor, and after the reload is given up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut failed = false;
+    let mut answered = 0;
+    while !failed {
+        assert!(Instant::now() < deadline, "the reload was never given up");
+        assert_eq!(ask(20)["ok"], 20);
+        answered += 1;
+        failed = rx.try_iter().any(|l| l.contains("reload failed"));
+    }
+    for _ in 0..5 {
+        assert_eq!(ask(1)["ok"], 1);
+    }
+    drop(stdin);
+    let out = wait_or_kill(child, Duration::from_secs(60), "run after a failed reload");
+    let err = err_thread.join().expect("stderr thread");
+    assert_eq!(exit_code(&out), 0, "{err}");
+    assert!(answered > 0);
+    assert!(err.contains("constructor block"), "{err}");
+}
+
+// ----- B11: chunks under a time limit -----------------------------------------
+
+#[test]
+fn b11_each_job_of_a_chunk_gets_its_own_time_limit() {
+    let dir = scratch("b11");
+    // One chunk of six: two quick jobs, one that hangs, three quick ones.
+    let input = common::lines_file(
+        &dir,
+        "in.jsonl",
+        &["[10]", "[10]", "[60000]", "[10]", "[10]", "[10]"],
+    );
+    let child = command(&[
+        "run",
+        &hostile(),
+        "--task",
+        "nap",
+        "--input",
+        &input,
+        "--chunksize",
+        "6",
+        "--time-limit",
+        "1s",
+        "-w",
+        "1",
+        "-q",
+    ])
+    .spawn()
+    .expect("spawn");
+    // Before the fix the chunk ran for up to 6 x 1s and every job ended
+    // time_limit; a generous bound catches that without timing the run.
+    let out = wait_or_kill(child, Duration::from_secs(50), "chunk with a hung job");
+    let res = by_index(&stdout(&out), 6);
+    for i in [0, 1, 3, 4, 5] {
+        assert_eq!(res[i]["ok"], 10, "job {i} keeps its result: {}", res[i]);
+    }
+    assert_eq!(kind(&res[2]), "time_limit", "{}", res[2]);
+    let msg = res[2]["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("job 3 ") && msg.contains("1s"), "{msg}");
+    assert_eq!(exit_code(&out), 1);
+}
+
+#[test]
+fn b11_soft_limit_applies_to_each_job_of_a_chunk() {
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_exe(common::bin())
+        .plugin(hostile())
+        .soft_time_limit(Duration::from_millis(300))
+        .build()
+        .expect("pool");
+    let coop = pool.task_ref("hostile", "coop").expect("coop");
+    // Each job takes 200 ms: under the per-job soft limit, though the chunk
+    // as a whole takes 800 ms; the third runs 5 s and is stopped.
+    let jobs = ["[200]", "[200]", "[5000]", "[200]"].map(|a| {
+        Ok::<_, billiard_host::TaskError>(billiard_host::RawJob::new(
+            coop,
+            Codec::Json,
+            a.as_bytes().to_vec(),
+        ))
+    });
+    let got: Vec<(u64, _)> = pool.imap_raw(jobs.into_iter(), true, 4).collect();
+    assert_eq!(got.len(), 4);
+    for (i, o) in &got {
+        match i {
+            2 => assert_eq!(
+                o.as_ref().expect_err("stopped").kind,
+                ErrorKind::SoftTimeLimit
+            ),
+            _ => assert_eq!(o.as_ref().expect("ok"), b"200", "job {i}"),
+        }
+    }
+    pool.join().expect("join");
+}

@@ -520,7 +520,14 @@ impl Supervisor {
         let _ = sys::kill_pid(z.pid, sys::SIGKILL);
         drop(z.fd);
         let output = z.output.map(drain_text).unwrap_or_default();
-        let status = reap_zygote(z.child, z.pid);
+        let status = match sys::reap_child_bounded(z.pid, Duration::ZERO) {
+            (Some(st), _) if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL => {
+                "the zygote was killed".to_string()
+            }
+            (Some(st), _) => format!("the zygote {}", sys::describe_wait_status(st)),
+            (None, _) => "the zygote is gone".to_string(),
+        };
+        drop(z.child);
         let files: Vec<String> = self
             .cfg
             .plugins
@@ -530,7 +537,7 @@ impl Supervisor {
         TaskError::new(
             ErrorKind::PluginLoad,
             format!(
-                "the zygote died while loading the plugins ({}): {why} ({status}){}",
+                "cannot load the plugins ({}): {why}; {status}{}",
                 files.join(", "),
                 if output.trim().is_empty() {
                     String::new()
@@ -1119,6 +1126,20 @@ impl Supervisor {
         if let Err(e) = self.resolve_for(&mut d, worker_gen) {
             self.fail_dispatch(d, e);
             return;
+        }
+        // A chunk under a time limit goes out item by item (pipelined to
+        // the same worker): each job gets its own deadline, the jobs that
+        // finished before a kill keep their results and the ones behind it
+        // are resent, exactly as for single jobs. The price is one result
+        // frame per job instead of one per chunk.
+        let limits = d.limits.or(&self.cfg);
+        if d.count > 1 && (limits.soft.is_some() || limits.hard.is_some()) {
+            if let Some(items) = split_chunk(&mut d) {
+                for item in items {
+                    self.send_dispatch(wid, item);
+                }
+                return;
+            }
         }
         let h = ipc::RunHeader {
             job: d.first_job.0,
@@ -2033,6 +2054,44 @@ impl Drop for Supervisor {
     }
 }
 
+/// The jobs of a stream chunk as single-job dispatches (items numbered as
+/// in the chunk); `None` if the chunk cannot be split (a slot reply, or
+/// records that do not parse: then it goes out whole and fails whole).
+fn split_chunk(d: &mut Dispatch) -> Option<Vec<Dispatch>> {
+    let Reply::Stream { tx, first_index } = &d.reply else {
+        return None;
+    };
+    let records: Option<Vec<&[u8]>> = codec::records(&d.payload).collect();
+    let records = records?;
+    if records.len() != d.count as usize {
+        return None;
+    }
+    let items = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, args)| Dispatch {
+            first_job: JobId(d.first_job.0 + i as u64),
+            count: 1,
+            plugin: d.plugin,
+            task: d.task,
+            gen: d.gen,
+            codec: d.codec,
+            payload: Arc::new(args.to_vec()),
+            limits: d.limits,
+            reply: Reply::Stream {
+                tx: tx.clone(),
+                first_index: first_index + i as u64,
+            },
+            attempt: d.attempt,
+            cancelled: d.cancelled,
+            delivered: 0,
+        })
+        .collect();
+    // The items carry every outcome now.
+    d.delivered = d.count;
+    Some(items)
+}
+
 struct ReadAdapter<'a>(&'a mio::net::UnixStream);
 
 impl Read for ReadAdapter<'_> {
@@ -2142,7 +2201,10 @@ fn wait_hello(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<ZygoteM
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("no answer within a minute".into());
+            return Err(format!(
+                "it did not finish loading them within {} (does a plugin's constructor block?)",
+                humantime::format_duration(timeout)
+            ));
         }
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         let ms =
