@@ -390,19 +390,29 @@ impl Session {
         }
     }
 
-    /// Writes one job line and waits (bounded) for one result line.
-    fn ask(&mut self, line: &str) -> Value {
+    /// Writes one job line.
+    fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
         stdin.flush().unwrap();
+    }
+
+    /// Waits (bounded) for the next result line.
+    fn next_result(&mut self) -> Value {
         match self.lines.recv_timeout(Duration::from_secs(30)) {
             Ok(l) => serde_json::from_str(&l).unwrap(),
             Err(_) => {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("no result for {line} within 30s while the input is quiet");
+                panic!("no result within 30s while the input is quiet");
             }
         }
+    }
+
+    /// Writes one job line and waits (bounded) for one result line.
+    fn ask(&mut self, line: &str) -> Value {
+        self.send(line);
+        self.next_result()
     }
 
     fn finish(mut self) -> i32 {
@@ -436,5 +446,66 @@ fn b7_results_flow_while_the_input_is_quiet() {
             assert_eq!(r, json!({"index": 6, "ok": 5}));
             assert_eq!(s.finish(), 1, "{args:?}");
         }
+    }
+}
+
+#[test]
+fn b7_a_slow_job_does_not_hold_back_later_answers() {
+    // Unordered, two workers: a long job first, then quick ones, each
+    // written after the input went quiet. Each quick answer comes while
+    // the long job still runs (it is the last result).
+    let h = plugin_str("hostile");
+    let args = [
+        "run",
+        h.as_str(),
+        "--task",
+        "nap",
+        "--input",
+        "-",
+        "-w",
+        "2",
+        "--unordered",
+        "-q",
+    ];
+    let mut s = Session::start(&args);
+    s.send("[3000]");
+    for i in 1..4u64 {
+        let r = s.ask(&format!("[{i}]"));
+        assert_eq!(r, json!({"index": i, "ok": i}), "the long job came first");
+    }
+    assert_eq!(s.next_result(), json!({"index": 0, "ok": 3000}));
+    assert_eq!(s.finish(), 0);
+
+    // Ordered: the same input, with quiet gaps, comes back in input order.
+    let mut args = args.to_vec();
+    args.retain(|a| *a != "--unordered");
+    let mut s = Session::start(&args);
+    s.send("[500]");
+    for i in 1..4u64 {
+        std::thread::sleep(Duration::from_millis(30)); // a quiet input, not a synchronization
+        s.send(&format!("[{i}]"));
+    }
+    assert_eq!(s.next_result(), json!({"index": 0, "ok": 500}));
+    for i in 1..4u64 {
+        assert_eq!(s.next_result(), json!({"index": i, "ok": i}));
+    }
+    assert_eq!(s.finish(), 0);
+}
+
+#[test]
+fn arguments_of_the_wrong_count_say_how_many() {
+    let m = math();
+    for (args, task, want) in [
+        ("[1, 2, 3]", "square", "1 argument expected, got 3"),
+        ("[1]", "add", "2 arguments expected, got 1"),
+    ] {
+        let out = host(&["run", &m, "--task", task, "--args", args], &[]);
+        assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+        let r = &json_lines(&stdout(&out))[0];
+        assert_eq!(r["error"]["kind"], "bad_args", "{r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{msg}");
+        // A position in the one-line text is a column, not "line 1".
+        assert!(!msg.contains("line 1 column"), "{msg}");
     }
 }

@@ -281,10 +281,81 @@ pub fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, Code
             }
             Ok(value)
         }
-        Codec::Json => {
-            serde_json::from_slice(bytes).map_err(|e| CodecError(clip(format!("JSON: {e}"))))
+        Codec::Json => serde_json::from_slice(bytes)
+            .map_err(|e| CodecError(clip(format!("JSON: {}", json_message::<T>(bytes, &e))))),
+    }
+}
+
+/// serde_json's message, said in terms of arguments where it can: a wrong
+/// number of them is "2 arguments expected, got 3", and a position in a
+/// one-line text is "at column 4" (not "line 1", which reads like the line
+/// of an input file).
+fn json_message<T: DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> String {
+    let mut msg = e.to_string();
+    if !bytes.contains(&b'\n') {
+        if let Some(at) = msg.rfind(" at line 1 column ") {
+            msg = format!("{} at column {}", &msg[..at], &msg[at + 18..]);
         }
     }
+    let wrong_count = msg.starts_with("invalid length") || msg.starts_with("trailing characters");
+    if !wrong_count {
+        return msg;
+    }
+    let (Some(expected), Ok(got)) = (
+        tuple_len::<T>(),
+        serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(bytes),
+    ) else {
+        return msg;
+    };
+    if got.len() == expected {
+        return msg;
+    }
+    let s = |n: usize| if n == 1 { "" } else { "s" };
+    format!(
+        "{expected} argument{} expected, got {} ({msg})",
+        s(expected),
+        got.len()
+    )
+}
+
+/// How many elements `T` is, when it is a tuple (an argument list).
+fn tuple_len<T: DeserializeOwned>() -> Option<usize> {
+    struct Probe(Option<usize>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("probe")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Probe {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_tuple<V: serde::de::Visitor<'de>>(
+            self,
+            len: usize,
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = Some(len);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq
+            tuple_struct map struct enum identifier ignored_any
+        }
+    }
+    let mut probe = Probe(None);
+    let _ = T::deserialize(&mut probe);
+    probe.0
 }
 
 /// serde_json quotes the offending value in its messages (`invalid type:
@@ -487,6 +558,28 @@ mod tests {
         assert!(e.0.contains("trailing"), "{e}");
         let e = decode::<(u64, u64)>(Codec::Bincode, &bytes[..1]).unwrap_err();
         assert!(e.0.starts_with("bincode"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_number_of_json_arguments_says_so() {
+        let e = decode::<(u64, u64)>(Codec::Json, b"[1]").unwrap_err();
+        assert!(
+            e.0.starts_with("JSON: 2 arguments expected, got 1 (invalid length 1"),
+            "{e}"
+        );
+        let e = decode::<(u64,)>(Codec::Json, b"[1, 2, 3]").unwrap_err();
+        assert!(
+            e.0.starts_with("JSON: 1 argument expected, got 3 (trailing"),
+            "{e}"
+        );
+        assert!(!e.0.contains("line 1"), "{e}");
+        let e = decode::<(u64,)>(Codec::Json, b"[\"x\"]").unwrap_err();
+        assert!(e.0.ends_with("expected u64 at column 4"), "{e}");
+        // Not a tuple, or several lines: serde_json's words.
+        let e = decode::<Vec<u64>>(Codec::Json, b"[1] 2").unwrap_err();
+        assert_eq!(e.0, "JSON: trailing characters at column 5");
+        let e = decode::<(u64,)>(Codec::Json, b"[\n\"x\"]").unwrap_err();
+        assert!(e.0.contains("at line 2 column 3"), "{e}");
     }
 
     #[test]
