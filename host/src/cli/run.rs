@@ -497,6 +497,7 @@ fn stream_results<'scope, 'env>(
         if want_segment && live < MAX_SEGMENTS {
             want_segment = false;
             live += 1;
+            tracing::debug!("the input went quiet: a new segment starts at index {offset}");
             spawn(offset);
         }
     }
