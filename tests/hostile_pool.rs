@@ -508,3 +508,76 @@ fn b11_soft_limit_applies_to_each_job_of_a_chunk() {
     }
     pool.join().expect("join");
 }
+
+// ----- UX: a plugin file overwritten in place ----------------------------------
+
+#[test]
+fn plugin_overwritten_in_place_is_noticed_and_reloaded() {
+    let dir = scratch("overwrite");
+    let path = dir.join("libreload.so");
+    install("reload-a", &path);
+    let n = 100_000usize;
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, "[]\n".repeat(n)).expect("input");
+    let mut child = command(&[
+        "run",
+        path.to_str().expect("utf-8 path"),
+        "--task",
+        "version",
+        "--input",
+        input.to_str().expect("utf-8 path"),
+        "-w",
+        "2",
+        "-q",
+    ])
+    .spawn()
+    .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a first result").expect("read");
+    assert!(first.contains("1.0.0"), "{first}");
+    // The footgun: `cp` over the loaded file (same inode, new bytes).
+    std::fs::copy(common::plugin("reload-b"), &path).expect("copy in place");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = wait_or_kill(
+        child,
+        Duration::from_secs(120),
+        "run over an overwritten plugin",
+    );
+    assert_eq!(rest.len(), n - 1);
+    let errors: Vec<&String> = rest.iter().filter(|l| l.contains("\"error\"")).collect();
+    for e in &errors {
+        assert!(e.contains("overwritten in place"), "{e}");
+    }
+    // The pool reloaded the file by itself: the batch ends on 2.0.0.
+    let tail = &rest[rest.len() - n / 10..];
+    assert!(
+        tail.iter().all(|l| l.contains("2.0.0")),
+        "the last tenth ran on the reloaded file; errors: {}",
+        errors.len()
+    );
+    assert!(
+        stderr(&out).contains("overwritten in place"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+// ----- UX: hundreds of workers at once -------------------------------------------
+
+#[test]
+fn many_workers_start_without_spurious_warnings() {
+    let dir = scratch("w512");
+    let lines: Vec<&str> = std::iter::repeat_n(r#"{"task":"nap","args":[50]}"#, 1500).collect();
+    let input = common::lines_file(&dir, "in.jsonl", &lines);
+    let child = command(&["run", &hostile(), "--input", &input, "-w", "512", "-q"])
+        .spawn()
+        .expect("spawn");
+    let out = wait_or_kill(child, Duration::from_secs(180), "512 workers");
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("cannot ask the zygote"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(by_index(&stdout(&out), 1500).len(), 1500);
+}

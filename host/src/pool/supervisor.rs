@@ -75,6 +75,11 @@ struct Zygote {
     output: Option<OwnedFd>,
     /// Who waits for it to be ready (`Pool::restart`).
     on_ready: Option<Sender<Result<(), TaskError>>>,
+    /// The plugin files as they were when it was started.
+    stamps: Vec<Option<FileStamp>>,
+    /// When a file was last found overwritten in place and a reload
+    /// started for it (at most one a second: the copy may still be going on).
+    overwrite_reload: Option<Instant>,
 }
 
 /// Why a zygote was started.
@@ -95,6 +100,39 @@ struct Launched {
     pid: i32,
     child: Option<std::process::Child>,
     output: Option<OwnedFd>,
+}
+
+/// A plugin file as it was when a zygote loaded it, to notice a file
+/// overwritten in place under a running pool (`cp new.so loaded.so`):
+/// the zygote's mapping then shows the new bytes and every worker forked
+/// from it crashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
+
+    /// Same file (inode), other contents: written over in place. A file
+    /// replaced by rename has another inode, which is safe.
+    fn overwritten_by(&self, now: &FileStamp) -> bool {
+        self.dev == now.dev
+            && self.ino == now.ino
+            && (self.size != now.size || self.mtime_ns != now.mtime_ns)
+    }
 }
 
 /// The plugins of one zygote generation, as the pool's API resolves task
@@ -391,6 +429,8 @@ impl Supervisor {
             purpose,
             output: z.output,
             on_ready: None,
+            stamps: self.cfg.plugins.iter().map(|p| FileStamp::of(p)).collect(),
+            overwrite_reload: None,
         });
         Ok(())
     }
@@ -764,7 +804,14 @@ impl Supervisor {
         let sent = sys::send_with_fds(&z.fd, &msg, &[]);
         self.next_worker += 1;
         if let Err(e) = sent {
-            tracing::warn!("cannot ask the zygote for a worker: {e}");
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                // The zygote's socket is full of earlier requests (hundreds
+                // of workers at once): not an error. Its answers wake the
+                // loop, which asks again.
+                tracing::debug!("the zygote is busy; asking for more workers later");
+            } else {
+                tracing::warn!("cannot ask the zygote for a worker: {e}");
+            }
             self.free_slots.push(slot);
             return false;
         }
@@ -1680,8 +1727,11 @@ impl Supervisor {
                 }
                 inflight.push_front(head);
             } else {
-                let err =
+                let mut err =
                     self.death_error(&w, &head, info.as_ref(), &how, head_started, head_finished);
+                if let Some(note) = self.plugin_file_overwritten(w.gen, info.as_ref()) {
+                    err.message.push_str(&note);
+                }
                 self.fail_dispatch(head, err);
             }
         }
@@ -1702,6 +1752,45 @@ impl Supervisor {
             ));
         }
         self.maybe_finish_zygote(w.gen);
+    }
+
+    /// After a crash: was a plugin file of the worker's generation written
+    /// over in place? Then every worker forked from that zygote will crash
+    /// too: say so (once), and reload the files (a rolling restart), which
+    /// is what the operator meant by replacing it.
+    fn plugin_file_overwritten(&mut self, gen: u64, info: Option<&ExitInfo>) -> Option<String> {
+        let crash = info.and_then(|i| i.signal).is_some_and(|sig| {
+            [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGABRT].contains(&sig)
+        });
+        if !crash {
+            return None;
+        }
+        let zi = self.zygotes.iter().position(|z| z.gen == gen)?;
+        let changed = self.cfg.plugins.iter().enumerate().find_map(|(i, path)| {
+            let then = self.zygotes[zi].stamps.get(i)?.as_ref()?;
+            let now = FileStamp::of(path)?;
+            then.overwritten_by(&now)
+                .then(|| path.display().to_string())
+        })?;
+        let note = format!(
+            "; the plugin file {changed} was overwritten in place while the pool had it loaded, \
+             which crashes the workers forked from it: replace plugin files by renaming \
+             (`cp new.so x.so.tmp && mv x.so.tmp x.so`), then reload (SIGHUP)"
+        );
+        let due = match self.zygotes[zi].overwrite_reload {
+            Some(t) => t.elapsed() >= Duration::from_secs(1),
+            None => true,
+        };
+        if due {
+            self.zygotes[zi].overwrite_reload = Some(Instant::now());
+            tracing::error!(
+                "the plugin file {changed} was overwritten in place while loaded; its workers crash. Reloading the plugin files now (replace them with mv next time)"
+            );
+            if self.zygotes[zi].ready && !self.zygotes[zi].retired {
+                self.restart(None);
+            }
+        }
+        Some(note)
     }
 
     fn death_error(
