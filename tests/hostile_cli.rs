@@ -204,6 +204,14 @@ fn b16_inspect_and_check_report_a_constructor_that_exits() {
     assert_eq!(info["name"], "bad-ctor");
     let out = host(&["check", &p, "--cases", &cases, "--color", "never"], &[]);
     assert_eq!(exit_code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    // A constructor that prints does not spoil the answer (nor --json).
+    let out = host(
+        &["inspect", "--json", &p],
+        &[("BILLIARD_BAD_CTOR", "print")],
+    );
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    let printed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(printed, info);
 
     let headline = format!("error: cannot load plugin {p}: ");
     for (mode, how) in [

@@ -111,7 +111,12 @@ pub fn load_isolated(path: &Path, timeout: Duration) -> Result<PluginInfo, Plugi
         }
     };
     let status = child.wait();
-    let line = answer.split(|&b| b == b'\n').next().unwrap_or_default();
+    // The answer is the last line: the plugin's own code may have printed
+    // before it.
+    let line = answer
+        .split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default();
     match serde_json::from_slice::<LoaderAnswer>(line) {
         Ok(LoaderAnswer::Loaded(info)) => Ok(info),
         Ok(LoaderAnswer::Refused(e)) => Err(e),

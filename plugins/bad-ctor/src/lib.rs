@@ -4,8 +4,8 @@
 //!
 //! - `BILLIARD_BAD_CTOR` picks what its ELF constructor (`.init_array`,
 //!   run by `dlopen`) does: `exit` calls `exit(0)`, `exit3` calls
-//!   `_exit(3)`, `sleep` blocks for an hour, `abort` aborts; unset or
-//!   `none` does nothing.
+//!   `_exit(3)`, `sleep` blocks for an hour, `abort` aborts, `print`
+//!   prints a line on stdout (and loads); unset or `none` does nothing.
 //! - `BILLIARD_BAD_CTOR_DUP=1` makes it export two tasks named `ping`.
 //!
 //! Never load this plugin in production.
@@ -39,6 +39,7 @@ extern "C" fn constructor() {
         Ok("exit3") => unsafe { libc::_exit(3) },
         Ok("sleep") => std::thread::sleep(std::time::Duration::from_secs(3600)),
         Ok("abort") => std::process::abort(),
+        Ok("print") => println!("bad-ctor: a constructor that talks on stdout"),
         _ => {}
     }
 }
