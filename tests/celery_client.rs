@@ -58,3 +58,532 @@ fn python_celery_publishes_to_private_redis() {
         1
     );
 }
+
+// ----- the producer side ---------------------------------------------------
+
+use std::time::Duration;
+
+use billiard_host::celery::client::{Client, ClientError, SendOptions};
+use billiard_host::ErrorKind;
+use serde_json::{json, Map, Value};
+
+/// A `billiard-host worker` with the math and faults plugins on `url`.
+fn worker(url: &str, queue: &str) -> celery::Worker {
+    celery::spawn_worker([
+        "worker",
+        common::plugin_str("math").as_str(),
+        "--plugin",
+        common::plugin_str("faults").as_str(),
+        "--broker",
+        url,
+        "-Q",
+        queue,
+        "--concurrency",
+        "2",
+    ])
+}
+
+/// Runs `billiard-host ARGS` with a deadline.
+fn host_timeout(args: &[&str]) -> std::process::Output {
+    let mut cmd = common::host_command();
+    cmd.args(args);
+    celery::run_with_timeout(cmd, Duration::from_secs(120))
+}
+
+/// The library Client against a billiard-host worker: a value comes back
+/// through `get_timeout`, kwargs reach the task, a failure comes back as
+/// `ClientError::Task` with our error kind, and a result stored before
+/// `get` is found (the GET after the SUBSCRIBE).
+#[test]
+fn client_send_task_and_get() {
+    let Some(redis) = celery::redis_or_skip("client_send_task_and_get") else {
+        return;
+    };
+    let _w = worker(&redis.url(), "celery");
+    let client = Client::connect(&redis.url()).expect("connect");
+    let opts = SendOptions::default();
+    let limit = Duration::from_secs(60);
+
+    let h = client
+        .send_task("math.square", vec![json!(3)], Map::new(), &opts)
+        .unwrap();
+    assert_eq!(h.get_timeout(limit).unwrap(), json!(9));
+
+    let mut kw = Map::new();
+    kw.insert("b".into(), json!(2));
+    let h = client
+        .send_task("math.add", vec![json!(40)], kw, &opts)
+        .unwrap();
+    assert_eq!(h.get_timeout(limit).unwrap(), json!(42));
+
+    for (task, args, kind) in [
+        ("faults.panic", vec![json!("boom")], ErrorKind::Panic),
+        ("faults.fail", vec![json!("nope")], ErrorKind::TaskError),
+        ("math.square", vec![json!("x")], ErrorKind::BadArgs),
+        ("math.no_such_task", vec![], ErrorKind::UnknownTask),
+    ] {
+        let h = client.send_task(task, args, Map::new(), &opts).unwrap();
+        match h.get_timeout(limit) {
+            Err(ClientError::Task { id, error }) => {
+                assert_eq!(id, h.id());
+                assert_eq!(error.kind, kind, "{task}: {error:?}");
+            }
+            other => panic!("{task}: expected a {kind} failure, got {other:?}"),
+        }
+    }
+    let h = client
+        .send_task("faults.panic", vec![json!("boom")], Map::new(), &opts)
+        .unwrap();
+    let err = h.get_timeout(limit).unwrap_err();
+    assert!(err.to_string().contains("boom"), "{err}");
+
+    // Stored before anyone waits: found by the GET, not the PUBLISH.
+    let h = client
+        .send_task("math.square", vec![json!(5)], Map::new(), &opts)
+        .unwrap();
+    assert!(
+        common::eventually(limit, || redis.task_meta(h.id()).is_some()),
+        "no result stored for {}",
+        h.id()
+    );
+    assert_eq!(h.ready().unwrap().map(|m| m.result), Some(json!(25)));
+    assert_eq!(h.get_timeout(Duration::from_secs(5)).unwrap(), json!(25));
+    assert_eq!(client.result(h.id()).get().unwrap(), json!(25));
+}
+
+/// Nobody consumes queue `nobody`: `get_timeout` times out, and the
+/// message waits in the queue list (kombu's layout) with its binding.
+#[test]
+fn client_get_timeout_and_the_queue_layout() {
+    let Some(redis) = celery::redis_or_skip("client_get_timeout_and_the_queue_layout") else {
+        return;
+    };
+    let client = Client::connect(&redis.url()).unwrap();
+    let opts = SendOptions {
+        queue: Some("nobody".into()),
+        priority: 6,
+        ..SendOptions::default()
+    };
+    let h = client
+        .send_task("math.square", vec![json!(2)], Map::new(), &opts)
+        .unwrap();
+    match h.get_timeout(Duration::from_millis(300)) {
+        Err(ClientError::Timeout { id, .. }) => assert_eq!(id, h.id()),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let q = redis.list_json("nobody\x06\x166");
+    assert_eq!(q.len(), 1, "the priority-6 list holds it");
+    assert_eq!(q[0]["headers"]["id"], h.id());
+    assert_eq!(q[0]["properties"]["delivery_info"]["routing_key"], "nobody");
+    let members = redis.cmd(&["SMEMBERS", "_kombu.binding.nobody"]);
+    assert_eq!(members.array().len(), 1);
+    assert_eq!(members.array()[0].text(), "nobody\x06\x16\x06\x16nobody");
+}
+
+/// Job lines covering every error kind and a few values.
+const MIXED: &[&str] = &[
+    "[3]",
+    r#"{"task": "math.add", "args": [1, 2]}"#,
+    r#"{"task": "faults.panic", "args": ["boom"]}"#,
+    r#"{"task": "faults.fail", "args": ["nope"]}"#,
+    r#"["not a number"]"#,
+    r#"{"task": "math.no_such_task", "args": []}"#,
+    "this is not json",
+    r#"{"args": 3}"#,
+    r#"{"task": "faults.spin_ms", "args": [20000], "time_limit": "300ms"}"#,
+    r#"{"task": "faults.cooperative_spin", "args": [20000], "soft_time_limit": "200ms"}"#,
+    r#"{"task": "faults.abort", "args": []}"#,
+    r#"{"task": "math.fib", "args": [50]}"#,
+    "",
+    r#"{"task": "math.transform", "args": [{"id": 7, "name": "box", "shape": {"rect": {"w": 2.0, "h": 3.0}}, "note": null, "tags": {}}, 2.0]}"#,
+];
+
+/// What a result line says, for comparing two runs: index and value, or
+/// index and error kind (messages may be worded differently on each side).
+fn gist(lines: &[Value]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| match l.get("ok") {
+            Some(v) => json!({"index": l["index"], "ok": v}),
+            None => json!({"index": l["index"], "error": l["error"]["kind"]}),
+        })
+        .collect()
+}
+
+/// `submit --input --wait` and `run --broker --input` print what `run`
+/// prints for the same input: one line per non-blank line, in input order,
+/// the same values and error kinds, the same exit status.
+#[test]
+fn submit_wait_and_run_broker_match_local_run() {
+    let Some(redis) = celery::redis_or_skip("submit_wait_and_run_broker_match_local_run") else {
+        return;
+    };
+    let dir = common::scratch("submit_wait_and_run_broker_match_local_run");
+    let input = common::lines_file(&dir, "jobs.jsonl", MIXED);
+    let math = common::plugin_str("math");
+    let faults = common::plugin_str("faults");
+    let local = host_timeout(&[
+        "run",
+        &math,
+        "--plugin",
+        &faults,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+        "-q",
+    ]);
+    let local_lines = common::json_lines(&common::stdout(&local));
+    assert_eq!(
+        local_lines.len(),
+        MIXED.len() - 1,
+        "{}",
+        common::stderr(&local)
+    );
+    let kinds: Vec<&str> = local_lines
+        .iter()
+        .filter_map(|l| l["error"]["kind"].as_str())
+        .collect();
+    for k in ErrorKind::ALL {
+        if k != ErrorKind::Terminated && k != ErrorKind::PluginLoad {
+            assert!(
+                kinds.contains(&k.as_str()),
+                "the input covers {k}: {kinds:?}"
+            );
+        }
+    }
+
+    let _w = worker(&redis.url(), "celery");
+    let url = redis.url();
+    let fleet = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+        "--wait",
+        "-q",
+    ]);
+    assert_eq!(
+        gist(&common::json_lines(&common::stdout(&fleet))),
+        gist(&local_lines),
+        "submit --wait\n{}",
+        common::stderr(&fleet)
+    );
+    assert_eq!(common::exit_code(&fleet), common::exit_code(&local));
+    assert_eq!(common::exit_code(&fleet), 1);
+    // submit keeps the results (a Python client may read them too): one
+    // per line sent (the two that are not jobs were not sent).
+    assert_eq!(redis.keys("celery-task-meta-*").len(), 11);
+
+    let out = dir.join("fleet.jsonl");
+    let fleet = host_timeout(&[
+        "run",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        gist(&common::json_lines(&text)),
+        gist(&local_lines),
+        "run --broker\n{}",
+        common::stderr(&fleet)
+    );
+    assert_eq!(common::exit_code(&fleet), 1);
+    assert!(
+        common::stderr(&fleet).contains("13 jobs: 4 ok, 9 failed (1 panic, 1 task_error, 3 bad_args, 1 unknown_task, 1 worker_lost, 1 soft_time_limit, 1 time_limit)"),
+        "run's summary line: {}",
+        common::stderr(&fleet)
+    );
+    // run --broker deletes what it read: only submit's 11 remain.
+    assert_eq!(redis.keys("celery-task-meta-*").len(), 11);
+
+    // --unordered: the same lines, any order.
+    let fleet = host_timeout(&[
+        "run",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+        "--unordered",
+        "-q",
+    ]);
+    let mut got = gist(&common::json_lines(&common::stdout(&fleet)));
+    got.sort_by_key(|l| l["index"].as_u64());
+    assert_eq!(got, gist(&local_lines));
+
+    // One job; success is exit 0.
+    let one = host_timeout(&[
+        "run",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--args",
+        "[12]",
+    ]);
+    assert_eq!(common::stdout(&one), "{\"index\":0,\"ok\":144}\n");
+    assert_eq!(common::exit_code(&one), 0);
+}
+
+/// Usage errors of the producer side exit 2 with a message: an
+/// unreachable broker, a worker-only flag with `run --broker`, a plugin
+/// with `run --broker`, bad `--kwargs`.
+#[test]
+fn producer_usage_errors() {
+    let port = celery::free_port().to_string();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let out = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--args",
+        "[1]",
+    ]);
+    assert_eq!(common::exit_code(&out), 2);
+    assert!(
+        common::stderr(&out).contains("cannot reach the broker"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = host_timeout(&[
+        "run",
+        "--broker",
+        &url,
+        "--task",
+        "square",
+        "--args",
+        "[1]",
+        "--workers",
+        "2",
+    ]);
+    assert_eq!(common::exit_code(&out), 2);
+    assert!(
+        common::stderr(&out).contains("--workers"),
+        "{}",
+        common::stderr(&out)
+    );
+    let math = common::plugin_str("math");
+    let out = host_timeout(&[
+        "run", &math, "--broker", &url, "--task", "square", "--args", "[1]",
+    ]);
+    assert_eq!(common::exit_code(&out), 2);
+    let out = host_timeout(&[
+        "submit", "--broker", &url, "--task", "math.add", "--args", "[1]", "--kwargs", "[2]",
+    ]);
+    assert_eq!(common::exit_code(&out), 2);
+    assert!(
+        common::stderr(&out).contains("--kwargs"),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
+/// A Python `AsyncResult(id).get()` sees the results of jobs our `submit`
+/// sent (a billiard-host worker ran them): values, and failures raised as
+/// the mapped exception types.
+#[test]
+fn python_asyncresult_gets_results_of_our_submit() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("python_asyncresult_gets_results_of_our_submit")
+    else {
+        return;
+    };
+    let dir = common::scratch("python_asyncresult_gets_results_of_our_submit");
+    let input = common::lines_file(
+        &dir,
+        "jobs.jsonl",
+        &[
+            "[7]",
+            r#"{"task": "faults.panic", "args": ["boom"]}"#,
+            r#"{"task": "faults.abort", "args": []}"#,
+            r#"{"task": "math.add", "args": [2, 3]}"#,
+        ],
+    );
+    let url = redis.url();
+    // Sent before any worker runs: Python subscribes while they wait.
+    let sent = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+    ]);
+    assert_eq!(common::exit_code(&sent), 0, "{}", common::stderr(&sent));
+    let ids: Vec<String> = common::json_lines(&common::stdout(&sent))
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            assert_eq!(l["index"], i);
+            l["id"].as_str().expect("an id").to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 4);
+    let _w = worker(&url, "celery");
+    let script = format!(
+        r#"{}
+from celery.result import AsyncResult
+out = []
+for i in json.loads(sys.argv[1]):
+    try:
+        out.append({{"ok": AsyncResult(i, app=app).get(timeout=60)}})
+    except Exception as e:
+        out.append({{"exc": type(e).__name__, "module": type(e).__module__, "text": str(e)}})
+print(json.dumps(out))
+"#,
+        celery::py_app(&url)
+    );
+    let got = celery::python_json(&script, &[&serde_json::to_string(&ids).unwrap()]);
+    assert_eq!(got[0], json!({"ok": 49}));
+    assert_eq!(got[1]["exc"], "TaskPanic", "{got}");
+    assert!(got[1]["text"].as_str().unwrap().contains("boom"), "{got}");
+    assert_eq!(got[2]["exc"], "WorkerLostError", "{got}");
+    assert_eq!(got[2]["module"], "billiard.exceptions", "{got}");
+    assert_eq!(got[3], json!({"ok": 5}));
+}
+
+/// The envelope as a shape: every key kept, every leaf replaced by its
+/// JSON type (ids, uuids, times and origins differ between any two
+/// messages). `ignore_result` is null or false: both mean "store".
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(shape).collect()),
+        Value::String(_) => json!("string"),
+        Value::Number(_) => json!("number"),
+        Value::Bool(_) => json!("bool"),
+        Value::Null => json!("null"),
+    }
+}
+
+fn body_of(env: &Value) -> Value {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(env["body"].as_str().expect("a base64 body"))
+        .expect("base64");
+    serde_json::from_slice(&raw).expect("a JSON body")
+}
+
+/// A message from Python's `send_task` and one from our `submit` for the
+/// same call are the same: the same keys and JSON types everywhere, the
+/// same body, the same fixed fields, the same list and binding.
+#[test]
+fn python_send_task_and_our_submit_lay_out_the_same_message() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("python_send_task_and_our_submit_lay_out_the_same_message")
+    else {
+        return;
+    };
+    let url = redis.url();
+    for (queue, extra_py, extra_ours) in [
+        ("shape", "", vec![]),
+        (
+            "shape2",
+            ", priority=6, time_limit=10, soft_time_limit=5, countdown=30, expires=600",
+            vec![
+                "--priority",
+                "6",
+                "--time-limit",
+                "10s",
+                "--soft-time-limit",
+                "5s",
+                "--countdown",
+                "30s",
+                "--expires",
+                "600s",
+            ],
+        ),
+    ] {
+        let script = format!(
+            "{}\nr = app.send_task('math.add', args=[1], kwargs={{'b': 2}}, queue={queue:?}{extra_py})\nprint(json.dumps(r.id))",
+            celery::py_app(&url)
+        );
+        let py_id = celery::python_json(&script, &[]);
+        let mut args = vec![
+            "submit",
+            "--broker",
+            &url,
+            "--task",
+            "math.add",
+            "--args",
+            "[1]",
+            "--kwargs",
+            r#"{"b": 2}"#,
+            "-Q",
+            queue,
+        ];
+        args.extend(extra_ours.iter().copied());
+        let ours = host_timeout(&args);
+        assert_eq!(common::exit_code(&ours), 0, "{}", common::stderr(&ours));
+        let our_id = common::json_lines(&common::stdout(&ours))[0]["id"].clone();
+
+        let key = if extra_py.is_empty() {
+            queue.to_string()
+        } else {
+            format!("{queue}\x06\x166")
+        };
+        let envs = redis.list_json(&key);
+        assert_eq!(envs.len(), 2, "both messages in {key:?}: {envs:?}");
+        let find = |id: &Value| {
+            envs.iter()
+                .find(|e| &e["headers"]["id"] == id)
+                .unwrap_or_else(|| panic!("no message {id} in {envs:?}"))
+                .clone()
+        };
+        let (mut py, mut us) = (find(&py_id), find(&our_id));
+        for e in [&mut py, &mut us] {
+            if e["headers"]["ignore_result"] == json!(false) {
+                e["headers"]["ignore_result"] = Value::Null;
+            }
+        }
+        assert_eq!(shape(&us), shape(&py), "\nours:   {us}\npython: {py}");
+        assert_eq!(body_of(&us), body_of(&py));
+        for path in [
+            "/content-type",
+            "/content-encoding",
+            "/headers/lang",
+            "/headers/task",
+            "/headers/retries",
+            "/headers/group",
+            "/headers/parent_id",
+            "/headers/ignore_result",
+            "/properties/delivery_mode",
+            "/properties/delivery_info",
+            "/properties/priority",
+            "/properties/body_encoding",
+        ] {
+            assert_eq!(us.pointer(path), py.pointer(path), "{path}");
+        }
+        // Limits as numbers (Python keeps the int it was given, we send
+        // seconds as floats; both workers read either).
+        let secs = |e: &Value| -> Vec<Option<f64>> {
+            e["headers"]["timelimit"]
+                .as_array()
+                .expect("timelimit is an array")
+                .iter()
+                .map(Value::as_f64)
+                .collect()
+        };
+        assert_eq!(secs(&us), secs(&py));
+        assert_eq!(us["headers"]["root_id"], us["headers"]["id"]);
+        assert_eq!(us["properties"]["correlation_id"], us["headers"]["id"]);
+        for binding in ["_kombu.binding.", "_kombu.binding_permanent."] {
+            let members = redis.cmd(&["SMEMBERS", &format!("{binding}{queue}")]);
+            assert_eq!(members.array().len(), 1, "one binding for both producers");
+        }
+    }
+}

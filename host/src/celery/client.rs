@@ -260,9 +260,13 @@ impl Client {
             declared: Mutex::new(HashSet::new()),
         };
         open(backend_url)?;
-        client
-            .broker
-            .with(|c, _| redis::cmd("PING").query::<String>(c))?;
+        // One attempt: a broker that is not there at all is reported now
+        // (a connection lost later is retried).
+        let mut conn = client.broker.connect().map_err(|e| client.broker.err(e))?;
+        redis::cmd("PING")
+            .query::<String>(&mut conn)
+            .map_err(|e| client.broker.err(e))?;
+        *client.broker.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
         Ok(client)
     }
 
@@ -298,7 +302,11 @@ impl Client {
         let mut pushes: Vec<(String, String)> = Vec::with_capacity(msgs.len());
         let mut queues: Vec<String> = Vec::new();
         for m in msgs.iter_mut() {
-            let (env, key) = m.envelope();
+            let (mut env, key) = m.envelope();
+            if env.headers.ignore_result == Some(false) {
+                // As Celery's send_task writes it when not asked to ignore.
+                env.headers.ignore_result = None;
+            }
             let q = m.queue_name().to_string();
             if !queues.contains(&q) {
                 queues.push(q);
@@ -524,7 +532,7 @@ fn message_of(e: &ExcInfo) -> String {
 const SUBSCRIBE_BATCH: usize = 512;
 
 /// Waits for the results of many tasks on one subscribed connection (plus
-/// one command connection for `GET`/`DEL`), as Celery's `ResultConsumer`.
+/// one command connection for `MGET`/`DEL`), as Celery's `ResultConsumer`.
 ///
 /// [`watch`](Self::watch) a task *before* sending it (it returns once the
 /// subscription is confirmed, so no PUBLISH can be missed); for a task sent
@@ -532,10 +540,10 @@ const SUBSCRIBE_BATCH: usize = 512;
 /// connection is reopened (with backoff), every watched channel is
 /// subscribed again and the stored results are checked again.
 pub struct Waiter {
-    client: redis::Client,
+    info: redis::ConnectionInfo,
     url: String,
     timeouts: Timeouts,
-    sub: Option<redis::Connection>,
+    sub: Option<sub::SubConn>,
     cmd: Endpoint,
     watching: HashSet<String>,
     /// Results seen (stored or published) not yet handed out.
@@ -548,7 +556,7 @@ impl Waiter {
     /// A waiter on the result backend at `url`.
     pub fn new(url: &str, timeouts: Timeouts) -> Result<Waiter> {
         Ok(Waiter {
-            client: open(url)?,
+            info: open(url)?.get_connection_info().clone(),
             url: redact(url),
             timeouts,
             sub: None,
@@ -559,10 +567,10 @@ impl Waiter {
         })
     }
 
-    fn err(&self, source: redis::RedisError) -> ClientError {
+    fn err(&self, e: std::io::Error) -> ClientError {
         ClientError::Redis {
             url: self.url.clone(),
-            source,
+            source: redis::RedisError::from(e),
         }
     }
 
@@ -584,7 +592,7 @@ impl Waiter {
         }
         for chunk in new.chunks(SUBSCRIBE_BATCH) {
             if let Err(e) = self.subscribe(chunk) {
-                if !retryable(&e) {
+                if !sub::retryable(&e) {
                     return Err(self.err(e));
                 }
                 return self.reconnect();
@@ -596,25 +604,31 @@ impl Waiter {
     /// `SUBSCRIBE` the result channels of `ids` on the current connection
     /// and read until each is confirmed (results arriving meanwhile are
     /// kept).
-    fn subscribe(&mut self, ids: &[String]) -> redis::RedisResult<()> {
+    fn subscribe(&mut self, ids: &[String]) -> std::io::Result<()> {
         // Taken out while in use; left out (None) on an error, so the
         // caller reconnects.
         let Some(mut conn) = self.sub.take() else {
             return Ok(());
         };
-        let mut cmd = redis::cmd("SUBSCRIBE");
-        for id in ids {
-            cmd.arg(protocol::result_key(id));
-        }
-        conn.send_packed_command(&cmd.get_packed_command())?;
-        let want: HashSet<String> = ids.iter().map(|id| protocol::result_key(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| protocol::result_key(id)).collect();
+        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        conn.send(&args)?;
+        let want: HashSet<&str> = keys.iter().map(String::as_str).collect();
         let mut confirmed = 0;
+        let deadline = Instant::now() + self.timeouts.io;
         while confirmed < want.len() {
-            let v = conn.recv_response()?;
-            match classify(v) {
-                Push::Subscribed(ch) if want.contains(&ch) => confirmed += 1,
-                Push::Message(ch, payload) => self.on_message(&ch, &payload),
-                _ => {}
+            let left = deadline.saturating_duration_since(Instant::now());
+            match conn.read_push(left.max(Duration::from_millis(1)))? {
+                Some(sub::Push::Subscribed(ch)) if want.contains(ch.as_str()) => confirmed += 1,
+                Some(sub::Push::Message(ch, payload)) => self.on_message(&ch, &payload),
+                Some(_) => {}
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "SUBSCRIBE was not confirmed in time",
+                    ))
+                }
             }
         }
         self.sub = Some(conn);
@@ -644,10 +658,9 @@ impl Waiter {
         let mut backoff = Duration::from_millis(50);
         loop {
             self.sub = None;
-            let attempt = self.open_and_subscribe();
-            match attempt {
+            match self.open_and_subscribe() {
                 Ok(()) => return self.check_stored(),
-                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                Err(e) if sub::retryable(&e) && Instant::now() < deadline => {
                     std::thread::sleep(
                         backoff.min(deadline.saturating_duration_since(Instant::now())),
                     );
@@ -661,11 +674,8 @@ impl Waiter {
         }
     }
 
-    fn open_and_subscribe(&mut self) -> redis::RedisResult<()> {
-        let c = self.client.get_connection_with_timeout(self.timeouts.io)?;
-        c.set_write_timeout(Some(self.timeouts.io))?;
-        c.set_read_timeout(Some(self.timeouts.io))?;
-        self.sub = Some(c);
+    fn open_and_subscribe(&mut self) -> std::io::Result<()> {
+        self.sub = Some(sub::SubConn::connect(&self.info, self.timeouts.io)?);
         self.unsubscribe.clear();
         let all: Vec<String> = self.watching.iter().cloned().collect();
         for chunk in all.chunks(SUBSCRIBE_BATCH) {
@@ -710,31 +720,16 @@ impl Waiter {
             if self.watching.is_empty() {
                 return Ok(None);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            if self.sub.is_none() {
+            let Some(conn) = self.sub.as_mut() else {
                 self.reconnect()?;
                 continue;
-            }
-            let read = match self.sub.as_mut() {
-                Some(conn) => conn
-                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                    .and_then(|_| conn.recv_response()),
-                None => continue,
             };
-            match read {
-                Ok(v) => {
-                    if let Push::Message(ch, payload) = classify(v) {
-                        self.on_message(&ch, &payload);
-                    }
-                }
-                Err(e) if e.is_timeout() => return Ok(None),
-                Err(e) if retryable(&e) => {
-                    self.sub = None;
-                    self.reconnect()?;
-                }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match conn.read_push(left) {
+                Ok(Some(sub::Push::Message(ch, payload))) => self.on_message(&ch, &payload),
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(None),
+                Err(e) if sub::retryable(&e) => self.reconnect()?,
                 Err(e) => return Err(self.err(e)),
             }
         }
@@ -748,9 +743,9 @@ impl Waiter {
         }
         let chans = std::mem::take(&mut self.unsubscribe);
         if let Some(conn) = self.sub.as_mut() {
-            let mut cmd = redis::cmd("UNSUBSCRIBE");
-            cmd.arg(&chans);
-            if conn.send_packed_command(&cmd.get_packed_command()).is_err() {
+            let mut args: Vec<&[u8]> = vec![b"UNSUBSCRIBE"];
+            args.extend(chans.iter().map(|c| c.as_bytes()));
+            if conn.send(&args).is_err() {
                 self.sub = None;
             }
         }
@@ -768,36 +763,299 @@ impl Waiter {
     }
 }
 
-/// A reply on a subscribed connection.
-enum Push {
-    Subscribed(String),
-    Message(String, Vec<u8>),
-    Other,
-}
+/// The subscribed connection: a minimal RESP2 reader of our own, because a
+/// read timeout must lose nothing. (`redis::Connection` counts a timed-out
+/// read as a reply still owed and silently drops the next message it reads,
+/// which on a subscribed connection is a result.) Bytes read before a
+/// timeout stay in the buffer for the next read.
+mod sub {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
 
-fn classify(v: redis::Value) -> Push {
-    let items = match v {
-        redis::Value::Array(items) => items,
-        redis::Value::Push { data, .. } => data,
-        _ => return Push::Other,
-    };
-    let text = |v: &redis::Value| match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
-    match items.as_slice() {
-        [kind, ch, payload] if text(kind).as_deref() == Some("message") => {
-            match (text(ch), payload) {
-                (Some(ch), redis::Value::BulkString(p)) => Push::Message(ch, p.clone()),
-                _ => Push::Other,
+    use redis::ConnectionAddr;
+
+    /// What arrives on a subscribed connection.
+    pub enum Push {
+        Subscribed(String),
+        Message(String, Vec<u8>),
+        Other,
+    }
+
+    enum Stream {
+        Tcp(TcpStream),
+        Unix(UnixStream),
+    }
+
+    impl Stream {
+        fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+            match self {
+                Stream::Tcp(s) => s.set_read_timeout(d),
+                Stream::Unix(s) => s.set_read_timeout(d),
             }
         }
-        [kind, ch, _] if text(kind).as_deref() == Some("subscribe") => match text(ch) {
-            Some(ch) => Push::Subscribed(ch),
-            None => Push::Other,
-        },
-        _ => Push::Other,
+
+        fn set_write_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+            match self {
+                Stream::Tcp(s) => s.set_write_timeout(d),
+                Stream::Unix(s) => s.set_write_timeout(d),
+            }
+        }
+
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self {
+                Stream::Tcp(s) => s.read(buf),
+                Stream::Unix(s) => s.read(buf),
+            }
+        }
+
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            match self {
+                Stream::Tcp(s) => s.write_all(buf),
+                Stream::Unix(s) => s.write_all(buf),
+            }
+        }
+    }
+
+    /// A parsed RESP2 value.
+    enum Frame {
+        Simple(Vec<u8>),
+        Error(Vec<u8>),
+        Int,
+        Bulk(Option<Vec<u8>>),
+        Array(Option<Vec<Frame>>),
+    }
+
+    pub struct SubConn {
+        stream: Stream,
+        buf: Vec<u8>,
+        /// Parsed up to here.
+        pos: usize,
+    }
+
+    /// A failure a new connection may cure.
+    pub fn retryable(e: &std::io::Error) -> bool {
+        !matches!(
+            e.kind(),
+            std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::Unsupported
+        )
+    }
+
+    fn bad(msg: impl Into<String>) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
+    }
+
+    impl SubConn {
+        /// Connects to the backend of `info` and authenticates (a
+        /// subscription does not depend on the database).
+        pub fn connect(info: &redis::ConnectionInfo, timeout: Duration) -> std::io::Result<Self> {
+            let stream = match info.addr() {
+                ConnectionAddr::Tcp(host, port) => {
+                    use std::net::ToSocketAddrs;
+                    let mut last = None;
+                    let mut found = None;
+                    for addr in (host.as_str(), *port).to_socket_addrs()? {
+                        match TcpStream::connect_timeout(&addr, timeout) {
+                            Ok(s) => {
+                                found = Some(s);
+                                break;
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    let s = match found {
+                        Some(s) => s,
+                        None => {
+                            return Err(last.unwrap_or_else(|| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::NotFound,
+                                    format!("no address for {host}"),
+                                )
+                            }))
+                        }
+                    };
+                    s.set_nodelay(true)?;
+                    Stream::Tcp(s)
+                }
+                ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+                _ => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "waiting for results over TLS (rediss://) is not supported",
+                    ))
+                }
+            };
+            stream.set_write_timeout(Some(timeout))?;
+            let mut conn = SubConn {
+                stream,
+                buf: Vec::with_capacity(64 * 1024),
+                pos: 0,
+            };
+            let settings = info.redis_settings();
+            if let Some(password) = settings.password() {
+                let mut args: Vec<&[u8]> = vec![b"AUTH"];
+                if let Some(user) = settings.username() {
+                    args.push(user.as_bytes());
+                }
+                args.push(password.as_bytes());
+                conn.send(&args)?;
+                match conn.read_frame(timeout)? {
+                    Some(Frame::Simple(_)) => {}
+                    Some(Frame::Error(e)) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("AUTH failed: {}", String::from_utf8_lossy(&e)),
+                        ))
+                    }
+                    _ => return Err(bad("unexpected reply to AUTH")),
+                }
+            }
+            Ok(conn)
+        }
+
+        /// Sends one command.
+        pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+            let mut out = format!("*{}\r\n", args.len()).into_bytes();
+            for a in args {
+                out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                out.extend_from_slice(a);
+                out.extend_from_slice(b"\r\n");
+            }
+            self.stream.write_all(&out)
+        }
+
+        /// The next push, waiting at most `limit`; `None` on timeout.
+        pub fn read_push(&mut self, limit: Duration) -> std::io::Result<Option<Push>> {
+            let Some(frame) = self.read_frame(limit)? else {
+                return Ok(None);
+            };
+            let Frame::Array(Some(items)) = frame else {
+                return Ok(Some(Push::Other));
+            };
+            let text = |f: &Frame| match f {
+                Frame::Bulk(Some(b)) | Frame::Simple(b) => {
+                    Some(String::from_utf8_lossy(b).into_owned())
+                }
+                _ => None,
+            };
+            let push = match items.as_slice() {
+                [kind, ch, Frame::Bulk(Some(payload))]
+                    if text(kind).as_deref() == Some("message") =>
+                {
+                    match text(ch) {
+                        Some(ch) => Push::Message(ch, payload.clone()),
+                        None => Push::Other,
+                    }
+                }
+                [kind, ch, _] if text(kind).as_deref() == Some("subscribe") => match text(ch) {
+                    Some(ch) => Push::Subscribed(ch),
+                    None => Push::Other,
+                },
+                _ => Push::Other,
+            };
+            Ok(Some(push))
+        }
+
+        /// The next whole frame, waiting at most `limit`; `None` on timeout
+        /// (a partial frame stays buffered).
+        fn read_frame(&mut self, limit: Duration) -> std::io::Result<Option<Frame>> {
+            let deadline = Instant::now() + limit;
+            loop {
+                if let Some((frame, end)) = parse(&self.buf[self.pos..])? {
+                    self.pos += end;
+                    if self.pos == self.buf.len() {
+                        self.buf.clear();
+                        self.pos = 0;
+                    }
+                    return Ok(Some(frame));
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                if self.pos > 0 {
+                    self.buf.drain(..self.pos);
+                    self.pos = 0;
+                }
+                self.stream.set_read_timeout(Some(left))?;
+                let mut chunk = [0u8; 16 * 1024];
+                match self.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the result backend closed the connection",
+                        ))
+                    }
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Ok(None)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// One frame from the front of `buf` and its length; `None` while it
+    /// is incomplete.
+    fn parse(buf: &[u8]) -> std::io::Result<Option<(Frame, usize)>> {
+        let Some(nl) = buf.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let Some((&kind, head)) = buf[..nl].split_first() else {
+            return Err(bad("empty RESP line"));
+        };
+        let after = nl + 2;
+        let num = || -> std::io::Result<i64> {
+            std::str::from_utf8(head)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("bad RESP length"))
+        };
+        match kind {
+            b'+' => Ok(Some((Frame::Simple(head.to_vec()), after))),
+            b'-' => Ok(Some((Frame::Error(head.to_vec()), after))),
+            b':' => num().map(|_| Some((Frame::Int, after))),
+            b'$' => {
+                let n = num()?;
+                if n < 0 {
+                    return Ok(Some((Frame::Bulk(None), after)));
+                }
+                let end = after + n as usize;
+                if buf.len() < end + 2 {
+                    return Ok(None);
+                }
+                Ok(Some((Frame::Bulk(Some(buf[after..end].to_vec())), end + 2)))
+            }
+            b'*' => {
+                let n = num()?;
+                if n < 0 {
+                    return Ok(Some((Frame::Array(None), after)));
+                }
+                let mut items = Vec::with_capacity(n.min(16) as usize);
+                let mut at = after;
+                for _ in 0..n {
+                    match parse(&buf[at..])? {
+                        Some((f, len)) => {
+                            items.push(f);
+                            at += len;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some((Frame::Array(Some(items)), at)))
+            }
+            other => Err(bad(format!("unknown RESP type byte {other:#x}"))),
+        }
     }
 }
 

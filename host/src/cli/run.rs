@@ -56,8 +56,10 @@ Signals: the first SIGINT/SIGTERM stops reading input; jobs already sent to the 
     group(ArgGroup::new("jobs").required(true).args(["args", "input"])),
 )]
 pub struct Args {
-    /// The plugin file (a .so built from a cdylib crate).
-    plugin: PathBuf,
+    /// The plugin file (a .so built from a cdylib crate); not with --broker,
+    /// where the fleet's workers load the plugins.
+    #[arg(required_unless_present = "broker")]
+    plugin: Option<PathBuf>,
     /// Another plugin to load (repeatable); a job names `plugin.task` when
     /// several plugins have the task.
     #[arg(long = "plugin", value_name = "MORE.so")]
@@ -116,6 +118,17 @@ pub struct Args {
     /// No progress bar, no summary (errors are still printed).
     #[arg(short, long)]
     quiet: bool,
+    /// Run the jobs on the Celery workers of this broker instead of here
+    /// (redis://HOST:PORT/DB; `billiard-host worker` or Python Celery):
+    /// same input, same result lines, same exit codes.
+    #[arg(long, value_name = "URL", conflicts_with_all = super::submit::WORKER_ONLY)]
+    broker: Option<String>,
+    /// With --broker: where the workers store results (default: the broker).
+    #[arg(long, value_name = "URL", requires = "broker")]
+    result_backend: Option<String>,
+    /// With --broker: the queue to send the jobs to (default: celery).
+    #[arg(short = 'Q', long, value_name = "QUEUE", requires = "broker")]
+    queue: Option<String>,
 }
 
 pub(super) fn parse_workers(s: &str) -> Result<usize, String> {
@@ -183,6 +196,9 @@ pub fn run(args: Args) -> i32 {
     // (or the other output) would destroy it.
     if let Err(msg) = check_distinct_files(&args) {
         return usage(msg);
+    }
+    if let Some(broker) = args.broker.clone() {
+        return on_the_fleet(args, broker);
     }
     let source = if let Some(a) = &args.args {
         if args.task.is_none() && !a.trim_start().starts_with('{') {
@@ -508,7 +524,9 @@ fn stream_results<'scope, 'env>(
 /// died while loading) gets the plugin files named.
 fn name_the_plugins(args: &Args, e: billiard_host::PoolError) -> String {
     let msg = e.to_string();
-    let paths: Vec<String> = std::iter::once(&args.plugin)
+    let paths: Vec<String> = args
+        .plugin
+        .iter()
         .chain(&args.more_plugins)
         .map(|p| p.display().to_string())
         .collect();
@@ -614,11 +632,10 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
         .saturating_mul(2);
     let mut b = Pool::builder()
         .workers(workers)
-        .plugin(&args.plugin)
         .start_method(args.start_method)
         .prefetch(args.prefetch)
         .imap_window(window);
-    for p in &args.more_plugins {
+    for p in args.plugin.iter().chain(&args.more_plugins) {
         b = b.plugin(p);
     }
     b = super::WorkerLimits {
@@ -635,4 +652,39 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
         b = b.load_timeout(d);
     }
     b.build()
+}
+
+/// `run --broker URL`: the same jobs, sent to the fleet (see
+/// [`super::submit`]); each result is deleted from the backend once read.
+fn on_the_fleet(args: Args, broker: String) -> i32 {
+    use super::submit::{self, Batch};
+    let source = match (&args.args, &args.input) {
+        (Some(a), _) => {
+            if args.task.is_none() && !a.trim_start().starts_with('{') {
+                return usage(
+                    "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})",
+                );
+            }
+            submit::Source::One(a.clone().into_bytes())
+        }
+        (None, input) => submit::Source::Path(input.clone().unwrap_or_else(|| "-".into())),
+    };
+    submit::execute(Batch {
+        broker,
+        result_backend: args.result_backend,
+        default_task: args.task,
+        source,
+        kwargs: Default::default(),
+        options: billiard_host::celery::client::SendOptions {
+            queue: args.queue,
+            time_limit: args.time_limit,
+            soft_time_limit: args.soft_time_limit,
+            ..Default::default()
+        },
+        output: args.output,
+        wait: true,
+        unordered: args.unordered,
+        quiet: args.quiet,
+        forget: true,
+    })
 }

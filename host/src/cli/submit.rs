@@ -156,6 +156,22 @@ pub fn run(args: Args) -> i32 {
     })
 }
 
+/// `run`'s flags that set up local workers: refused with `run --broker`
+/// (give them to `billiard-host worker`).
+pub const WORKER_ONLY: [&str; 11] = [
+    "plugin",
+    "more_plugins",
+    "workers",
+    "chunksize",
+    "prefetch",
+    "max_tasks_per_child",
+    "max_memory_per_child",
+    "address_space_limit",
+    "start_method",
+    "load_timeout",
+    "stats_json",
+];
+
 /// Where the jobs come from.
 pub enum Source {
     /// One job (`--args`).
