@@ -517,3 +517,18 @@ fn arguments_of_the_wrong_count_say_how_many() {
         assert!(!msg.contains("line 1 column"), "{msg}");
     }
 }
+
+#[test]
+fn b6_a_junit_report_naming_the_cases_file_is_refused() {
+    let dir = scratch("b6_junit");
+    let line = r#"{"task": "square", "args": [3], "expect": {"ok": 9}}"#;
+    let cases = common::lines_file(&dir, "cases.jsonl", &[line]);
+    let link = dir.join("link.xml");
+    std::os::unix::fs::symlink(&cases, &link).unwrap();
+    let m = math();
+    for junit in [cases.as_str(), link.to_str().unwrap()] {
+        let out = host(&["check", &m, "--cases", &cases, "--junit", junit], &[]);
+        assert_usage_error(&out, &["--junit", "is the cases file"]);
+        assert_eq!(std::fs::read_to_string(&cases).unwrap(), format!("{line}\n"));
+    }
+}

@@ -534,6 +534,16 @@ pub fn run(args: Args) -> i32 {
             },
         },
     };
+    if let (Some(cases), Some(junit)) = (&args.cases, &args.junit) {
+        if super::run::same_file(cases, junit) {
+            return fail_usage(format_args!(
+                "--junit {} is the cases file (--cases {}): writing the report would \
+                 destroy the cases; write it to another file",
+                junit.display(),
+                cases.display()
+            ));
+        }
+    }
     // Create the report file now: a typo in its path should not cost a run.
     let junit_file = match &args.junit {
         Some(p) => match std::fs::File::create(p) {

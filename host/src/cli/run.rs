@@ -550,6 +550,11 @@ enum FileId {
     Path(PathBuf),
 }
 
+/// True when the two paths name one file (or would create one file).
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((file_id(a), file_id(b)), (Some(x), Some(y)) if x == y)
+}
+
 fn file_id(path: &Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     if let Ok(m) = std::fs::metadata(path) {
