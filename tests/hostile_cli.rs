@@ -529,6 +529,9 @@ fn b6_a_junit_report_naming_the_cases_file_is_refused() {
     for junit in [cases.as_str(), link.to_str().unwrap()] {
         let out = host(&["check", &m, "--cases", &cases, "--junit", junit], &[]);
         assert_usage_error(&out, &["--junit", "is the cases file"]);
-        assert_eq!(std::fs::read_to_string(&cases).unwrap(), format!("{line}\n"));
+        assert_eq!(
+            std::fs::read_to_string(&cases).unwrap(),
+            format!("{line}\n")
+        );
     }
 }
