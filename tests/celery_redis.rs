@@ -1,2 +1,665 @@
-//! (being written)
+//! `billiard-host worker` end to end: a private redis-server per test, real
+//! Python Celery 5.7 clients (and a real Python `celery worker`), the built
+//! plugins. Every wait polls a condition with a deadline.
+//!
+//! Prerequisites (`./scripts/test` installs them): `redis-server` on PATH
+//! and the venv with `celery[redis]`. Missing: a loud SKIP, or a failure
+//! with `CI=true`.
+
 mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::celery::{self, RedisConn, RedisServer, Reply};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// How long a condition may take before a test fails.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Polls `cond` until it holds; panics with `what` after `limit`.
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `billiard-host worker math --plugin faults --plugin hostile --broker URL
+/// <extra>`, waited for until it consumes.
+fn worker(url: &str, extra: &[&str]) -> celery::Worker {
+    let math = common::plugin_str("math");
+    let faults = common::plugin_str("faults");
+    let hostile = common::plugin_str("hostile");
+    let mut args = vec![
+        "worker", &math, "--plugin", &faults, "--plugin", &hostile, "--broker", url,
+    ];
+    args.extend_from_slice(extra);
+    celery::spawn_worker(args)
+}
+
+/// Runs a Python snippet after the app preamble (broker and backend:
+/// `url`) and returns its last stdout line as JSON.
+fn py(url: &str, body: &str) -> Value {
+    celery::python_json(&format!("{}\n{body}", celery::py_app(url)), &[])
+}
+
+fn int(r: Reply) -> i64 {
+    r.int()
+}
+
+fn hlen_unacked(redis: &RedisServer) -> i64 {
+    int(redis.cmd(&["HLEN", "unacked"]))
+}
+
+fn zcard_index(redis: &RedisServer) -> i64 {
+    int(redis.cmd(&["ZCARD", "unacked_index"]))
+}
+
+fn llen(redis: &RedisServer, key: &str) -> i64 {
+    int(redis.cmd(&["LLEN", key]))
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The Python client's view of one call: `{"ok": value}` or the exception
+/// it raised (module, type, message, whether it is the real class of that
+/// module) and the task state.
+const CALL: &str = r#"
+def call(name, args=(), kwargs=None, **opts):
+    r = app.send_task(name, args=list(args), kwargs=kwargs or {}, **opts)
+    try:
+        return {"ok": r.get(timeout=60)}
+    except Exception as e:
+        mod = sys.modules.get(type(e).__module__)
+        return {"module": type(e).__module__, "type": type(e).__name__, "msg": str(e),
+                "real_class": mod is not None and getattr(mod, type(e).__name__, None) is type(e),
+                "state": r.state}
+"#;
+
+#[test]
+fn python_gets_results_and_kwargs_map_to_positions() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("python_gets_results_and_kwargs_map_to_positions")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _w = worker(&url, &["-c", "2"]);
+    let v = py(
+        &url,
+        &format!(
+            "{CALL}\nprint(json.dumps([call('math.square', [3]), call('fib', [10]), \
+             call('math.add', [1], {{'b': 2}}), call('math.add', [], {{'b': 5, 'a': 10}}), \
+             call('math.add', [1], {{'c': 2}})]))"
+        ),
+    );
+    assert_eq!(v[0], json!({"ok": 9}), "{v}");
+    assert_eq!(v[1], json!({"ok": 55}), "bare task name (math.fib): {v}");
+    assert_eq!(v[2], json!({"ok": 3}), "kwargs: {v}");
+    assert_eq!(v[3], json!({"ok": 15}), "kwargs only: {v}");
+    assert_eq!(v[4]["type"], "TypeError", "unknown kwarg: {v}");
+    assert!(
+        v[4]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("unexpected keyword argument 'c'"),
+        "{v}"
+    );
+    wait_until("the acks", DEADLINE, || {
+        hlen_unacked(&redis) == 0 && zcard_index(&redis) == 0
+    });
+}
+
+#[test]
+fn every_error_kind_raises_its_exception_in_python() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("every_error_kind_raises_its_exception_in_python")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _w = worker(&url, &["-c", "2"]);
+    let v = py(
+        &url,
+        &format!(
+            "{CALL}\nprint(json.dumps([\
+             call('faults.panic', ['boom']),\
+             call('faults.fail', ['it failed']),\
+             call('faults.segfault'),\
+             call('math.square', ['not a number']),\
+             call('nope.missing', [1]),\
+             call('faults.spin_ms', [60000], time_limit=1),\
+             call('faults.cooperative_spin', [60000], soft_time_limit=0.3),\
+             call('math.square', [2], expires=-5),\
+             ]))"
+        ),
+    );
+    let expect = [
+        ("TaskPanic", None, "boom"),
+        ("TaskError", None, "it failed"),
+        ("WorkerLostError", Some("billiard.exceptions"), "SIGSEGV"),
+        ("TypeError", Some("builtins"), "square"),
+        ("NotRegistered", Some("celery.exceptions"), "nope.missing"),
+        (
+            "TimeLimitExceeded",
+            Some("billiard.exceptions"),
+            "hard time limit",
+        ),
+        (
+            "SoftTimeLimitExceeded",
+            Some("billiard.exceptions"),
+            "soft time limit",
+        ),
+        ("TaskRevokedError", Some("celery.exceptions"), "expired"),
+    ];
+    for (i, (ty, module, text)) in expect.iter().enumerate() {
+        let got = &v[i];
+        assert_eq!(got["type"], *ty, "case {i}: {got}");
+        if let Some(m) = module {
+            assert_eq!(got["module"], *m, "case {i}: {got}");
+            assert_eq!(got["real_class"], true, "case {i} is the real class: {got}");
+        }
+        assert!(
+            got["msg"].as_str().unwrap_or_default().contains(text),
+            "case {i} message should mention {text:?}: {got}"
+        );
+    }
+    assert_eq!(v[0]["state"], "FAILURE");
+    assert_eq!(v[7]["state"], "REVOKED", "expired → REVOKED: {}", v[7]);
+    wait_until("the acks", DEADLINE, || hlen_unacked(&redis) == 0);
+}
+
+#[test]
+fn eta_is_held_without_a_worker_and_expires_revokes() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("eta_is_held_without_a_worker_and_expires_revokes")
+    else {
+        return;
+    };
+    let url = redis.url();
+    // One worker process: the eta job must not occupy it.
+    let _w = worker(&url, &["-c", "1"]);
+    let v = py(
+        &url,
+        &format!(
+            "{CALL}
+import datetime
+t0 = time.time()
+late = app.send_task('math.square', args=[4], countdown=6)
+quick = call('hostile.nap', [10])
+late_state = late.state
+late_value = late.get(timeout=60)
+done = late.date_done
+if done.tzinfo is None:
+    done = done.replace(tzinfo=datetime.timezone.utc)
+waited = done.timestamp() - t0
+gone = call('math.square', [5], countdown=2, expires=1)
+print(json.dumps({{'quick': quick, 'late_state': late_state, 'late': late_value,
+                   'waited': waited, 'gone': gone}}))"
+        ),
+    );
+    assert_eq!(v["quick"], json!({"ok": 10}), "{v}");
+    assert_eq!(
+        v["late_state"], "PENDING",
+        "a job sent after the eta job ran first: {v}"
+    );
+    assert_eq!(v["late"], 16, "{v}");
+    assert!(
+        v["waited"].as_f64().unwrap() >= 5.0,
+        "the eta job ran before its eta: {v}"
+    );
+    assert_eq!(v["gone"]["type"], "TaskRevokedError", "{v}");
+    assert_eq!(v["gone"]["state"], "REVOKED", "{v}");
+    wait_until("the acks", DEADLINE, || hlen_unacked(&redis) == 0);
+}
+
+#[test]
+fn three_hosts_run_a_thousand_jobs_exactly_once_each() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("three_hosts_run_a_thousand_jobs_exactly_once_each")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let hosts: Vec<celery::Worker> = (0..3)
+        .map(|_| worker(&url, &["-c", "2", "--prefetch-multiplier", "4"]))
+        .collect();
+    let ids = py(
+        &url,
+        "ids = [app.send_task('math.square', args=[i]).id for i in range(1000)]\nprint(json.dumps(ids))",
+    );
+    let ids: Vec<String> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    wait_until("1000 results", DEADLINE, || {
+        redis.keys("celery-task-meta-*").len() >= 1000
+    });
+    for (i, id) in ids.iter().enumerate() {
+        let meta = redis.task_meta(id).expect("a result");
+        assert_eq!(meta["status"], "SUCCESS", "{meta}");
+        assert_eq!(meta["result"], json!((i * i) as u64), "{meta}");
+        assert_eq!(meta["task_id"], json!(id));
+    }
+    assert_eq!(redis.keys("celery-task-meta-*").len(), 1000);
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0 && zcard_index(&redis) == 0
+    });
+    assert_eq!(llen(&redis, "celery"), 0);
+    drop(hosts);
+}
+
+#[test]
+fn a_job_of_a_killed_host_completes_on_another() {
+    let Some((redis, _py)) = celery::celery_or_skip("a_job_of_a_killed_host_completes_on_another")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("killed-host");
+    let log = dir.join("runs.log");
+    let mut a = worker(&url, &["-c", "1", "--visibility-timeout", "2s"]);
+    let id = py(
+        &url,
+        &format!(
+            "print(json.dumps(app.send_task('hostile.append_line', args=[{}, 'run', 3000]).id))",
+            json!(log.display().to_string())
+        ),
+    );
+    let id = id.as_str().unwrap().to_string();
+    wait_until("the job to start on host A", DEADLINE, || {
+        lines(&log).len() == 1
+    });
+    a.kill(); // kill -9 of the host and everything under it
+    assert!(redis.task_meta(&id).is_none());
+    assert_eq!(hlen_unacked(&redis), 1, "the message is still unacked");
+    let _b = worker(&url, &["-c", "1", "--visibility-timeout", "2s"]);
+    wait_until("the job to complete on host B", DEADLINE, || {
+        redis
+            .task_meta(&id)
+            .is_some_and(|m| m["status"] == "SUCCESS")
+    });
+    assert_eq!(redis.task_meta(&id).unwrap()["result"], 3000);
+    assert_eq!(lines(&log).len(), 2, "ran on A (killed), then on B");
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_job_longer_than_three_visibility_timeouts_runs_once_on_a_live_host() {
+    let Some((redis, _py)) = celery::celery_or_skip(
+        "a_job_longer_than_three_visibility_timeouts_runs_once_on_a_live_host",
+    ) else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("long-job");
+    let log = dir.join("runs.log");
+    // Two hosts, each sweeping for messages unrenewed for 1 s; the job takes 4 s.
+    let _a = worker(&url, &["-c", "1", "--visibility-timeout", "1s"]);
+    let _b = worker(&url, &["-c", "1", "--visibility-timeout", "1s"]);
+    let v = py(
+        &url,
+        &format!(
+            "r = app.send_task('hostile.append_line', args=[{}, 'run', 4000])\nprint(json.dumps(r.get(timeout=60)))",
+            json!(log.display().to_string())
+        ),
+    );
+    assert_eq!(v, 4000);
+    assert_eq!(lines(&log), ["run"], "the job ran more than once");
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0
+    });
+    assert_eq!(llen(&redis, "celery"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A redis-server with an append-only file fsynced on every write, so a
+/// `kill -9` and a restart on the same port keep every acknowledged write
+/// (what "Redis restarted" means for a broker that must not lose jobs).
+struct DurableRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl DurableRedis {
+    fn start() -> DurableRedis {
+        let mut r = DurableRedis {
+            port: celery::free_port(),
+            dir: celery::unique_temp_dir("durable-redis"),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let exe = celery::redis_server_exe().expect("redis-server");
+        let child = Command::new(exe)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .args(["--daemonize", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_until("redis-server to answer", DEADLINE, || {
+            RedisConn::connect(self.port)
+                .ok()
+                .and_then(|mut c| c.try_cmd(&["PING"]).ok())
+                .is_some_and(|r| r == Reply::Status("PONG".into()))
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Option<Reply> {
+        RedisConn::connect(self.port).ok()?.try_cmd(args).ok()
+    }
+}
+
+impl Drop for DurableRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn every_job_completes_when_redis_restarts_mid_batch() {
+    if celery::python_or_skip("every_job_completes_when_redis_restarts_mid_batch").is_none()
+        || celery::redis_or_skip("every_job_completes_when_redis_restarts_mid_batch").is_none()
+    {
+        return;
+    }
+    let mut redis = DurableRedis::start();
+    let url = redis.url();
+    let mut w = worker(&url, &["-c", "2", "--visibility-timeout", "10s"]);
+    let ids = py(
+        &url,
+        "ids = [app.send_task('hostile.nap', args=[20]).id for i in range(300)]\nprint(json.dumps(ids))",
+    );
+    let ids: Vec<String> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let done = |redis: &DurableRedis| {
+        ids.iter()
+            .filter(|id| {
+                redis
+                    .cmd(&["GET", &format!("celery-task-meta-{id}")])
+                    .is_some_and(|r| {
+                        !r.is_nil()
+                            && serde_json::from_slice::<Value>(r.bytes())
+                                .is_ok_and(|m| m["status"] == "SUCCESS")
+                    })
+            })
+            .count()
+    };
+    wait_until("the first results", DEADLINE, || done(&redis) >= 20);
+    redis.kill();
+    assert!(
+        w.wait_timeout(Duration::from_millis(300)).is_none(),
+        "the worker must outlive its broker"
+    );
+    redis.spawn();
+    wait_until("every result after the restart", DEADLINE, || {
+        done(&redis) == ids.len()
+    });
+    wait_until("nothing left unacked", DEADLINE, || {
+        redis
+            .cmd(&["HLEN", "unacked"])
+            .is_some_and(|r| r.int() == 0)
+    });
+    assert!(
+        w.stderr().contains("lost the broker") || w.stderr().contains("yet"),
+        "the outage is logged:\n{}",
+        w.stderr()
+    );
+}
+
+#[test]
+fn a_chain_crosses_a_python_worker_and_a_rust_worker() {
+    let Some((redis, python)) =
+        celery::celery_or_skip("a_chain_crosses_a_python_worker_and_a_rust_worker")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("py-worker");
+    std::fs::write(
+        dir.join("pytasks.py"),
+        format!(
+            "{}\n@app.task(name='py.double')\ndef double(x):\n    return x * 2\n",
+            celery::py_app(&url)
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-m", "celery", "-A", "pytasks", "worker", "-Q", "py", "-c", "1",
+    ])
+    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
+    .args(["--without-heartbeat", "-l", "info", "-n", "py@%h"])
+    .current_dir(&dir)
+    .env("PYTHONDONTWRITEBYTECODE", "1")
+    .stdout(Stdio::null());
+    let _py_worker = celery::spawn_until(cmd, "ready.", Duration::from_secs(90));
+    let _rust = worker(&url, &["-Q", "rust", "-c", "1"]);
+    let v = py(
+        &url,
+        "from celery import chain\n\
+         c = chain(app.signature('math.square', args=[3], queue='rust'),\n\
+                   app.signature('py.double', queue='py'),\n\
+                   app.signature('math.square', queue='rust'))\n\
+         print(json.dumps(c.apply_async().get(timeout=60)))",
+    );
+    assert_eq!(v, json!(324), "(3² · 2)² through rust, python, rust");
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn link_and_link_error_send_their_callbacks() {
+    let Some((redis, _py)) = celery::celery_or_skip("link_and_link_error_send_their_callbacks")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _w = worker(&url, &["-c", "2"]);
+    let v = py(
+        &url,
+        "from celery.result import AsyncResult\n\
+         ok = app.send_task('math.square', args=[3], link=app.signature('math.square', task_id='cb-1'))\n\
+         first = ok.get(timeout=60)\n\
+         cb = AsyncResult('cb-1', app=app).get(timeout=60)\n\
+         bad = app.send_task('faults.fail', args=['nope'], link_error=app.signature('faults.fail', task_id='eb-1'))\n\
+         try:\n    bad.get(timeout=60)\nexcept Exception:\n    pass\n\
+         try:\n    AsyncResult('eb-1', app=app).get(timeout=60)\n    eb = None\n\
+         except Exception as e:\n    eb = str(e)\n\
+         print(json.dumps({'first': first, 'cb': cb, 'eb': eb, 'bad_id': bad.id}))",
+    );
+    assert_eq!(v["first"], 9);
+    assert_eq!(v["cb"], 81, "the link got the result prepended: {v}");
+    assert_eq!(
+        v["eb"], v["bad_id"],
+        "the errback got the failed task's id as its argument: {v}"
+    );
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0
+    });
+}
+
+#[test]
+fn a_pickle_message_is_refused_without_being_decoded() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("a_pickle_message_is_refused_without_being_decoded")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("pickle");
+    let marker = dir.join("unpickled");
+    let _w = worker(&url, &["-c", "1"]);
+    let v = py(
+        &url,
+        &format!(
+            "{CALL}
+import os
+class Evil:
+    def __reduce__(self):
+        return (os.system, ('touch ' + {},))
+print(json.dumps(call('math.square', [Evil()], serializer='pickle')))",
+            json!(marker.display().to_string())
+        ),
+    );
+    assert_eq!(v["type"], "ContentDisallowed", "{v}");
+    assert_eq!(v["module"], "kombu.exceptions", "{v}");
+    assert_eq!(v["state"], "FAILURE");
+    assert!(!marker.exists(), "the pickle was unpickled");
+    wait_until("the ack", DEADLINE, || hlen_unacked(&redis) == 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends a task from Python without waiting; its id.
+fn send(url: &str, task: &str, args: Value) -> String {
+    py(
+        url,
+        &format!("print(json.dumps(app.send_task({task:?}, args={args}).id))"),
+    )
+    .as_str()
+    .unwrap()
+    .to_string()
+}
+
+#[test]
+fn sigterm_is_a_warm_shutdown() {
+    let Some((redis, _py)) = celery::celery_or_skip("sigterm_is_a_warm_shutdown") else {
+        return;
+    };
+    let url = redis.url();
+    let mut w = worker(&url, &["-c", "1"]);
+    let first = send(&url, "hostile.nap", json!([1500]));
+    wait_until("the first job to be reserved", DEADLINE, || {
+        hlen_unacked(&redis) == 1 && llen(&redis, "celery") == 0
+    });
+    let second = send(&url, "hostile.nap", json!([1]));
+    w.signal(Signal::SIGTERM);
+    let status = w
+        .wait_timeout(DEADLINE)
+        .expect("the worker exits after its running job");
+    assert_eq!(status.code(), Some(0), "{}", w.stderr());
+    assert_eq!(redis.task_meta(&first).unwrap()["status"], "SUCCESS");
+    assert!(
+        redis.task_meta(&second).is_none(),
+        "nothing new is reserved"
+    );
+    assert_eq!(
+        llen(&redis, "celery"),
+        1,
+        "the second job waits in the queue"
+    );
+    assert_eq!(hlen_unacked(&redis), 0);
+    assert_eq!(zcard_index(&redis), 0);
+}
+
+#[test]
+fn sigquit_is_a_cold_shutdown_that_requeues_at_once() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("sigquit_is_a_cold_shutdown_that_requeues_at_once")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let mut w = worker(&url, &["-c", "1", "--visibility-timeout", "1h"]);
+    let id = send(&url, "hostile.nap", json!([600000]));
+    wait_until("the job to be reserved", DEADLINE, || {
+        hlen_unacked(&redis) == 1 && llen(&redis, "celery") == 0
+    });
+    w.signal(Signal::SIGQUIT);
+    let status = w.wait_timeout(DEADLINE).expect("the worker exits");
+    assert_eq!(status.code(), Some(0), "{}", w.stderr());
+    assert!(redis.task_meta(&id).is_none(), "no result for a killed job");
+    assert_eq!(
+        llen(&redis, "celery"),
+        1,
+        "the message is back in the queue"
+    );
+    assert_eq!(hlen_unacked(&redis), 0);
+    let back = &redis.list_json("celery")[0];
+    assert_eq!(back["headers"]["id"], json!(id));
+    assert_eq!(back["headers"]["redelivered"], true);
+}
+
+#[test]
+fn a_second_sigterm_is_cold() {
+    let Some((redis, _py)) = celery::celery_or_skip("a_second_sigterm_is_cold") else {
+        return;
+    };
+    let url = redis.url();
+    let mut w = worker(&url, &["-c", "1"]);
+    let id = send(&url, "hostile.nap", json!([600000]));
+    wait_until("the job to be reserved", DEADLINE, || {
+        hlen_unacked(&redis) == 1
+    });
+    w.signal(Signal::SIGTERM);
+    wait_until("the warm shutdown to begin", DEADLINE, || {
+        w.stderr().contains("warm shutdown")
+    });
+    // Not a synchronization: the same signal again within 100 ms counts as
+    // one delivery (a signal sent to a process and to its group arrives
+    // twice), so the second request must come later than that.
+    std::thread::sleep(Duration::from_millis(300));
+    w.signal(Signal::SIGTERM);
+    let status = w
+        .wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the worker did not exit:\n{}", w.stderr()));
+    assert_eq!(status.code(), Some(0), "{}", w.stderr());
+    assert!(redis.task_meta(&id).is_none());
+    assert_eq!(llen(&redis, "celery"), 1, "requeued at once");
+    assert_eq!(hlen_unacked(&redis), 0);
+}

@@ -236,9 +236,27 @@ pub fn segv() -> u64 {
     0
 }
 
+/// Appends `line` and a newline to the file at `path` (one `O_APPEND`
+/// write, so runs on several hosts never interleave), then sleeps `ms`
+/// milliseconds; returns `ms`. The Celery tests count a job's runs with it.
+#[task]
+pub fn append_line(path: String, line: String, ms: u64) -> Result<u64, String> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {path}: {e}"))?;
+    f.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("cannot write {path}: {e}"))?;
+    drop(f);
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(ms)
+}
+
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line],
 );
