@@ -102,7 +102,10 @@ pub fn watch<'scope, 'env>(
                     // current workers serve, and the pool logs whether the
                     // reload took ("the plugins were reloaded") or failed.
                     match pool.restart_in_background() {
-                        Ok(()) => say("SIGHUP: loading the plugin files again (rolling restart)"),
+                        Ok(()) => say(
+                            "SIGHUP: reloading the plugins (rolling restart; the current \
+                             workers serve until the new files are loaded)",
+                        ),
                         Err(e) => say(&format!("SIGHUP: cannot restart the pool: {e}")),
                     }
                 } else if first.is_some_and(|(s, at)| s == sig && at.elapsed() < REPEAT) {

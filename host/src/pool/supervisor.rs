@@ -658,6 +658,9 @@ impl Supervisor {
         self.closing
             && self.queue.is_empty()
             && self.workers.values().all(|w| w.inflight.is_empty())
+            // A reload asked for completes (or fails, within the load
+            // timeout) before the pool closes, so it is never lost.
+            && self.zygotes.iter().all(|z| z.ready || !z.alive)
     }
 
     /// Handles every queued command; true when the pool must stop now.
