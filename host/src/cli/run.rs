@@ -6,7 +6,7 @@
 //! complete. The contract (result format, exit codes, signals) is in the
 //! README's "billiard-host run" section and in `--help`.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use billiard_host::{Outcome, Pool, PoolConfig, RawJob, StartMethod, TaskError};
 use clap::ArgGroup;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use super::exit;
 use super::input::{self, Jobs, Pull};
@@ -388,32 +388,26 @@ pub fn run(args: Args) -> i32 {
 /// At most this many streams run at once (see [`stream_results`]).
 const MAX_SEGMENTS: usize = 4;
 
-/// What the segment threads of [`stream_results`] report.
-enum Msg {
-    /// The outcome of the job at this (global) index.
-    Result(u64, Outcome),
-    /// A segment stopped taking input after `taken` jobs: the input went
-    /// quiet or ended. Sent exactly once per segment, before `Done`.
-    Paused { taken: u64 },
-    /// A segment delivered all its results.
-    Done,
-}
+/// Results a segment may have ready before the writer takes them; past
+/// that its thread waits, and so does its input.
+const SEGMENT_BUFFER: usize = 64;
 
 /// The input of one stream: jobs until the input goes quiet. It waits for
 /// a line only while it has handed out nothing, so the stream that pulls
-/// from it is never stuck on the input while it holds results.
+/// from it is never stuck on the input while it holds results. When it
+/// stops taking input it reports how many jobs it took (exactly once).
 struct Segment<'a, 'p> {
     jobs: &'a Mutex<Jobs<'p>>,
     taken: u64,
     paused: bool,
-    tx: Sender<Msg>,
+    paused_tx: Sender<u64>,
 }
 
 impl Segment<'_, '_> {
     fn pause(&mut self) {
         if !self.paused {
             self.paused = true;
-            let _ = self.tx.send(Msg::Paused { taken: self.taken });
+            let _ = self.paused_tx.send(self.taken);
         }
     }
 }
@@ -459,10 +453,13 @@ impl Drop for Segment<'_, '_> {
 /// the input is cut into segments at its quiet moments: each segment is a
 /// stream on a thread of its own that ends taking input when no line came
 /// for [`input::QUIET`], then delivers its results while the next segment
-/// waits for the next line. Each stream keeps its window (bounded memory);
-/// at most [`MAX_SEGMENTS`] run at once; the indices run on across
-/// segments and ordered output is reassembled here, so the output is the
-/// same as one stream's.
+/// waits for the next line. At most [`MAX_SEGMENTS`] run at once; indices
+/// run on across segments. Results travel through a small bounded channel
+/// per segment, read oldest segment first when `ordered` (so the output is
+/// the same as one stream's) and from any segment otherwise: a writer that
+/// cannot keep up, or an ordered run waiting for an earlier segment's slow
+/// job, stops the segments' streams, which stop taking input. Memory stays
+/// bounded by the segments' windows.
 fn stream_results<'scope, 'env>(
     s: &'scope Scope<'scope, 'env>,
     pool: &'env Pool,
@@ -471,50 +468,56 @@ fn stream_results<'scope, 'env>(
     chunksize: usize,
     mut emit: impl FnMut(u64, &Outcome) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-    let spawn = |offset: u64| {
-        let tx = tx.clone();
+    let (paused_tx, paused_rx) = crossbeam_channel::unbounded::<u64>();
+    let spawn = |offset: u64| -> Receiver<(u64, Outcome)> {
+        let (tx, rx) = crossbeam_channel::bounded(SEGMENT_BUFFER);
         let segment = Segment {
             jobs,
             taken: 0,
             paused: false,
-            tx: tx.clone(),
+            paused_tx: paused_tx.clone(),
         };
         s.spawn(move || {
             for (i, outcome) in pool.imap_raw(segment, ordered, chunksize) {
-                if tx.send(Msg::Result(offset + i, outcome)).is_err() {
+                if tx.send((offset + i, outcome)).is_err() {
                     return;
                 }
             }
-            let _ = tx.send(Msg::Done);
         });
+        rx
     };
-    spawn(0);
-    let (mut live, mut offset, mut want_segment) = (1usize, 0u64, false);
-    let mut held: BTreeMap<u64, Outcome> = BTreeMap::new();
-    let mut next_out = 0u64;
-    while live > 0 {
-        let Ok(msg) = rx.recv() else { break };
-        match msg {
-            Msg::Result(i, outcome) if !ordered => emit(i, &outcome)?,
-            Msg::Result(i, outcome) => {
-                held.insert(i, outcome);
-                while let Some(outcome) = held.remove(&next_out) {
-                    emit(next_out, &outcome)?;
-                    next_out += 1;
-                }
-            }
-            Msg::Paused { taken } => {
+    // Live segments, oldest first; one of them (the newest) may be taking
+    // input.
+    let mut segments: VecDeque<Receiver<(u64, Outcome)>> = VecDeque::from([spawn(0)]);
+    let (mut taking, mut want_segment, mut offset) = (true, false, 0u64);
+    while taking || want_segment || !segments.is_empty() {
+        if want_segment && segments.len() < MAX_SEGMENTS {
+            tracing::debug!("the input went quiet: a new segment starts at index {offset}");
+            segments.push_back(spawn(offset));
+            (taking, want_segment) = (true, false);
+        }
+        let mut sel = crossbeam_channel::Select::new();
+        let paused_op = sel.recv(&paused_rx);
+        let watched = if ordered { segments.len().min(1) } else { segments.len() };
+        for rx in segments.iter().take(watched) {
+            sel.recv(rx);
+        }
+        let op = sel.select();
+        if op.index() == paused_op {
+            if let Ok(taken) = op.recv(&paused_rx) {
                 offset += taken;
+                taking = false;
                 want_segment = !jobs.lock().unwrap_or_else(|e| e.into_inner()).is_done();
             }
-            Msg::Done => live -= 1,
+            continue;
         }
-        if want_segment && live < MAX_SEGMENTS {
-            want_segment = false;
-            live += 1;
-            tracing::debug!("the input went quiet: a new segment starts at index {offset}");
-            spawn(offset);
+        let k = op.index() - 1;
+        match op.recv(&segments[k]) {
+            Ok((i, outcome)) => emit(i, &outcome)?,
+            // That segment delivered everything.
+            Err(_) => {
+                segments.remove(k);
+            }
         }
     }
     Ok(())
