@@ -663,3 +663,157 @@ fn a_second_sigterm_is_cold() {
     assert_eq!(llen(&redis, "celery"), 1, "requeued at once");
     assert_eq!(hlen_unacked(&redis), 0);
 }
+
+#[test]
+fn reserves_only_idle_slots_times_the_prefetch_multiplier() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("reserves_only_idle_slots_times_the_prefetch_multiplier")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let mut w = worker(&url, &["-c", "2", "--prefetch-multiplier", "2"]);
+    py(
+        &url,
+        "print(json.dumps([app.send_task('hostile.nap', args=[600000]).id for i in range(10)]))",
+    );
+    wait_until("four reserved, six queued", DEADLINE, || {
+        hlen_unacked(&redis) == 4 && llen(&redis, "celery") == 6
+    });
+    // Growing the pool raises the limit by one worker's share.
+    w.signal(Signal::SIGTTIN);
+    wait_until("six reserved after SIGTTIN", DEADLINE, || {
+        hlen_unacked(&redis) == 6 && llen(&redis, "celery") == 4
+    });
+    assert!(
+        w.stderr().contains("concurrency +1: 3 workers"),
+        "{}",
+        w.stderr()
+    );
+    w.signal(Signal::SIGTTOU);
+    wait_until("the shrink to be logged", DEADLINE, || {
+        w.stderr().contains("concurrency -1: 2 workers")
+    });
+    w.signal(Signal::SIGQUIT);
+    w.wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the worker did not exit:\n{}", w.stderr()));
+    assert_eq!(llen(&redis, "celery"), 10, "every message is back");
+    assert_eq!(hlen_unacked(&redis), 0);
+}
+
+#[test]
+fn sighup_reloads_the_plugin_files() {
+    let Some((redis, _py)) = celery::celery_or_skip("sighup_reloads_the_plugin_files") else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("reload");
+    let so = dir.join("libreload.so");
+    std::fs::copy(common::plugin("reload-a"), &so).unwrap();
+    let mut w = celery::spawn_worker(["worker", so.to_str().unwrap(), "--broker", &url, "-c", "1"]);
+    assert_eq!(
+        py(
+            &url,
+            "print(json.dumps(app.send_task('reload.version').get(timeout=60)))"
+        ),
+        "1.0.0"
+    );
+    // Replace the file the way a deploy does: a new file renamed over it.
+    let next = dir.join("libreload.so.new");
+    std::fs::copy(common::plugin("reload-b"), &next).unwrap();
+    std::fs::rename(&next, &so).unwrap();
+    w.signal(Signal::SIGHUP);
+    let v = py(
+        &url,
+        &format!(
+            "{CALL}
+end = time.time() + 60
+v = None
+while time.time() < end:
+    v = app.send_task('reload.version').get(timeout=60)
+    if v == '2.0.0':
+        break
+print(json.dumps({{'version': v, 'gone': call('reload.square', [3]), 'double': call('reload.double', [4])}}))"
+        ),
+    );
+    assert_eq!(v["version"], "2.0.0", "{v}\n{}", w.stderr());
+    assert_eq!(
+        v["gone"]["type"], "NotRegistered",
+        "a task gone after the reload: {v}"
+    );
+    assert_eq!(v["double"], json!({"ok": 8}));
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait_timeout(DEADLINE).and_then(|s| s.code()), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn json_log_format_startup_line_names_broker_queues_plugins_tasks() {
+    let Some(redis) =
+        celery::redis_or_skip("json_log_format_startup_line_names_broker_queues_plugins_tasks")
+    else {
+        return;
+    };
+    // The password in the URL never reaches the log.
+    let url = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port());
+    redis.cmd(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    let w = worker(&url, &["-Q", "a,b", "--log-format", "json"]);
+    let line = w
+        .stderr()
+        .lines()
+        .find(|l| l.contains("ready"))
+        .unwrap()
+        .to_string();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(
+        v["broker"],
+        format!("redis://:***@127.0.0.1:{}/0", redis.port())
+    );
+    assert!(!line.contains("s3cret"), "{line}");
+    assert_eq!(v["queues"], json!(["a", "b"]));
+    let plugins: Vec<&str> = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(plugins, ["math", "faults", "hostile"]);
+    let tasks = v["tasks"].as_array().unwrap();
+    assert!(tasks.contains(&json!("math.square")) && tasks.contains(&json!("fib")));
+    assert!(
+        !tasks.contains(&json!("square")),
+        "`square` is in two plugins: only `plugin.square` names it"
+    );
+}
+
+#[test]
+fn a_python_workers_sweeper_restores_a_dead_hosts_message() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("a_python_workers_sweeper_restores_a_dead_hosts_message")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let mut a = worker(&url, &["-c", "1", "--visibility-timeout", "1h"]);
+    let id = send(&url, "hostile.nap", json!([600000]));
+    wait_until("the job to be reserved", DEADLINE, || {
+        hlen_unacked(&redis) == 1
+    });
+    a.kill();
+    // kombu's own restore (what a Python worker's sweeper runs) reads our
+    // unacked entry and puts the message back on its queue.
+    let v = py(
+        &url,
+        "with app.connection() as conn:\n\
+         \x20   ch = conn.default_channel\n\
+         \x20   ch.visibility_timeout = 0\n\
+         \x20   ch.qos.restore_visible(num=100, interval=1)\n\
+         print(json.dumps(1))",
+    );
+    assert_eq!(v, 1);
+    assert_eq!(hlen_unacked(&redis), 0);
+    let back = redis.list_json("celery");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0]["headers"]["id"], json!(id));
+    assert_eq!(back[0]["headers"]["redelivered"], true);
+}
