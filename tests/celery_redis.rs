@@ -817,3 +817,58 @@ fn a_python_workers_sweeper_restores_a_dead_hosts_message() {
     assert_eq!(back[0]["headers"]["id"], json!(id));
     assert_eq!(back[0]["headers"]["redelivered"], true);
 }
+
+#[test]
+fn unix_socket_broker_and_a_separate_result_backend() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("unix_socket_broker_and_a_separate_result_backend")
+    else {
+        return;
+    };
+    let sock = redis.socket_path().display().to_string();
+    let broker = format!("redis+unix://{sock}");
+    let backend = redis.url_db(1);
+    let _w = worker(&broker, &["--result-backend", &backend]);
+    // kombu spells a unix socket broker redis+socket://.
+    let v = celery::python_json(
+        &format!(
+            "import json\nfrom celery import Celery\n\
+             app = Celery('t', broker={}, backend={})\n\
+             print(json.dumps(app.send_task('math.square', args=[12]).get(timeout=60)))",
+            json!(format!("redis+socket://{sock}")),
+            json!(backend)
+        ),
+        &[],
+    );
+    assert_eq!(v, 144);
+    assert_eq!(redis.keys("celery-task-meta-*").len(), 0, "not in db 0");
+    let mut c = redis.conn();
+    c.cmd(&["SELECT", "1"]);
+    assert_eq!(c.cmd(&["KEYS", "celery-task-meta-*"]).array().len(), 1);
+    wait_until("the ack", DEADLINE, || hlen_unacked(&redis) == 0);
+}
+
+#[test]
+fn priority_lists_are_popped_in_kombus_order() {
+    let Some((redis, _py)) = celery::celery_or_skip("priority_lists_are_popped_in_kombus_order")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("priority");
+    let log = dir.join("order.log");
+    let path = json!(log.display().to_string());
+    // Queued before any worker runs: 9 (lowest on Redis), 5, 0.
+    py(
+        &url,
+        &format!(
+            "for p in [9, 5, 0]:\n    app.send_task('hostile.append_line', args=[{path}, 'p%d' % p, 0], priority=p)\nprint(1)"
+        ),
+    );
+    assert_eq!(llen(&redis, "celery\x06\x169"), 1);
+    assert_eq!(llen(&redis, "celery\x06\x163"), 1);
+    let _w = worker(&url, &["-c", "1"]);
+    wait_until("three runs", DEADLINE, || lines(&log).len() == 3);
+    assert_eq!(lines(&log), ["p0", "p5", "p9"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
