@@ -1663,8 +1663,15 @@ impl Supervisor {
             let _ = reg.deregister(&mut pipe);
             self.tokens.remove(&token);
         }
-        // Grandchildren a task spawned die with the worker.
-        let _ = sys::kill_group(w.pid, sys::SIGKILL);
+        // Grandchildren a task spawned die with the worker. With an exit
+        // report the zygote has done it already, before reaping the worker
+        // (after that the pid may be reused: killing its group here could
+        // hit a stranger). Without one the worker is still an unreaped
+        // zombie of its zygote (stopped, or gone with its subreaper duty
+        // passed on), so its pid cannot have been reused yet.
+        if info.is_none() {
+            let _ = sys::kill_group(w.pid, sys::SIGKILL);
+        }
         let slot = self.board.slot(w.slot as usize);
         let running = slot
             .map(|s| s.running.swap(0, std::sync::atomic::Ordering::AcqRel))
