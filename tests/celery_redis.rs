@@ -339,14 +339,25 @@ struct DurableRedis {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra server arguments; with `--tls-port` the plain port is a
+    /// second, unencrypted listener the test inspects through.
+    extra: Vec<String>,
 }
 
 impl DurableRedis {
     fn start() -> DurableRedis {
+        DurableRedis::start_with(
+            celery::unique_temp_dir("durable-redis"),
+            &["--appendonly", "yes", "--appendfsync", "always"],
+        )
+    }
+
+    fn start_with(dir: PathBuf, extra: &[&str]) -> DurableRedis {
         let mut r = DurableRedis {
             port: celery::free_port(),
-            dir: celery::unique_temp_dir("durable-redis"),
+            dir,
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn();
         r
@@ -356,14 +367,8 @@ impl DurableRedis {
         let exe = celery::redis_server_exe().expect("redis-server");
         let child = Command::new(exe)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
+            .args(["--save", ""])
+            .args(&self.extra)
             .args(["--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -871,4 +876,123 @@ fn priority_lists_are_popped_in_kombus_order() {
     wait_until("three runs", DEADLINE, || lines(&log).len() == 3);
     assert_eq!(lines(&log), ["p0", "p5", "p9"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the `openssl`
+/// command in `dir`; false if `openssl` is not there.
+fn make_certs(dir: &Path) -> bool {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=billiard-test-ca",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+#[test]
+fn rediss_tls_broker_with_a_private_ca() {
+    if celery::python_or_skip("rediss_tls_broker_with_a_private_ca").is_none()
+        || celery::redis_or_skip("rediss_tls_broker_with_a_private_ca").is_none()
+    {
+        return;
+    }
+    let dir = celery::unique_temp_dir("tls-redis");
+    if !make_certs(&dir) {
+        celery::skip(
+            "rediss_tls_broker_with_a_private_ca",
+            "no openssl command to make certificates",
+        );
+        return;
+    }
+    let tls_port = celery::free_port();
+    let file = |n: &str| dir.join(n).display().to_string();
+    let redis = DurableRedis::start_with(
+        dir.clone(),
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &file("server.crt"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = format!(
+        "rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={}",
+        file("ca.crt")
+    );
+    let _w = worker(&url, &["-c", "1"]);
+    let v = py(
+        &url,
+        "print(json.dumps(app.send_task('math.square', args=[7]).get(timeout=60)))",
+    );
+    assert_eq!(v, 49);
+    // Through the plain port: the result and the ack are there.
+    wait_until("the ack", DEADLINE, || {
+        redis
+            .cmd(&["HLEN", "unacked"])
+            .is_some_and(|r| r.int() == 0)
+    });
+    // Without the CA the certificate is refused: the worker never gets ready.
+    let bad = format!("rediss://127.0.0.1:{tls_port}/0");
+    let mut cmd = common::host_command();
+    cmd.args(["worker", &common::plugin_str("math"), "--broker", &bad]);
+    let mut w = celery::spawn_until(cmd, "cannot reach the broker", Duration::from_secs(60));
+    assert!(!w.stderr().contains("ready"), "{}", w.stderr());
+    w.signal(Signal::SIGTERM);
+    assert_eq!(w.wait_timeout(DEADLINE).and_then(|s| s.code()), Some(0));
 }

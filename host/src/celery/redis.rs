@@ -56,9 +56,16 @@ pub enum BrokerError {
 }
 
 /// Opens a client for a Celery-style broker URL: `redis://[:password@]host
-/// [:port][/db]`, `rediss://...` (TLS, if built in), `redis+unix:///path
-/// [?db=N]`, `unix:///path`, and kombu's `redis+socket:///path`.
+/// [:port][/db]`, `redis+unix:///path[?db=N]`, `unix:///path`, kombu's
+/// `redis+socket:///path`, and `rediss://...` (TLS) with redis-py's query
+/// options `ssl_cert_reqs=required|optional|none` (`CERT_*` too; none: no
+/// verification), `ssl_ca_certs=PATH` (PEM roots instead of the system's),
+/// `ssl_certfile=PATH` + `ssl_keyfile=PATH` (a client certificate).
 pub fn client(url: &str) -> Result<redis::Client, BrokerError> {
+    let bad = |why: String| BrokerError::Url {
+        url: redact(url),
+        why,
+    };
     let fixed = if let Some(rest) = url.strip_prefix("redis+socket://") {
         format!("unix://{rest}")
     } else if let Some(rest) = url.strip_prefix("socket://") {
@@ -66,10 +73,65 @@ pub fn client(url: &str) -> Result<redis::Client, BrokerError> {
     } else {
         url.to_string()
     };
-    redis::Client::open(fixed.as_str()).map_err(|e| BrokerError::Url {
-        url: redact(url),
-        why: e.to_string(),
-    })
+    if !fixed.starts_with("rediss://") {
+        return redis::Client::open(fixed.as_str()).map_err(|e| bad(e.to_string()));
+    }
+    // TLS: take redis-py's ssl_* options out of the query string.
+    let (base, query) = match fixed.split_once('?') {
+        Some((b, q)) => (b.to_string(), q.to_string()),
+        None => (fixed.clone(), String::new()),
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q.to_string(), Some(f.to_string())),
+        None => (query, None),
+    };
+    let mut keep = Vec::new();
+    let (mut verify, mut ca, mut cert, mut key) = (true, None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = v.replace("%2F", "/").replace("%2f", "/");
+        match k {
+            "ssl_cert_reqs" => match v.to_ascii_lowercase().as_str() {
+                "none" | "cert_none" => verify = false,
+                "required" | "cert_required" | "optional" | "cert_optional" => verify = true,
+                other => return Err(bad(format!("unknown ssl_cert_reqs={other}"))),
+            },
+            "ssl_ca_certs" => ca = Some(v),
+            "ssl_certfile" => cert = Some(v),
+            "ssl_keyfile" => key = Some(v),
+            "ssl_check_hostname" => {}
+            _ => keep.push(pair.to_string()),
+        }
+    }
+    let mut url2 = base;
+    if !keep.is_empty() {
+        url2.push('?');
+        url2.push_str(&keep.join("&"));
+    }
+    if !verify || fragment.as_deref() == Some("insecure") {
+        url2.push_str("#insecure");
+    }
+    let read = |p: &str| std::fs::read(p).map_err(|e| bad(format!("cannot read {p}: {e}")));
+    if ca.is_none() && cert.is_none() {
+        return redis::Client::open(url2.as_str()).map_err(|e| bad(e.to_string()));
+    }
+    let client_tls = match (cert, key) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+            client_cert: read(&c)?,
+            client_key: read(&k)?,
+        }),
+        (None, None) => None,
+        _ => return Err(bad("ssl_certfile and ssl_keyfile go together".into())),
+    };
+    let root_cert = ca.map(|p| read(&p)).transpose()?;
+    redis::Client::build_with_tls(
+        url2.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| bad(e.to_string()))
 }
 
 /// The URL with any password replaced by `***` (for logs).
@@ -725,10 +787,15 @@ mod tests {
             "redis+unix:///tmp/x.sock",
             "unix:///tmp/x.sock?db=1",
             "redis+socket:///tmp/x.sock",
+            "rediss://127.0.0.1:6380/0",
+            "rediss://127.0.0.1:6380/0?ssl_cert_reqs=none",
+            "rediss://:pw@127.0.0.1:6380/1?ssl_cert_reqs=CERT_NONE&db=1",
         ] {
             client(u).unwrap_or_else(|e| panic!("{u}: {e}"));
         }
         assert!(client("amqp://guest@localhost//").is_err());
+        assert!(client("rediss://127.0.0.1/0?ssl_cert_reqs=maybe").is_err());
+        assert!(client("rediss://127.0.0.1/0?ssl_ca_certs=/nonexistent/ca.pem").is_err());
     }
 
     #[test]
