@@ -247,6 +247,8 @@ pub struct Supervisor {
     /// Workers with output left to read after their budget ran out.
     output_backlog: Vec<WorkerId>,
     timers: BinaryHeap<Reverse<(Instant, TimerKind)>>,
+    /// The heap size past which stale timers are dropped (`add_timer`).
+    timers_compact_at: usize,
     target: usize,
     /// Spawn requests not answered yet: worker id → (slot, zygote generation).
     pending_spawns: HashMap<u64, (u32, u64)>,
@@ -298,6 +300,7 @@ impl Supervisor {
                 queue: VecDeque::new(),
                 output_backlog: Vec::new(),
                 timers: BinaryHeap::new(),
+                timers_compact_at: 1024,
                 target,
                 pending_spawns: HashMap::new(),
                 start_failures: VecDeque::new(),
@@ -392,10 +395,10 @@ impl Supervisor {
         let z = self.launch_zygote(None)?;
         let gen = self.gen + 1;
         self.install_zygote(z, gen, purpose)?;
-        self.timers.push(Reverse((
+        self.add_timer((
             Instant::now() + self.cfg.load_timeout,
             TimerKind::ZygoteStart(gen),
-        )));
+        ));
         Ok(())
     }
 
@@ -1252,22 +1255,17 @@ impl Supervisor {
         let limits = d.limits.or(&self.cfg);
         // A chunk gets the limit once per item.
         let scale = d.count.max(1);
+        let (job, count) = (d.first_job, d.count);
         if let Some(soft) = limits.soft {
-            self.timers.push(Reverse((
-                now + soft * scale,
-                TimerKind::Soft(wid, d.first_job),
-            )));
+            self.add_timer((now + soft * scale, TimerKind::Soft(wid, job)));
         }
         if let Some(hard) = limits.hard {
-            self.timers.push(Reverse((
-                now + hard * scale,
-                TimerKind::Hard(wid, d.first_job),
-            )));
+            self.add_timer((now + hard * scale, TimerKind::Hard(wid, job)));
         }
         self.events.emit(Event::JobStarted {
-            job: d.first_job,
+            job,
             worker: wid,
-            count: d.count,
+            count,
         });
     }
 
@@ -1614,10 +1612,10 @@ impl Supervisor {
             .poll
             .registry()
             .deregister(&mut mio::unix::SourceFd(&w.pidfd.as_raw_fd()));
-        self.timers.push(Reverse((
+        self.add_timer((
             Instant::now() + EXIT_REPORT_GRACE,
             TimerKind::ExitReport(wid),
-        )));
+        ));
     }
 
     /// A worker died and its zygote did not say how within the grace
@@ -1928,6 +1926,33 @@ impl Supervisor {
     }
 
     // ----- timers, termination, resizing ----------------------------------
+
+    /// Arms a timer. Timers are not cancelled when their job ends (they
+    /// are checked when they fire), so the heap is compacted when it grows
+    /// past twice its live size: a long time limit over millions of short
+    /// jobs must not pile up millions of stale entries.
+    fn add_timer(&mut self, t: (Instant, TimerKind)) {
+        self.timers.push(Reverse(t));
+        if self.timers.len() > self.timers_compact_at {
+            let live: Vec<Reverse<(Instant, TimerKind)>> = std::mem::take(&mut self.timers)
+                .into_iter()
+                .filter(|Reverse((_, kind))| self.timer_is_live(kind))
+                .collect();
+            self.timers = BinaryHeap::from(live);
+            self.timers_compact_at = (self.timers.len() * 2).max(1024);
+        }
+    }
+
+    fn timer_is_live(&self, kind: &TimerKind) -> bool {
+        match *kind {
+            TimerKind::Soft(wid, job) | TimerKind::Hard(wid, job) => self
+                .workers
+                .get(&wid)
+                .is_some_and(|w| w.inflight.front().is_some_and(|d| d.first_job == job)),
+            TimerKind::ExitReport(wid) => self.workers.contains_key(&wid),
+            TimerKind::ZygoteStart(gen) => self.zygotes.iter().any(|z| z.gen == gen && !z.ready),
+        }
+    }
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
