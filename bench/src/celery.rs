@@ -416,10 +416,7 @@ fn latency(client: &Client, opts: &SendOptions, n: usize) -> Result<Vec<f64>> {
 fn stop(child: &mut Child) {
     let pid = child.id() as i32;
     let tree = tree_of(pid);
-    // SAFETY: kill(2) on pids we started; no memory is involved.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
+    let _ = billiard_host::sys::kill_pid(pid, libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -428,10 +425,7 @@ fn stop(child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for p in tree {
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(p, libc::SIGKILL);
-        }
+        let _ = billiard_host::sys::kill_pid(p, libc::SIGKILL);
     }
     let _ = child.wait();
 }
@@ -463,9 +457,8 @@ fn stat(pid: i32) -> Option<(i32, f64)> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ppid = f.get(1)?.parse().ok()?;
     let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((ppid, ticks / hz.max(1.0)))
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    Some((ppid, ticks / 100.0))
 }
 
 fn cpu_seconds(pids: &[i32]) -> f64 {
