@@ -535,3 +535,37 @@ fn b6_a_junit_report_naming_the_cases_file_is_refused() {
         );
     }
 }
+
+#[test]
+fn b7_an_ordered_run_behind_a_slow_job_keeps_every_result_in_order() {
+    // The first job is slow, the next 2000 are quick: the ordered output
+    // waits for the first, holds a bounded number of later results (the
+    // rest of the input waits), and comes out complete and in order.
+    let dir = scratch("b7_slow_head");
+    let mut lines = vec!["[0]"; 2001];
+    lines[0] = "[1500]";
+    let input = common::lines_file(&dir, "jobs.jsonl", &lines);
+    let h = plugin_str("hostile");
+    for unordered in [false, true] {
+        let mut args = vec![
+            "run", &h, "--task", "nap", "--input", &input, "-w", "2", "-q",
+        ];
+        if unordered {
+            args.push("--unordered");
+        }
+        let out = host(&args, &[]);
+        assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+        let rs = json_lines(&stdout(&out));
+        let mut got: Vec<u64> = rs.iter().map(|r| r["index"].as_u64().unwrap()).collect();
+        if unordered {
+            got.sort_unstable();
+        }
+        assert_eq!(
+            got,
+            (0..2001).collect::<Vec<u64>>(),
+            "unordered: {unordered}"
+        );
+        let first = rs.iter().find(|r| r["index"] == 0).unwrap();
+        assert_eq!(first["ok"], 1500);
+    }
+}

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::Duration;
@@ -388,6 +389,9 @@ pub fn run(args: Args) -> i32 {
 /// At most this many streams run at once (see [`stream_results`]).
 const MAX_SEGMENTS: usize = 4;
 
+/// See [`Budget`].
+const HELD_WINDOWS: u64 = 16;
+
 /// Results a segment may have ready before the writer takes them; past
 /// that its thread waits, and so does its input.
 const SEGMENT_BUFFER: usize = 64;
@@ -398,16 +402,39 @@ const SEGMENT_BUFFER: usize = 64;
 /// stops taking input it reports how many jobs it took (exactly once).
 struct Segment<'a, 'p> {
     jobs: &'a Mutex<Jobs<'p>>,
+    /// The index of its first job.
+    base: u64,
     taken: u64,
     paused: bool,
-    paused_tx: Sender<u64>,
+    paused_tx: Sender<(u64, &'static str)>,
+    budget: Arc<Budget>,
+}
+
+/// Jobs taken from the input whose results have not come out of their
+/// stream yet, across all segments (the pool's queue plus what an ordered
+/// stream holds back behind a slow job). A new segment starts only once
+/// they are down to one window, so the pool holds at most two windows of
+/// jobs (what a first SIGINT lets finish stays short); a segment stops
+/// taking input at [`HELD_WINDOWS`] windows, so an ordered run behind a
+/// job that takes hours does not pile up results without end.
+struct Budget {
+    window: u64,
+    /// Results that came out of the segments' streams.
+    returned: AtomicU64,
+}
+
+impl Budget {
+    /// Jobs in flight when `taken` jobs were taken in all.
+    fn in_flight(&self, taken: u64) -> u64 {
+        taken.saturating_sub(self.returned.load(Ordering::Acquire))
+    }
 }
 
 impl Segment<'_, '_> {
-    fn pause(&mut self) {
+    fn pause(&mut self, why: &'static str) {
         if !self.paused {
             self.paused = true;
-            let _ = self.paused_tx.send(self.taken);
+            let _ = self.paused_tx.send((self.taken, why));
         }
     }
 }
@@ -417,6 +444,12 @@ impl Iterator for Segment<'_, '_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.paused {
+            return None;
+        }
+        let limit = self.budget.window.saturating_mul(HELD_WINDOWS);
+        if self.taken > 0 && self.budget.in_flight(self.base + self.taken) >= limit {
+            // Earlier segments still hold jobs: let them drain first.
+            self.pause("the jobs in flight reached their limit");
             return None;
         }
         let pulled = self
@@ -429,8 +462,12 @@ impl Iterator for Segment<'_, '_> {
                 self.taken += 1;
                 Some(job)
             }
-            Pull::Quiet | Pull::End => {
-                self.pause();
+            Pull::Quiet => {
+                self.pause("the input went quiet");
+                None
+            }
+            Pull::End => {
+                self.pause("the input ended");
                 None
             }
         }
@@ -440,7 +477,7 @@ impl Iterator for Segment<'_, '_> {
 impl Drop for Segment<'_, '_> {
     fn drop(&mut self) {
         // Even if its stream ends early: the writer counts on it.
-        self.pause();
+        self.pause("its stream ended");
     }
 }
 
@@ -468,17 +505,25 @@ fn stream_results<'scope, 'env>(
     chunksize: usize,
     mut emit: impl FnMut(u64, &Outcome) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let (paused_tx, paused_rx) = crossbeam_channel::unbounded::<u64>();
+    let (paused_tx, paused_rx) = crossbeam_channel::unbounded::<(u64, &'static str)>();
+    let budget = Arc::new(Budget {
+        window: pool.config().imap_window.max(1) as u64,
+        returned: AtomicU64::new(0),
+    });
     let spawn = |offset: u64| -> Receiver<(u64, Outcome)> {
         let (tx, rx) = crossbeam_channel::bounded(SEGMENT_BUFFER);
         let segment = Segment {
             jobs,
+            base: offset,
             taken: 0,
             paused: false,
             paused_tx: paused_tx.clone(),
+            budget: budget.clone(),
         };
+        let budget = budget.clone();
         s.spawn(move || {
             for (i, outcome) in pool.imap_raw(segment, ordered, chunksize) {
+                budget.returned.fetch_add(1, Ordering::AcqRel);
                 if tx.send((offset + i, outcome)).is_err() {
                     return;
                 }
@@ -491,20 +536,30 @@ fn stream_results<'scope, 'env>(
     let mut segments: VecDeque<Receiver<(u64, Outcome)>> = VecDeque::from([spawn(0)]);
     let (mut taking, mut want_segment, mut offset) = (true, false, 0u64);
     while taking || want_segment || !segments.is_empty() {
-        if want_segment && segments.len() < MAX_SEGMENTS {
-            tracing::debug!("the input went quiet: a new segment starts at index {offset}");
+        // A new segment once the input went quiet (or a segment stopped for
+        // the budget) and the jobs in flight are down to a window.
+        if want_segment
+            && segments.len() < MAX_SEGMENTS
+            && budget.in_flight(offset) <= budget.window
+        {
+            tracing::debug!("a new segment starts at index {offset}");
             segments.push_back(spawn(offset));
             (taking, want_segment) = (true, false);
         }
         let mut sel = crossbeam_channel::Select::new();
         let paused_op = sel.recv(&paused_rx);
-        let watched = if ordered { segments.len().min(1) } else { segments.len() };
+        let watched = if ordered {
+            segments.len().min(1)
+        } else {
+            segments.len()
+        };
         for rx in segments.iter().take(watched) {
             sel.recv(rx);
         }
         let op = sel.select();
         if op.index() == paused_op {
-            if let Ok(taken) = op.recv(&paused_rx) {
+            if let Ok((taken, why)) = op.recv(&paused_rx) {
+                tracing::debug!("a segment took {taken} jobs and stopped: {why}");
                 offset += taken;
                 taking = false;
                 want_segment = !jobs.lock().unwrap_or_else(|e| e.into_inner()).is_done();
