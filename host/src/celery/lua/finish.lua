@@ -1,47 +1,56 @@
--- Finish one message in one atomic step: store its result (unless a
--- SUCCESS is already stored: Celery never overwrites one) and PUBLISH it on
--- the channel of the same name, send its follow-up messages (chain, link),
--- and ack it (ZREM unacked_index, HDEL unacked).
+-- Finish a batch of messages, each in one atomic step: store its result
+-- (unless a SUCCESS is already stored: Celery never overwrites one) and
+-- PUBLISH it on the channel of the same name, send its follow-up messages
+-- (chain, link, link_error), and ack it (ZREM unacked_index, HDEL unacked).
 --
--- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] the result key
--- KEYS[4..] the lists of the follow-up messages
--- ARGV[1] the delivery tag ('' = nothing to ack)
--- ARGV[2] the result JSON ('' = store nothing)
--- ARGV[3] the result's time to live in seconds (0 = forever)
--- ARGV[4..] the follow-up messages, one per list in KEYS[4..]
--- Returns {stored, acked}. Follow-ups are sent only by the consumer that
--- still holds the message: one that was restored to the queue meanwhile
--- runs again elsewhere and that run sends them.
-local holds = 1
-if ARGV[1] ~= '' then
-  holds = redis.call('HEXISTS', KEYS[1], ARGV[1])
-end
-local stored = 0
-if ARGV[2] ~= '' then
-  local cur = redis.call('GET', KEYS[3])
-  local keep = false
-  if cur then
-    local ok, m = pcall(cjson.decode, cur)
-    keep = ok and type(m) == 'table' and m['status'] == 'SUCCESS'
+-- KEYS[1] unacked, KEYS[2] unacked_index, then per message: its result key,
+--   then the list of each of its follow-ups
+-- ARGV[1] the results' time to live in seconds (0 = forever), then per
+--   message: its delivery tag ('' = nothing to ack), its result JSON
+--   ('' = store nothing), the number of follow-ups k, then the k messages
+-- Returns {stored, held} per message. Follow-ups are sent only by the
+-- consumer that still holds the message: one that was restored to its
+-- queue meanwhile runs again elsewhere, and that run sends them.
+local ttl = tonumber(ARGV[1]) or 0
+local out = {}
+local a, k = 2, 3
+while a <= #ARGV do
+  local tag, result, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local key = KEYS[k]
+  local holds = 1
+  if tag ~= '' then
+    holds = redis.call('HEXISTS', KEYS[1], tag)
   end
-  if not keep then
-    local ttl = tonumber(ARGV[3]) or 0
-    if ttl > 0 then
-      redis.call('SETEX', KEYS[3], ttl, ARGV[2])
-    else
-      redis.call('SET', KEYS[3], ARGV[2])
+  local stored = 0
+  if result ~= '' then
+    local cur = redis.call('GET', key)
+    local keep = false
+    if cur then
+      local ok, m = pcall(cjson.decode, cur)
+      keep = ok and type(m) == 'table' and m['status'] == 'SUCCESS'
     end
-    redis.call('PUBLISH', KEYS[3], ARGV[2])
-    stored = 1
+    if not keep then
+      if ttl > 0 then
+        redis.call('SETEX', key, ttl, result)
+      else
+        redis.call('SET', key, result)
+      end
+      redis.call('PUBLISH', key, result)
+      stored = 1
+    end
   end
-end
-if holds == 1 then
-  for i = 4, #KEYS do
-    redis.call('LPUSH', KEYS[i], ARGV[i])
+  if holds == 1 then
+    for i = 1, n do
+      redis.call('LPUSH', KEYS[k + i], ARGV[a + 2 + i])
+    end
   end
+  if tag ~= '' then
+    redis.call('ZREM', KEYS[2], tag)
+    redis.call('HDEL', KEYS[1], tag)
+  end
+  out[#out + 1] = stored
+  out[#out + 1] = holds
+  a = a + 3 + n
+  k = k + 1 + n
 end
-if ARGV[1] ~= '' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return {stored, holds}
+return out
