@@ -996,3 +996,32 @@ fn rediss_tls_broker_with_a_private_ca() {
     w.signal(Signal::SIGTERM);
     assert_eq!(w.wait_timeout(DEADLINE).and_then(|s| s.code()), Some(0));
 }
+
+#[test]
+fn a_warm_shutdown_returns_held_eta_messages_at_once() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("a_warm_shutdown_returns_held_eta_messages_at_once")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let mut w = worker(&url, &["-c", "1", "--visibility-timeout", "1h"]);
+    let id = py(
+        &url,
+        "print(json.dumps(app.send_task('math.square', args=[3], countdown=3600).id))",
+    );
+    wait_until("the eta message to be held", DEADLINE, || {
+        hlen_unacked(&redis) == 1 && llen(&redis, "celery") == 0
+    });
+    w.signal(Signal::SIGTERM);
+    let status = w
+        .wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the worker did not exit:\n{}", w.stderr()));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(hlen_unacked(&redis), 0);
+    let back = redis.list_json("celery");
+    assert_eq!(back.len(), 1, "the held message is back in its queue");
+    assert_eq!(back[0]["headers"]["id"], json!(id.as_str().unwrap()));
+    assert!(back[0]["headers"]["eta"].is_string(), "with its eta");
+    assert!(redis.task_meta(id.as_str().unwrap()).is_none());
+}
