@@ -587,3 +587,94 @@ fn python_send_task_and_our_submit_lay_out_the_same_message() {
         }
     }
 }
+
+/// Signals during `submit --wait`: the first SIGINT stops reading input
+/// but still waits for the jobs already sent (a worker started afterwards
+/// completes them: exit 0); after a second (SIGTERM) the jobs still
+/// awaited end `terminated` (exit 1).
+#[test]
+fn submit_wait_first_signal_waits_second_gives_up() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(redis) = celery::redis_or_skip("submit_wait_first_signal_waits_second_gives_up")
+    else {
+        return;
+    };
+    let dir = common::scratch("submit_wait_first_signal_waits_second_gives_up");
+    let input = common::lines_file(&dir, "jobs.jsonl", &["[1]", "[2]", "[3]"]);
+    let url = redis.url();
+    let start = |name: &str| {
+        let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
+        let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
+        common::host_command()
+            .args([
+                "submit",
+                "--broker",
+                &url,
+                "--task",
+                "math.square",
+                "--input",
+                &input,
+            ])
+            .args(["--wait", "-Q", name])
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    };
+    let read = |name: &str, ext: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap_or_default()
+    };
+    let limit = Duration::from_secs(60);
+    let wait_exit = |child: &mut std::process::Child| {
+        let mut status = None;
+        assert!(
+            common::eventually(limit, || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            }),
+            "submit did not exit"
+        );
+        status.unwrap().code()
+    };
+
+    // One signal, then a worker: every job completes.
+    let mut child = start("late");
+    assert!(common::eventually(limit, || redis
+        .cmd(&["LLEN", "late"])
+        .int()
+        == 3));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert!(
+        common::eventually(limit, || read("late", "err")
+            .contains("waiting for the results")),
+        "{}",
+        read("late", "err")
+    );
+    let _w = worker(&url, "late");
+    assert_eq!(wait_exit(&mut child), Some(0), "{}", read("late", "err"));
+    assert_eq!(
+        read("late", "out"),
+        "{\"index\":0,\"ok\":1}\n{\"index\":1,\"ok\":4}\n{\"index\":2,\"ok\":9}\n"
+    );
+
+    // Two signals and no worker: the three end terminated.
+    let mut child = start("never");
+    assert!(common::eventually(limit, || redis
+        .cmd(&["LLEN", "never"])
+        .int()
+        == 3));
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    assert!(common::eventually(limit, || read("never", "err")
+        .contains("waiting for the results")));
+    // A different signal: the same one within 100 ms would count once.
+    kill(pid, Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(&mut child), Some(1), "{}", read("never", "err"));
+    let lines = common::json_lines(&read("never", "out"));
+    assert_eq!(lines.len(), 3);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i);
+        assert_eq!(l["error"]["kind"], "terminated", "{l}");
+    }
+}
