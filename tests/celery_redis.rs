@@ -1025,3 +1025,28 @@ fn a_warm_shutdown_returns_held_eta_messages_at_once() {
     assert!(back[0]["headers"]["eta"].is_string(), "with its eta");
     assert!(redis.task_meta(id.as_str().unwrap()).is_none());
 }
+
+#[test]
+fn odd_list_elements_neither_stop_nor_confuse_the_worker() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("odd_list_elements_neither_stop_nor_confuse_the_worker")
+    else {
+        return;
+    };
+    let url = redis.url();
+    // Not JSON at all, a JSON value that is no envelope, and a message
+    // whose custom headers repeat kombu's key names (the reserve script
+    // then decodes it in full instead of taking its shortcut).
+    redis.cmd(&["LPUSH", "celery", "garbage"]);
+    redis.cmd(&["LPUSH", "celery", "[1, 2, 3]"]);
+    let w = worker(&url, &["-c", "1"]);
+    let v = py(
+        &url,
+        "r = app.send_task('math.square', args=[6], headers={'routing_key': 'elsewhere', 'exchange': 'x', 'delivery_tag': 'bogus'})\nprint(json.dumps(r.get(timeout=60)))",
+    );
+    assert_eq!(v, 36);
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0 && llen(&redis, "celery") == 0
+    });
+    assert!(w.stderr().contains("not a message"), "{}", w.stderr());
+}
