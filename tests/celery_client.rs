@@ -678,3 +678,47 @@ fn submit_wait_first_signal_waits_second_gives_up() {
         assert_eq!(l["error"]["kind"], "terminated", "{l}");
     }
 }
+
+/// Over TLS (`rediss://` with a private CA): `submit --wait` and the
+/// library's `get_timeout` wait for their results through a TLS
+/// subscription (RESP3 push frames), a worker on the same TLS broker.
+#[test]
+fn producer_over_tls() {
+    let Some((redis, url)) = celery::tls_redis_or_skip("producer_over_tls") else {
+        return;
+    };
+    let _w = worker(&url, "celery");
+    let out = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--args",
+        "[6]",
+        "--wait",
+    ]);
+    assert_eq!(
+        common::stdout(&out),
+        "{\"index\":0,\"ok\":36}\n",
+        "{}",
+        common::stderr(&out)
+    );
+    let client = Client::connect(&url).expect("connect over TLS");
+    for i in 0..20u64 {
+        let h = client
+            .send_task(
+                "math.square",
+                vec![json!(i)],
+                Map::new(),
+                &SendOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            h.get_timeout(Duration::from_secs(60)).unwrap(),
+            json!(i * i)
+        );
+    }
+    // The plain listener sees what went over TLS.
+    assert_eq!(redis.keys("celery-task-meta-*").len(), 21);
+}

@@ -150,6 +150,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// More server arguments (e.g. a TLS listener), kept for restarts.
+    extra: Vec<String>,
 }
 
 /// How long a redis-server may take to answer PING after it was started.
@@ -160,6 +162,11 @@ impl RedisServer {
     /// --daemonize no` and waits until it answers PING. Panics when
     /// `redis-server` is missing (use [`redis_or_skip`]) or does not start.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with more `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let exe =
             redis_server_exe().expect("redis-server is not on PATH (use celery::redis_or_skip)");
         let dir = unique_temp_dir("redis");
@@ -173,6 +180,7 @@ impl RedisServer {
                 port,
                 dir: dir.clone(),
                 child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
             };
             match server.spawn_and_wait() {
                 Ok(()) => return server,
@@ -195,6 +203,7 @@ impl RedisServer {
             .arg("--unixsocket")
             .arg(self.socket_path())
             .args(["--unixsocketperm", "700"])
+            .args(&self.extra)
             .arg("--logfile")
             .arg(&log)
             .stdin(Stdio::null())
@@ -379,6 +388,105 @@ pub fn unique_temp_dir(what: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     dir
+}
+
+/// Makes a private CA (`ca.crt`) and a server certificate for 127.0.0.1
+/// (`server.crt`, `server.key`) in `dir` with the `openssl` command; false
+/// when there is no openssl or it fails.
+pub fn make_test_certs(dir: &Path) -> bool {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .is_err()
+    {
+        return false;
+    }
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=billiard-test-ca",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+/// A [`RedisServer`] that also listens with TLS on another port, with a
+/// private CA; returns the server and the `rediss://` URL (CA given as
+/// redis-py's `ssl_ca_certs`). `None` (after [`skip`]) without openssl.
+pub fn tls_redis_or_skip(test: &str) -> Option<(RedisServer, String)> {
+    redis_server_exe().or_else(|| {
+        skip(test, "redis-server is not on PATH");
+        None
+    })?;
+    let certs = unique_temp_dir("tls-certs");
+    if !make_test_certs(&certs) {
+        skip(test, "no openssl command to make test certificates");
+        return None;
+    }
+    let tls_port = free_port();
+    let file = |n: &str| certs.join(n).display().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &file("server.crt"),
+        "--tls-key-file",
+        &file("server.key"),
+        "--tls-ca-cert-file",
+        &file("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!(
+        "rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={}",
+        file("ca.crt")
+    );
+    Some((redis, url))
 }
 
 // ----- a minimal Redis (RESP2) client -------------------------------------

