@@ -239,7 +239,7 @@ pub enum Pull {
 }
 
 /// How long [`Jobs::pull`] waits for a line before it calls the input quiet.
-pub const QUIET: Duration = Duration::from_millis(2);
+pub const QUIET: Duration = Duration::from_millis(1);
 
 impl Jobs<'_> {
     /// True once the input is over: every later `pull` is [`Pull::End`].

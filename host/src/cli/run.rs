@@ -303,11 +303,19 @@ pub fn run(args: Args) -> i32 {
             }
         });
 
-        let written = stream_results(s, &pool, &jobs, !args.unordered, args.chunksize, |i, o| {
-            let (line, failed) = output::render(i, o);
-            progress.record(failed);
-            output.write_line(&line, failed)
-        });
+        let written = stream_results(
+            s,
+            &pool,
+            &jobs,
+            !args.unordered,
+            args.chunksize,
+            |i, o| {
+                let (line, failed) = output::render(i, o);
+                progress.record(failed);
+                output.write_line(&line, failed)
+            },
+            || output.flush_if_dirty(),
+        );
         if let Err(e) = written {
             // Nobody reads the results any more: stop everything.
             stop.request("the output was closed");
@@ -398,16 +406,28 @@ const SEGMENT_BUFFER: usize = 64;
 
 /// The input of one stream: jobs until the input goes quiet. It waits for
 /// a line only while it has handed out nothing, so the stream that pulls
-/// from it is never stuck on the input while it holds results. When it
-/// stops taking input it reports how many jobs it took (exactly once).
+/// from it is never stuck on the input while it holds results. It tells
+/// the writer when it waits for the input ([`Ctl::Waiting`], then
+/// [`Ctl::Busy`]) and, exactly once, how many jobs it took.
 struct Segment<'a, 'p> {
     jobs: &'a Mutex<Jobs<'p>>,
     /// The index of its first job.
     base: u64,
     taken: u64,
     paused: bool,
-    paused_tx: Sender<(u64, &'static str)>,
+    ctl: Sender<Ctl>,
     budget: Arc<Budget>,
+}
+
+/// What segments tell the writer, besides results.
+enum Ctl {
+    /// It waits for the input's next line: whoever sent the last one may be
+    /// waiting for its result, so results are flushed at once from now on.
+    Waiting,
+    /// It got that line: results may be batched again.
+    Busy,
+    /// It stopped taking input after this many jobs, and why.
+    Paused(u64, &'static str),
 }
 
 /// Jobs taken from the input whose results have not come out of their
@@ -434,7 +454,7 @@ impl Segment<'_, '_> {
     fn pause(&mut self, why: &'static str) {
         if !self.paused {
             self.paused = true;
-            let _ = self.paused_tx.send((self.taken, why));
+            let _ = self.ctl.send(Ctl::Paused(self.taken, why));
         }
     }
 }
@@ -452,13 +472,20 @@ impl Iterator for Segment<'_, '_> {
             self.pause("the jobs in flight reached their limit");
             return None;
         }
+        let first = self.taken == 0;
+        if first {
+            let _ = self.ctl.send(Ctl::Waiting);
+        }
         let pulled = self
             .jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pull(self.taken == 0);
+            .pull(first);
         match pulled {
             Pull::Job(job) => {
+                if first {
+                    let _ = self.ctl.send(Ctl::Busy);
+                }
                 self.taken += 1;
                 Some(job)
             }
@@ -483,7 +510,9 @@ impl Drop for Segment<'_, '_> {
 
 /// Runs the jobs through the pool and hands each outcome to `emit` with
 /// its index (in input order when `ordered`); stops at `emit`'s first
-/// error.
+/// error. `flush` is called when results were emitted, none is ready, and
+/// the input waits for a line (a client may be waiting for its answer);
+/// otherwise batching the writes is left to the caller.
 ///
 /// One [`Pool::imap_raw`] stream pulls its input synchronously, so a stream
 /// fed by a quiet pipe would sit on the results it already has. Instead
@@ -504,8 +533,9 @@ fn stream_results<'scope, 'env>(
     ordered: bool,
     chunksize: usize,
     mut emit: impl FnMut(u64, &Outcome) -> std::io::Result<()>,
+    mut flush: impl FnMut(),
 ) -> std::io::Result<()> {
-    let (paused_tx, paused_rx) = crossbeam_channel::unbounded::<(u64, &'static str)>();
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
     let budget = Arc::new(Budget {
         window: pool.config().imap_window.max(1) as u64,
         returned: AtomicU64::new(0),
@@ -517,7 +547,7 @@ fn stream_results<'scope, 'env>(
             base: offset,
             taken: 0,
             paused: false,
-            paused_tx: paused_tx.clone(),
+            ctl: ctl_tx.clone(),
             budget: budget.clone(),
         };
         let budget = budget.clone();
@@ -535,6 +565,7 @@ fn stream_results<'scope, 'env>(
     // input.
     let mut segments: VecDeque<Receiver<(u64, Outcome)>> = VecDeque::from([spawn(0)]);
     let (mut taking, mut want_segment, mut offset) = (true, false, 0u64);
+    let (mut input_waits, mut unflushed) = (false, false);
     while taking || want_segment || !segments.is_empty() {
         // A new segment once the input went quiet (or a segment stopped for
         // the budget) and the jobs in flight are down to a window.
@@ -547,7 +578,7 @@ fn stream_results<'scope, 'env>(
             (taking, want_segment) = (true, false);
         }
         let mut sel = crossbeam_channel::Select::new();
-        let paused_op = sel.recv(&paused_rx);
+        let ctl_op = sel.recv(&ctl_rx);
         let watched = if ordered {
             segments.len().min(1)
         } else {
@@ -556,19 +587,36 @@ fn stream_results<'scope, 'env>(
         for rx in segments.iter().take(watched) {
             sel.recv(rx);
         }
-        let op = sel.select();
-        if op.index() == paused_op {
-            if let Ok((taken, why)) = op.recv(&paused_rx) {
-                tracing::debug!("a segment took {taken} jobs and stopped: {why}");
-                offset += taken;
-                taking = false;
-                want_segment = !jobs.lock().unwrap_or_else(|e| e.into_inner()).is_done();
+        let op = match sel.try_select() {
+            Ok(op) => op,
+            Err(_) => {
+                if input_waits && unflushed {
+                    flush();
+                    unflushed = false;
+                }
+                sel.select()
+            }
+        };
+        if op.index() == ctl_op {
+            match op.recv(&ctl_rx) {
+                Ok(Ctl::Waiting) => input_waits = true,
+                Ok(Ctl::Busy) => input_waits = false,
+                Ok(Ctl::Paused(taken, why)) => {
+                    tracing::debug!("a segment took {taken} jobs and stopped: {why}");
+                    offset += taken;
+                    (taking, input_waits) = (false, false);
+                    want_segment = !jobs.lock().unwrap_or_else(|e| e.into_inner()).is_done();
+                }
+                Err(_) => {}
             }
             continue;
         }
         let k = op.index() - 1;
         match op.recv(&segments[k]) {
-            Ok((i, outcome)) => emit(i, &outcome)?,
+            Ok((i, outcome)) => {
+                emit(i, &outcome)?;
+                unflushed = true;
+            }
             // That segment delivered everything.
             Err(_) => {
                 segments.remove(k);
