@@ -1050,3 +1050,29 @@ fn odd_list_elements_neither_stop_nor_confuse_the_worker() {
     });
     assert!(w.stderr().contains("not a message"), "{}", w.stderr());
 }
+
+#[test]
+fn ignore_result_stores_nothing_but_acks() {
+    let Some((redis, _py)) = celery::celery_or_skip("ignore_result_stores_nothing_but_acks") else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("ignore-result");
+    let log = dir.join("runs.log");
+    let _w = worker(&url, &["-c", "1"]);
+    let id = py(
+        &url,
+        &format!(
+            "print(json.dumps(app.send_task('hostile.append_line', args=[{}, 'ran', 0], ignore_result=True).id))",
+            json!(log.display().to_string())
+        ),
+    );
+    wait_until("the job to run and be acked", DEADLINE, || {
+        lines(&log).len() == 1 && hlen_unacked(&redis) == 0 && llen(&redis, "celery") == 0
+    });
+    assert!(
+        redis.task_meta(id.as_str().unwrap()).is_none(),
+        "no result stored"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
