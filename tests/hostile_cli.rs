@@ -97,6 +97,22 @@ fn b6_output_naming_the_input_is_refused() {
     assert_usage_error(&out, &["--output", "is the input file"]);
     assert_eq!(std::fs::read_to_string(&input).unwrap(), jobs);
 
+    // Nor may the results overwrite the plugin.
+    let copy = dir.join("libmath.so");
+    std::fs::copy(&m, &copy).unwrap();
+    let copy = copy.to_str().unwrap();
+    let before = std::fs::read(copy).unwrap();
+    for flag in ["--output", "--stats-json"] {
+        let out = host(
+            &[
+                "run", copy, "--task", "square", "--input", &input, flag, copy,
+            ],
+            &[],
+        );
+        assert_usage_error(&out, &[flag, "is the plugin file"]);
+        assert_eq!(std::fs::read(copy).unwrap(), before);
+    }
+
     // Another output file works as before.
     let results = dir.join("results.jsonl");
     let args: Vec<&str> = base

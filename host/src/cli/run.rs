@@ -684,7 +684,8 @@ fn stream_id(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileId> {
 }
 
 /// Refuses `--output` or `--stats-json` naming the input file (directly,
-/// through a symlink or a hard link), and one file named by both.
+/// through a symlink or a hard link) or a plugin file, and one file named
+/// by both.
 fn check_distinct_files(args: &Args) -> Result<(), String> {
     use std::os::fd::AsFd;
     let named = |p: &Option<PathBuf>| p.as_ref().filter(|p| p.as_os_str() != "-").cloned();
@@ -714,6 +715,17 @@ fn check_distinct_files(args: &Args) -> Result<(), String> {
                 return Err(format!(
                     "{what} is the input file ({input}): writing it would destroy the jobs \
                      before they are read; write the results to another file"
+                ));
+            }
+        }
+    }
+    for plugin in args.plugin.iter().chain(&args.more_plugins) {
+        let Some(id) = file_id(plugin) else { continue };
+        for (written, what) in [&output, &stats].into_iter().flatten() {
+            if &id == written {
+                return Err(format!(
+                    "{what} is the plugin file {}: writing it would destroy the plugin",
+                    plugin.display()
                 ));
             }
         }
