@@ -82,7 +82,9 @@ pub struct InputReport {
     pub read_error: Option<String>,
 }
 
-/// The jobs of the input, in order; see the module docs.
+/// The jobs of the input, in order; see the module docs. [`Jobs::pull`]
+/// hands them out, waiting for the input or not (`run`'s segments, see
+/// `stream_results` in `run.rs`).
 pub struct Jobs<'p> {
     pool: &'p Pool,
     lines: Receiver<Line>,
