@@ -191,8 +191,25 @@ impl Scripts {
     }
 }
 
-fn sha(src: &str) -> String {
-    redis::Script::new(src).get_hash().to_string()
+/// The SHA-1 of one of [`Scripts::all`], computed once per process.
+fn sha(src: &'static str) -> &'static str {
+    static HASHES: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let hashes = HASHES.get_or_init(|| {
+        Scripts::all()
+            .iter()
+            .map(|s| {
+                (
+                    s.as_ptr() as usize,
+                    redis::Script::new(s).get_hash().to_string(),
+                )
+            })
+            .collect()
+    });
+    hashes
+        .iter()
+        .find(|(p, _)| *p == src.as_ptr() as usize)
+        .map(|(_, h)| h.as_str())
+        .unwrap_or_default()
 }
 
 impl Link {
@@ -791,6 +808,13 @@ pub fn send(link: &mut Link, msgs: &[(String, String)]) -> Result<(), BrokerErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_hashes_are_computed_once_and_right() {
+        for src in Scripts::all() {
+            assert_eq!(sha(src), redis::Script::new(src).get_hash());
+        }
+    }
 
     #[test]
     fn redacts_passwords() {
