@@ -505,7 +505,7 @@ pub fn finish(
             let nkeys: usize = 2 + chunk.iter().map(|f| 1 + f.send.len()).sum::<usize>();
             let cmd = pipe
                 .cmd("EVALSHA")
-                .arg(&hash)
+                .arg(hash)
                 .arg(nkeys)
                 .arg(UNACKED)
                 .arg(UNACKED_INDEX);
