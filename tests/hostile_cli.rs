@@ -585,3 +585,41 @@ fn b7_an_ordered_run_behind_a_slow_job_keeps_every_result_in_order() {
         assert_eq!(first["ok"], 1500);
     }
 }
+
+#[test]
+fn a_plugins_bad_args_message_names_the_input_line() {
+    let dir = scratch("bad_args_line");
+    // Blank lines count as lines but get no index.
+    let input = common::write_file(
+        &dir,
+        "jobs.jsonl",
+        b"\n[1, 2]\n\n[\"x\"]\n{\"args\": [\"y\"]}\n[3]\n",
+    );
+    let m = math();
+    for extra in [
+        &["-w", "1"][..],
+        &["-w", "2", "--unordered"],
+        &["--chunksize", "3"],
+    ] {
+        let mut args = vec!["run", &m, "--task", "square", "--input", &input, "-q"];
+        args.extend_from_slice(extra);
+        let out = host(&args, &[]);
+        assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+        let mut rs = json_lines(&stdout(&out));
+        rs.sort_by_key(|r| r["index"].as_u64());
+        assert_eq!(rs.len(), 4, "{extra:?}");
+        for (r, line) in rs.iter().zip([2, 4, 5]) {
+            assert_eq!(r["error"]["kind"], "bad_args", "{r}");
+            let msg = r["error"]["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("line {line}: bad arguments")),
+                "{extra:?}: {msg}"
+            );
+        }
+        assert_eq!(rs[3], json!({"index": 3, "ok": 9}));
+    }
+    // One --args job has no input line to name.
+    let out = host(&["run", &m, "--task", "square", "--args", "[\"x\"]"], &[]);
+    let msg = json_lines(&stdout(&out))[0]["error"]["message"].clone();
+    assert!(msg.as_str().unwrap().starts_with("bad arguments"), "{msg}");
+}

@@ -95,6 +95,12 @@ pub struct Jobs<'p> {
     /// Stopping: lines already read end `terminated`, nothing more is read.
     draining: bool,
     done: bool,
+    /// Jobs handed out so far: the next job's index.
+    produced: u64,
+    /// The input line of the job `pull_line` just returned.
+    lineno: Option<u64>,
+    /// The input line of each job in flight, when asked for.
+    line_numbers: Option<LineNumbers>,
 }
 
 impl<'p> Jobs<'p> {
@@ -114,6 +120,9 @@ impl<'p> Jobs<'p> {
             report: report.clone(),
             draining: false,
             done: false,
+            produced: 0,
+            lineno: None,
+            line_numbers: None,
         };
         (jobs, report)
     }
@@ -230,6 +239,9 @@ pub(super) fn duration(s: Option<&str>, field: &str) -> Result<Option<Duration>,
     .transpose()
 }
 
+/// The input line number of each job in flight, by index.
+pub type LineNumbers = Arc<Mutex<HashMap<u64, u64>>>;
+
 /// What [`Jobs::pull`] found.
 pub enum Pull {
     /// The next job (or the error standing in its place).
@@ -245,6 +257,29 @@ pub const QUIET: Duration = Duration::from_millis(1);
 
 impl Jobs<'_> {
     /// True once the input is over: every later `pull` is [`Pull::End`].
+    /// From now on, records the input line of every job sent to the pool
+    /// (by index) until the writer takes it back: the plugin's own
+    /// `bad_args` messages then get the "line N:" the host's have.
+    pub fn track_line_numbers(&mut self) -> LineNumbers {
+        let map = LineNumbers::default();
+        self.line_numbers = Some(map.clone());
+        map
+    }
+
+    /// The next job, see [`Jobs::pull_line`].
+    pub fn pull(&mut self, wait: bool) -> Pull {
+        let pulled = self.pull_line(wait);
+        if let Pull::Job(job) = &pulled {
+            if let (Ok(_), Some(map), Some(lineno)) = (job, &self.line_numbers, self.lineno) {
+                map.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(self.produced, lineno);
+            }
+            self.produced += 1;
+        }
+        pulled
+    }
+
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -252,7 +287,8 @@ impl Jobs<'_> {
     /// The next job. With `wait`, blocks until a line (or the end, or a
     /// stop) arrives; without, gives up after [`QUIET`] so that the caller
     /// can deliver results meanwhile.
-    pub fn pull(&mut self, wait: bool) -> Pull {
+    fn pull_line(&mut self, wait: bool) -> Pull {
+        self.lineno = None;
         loop {
             if self.done {
                 return Pull::End;
@@ -297,7 +333,10 @@ impl Jobs<'_> {
                 }
             };
             match msg {
-                Ok(Line::Data(lineno, line)) => return Pull::Job(self.job(lineno, &line)),
+                Ok(Line::Data(lineno, line)) => {
+                    self.lineno = Some(lineno);
+                    return Pull::Job(self.job(lineno, &line));
+                }
                 Ok(Line::Error(lineno, e)) => {
                     self.report_mut().read_error =
                         Some(format!("cannot read input line {lineno}: {e}"));

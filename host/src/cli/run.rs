@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::Duration;
 
-use billiard_host::{Outcome, Pool, PoolConfig, RawJob, StartMethod, TaskError};
+use billiard_host::{ErrorKind, Outcome, Pool, PoolConfig, RawJob, StartMethod, TaskError};
 use clap::ArgGroup;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -265,7 +265,8 @@ pub fn run(args: Args) -> i32 {
             input::spawn_reader(reader, stop.clone())
         }
     };
-    let (jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
+    let (mut jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
+    let line_numbers = (!single).then(|| jobs.track_line_numbers());
     let jobs = Mutex::new(jobs);
     let escalation = Escalation::default();
     let output = Output::new(out);
@@ -310,6 +311,22 @@ pub fn run(args: Args) -> i32 {
             !args.unordered,
             args.chunksize,
             |i, o| {
+                let lineno = line_numbers
+                    .as_ref()
+                    .and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).remove(&i));
+                let with_line;
+                let o = match (o, lineno) {
+                    // The plugin's decoding errors say which input line, as
+                    // the host's own do.
+                    (Err(e), Some(n)) if e.kind == ErrorKind::BadArgs => {
+                        with_line = Err(TaskError::new(
+                            ErrorKind::BadArgs,
+                            format!("line {n}: {}", e.message),
+                        ));
+                        &with_line
+                    }
+                    _ => o,
+                };
                 let (line, failed) = output::render(i, o);
                 progress.record(failed);
                 output.write_line(&line, failed)
