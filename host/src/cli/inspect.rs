@@ -66,8 +66,14 @@ pub fn load_isolated(path: &Path, timeout: Duration) -> Result<PluginInfo, Plugi
         path: path.to_path_buf(),
         reason,
     };
-    let exe = std::env::current_exe()
-        .map_err(|e| fail(format!("cannot find this executable to load it with: {e}")))?;
+    // /proc/self/exe still runs this program when its file was replaced.
+    let proc_exe = Path::new("/proc/self/exe");
+    let exe = if proc_exe.exists() {
+        proc_exe.to_path_buf()
+    } else {
+        std::env::current_exe()
+            .map_err(|e| fail(format!("cannot find this executable to load it with: {e}")))?
+    };
     let mut child = Command::new(exe)
         .arg(LOADER_ARG)
         .arg(path)
