@@ -184,21 +184,32 @@ fn b15_a_non_finite_float_result_is_an_error_not_null() {
         &[r#"["nan"]"#, r#"["-inf"]"#, r#"["fine"]"#],
     );
     let h = plugin_str("hostile");
-    let out = host(
-        &["run", &h, "--task", "floats_with", "--input", &input, "-q"],
-        &[],
-    );
-    assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
-    let rs = json_lines(&stdout(&out));
-    assert_eq!(rs.len(), 3);
-    for (r, what) in rs.iter().zip(["(NaN)", "(-inf)"]) {
-        assert_eq!(r["error"]["kind"], "task_error", "{r}");
-        assert!(
-            r["error"]["message"].as_str().unwrap().contains(what),
-            "{r}"
+    // One job per call, and a chunk of three in one call (the batch path).
+    for chunk in ["1", "3"] {
+        let out = host(
+            &[
+                "run",
+                &h,
+                "--task",
+                "floats_with",
+                "--input",
+                &input,
+                "-q",
+                "--chunksize",
+                chunk,
+            ],
+            &[],
         );
+        assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+        let rs = json_lines(&stdout(&out));
+        assert_eq!(rs.len(), 3);
+        for (r, what) in rs.iter().zip(["(NaN)", "(-inf)"]) {
+            assert_eq!(r["error"]["kind"], "task_error", "{r}");
+            let msg = r["error"]["message"].as_str().unwrap();
+            assert!(msg.contains(what), "{r}");
+        }
+        assert_eq!(rs[2], json!({"index": 2, "ok": [1.5, 2.5]}));
     }
-    assert_eq!(rs[2], json!({"index": 2, "ok": [1.5, 2.5]}));
 }
 
 // ----- B16: a plugin constructor that exits or blocks ----------------------
