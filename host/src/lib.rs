@@ -11,6 +11,7 @@
 pub mod celery;
 pub mod error;
 pub mod ipc;
+pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod sys;

@@ -8,12 +8,16 @@
 //! - [`backend`]: Celery's Redis result backend (SETEX + PUBLISH);
 //! - [`worker`]: the consumer loop over the `Pool`.
 //! - [`client`]: the producer side: send tasks, wait for their results;
+//! - [`control`]: remote control (pidbox) and the worker's task view;
+//! - [`events`]: Celery events on the `celeryev` fanout;
 //!
 //! The supervisor learns nothing about brokers: this module is a client of
 //! the public `Pool` API.
 
 pub mod backend;
 pub mod client;
+pub mod control;
+pub mod events;
 pub mod protocol;
 pub mod redis;
 pub mod worker;

@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
+use super::control::{Ops, OpsCmd, Outcome};
 use super::protocol::{
     self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
     TimeLimit,
@@ -222,6 +223,8 @@ struct Shared {
     /// Give up on results not yet stored (cold shutdown, Redis away).
     abandon: AtomicBool,
     counts: Mutex<Summary>,
+    /// Operators' view (remote control, events, metrics); None: off.
+    ops: Option<Arc<Ops>>,
 }
 
 impl Shared {
@@ -239,6 +242,7 @@ pub struct Worker {
     opts: WorkerOptions,
     ctl_tx: Sender<Control>,
     ctl_rx: Receiver<Control>,
+    ops: Option<Arc<Ops>>,
 }
 
 impl Worker {
@@ -263,7 +267,15 @@ impl Worker {
             opts,
             ctl_tx,
             ctl_rx,
+            ops: None,
         })
+    }
+
+    /// Answers remote control, sends events, feeds metrics (issue 14;
+    /// `control.rs`). Its threads start in [`Worker::run`].
+    pub fn with_ops(mut self, ops: Arc<Ops>) -> Worker {
+        self.ops = Some(ops);
+        self
     }
 
     pub fn controller(&self) -> Controller {
@@ -319,6 +331,7 @@ impl Worker {
             opts,
             ctl_tx,
             ctl_rx,
+            ops,
         } = self;
         drop(ctl_tx);
         let mut broker = RedisBroker::new(&opts.broker_url, opts.queues.clone())?;
@@ -327,6 +340,7 @@ impl Worker {
             cold: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             counts: Mutex::new(Summary::default()),
+            ops: ops.clone(),
         });
 
         // Wait for the broker (Celery's broker_connection_retry_on_startup).
@@ -352,6 +366,23 @@ impl Worker {
                 }
             }
         }
+        // Remote control, events, pool view: subscribed before the startup line.
+        let ops_rx = match &ops {
+            Some(o) => {
+                o.start(
+                    &opts.broker_url,
+                    opts.backend_url.as_deref().unwrap_or(&opts.broker_url),
+                    &opts.queues,
+                    pool.config().workers,
+                    opts.prefetch_multiplier,
+                    opts.result_expires,
+                    opts.visibility_timeout,
+                    &pool.plugins(),
+                )?;
+                o.commands()
+            }
+            None => crossbeam_channel::never(),
+        };
         ready(&info);
 
         let (fin_tx, fin_rx) = crossbeam_channel::unbounded::<Fin>();
@@ -396,6 +427,7 @@ impl Worker {
             stopping: false,
             cold_requested: false,
             broker_warned: false,
+            ops_rx,
         };
         let cold = c.consume(&ctl_rx, &freed_rx);
         let requeue = c.drain_held();
@@ -438,6 +470,9 @@ impl Worker {
         let _ = finisher.join();
         drop(keeper_stop);
         let _ = keeper.join();
+        if let Some(o) = &shared.ops {
+            o.stop();
+        }
         let mut s = shared
             .counts
             .lock()
@@ -565,6 +600,8 @@ struct Consumer<'a> {
     stopping: bool,
     cold_requested: bool,
     broker_warned: bool,
+    /// Remote-control commands (never() without ops).
+    ops_rx: Receiver<OpsCmd>,
 }
 
 /// What became of one reserved message.
@@ -585,6 +622,9 @@ impl Consumer<'_> {
     /// (true).
     fn consume(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>) -> bool {
         loop {
+            while let Ok(c) = self.ops_rx.try_recv() {
+                self.ops_cmd(c);
+            }
             while let Ok(c) = ctl.try_recv() {
                 if self.control(c) {
                     self.cold_requested = true;
@@ -618,7 +658,12 @@ impl Consumer<'_> {
                 self.wait_events(ctl, freed, t);
                 continue;
             }
-            match self.broker.reserve(room) {
+            let t0 = Instant::now();
+            let reserved = self.broker.reserve(room);
+            if let Some(o) = &self.shared.ops {
+                o.reserve_latency(t0.elapsed());
+            }
+            match reserved {
                 Ok(got) => {
                     if self.broker_warned {
                         tracing::warn!("the broker is back; consuming again");
@@ -662,7 +707,9 @@ impl Consumer<'_> {
     }
 
     fn wait_events(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>, t: Duration) {
+        let ops_rx = self.ops_rx.clone();
         crossbeam_channel::select! {
+            recv(ops_rx) -> c => if let Ok(c) = c { self.ops_cmd(c) },
             recv(freed) -> n => if let Ok(n) = n { self.running = self.running.saturating_sub(n) },
             recv(ctl) -> c => if let Ok(c) = c {
                 // A cold stop is carried out on the next turn of the loop.
@@ -779,6 +826,13 @@ impl Consumer<'_> {
                 self.fail(p.ctx, Exception::revoked("expired"));
                 continue;
             }
+            if let Some(o) = &self.shared.ops {
+                if o.is_revoked(&p.ctx.task_id) {
+                    self.fail(p.ctx, Exception::revoked("revoked"));
+                    continue;
+                }
+            }
+            let task_id = p.ctx.task_id.clone();
             self.running += 1;
             let pending = Pending {
                 ctx: Some(p.ctx),
@@ -786,16 +840,21 @@ impl Consumer<'_> {
             };
             // On an error the callback (and with it `pending`) is dropped,
             // which reports the job `terminated`: one Fin either way.
-            let _ = self
-                .pool
-                .apply_raw_then(p.target, Codec::Json, p.args, p.limits, move |o| {
-                    pending.done(match o {
-                        Ok(bytes) => Res::Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| {
-                            Value::String(String::from_utf8_lossy(bytes).into_owned())
-                        })),
-                        Err(e) => Res::Err(e.clone()),
-                    })
-                });
+            let submitted =
+                self.pool
+                    .apply_raw_then(p.target, Codec::Json, p.args, p.limits, move |o| {
+                        pending.done(match o {
+                            Ok(bytes) => {
+                                Res::Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| {
+                                    Value::String(String::from_utf8_lossy(bytes).into_owned())
+                                }))
+                            }
+                            Err(e) => Res::Err(e.clone()),
+                        })
+                    });
+            if let (Some(o), Ok(r)) = (&self.shared.ops, &submitted) {
+                o.started(&task_id, r.id());
+            }
         }
     }
 
@@ -827,7 +886,9 @@ impl Consumer<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .received += 1;
-        match self.prepare(&r) {
+        let step = self.prepare(&r);
+        let step = self.ops_receive(step, &r.queue);
+        match step {
             Step::Run(p) => self.ready.push_back(p),
             Step::Hold(at, p) => {
                 self.seq += 1;
@@ -1056,6 +1117,7 @@ fn finisher(
                 continue;
             }
             let (c, success) = completion(&f.ctx, &f.res);
+            ops_finished(&shared, &f.ctx, &f.res);
             tracing::debug!(
                 "task {}[{}] {}",
                 f.ctx.task,
@@ -1071,7 +1133,12 @@ fn finisher(
         }
         let mut warned = false;
         while !comps.is_empty() {
-            match backend.complete(&mut link, &comps) {
+            let t0 = Instant::now();
+            let done = backend.complete(&mut link, &comps);
+            if let Some(o) = &shared.ops {
+                o.ack_latency(t0.elapsed());
+            }
+            match done {
                 Ok(res) => {
                     for (c, r) in comps.iter().zip(res) {
                         if !r.held {
@@ -1176,6 +1243,113 @@ fn keeper(
             Err(RecvTimeoutError::Timeout) => continue,
             _ => break,
         }
+    }
+}
+
+// ----- Operators' hooks (issue 14: remote control, events, metrics) -----
+
+impl Consumer<'_> {
+    /// A received message as operators see it: revoked ids are refused
+    /// (REVOKED), the others are recorded (reserved/scheduled, task-received).
+    fn ops_receive(&self, step: Step, queue: &str) -> Step {
+        let Some(o) = &self.shared.ops else {
+            return step;
+        };
+        let (p, eta) = match &step {
+            Step::Run(p) => (p, None),
+            Step::Hold(at, p) => {
+                let left = at.saturating_duration_since(Instant::now());
+                let eta = chrono::Duration::from_std(left)
+                    .ok()
+                    .map(|d| Utc::now() + d);
+                (p, eta)
+            }
+            _ => return step,
+        };
+        if o.is_revoked(&p.ctx.task_id) {
+            return match step {
+                Step::Run(p) | Step::Hold(_, p) => Step::Fail(p.ctx, Exception::revoked("revoked")),
+                other => other,
+            };
+        }
+        o.received(
+            &p.ctx.task_id,
+            &p.ctx.task,
+            &p.args,
+            eta,
+            queue,
+            &p.ctx.root_id,
+            p.ctx.parent_id.as_deref(),
+            p.expires,
+        );
+        step
+    }
+
+    /// Carries out a remote-control command that needs the pool or the broker.
+    fn ops_cmd(&mut self, c: OpsCmd) {
+        match c {
+            OpsCmd::Terminate(job) => {
+                if let Err(e) = self.pool.terminate_job(job) {
+                    tracing::warn!("cannot terminate job {}: {e}", job.0);
+                }
+            }
+            OpsCmd::Grow(n) => {
+                for _ in 0..n.min(512) {
+                    self.control(Control::Grow);
+                }
+            }
+            OpsCmd::Shrink(n) => {
+                for _ in 0..n.min(512) {
+                    self.control(Control::Shrink);
+                }
+            }
+            OpsCmd::Shutdown => {
+                self.control(Control::Warm);
+            }
+            OpsCmd::Queues(qs) => {
+                if qs.is_empty() {
+                    tracing::warn!("remote control: not cancelling the last queue");
+                    return;
+                }
+                match RedisBroker::new(&self.opts.broker_url, qs.clone()) {
+                    Ok(b) => {
+                        self.broker = b;
+                        tracing::warn!("remote control: consuming [{}]", qs.join(", "));
+                    }
+                    Err(e) => tracing::error!("remote control: cannot change queues: {e}"),
+                }
+            }
+            OpsCmd::Stats(tx) => {
+                let _ = tx.send((self.pool.stats().ok(), self.workers));
+            }
+        }
+    }
+}
+
+/// Tells the operators' view how a job ended.
+fn ops_finished(shared: &Shared, ctx: &JobCtx, res: &Res) {
+    let Some(o) = &shared.ops else { return };
+    match res {
+        Res::Ok(v) => o.finished(&ctx.task_id, &ctx.task, Outcome::Success(v)),
+        Res::Err(e) => {
+            let exc = Exception::for_kind(e.kind, &e.message);
+            o.finished(
+                &ctx.task_id,
+                &ctx.task,
+                Outcome::Failure {
+                    exc: &exc,
+                    kind: e.kind.as_str(),
+                },
+            )
+        }
+        Res::Exc(x) => o.finished(
+            &ctx.task_id,
+            &ctx.task,
+            Outcome::Failure {
+                exc: x,
+                kind: &x.info.exc_type,
+            },
+        ),
     }
 }
 

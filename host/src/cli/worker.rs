@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use billiard_host::celery::control::{node_name, Ops, OpsOptions};
 use billiard_host::celery::{Control, Worker, WorkerOptions};
+use billiard_host::metrics::Metrics;
 use billiard_host::{Pool, StartMethod};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook::iterator::Signals;
@@ -80,6 +82,17 @@ pub struct Args {
     /// Log lines as text or as JSON objects (one per line, on stderr).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Send Celery events (task-*, worker-* on the celeryev exchange; Celery's -E).
+    #[arg(short = 'E', long)]
+    events: bool,
+    /// This node's name for events and remote control: NAME@HOST (NAME alone
+    /// gets @<hostname>; %h is the hostname). Default billiard-host@<hostname>.
+    #[arg(short = 'n', long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// Serve Prometheus metrics (/metrics) and a liveness probe (/healthz)
+    /// on ADDR, e.g. 127.0.0.1:9808 (port 0: any free port, logged).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
     #[command(flatten)]
     pool: PoolFlags,
 }
@@ -111,8 +124,15 @@ pub struct PoolFlags {
 }
 
 impl PoolFlags {
-    fn build(&self, plugins: &[PathBuf]) -> Result<Pool, billiard_host::PoolError> {
+    fn build(
+        &self,
+        plugins: &[PathBuf],
+        events: Option<crossbeam_channel::Sender<billiard_host::Event>>,
+    ) -> Result<Pool, billiard_host::PoolError> {
         let mut b = Pool::builder().start_method(self.start_method);
+        if let Some(tx) = events {
+            b = b.events(tx);
+        }
         if let Some(n) = self.workers {
             b = b.workers(n);
         }
@@ -156,7 +176,8 @@ pub fn run(args: Args) -> i32 {
     plugins.extend(args.more_plugins.iter().cloned());
     // The pool starts before this process has other threads (the fork
     // start method needs it).
-    let pool = match args.pool.build(&plugins) {
+    let ops = ops_for(&args);
+    let pool = match args.pool.build(&plugins, Some(ops.pool_events())) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -184,6 +205,13 @@ pub fn run(args: Args) -> i32 {
             return exit::USAGE;
         }
     };
+    let worker = worker.with_ops(ops.clone());
+    if let Some(addr) = &args.metrics_addr {
+        if let Err(e) = serve_metrics(addr, &ops) {
+            eprintln!("error: --metrics-addr {e}");
+            return exit::USAGE;
+        }
+    }
     let ctl = worker.controller();
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU]) {
         Ok(s) => s,
@@ -267,4 +295,39 @@ pub fn run(args: Args) -> i32 {
             exit::JOBS_FAILED
         }
     }
+}
+
+/// The operators' side of the worker: node name, events, metrics.
+fn ops_for(args: &Args) -> std::sync::Arc<Ops> {
+    Ops::new(OpsOptions {
+        hostname: node_name(args.hostname.as_deref()),
+        events: args.events,
+        metrics: args
+            .metrics_addr
+            .as_ref()
+            .map(|_| std::sync::Arc::new(Metrics::new())),
+    })
+}
+
+/// `/metrics` and `/healthz` (200 while the broker answers and the pool
+/// has live workers, else 503 with the reason).
+fn serve_metrics(addr: &str, ops: &std::sync::Arc<Ops>) -> Result<(), String> {
+    let Some(m) = ops.metrics() else {
+        return Ok(());
+    };
+    let o = ops.clone();
+    let bound = m.serve(
+        addr,
+        std::sync::Arc::new(move || {
+            if !o.broker_ok.load(std::sync::atomic::Ordering::Acquire) {
+                return Err("broker unreachable".into());
+            }
+            if o.workers_alive.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return Err("no live worker process".into());
+            }
+            Ok(())
+        }),
+    )?;
+    tracing::info!("metrics: serving http://{bound}/metrics and http://{bound}/healthz");
+    Ok(())
 }

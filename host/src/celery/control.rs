@@ -1,0 +1,1209 @@
+//! Remote control (`celery inspect` / `celery control`) and the worker's
+//! view of its tasks, for events, inspect replies and metrics.
+//!
+//! The pidbox, as kombu's Redis transport lays it out: requests are
+//! `PUBLISH /{db}.celery.pidbox` of a kombu envelope whose body is
+//! `{method, arguments, destination, pattern, matcher, ticket, reply_to:
+//! {exchange, routing_key}}`; a node answers (when `reply_to` is set) with
+//! `{hostname: reply}` pushed (`LPUSH`) to every queue bound to the reply
+//! exchange with that routing key (`SMEMBERS _kombu.binding.<exchange>`,
+//! members `routing_key\x06\x16pattern\x06\x16queue`), headers `{ticket,
+//! clock}`. Replies are Celery's: `{"ok": ...}`, `{"error": ...}` or the
+//! inspect value.
+//!
+//! Threads: *pidbox* (a blocking subscription, re-opened with backoff),
+//! *ops-ticker* (every 2 s: broker health, persisted revokes, pool
+//! snapshot for metrics), *pool-events* (worker pids, job starts). What
+//! needs the pool is carried out by the consumer loop ([`OpsCmd`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{json, Map, Value};
+
+use super::events::{self, Clock, Dispatcher, HeartbeatSource};
+use super::protocol::{self, Exception, State};
+use super::redis::{self as broker, BrokerError, Link};
+use crate::metrics::Metrics;
+use crate::plugin::PluginInfo;
+use crate::pool::{Event, JobId, Stats};
+
+/// The Redis sorted set of revoked task ids (score: when the revoke
+/// lapses, a Unix time): every host loads it, so a revoked id is not run
+/// by a host that missed the broadcast or started later.
+pub const REVOKED_KEY: &str = "billiard-host:revoked";
+
+/// How a worker shows itself to operators.
+#[derive(Clone, Default)]
+pub struct OpsOptions {
+    /// `NAME@host` (Celery's `-n`).
+    pub hostname: String,
+    /// Send events (`-E`).
+    pub events: bool,
+    /// Prometheus metrics, if served.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// What only the consumer loop can do (it owns the pool and the broker).
+pub enum OpsCmd {
+    Terminate(JobId),
+    Grow(usize),
+    Shrink(usize),
+    /// Consume exactly these queues from now on.
+    Queues(Vec<String>),
+    /// Warm shutdown.
+    Shutdown,
+    /// A pool snapshot: (stats, target worker count).
+    Stats(Sender<(Option<Stats>, usize)>),
+}
+
+/// How a task ended, for events and metrics.
+pub enum Outcome<'a> {
+    Success(&'a Value),
+    /// `kind`: the error kind (`time_limit`, ...), or the exception type
+    /// for failures that are not a pool outcome.
+    Failure {
+        exc: &'a Exception,
+        kind: &'a str,
+    },
+}
+
+/// A task this host holds.
+struct Req {
+    name: String,
+    args: Value,
+    kwargs: Value,
+    queue: String,
+    priority: u8,
+    redelivered: bool,
+    eta: Option<DateTime<Utc>>,
+    received: Instant,
+    /// Unix time and instant of the start.
+    started: Option<(f64, Instant)>,
+    job: Option<JobId>,
+}
+
+#[derive(Default)]
+struct Counters {
+    active: AtomicU64,
+    processed: AtomicU64,
+}
+
+impl HeartbeatSource for Counters {
+    fn load(&self) -> (u64, u64) {
+        (
+            self.active.load(Ordering::Acquire),
+            self.processed.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// Static facts the replies need, set at [`Ops::start`].
+#[derive(Default, Clone)]
+struct Facts {
+    broker_url: String,
+    backend_url: String,
+    concurrency: usize,
+    prefetch_multiplier: usize,
+    result_expires: Duration,
+    registered: Vec<String>,
+    visibility_timeout: Duration,
+}
+
+/// The operator-facing side of one worker: shared by the consumer loop,
+/// the finisher and the ops threads.
+pub struct Ops {
+    opts: OpsOptions,
+    clock: Arc<Clock>,
+    started: Instant,
+    counters: Arc<Counters>,
+    tasks: Mutex<HashMap<String, Req>>,
+    totals: Mutex<BTreeMap<String, u64>>,
+    /// Revoked id → lapses at (Unix time).
+    revoked: Mutex<HashMap<String, f64>>,
+    queues: Mutex<Vec<String>>,
+    facts: Mutex<Facts>,
+    events: Mutex<Option<Dispatcher>>,
+    cmd_tx: Sender<OpsCmd>,
+    cmd_rx: Receiver<OpsCmd>,
+    pool_tx: Sender<Event>,
+    pool_rx: Receiver<Event>,
+    /// Worker index → pid, from the pool's events.
+    pids: Mutex<BTreeMap<u64, i32>>,
+    job_pid: Mutex<HashMap<u64, i32>>,
+    /// The broker answered the ticker's last PING.
+    pub broker_ok: AtomicBool,
+    /// Live worker processes at the last snapshot.
+    pub workers_alive: AtomicU64,
+    started_threads: AtomicBool,
+}
+
+fn set_repr(ids: &[String]) -> String {
+    let inner: Vec<String> = ids.iter().map(|i| format!("'{i}'")).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+fn ok(v: impl Into<Value>) -> Value {
+    json!({ "ok": v.into() })
+}
+
+fn nok(v: impl Into<Value>) -> Value {
+    json!({ "error": v.into() })
+}
+
+/// The hostname of this machine (`/proc/sys/kernel/hostname`).
+pub fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Celery's node name rules: `NAME` → `NAME@<hostname>`, `%h` → hostname;
+/// none → `billiard-host@<hostname>`.
+pub fn node_name(name: Option<&str>) -> String {
+    let host = machine_hostname();
+    match name {
+        None | Some("") => format!("billiard-host@{host}"),
+        Some(n) => {
+            let n = n
+                .replace("%h", &host)
+                .replace("%n", host.split('.').next().unwrap_or(&host));
+            if n.contains('@') {
+                n
+            } else {
+                format!("{n}@{host}")
+            }
+        }
+    }
+}
+
+/// `VmHWM` of a process in bytes (its peak resident set).
+fn peak_rss(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The registered line of a task: Celery's `name [field=value]` with
+/// the plugin task's signature.
+fn registered_lines(plugins: &[PluginInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in plugins {
+        for t in &p.tasks {
+            let args: Vec<String> = t
+                .args
+                .iter()
+                .map(|a| format!("{}: {}", a.name, a.ty))
+                .collect();
+            out.push(format!(
+                "{}.{} [signature=({}) -> {}]",
+                p.name,
+                t.name,
+                args.join(", "),
+                t.ret
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+impl Ops {
+    pub fn new(opts: OpsOptions) -> Arc<Ops> {
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
+        Arc::new(Ops {
+            opts,
+            clock: Arc::new(Clock::default()),
+            started: Instant::now(),
+            counters: Arc::new(Counters::default()),
+            tasks: Mutex::new(HashMap::new()),
+            totals: Mutex::new(BTreeMap::new()),
+            revoked: Mutex::new(HashMap::new()),
+            queues: Mutex::new(Vec::new()),
+            facts: Mutex::new(Facts::default()),
+            events: Mutex::new(None),
+            cmd_tx,
+            cmd_rx,
+            pool_tx,
+            pool_rx,
+            pids: Mutex::new(BTreeMap::new()),
+            job_pid: Mutex::new(HashMap::new()),
+            broker_ok: AtomicBool::new(false),
+            workers_alive: AtomicU64::new(0),
+            started_threads: AtomicBool::new(false),
+        })
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.opts.hostname
+    }
+
+    /// The metrics this worker feeds, if any.
+    pub fn metrics(&self) -> Option<Arc<Metrics>> {
+        self.opts.metrics.clone()
+    }
+
+    /// Give this to `PoolBuilder::events` (worker pids, job starts).
+    pub fn pool_events(&self) -> Sender<Event> {
+        self.pool_tx.clone()
+    }
+
+    /// The commands the consumer loop carries out.
+    pub fn commands(&self) -> Receiver<OpsCmd> {
+        self.cmd_rx.clone()
+    }
+
+    fn events(&self) -> Option<Dispatcher> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts the ops threads; returns once the pidbox subscription is
+    /// confirmed (or after 5 s). Called by the worker before its startup line.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        self: &Arc<Ops>,
+        broker_url: &str,
+        backend_url: &str,
+        queues: &[String],
+        concurrency: usize,
+        prefetch_multiplier: usize,
+        result_expires: Duration,
+        visibility_timeout: Duration,
+        plugins: &[PluginInfo],
+    ) -> Result<(), BrokerError> {
+        if self.started_threads.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        *self.queues.lock().unwrap_or_else(|e| e.into_inner()) = queues.to_vec();
+        *self.facts.lock().unwrap_or_else(|e| e.into_inner()) = Facts {
+            broker_url: broker_url.to_string(),
+            backend_url: backend_url.to_string(),
+            concurrency,
+            prefetch_multiplier,
+            result_expires,
+            registered: registered_lines(plugins),
+            visibility_timeout,
+        };
+        let db = events::db_of(broker_url)?;
+        // Revokes persisted by any host.
+        let mut link = Link::new(broker_url, "ops")?;
+        self.load_revoked(&mut link);
+        if self.opts.events {
+            let d = Dispatcher::start(
+                broker_url,
+                &self.opts.hostname,
+                self.clock.clone(),
+                self.counters.clone(),
+            )?;
+            *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
+        }
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(|_| ())
+                .map_err(|e| BrokerError::Reply(format!("cannot start a thread: {e}")))
+        };
+        let me = self.clone();
+        spawn("ops-ticker", Box::new(move || me.ticker(link)))?;
+        let me = self.clone();
+        spawn("pool-events", Box::new(move || me.pool_events_loop()))?;
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let me = self.clone();
+        let url = broker_url.to_string();
+        spawn("pidbox", Box::new(move || me.pidbox(url, db, ready_tx)))?;
+        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        Ok(())
+    }
+
+    /// Sends `worker-offline` (events on) and waits for it to be out.
+    pub fn stop(&self) {
+        if let Some(d) = self.events() {
+            d.stop(Duration::from_secs(2));
+        }
+    }
+
+    // ----- hooks called by the consumer loop and the finisher -----
+
+    /// True if `task_id` is revoked (checked on receipt and before start).
+    pub fn is_revoked(&self, task_id: &str) -> bool {
+        let r = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        r.get(task_id)
+            .is_some_and(|&until| until > events::unix_now())
+    }
+
+    /// A message was reserved and decoded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn received(
+        &self,
+        task_id: &str,
+        name: &str,
+        args: &[u8],
+        eta: Option<DateTime<Utc>>,
+        queue: &str,
+        root_id: &str,
+        parent_id: Option<&str>,
+        expires: Option<DateTime<Utc>>,
+    ) {
+        let args: Value = serde_json::from_slice(args).unwrap_or(Value::Array(vec![]));
+        if let Some(d) = self.events() {
+            let mut f = Map::new();
+            f.insert("uuid".into(), task_id.into());
+            f.insert("name".into(), name.into());
+            f.insert("args".into(), args.to_string().into());
+            f.insert("kwargs".into(), "{}".into());
+            f.insert("root_id".into(), root_id.into());
+            f.insert("parent_id".into(), json!(parent_id));
+            f.insert("retries".into(), 0.into());
+            f.insert("eta".into(), json!(eta.map(protocol::iso8601)));
+            f.insert("expires".into(), json!(expires.map(protocol::iso8601)));
+            d.task("task-received", f);
+        }
+        if let Some(m) = &self.opts.metrics {
+            m.received(name);
+        }
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            task_id.to_string(),
+            Req {
+                name: name.to_string(),
+                args,
+                kwargs: json!({}),
+                queue: queue.to_string(),
+                priority: 0,
+                redelivered: false,
+                eta,
+                received: Instant::now(),
+                started: None,
+                job: None,
+            },
+        );
+    }
+
+    /// The job of `task_id` went to the pool as `job`.
+    pub fn started(&self, task_id: &str, job: JobId) {
+        let (name, wait) = {
+            let mut t = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            // Not there: it finished already (nothing to count).
+            let Some(r) = t.get_mut(task_id) else { return };
+            r.started = Some((events::unix_now(), Instant::now()));
+            r.job = Some(job);
+            let since = r.eta.and_then(|e| (Utc::now() - e).to_std().ok());
+            (
+                r.name.clone(),
+                Some(since.unwrap_or_else(|| r.received.elapsed())),
+            )
+        };
+        self.counters.active.fetch_add(1, Ordering::AcqRel);
+        if let Some(m) = &self.opts.metrics {
+            m.started(&name, wait.unwrap_or_default());
+        }
+        if let Some(d) = self.events() {
+            let mut f = Map::new();
+            f.insert("uuid".into(), task_id.into());
+            d.task("task-started", f);
+        }
+    }
+
+    /// A task's end (also for messages that never ran: revoked, refused).
+    pub fn finished(&self, task_id: &str, header_name: &str, outcome: Outcome<'_>) {
+        let req = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(task_id);
+        let name = req
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| header_name.to_string());
+        let runtime = req
+            .as_ref()
+            .and_then(|r| r.started)
+            .map(|(_, at)| at.elapsed());
+        if let Some(r) = &req {
+            if let Some(job) = r.job {
+                self.job_pid
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&job.0);
+            }
+        }
+        if runtime.is_some() {
+            let _ = self
+                .counters
+                .active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
+        self.counters.processed.fetch_add(1, Ordering::AcqRel);
+        *self
+            .totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.clone())
+            .or_default() += 1;
+        let kind = match &outcome {
+            Outcome::Success(_) => "success",
+            Outcome::Failure { exc, .. } if exc.state == State::Revoked => "revoked",
+            Outcome::Failure { kind, .. } => kind,
+        };
+        if let Some(m) = &self.opts.metrics {
+            m.finished(&name, kind, runtime, runtime.is_some());
+        }
+        let Some(d) = self.events() else { return };
+        let mut f = Map::new();
+        f.insert("uuid".into(), task_id.into());
+        match outcome {
+            Outcome::Success(v) => {
+                f.insert("result".into(), v.to_string().into());
+                f.insert(
+                    "runtime".into(),
+                    runtime.map(|r| r.as_secs_f64()).unwrap_or(0.0).into(),
+                );
+                d.task("task-succeeded", f);
+            }
+            Outcome::Failure { exc, kind } if exc.state == State::Revoked => {
+                let expired = exc.info.exc_message.first() == Some(&Value::from("expired"));
+                f.insert("terminated".into(), (kind == "terminated").into());
+                f.insert(
+                    "signum".into(),
+                    if kind == "terminated" {
+                        json!(9)
+                    } else {
+                        Value::Null
+                    },
+                );
+                f.insert("expired".into(), expired.into());
+                d.task("task-revoked", f);
+            }
+            Outcome::Failure { exc, .. } => {
+                let msg = exc
+                    .info
+                    .exc_message
+                    .first()
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                f.insert(
+                    "exception".into(),
+                    format!("{}({:?})", exc.info.exc_type, msg).into(),
+                );
+                f.insert(
+                    "traceback".into(),
+                    exc.traceback.clone().unwrap_or_default().into(),
+                );
+                d.task("task-failed", f);
+            }
+        }
+    }
+
+    /// How long a reserve round trip took.
+    pub fn reserve_latency(&self, d: Duration) {
+        if let Some(m) = &self.opts.metrics {
+            m.reserve_latency(d);
+        }
+    }
+
+    /// How long storing results + acks took.
+    pub fn ack_latency(&self, d: Duration) {
+        if let Some(m) = &self.opts.metrics {
+            m.ack_latency(d);
+        }
+    }
+
+    // ----- threads -----
+
+    fn load_revoked(&self, link: &mut Link) {
+        let now = events::unix_now();
+        let r = link.run(|c| {
+            redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(REVOKED_KEY)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(REVOKED_KEY)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query::<(Vec<(String, f64)>,)>(c)
+        });
+        if let Ok((ids,)) = r {
+            let mut rv = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, until) in ids {
+                rv.insert(id, until);
+            }
+            rv.retain(|_, until| *until > now);
+        }
+    }
+
+    fn ticker(self: Arc<Ops>, mut link: Link) {
+        let every = Duration::from_secs(1);
+        let mut n = 0u64;
+        let mut was_ok = true;
+        loop {
+            let ok = link.run(|c| redis::cmd("PING").query::<String>(c)).is_ok();
+            self.broker_ok.store(ok, Ordering::Release);
+            if ok && !was_ok {
+                if let Some(m) = &self.opts.metrics {
+                    m.broker_reconnect();
+                }
+            }
+            was_ok = ok;
+            if ok && n.is_multiple_of(2) {
+                self.load_revoked(&mut link);
+            }
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if self.cmd_tx.send(OpsCmd::Stats(tx)).is_ok() {
+                if let Ok((Some(stats), _)) = rx.recv_timeout(Duration::from_secs(2)) {
+                    self.workers_alive
+                        .store(stats.workers as u64, Ordering::Release);
+                    if let Some(m) = &self.opts.metrics {
+                        m.pool(&stats);
+                    }
+                }
+            }
+            n += 1;
+            std::thread::sleep(if ok {
+                every
+            } else {
+                link.backoff_left().max(every)
+            });
+        }
+    }
+
+    fn pool_events_loop(self: Arc<Ops>) {
+        while let Ok(e) = self.pool_rx.recv() {
+            match e {
+                Event::WorkerUp { worker, pid } => {
+                    self.pids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(worker.0, pid);
+                }
+                Event::WorkerDown { worker, .. } => {
+                    self.pids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(worker.0));
+                }
+                Event::JobStarted { job, worker, .. } => {
+                    let pid = self
+                        .pids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&(worker.0))
+                        .copied();
+                    if let Some(pid) = pid {
+                        self.job_pid
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(job.0, pid);
+                    }
+                }
+                Event::JobFinished { .. } => {}
+            }
+        }
+    }
+
+    fn pidbox(self: Arc<Ops>, url: String, db: i64, ready: Sender<()>) {
+        let channel = format!("/{db}.celery.pidbox");
+        let mut reply = match Link::new(&url, "pidbox") {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("remote control is off: {e}");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(50);
+        let mut warned = false;
+        loop {
+            let res: Result<(), BrokerError> = broker::client(&url).and_then(|client| {
+                let mut con = client
+                    .get_connection_with_timeout(Duration::from_secs(5))
+                    .map_err(|e| BrokerError::Reply(e.to_string()))?;
+                let _ = con.set_read_timeout(None);
+                let mut ps = con.as_pubsub();
+                ps.subscribe(&channel)
+                    .map_err(|e| BrokerError::Reply(e.to_string()))?;
+                let _ = ready.try_send(());
+                if warned {
+                    tracing::info!("remote control: subscribed to {channel} again");
+                    warned = false;
+                }
+                backoff = Duration::from_millis(50);
+                loop {
+                    let msg = ps
+                        .get_message()
+                        .map_err(|e| BrokerError::Reply(e.to_string()))?;
+                    let payload = msg.get_payload_bytes().to_vec();
+                    self.on_pidbox(&payload, &mut reply);
+                }
+            });
+            if let Err(e) = res {
+                if !warned {
+                    tracing::warn!("remote control: lost {channel} ({e}); resubscribing");
+                    warned = true;
+                }
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn on_pidbox(&self, payload: &[u8], reply: &mut Link) {
+        let Ok(env) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        if let Some(exp) = env["headers"]["expires"].as_f64() {
+            if exp < events::unix_now() {
+                return;
+            }
+        }
+        if let Some(c) = env["headers"]["clock"].as_u64() {
+            self.clock.adjust(c);
+        }
+        if env["content-type"].as_str() != Some("application/json") {
+            return; // never deserialized: pickle and the like
+        }
+        let body = match env["body"].as_str() {
+            Some(b) if env["properties"]["body_encoding"] == "base64" => {
+                match base64::engine::general_purpose::STANDARD.decode(b) {
+                    Ok(raw) => serde_json::from_slice::<Value>(&raw).ok(),
+                    Err(_) => None,
+                }
+            }
+            Some(b) => serde_json::from_str::<Value>(b).ok(),
+            None => None,
+        };
+        let Some(req) = body else { return };
+        if !self.addressed_to_me(&req) {
+            return;
+        }
+        let method = req["method"].as_str().unwrap_or("");
+        let args = req["arguments"].as_object().cloned().unwrap_or_default();
+        let answer = self.dispatch(method, &args);
+        let (Some(ex), Some(rk)) = (
+            req["reply_to"]["exchange"].as_str(),
+            req["reply_to"]["routing_key"].as_str(),
+        ) else {
+            return;
+        };
+        let Some(answer) = answer else { return };
+        let ticket = req["ticket"].clone();
+        let body = json!({ self.hostname(): answer });
+        let env = events::envelope(
+            &body,
+            json!({"ticket": ticket, "clock": self.clock.forward()}),
+            ex,
+            rk,
+            1,
+        );
+        let binding = format!("_kombu.binding.{ex}");
+        let r = reply.run(|c| {
+            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(&binding).query(c)?;
+            let mut p = redis::pipe();
+            for m in members {
+                let parts: Vec<&[u8]> = m.split(|&b| b == 0x06).collect();
+                // routing_key \x06\x16 pattern \x06\x16 queue
+                let fields: Vec<Vec<u8>> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if i == 0 {
+                            f.to_vec()
+                        } else {
+                            f.get(1..).unwrap_or(&[]).to_vec()
+                        }
+                    })
+                    .collect();
+                if fields.len() == 3 && fields[0] == rk.as_bytes() {
+                    p.cmd("LPUSH").arg(&fields[2]).arg(&env).ignore();
+                }
+            }
+            p.query::<()>(c)
+        });
+        if let Err(e) = r {
+            tracing::warn!("remote control: cannot reply to {method}: {e}");
+        }
+    }
+
+    fn addressed_to_me(&self, req: &Value) -> bool {
+        let me = self.hostname();
+        match &req["destination"] {
+            Value::Array(d) if !d.is_empty() => d.iter().any(|x| x.as_str() == Some(me)),
+            _ => match req["pattern"].as_str() {
+                Some(p) if !p.is_empty() => glob(p, me),
+                _ => true,
+            },
+        }
+    }
+
+    fn pool_snapshot(&self) -> (Option<Stats>, usize) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.cmd_tx.send(OpsCmd::Stats(tx)).is_err() {
+            return (None, 0);
+        }
+        rx.recv_timeout(Duration::from_millis(800))
+            .unwrap_or((None, 0))
+    }
+
+    fn request_info(&self, id: &str, r: &Req) -> Value {
+        let pid = r.job.and_then(|j| {
+            self.job_pid
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&j.0)
+                .copied()
+        });
+        json!({
+            "id": id,
+            "name": r.name,
+            "args": r.args,
+            "kwargs": r.kwargs,
+            "type": r.name,
+            "hostname": self.hostname(),
+            "time_start": r.started.map(|(t, _)| t),
+            "acknowledged": false,
+            "delivery_info": {
+                "exchange": "",
+                "routing_key": r.queue,
+                "priority": r.priority,
+                "redelivered": r.redelivered,
+            },
+            "worker_pid": pid,
+        })
+    }
+
+    fn revoke(&self, args: &Map<String, Value>) -> Value {
+        let ids: Vec<String> = match &args.get("task_id") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let expires = self
+            .facts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .result_expires;
+        let until = events::unix_now() + expires.as_secs_f64();
+        {
+            let mut rv = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                rv.insert(id.clone(), until);
+            }
+        }
+        // Persist for every host (and for hosts that start later).
+        if let Ok(mut link) = Link::new(
+            &self
+                .facts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .broker_url
+                .clone(),
+            "ops",
+        ) {
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.cmd("ZADD").arg(REVOKED_KEY).arg(until).arg(id).ignore();
+            }
+            if let Err(e) = link.run(|c| p.query::<()>(c)) {
+                tracing::warn!("cannot persist revokes ({e}); this host still honours them");
+            }
+        }
+        let terminate = args
+            .get("terminate")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !terminate {
+            return ok(format!("tasks {} flagged as revoked", set_repr(&ids)));
+        }
+        let mut killed = Vec::new();
+        {
+            let t = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                if let Some(job) = t.get(id).and_then(|r| r.job) {
+                    if self.cmd_tx.send(OpsCmd::Terminate(job)).is_ok() {
+                        killed.push(id.clone());
+                    }
+                }
+            }
+        }
+        if killed.is_empty() {
+            ok("terminate: tasks unknown")
+        } else {
+            tracing::warn!("remote control: terminating {}", killed.join(", "));
+            ok(format!("terminate: {}", killed.join(", ")))
+        }
+    }
+
+    fn change_queues(&self, add: Option<&str>, cancel: Option<&str>) -> Vec<String> {
+        let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = add {
+            if !q.iter().any(|x| x == a) {
+                q.push(a.to_string());
+            }
+        }
+        if let Some(c) = cancel {
+            q.retain(|x| x != c);
+        }
+        q.clone()
+    }
+
+    /// The reply to one remote-control request; None: no reply.
+    fn dispatch(&self, method: &str, args: &Map<String, Value>) -> Option<Value> {
+        let tasks = || self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Utc::now();
+        let v = match method {
+            "ping" => ok("pong"),
+            "clock" => json!({"clock": self.clock.value()}),
+            "hello" => {
+                if args.get("from_node").and_then(Value::as_str) == Some(self.hostname()) {
+                    return None;
+                }
+                let rv = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                let m: Map<String, Value> = rv
+                    .keys()
+                    .map(|k| (k.clone(), json!(events::unix_now())))
+                    .collect();
+                json!({"revoked": m, "clock": self.clock.forward()})
+            }
+            "registered" => {
+                json!(
+                    self.facts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .registered
+                )
+            }
+            "active" => {
+                let t = tasks();
+                let v: Vec<Value> = t
+                    .iter()
+                    .filter(|(_, r)| r.started.is_some())
+                    .map(|(id, r)| self.request_info(id, r))
+                    .collect();
+                json!(v)
+            }
+            "reserved" => {
+                let t = tasks();
+                let v: Vec<Value> = t
+                    .iter()
+                    .filter(|(_, r)| r.started.is_none() && r.eta.is_none_or(|e| e <= now))
+                    .map(|(id, r)| self.request_info(id, r))
+                    .collect();
+                json!(v)
+            }
+            "scheduled" => {
+                let t = tasks();
+                let v: Vec<Value> = t
+                    .iter()
+                    .filter(|(_, r)| r.started.is_none() && r.eta.is_some_and(|e| e > now))
+                    .map(|(id, r)| {
+                        json!({
+                            "eta": r.eta.map(protocol::iso8601),
+                            "priority": r.priority,
+                            "request": self.request_info(id, r),
+                        })
+                    })
+                    .collect();
+                json!(v)
+            }
+            "revoked" => {
+                let now = events::unix_now();
+                let rv = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                let mut v: Vec<&String> = rv
+                    .iter()
+                    .filter(|(_, u)| **u > now)
+                    .map(|(k, _)| k)
+                    .collect();
+                v.sort();
+                json!(v)
+            }
+            "query_task" => {
+                let ids: Vec<String> = match args.get("ids") {
+                    Some(Value::String(s)) => vec![s.clone()],
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let t = tasks();
+                let mut m = Map::new();
+                for id in ids {
+                    if let Some(r) = t.get(&id) {
+                        let state = if r.started.is_some() {
+                            "active"
+                        } else if r.eta.is_some_and(|e| e > now) {
+                            "scheduled"
+                        } else {
+                            "reserved"
+                        };
+                        m.insert(id.clone(), json!([state, self.request_info(&id, r)]));
+                    }
+                }
+                Value::Object(m)
+            }
+            "active_queues" => {
+                let q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+                let v: Vec<Value> = q.iter().map(|name| queue_info(name)).collect();
+                json!(v)
+            }
+            "stats" => self.stats(),
+            "conf" => {
+                let f = self.facts.lock().unwrap_or_else(|e| e.into_inner());
+                json!({
+                    "broker_url": broker::redact(&f.broker_url),
+                    "result_backend": broker::redact(&f.backend_url),
+                    "worker_concurrency": f.concurrency,
+                    "worker_prefetch_multiplier": f.prefetch_multiplier,
+                    "result_expires": f.result_expires.as_secs_f64(),
+                    "broker_transport_options": {"visibility_timeout": f.visibility_timeout.as_secs_f64()},
+                    "include": [],
+                })
+            }
+            "revoke" => self.revoke(args),
+            "terminate" => {
+                let mut a = args.clone();
+                a.insert("terminate".into(), true.into());
+                self.revoke(&a)
+            }
+            "pool_grow" | "pool_shrink" => {
+                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1) as usize;
+                let grow = method == "pool_grow";
+                let cmd = if grow {
+                    OpsCmd::Grow(n)
+                } else {
+                    OpsCmd::Shrink(n)
+                };
+                let _ = self.cmd_tx.send(cmd);
+                ok(if grow {
+                    "pool will grow"
+                } else {
+                    "pool will shrink"
+                })
+            }
+            "add_consumer" => {
+                let Some(q) = args.get("queue").and_then(Value::as_str) else {
+                    return Some(nok("add_consumer needs a queue"));
+                };
+                let qs = self.change_queues(Some(q), None);
+                let _ = self.cmd_tx.send(OpsCmd::Queues(qs));
+                ok(format!("add consumer {q}"))
+            }
+            "cancel_consumer" => {
+                let Some(q) = args.get("queue").and_then(Value::as_str) else {
+                    return Some(nok("cancel_consumer needs a queue"));
+                };
+                let qs = self.change_queues(None, Some(q));
+                let _ = self.cmd_tx.send(OpsCmd::Queues(qs));
+                ok(format!("no longer consuming from {q}"))
+            }
+            "enable_events" | "disable_events" => match self.events() {
+                None => nok("event dispatcher unavailable"),
+                Some(d) => {
+                    let on = method == "enable_events";
+                    let changed = d.set_task_events(on);
+                    ok(match (on, changed) {
+                        (true, true) => "task events enabled",
+                        (true, false) => "task events already enabled",
+                        (false, true) => "task events disabled",
+                        (false, false) => "task events already disabled",
+                    })
+                }
+            },
+            "heartbeat" => {
+                if let Some(d) = self.events() {
+                    d.worker("worker-heartbeat");
+                }
+                Value::Null
+            }
+            "shutdown" => {
+                tracing::warn!("remote control: shutdown requested (warm)");
+                let _ = self.cmd_tx.send(OpsCmd::Shutdown);
+                return None;
+            }
+            "rate_limit" | "time_limit" | "autoscale" | "pool_restart" => {
+                nok(format!("{method} is not supported by billiard-host"))
+            }
+            other => nok(format!("KeyError('{other}')")),
+        };
+        Some(v)
+    }
+
+    fn stats(&self) -> Value {
+        let (stats, target) = self.pool_snapshot();
+        let f = self.facts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pids: Vec<i32> = self
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .copied()
+            .collect();
+        let peak: Map<String, Value> = pids
+            .iter()
+            .map(|p| (p.to_string(), json!(peak_rss(*p))))
+            .collect();
+        let totals = self
+            .totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (host, port) = broker_host_port(&f.broker_url);
+        let s = stats.unwrap_or_default();
+        let rusage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .ok()
+            .map(|r| {
+                let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+                json!({
+                    "utime": tv(r.user_time()),
+                    "stime": tv(r.system_time()),
+                    "maxrss": r.max_rss(),
+                    "minflt": r.minor_page_faults(),
+                    "majflt": r.major_page_faults(),
+                    "nvcsw": r.voluntary_context_switches(),
+                    "nivcsw": r.involuntary_context_switches(),
+                })
+            });
+        json!({
+            "total": totals,
+            "pid": std::process::id(),
+            "clock": self.clock.value().to_string(),
+            "uptime": self.started.elapsed().as_secs(),
+            "pool": {
+                "implementation": "billiard-host",
+                "max-concurrency": if target > 0 { target } else { f.concurrency },
+                "processes": pids,
+                "max-tasks-per-child": "N/A",
+                "put-guarded-by-semaphore": false,
+                "timeouts": [0, 0],
+                "writes": {"total": s.submitted, "avg": "0.00", "all": "", "raw": "", "strategy": "fair",
+                           "inqueues": {"total": s.workers, "active": s.busy}},
+                "workers": s.workers,
+                "busy": s.busy,
+                "queued": s.queued,
+                "running": s.running,
+                "succeeded": s.succeeded,
+                "failed": s.failed,
+                "workers_started": s.workers_started,
+                "worker_deaths": s.worker_deaths,
+                "recycled": s.recycled,
+                "restarts": s.restarts,
+                "start_failures": s.start_failures,
+                "peak_rss_bytes": peak,
+            },
+            "broker": {
+                "hostname": host,
+                "userid": null,
+                "virtual_host": events::db_of(&f.broker_url).unwrap_or(0).to_string(),
+                "port": port,
+                "insist": false,
+                "ssl": f.broker_url.starts_with("rediss://"),
+                "transport": "redis",
+                "connect_timeout": 5,
+                "transport_options": {"visibility_timeout": f.visibility_timeout.as_secs_f64()},
+                "login_method": null,
+                "uri_prefix": null,
+                "heartbeat": null,
+                "failover_strategy": "round-robin",
+                "alternates": [],
+            },
+            "prefetch_count": f.concurrency * f.prefetch_multiplier,
+            "rusage": rusage,
+            "sw_ident": events::SW_IDENT,
+            "sw_ver": env!("CARGO_PKG_VERSION"),
+        })
+    }
+}
+
+fn broker_host_port(url: &str) -> (Value, Value) {
+    match broker::client(url) {
+        Ok(c) => match c.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(h, p)
+            | redis::ConnectionAddr::TcpTls {
+                host: h, port: p, ..
+            } => (json!(h), json!(p)),
+            redis::ConnectionAddr::Unix(p) => (json!(p.display().to_string()), Value::Null),
+            _ => (Value::Null, Value::Null),
+        },
+        Err(_) => (Value::Null, Value::Null),
+    }
+}
+
+/// A queue as Celery's `active_queues` describes it.
+fn queue_info(name: &str) -> Value {
+    json!({
+        "name": name,
+        "exchange": {"name": name, "type": "direct", "arguments": null, "durable": true,
+                     "passive": false, "auto_delete": false, "delivery_mode": null, "no_declare": false},
+        "routing_key": name,
+        "queue_arguments": null,
+        "binding_arguments": null,
+        "consumer_arguments": null,
+        "durable": true,
+        "exclusive": false,
+        "auto_delete": false,
+        "no_ack": false,
+        "alias": null,
+        "bindings": [],
+        "no_declare": null,
+        "expires": null,
+        "message_ttl": null,
+        "max_length": null,
+        "max_length_bytes": null,
+        "max_priority": null,
+    })
+}
+
+/// `*` and `?` globbing (Celery's default `matcher` is glob).
+fn glob(pattern: &str, s: &str) -> bool {
+    fn m(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => m(&p[1..], s) || (!s.is_empty() && m(p, &s[1..])),
+            (Some(b'?'), Some(_)) => m(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    m(pattern.as_bytes(), s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_follow_celery() {
+        let h = machine_hostname();
+        assert_eq!(node_name(None), format!("billiard-host@{h}"));
+        assert_eq!(node_name(Some("w1")), format!("w1@{h}"));
+        assert_eq!(node_name(Some("w1@x")), "w1@x");
+        assert_eq!(node_name(Some("w1@%h")), format!("w1@{h}"));
+    }
+
+    #[test]
+    fn globbing_and_set_repr() {
+        assert!(glob("billiard-*", "billiard-host@x"));
+        assert!(!glob("celery@*", "billiard-host@x"));
+        assert_eq!(set_repr(&["a".into()]), "{'a'}");
+    }
+}
