@@ -101,6 +101,8 @@ pub struct Jobs<'p> {
     lineno: Option<u64>,
     /// The input line of each job in flight, when asked for.
     line_numbers: Option<LineNumbers>,
+    /// Blank lines skipped before the last job (see [`LineNumbers`]).
+    skipped: u64,
 }
 
 impl<'p> Jobs<'p> {
@@ -123,6 +125,7 @@ impl<'p> Jobs<'p> {
             produced: 0,
             lineno: None,
             line_numbers: None,
+            skipped: 0,
         };
         (jobs, report)
     }
@@ -239,8 +242,39 @@ pub(super) fn duration(s: Option<&str>, field: &str) -> Result<Option<Duration>,
     .transpose()
 }
 
-/// The input line number of each job in flight, by index.
-pub type LineNumbers = Arc<Mutex<HashMap<u64, u64>>>;
+/// The input line number of each job, by index, stored compactly: a job's
+/// line is `index + 1 + skipped`, where `skipped` (blank lines before it)
+/// changes only after a blank line. Only those changes are recorded, so a
+/// file without blank lines costs nothing per line.
+#[derive(Clone, Default)]
+pub struct LineNumbers(Arc<Mutex<std::collections::BTreeMap<u64, u64>>>);
+
+/// Most changes recorded; past that, later jobs' messages go without "line N:"
+/// (a pathological input must not grow memory without bound).
+const MAX_LINE_NUMBER_RUNS: usize = 1 << 20;
+
+impl LineNumbers {
+    /// The input line of job `index`, if known.
+    pub fn line_of(&self, index: u64) -> Option<u64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_LINE_NUMBER_RUNS && map.range(index..).next().is_none() {
+            return None;
+        }
+        let skipped = map.range(..=index).next_back().map_or(0, |(_, s)| *s);
+        Some(index + 1 + skipped)
+    }
+
+    fn record(&self, index: u64, lineno: u64, last_skipped: &mut u64) {
+        let skipped = lineno.saturating_sub(index + 1);
+        if skipped != *last_skipped {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() < MAX_LINE_NUMBER_RUNS {
+                map.insert(index, skipped);
+            }
+            *last_skipped = skipped;
+        }
+    }
+}
 
 /// What [`Jobs::pull`] found.
 pub enum Pull {
@@ -271,9 +305,7 @@ impl Jobs<'_> {
         let pulled = self.pull_line(wait);
         if let Pull::Job(job) = &pulled {
             if let (Ok(_), Some(map), Some(lineno)) = (job, &self.line_numbers, self.lineno) {
-                map.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(self.produced, lineno);
+                map.record(self.produced, lineno, &mut self.skipped);
             }
             self.produced += 1;
         }

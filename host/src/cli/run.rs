@@ -311,14 +311,16 @@ pub fn run(args: Args) -> i32 {
             !args.unordered,
             args.chunksize,
             |i, o| {
-                let lineno = line_numbers
-                    .as_ref()
-                    .and_then(|m| m.lock().unwrap_or_else(|e| e.into_inner()).remove(&i));
                 let with_line;
+                // The plugin's decoding errors say which input line, as the
+                // host's own do (looked up only then: it is rare).
+                let plugin_bad_args = matches!(o, Err(e)
+                    if e.kind == ErrorKind::BadArgs && !e.message.starts_with("line "));
+                let lineno = plugin_bad_args
+                    .then(|| line_numbers.as_ref().and_then(|m| m.line_of(i)))
+                    .flatten();
                 let o = match (o, lineno) {
-                    // The plugin's decoding errors say which input line, as
-                    // the host's own do.
-                    (Err(e), Some(n)) if e.kind == ErrorKind::BadArgs => {
+                    (Err(e), Some(n)) => {
                         with_line = Err(TaskError::new(
                             ErrorKind::BadArgs,
                             format!("line {n}: {}", e.message),
@@ -417,9 +419,11 @@ const MAX_SEGMENTS: usize = 4;
 /// See [`Budget`].
 const HELD_WINDOWS: u64 = 16;
 
-/// Results a segment may have ready before the writer takes them; past
-/// that its thread waits, and so does its input.
+/// Result batches (see `RESULT_BATCH`) a segment may have ready before the
+/// writer takes them; past that its thread waits, and so does its input.
 const SEGMENT_BUFFER: usize = 64;
+/// Most results one segment hands over in one message.
+const RESULT_BATCH: usize = 4096;
 
 /// The input of one stream: jobs until the input goes quiet. It waits for
 /// a line only while it has handed out nothing, so the stream that pulls
@@ -557,7 +561,7 @@ fn stream_results<'scope, 'env>(
         window: pool.config().imap_window.max(1) as u64,
         returned: AtomicU64::new(0),
     });
-    let spawn = |offset: u64| -> Receiver<(u64, Outcome)> {
+    let spawn = |offset: u64| -> Receiver<Vec<(u64, Outcome)>> {
         let (tx, rx) = crossbeam_channel::bounded(SEGMENT_BUFFER);
         let segment = Segment {
             jobs,
@@ -569,10 +573,19 @@ fn stream_results<'scope, 'env>(
         };
         let budget = budget.clone();
         s.spawn(move || {
-            for (i, outcome) in pool.imap_raw(segment, ordered, chunksize) {
-                budget.returned.fetch_add(1, Ordering::AcqRel);
-                if tx.send((offset + i, outcome)).is_err() {
-                    return;
+            // Results go over in batches: what the stream has without
+            // waiting (the rest of a chunk) travels as one message.
+            let mut stream = pool.imap_raw(segment, ordered, chunksize);
+            let mut batch = Vec::new();
+            while let Some((i, outcome)) = stream.next() {
+                batch.push((offset + i, outcome));
+                if stream.ready() == 0 || batch.len() >= RESULT_BATCH {
+                    budget
+                        .returned
+                        .fetch_add(batch.len() as u64, Ordering::AcqRel);
+                    if tx.send(std::mem::take(&mut batch)).is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -580,7 +593,7 @@ fn stream_results<'scope, 'env>(
     };
     // Live segments, oldest first; one of them (the newest) may be taking
     // input.
-    let mut segments: VecDeque<Receiver<(u64, Outcome)>> = VecDeque::from([spawn(0)]);
+    let mut segments: VecDeque<Receiver<Vec<(u64, Outcome)>>> = VecDeque::from([spawn(0)]);
     let (mut taking, mut want_segment, mut offset) = (true, false, 0u64);
     let (mut input_waits, mut unflushed) = (false, false);
     while taking || want_segment || !segments.is_empty() {
@@ -630,8 +643,10 @@ fn stream_results<'scope, 'env>(
         }
         let k = op.index() - 1;
         match op.recv(&segments[k]) {
-            Ok((i, outcome)) => {
-                emit(i, &outcome)?;
+            Ok(batch) => {
+                for (i, outcome) in &batch {
+                    emit(*i, outcome)?;
+                }
                 unflushed = true;
             }
             // That segment delivered everything.

@@ -349,6 +349,15 @@ impl<'p> RawStream<'p> {
         (count > 0).then_some((target, Codec::Bincode, Limits::default(), payload, count))
     }
 
+    /// How many results the next calls of `next` return without waiting:
+    /// the rest of the chunk being read (a consumer that forwards results
+    /// elsewhere can batch them, one hand-off per chunk instead of per item).
+    pub fn ready(&self) -> usize {
+        self.cur
+            .as_ref()
+            .map_or(0, |c| c.chunk.count.saturating_sub(c.i) as usize)
+    }
+
     /// The next item, handed to `f` as its index and encoded outcome.
     pub(crate) fn next_with<T>(
         &mut self,
