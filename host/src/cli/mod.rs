@@ -99,12 +99,15 @@ fn completions(shell: clap_complete::Shell) -> i32 {
     }
 }
 
-/// `RUST_LOG`-style logging to stderr (warnings by default).
+/// `RUST_LOG`-style logging to stderr (warnings by default). Colours
+/// only when stderr is a terminal: a log file or a pipe gets plain text.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
