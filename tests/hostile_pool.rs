@@ -581,3 +581,163 @@ fn many_workers_start_without_spurious_warnings() {
     );
     assert_eq!(by_index(&stdout(&out), 1500).len(), 1500);
 }
+
+#[test]
+fn b1_jobs_of_a_task_gone_after_a_reload_fail_alone_and_the_rest_run() {
+    // One worker: every job of the removed task fails without reaching it,
+    // and must not leave the jobs queued behind it stranded.
+    let dir = scratch("b1-gone");
+    let path = dir.join("libreload.so");
+    install("reload-a", &path);
+    let mut child = command(&[
+        "run",
+        path.to_str().expect("utf-8 path"),
+        "--input",
+        "-",
+        "-w",
+        "1",
+        "-q",
+    ])
+    .stdin(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    writeln!(stdin, r#"{{"task":"square","args":[3]}}"#).expect("write");
+    stdin.flush().expect("flush");
+    let first: Value =
+        serde_json::from_str(&lines.next().expect("line").expect("read")).expect("json");
+    assert_eq!(first["ok"], 9);
+    install("reload-b", &path);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    // Wait until the reload is in: `version` answers 2.0.0.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        writeln!(stdin, r#"{{"task":"version","args":[]}}"#).expect("write");
+        stdin.flush().expect("flush");
+        let v: Value =
+            serde_json::from_str(&lines.next().expect("line").expect("read")).expect("json");
+        if v["ok"] == "2.0.0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload never took: {v}");
+    }
+    // Ten lines at once, alternating a gone task and a live one.
+    let mut batch = String::new();
+    for x in 0..10u64 {
+        if x % 2 == 0 {
+            batch.push_str(&format!("{{\"task\":\"square\",\"args\":[{x}]}}\n"));
+        } else {
+            batch.push_str(&format!("{{\"task\":\"double\",\"args\":[{x}]}}\n"));
+        }
+    }
+    stdin.write_all(batch.as_bytes()).expect("write");
+    drop(stdin);
+    let rest: Vec<Value> = lines
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str(&l).expect("json"))
+        .collect();
+    let out = wait_or_kill(
+        child,
+        Duration::from_secs(60),
+        "run after a reload that removed a task",
+    );
+    let tail = &rest[rest.len() - 10..];
+    for (x, v) in tail.iter().enumerate() {
+        if x % 2 == 0 {
+            assert_eq!(kind(v), "unknown_task", "{v}");
+        } else {
+            assert_eq!(v["ok"], 2 * x as u64, "{v}");
+        }
+    }
+    assert_eq!(exit_code(&out), 1);
+}
+
+#[test]
+fn a_worker_killed_from_outside_is_not_blamed_on_the_pool() {
+    let dir = scratch("outside-kill");
+    let input = common::lines_file(&dir, "in.jsonl", &[r#"{"task":"nap","args":[60000]}"#]);
+    let child = command(&["run", &hostile(), "--input", &input, "-w", "1", "-q"])
+        .spawn()
+        .expect("spawn");
+    let host = child.id() as i32;
+    // The worker: a grandchild of the host (host → zygote → worker).
+    let mut worker = None;
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            worker = common::children_of(host)
+                .into_iter()
+                .flat_map(common::children_of)
+                .next();
+            worker.is_some()
+        }),
+        "no worker appeared"
+    );
+    let worker = worker.expect("worker pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+    let out = wait_or_kill(child, Duration::from_secs(60), "run after an outside kill");
+    let res = by_index(&stdout(&out), 1);
+    let msg = res[0]["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(kind(&res[0]), "worker_lost", "{msg}");
+    assert!(msg.contains("from outside the pool"), "{msg}");
+    assert!(!msg.contains("the pool killed it"), "{msg}");
+}
+
+#[test]
+fn b1_library_batch_mixing_a_gone_task_and_a_live_one_completes() {
+    let dir = scratch("b1-gone-lib");
+    let path = dir.join("libreload.so");
+    install("reload-a", &path);
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_exe(common::bin())
+        .plugin(&path)
+        .build()
+        .expect("pool");
+    let square = pool.task_ref("reload", "square").expect("square");
+    let double = pool.task_ref("reload", "double").expect("double");
+    install("reload-b", &path);
+    pool.restart().expect("reload");
+    // One submission of ten jobs, alternating a gone task and a live one.
+    let jobs: Vec<_> = (0..10u64)
+        .map(|x| {
+            let t = if x % 2 == 0 { square } else { double };
+            Ok::<_, billiard_host::TaskError>(billiard_host::RawJob::new(
+                t,
+                Codec::Json,
+                format!("[{x}]").into_bytes(),
+            ))
+        })
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let got: Vec<(u64, _)> = pool.imap_raw(jobs.into_iter(), true, 1).collect();
+            let _ = tx.send(got);
+        });
+        let got = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(got) => got,
+            Err(_) => {
+                pool.terminate_now();
+                panic!("jobs queued behind a job of a gone task were stranded");
+            }
+        };
+        assert_eq!(got.len(), 10);
+        for (x, o) in got {
+            if x % 2 == 0 {
+                assert_eq!(o.expect_err("gone").kind, ErrorKind::UnknownTask);
+            } else {
+                assert_eq!(o.expect("double"), format!("{}", 2 * x).into_bytes());
+            }
+        }
+    });
+    pool.join().expect("join");
+}

@@ -206,6 +206,8 @@ enum TimerKind {
     ExitReport(WorkerId),
     /// A zygote of this generation must have loaded the plugins by now.
     ZygoteStart(u64),
+    /// A worker's socket closed mid-job; kill it if it is still alive.
+    EofKill(WorkerId),
 }
 
 /// What a registered poll token stands for.
@@ -220,6 +222,9 @@ enum Source {
 /// How long a worker's death (seen on its pidfd) waits for the zygote's
 /// exit report, which carries the signal and rusage, before it is final.
 const EXIT_REPORT_GRACE: Duration = Duration::from_millis(500);
+/// How long a worker whose socket closed mid-job may take to be gone by
+/// itself before the pool kills it (see `worker_readable`).
+const EOF_KILL_GRACE: Duration = Duration::from_millis(100);
 /// How long a zygote gets to exit after being asked, before it is killed.
 const ZYGOTE_EXIT_GRACE: Duration = Duration::from_secs(3);
 
@@ -1113,10 +1118,22 @@ impl Supervisor {
                 .collect();
             ids.sort();
             for wid in ids {
-                let Some(d) = self.queue.pop_front() else {
-                    return;
-                };
-                self.send_dispatch(wid, d);
+                // A dispatch can fail without reaching the worker (a task
+                // gone after a reload, arguments over the frame limit):
+                // then the worker is still free for the next one.
+                loop {
+                    let Some(d) = self.queue.pop_front() else {
+                        return;
+                    };
+                    self.send_dispatch(wid, d);
+                    let still_free = self
+                        .workers
+                        .get(&wid)
+                        .is_some_and(|w| w.inflight.len() == depth && !w.broken);
+                    if !still_free {
+                        break;
+                    }
+                }
             }
         }
         self.retire_idle_leavers();
@@ -1349,11 +1366,16 @@ impl Supervisor {
                 // EOF: the worker exited or closed its socket. The zygote's
                 // exit report finalizes it; make sure it really goes.
                 w.broken = true;
-                if w.kill.is_none() && !w.inflight.is_empty() {
-                    w.killed_at_eof = true;
-                    let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
-                }
+                let kill_later = w.kill.is_none() && !w.inflight.is_empty();
                 let _ = self.poll.registry().deregister(&mut w.sock);
+                if kill_later {
+                    // A worker that is exiting (killed from outside, or its
+                    // task ended the process) closes its socket just before
+                    // it is gone: give it a moment, so its own cause is the
+                    // one reported. One still alive after that lost its
+                    // socket mid-job (the task closed it) and is killed.
+                    self.add_timer((Instant::now() + EOF_KILL_GRACE, TimerKind::EofKill(wid)));
+                }
             }
         }
     }
@@ -1949,7 +1971,7 @@ impl Supervisor {
                 .workers
                 .get(&wid)
                 .is_some_and(|w| w.inflight.front().is_some_and(|d| d.first_job == job)),
-            TimerKind::ExitReport(wid) => self.workers.contains_key(&wid),
+            TimerKind::ExitReport(wid) | TimerKind::EofKill(wid) => self.workers.contains_key(&wid),
             TimerKind::ZygoteStart(gen) => self.zygotes.iter().any(|z| z.gen == gen && !z.ready),
         }
     }
@@ -1971,6 +1993,15 @@ impl Supervisor {
                     self.zygote_start_timeout(gen);
                     continue;
                 }
+                TimerKind::EofKill(wid) => {
+                    if let Some(w) = self.workers.get_mut(&wid) {
+                        if !w.dead && w.kill.is_none() && !w.inflight.is_empty() {
+                            w.killed_at_eof = true;
+                            let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
+                        }
+                    }
+                    continue;
+                }
             };
             // Take in whatever the worker already answered: if the job is
             // done, the timer is stale and must not touch the next job.
@@ -1982,7 +2013,7 @@ impl Supervisor {
                 continue;
             }
             match kind {
-                TimerKind::ExitReport(_) | TimerKind::ZygoteStart(_) => {}
+                TimerKind::ExitReport(_) | TimerKind::ZygoteStart(_) | TimerKind::EofKill(_) => {}
                 TimerKind::Soft(..) => {
                     if let Some(s) = self.board.slot(w.slot as usize) {
                         s.stop_reason.store(
