@@ -104,6 +104,16 @@ impl Output {
     /// Writes one result line; `failed` is its job's failure, kept until
     /// the line is through (see [`Output::unwritten`]).
     pub fn write_line(&self, line: &[u8], failed: Option<ErrorKind>) -> std::io::Result<()> {
+        {
+            // After a failed (background) flush the line is refused; it
+            // still counts as not written (`unwritten`), like a line the
+            // failed write cut short.
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(kind) = st.failed {
+                st.unconfirmed.push_back((u64::MAX, failed));
+                return Err(kind.into());
+            }
+        }
         let mut woke = false;
         let r = self.with(|st| {
             woke = !st.dirty;
