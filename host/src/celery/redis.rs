@@ -191,25 +191,29 @@ impl Scripts {
     }
 }
 
-/// The SHA-1 of one of [`Scripts::all`], computed once per process.
+/// The SHA-1 of one of [`Scripts::all`], computed once per process. (By
+/// content: a `const` may live at several addresses.)
 fn sha(src: &'static str) -> &'static str {
-    static HASHES: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    static HASHES: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
     let hashes = HASHES.get_or_init(|| {
         Scripts::all()
             .iter()
-            .map(|s| {
-                (
-                    s.as_ptr() as usize,
-                    redis::Script::new(s).get_hash().to_string(),
-                )
-            })
+            .map(|s| (*s, redis::Script::new(s).get_hash().to_string()))
             .collect()
     });
-    hashes
+    match hashes
         .iter()
-        .find(|(p, _)| *p == src.as_ptr() as usize)
-        .map(|(_, h)| h.as_str())
-        .unwrap_or_default()
+        .find(|(s, _)| s.len() == src.len() && *s == src)
+    {
+        Some((_, h)) => h.as_str(),
+        // Not one of ours (cannot happen): hash it on the spot.
+        None => Box::leak(
+            redis::Script::new(src)
+                .get_hash()
+                .to_string()
+                .into_boxed_str(),
+        ),
+    }
 }
 
 impl Link {
