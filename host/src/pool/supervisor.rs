@@ -78,7 +78,8 @@ struct Zygote {
     /// The plugin files as they were when it was started.
     stamps: Vec<Option<FileStamp>>,
     /// When a file was last found overwritten in place and a reload
-    /// started for it (at most one a second: the copy may still be going on).
+    /// started for it (at most one per `OVERWRITE_RELOAD_INTERVAL`: the copy
+    /// may still be going on).
     overwrite_reload: Option<Instant>,
 }
 
@@ -225,6 +226,9 @@ const EXIT_REPORT_GRACE: Duration = Duration::from_millis(500);
 /// How long a worker whose socket closed mid-job may take to be gone by
 /// itself before the pool kills it (see `worker_readable`).
 const EOF_KILL_GRACE: Duration = Duration::from_millis(100);
+/// How often a plugin file found overwritten in place is reloaded again
+/// (the first try may catch the copy half done).
+const OVERWRITE_RELOAD_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a zygote gets to exit after being asked, before it is killed.
 const ZYGOTE_EXIT_GRACE: Duration = Duration::from_secs(3);
 
@@ -572,6 +576,9 @@ impl Supervisor {
             (Some(st), _) if libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL => {
                 "the zygote was killed".to_string()
             }
+            (Some(st), _) if libc::WIFSIGNALED(st) => {
+                format!("the zygote was {}", sys::describe_wait_status(st))
+            }
             (Some(st), _) => format!("the zygote {}", sys::describe_wait_status(st)),
             (None, _) => "the zygote is gone".to_string(),
         };
@@ -852,7 +859,7 @@ impl Supervisor {
                     Err(e) => tracing::error!("garbled message from the zygote: {e}"),
                 },
                 Ok(None) if !ready => {
-                    self.zygote_start_failed(zi, "it exited".into());
+                    self.zygote_start_failed(zi, "it ended before it had loaded them".into());
                     return;
                 }
                 Ok(None) => {
@@ -1808,7 +1815,7 @@ impl Supervisor {
              (`cp new.so x.so.tmp && mv x.so.tmp x.so`), then reload (SIGHUP)"
         );
         let due = match self.zygotes[zi].overwrite_reload {
-            Some(t) => t.elapsed() >= Duration::from_secs(1),
+            Some(t) => t.elapsed() >= OVERWRITE_RELOAD_INTERVAL,
             None => true,
         };
         if due {
