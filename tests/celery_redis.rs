@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::celery::{self, RedisConn, RedisServer, Reply};
+use common::celery::{self, RedisServer, Reply};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -332,84 +332,6 @@ fn a_job_longer_than_three_visibility_timeouts_runs_once_on_a_live_host() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A redis-server with an append-only file fsynced on every write, so a
-/// `kill -9` and a restart on the same port keep every acknowledged write
-/// (what "Redis restarted" means for a broker that must not lose jobs).
-struct DurableRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-    /// Extra server arguments; with `--tls-port` the plain port is a
-    /// second, unencrypted listener the test inspects through.
-    extra: Vec<String>,
-}
-
-impl DurableRedis {
-    fn start() -> DurableRedis {
-        DurableRedis::start_with(
-            celery::unique_temp_dir("durable-redis"),
-            &["--appendonly", "yes", "--appendfsync", "always"],
-        )
-    }
-
-    fn start_with(dir: PathBuf, extra: &[&str]) -> DurableRedis {
-        let mut r = DurableRedis {
-            port: celery::free_port(),
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let exe = celery::redis_server_exe().expect("redis-server");
-        let child = Command::new(exe)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(&self.extra)
-            .args(["--daemonize", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        wait_until("redis-server to answer", DEADLINE, || {
-            RedisConn::connect(self.port)
-                .ok()
-                .and_then(|mut c| c.try_cmd(&["PING"]).ok())
-                .is_some_and(|r| r == Reply::Status("PONG".into()))
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Option<Reply> {
-        RedisConn::connect(self.port).ok()?.try_cmd(args).ok()
-    }
-}
-
-impl Drop for DurableRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn every_job_completes_when_redis_restarts_mid_batch() {
     if celery::python_or_skip("every_job_completes_when_redis_restarts_mid_batch").is_none()
@@ -417,7 +339,10 @@ fn every_job_completes_when_redis_restarts_mid_batch() {
     {
         return;
     }
-    let mut redis = DurableRedis::start();
+    // An append-only file fsynced on every write: a SIGKILL and a restart
+    // on the same port keep every acknowledged write (what "Redis
+    // restarted" means for a broker that must not lose jobs).
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let url = redis.url();
     let mut w = worker(&url, &["-c", "2", "--visibility-timeout", "10s"]);
     let ids = py(
@@ -430,16 +355,12 @@ fn every_job_completes_when_redis_restarts_mid_batch() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let done = |redis: &DurableRedis| {
+    let done = |redis: &RedisServer| {
         ids.iter()
             .filter(|id| {
                 redis
-                    .cmd(&["GET", &format!("celery-task-meta-{id}")])
-                    .is_some_and(|r| {
-                        !r.is_nil()
-                            && serde_json::from_slice::<Value>(r.bytes())
-                                .is_ok_and(|m| m["status"] == "SUCCESS")
-                    })
+                    .task_meta(id)
+                    .is_some_and(|m| m["status"] == "SUCCESS")
             })
             .count()
     };
@@ -449,14 +370,12 @@ fn every_job_completes_when_redis_restarts_mid_batch() {
         w.wait_timeout(Duration::from_millis(300)).is_none(),
         "the worker must outlive its broker"
     );
-    redis.spawn();
+    redis.restart();
     wait_until("every result after the restart", DEADLINE, || {
         done(&redis) == ids.len()
     });
     wait_until("nothing left unacked", DEADLINE, || {
-        redis
-            .cmd(&["HLEN", "unacked"])
-            .is_some_and(|r| r.int() == 0)
+        hlen_unacked(&redis) == 0
     });
     assert!(
         w.stderr().contains("lost the broker") || w.stderr().contains("yet"),
@@ -806,12 +725,14 @@ fn a_python_workers_sweeper_restores_a_dead_hosts_message() {
     });
     a.kill();
     // kombu's own restore (what a Python worker's sweeper runs) reads our
-    // unacked entry and puts the message back on its queue.
+    // unacked entry and puts the message back on its queue. A negative
+    // visibility timeout makes every score stale at once (ours are whole
+    // seconds rounded up, so a fresh one may lie up to 1 s ahead).
     let v = py(
         &url,
         "with app.connection() as conn:\n\
          \x20   ch = conn.default_channel\n\
-         \x20   ch.visibility_timeout = 0\n\
+         \x20   ch.visibility_timeout = -5\n\
          \x20   ch.qos.restore_visible(num=100, interval=1)\n\
          print(json.dumps(1))",
     );
@@ -878,117 +799,25 @@ fn priority_lists_are_popped_in_kombus_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Makes a CA and a server certificate for 127.0.0.1 with the `openssl`
-/// command in `dir`; false if `openssl` is not there.
-fn make_certs(dir: &Path) -> bool {
-    let run = |args: &[&str]| {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=billiard-test-ca",
-    ]) && run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]) && run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])
-}
-
 #[test]
 fn rediss_tls_broker_with_a_private_ca() {
-    if celery::python_or_skip("rediss_tls_broker_with_a_private_ca").is_none()
-        || celery::redis_or_skip("rediss_tls_broker_with_a_private_ca").is_none()
-    {
+    if celery::python_or_skip("rediss_tls_broker_with_a_private_ca").is_none() {
         return;
     }
-    let dir = celery::unique_temp_dir("tls-redis");
-    if !make_certs(&dir) {
-        celery::skip(
-            "rediss_tls_broker_with_a_private_ca",
-            "no openssl command to make certificates",
-        );
+    let Some((redis, url)) = celery::tls_redis_or_skip("rediss_tls_broker_with_a_private_ca")
+    else {
         return;
-    }
-    let tls_port = celery::free_port();
-    let file = |n: &str| dir.join(n).display().to_string();
-    let redis = DurableRedis::start_with(
-        dir.clone(),
-        &[
-            "--tls-port",
-            &tls_port.to_string(),
-            "--tls-cert-file",
-            &file("server.crt"),
-            "--tls-key-file",
-            &file("server.key"),
-            "--tls-ca-cert-file",
-            &file("ca.crt"),
-            "--tls-auth-clients",
-            "no",
-        ],
-    );
-    let url = format!(
-        "rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={}",
-        file("ca.crt")
-    );
+    };
     let _w = worker(&url, &["-c", "1"]);
     let v = py(
         &url,
         "print(json.dumps(app.send_task('math.square', args=[7]).get(timeout=60)))",
     );
     assert_eq!(v, 49);
-    // Through the plain port: the result and the ack are there.
-    wait_until("the ack", DEADLINE, || {
-        redis
-            .cmd(&["HLEN", "unacked"])
-            .is_some_and(|r| r.int() == 0)
-    });
+    // Through the plain port: the ack is there.
+    wait_until("the ack", DEADLINE, || hlen_unacked(&redis) == 0);
     // Without the CA the certificate is refused: the worker never gets ready.
-    let bad = format!("rediss://127.0.0.1:{tls_port}/0");
+    let bad = url.split('?').next().unwrap().to_string();
     let mut cmd = common::host_command();
     cmd.args(["worker", &common::plugin_str("math"), "--broker", &bad]);
     let mut w = celery::spawn_until(cmd, "cannot reach the broker", Duration::from_secs(60));
