@@ -487,6 +487,10 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// How long an idle consumer blocks on the broker before it looks at every
+/// list again (and at its controls).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
 /// Every task name the worker answers to: `plugin.task`, and the bare
 /// task name when only one plugin has it.
 fn task_names(pool: &Pool) -> Vec<String> {
@@ -675,7 +679,10 @@ impl Consumer<'_> {
                     }
                     self.submit_ready();
                     if n < room {
-                        let t = self.next_due().unwrap_or(ms(250)).min(ms(250));
+                        // BLMOVE watches the first queue's main list only:
+                        // the other lists (priorities, more queues) are
+                        // looked at again after at most IDLE_WAIT.
+                        let t = self.next_due().unwrap_or(IDLE_WAIT).min(IDLE_WAIT);
                         if let Err(e) = self.broker.wait(t.max(ms(10))) {
                             self.broker_down(e);
                         }
