@@ -42,3 +42,45 @@ fn log_lines_have_no_colour_codes_when_stderr_is_not_a_terminal() {
         "no ANSI escape codes in a captured stderr: {err:?}"
     );
 }
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_the_input_is_not_part_of_the_first_job() {
+    let dir = common::scratch("bom");
+    let input = common::write_file(&dir, "bom.jsonl", b"\xEF\xBB\xBF[3]\n[4]\n");
+    let out = common::host([
+        "run",
+        common::plugin_str("math").as_str(),
+        "--task",
+        "square",
+        "--input",
+        input.as_str(),
+        "-q",
+    ]);
+    assert_eq!(common::exit_code(&out), 0, "{}", common::stderr(&out));
+    let res = common::json_lines(&common::stdout(&out));
+    assert_eq!(res[0]["ok"], 9);
+    assert_eq!(res[1]["ok"], 16);
+}
+
+#[test]
+fn a_crash_report_keeps_the_dying_message_ahead_of_a_long_backtrace() {
+    let out = common::host([
+        "run",
+        common::plugin_str("hostile").as_str(),
+        "--task",
+        "die_noisily",
+        "--args",
+        "[40]",
+    ]);
+    let res = common::json_lines(&common::stdout(&out));
+    let msg = res[0]["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(res[0]["error"]["kind"], "worker_lost", "{msg}");
+    assert!(
+        msg.contains("memory allocation of 21474836480 bytes failed"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("39: some::deep::frame"),
+        "the tail is kept too: {msg}"
+    );
+}

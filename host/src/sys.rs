@@ -1141,21 +1141,41 @@ pub fn process_state(pid: i32) -> Option<char> {
     rest.trim_start().chars().next()
 }
 
-/// Whether the kernel's OOM killer has struck in this process's cgroup
-/// (cgroup v2 `memory.events`, `oom_kill` counter) since the first call.
+/// Whether the kernel's OOM killer has struck in this process's memory
+/// cgroup (the `oom_kill` counter of cgroup v1 `memory.oom_control` or v2
+/// `memory.events`) since the first call.
 /// The first call records the baseline (the pool calls it at start) and
 /// answers false.
 pub fn oom_kills_since_start() -> bool {
     static BASELINE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    fn read() -> Option<u64> {
-        let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let events =
-            std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.events", path.trim())).ok()?;
-        events
+    fn counter(file: &str) -> Option<u64> {
+        std::fs::read_to_string(file)
+            .ok()?
             .lines()
             .find_map(|l| l.strip_prefix("oom_kill "))
             .and_then(|n| n.trim().parse().ok())
+    }
+    fn read() -> Option<u64> {
+        let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        // cgroup v1: a `memory` controller line, `memory.oom_control`
+        // (its own mount, or the root's when the path is not visible).
+        if let Some(path) = cg.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            ctl.split(',').any(|c| c == "memory").then_some(path)
+        }) {
+            for dir in [
+                format!("/sys/fs/cgroup/memory{}", path.trim()),
+                "/sys/fs/cgroup/memory".into(),
+            ] {
+                if let Some(n) = counter(&format!("{dir}/memory.oom_control")) {
+                    return Some(n);
+                }
+            }
+        }
+        // cgroup v2: `memory.events`.
+        let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+        counter(&format!("/sys/fs/cgroup{}/memory.events", path.trim()))
     }
     let base = *BASELINE.get_or_init(read);
     match (base, read()) {

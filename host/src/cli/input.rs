@@ -47,6 +47,11 @@ pub fn spawn_reader(mut src: Box<dyn BufRead + Send>, stop: Arc<Stop>) -> Receiv
                     Ok(0) => Line::End,
                     Ok(_) => {
                         lineno += 1;
+                        // A UTF-8 byte-order mark some editors write at the
+                        // start of a file is not part of the first job.
+                        if lineno == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+                            buf.drain(..3);
+                        }
                         if buf.trim_ascii().is_empty() {
                             continue;
                         }

@@ -1778,7 +1778,7 @@ impl Supervisor {
         }
 
         if died_at_start {
-            let tail = w.out.tail.iter().cloned().collect::<Vec<_>>().join("\n");
+            let tail = w.out.report();
             self.start_failed(format!(
                 "a worker died before running any job ({how}){}",
                 if tail.is_empty() {
@@ -1918,7 +1918,7 @@ impl Supervisor {
         }
         if !w.out.tail.is_empty() {
             msg.push_str("; last output:\n");
-            msg.push_str(&w.out.tail.iter().cloned().collect::<Vec<_>>().join("\n"));
+            msg.push_str(&w.out.report());
         }
         TaskError::new(ErrorKind::WorkerLost, msg)
     }
@@ -2268,6 +2268,10 @@ impl Read for ReadAdapter<'_> {
 #[derive(Default)]
 struct OutputTail {
     tail: VecDeque<String>,
+    /// The last line that says why a process is dying (a Rust panic or
+    /// allocation failure message): a backtrace after it would push it out
+    /// of `tail`, and it is the line a crash report needs most.
+    cause: Option<String>,
     partial: Vec<u8>,
     /// Lines logged in the current second, and lines not logged.
     log_window: Option<Instant>,
@@ -2345,10 +2349,30 @@ impl OutputTail {
         } else {
             self.suppressed += 1;
         }
+        if text.contains("panicked at")
+            || text.starts_with("memory allocation of")
+            || text.contains("fatal runtime error")
+        {
+            self.cause = Some(text.clone());
+        }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
         self.tail.push_back(text);
+    }
+
+    /// The kept lines for a crash report, with the cause first if the tail
+    /// no longer holds it.
+    fn report(&self) -> String {
+        let mut lines: Vec<&str> = Vec::with_capacity(TAIL_LINES + 2);
+        if let Some(cause) = &self.cause {
+            if !self.tail.contains(cause) {
+                lines.push(cause);
+                lines.push("...");
+            }
+        }
+        lines.extend(self.tail.iter().map(String::as_str));
+        lines.join("\n")
     }
 }
 

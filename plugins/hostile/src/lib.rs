@@ -254,9 +254,20 @@ pub fn append_line(path: String, line: String, ms: u64) -> Result<u64, String> {
     Ok(ms)
 }
 
+/// Prints a dying message and then `frames` lines of backtrace to stderr,
+/// then aborts: the crash report must keep the message (UX list).
+#[task]
+pub fn die_noisily(frames: u32) -> u64 {
+    eprintln!("memory allocation of 21474836480 bytes failed");
+    for i in 0..frames {
+        eprintln!("  {i}: some::deep::frame::of::the::backtrace");
+    }
+    std::process::abort()
+}
+
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily],
 );
