@@ -278,7 +278,7 @@ fn a_job_of_a_killed_host_completes_on_another() {
     let id = py(
         &url,
         &format!(
-            "print(json.dumps(app.send_task('hostile.append_line', args=[{}, 'run', 3000]).id))",
+            "print(json.dumps(app.send_task('hostile.append_line', args=[{}, 'run', 8000]).id))",
             json!(log.display().to_string())
         ),
     );
@@ -295,7 +295,7 @@ fn a_job_of_a_killed_host_completes_on_another() {
             .task_meta(&id)
             .is_some_and(|m| m["status"] == "SUCCESS")
     });
-    assert_eq!(redis.task_meta(&id).unwrap()["result"], 3000);
+    assert_eq!(redis.task_meta(&id).unwrap()["result"], 8000);
     assert_eq!(lines(&log).len(), 2, "ran on A (killed), then on B");
     wait_until("nothing left unacked", DEADLINE, || {
         hlen_unacked(&redis) == 0
@@ -507,11 +507,21 @@ fn sigterm_is_a_warm_shutdown() {
     };
     let url = redis.url();
     let mut w = worker(&url, &["-c", "1"]);
-    let first = send(&url, "hostile.nap", json!([1500]));
-    wait_until("the first job to be reserved", DEADLINE, || {
-        hlen_unacked(&redis) == 1 && llen(&redis, "celery") == 0
-    });
-    let second = send(&url, "hostile.nap", json!([1]));
+    // Sent together: with one worker process the second stays queued while
+    // the first runs.
+    let ids = py(
+        &url,
+        "print(json.dumps([app.send_task('hostile.nap', args=[a]).id for a in (5000, 1)]))",
+    );
+    let (first, second) = (
+        ids[0].as_str().unwrap().to_string(),
+        ids[1].as_str().unwrap().to_string(),
+    );
+    wait_until(
+        "the first job reserved, the second queued",
+        DEADLINE,
+        || hlen_unacked(&redis) == 1 && llen(&redis, "celery") == 1,
+    );
     w.signal(Signal::SIGTERM);
     let status = w
         .wait_timeout(DEADLINE)
