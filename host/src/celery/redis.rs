@@ -283,6 +283,12 @@ impl Link {
 
     fn failed(&mut self) {
         self.con = None;
+        self.backoff();
+    }
+
+    /// The next call waits a little longer (a server error repeated in a
+    /// loop must not spin: e.g. a queue key holding a string).
+    fn backoff(&mut self) {
         self.failures = self.failures.saturating_add(1);
         let ms = 50u64.saturating_mul(1 << self.failures.min(7)).min(5000);
         self.retry_at = Some(Instant::now() + Duration::from_millis(ms));
@@ -314,6 +320,8 @@ impl Link {
                     || e.is_unrecoverable_error()
                 {
                     self.failed();
+                } else {
+                    self.backoff();
                 }
                 Err(self.err(e))
             }

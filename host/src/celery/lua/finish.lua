@@ -23,9 +23,11 @@ while a <= #ARGV do
   end
   local stored = 0
   if result ~= '' then
-    local cur = redis.call('GET', key)
+    -- pcall: a key of another type (not a result) is overwritten, and
+    -- does not fail the whole batch.
+    local cur = redis.pcall('GET', key)
     local keep = false
-    if cur then
+    if type(cur) == 'string' then
       local ok, m = pcall(cjson.decode, cur)
       keep = ok and type(m) == 'table' and m['status'] == 'SUCCESS'
     end
