@@ -913,3 +913,25 @@ fn ignore_result_stores_nothing_but_acks() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_result_key_of_another_type_is_overwritten_not_fatal() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("a_result_key_of_another_type_is_overwritten_not_fatal")
+    else {
+        return;
+    };
+    let url = redis.url();
+    redis.cmd(&["RPUSH", "celery-task-meta-poisoned", "not a result"]);
+    let _w = worker(&url, &["-c", "1"]);
+    let v = py(
+        &url,
+        "a = app.send_task('math.square', args=[3], task_id='poisoned')\n\
+         b = app.send_task('math.square', args=[4])\n\
+         print(json.dumps([a.get(timeout=60), b.get(timeout=60)]))",
+    );
+    assert_eq!(v, json!([9, 16]));
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0
+    });
+}
