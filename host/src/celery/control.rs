@@ -391,28 +391,35 @@ impl Ops {
         );
     }
 
-    /// The job of `task_id` went to the pool as `job`.
-    pub fn started(&self, task_id: &str, job: JobId) {
+    /// The job of `task_id` is about to go to the pool.
+    pub fn started(&self, task_id: &str) {
         let (name, wait) = {
             let mut t = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            // Not there: it finished already (nothing to count).
             let Some(r) = t.get_mut(task_id) else { return };
             r.started = Some((events::unix_now(), Instant::now()));
-            r.job = Some(job);
             let since = r.eta.and_then(|e| (Utc::now() - e).to_std().ok());
             (
                 r.name.clone(),
-                Some(since.unwrap_or_else(|| r.received.elapsed())),
+                since.unwrap_or_else(|| r.received.elapsed()),
             )
         };
         self.counters.active.fetch_add(1, Ordering::AcqRel);
         if let Some(m) = &self.opts.metrics {
-            m.started(&name, wait.unwrap_or_default());
+            m.started(&name, wait);
         }
         if let Some(d) = self.events() {
             let mut f = Map::new();
             f.insert("uuid".into(), task_id.into());
             d.task("task-started", f);
+        }
+    }
+
+    /// The job of `task_id` is the pool's `job` (for terminate and
+    /// `worker_pid`); nothing if it finished already.
+    pub fn submitted(&self, task_id: &str, job: JobId) {
+        let mut t = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = t.get_mut(task_id) {
+            r.job = Some(job);
         }
     }
 

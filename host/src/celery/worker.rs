@@ -840,6 +840,10 @@ impl Consumer<'_> {
                 }
             }
             let task_id = p.ctx.task_id.clone();
+            // Before the submit: a job may finish before apply returns.
+            if let Some(o) = &self.shared.ops {
+                o.started(&task_id);
+            }
             self.running += 1;
             let pending = Pending {
                 ctx: Some(p.ctx),
@@ -860,7 +864,7 @@ impl Consumer<'_> {
                         })
                     });
             if let (Some(o), Ok(r)) = (&self.shared.ops, &submitted) {
-                o.started(&task_id, r.id());
+                o.submitted(&task_id, r.id());
             }
         }
     }
