@@ -913,6 +913,12 @@ print(json.dumps(out))
     poll("healthz 200 after the restart", DEADLINE, || {
         (http_get(port, "/healthz")?.0 == 200).then_some(())
     });
+    // Remote control came back with the broker (the pidbox resubscribed).
+    let dir = app_dir(&url);
+    poll("ping after the Redis restart", DEADLINE, || {
+        let v = celery_json(&py, &dir, &["inspect", "ping", "-d", &name]);
+        (v[&name] == json!({"ok": "pong"})).then_some(())
+    });
     let (_, text) = http_get(port, "/metrics").unwrap();
     let reconnects = text
         .lines()

@@ -32,7 +32,11 @@ Task names: `plugin.task` (math.square), or the bare task name when only one plu
 Signals: SIGTERM/SIGINT: warm shutdown (stop reserving, finish and ack running jobs, exit 0);
   a second SIGTERM/SIGINT, or SIGQUIT: cold shutdown (kill running jobs and return their
   messages to the queue at once, exit 0); SIGHUP: rolling restart with the plugin files re-read;
-  SIGTTIN/SIGTTOU: one worker process more/fewer.";
+  SIGTTIN/SIGTTOU: one worker process more/fewer.
+
+Operators: the worker answers `celery inspect` / `celery control` (ping, stats, active, revoke,
+  terminate, pool_grow, add_consumer, shutdown, ...) as NAME (-n); -E sends Celery events (Flower);
+  --metrics-addr serves /metrics (Prometheus) and /healthz. See docs/celery.md.";
 
 /// How log lines are written (on stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
