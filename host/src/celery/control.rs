@@ -325,6 +325,15 @@ impl Ops {
         let url = broker_url.to_string();
         spawn("pidbox", Box::new(move || me.pidbox(url, db, ready_tx)))?;
         let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        tracing::info!(
+            "remote control: answering as {} on /{db}.celery.pidbox; events {}",
+            self.opts.hostname,
+            if self.opts.events {
+                "on (celeryev)"
+            } else {
+                "off (-E turns them on)"
+            }
+        );
         Ok(())
     }
 
