@@ -347,17 +347,62 @@ fn b10_an_open_files_limit_too_small_is_named() {
             && err.contains(&format!("is {limit} "))
     };
     // Room for a few workers, not 64: the pool runs with those it could
-    // start, says why, and does not retry forever.
-    let (out, err, code) = run_with_fd_limit(
-        32,
-        &[&math, "--task", "square", "--input", &input, "-w", "64"],
-    );
-    assert_eq!(code, Some(0), "{err}");
-    assert_eq!(json_lines(&out).len(), 3, "{err}");
-    assert!(
-        names_the_limit(&err, 32),
-        "the error does not name the limit: {err}"
-    );
+    // start, says why, and does not retry forever. The jobs are sent only
+    // once the shortage was reported (else a quick batch may end before
+    // the pool has tried to start them all).
+    let mut cmd = host_command();
+    cmd.args([
+        "run", &math, "--task", "square", "--input", "-", "-w", "64", "-q",
+    ])
+    .env_remove("RUST_BACKTRACE")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: 32,
+                rlim_max: 32,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("billiard-host runs");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let errs = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(errs).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = false;
+    while !seen {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen = names_the_limit(&line, 32),
+            Err(_) => break,
+        }
+    }
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"[1]\n[2]\n[3]\n").expect("write the jobs");
+    }
+    let out = child.wait_with_output().expect("billiard-host ends");
+    let err = reader.join().expect("stderr reader");
+    assert!(seen, "no message names the limit: {err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(json_lines(&common::stdout(&out)).len(), 3, "{err}");
     assert!(err.lines().count() < 10, "a retry storm: {err}");
     // No room for the pool at all: a clear refusal, not a plugin's fault.
     let (_, err, code) = run_with_fd_limit(12, &[&math, "--task", "square", "--input", &input]);
