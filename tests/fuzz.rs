@@ -208,7 +208,9 @@ fn reference(bytes: &[u8], max_frame: usize) -> Vec<Result<Vec<u8>, FrameError>>
         }
         let body = &rest[4..4 + len];
         match decode_body(body) {
-            Ok(_) => out.push(Ok(body.to_vec())),
+            // As `drain` sees it: the frame decoded (an EXIT ignores
+            // trailing bytes, so the raw body may be longer).
+            Ok(f) => out.push(Ok(body_of(&f))),
             Err(e) => {
                 out.push(Err(e));
                 return out;
