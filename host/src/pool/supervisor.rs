@@ -45,7 +45,7 @@ pub enum Cmd {
     Shrink(usize),
     /// A rolling restart; the reply (if any) says when the new generation
     /// serves, or why the reload failed.
-    Restart(Option<Sender<Result<(), TaskError>>>),
+    Restart(Option<ReloadReply>),
     /// Finish queued and running jobs, then stop.
     Close,
     /// Stop now: kill workers, every unfinished job gets `terminated`.
@@ -74,7 +74,7 @@ struct Zygote {
     /// Its stdout/stderr while it loads (then handed to a log thread).
     output: Option<OwnedFd>,
     /// Who waits for it to be ready (`Pool::restart`).
-    on_ready: Option<Sender<Result<(), TaskError>>>,
+    on_ready: Option<ReloadReply>,
     /// The plugin files as they were when it was started.
     stamps: Vec<Option<FileStamp>>,
     /// When a file was last found overwritten in place and a reload
@@ -82,6 +82,9 @@ struct Zygote {
     /// may still be going on).
     overwrite_reload: Option<Instant>,
 }
+
+/// Where `Pool::restart` waits for its reload to serve or fail.
+pub type ReloadReply = Sender<Result<(), TaskError>>;
 
 /// Why a zygote was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,8 +248,6 @@ pub struct Supervisor {
     /// the generation of its `TaskRef`) onto the worker's generation.
     generations: HashMap<u64, Arc<Vec<PluginInfo>>>,
     live: LiveGeneration,
-    /// The `Pool::restart` caller of a zygote start that just failed.
-    reload_waiter: Option<Sender<Result<(), TaskError>>>,
     workers: HashMap<WorkerId, Worker>,
     tokens: HashMap<Token, (WorkerId, Source)>,
     next_token: usize,
@@ -300,7 +301,6 @@ impl Supervisor {
                 gen: 0,
                 generations: HashMap::new(),
                 live,
-                reload_waiter: None,
                 workers: HashMap::new(),
                 tokens: HashMap::new(),
                 next_token: 1,
@@ -456,11 +456,11 @@ impl Supervisor {
             } => {
                 // A plugin refused to load; the zygote exits by itself.
                 let e: TaskError = e.into();
-                let (z, purpose) = self.remove_zygote(zi);
+                let (z, purpose, waiter) = self.remove_zygote(zi);
                 drop(z.fd);
                 drop(z.output);
                 reap_zygote(z.child, z.pid);
-                self.start_outcome(purpose, &e.message);
+                self.start_outcome(purpose, waiter, &e.message);
                 return Err(e);
             }
             _ => {
@@ -523,14 +523,14 @@ impl Supervisor {
     /// the current workers) or, if it was to replace a dead zygote, stops
     /// forking.
     fn zygote_start_failed(&mut self, zi: usize, why: String) {
-        let (launched, purpose) = self.remove_zygote(zi);
+        let (launched, purpose, waiter) = self.remove_zygote(zi);
         let err = self.load_failure(launched, &why);
-        self.start_outcome(purpose, &err.message);
+        self.start_outcome(purpose, waiter, &err.message);
     }
 
     /// What a failed zygote start means for the pool.
-    fn start_outcome(&mut self, purpose: Start, why: &str) {
-        if let Some(reply) = self.reload_waiter.take() {
+    fn start_outcome(&mut self, purpose: Start, waiter: Option<ReloadReply>, why: &str) {
+        if let Some(reply) = waiter {
             let _ = reply.send(Err(TaskError::new(ErrorKind::PluginLoad, why)));
         }
         match purpose {
@@ -545,9 +545,10 @@ impl Supervisor {
     }
 
     /// Takes a zygote out of the pool's books (and out of the poll set).
-    fn remove_zygote(&mut self, zi: usize) -> (Launched, Start) {
+    /// Returns it with why it was started and who waits for it.
+    fn remove_zygote(&mut self, zi: usize) -> (Launched, Start, Option<ReloadReply>) {
         let mut z = self.zygotes.remove(zi);
-        self.reload_waiter = z.on_ready.take();
+        let waiter = z.on_ready.take();
         let _ = self
             .poll
             .registry()
@@ -561,6 +562,7 @@ impl Supervisor {
                 output: z.output.take(),
             },
             purpose,
+            waiter,
         )
     }
 
@@ -2125,7 +2127,7 @@ impl Supervisor {
 
     /// Rolling restart: a new zygote loads the plugin files afresh; every
     /// current worker leaves after its current job and is replaced.
-    fn restart(&mut self, reply: Option<Sender<Result<(), TaskError>>>) {
+    fn restart(&mut self, reply: Option<ReloadReply>) {
         // The new zygote loads the plugins while the current generation
         // serves; `zygote_hello` switches over once it is ready.
         match self.begin_zygote(Start::Restart) {
