@@ -653,6 +653,7 @@ fn run_cases(
         max_memory_per_child: args.max_memory_per_child,
         address_space_limit: args.address_space_limit,
         soft_time_limit: args.soft_time_limit,
+        load_timeout: Some(args.load_timeout),
     }
     .apply(b);
     let pool = b.build().map_err(fail_usage)?;

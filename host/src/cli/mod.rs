@@ -118,6 +118,9 @@ pub(crate) struct WorkerLimits {
     pub max_memory_per_child: Option<u64>,
     pub address_space_limit: Option<u64>,
     pub soft_time_limit: Option<std::time::Duration>,
+    /// How long the zygote may take to load the plugins (at start and on
+    /// a reload); the pool's default (60 s) when unset.
+    pub load_timeout: Option<std::time::Duration>,
 }
 
 impl WorkerLimits {
@@ -133,6 +136,9 @@ impl WorkerLimits {
         }
         if let Some(d) = self.soft_time_limit {
             b = b.soft_time_limit(d);
+        }
+        if let Some(d) = self.load_timeout {
+            b = b.load_timeout(d);
         }
         b
     }

@@ -798,13 +798,11 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
         max_memory_per_child: args.max_memory_per_child,
         address_space_limit: args.address_space_limit,
         soft_time_limit: args.soft_time_limit,
+        load_timeout: args.load_timeout,
     }
     .apply(b);
     if let Some(d) = args.time_limit {
         b = b.time_limit(d);
-    }
-    if let Some(d) = args.load_timeout {
-        b = b.load_timeout(d);
     }
     b.build()
 }

@@ -125,6 +125,10 @@ pub struct PoolFlags {
     /// How workers are created.
     #[arg(long, value_name = "METHOD", default_value_t = StartMethod::Forkserver)]
     start_method: StartMethod,
+    /// Give up loading the plugins (at start, or on a SIGHUP reload, which
+    /// then keeps the current workers) after this long (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    load_timeout: Option<Duration>,
 }
 
 impl PoolFlags {
@@ -148,6 +152,7 @@ impl PoolFlags {
             max_memory_per_child: self.max_memory_per_child,
             address_space_limit: self.address_space_limit,
             soft_time_limit: self.soft_time_limit,
+            load_timeout: self.load_timeout,
         }
         .apply(b);
         if let Some(d) = self.time_limit {
