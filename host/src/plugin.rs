@@ -48,6 +48,10 @@ pub struct TaskSpec {
     #[serde(rename = "returns")]
     pub ret: String,
     pub takes_context: bool,
+    /// The task takes an `&Emitter<T>`: it sends items while it runs.
+    pub streaming: bool,
+    /// The item type of a streaming task (`null` otherwise).
+    pub item: Option<String>,
 }
 
 impl TaskSpec {
@@ -326,6 +330,8 @@ impl Plugin {
                     .collect(),
                 ret: t.ret.to_string(),
                 takes_context: t.takes_context,
+                streaming: t.streaming,
+                item: t.streaming.then(|| t.item.to_string()),
             })
             .collect::<Vec<TaskSpec>>();
         if let Some(reason) = duplicate_task(&tasks) {

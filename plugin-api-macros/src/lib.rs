@@ -13,7 +13,9 @@ use syn::{
 ///
 /// Arguments are decoded positionally from the job's argument tuple (any
 /// owned serde type); a `&TaskContext` argument, anywhere in the list, is
-/// supplied by the host instead. The function may return `T` or
+/// supplied by the host instead, and so is an `&Emitter<T>` argument, which
+/// makes the task a streaming task (its items go to the host as it emits
+/// them; `T` is shown as the item type in `inspect`). The function may return `T` or
 /// `Result<T, E>` with `E: Display` (an `Err` becomes a `task_error`);
 /// a one-argument alias such as `anyhow::Result<T>` counts as a `Result`.
 /// The doc comment becomes the task's documentation in `inspect`.
@@ -59,6 +61,25 @@ fn is_context(ty: &Type) -> bool {
         .segments
         .last()
         .is_some_and(|s| s.ident == "TaskContext")
+}
+
+/// `Some(T)` for `&Emitter<T>` (any path ending in `Emitter`).
+fn emitter_item(ty: &Type) -> Option<&Type> {
+    let Type::Reference(r) = ty else { return None };
+    let Type::Path(p) = &*r.elem else {
+        return None;
+    };
+    let last = p.path.segments.last()?;
+    if last.ident != "Emitter" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args.iter().find_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    })
 }
 
 /// `Some(T)` when the return type is written `Result<T, E>` or `Result<T>`
@@ -138,6 +159,7 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
         .join("\n");
 
     let mut takes_context = false;
+    let mut emitter: Option<Type> = None;
     let mut decode_types = Vec::new();
     let mut bindings = Vec::new();
     let mut conversions = Vec::new();
@@ -162,10 +184,21 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
             call_args.push(quote!(ctx));
             continue;
         }
+        if let Some(item) = emitter_item(ty) {
+            if emitter.is_some() {
+                return Err(syn::Error::new(
+                    ty.span(),
+                    "only one &Emitter argument is allowed",
+                ));
+            }
+            emitter = Some(item.clone());
+            call_args.push(quote!(&__billiard_emitter));
+            continue;
+        }
         if let Type::Reference(_) = ty {
             return Err(syn::Error::new(
                 ty.span(),
-                "task arguments must be owned types (e.g. String instead of &str, Vec<T> instead of &[T]); only &TaskContext may be borrowed",
+                "task arguments must be owned types (e.g. String instead of &str, Vec<T> instead of &[T]); only &TaskContext and &Emitter<T> may be borrowed",
             ));
         }
         let arg_name = match &*pt.pat {
@@ -199,6 +232,14 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
         )
     };
 
+    let streaming = emitter.is_some();
+    let (item_str, make_emitter) = match &emitter {
+        Some(item) => (
+            type_text(item),
+            quote!(let __billiard_emitter = ::billiard_plugin_api::Emitter::<#item>::new(ctx, codec);),
+        ),
+        None => (String::new(), quote!()),
+    };
     let call = quote!(#name(#(#call_args),*));
     let (ret_str, produce) = match &sig.output {
         ReturnType::Default => ("()".to_string(), quote!({ #call; Ok(()) })),
@@ -239,6 +280,8 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
                 args: ::billiard_plugin_api::__private::abi_stable::std_types::RSlice::from_slice(&[#(#arg_infos),*]),
                 ret: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#ret_str),
                 takes_context: #takes_context,
+                streaming: #streaming,
+                item: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#item_str),
             };
             const RUN: ::billiard_plugin_api::glue::RunFn = {
                 #[allow(unused_variables)]
@@ -255,6 +298,7 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
                         out,
                         || {
                             #decode
+                            #make_emitter
                             #produce
                         },
                     )

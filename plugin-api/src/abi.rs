@@ -18,7 +18,11 @@ use crate::TaskContext;
 
 /// Version of the calling convention (frame layouts, status meanings).
 /// Bumped on any change a layout check cannot see.
-pub const ABI_VERSION: u32 = 1;
+///
+/// 2: `TaskContext` carries the host's services (`HostServicesRef`, a prefix
+/// type: progress, stream items) and a flag word; `TaskInfo` says whether a
+/// task streams and the type of its items.
+pub const ABI_VERSION: u32 = 2;
 
 /// How the argument and result buffers are encoded.
 #[repr(u8)]
@@ -90,6 +94,12 @@ pub struct TaskInfo {
     pub args: RSlice<'static, ArgInfo>,
     pub ret: RStr<'static>,
     pub takes_context: bool,
+    /// The task takes an `&Emitter<T>`: it sends items while it runs
+    /// (through `HostServices::emit`) and must be run one call at a time,
+    /// never through `call_batch`.
+    pub streaming: bool,
+    /// The item type `T` of a streaming task (empty otherwise), for `inspect`.
+    pub item: RStr<'static>,
 }
 
 /// Calls task `task` once. `out` is cleared by the callee and receives the

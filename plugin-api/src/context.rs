@@ -1,8 +1,14 @@
 //! What a running task can know about its job and ask of the host.
 
+use std::ffi::c_void;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
-use abi_stable::StableAbi;
+use abi_stable::{prefix_type::PrefixTypeTrait, std_types::RSlice, StableAbi};
+use serde::Serialize;
+
+use crate::{codec, Codec, Status};
 
 /// Why the host asks a task to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,24 +59,138 @@ impl std::error::Error for Stopped {}
 #[doc(hidden)]
 pub struct StopUnwind(pub StopReason);
 
+/// Bit of [`TaskContext`]'s host flags: the host wants the next
+/// [`TaskContext::progress`] call (it raises the bit at the job's start and
+/// then about every 50 ms; the host clears it when it takes the call).
+pub const HOST_FLAG_PROGRESS_DUE: u32 = 1;
+
 /// Handed to a task that asks for it (`ctx: &TaskContext`).
+///
+/// Layout (ABI 2, frozen: new host services are appended to
+/// [`HostServices`], never to this struct): the job id and attempt, the stop
+/// flag the host raises, a flag word the task's fast paths read
+/// ([`HOST_FLAG_PROGRESS_DUE`]), the host's services vtable and the opaque
+/// pointer the host passes back to each service.
 #[repr(C)]
 #[derive(StableAbi)]
 pub struct TaskContext<'a> {
     job_id: u64,
     attempt: u32,
     stop: &'a AtomicU32,
+    host_flags: &'a AtomicU32,
+    host: HostServicesRef,
+    host_data: *const c_void,
 }
 
+// SAFETY: the host services contract (see `HostServices`) requires every
+// service to be callable from any thread while the call lasts, and `'a`
+// bounds the context to the call; the other fields are shared atomics and
+// plain values.
+unsafe impl Sync for TaskContext<'_> {}
+// SAFETY: as above; moving the context to another thread within the call
+// is as safe as sharing it.
+unsafe impl Send for TaskContext<'_> {}
+
+/// What the host offers a running task: the vtable behind
+/// [`TaskContext::progress`] and [`Emitter::emit`]. An abi_stable prefix
+/// type: later services are appended after `emit` (a plugin built against a
+/// newer list sees them as missing on an older host), so adding one is not a
+/// layout break.
+///
+/// Every function receives the `data` pointer of the context it came with
+/// and may be called from any thread while the task call lasts.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostServicesRef)))]
+#[sabi(missing_field(option))]
+pub struct HostServices {
+    /// Reports that the job has done `done` of `total` units (`total == 0`:
+    /// unknown). Called when the context's progress-due bit is set, and for
+    /// every call with `done >= total > 0`.
+    pub progress: extern "C" fn(data: *const c_void, done: u64, total: u64),
+    /// Hands one encoded stream item (the call's codec) to the host. May
+    /// block (back-pressure). `Ok`: go on; `SoftTimeLimit` / `Terminated`:
+    /// the task should stop; anything else: the item was refused and the
+    /// task fails with a `task_error` (e.g. the host cannot stream).
+    #[sabi(last_prefix_field)]
+    pub emit: extern "C" fn(data: *const c_void, item: RSlice<'_, u8>) -> Status,
+}
+
+extern "C" fn noop_progress(_: *const c_void, _: u64, _: u64) {}
+
+extern "C" fn noop_emit(_: *const c_void, _: RSlice<'_, u8>) -> Status {
+    Status::Ok
+}
+
+/// Host services that do nothing: progress is dropped, stream items are
+/// accepted and discarded. What [`TaskContext::new`] uses.
+pub fn noop_host_services() -> HostServicesRef {
+    static NOOP: OnceLock<HostServicesRef> = OnceLock::new();
+    *NOOP.get_or_init(|| {
+        HostServices {
+            progress: noop_progress,
+            emit: noop_emit,
+        }
+        .leak_into_prefix()
+    })
+}
+
+static NOOP_FLAGS: AtomicU32 = AtomicU32::new(0);
+
 impl<'a> TaskContext<'a> {
-    /// Built by the host for each call; `stop` is the flag it raises (from a
-    /// signal handler, so it must stay a plain atomic).
+    /// A context with no host behind it (tests, harnesses, the host's own
+    /// probes): progress goes nowhere and stream items are discarded. `stop`
+    /// is the flag the host raises (from a signal handler, so it must stay a
+    /// plain atomic).
     pub fn new(job_id: u64, attempt: u32, stop: &'a AtomicU32) -> Self {
         TaskContext {
             job_id,
             attempt,
             stop,
+            host_flags: &NOOP_FLAGS,
+            host: noop_host_services(),
+            host_data: std::ptr::null(),
         }
+    }
+
+    /// A context backed by host services. `flags` holds the `HOST_FLAG_*`
+    /// bits; `data` is passed back to every service and must stay valid (and
+    /// the services callable) for `'a`.
+    pub fn with_host(
+        job_id: u64,
+        attempt: u32,
+        stop: &'a AtomicU32,
+        flags: &'a AtomicU32,
+        host: HostServicesRef,
+        data: *const c_void,
+    ) -> Self {
+        TaskContext {
+            job_id,
+            attempt,
+            stop,
+            host_flags: flags,
+            host,
+            host_data: data,
+        }
+    }
+
+    /// Reports how far the job has got: `done` of `total` units (`total ==
+    /// 0` when unknown). Cheap enough for a hot loop: one relaxed atomic load
+    /// unless the host asked for an update (about every 50 ms) or the job is
+    /// complete (`done >= total > 0`, always passed on).
+    #[inline]
+    pub fn progress(&self, done: u64, total: u64) {
+        if self.host_flags.load(Ordering::Relaxed) & HOST_FLAG_PROGRESS_DUE != 0
+            || (total != 0 && done >= total)
+        {
+            (self.host.progress())(self.host_data, done, total);
+        }
+    }
+
+    /// The host services behind this context (for the glue).
+    #[doc(hidden)]
+    pub fn host(&self) -> (HostServicesRef, *const c_void) {
+        (self.host, self.host_data)
     }
 
     /// The id of the job being run (unique within one pool).
@@ -90,6 +210,9 @@ impl<'a> TaskContext<'a> {
             job_id: self.job_id.wrapping_add(offset),
             attempt: self.attempt,
             stop: self.stop,
+            host_flags: self.host_flags,
+            host: self.host,
+            host_data: self.host_data,
         }
     }
 
@@ -115,6 +238,80 @@ impl<'a> TaskContext<'a> {
     pub fn checkpoint(&self) {
         if let Some(reason) = self.stop_requested() {
             std::panic::resume_unwind(Box::new(StopUnwind(reason)));
+        }
+    }
+}
+
+/// Payload of the unwind started by [`Emitter::emit`] when an item cannot be
+/// sent; the glue reports it as a `task_error` with this message.
+#[doc(hidden)]
+pub struct EmitUnwind(pub String);
+
+/// Where a streaming task sends its items: take `out: &Emitter<T>` as an
+/// argument of a `#[task]` function and call [`emit`](Emitter::emit) for
+/// each value as it is produced. The task still returns its own final value.
+///
+/// ```ignore
+/// #[task]
+/// fn lines(path: String, out: &Emitter<String>) -> std::io::Result<u64> {
+///     let mut n = 0;
+///     for line in std::io::BufReader::new(std::fs::File::open(path)?).lines() {
+///         out.emit(line?);
+///         n += 1;
+///     }
+///     Ok(n)
+/// }
+/// ```
+pub struct Emitter<T> {
+    host: HostServicesRef,
+    data: *const c_void,
+    codec: Codec,
+    scratch: std::cell::RefCell<Vec<u8>>,
+    _item: PhantomData<fn(T)>,
+}
+
+impl<T: Serialize> Emitter<T> {
+    /// Made by the glue for a streaming task's call.
+    #[doc(hidden)]
+    pub fn new(ctx: &TaskContext<'_>, codec: Codec) -> Self {
+        Emitter {
+            host: ctx.host,
+            data: ctx.host_data,
+            codec,
+            scratch: std::cell::RefCell::new(Vec::with_capacity(64)),
+            _item: PhantomData,
+        }
+    }
+
+    /// Sends one item to the host. Items are batched by the host and may
+    /// block here when the consumer is behind (back-pressure). If the job is
+    /// stopped (soft time limit, cancellation) the task unwinds from here
+    /// like [`TaskContext::checkpoint`]; an item that cannot be encoded (or
+    /// a host that cannot stream) ends the task with a `task_error`.
+    pub fn emit(&self, item: impl std::borrow::Borrow<T>) {
+        let status = {
+            let mut buf = self.scratch.borrow_mut();
+            buf.clear();
+            if let Err(e) = codec::encode_into(self.codec, item.borrow(), &mut *buf) {
+                drop(buf);
+                std::panic::resume_unwind(Box::new(EmitUnwind(format!(
+                    "could not encode a stream item: {e}"
+                ))));
+            }
+            (self.host.emit())(self.data, RSlice::from_slice(&buf))
+        };
+        match status {
+            Status::Ok => {}
+            Status::SoftTimeLimit => {
+                std::panic::resume_unwind(Box::new(StopUnwind(StopReason::SoftTimeLimit)))
+            }
+            Status::Terminated => {
+                std::panic::resume_unwind(Box::new(StopUnwind(StopReason::Cancelled)))
+            }
+            other => std::panic::resume_unwind(Box::new(EmitUnwind(format!(
+                "the host refused a stream item ({})",
+                other.kind()
+            )))),
         }
     }
 }

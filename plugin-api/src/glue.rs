@@ -12,7 +12,7 @@ use abi_stable::std_types::{RSlice, RVec};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::abi::{Status, TaskInfo};
-use crate::context::{StopReason, StopUnwind};
+use crate::context::{EmitUnwind, StopReason, StopUnwind};
 use crate::{codec, Codec, TaskContext};
 
 /// The signature of the per-task function `#[task]` generates. It appends
@@ -123,10 +123,12 @@ pub fn run<R: Serialize>(
             out.truncate(start);
             match fail {
                 Fail::BadArgs(msg) => {
-                    write_msg(
-                        out,
-                        format_args!("bad arguments for task {}: {msg}", signature(info)),
-                    );
+                    // A wrong count says "expects N arguments, got M" itself.
+                    let sig = match msg.starts_with("expects ") {
+                        true => format!("`{}`", call_shape(info)),
+                        false => signature(info),
+                    };
+                    write_msg(out, format_args!("bad arguments for task {sig}: {msg}"));
                     Status::BadArgs
                 }
                 Fail::User(msg) => match ctx.stop_requested() {
@@ -152,6 +154,10 @@ pub fn run<R: Serialize>(
                 write_msg(out, format_args!("task `{}` stopped: {what}", info.name));
                 return stop_status(*reason);
             }
+            if let Some(EmitUnwind(msg)) = payload.downcast_ref::<EmitUnwind>() {
+                write_msg(out, format_args!("task `{}`: {msg}", info.name));
+                return Status::TaskError;
+            }
             // The recorded text belongs to this unwind only if the payloads
             // agree: `resume_unwind` skips the hook, so what was recorded may
             // be a panic the task caught itself.
@@ -171,18 +177,22 @@ pub fn run<R: Serialize>(
 
 /// `name(a: A, b: B) -> R`, for messages.
 pub fn signature(info: &TaskInfo) -> String {
+    let n = info.args.len();
+    format!(
+        "`{}` (expects {n} argument{})",
+        call_shape(info),
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+/// `name(a: i64, b: i64)`
+fn call_shape(info: &TaskInfo) -> String {
     let args: Vec<String> = info
         .args
         .iter()
         .map(|a| format!("{}: {}", a.name, a.ty))
         .collect();
-    format!(
-        "`{}({})` (expects {} argument{})",
-        info.name,
-        args.join(", "),
-        args.len(),
-        if args.len() == 1 { "" } else { "s" }
-    )
+    format!("{}({})", info.name, args.join(", "))
 }
 
 /// Decodes the argument tuple; a failure is a `bad_args` outcome.
@@ -261,6 +271,7 @@ pub fn call_batch(
     out: &mut RVec<u8>,
 ) -> u32 {
     let mut done = 0u32;
+    let streaming = infos.get(task as usize).is_some_and(|i| i.streaming);
     for rec in codec::records(args.as_slice()).take(count as usize) {
         let Some(rec) = rec else { break };
         let header = out.len();
@@ -270,6 +281,10 @@ pub fn call_batch(
             Some(reason) => {
                 write_msg(out, "not started: the batch was stopped");
                 stop_status(reason)
+            }
+            None if streaming => {
+                write_msg(out, "a streaming task cannot run in a batch");
+                Status::TaskError
             }
             None => call_one(runs, infos, task, codec, rec, &item_ctx, out),
         };

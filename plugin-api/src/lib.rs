@@ -20,8 +20,11 @@
 //! module that the host loads.
 //!
 //! A task may take a [`TaskContext`] (`ctx: &TaskContext` as any argument) to
-//! learn its job id and to poll for a soft time limit or cancellation, and may
-//! return `T` or `Result<T, E>` where `E: Display` becomes a `task_error`.
+//! learn its job id, to poll for a soft time limit or cancellation and to
+//! report progress (`ctx.progress(done, total)`), and may return `T` or
+//! `Result<T, E>` where `E: Display` becomes a `task_error`. A task that takes
+//! `out: &Emitter<T>` is a *streaming* task: it sends items with
+//! `out.emit(value)` while it runs, before its final result.
 
 pub mod abi;
 pub mod codec;
@@ -33,7 +36,10 @@ pub use abi::{Codec, Status, ABI_VERSION};
 #[doc(hidden)]
 pub use billiard_plugin_api_macros::__export_root_module;
 pub use billiard_plugin_api_macros::task;
-pub use context::{StopReason, Stopped, TaskContext};
+pub use context::{
+    noop_host_services, Emitter, HostServices, HostServicesRef, StopReason, Stopped, TaskContext,
+    HOST_FLAG_PROGRESS_DUE,
+};
 
 /// Re-exports the generated code relies on, so a plugin crate needs no other
 /// dependency than this one.

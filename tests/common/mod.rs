@@ -70,6 +70,7 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
         "billiard-plugin-reload-b",
         "libbilliard_reload_b.so",
     ),
+    ("stream", "billiard-plugin-stream", "libbilliard_stream.so"),
 ];
 
 /// The `billiard-host` binary cargo built for this test run.

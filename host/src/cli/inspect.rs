@@ -196,7 +196,11 @@ fn write_text(out: &mut impl Write, info: &billiard_host::PluginInfo) -> std::io
         } else {
             ""
         };
-        writeln!(out, "  {}{ctx}", t.signature())?;
+        let stream = match &t.item {
+            Some(item) if t.streaming => format!("  [streams {item}]"),
+            _ => String::new(),
+        };
+        writeln!(out, "  {}{ctx}{stream}", t.signature())?;
         for line in t.doc.lines() {
             writeln!(out, "      {line}")?;
         }
