@@ -531,8 +531,8 @@ fn b7_a_slow_job_does_not_hold_back_later_answers() {
 fn arguments_of_the_wrong_count_say_how_many() {
     let m = math();
     for (args, task, want) in [
-        ("[1, 2, 3]", "square", "1 argument expected, got 3"),
-        ("[1]", "add", "2 arguments expected, got 1"),
+        ("[1, 2, 3]", "square", "expects 1 argument, got 3"),
+        ("[1]", "add", "expects 2 arguments, got 1"),
     ] {
         let out = host(&["run", &m, "--task", task, "--args", args], &[]);
         assert_eq!(exit_code(&out), 1, "{}", stderr(&out));

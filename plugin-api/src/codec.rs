@@ -282,15 +282,25 @@ pub fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, Code
             Ok(value)
         }
         Codec::Json => serde_json::from_slice(bytes)
-            .map_err(|e| CodecError(clip(format!("JSON: {}", json_message::<T>(bytes, &e))))),
+            .map_err(|e| CodecError(clip(json_message::<T>(bytes, &e)))),
     }
 }
 
-/// serde_json's message, said in terms of arguments where it can: a wrong
-/// number of them is "2 arguments expected, got 3", and a position in a
+/// serde_json's message (after `JSON: `), said in terms of arguments where
+/// it can: a wrong number of them is "expects 2 arguments, got 3" (no
+/// `JSON: ` prefix: the count is not about the format), and a position in a
 /// one-line text is "at column 4" (not "line 1", which reads like the line
 /// of an input file).
 fn json_message<T: DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> String {
+    let (msg, count_only) = json_detail::<T>(bytes, e);
+    if count_only {
+        msg
+    } else {
+        format!("JSON: {msg}")
+    }
+}
+
+fn json_detail<T: DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> (String, bool) {
     let mut msg = e.to_string();
     if !bytes.contains(&b'\n') {
         if let Some(at) = msg.rfind(" at line 1 column ") {
@@ -299,22 +309,25 @@ fn json_message<T: DeserializeOwned>(bytes: &[u8], e: &serde_json::Error) -> Str
     }
     let wrong_count = msg.starts_with("invalid length") || msg.starts_with("trailing characters");
     if !wrong_count {
-        return msg;
+        return (msg, false);
     }
     let (Some(expected), Ok(got)) = (
         tuple_len::<T>(),
         serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(bytes),
     ) else {
-        return msg;
+        return (msg, false);
     };
     if got.len() == expected {
-        return msg;
+        return (msg, false);
     }
     let s = |n: usize| if n == 1 { "" } else { "s" };
-    format!(
-        "{expected} argument{} expected, got {} ({msg})",
-        s(expected),
-        got.len()
+    (
+        format!(
+            "expects {expected} argument{}, got {} (JSON: {msg})",
+            s(expected),
+            got.len()
+        ),
+        true,
     )
 }
 
@@ -564,12 +577,12 @@ mod tests {
     fn a_wrong_number_of_json_arguments_says_so() {
         let e = decode::<(u64, u64)>(Codec::Json, b"[1]").unwrap_err();
         assert!(
-            e.0.starts_with("JSON: 2 arguments expected, got 1 (invalid length 1"),
+            e.0.starts_with("expects 2 arguments, got 1 (JSON: invalid length 1"),
             "{e}"
         );
         let e = decode::<(u64,)>(Codec::Json, b"[1, 2, 3]").unwrap_err();
         assert!(
-            e.0.starts_with("JSON: 1 argument expected, got 3 (trailing"),
+            e.0.starts_with("expects 1 argument, got 3 (JSON: trailing"),
             "{e}"
         );
         assert!(!e.0.contains("line 1"), "{e}");

@@ -76,11 +76,14 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
+/// Only `BILLIARD_BACKTRACE=1` (or `full`) adds a backtrace to a panic
+/// result: `RUST_BACKTRACE`, often set for the host's own sake, would put
+/// kilobytes of frames into every result line.
 fn backtrace_wanted() -> bool {
     matches!(
         std::env::var("BILLIARD_BACKTRACE").as_deref(),
         Ok("1") | Ok("full")
-    ) || matches!(std::env::var("RUST_BACKTRACE").as_deref(), Ok(v) if v != "0")
+    )
 }
 
 fn stop_status(reason: StopReason) -> Status {

@@ -487,8 +487,6 @@ fn a_result_that_cannot_be_encoded_is_a_task_error_without_partial_output() {
 fn bad_args_name_the_task_and_the_expected_types() {
     let sig = "`add(a: i64, b: i64)` (expects 2 arguments)";
     let cases = [
-        ("[1]", "invalid length 1"),
-        ("[1, 2, 3]", "trailing characters"),
         (r#"["x", 2]"#, "invalid type: string \"x\", expected i64"),
         ("[1.5, 2]", "invalid type: floating point"),
         ("[1, ", "EOF"),
@@ -503,6 +501,22 @@ fn bad_args_name_the_task_and_the_expected_types() {
             msg.starts_with(&format!("bad arguments for task {sig}: JSON: ")),
             "{args}: {msg}"
         );
+        assert!(msg.contains(detail), "{args}: {msg}");
+    }
+    // A wrong count, too many or too few, is said in words.
+    for (args, words, detail) in [
+        ("[1]", "expects 2 arguments, got 1", "invalid length 1"),
+        (
+            "[1, 2, 3]",
+            "expects 2 arguments, got 3",
+            "trailing characters",
+        ),
+        ("[]", "expects 2 arguments, got 0", "invalid length 0"),
+    ] {
+        let (status, msg) = json::<add>(args);
+        assert_eq!(status, Status::BadArgs, "{args}: {msg}");
+        let start = format!("bad arguments for task `add(a: i64, b: i64)`: {words} (JSON: ");
+        assert!(msg.starts_with(&start), "{args}: {msg}");
         assert!(msg.contains(detail), "{args}: {msg}");
     }
 }

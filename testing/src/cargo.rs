@@ -315,6 +315,16 @@ fn build_host_in(manifest: &Path) -> Result<Option<PathBuf>, String> {
             target.clone().into(),
         ];
         args.extend(layout.cargo_args().into_iter().map(OsString::from));
+        // Straight to stderr, past the test harness's output capture: a
+        // first build takes a minute or more, which must not look like a
+        // hung test.
+        say(&format!(
+            "billiard-testing: building {HOST_EXE} (the pool's zygote) with cargo in {}, once \
+             per test process; a first build takes a minute or two (BILLIARD_HOST_EXE=PATH \
+             uses a built one)",
+            meta.workspace_root.display()
+        ));
+        let started = std::time::Instant::now();
         let artifacts = cargo_build(&args).map_err(|e| format!("cannot build {HOST_EXE}: {e}"))?;
         let exe = artifacts
             .iter()
@@ -322,6 +332,11 @@ fn build_host_in(manifest: &Path) -> Result<Option<PathBuf>, String> {
             .find(|e| e.file_name().is_some_and(|n| n == HOST_EXE))
             .unwrap_or_else(|| layout.artifact_dir(&target).join(HOST_EXE));
         if exe.is_file() {
+            say(&format!(
+                "billiard-testing: {HOST_EXE} ready in {:.1}s: {}",
+                started.elapsed().as_secs_f64(),
+                exe.display()
+            ));
             Ok(Some(exe))
         } else {
             Err(format!(
@@ -330,6 +345,13 @@ fn build_host_in(manifest: &Path) -> Result<Option<PathBuf>, String> {
             ))
         }
     })
+}
+
+/// Writes a line to the process's stderr directly: `eprintln!` in a test
+/// is captured (shown only if the test fails), `std::io::stderr()` is not.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Finds (or builds) the `billiard-host` executable a pool starts as its

@@ -61,6 +61,10 @@
 //!    plugin elsewhere that depends on `billiard-testing` by path);
 //! 3. a `billiard-host` on `PATH` (`cargo install --path host`).
 //!
+//! A build (step 2) is announced on stderr, with the time it took after
+//! it (`billiard-testing: billiard-host ready in 41.2s: ...`): the first
+//! one compiles the host and takes a minute or two.
+//!
 //! In-process calls need none of this.
 //!
 //! ## In process or in the pool?

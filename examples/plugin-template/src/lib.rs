@@ -1,53 +1,14 @@
-//! A billiard-host plugin to copy. Each `#[task]` is an ordinary function;
+//! A billiard-host task plugin. Each `#[task]` is an ordinary function;
 //! `export_plugin!` at the bottom exports them.
 //!
-//! - `greet` takes and returns plain values;
-//! - `divide` panics on a zero divisor (the host reports a `panic` error;
-//!   the worker survives);
-//! - `mean` returns a `Result`: an `Err` becomes a `task_error`;
-//! - `count_primes` takes a `TaskContext` and stops cleanly when the host
-//!   asks (soft time limit or cancellation).
+//! - `count_primes` takes and returns plain values and a `TaskContext`: it
+//!   stops cleanly when the host asks (a soft time limit or cancellation);
+//! - `summarize` takes and returns structs (serde types), returns a
+//!   `Result` (an `Err` becomes a `task_error`) and panics on a bad `trim`
+//!   (the host reports a `panic` error; the worker survives).
 
-use billiard_plugin_api::serde::{Deserialize, Serialize};
 use billiard_plugin_api::{export_plugin, task, Stopped, TaskContext};
-
-/// Returns a greeting for `name`.
-#[task]
-pub fn greet(name: String) -> String {
-    format!("Hello, {name}!")
-}
-
-/// Integer division; panics when `b` is 0.
-#[task]
-pub fn divide(a: i64, b: i64) -> i64 {
-    a / b
-}
-
-/// Summary statistics of a list of numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(crate = "billiard_plugin_api::serde")]
-pub struct Summary {
-    pub count: u64,
-    pub mean: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-/// Count, mean, min and max of `xs`; fails on an empty list.
-#[task]
-pub fn summarize(xs: Vec<f64>) -> Result<Summary, String> {
-    if xs.is_empty() {
-        return Err("cannot summarize an empty list".into());
-    }
-    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Ok(Summary {
-        count: xs.len() as u64,
-        mean: xs.iter().sum::<f64>() / xs.len() as f64,
-        min,
-        max,
-    })
-}
+use serde::{Deserialize, Serialize};
 
 /// The number of primes below `limit`, by trial division. Long for a big
 /// `limit`: polls its context and stops at a soft time limit.
@@ -69,7 +30,52 @@ fn is_prime(n: u64) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
-export_plugin!(name: "template", tasks: [greet, divide, summarize, count_primes]);
+/// What to summarize: the numbers, and how many of the smallest and of the
+/// largest to leave out (`trim`, 0 when absent). As JSON:
+/// `{"values": [1, 2, 6], "trim": 1}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub values: Vec<f64>,
+    #[serde(default)]
+    pub trim: usize,
+}
+
+/// Summary statistics of the values that were kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub count: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Count, mean, min and max of a sample's values after trimming; fails on
+/// an empty list, panics when `trim` is more than half the values.
+#[task]
+pub fn summarize(sample: Sample) -> Result<Summary, String> {
+    if sample.values.is_empty() {
+        return Err("cannot summarize an empty list".into());
+    }
+    let mut sorted = sample.values;
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    // Panics ("slice index starts at 2 but ends at 1") when 2 * trim > n.
+    let kept = &sorted[sample.trim..n.saturating_sub(sample.trim)];
+    if kept.is_empty() {
+        return Err(format!(
+            "trim {} leaves none of the {n} values",
+            sample.trim
+        ));
+    }
+    Ok(Summary {
+        count: kept.len() as u64,
+        mean: kept.iter().sum::<f64>() / kept.len() as f64,
+        min: kept[0],
+        max: kept[kept.len() - 1],
+    })
+}
+
+export_plugin!(name: "plugin-template", tasks: [count_primes, summarize]);
 
 #[cfg(test)]
 mod tests {
@@ -83,7 +89,19 @@ mod tests {
     }
 
     #[test]
-    fn greet_is_a_function() {
-        assert_eq!(greet("you".into()), "Hello, you!");
+    fn summarize_is_a_function() {
+        let s = summarize(Sample {
+            values: vec![6.0, 1.0, 2.0, 100.0],
+            trim: 1,
+        });
+        assert_eq!(
+            s,
+            Ok(Summary {
+                count: 2,
+                mean: 4.0,
+                min: 2.0,
+                max: 6.0
+            })
+        );
     }
 }

@@ -5,63 +5,56 @@
 
 use std::time::Duration;
 
-use billiard_plugin_api::serde::Deserialize;
 use billiard_testing::{plugin, ErrorKind};
+// The crate is also an `rlib` (see Cargo.toml), so its tests use its own
+// types instead of declaring them again.
+use plugin_template::{Sample, Summary};
 use serde_json::json;
 
-/// The shape of `summarize`'s result, as a caller decodes it (this test
-/// does not link the plugin crate: it talks to the built `.so`).
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(crate = "billiard_plugin_api::serde")]
-struct Summary {
-    count: u64,
-    mean: f64,
-    min: f64,
-    max: f64,
+fn sample(values: &[f64], trim: usize) -> Sample {
+    Sample {
+        values: values.to_vec(),
+        trim,
+    }
 }
 
 #[test]
 fn lists_its_tasks() {
     let h = plugin!();
-    assert_eq!(h.name(), "template");
+    assert_eq!(h.name(), "plugin-template");
     let names: Vec<&str> = h.info().tasks.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["greet", "divide", "summarize", "count_primes"]);
+    assert_eq!(names, ["count_primes", "summarize"]);
 }
 
 #[test]
 fn in_process() {
     let h = plugin!();
     // Arguments are a tuple, one element per task argument.
-    h.call("greet", ("world",))
-        .expect_value("Hello, world!".to_string());
-    assert_eq!(h.call("divide", (7i64, 2i64)).expect_ok::<i64>(), 3);
-    let s: Summary = h.call("summarize", (vec![1.0, 2.0, 6.0],)).expect_ok();
-    assert_eq!(
-        s,
-        Summary {
-            count: 3,
-            mean: 3.0,
-            min: 1.0,
-            max: 6.0
-        }
-    );
     assert_eq!(h.call("count_primes", (100u64,)).expect_ok::<u64>(), 25);
+    h.call("summarize", (sample(&[6.0, 1.0, 2.0, 100.0], 1),))
+        .expect_value(Summary {
+            count: 2,
+            mean: 4.0,
+            min: 2.0,
+            max: 6.0,
+        });
     // JSON arguments and results, as on the command line.
-    h.call_json("summarize", json!([[2, 4]]))
-        .expect_value(json!({
-            "count": 2, "mean": 3.0, "min": 2.0, "max": 4.0
-        }));
+    h.call_json("summarize", json!([{"values": [2, 4]}]))
+        .expect_value(json!({"count": 2, "mean": 3.0, "min": 2.0, "max": 4.0}));
 }
 
 #[test]
 fn errors_by_kind() {
     let h = plugin!();
-    let e = h.call("divide", (1i64, 0i64)).expect_panic();
-    assert!(e.message.contains("divide by zero"), "{e}");
-    h.call("summarize", (Vec::<f64>::new(),))
+    let e = h
+        .call("summarize", (sample(&[1.0, 2.0, 3.0], 2),))
+        .expect_panic();
+    assert!(e.message.contains("slice index starts at 2"), "{e}");
+    h.call("summarize", (sample(&[], 0),))
         .expect_err_containing(ErrorKind::TaskError, "empty list");
-    h.call("greet", (42u64,)).expect_bad_args();
-    h.call("greet", ()).expect_bad_args();
+    h.call("count_primes", ("many",)).expect_bad_args();
+    h.call_json("count_primes", json!([10, 20]))
+        .expect_err_containing(ErrorKind::BadArgs, "expects 1 argument, got 2");
     h.call("farewell", ("x",)).expect_unknown_task();
     // count_primes polls its TaskContext: a soft time limit stops it.
     h.soft_time_limit(Duration::from_millis(50))
@@ -73,11 +66,10 @@ fn errors_by_kind() {
 fn in_a_pool() {
     let h = plugin!();
     let pool = h.pool();
-    pool.call("greet", ("pool",))
-        .expect_value("Hello, pool!".to_string());
-    pool.call("divide", (1i64, 0i64))
-        .expect_err_containing(ErrorKind::Panic, "divide by zero");
-    pool.call("summarize", (Vec::<f64>::new(),))
+    pool.call("count_primes", (100u64,)).expect_value(25u64);
+    pool.call("summarize", (sample(&[1.0, 2.0, 3.0], 2),))
+        .expect_err_containing(ErrorKind::Panic, "slice index");
+    pool.call("summarize", (sample(&[], 0),))
         .expect_task_error();
     // Limits: the soft one asks the task to stop; the hard one kills the
     // worker (which the pool replaces).

@@ -195,7 +195,19 @@ pub fn parse_line(lineno: u64, line: &[u8]) -> Result<LineJob, TaskError> {
             limits: Limits::default(),
         }),
         Some(b'{') => {
-            let obj: JobLine = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+            let obj: JobLine = serde_json::from_slice(line).map_err(|e| {
+                // The position is in this input line: "line 3, column 31:",
+                // not serde_json's "at line 1 column 31".
+                let msg = e.to_string();
+                let at = format!(" at line {} column {}", e.line(), e.column());
+                match msg.strip_suffix(&at) {
+                    Some(msg) if e.line() == 1 => TaskError::new(
+                        ErrorKind::BadArgs,
+                        format!("line {lineno}, column {}: {msg}", e.column()),
+                    ),
+                    _ => bad(msg),
+                }
+            })?;
             let args = match obj.args {
                 None => b"[]".to_vec(),
                 Some(v @ serde_json::Value::Array(_)) => {
@@ -204,8 +216,9 @@ pub fn parse_line(lineno: u64, line: &[u8]) -> Result<LineJob, TaskError> {
                 Some(_) => return Err(bad("\"args\" must be a JSON array".into())),
             };
             let limits = Limits {
-                soft: duration(obj.soft_time_limit.as_deref(), "soft_time_limit").map_err(bad)?,
-                hard: duration(obj.time_limit.as_deref(), "time_limit").map_err(bad)?,
+                soft: duration_field(obj.soft_time_limit.as_ref(), "soft_time_limit")
+                    .map_err(bad)?,
+                hard: duration_field(obj.time_limit.as_ref(), "time_limit").map_err(bad)?,
             };
             Ok(LineJob {
                 task: obj.task,
@@ -227,8 +240,20 @@ pub fn parse_line(lineno: u64, line: &[u8]) -> Result<LineJob, TaskError> {
 struct JobLine {
     task: Option<String>,
     args: Option<serde_json::Value>,
-    time_limit: Option<String>,
-    soft_time_limit: Option<String>,
+    // Values, not strings: a limit of the wrong type is reported by name.
+    time_limit: Option<serde_json::Value>,
+    soft_time_limit: Option<serde_json::Value>,
+}
+
+/// A limit field of an object line: a duration string.
+fn duration_field(v: Option<&serde_json::Value>, field: &str) -> Result<Option<Duration>, String> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => duration(Some(s), field),
+        Some(other) => Err(format!(
+            "\"{field}\": expected a duration string (e.g. \"500ms\", \"2s\"), got {other}"
+        )),
+    }
 }
 
 /// A limit of an object line; like the `--time-limit` flags, 0 is refused

@@ -22,7 +22,17 @@ use super::exit;
 /// The hidden first argument that makes this executable a plugin loader.
 pub const LOADER_ARG: &str = "__billiard_load_plugin";
 
+const AFTER_HELP: &str = "\
+Examples:
+  billiard-host inspect target/release/libbilliard_math.so
+  billiard-host inspect --json target/release/libbilliard_math.so | jq '.tasks[].name'
+  billiard-host inspect --load-timeout 5s ./libslow_init.so
+
+Exit status: 0 the plugin loads (its tasks are printed), 2 it does not (the
+reason is on stderr).";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
 pub struct Args {
     /// The plugin file (a .so built from a cdylib crate).
     plugin: PathBuf,

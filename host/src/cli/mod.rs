@@ -5,6 +5,8 @@ mod check;
 pub mod exit;
 mod input;
 mod inspect;
+pub(crate) mod logging;
+mod new;
 mod output;
 mod progress;
 mod run;
@@ -43,7 +45,13 @@ enum Command {
     /// Send jobs to Celery workers through a broker (and wait for their
     /// results with --wait).
     Submit(Box<submit::Args>),
+    /// Create a plugin crate (tasks, golden cases, tests) that builds
+    /// anywhere.
+    New(new::Args),
     /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  billiard-host completions bash > ~/.local/share/bash-completion/completions/billiard-host\n  billiard-host completions zsh > ~/.zfunc/_billiard-host\n  billiard-host completions fish > ~/.config/fish/completions/billiard-host.fish"
+    )]
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
@@ -80,6 +88,7 @@ pub fn main() -> i32 {
         Command::Check(args) => check::run(*args),
         Command::Worker(args) => worker::run(*args),
         Command::Submit(args) => submit::run(*args),
+        Command::New(args) => new::run(args),
         Command::Completions { shell } => completions(shell),
     }
 }
@@ -99,17 +108,9 @@ fn completions(shell: clap_complete::Shell) -> i32 {
     }
 }
 
-/// `RUST_LOG`-style logging to stderr (warnings by default). Colours
-/// only when stderr is a terminal: a log file or a pipe gets plain text.
+/// Logging to stderr, warnings by default: see [`logging`].
 fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init("warn", logging::Format::Text);
 }
 
 /// The per-worker limits `run` and `check` share, applied where set.

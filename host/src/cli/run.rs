@@ -378,7 +378,9 @@ pub fn run(args: Args) -> i32 {
     let write_failed = write_error
         .as_ref()
         .is_some_and(|e| e.kind() != std::io::ErrorKind::BrokenPipe);
-    if !args.quiet && !single {
+    // Nor a summary: "N jobs: N ok" beside exit status 1 would contradict it.
+    let output_closed = write_error.is_some() && !write_failed;
+    if !args.quiet && !single && !output_closed {
         eprintln!("{summary}");
         if write_failed {
             eprintln!(

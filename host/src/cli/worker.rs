@@ -162,17 +162,13 @@ impl PoolFlags {
     }
 }
 
-/// `RUST_LOG`-style logging to stderr, info by default, text or JSON.
+/// Logging to stderr, info by default, text or JSON (see `cli::logging`).
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
+    let format = match format {
+        LogFormat::Text => super::logging::Format::Text,
+        LogFormat::Json => super::logging::Format::Json,
     };
+    super::logging::init("info", format);
 }
 
 /// The same signal again within this long counts as one delivery (a

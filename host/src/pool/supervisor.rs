@@ -373,6 +373,7 @@ impl Supervisor {
     /// load the plugins: `Pool::build` returns only once they are loaded.
     pub fn start_zygote(&mut self, forked: Option<(OwnedFd, i32)>) -> Ready {
         let z = self.launch_zygote(forked)?;
+        tracing::debug!("zygote pid {} started: loading the plugins", z.pid);
         let mut buf = vec![0u8; 4 << 20];
         let hello = wait_hello(&z.fd, &mut buf, self.cfg.load_timeout);
         let hello = match hello {
@@ -403,6 +404,10 @@ impl Supervisor {
         }
         let z = self.launch_zygote(None)?;
         let gen = self.gen + 1;
+        tracing::debug!(
+            "zygote pid {} started ({purpose:?}): loading the plugins as generation {gen}",
+            z.pid
+        );
         self.install_zygote(z, gen, purpose)?;
         self.add_timer((
             Instant::now() + self.cfg.load_timeout,
@@ -481,6 +486,14 @@ impl Supervisor {
                 .spawn(move || forward_lines(o, pid))
                 .ok();
         }
+        tracing::debug!(
+            "zygote pid {pid} loaded the plugins (generation {gen}): {}",
+            plugins
+                .iter()
+                .map(|p| format!("{} ({} tasks)", p.name, p.tasks.len()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let plugins = Arc::new(plugins);
         self.generations.insert(gen, plugins.clone());
         if let Ok(mut live) = self.live.write() {
@@ -915,6 +928,7 @@ impl Supervisor {
                     }
                     return;
                 };
+                tracing::debug!("{} started: pid {pid}, generation {gen}", WorkerId(worker));
                 self.add_worker(WorkerId(worker), gen, slot, pid, sock, out, pidfd);
                 if !self.zygote_is_current(gen) {
                     // Requested before a restart: it leaves at once.
@@ -1250,6 +1264,25 @@ impl Supervisor {
                 return;
             }
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let task = self
+                .generations
+                .get(&worker_gen)
+                .and_then(|g| g.get(d.plugin as usize))
+                .and_then(|p| Some((p, p.tasks.get(d.task as usize)?)))
+                .map_or_else(
+                    || format!("plugin {} task {}", d.plugin, d.task),
+                    |(p, t)| format!("{}.{}", p.name, t.name),
+                );
+            tracing::debug!(
+                "{} ({} item{}, attempt {}) to {wid} (pid {}): {task}",
+                d.first_job,
+                d.count,
+                if d.count == 1 { "" } else { "s" },
+                d.attempt,
+                self.workers.get(&wid).map_or(0, |w| w.pid),
+            );
+        }
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
@@ -1719,6 +1752,12 @@ impl Supervisor {
             .or_else(|| w.lost_how.take())
             .unwrap_or_else(|| "was lost when its zygote died".into());
         let clean_exit = info.as_ref().is_some_and(|i| i.code == Some(0)) && w.inflight.is_empty();
+        tracing::debug!(
+            "{wid} (pid {}) ended: {how}; {} dispatch(es) in flight, {} done",
+            w.pid,
+            w.inflight.len(),
+            w.dispatches_done
+        );
         self.events.emit(Event::WorkerDown {
             worker: wid,
             pid: w.pid,
@@ -2130,6 +2169,7 @@ impl Supervisor {
     fn restart(&mut self, reply: Option<ReloadReply>) {
         // The new zygote loads the plugins while the current generation
         // serves; `zygote_hello` switches over once it is ready.
+        tracing::debug!("reload: starting a zygote with the plugin files as they are now");
         match self.begin_zygote(Start::Restart) {
             Ok(()) => {
                 if let (Some(z), Some(reply)) = (self.zygotes.last_mut(), reply) {
@@ -2195,6 +2235,13 @@ impl Supervisor {
 
     /// Ends every worker and zygote and reaps them.
     fn shutdown(&mut self) {
+        if !self.workers.is_empty() || !self.zygotes.is_empty() {
+            tracing::debug!(
+                "the pool shuts down: {} worker(s) ended (idle ones asked to exit, busy ones killed), {} zygote(s)",
+                self.workers.len(),
+                self.zygotes.len()
+            );
+        }
         for w in self.workers.values_mut() {
             if w.inflight.is_empty() && !w.broken {
                 let _ = sys::write_all_vectored(&w.sock, &[&ipc::encode_exit()]);

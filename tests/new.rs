@@ -1,0 +1,244 @@
+//! `billiard-host new`: the crate it creates builds, passes its own tests
+//! and runs outside this repository, with nothing edited by hand.
+//!
+//! The scaffold's builds use `target/scaffold` of this workspace as their
+//! target directory, so reruns are incremental (the first run compiles the
+//! host's dependencies there once, a few minutes).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{exit_code, host, stderr, stdout};
+
+/// A fresh directory outside this repository (the system's temp dir).
+fn outside(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("billiard-new-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = common::workspace_root().canonicalize().unwrap();
+    assert!(
+        !dir.canonicalize().unwrap().starts_with(&root),
+        "{} is inside the repository",
+        dir.display()
+    );
+    dir
+}
+
+/// The cargo running this test.
+fn cargo(dir: &Path, args: &[&str]) -> Output {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    Command::new(cargo)
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "CARGO_TARGET_DIR",
+            common::workspace_root().join("target/scaffold"),
+        )
+        // The newcomer's setting: nothing set; the harness finds (builds)
+        // billiard-host itself.
+        .env_remove("BILLIARD_HOST_EXE")
+        .env_remove("RUST_LOG")
+        .env_remove("BILLIARD_LOG")
+        .output()
+        .expect("cargo runs")
+}
+
+fn checkout() -> String {
+    common::workspace_root()
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_new_crate_tests_builds_and_runs_outside_the_repository() {
+    let base = outside("e2e");
+    let dir = base.join("my-plugin");
+    let out = host([
+        "new".as_ref(),
+        "my-plugin".as_ref(),
+        "--path".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    // It says where its dependencies point, and that it found the checkout.
+    let said = stderr(&out);
+    assert!(said.contains(&checkout()), "{said}");
+    assert!(
+        said.contains("the checkout this billiard-host was built in"),
+        "{said}"
+    );
+    assert!(
+        said.contains("cargo test") && said.contains("cargo build --release"),
+        "{said}"
+    );
+
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!("path = \"{}/plugin-api\"", checkout())),
+        "{manifest}"
+    );
+    assert!(manifest.contains("[workspace]"), "{manifest}");
+    assert!(
+        manifest.contains(r#"crate-type = ["cdylib", "rlib"]"#),
+        "{manifest}"
+    );
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for command in [
+        "cargo test",
+        "cargo build --release",
+        "billiard-host run target/release/libmy_plugin.so",
+    ] {
+        assert!(
+            readme.contains(command),
+            "README lacks `{command}`:\n{readme}"
+        );
+    }
+    assert!(readme.contains("rlib"), "README says why rlib");
+
+    // Its own tests pass (unit, harness in process and in a pool, golden
+    // cases through `billiard-host check`); the harness says when it
+    // builds billiard-host.
+    let test = cargo(&dir, &["test"]);
+    let log = format!("{}\n{}", stdout(&test), stderr(&test));
+    assert!(test.status.success(), "cargo test failed:\n{log}");
+    for suite in ["tests/tasks.rs", "tests/agreement.rs", "tests/cases.rs"] {
+        assert!(log.contains(suite), "{suite} did not run:\n{log}");
+    }
+    assert!(
+        !log.contains(" 0 passed"),
+        "a test file ran nothing:\n{log}"
+    );
+    assert!(
+        log.contains("billiard-testing: building billiard-host"),
+        "the harness did not say it builds billiard-host:\n{log}"
+    );
+    assert!(log.contains("billiard-host ready in"), "{log}");
+
+    let build = cargo(&dir, &["build", "--release"]);
+    assert!(build.status.success(), "{}", stderr(&build));
+    let so = common::workspace_root().join("target/scaffold/release/libmy_plugin.so");
+    assert!(so.is_file(), "{} was not built", so.display());
+
+    let so = so.to_string_lossy().into_owned();
+    let out = host([
+        "run",
+        &so,
+        "--task",
+        "summarize",
+        "--args",
+        r#"[{"values": [6, 1, 2]}]"#,
+    ]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"index":0,"ok":{"count":3,"mean":3.0,"min":1.0,"max":6.0}}"#
+    );
+    let out = host(["run", &so, "--task", "count_primes", "--args", "[100]"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"index":0,"ok":25}"#,
+        "{}",
+        stderr(&out)
+    );
+    let out = host(["inspect", &so]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("my-plugin"), "{}", stdout(&out));
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn new_refuses_a_directory_that_is_not_empty() {
+    let base = outside("nonempty");
+    std::fs::write(base.join("keep.txt"), "mine").unwrap();
+    let out = host([
+        "new".as_ref(),
+        "x".as_ref(),
+        "--path".as_ref(),
+        base.as_os_str(),
+    ]);
+    assert_eq!(exit_code(&out), 2);
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&base).unwrap().count(),
+        1,
+        "nothing written"
+    );
+    assert_eq!(
+        std::fs::read_to_string(base.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    // An empty directory is fine.
+    let empty = base.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = host([
+        "new".as_ref(),
+        "x".as_ref(),
+        "--path".as_ref(),
+        empty.as_os_str(),
+    ]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(empty.join("src/lib.rs").is_file());
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn api_path_chooses_the_checkout_and_a_wrong_one_is_named() {
+    let base = outside("api-path");
+    // The checkout's plugin-api/ directory works as well as the checkout.
+    let api = common::workspace_root().join("plugin-api");
+    let dir = base.join("p");
+    let out = host([
+        "new".as_ref(),
+        "p".as_ref(),
+        "--path".as_ref(),
+        dir.as_os_str(),
+        "--api-path".as_ref(),
+        api.as_os_str(),
+    ]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--api-path"), "{}", stderr(&out));
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!("{}/testing", checkout())),
+        "{manifest}"
+    );
+
+    for wrong in [base.join("nowhere"), base.clone()] {
+        let out = host([
+            "new".as_ref(),
+            "q".as_ref(),
+            "--path".as_ref(),
+            base.join("q").as_os_str(),
+            "--api-path".as_ref(),
+            wrong.as_os_str(),
+        ]);
+        assert_eq!(exit_code(&out), 2);
+        let e = stderr(&out);
+        assert!(e.contains("--api-path"), "{e}");
+        assert!(e.contains(&wrong.display().to_string()), "{e}");
+        assert!(!base.join("q").exists(), "nothing is created");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let base = outside("names");
+    for name in ["1st", "my plugin", "serde", "a/b"] {
+        let dir = base.join("n");
+        let out = host([
+            "new".as_ref(),
+            name.as_ref(),
+            "--path".as_ref(),
+            dir.as_os_str(),
+        ]);
+        assert_eq!(exit_code(&out), 2, "{name}");
+        assert!(stderr(&out).contains(name), "{}", stderr(&out));
+        assert!(!dir.exists());
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
