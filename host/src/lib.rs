@@ -14,6 +14,7 @@ pub mod ipc;
 pub mod metrics;
 pub mod plugin;
 pub mod pool;
+mod process;
 pub mod sys;
 mod worker;
 mod zygote;
@@ -25,4 +26,5 @@ pub use pool::{
     AsyncResult, Event, Imap, JobId, JobOptions, Limits, MapResult, Outcome, Pool, PoolBuilder,
     PoolConfig, PoolError, RawJob, RawResult, RawStream, StartMethod, Stats, TaskRef, WorkerId,
 };
+pub use process::Process;
 pub use zygote::run_if_helper;

@@ -5,6 +5,7 @@ mod check;
 pub mod exit;
 mod input;
 mod inspect;
+mod isolated;
 pub(crate) mod logging;
 mod new;
 mod output;

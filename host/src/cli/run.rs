@@ -130,6 +130,13 @@ pub struct Args {
     /// With --broker: the queue to send the jobs to (default: celery).
     #[arg(short = 'Q', long, value_name = "QUEUE", requires = "broker")]
     queue: Option<String>,
+    /// Run every job in a fresh process of its own, which loads the plugin
+    /// files afresh and is gone when the job ends (no pool, no zygote kept;
+    /// -w N run at a time). Refused with --chunksize, --prefetch or
+    /// --max-tasks-per-child above 1, --max-memory-per-child,
+    /// --start-method fork and --stats-json.
+    #[arg(long, conflicts_with = "broker")]
+    isolated: bool,
 }
 
 pub(super) fn parse_workers(s: &str) -> Result<usize, String> {
@@ -201,6 +208,18 @@ pub fn run(args: Args) -> i32 {
     if let Some(broker) = args.broker.clone() {
         return on_the_fleet(args, broker);
     }
+    if args.isolated {
+        if let Err(msg) = super::isolated::refuse(&super::isolated::Flags {
+            chunksize: args.chunksize,
+            prefetch: args.prefetch,
+            max_tasks_per_child: args.max_tasks_per_child,
+            max_memory_per_child: args.max_memory_per_child,
+            start_method: args.start_method,
+            stats_json: args.stats_json.is_some(),
+        }) {
+            return usage(format_args!("--isolated: {msg}"));
+        }
+    }
     let source = if let Some(a) = &args.args {
         if args.task.is_none() && !a.trim_start().starts_with('{') {
             return usage(
@@ -245,6 +264,9 @@ pub fn run(args: Args) -> i32 {
         None => None,
     };
     let single = matches!(source, Source::One(_));
+    if args.isolated {
+        return isolated(&args, single, source, out);
+    }
 
     // The pool starts before this process has any other thread: the fork
     // start method requires it.
@@ -775,7 +797,49 @@ fn check_distinct_files(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `run --isolated`: hands the jobs to [`super::isolated`].
+fn isolated(args: &Args, single: bool, source: Source, out: Box<dyn Write + Send>) -> i32 {
+    let stop = Arc::new(Stop::new());
+    let (lines, count_in) = match source {
+        Source::One(bytes) => (input::one_line(bytes), None),
+        Source::Lines(reader, file) => (
+            input::spawn_reader(
+                Box::new(std::io::BufReader::with_capacity(256 * 1024, reader)),
+                stop.clone(),
+            ),
+            file,
+        ),
+    };
+    let plan = super::isolated::Plan {
+        builder: pool_builder(args, single),
+        plugins: args
+            .plugin
+            .iter()
+            .chain(&args.more_plugins)
+            .cloned()
+            .collect(),
+        load_timeout: args
+            .load_timeout
+            .unwrap_or(PoolConfig::default().load_timeout),
+        default_task: args.task.clone(),
+        workers: args.workers.unwrap_or(if single {
+            1
+        } else {
+            PoolConfig::default().workers.min(MAX_WORKERS)
+        }),
+        ordered: !args.unordered,
+        quiet: args.quiet,
+        single,
+    };
+    super::isolated::run(plan, lines, count_in, stop, out)
+}
+
 fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolError> {
+    pool_builder(args, single).build()
+}
+
+/// The pool `run` starts (and `--isolated` starts one of per job).
+fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
     let workers = args.workers.unwrap_or(if single {
         1
     } else {
@@ -806,7 +870,7 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
     if let Some(d) = args.time_limit {
         b = b.time_limit(d);
     }
-    b.build()
+    b
 }
 
 /// `run --broker URL`: the same jobs, sent to the fleet (see
