@@ -29,6 +29,8 @@ use anyhow::{bail, ensure, Context, Result};
 use billiard_host::celery::client::{self, Client, SendOptions, Timeouts};
 use billiard_host::celery::protocol::{NewTask, State};
 use clap::Parser;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -416,7 +418,7 @@ fn latency(client: &Client, opts: &SendOptions, n: usize) -> Result<Vec<f64>> {
 fn stop(child: &mut Child) {
     let pid = child.id() as i32;
     let tree = tree_of(pid);
-    let _ = billiard_host::sys::kill_pid(pid, libc::SIGTERM);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -425,7 +427,7 @@ fn stop(child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for p in tree {
-        let _ = billiard_host::sys::kill_pid(p, libc::SIGKILL);
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
     }
     let _ = child.wait();
 }

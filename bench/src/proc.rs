@@ -67,7 +67,10 @@ pub fn run_timed(cmd: &mut Command, timeout: Duration) -> Result<Finished> {
         Ok((st, wall)) => (Some(st.context("waiting for the child")?), wall),
         Err(_) => {
             // process_group(0) made the child's pid its group id.
-            let _ = billiard_host::sys::kill_group(pid, billiard_host::sys::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let wall = rx.recv().map(|(_, w)| w).unwrap_or_default();
             (None, wall)
         }

@@ -8,23 +8,35 @@
 //! method needs the `billiard-host` executable (it is exec'd as the
 //! zygote); see [`PoolBuilder::worker_exe`].
 
+pub mod cases;
 pub mod celery;
-pub mod error;
+mod error;
+// Not part of the API: public (and hidden from the docs) only for the frame
+// fuzzer in tests/fuzz.rs, which drives the decoders directly.
+#[doc(hidden)]
 pub mod ipc;
 pub mod metrics;
-pub mod plugin;
-pub mod pool;
+mod plugin;
+mod pool;
 mod process;
-pub mod sys;
+mod sys;
 mod worker;
 mod zygote;
 
+/// Not part of the API: what the `billiard-host` executable (a separate
+/// crate over this library) needs beyond it. May change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::sys::{exit_now, signal_name};
+}
+
 pub use billiard_plugin_api::Codec;
 pub use error::{ErrorKind, TaskError};
-pub use plugin::{Plugin, PluginInfo, PluginLoadError, TaskSpec};
+pub use plugin::{outcome, ArgSpec, Plugin, PluginInfo, PluginLoadError, TaskSpec};
 pub use pool::{
-    AsyncResult, Event, Imap, JobId, JobOptions, Limits, MapResult, Outcome, Pool, PoolBuilder,
-    PoolConfig, PoolError, RawJob, RawResult, RawStream, StartMethod, Stats, TaskRef, WorkerId,
+    AsyncResult, Event, Generation, Imap, Initializer, JobId, JobOptions, Limits, MapResult,
+    Outcome, Pool, PoolBuilder, PoolConfig, PoolError, RawJob, RawResult, RawStream, StartMethod,
+    Stats, TaskRef, WorkerId,
 };
 pub use process::Process;
 pub use zygote::run_if_helper;

@@ -1012,13 +1012,6 @@ impl Drop for Scoreboard {
     }
 }
 
-/// Open fds of this process (for leak tests and diagnostics).
-pub fn open_fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 struct StopTarget {
     slot: *const Slot,
     flag: *const std::sync::atomic::AtomicU32,

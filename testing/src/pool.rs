@@ -65,7 +65,7 @@ pub(crate) fn call_local(
             status
         }),
     };
-    billiard_host::plugin::outcome(status, out.into_vec())
+    billiard_host::outcome(status, out.into_vec())
 }
 
 /// Strips what may legitimately differ between two runs of the same

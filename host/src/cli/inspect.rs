@@ -66,7 +66,7 @@ pub fn loader_main(path: &Path) -> ! {
         .and_then(|_| out.flush());
     // No atexit handler or destructor of the plugin runs: the answer is
     // out, nothing else of this process matters.
-    billiard_host::sys::exit_now(if written.is_ok() { 0 } else { 1 })
+    billiard_host::__private::exit_now(if written.is_ok() { 0 } else { 1 })
 }
 
 /// Loads `path` in a child process (see the module docs) and returns what
@@ -156,7 +156,7 @@ fn describe(status: std::process::ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (_, Some(sig)) => format!(
             "was killed by signal {sig} ({})",
-            billiard_host::sys::signal_name(sig)
+            billiard_host::__private::signal_name(sig)
         ),
         (Some(code), _) => format!("exited with code {code}"),
         _ => "ended".into(),

@@ -106,12 +106,6 @@ impl ResultSlot {
             }
         }
     }
-
-    /// Takes the outcome out (for a one-shot `get`).
-    pub fn take(&self) -> Option<Outcome> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.outcome.clone()
-    }
 }
 
 /// Where the outcomes of a dispatch go.

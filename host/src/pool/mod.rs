@@ -10,9 +10,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod config;
-pub mod events;
-pub mod job;
+pub(crate) mod config;
+pub(crate) mod events;
+pub(crate) mod job;
 mod stats;
 mod stream;
 mod supervisor;
@@ -33,6 +33,7 @@ pub use events::Event;
 pub use job::{JobId, Outcome, WorkerId};
 pub use stats::Stats;
 pub use stream::{Imap, RawJob, RawStream};
+pub use supervisor::Generation;
 
 use crate::error::{ErrorKind, TaskError};
 use crate::plugin::PluginInfo;
@@ -148,6 +149,11 @@ impl PoolBuilder {
     pub fn events(mut self, tx: Sender<Event>) -> Self {
         self.events = Some(tx);
         self
+    }
+    /// Takes the event channel out (the cases runner puts its own in and
+    /// passes every event on).
+    pub(crate) fn take_events(&mut self) -> Option<Sender<Event>> {
+        self.events.take()
     }
     pub fn config(mut self, cfg: PoolConfig) -> Self {
         self.cfg = cfg;
