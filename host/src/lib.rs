@@ -19,6 +19,7 @@ pub mod metrics;
 mod plugin;
 mod pool;
 mod process;
+pub mod sandbox;
 mod sys;
 mod worker;
 mod zygote;

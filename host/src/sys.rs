@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The worker sandbox's OS calls (namespaces, mounts, seccomp, identity).
+pub mod sandbox;
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r == -1 {
         Err(io::Error::last_os_error())
@@ -398,9 +401,15 @@ pub fn spawn_helper(
     args: &[&OsStr],
     fds: &[RawFd],
     output: &OwnedFd,
+    env: Option<&[(std::ffi::OsString, std::ffi::OsString)]>,
 ) -> io::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null());
+    if let Some(env) = env {
+        // A sandboxed zygote starts with only these (its memory then holds
+        // no copy of the host's environment for a task to read).
+        cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
     cmd.stdout(Stdio::from(output.try_clone().map_err(explain_fd_error)?));
     cmd.stderr(Stdio::from(output.try_clone().map_err(explain_fd_error)?));
     let fds: Vec<RawFd> = fds.to_vec();

@@ -25,6 +25,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::ipc::{self, WorkerParams, ZygoteCmd, ZygoteMsg};
 use crate::plugin::{Plugin, PluginLoadError};
+use crate::sandbox::{self, Sandbox};
 use crate::sys::{self, Scoreboard};
 use crate::worker;
 
@@ -43,7 +44,13 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
 }
 
 /// Runs the zygote loop; never returns.
-pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth: Birth) -> ! {
+pub fn run(
+    ctl: OwnedFd,
+    paths: Vec<PathBuf>,
+    board: &'static Scoreboard,
+    birth: Birth,
+    sandbox: Sandbox,
+) -> ! {
     // Before the plugins' constructors run: a SIGTERM or SIGHUP meant for
     // the host must not end the zygote, not even while it loads.
     if let Err(e) = sys::zygote_signal_dispositions() {
@@ -57,6 +64,11 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth:
             sys::exit_now(1);
         }
     };
+    // The sandbox's process-wide layers, before any plugin code runs.
+    if let Err(e) = sandbox::enter_process_wide(&sandbox) {
+        eprintln!("billiard zygote: {e}");
+        sys::exit_now(1);
+    }
     let loaded = load_all(&paths);
     let hello = ZygoteMsg::Hello {
         pid: sys::getpid(),
@@ -78,6 +90,7 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, board: &'static Scoreboard, birth:
         paths,
         board,
         birth,
+        sandbox,
         workers: HashMap::new(),
     };
     let mut buf = vec![0u8; 1 << 20];
@@ -126,6 +139,7 @@ struct Zygote {
     paths: Vec<PathBuf>,
     board: &'static Scoreboard,
     birth: Birth,
+    sandbox: Sandbox,
     /// pid → worker id
     workers: HashMap<i32, u64>,
 }
@@ -157,7 +171,7 @@ impl Zygote {
             Err(e) => return fail(self, sys::explain_fd_error(e)),
         };
         let zygote = sys::getpid();
-        match sys::fork_single_threaded() {
+        match sandbox::fork_worker(&self.sandbox) {
             Err(e) => fail(self, e),
             Ok(sys::Forked::Child) => {
                 // A forked worker inherits the scoreboard's mapping and gets
@@ -181,12 +195,27 @@ impl Zygote {
                 };
                 // The originals were closed by setup; forget the handles.
                 std::mem::forget((ours, theirs, out_r, out_w));
+                // The sandbox's per-worker layers, before any plugin code
+                // runs here (or, for exec, in the program it becomes).
+                if let Err(e) = sandbox::enter_worker(&self.sandbox) {
+                    eprintln!("billiard worker: {e}");
+                    sys::exit_now(worker::exit_code::SETUP);
+                }
+                // In its own PID namespace a worker cannot see its parent
+                // (getppid() is 0): that is what it watches.
+                let zygote = if self.sandbox.isolates_pids() {
+                    0
+                } else {
+                    zygote
+                };
                 match &self.birth {
                     Birth::Fork => {
                         let plugins = std::mem::take(&mut self.plugins);
                         worker::run(plugins, params, sock, self.board, zygote)
                     }
-                    Birth::Exec { exe } => exec_worker(exe, &params, &self.paths),
+                    Birth::Exec { exe } => {
+                        exec_worker(exe, &params, &self.paths, self.sandbox.isolate)
+                    }
                 }
             }
             Ok(sys::Forked::Parent { child }) => {
@@ -266,11 +295,20 @@ impl Zygote {
 }
 
 /// In a freshly forked worker: exec this program in worker mode.
-fn exec_worker(exe: &std::path::Path, params: &WorkerParams, paths: &[PathBuf]) -> ! {
+fn exec_worker(
+    exe: &std::path::Path,
+    params: &WorkerParams,
+    paths: &[PathBuf],
+    sandboxed: bool,
+) -> ! {
     use std::os::unix::process::CommandExt;
     let params_json = serde_json::to_string(params).unwrap_or_default();
     let mut cmd = std::process::Command::new(exe);
     cmd.arg(WORKER_ARG).arg(params_json);
+    if sandboxed {
+        // exec makes a process dumpable again: the worker undoes that.
+        cmd.arg(NOT_DUMPABLE_ARG);
+    }
     cmd.args(paths.iter().map(OsString::from));
     let err = cmd.exec();
     eprintln!("billiard worker: cannot exec {}: {err}", exe.display());
@@ -281,6 +319,21 @@ fn exec_worker(exe: &std::path::Path, params: &WorkerParams, paths: &[PathBuf]) 
 pub const ZYGOTE_ARG: &str = "__billiard_zygote";
 /// The hidden first argument that starts this program as a worker.
 pub const WORKER_ARG: &str = "__billiard_worker";
+/// After the params of a sandboxed spawned worker: make itself not
+/// dumpable again (exec reset it) before it loads the plugins.
+const NOT_DUMPABLE_ARG: &str = "--not-dumpable";
+/// The zygote's argument (after MODE) that carries its sandbox, as JSON.
+const SANDBOX_ARG_PREFIX: &str = "--sandbox=";
+
+/// The zygote argument that hands it `s` (`None` for no sandbox).
+pub fn sandbox_arg(s: &Sandbox) -> Option<String> {
+    if s.is_none() {
+        return None;
+    }
+    serde_json::to_string(s)
+        .ok()
+        .map(|j| format!("{SANDBOX_ARG_PREFIX}{j}"))
+}
 
 /// Entry point for a program started by the pool as a helper process (the
 /// zygote, or a spawned worker). Call it first thing in `main`; it returns
@@ -327,8 +380,24 @@ fn helper_zygote(args: Vec<OsString>) -> ! {
         },
         _ => Birth::Fork,
     };
+    let mut it = it.peekable();
+    let mut sandbox = Sandbox::default();
+    if let Some(json) = it
+        .peek()
+        .and_then(|a| a.to_str())
+        .and_then(|a| a.strip_prefix(SANDBOX_ARG_PREFIX))
+    {
+        sandbox = match serde_json::from_str(json) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("billiard zygote: bad sandbox argument: {e}");
+                sys::exit_now(1);
+            }
+        };
+        it.next();
+    }
     let paths = it.map(PathBuf::from).collect();
-    run(ctl, paths, board, birth)
+    run(ctl, paths, board, birth, sandbox)
 }
 
 /// `__billiard_worker PARAMS_JSON PLUGIN...` with fd 3 = socket, fd 4 =
@@ -355,6 +424,14 @@ fn helper_worker(args: Vec<OsString>) -> ! {
     if let Err(e) = sys::blind_fd(board.fd().as_raw_fd()) {
         eprintln!("billiard worker: cannot close the scoreboard's fd: {e}");
         sys::exit_now(worker::exit_code::SETUP);
+    }
+    let mut it = it.peekable();
+    if it.peek().is_some_and(|a| a == NOT_DUMPABLE_ARG) {
+        it.next();
+        if let Err(e) = sys::sandbox::set_not_dumpable() {
+            eprintln!("billiard worker: sandbox: PR_SET_DUMPABLE: {e}");
+            sys::exit_now(worker::exit_code::SETUP);
+        }
     }
     let paths: Vec<PathBuf> = it.map(PathBuf::from).collect();
     let zygote = std::os::unix::process::parent_id() as i32;

@@ -107,6 +107,8 @@ pub struct Args {
     /// may block).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     load_timeout: Duration,
+    #[command(flatten)]
+    sandbox: super::sandbox::SandboxFlags,
 }
 
 /// Colours for the table; `anstream` drops them where colour is off.
@@ -200,6 +202,10 @@ pub fn run(args: Args) -> i32 {
     let p = &PALETTE;
     let mut out = AutoStream::new(std::io::stdout().lock(), color_choice(args.color));
     let _ = write_header(&mut out, &info, p);
+    let sandbox = args.sandbox.policy();
+    if !sandbox.is_none() {
+        let _ = writeln!(out, "   sandbox: {}", sandbox.summary());
+    }
 
     let started = Instant::now();
     let report = if cases.is_empty() {
@@ -283,6 +289,7 @@ fn run_cases(
         load_timeout: Some(args.load_timeout),
     }
     .apply(b);
+    let b = args.sandbox.apply(b);
     let mut run = cases::Run::start(b, cases).map_err(fail_usage)?;
 
     let limits_text = match (args.soft_time_limit, args.time_limit) {

@@ -27,6 +27,7 @@ Examples:
   billiard-host inspect target/release/libbilliard_math.so
   billiard-host inspect --json target/release/libbilliard_math.so | jq '.tasks[].name'
   billiard-host inspect --load-timeout 5s ./libslow_init.so
+  billiard-host inspect --sandbox-report --json
 
 Exit status: 0 the plugin loads (its tasks are printed), 2 it does not (the
 reason is on stderr).";
@@ -35,7 +36,12 @@ reason is on stderr).";
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
     /// The plugin file (a .so built from a cdylib crate).
-    plugin: PathBuf,
+    #[arg(required_unless_present = "sandbox_report")]
+    plugin: Option<PathBuf>,
+    /// Print what `--sandbox` would enforce on this kernel (each profile,
+    /// and which kernel features are there) instead of a plugin.
+    #[arg(long)]
+    sandbox_report: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -164,7 +170,14 @@ fn describe(status: std::process::ExitStatus) -> String {
 }
 
 pub fn run(args: Args) -> i32 {
-    let info = match load_isolated(&args.plugin, args.load_timeout) {
+    if args.sandbox_report {
+        return super::sandbox::report(args.json);
+    }
+    let Some(plugin) = &args.plugin else {
+        eprintln!("error: no plugin given");
+        return exit::USAGE;
+    };
+    let info = match load_isolated(plugin, args.load_timeout) {
         Ok(info) => info,
         Err(e) => {
             eprintln!("error: {e}");

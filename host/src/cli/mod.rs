@@ -11,6 +11,7 @@ mod new;
 mod output;
 mod progress;
 mod run;
+mod sandbox;
 mod signals;
 mod submit;
 mod worker;

@@ -113,6 +113,8 @@ pub struct Args {
     /// then keeps the current workers) after this long (default 60s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     load_timeout: Option<Duration>,
+    #[command(flatten)]
+    sandbox: super::sandbox::SandboxFlags,
     /// Write the pool's final statistics to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
@@ -867,6 +869,7 @@ fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
         load_timeout: args.load_timeout,
     }
     .apply(b);
+    b = args.sandbox.apply(b);
     if let Some(d) = args.time_limit {
         b = b.time_limit(d);
     }

@@ -129,6 +129,8 @@ pub struct PoolFlags {
     /// then keeps the current workers) after this long (default 60s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     load_timeout: Option<Duration>,
+    #[command(flatten)]
+    sandbox: super::sandbox::SandboxFlags,
 }
 
 impl PoolFlags {
@@ -155,6 +157,7 @@ impl PoolFlags {
             load_timeout: self.load_timeout,
         }
         .apply(b);
+        b = self.sandbox.apply(b);
         if let Some(d) = self.time_limit {
             b = b.time_limit(d);
         }

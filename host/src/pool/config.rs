@@ -69,6 +69,9 @@ pub struct PoolConfig {
     /// How long a zygote may take to load the plugins (their constructors
     /// run then) before the start, or a reload, is given up.
     pub load_timeout: Duration,
+    /// What workers (and the zygote that loads the plugins) may do
+    /// (`crate::sandbox`); `none` by default.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 impl Default for PoolConfig {
@@ -92,6 +95,7 @@ impl Default for PoolConfig {
             max_start_failures: 10,
             restart_window: Duration::from_secs(10),
             load_timeout: Duration::from_secs(60),
+            sandbox: crate::sandbox::Sandbox::default(),
         }
     }
 }

@@ -139,6 +139,12 @@ impl PoolBuilder {
         self.cfg.load_timeout = d;
         self
     }
+    /// Sandbox the workers (`billiard_host::sandbox`): checked at `build()`,
+    /// where a protection this kernel cannot give is an error naming it.
+    pub fn sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Self {
+        self.cfg.sandbox = sandbox;
+        self
+    }
     /// Stop forking after `failures` workers died at start within `window`.
     pub fn restart_limit(mut self, failures: u32, window: Duration) -> Self {
         self.cfg.max_start_failures = failures;
@@ -227,6 +233,16 @@ impl Pool {
         }
         if cfg.plugins.len() > u16::MAX as usize {
             return Err(PoolError::Config("too many plugins".into()));
+        }
+        if !cfg.sandbox.is_none() {
+            if cfg.start_method == StartMethod::Fork && cfg.sandbox.isolate {
+                return Err(PoolError::Config(
+                    "sandbox: the fork start method shares the host's memory (its environment, its secrets) with the workers; use forkserver or spawn".into(),
+                ));
+            }
+            cfg.sandbox
+                .check()
+                .map_err(|e| PoolError::Config(e.to_string()))?;
         }
         let io = |what| move |source| PoolError::Io { what, source };
         let board = Arc::new(
@@ -1039,7 +1055,13 @@ fn fork_zygote(
             };
             std::mem::forget((ours, theirs, out_w));
             let board: &'static Arc<Scoreboard> = Box::leak(Box::new(board.clone()));
-            crate::zygote::run(ctl, cfg.plugins.clone(), board, crate::zygote::Birth::Fork)
+            crate::zygote::run(
+                ctl,
+                cfg.plugins.clone(),
+                board,
+                crate::zygote::Birth::Fork,
+                cfg.sandbox.clone(),
+            )
         }
         sys::Forked::Parent { child } => Ok((ours, child)),
     }

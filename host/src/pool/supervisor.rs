@@ -350,12 +350,18 @@ impl Supervisor {
                     "fork"
                 };
                 let mut args: Vec<&OsStr> = vec![OsStr::new(zygote::ZYGOTE_ARG), OsStr::new(mode)];
+                let sandbox_arg = zygote::sandbox_arg(&self.cfg.sandbox);
+                if let Some(a) = &sandbox_arg {
+                    args.push(OsStr::new(a));
+                }
                 args.extend(self.cfg.plugins.iter().map(|p| p.as_os_str()));
+                let env = self.cfg.sandbox.environment();
                 let child = sys::spawn_helper(
                     &exe,
                     &args,
                     &[theirs.as_raw_fd(), self.board.fd().as_raw_fd()],
                     &out_w,
+                    env.as_deref(),
                 )
                 .map_err(|e| load_err(format!("cannot start the zygote {}: {e}", exe.display())))?;
                 let pid = child.id() as i32;

@@ -265,9 +265,184 @@ pub fn die_noisily(frames: u32) -> u64 {
     std::process::abort()
 }
 
+// ----- sandbox escapes (tests/sandbox.rs, issue 15) -------------------------
+// Each tries one escape and says what happened: Ok when it got through,
+// Err naming the call and the error when it was stopped.
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// Connects to 127.0.0.1:`port` (a listener the test opened).
+#[task]
+pub fn sb_connect(port: u16) -> Result<String, String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map(|_| format!("connected to {addr}"))
+        .map_err(|e| format!("connect {addr}: {e}"))
+}
+
+/// Writes a file at `path`.
+#[task]
+pub fn sb_write(path: String) -> Result<String, String> {
+    std::fs::write(&path, b"escaped\n")
+        .map(|_| format!("wrote {path}"))
+        .map_err(|e| format!("write {path}: {e}"))
+}
+
+/// Forks `n` children that exit at once, reaping none until all are
+/// forked (so they all count at once), then reaps them.
+#[task]
+pub fn sb_fork_bomb(n: u32) -> Result<String, String> {
+    let mut pids = Vec::new();
+    let mut failed = None;
+    for i in 0..n {
+        // SAFETY: the child calls only _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(0) };
+        }
+        if pid < 0 {
+            failed = Some(os_err(&format!("fork #{} (after {i} children)", i + 1)));
+            break;
+        }
+        pids.push(pid);
+    }
+    for pid in &pids {
+        let mut st = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(*pid, &mut st, 0) };
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(format!("forked {n} children")),
+    }
+}
+
+/// Sends `sig` to the worker's parent (the zygote).
+#[task]
+pub fn sb_kill_parent(sig: i32) -> Result<String, String> {
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    if ppid == 0 {
+        return Err("getppid() is 0: the parent is outside this PID namespace".into());
+    }
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(ppid, sig) } == 0 {
+        Ok(format!("kill({ppid}, {sig}) succeeded"))
+    } else {
+        Err(os_err(&format!("kill({ppid}, {sig})")))
+    }
+}
+
+/// Sends `sig` to `pid` (negative: a process group).
+#[task]
+pub fn sb_kill(pid: i32, sig: i32) -> Result<String, String> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(format!("kill({pid}, {sig}) succeeded"))
+    } else {
+        Err(os_err(&format!("kill({pid}, {sig})")))
+    }
+}
+
+/// Attaches to `pid` with ptrace (PTRACE_SEIZE), stops it for a moment
+/// (PTRACE_INTERRUPT) and detaches, leaving it running.
+#[task]
+pub fn sb_ptrace(pid: i32) -> Result<String, String> {
+    // SAFETY: ptrace and waitpid with integer arguments and a valid
+    // status pointer.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
+            return Err(os_err(&format!("ptrace(PTRACE_SEIZE, {pid})")));
+        }
+        if libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0) == 0 {
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, libc::__WALL);
+        }
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+    }
+    Ok(format!("attached to {pid}"))
+}
+
+/// Reads 16 bytes of `pid`'s memory through /proc/PID/mem (at the start
+/// of its first readable mapping).
+#[task]
+pub fn sb_read_mem(pid: i32) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| format!("read /proc/{pid}/maps: {e}"))?;
+    let start = maps
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.starts_with('r'))
+        })
+        .and_then(|l| l.split('-').next())
+        .and_then(|a| u64::from_str_radix(a, 16).ok())
+        .ok_or_else(|| format!("no readable mapping in /proc/{pid}/maps"))?;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| format!("open /proc/{pid}/mem: {e}"))?;
+    let mut buf = [0u8; 16];
+    let n = mem
+        .read_at(&mut buf, start)
+        .map_err(|e| format!("read /proc/{pid}/mem: {e}"))?;
+    Ok(format!("read {n} bytes of {pid}'s memory"))
+}
+
+/// Looks for `name` in the environment and in /proc/self/environ.
+#[task]
+pub fn sb_env(name: String) -> Result<String, String> {
+    if let Ok(v) = std::env::var(&name) {
+        return Ok(v);
+    }
+    let raw = std::fs::read("/proc/self/environ").unwrap_or_default();
+    let key = format!("{name}=");
+    for entry in raw.split(|&b| b == 0) {
+        if let Some(v) = entry.strip_prefix(key.as_bytes()) {
+            return Ok(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    Err(format!("{name} is not in the environment"))
+}
+
+/// Tries to load a kernel module (an empty image with init_module, then
+/// /dev/null with finit_module): the kernel refuses the image itself
+/// (ENOEXEC, EINVAL...) only after the permission check.
+#[task]
+pub fn sb_load_module() -> Result<String, String> {
+    // SAFETY: init_module reads `len` (0) bytes of the image; the params
+    // string is NUL-terminated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            [0u8; 1].as_ptr(),
+            0usize,
+            c"".as_ptr(),
+        )
+    };
+    let init = if r == 0 {
+        "init_module: loaded".to_string()
+    } else {
+        os_err("init_module")
+    };
+    let f = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: finit_module reads from an open fd; params NUL-terminated.
+    let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), 0) };
+    let finit = if r == 0 {
+        "finit_module: loaded".to_string()
+    } else {
+        os_err("finit_module")
+    };
+    Err(format!("{init}; {finit}"))
+}
+
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module],
 );

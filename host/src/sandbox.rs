@@ -1,0 +1,860 @@
+//! The worker sandbox (issue 15): what a plugin's code may do, chosen by
+//! the operator. A [`Sandbox`] is one policy — a profile (`none`,
+//! `standard`, `strict`) plus individual switches — that the pool hands to
+//! its zygote and workers like any other worker setting.
+//!
+//! Where each layer is applied (the invariant `ARCHITECTURE.md` states):
+//!
+//! * **process-wide, in the zygote, before it loads any plugin**
+//!   ([`enter_process_wide`]): `PR_SET_NO_NEW_PRIVS`, the scrubbed
+//!   environment (the zygote is also exec'd with a clean one), the
+//!   rlimits (`RLIMIT_NOFILE`, `RLIMIT_FSIZE`, `RLIMIT_CORE`), a fresh
+//!   network namespace, and a private mount namespace in which every mount
+//!   is read-only except the `allow_write` directories;
+//! * **per worker, right after the fork and before any plugin code runs
+//!   in it** ([`fork_worker`] + [`enter_worker`]): a PID namespace of its
+//!   own (the worker is its process 1: it can see and signal only what
+//!   it started) with a fresh `/proc` and a per-namespace `pid_max` (the
+//!   fork-bomb cap that binds root too), `RLIMIT_NPROC`, `--user`,
+//!   `PR_SET_DUMPABLE 0`, every capability dropped, and the seccomp filter
+//!   (whose `kill` rule depends on the worker's own process group).
+//!
+//! A blocked system call returns `EPERM` to the task (`SECCOMP_RET_ERRNO`),
+//! never kills the worker. A protection the kernel cannot give is an error
+//! naming it ([`Sandbox::check`]), never a silent downgrade.
+//!
+//! [`enter_process_wide`], [`fork_worker`] and [`enter_worker`] are also
+//! what a one-off isolated call (`billiard_host::Process`) uses.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{self, sandbox as os};
+
+/// A named sandbox level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// No sandbox (the default): workers can do what the host can.
+    #[default]
+    None,
+    /// Everything but the network and filesystem rules: PID namespace per
+    /// worker, seccomp filter, no_new_privs, no capabilities, not dumpable,
+    /// scrubbed environment, resource limits.
+    Standard,
+    /// `standard` plus no network (a fresh network namespace) and a
+    /// read-only filesystem except the `--allow-write` directories.
+    Strict,
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Profile::None => "none",
+            Profile::Standard => "standard",
+            Profile::Strict => "strict",
+        })
+    }
+}
+
+/// The resource limits of a sandboxed worker (`None`: left as inherited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// Processes a worker may have at once, itself and every descendant
+    /// (its PID namespace's `pid_max`, and `RLIMIT_NPROC` for a non-root
+    /// `--user`). At least 300 (the kernel's smallest `pid_max` is 301).
+    pub max_procs: Option<u64>,
+    /// `RLIMIT_NOFILE`.
+    pub max_open_files: Option<u64>,
+    /// `RLIMIT_FSIZE`, bytes: a larger write ends the worker (SIGXFSZ).
+    pub max_file_size: Option<u64>,
+    /// `RLIMIT_CORE`, bytes (0: no core dumps).
+    pub max_core_size: Option<u64>,
+}
+
+impl ResourceLimits {
+    /// The defaults of `standard` and `strict`.
+    pub fn sandboxed() -> ResourceLimits {
+        ResourceLimits {
+            max_procs: Some(MIN_PROCS),
+            max_open_files: Some(1024),
+            max_file_size: Some(1 << 30),
+            max_core_size: Some(0),
+        }
+    }
+}
+
+/// The smallest process cap: the kernel's floor for `pid_max` is 301
+/// (RESERVED_PIDS + 1), which leaves 300 pids in a namespace.
+pub const MIN_PROCS: u64 = 300;
+
+/// What the sandbox enforces. `Sandbox::default()` is the `none` profile.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// The profile this policy started from (for reports).
+    pub profile: Profile,
+    /// PID namespace per worker with a fresh /proc, seccomp filter,
+    /// no_new_privs, capabilities dropped, not dumpable, environment
+    /// scrubbed (`standard` and `strict`).
+    pub isolate: bool,
+    /// A fresh network namespace for the zygote and its workers.
+    pub no_network: bool,
+    /// Every mount read-only except `allow_write`.
+    pub read_only: bool,
+    /// Directories that stay writable under `read_only`.
+    pub allow_write: Vec<PathBuf>,
+    /// Run workers as this user (a name, or a numeric uid); needs root.
+    pub user: Option<String>,
+    /// Environment variables passed through the scrubbed environment.
+    pub keep_env: Vec<String>,
+    pub limits: ResourceLimits,
+}
+
+/// A protection that cannot be had, or a sandbox step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox: {protection} is not available here: {reason}")]
+    Unavailable {
+        protection: &'static str,
+        reason: String,
+    },
+    #[error("sandbox: --user {0}: no such user")]
+    NoSuchUser(String),
+    #[error("sandbox: {0}")]
+    Invalid(String),
+    #[error("sandbox: {step}: {source}")]
+    Setup {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn setup(step: &'static str) -> impl FnOnce(io::Error) -> SandboxError {
+    move |source| SandboxError::Setup { step, source }
+}
+
+/// The system calls the seccomp filter refuses with EPERM, by name.
+pub const BLOCKED_SYSCALLS: &[&str] = &[
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "mount",
+    "umount2",
+    "unshare",
+    "setns",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "pivot_root",
+    "chroot",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "userfaultfd",
+    "pidfd_getfd",
+    "kcmp",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "quotactl",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "syslog",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+];
+
+fn syscall_number(name: &str) -> Option<i64> {
+    let n = match name {
+        "ptrace" => libc::SYS_ptrace,
+        "process_vm_readv" => libc::SYS_process_vm_readv,
+        "process_vm_writev" => libc::SYS_process_vm_writev,
+        "kexec_load" => libc::SYS_kexec_load,
+        "kexec_file_load" => libc::SYS_kexec_file_load,
+        "bpf" => libc::SYS_bpf,
+        "mount" => libc::SYS_mount,
+        "umount2" => libc::SYS_umount2,
+        "unshare" => libc::SYS_unshare,
+        "setns" => libc::SYS_setns,
+        "perf_event_open" => libc::SYS_perf_event_open,
+        "keyctl" => libc::SYS_keyctl,
+        "add_key" => libc::SYS_add_key,
+        "request_key" => libc::SYS_request_key,
+        "init_module" => libc::SYS_init_module,
+        "finit_module" => libc::SYS_finit_module,
+        "delete_module" => libc::SYS_delete_module,
+        "pivot_root" => libc::SYS_pivot_root,
+        "chroot" => libc::SYS_chroot,
+        "swapon" => libc::SYS_swapon,
+        "swapoff" => libc::SYS_swapoff,
+        "reboot" => libc::SYS_reboot,
+        "acct" => libc::SYS_acct,
+        "open_by_handle_at" => libc::SYS_open_by_handle_at,
+        "name_to_handle_at" => libc::SYS_name_to_handle_at,
+        "userfaultfd" => libc::SYS_userfaultfd,
+        "pidfd_getfd" => libc::SYS_pidfd_getfd,
+        "kcmp" => libc::SYS_kcmp,
+        "fsopen" => libc::SYS_fsopen,
+        "fsconfig" => libc::SYS_fsconfig,
+        "fsmount" => libc::SYS_fsmount,
+        "fspick" => libc::SYS_fspick,
+        "move_mount" => libc::SYS_move_mount,
+        "open_tree" => libc::SYS_open_tree,
+        "mount_setattr" => libc::SYS_mount_setattr,
+        "quotactl" => libc::SYS_quotactl,
+        "settimeofday" => libc::SYS_settimeofday,
+        "clock_settime" => libc::SYS_clock_settime,
+        "clock_adjtime" => libc::SYS_clock_adjtime,
+        "adjtimex" => libc::SYS_adjtimex,
+        "syslog" => libc::SYS_syslog,
+        "io_uring_setup" => libc::SYS_io_uring_setup,
+        "io_uring_enter" => libc::SYS_io_uring_enter,
+        "io_uring_register" => libc::SYS_io_uring_register,
+        _ => return None,
+    };
+    Some(n)
+}
+
+/// The namespace flags `clone` may not take inside the sandbox.
+const CLONE_NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    0x80, // CLONE_NEWTIME
+];
+
+/// How "no network" is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMechanism {
+    /// A fresh network namespace (only loopback, down).
+    Namespace,
+    /// No namespaces here: a seccomp rule refusing `socket` for AF_INET,
+    /// AF_INET6, AF_NETLINK and AF_PACKET.
+    SeccompSocketRule,
+}
+
+impl Sandbox {
+    /// The policy of a profile, with its defaults.
+    pub fn profile(p: Profile) -> Sandbox {
+        let mut s = Sandbox {
+            profile: p,
+            ..Sandbox::default()
+        };
+        if p != Profile::None {
+            s.isolate = true;
+            s.limits = ResourceLimits::sandboxed();
+        }
+        if p == Profile::Strict {
+            s.no_network = true;
+            s.read_only = true;
+        }
+        s
+    }
+    /// `none`.
+    pub fn none() -> Sandbox {
+        Sandbox::default()
+    }
+    /// `standard`.
+    pub fn standard() -> Sandbox {
+        Sandbox::profile(Profile::Standard)
+    }
+    /// `strict`.
+    pub fn strict() -> Sandbox {
+        Sandbox::profile(Profile::Strict)
+    }
+    /// No network (a fresh network namespace).
+    pub fn no_network(mut self) -> Sandbox {
+        self.no_network = true;
+        self
+    }
+    /// Read-only filesystem but for `dir` (repeatable).
+    pub fn allow_write(mut self, dir: impl Into<PathBuf>) -> Sandbox {
+        self.read_only = true;
+        self.allow_write.push(dir.into());
+        self
+    }
+    /// Run workers as `user` (the host must be root).
+    pub fn user(mut self, user: impl Into<String>) -> Sandbox {
+        self.user = Some(user.into());
+        self
+    }
+    /// Pass `var` through the scrubbed environment.
+    pub fn keep_env(mut self, var: impl Into<String>) -> Sandbox {
+        self.keep_env.push(var.into());
+        self
+    }
+    pub fn limits(mut self, limits: ResourceLimits) -> Sandbox {
+        self.limits = limits;
+        self
+    }
+
+    /// True when nothing at all is enforced.
+    pub fn is_none(&self) -> bool {
+        !self.isolate
+            && !self.no_network
+            && !self.read_only
+            && self.user.is_none()
+            && self.limits == ResourceLimits::default()
+    }
+
+    /// Whether each worker gets a PID namespace of its own (its pid is 1
+    /// there, its parent invisible: `getppid()` is 0).
+    pub fn isolates_pids(&self) -> bool {
+        self.isolate
+    }
+
+    /// The environment the zygote is started with: `None` to inherit the
+    /// host's, else only the kept variables (and a fixed PATH unless kept).
+    pub fn environment(&self) -> Option<Vec<(std::ffi::OsString, std::ffi::OsString)>> {
+        if !self.isolate {
+            return None;
+        }
+        let mut env: Vec<_> = self
+            .keep_env
+            .iter()
+            .filter_map(|k| std::env::var_os(k).map(|v| (k.into(), v)))
+            .collect();
+        if !self.keep_env.iter().any(|k| k == "PATH") {
+            env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+        }
+        Some(env)
+    }
+
+    /// Checks, in the host before anything starts, that this kernel and
+    /// this process can give every protection asked for; returns what will
+    /// be enforced. Every refusal names the protection.
+    pub fn check(&self) -> Result<Enforcement, SandboxError> {
+        let mut layers = Vec::new();
+        if self.is_none() {
+            return Ok(Enforcement { layers });
+        }
+        let root = os::uid() == 0;
+        let mut probe_steps = Vec::new();
+        if self.isolate {
+            probe_steps.push(os::ProbeStep::MountNamespace);
+            probe_steps.push(os::ProbeStep::PidNamespace);
+        }
+        if self.read_only {
+            if !probe_steps.contains(&os::ProbeStep::MountNamespace) {
+                probe_steps.push(os::ProbeStep::MountNamespace);
+            }
+            probe_steps.push(os::ProbeStep::ReadOnlyRemount);
+        }
+        if let Err((step, e)) = os::probe(&probe_steps) {
+            let protection = match step {
+                os::ProbeStep::MountNamespace => "a mount namespace (filesystem rule, fresh /proc)",
+                os::ProbeStep::PidNamespace => "a PID namespace per worker",
+                os::ProbeStep::ReadOnlyRemount => {
+                    "a recursive read-only remount (mount_setattr, Linux 5.12)"
+                }
+                os::ProbeStep::NetworkNamespace => "a network namespace",
+            };
+            return Err(SandboxError::Unavailable {
+                protection,
+                reason: explain_probe(e),
+            });
+        }
+        if self.no_network {
+            match self.network_mechanism() {
+                Some(NetworkMechanism::Namespace) => layers.push(Layer::new(
+                    "network",
+                    "fresh network namespace (only loopback, down)",
+                )),
+                Some(NetworkMechanism::SeccompSocketRule) => layers.push(Layer::new(
+                    "network",
+                    "seccomp rule: socket(AF_INET|AF_INET6|AF_NETLINK|AF_PACKET) fails EPERM (no network namespace here)",
+                )),
+                None => {
+                    return Err(SandboxError::Unavailable {
+                        protection: "no network",
+                        reason: "neither a network namespace nor seccomp can be had".into(),
+                    })
+                }
+            }
+        }
+        if self.read_only {
+            for d in &self.allow_write {
+                if !d.is_absolute() {
+                    return Err(SandboxError::Invalid(format!(
+                        "--allow-write {}: give an absolute path",
+                        d.display()
+                    )));
+                }
+                if !d.is_dir() {
+                    return Err(SandboxError::Invalid(format!(
+                        "--allow-write {}: not a directory",
+                        d.display()
+                    )));
+                }
+            }
+            let dirs = if self.allow_write.is_empty() {
+                "nothing".to_string()
+            } else {
+                self.allow_write
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            layers.push(Layer::new(
+                "filesystem",
+                &format!("mount namespace, every mount read-only; writable: {dirs}"),
+            ));
+            layers.push(Layer::new("landlock", &landlock_status()));
+        }
+        if self.isolate {
+            if !os::seccomp_available() {
+                return Err(SandboxError::Unavailable {
+                    protection: "a seccomp filter",
+                    reason: "PR_GET_SECCOMP failed (kernel built without CONFIG_SECCOMP_FILTER)"
+                        .into(),
+                });
+            }
+            layers.push(Layer::new(
+                "pids",
+                "PID namespace per worker (fresh /proc; the host, the zygote and other workers are invisible)",
+            ));
+            layers.push(Layer::new(
+                "seccomp",
+                &format!(
+                    "filter, EPERM: {}, kill() of another process group, clone() with namespace flags; clone3 ENOSYS",
+                    BLOCKED_SYSCALLS.join(", ")
+                ),
+            ));
+            layers.push(Layer::new(
+                "identity",
+                "no_new_privs, every capability dropped (bounding set too), not dumpable",
+            ));
+            let kept = if self.keep_env.is_empty() {
+                "none".to_string()
+            } else {
+                self.keep_env.join(", ")
+            };
+            layers.push(Layer::new(
+                "environment",
+                &format!("scrubbed (kept: {kept}; PATH fixed unless kept)"),
+            ));
+        }
+        let user = match &self.user {
+            Some(name) => {
+                if !root {
+                    return Err(SandboxError::Invalid(format!(
+                        "--user {name}: the host must run as root to switch workers to another user"
+                    )));
+                }
+                let (uid, gid) = resolve_user(name)?;
+                layers.push(Layer::new(
+                    "user",
+                    &format!(
+                        "workers run as {name} (uid {uid}, gid {gid}, no supplementary groups)"
+                    ),
+                ));
+                Some(uid)
+            }
+            None => None,
+        };
+        if let Some(n) = self.limits.max_procs {
+            if n < MIN_PROCS {
+                return Err(SandboxError::Invalid(format!(
+                    "a process limit of {n} is below the smallest the kernel enforces ({MIN_PROCS})"
+                )));
+            }
+            let worker_uid = user.unwrap_or(os::uid());
+            let mechanism = if self.isolate && os::per_namespace_pid_max() {
+                format!("{n} processes per worker (its PID namespace's pid_max)")
+            } else if worker_uid != 0 {
+                format!("RLIMIT_NPROC {n} (counts every process of uid {worker_uid})")
+            } else {
+                return Err(SandboxError::Unavailable {
+                    protection: "a process limit (fork bombs) for root workers",
+                    reason: "RLIMIT_NPROC does not bind root and a per-namespace pid_max needs Linux 6.14 and a PID namespace: use --user or a newer kernel".into(),
+                });
+            };
+            layers.push(Layer::new("processes", &mechanism));
+        }
+        let lim = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("inherited".into());
+        if self.limits.max_open_files.is_some()
+            || self.limits.max_file_size.is_some()
+            || self.limits.max_core_size.is_some()
+        {
+            layers.push(Layer::new(
+                "rlimits",
+                &format!(
+                    "RLIMIT_NOFILE {}, RLIMIT_FSIZE {}, RLIMIT_CORE {}",
+                    lim(self.limits.max_open_files),
+                    lim(self.limits.max_file_size),
+                    lim(self.limits.max_core_size)
+                ),
+            ));
+        }
+        Ok(Enforcement { layers })
+    }
+
+    /// How "no network" can be enforced here, if at all.
+    pub fn network_mechanism(&self) -> Option<NetworkMechanism> {
+        if os::probe(&[os::ProbeStep::NetworkNamespace]).is_ok() {
+            Some(NetworkMechanism::Namespace)
+        } else if os::seccomp_available() {
+            Some(NetworkMechanism::SeccompSocketRule)
+        } else {
+            None
+        }
+    }
+
+    /// One line for headers: "strict (network, filesystem, pids, ...)".
+    pub fn summary(&self) -> String {
+        if self.is_none() {
+            return "none".into();
+        }
+        match self.check() {
+            Ok(e) => format!(
+                "{} ({})",
+                self.profile,
+                e.layers
+                    .iter()
+                    .filter(|l| l.name != "landlock")
+                    .map(|l| l.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => format!("{} (cannot be enforced: {e})", self.profile),
+        }
+    }
+}
+
+fn explain_probe(e: io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => format!("{e} (needs root, or CAP_SYS_ADMIN)"),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            format!("{e} (the kernel lacks it or was built without it)")
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn landlock_status() -> String {
+    match os::landlock_abi() {
+        Ok(v) => format!("ABI v{v} available; not used (the mount namespace enforces the filesystem rule)"),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => {
+                "not enabled at boot (EOPNOTSUPP); not needed: the mount namespace enforces the filesystem rule".into()
+            }
+            Some(libc::ENOSYS) => "not built into this kernel (ENOSYS); not needed: the mount namespace enforces the filesystem rule".into(),
+            _ => format!("unavailable ({e}); not needed: the mount namespace enforces the filesystem rule"),
+        },
+    }
+}
+
+/// A user name or numeric uid → (uid, gid).
+fn resolve_user(name: &str) -> Result<(u32, u32), SandboxError> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Ok((uid, uid));
+    }
+    match os::lookup_user(name) {
+        Ok(Some(ids)) => Ok(ids),
+        Ok(None) => Err(SandboxError::NoSuchUser(name.to_string())),
+        Err(e) => Err(SandboxError::Setup {
+            step: "look up --user",
+            source: e,
+        }),
+    }
+}
+
+/// One protection and how it is enforced here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layer {
+    pub name: &'static str,
+    pub mechanism: String,
+}
+
+impl Layer {
+    fn new(name: &'static str, mechanism: &str) -> Layer {
+        Layer {
+            name,
+            mechanism: mechanism.to_string(),
+        }
+    }
+}
+
+/// What a sandbox policy enforces on this kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Enforcement {
+    pub layers: Vec<Layer>,
+}
+
+/// What this kernel offers the sandbox, and what each profile would
+/// enforce here (`inspect --sandbox-report`).
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelReport {
+    pub kernel: String,
+    pub root: bool,
+    pub network_namespace: Result<(), String>,
+    pub mount_namespace: Result<(), String>,
+    pub pid_namespace: Result<(), String>,
+    pub read_only_remount: Result<(), String>,
+    pub seccomp: bool,
+    pub per_namespace_pid_max: bool,
+    pub landlock: String,
+    /// The LSMs the kernel lists in /sys/kernel/security/lsm ("" if none).
+    pub lsm: String,
+    pub profiles: BTreeMap<String, Result<Enforcement, String>>,
+}
+
+/// Probes this kernel (`inspect --sandbox-report`).
+pub fn kernel_report() -> KernelReport {
+    let probe = |s| os::probe(&[s]).map_err(|(_, e)| explain_probe(e));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut profiles = BTreeMap::new();
+    for p in [Profile::None, Profile::Standard, Profile::Strict] {
+        profiles.insert(
+            p.to_string(),
+            Sandbox::profile(p).check().map_err(|e| e.to_string()),
+        );
+    }
+    KernelReport {
+        kernel,
+        root: os::uid() == 0,
+        network_namespace: probe(os::ProbeStep::NetworkNamespace),
+        mount_namespace: probe(os::ProbeStep::MountNamespace),
+        pid_namespace: probe(os::ProbeStep::PidNamespace),
+        read_only_remount: os::probe(&[
+            os::ProbeStep::MountNamespace,
+            os::ProbeStep::ReadOnlyRemount,
+        ])
+        .map_err(|(_, e)| explain_probe(e)),
+        seccomp: os::seccomp_available(),
+        per_namespace_pid_max: os::per_namespace_pid_max(),
+        landlock: landlock_status(),
+        lsm: std::fs::read_to_string("/sys/kernel/security/lsm")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        profiles,
+    }
+}
+
+/// The uid/gid `--user` resolved to in this process (the zygote resolves
+/// it before loading plugins; its workers switch to it).
+static USER_IDS: OnceLock<(u32, u32)> = OnceLock::new();
+/// Whether "no network" falls back to the seccomp socket rule here.
+static NETWORK_BY_SECCOMP: OnceLock<bool> = OnceLock::new();
+
+/// In the zygote (or any helper process about to load plugins), before
+/// it loads any: the process-wide layers. Call it single-threaded.
+pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
+    if s.is_none() {
+        return Ok(());
+    }
+    if let Some(name) = &s.user {
+        let ids = resolve_user(name)?;
+        let _ = USER_IDS.set(ids);
+    }
+    if s.isolate {
+        os::set_no_new_privs().map_err(setup("PR_SET_NO_NEW_PRIVS"))?;
+        os::scrub_environment(&s.keep_env);
+        if !s.keep_env.iter().any(|k| k == "PATH") {
+            std::env::set_var("PATH", "/usr/local/bin:/usr/bin:/bin");
+        }
+    }
+    if let Some(n) = s.limits.max_open_files {
+        os::set_rlimit(os::Rlimit::Nofile, n).map_err(setup("RLIMIT_NOFILE"))?;
+    }
+    if let Some(n) = s.limits.max_file_size {
+        os::set_rlimit(os::Rlimit::Fsize, n).map_err(setup("RLIMIT_FSIZE"))?;
+    }
+    if let Some(n) = s.limits.max_core_size {
+        os::set_rlimit(os::Rlimit::Core, n).map_err(setup("RLIMIT_CORE"))?;
+    }
+    if s.no_network {
+        match os::unshare_network() {
+            Ok(()) => {
+                let _ = NETWORK_BY_SECCOMP.set(false);
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+                // No network namespaces in this kernel: the seccomp rule
+                // (installed in each worker) refuses the sockets instead.
+                if !os::seccomp_available() {
+                    return Err(setup("network namespace")(e));
+                }
+                let _ = NETWORK_BY_SECCOMP.set(true);
+            }
+            Err(e) => return Err(setup("network namespace")(e)),
+        }
+    }
+    if s.read_only {
+        os::unshare_mounts().map_err(setup("mount namespace"))?;
+        os::read_only_except(&s.allow_write).map_err(setup("read-only filesystem"))?;
+    }
+    Ok(())
+}
+
+/// Forks a worker: with pid isolation, into a PID namespace (and mount
+/// namespace) of its own. Call it single-threaded.
+pub fn fork_worker(s: &Sandbox) -> io::Result<sys::Forked> {
+    if s.isolates_pids() {
+        os::fork_isolated()
+    } else {
+        sys::fork_single_threaded()
+    }
+}
+
+/// In a worker right after [`fork_worker`], before any plugin code runs:
+/// the per-worker layers. Its fds and process group must be set up
+/// already (the `kill` rule uses the group).
+pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
+    if s.is_none() {
+        return Ok(());
+    }
+    if s.isolate {
+        os::make_mounts_private().map_err(setup("private mounts"))?;
+        os::mount_fresh_proc(false).map_err(setup("fresh /proc"))?;
+        if let Some(n) = s.limits.max_procs {
+            if os::per_namespace_pid_max() {
+                os::set_namespace_pid_max(n.max(MIN_PROCS) + 1)
+                    .map_err(setup("per-namespace pid_max"))?;
+            }
+        }
+        if s.read_only {
+            os::remount_read_only(std::path::Path::new("/proc"))
+                .map_err(setup("read-only /proc"))?;
+        }
+        os::drop_bounding_capabilities().map_err(setup("drop capabilities"))?;
+    }
+    if let Some(n) = s.limits.max_procs {
+        os::set_rlimit(os::Rlimit::Nproc, n).map_err(setup("RLIMIT_NPROC"))?;
+    }
+    if s.user.is_some() {
+        let (uid, gid) = match USER_IDS.get() {
+            Some(ids) => *ids,
+            None => resolve_user(s.user.as_deref().unwrap_or_default())?,
+        };
+        os::switch_user(uid, gid).map_err(setup("switch to --user"))?;
+    }
+    if s.isolate {
+        os::set_not_dumpable().map_err(setup("PR_SET_DUMPABLE"))?;
+        os::clear_capabilities().map_err(setup("drop capabilities"))?;
+        let by_seccomp = s.no_network && NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
+        for prog in seccomp_programs(os::getpgrp(), by_seccomp)? {
+            os::install_seccomp(&prog).map_err(setup("seccomp filter"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The filters a worker installs: everything in [`BLOCKED_SYSCALLS`],
+/// `kill` aimed at a process group other than `pgid` (or at every
+/// process), and `clone` with namespace flags fail EPERM; `clone3`,
+/// whose flags a filter cannot read, fails ENOSYS (libc falls back to
+/// `clone`). With `no_sockets`, `socket` for network families fails too.
+fn seccomp_programs(
+    pgid: i32,
+    no_sockets: bool,
+) -> Result<Vec<seccompiler::BpfProgram>, SandboxError> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+        SeccompFilter, SeccompRule,
+    };
+    let bad = |e: seccompiler::BackendError| SandboxError::Setup {
+        step: "seccomp filter",
+        source: io::Error::other(e.to_string()),
+    };
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(|e| {
+        SandboxError::Unavailable {
+            protection: "a seccomp filter",
+            reason: format!("{e}"),
+        }
+    })?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for name in BLOCKED_SYSCALLS {
+        if let Some(n) = syscall_number(name) {
+            rules.insert(n, Vec::new());
+        }
+    }
+    // kill(pid, sig) with pid < 0 (a process group, or -1: every process)
+    // other than our own group. pid 0 is our group; a pid > 0 can only
+    // name a process of the worker's own PID namespace.
+    let own_group = (-(pgid as i64)) as u32 as u64;
+    rules.insert(
+        libc::SYS_kill,
+        vec![SeccompRule::new(vec![
+            Cond::new(0, Len::Dword, Op::Ge, 0x8000_0000).map_err(bad)?,
+            Cond::new(0, Len::Dword, Op::Ne, own_group).map_err(bad)?,
+        ])
+        .map_err(bad)?],
+    );
+    let mut clone_rules = Vec::new();
+    for &flag in CLONE_NAMESPACE_FLAGS {
+        clone_rules.push(
+            SeccompRule::new(vec![
+                Cond::new(0, Len::Qword, Op::MaskedEq(flag), flag).map_err(bad)?
+            ])
+            .map_err(bad)?,
+        );
+    }
+    rules.insert(libc::SYS_clone, clone_rules);
+    if no_sockets {
+        let mut socket_rules = Vec::new();
+        for fam in [
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_NETLINK,
+            libc::AF_PACKET,
+        ] {
+            socket_rules.push(
+                SeccompRule::new(vec![
+                    Cond::new(0, Len::Dword, Op::Eq, fam as u64).map_err(bad)?
+                ])
+                .map_err(bad)?,
+            );
+        }
+        rules.insert(libc::SYS_socket, socket_rules);
+    }
+    let eperm = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(bad)?;
+    let mut clone3 = BTreeMap::new();
+    clone3.insert(libc::SYS_clone3, Vec::new());
+    let enosys = SeccompFilter::new(
+        clone3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(bad)?;
+    Ok(vec![
+        eperm.try_into().map_err(bad)?,
+        enosys.try_into().map_err(bad)?,
+    ])
+}
