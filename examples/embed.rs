@@ -3,10 +3,15 @@
 //! ```sh
 //! cargo build --workspace && cargo run --example embed -- target/debug/libbilliard_math.so
 //! ```
+//!
+//! The first line of `main` is the whole setup: it makes this program its
+//! own zygote executable (no `billiard-host`, no `BILLIARD_HOST_EXE`).
 
 use billiard_host::{JobOptions, Pool};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // When the pool starts this program as its zygote, this never returns.
+    billiard_host::run_if_helper();
     let plugin = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "target/debug/libbilliard_math.so".into());

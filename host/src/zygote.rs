@@ -340,7 +340,14 @@ pub fn sandbox_arg(s: &Sandbox) -> Option<String> {
 /// only when this process is not such a helper. `billiard-host` calls it;
 /// a program that embeds `Pool` and wants to be its own worker executable
 /// calls it too.
+///
+/// Calling it also makes this program the pool's default zygote executable
+/// (no `BILLIARD_HOST_EXE`, no `billiard-host` needed): the pool sees that
+/// the hook ran and execs this program, which answers with a handshake.
+/// It must run before any thread starts (with `#[tokio::main]`, call it in
+/// a plain `main` that then builds the runtime).
 pub fn run_if_helper() {
+    crate::pool::worker_exe::note_hook();
     let mut args = std::env::args_os().skip(1);
     let Some(first) = args.next() else { return };
     if first == ZYGOTE_ARG {
@@ -362,6 +369,14 @@ fn helper_zygote(args: Vec<OsString>) -> ! {
             sys::exit_now(2);
         }
     };
+    // The handshake first, before anything can fail or block: it tells the
+    // pool this executable is a zygote of its version (`pool::worker_exe`).
+    let threads = sys::thread_count().unwrap_or(0);
+    let handshake = crate::pool::worker_exe::encode_handshake(threads);
+    if sys::send_with_fds(&ctl, &handshake, &[]).is_err() || threads > 1 {
+        // More than one thread: the pool refuses the handshake and says why.
+        sys::exit_now(2);
+    }
     let board: &'static Scoreboard = match Scoreboard::map(board) {
         Ok(b) => Box::leak(Box::new(b)),
         Err(e) => {

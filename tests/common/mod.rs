@@ -176,6 +176,29 @@ fn target_args(dir: &Path) -> Vec<String> {
     }
 }
 
+/// The path of example `name` of the `billiard-host` package (in
+/// `<artifact dir>/examples/`), built with this run's profile and target
+/// directory (incremental: cheap when it is up to date).
+pub fn example(name: &str) -> PathBuf {
+    let dir = artifact_dir();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace_root())
+        .args(["build", "-p", "billiard-host", "--example", name]);
+    cmd.args(profile_args(&dir));
+    cmd.args(target_args(&dir));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo ({cmd:?}): {e}"));
+    assert!(
+        out.status.success(),
+        "building example {name} failed ({cmd:?}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("examples").join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
 /// A command that runs `billiard-host` (add arguments, environment, stdin
 /// as needed). `RUST_LOG` is removed so that a developer's setting does not
 /// add log lines to the stderr the tests look at.

@@ -44,8 +44,9 @@ pub struct PoolConfig {
     pub plugins: Vec<PathBuf>,
     pub start_method: StartMethod,
     /// The executable started as zygote / spawned worker (must call
-    /// `billiard_host::run_if_helper()` first thing); found automatically
-    /// when `None` (see `Pool::builder().worker_exe`).
+    /// `billiard_host::run_if_helper()` first thing); when `None`: this
+    /// program if its `main` calls that hook, else a `billiard-host` (see
+    /// `Pool::builder().worker_exe`).
     pub worker_exe: Option<PathBuf>,
     /// Jobs in flight per worker (1: only idle workers get work).
     pub prefetch: usize,
@@ -115,32 +116,4 @@ impl Limits {
             hard: self.hard.or(cfg.time_limit),
         }
     }
-}
-
-/// Finds the executable to start as zygote / spawned worker.
-pub fn find_worker_exe(configured: Option<&PathBuf>) -> Result<PathBuf, String> {
-    if let Some(p) = configured {
-        return Ok(p.clone());
-    }
-    if let Some(p) = std::env::var_os("BILLIARD_HOST_EXE") {
-        return Ok(PathBuf::from(p));
-    }
-    let name = "billiard-host";
-    let mut candidates = Vec::new();
-    if let Ok(me) = std::env::current_exe() {
-        if me.file_name().is_some_and(|n| n == name) {
-            return Ok(me);
-        }
-        // Beside us, or one level up (cargo puts test and example binaries
-        // in target/<profile>/deps and .../examples).
-        for dir in me.ancestors().skip(1).take(2) {
-            candidates.push(dir.join(name));
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
-    }
-    candidates.into_iter().find(|c| c.is_file()).ok_or_else(|| {
-        "cannot find the billiard-host executable that starts the zygote; set Pool::builder().worker_exe(..) or BILLIARD_HOST_EXE, put billiard-host on PATH, or use the fork start method".to_string()
-    })
 }

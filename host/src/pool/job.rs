@@ -1,6 +1,8 @@
 //! Jobs as the supervisor sees them, and how their outcomes reach callers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use billiard_plugin_api::Codec;
@@ -47,6 +49,10 @@ pub struct ResultSlot {
 struct SlotState {
     outcome: Option<Outcome>,
     callback: Option<Callback>,
+    /// The tasks polling this slot as a future, by registration key (one
+    /// per handle: a handle dropped while pending removes its own).
+    wakers: Vec<(u64, Waker)>,
+    next_key: u64,
 }
 
 impl ResultSlot {
@@ -55,6 +61,8 @@ impl ResultSlot {
             state: Mutex::new(SlotState {
                 outcome: None,
                 callback,
+                wakers: Vec::new(),
+                next_key: 1,
             }),
             cv: Condvar::new(),
         })
@@ -69,9 +77,53 @@ impl ResultSlot {
         }
         let cb = st.callback.take().map(|cb| (cb, outcome.clone()));
         st.outcome = Some(outcome);
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         self.cv.notify_all();
+        for (_, w) in wakers {
+            w.wake();
+        }
         cb
+    }
+
+    /// The outcome (a copy) if known; else registers `cx`'s waker under
+    /// `key` (assigned on the first pending poll) to be woken by `fill`.
+    pub fn poll_outcome(&self, cx: &mut Context<'_>, key: &mut Option<u64>) -> Poll<Outcome> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = &st.outcome {
+            return Poll::Ready(o.clone());
+        }
+        let k = match *key {
+            Some(k) => k,
+            None => {
+                let k = st.next_key;
+                st.next_key += 1;
+                *key = Some(k);
+                k
+            }
+        };
+        match st.wakers.iter_mut().find(|(wk, _)| *wk == k) {
+            Some((_, w)) if w.will_wake(cx.waker()) => {}
+            Some((_, w)) => *w = cx.waker().clone(),
+            None => st.wakers.push((k, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+
+    /// A handle that polled this slot went away: its waker is dropped now,
+    /// not when the job ends.
+    pub fn forget_waker(&self, key: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.wakers.retain(|(k, _)| *k != key);
+    }
+
+    /// Wakers registered and not yet woken (for tests).
+    pub fn pending_wakers(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wakers
+            .len()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -108,6 +160,67 @@ impl ResultSlot {
     }
 }
 
+/// The sending side of a stream's results: a channel, and the waker of a
+/// task polling the stream as a `futures_core::Stream` (armed only then, so
+/// a blocking consumer pays one atomic load per chunk).
+#[derive(Clone)]
+pub struct ChunkSender {
+    tx: crossbeam_channel::Sender<ChunkResult>,
+    wake: Arc<WakeCell>,
+}
+
+/// One task's waker, set by a pending `poll_next` and taken by the next
+/// send.
+#[derive(Default)]
+pub struct WakeCell {
+    armed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl WakeCell {
+    /// Registers the waker to wake at the next send.
+    pub fn register(&self, waker: &Waker) {
+        let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match &*w {
+            Some(old) if old.will_wake(waker) => {}
+            _ => *w = Some(waker.clone()),
+        }
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn wake(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let w = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl ChunkSender {
+    pub fn new(tx: crossbeam_channel::Sender<ChunkResult>) -> ChunkSender {
+        ChunkSender {
+            tx,
+            wake: Arc::default(),
+        }
+    }
+
+    /// Sends a chunk's outcomes and wakes a task waiting for them.
+    pub fn send(
+        &self,
+        chunk: ChunkResult,
+    ) -> Result<(), crossbeam_channel::SendError<ChunkResult>> {
+        let r = self.tx.send(chunk);
+        self.wake.wake();
+        r
+    }
+
+    pub fn wake_cell(&self) -> &WakeCell {
+        &self.wake
+    }
+}
+
 /// Where the outcomes of a dispatch go.
 #[derive(Clone)]
 pub enum Reply {
@@ -115,10 +228,7 @@ pub enum Reply {
     Slot(Arc<ResultSlot>),
     /// A stream (map / imap): the whole dispatch's outcomes are sent as one
     /// [`ChunkResult`], items numbered from `first_index`.
-    Stream {
-        tx: crossbeam_channel::Sender<ChunkResult>,
-        first_index: u64,
-    },
+    Stream { tx: ChunkSender, first_index: u64 },
 }
 
 /// The outcomes of a chunk of consecutive stream items, delivered at once

@@ -10,12 +10,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod async_io;
 pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod job;
 mod stats;
 mod stream;
 mod supervisor;
+pub(crate) mod worker_exe;
 
 use std::marker::PhantomData;
 use std::path::PathBuf;
@@ -28,6 +30,7 @@ use billiard_plugin_api::{codec, Codec};
 use crossbeam_channel::Sender;
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use async_io::{CancelOnDrop, ImapStream, RawAsyncStream};
 pub use config::{Initializer, Limits, PoolConfig, StartMethod};
 pub use events::Event;
 pub use job::{JobId, Outcome, WorkerId};
@@ -248,6 +251,13 @@ impl Pool {
         let board = Arc::new(
             Scoreboard::create(SCOREBOARD_SLOTS).map_err(io("cannot create the scoreboard"))?,
         );
+        if cfg.start_method != StartMethod::Fork {
+            // A missing or unusable zygote executable is a setting to fix,
+            // said before anything starts (the handshake checks the rest).
+            let (exe, source) =
+                worker_exe::resolve(cfg.worker_exe.as_ref()).map_err(PoolError::Config)?;
+            worker_exe::precheck(&exe, source).map_err(PoolError::Config)?;
+        }
         let forked = if cfg.start_method == StartMethod::Fork {
             Some(fork_zygote(&cfg, &board)?)
         } else {
@@ -281,10 +291,10 @@ impl Pool {
                     match Supervisor::new(sup_cfg, rx, board, cb_tx, sink, sup_live) {
                         Ok(s) => s,
                         Err(e) => {
-                            let _ = ready_tx.send(Err(TaskError::new(
+                            let _ = ready_tx.send(Err(PoolError::PluginLoad(TaskError::new(
                                 ErrorKind::PluginLoad,
                                 format!("cannot start the supervisor: {e}"),
-                            )));
+                            ))));
                             return;
                         }
                     };
@@ -303,7 +313,7 @@ impl Pool {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 let _ = thread.join();
-                return Err(PoolError::PluginLoad(e));
+                return Err(e);
             }
             Err(_) => {
                 let _ = thread.join();
@@ -527,7 +537,11 @@ impl Pool {
             cancelled: false,
             delivered: 0,
         }])?;
-        Ok(RawResult { id, slot })
+        Ok(RawResult {
+            id,
+            slot,
+            waker_key: None,
+        })
     }
 
     /// Runs a task and waits for its result. `args` is a tuple, one element
@@ -626,6 +640,7 @@ impl Pool {
     ) -> Result<MapResult<R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        let tx = job::ChunkSender::new(tx);
         let chunksize = chunksize.max(1);
         let mut ds = Vec::new();
         let mut n = 0u64;
@@ -675,7 +690,7 @@ impl Pool {
         limits: Limits,
         payload: Vec<u8>,
         count: u32,
-        tx: &Sender<job::ChunkResult>,
+        tx: &job::ChunkSender,
         first_index: u64,
     ) -> Dispatch {
         Dispatch {
@@ -953,10 +968,23 @@ impl<R> JobOptions<R> {
 }
 
 /// The handle of a job submitted with `apply_raw`: encoded result bytes.
-#[derive(Clone)]
+/// It is also a [`Future`](std::future::Future) of the outcome (see
+/// [`AsyncResult`]).
 pub struct RawResult {
     id: JobId,
     slot: Arc<ResultSlot>,
+    /// This handle's waker registration in the slot, once polled.
+    waker_key: Option<u64>,
+}
+
+impl Clone for RawResult {
+    fn clone(&self) -> Self {
+        RawResult {
+            id: self.id,
+            slot: self.slot.clone(),
+            waker_key: None,
+        }
+    }
 }
 
 impl RawResult {

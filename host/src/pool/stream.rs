@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use billiard_plugin_api::{codec, Codec, Status};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use serde::de::DeserializeOwned;
 
 use super::config::Limits;
-use super::job::{ChunkBody, ChunkResult, Outcome};
+use super::job::{ChunkBody, ChunkResult, ChunkSender, Outcome};
 use super::{decode_outcome_bytes, Pool, TaskRef};
 use crate::error::{ErrorKind, TaskError};
 
@@ -116,7 +116,7 @@ impl Cursor {
 pub struct RawStream<'p> {
     pool: &'p Pool,
     source: Source<'p>,
-    tx: Sender<ChunkResult>,
+    tx: ChunkSender,
     rx: Receiver<ChunkResult>,
     ordered: bool,
     chunksize: usize,
@@ -175,6 +175,7 @@ impl<'p> RawStream<'p> {
         window: usize,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let tx = ChunkSender::new(tx);
         RawStream {
             pool,
             source,
@@ -361,13 +362,29 @@ impl<'p> RawStream<'p> {
     /// The next item, handed to `f` as its index and encoded outcome.
     pub(crate) fn next_with<T>(
         &mut self,
-        mut f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
+        f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
     ) -> Option<T> {
+        match self.poll_next_with(None, f) {
+            std::task::Poll::Ready(item) => item,
+            // Without a context it waits instead.
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// [`RawStream::next_with`] that waits when `cx` is `None`, and else
+    /// returns `Pending` (the waker woken by the next chunk's arrival)
+    /// instead of waiting: the engine of [`RawStream::into_stream`].
+    pub(crate) fn poll_next_with<T>(
+        &mut self,
+        mut cx: Option<&mut std::task::Context<'_>>,
+        mut f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
+    ) -> std::task::Poll<Option<T>> {
+        use std::task::Poll;
         loop {
             if let Some(cur) = &mut self.cur {
                 if let Some((index, item)) = cur.next_item() {
                     self.next_out = index + 1;
-                    return Some(f(index, item));
+                    return Poll::Ready(Some(f(index, item)));
                 }
                 self.cur = None;
             }
@@ -387,14 +404,29 @@ impl<'p> RawStream<'p> {
                 }
                 // Nothing in flight and nothing more to read: done (an
                 // ordered gap cannot happen; refuse to hang if it did).
-                return None;
+                return Poll::Ready(None);
             }
-            match self.rx.recv() {
-                Ok(chunk) => {
+            let got = match cx.as_deref_mut() {
+                None => self.rx.recv().ok(),
+                Some(cx) => match self.rx.try_recv() {
+                    Ok(chunk) => Some(chunk),
+                    Err(_) => {
+                        // Armed before the second look: a chunk sent in
+                        // between is either seen now or wakes the task.
+                        self.tx.wake_cell().register(cx.waker());
+                        match self.rx.try_recv() {
+                            Ok(chunk) => Some(chunk),
+                            Err(_) => return Poll::Pending,
+                        }
+                    }
+                },
+            };
+            match got {
+                Some(chunk) => {
                     self.in_flight -= chunk.count as usize;
                     self.held.insert(chunk.first_index, chunk);
                 }
-                Err(_) => return None,
+                None => return Poll::Ready(None),
             }
         }
     }
@@ -420,6 +452,11 @@ impl<'p, R> Imap<'p, R> {
             raw,
             _r: PhantomData,
         }
+    }
+
+    /// The untyped stream under it (for [`Imap::into_stream`]).
+    pub(crate) fn into_raw(self) -> RawStream<'p> {
+        self.raw
     }
 }
 

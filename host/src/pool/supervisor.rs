@@ -339,8 +339,9 @@ impl Supervisor {
                 output: None,
             },
             None => {
-                let exe = super::config::find_worker_exe(self.cfg.worker_exe.as_ref())
-                    .map_err(load_err)?;
+                let (exe, source) =
+                    super::worker_exe::resolve(self.cfg.worker_exe.as_ref()).map_err(load_err)?;
+                super::worker_exe::precheck(&exe, source).map_err(load_err)?;
                 let (ours, theirs) =
                     sys::seqpacket_pair().map_err(|e| load_err(format!("socketpair: {e}")))?;
                 let (out_r, out_w) = sys::pipe().map_err(|e| load_err(format!("pipe: {e}")))?;
@@ -377,19 +378,64 @@ impl Supervisor {
 
     /// Starts the first zygote and waits (at most `load_timeout`) for it to
     /// load the plugins: `Pool::build` returns only once they are loaded.
-    pub fn start_zygote(&mut self, forked: Option<(OwnedFd, i32)>) -> Ready {
-        let z = self.launch_zygote(forked)?;
+    /// An exec'd zygote that does not hand-shake is a configuration error
+    /// (`PoolError::Config`), not a plugin load failure.
+    pub fn start_zygote(
+        &mut self,
+        forked: Option<(OwnedFd, i32)>,
+    ) -> Result<Vec<PluginInfo>, super::PoolError> {
+        use super::PoolError;
+        let z = self.launch_zygote(forked).map_err(PoolError::PluginLoad)?;
         tracing::debug!("zygote pid {} started: loading the plugins", z.pid);
+        if z.child.is_some() {
+            if let Err(why) = self.zygote_handshake(&z.fd) {
+                return Err(PoolError::Config(self.handshake_failure(z, why)));
+            }
+        }
         let mut buf = vec![0u8; 4 << 20];
         let hello = wait_hello(&z.fd, &mut buf, self.cfg.load_timeout);
         let hello = match hello {
             Ok(msg) => msg,
-            Err(e) => return Err(self.load_failure(z, &e)),
+            Err(e) => return Err(PoolError::PluginLoad(self.load_failure(z, &e))),
         };
         let gen = self.gen + 1;
-        self.install_zygote(z, gen, Start::Initial)?;
+        self.install_zygote(z, gen, Start::Initial)
+            .map_err(PoolError::PluginLoad)?;
         let zi = self.zygotes.len() - 1;
-        self.zygote_hello(zi, hello)
+        self.zygote_hello(zi, hello).map_err(PoolError::PluginLoad)
+    }
+
+    /// Waits for the handshake of a zygote just exec'd (`pool::worker_exe`).
+    fn zygote_handshake(&self, fd: &OwnedFd) -> Result<(), super::worker_exe::NoHandshake> {
+        use super::worker_exe::{self, NoHandshake};
+        let (exe, source) =
+            worker_exe::resolve(self.cfg.worker_exe.as_ref()).map_err(NoHandshake::Refused)?;
+        let timeout = worker_exe::HANDSHAKE_TIMEOUT.min(self.cfg.load_timeout);
+        worker_exe::await_handshake(fd, timeout, &exe, source)
+    }
+
+    /// Ends a zygote that did not hand-shake; the configuration error.
+    fn handshake_failure(&self, z: Launched, why: super::worker_exe::NoHandshake) -> String {
+        use super::worker_exe::{self, NoHandshake};
+        let ended = matches!(why, NoHandshake::Ended);
+        drop(z.fd);
+        // An exited program is reaped for its status; one still running
+        // (it hangs, or said something else) is killed.
+        let grace = if ended {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        };
+        let status = match sys::reap_child_bounded(z.pid, grace) {
+            (Some(st), false) => Some(sys::describe_wait_status(st)),
+            _ => None,
+        };
+        drop(z.child);
+        let output = z.output.map(drain_text).unwrap_or_default();
+        match worker_exe::resolve(self.cfg.worker_exe.as_ref()) {
+            Ok((exe, source)) => worker_exe::explain(why, &exe, source, status, &output),
+            Err(e) => e,
+        }
     }
 
     /// Starts a zygote for a restart or to replace a dead one, without
@@ -868,6 +914,17 @@ impl Supervisor {
             let res = sys::recv_with_fds(&self.zygotes[zi].fd, &mut buf);
             let ready = self.zygotes[zi].ready;
             match res {
+                // A restarted zygote's handshake (`pool::worker_exe`).
+                Ok(Some((n, _))) if !ready && super::worker_exe::is_handshake(&buf[..n]) => {
+                    let checked = super::worker_exe::resolve(self.cfg.worker_exe.as_ref())
+                        .and_then(|(exe, source)| {
+                            super::worker_exe::check_handshake(&buf[..n], &exe, source)
+                        });
+                    if let Err(why) = checked {
+                        self.zygote_start_failed(zi, why);
+                        return;
+                    }
+                }
                 Ok(Some((n, fds))) => match ipc::decode_ctl::<ZygoteMsg>(&buf[..n]) {
                     Ok(msg) if !ready => {
                         let _ = self.zygote_hello(zi, msg);
