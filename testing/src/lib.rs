@@ -82,7 +82,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use billiard_host::{Codec, Plugin, PluginInfo, PluginLoadError, Pool, PoolBuilder};
+use billiard_host::{cases, Codec, Plugin, PluginInfo, PluginLoadError, Pool, PoolBuilder};
 use serde::Serialize;
 
 pub use billiard_host::{ErrorKind, Limits, TaskError};
@@ -288,6 +288,66 @@ impl Harness {
                 self.path.display()
             ),
         }
+    }
+
+    /// Runs a golden cases file (the format of `billiard-host check
+    /// --cases`; see [`billiard_host::cases`]) in a new pool of this
+    /// plugin ([`Harness::pool_builder`]) and returns every result. Panics
+    /// if the file cannot be read or has invalid lines (each is listed),
+    /// or if the pool does not start.
+    #[track_caller]
+    pub fn run_cases(&self, path: impl AsRef<Path>) -> cases::Report {
+        let path = path.as_ref();
+        let list = match cases::read_file(path) {
+            Ok(list) => list,
+            Err(cases::ReadError::Invalid { errors, path }) => {
+                let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+                panic!(
+                    "billiard-testing: {} invalid case line(s) in {}:\n{}",
+                    errors.len(),
+                    path.display(),
+                    lines.join("\n")
+                )
+            }
+            Err(e) => panic!("billiard-testing: {e}"),
+        };
+        match cases::run(self.pool_builder(), &list) {
+            Ok(report) => report,
+            Err(e) => panic!(
+                "billiard-testing: cannot start a pool with {}: {e}",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// Runs a golden cases file like [`Harness::run_cases`] and panics
+    /// unless every case passes, with each failure's place and the diff of
+    /// what it expected (`-`) and got (`+`):
+    ///
+    /// ```ignore
+    /// #[test]
+    /// fn golden_cases_pass() {
+    ///     billiard_testing::plugin!().assert_cases("cases.jsonl");
+    /// }
+    /// ```
+    #[track_caller]
+    pub fn assert_cases(&self, path: impl AsRef<Path>) -> cases::Report {
+        let path = path.as_ref();
+        let report = self.run_cases(path);
+        if !report.all_passed() {
+            let mut text = String::new();
+            for r in report.failures() {
+                text.push_str(&format!(
+                    "\nFAIL {}\n  - expected + got\n",
+                    r.heading(Some(path))
+                ));
+                for line in r.diff() {
+                    text.push_str(&format!("  {line}\n"));
+                }
+            }
+            panic!("billiard-testing: {}\n{text}", report.summary());
+        }
+        report
     }
 
     /// One pool shared by every caller of this harness (started on first

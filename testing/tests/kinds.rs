@@ -240,3 +240,59 @@ fn from_path_loads_a_built_plugin() {
     });
     assert!(msg.contains("cannot load plugin"), "{msg}");
 }
+
+#[test]
+fn golden_cases_run_through_the_harness() {
+    let h = faults();
+    let dir = std::env::temp_dir().join(format!("billiard-testing-cases-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.jsonl");
+    std::fs::write(
+        &good,
+        concat!(
+            r#"{"task": "square", "args": [3], "expect": {"ok": 9}}"#,
+            "\n",
+            r#"{"task": "segfault", "expect": {"error": "worker_lost", "message_contains": "SIGSEGV"}}"#,
+            "\n",
+            r#"{"task": "spin_ms", "args": [60000], "time_limit": "200ms", "expect": {"error": "time_limit"}}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let report = h.assert_cases(&good);
+    assert_eq!(report.passed(), 3);
+
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        concat!(
+            r#"{"task": "square", "args": [3], "expect": {"ok": 9}}"#,
+            "\n",
+            r#"{"name": "off by one", "task": "square", "args": [4], "expect": {"ok": 17}}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let report = h.run_cases(&bad);
+    assert_eq!((report.passed(), report.failed()), (1, 1));
+    let msg = panic_message(|| {
+        h.assert_cases(&bad);
+    });
+    assert!(msg.contains("2 cases: 1 passed, 1 failed"), "{msg}");
+    assert!(
+        msg.contains(&format!("FAIL off by one ({}:2): square(4)", bad.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("-   \"ok\": 17"), "{msg}");
+    assert!(msg.contains("+   \"ok\": 16"), "{msg}");
+
+    let invalid = dir.join("invalid.jsonl");
+    std::fs::write(&invalid, "{\"task\": \"square\"}\nnot json\n").unwrap();
+    let msg = panic_message(|| {
+        h.run_cases(&invalid);
+    });
+    assert!(msg.contains("2 invalid case line(s)"), "{msg}");
+    assert!(msg.contains("line 1: missing \"expect\""), "{msg}");
+    assert!(msg.contains("line 2: not JSON"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
