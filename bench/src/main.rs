@@ -15,6 +15,10 @@
 //! `target/bench`): `results-host.jsonl`, `results-python.jsonl`,
 //! `results-limits.jsonl`, `bench.md` and `bench.json`.
 
+// The flags' doc comments are clap's --help text (`<workspace>` is a
+// placeholder there, not an HTML tag).
+#![allow(rustdoc::invalid_html_tags)]
+
 mod external;
 mod proc;
 mod record;
