@@ -470,3 +470,26 @@ fn check_names_the_sandbox_in_its_header() {
         "{text}"
     );
 }
+
+#[test]
+fn run_on_a_fleet_refuses_the_sandbox_flags() {
+    // The sandbox is the workers': `run --broker` has none, so it says so
+    // instead of dropping the flag.
+    let out = common::host([
+        "run",
+        "--broker",
+        "redis://127.0.0.1:1/0",
+        "--task",
+        "t",
+        "--args",
+        "[1]",
+        "--sandbox",
+        "strict",
+    ]);
+    assert_eq!(common::exit_code(&out), 2, "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("--sandbox"),
+        "{}",
+        common::stderr(&out)
+    );
+}

@@ -85,6 +85,10 @@ struct Args {
     /// How the Rust pool starts workers (pybench uses fork for Python).
     #[arg(long, value_enum, default_value_t = StartMethod::Forkserver)]
     start_method: StartMethod,
+    /// The sandbox profile of the Rust pools (docs/security.md); run the
+    /// bench once per profile to compare (W1, W6).
+    #[arg(long, value_enum, default_value_t = billiard_host::sandbox::Profile::None)]
+    sandbox: billiard_host::sandbox::Profile,
     /// W6: a run stops after this many seconds (rate = completed / elapsed).
     #[arg(long, default_value_t = 30.0)]
     w6_budget: f64,
@@ -175,6 +179,7 @@ fn child_main(args: &Args) -> Result<ExitCode> {
             .or_else(|| args.host_exe.clone())
             .context("--host-exe")?,
         start_method: args.start_method,
+        sandbox: args.sandbox,
         runs: args.runs.unwrap_or(1).max(1),
         mode: args.mode.unwrap_or(Mode::Full),
         w6_budget: args.w6_budget,
@@ -222,6 +227,7 @@ fn run_child(args: &Args, ctx: &Ctx, w: &str, cap: Duration) -> Result<Vec<Recor
         .arg(&ctx.cli_exe)
         .args(["--runs", &ctx.runs.to_string()])
         .args(["--start-method", &ctx.start_method.to_string()])
+        .args(["--sandbox", &ctx.sandbox.to_string()])
         .args(["--w6-budget", &args.w6_budget.to_string()])
         .arg("--tmp-dir")
         .arg(&ctx.tmp_dir)
@@ -386,6 +392,7 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
         host_exe: host_exe.clone(),
         cli_exe,
         start_method: args.start_method,
+        sandbox: args.sandbox,
         runs,
         mode,
         w6_budget: args.w6_budget,
@@ -474,6 +481,7 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
         "runs": runs,
         "workloads": wls,
         "start_method_rust": args.start_method.to_string(),
+        "sandbox": args.sandbox.to_string(),
         "start_method_python": "fork",
         "cli_run_available": cli_available,
         "plugin_dir": plugin_dir,

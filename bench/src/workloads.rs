@@ -56,6 +56,8 @@ pub struct Ctx {
     /// (normally `host_exe`).
     pub cli_exe: PathBuf,
     pub start_method: StartMethod,
+    /// The sandbox profile of every pool (`--sandbox`).
+    pub sandbox: billiard_host::sandbox::Profile,
     pub runs: usize,
     pub mode: Mode,
     pub w6_budget: f64,
@@ -86,7 +88,8 @@ impl Ctx {
         let mut b = Pool::builder()
             .workers(workers)
             .start_method(self.start_method)
-            .worker_exe(&self.host_exe);
+            .worker_exe(&self.host_exe)
+            .sandbox(billiard_host::sandbox::Sandbox::profile(self.sandbox));
         for p in plugins {
             b = b.plugin(self.plugin(p));
         }

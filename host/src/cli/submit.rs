@@ -158,7 +158,7 @@ pub fn run(args: Args) -> i32 {
 
 /// `run`'s flags that set up local workers: refused with `run --broker`
 /// (give them to `billiard-host worker`).
-pub const WORKER_ONLY: [&str; 11] = [
+pub const WORKER_ONLY: [&str; 19] = [
     "plugin",
     "more_plugins",
     "workers",
@@ -170,6 +170,15 @@ pub const WORKER_ONLY: [&str; 11] = [
     "start_method",
     "load_timeout",
     "stats_json",
+    // The sandbox is the workers' (`worker --sandbox`).
+    "sandbox",
+    "no_network",
+    "allow_write",
+    "user",
+    "keep_env",
+    "max_procs",
+    "max_open_files",
+    "max_file_size",
 ];
 
 /// Where the jobs come from.
