@@ -37,7 +37,8 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// `Vec<u8>` travels as a byte string; other types as they are.
+/// `Vec<u8>` travels as a byte string (`codec::Bytes`: raw in bincode, an
+/// array or `{"$bytes": base64}` in JSON); other types as they are.
 fn is_vec_u8(ty: &Type) -> bool {
     let Type::Path(p) = ty else { return false };
     let Some(last) = p.path.segments.last() else {
@@ -207,10 +208,8 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
         };
         let var = format_ident!("__billiard_arg{}", i);
         if is_vec_u8(ty) {
-            decode_types.push(quote!(
-                ::billiard_plugin_api::__private::serde_bytes::ByteBuf
-            ));
-            conversions.push(quote!(let #var = #var.into_vec();));
+            decode_types.push(quote!(::billiard_plugin_api::codec::Bytes));
+            conversions.push(quote!(let #var = #var.0;));
         } else {
             decode_types.push(quote!(#ty));
         }
@@ -246,7 +245,7 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
         ReturnType::Type(_, ty) => match result_ok_type(ty) {
             Some(ok) => {
                 let map = if is_vec_u8(ok) {
-                    quote!(.map(::billiard_plugin_api::__private::serde_bytes::ByteBuf::from))
+                    quote!(.map(::billiard_plugin_api::codec::Bytes))
                 } else {
                     quote!()
                 };
@@ -257,7 +256,7 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
             }
             None => {
                 let value = if is_vec_u8(ty) {
-                    quote!(::billiard_plugin_api::__private::serde_bytes::ByteBuf::from(#call))
+                    quote!(::billiard_plugin_api::codec::Bytes(#call))
                 } else {
                     call.clone()
                 };

@@ -64,6 +64,12 @@ pub struct StopUnwind(pub StopReason);
 /// then about every 50 ms; the host clears it when it takes the call).
 pub const HOST_FLAG_PROGRESS_DUE: u32 = 1;
 
+/// Bit of [`TaskContext`]'s host flags: JSON results of byte-typed tasks
+/// (`Vec<u8>`, see [`codec::Bytes`](crate::codec::Bytes)) are wanted as
+/// `{"$bytes": "<base64>"}` instead of arrays of numbers (`run --bytes
+/// base64`). Set by the host for the whole life of a worker.
+pub const HOST_FLAG_BYTES_BASE64: u32 = 1 << 1;
+
 /// Handed to a task that asks for it (`ctx: &TaskContext`).
 ///
 /// Layout (ABI 2, frozen: new host services are appended to
@@ -185,6 +191,13 @@ impl<'a> TaskContext<'a> {
         {
             (self.host.progress())(self.host_data, done, total);
         }
+    }
+
+    /// Whether the host raised flag `bit` (`HOST_FLAG_*`), for the glue.
+    #[doc(hidden)]
+    #[inline]
+    pub fn host_flag(&self, bit: u32) -> bool {
+        self.host_flags.load(Ordering::Relaxed) & bit != 0
     }
 
     /// The host services behind this context (for the glue).

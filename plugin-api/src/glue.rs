@@ -116,7 +116,8 @@ pub fn run<R: Serialize>(
     let was_in_task = IN_TASK.with(|f| f.replace(true));
     let result = catch_unwind(AssertUnwindSafe(|| {
         let value = body()?;
-        codec::encode_into(codec, &value, &mut *out)
+        let base64 = codec == Codec::Json && ctx.host_flag(crate::HOST_FLAG_BYTES_BASE64);
+        codec::with_base64_bytes(base64, || codec::encode_into(codec, &value, &mut *out))
             .map_err(|e| Fail::User(format!("could not encode the result: {e}")))
     }));
     IN_TASK.with(|f| f.set(was_in_task));

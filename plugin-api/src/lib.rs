@@ -38,7 +38,7 @@ pub use billiard_plugin_api_macros::__export_root_module;
 pub use billiard_plugin_api_macros::task;
 pub use context::{
     noop_host_services, Emitter, HostServices, HostServicesRef, StopReason, Stopped, TaskContext,
-    HOST_FLAG_PROGRESS_DUE,
+    HOST_FLAG_BYTES_BASE64, HOST_FLAG_PROGRESS_DUE,
 };
 
 /// Re-exports the generated code relies on, so a plugin crate needs no other
