@@ -330,3 +330,58 @@ fn every_subcommand_help_has_examples() {
         );
     }
 }
+
+#[test]
+fn a_closed_stdout_on_a_terminal_leaves_no_bar_and_no_summary() {
+    let dir = scratch("epipe-tty");
+    let lines: Vec<String> = (0..200_000).map(|i| format!("[{i}]")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let input = lines_file(&dir, "in.jsonl", &refs);
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let mut cmd = host_command();
+    cmd.args([
+        "run",
+        &plugin_str("math"),
+        "--task",
+        "square",
+        "--input",
+        &input,
+        "-w",
+        "2",
+    ])
+    .env_remove("NO_COLOR")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::from(pty.slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // Read until the bar has drawn (the input file's length is counted
+    // in the background) and results flow, then close the pipe.
+    let mut line = String::new();
+    for _ in 0..2000 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+    }
+    drop(out);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let tty = reader.join().unwrap();
+    assert!(!tty.contains("jobs:"), "a summary: {tty:?}");
+    // Whatever the bar drew, the last thing on the terminal clears it.
+    if tty.contains("jobs") {
+        let tail = tty.rsplit("\x1b[2K").next().unwrap_or_default();
+        assert!(tail.trim().is_empty(), "the bar is left: {tail:?}");
+    }
+}
