@@ -35,9 +35,9 @@ pub use billiard_plugin_api::Codec;
 pub use error::{ErrorKind, TaskError};
 pub use plugin::{outcome, ArgSpec, Plugin, PluginInfo, PluginLoadError, TaskSpec};
 pub use pool::{
-    AsyncResult, CancelOnDrop, Event, Generation, Imap, ImapStream, Initializer, JobId, JobOptions,
-    Limits, MapResult, Outcome, Pool, PoolBuilder, PoolConfig, PoolError, RawAsyncStream, RawJob,
-    RawResult, RawStream, StartMethod, Stats, TaskRef, WorkerId,
+    AsyncResult, CancelOnDrop, Event, Generation, Imap, ImapStream, Initializer, JobHead, JobId,
+    JobOptions, JobSource, Limits, MapResult, Outcome, Pool, PoolBuilder, PoolConfig, PoolError,
+    RawAsyncStream, RawJob, RawResult, RawStream, StartMethod, Stats, TaskRef, WorkerId,
 };
 pub use process::Process;
 pub use zygote::run_if_helper;

@@ -10,12 +10,12 @@
 //! `unknown_task`).
 
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use billiard_host::{Codec, ErrorKind, Limits, Pool, RawJob, TaskError, TaskRef};
-use crossbeam_channel::Receiver;
+use billiard_host::{Codec, ErrorKind, JobHead, Limits, Pool, TaskError, TaskRef};
+use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 
 use super::signals::Stop;
@@ -78,6 +78,172 @@ pub fn one_line(line: Vec<u8>) -> Receiver<Line> {
     rx
 }
 
+/// Lines the batch reader hands over per message, at most (and bytes of
+/// lines, at most; a longer line travels alone): one channel hand-off (and
+/// wake-up) per batch, not per line. [`BATCHES_AHEAD`] messages wait in the
+/// channel, so at most 16,384 lines were read and not yet handed to the
+/// pool (they end `terminated` on a first SIGINT).
+const BATCH_LINES: usize = 4096;
+const BATCH_BYTES: usize = 1 << 20;
+const BATCHES_AHEAD: usize = 4;
+/// What the batch reader asks the input for per `read`.
+const READ_SIZE: usize = 1 << 20;
+/// A `read` asks for at least this much (the buffer is compacted or grown).
+const MIN_READ: usize = 64 * 1024;
+
+/// Non-blank input lines read together: their bytes back to back (without
+/// the newline), and each line's number and end offset.
+#[derive(Default)]
+pub struct LineBatch {
+    buf: Vec<u8>,
+    lines: Vec<(u64, usize)>,
+}
+
+impl LineBatch {
+    fn push(&mut self, lineno: u64, line: &[u8]) {
+        if self.lines.capacity() == 0 {
+            self.lines.reserve(BATCH_LINES);
+            self.buf
+                .reserve(line.len().saturating_mul(BATCH_LINES).min(BATCH_BYTES));
+        }
+        self.buf.extend_from_slice(line);
+        self.lines.push((lineno, self.buf.len()));
+    }
+
+    fn is_full(&self) -> bool {
+        self.lines.len() >= BATCH_LINES || self.buf.len() >= BATCH_BYTES
+    }
+
+    /// Line `i`: its number and bytes.
+    fn line(&self, i: usize) -> (u64, &[u8]) {
+        let start = if i == 0 { 0 } else { self.lines[i - 1].1 };
+        let (lineno, end) = self.lines[i];
+        (lineno, &self.buf[start..end])
+    }
+}
+
+/// What the batch reader sends.
+pub enum Batch {
+    Lines(LineBatch),
+    /// Reading failed at this line.
+    Error(u64, std::io::Error),
+    /// The end of the input.
+    End,
+}
+
+/// Starts the reader thread of `run`: like [`spawn_reader`], but it reads
+/// big blocks and hands over up to [`BATCH_LINES`] lines per message, and
+/// every line it has as soon as a `read` returns (a quiet pipe's line is
+/// not held back). Detached on purpose, like `spawn_reader`.
+pub fn spawn_batch_reader(src: Box<dyn Read + Send>, stop: Arc<Stop>) -> Receiver<Batch> {
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(BATCHES_AHEAD);
+    std::thread::Builder::new()
+        .name("billiard-input".into())
+        .spawn(move || read_batches(src, &tx, &stop))
+        .expect("cannot start the input thread");
+    rx
+}
+
+fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop) {
+    let mut buf = vec![0u8; READ_SIZE];
+    // The bytes not yet split into lines: buf[start..filled].
+    let (mut start, mut filled) = (0usize, 0usize);
+    let mut lineno = 0u64;
+    let mut batch = LineBatch::default();
+    // Hands a line over (BOM and blank lines handled as `spawn_reader`
+    // does); false once nobody listens or a stop was requested.
+    let line = |lineno: u64, mut bytes: &[u8], batch: &mut LineBatch| -> bool {
+        // A UTF-8 byte-order mark some editors write at the start of a
+        // file is not part of the first job.
+        if lineno == 1 && bytes.starts_with(b"\xEF\xBB\xBF") {
+            bytes = &bytes[3..];
+        }
+        if bytes.trim_ascii().is_empty() {
+            return true;
+        }
+        batch.push(lineno, bytes);
+        !batch.is_full() || send(tx, stop, batch)
+    };
+    loop {
+        if stop.is_set() {
+            return;
+        }
+        if buf.len() - filled < MIN_READ {
+            if start > 0 {
+                buf.copy_within(start..filled, 0);
+                (filled, start) = (filled - start, 0);
+            }
+            if buf.len() - filled < MIN_READ {
+                // A line longer than the buffer.
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+        let n = match src.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if send(tx, stop, &mut batch) {
+                    let _ = tx.send(Batch::Error(lineno + 1, e));
+                }
+                return;
+            }
+        };
+        if n == 0 {
+            // The end; a last line without a newline is a line.
+            if start < filled {
+                lineno += 1;
+                if !line(lineno, &buf[start..filled], &mut batch) {
+                    return;
+                }
+            }
+            if send(tx, stop, &mut batch) {
+                let _ = tx.send(Batch::End);
+            }
+            return;
+        }
+        // Only the new bytes can hold a newline.
+        let mut scan = filled;
+        filled += n;
+        while let Some(at) = buf[scan..filled].iter().position(|&b| b == b'\n') {
+            let end = scan + at;
+            lineno += 1;
+            if !line(lineno, &buf[start..end], &mut batch) {
+                return;
+            }
+            start = end + 1;
+            scan = start;
+        }
+        if !send(tx, stop, &mut batch) {
+            return;
+        }
+        if start == filled {
+            (start, filled) = (0, 0);
+        }
+    }
+}
+
+/// Sends the batch (if it holds a line); false once nobody listens or a
+/// stop was requested (the lines in hand are then not handed over).
+fn send(tx: &Sender<Batch>, stop: &Stop, batch: &mut LineBatch) -> bool {
+    if batch.lines.is_empty() {
+        return true;
+    }
+    if stop.is_set() {
+        return false;
+    }
+    tx.send(Batch::Lines(std::mem::take(batch))).is_ok()
+}
+
+/// The batch channel of a single job (`--args`).
+pub fn one_batch(line: Vec<u8>) -> Receiver<Batch> {
+    let (tx, rx) = crossbeam_channel::bounded(2);
+    let mut batch = LineBatch::default();
+    batch.push(1, &line);
+    let _ = tx.send(Batch::Lines(batch));
+    let _ = tx.send(Batch::End);
+    rx
+}
+
 /// How reading the input ended.
 #[derive(Debug, Default)]
 pub struct InputReport {
@@ -92,9 +258,14 @@ pub struct InputReport {
 /// `stream_results` in `run.rs`).
 pub struct Jobs<'p> {
     pool: &'p Pool,
-    lines: Receiver<Line>,
+    lines: Receiver<Batch>,
+    /// The batch being handed out, and its next line.
+    batch: LineBatch,
+    next_line: usize,
     stop: Arc<Stop>,
     default_task: Option<String>,
+    /// `--task`, looked up once.
+    default_ref: Option<Result<TaskRef, TaskError>>,
     tasks: HashMap<String, Result<TaskRef, TaskError>>,
     report: Arc<Mutex<InputReport>>,
     /// Stopping: lines already read end `terminated`, nothing more is read.
@@ -102,8 +273,6 @@ pub struct Jobs<'p> {
     done: bool,
     /// Jobs handed out so far: the next job's index.
     produced: u64,
-    /// The input line of the job `pull_line` just returned.
-    lineno: Option<u64>,
     /// The input line of each job in flight, when asked for.
     line_numbers: Option<LineNumbers>,
     /// Blank lines skipped before the last job (see [`LineNumbers`]).
@@ -113,7 +282,7 @@ pub struct Jobs<'p> {
 impl<'p> Jobs<'p> {
     pub fn new(
         pool: &'p Pool,
-        lines: Receiver<Line>,
+        lines: Receiver<Batch>,
         stop: Arc<Stop>,
         default_task: Option<String>,
     ) -> (Self, Arc<Mutex<InputReport>>) {
@@ -121,14 +290,16 @@ impl<'p> Jobs<'p> {
         let jobs = Jobs {
             pool,
             lines,
+            batch: LineBatch::default(),
+            next_line: 0,
             stop,
             default_task,
+            default_ref: None,
             tasks: HashMap::new(),
             report: report.clone(),
             draining: false,
             done: false,
             produced: 0,
-            lineno: None,
             line_numbers: None,
             skipped: 0,
         };
@@ -151,6 +322,16 @@ impl<'p> Jobs<'p> {
         r
     }
 
+    /// The default task (`--task`), looked up on first use only.
+    fn resolve_default(&mut self) -> Result<TaskRef, TaskError> {
+        if let Some(r) = &self.default_ref {
+            return r.clone();
+        }
+        let r = self.resolve(None);
+        self.default_ref = Some(r.clone());
+        r
+    }
+
     fn terminated(&self, lineno: u64) -> TaskError {
         let why = self.stop.reason().unwrap_or("stopped");
         TaskError::new(
@@ -159,12 +340,30 @@ impl<'p> Jobs<'p> {
         )
     }
 
-    fn job(&mut self, lineno: u64, line: &[u8]) -> Result<RawJob, TaskError> {
-        let parsed = parse_line(lineno, line)?;
-        let target = self.resolve(parsed.task.as_deref())?;
-        let mut job = RawJob::new(target, Codec::Json, parsed.args);
-        job.limits = parsed.limits;
-        Ok(job)
+    /// The job of line `i` of the current batch, its arguments appended to
+    /// `args` (nothing appended on an error).
+    fn job(&mut self, i: usize, args: &mut Vec<u8>) -> Result<JobHead, TaskError> {
+        let batch = std::mem::take(&mut self.batch);
+        let (lineno, line) = batch.line(i);
+        let start = args.len();
+        let parsed = parse_into(lineno, line, args);
+        self.batch = batch;
+        let (task, limits) = parsed?;
+        let target = match task {
+            None => self.resolve_default(),
+            Some(name) => self.resolve(Some(&name)),
+        };
+        match target {
+            Ok(target) => Ok(JobHead {
+                target,
+                codec: Codec::Json,
+                limits,
+            }),
+            Err(e) => {
+                args.truncate(start);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -182,6 +381,21 @@ pub struct LineJob {
 /// Parses input line `lineno` (see the module docs); a line that cannot be
 /// a job is a `bad_args` error naming the line.
 pub fn parse_line(lineno: u64, line: &[u8]) -> Result<LineJob, TaskError> {
+    let mut args = Vec::new();
+    let (task, limits) = parse_into(lineno, line, &mut args)?;
+    Ok(LineJob { task, args, limits })
+}
+
+/// [`parse_line`], appending the arguments (a JSON array) to `args` and
+/// returning the task the line names and its limits. The line is parsed
+/// once: an array line is appended as it is (the plugin's glue decodes and
+/// judges it, in the worker), an object line is parsed into its fields.
+/// Nothing is appended on an error.
+pub fn parse_into(
+    lineno: u64,
+    line: &[u8],
+    args: &mut Vec<u8>,
+) -> Result<(Option<String>, Limits), TaskError> {
     let line = line.trim_ascii();
     let bad = |msg: String| TaskError::new(ErrorKind::BadArgs, format!("line {lineno}: {msg}"));
     if std::str::from_utf8(line).is_err() {
@@ -189,11 +403,10 @@ pub fn parse_line(lineno: u64, line: &[u8]) -> Result<LineJob, TaskError> {
     }
     match line.first() {
         // The plugin's glue decodes (and judges) the array itself.
-        Some(b'[') => Ok(LineJob {
-            task: None,
-            args: line.to_vec(),
-            limits: Limits::default(),
-        }),
+        Some(b'[') => {
+            args.extend_from_slice(line);
+            Ok((None, Limits::default()))
+        }
         Some(b'{') => {
             let obj: JobLine = serde_json::from_slice(line).map_err(|e| {
                 // The position is in this input line: "line 3, column 31:",
@@ -208,23 +421,28 @@ pub fn parse_line(lineno: u64, line: &[u8]) -> Result<LineJob, TaskError> {
                     _ => bad(msg),
                 }
             })?;
-            let args = match obj.args {
-                None => b"[]".to_vec(),
+            let start = args.len();
+            match obj.args {
+                None => args.extend_from_slice(b"[]"),
                 Some(v @ serde_json::Value::Array(_)) => {
-                    serde_json::to_vec(&v).map_err(|e| bad(e.to_string()))?
+                    if let Err(e) = serde_json::to_writer(&mut *args, &v) {
+                        args.truncate(start);
+                        return Err(bad(e.to_string()));
+                    }
                 }
                 Some(_) => return Err(bad("\"args\" must be a JSON array".into())),
-            };
-            let limits = Limits {
-                soft: duration_field(obj.soft_time_limit.as_ref(), "soft_time_limit")
-                    .map_err(bad)?,
-                hard: duration_field(obj.time_limit.as_ref(), "time_limit").map_err(bad)?,
-            };
-            Ok(LineJob {
-                task: obj.task,
-                args,
-                limits,
-            })
+            }
+            let limits = (|| {
+                Ok(Limits {
+                    soft: duration_field(obj.soft_time_limit.as_ref(), "soft_time_limit")?,
+                    hard: duration_field(obj.time_limit.as_ref(), "time_limit")?,
+                })
+            })()
+            .map_err(|e: String| {
+                args.truncate(start);
+                bad(e)
+            })?;
+            Ok((obj.task, limits))
         }
         _ => Err(bad(
             "expected a JSON array of arguments (like [3]) or an object \
@@ -308,8 +526,9 @@ impl LineNumbers {
 
 /// What [`Jobs::pull`] found.
 pub enum Pull {
-    /// The next job (or the error standing in its place).
-    Job(Result<RawJob, TaskError>),
+    /// The next job (its arguments appended to the caller's buffer), or the
+    /// error standing in its place.
+    Job(Result<JobHead, TaskError>),
     /// No line arrived within [`QUIET`] (only when not asked to wait).
     Quiet,
     /// The input is over (its end, a read error or a stop).
@@ -330,11 +549,12 @@ impl Jobs<'_> {
         map
     }
 
-    /// The next job, see [`Jobs::pull_line`].
-    pub fn pull(&mut self, wait: bool) -> Pull {
-        let pulled = self.pull_line(wait);
+    /// The next job, its arguments appended to `args`; see
+    /// [`Jobs::pull_line`].
+    pub fn pull(&mut self, wait: bool, args: &mut Vec<u8>) -> Pull {
+        let (pulled, lineno) = self.pull_line(wait, args);
         if let Pull::Job(job) = &pulled {
-            if let (Ok(_), Some(map), Some(lineno)) = (job, &self.line_numbers, self.lineno) {
+            if let (Ok(_), Some(map), Some(lineno)) = (job, &self.line_numbers, lineno) {
                 map.record(self.produced, lineno, &mut self.skipped);
             }
             self.produced += 1;
@@ -346,26 +566,41 @@ impl Jobs<'_> {
         self.done
     }
 
-    /// The next job. With `wait`, blocks until a line (or the end, or a
-    /// stop) arrives; without, gives up after [`QUIET`] so that the caller
-    /// can deliver results meanwhile.
-    fn pull_line(&mut self, wait: bool) -> Pull {
-        self.lineno = None;
+    /// The next job and its input line. With `wait`, blocks until a line
+    /// (or the end, or a stop) arrives; without, gives up after [`QUIET`]
+    /// so that the caller can deliver results meanwhile.
+    fn pull_line(&mut self, wait: bool, args: &mut Vec<u8>) -> (Pull, Option<u64>) {
         loop {
             if self.done {
-                return Pull::End;
+                return (Pull::End, None);
+            }
+            if !self.draining && self.stop.is_set() {
+                self.draining = true;
+            }
+            if self.next_line < self.batch.lines.len() {
+                let i = self.next_line;
+                self.next_line += 1;
+                let lineno = self.batch.lines[i].0;
+                if self.draining {
+                    // Lines already read end `terminated`.
+                    return (Pull::Job(Err(self.terminated(lineno))), Some(lineno));
+                }
+                return (Pull::Job(self.job(i, args)), Some(lineno));
             }
             if self.draining {
-                // Lines already read end `terminated`; no more are read.
+                // No more lines are read; those already read end `terminated`.
                 match self.lines.try_recv() {
-                    Ok(Line::Data(lineno, _)) => return Pull::Job(Err(self.terminated(lineno))),
-                    Ok(Line::End) => {}
-                    Ok(Line::Error(..)) | Err(_) => {
+                    Ok(Batch::Lines(batch)) => {
+                        (self.batch, self.next_line) = (batch, 0);
+                        continue;
+                    }
+                    Ok(Batch::End) => {}
+                    Ok(Batch::Error(..)) | Err(_) => {
                         self.report_mut().stopped_early = true;
                     }
                 }
                 self.done = true;
-                return Pull::End;
+                return (Pull::End, None);
             }
             if self.stop.is_set() {
                 self.draining = true;
@@ -383,7 +618,7 @@ impl Jobs<'_> {
                     let got = crossbeam_channel::select! {
                         recv(self.lines) -> msg => Some(msg.map_err(drop)),
                         recv(self.stop.woken()) -> _ => None,
-                        recv(timeout) -> _ => return Pull::Quiet,
+                        recv(timeout) -> _ => return (Pull::Quiet, None),
                     };
                     match got {
                         Some(msg) => msg,
@@ -395,16 +630,13 @@ impl Jobs<'_> {
                 }
             };
             match msg {
-                Ok(Line::Data(lineno, line)) => {
-                    self.lineno = Some(lineno);
-                    return Pull::Job(self.job(lineno, &line));
-                }
-                Ok(Line::Error(lineno, e)) => {
+                Ok(Batch::Lines(batch)) => (self.batch, self.next_line) = (batch, 0),
+                Ok(Batch::Error(lineno, e)) => {
                     self.report_mut().read_error =
                         Some(format!("cannot read input line {lineno}: {e}"));
                     self.done = true;
                 }
-                Ok(Line::End) | Err(()) => self.done = true,
+                Ok(Batch::End) | Err(()) => self.done = true,
             }
         }
     }

@@ -131,6 +131,37 @@ impl Output {
         r
     }
 
+    /// Writes a batch of result lines at once (one lock, one write): see
+    /// [`Output::write_line`].
+    pub fn write_rendered(&self, batch: &Rendered) -> std::io::Result<()> {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(kind) = st.failed {
+                for &(_, failed) in &batch.lines {
+                    st.unconfirmed.push_back((u64::MAX, failed));
+                }
+                return Err(kind.into());
+            }
+        }
+        let mut woke = false;
+        let r = self.with(|st| {
+            woke = !st.dirty;
+            st.dirty = true;
+            let base = st.accepted;
+            st.accepted += batch.bytes.len() as u64;
+            for &(end, failed) in &batch.lines {
+                st.unconfirmed.push_back((base + end as u64, failed));
+            }
+            let r = st.w.write_all(&batch.bytes);
+            st.confirm();
+            r
+        });
+        if woke {
+            self.wake.notify_one();
+        }
+        r
+    }
+
     /// Blocks while nothing waits to be flushed (so an idle `run` costs no
     /// wake-ups); false once the output is closed.
     pub fn wait_dirty(&self) -> bool {
@@ -185,34 +216,96 @@ struct ErrorLine<'a> {
     error: &'a TaskError,
 }
 
+/// Result lines rendered back to back, and where each ends (an offset in
+/// `bytes`) with how its job failed.
+#[derive(Default)]
+pub struct Rendered {
+    pub bytes: Vec<u8>,
+    pub lines: Vec<(usize, Option<ErrorKind>)>,
+}
+
+impl Rendered {
+    /// Appends the result line of job `index` (see [`render_into`]).
+    pub fn push(&mut self, index: u64, outcome: Result<&[u8], TaskError>) {
+        let failed = render_into(&mut self.bytes, index, outcome);
+        self.lines.push((self.bytes.len(), failed));
+    }
+}
+
 /// Renders one result line (with its newline) and tells whether the job
 /// failed, and how. A result that is not JSON (a misbehaving plugin) is
 /// reported as a `task_error`.
 pub fn render(index: u64, outcome: &Outcome) -> (Vec<u8>, Option<ErrorKind>) {
+    let mut line = Vec::new();
+    let failed = render_into(
+        &mut line,
+        index,
+        outcome.as_ref().map(Vec::as_slice).map_err(Clone::clone),
+    );
+    (line, failed)
+}
+
+/// [`render`], appending to `out` from a result borrowed from the worker's
+/// buffer: the value's bytes go into the line as they are (validated, not
+/// decoded and re-encoded; only a value spread over several lines is
+/// re-encoded onto one).
+pub fn render_into(
+    out: &mut Vec<u8>,
+    index: u64,
+    outcome: Result<&[u8], TaskError>,
+) -> Option<ErrorKind> {
     let err = match outcome {
         Ok(value) => match compact_json(value) {
             Ok(value) => {
-                let mut line = Vec::with_capacity(value.len() + 32);
-                line.extend_from_slice(format!("{{\"index\":{index},\"ok\":").as_bytes());
-                line.extend_from_slice(&value);
-                line.extend_from_slice(b"}\n");
-                return (line, None);
+                out.reserve(value.len() + 32);
+                out.extend_from_slice(b"{\"index\":");
+                out.extend_from_slice(itoa(index, &mut [0; 20]));
+                out.extend_from_slice(b",\"ok\":");
+                out.extend_from_slice(&value);
+                out.extend_from_slice(b"}\n");
+                return None;
             }
             Err(e) => TaskError::new(
                 ErrorKind::TaskError,
                 format!("the task's result is not valid JSON: {e}"),
             ),
         },
-        Err(e) => e.clone(),
+        Err(e) => e,
     };
-    let mut line = serde_json::to_vec(&ErrorLine { index, error: &err })
+    serde_json::to_writer(&mut *out, &ErrorLine { index, error: &err })
         .expect("an error line always serializes");
-    line.push(b'\n');
-    (line, Some(err.kind))
+    out.push(b'\n');
+    Some(err.kind)
+}
+
+/// The decimal digits of `n`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// True for an integer in JSON's own form (`0`, `-12`, `81`): valid and
+/// compact as it is, no parse needed (the common result of small tasks).
+fn is_plain_integer(bytes: &[u8]) -> bool {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    !digits.is_empty()
+        && digits.len() <= 20
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits.len() == 1 || digits[0] != b'0')
 }
 
 /// The JSON value in `bytes` on one line (as is when it already is).
 fn compact_json(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, serde_json::Error> {
+    if is_plain_integer(bytes) {
+        return Ok(bytes.into());
+    }
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)?;
     let bytes = bytes.trim_ascii();
     if !bytes.contains(&b'\n') && !bytes.contains(&b'\r') {

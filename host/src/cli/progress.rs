@@ -103,6 +103,23 @@ impl Progress {
         self.bar.inc(1);
     }
 
+    /// [`Progress::record`] for a batch of results: `ok` successes and the
+    /// failures (one bar update for all of them).
+    pub fn record_batch(&mut self, ok: u64, failed: impl IntoIterator<Item = ErrorKind>) {
+        let mut n = ok;
+        self.tally.ok += ok;
+        let mut any_failed = false;
+        for kind in failed {
+            *self.tally.failed.entry(kind).or_default() += 1;
+            any_failed = true;
+            n += 1;
+        }
+        if any_failed {
+            self.bar.set_message(self.tally.failed_text());
+        }
+        self.bar.inc(n);
+    }
+
     /// Takes back a [`Progress::record`] (a result that was not written).
     pub fn unrecord(&mut self, failed: Option<ErrorKind>) {
         match failed {

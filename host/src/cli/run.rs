@@ -7,20 +7,20 @@
 //! README's "billiard-host run" section and in `--help`.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::Duration;
 
-use billiard_host::{ErrorKind, Outcome, Pool, PoolConfig, RawJob, StartMethod, TaskError};
+use billiard_host::{ErrorKind, JobHead, JobSource, Pool, PoolConfig, StartMethod, TaskError};
 use clap::ArgGroup;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::exit;
-use super::input::{self, Jobs, Pull};
-use super::output::{self, Output};
+use super::input::{self, Jobs, LineNumbers, Pull};
+use super::output::{self, Output, Rendered};
 use super::progress::Progress;
 use super::signals::{self, Escalation, Stop};
 
@@ -187,8 +187,8 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
 enum Source {
     /// `--args`: one job.
     One(Vec<u8>),
-    /// `--input`: one job per line.
-    Lines(Box<dyn BufRead + Send>, Option<PathBuf>),
+    /// `--input`: one job per line (read in big blocks: no buffer here).
+    Lines(Box<dyn Read + Send>, Option<PathBuf>),
 }
 
 fn usage(msg: impl std::fmt::Display) -> i32 {
@@ -232,7 +232,7 @@ pub fn run(args: Args) -> i32 {
     } else {
         let path = args.input.clone().unwrap_or_else(|| "-".into());
         if path.as_os_str() == "-" {
-            Source::Lines(Box::new(BufReader::new(std::io::stdin())), None)
+            Source::Lines(Box::new(std::io::stdin()), None)
         } else {
             match std::fs::File::open(&path) {
                 // Opening a directory works; reading it fails later, far
@@ -243,10 +243,7 @@ pub fn run(args: Args) -> i32 {
                         path.display()
                     ))
                 }
-                Ok(f) => Source::Lines(
-                    Box::new(BufReader::with_capacity(256 * 1024, f)),
-                    Some(path),
-                ),
+                Ok(f) => Source::Lines(Box::new(f), Some(path)),
                 Err(e) => return usage(format_args!("cannot open {}: {e}", path.display())),
             }
         }
@@ -281,12 +278,12 @@ pub fn run(args: Args) -> i32 {
     let mut progress = Progress::new(visible);
     let stop = Arc::new(Stop::new());
     let lines = match source {
-        Source::One(bytes) => input::one_line(bytes),
+        Source::One(bytes) => input::one_batch(bytes),
         Source::Lines(reader, file) => {
             if let Some(file) = file {
                 progress.count_total_in(file);
             }
-            input::spawn_reader(reader, stop.clone())
+            input::spawn_batch_reader(reader, stop.clone())
         }
     };
     let (mut jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
@@ -334,28 +331,11 @@ pub fn run(args: Args) -> i32 {
             &jobs,
             !args.unordered,
             args.chunksize,
-            |i, o| {
-                let with_line;
-                // The plugin's decoding errors say which input line, as the
-                // host's own do (looked up only then: it is rare).
-                let plugin_bad_args = matches!(o, Err(e)
-                    if e.kind == ErrorKind::BadArgs && !e.message.starts_with("line "));
-                let lineno = plugin_bad_args
-                    .then(|| line_numbers.as_ref().and_then(|m| m.line_of(i)))
-                    .flatten();
-                let o = match (o, lineno) {
-                    (Err(e), Some(n)) => {
-                        with_line = Err(TaskError::new(
-                            ErrorKind::BadArgs,
-                            format!("line {n}: {}", e.message),
-                        ));
-                        &with_line
-                    }
-                    _ => o,
-                };
-                let (line, failed) = output::render(i, o);
-                progress.record(failed);
-                output.write_line(&line, failed)
+            line_numbers.as_ref(),
+            |batch| {
+                let ok = batch.lines.iter().filter(|(_, f)| f.is_none()).count();
+                progress.record_batch(ok as u64, batch.lines.iter().filter_map(|(_, f)| *f));
+                output.write_rendered(batch)
             },
             || output.flush_if_dirty(),
         );
@@ -506,10 +486,8 @@ impl Segment<'_, '_> {
     }
 }
 
-impl Iterator for Segment<'_, '_> {
-    type Item = Result<RawJob, TaskError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl JobSource for Segment<'_, '_> {
+    fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<JobHead, TaskError>> {
         if self.paused {
             return None;
         }
@@ -527,7 +505,7 @@ impl Iterator for Segment<'_, '_> {
             .jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pull(first);
+            .pull(first, args);
         match pulled {
             Pull::Job(job) => {
                 if first {
@@ -555,31 +533,57 @@ impl Drop for Segment<'_, '_> {
     }
 }
 
-/// Runs the jobs through the pool and hands each outcome to `emit` with
-/// its index (in input order when `ordered`); stops at `emit`'s first
+/// The result line of job `index`. The plugin's decoding errors say which
+/// input line, as the host's own do (looked up only then: it is rare).
+fn render(
+    out: &mut Rendered,
+    index: u64,
+    outcome: Result<&[u8], TaskError>,
+    line_numbers: Option<&LineNumbers>,
+) {
+    let outcome = match outcome {
+        Err(e) if e.kind == ErrorKind::BadArgs && !e.message.starts_with("line ") => {
+            match line_numbers.and_then(|m| m.line_of(index)) {
+                Some(n) => Err(TaskError::new(
+                    ErrorKind::BadArgs,
+                    format!("line {n}: {}", e.message),
+                )),
+                None => Err(e),
+            }
+        }
+        other => other,
+    };
+    out.push(index, outcome);
+}
+
+/// Runs the jobs through the pool and hands their result lines to `emit`
+/// in batches (in input order when `ordered`); stops at `emit`'s first
 /// error. `flush` is called when results were emitted, none is ready, and
 /// the input waits for a line (a client may be waiting for its answer);
 /// otherwise batching the writes is left to the caller.
 ///
-/// One [`Pool::imap_raw`] stream pulls its input synchronously, so a stream
-/// fed by a quiet pipe would sit on the results it already has. Instead
-/// the input is cut into segments at its quiet moments: each segment is a
-/// stream on a thread of its own that ends taking input when no line came
-/// for [`input::QUIET`], then delivers its results while the next segment
+/// One stream pulls its input synchronously, so a stream fed by a quiet
+/// pipe would sit on the results it already has. Instead the input is cut
+/// into segments at its quiet moments: each segment is a stream on a
+/// thread of its own that ends taking input when no line came for
+/// [`input::QUIET`], then delivers its results while the next segment
 /// waits for the next line. At most [`MAX_SEGMENTS`] run at once; indices
-/// run on across segments. Results travel through a small bounded channel
-/// per segment, read oldest segment first when `ordered` (so the output is
-/// the same as one stream's) and from any segment otherwise: a writer that
-/// cannot keep up, or an ordered run waiting for an earlier segment's slow
-/// job, stops the segments' streams, which stop taking input. Memory stays
-/// bounded by the segments' windows.
+/// run on across segments. Each segment renders its result lines itself
+/// (straight from the worker's result buffer) and hands them over in
+/// batches through a small bounded channel, read oldest segment first when
+/// `ordered` (so the output is the same as one stream's) and from any
+/// segment otherwise: a writer that cannot keep up, or an ordered run
+/// waiting for an earlier segment's slow job, stops the segments' streams,
+/// which stop taking input. Memory stays bounded by the segments' windows.
+#[allow(clippy::too_many_arguments)]
 fn stream_results<'scope, 'env>(
     s: &'scope Scope<'scope, 'env>,
     pool: &'env Pool,
     jobs: &'env Mutex<Jobs<'env>>,
     ordered: bool,
     chunksize: usize,
-    mut emit: impl FnMut(u64, &Outcome) -> std::io::Result<()>,
+    line_numbers: Option<&'env LineNumbers>,
+    mut emit: impl FnMut(&Rendered) -> std::io::Result<()>,
     mut flush: impl FnMut(),
 ) -> std::io::Result<()> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
@@ -587,7 +591,7 @@ fn stream_results<'scope, 'env>(
         window: pool.config().imap_window.max(1) as u64,
         returned: AtomicU64::new(0),
     });
-    let spawn = |offset: u64| -> Receiver<Vec<(u64, Outcome)>> {
+    let spawn = |offset: u64| -> Receiver<Rendered> {
         let (tx, rx) = crossbeam_channel::bounded(SEGMENT_BUFFER);
         let segment = Segment {
             jobs,
@@ -601,25 +605,33 @@ fn stream_results<'scope, 'env>(
         s.spawn(move || {
             // Results go over in batches: what the stream has without
             // waiting (the rest of a chunk) travels as one message.
-            let mut stream = pool.imap_raw(segment, ordered, chunksize);
-            let mut batch = Vec::new();
-            while let Some((i, outcome)) = stream.next() {
-                batch.push((offset + i, outcome));
-                if stream.ready() == 0 || batch.len() >= RESULT_BATCH {
+            let mut stream = pool.imap_source(segment, ordered, chunksize);
+            let mut batch = Rendered::default();
+            while stream
+                .next_with(|i, outcome| render(&mut batch, offset + i, outcome, line_numbers))
+                .is_some()
+            {
+                if stream.ready() == 0 || batch.lines.len() >= RESULT_BATCH {
                     budget
                         .returned
-                        .fetch_add(batch.len() as u64, Ordering::AcqRel);
+                        .fetch_add(batch.lines.len() as u64, Ordering::AcqRel);
                     if tx.send(std::mem::take(&mut batch)).is_err() {
                         return;
                     }
                 }
+            }
+            if !batch.lines.is_empty() {
+                budget
+                    .returned
+                    .fetch_add(batch.lines.len() as u64, Ordering::AcqRel);
+                let _ = tx.send(batch);
             }
         });
         rx
     };
     // Live segments, oldest first; one of them (the newest) may be taking
     // input.
-    let mut segments: VecDeque<Receiver<Vec<(u64, Outcome)>>> = VecDeque::from([spawn(0)]);
+    let mut segments: VecDeque<Receiver<Rendered>> = VecDeque::from([spawn(0)]);
     let (mut taking, mut want_segment, mut offset) = (true, false, 0u64);
     let (mut input_waits, mut unflushed) = (false, false);
     while taking || want_segment || !segments.is_empty() {
@@ -670,9 +682,7 @@ fn stream_results<'scope, 'env>(
         let k = op.index() - 1;
         match op.recv(&segments[k]) {
             Ok(batch) => {
-                for (i, outcome) in &batch {
-                    emit(*i, outcome)?;
-                }
+                emit(&batch)?;
                 unflushed = true;
             }
             // That segment delivered everything.

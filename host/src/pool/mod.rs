@@ -35,7 +35,7 @@ pub use config::{Initializer, Limits, PoolConfig, StartMethod};
 pub use events::Event;
 pub use job::{JobId, Outcome, WorkerId};
 pub use stats::Stats;
-pub use stream::{Imap, RawJob, RawStream};
+pub use stream::{Imap, JobHead, JobSource, RawJob, RawStream};
 pub use supervisor::Generation;
 
 use crate::error::{ErrorKind, TaskError};
@@ -792,6 +792,23 @@ impl Pool {
         chunksize: usize,
     ) -> RawStream<'p> {
         RawStream::new(
+            self,
+            Box::new(jobs),
+            ordered,
+            chunksize.max(1),
+            self.cfg.imap_window.max(1),
+        )
+    }
+
+    /// Like [`Pool::imap_raw`], from a [`JobSource`] that writes each job's
+    /// arguments straight into the chunk being built (no buffer per job).
+    pub fn imap_source<'p>(
+        &'p self,
+        jobs: impl JobSource + 'p,
+        ordered: bool,
+        chunksize: usize,
+    ) -> RawStream<'p> {
+        RawStream::from_source(
             self,
             Box::new(jobs),
             ordered,

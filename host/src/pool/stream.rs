@@ -37,8 +37,49 @@ impl RawJob {
         }
     }
 
-    fn same_kind(&self, other: &RawJob) -> bool {
-        self.target == other.target && self.codec == other.codec && self.limits == other.limits
+    fn head(&self) -> JobHead {
+        JobHead {
+            target: self.target,
+            codec: self.codec,
+            limits: self.limits,
+        }
+    }
+}
+
+/// What a job is apart from its arguments: consecutive jobs with the same
+/// head share a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobHead {
+    pub target: TaskRef,
+    pub codec: Codec,
+    pub limits: Limits,
+}
+
+/// A source of raw jobs that writes each job's encoded arguments straight
+/// into the chunk being built (no buffer per job): the input of
+/// [`Pool::imap_source`](super::Pool::imap_source), e.g. the CLI's input
+/// lines.
+pub trait JobSource {
+    /// The next job: appends its encoded arguments to `args` and returns its
+    /// head. `Some(Err(e))` is an item that fails in place with `e` (it must
+    /// append nothing); `None` ends the input.
+    fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<JobHead, TaskError>>;
+}
+
+/// [`RawJob`]s as a [`JobSource`].
+struct RawJobs<I>(I);
+
+impl<I: Iterator<Item = Result<RawJob, TaskError>>> JobSource for RawJobs<I> {
+    fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<JobHead, TaskError>> {
+        Some(self.0.next()?.map(|job| {
+            let head = job.head();
+            if args.is_empty() {
+                *args = job.args;
+            } else {
+                args.extend_from_slice(&job.args);
+            }
+            head
+        }))
     }
 }
 
@@ -48,8 +89,9 @@ pub(crate) type EncodeNext<'p> = Box<dyn FnMut(&mut Vec<u8>) -> Option<Result<()
 
 enum Source<'p> {
     Raw {
-        input: Box<dyn Iterator<Item = Result<RawJob, TaskError>> + 'p>,
-        peeked: Option<Result<RawJob, TaskError>>,
+        input: Box<dyn JobSource + 'p>,
+        /// A job read but not of the chunk being built: it starts the next.
+        peeked: Option<Result<(JobHead, Vec<u8>), TaskError>>,
     },
     Typed {
         target: TaskRef,
@@ -134,6 +176,16 @@ impl<'p> RawStream<'p> {
     pub(crate) fn new(
         pool: &'p Pool,
         input: Box<dyn Iterator<Item = Result<RawJob, TaskError>> + 'p>,
+        ordered: bool,
+        chunksize: usize,
+        window: usize,
+    ) -> Self {
+        Self::from_source(pool, Box::new(RawJobs(input)), ordered, chunksize, window)
+    }
+
+    pub(crate) fn from_source(
+        pool: &'p Pool,
+        input: Box<dyn JobSource + 'p>,
         ordered: bool,
         chunksize: usize,
         window: usize,
@@ -248,57 +300,79 @@ impl<'p> RawStream<'p> {
         }
     }
 
-    /// Next chunk of raw jobs: consecutive jobs of one kind, records built.
+    /// Next chunk of raw jobs: consecutive jobs of one head, their records
+    /// written by the source straight into the payload.
     #[allow(clippy::type_complexity)]
     fn next_raw_chunk(&mut self) -> Option<(TaskRef, Codec, Limits, Vec<u8>, u32)> {
+        let single = self.chunksize == 1;
         let Source::Raw { input, peeked } = &mut self.source else {
             return None;
         };
-        let first = match peeked.take().or_else(|| input.next()) {
-            None => {
-                self.exhausted = true;
-                return None;
+        let mut payload = Vec::new();
+        if !single {
+            payload.extend_from_slice(&[0; 4]);
+        }
+        let first = match peeked.take() {
+            Some(Ok((head, args))) => {
+                if single {
+                    payload = args;
+                } else {
+                    payload.extend_from_slice(&args);
+                }
+                Ok(head)
             }
-            Some(first) => first,
+            Some(Err(e)) => Err(e),
+            None => match input.next_job(&mut payload) {
+                None => {
+                    self.exhausted = true;
+                    return None;
+                }
+                Some(first) => first,
+            },
         };
         let index = self.taken;
         self.taken += 1;
-        let first = match first {
-            Ok(job) => job,
+        let head = match first {
+            Ok(head) => head,
             Err(e) => {
                 self.hold_error(index, e);
                 return None;
             }
         };
-        let mut jobs = vec![first];
-        while jobs.len() < self.chunksize {
-            match peeked.take().or_else(|| input.next()) {
-                Some(Ok(job)) if job.same_kind(&jobs[0]) => {
+        let mut count = 1u32;
+        if !single {
+            let len = (payload.len() - 4) as u32;
+            payload[..4].copy_from_slice(&len.to_le_bytes());
+            payload.reserve((payload.len() * (self.chunksize - 1)).min(1 << 20));
+        }
+        while (count as usize) < self.chunksize {
+            let start = payload.len();
+            payload.extend_from_slice(&[0; 4]);
+            match input.next_job(&mut payload) {
+                Some(Ok(h)) if h == head => {
+                    let len = (payload.len() - start - 4) as u32;
+                    payload[start..start + 4].copy_from_slice(&len.to_le_bytes());
                     self.taken += 1;
-                    jobs.push(job);
+                    count += 1;
                 }
                 Some(other) => {
-                    *peeked = Some(other);
+                    // Another kind of job (or an error): it starts the next chunk.
+                    *peeked = Some(other.map(|h| (h, payload[start + 4..].to_vec())));
+                    payload.truncate(start);
                     break;
                 }
                 None => {
+                    payload.truncate(start);
                     self.exhausted = true;
                     break;
                 }
             }
         }
-        let (target, codec, limits) = (jobs[0].target, jobs[0].codec, jobs[0].limits);
-        let count = jobs.len() as u32;
-        let payload = if count == 1 {
-            jobs.pop().map(|j| j.args).unwrap_or_default()
-        } else {
-            let mut p = Vec::with_capacity(jobs.iter().map(|j| j.args.len() + 4).sum());
-            for j in &jobs {
-                codec::push_record(&mut p, &j.args);
-            }
-            p
-        };
-        Some((target, codec, limits, payload, count))
+        if count == 1 && !single {
+            // A lone item travels as plain arguments, not as a record.
+            payload.drain(..4);
+        }
+        Some((head.target, head.codec, head.limits, payload, count))
     }
 
     /// Next chunk of typed items, encoded straight into the payload.
@@ -359,8 +433,9 @@ impl<'p> RawStream<'p> {
             .map_or(0, |c| c.chunk.count.saturating_sub(c.i) as usize)
     }
 
-    /// The next item, handed to `f` as its index and encoded outcome.
-    pub(crate) fn next_with<T>(
+    /// The next item, handed to `f` as its index and encoded outcome (a
+    /// value borrowed from the worker's result buffer: no copy per item).
+    pub fn next_with<T>(
         &mut self,
         f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
     ) -> Option<T> {
