@@ -75,6 +75,45 @@ pub struct PluginInfo {
     pub abi_version: u32,
     pub api_version: String,
     pub tasks: Vec<TaskSpec>,
+    /// What the plugin says about itself; `None` for a plugin built against
+    /// a `plugin-api` older than the metadata field (the field is absent
+    /// from its root module).
+    #[serde(default)]
+    pub metadata: Option<PluginMeta>,
+}
+
+/// A plugin's description, authors, homepage, repository and license (its
+/// `Cargo.toml`'s); unset ones are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginMeta {
+    pub description: Option<String>,
+    pub authors: Vec<String>,
+    pub homepage: Option<String>,
+    pub repository: Option<String>,
+    pub license: Option<String>,
+}
+
+impl PluginMeta {
+    fn from_abi(m: &billiard_plugin_api::abi::PluginMetadata) -> PluginMeta {
+        let text = |s: &abi_stable::std_types::RStr<'_>| {
+            let s = s.as_str().trim();
+            (!s.is_empty()).then(|| s.to_string())
+        };
+        PluginMeta {
+            description: text(&m.description),
+            authors: m
+                .authors
+                .as_str()
+                .split(':')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect(),
+            homepage: text(&m.homepage),
+            repository: text(&m.repository),
+            license: text(&m.license),
+        }
+    }
 }
 
 impl PluginInfo {
@@ -265,10 +304,24 @@ fn explain(err: LibraryError) -> String {
         LibraryError::IncompatibleVersionNumber { library_name, expected_version, actual_version } => format!(
             "built against an incompatible billiard-plugin-api ({library_name} {actual_version}, this host needs a version compatible with {expected_version}); rebuild the plugin against this host's plugin-api"
         ),
-        LibraryError::AbiInstability(e) => format!(
-            "built against an incompatible billiard-plugin-api: the ABI layout differs; rebuild the plugin against this host's plugin-api.\nlayout check: {}",
-            first_lines(&e.to_string(), 12)
-        ),
+        LibraryError::AbiInstability(e) => {
+            // The report is long: its head, and the error itself.
+            let text = e.to_string();
+            let errors: Vec<&str> = text
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with("Error:"))
+                .take(6)
+                .collect();
+            format!(
+                "built against an incompatible billiard-plugin-api: the ABI layout differs; rebuild the plugin against this host's plugin-api.\nlayout check: {}{}",
+                first_lines(&text, 12),
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{}", errors.join("\n"))
+                }
+            )
+        }
         LibraryError::RootModule { err: RootModuleError::Unwound, .. } => {
             "the plugin's module initializer panicked".into()
         }
@@ -305,15 +358,25 @@ impl Plugin {
         let abs =
             std::path::absolute(path).map_err(|e| fail(format!("cannot resolve the path: {e}")))?;
         let header = lib_header_from_path(&abs).map_err(|e| fail(explain(e)))?;
-        let module = header
-            .init_root_module::<PluginModRef>()
-            .map_err(|e| fail(explain(e)))?;
+        // Checked against the ABI 2 prefix, so that plugins built before a
+        // field was appended load too; read through the full layout.
+        let module: PluginModRef = header
+            .init_root_module::<billiard_plugin_api::abi::prefix::PluginModRef>()
+            .map_err(|e| fail(explain(e)))?
+            .upgrade();
         let abi_version = module.abi_version();
         if abi_version != ABI_VERSION {
+            let advice = if abi_version > ABI_VERSION {
+                "the plugin is newer than this host: run it with a newer billiard-host, or rebuild it against this host's plugin-api"
+            } else {
+                "rebuild the plugin against this host's plugin-api"
+            };
             return Err(fail(format!(
-                "built for billiard plugin ABI version {abi_version}, this host speaks version {ABI_VERSION}; rebuild the plugin against this host's plugin-api"
+                "built for billiard plugin ABI version {abi_version}, this host speaks version {ABI_VERSION}; {advice}"
             )));
         }
+        // Appended after the ABI 2 prefix: absent (None) in older plugins.
+        let metadata = module.metadata().as_ref().map(PluginMeta::from_abi);
         let tasks = module
             .tasks()
             .iter()
@@ -344,6 +407,7 @@ impl Plugin {
             abi_version,
             api_version: module.api_version().to_string(),
             tasks,
+            metadata,
         };
         Ok(Plugin {
             module,

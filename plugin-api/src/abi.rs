@@ -128,7 +128,42 @@ pub type BatchFn = extern "C" fn(
     out: &mut RVec<u8>,
 ) -> u32;
 
+/// What a plugin says about itself, for `billiard-host inspect`: its
+/// `Cargo.toml`'s `description`, `authors` (`:`-separated, as cargo gives
+/// them), `homepage`, `repository` and `license`, each empty when unset.
+/// [`export_plugin!`](crate::export_plugin) fills it in from cargo's
+/// `CARGO_PKG_*` variables.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct PluginMetadata {
+    pub description: RStr<'static>,
+    pub authors: RStr<'static>,
+    pub homepage: RStr<'static>,
+    pub repository: RStr<'static>,
+    pub license: RStr<'static>,
+}
+
+impl PluginMetadata {
+    /// No metadata (every field empty).
+    pub const EMPTY: PluginMetadata = PluginMetadata {
+        description: RStr::from_str(""),
+        authors: RStr::from_str(""),
+        homepage: RStr::from_str(""),
+        repository: RStr::from_str(""),
+        license: RStr::from_str(""),
+    };
+}
+
 /// The root module a plugin exports (through [`export_plugin!`](crate::export_plugin)).
+///
+/// A prefix type: the fields up to `call_batch` (`last_prefix_field`) are
+/// the ABI 2 prefix every plugin has; fields after it were appended later
+/// and a plugin built against an older `plugin-api` lacks them. Missing
+/// fields are explicit: the struct-level `missing_field(panic)` covers only
+/// the prefix (always present, so it never fires), and every appended field
+/// carries `missing_field(option)`, so its accessor returns `None` for an
+/// older plugin and the host decides what absence means. The rules for
+/// changing this type are in ARCHITECTURE.md ("Changing plugin-api").
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
@@ -158,6 +193,10 @@ pub struct PluginMod {
         ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> u32,
+    /// Appended after the ABI 2 prefix (no `ABI_VERSION` bump: a host may
+    /// ignore it). `None` from a plugin built before it existed.
+    #[sabi(missing_field(option))]
+    pub metadata: PluginMetadata,
 }
 
 impl RootModule for PluginModRef {
@@ -169,6 +208,74 @@ impl RootModule for PluginModRef {
 
 /// Version of this crate, recorded in every plugin.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The root module as a host checks it when it loads a plugin: only the
+/// ABI 2 prefix (every field up to `call_batch`).
+///
+/// abi_stable's load-time layout check accepts a plugin whose root module
+/// has *more* fields than the interface it is checked against, never fewer:
+/// checked against the full [`PluginMod`], a plugin built before a field
+/// was appended would be refused ("too many fields"). So the host checks
+/// against this prefix (old and new plugins pass) and then reads the module
+/// through the full layout ([`PluginModRef::upgrade`]), whose accessors
+/// for appended fields consult the plugin's own field bits and return
+/// `None` for a field the plugin does not have.
+pub mod prefix {
+    use super::*;
+
+    /// The ABI 2 prefix of [`super::PluginMod`]: the same fields, nothing
+    /// appended. Never add fields here (see ARCHITECTURE.md).
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+    #[sabi(missing_field(panic))]
+    pub struct PluginMod {
+        pub abi_version: u32,
+        pub name: RStr<'static>,
+        pub version: RStr<'static>,
+        pub api_version: RStr<'static>,
+        pub tasks: RSlice<'static, TaskInfo>,
+        pub call: extern "C" fn(
+            task: u32,
+            codec: Codec,
+            args: RSlice<'_, u8>,
+            ctx: &TaskContext<'_>,
+            out: &mut RVec<u8>,
+        ) -> Status,
+        #[sabi(last_prefix_field)]
+        pub call_batch: extern "C" fn(
+            task: u32,
+            codec: Codec,
+            args: RSlice<'_, u8>,
+            count: u32,
+            ctx: &TaskContext<'_>,
+            out: &mut RVec<u8>,
+        ) -> u32,
+    }
+
+    impl RootModule for PluginModRef {
+        declare_root_module_statics! {PluginModRef}
+        const BASE_NAME: &'static str = "billiard_plugin";
+        const NAME: &'static str = "billiard_plugin";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+
+    impl PluginModRef {
+        /// The same module seen through the current layout, appended fields
+        /// included (`None` where the plugin lacks them).
+        pub fn upgrade(self) -> super::PluginModRef {
+            // SAFETY: the module was checked (by abi_stable, against this
+            // prefix) to start with exactly these fields, and every layout
+            // of `PluginMod` is this prefix plus fields appended after it
+            // (never moved or removed): prefix accessors read the same
+            // offsets in either view. An appended field is read only when
+            // the plugin's own accessibility bits (stored beside the value,
+            // set by the derive in the plugin for the fields *it* has) say
+            // it exists, so no read goes past the plugin's struct.
+            super::PluginModRef(unsafe { self.0.cast() })
+        }
+    }
+}
 
 /// Test support: a root module with the same name but another layout, to
 /// prove the host refuses plugins built against an incompatible ABI.

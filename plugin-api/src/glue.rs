@@ -360,6 +360,14 @@ macro_rules! export_plugin {
                     tasks: RSlice::from_slice(INFOS),
                     call,
                     call_batch,
+                    // The plugin crate's own Cargo.toml (this expands there).
+                    metadata: $crate::abi::PluginMetadata {
+                        description: RStr::from_str(env!("CARGO_PKG_DESCRIPTION")),
+                        authors: RStr::from_str(env!("CARGO_PKG_AUTHORS")),
+                        homepage: RStr::from_str(env!("CARGO_PKG_HOMEPAGE")),
+                        repository: RStr::from_str(env!("CARGO_PKG_REPOSITORY")),
+                        license: RStr::from_str(env!("CARGO_PKG_LICENSE")),
+                    },
                 }
                 .leak_into_prefix()
             }

@@ -228,5 +228,30 @@ fn write_text(out: &mut impl Write, info: &billiard_host::PluginInfo) -> std::io
             writeln!(out, "      {line}")?;
         }
     }
+    // After the tasks: the lines above are a stable layout tools read.
+    writeln!(out)?;
+    match &info.metadata {
+        Some(m) => {
+            if let Some(d) = &m.description {
+                writeln!(out, "about:   {d}")?;
+            }
+            if !m.authors.is_empty() {
+                writeln!(out, "authors: {}", m.authors.join(", "))?;
+            }
+            for (label, v) in [
+                ("license", &m.license),
+                ("home", &m.homepage),
+                ("repo", &m.repository),
+            ] {
+                if let Some(v) = v {
+                    writeln!(out, "{label}:{:pad$}{v}", "", pad = 9 - label.len() - 1)?;
+                }
+            }
+        }
+        None => writeln!(
+            out,
+            "about:   (no metadata: built against an older billiard-plugin-api)"
+        )?,
+    }
     Ok(())
 }

@@ -103,6 +103,7 @@ fn get_root_module() -> PluginModRef {
         tasks: RSlice::from_slice(&INFOS[..exported()]),
         call,
         call_batch,
+        metadata: billiard_plugin_api::abi::PluginMetadata::EMPTY,
     }
     .leak_into_prefix()
 }

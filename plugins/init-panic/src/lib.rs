@@ -19,6 +19,7 @@ fn get_root_module() -> PluginModRef {
         tasks: Default::default(),
         call: unreachable_call,
         call_batch: unreachable_batch,
+        metadata: billiard_plugin_api::abi::PluginMetadata::EMPTY,
     }
     .leak_into_prefix()
 }

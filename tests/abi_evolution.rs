@@ -1,0 +1,288 @@
+//! ABI evolution, proven (issue 18, part 3). The root module is an
+//! abi_stable prefix type: fields appended after `last_prefix_field` are
+//! optional, so a plugin built against the previous layout (the frozen
+//! plugin-api in tests/fixtures/old-plugin-api, ABI 2 before `metadata`
+//! was appended) loads and runs in this host with the new field reported
+//! absent, and a plugin of a newer layout (this plugin-api plus an appended
+//! required field and the next ABI version) is refused with a clear message.
+//!
+//! Both fixtures are built with cargo into `target/fixtures` (incremental on
+//! reruns); the newer one is generated from the current `plugin-api/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use billiard_host::{ErrorKind, Plugin, Pool, PoolError};
+use billiard_plugin_api::ABI_VERSION;
+use common::{host, stdout, workspace_root};
+
+fn fixture_dir() -> PathBuf {
+    workspace_root().join("tests/fixtures/old-plugin-api")
+}
+
+/// `target/fixtures`: beside this run's profile directory.
+fn fixtures_target() -> PathBuf {
+    common::artifact_dir()
+        .parent()
+        .expect("the profile directory has a parent")
+        .join("fixtures")
+}
+
+fn cargo_build(manifest: &Path, package: &str, locked: bool) -> PathBuf {
+    let target = fixtures_target();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .args(["-p", package, "--target-dir"])
+        .arg(&target)
+        // Not the workspace's: the fixtures are workspaces of their own.
+        .env_remove("CARGO_TARGET_DIR");
+    if locked {
+        cmd.arg("--locked");
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo ({cmd:?}): {e}"));
+    assert!(
+        out.status.success(),
+        "building the fixture {package} failed ({cmd:?}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = format!("lib{}.so", package.replace('-', "_"));
+    let path = target.join("debug").join(lib);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// The plugin built against the frozen, previous plugin-api.
+fn old_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo_build(
+            &fixture_dir().join("Cargo.toml"),
+            "billiard-plugin-old-abi",
+            true,
+        )
+    })
+}
+
+/// Writes `content` to `path` unless it is there already (an unchanged
+/// file keeps its mtime, so cargo's rebuild is incremental).
+fn put(path: &Path, content: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
+        return;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create a fixture directory");
+    }
+    std::fs::write(path, content).expect("write a fixture file");
+}
+
+/// Copies the `.rs` and `Cargo.toml` files of `from` into `to`, with `edit`
+/// applied to each file's text (by its path relative to `from`).
+fn copy_tree(from: &Path, to: &Path, edit: &dyn Fn(&Path, String) -> String) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read a source directory") {
+            let p = e.expect("a directory entry").path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "target") {
+                    walk(&p, out);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs")
+                || p.file_name().is_some_and(|n| n == "Cargo.toml")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(from, &mut files);
+    for f in files {
+        let rel = f.strip_prefix(from).expect("under the source");
+        let text = std::fs::read_to_string(&f).expect("read a source file");
+        put(&to.join(rel), &edit(rel, text));
+    }
+}
+
+fn replace_once(text: &str, old: &str, new: &str, what: &Path) -> String {
+    assert_eq!(
+        text.matches(old).count(),
+        1,
+        "{}: the anchor {old:?} is not there exactly once (plugin-api changed: update this fixture generator)",
+        what.display()
+    );
+    text.replacen(old, new, 1)
+}
+
+/// The plugin built against the *next* layout: today's plugin-api with one
+/// more appended field that a host must understand (a required one) and,
+/// as the rules say for such a field, the next ABI version.
+fn next_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = workspace_root();
+        let src = fixtures_target().join("next-layout");
+        let next = ABI_VERSION + 1;
+        copy_tree(&root.join("plugin-api"), &src.join("plugin-api"), &|rel, t| {
+            if rel == Path::new("src/abi.rs") {
+                let t = replace_once(
+                    &t,
+                    &format!("pub const ABI_VERSION: u32 = {ABI_VERSION};"),
+                    &format!("pub const ABI_VERSION: u32 = {next};"),
+                    rel,
+                );
+                replace_once(
+                    &t,
+                    "    pub metadata: PluginMetadata,\n",
+                    "    pub metadata: PluginMetadata,\n    /// The next layout's required field.\n    pub requires_host: u32,\n",
+                    rel,
+                )
+            } else if rel == Path::new("src/glue.rs") {
+                replace_once(
+                    &t,
+                    "metadata: $crate::abi::PluginMetadata {",
+                    "requires_host: 1,\n                    metadata: $crate::abi::PluginMetadata {",
+                    rel,
+                )
+            } else {
+                t
+            }
+        });
+        copy_tree(
+            &root.join("plugin-api-macros"),
+            &src.join("plugin-api-macros"),
+            &|_, t| t,
+        );
+        copy_tree(&fixture_dir().join("plugin"), &src.join("plugin"), &|rel, t| {
+            if rel == Path::new("Cargo.toml") {
+                t.replace("billiard-plugin-old-abi", "billiard-plugin-next-abi")
+            } else {
+                t.replace("name: \"old-abi\"", "name: \"next-abi\"")
+            }
+        });
+        // The workspace's own package and dependency tables, and its lock
+        // file as the starting point (same versions as the host).
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+        let from = manifest
+            .find("[workspace.package]")
+            .expect("a [workspace.package] table");
+        let to = manifest[from..]
+            .find("\n[profile")
+            .map_or(manifest.len(), |i| from + i);
+        put(
+            &src.join("Cargo.toml"),
+            &format!(
+                "# Generated by tests/abi_evolution.rs: plugin-api with one more layout.\n[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"plugin-api-macros\", \"plugin\"]\n\n{}",
+                &manifest[from..to]
+            ),
+        );
+        if !src.join("Cargo.lock").exists() {
+            std::fs::copy(root.join("Cargo.lock"), src.join("Cargo.lock")).expect("Cargo.lock");
+        }
+        cargo_build(&src.join("Cargo.toml"), "billiard-plugin-next-abi", false)
+    })
+}
+
+#[test]
+fn the_fixture_is_the_previous_layout() {
+    // If someone edits the frozen copy, the test below proves nothing.
+    let abi = std::fs::read_to_string(fixture_dir().join("plugin-api/src/abi.rs"))
+        .expect("the frozen abi.rs");
+    assert!(
+        !abi.contains("metadata"),
+        "the frozen plugin-api was edited"
+    );
+    assert!(abi.contains(&format!("pub const ABI_VERSION: u32 = {ABI_VERSION};")));
+    let ours = std::fs::read_to_string(workspace_root().join("plugin-api/src/abi.rs"))
+        .expect("plugin-api/src/abi.rs");
+    assert!(ours.contains("pub metadata: PluginMetadata"));
+}
+
+#[test]
+fn a_plugin_of_the_previous_layout_loads_and_runs_in_this_host() {
+    let p = Plugin::load(old_plugin()).expect("the old plugin loads");
+    let info = p.info();
+    assert_eq!(
+        (info.name.as_str(), info.version.as_str()),
+        ("old-abi", "0.2.0")
+    );
+    assert_eq!(info.abi_version, ABI_VERSION);
+    assert_eq!(info.metadata, None, "the appended field is absent");
+    let names: Vec<&str> = info.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["square", "job", "fail"]);
+
+    let pool = Pool::builder()
+        .workers(1)
+        .plugin(old_plugin())
+        .build()
+        .expect("a pool of the old plugin");
+    let y: u64 = pool.apply("old-abi", "square", (7u64,)).expect("square");
+    assert_eq!(y, 49);
+    let h = pool
+        .apply_async::<_, u64>("old-abi", "job", ())
+        .expect("submit");
+    assert_eq!(h.get(), Ok(h.id().0), "the old TaskContext layout");
+    let e = pool
+        .apply::<_, u64>("old-abi", "fail", ("no".to_string(),))
+        .expect_err("fails");
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::TaskError, "no"));
+    let squares: Vec<u64> = pool
+        .map("old-abi", "square", 0..100u64, 10)
+        .expect("call_batch of the old layout");
+    assert_eq!(squares[99], 99 * 99);
+    pool.join().expect("join");
+}
+
+#[test]
+fn inspect_reports_the_new_field_absent_for_an_old_plugin() {
+    let old = old_plugin().to_string_lossy().into_owned();
+    let out = host(["inspect", "--json", &old]);
+    assert!(out.status.success(), "{out:?}");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(info["metadata"].is_null(), "{info}");
+    let text = stdout(&host(["inspect", &old]));
+    assert!(
+        text.contains("about:   (no metadata: built against an older billiard-plugin-api)"),
+        "{text}"
+    );
+    // A plugin of this layout reports its Cargo.toml's.
+    let math = common::plugin_str("math");
+    let info: serde_json::Value =
+        serde_json::from_slice(&host(["inspect", "--json", &math]).stdout).expect("JSON");
+    assert_eq!(
+        info["metadata"]["description"],
+        "billiard-host example plugin: math"
+    );
+    assert_eq!(info["metadata"]["license"], "MIT OR Apache-2.0");
+    let text = stdout(&host(["inspect", &math]));
+    assert!(
+        text.contains("\nabout:   billiard-host example plugin: math\n")
+            && text.contains("\nlicense: MIT OR Apache-2.0\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_plugin_of_a_newer_layout_is_refused_with_a_clear_message() {
+    let next = next_plugin();
+    let e = Plugin::load(next).expect_err("a plugin from the future");
+    let want = format!(
+        "built for billiard plugin ABI version {}, this host speaks version {ABI_VERSION}; the plugin is newer than this host",
+        ABI_VERSION + 1
+    );
+    assert!(e.reason.contains(&want), "{e}");
+    assert!(e.to_string().contains(&next.display().to_string()), "{e}");
+    // The same through a pool (its zygote loads it).
+    match Pool::builder().workers(1).plugin(next).build() {
+        Err(PoolError::PluginLoad(e)) => {
+            assert_eq!(e.kind, ErrorKind::PluginLoad);
+            assert!(e.message.contains(&want), "{e}");
+        }
+        Err(e) => panic!("not a plugin load error: {e:?}"),
+        Ok(_) => panic!("a plugin of a newer layout was loaded"),
+    }
+}
