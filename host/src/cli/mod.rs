@@ -26,7 +26,7 @@ use clap::{CommandFactory, Parser, Subcommand};
     version,
     about = "Run Rust task plugins in a pool of forked worker processes",
     long_about = None,
-    after_help = "Examples:\n  billiard-host run target/release/libbilliard_math.so --task square --args '[3]'\n  billiard-host run target/release/libbilliard_math.so --task square --input examples/jobs.jsonl\n  billiard-host inspect target/release/libbilliard_math.so\n  billiard-host inspect --json target/release/libbilliard_math.so\n  billiard-host check target/release/libbilliard_math.so --cases cases.jsonl\n  billiard-host completions bash > ~/.local/share/bash-completion/completions/billiard-host"
+    after_help = "Examples:\n  billiard-host run target/release/libbilliard_math.so --task square --args '[3]'\n  billiard-host run target/release/libbilliard_math.so --task square --input examples/jobs.jsonl\n  billiard-host inspect target/release/libbilliard_math.so\n  billiard-host inspect --json target/release/libbilliard_math.so\n  billiard-host check target/release/libbilliard_math.so --cases cases.jsonl\n  billiard-host new my-plugin   # a plugin crate that builds and tests anywhere\n  billiard-host completions bash > ~/.local/share/bash-completion/completions/billiard-host"
 )]
 struct Cli {
     #[command(subcommand)]
