@@ -493,3 +493,37 @@ fn run_on_a_fleet_refuses_the_sandbox_flags() {
         common::stderr(&out)
     );
 }
+
+/// Files a root task without capabilities could still write by their
+/// mode alone: a sysctl (opened, never written), a device node, sysfs.
+fn root_owned_targets() -> Vec<String> {
+    let mut t = vec!["/proc/sys/kernel/core_pattern".to_string()];
+    // (Disks such as /dev/vda are refused even to the host here, by the
+    // machine's device cgroup: not a test of ours.)
+    for dev in ["/dev/loop0", "/dev/kmsg"] {
+        if std::path::Path::new(dev).exists() {
+            t.push(dev.to_string());
+        }
+    }
+    t
+}
+
+#[test]
+fn standard_closes_sysctls_and_device_nodes_to_a_root_task() {
+    let h = harness(Sandbox::standard());
+    for path in root_owned_targets() {
+        let e = h.attack("sb_open_write", (path.clone(),)).expect_err(&path);
+        assert!(
+            e.message.contains("Read-only file system") || e.message.contains("No such file"),
+            "{path}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn none_can_open_them_for_writing() {
+    let h = harness(Sandbox::none());
+    for path in root_owned_targets() {
+        h.attack("sb_open_write", (path.clone(),)).expect(&path);
+    }
+}

@@ -896,6 +896,7 @@ fn cli_run(
             .args(["--task", task, "--workers", "2"])
             .args(["--chunksize", &chunk.to_string()])
             .args(["--start-method", &ctx.start_method.to_string()])
+            .args(["--sandbox", &ctx.sandbox.to_string()])
             .arg("--input")
             .arg(input)
             .stdin(Stdio::null())

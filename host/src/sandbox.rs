@@ -367,6 +367,10 @@ impl Sandbox {
             }
             probe_steps.push(os::ProbeStep::ReadOnlyRemount);
         }
+        if self.isolate && !probe_steps.contains(&os::ProbeStep::ReadOnlyRemount) {
+            // /sys and the workers' /proc are made read-only.
+            probe_steps.push(os::ProbeStep::ReadOnlyRemount);
+        }
         if let Err((step, e)) = os::probe(&probe_steps) {
             let protection = match step {
                 os::ProbeStep::MountNamespace => "a mount namespace (filesystem rule, fresh /proc)",
@@ -451,6 +455,10 @@ impl Sandbox {
             layers.push(Layer::new(
                 "identity",
                 "no_new_privs, every capability dropped (bounding set too), not dumpable",
+            ));
+            layers.push(Layer::new(
+                "devices",
+                "/dev is a private tmpfs with only null, zero, full, random, urandom, tty; /sys and /proc read-only",
             ));
             let kept = if self.keep_env.is_empty() {
                 "none".to_string()
@@ -709,9 +717,18 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
             Err(e) => return Err(setup("network namespace")(e)),
         }
     }
-    if s.read_only {
+    if s.read_only || s.isolate {
         os::unshare_mounts().map_err(setup("mount namespace"))?;
+    }
+    if s.read_only {
         os::read_only_except(&s.allow_write).map_err(setup("read-only filesystem"))?;
+    }
+    if s.isolate {
+        // Root without capabilities still owns every root-owned file by
+        // its mode: no device node but the harmless ones, and no write to
+        // sysfs (the workers' fresh /proc is read-only too).
+        os::minimal_dev(s.read_only).map_err(setup("minimal /dev"))?;
+        os::remount_read_only(std::path::Path::new("/sys")).map_err(setup("read-only /sys"))?;
     }
     Ok(())
 }
@@ -742,10 +759,9 @@ pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
                     .map_err(setup("per-namespace pid_max"))?;
             }
         }
-        if s.read_only {
-            os::remount_read_only(std::path::Path::new("/proc"))
-                .map_err(setup("read-only /proc"))?;
-        }
+        // Read-only in every profile: a root task without capabilities
+        // could otherwise write root-owned sysctls (core_pattern...).
+        os::remount_read_only(std::path::Path::new("/proc")).map_err(setup("read-only /proc"))?;
         os::drop_bounding_capabilities().map_err(setup("drop capabilities"))?;
     }
     if let Some(n) = s.limits.max_procs {

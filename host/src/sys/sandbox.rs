@@ -502,3 +502,85 @@ pub fn seccomp_available() -> bool {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) >= 0 }
 }
+
+/// Replaces /dev, in this private mount namespace, with a small tmpfs
+/// that holds only `null`, `zero`, `full`, `random`, `urandom` and `tty`
+/// (bind mounts of the real nodes), the `fd`/`stdin`/`stdout`/`stderr`
+/// links and an empty `shm`: a root task without capabilities can no
+/// longer open the machine's disks, loop devices or /dev/kmsg, which file
+/// modes alone would allow it (and a read-only mount does not stop
+/// device writes).
+pub fn minimal_dev(read_only: bool) -> io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let mut nodes = Vec::new();
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let path = format!("/dev/{name}");
+        if !Path::new(&path).exists() {
+            continue;
+        }
+        let c = cpath(Path::new(&path))?;
+        // SAFETY: open_tree with a NUL-terminated path returns a new fd
+        // (a detached copy of the mount of that node) or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("open_tree({path}): {e}")));
+        }
+        // SAFETY: the fd was just returned to us and is owned by nobody else.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        nodes.push((name, fd));
+    }
+    // SAFETY: mount with NUL-terminated strings.
+    cvt(unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"mode=0755,size=65536".as_ptr().cast(),
+        )
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("mount tmpfs on /dev: {e}")))?;
+    for (name, fd) in &nodes {
+        let path = format!("/dev/{name}");
+        std::fs::File::create(&path)?;
+        let c = cpath(Path::new(&path))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: move_mount of a detached mount fd onto a NUL-terminated
+        // path; the empty source path means "the fd itself".
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        } as libc::c_int)
+        .map_err(|e| io::Error::new(e.kind(), format!("move_mount onto {path}: {e}")))?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, format!("/dev/{link}"))?;
+    }
+    std::fs::create_dir("/dev/shm")?;
+    if read_only {
+        mount_setattr(Path::new("/dev"), MOUNT_ATTR_RDONLY, 0)
+            .map_err(|e| io::Error::new(e.kind(), format!("read-only /dev: {e}")))?;
+    }
+    Ok(())
+}

@@ -392,6 +392,17 @@ pub fn sb_read_mem(pid: i32) -> Result<String, String> {
     Ok(format!("read {n} bytes of {pid}'s memory"))
 }
 
+/// Opens `path` for writing (appending, never truncating or creating) and
+/// writes nothing: whether the task *could* change it.
+#[task]
+pub fn sb_open_write(path: String) -> Result<String, String> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map(|_| format!("{path} is open for writing"))
+        .map_err(|e| format!("open {path} for writing: {e}"))
+}
+
 /// Looks for `name` in the environment and in /proc/self/environ.
 #[task]
 pub fn sb_env(name: String) -> Result<String, String> {
@@ -444,5 +455,5 @@ pub fn sb_load_module() -> Result<String, String> {
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write],
 );
