@@ -1,7 +1,8 @@
 //! # billiard-plugin-api
 //!
-//! The only crate a billiard-host task plugin depends on. A plugin is a
-//! `cdylib` crate that writes its tasks as ordinary functions:
+//! The only billiard crate a task plugin depends on (`billiard-host new
+//! NAME` writes such a crate). A plugin is a `cdylib` crate that writes its
+//! tasks as ordinary functions:
 //!
 //! ```ignore
 //! use billiard_plugin_api::{task, export_plugin};
@@ -50,5 +51,11 @@ pub mod __private {
     pub use serde_bytes;
 }
 
+/// serde, as this crate uses it. For `#[derive(Serialize, Deserialize)]` on
+/// a plugin's own argument and result types, add
+/// `serde = { version = "1", features = ["derive"] }` to the plugin's
+/// `Cargo.toml` (cargo unifies it with this one: one serde 1.x, one
+/// `Serialize` trait); deriving through this re-export instead needs
+/// `#[serde(crate = "billiard_plugin_api::serde")]` on each type.
 pub use serde;
 pub use serde_bytes;
