@@ -385,3 +385,45 @@ fn a_closed_stdout_on_a_terminal_leaves_no_bar_and_no_summary() {
         assert!(tail.trim().is_empty(), "the bar is left: {tail:?}");
     }
 }
+
+#[test]
+fn a_closed_stdout_of_run_broker_stops_without_a_summary() {
+    let Some(redis) =
+        common::celery::redis_or_skip("a_closed_stdout_of_run_broker_stops_without_a_summary")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let math = plugin_str("math");
+    let _worker = common::celery::spawn_worker(["worker", &math, "--broker", &url, "-c", "2"]);
+    let dir = scratch("epipe-broker");
+    let lines: Vec<String> = (0..3_000).map(|i| format!("[{i}]")).collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let input = lines_file(&dir, "in.jsonl", &refs);
+    let mut child = host_command()
+        .args([
+            "run", "--broker", &url, "--task", "square", "--input", &input,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), r#"{"index":0,"ok":0}"#);
+    drop(out);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("jobs:"),
+        "a summary beside exit status 1: {err}"
+    );
+}

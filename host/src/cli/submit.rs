@@ -371,7 +371,11 @@ pub fn execute(b: Batch) -> i32 {
         }
         code = exit::JOBS_FAILED;
     }
-    if !b.quiet && !single {
+    // A closed stdout (`| head`) stops quietly: no summary beside exit 1.
+    let output_closed = write_error
+        .as_ref()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+    if !b.quiet && !single && !output_closed {
         eprintln!("{summary}");
         if stopped_early && write_error.is_none() {
             eprintln!(
