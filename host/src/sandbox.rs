@@ -674,6 +674,10 @@ pub fn kernel_report() -> KernelReport {
 static USER_IDS: OnceLock<(u32, u32)> = OnceLock::new();
 /// Whether "no network" falls back to the seccomp socket rule here.
 static NETWORK_BY_SECCOMP: OnceLock<bool> = OnceLock::new();
+/// The workers' seccomp programs, compiled once in the zygote: (process
+/// group they were built for, socket rule included, programs).
+#[allow(clippy::type_complexity)]
+static PROGRAMS: OnceLock<(i32, bool, Vec<seccompiler::BpfProgram>)> = OnceLock::new();
 
 /// In the zygote (or any helper process about to load plugins), before
 /// it loads any: the process-wide layers. Call it single-threaded.
@@ -724,6 +728,10 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
         os::read_only_except(&s.allow_write).map_err(setup("read-only filesystem"))?;
     }
     if s.isolate {
+        // An isolated worker is process 1, and leads group 1, of its own
+        // PID namespace: its filters can be compiled once, here.
+        let by_seccomp = s.no_network && NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
+        let _ = PROGRAMS.set((1, by_seccomp, seccomp_programs(1, by_seccomp)?));
         // Root without capabilities still owns every root-owned file by
         // its mode: no device node but the harmless ones, and no write to
         // sysfs (the workers' fresh /proc is read-only too).
@@ -778,8 +786,19 @@ pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
         os::set_not_dumpable().map_err(setup("PR_SET_DUMPABLE"))?;
         os::clear_capabilities().map_err(setup("drop capabilities"))?;
         let by_seccomp = s.no_network && NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
-        for prog in seccomp_programs(os::getpgrp(), by_seccomp)? {
-            os::install_seccomp(&prog).map_err(setup("seccomp filter"))?;
+        let pgid = os::getpgrp();
+        let compiled;
+        let progs = match PROGRAMS.get() {
+            // Compiled once in the zygote for a worker that leads group 1
+            // of its own PID namespace (every isolated worker).
+            Some((g, n, p)) if *g == pgid && *n == by_seccomp => p,
+            _ => {
+                compiled = seccomp_programs(pgid, by_seccomp)?;
+                &compiled
+            }
+        };
+        for prog in progs {
+            os::install_seccomp(prog).map_err(setup("seccomp filter"))?;
         }
     }
     Ok(())
