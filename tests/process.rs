@@ -72,6 +72,9 @@ fn join_and_check_gone(mut p: Process) -> billiard_host::Outcome {
 #[test]
 fn join_returns_the_value_in_a_fresh_process_each_call() {
     let _serial = serial();
+    fn send_and_sync<T: Send + Sync>() {}
+    // A handle can be moved to (and shared with) another thread.
+    send_and_sync::<Process>();
     let mut pids = Vec::new();
     for _ in 0..3 {
         let mut p = faults("pid", ());
@@ -526,4 +529,106 @@ fn per_call_cost() {
         "per call over {n} calls: Pool::apply {pooled:?}, Process {isolated:?} ({:.0}x)",
         isolated.as_secs_f64() / pooled.as_secs_f64()
     );
+}
+
+/// Live processes whose environment holds `marker` (a variable set on the
+/// command under test is inherited by every process it starts).
+fn marked(marker: &str) -> Vec<i32> {
+    let needle = format!("G_PROCESS_MARK={marker}");
+    common::all_processes()
+        .into_iter()
+        .filter(|p| p.1 != 'Z')
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/environ", p.0))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .map(|p| p.0)
+        .collect()
+}
+
+#[test]
+fn run_isolated_stops_on_sigint_and_kills_on_the_second_signal() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    let dir = common::artifact_dir().join("process-test").join("signals");
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let marker_file = dir.join("started");
+    let _ = std::fs::remove_file(&marker_file);
+    let m = marker_file.to_string_lossy().into_owned();
+    let hang = |tag: &str| format!(r#"{{"task":"append_line","args":["{m}","{tag}",600000]}}"#);
+    let (a, b) = (hang("a"), hang("b"));
+    let lines = [a.as_str(), b.as_str(), "[3]", "[4]", "[5]"];
+    let input = lines_file("signals", &lines);
+    let mark = format!("sig-{}", std::process::id());
+    let mut child = common::host_command()
+        .args([
+            "run",
+            &plugin_str("hostile"),
+            "--plugin",
+            &plugin_str("faults"),
+        ])
+        .args([
+            "--task",
+            "faults.square",
+            "--isolated",
+            "-w",
+            "2",
+            "--input",
+        ])
+        .arg(&input)
+        .env("G_PROCESS_MARK", &mark)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("billiard-host starts");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let both_running = common::eventually(Duration::from_secs(60), || {
+        std::fs::read_to_string(&marker_file).is_ok_and(|s| s.lines().count() == 2)
+    });
+    assert!(both_running, "the two hanging jobs did not start");
+    // A process per running job (zygote and worker each), all marked.
+    assert!(marked(&mark).len() >= 5, "{:?}", marked(&mark));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    // The first signal only stops the input: the jobs still run.
+    let mut err = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("no more input is read") {
+        let n = err.read(&mut buf).expect("stderr");
+        assert!(n > 0, "stderr ended: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("stdout");
+    let status = child.wait().expect("wait");
+    let _ = err.read_to_end(&mut seen);
+    let stderr = String::from_utf8_lossy(&seen);
+    assert_eq!(status.code(), Some(1), "{out}\n{stderr}");
+    let rs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(rs.len(), 5, "{out}");
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r["index"], i as u64, "{out}");
+        assert_eq!(r["error"]["kind"], "terminated", "{out}");
+    }
+    let msg = |i: usize| rs[i]["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg(0).contains("was killed on request"), "{out}");
+    assert!(msg(1).contains("was killed on request"), "{out}");
+    assert!(
+        msg(2).contains("interrupted by SIGINT before the job on input line 3 started"),
+        "{out}"
+    );
+    assert!(stderr.contains("killing the running jobs now"), "{stderr}");
+    assert!(marked(&mark).is_empty(), "left behind: {:?}", marked(&mark));
 }

@@ -26,6 +26,7 @@ mod report;
 mod workloads;
 
 use std::io::Write;
+mod streaming;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -55,7 +56,8 @@ struct Args {
     /// Runs per workload (value = median). Default 3 (1 with --dry-run).
     #[arg(long)]
     runs: Option<usize>,
-    /// Comma list of workloads (W1..W10) or `all`.
+    /// Comma list of workloads (W1..W10) or `all`; S1 (streaming task vs
+    /// map) and S2 (ctx.progress overhead on W4's shape) only when named.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workloads: Vec<String>,
     /// Do not run pybench.py.
@@ -135,13 +137,14 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-const PLUGIN_PACKAGES: [&str; 3] = [
+const PLUGIN_PACKAGES: [&str; 4] = [
     "billiard-plugin-math",
     "billiard-plugin-bytes",
     "billiard-plugin-faults",
 ];
 
 fn main() -> ExitCode {
+    "billiard-plugin-stream",
     let args = Args::parse();
     let res = if args.child.is_some() {
         child_main(&args)

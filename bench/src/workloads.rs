@@ -83,7 +83,7 @@ impl Ctx {
         self.plugin_dir.join(format!("libbilliard_{name}.so"))
     }
 
-    /// A pool of `workers` loading the named plugins (`math`, `bytes`, `faults`).
+    /// A pool of `workers` loading the named plugins (`math`, `bytes`, `faults`, `stream`).
     pub fn builder(&self, workers: usize, plugins: &[&str]) -> PoolBuilder {
         let mut b = Pool::builder()
             .workers(workers)
@@ -114,7 +114,10 @@ pub fn run(ctx: &Ctx, workload: &str) -> Result<Vec<Record>> {
         "W8" => w8(ctx),
         "W9" => w9(ctx),
         "W10" => w10(ctx),
-        other => bail!("unknown workload {other}"),
+        other => match crate::streaming::run(ctx, other) {
+            Some(r) => r,
+            None => bail!("unknown workload {other}"),
+        },
     }?;
     let sm = ctx.start_method.to_string();
     Ok(recs

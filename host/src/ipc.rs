@@ -9,7 +9,15 @@
 //! RUN    (kind 1, S→W): job:u64 plugin:u16 task:u32 codec:u8 attempt:u32 count:u32  args
 //! EXIT   (kind 2, S→W): (empty)
 //! DONE   (kind 10, W→S): job:u64 count:u32 flags:u8 status:u8  payload
+//! ITEMS  (kind 20, W→S): job:u64 count:u32  records
+//! PROGRESS (kind 21, W→S): job:u64 done:u64 total:u64
 //! ```
+//!
+//! ITEMS carries `count` stream items of the running (single, `count == 1`)
+//! job, as `[u32 LE length][bytes]` records in the job's codec, in the order
+//! the task emitted them; any number of ITEMS frames precede the job's DONE.
+//! PROGRESS is the task's latest `ctx.progress(done, total)` (coalesced by
+//! the worker: at most one per ~50 ms, plus each `done >= total` call).
 //!
 //! With `count == 1`, `args` / `payload` are the raw encoded arguments /
 //! result; with `count > 1` they are batch records (see
@@ -29,9 +37,13 @@ use crate::sys::ExitInfo;
 pub const KIND_RUN: u8 = 1;
 pub const KIND_EXIT: u8 = 2;
 pub const KIND_DONE: u8 = 10;
+pub const KIND_ITEMS: u8 = 20;
+pub const KIND_PROGRESS: u8 = 21;
 
 pub const RUN_HEADER: usize = 4 + 1 + 8 + 2 + 4 + 1 + 4 + 4;
 pub const DONE_HEADER: usize = 4 + 1 + 8 + 4 + 1 + 1;
+pub const ITEMS_HEADER: usize = 4 + 1 + 8 + 4;
+pub const PROGRESS_FRAME: usize = 4 + 1 + 8 + 8 + 8;
 
 /// `flags` bit of DONE: the worker exits after this frame (recycling).
 pub const FLAG_RETIRING: u8 = 1;
@@ -92,6 +104,31 @@ pub fn encode_done(h: &DoneHeader, payload_len: usize) -> Result<[u8; DONE_HEADE
     Ok(b)
 }
 
+/// The header of an ITEMS frame carrying `count` records of `payload_len`
+/// bytes for `job`.
+pub fn encode_items(
+    job: u64,
+    count: u32,
+    payload_len: usize,
+) -> Result<[u8; ITEMS_HEADER], FrameError> {
+    let mut b = [0u8; ITEMS_HEADER];
+    b[0..4].copy_from_slice(&frame_len(ITEMS_HEADER, payload_len)?.to_le_bytes());
+    b[4] = KIND_ITEMS;
+    b[5..13].copy_from_slice(&job.to_le_bytes());
+    b[13..17].copy_from_slice(&count.to_le_bytes());
+    Ok(b)
+}
+
+pub fn encode_progress(job: u64, done: u64, total: u64) -> [u8; PROGRESS_FRAME] {
+    let mut b = [0u8; PROGRESS_FRAME];
+    b[0..4].copy_from_slice(&((PROGRESS_FRAME - 4) as u32).to_le_bytes());
+    b[4] = KIND_PROGRESS;
+    b[5..13].copy_from_slice(&job.to_le_bytes());
+    b[13..21].copy_from_slice(&done.to_le_bytes());
+    b[21..29].copy_from_slice(&total.to_le_bytes());
+    b
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {0} bytes exceeds the limit")]
@@ -112,6 +149,10 @@ pub enum Frame<'a> {
     Run(RunHeader, &'a [u8]),
     Exit,
     Done(DoneHeader, &'a [u8]),
+    /// `(job, count, records)`: stream items of the running job.
+    Items(u64, u32, &'a [u8]),
+    /// `(job, done, total)` (trailing bytes are ignored).
+    Progress(u64, u64, u64),
 }
 
 fn u64_at(b: &[u8], i: usize) -> u64 {
@@ -164,6 +205,26 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
                 status: body[14],
             };
             Ok(Frame::Done(h, &body[DONE_HEADER - 4..]))
+        }
+        KIND_ITEMS => {
+            if body.len() < ITEMS_HEADER - 4 {
+                return Err(short());
+            }
+            Ok(Frame::Items(
+                u64_at(body, 1),
+                u32_at(body, 9),
+                &body[ITEMS_HEADER - 4..],
+            ))
+        }
+        KIND_PROGRESS => {
+            if body.len() < PROGRESS_FRAME - 4 {
+                return Err(short());
+            }
+            Ok(Frame::Progress(
+                u64_at(body, 1),
+                u64_at(body, 9),
+                u64_at(body, 17),
+            ))
         }
         k => Err(FrameError::UnknownKind(k)),
     }

@@ -39,5 +39,6 @@ pub use pool::{
     JobOptions, JobSource, Limits, MapResult, Outcome, Pool, PoolBuilder, PoolConfig, PoolError,
     RawAsyncStream, RawJob, RawResult, RawStream, StartMethod, Stats, TaskRef, WorkerId,
 };
+pub use pool::{ItemBatch, ItemStream, News, ProgressHook, Streamed};
 pub use process::Process;
 pub use zygote::run_if_helper;

@@ -1185,3 +1185,100 @@ pub fn oom_kills_since_start() -> bool {
         _ => false,
     }
 }
+
+// ----- stream items of a crashing worker -----------------------------------
+
+static CRASH_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static CRASH_PTR: std::sync::atomic::AtomicPtr<u8> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static CRASH_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Set while the worker itself writes to the socket: a crash then must not
+/// interleave a frame with the one being written.
+static CRASH_BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The fatal signals whose handler first writes the pending bytes.
+const CRASH_SIGNALS: [i32; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGABRT,
+];
+
+extern "C" fn crash_flush_handler(sig: libc::c_int) {
+    crash_flush_now();
+    // SA_RESETHAND put the default action back; SA_NODEFER lets it act at
+    // once: the process dies of `sig` as it would have without us.
+    // SAFETY: raise is async-signal-safe.
+    unsafe {
+        libc::raise(sig);
+    }
+}
+
+/// A task that calls `exit` mid-stream: its items still go out.
+extern "C" fn crash_flush_at_exit() {
+    crash_flush_now();
+}
+
+/// Writes the published bytes once (async-signal-safe).
+fn crash_flush_now() {
+    use std::sync::atomic::Ordering;
+    let fd = CRASH_FD.load(Ordering::Acquire);
+    let ptr = CRASH_PTR.load(Ordering::Acquire);
+    let len = CRASH_LEN.load(Ordering::Acquire);
+    if fd >= 0 && !ptr.is_null() && len > 0 && !CRASH_BUSY.swap(true, Ordering::AcqRel) {
+        let mut off = 0usize;
+        while off < len {
+            // SAFETY: write(2) is async-signal-safe; `ptr..ptr+len` is the
+            // published, complete frame (see `crash_flush_publish`).
+            let n = unsafe { libc::write(fd, ptr.add(off) as *const libc::c_void, len - off) };
+            if n <= 0 {
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            off += n as usize;
+        }
+    }
+}
+
+/// In a worker: on a fatal signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+/// SIGABRT), write the bytes last published with [`crash_flush_publish`]
+/// (the stream items a task emitted but the worker had not sent yet) to
+/// `fd`, then die of that signal as before (core dump and exit report
+/// unchanged); and likewise when a task calls `exit`.
+pub fn install_crash_flush(fd: RawFd) -> io::Result<()> {
+    CRASH_FD.store(fd, std::sync::atomic::Ordering::Release);
+    // SAFETY: registers a plain `extern "C"` function that only writes.
+    if unsafe { libc::atexit(crash_flush_at_exit) } != 0 {
+        return Err(io::Error::other("atexit failed"));
+    }
+    for sig in CRASH_SIGNALS {
+        // SAFETY: a zeroed sigaction is valid; the handler only makes
+        // async-signal-safe calls.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = crash_flush_handler as *const () as libc::sighandler_t;
+            act.sa_flags = libc::SA_RESETHAND | libc::SA_NODEFER | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut act.sa_mask);
+            cvt(libc::sigaction(sig, &act, std::ptr::null_mut()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the bytes a crash should still write (`&[]`: nothing). The
+/// caller keeps them alive and unchanged until the next publish.
+pub fn crash_flush_publish(bytes: &[u8]) {
+    use std::sync::atomic::Ordering;
+    CRASH_LEN.store(0, Ordering::Release);
+    CRASH_PTR.store(bytes.as_ptr() as *mut u8, Ordering::Release);
+    CRASH_LEN.store(bytes.len(), Ordering::Release);
+}
+
+/// Marks the start (`true`) and end of a write of the worker's own to the
+/// socket, during which a crash writes nothing.
+pub fn crash_flush_busy(busy: bool) {
+    CRASH_BUSY.store(busy, std::sync::atomic::Ordering::Release);
+}

@@ -3,13 +3,20 @@
 //! exec'd, with the spawn start method). It never writes to the terminal:
 //! its stdout and stderr are a pipe the supervisor reads.
 
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use abi_stable::std_types::RVec;
-use billiard_plugin_api::{Codec, Status, TaskContext};
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::std_types::{RSlice, RVec};
+use billiard_plugin_api::{
+    Codec, HostServices, HostServicesRef, Status, StopReason, TaskContext, HOST_FLAG_PROGRESS_DUE,
+};
 
 use crate::ipc::{self, DoneHeader, Frame, WorkerParams, FLAG_RETIRING};
 use crate::plugin::Plugin;
@@ -29,6 +36,25 @@ pub mod exit_code {
 
 /// The flag a task's `TaskContext` reads; raised by the stop signal.
 static STOP: AtomicU32 = AtomicU32::new(0);
+
+/// The `HOST_FLAG_*` word of the running job's context (progress due),
+/// raised by the ticker thread.
+static HOST_FLAGS: AtomicU32 = AtomicU32::new(0);
+/// Raised by the ticker: stream items buffered for longer than a tick go
+/// out at the next emit.
+static FLUSH_DUE: AtomicU32 = AtomicU32::new(0);
+/// The job the ticker works for (0: idle, the ticker sleeps).
+static TICKING: AtomicU64 = AtomicU64::new(0);
+/// Serializes the frames written while a task runs (stream items from the
+/// task's thread, progress from any thread).
+static WRITE_LOCK: Mutex<()> = Mutex::new(());
+
+/// An ITEMS frame is sent once its records reach this size.
+const ITEMS_BATCH: usize = 64 * 1024;
+/// How often buffered stream items are pushed out by the next emit.
+const FLUSH_TICK: Duration = Duration::from_millis(10);
+/// Progress reports are coalesced to one per this many ticks (50 ms).
+const PROGRESS_TICKS: u32 = 5;
 
 struct Worker {
     plugins: Vec<Plugin>,
@@ -79,6 +105,9 @@ fn setup(
 ) -> std::io::Result<()> {
     sys::install_stop_handler(slot, &STOP)?;
     sys::reset_worker_signals()?;
+    // Stream items a task emitted just before it crashed still reach the
+    // supervisor (the handler writes them, then the worker dies as before).
+    sys::install_crash_flush(sock.as_raw_fd())?;
     // Outlive the zygote while the supervisor lives (a task that kills the
     // zygote must not cost the other workers their jobs); die with the host.
     sys::watch_for_orphaning(sock, zygote)?;
@@ -168,7 +197,7 @@ impl Worker {
                     }
                 }
                 Ok(Frame::Exit) => leave(0),
-                Ok(Frame::Done(..)) | Err(_) => {
+                Ok(Frame::Done(..) | Frame::Items(..) | Frame::Progress(..)) | Err(_) => {
                     eprintln!("billiard worker: unexpected frame from the supervisor");
                     leave(exit_code::PROTOCOL);
                 }
@@ -200,7 +229,17 @@ impl Worker {
                 Ordering::Release,
             );
         }
-        let ctx = TaskContext::new(h.job, h.attempt, &STOP);
+        let host = JobHost::new(h.job, &self.sock);
+        HOST_FLAGS.store(HOST_FLAG_PROGRESS_DUE, Ordering::Release);
+        start_ticking(h.job);
+        let ctx = TaskContext::with_host(
+            h.job,
+            h.attempt,
+            &STOP,
+            &HOST_FLAGS,
+            host_services(),
+            &host as *const JobHost as *const c_void,
+        );
         self.last_status = match self.plugins.get(h.plugin as usize) {
             None => {
                 let msg = format!("no plugin #{} in this worker", h.plugin);
@@ -221,6 +260,14 @@ impl Worker {
                 Status::Ok
             }
         };
+        TICKING.store(0, Ordering::Release);
+        HOST_FLAGS.store(0, Ordering::Release);
+        // The items still buffered go out before the job's DONE.
+        if host.flush().is_err() {
+            leave(exit_code::PROTOCOL);
+        }
+        drop(ctx);
+        drop(host);
         self.slot.finished.store(h.job, Ordering::Release);
         self.slot.running.store(0, Ordering::Release);
         self.tasks_done += h.count as u64;
@@ -232,5 +279,176 @@ impl Worker {
             _ => false,
         };
         by_count || by_memory
+    }
+}
+
+/// The host services behind a running job's context: stream items are
+/// batched into ITEMS frames (sent when a batch is full, at the next emit
+/// after a tick, and before DONE), progress becomes PROGRESS frames. A
+/// blocked socket (the consumer is behind: the supervisor stops reading)
+/// blocks the emitting task: that is the back-pressure.
+struct JobHost<'s> {
+    job: u64,
+    sock: &'s UnixStream,
+    /// The ITEMS frame being filled (its header kept current, so a crash
+    /// handler can write it as it is). Only the task's thread touches it:
+    /// `Emitter` is neither `Send` nor `Sync`.
+    items: UnsafeCell<Vec<u8>>,
+    count: UnsafeCell<u32>,
+    /// The last (done, total) sent, so repeats are not.
+    last_progress: Mutex<Option<(u64, u64)>>,
+}
+
+impl<'s> JobHost<'s> {
+    fn new(job: u64, sock: &'s UnixStream) -> Self {
+        JobHost {
+            job,
+            sock,
+            items: UnsafeCell::new(Vec::new()),
+            count: UnsafeCell::new(0),
+            last_progress: Mutex::new(None),
+        }
+    }
+
+    /// Adds one record to the pending ITEMS frame; sends it when full or
+    /// when a tick passed since the last send.
+    fn push(&self, item: &[u8]) -> std::io::Result<()> {
+        // SAFETY: only the task's thread calls `emit` (see `items`), and
+        // no reference to these cells outlives this call.
+        let (buf, count) = unsafe { (&mut *self.items.get(), &mut *self.count.get()) };
+        if buf.is_empty() {
+            if buf.capacity() == 0 {
+                buf.reserve(ITEMS_BATCH + 1024);
+            }
+            buf.extend_from_slice(&[0u8; ipc::ITEMS_HEADER]);
+        }
+        if buf.capacity() - buf.len() < item.len() + 4 {
+            // The buffer may move: a crash meanwhile writes nothing.
+            sys::crash_flush_publish(&[]);
+        }
+        buf.extend_from_slice(&(item.len() as u32).to_le_bytes());
+        buf.extend_from_slice(item);
+        *count += 1;
+        let header = ipc::encode_items(self.job, *count, buf.len() - ipc::ITEMS_HEADER)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        buf[..ipc::ITEMS_HEADER].copy_from_slice(&header);
+        sys::crash_flush_publish(buf);
+        if buf.len() >= ITEMS_BATCH || FLUSH_DUE.swap(0, Ordering::Relaxed) != 0 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending ITEMS frame, if any.
+    fn flush(&self) -> std::io::Result<()> {
+        // SAFETY: as in `push`; `flush` runs on the task's thread (from
+        // `push`) or after the call returned.
+        let (buf, count) = unsafe { (&mut *self.items.get(), &mut *self.count.get()) };
+        if *count == 0 {
+            return Ok(());
+        }
+        let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        sys::crash_flush_busy(true);
+        let r = sys::write_all_vectored(self.sock, &[buf.as_slice()]);
+        sys::crash_flush_publish(&[]);
+        sys::crash_flush_busy(false);
+        buf.clear();
+        *count = 0;
+        r
+    }
+
+    fn progress(&self, done: u64, total: u64) {
+        HOST_FLAGS.fetch_and(!HOST_FLAG_PROGRESS_DUE, Ordering::Relaxed);
+        let mut last = self.last_progress.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == Some((done, total)) {
+            return;
+        }
+        *last = Some((done, total));
+        let frame = ipc::encode_progress(self.job, done, total);
+        let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        sys::crash_flush_busy(true);
+        // A failed write is the supervisor gone: the DONE write after the
+        // call notices it and ends the worker.
+        let _ = sys::write_all_vectored(self.sock, &[&frame]);
+        sys::crash_flush_busy(false);
+    }
+}
+
+extern "C" fn host_emit(data: *const c_void, item: RSlice<'_, u8>) -> Status {
+    if data.is_null() {
+        return Status::TaskError;
+    }
+    // SAFETY: `data` is the `JobHost` of the running call (`run_job`),
+    // alive until the call returns.
+    let host = unsafe { &*(data as *const JobHost) };
+    if host.push(item.as_slice()).is_err() {
+        // The supervisor is gone (or broke the socket): nothing to stream
+        // to; end the worker as a lost connection does.
+        leave(exit_code::PROTOCOL);
+    }
+    match StopReason::from_flag(STOP.load(Ordering::Relaxed)) {
+        Some(StopReason::SoftTimeLimit) => Status::SoftTimeLimit,
+        Some(StopReason::Cancelled) => Status::Terminated,
+        None => Status::Ok,
+    }
+}
+
+extern "C" fn host_progress(data: *const c_void, done: u64, total: u64) {
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: as in `host_emit`.
+    let host = unsafe { &*(data as *const JobHost) };
+    host.progress(done, total);
+}
+
+/// The worker's host services vtable (one per process).
+fn host_services() -> HostServicesRef {
+    static SERVICES: OnceLock<HostServicesRef> = OnceLock::new();
+    *SERVICES.get_or_init(|| {
+        HostServices {
+            progress: host_progress,
+            emit: host_emit,
+        }
+        .leak_into_prefix()
+    })
+}
+
+/// Wakes the ticker for `job`: it raises FLUSH_DUE every tick and the
+/// progress-due bit every PROGRESS_TICKS ticks while the job runs, and
+/// sleeps while the worker is idle. Started on first use with a small
+/// stack; a worker that cannot start it (address-space limit) goes without:
+/// items then go out per full batch and at the end, progress at `total`.
+fn start_ticking(job: u64) {
+    static TICKER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
+    TICKING.store(job, Ordering::Release);
+    FLUSH_DUE.store(0, Ordering::Relaxed);
+    let ticker = TICKER.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("billiard-ticker".into())
+            .stack_size(64 * 1024)
+            .spawn(tick)
+            .ok()
+            .map(|h| h.thread().clone())
+    });
+    if let Some(t) = ticker {
+        t.unpark();
+    }
+}
+
+fn tick() {
+    let mut n = 0u32;
+    loop {
+        if TICKING.load(Ordering::Acquire) == 0 {
+            std::thread::park();
+            n = 0;
+            continue;
+        }
+        std::thread::sleep(FLUSH_TICK);
+        FLUSH_DUE.store(1, Ordering::Relaxed);
+        n += 1;
+        if n % PROGRESS_TICKS == 0 {
+            HOST_FLAGS.fetch_or(HOST_FLAG_PROGRESS_DUE, Ordering::Relaxed);
+        }
     }
 }

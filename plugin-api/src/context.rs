@@ -328,3 +328,114 @@ impl<T: Serialize> Emitter<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Captured {
+        items: Mutex<Vec<Vec<u8>>>,
+        progress: Mutex<Vec<(u64, u64)>>,
+        refuse: bool,
+    }
+
+    extern "C" fn cap_progress(data: *const c_void, done: u64, total: u64) {
+        // SAFETY: the tests pass a `&Captured` that outlives the context.
+        let c = unsafe { &*(data as *const Captured) };
+        c.progress.lock().unwrap().push((done, total));
+    }
+
+    extern "C" fn cap_emit(data: *const c_void, item: RSlice<'_, u8>) -> Status {
+        // SAFETY: as above.
+        let c = unsafe { &*(data as *const Captured) };
+        if c.refuse {
+            return Status::UnknownTask;
+        }
+        c.items.lock().unwrap().push(item.to_vec());
+        Status::Ok
+    }
+
+    fn services() -> HostServicesRef {
+        HostServices {
+            progress: cap_progress,
+            emit: cap_emit,
+        }
+        .leak_into_prefix()
+    }
+
+    #[test]
+    fn progress_reaches_the_host_only_when_due_or_complete() {
+        let (stop, flags) = (AtomicU32::new(0), AtomicU32::new(0));
+        let cap = Captured::default();
+        let ctx = TaskContext::with_host(
+            1,
+            0,
+            &stop,
+            &flags,
+            services(),
+            &cap as *const Captured as *const c_void,
+        );
+        for i in 0..10 {
+            ctx.progress(i, 100);
+        }
+        assert!(cap.progress.lock().unwrap().is_empty());
+        flags.store(HOST_FLAG_PROGRESS_DUE, Ordering::Relaxed);
+        ctx.progress(10, 100);
+        ctx.progress(100, 100);
+        ctx.progress(5, 0); // unknown total: only when due
+        assert_eq!(
+            *cap.progress.lock().unwrap(),
+            vec![(10, 100), (100, 100), (5, 0)]
+        );
+    }
+
+    #[test]
+    fn emitter_encodes_items_in_the_calls_codec() {
+        let stop = AtomicU32::new(0);
+        let flags = AtomicU32::new(0);
+        let cap = Captured::default();
+        let ctx = TaskContext::with_host(
+            1,
+            0,
+            &stop,
+            &flags,
+            services(),
+            &cap as *const Captured as *const c_void,
+        );
+        let out = Emitter::<String>::new(&ctx, Codec::Json);
+        out.emit("a".to_string());
+        out.emit(&"b".to_string());
+        assert_eq!(
+            *cap.items.lock().unwrap(),
+            vec![b"\"a\"".to_vec(), b"\"b\"".to_vec()]
+        );
+        // The no-op context discards items.
+        let noop = TaskContext::new(1, 0, &stop);
+        Emitter::<u64>::new(&noop, Codec::Bincode).emit(3u64);
+    }
+
+    #[test]
+    fn a_refused_item_unwinds_with_its_reason() {
+        let stop = AtomicU32::new(0);
+        let flags = AtomicU32::new(0);
+        let cap = Captured {
+            refuse: true,
+            ..Captured::default()
+        };
+        let ctx = TaskContext::with_host(
+            1,
+            0,
+            &stop,
+            &flags,
+            services(),
+            &cap as *const Captured as *const c_void,
+        );
+        let out = Emitter::<u64>::new(&ctx, Codec::Bincode);
+        let err =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| out.emit(1u64))).unwrap_err();
+        let EmitUnwind(msg) = err.downcast_ref::<EmitUnwind>().expect("an EmitUnwind");
+        assert!(msg.contains("unknown_task"), "{msg}");
+    }
+}

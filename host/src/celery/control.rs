@@ -630,7 +630,7 @@ impl Ops {
                             .insert(job.0, pid);
                     }
                 }
-                Event::JobFinished { .. } => {}
+                Event::JobFinished { .. } | Event::JobProgress { .. } => {}
             }
         }
     }

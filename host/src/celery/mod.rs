@@ -10,6 +10,7 @@
 //! - [`client`]: the producer side: send tasks, wait for their results;
 //! - [`control`]: remote control (pidbox) and the worker's task view;
 //! - [`events`]: Celery events on the `celeryev` fanout;
+//! - [`progress`]: a running task's `ctx.progress` as the `PROGRESS` state;
 //!
 //! The supervisor learns nothing about brokers: this module is a client of
 //! the public `Pool` API.
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod client;
 pub mod control;
 pub mod events;
+pub mod progress;
 pub mod protocol;
 pub mod redis;
 pub mod worker;

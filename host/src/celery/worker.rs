@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
+use super::progress::ProgressWriter;
 use super::control::{Ops, OpsCmd, Outcome};
 use super::protocol::{
     self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
@@ -428,6 +429,16 @@ impl Worker {
             cold_requested: false,
             broker_warned: false,
             ops_rx,
+            progress: match ProgressWriter::spawn(
+                opts.backend_url.as_deref().unwrap_or(&opts.broker_url),
+                opts.result_expires,
+            ) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("task progress will not be stored: {e}");
+                    None
+                }
+            },
         };
         let cold = c.consume(&ctl_rx, &freed_rx);
         let requeue = c.drain_held();
@@ -606,6 +617,8 @@ struct Consumer<'a> {
     broker_warned: bool,
     /// Remote-control commands (never() without ops).
     ops_rx: Receiver<OpsCmd>,
+    /// Stores the tasks' `ctx.progress` as their `PROGRESS` state.
+    progress: Option<ProgressWriter>,
 }
 
 /// What became of one reserved message.
@@ -840,6 +853,13 @@ impl Consumer<'_> {
                 }
             }
             let task_id = p.ctx.task_id.clone();
+            let on_progress = self.progress.as_ref().map(|w| {
+                w.hook(
+                    task_id.clone(),
+                    p.ctx.group.clone(),
+                    p.ctx.parent_id.clone(),
+                )
+            });
             // Before the submit: a job may finish before apply returns.
             if let Some(o) = &self.shared.ops {
                 o.started(&task_id);
@@ -863,6 +883,9 @@ impl Consumer<'_> {
                             Err(e) => Res::Err(e.clone()),
                         })
                     });
+            if let (Some(hook), Ok(r)) = (on_progress, &submitted) {
+                r.on_progress(hook);
+            }
             if let (Some(o), Ok(r)) = (&self.shared.ops, &submitted) {
                 o.submitted(&task_id, r.id());
             }

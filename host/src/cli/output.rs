@@ -232,6 +232,31 @@ impl Rendered {
     }
 }
 
+/// Appends the line of one stream item of job `index`:
+/// `{"index":N,"item":VALUE}` (an item that is not JSON, from a misbehaving
+/// plugin, becomes `{"index":N,"item_error":"..."}`). Item lines come before
+/// their job's result line and count as no result.
+pub fn render_item_into(out: &mut Vec<u8>, index: u64, item: &[u8]) {
+    match compact_json(item) {
+        Ok(value) => {
+            out.reserve(value.len() + 24);
+            out.extend_from_slice(b"{\"index\":");
+            out.extend_from_slice(itoa(index, &mut [0; 20]));
+            out.extend_from_slice(b",\"item\":");
+            out.extend_from_slice(&value);
+            out.extend_from_slice(b"}\n");
+        }
+        Err(e) => {
+            let line = serde_json::json!({
+                "index": index,
+                "item_error": format!("the stream item is not valid JSON: {e}"),
+            });
+            out.extend_from_slice(line.to_string().as_bytes());
+            out.push(b'\n');
+        }
+    }
+}
+
 /// Renders one result line (with its newline) and tells whether the job
 /// failed, and how. A result that is not JSON (a misbehaving plugin) is
 /// reported as a `task_error`.

@@ -43,8 +43,58 @@ pub struct Progress {
     started: Instant,
 }
 
-const SPINNER: &str = "{spinner} {pos} jobs  {rate}  {elapsed_precise}  {msg}";
-const BAR: &str = "{bar:30} {pos}/{len} jobs  {rate}  eta {eta}  {msg}";
+const SPINNER: &str = "{spinner} {jobs} jobs  {rate}  {elapsed_precise}  {msg}";
+const BAR: &str = "{bar:30} {jobs}/{len} jobs  {rate}  eta {eta}  {msg}";
+
+/// The progress running jobs reported (`ctx.progress`), by job index: the
+/// bar counts each as the fraction it has done. Shared by the threads that
+/// read results; one `run` per process.
+pub static PARTIAL: Partial = Partial {
+    any: std::sync::atomic::AtomicBool::new(false),
+    jobs: std::sync::Mutex::new(BTreeMap::new()),
+};
+
+pub struct Partial {
+    any: std::sync::atomic::AtomicBool,
+    jobs: std::sync::Mutex<BTreeMap<u64, f64>>,
+}
+
+impl Partial {
+    /// Job `index` has done `done` of `total`.
+    pub fn report(&self, index: u64, done: u64, total: u64) {
+        if total == 0 {
+            return;
+        }
+        let fraction = (done as f64 / total as f64).clamp(0.0, 1.0);
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.insert(index, fraction);
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Job `index` has its result (cheap while no job reported progress).
+    pub fn finished(&self, index: u64) {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.remove(&index);
+        if jobs.is_empty() {
+            self.any.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The sum of the running jobs' fractions.
+    fn sum(&self) -> f64 {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return 0.0;
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+}
 
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
@@ -53,6 +103,18 @@ fn style(template: &str) -> ProgressStyle {
             "rate",
             |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                 let _ = write!(w, "{:.0} jobs/s", s.per_sec());
+            },
+        )
+        .with_key(
+            "jobs",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                // Finished jobs, plus the parts of running ones.
+                let partial = PARTIAL.sum();
+                if partial > 0.0 {
+                    let _ = write!(w, "{:.1}", s.pos() as f64 + partial);
+                } else {
+                    let _ = write!(w, "{}", s.pos());
+                }
             },
         )
 }

@@ -430,6 +430,8 @@ const HELD_WINDOWS: u64 = 16;
 const SEGMENT_BUFFER: usize = 64;
 /// Most results one segment hands over in one message.
 const RESULT_BATCH: usize = 4096;
+/// Item lines of streaming jobs a batch collects before it goes over anyway.
+const ITEM_BATCH_BYTES: usize = 256 * 1024;
 
 /// The input of one stream: jobs until the input goes quiet. It waits for
 /// a line only while it has handed out nothing, so the stream that pulls
@@ -605,26 +607,48 @@ fn stream_results<'scope, 'env>(
         s.spawn(move || {
             // Results go over in batches: what the stream has without
             // waiting (the rest of a chunk) travels as one message.
-            let mut stream = pool.imap_source(segment, ordered, chunksize);
-            let mut batch = Rendered::default();
-            while stream
-                .next_with(|i, outcome| render(&mut batch, offset + i, outcome, line_numbers))
-                .is_some()
-            {
-                if stream.ready() == 0 || batch.lines.len() >= RESULT_BATCH {
-                    budget
-                        .returned
-                        .fetch_add(batch.lines.len() as u64, Ordering::AcqRel);
-                    if tx.send(std::mem::take(&mut batch)).is_err() {
-                        return;
-                    }
-                }
-            }
-            if !batch.lines.is_empty() {
+            // A streaming job's items become item lines of the batch, in
+            // arrival order (so ahead of its result line); its progress
+            // reports feed the bar. A batch of many item lines goes over
+            // before its job ends (the bounded channel holds the task back).
+            let batch = std::cell::RefCell::new(Rendered::default());
+            let send = |batch: &mut Rendered| {
                 budget
                     .returned
                     .fetch_add(batch.lines.len() as u64, Ordering::AcqRel);
-                let _ = tx.send(batch);
+                tx.send(std::mem::take(batch)).is_ok()
+            };
+            let mut stream = pool
+                .imap_source(segment, ordered, chunksize)
+                .on_news(|i, news| match news {
+                    billiard_host::News::Items(b) => {
+                        let mut batch = batch.borrow_mut();
+                        for item in b.items() {
+                            output::render_item_into(&mut batch.bytes, offset + i, item);
+                        }
+                        if batch.bytes.len() >= ITEM_BATCH_BYTES {
+                            send(&mut batch);
+                        }
+                    }
+                    billiard_host::News::Progress { done, total } => {
+                        super::progress::PARTIAL.report(offset + i, done, total)
+                    }
+                });
+            while stream
+                .next_with(|i, outcome| {
+                    super::progress::PARTIAL.finished(offset + i);
+                    render(&mut batch.borrow_mut(), offset + i, outcome, line_numbers)
+                })
+                .is_some()
+            {
+                let mut batch = batch.borrow_mut();
+                if (stream.ready() == 0 || batch.lines.len() >= RESULT_BATCH) && !send(&mut batch) {
+                    return;
+                }
+            }
+            let mut batch = batch.borrow_mut();
+            if !batch.lines.is_empty() || !batch.bytes.is_empty() {
+                send(&mut batch);
             }
         });
         rx

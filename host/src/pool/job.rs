@@ -44,6 +44,8 @@ pub type Callback = Box<dyn FnOnce(&Outcome) + Send>;
 pub struct ResultSlot {
     state: Mutex<SlotState>,
     cv: Condvar,
+    /// The job's latest `ctx.progress` report.
+    pub progress: super::items::ProgressCell,
 }
 
 struct SlotState {
@@ -65,6 +67,7 @@ impl ResultSlot {
                 next_key: 1,
             }),
             cv: Condvar::new(),
+            progress: Default::default(),
         })
     }
 
@@ -248,6 +251,12 @@ pub enum ChunkBody {
     Records(Vec<u8>),
     /// Every item failed the same way.
     Failed(TaskError),
+    /// Stream items the job at `first_index` emitted (`count` is 0: they
+    /// are not its outcome, which follows them).
+    Items(super::items::ItemBatch),
+    /// The job at `first_index` reported progress `(done, total)` (`count`
+    /// is 0).
+    Progress(u64, u64),
 }
 
 /// The unit the supervisor sends to a worker: one job or a chunk of jobs

@@ -13,9 +13,11 @@
 mod async_io;
 pub(crate) mod config;
 pub(crate) mod events;
+pub(crate) mod items;
 pub(crate) mod job;
 mod stats;
 mod stream;
+mod streaming;
 mod supervisor;
 pub(crate) mod worker_exe;
 
@@ -34,7 +36,9 @@ pub use async_io::{CancelOnDrop, ImapStream, RawAsyncStream};
 pub use config::{Initializer, Limits, PoolConfig, StartMethod};
 pub use events::Event;
 pub use job::{JobId, Outcome, WorkerId};
+pub use items::{ItemBatch, News, ProgressHook};
 pub use stats::Stats;
+pub use streaming::{ItemStream, Streamed};
 pub use stream::{Imap, JobHead, JobSource, RawJob, RawStream};
 pub use supervisor::Generation;
 
@@ -1023,6 +1027,17 @@ impl RawResult {
     pub fn get_timeout(&self, d: Duration) -> Option<Outcome> {
         self.slot.wait(Some(d))
     }
+    /// The latest `(done, total)` the task reported with `ctx.progress`
+    /// (coalesced by its worker to about one report per 50 ms, plus
+    /// completion); `None` before the first.
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        self.slot.progress.get()
+    }
+    /// Runs `hook` with each progress report of this job from now on, on
+    /// the pool's callback thread (and at once with the latest one, if any).
+    pub fn on_progress(&self, hook: impl Fn(u64, u64) + Send + Sync + 'static) {
+        self.slot.progress.set_hook(Arc::new(hook));
+    }
 }
 
 /// The handle of a job submitted with `apply_async`.
@@ -1057,6 +1072,11 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     }
     pub fn raw(&self) -> &RawResult {
         &self.raw
+    }
+    /// The latest `(done, total)` the task reported (see
+    /// [`RawResult::progress`]).
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        self.raw.progress()
     }
 }
 

@@ -14,6 +14,7 @@ use crossbeam_channel::Receiver;
 use serde::de::DeserializeOwned;
 
 use super::config::Limits;
+use super::items::News;
 use super::job::{ChunkBody, ChunkResult, ChunkSender, Outcome};
 use super::{decode_outcome_bytes, Pool, TaskRef};
 use crate::error::{ErrorKind, TaskError};
@@ -125,6 +126,8 @@ impl Cursor {
         let item = match &self.chunk.body {
             ChunkBody::One(Ok(bytes)) => Ok(bytes.as_slice()),
             ChunkBody::One(Err(e)) | ChunkBody::Failed(e) => Err(e.clone()),
+            // Never walked: they have no items (`count` 0).
+            ChunkBody::Items(_) | ChunkBody::Progress(..) => return None,
             ChunkBody::Records(buf) => {
                 let rest = &buf[self.pos.min(buf.len())..];
                 match codec::result_records(rest).next().flatten() {
@@ -170,7 +173,12 @@ pub struct RawStream<'p> {
     held: BTreeMap<u64, ChunkResult>,
     cur: Option<Cursor>,
     exhausted: bool,
+    /// Where the stream items and progress reports of running jobs go.
+    news: Option<NewsFn<'p>>,
 }
+
+/// The callback of [`RawStream::on_news`].
+type NewsFn<'p> = Box<dyn FnMut(u64, News<'_>) + 'p>;
 
 impl<'p> RawStream<'p> {
     pub(crate) fn new(
@@ -242,7 +250,17 @@ impl<'p> RawStream<'p> {
             held: BTreeMap::new(),
             cur: None,
             exhausted: false,
+            news: None,
         }
+    }
+
+    /// Hands the stream items and progress reports of running jobs to `f`
+    /// (with the job's index) as they arrive, before the job's outcome is
+    /// yielded; without it they are dropped. `f` runs inside `next`: a slow
+    /// `f` holds the streaming task back (back-pressure), never memory.
+    pub fn on_news(mut self, f: impl FnMut(u64, News<'_>) + 'p) -> Self {
+        self.news = Some(Box::new(f));
+        self
     }
 
     /// An item's own error (bad input), standing in its place.
@@ -498,6 +516,19 @@ impl<'p> RawStream<'p> {
             };
             match got {
                 Some(chunk) => {
+                    let news = match &chunk.body {
+                        ChunkBody::Items(batch) => Some(News::Items(batch)),
+                        &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
+                        _ => None,
+                    };
+                    if let Some(news) = news {
+                        // Not an outcome: handed on at once (the batch's
+                        // credit returns when `chunk` drops).
+                        if let Some(f) = &mut self.news {
+                            f(chunk.first_index, news);
+                        }
+                        continue;
+                    }
                     self.in_flight -= chunk.count as usize;
                     self.held.insert(chunk.first_index, chunk);
                 }
@@ -554,6 +585,10 @@ pub(crate) fn collect_chunks<R: DeserializeOwned>(
     let mut got = 0u64;
     while got < n {
         let c = rx.recv().map_err(|_| gone())?;
+        if c.count == 0 {
+            // Stream items or progress of a job: not part of a map's result.
+            continue;
+        }
         got += c.count as u64;
         chunks.insert(c.first_index, c);
     }

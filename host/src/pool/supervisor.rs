@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::config::{PoolConfig, StartMethod};
 use super::events::{Event, EventSink};
+use super::items::{Gate, ItemBatch};
 use super::job::{ChunkBody, ChunkResult, Dispatch, JobId, Outcome, Reply, WorkerId};
 use super::stats::Stats;
 use crate::error::{ErrorKind, TaskError};
@@ -189,6 +190,10 @@ struct Worker {
     /// "killed by SIGKILL" is the pool's doing, not an outside kill).
     killed_at_eof: bool,
     dispatches_done: u64,
+    /// Stream item bytes of this worker on their way to a consumer.
+    gate: Arc<Gate>,
+    /// Its socket is not read until the consumer catches up (see `items`).
+    stream_paused: bool,
 }
 
 struct OutItem {
@@ -267,6 +272,9 @@ pub struct Supervisor {
     broken: Option<String>,
     closing: bool,
     stats: Stats,
+    waker: Arc<Waker>,
+    /// Workers not read while their stream's consumer catches up.
+    paused_streams: Vec<WorkerId>,
 }
 
 /// What `Pool::build` gets back from the supervisor thread once the zygote
@@ -316,6 +324,8 @@ impl Supervisor {
                 broken: None,
                 closing: false,
                 stats: Stats::default(),
+                waker: waker.clone(),
+                paused_streams: Vec::new(),
             },
             waker,
         ))
@@ -711,6 +721,7 @@ impl Supervisor {
                         self.shutdown();
                         return;
                     }
+                    self.resume_streams();
                 } else if self.zygotes.iter().any(|z| z.token == token) {
                     self.zygote_readable(token);
                 } else if let Some(&(wid, source)) = self.tokens.get(&token) {
@@ -1182,6 +1193,8 @@ impl Supervisor {
                 lost_how: None,
                 killed_at_eof: false,
                 dispatches_done: 0,
+                gate: Gate::new(self.waker.clone()),
+                stream_paused: false,
             },
         );
     }
@@ -1289,7 +1302,9 @@ impl Supervisor {
         // are resent, exactly as for single jobs. The price is one result
         // frame per job instead of one per chunk.
         let limits = d.limits.or(&self.cfg);
-        if d.count > 1 && (limits.soft.is_some() || limits.hard.is_some()) {
+        // A streaming task runs one call per job (its items are the job's).
+        let streaming = d.count > 1 && self.is_streaming(&d, worker_gen);
+        if d.count > 1 && (streaming || limits.soft.is_some() || limits.hard.is_some()) {
             if let Some(items) = split_chunk(&mut d) {
                 for item in items {
                     self.send_dispatch(wid, item);
@@ -1361,6 +1376,17 @@ impl Supervisor {
             self.head_started(wid);
         }
         self.flush(wid);
+    }
+
+    /// Whether the dispatch's task (indices of generation `gen` once
+    /// resolved) streams items.
+    fn is_streaming(&self, d: &Dispatch, gen: u64) -> bool {
+        let gen = if d.gen == 0 { gen } else { d.gen };
+        self.generations
+            .get(&gen)
+            .and_then(|ps| ps.get(d.plugin as usize))
+            .and_then(|p| p.tasks.get(d.task as usize))
+            .is_some_and(|t| t.streaming)
     }
 
     /// The job at the head of a worker's queue starts now: arm its timers.
@@ -1447,6 +1473,11 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
+        if w.stream_paused {
+            // The consumer of its stream is behind: leave the socket full
+            // (the worker's writes block); `resume_streams` reads on.
+            return;
+        }
         let open = w.reader.fill(&mut ReadAdapter(&w.sock)).unwrap_or_default();
         loop {
             let Some(w) = self.workers.get_mut(&wid) else {
@@ -1454,6 +1485,19 @@ impl Supervisor {
             };
             let frame = match w.reader.next_frame() {
                 Ok(Some(Frame::Done(h, payload))) => Ok((h, payload.to_vec())),
+                Ok(Some(Frame::Items(job, count, records))) => {
+                    let records = records.to_vec();
+                    if self.items(wid, job, count, records) {
+                        // Paused: the frames already read wait in the
+                        // reader, and EOF is seen once it resumes.
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Some(Frame::Progress(job, done, total))) => {
+                    self.progress(wid, job, done, total);
+                    continue;
+                }
                 Ok(None) => break,
                 Ok(Some(_)) => Err("a frame only the supervisor may send".to_string()),
                 Err(e) => Err(e.to_string()),
@@ -1482,6 +1526,103 @@ impl Supervisor {
                     self.add_timer((Instant::now() + EOF_KILL_GRACE, TimerKind::EofKill(wid)));
                 }
             }
+        }
+    }
+
+    /// Stream items of the job `wid` runs: on to the job's consumer as one
+    /// batch. Returns true if the worker is now paused (its consumer holds
+    /// more than the high-water mark of its items).
+    fn items(&mut self, wid: WorkerId, job: u64, count: u32, records: Vec<u8>) -> bool {
+        let running = self
+            .workers
+            .get(&wid)
+            .and_then(|w| w.inflight.front())
+            .is_some_and(|d| d.first_job.0 == job && d.count == 1);
+        if !running {
+            self.protocol_error(
+                wid,
+                &format!("stream items for job {job}, which it was not running"),
+            );
+            return false;
+        }
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return false;
+        };
+        let Some(d) = w.inflight.front() else {
+            return false;
+        };
+        if d.cancelled {
+            // Terminated on request: nothing more of it is delivered.
+            return false;
+        }
+        match &d.reply {
+            Reply::Stream { tx, first_index } => {
+                let credit = w.gate.take(records.len());
+                let _ = tx.send(ChunkResult {
+                    first_index: *first_index,
+                    count: 0,
+                    body: ChunkBody::Items(ItemBatch::new(count, d.codec, records, Some(credit))),
+                });
+            }
+            // A single job's handle has nowhere to put items: they are
+            // dropped (`apply_stream` runs as a stream).
+            Reply::Slot(_) => return false,
+        }
+        if w.gate.should_pause() {
+            w.stream_paused = true;
+            self.paused_streams.push(wid);
+            return true;
+        }
+        false
+    }
+
+    /// A progress report of the job `wid` runs.
+    fn progress(&mut self, wid: WorkerId, job: u64, done: u64, total: u64) {
+        let Some(d) = self.workers.get(&wid).and_then(|w| w.inflight.front()) else {
+            return;
+        };
+        if d.first_job.0 != job || d.cancelled {
+            // A report racing its job's end (or a batch item's): stale.
+            return;
+        }
+        self.events.emit(Event::JobProgress {
+            job: JobId(job),
+            done,
+            total,
+        });
+        match &d.reply {
+            Reply::Slot(slot) => {
+                if let Some(hook) = slot.progress.set(done, total) {
+                    let _ = self.callbacks.send(Box::new(move || hook(done, total)));
+                }
+            }
+            Reply::Stream { tx, first_index } => {
+                let _ = tx.send(ChunkResult {
+                    first_index: *first_index,
+                    count: 0,
+                    body: ChunkBody::Progress(done, total),
+                });
+            }
+        }
+    }
+
+    /// Reads on from the workers whose stream consumers caught up.
+    fn resume_streams(&mut self) {
+        if self.paused_streams.is_empty() {
+            return;
+        }
+        let mut ready = Vec::new();
+        self.paused_streams.retain(|wid| match self.workers.get_mut(wid) {
+            Some(w) if w.gate.is_paused() => true,
+            Some(w) => {
+                w.stream_paused = false;
+                ready.push(*wid);
+                false
+            }
+            None => false,
+        });
+        for wid in ready {
+            self.worker_readable(wid);
         }
     }
 
@@ -1772,7 +1913,12 @@ impl Supervisor {
 
     fn worker_exited(&mut self, wid: WorkerId, info: Option<ExitInfo>) {
         // Results the worker wrote before it died still count: the exit
-        // report can overtake them in the event loop.
+        // report can overtake them in the event loop. A paused stream is
+        // read to its end now (what is left is at most a socket buffer).
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.stream_paused = false;
+            w.gate.unpause();
+        }
         self.worker_readable(wid);
         // Collect the last words first: they explain the death.
         self.output_readable(wid);

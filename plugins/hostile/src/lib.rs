@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use billiard_plugin_api::{export_plugin, task, TaskContext};
+use billiard_plugin_api::{export_plugin, task, Emitter, TaskContext};
 
 /// Sleeps `ms` milliseconds, returns `ms`.
 #[task]
@@ -451,9 +451,40 @@ pub fn sb_load_module() -> Result<String, String> {
     Err(format!("{init}; {finit}"))
 }
 
+/// Emits 0..n as stream items, then dies of a real SIGSEGV (a write
+/// to an unmapped address), with the items perhaps still in the worker's
+/// buffer.
+#[task]
+pub fn emit_then_segv(n: u64, out: &Emitter<u64>) -> u64 {
+    for i in 0..n {
+        out.emit(i);
+    }
+    // SAFETY: not safe at all: the crash is the point.
+    unsafe { std::ptr::write_volatile(8usize as *mut u64, n) };
+    n
+}
+
+/// Emits 0..n as stream items, then calls `exit(3)`.
+#[task]
+pub fn emit_then_exit(n: u64, out: &Emitter<u64>) -> u64 {
+    for i in 0..n {
+        out.emit(i);
+    }
+    std::process::exit(3)
+}
+
+/// Emits 0..n as stream items, then aborts (SIGABRT).
+#[task]
+pub fn emit_then_abort(n: u64, out: &Emitter<u64>) -> u64 {
+    for i in 0..n {
+        out.emit(i);
+    }
+    std::process::abort()
+}
+
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort],
 );

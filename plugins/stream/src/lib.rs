@@ -11,6 +11,22 @@ pub fn count(n: u64, out: &Emitter<u64>) -> u64 {
     n
 }
 
+/// Emits `n` strings of `size` bytes each: item `i` is `i` in decimal,
+/// padded with dots.
+#[task]
+pub fn blobs(n: u64, size: u64, out: &Emitter<String>) -> u64 {
+    let mut s = String::with_capacity(size as usize);
+    for i in 0..n {
+        s.clear();
+        s.push_str(&i.to_string());
+        while (s.len() as u64) < size {
+            s.push('.');
+        }
+        out.emit(&s);
+    }
+    n
+}
+
 /// Emits each line of `text`; returns the number of lines.
 #[task]
 pub fn lines(text: String, out: &Emitter<String>) -> u64 {
@@ -113,6 +129,7 @@ export_plugin!(
     name: "stream",
     tasks: [
         count,
+        blobs,
         lines,
         count_then_fail,
         count_forever,

@@ -1,0 +1,72 @@
+//! A Rust task's `ctx.progress(done, total)` in `billiard-host worker`
+//! becomes Celery's custom state: a real Python client polling
+//! `AsyncResult(id).state` / `.info` sees `PROGRESS` and
+//! `{"current": .., "total": ..}` while the task runs, stored exactly as
+//! Python's own `update_state(state="PROGRESS", meta=...)` stores it.
+//!
+//! Prerequisites as for tests/celery_redis.rs (`./scripts/test`): a
+//! `redis-server` and the venv with `celery[redis]`; missing: a loud SKIP
+//! (a failure with `CI=true`).
+
+mod common;
+
+use common::celery;
+use serde_json::{json, Value};
+
+#[test]
+fn python_sees_the_progress_of_a_running_rust_task() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("python_sees_the_progress_of_a_running_rust_task")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let stream = common::plugin_str("stream");
+    let _w = celery::spawn_worker(["worker", &stream, "--broker", &url, "-c", "1"]);
+    let dir = celery::unique_temp_dir("progress");
+    let flag = dir.join("go");
+    let script = format!(
+        r#"{app}
+from celery.result import AsyncResult
+flag = sys.argv[1]
+r = app.send_task("stream.progress_until_file", args=[flag, 7])
+seen = []
+deadline = time.time() + 60
+while time.time() < deadline:
+    a = AsyncResult(r.id, app=app)
+    if a.state == "PROGRESS":
+        seen = [a.state, a.info]
+        break
+    time.sleep(0.01)
+raw = app.backend.client.get(app.backend.get_key_for_task(r.id))
+# What Python's update_state stores for the same report (from inside a
+# task: with its request), under another id.
+from celery.app.task import Context
+req = Context(id="ref-" + r.id, children=[])
+app.backend.store_result("ref-" + r.id, {{"current": 1, "total": 2}}, "PROGRESS", request=req)
+ref = app.backend.client.get(app.backend.get_key_for_task("ref-" + r.id))
+open(flag, "w").write("go")
+value = r.get(timeout=60)
+print(json.dumps({{"seen": seen, "raw": json.loads(raw), "ref": json.loads(ref),
+                  "value": value, "final": AsyncResult(r.id, app=app).state}}))
+"#,
+        app = celery::py_app(&url)
+    );
+    let v: Value = celery::python_json(&script, &[flag.to_str().unwrap()]);
+    assert_eq!(
+        v["seen"],
+        json!(["PROGRESS", {"current": 1, "total": 2}]),
+        "{v}"
+    );
+    // The stored meta is Python's, field for field (but the task id).
+    let mut raw = v["raw"].clone();
+    let mut reference = v["ref"].clone();
+    let id = raw["task_id"].as_str().unwrap().to_string();
+    assert_eq!(reference["task_id"], json!(format!("ref-{id}")));
+    raw.as_object_mut().unwrap().remove("task_id");
+    reference.as_object_mut().unwrap().remove("task_id");
+    assert_eq!(raw, reference, "{v}");
+    assert_eq!(v["value"], json!(7), "{v}");
+    assert_eq!(v["final"], json!("SUCCESS"), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
