@@ -218,6 +218,53 @@ fn the_address_space_limit_ends_a_runaway_allocation() {
 }
 
 #[test]
+fn a_sandboxed_process_writes_only_where_it_is_allowed() {
+    let _serial = serial();
+    let dir = common::artifact_dir().join("process-test").join("sandbox");
+    let allowed = dir.join("allowed");
+    std::fs::create_dir_all(&allowed).expect("scratch dir");
+    let (outside, inside) = (dir.join("outside.txt"), allowed.join("inside.txt"));
+    let _ = std::fs::remove_file(&outside);
+    let _ = std::fs::remove_file(&inside);
+    let sandbox = || billiard_host::sandbox::Sandbox::strict().allow_write(&allowed);
+    let path = |p: &std::path::Path| p.display().to_string();
+    let e = error_of(join_and_check_gone(
+        hostile("sb_write", (path(&outside),)).sandbox(sandbox()),
+    ));
+    assert_eq!(e.kind, ErrorKind::TaskError, "{e}");
+    assert!(e.message.contains("Read-only file system"), "{e}");
+    assert!(!outside.exists(), "the file was written");
+    let mut p = hostile("sb_write", (path(&inside),)).sandbox(sandbox());
+    p.join_value::<String>()
+        .expect("written in the allowed dir");
+    assert_eq!(std::fs::read(&inside).expect("written"), b"escaped\n");
+    // Unsandboxed, the same write goes through.
+    let mut p = hostile("sb_write", (path(&outside),));
+    p.join_value::<String>().expect("written");
+    assert!(outside.exists());
+    // run --isolated takes the same flags.
+    let _ = std::fs::remove_file(&outside);
+    let args = format!(r#"["{}"]"#, path(&outside));
+    let out = common::host([
+        "run",
+        &plugin_str("hostile"),
+        "--task",
+        "sb_write",
+        "--args",
+        &args,
+        "--isolated",
+        "--sandbox",
+        "strict",
+        "--allow-write",
+        &path(&allowed),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Read-only file system"), "{stdout}");
+    assert!(!outside.exists(), "the file was written");
+}
+
+#[test]
 fn join_timeout_on_a_hanging_task_then_kill() {
     let _serial = serial();
     let mut p = faults("sleep_ms", (600_000u64,));

@@ -164,6 +164,13 @@ impl Process {
         self.builder = std::mem::take(&mut self.builder).start_method(m);
         self
     }
+    /// Runs the call in a sandbox ([`crate::sandbox`]), as a pool's workers:
+    /// checked at `start` (a protection the kernel cannot give is a
+    /// `plugin_load` error naming it).
+    pub fn sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Self {
+        self.builder = std::mem::take(&mut self.builder).sandbox(sandbox);
+        self
+    }
     /// Any other pool setting, e.g. `p.configure(|b| b.initializer(..))`.
     pub fn configure(mut self, f: impl FnOnce(PoolBuilder) -> PoolBuilder) -> Self {
         self.builder = f(std::mem::take(&mut self.builder));
