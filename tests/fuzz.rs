@@ -260,6 +260,13 @@ fn body_of(f: &Frame<'_>) -> Vec<u8> {
             v.extend_from_slice(p);
         }
         Frame::Exit => v.push(ipc::KIND_EXIT),
+        Frame::Items(job, count, p) => {
+            v.extend_from_slice(&ipc::encode_items(*job, *count, p.len()).unwrap()[4..]);
+            v.extend_from_slice(p);
+        }
+        Frame::Progress(job, done, total) => {
+            v.extend_from_slice(&ipc::encode_progress(*job, *done, *total)[4..])
+        }
     }
     v
 }
@@ -278,6 +285,8 @@ proptest! {
         body.extend_from_slice(&rest);
         match decode_body(&body) {
             Ok(Frame::Exit) => prop_assert_eq!(kind, ipc::KIND_EXIT),
+            // PROGRESS, like EXIT, ignores trailing bytes.
+            Ok(f @ Frame::Progress(..)) => prop_assert_eq!(&body_of(&f)[..], &body[..ipc::PROGRESS_FRAME - 4]),
             Ok(f) => prop_assert_eq!(body_of(&f), body),
             Err(FrameError::Short { kind: k, len }) => {
                 prop_assert_eq!(k, kind);

@@ -73,6 +73,7 @@ fn a_slow_consumer_holds_the_task_back_and_host_memory_stays_flat() {
         .apply_stream::<_, String, u64>("stream", "blobs", (n, size))
         .unwrap();
     let mut got = 0u64;
+    let mut until_pause = 20_000u32;
     let started = Instant::now();
     let mut done = None;
     for s in &mut stream {
@@ -82,7 +83,9 @@ fn a_slow_consumer_holds_the_task_back_and_host_memory_stays_flat() {
                 let idx: u64 = v.trim_end_matches('.').parse().unwrap();
                 assert_eq!(idx, got);
                 got += 1;
-                if got % 20_000 == 0 {
+                until_pause -= 1;
+                if until_pause == 0 {
+                    until_pause = 20_000;
                     // A slow consumer: the task is far quicker than this.
                     std::thread::sleep(Duration::from_millis(20));
                     peak = peak.max(rss_bytes());

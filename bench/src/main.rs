@@ -141,10 +141,10 @@ const PLUGIN_PACKAGES: [&str; 4] = [
     "billiard-plugin-math",
     "billiard-plugin-bytes",
     "billiard-plugin-faults",
+    "billiard-plugin-stream",
 ];
 
 fn main() -> ExitCode {
-    "billiard-plugin-stream",
     let args = Args::parse();
     let res = if args.child.is_some() {
         child_main(&args)
@@ -325,10 +325,12 @@ fn selected_workloads(args: &Args) -> Result<Vec<String>> {
         let w = w.trim().to_uppercase();
         if w == "ALL" {
             out.extend(WORKLOADS.iter().map(|s| s.to_string()));
-        } else if WORKLOADS.contains(&w.as_str()) {
+        } else if WORKLOADS.contains(&w.as_str())
+            || streaming::EXTRA_WORKLOADS.contains(&w.as_str())
+        {
             out.push(w);
         } else if !w.is_empty() {
-            bail!("unknown workload {w} (W1..W10 or all)");
+            bail!("unknown workload {w} (W1..W10, S1, S2 or all)");
         }
     }
     out.dedup();

@@ -266,7 +266,6 @@ impl Worker {
         if host.flush().is_err() {
             leave(exit_code::PROTOCOL);
         }
-        drop(ctx);
         drop(host);
         self.slot.finished.store(h.job, Ordering::Release);
         self.slot.running.store(0, Ordering::Release);
@@ -447,7 +446,8 @@ fn tick() {
         std::thread::sleep(FLUSH_TICK);
         FLUSH_DUE.store(1, Ordering::Relaxed);
         n += 1;
-        if n % PROGRESS_TICKS == 0 {
+        if n >= PROGRESS_TICKS {
+            n = 0;
             HOST_FLAGS.fetch_or(HOST_FLAG_PROGRESS_DUE, Ordering::Relaxed);
         }
     }

@@ -406,7 +406,8 @@ mod tests {
         );
         let out = Emitter::<String>::new(&ctx, Codec::Json);
         out.emit("a".to_string());
-        out.emit(&"b".to_string());
+        let b = "b".to_string();
+        out.emit(&b); // by reference too
         assert_eq!(
             *cap.items.lock().unwrap(),
             vec![b"\"a\"".to_vec(), b"\"b\"".to_vec()]

@@ -23,8 +23,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
-use super::progress::ProgressWriter;
 use super::control::{Ops, OpsCmd, Outcome};
+use super::progress::ProgressWriter;
 use super::protocol::{
     self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
     TimeLimit,

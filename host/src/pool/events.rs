@@ -31,7 +31,11 @@ pub enum Event {
     },
     /// A running job reported progress (`ctx.progress(done, total)`;
     /// coalesced by its worker to about one per 50 ms, plus completion).
-    JobProgress { job: JobId, done: u64, total: u64 },
+    JobProgress {
+        job: JobId,
+        done: u64,
+        total: u64,
+    },
 }
 
 /// Where the supervisor sends events; a no-op unless someone subscribed.

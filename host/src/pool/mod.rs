@@ -35,11 +35,11 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use async_io::{CancelOnDrop, ImapStream, RawAsyncStream};
 pub use config::{Initializer, Limits, PoolConfig, StartMethod};
 pub use events::Event;
-pub use job::{JobId, Outcome, WorkerId};
 pub use items::{ItemBatch, News, ProgressHook};
+pub use job::{JobId, Outcome, WorkerId};
 pub use stats::Stats;
-pub use streaming::{ItemStream, Streamed};
 pub use stream::{Imap, JobHead, JobSource, RawJob, RawStream};
+pub use streaming::{ItemStream, Streamed};
 pub use supervisor::Generation;
 
 use crate::error::{ErrorKind, TaskError};

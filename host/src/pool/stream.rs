@@ -453,10 +453,7 @@ impl<'p> RawStream<'p> {
 
     /// The next item, handed to `f` as its index and encoded outcome (a
     /// value borrowed from the worker's result buffer: no copy per item).
-    pub fn next_with<T>(
-        &mut self,
-        f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
-    ) -> Option<T> {
+    pub fn next_with<T>(&mut self, f: impl FnMut(u64, Result<&[u8], TaskError>) -> T) -> Option<T> {
         match self.poll_next_with(None, f) {
             std::task::Poll::Ready(item) => item,
             // Without a context it waits instead.

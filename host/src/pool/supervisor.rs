@@ -1612,15 +1612,16 @@ impl Supervisor {
             return;
         }
         let mut ready = Vec::new();
-        self.paused_streams.retain(|wid| match self.workers.get_mut(wid) {
-            Some(w) if w.gate.is_paused() => true,
-            Some(w) => {
-                w.stream_paused = false;
-                ready.push(*wid);
-                false
-            }
-            None => false,
-        });
+        self.paused_streams
+            .retain(|wid| match self.workers.get_mut(wid) {
+                Some(w) if w.gate.is_paused() => true,
+                Some(w) => {
+                    w.stream_paused = false;
+                    ready.push(*wid);
+                    false
+                }
+                None => false,
+            });
         for wid in ready {
             self.worker_readable(wid);
         }

@@ -460,7 +460,7 @@ pub fn emit_then_segv(n: u64, out: &Emitter<u64>) -> u64 {
         out.emit(i);
     }
     // SAFETY: not safe at all: the crash is the point.
-    unsafe { std::ptr::write_volatile(8usize as *mut u64, n) };
+    unsafe { std::ptr::write_volatile(std::ptr::NonNull::<u64>::dangling().as_ptr(), n) };
     n
 }
 
