@@ -463,6 +463,18 @@ fn run_isolated_output_matches_run_for_plain_jobs() {
     let isolated = run(&["--isolated"]);
     assert_eq!(pooled.0, Some(1));
     assert_eq!(isolated, pooled, "same lines, same exit code");
+    let unordered = run(&["--isolated", "--unordered"]);
+    let sorted = |s: &str| {
+        let mut v: Vec<String> = s.lines().map(String::from).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(unordered.0, pooled.0);
+    assert_eq!(
+        sorted(&unordered.1),
+        sorted(&pooled.1),
+        "the same lines, in any order"
+    );
     // --args too.
     let out = common::host([
         "run",
