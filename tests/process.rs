@@ -205,6 +205,34 @@ fn the_hard_limit_holds_against_a_task_that_blocks_every_signal() {
 }
 
 #[test]
+fn limits_hold_against_a_task_deaf_to_every_signal_but_sigkill() {
+    let _serial = serial();
+    // The soft limit's SIGUSR1 is ignored and blocked: the hard limit,
+    // enforced from this process, still ends it.
+    let e = error_of(join_and_check_gone(
+        hostile("deaf_spin", (600_000u64,))
+            .soft_time_limit(Duration::from_millis(100))
+            .time_limit(Duration::from_millis(500)),
+    ));
+    assert_eq!(e.kind, ErrorKind::TimeLimit, "{e}");
+    // So does kill, with no limit at all.
+    let mut p = hostile("deaf_spin", (600_000u64,));
+    p.start().expect("started");
+    let pid = p.pid().expect("pid");
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGUSR1,
+    ] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
+    }
+    assert!(p.join_timeout(Duration::from_millis(300)).is_none());
+    assert!(alive(pid));
+    assert_eq!(error_of(p.kill()).kind, ErrorKind::Terminated);
+    assert!(!alive(pid));
+}
+
+#[test]
 fn the_address_space_limit_ends_a_runaway_allocation() {
     let _serial = serial();
     let e = error_of(join_and_check_gone(
