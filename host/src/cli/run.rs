@@ -43,6 +43,8 @@ Output: one JSON line per job, in input order (--unordered: as they complete):
   {\"index\":0,\"ok\":9}
   {\"index\":1,\"error\":{\"kind\":\"bad_args\",\"message\":\"...\"}}
   The index counts the non-blank input lines from 0. --args prints one line, index 0.
+  A streaming task (one taking `&Emitter<T>`) also writes its items, in order, as
+  {\"index\":N,\"item\":VALUE} lines before job N's result line.
 
 Exit status: 0 every job succeeded; 1 some job failed or did not run (all results are still
   written); 2 usage error, unreadable input, or a plugin that cannot be loaded.
