@@ -6,8 +6,9 @@
 //! absent, and a plugin of a newer layout (this plugin-api plus an appended
 //! required field and the next ABI version) is refused with a clear message.
 //!
-//! Both fixtures are built with cargo into `target/fixtures` (incremental on
-//! reruns); the newer one is generated from the current `plugin-api/`.
+//! Both fixtures are built with cargo into `target/fixtures/{old,next}`
+//! (incremental on reruns); the newer one is generated from the current
+//! `plugin-api/` into `target/fixtures/next-layout-src`.
 
 mod common;
 
@@ -31,8 +32,13 @@ fn fixtures_target() -> PathBuf {
         .join("fixtures")
 }
 
-fn cargo_build(manifest: &Path, package: &str, locked: bool) -> PathBuf {
-    let target = fixtures_target();
+/// Builds `package` of the fixture workspace `manifest` into
+/// `target/fixtures/<target>`. Each fixture workspace has a target
+/// directory of its own: cargo hashes path dependencies by their path
+/// relative to the workspace root, so two workspaces with a `plugin-api/`
+/// sharing one target directory would take each other's artifacts.
+fn cargo_build(manifest: &Path, package: &str, target: &str, locked: bool) -> PathBuf {
+    let target = fixtures_target().join(target);
     let mut cmd = Command::new(env!("CARGO"));
     cmd.arg("build")
         .arg("--manifest-path")
@@ -65,6 +71,7 @@ fn old_plugin() -> &'static Path {
         cargo_build(
             &fixture_dir().join("Cargo.toml"),
             "billiard-plugin-old-abi",
+            "old",
             true,
         )
     })
@@ -125,7 +132,7 @@ fn next_plugin() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = workspace_root();
-        let src = fixtures_target().join("next-layout");
+        let src = fixtures_target().join("next-layout-src");
         let next = ABI_VERSION + 1;
         copy_tree(&root.join("plugin-api"), &src.join("plugin-api"), &|rel, t| {
             if rel == Path::new("src/abi.rs") {
@@ -183,7 +190,12 @@ fn next_plugin() -> &'static Path {
         if !src.join("Cargo.lock").exists() {
             std::fs::copy(root.join("Cargo.lock"), src.join("Cargo.lock")).expect("Cargo.lock");
         }
-        cargo_build(&src.join("Cargo.toml"), "billiard-plugin-next-abi", false)
+        cargo_build(
+            &src.join("Cargo.toml"),
+            "billiard-plugin-next-abi",
+            "next",
+            false,
+        )
     })
 }
 
