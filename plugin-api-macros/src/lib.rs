@@ -265,6 +265,37 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
         },
     };
 
+    // A whole chunk in one loop (see `glue::run_batch`); a streaming task
+    // runs job by job.
+    let run_batch = if streaming {
+        quote!(::core::option::Option::None)
+    } else {
+        quote!({
+            #[allow(unused_variables)]
+            fn __billiard_run_batch(
+                codec: ::billiard_plugin_api::Codec,
+                records: &[u8],
+                count: u32,
+                ctx: &::billiard_plugin_api::TaskContext<'_>,
+                out: &mut ::billiard_plugin_api::__private::abi_stable::std_types::RVec<u8>,
+            ) -> u32 {
+                ::billiard_plugin_api::glue::run_batch(
+                    &<#name as ::billiard_plugin_api::glue::Task>::INFO,
+                    codec,
+                    records,
+                    count,
+                    ctx,
+                    out,
+                    |args: &[u8], ctx: &::billiard_plugin_api::TaskContext<'_>| {
+                        #decode
+                        #produce
+                    },
+                )
+            }
+            ::core::option::Option::Some(__billiard_run_batch)
+        })
+    };
+
     Ok(quote! {
         #func
 
@@ -304,6 +335,7 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
                 }
                 __billiard_run
             };
+            const RUN_BATCH: ::core::option::Option<::billiard_plugin_api::glue::BatchRunFn> = #run_batch;
         }
     })
 }

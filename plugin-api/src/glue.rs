@@ -23,6 +23,76 @@ pub type RunFn = fn(Codec, &[u8], &TaskContext<'_>, &mut RVec<u8>) -> Status;
 pub trait Task {
     const INFO: TaskInfo;
     const RUN: RunFn;
+    /// The task over a whole chunk in one loop ([`run_batch`]); `None`:
+    /// item by item through `RUN` (streaming tasks).
+    const RUN_BATCH: Option<BatchRunFn> = None;
+}
+
+/// The signature of the per-task batch function `#[task]` generates: runs
+/// `count` argument records, appending one result record each to `out`;
+/// returns how many it appended.
+pub type BatchRunFn = fn(Codec, &[u8], u32, &TaskContext<'_>, &mut RVec<u8>) -> u32;
+
+thread_local! {
+    /// The output buffer [`run_batch`] reuses from chunk to chunk.
+    static BATCH_OUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// What [`run`] does for one call, over a whole chunk in one loop: the
+/// panic hook, the in-task flag and the base64 setting are looked at once
+/// per chunk, and the results are encoded into a plain `Vec` (no call
+/// through the `RVec` vtable per write) copied into `out` once at the end.
+/// Each item still runs behind its own `catch_unwind`: a panic costs only
+/// its item, and the items after it run.
+pub fn run_batch<R: Serialize>(
+    info: &TaskInfo,
+    codec: Codec,
+    records: &[u8],
+    count: u32,
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+    body: impl Fn(&[u8], &TaskContext<'_>) -> Result<R, Fail>,
+) -> u32 {
+    install_panic_hook();
+    let was_in_task = IN_TASK.with(|f| f.replace(true));
+    let base64 = codec == Codec::Json && ctx.host_flag(crate::HOST_FLAG_BYTES_BASE64);
+    let mut buf = BATCH_OUT.with(std::cell::Cell::take);
+    buf.clear();
+    let mut done = 0u32;
+    for rec in codec::records(records).take(count as usize) {
+        let Some(rec) = rec else { break };
+        let header = buf.len();
+        buf.extend_from_slice(&[0u8; 5]);
+        let status = match ctx.stop_requested() {
+            Some(reason) => {
+                write_msg(&mut buf, "not started: the batch was stopped");
+                stop_status(reason)
+            }
+            None => {
+                let item_ctx = ctx.for_batch_item(done as u64);
+                // As in `run`: no message left over from an earlier item.
+                LAST_PANIC.with(|p| p.borrow_mut().take());
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    let value = body(rec, &item_ctx)?;
+                    codec::with_base64_bytes(base64, || codec::encode_into(codec, &value, &mut buf))
+                        .map_err(|e| Fail::User(format!("could not encode the result: {e}")))
+                }));
+                conclude(info, &item_ctx, result, &mut buf, header + 5)
+            }
+        };
+        let len = (buf.len() - header - 5) as u32;
+        buf[header] = status as u8;
+        buf[header + 1..header + 5].copy_from_slice(&len.to_le_bytes());
+        done += 1;
+    }
+    IN_TASK.with(|f| f.set(was_in_task));
+    // `RVec::extend_from_slice` pushes byte by byte; this is one memcpy.
+    out.extend_from_copy_slice(&buf);
+    // A buffer grown by a chunk of big results is not kept.
+    if buf.capacity() <= 1 << 20 {
+        BATCH_OUT.with(|b| b.set(buf));
+    }
+    done
 }
 
 /// Why a task call did not produce a value.
@@ -93,8 +163,33 @@ fn stop_status(reason: StopReason) -> Status {
     }
 }
 
-fn write_msg(out: &mut RVec<u8>, msg: impl Display) {
+fn write_msg(out: &mut impl OutBuf, msg: impl Display) {
     let _ = write!(out, "{msg}");
+}
+
+/// Where the glue writes a result or a message: the host's `RVec` (one
+/// call) or the batch loop's own `Vec` (see [`run_batch`]).
+pub trait OutBuf: Write {
+    fn len(&self) -> usize;
+    fn truncate(&mut self, len: usize);
+}
+
+impl OutBuf for RVec<u8> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    fn truncate(&mut self, len: usize) {
+        RVec::truncate(self, len)
+    }
+}
+
+impl OutBuf for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len)
+    }
 }
 
 /// Runs one task call: decode, call, encode, all behind `catch_unwind`.
@@ -121,6 +216,18 @@ pub fn run<R: Serialize>(
             .map_err(|e| Fail::User(format!("could not encode the result: {e}")))
     }));
     IN_TASK.with(|f| f.set(was_in_task));
+    conclude(info, ctx, result, out, start)
+}
+
+/// The status of a call that ended with `result`, its message written to
+/// `out` (truncated back to `start` first) when it did not succeed.
+fn conclude(
+    info: &TaskInfo,
+    ctx: &TaskContext<'_>,
+    result: std::thread::Result<Result<(), Fail>>,
+    out: &mut impl OutBuf,
+    start: usize,
+) -> Status {
     match result {
         Ok(Ok(())) => Status::Ok,
         Ok(Err(fail)) => {
@@ -274,12 +381,43 @@ pub fn call_batch(
     ctx: &TaskContext<'_>,
     out: &mut RVec<u8>,
 ) -> u32 {
+    call_batch_with(runs, &[], infos, task, codec, args, count, ctx, out)
+}
+
+/// [`call_batch`] that runs a task's whole chunk through its
+/// [`Task::RUN_BATCH`] when it has one (`batch_runs`, by task index):
+/// what `export_plugin!` uses.
+#[allow(clippy::too_many_arguments)]
+pub fn call_batch_with(
+    runs: &[RunFn],
+    batch_runs: &[Option<BatchRunFn>],
+    infos: &[TaskInfo],
+    task: u32,
+    codec: Codec,
+    args: RSlice<'_, u8>,
+    count: u32,
+    ctx: &TaskContext<'_>,
+    out: &mut RVec<u8>,
+) -> u32 {
+    if let Some(Some(batch)) = batch_runs.get(task as usize) {
+        let start = out.len();
+        // `run_batch` catches the task's panics; this guard covers the glue.
+        return match catch_unwind(AssertUnwindSafe(|| {
+            batch(codec, args.as_slice(), count, ctx, out)
+        })) {
+            Ok(done) => done,
+            Err(_) => {
+                out.truncate(start);
+                0
+            }
+        };
+    }
     let mut done = 0u32;
     let streaming = infos.get(task as usize).is_some_and(|i| i.streaming);
     for rec in codec::records(args.as_slice()).take(count as usize) {
         let Some(rec) = rec else { break };
         let header = out.len();
-        out.extend_from_slice(&[0u8; 5]);
+        out.extend_from_copy_slice(&[0u8; 5]);
         let item_ctx = ctx.for_batch_item(done as u64);
         let status = match ctx.stop_requested() {
             Some(reason) => {
@@ -327,6 +465,7 @@ macro_rules! export_plugin {
 
             static INFOS: &[TaskInfo] = &[$(<$task as Task>::INFO),*];
             static RUNS: &[RunFn] = &[$(<$task as Task>::RUN),*];
+            static BATCH_RUNS: &[Option<$crate::glue::BatchRunFn>] = &[$(<$task as Task>::RUN_BATCH),*];
 
             extern "C" fn call(
                 task: u32,
@@ -346,7 +485,7 @@ macro_rules! export_plugin {
                 ctx: &$crate::TaskContext<'_>,
                 out: &mut RVec<u8>,
             ) -> u32 {
-                $crate::glue::call_batch(RUNS, INFOS, task, codec, args, count, ctx, out)
+                $crate::glue::call_batch_with(RUNS, BATCH_RUNS, INFOS, task, codec, args, count, ctx, out)
             }
 
             #[$crate::__export_root_module]
