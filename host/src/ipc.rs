@@ -351,6 +351,9 @@ pub struct WorkerParams {
     /// A task run once when the worker starts: (plugin index, task index, JSON args).
     pub initializer: Option<(u16, u32, Vec<u8>)>,
     pub max_frame: usize,
+    /// `HOST_FLAG_*` bits raised in every task's context for the worker's
+    /// life (e.g. `HOST_FLAG_BYTES_BASE64`).
+    pub host_flags: u32,
 }
 
 /// Supervisor → zygote.

@@ -230,7 +230,10 @@ impl Worker {
             );
         }
         let host = JobHost::new(h.job, &self.sock);
-        HOST_FLAGS.store(HOST_FLAG_PROGRESS_DUE, Ordering::Release);
+        HOST_FLAGS.store(
+            self.params.host_flags | HOST_FLAG_PROGRESS_DUE,
+            Ordering::Release,
+        );
         start_ticking(h.job);
         let ctx = TaskContext::with_host(
             h.job,
@@ -261,7 +264,7 @@ impl Worker {
             }
         };
         TICKING.store(0, Ordering::Release);
-        HOST_FLAGS.store(0, Ordering::Release);
+        HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
         // The items still buffered go out before the job's DONE.
         if host.flush().is_err() {
             leave(exit_code::PROTOCOL);

@@ -90,6 +90,11 @@ pub struct Args {
     /// Jobs sent to a worker per message (and run in one call).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive)]
     chunksize: usize,
+    /// How results of tasks that return bytes (`Vec<u8>`) are written:
+    /// `array` of numbers, or `base64` as {"$bytes": "<base64>"} (arguments
+    /// may use either form).
+    #[arg(long, value_name = "FORM", default_value = "array")]
+    bytes: BytesForm,
     /// Messages in flight per worker (1: only idle workers get work).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive)]
     prefetch: usize,
@@ -150,6 +155,15 @@ pub(super) fn parse_workers(s: &str) -> Result<usize, String> {
         n if n > MAX_WORKERS => Err(format!("at most {MAX_WORKERS} workers")),
         n => Ok(n),
     }
+}
+
+/// The JSON form of byte-string results (`--bytes`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BytesForm {
+    /// `[104, 105]`
+    Array,
+    /// `{"$bytes": "aGk="}`
+    Base64,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -893,7 +907,8 @@ fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
         .workers(workers)
         .start_method(args.start_method)
         .prefetch(args.prefetch)
-        .imap_window(window);
+        .imap_window(window)
+        .bytes_base64(args.bytes == BytesForm::Base64);
     for p in args.plugin.iter().chain(&args.more_plugins) {
         b = b.plugin(p);
     }

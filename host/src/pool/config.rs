@@ -61,6 +61,9 @@ pub struct PoolConfig {
     pub initializer: Option<Initializer>,
     /// Largest frame accepted from a worker, bytes.
     pub max_frame: usize,
+    /// JSON results of byte-typed tasks come back as `{"$bytes": "<base64>"}`
+    /// instead of arrays of numbers (`run --bytes base64`).
+    pub bytes_base64: bool,
     /// Jobs an `imap` keeps in flight before it waits for results.
     pub imap_window: usize,
     /// At most this many workers may die at start within `restart_window`
@@ -92,6 +95,7 @@ impl Default for PoolConfig {
             time_limit: None,
             initializer: None,
             max_frame: crate::ipc::DEFAULT_MAX_FRAME,
+            bytes_base64: false,
             imap_window: 4096,
             max_start_failures: 10,
             restart_window: Duration::from_secs(10),

@@ -136,6 +136,13 @@ impl PoolBuilder {
         self.cfg.max_frame = bytes;
         self
     }
+    /// JSON results of tasks that return `Vec<u8>` come back as
+    /// `{"$bytes": "<base64>"}` instead of arrays of numbers (bincode results
+    /// are raw bytes either way). What `run --bytes base64` sets.
+    pub fn bytes_base64(mut self, on: bool) -> Self {
+        self.cfg.bytes_base64 = on;
+        self
+    }
     pub fn imap_window(mut self, jobs: usize) -> Self {
         self.cfg.imap_window = jobs;
         self

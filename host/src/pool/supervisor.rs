@@ -889,6 +889,11 @@ impl Supervisor {
             address_space_limit: self.cfg.address_space_limit,
             initializer,
             max_frame: self.cfg.max_frame,
+            host_flags: if self.cfg.bytes_base64 {
+                billiard_plugin_api::HOST_FLAG_BYTES_BASE64
+            } else {
+                0
+            },
         };
         if let Some(s) = self.board.slot(slot as usize) {
             s.running.store(0, std::sync::atomic::Ordering::Release);
