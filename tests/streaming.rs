@@ -357,3 +357,32 @@ fn cli_run_output_of_plain_tasks_is_unchanged() {
         "{\"index\":0,\"ok\":9}\n"
     );
 }
+
+#[test]
+fn apply_stream_is_an_async_stream_too() {
+    use futures_util::StreamExt;
+    let pool = builder(1).build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (items, done) = rt.block_on(async {
+        let mut s = pool
+            .apply_stream::<_, u64, u64>("stream", "count", (100_000u64,))
+            .unwrap();
+        let (mut items, mut done) = (Vec::new(), Vec::new());
+        while let Some(x) = StreamExt::next(&mut s).await {
+            match x {
+                Streamed::Item(v) => {
+                    assert!(done.is_empty(), "an item after the outcome");
+                    items.push(v);
+                }
+                Streamed::Done(r) => done.push(r),
+            }
+        }
+        (items, done)
+    });
+    assert_eq!(items, (0..100_000).collect::<Vec<u64>>());
+    assert_eq!(done, vec![Ok(100_000)]);
+    pool.join().unwrap();
+}

@@ -2,9 +2,11 @@
 //! and then its outcome.
 
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use billiard_plugin_api::{codec, Codec};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, TryRecvError};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::config::Limits;
@@ -28,11 +30,13 @@ pub enum Streamed<T, R> {
 /// a bounded buffer: while this iterator is not read the task blocks in
 /// `emit` once about a megabyte of its items is waiting, so memory stays
 /// flat however many it emits. Dropping the stream before its end
-/// terminates the job.
+/// terminates the job. It is also a `futures_core::Stream` (a pending poll
+/// registers the task's waker, woken when the next batch arrives).
 pub struct ItemStream<'p, T, R> {
     pool: &'p Pool,
     id: JobId,
     rx: Receiver<ChunkResult>,
+    tx: ChunkSender,
     batch: Option<ItemBatch>,
     pos: usize,
     left: u32,
@@ -70,21 +74,15 @@ impl Pool {
         limits: Limits,
     ) -> Result<ItemStream<'_, T, R>, TaskError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let d = self.chunk_dispatch(
-            target,
-            Codec::Bincode,
-            limits,
-            args,
-            1,
-            &ChunkSender::new(tx),
-            0,
-        );
+        let tx = ChunkSender::new(tx);
+        let d = self.chunk_dispatch(target, Codec::Bincode, limits, args, 1, &tx, 0);
         let id = d.first_job;
         self.submit(vec![d])?;
         Ok(ItemStream {
             pool: self,
             id,
             rx,
+            tx,
             batch: None,
             pos: 0,
             left: 0,
@@ -107,17 +105,39 @@ impl<T: DeserializeOwned, R: DeserializeOwned> ItemStream<'_, T, R> {
         self.progress
     }
 
-    /// Waits for the next chunk: `None` once a batch of items is loaded
-    /// (or a progress report read), `Some(outcome)` at the end.
-    fn recv_chunk(&mut self) -> Option<super::Outcome> {
+    /// The next chunk: `Ready(None)` once a batch of items is loaded (or a
+    /// progress report read), `Ready(Some(outcome))` at the end. Waits when
+    /// `cx` is `None`; else `Pending` (the waker registered) when none is
+    /// there yet.
+    fn recv_chunk(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Option<super::Outcome>> {
         self.batch = None;
-        let Ok(chunk) = self.rx.recv() else {
-            return Some(Err(TaskError::new(
+        let gone = || {
+            Poll::Ready(Some(Err(TaskError::new(
                 ErrorKind::Terminated,
                 "the pool has shut down",
-            )));
+            ))))
         };
-        match chunk.body {
+        let chunk = match cx {
+            None => match self.rx.recv() {
+                Ok(c) => c,
+                Err(_) => return gone(),
+            },
+            Some(cx) => match self.rx.try_recv() {
+                Ok(c) => c,
+                Err(TryRecvError::Disconnected) => return gone(),
+                Err(TryRecvError::Empty) => {
+                    // Armed before the second look: a chunk sent in between
+                    // is either seen now or wakes the task.
+                    self.tx.wake_cell().register(cx.waker());
+                    match self.rx.try_recv() {
+                        Ok(c) => c,
+                        Err(TryRecvError::Empty) => return Poll::Pending,
+                        Err(TryRecvError::Disconnected) => return gone(),
+                    }
+                }
+            },
+        };
+        Poll::Ready(match chunk.body {
             ChunkBody::Items(b) => {
                 self.left = b.count;
                 self.pos = 0;
@@ -134,7 +154,7 @@ impl<T: DeserializeOwned, R: DeserializeOwned> ItemStream<'_, T, R> {
                 ErrorKind::WorkerLost,
                 "a batch result for a single streaming job",
             ))),
-        }
+        })
     }
 
     /// The next item of the loaded batch, encoded.
@@ -158,17 +178,16 @@ impl<T: DeserializeOwned, R: DeserializeOwned> ItemStream<'_, T, R> {
     }
 }
 
-impl<T: DeserializeOwned, R: DeserializeOwned> Iterator for ItemStream<'_, T, R> {
-    type Item = Streamed<T, R>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<T: DeserializeOwned, R: DeserializeOwned> ItemStream<'_, T, R> {
+    /// The next item or the outcome (see `recv_chunk` for `cx`).
+    fn poll_item(&mut self, mut cx: Option<&mut Context<'_>>) -> Poll<Option<Streamed<T, R>>> {
         if self.done {
-            return None;
+            return Poll::Ready(None);
         }
         loop {
             if let Some((c, item)) = self.next_encoded() {
                 // Decoded straight from the worker's batch.
-                return Some(match codec::decode::<T>(c, item) {
+                return Poll::Ready(Some(match codec::decode::<T>(c, item) {
                     Ok(v) => Streamed::Item(v),
                     Err(e) => {
                         self.done = true;
@@ -178,15 +197,39 @@ impl<T: DeserializeOwned, R: DeserializeOwned> Iterator for ItemStream<'_, T, R>
                             format!("cannot decode a stream item as the requested type: {e}"),
                         )))
                     }
-                });
+                }));
             }
-            if let Some(outcome) = self.recv_chunk() {
-                self.done = true;
-                return Some(Streamed::Done(
-                    outcome.and_then(|b| decode_outcome_bytes(&b)),
-                ));
+            match self.recv_chunk(cx.as_deref_mut()) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => continue,
+                Poll::Ready(Some(outcome)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Streamed::Done(
+                        outcome.and_then(|b| decode_outcome_bytes(&b)),
+                    )));
+                }
             }
         }
+    }
+}
+
+impl<T: DeserializeOwned, R: DeserializeOwned> Iterator for ItemStream<'_, T, R> {
+    type Item = Streamed<T, R>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.poll_item(None) {
+            Poll::Ready(x) => x,
+            // Without a context it waits instead.
+            Poll::Pending => None,
+        }
+    }
+}
+
+impl<T: DeserializeOwned, R: DeserializeOwned> futures_core::Stream for ItemStream<'_, T, R> {
+    type Item = Streamed<T, R>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_item(Some(cx))
     }
 }
 
