@@ -23,10 +23,10 @@ mod external;
 mod proc;
 mod record;
 mod report;
+mod streaming;
 mod workloads;
 
 use std::io::Write;
-mod streaming;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;

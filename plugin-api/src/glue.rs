@@ -170,7 +170,14 @@ fn write_msg(out: &mut impl OutBuf, msg: impl Display) {
 /// Where the glue writes a result or a message: the host's `RVec` (one
 /// call) or the batch loop's own `Vec` (see [`run_batch`]).
 pub trait OutBuf: Write {
+    /// Bytes written so far.
     fn len(&self) -> usize;
+    /// Whether nothing has been written yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Drops what was written after the first `len` bytes (a result that
+    /// failed half-way through encoding).
     fn truncate(&mut self, len: usize);
 }
 
