@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use billiard_host::ipc::{
-    self, decode_body, encode_done, encode_exit, encode_run, DoneHeader, Frame, FrameError,
-    FrameReader, RunHeader,
+    self, decode_body, encode_arena, encode_done, encode_done_shm, encode_exit, encode_run,
+    encode_run_shm, ArenaInfo, DoneHeader, Frame, FrameError, FrameReader, RunHeader, ShmRef,
 };
 use billiard_host::{Codec, ErrorKind, Pool, PoolBuilder};
 use billiard_plugin_api::codec;
@@ -51,6 +51,9 @@ enum Spec {
     Run(RunHeader, Vec<u8>),
     Done(DoneHeader, Vec<u8>),
     Exit,
+    Arena(ArenaInfo),
+    RunShm(RunHeader, ShmRef),
+    DoneShm(DoneHeader, ShmRef),
 }
 
 impl Spec {
@@ -65,6 +68,9 @@ impl Spec {
                 out.extend_from_slice(p);
             }
             Spec::Exit => out.extend_from_slice(&encode_exit()),
+            Spec::Arena(a) => out.extend_from_slice(&encode_arena(a)),
+            Spec::RunShm(h, at) => out.extend_from_slice(&encode_run_shm(h, *at)),
+            Spec::DoneShm(h, at) => out.extend_from_slice(&encode_done_shm(h, *at)),
         }
     }
 
@@ -73,6 +79,9 @@ impl Spec {
             (Spec::Run(h, p), Frame::Run(fh, fp)) => h == fh && p.as_slice() == *fp,
             (Spec::Done(h, p), Frame::Done(fh, fp)) => h == fh && p.as_slice() == *fp,
             (Spec::Exit, Frame::Exit) => true,
+            (Spec::Arena(a), Frame::Arena(fa)) => a == fa,
+            (Spec::RunShm(h, at), Frame::RunShm(fh, fat)) => h == fh && at == fat,
+            (Spec::DoneShm(h, at), Frame::DoneShm(fh, fat)) => h == fh && at == fat,
             _ => false,
         }
     }
@@ -131,7 +140,55 @@ fn spec() -> impl Strategy<Value = Spec> {
                 p,
             )
         });
-    prop_oneof![4 => run, 4 => done, 1 => Just(Spec::Exit)]
+    let shm_ref = (any::<u64>(), any::<u64>()).prop_map(|(off, len)| ShmRef { off, len });
+    let arena = (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(i, o, t)| {
+        Spec::Arena(ArenaInfo {
+            in_cap: i,
+            out_cap: o,
+            threshold: t,
+        })
+    });
+    let run_shm = (run_header(), shm_ref.clone()).prop_map(|(h, at)| Spec::RunShm(h, at));
+    let done_shm = (done_header(), shm_ref).prop_map(|(h, at)| Spec::DoneShm(h, at));
+    prop_oneof![
+        4 => run,
+        4 => done,
+        1 => Just(Spec::Exit),
+        1 => arena,
+        2 => run_shm,
+        2 => done_shm,
+    ]
+}
+
+fn run_header() -> impl Strategy<Value = RunHeader> {
+    let codec = prop_oneof![Just(Codec::Bincode), Just(Codec::Json)];
+    (
+        any::<u64>(),
+        any::<u16>(),
+        any::<u32>(),
+        codec,
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(|(job, plugin, task, codec, attempt, count)| RunHeader {
+            job,
+            plugin,
+            task,
+            codec,
+            attempt,
+            count,
+        })
+}
+
+fn done_header() -> impl Strategy<Value = DoneHeader> {
+    (any::<u64>(), any::<u32>(), any::<u8>(), any::<u8>()).prop_map(
+        |(job, count, flags, status)| DoneHeader {
+            job,
+            count,
+            flags,
+            status,
+        },
+    )
 }
 
 /// A non-blocking stream that hands out `data` in pieces: each `read`
@@ -267,6 +324,9 @@ fn body_of(f: &Frame<'_>) -> Vec<u8> {
         Frame::Progress(job, done, total) => {
             v.extend_from_slice(&ipc::encode_progress(*job, *done, *total)[4..])
         }
+        Frame::Arena(a) => v.extend_from_slice(&encode_arena(a)[4..]),
+        Frame::RunShm(h, at) => v.extend_from_slice(&encode_run_shm(h, *at)[4..]),
+        Frame::DoneShm(h, at) => v.extend_from_slice(&encode_done_shm(h, *at)[4..]),
     }
     v
 }
@@ -278,8 +338,23 @@ proptest! {
     /// re-encodes to the same bytes (EXIT ignores trailing bytes).
     #[test]
     fn decode_body_never_panics_and_round_trips(
-        kind in prop_oneof![Just(ipc::KIND_RUN), Just(ipc::KIND_DONE), Just(ipc::KIND_EXIT), any::<u8>()],
-        rest in proptest::collection::vec(any::<u8>(), 0..64),
+        kind in prop_oneof![
+            Just(ipc::KIND_RUN),
+            Just(ipc::KIND_DONE),
+            Just(ipc::KIND_EXIT),
+            Just(ipc::KIND_ARENA),
+            Just(ipc::KIND_RUN_SHM),
+            Just(ipc::KIND_DONE_SHM),
+            any::<u8>(),
+        ],
+        // Up to 64 random bytes, or exactly the length of a shared-memory
+        // frame (which is all such a frame may be).
+        rest in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::collection::vec(any::<u8>(), ipc::ARENA_FRAME - 5),
+            proptest::collection::vec(any::<u8>(), ipc::RUN_SHM_FRAME - 5),
+            proptest::collection::vec(any::<u8>(), ipc::DONE_SHM_FRAME - 5),
+        ],
     ) {
         let mut body = vec![kind];
         body.extend_from_slice(&rest);
@@ -292,10 +367,25 @@ proptest! {
                 prop_assert_eq!(k, kind);
                 prop_assert_eq!(len, body.len());
             }
-            Err(FrameError::BadCodec(_)) => prop_assert_eq!(kind, ipc::KIND_RUN),
+            Err(FrameError::BadCodec(_)) => {
+                prop_assert!([ipc::KIND_RUN, ipc::KIND_RUN_SHM].contains(&kind))
+            }
+            Err(FrameError::Long { kind: k, len }) => {
+                prop_assert_eq!(k, kind);
+                prop_assert_eq!(len, body.len());
+                prop_assert!([ipc::KIND_ARENA, ipc::KIND_RUN_SHM, ipc::KIND_DONE_SHM].contains(&k));
+            }
             Err(FrameError::UnknownKind(k)) => {
                 prop_assert_eq!(k, kind);
-                prop_assert!(![ipc::KIND_RUN, ipc::KIND_DONE, ipc::KIND_EXIT].contains(&k));
+                prop_assert!(![
+                    ipc::KIND_RUN,
+                    ipc::KIND_DONE,
+                    ipc::KIND_EXIT,
+                    ipc::KIND_ARENA,
+                    ipc::KIND_RUN_SHM,
+                    ipc::KIND_DONE_SHM,
+                ]
+                .contains(&k));
             }
             Err(e) => prop_assert!(false, "unexpected error {e:?}"),
         }
@@ -340,7 +430,7 @@ proptest! {
             proptest::collection::vec(any::<u8>(), 0..256),
             // Plausible frames: small lengths and known kinds, then noise.
             proptest::collection::vec(
-                prop_oneof![Just(0u8), Just(1), Just(2), Just(10), Just(19), any::<u8>()],
+                prop_oneof![Just(0u8), Just(1), Just(2), Just(10), Just(19), Just(40), Just(41), Just(42), any::<u8>()],
                 0..256,
             ),
         ],

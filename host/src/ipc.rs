@@ -11,7 +11,17 @@
 //! DONE   (kind 10, W→S): job:u64 count:u32 flags:u8 status:u8  payload
 //! ITEMS  (kind 20, W→S): job:u64 count:u32  records
 //! PROGRESS (kind 21, W→S): job:u64 done:u64 total:u64
+//! ARENA    (kind 40, S→W): in_cap:u64 out_cap:u64 threshold:u64, two fds attached
+//! RUN_SHM  (kind 41, S→W): the RUN header, then off:u64 len:u64 (no body)
+//! DONE_SHM (kind 42, W→S): the DONE header, then off:u64 len:u64 (no body)
 //! ```
+//!
+//! The `_SHM` kinds carry a large payload by reference: its bytes are at
+//! `[off, off + len)` of the worker's shared-memory arena (`crate::shm`),
+//! the arguments in its *in* region, the result in its *out* region. ARENA
+//! hands the worker that arena (two memfds by SCM_RIGHTS, attached to the
+//! frame's bytes); a later ARENA replaces it. These three have an exact
+//! length.
 //!
 //! ITEMS carries `count` stream items of the running (single, `count == 1`)
 //! job, as `[u32 LE length][bytes]` records in the job's codec, in the order
@@ -39,11 +49,19 @@ pub const KIND_EXIT: u8 = 2;
 pub const KIND_DONE: u8 = 10;
 pub const KIND_ITEMS: u8 = 20;
 pub const KIND_PROGRESS: u8 = 21;
+/// Large payloads through shared memory (`crate::shm`); 40.. so that other
+/// frame kinds can be added below without renumbering.
+pub const KIND_ARENA: u8 = 40;
+pub const KIND_RUN_SHM: u8 = 41;
+pub const KIND_DONE_SHM: u8 = 42;
 
 pub const RUN_HEADER: usize = 4 + 1 + 8 + 2 + 4 + 1 + 4 + 4;
 pub const DONE_HEADER: usize = 4 + 1 + 8 + 4 + 1 + 1;
 pub const ITEMS_HEADER: usize = 4 + 1 + 8 + 4;
 pub const PROGRESS_FRAME: usize = 4 + 1 + 8 + 8 + 8;
+pub const ARENA_FRAME: usize = 4 + 1 + 8 + 8 + 8;
+pub const RUN_SHM_FRAME: usize = RUN_HEADER + 16;
+pub const DONE_SHM_FRAME: usize = DONE_HEADER + 16;
 
 /// `flags` bit of DONE: the worker exits after this frame (recycling).
 pub const FLAG_RETIRING: u8 = 1;
@@ -67,6 +85,24 @@ pub struct DoneHeader {
     pub count: u32,
     pub flags: u8,
     pub status: u8,
+}
+
+/// What an ARENA frame announces: the sizes of the two memfds attached to
+/// it (in: supervisor → worker, out: worker → supervisor) and the size from
+/// which the worker puts a result in the out region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaInfo {
+    pub in_cap: u64,
+    pub out_cap: u64,
+    pub threshold: u64,
+}
+
+/// Where a payload lies in an arena region: `[off, off + len)`. Read from
+/// another process: validated before use (`crate::shm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmRef {
+    pub off: u64,
+    pub len: u64,
 }
 
 fn frame_len(header: usize, payload: usize) -> Result<u32, FrameError> {
@@ -129,6 +165,37 @@ pub fn encode_progress(job: u64, done: u64, total: u64) -> [u8; PROGRESS_FRAME] 
     b
 }
 
+pub fn encode_arena(a: &ArenaInfo) -> [u8; ARENA_FRAME] {
+    let mut b = [0u8; ARENA_FRAME];
+    b[0..4].copy_from_slice(&((ARENA_FRAME - 4) as u32).to_le_bytes());
+    b[4] = KIND_ARENA;
+    b[5..13].copy_from_slice(&a.in_cap.to_le_bytes());
+    b[13..21].copy_from_slice(&a.out_cap.to_le_bytes());
+    b[21..29].copy_from_slice(&a.threshold.to_le_bytes());
+    b
+}
+
+pub fn encode_run_shm(h: &RunHeader, at: ShmRef) -> [u8; RUN_SHM_FRAME] {
+    let mut b = [0u8; RUN_SHM_FRAME];
+    // A RUN header whose length field counts a 16-byte body: (off, len).
+    let head = encode_run(h, 16).unwrap_or([0; RUN_HEADER]);
+    b[..RUN_HEADER].copy_from_slice(&head);
+    b[4] = KIND_RUN_SHM;
+    b[RUN_HEADER..RUN_HEADER + 8].copy_from_slice(&at.off.to_le_bytes());
+    b[RUN_HEADER + 8..].copy_from_slice(&at.len.to_le_bytes());
+    b
+}
+
+pub fn encode_done_shm(h: &DoneHeader, at: ShmRef) -> [u8; DONE_SHM_FRAME] {
+    let mut b = [0u8; DONE_SHM_FRAME];
+    let head = encode_done(h, 16).unwrap_or([0; DONE_HEADER]);
+    b[..DONE_HEADER].copy_from_slice(&head);
+    b[4] = KIND_DONE_SHM;
+    b[DONE_HEADER..DONE_HEADER + 8].copy_from_slice(&at.off.to_le_bytes());
+    b[DONE_HEADER + 8..].copy_from_slice(&at.len.to_le_bytes());
+    b
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {0} bytes exceeds the limit")]
@@ -141,6 +208,8 @@ pub enum FrameError {
     BadCodec(u8),
     #[error("empty frame")]
     Empty,
+    #[error("frame longer than its kind allows ({kind}, {len} bytes)")]
+    Long { kind: u8, len: usize },
 }
 
 /// A decoded frame; payloads borrow from the reader's buffer.
@@ -153,6 +222,12 @@ pub enum Frame<'a> {
     Items(u64, u32, &'a [u8]),
     /// `(job, done, total)` (trailing bytes are ignored).
     Progress(u64, u64, u64),
+    /// A new shared-memory arena for the worker (its fds came with it).
+    Arena(ArenaInfo),
+    /// A RUN whose arguments are in the worker's arena.
+    RunShm(RunHeader, ShmRef),
+    /// A DONE whose payload is in the worker's arena.
+    DoneShm(DoneHeader, ShmRef),
 }
 
 fn u64_at(b: &[u8], i: usize) -> u64 {
@@ -172,6 +247,19 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
     let short = || FrameError::Short {
         kind,
         len: body.len(),
+    };
+    // The shared-memory kinds have an exact length.
+    let exact = |n: usize| {
+        if body.len() < n {
+            Err(short())
+        } else if body.len() > n {
+            Err(FrameError::Long {
+                kind,
+                len: body.len(),
+            })
+        } else {
+            Ok(())
+        }
     };
     match kind {
         KIND_RUN => {
@@ -224,6 +312,54 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
                 u64_at(body, 1),
                 u64_at(body, 9),
                 u64_at(body, 17),
+            ))
+        }
+        KIND_ARENA => {
+            exact(ARENA_FRAME - 4)?;
+            Ok(Frame::Arena(ArenaInfo {
+                in_cap: u64_at(body, 1),
+                out_cap: u64_at(body, 9),
+                threshold: u64_at(body, 17),
+            }))
+        }
+        KIND_RUN_SHM => {
+            exact(RUN_SHM_FRAME - 4)?;
+            let codec = match body[15] {
+                0 => Codec::Bincode,
+                1 => Codec::Json,
+                b => return Err(FrameError::BadCodec(b)),
+            };
+            let h = RunHeader {
+                job: u64_at(body, 1),
+                plugin: u16::from_le_bytes([body[9], body[10]]),
+                task: u32_at(body, 11),
+                codec,
+                attempt: u32_at(body, 16),
+                count: u32_at(body, 20),
+            };
+            let at = RUN_HEADER - 4;
+            Ok(Frame::RunShm(
+                h,
+                ShmRef {
+                    off: u64_at(body, at),
+                    len: u64_at(body, at + 8),
+                },
+            ))
+        }
+        KIND_DONE_SHM => {
+            exact(DONE_SHM_FRAME - 4)?;
+            let at = DONE_HEADER - 4;
+            Ok(Frame::DoneShm(
+                DoneHeader {
+                    job: u64_at(body, 1),
+                    count: u32_at(body, 9),
+                    flags: body[13],
+                    status: body[14],
+                },
+                ShmRef {
+                    off: u64_at(body, at),
+                    len: u64_at(body, at + 8),
+                },
             ))
         }
         k => Err(FrameError::UnknownKind(k)),

@@ -20,6 +20,9 @@ mod plugin;
 mod pool;
 mod process;
 pub mod sandbox;
+// Not part of the API: public (hidden) for the arena fuzzing in tests/.
+#[doc(hidden)]
+pub mod shm;
 mod sys;
 mod worker;
 mod zygote;

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 /// The worker sandbox's OS calls (namespaces, mounts, seccomp, identity).
 pub mod sandbox;
+/// The shared-memory payload arenas' OS calls (sealed memfds, mappings).
+pub mod shm;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r == -1 {

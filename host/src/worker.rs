@@ -20,6 +20,7 @@ use billiard_plugin_api::{
 
 use crate::ipc::{self, DoneHeader, Frame, WorkerParams, FLAG_RETIRING};
 use crate::plugin::Plugin;
+use crate::shm;
 use crate::sys::{self, Scoreboard, Slot};
 
 /// Worker exit codes the supervisor recognises.
@@ -33,6 +34,9 @@ pub mod exit_code {
     /// The worker could not set itself up (fds, signals, rlimits).
     pub const SETUP: i32 = 73;
 }
+
+/// A result buffer that grew past this is dropped after its job.
+const OUT_RETAIN: usize = 4 << 20;
 
 /// The flag a task's `TaskContext` reads; raised by the stop signal.
 static STOP: AtomicU32 = AtomicU32::new(0);
@@ -142,9 +146,14 @@ impl Worker {
     fn serve(&mut self) -> ! {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut out: RVec<u8> = RVec::with_capacity(64 * 1024);
+        // The shared-memory arena for large payloads (`crate::shm`), once
+        // the supervisor sends one; fds arrive with an ARENA frame's bytes.
+        let mut arena: Option<shm::WorkerArena> = None;
+        let mut fds: Vec<OwnedFd> = Vec::new();
         loop {
             let mut len = [0u8; 4];
-            if let Err(e) = self.sock.read_exact(&mut len) {
+            fds.clear();
+            if let Err(e) = sys::shm::recv_exact_with_fds(&self.sock, &mut len, &mut fds) {
                 // EOF: the supervisor closed our socket; that is our cue.
                 let code = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     0
@@ -163,19 +172,70 @@ impl Worker {
             if self.sock.read_exact(&mut buf).is_err() {
                 leave(exit_code::PROTOCOL);
             }
-            match ipc::decode_body(&buf) {
-                Ok(Frame::Run(h, args)) => {
-                    let retiring = self.run_job(h, args, &mut out);
-                    let done = DoneHeader {
-                        job: h.job,
-                        count: h.count,
-                        flags: if retiring { FLAG_RETIRING } else { 0 },
-                        status: if h.count == 1 {
-                            self.last_status as u8
-                        } else {
-                            Status::Ok as u8
-                        },
-                    };
+            let (h, args) = match ipc::decode_body(&buf) {
+                Ok(Frame::Run(h, args)) => (h, args),
+                Ok(Frame::RunShm(h, at)) => match arena.as_ref().and_then(|a| a.args(at)) {
+                    Some(args) => (h, args),
+                    None => {
+                        eprintln!(
+                            "billiard worker: the arguments of job {} are not inside its shared-memory arena",
+                            h.job
+                        );
+                        leave(exit_code::PROTOCOL);
+                    }
+                },
+                Ok(Frame::Arena(info)) => {
+                    // The old mapping goes first (all its jobs are answered).
+                    drop(arena.take());
+                    match shm::WorkerArena::map(info, std::mem::take(&mut fds)) {
+                        Ok(a) => arena = Some(a),
+                        Err(e) => {
+                            eprintln!(
+                                "billiard worker: cannot map its shared-memory arena ({} + {} bytes): {e}",
+                                info.in_cap, info.out_cap
+                            );
+                            leave(exit_code::SETUP);
+                        }
+                    }
+                    continue;
+                }
+                Ok(Frame::Exit) => leave(0),
+                Ok(
+                    Frame::Done(..) | Frame::Items(..) | Frame::Progress(..) | Frame::DoneShm(..),
+                )
+                | Err(_) => {
+                    eprintln!("billiard worker: unexpected frame from the supervisor");
+                    leave(exit_code::PROTOCOL);
+                }
+            };
+            let by_count = self.run_job(h, args, &mut out);
+            let mut done = DoneHeader {
+                job: h.job,
+                count: h.count,
+                flags: 0,
+                status: if h.count == 1 {
+                    self.last_status as u8
+                } else {
+                    Status::Ok as u8
+                },
+            };
+            let in_arena = arena.as_mut().and_then(|a| a.put_result(out.as_slice()));
+            // A huge result's buffer is not kept (it would count as the
+            // worker's own memory); one copied into the arena is dropped
+            // before the memory is looked at.
+            if in_arena.is_some() && out.capacity() > OUT_RETAIN {
+                out = RVec::with_capacity(64 * 1024);
+            }
+            let retiring = by_count || self.over_memory();
+            if retiring {
+                done.flags = FLAG_RETIRING;
+            }
+            let sent = match in_arena {
+                // A large result goes through the arena: the frame names it.
+                Some(at) => {
+                    sys::write_all_vectored(&self.sock, &[&ipc::encode_done_shm(&done, at)])
+                }
+                None => {
                     let header = match ipc::encode_done(&done, out.len()) {
                         Ok(h) => h,
                         Err(e) => {
@@ -183,24 +243,23 @@ impl Worker {
                             leave(exit_code::PROTOCOL);
                         }
                     };
-                    if sys::write_all_vectored(&self.sock, &[&header, out.as_slice()]).is_err() {
-                        leave(exit_code::PROTOCOL);
-                    }
-                    if retiring {
-                        leave(0);
-                    }
-                    // Whatever the task did to the signal mask, SIGUSR1
-                    // or SIGTERM/SIGHUP ends with its job (B12).
-                    if let Err(e) = sys::restore_worker_signals() {
-                        eprintln!("billiard worker: cannot restore its signal state: {e}");
-                        leave(exit_code::SETUP);
-                    }
+                    sys::write_all_vectored(&self.sock, &[&header, out.as_slice()])
                 }
-                Ok(Frame::Exit) => leave(0),
-                Ok(Frame::Done(..) | Frame::Items(..) | Frame::Progress(..)) | Err(_) => {
-                    eprintln!("billiard worker: unexpected frame from the supervisor");
-                    leave(exit_code::PROTOCOL);
-                }
+            };
+            if sent.is_err() {
+                leave(exit_code::PROTOCOL);
+            }
+            if out.capacity() > OUT_RETAIN {
+                out = RVec::with_capacity(64 * 1024);
+            }
+            if retiring {
+                leave(0);
+            }
+            // Whatever the task did to the signal mask, SIGUSR1
+            // or SIGTERM/SIGHUP ends with its job (B12).
+            if let Err(e) = sys::restore_worker_signals() {
+                eprintln!("billiard worker: cannot restore its signal state: {e}");
+                leave(exit_code::SETUP);
             }
         }
     }
@@ -217,7 +276,9 @@ fn leave(code: i32) -> ! {
 }
 
 impl Worker {
-    /// Runs one RUN frame into `out`; returns whether to retire afterwards.
+    /// Runs one RUN frame into `out`; returns whether to retire afterwards
+    /// by the task count (memory is looked at once the result is out of
+    /// the way: [`Worker::over_memory`]).
     fn run_job(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>) -> bool {
         out.clear();
         self.slot.running.store(h.job, Ordering::Release);
@@ -273,14 +334,19 @@ impl Worker {
         self.slot.finished.store(h.job, Ordering::Release);
         self.slot.running.store(0, Ordering::Release);
         self.tasks_done += h.count as u64;
-        let by_count = self.params.max_tasks.is_some_and(|m| self.tasks_done >= m);
-        let by_memory = match (self.params.max_memory, self.base_memory) {
+        self.params.max_tasks.is_some_and(|m| self.tasks_done >= m)
+    }
+
+    /// Whether the worker's own (anonymous) memory grew past
+    /// `max_memory_per_child`. Its arena's pages are shared memory, which
+    /// this does not count.
+    fn over_memory(&self) -> bool {
+        match (self.params.max_memory, self.base_memory) {
             (Some(limit), Some(base)) => {
                 sys::anon_rss_bytes().is_some_and(|now| now.saturating_sub(base) > limit)
             }
             _ => false,
-        };
-        by_count || by_memory
+        }
     }
 }
 

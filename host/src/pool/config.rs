@@ -61,6 +61,10 @@ pub struct PoolConfig {
     pub initializer: Option<Initializer>,
     /// Largest frame accepted from a worker, bytes.
     pub max_frame: usize,
+    /// Payloads (arguments or results) of at least this many bytes travel
+    /// through the worker's shared-memory arena instead of its socket
+    /// (`crate::shm`); `None`: never.
+    pub shm_threshold: Option<usize>,
     /// JSON results of byte-typed tasks come back as `{"$bytes": "<base64>"}`
     /// instead of arrays of numbers (`run --bytes base64`).
     pub bytes_base64: bool,
@@ -95,6 +99,7 @@ impl Default for PoolConfig {
             time_limit: None,
             initializer: None,
             max_frame: crate::ipc::DEFAULT_MAX_FRAME,
+            shm_threshold: Some(crate::shm::DEFAULT_THRESHOLD),
             bytes_base64: false,
             imap_window: 4096,
             max_start_failures: 10,

@@ -143,6 +143,13 @@ impl PoolBuilder {
         self.cfg.bytes_base64 = on;
         self
     }
+    /// Arguments and results of at least this many bytes go through a
+    /// shared-memory arena per worker instead of its socket (default
+    /// 64 KiB); `None` sends everything through the socket.
+    pub fn shm_threshold(mut self, bytes: Option<usize>) -> Self {
+        self.cfg.shm_threshold = bytes;
+        self
+    }
     pub fn imap_window(mut self, jobs: usize) -> Self {
         self.cfg.imap_window = jobs;
         self

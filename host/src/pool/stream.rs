@@ -156,6 +156,11 @@ impl Cursor {
     }
 }
 
+/// Arguments in flight per stream, about (see `RawStream::item_window`).
+const BYTES_WINDOW: u64 = 32 << 20;
+/// The byte window never narrows a stream below this many items.
+const MIN_WINDOW: u64 = 8;
+
 /// Yields `(index, outcome)` for every input item. Pulls input only as
 /// results come back: at most `window` jobs are in flight.
 pub struct RawStream<'p> {
@@ -168,6 +173,8 @@ pub struct RawStream<'p> {
     window: usize,
     /// Items taken from the input so far (the next item's index).
     taken: u64,
+    /// Argument bytes of the items submitted so far (for the byte window).
+    bytes_taken: u64,
     in_flight: usize,
     next_out: u64,
     held: BTreeMap<u64, ChunkResult>,
@@ -245,6 +252,7 @@ impl<'p> RawStream<'p> {
             chunksize: chunksize.max(1),
             window: window.max(chunksize).max(1),
             taken: 0,
+            bytes_taken: 0,
             in_flight: 0,
             next_out: 0,
             held: BTreeMap::new(),
@@ -275,14 +283,29 @@ impl<'p> RawStream<'p> {
         );
     }
 
+    /// The window in items, narrowed for large items so that about
+    /// [`BYTES_WINDOW`] of arguments are in flight: 4096 items of 1 MiB
+    /// would be encoded (and held) far ahead of the workers, in fresh
+    /// memory each, where 32 buffers reused keep them just as busy.
+    fn item_window(&self) -> usize {
+        let avg = self.bytes_taken / self.taken.max(1);
+        if avg == 0 {
+            return self.window;
+        }
+        let by_bytes = (BYTES_WINDOW / avg).max(MIN_WINDOW) as usize;
+        self.window.min(by_bytes.max(self.chunksize))
+    }
+
     /// Submits input until `window` jobs are in flight (hysteresis: only
     /// once half the window has drained, so submissions go in batches).
     fn top_up(&mut self) {
-        if self.exhausted || self.in_flight > self.window / 2 {
+        let window = self.item_window();
+        if self.exhausted || self.in_flight > window / 2 {
             return;
         }
         let mut dispatches = Vec::new();
-        while self.in_flight < self.window && !self.exhausted {
+        // Re-read each time: the first items tell how large they are.
+        while self.in_flight < self.item_window() && !self.exhausted {
             let index = self.taken;
             let chunk = match &mut self.source {
                 Source::Raw { .. } => self.next_raw_chunk(),
@@ -290,6 +313,7 @@ impl<'p> RawStream<'p> {
             };
             if let Some((target, codec, limits, payload, count)) = chunk {
                 self.in_flight += count as usize;
+                self.bytes_taken += payload.len() as u64;
                 dispatches.push(
                     self.pool
                         .chunk_dispatch(target, codec, limits, payload, count, &self.tx, index),

@@ -25,6 +25,7 @@ use super::stats::Stats;
 use crate::error::{ErrorKind, TaskError};
 use crate::ipc::{self, Frame, FrameReader, WorkerParams, ZygoteCmd, ZygoteMsg};
 use crate::plugin::PluginInfo;
+use crate::shm;
 use crate::sys::{self, ExitInfo, Scoreboard};
 use crate::zygote;
 
@@ -194,6 +195,14 @@ struct Worker {
     gate: Arc<Gate>,
     /// Its socket is not read until the consumer catches up (see `items`).
     stream_paused: bool,
+    /// Its shared-memory arena for large payloads (`crate::shm`), made the
+    /// first time it needs one; freed with it.
+    arena: Option<shm::HostArena>,
+    /// The largest result it sent through its socket for want of room in
+    /// an arena (its next arena's out region is made that big).
+    want_out: usize,
+    /// Creating an arena failed for it: its payloads use the socket.
+    arena_failed: bool,
 }
 
 struct OutItem {
@@ -201,6 +210,8 @@ struct OutItem {
     payload: Option<Arc<Vec<u8>>>,
     idx: usize,
     off: usize,
+    /// Fds sent with the item's first byte (an ARENA frame's memfds).
+    fds: Vec<OwnedFd>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1200,6 +1211,9 @@ impl Supervisor {
                 dispatches_done: 0,
                 gate: Gate::new(self.waker.clone()),
                 stream_paused: false,
+                arena: None,
+                want_out: 0,
+                arena_failed: false,
             },
         );
     }
@@ -1366,21 +1380,93 @@ impl Supervisor {
                 self.workers.get(&wid).map_or(0, |w| w.pid),
             );
         }
+        let item = match self.arena_put(wid, &d) {
+            // Large arguments: in the worker's arena, named by the frame.
+            Some(at) => OutItem {
+                header: ipc::encode_run_shm(&h, at).to_vec(),
+                payload: None,
+                idx: 0,
+                off: 0,
+                fds: Vec::new(),
+            },
+            None => OutItem {
+                header: header.to_vec(),
+                payload: Some(d.payload.clone()),
+                idx: 0,
+                off: 0,
+                fds: Vec::new(),
+            },
+        };
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
-        w.outq.push_back(OutItem {
-            header: header.to_vec(),
-            payload: Some(d.payload.clone()),
-            idx: 0,
-            off: 0,
-        });
+        w.outq.push_back(item);
         let first = w.inflight.is_empty();
         w.inflight.push_back(d);
         if first {
             self.head_started(wid);
         }
         self.flush(wid);
+    }
+
+    /// Puts a dispatch's arguments in the worker's shared-memory arena if
+    /// they are at least `shm_threshold` long; `None`: they go through the
+    /// socket. The arena is created (or replaced by a bigger one) only
+    /// while the worker has nothing in flight, its ARENA frame queued ahead
+    /// of the job's; a busy worker whose arena is full gets the socket.
+    fn arena_put(&mut self, wid: WorkerId, d: &Dispatch) -> Option<ipc::ShmRef> {
+        let threshold = self.cfg.shm_threshold?;
+        let w = self.workers.get_mut(&wid)?;
+        let len = d.payload.len();
+        let big = len >= threshold;
+        if big {
+            if let Some(at) = w
+                .arena
+                .as_mut()
+                .and_then(|a| a.put(d.first_job.0, &d.payload))
+            {
+                return Some(at);
+            }
+        }
+        let (in_room, out_room) = w
+            .arena
+            .as_ref()
+            .map_or((0, 0), |a| (a.in_room(), a.out_room()));
+        let need_in = if big { len } else { 0 };
+        let grow = (big && in_room < len) || w.want_out > out_room;
+        if !grow || w.arena_failed || w.broken || !w.inflight.is_empty() || !w.outq.is_empty() {
+            return None;
+        }
+        let in_cap = shm::cap_for(need_in).max(in_room + shm::HEADER);
+        let out_cap = shm::cap_for(w.want_out.max(need_in)).max(out_room);
+        let made = shm::HostArena::new(in_cap, out_cap).and_then(|a| {
+            let fds = a.fds()?;
+            Ok((a, fds))
+        });
+        let (arena, fds) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(
+                    "worker {wid}: cannot create a shared-memory arena ({in_cap} + {out_cap} bytes): {e}; its large payloads go through its socket"
+                );
+                w.arena_failed = true;
+                return None;
+            }
+        };
+        w.outq.push_back(OutItem {
+            header: ipc::encode_arena(&arena.info(threshold)).to_vec(),
+            payload: None,
+            idx: 0,
+            off: 0,
+            fds,
+        });
+        // The old arena has nothing in flight (the worker is idle).
+        let arena = w.arena.insert(arena);
+        if big {
+            arena.put(d.first_job.0, &d.payload)
+        } else {
+            None
+        }
     }
 
     /// Whether the dispatch's task (indices of generation `gen` once
@@ -1432,7 +1518,18 @@ impl Supervisor {
         while let Some(item) = w.outq.front_mut() {
             let payload: &[u8] = item.payload.as_deref().map(|p| p.as_slice()).unwrap_or(&[]);
             let bufs: [&[u8]; 2] = [&item.header, payload];
-            match sys::writev_from(&w.sock, &bufs, item.idx, item.off) {
+            let written = if item.fds.is_empty() {
+                sys::writev_from(&w.sock, &bufs, item.idx, item.off)
+            } else {
+                // An ARENA frame: its memfds go with its first byte.
+                let raw: Vec<i32> = item.fds.iter().map(|f| f.as_raw_fd()).collect();
+                let n = sys::shm::send_with_fds_partial(&w.sock, &bufs, &raw);
+                if n.is_ok() {
+                    item.fds.clear();
+                }
+                n
+            };
+            match written {
                 Ok(n) => {
                     sys::advance(&bufs, &mut item.idx, &mut item.off, n);
                     if item.idx >= bufs.len() {
@@ -1466,6 +1563,7 @@ impl Supervisor {
                     payload: None,
                     idx: 0,
                     off: 0,
+                    fds: Vec::new(),
                 });
             }
             self.flush(wid);
@@ -1489,7 +1587,19 @@ impl Supervisor {
                 return;
             };
             let frame = match w.reader.next_frame() {
-                Ok(Some(Frame::Done(h, payload))) => Ok((h, payload.to_vec())),
+                Ok(Some(Frame::Done(h, payload))) => {
+                    // A large result that found no room in an arena: the
+                    // next arena is made big enough for it.
+                    if self.cfg.shm_threshold.is_some_and(|t| payload.len() >= t) {
+                        w.want_out = w.want_out.max(payload.len());
+                    }
+                    Ok((h, payload.to_vec()))
+                }
+                Ok(Some(Frame::DoneShm(h, at))) => match w.arena.as_mut() {
+                    // The range is checked, then the bytes copied out once.
+                    Some(a) => a.take(at, self.cfg.max_frame).map(|p| (h, p)),
+                    None => Err("a shared-memory result, but it has no arena".to_string()),
+                },
                 Ok(Some(Frame::Items(job, count, records))) => {
                     let records = records.to_vec();
                     if self.items(wid, job, count, records) {
@@ -1669,6 +1779,12 @@ impl Supervisor {
         let Some(mut d) = w.inflight.pop_front() else {
             return;
         };
+        if let Some(a) = w.arena.as_mut() {
+            a.finished(d.first_job.0);
+            if w.inflight.is_empty() {
+                a.trim_idle();
+            }
+        }
         w.dispatches_done += 1;
         if h.flags & ipc::FLAG_RETIRING != 0 {
             w.leaving = true;

@@ -482,6 +482,90 @@ pub fn emit_then_abort(n: u64, out: &Emitter<u64>) -> u64 {
     std::process::abort()
 }
 
+/// The worker's mappings of its shared-memory arena (`/proc/self/maps`
+/// lines naming `billiard-arena`), one per line. `pad` is ignored: a large
+/// one makes the arguments (and so this call) go through the arena.
+#[task]
+pub fn arena_maps(pad: Vec<u8>) -> String {
+    let _ = pad;
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("billiard-arena"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The worker's arena mappings as (start, end) addresses.
+fn arena_ranges() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains("billiard-arena"))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Makes every arena mapping of the worker writable and fills it with
+/// `fill` (its header, its argument and result buffers), then returns
+/// `data`, which goes back through the arena it just trashed. An error if
+/// the worker has no arena.
+#[task]
+pub fn arena_scribble(data: Vec<u8>, fill: u8) -> Result<Vec<u8>, String> {
+    let ranges = arena_ranges();
+    if ranges.is_empty() {
+        return Err("no arena mapped".into());
+    }
+    for (start, end) in ranges {
+        // SAFETY: sabotage is the point: the range is one of this process's
+        // own shared mappings (from /proc/self/maps); `data` was decoded
+        // into private memory, so nothing this task still reads lives there.
+        unsafe {
+            libc::mprotect(
+                start as *mut libc::c_void,
+                end - start,
+                libc::PROT_READ | libc::PROT_WRITE,
+            );
+            std::ptr::write_bytes(start as *mut u8, fill, end - start);
+        }
+    }
+    Ok(data)
+}
+
+/// Writes a forged DONE_SHM frame (kind 42) for its own job naming
+/// `[off, off + len)` of the out region to every socket it has, then
+/// sleeps: the supervisor must refuse the range, not read it. A large
+/// `pad` makes sure the worker has an arena.
+#[task]
+pub fn forge_shm_done(off: u64, len: u64, pad: Vec<u8>, ctx: &TaskContext) -> u64 {
+    let _ = pad;
+    let job = ctx.job_id();
+    let mut frame = Vec::with_capacity(35);
+    frame.extend_from_slice(&31u32.to_le_bytes());
+    frame.push(42);
+    frame.extend_from_slice(&job.to_le_bytes());
+    frame.extend_from_slice(&1u32.to_le_bytes());
+    frame.push(0); // flags
+    frame.push(0); // status Ok
+    frame.extend_from_slice(&off.to_le_bytes());
+    frame.extend_from_slice(&len.to_le_bytes());
+    for fd in 3..64 {
+        // SAFETY: fstat writes into a valid struct or fails.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+            // SAFETY: a write from a live buffer to an fd of our own.
+            unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+        }
+    }
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
 /// Ignores SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGUSR1 (the stop signal),
 /// blocks every signal it can, then spins `ms` milliseconds without looking
 /// at its context: no soft limit reaches it, only SIGKILL ends it early.
@@ -514,5 +598,5 @@ pub fn deaf_spin(ms: u64) -> u64 {
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, deaf_spin],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin],
 );
