@@ -891,6 +891,19 @@ fn cli_run(
     output: &Path,
     chunk: usize,
 ) -> Result<f64> {
+    cli_run_with(ctx, plugin, task, input, output, chunk, &[])
+}
+
+/// [`cli_run`] with extra `run` flags.
+fn cli_run_with(
+    ctx: &Ctx,
+    plugin: &str,
+    task: &str,
+    input: &Path,
+    output: &Path,
+    chunk: usize,
+    extra: &[&str],
+) -> Result<f64> {
     let out = File::create(output)?;
     let f = crate::proc::run_timed(
         Command::new(&ctx.cli_exe)
@@ -899,6 +912,7 @@ fn cli_run(
             .args(["--task", task, "--workers", "2"])
             .args(["--chunksize", &chunk.to_string()])
             .args(["--start-method", &ctx.start_method.to_string()])
+            .args(extra)
             .args(["--sandbox", &ctx.sandbox.to_string()])
             .arg("--input")
             .arg(input)
@@ -1018,7 +1032,7 @@ fn cli_w5(ctx: &Ctx, n: u64, payload: &[u8]) -> Vec<Record> {
         w.flush()?;
         Ok(())
     };
-    let out = match write_input() {
+    let out: Vec<Record> = match write_input() {
         Err(e) => tasks
             .iter()
             .map(|(m, _)| cli_failed("W5", m, "MB/s", n, &e))
@@ -1032,8 +1046,66 @@ fn cli_w5(ctx: &Ctx, n: u64, payload: &[u8]) -> Vec<Record> {
             .collect(),
     };
     let _ = std::fs::remove_file(&input);
+    let mut out = out;
+    out.extend(cli_w5_base64(ctx, n, payload, &input, &output));
+    let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
     out
+}
+
+/// W5 through the CLI with the byte-string form: each input line is
+/// `[{"$bytes": "<base64>"}]` (1 MiB as ~1.4 MB of text), results with
+/// `--bytes base64`; every result checked (echo: the base64 text itself).
+fn cli_w5_base64(ctx: &Ctx, n: u64, payload: &[u8], input: &Path, output: &Path) -> Vec<Record> {
+    use base64::Engine;
+    let tasks = [("arg_throughput", "len"), ("roundtrip_throughput", "echo")];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(payload);
+    let write_input = || -> Result<()> {
+        let line = format!("[{{\"$bytes\":\"{b64}\"}}]\n");
+        let mut w = BufWriter::new(File::create(input)?);
+        for _ in 0..n {
+            w.write_all(line.as_bytes())?;
+        }
+        w.flush()?;
+        Ok(())
+    };
+    if let Err(e) = write_input() {
+        return tasks
+            .iter()
+            .map(|(m, _)| cli_failed("W5", m, "MB/s", n, &e).with("variant", "cli_base64"))
+            .collect();
+    }
+    let echo_line = |i: u64| format!("{{\"index\":{i},\"ok\":{{\"$bytes\":\"{b64}\"}}}}");
+    tasks
+        .iter()
+        .map(|&(metric, task)| {
+            let runs = || -> Result<Record> {
+                let mut rates = Vec::new();
+                for run in 0..ctx.runs {
+                    ctx.progress(&format!("W5 cli base64 {task} run {}/{}", run + 1, ctx.runs));
+                    let dt = cli_run_with(ctx, "bytes", task, input, output, 1, &["--bytes", "base64"])?;
+                    let mut count = 0u64;
+                    for line in BufReader::new(File::open(output)?).lines() {
+                        let line = line?;
+                        let ok = if task == "echo" {
+                            line == echo_line(count)
+                        } else {
+                            line == format!("{{\"index\":{count},\"ok\":{W5_SIZE}}}")
+                        };
+                        ensure!(ok, "W5 cli base64 {task}: line {count} is wrong: {line:.200}");
+                        count += 1;
+                    }
+                    ensure!(count == n, "W5 cli base64: {count} result lines for {n} inputs");
+                    rates.push(n as f64 * W5_SIZE as f64 / dt / 1e6);
+                    let _ = std::fs::remove_file(output);
+                }
+                Ok(Record::of("W5", metric, &rates, "MB/s", n)
+                    .with("variant", "cli_base64")
+                    .with("note", format!("`billiard-host run libbilliard_bytes.so --task {task} --input FILE --workers 2 --bytes base64`: {n} lines each holding 1 MiB as {{\"$bytes\": base64}}; wall time of the whole process; MB/s of payload per direction")))
+            };
+            runs().unwrap_or_else(|e| cli_failed("W5", metric, "MB/s", n, &e).with("variant", "cli_base64"))
+        })
+        .collect()
 }
 
 fn cli_w5_runs(
