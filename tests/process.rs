@@ -616,6 +616,60 @@ fn per_call_cost() {
         "per call over {n} calls: Pool::apply {pooled:?}, Process {isolated:?} ({:.0}x)",
         isolated.as_secs_f64() / pooled.as_secs_f64()
     );
+    // What a design with one process per call could save at most. Any
+    // such process is an exec (this process is multithreaded) that loads
+    // the binary and the plugin: `inspect PLUGIN` does that and no more
+    // (no zygote, no fork, no pool), so it is a floor for one process per
+    // call. The other figures: a fresh worker per call forked from a warm
+    // zygote (what the zygote's fork costs with a job), and a Process with
+    // the spawn start method (the zygote execs the worker, which loads the
+    // plugin a second time).
+    let floor = per_call(n / 4, || {
+        let out = common::host_command()
+            .args(["inspect", &plugin_str("faults")])
+            .output()
+            .expect("inspect");
+        assert!(out.status.success());
+    });
+    let version = per_call(n / 4, || {
+        let out = common::host_command()
+            .arg("--version")
+            .output()
+            .expect("--version");
+        assert!(out.status.success());
+    });
+    let pool = billiard_host::Pool::builder()
+        .workers(1)
+        .max_tasks_per_child(1)
+        .plugin(plugin("faults"))
+        .worker_exe(common::bin())
+        .build()
+        .expect("pool");
+    let refork = per_call(n, || {
+        let y: u64 = pool.apply("faults", "square", (3u64,)).expect("ok");
+        assert_eq!(y, 9);
+    });
+    drop(pool);
+    let spawn = per_call(n / 4, || {
+        let y: u64 = faults("square", (3u64,))
+            .start_method(billiard_host::StartMethod::Spawn)
+            .join_value()
+            .expect("ok");
+        assert_eq!(y, 9);
+    });
+    println!(
+        "one process per call, floor: exec + load (`inspect PLUGIN`) {floor:?} (exec alone, `--version`: {version:?}); \
+         a fresh worker forked per call from a warm zygote {refork:?}; Process with --start-method spawn {spawn:?}"
+    );
+}
+
+/// The mean time of `n` runs of `f`.
+fn per_call(n: u32, mut f: impl FnMut()) -> Duration {
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed() / n
 }
 
 /// Live processes whose environment holds `marker` (a variable set on the
