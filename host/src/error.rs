@@ -29,6 +29,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, each once (for iterating over them, e.g. in [`ErrorKind::parse`]).
     pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Panic,
         ErrorKind::TaskError,
@@ -41,6 +42,8 @@ impl ErrorKind {
         ErrorKind::PluginLoad,
     ];
 
+    /// The kind's stable name (`task_error`, `time_limit`, ...), as result
+    /// lines and Celery results show it.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Panic => "panic",
@@ -55,6 +58,8 @@ impl ErrorKind {
         }
     }
 
+    /// The kind named `s` ([`ErrorKind::as_str`]'s inverse); `None` for an
+    /// unknown name.
     pub fn parse(s: &str) -> Option<ErrorKind> {
         ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
@@ -83,11 +88,15 @@ impl std::fmt::Display for ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct TaskError {
+    /// What went wrong, in the contract's terms.
     pub kind: ErrorKind,
+    /// What went wrong, for people (the panic message, the task's error text,
+    /// which limit passed, ...).
     pub message: String,
 }
 
 impl TaskError {
+    /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         TaskError {
             kind,

@@ -8,6 +8,8 @@
 //! method needs the `billiard-host` executable (it is exec'd as the
 //! zygote); see [`PoolBuilder::worker_exe`].
 
+#![warn(missing_docs)]
+
 pub mod cases;
 pub mod celery;
 mod error;

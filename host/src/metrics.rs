@@ -72,6 +72,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Empty metrics (every counter at zero), registered under the
+    /// `billiard_` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("billiard");
         let tasks = Family::<TaskOutcome, Counter>::default();
@@ -153,12 +155,16 @@ impl Metrics {
         }
     }
 
+    /// A task message for `task` was received (`celery_tasks_received`).
     pub fn received(&self, task: &str) {
         self.received
             .get_or_create(&TaskLabel { task: task.into() })
             .inc();
     }
 
+    /// A job of `task` started after waiting `waited` since its receipt (or
+    /// its eta): `celery_tasks_in_flight` goes up, `waited` goes into
+    /// `celery_queue_wait_seconds`.
     pub fn started(&self, task: &str, waited: Duration) {
         self.in_flight.inc();
         self.queue_wait
@@ -184,14 +190,19 @@ impl Metrics {
         }
     }
 
+    /// The broker became reachable again after an outage
+    /// (`celery_broker_reconnects`).
     pub fn broker_reconnect(&self) {
         self.broker_reconnects.inc();
     }
 
+    /// One reserve call took `d` (`celery_reserve_latency_seconds`).
     pub fn reserve_latency(&self, d: Duration) {
         self.reserve_latency.observe(d.as_secs_f64());
     }
 
+    /// One store-results-and-ack call took `d`
+    /// (`celery_ack_latency_seconds`).
     pub fn ack_latency(&self, d: Duration) {
         self.ack_latency.observe(d.as_secs_f64());
     }

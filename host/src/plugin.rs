@@ -21,7 +21,10 @@ use crate::error::{ErrorKind, TaskError};
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 #[error("cannot load plugin {path}: {reason}")]
 pub struct PluginLoadError {
+    /// The plugin file.
     pub path: PathBuf,
+    /// Why it could not be loaded (not a shared object, no root module,
+    /// ABI mismatch, ...).
     pub reason: String,
 }
 
@@ -34,7 +37,9 @@ impl From<PluginLoadError> for TaskError {
 /// One positional argument of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArgSpec {
+    /// The parameter's name in the task function.
     pub name: String,
+    /// The parameter's Rust type as written in the source (`type` in JSON).
     #[serde(rename = "type")]
     pub ty: String,
 }
@@ -42,11 +47,18 @@ pub struct ArgSpec {
 /// A task as a plugin describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
+    /// The task's name (its function's name).
     pub name: String,
+    /// The task function's doc comment (empty without one).
     pub doc: String,
+    /// The positional arguments a job passes, in order (a `&TaskContext` or
+    /// `&Emitter<T>` parameter is not one of them).
     pub args: Vec<ArgSpec>,
+    /// The return type as written in the source (`returns` in JSON; `()`
+    /// when there is none).
     #[serde(rename = "returns")]
     pub ret: String,
+    /// The task takes a `&TaskContext`.
     pub takes_context: bool,
     /// The task takes an `&Emitter<T>`: it sends items while it runs.
     pub streaming: bool,
@@ -69,11 +81,20 @@ impl TaskSpec {
 /// What a plugin is: an owned copy of its root module's description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginInfo {
+    /// The plugin file, as an absolute path.
     pub path: PathBuf,
+    /// The plugin's name (the `name:` of its `export_plugin!`); jobs name
+    /// the plugin by it.
     pub name: String,
+    /// The plugin's version (by default its crate's version).
     pub version: String,
+    /// The plugin ABI version it was built for (always this host's
+    /// [`ABI_VERSION`](billiard_plugin_api::ABI_VERSION): another is refused).
     pub abi_version: u32,
+    /// The version of `billiard-plugin-api` it was built with.
     pub api_version: String,
+    /// Its tasks, in the order of the plugin's `tasks: [...]` (a task's index
+    /// is its position here).
     pub tasks: Vec<TaskSpec>,
     /// What the plugin says about itself; `None` for a plugin built against
     /// a `plugin-api` older than the metadata field (the field is absent
@@ -86,10 +107,15 @@ pub struct PluginInfo {
 /// `Cargo.toml`'s); unset ones are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginMeta {
+    /// `description` from the plugin's `Cargo.toml`.
     pub description: Option<String>,
+    /// `authors` from the plugin's `Cargo.toml` (empty when unset).
     pub authors: Vec<String>,
+    /// `homepage` from the plugin's `Cargo.toml`.
     pub homepage: Option<String>,
+    /// `repository` from the plugin's `Cargo.toml`.
     pub repository: Option<String>,
+    /// `license` from the plugin's `Cargo.toml`.
     pub license: Option<String>,
 }
 
@@ -117,6 +143,8 @@ impl PluginMeta {
 }
 
 impl PluginInfo {
+    /// The index the ABI calls task `name` by; `None` if there is no such
+    /// task.
     pub fn task_index(&self, name: &str) -> Option<u32> {
         self.tasks
             .iter()
@@ -415,10 +443,12 @@ impl Plugin {
         })
     }
 
+    /// What the plugin is: its name, version and tasks.
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }
 
+    /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.info.name
     }

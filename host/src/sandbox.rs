@@ -111,24 +111,35 @@ pub struct Sandbox {
     pub user: Option<String>,
     /// Environment variables passed through the scrubbed environment.
     pub keep_env: Vec<String>,
+    /// Resource limits of the workers (see [`ResourceLimits`]).
     pub limits: ResourceLimits,
 }
 
 /// A protection that cannot be had, or a sandbox step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// A protection the policy asks for cannot be had on this kernel (or
+    /// without the privileges the host has).
     #[error("sandbox: {protection} is not available here: {reason}")]
     Unavailable {
+        /// The protection, e.g. "a PID namespace per worker".
         protection: &'static str,
+        /// Why not: what the probe got, explained.
         reason: String,
     },
+    /// `--user` names no user (neither a known name nor a numeric uid).
     #[error("sandbox: --user {0}: no such user")]
     NoSuchUser(String),
+    /// The policy itself is wrong (an option out of range, options that
+    /// contradict each other, ...); the message says which.
     #[error("sandbox: {0}")]
     Invalid(String),
+    /// A step of entering the sandbox failed.
     #[error("sandbox: {step}: {source}")]
     Setup {
+        /// The step (the system call or what it was for).
         step: &'static str,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -310,6 +321,7 @@ impl Sandbox {
         self.keep_env.push(var.into());
         self
     }
+    /// Resource limits of each worker.
     pub fn limits(mut self, limits: ResourceLimits) -> Sandbox {
         self.limits = limits;
         self
@@ -598,7 +610,9 @@ fn resolve_user(name: &str) -> Result<(u32, u32), SandboxError> {
 /// One protection and how it is enforced here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layer {
+    /// The protection, e.g. `network` or `filesystem`.
     pub name: &'static str,
+    /// How it is enforced here (or why it is not).
     pub mechanism: String,
 }
 
@@ -614,6 +628,7 @@ impl Layer {
 /// What a sandbox policy enforces on this kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Enforcement {
+    /// One entry per protection the policy enforces here.
     pub layers: Vec<Layer>,
 }
 
@@ -621,17 +636,31 @@ pub struct Enforcement {
 /// enforce here (`inspect --sandbox-report`).
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelReport {
+    /// The kernel release (`/proc/sys/kernel/osrelease`).
     pub kernel: String,
+    /// Whether the host runs as root.
     pub root: bool,
+    /// Whether a network namespace can be made (`Err`: why not).
     pub network_namespace: Result<(), String>,
+    /// Whether a mount namespace can be made (`Err`: why not).
     pub mount_namespace: Result<(), String>,
+    /// Whether a PID namespace can be made (`Err`: why not).
     pub pid_namespace: Result<(), String>,
+    /// Whether a recursive read-only remount works in a mount namespace
+    /// (`Err`: why not).
     pub read_only_remount: Result<(), String>,
+    /// Whether seccomp filters can be installed.
     pub seccomp: bool,
+    /// Whether `/proc/sys/kernel/pid_max` is per PID namespace (Linux 6.14+),
+    /// which the `max_procs` limit uses.
     pub per_namespace_pid_max: bool,
+    /// Landlock's status and why it is not needed (the mount namespace
+    /// enforces the filesystem rule).
     pub landlock: String,
     /// The LSMs the kernel lists in /sys/kernel/security/lsm ("" if none).
     pub lsm: String,
+    /// What each profile (`none`, `standard`, `strict`) would enforce here,
+    /// or why it cannot be had.
     pub profiles: BTreeMap<String, Result<Enforcement, String>>,
 }
 

@@ -59,7 +59,7 @@ const DOUBLING_LIMIT: usize = 32 << 20;
 pub const RETAIN: usize = 8 << 20;
 
 /// The region size for payloads of `len` bytes: room for two at a time
-/// (prefetch) up to [`DOUBLING_LIMIT`], one above it.
+/// (prefetch) up to `DOUBLING_LIMIT` (32 MiB), one above it.
 pub fn cap_for(len: usize) -> usize {
     let len = len.saturating_add(HEADER);
     if len <= DOUBLING_LIMIT {

@@ -1,6 +1,8 @@
 //! Procedural macros of `billiard-plugin-api`. Plugin authors use them
 //! through that crate: `billiard_plugin_api::task`.
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, ToTokens};

@@ -39,12 +39,23 @@ pub enum Codec {
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
+    /// The task returned; the output holds its encoded result.
     Ok = 0,
+    /// The task panicked; the output holds the panic message (the glue
+    /// catches the unwind before it reaches the FFI boundary).
     Panic = 1,
+    /// The task returned `Err(e)`; the output holds `e`'s `Display` text.
     TaskError = 2,
+    /// The arguments did not decode as the task's parameter types (or their
+    /// count was wrong); the output says what was expected.
     BadArgs = 3,
+    /// The plugin has no task with the requested index.
     UnknownTask = 4,
+    /// The task stopped because the host raised the soft-time-limit stop
+    /// flag ([`StopReason::SoftTimeLimit`](crate::StopReason::SoftTimeLimit)).
     SoftTimeLimit = 5,
+    /// The task stopped because the job was cancelled
+    /// ([`StopReason::Cancelled`](crate::StopReason::Cancelled)).
     Terminated = 6,
 }
 
@@ -81,7 +92,10 @@ impl Status {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct ArgInfo {
+    /// The parameter's name in the task function (`argN`, counting from 0,
+    /// when the pattern is not a plain identifier).
     pub name: RStr<'static>,
+    /// The parameter's type as written in the source, e.g. `Vec<u64>`.
     pub ty: RStr<'static>,
 }
 
@@ -89,10 +103,19 @@ pub struct ArgInfo {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct TaskInfo {
+    /// The task's name: the name of its function, which is what jobs ask for.
     pub name: RStr<'static>,
+    /// The function's doc comment, one trimmed line per `///` line (empty
+    /// without one).
     pub doc: RStr<'static>,
+    /// The positional arguments a job passes, in order. A `&TaskContext` or
+    /// `&Emitter<T>` parameter is supplied by the host and not listed.
     pub args: RSlice<'static, ArgInfo>,
+    /// The return type as written in the source (`()` when there is none;
+    /// a `Result<T, E>` is shown whole).
     pub ret: RStr<'static>,
+    /// The task takes a `&TaskContext` (shown by `inspect`; the host passes
+    /// a context to every call either way).
     pub takes_context: bool,
     /// The task takes an `&Emitter<T>`: it sends items while it runs
     /// (through `HostServices::emit`) and must be run one call at a time,
@@ -136,10 +159,15 @@ pub type BatchFn = extern "C" fn(
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct PluginMetadata {
+    /// `package.description`.
     pub description: RStr<'static>,
+    /// `package.authors`, joined with `:`.
     pub authors: RStr<'static>,
+    /// `package.homepage`.
     pub homepage: RStr<'static>,
+    /// `package.repository`.
     pub repository: RStr<'static>,
+    /// `package.license` (an SPDX expression).
     pub license: RStr<'static>,
 }
 
@@ -169,11 +197,17 @@ impl PluginMetadata {
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
 #[sabi(missing_field(panic))]
 pub struct PluginMod {
+    /// The [`ABI_VERSION`] the plugin was built with; the host refuses a
+    /// plugin whose version differs from its own.
     pub abi_version: u32,
+    /// The plugin's name (the `name:` of `export_plugin!`).
     pub name: RStr<'static>,
+    /// The plugin's version (`version:` of `export_plugin!`, by default its
+    /// crate's `CARGO_PKG_VERSION`).
     pub version: RStr<'static>,
     /// Version of `billiard-plugin-api` the plugin was built with.
     pub api_version: RStr<'static>,
+    /// Every task of the plugin; a call names a task by its index here.
     pub tasks: RSlice<'static, TaskInfo>,
     /// See [`CallFn`] (written out because the layout derive needs it inline).
     pub call: extern "C" fn(
@@ -217,7 +251,7 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// checked against the full [`PluginMod`], a plugin built before a field
 /// was appended would be refused ("too many fields"). So the host checks
 /// against this prefix (old and new plugins pass) and then reads the module
-/// through the full layout ([`PluginModRef::upgrade`]), whose accessors
+/// through the full layout ([`prefix::PluginModRef::upgrade`]), whose accessors
 /// for appended fields consult the plugin's own field bits and return
 /// `None` for a field the plugin does not have.
 pub mod prefix {
@@ -230,11 +264,17 @@ pub mod prefix {
     #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
     #[sabi(missing_field(panic))]
     pub struct PluginMod {
+        /// See [`super::PluginMod::abi_version`].
         pub abi_version: u32,
+        /// See [`super::PluginMod::name`].
         pub name: RStr<'static>,
+        /// See [`super::PluginMod::version`].
         pub version: RStr<'static>,
+        /// See [`super::PluginMod::api_version`].
         pub api_version: RStr<'static>,
+        /// See [`super::PluginMod::tasks`].
         pub tasks: RSlice<'static, TaskInfo>,
+        /// See [`super::PluginMod::call`].
         pub call: extern "C" fn(
             task: u32,
             codec: Codec,
@@ -242,6 +282,7 @@ pub mod prefix {
             ctx: &TaskContext<'_>,
             out: &mut RVec<u8>,
         ) -> Status,
+        /// See [`super::PluginMod::call_batch`].
         #[sabi(last_prefix_field)]
         pub call_batch: extern "C" fn(
             task: u32,

@@ -28,6 +28,8 @@ impl StopReason {
         }
     }
 
+    /// The reason a stop-flag value stands for ([`StopReason::as_flag`]'s
+    /// inverse); `None` for 0 (no stop requested) or an unknown value.
     pub fn from_flag(flag: u32) -> Option<StopReason> {
         match flag {
             1 => Some(StopReason::SoftTimeLimit),

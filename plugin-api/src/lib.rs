@@ -27,6 +27,8 @@
 //! `out: &Emitter<T>` is a *streaming* task: it sends items with
 //! `out.emit(value)` while it runs, before its final result.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 pub mod codec;
 mod context;

@@ -145,6 +145,7 @@ impl Call {
         )
     }
 
+    /// Where the call ran: in this process or in a pool worker.
     pub fn place(&self) -> Place {
         self.place
     }
@@ -155,6 +156,7 @@ impl Call {
         &self.outcome
     }
 
+    /// True if the call produced a value.
     pub fn is_ok(&self) -> bool {
         self.outcome.is_ok()
     }

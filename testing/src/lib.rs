@@ -74,6 +74,8 @@
 //! returns takes the test with it. Test those in the pool.
 //! `worker_lost` and `time_limit` only exist there.
 
+#![warn(missing_docs)]
+
 mod call;
 mod cargo;
 mod pool;
@@ -383,6 +385,8 @@ pub struct Local<'h> {
 }
 
 impl Local<'_> {
+    /// Calls `task` in this process with `args` (a tuple, as for
+    /// [`Harness::call`]) under the soft time limit.
     pub fn call<A: Serialize>(self, task: &str, args: A) -> Call {
         self.h.local(
             task,
@@ -393,6 +397,8 @@ impl Local<'_> {
         )
     }
 
+    /// Calls `task` in this process with a JSON array of arguments under the
+    /// soft time limit; the result is JSON.
     pub fn call_json(self, task: &str, args: serde_json::Value) -> Call {
         self.h.local(
             task,

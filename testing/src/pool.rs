@@ -274,20 +274,28 @@ pub struct Job<'p> {
 }
 
 impl<'p> Job<'p> {
+    /// Sets this call's hard time limit: after `d` the worker is killed and
+    /// the job ends `time_limit`.
     pub fn time_limit(mut self, d: Duration) -> Self {
         self.limits.hard = Some(d);
         self
     }
 
+    /// Sets this call's soft time limit: after `d` the task is asked to stop;
+    /// a task that polls its `TaskContext` ends `soft_time_limit`.
     pub fn soft_time_limit(mut self, d: Duration) -> Self {
         self.limits.soft = Some(d);
         self
     }
 
+    /// Runs `task` with `args` (a tuple, one element per argument) in a
+    /// worker with these limits; waits for the outcome.
     pub fn call<A: Serialize>(self, task: &str, args: A) -> Call {
         self.submit(task, args).wait()
     }
 
+    /// Runs `task` with a JSON array of arguments in a worker with these
+    /// limits; the result is JSON.
     pub fn call_json(self, task: &str, args: serde_json::Value) -> Call {
         self.start(task, show_args(&args), Codec::Json, encode_json_args(&args))
             .wait()

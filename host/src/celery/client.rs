@@ -39,25 +39,48 @@ use crate::error::{ErrorKind, TaskError};
 pub enum ClientError {
     /// The URL is not a Redis URL this client can use.
     #[error("bad Redis URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL as given, password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Redis could not be reached (after retrying), or answered an error.
     #[error("redis at {url}: {source}")]
     Redis {
+        /// The server's URL, password redacted.
         url: String,
+        /// What Redis (or the connection) said.
         #[source]
         source: redis::RedisError,
     },
     /// No result within the time given.
     #[error("no result for task {id} within {waited:?}")]
-    Timeout { id: String, waited: Duration },
+    Timeout {
+        /// The task id.
+        id: String,
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// A stored or published result is not Celery's result format.
     #[error("the result of task {id} is not a Celery result: {reason}")]
-    BadResult { id: String, reason: String },
+    BadResult {
+        /// The task id.
+        id: String,
+        /// What is wrong with the stored value.
+        reason: String,
+    },
     /// The task ran and failed (or was revoked): its kind and message.
     #[error("task {id} failed: {error}")]
-    Task { id: String, error: TaskError },
+    Task {
+        /// The task id.
+        id: String,
+        /// The error kind and message, as the result's exception gives them.
+        error: TaskError,
+    },
 }
 
+/// A `Result` whose error is a [`ClientError`] unless said otherwise.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// How a message is sent: where to, when, with which limits.

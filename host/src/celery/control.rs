@@ -51,8 +51,12 @@ pub struct OpsOptions {
 
 /// What only the consumer loop can do (it owns the pool and the broker).
 pub enum OpsCmd {
+    /// Kill the worker running this job; the job ends `terminated`
+    /// (`revoke` with `terminate=True`).
     Terminate(JobId),
+    /// Add this many worker processes (`pool_grow`).
     Grow(usize),
+    /// Remove this many worker processes (`pool_shrink`; never below one).
     Shrink(usize),
     /// Consume exactly these queues from now on.
     Queues(Vec<String>),
@@ -64,11 +68,14 @@ pub enum OpsCmd {
 
 /// How a task ended, for events and metrics.
 pub enum Outcome<'a> {
+    /// The task returned this value.
     Success(&'a Value),
     /// `kind`: the error kind (`time_limit`, ...), or the exception type
     /// for failures that are not a pool outcome.
     Failure {
+        /// The exception its result stores.
         exc: &'a Exception,
+        /// The error kind, or the exception type (see the variant).
         kind: &'a str,
     },
 }
@@ -217,6 +224,8 @@ fn registered_lines(plugins: &[PluginInfo]) -> Vec<String> {
 }
 
 impl Ops {
+    /// The operations state of a worker shown as `opts` says; nothing runs
+    /// until the worker starts its threads.
     pub fn new(opts: OpsOptions) -> Arc<Ops> {
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
@@ -243,6 +252,7 @@ impl Ops {
         })
     }
 
+    /// This worker's `NAME@host`.
     pub fn hostname(&self) -> &str {
         &self.opts.hostname
     }

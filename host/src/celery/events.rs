@@ -40,6 +40,7 @@ impl Clock {
         self.0.fetch_max(other, Ordering::AcqRel);
     }
 
+    /// The current value, without advancing it.
     pub fn value(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -79,6 +80,7 @@ pub fn utcoffset() -> f64 {
     -(secs as f64) / 3600.0
 }
 
+/// Seconds since the Unix epoch, the form of the events' `timestamp`.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -160,6 +162,7 @@ impl Dispatcher {
         Ok(d)
     }
 
+    /// The `hostname` of the events this dispatcher sends (`NAME@host`).
     pub fn hostname(&self) -> &str {
         &self.common.hostname
     }

@@ -91,11 +91,16 @@ pub struct Envelope {
     /// The encoded body: base64 (per `properties.body_encoding`) of the
     /// serialized `[args, kwargs, embed]`.
     pub body: String,
+    /// The body's character encoding (`content-encoding`); `utf-8` when absent.
     #[serde(rename = "content-encoding", default = "utf8")]
     pub content_encoding: String,
+    /// The MIME type of the serialized body (`content-type`); only
+    /// [`CONTENT_TYPE_JSON`] is ever decoded.
     #[serde(rename = "content-type", default)]
     pub content_type: String,
+    /// The Celery protocol v2 headers.
     pub headers: Headers,
+    /// kombu's message properties (delivery tag, priority, body encoding, ...).
     pub properties: Properties,
 }
 
@@ -108,6 +113,7 @@ fn utf8() -> String {
 /// unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Headers {
+    /// The producer's language (`py` for Celery's clients).
     #[serde(default = "py")]
     pub lang: String,
     /// The task name; its presence marks protocol v2.
@@ -116,6 +122,8 @@ pub struct Headers {
     /// The task id (also the result key).
     #[serde(default)]
     pub id: Option<String>,
+    /// A name to show instead of `task` in logs (Celery's `shadow`); not
+    /// used to find the task.
     #[serde(default)]
     pub shadow: Option<String>,
     /// Run no earlier than this (ISO 8601); countdowns arrive as an eta.
@@ -124,33 +132,47 @@ pub struct Headers {
     /// Revoke (REVOKED, "expired") if not started by then (ISO 8601).
     #[serde(default)]
     pub expires: Option<String>,
+    /// The id of the group this task is part of, if any.
     #[serde(default)]
     pub group: Option<String>,
+    /// The task's position in its group.
     #[serde(default)]
     pub group_index: Option<i64>,
+    /// How many times the task was retried before this delivery (0 the
+    /// first time).
     #[serde(default)]
     pub retries: i64,
     /// `[hard, soft]` in seconds, either may be null. (The protocol page
     /// says soft first; Celery's code and workers use hard first.)
     #[serde(default)]
     pub timelimit: TimeLimit,
+    /// The id of the first task of the workflow (chain, group, ...) this
+    /// task belongs to.
     #[serde(default)]
     pub root_id: Option<String>,
+    /// The id of the task that sent this one, if any.
     #[serde(default)]
     pub parent_id: Option<String>,
+    /// A printable form of the positional arguments, for logs and monitors.
     #[serde(default)]
     pub argsrepr: Option<String>,
+    /// A printable form of the keyword arguments, for logs and monitors.
     #[serde(default)]
     pub kwargsrepr: Option<String>,
+    /// Who sent the message (`pid@host`).
     #[serde(default)]
     pub origin: Option<String>,
     /// Store no result (null means the worker's default: store).
     #[serde(default)]
     pub ignore_result: Option<bool>,
+    /// How many times the task was replaced (`Task.replace`) on the way here.
     #[serde(default)]
     pub replaced_task_nesting: i64,
+    /// The names of the headers set through Celery's stamping API (passed
+    /// through as they come).
     #[serde(default)]
     pub stamped_headers: Option<Value>,
+    /// The stamps of Celery's stamping API (passed through as they come).
     #[serde(default)]
     pub stamps: Option<Value>,
     /// Set by a restore (kombu's `_do_restore_message`).
@@ -168,7 +190,9 @@ fn py() -> String {
 /// The `timelimit` header: `[hard, soft]` seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct TimeLimit {
+    /// Seconds after which the worker kills the task; `None`: no hard limit.
     pub hard: Option<f64>,
+    /// Seconds after which the task is asked to stop; `None`: no soft limit.
     pub soft: Option<f64>,
 }
 
@@ -198,26 +222,35 @@ impl<'de> Deserialize<'de> for TimeLimit {
 /// kombu's message properties.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Properties {
+    /// The task id again (Celery's producers set it to the id); read when
+    /// the `id` header is missing.
     #[serde(default)]
     pub correlation_id: Option<String>,
+    /// The name of the producer's reply queue (a uuid4 from Celery's clients);
+    /// results go to the result backend, not there.
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// 2: persistent (kombu's default), 1: transient. Redis keeps both alike.
     #[serde(default = "persistent")]
     pub delivery_mode: u8,
     /// The message's time to live in milliseconds (set with `expires`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<String>,
+    /// Where the producer sent the message.
     #[serde(default)]
     pub delivery_info: DeliveryInfo,
     /// 0-9; on Redis lower lists are popped first.
     #[serde(default)]
     pub priority: Option<i64>,
+    /// How `body` is encoded: `base64` (Celery's default); any other value
+    /// means the body is the serialized text itself.
     #[serde(default = "base64_name")]
     pub body_encoding: String,
     /// The message's tag in `unacked` / `unacked_index` (a uuid4 set by the
     /// producer's kombu).
     #[serde(default)]
     pub delivery_tag: Option<String>,
+    /// Properties this host does not interpret.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -234,12 +267,17 @@ fn base64_name() -> String {
 /// the routing key is the queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct DeliveryInfo {
+    /// The exchange name; empty for the default exchange.
     #[serde(default)]
     pub exchange: String,
+    /// The routing key: with the default exchange, the queue's name.
     #[serde(default)]
     pub routing_key: String,
+    /// Set by kombu when the message went back to its queue after a
+    /// delivery (a restore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivered: Option<bool>,
+    /// Fields this host does not interpret.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -247,8 +285,11 @@ pub struct DeliveryInfo {
 /// The decoded body `[args, kwargs, embed]`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Body {
+    /// The positional arguments.
     pub args: Vec<Value>,
+    /// The keyword arguments.
     pub kwargs: Map<String, Value>,
+    /// The workflow parts: callbacks, errbacks, chain, chord.
     pub embed: Embed,
 }
 
@@ -290,19 +331,26 @@ pub struct Embed {
 /// A task signature as Celery serializes it (`celery.canvas.Signature`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Signature {
+    /// The task name.
     pub task: String,
+    /// Its positional arguments (the parent's result is prepended to them
+    /// unless the signature is `immutable`).
     #[serde(default)]
     pub args: Vec<Value>,
+    /// Its keyword arguments.
     #[serde(default)]
     pub kwargs: Map<String, Value>,
     /// `task_id`, `queue`, `routing_key`, `priority`, `countdown`, ...
     #[serde(default)]
     pub options: Map<String, Value>,
+    /// Celery's type of a composite signature (`chain`, `group`, `chord`,
+    /// ...); `None` for a plain task.
     #[serde(default)]
     pub subtask_type: Option<String>,
     /// An immutable signature does not get the parent's result prepended.
     #[serde(default)]
     pub immutable: bool,
+    /// Fields this host does not interpret.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -362,19 +410,34 @@ pub struct NewTask {
     pub task: String,
     /// The task id; a fresh uuid4 when empty.
     pub id: String,
+    /// The positional arguments.
     pub args: Vec<Value>,
+    /// The keyword arguments.
     pub kwargs: Map<String, Value>,
+    /// Callbacks, errbacks and the rest of a chain.
     pub embed: Embed,
     /// The queue (routing key on the default exchange); `celery` when empty.
     pub queue: String,
+    /// 0-9 (larger values count as 9); picks the Redis list
+    /// ([`queue_key`]), where 0 is popped first.
     pub priority: u8,
+    /// Run no earlier than this (the `eta` header).
     pub eta: Option<DateTime<Utc>>,
+    /// Revoke if not started by then (the `expires` header; also the
+    /// message's `expiration`, in milliseconds from now).
     pub expires: Option<DateTime<Utc>>,
+    /// The `timelimit` header: hard and soft limits in seconds.
     pub timelimit: TimeLimit,
+    /// Ask the worker to store no result.
     pub ignore_result: bool,
+    /// The `root_id` header; this task's own id when `None`.
     pub root_id: Option<String>,
+    /// The `parent_id` header: the task that sends this one.
     pub parent_id: Option<String>,
+    /// The `group` header: the id of the group this task is part of.
     pub group: Option<String>,
+    /// The `retries` header: how many times this task already ran and was
+    /// retried.
     pub retries: i64,
     /// The `origin` header (`pid@host`); this process when empty.
     pub origin: String,
@@ -508,30 +571,46 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum State {
+    /// No such task is known (Celery's answer for an id without a result).
     Pending,
+    /// A worker has taken the message and not started it yet.
     Received,
+    /// A worker is running the task.
     Started,
+    /// The task returned; the result holds its value.
     Success,
+    /// The task failed; the result holds an [`ExcInfo`].
     Failure,
+    /// The task was revoked (cancelled, expired or terminated); the result
+    /// holds an [`ExcInfo`].
     Revoked,
+    /// The task failed and will be retried.
     Retry,
 }
 
 /// Celery's Redis result value (`celery-task-meta-<id>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultMeta {
+    /// The task's state.
     pub status: State,
     /// The return value (SUCCESS) or an [`ExcInfo`] (FAILURE, REVOKED).
     pub result: Value,
+    /// The traceback text of a failure (`None` on success).
     #[serde(default)]
     pub traceback: Option<String>,
+    /// Celery's results of the tasks this one started; always empty from
+    /// this host.
     #[serde(default)]
     pub children: Vec<Value>,
+    /// When the task finished (ISO 8601, see [`iso8601`]).
     #[serde(default)]
     pub date_done: Option<String>,
+    /// The task id.
     pub task_id: String,
+    /// The id of the group the task belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// The id of the task that sent this one, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
 }
@@ -565,6 +644,7 @@ impl ResultMeta {
         }
     }
 
+    /// The result as the JSON string stored under [`result_key`].
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -574,16 +654,24 @@ impl ResultMeta {
 /// rebuilds it from `exc_module` / `exc_type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExcInfo {
+    /// The exception's class name, e.g. `TimeLimitExceeded`.
     pub exc_type: String,
+    /// The exception's arguments (`exc.args`); this host sends one string,
+    /// the message.
     pub exc_message: Vec<Value>,
+    /// The module the class lives in; with `exc_type` the client rebuilds
+    /// the exception.
     pub exc_module: String,
 }
 
 /// A failed task as Celery sees it: the state and the exception.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exception {
+    /// `FAILURE` or `REVOKED`.
     pub state: State,
+    /// The exception as the result stores it.
     pub info: ExcInfo,
+    /// The result's `traceback` text (`module.Type: message`).
     pub traceback: Option<String>,
 }
 

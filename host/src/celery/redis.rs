@@ -25,9 +25,15 @@ use serde_json::Value;
 
 use super::protocol;
 
-/// kombu's key names (`kombu/transport/redis.py`, `Channel`).
+/// kombu's hash of delivered, unacknowledged messages: delivery tag →
+/// `[envelope, exchange, routing key]`. (These key names are kombu's,
+/// `kombu/transport/redis.py`, `Channel`.)
 pub const UNACKED: &str = "unacked";
+/// kombu's sorted set of the delivery tags in [`UNACKED`], scored by the
+/// time (Unix seconds) they were reserved; the sweep for stale ones reads it.
 pub const UNACKED_INDEX: &str = "unacked_index";
+/// The lock key (redis-py's `Lock`) that consumers take before returning
+/// stale unacked messages to their queues.
 pub const UNACKED_MUTEX: &str = "unacked_mutex";
 /// kombu's `unacked_mutex_expire`.
 pub const UNACKED_MUTEX_EXPIRE: Duration = Duration::from_secs(300);
@@ -43,14 +49,24 @@ const UNLOCK_LUA: &str = include_str!("lua/unlock.lua");
 /// A broker or backend failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The URL is not one this host can use.
     #[error("invalid Redis URL {url:?}: {why}")]
-    Url { url: String, why: String },
+    Url {
+        /// The URL as given, password redacted.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A Redis command (or the connection) failed.
     #[error("Redis ({what}): {source}")]
     Redis {
+        /// Which link failed ("broker", "result backend", "events", ...).
         what: &'static str,
+        /// Redis's (or the connection's) error.
         #[source]
         source: RedisError,
     },
+    /// Redis answered something this host cannot read.
     #[error("unexpected Redis reply: {0}")]
     Reply(String),
 }
@@ -365,6 +381,9 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
+    /// A consumer of `queues` (each with its priority lists) at `url`.
+    /// Fails only for a bad URL: the connection is made by the first command
+    /// (and re-made after an error).
     pub fn new(url: &str, queues: Vec<String>) -> Result<RedisBroker, BrokerError> {
         Ok(RedisBroker {
             link: Link::new(url, "broker")?,
@@ -373,6 +392,7 @@ impl RedisBroker {
         })
     }
 
+    /// The broker's connection, for commands of its own.
     pub fn link(&mut self) -> &mut Link {
         &mut self.link
     }

@@ -91,6 +91,7 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// Sends `c`; does nothing once the worker has returned.
     pub fn send(&self, c: Control) {
         let _ = self.tx.send(c);
     }
@@ -99,8 +100,11 @@ impl Controller {
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The broker could not be used.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The options do not make a worker (no queue, prefetch multiplier 0,
+    /// ...); the message says which.
     #[error("{0}")]
     Config(String),
 }
@@ -108,9 +112,13 @@ pub enum WorkerError {
 /// What a finished run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
+    /// Task messages taken from the broker.
     pub received: u64,
+    /// Tasks that finished with SUCCESS.
     pub succeeded: u64,
+    /// Tasks that finished otherwise (failure or revoked).
     pub failed: u64,
+    /// Messages returned to their queue unrun at shutdown.
     pub requeued: u64,
     /// "warm" or "cold".
     pub shutdown: String,
@@ -119,20 +127,34 @@ pub struct Summary {
 /// What the startup line says.
 #[derive(Debug, Clone, Serialize)]
 pub struct StartupInfo {
+    /// The broker URL, password redacted.
     pub broker: String,
+    /// The result backend URL (the broker's when none was given), password
+    /// redacted.
     pub backend: String,
+    /// The queues consumed, in order.
     pub queues: Vec<String>,
+    /// Worker processes in the pool.
     pub concurrency: usize,
+    /// Messages reserved per worker process (`worker_prefetch_multiplier`).
     pub prefetch_multiplier: usize,
+    /// The visibility timeout in seconds (see
+    /// [`WorkerOptions::visibility_timeout`]).
     pub visibility_timeout_s: f64,
+    /// The plugins loaded.
     pub plugins: Vec<PluginLine>,
+    /// The task names the worker answers to ([`Worker::task_names`]).
     pub tasks: Vec<String>,
 }
 
+/// One loaded plugin, as the startup line shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginLine {
+    /// The plugin's name.
     pub name: String,
+    /// The plugin's version.
     pub version: String,
+    /// The plugin file's path.
     pub path: String,
 }
 
@@ -279,12 +301,14 @@ impl Worker {
         self
     }
 
+    /// A handle that sends [`Control`]s to this worker, from any thread.
     pub fn controller(&self) -> Controller {
         Controller {
             tx: self.ctl_tx.clone(),
         }
     }
 
+    /// The pool that runs this worker's tasks.
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

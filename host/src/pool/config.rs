@@ -32,16 +32,24 @@ impl std::fmt::Display for StartMethod {
 /// `initializer`). Arguments are a JSON array.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Initializer {
+    /// The name of the plugin that has the task (a loaded plugin's name, not
+    /// its path).
     pub plugin: String,
+    /// The task's name in that plugin.
     pub task: String,
+    /// The task's arguments, a JSON array such as `[1, "x"]`.
     pub args_json: String,
 }
 
 /// Everything that shapes a pool.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
+    /// How many worker processes the pool keeps (default: the number of
+    /// CPUs).
     pub workers: usize,
+    /// The plugin files (`.so`) every worker loads, in order.
     pub plugins: Vec<PathBuf>,
+    /// How workers are created (default [`StartMethod::Forkserver`]).
     pub start_method: StartMethod,
     /// The executable started as zygote / spawned worker (must call
     /// `billiard_host::run_if_helper()` first thing); when `None`: this
@@ -50,14 +58,21 @@ pub struct PoolConfig {
     pub worker_exe: Option<PathBuf>,
     /// Jobs in flight per worker (1: only idle workers get work).
     pub prefetch: usize,
+    /// A worker exits, and is replaced, after this many jobs; `None`: never.
     pub max_tasks_per_child: Option<u64>,
     /// Recycle a worker after a job once its private (anonymous) memory grew
     /// by more than this many bytes since it started.
     pub max_memory_per_child: Option<u64>,
     /// Hard address-space cap per worker (RLIMIT_AS), bytes.
     pub address_space_limit: Option<u64>,
+    /// A job running longer than this is asked to stop (its `TaskContext`
+    /// says so); a task that checks ends `soft_time_limit`. `None`: no soft
+    /// limit. A job's own limit ([`Limits`]) comes first.
     pub soft_time_limit: Option<Duration>,
+    /// A job running longer than this has its worker killed (and replaced);
+    /// the job ends `time_limit`. `None`: no hard limit.
     pub time_limit: Option<Duration>,
+    /// A task every new worker runs once before it takes jobs.
     pub initializer: Option<Initializer>,
     /// Largest frame accepted from a worker, bytes.
     pub max_frame: usize,
@@ -73,6 +88,7 @@ pub struct PoolConfig {
     /// At most this many workers may die at start within `restart_window`
     /// before the pool stops forking and fails pending jobs.
     pub max_start_failures: u32,
+    /// The window of [`PoolConfig::max_start_failures`].
     pub restart_window: Duration,
     /// How long a zygote may take to load the plugins (their constructors
     /// run then) before the start, or a reload, is given up.
@@ -113,7 +129,11 @@ impl Default for PoolConfig {
 /// Per-job overrides of the pool's limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
+    /// This job's soft time limit (see [`PoolConfig::soft_time_limit`]);
+    /// `None`: the pool's.
     pub soft: Option<Duration>,
+    /// This job's hard time limit (see [`PoolConfig::time_limit`]); `None`:
+    /// the pool's.
     pub hard: Option<Duration>,
 }
 

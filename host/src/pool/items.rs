@@ -94,13 +94,20 @@ impl Drop for Credit {
 /// Items of one streaming job as its worker sent them: `count` records
 /// `[u32 LE len][bytes]` in the job's codec.
 pub struct ItemBatch {
+    /// How many records `records` holds.
     pub count: u32,
+    /// The codec of the job, and so of every item.
     pub codec: Codec,
+    /// The records: `count` times `[u32 LE len][encoded item]`, in emission
+    /// order (see [`ItemBatch::items`]).
     pub records: Vec<u8>,
     _credit: Option<Credit>,
 }
 
 impl ItemBatch {
+    /// A batch of `count` records in `codec`. `credit`, when given, keeps the
+    /// batch's bytes counted against its stream's buffer until the batch is
+    /// dropped (the flow control that pauses a task whose items are not read).
     pub fn new(count: u32, codec: Codec, records: Vec<u8>, credit: Option<Credit>) -> ItemBatch {
         ItemBatch {
             count,
@@ -157,5 +164,10 @@ pub enum News<'a> {
     /// A batch of its stream items (in emission order).
     Items(&'a ItemBatch),
     /// Its latest progress report.
-    Progress { done: u64, total: u64 },
+    Progress {
+        /// The work done so far, in the task's own units.
+        done: u64,
+        /// The total work (0 if the task does not know).
+        total: u64,
+    },
 }

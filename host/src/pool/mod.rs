@@ -51,17 +51,26 @@ use supervisor::{Cmd, Supervisor};
 /// Why a pool could not be built or an operation could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
+    /// The plugins could not be loaded (or the zygote that loads them failed
+    /// to start); the error names the file and the reason.
     #[error("{0}")]
     PluginLoad(TaskError),
+    /// The configuration cannot work (no workers, too many, a sandbox this
+    /// kernel cannot give, a worker executable that does not answer, ...).
     #[error("invalid pool configuration: {0}")]
     Config(String),
+    /// A system call needed to start the pool failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done (`socketpair`, `cannot create the scoreboard`, ...).
         what: &'static str,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The pool's supervisor thread has exited, so nothing can be sent to it.
     #[error("the pool's supervisor is gone")]
     Gone,
+    /// The supervisor thread panicked (a bug); the pool is unusable.
     #[error("the supervisor thread panicked")]
     SupervisorPanicked,
 }
@@ -74,6 +83,8 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
+    /// How many worker processes to keep (default: the number of CPUs;
+    /// `build()` refuses 0).
     pub fn workers(mut self, n: usize) -> Self {
         self.cfg.workers = n;
         self
@@ -83,6 +94,7 @@ impl PoolBuilder {
         self.cfg.plugins.push(path.into());
         self
     }
+    /// How workers are created (default [`StartMethod::Forkserver`]).
     pub fn start_method(mut self, m: StartMethod) -> Self {
         self.cfg.start_method = m;
         self
@@ -101,6 +113,8 @@ impl PoolBuilder {
         self.cfg.prefetch = n;
         self
     }
+    /// A worker exits, and is replaced, after `n` jobs (billiard's
+    /// `maxtasksperchild`).
     pub fn max_tasks_per_child(mut self, n: u64) -> Self {
         self.cfg.max_tasks_per_child = Some(n);
         self
@@ -115,10 +129,15 @@ impl PoolBuilder {
         self.cfg.address_space_limit = Some(bytes);
         self
     }
+    /// The default soft time limit of every job: after `d` the task's
+    /// `TaskContext` asks it to stop, and a task that checks ends
+    /// `soft_time_limit`.
     pub fn soft_time_limit(mut self, d: Duration) -> Self {
         self.cfg.soft_time_limit = Some(d);
         self
     }
+    /// The default hard time limit of every job: after `d` its worker is
+    /// killed and replaced and the job ends `time_limit`.
     pub fn time_limit(mut self, d: Duration) -> Self {
         self.cfg.time_limit = Some(d);
         self
@@ -132,6 +151,8 @@ impl PoolBuilder {
         });
         self
     }
+    /// The largest frame accepted from or sent to a worker, in bytes (default
+    /// 1 GiB); a job whose arguments do not fit ends `bad_args`.
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.cfg.max_frame = bytes;
         self
@@ -150,6 +171,8 @@ impl PoolBuilder {
         self.cfg.shm_threshold = bytes;
         self
     }
+    /// How many jobs an `imap` (and the other lazy maps) keeps in flight
+    /// before it waits for results to be read (default 4096).
     pub fn imap_window(mut self, jobs: usize) -> Self {
         self.cfg.imap_window = jobs;
         self
@@ -182,11 +205,15 @@ impl PoolBuilder {
     pub(crate) fn take_events(&mut self) -> Option<Sender<Event>> {
         self.events.take()
     }
+    /// Replaces everything set so far with `cfg`.
     pub fn config(mut self, cfg: PoolConfig) -> Self {
         self.cfg = cfg;
         self
     }
 
+    /// Starts the pool: checks the configuration, starts the zygote (or
+    /// forks it), waits until the plugins are loaded and starts the workers.
+    /// Fails with a [`PoolError`] if any of that does not work.
     pub fn build(self) -> Result<Pool, PoolError> {
         Pool::start(self.cfg, self.events)
     }
@@ -213,7 +240,9 @@ pub struct Pool {
 /// task, and a task gone after the reload ends `unknown_task`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskRef {
+    /// The plugin's index in the generation's plugins.
     pub plugin: u16,
+    /// The task's index in that plugin's tasks.
     pub task: u32,
     /// The generation the indices refer to; 0: raw indices, taken as they
     /// are by whatever generation runs the job.
@@ -235,6 +264,7 @@ impl TaskRef {
 const SCOREBOARD_SLOTS: usize = 1024;
 
 impl Pool {
+    /// A [`PoolBuilder`] with the default configuration.
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
@@ -380,6 +410,7 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// The configuration the pool was built with.
     pub fn config(&self) -> &PoolConfig {
         &self.cfg
     }
@@ -874,6 +905,8 @@ impl Pool {
         self.send(Cmd::Restart(None))
     }
 
+    /// A snapshot of the pool's counters; an error once the pool has shut
+    /// down.
     pub fn stats(&self) -> Result<Stats, TaskError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Cmd::Stats(tx))?;
@@ -966,6 +999,7 @@ pub(crate) fn decode_outcome_bytes<R: DeserializeOwned>(bytes: &[u8]) -> Result<
 
 /// Per-job options for `apply_async_with`.
 pub struct JobOptions<R> {
+    /// Time limits for this job; unset ones fall back to the pool's.
     pub limits: Limits,
     on_success: Option<Box<dyn FnOnce(R) + Send>>,
     on_error: Option<Box<dyn FnOnce(TaskError) + Send>>,
@@ -982,10 +1016,12 @@ impl<R> Default for JobOptions<R> {
 }
 
 impl<R> JobOptions<R> {
+    /// This job's soft time limit (see [`PoolBuilder::soft_time_limit`]).
     pub fn soft_time_limit(mut self, d: Duration) -> Self {
         self.limits.soft = Some(d);
         self
     }
+    /// This job's hard time limit (see [`PoolBuilder::time_limit`]).
     pub fn time_limit(mut self, d: Duration) -> Self {
         self.limits.hard = Some(d);
         self
@@ -996,6 +1032,8 @@ impl<R> JobOptions<R> {
         self.on_success = Some(Box::new(f));
         self
     }
+    /// Runs on the pool's callback thread with the error, if the job fails.
+    /// A panic in it is caught and logged.
     pub fn on_error(mut self, f: impl FnOnce(TaskError) + Send + 'static) -> Self {
         self.on_error = Some(Box::new(f));
         self
@@ -1023,21 +1061,28 @@ impl Clone for RawResult {
 }
 
 impl RawResult {
+    /// The job's id.
     pub fn id(&self) -> JobId {
         self.id
     }
+    /// True once the outcome is known.
     pub fn ready(&self) -> bool {
         self.slot.is_ready()
     }
+    /// Waits for the outcome.
     pub fn wait(&self) {
         self.slot.wait(None);
     }
+    /// Waits up to `d`; true if the outcome is known.
     pub fn wait_timeout(&self, d: Duration) -> bool {
         self.slot.wait(Some(d)).is_some()
     }
+    /// Waits for the outcome: the encoded result (in the job's codec) or
+    /// why there is none (`terminated` if the pool shut down first).
     pub fn get(&self) -> Outcome {
         self.slot.wait(None).unwrap_or_else(|| Err(gone()))
     }
+    /// The outcome, or `None` if it is not known within `d`.
     pub fn get_timeout(&self, d: Duration) -> Option<Outcome> {
         self.slot.wait(Some(d))
     }
@@ -1061,6 +1106,7 @@ pub struct AsyncResult<R> {
 }
 
 impl<R: DeserializeOwned> AsyncResult<R> {
+    /// The job's id.
     pub fn id(&self) -> JobId {
         self.raw.id
     }
@@ -1084,6 +1130,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     pub fn get_timeout(&self, d: Duration) -> Option<Result<R, TaskError>> {
         self.raw.get_timeout(d).map(decode_outcome)
     }
+    /// The untyped handle underneath (encoded result bytes).
     pub fn raw(&self) -> &RawResult {
         &self.raw
     }

@@ -19,7 +19,9 @@ pub struct Stats {
     pub queued: u64,
     /// Jobs sent to workers and not finished.
     pub running: u64,
+    /// Jobs submitted over the pool's life.
     pub submitted: u64,
+    /// Jobs that ended with a value.
     pub succeeded: u64,
     /// Failed jobs by error kind.
     pub failed: BTreeMap<ErrorKind, u64>,
@@ -38,6 +40,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Jobs finished either way: `succeeded` plus every `failed` count.
     pub fn completed(&self) -> u64 {
         self.succeeded + self.failed.values().sum::<u64>()
     }

@@ -22,13 +22,19 @@ use crate::error::{ErrorKind, TaskError};
 /// One job of a stream: a task, encoded arguments and optional limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawJob {
+    /// The task to run.
     pub target: TaskRef,
+    /// How `args` is encoded (and so how the result will be).
     pub codec: Codec,
+    /// The encoded argument tuple.
     pub args: Vec<u8>,
+    /// Time limits for this job; unset ones fall back to the pool's.
     pub limits: Limits,
 }
 
 impl RawJob {
+    /// A job of `target` with `args` encoded in `codec` and the pool's
+    /// limits.
     pub fn new(target: TaskRef, codec: Codec, args: Vec<u8>) -> RawJob {
         RawJob {
             target,
@@ -51,8 +57,11 @@ impl RawJob {
 /// head share a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobHead {
+    /// The task to run.
     pub target: TaskRef,
+    /// How the arguments (and the results) are encoded.
     pub codec: Codec,
+    /// Time limits of these jobs.
     pub limits: Limits,
 }
 

@@ -21,7 +21,9 @@ use crate::error::{ErrorKind, TaskError};
 /// items it had emitted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Streamed<T, R> {
+    /// One item, in emission order.
     Item(T),
+    /// The task's outcome; always the last element, exactly once.
     Done(Result<R, TaskError>),
 }
 

@@ -145,7 +145,12 @@ impl FileStamp {
 /// names against them (`Pool::task_ref`, `find_task`, `plugins`).
 #[derive(Debug, Clone, Default)]
 pub struct Generation {
+    /// The generation's number: 1 for the plugins loaded at start, one more
+    /// after each successful reload or zygote replacement (0 only in a
+    /// `Generation::default()`).
     pub gen: u64,
+    /// The plugins of this generation, in the order the pool loads them
+    /// (the index a [`TaskRef`](crate::TaskRef) holds).
     pub plugins: Arc<Vec<PluginInfo>>,
 }
 
