@@ -286,8 +286,12 @@ fn math_json_calls() {
 #[test]
 fn math_bad_args_and_unknown_tasks() {
     let math = load("math");
-    let add_sig = "bad arguments for task `add(a: i64, b: i64)` (expects 2 arguments)";
-    assert_fails(math.call_json("add", "[1]"), ErrorKind::BadArgs, add_sig);
+    let add_sig = "bad arguments for task `add(a: i64, b: i64)`";
+    assert_fails(
+        math.call_json("add", "[1]"),
+        ErrorKind::BadArgs,
+        "bad arguments for task `add(a: i64, b: i64)`: expects 2 arguments, got 1",
+    );
     assert_fails(
         math.call_json("add", "[1]"),
         ErrorKind::BadArgs,
@@ -301,7 +305,7 @@ fn math_bad_args_and_unknown_tasks() {
     assert_fails(
         math.call_json("add", "[1, 2, 3]"),
         ErrorKind::BadArgs,
-        add_sig,
+        "bad arguments for task `add(a: i64, b: i64)`: expects 2 arguments, got 3",
     );
     assert_fails(math.call_json("add", "[1, 2"), ErrorKind::BadArgs, "EOF");
     assert_fails(math.call_json("add", "{}"), ErrorKind::BadArgs, add_sig);
