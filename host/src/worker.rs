@@ -8,7 +8,7 @@ use std::ffi::c_void;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -295,7 +295,10 @@ impl Worker {
             self.params.host_flags | HOST_FLAG_PROGRESS_DUE,
             Ordering::Release,
         );
-        start_ticking(h.job);
+        // The ticker starts with the job's first emit or progress report
+        // (`JobHost::tick_from_now`), not here: waking a thread for every
+        // job cost tiny tasks two context switches each.
+        FLUSH_DUE.store(0, Ordering::Relaxed);
         let ctx = TaskContext::with_host(
             h.job,
             h.attempt,
@@ -365,6 +368,8 @@ struct JobHost<'s> {
     count: UnsafeCell<u32>,
     /// The last (done, total) sent, so repeats are not.
     last_progress: Mutex<Option<(u64, u64)>>,
+    /// Whether the ticker was woken for this job.
+    ticking: AtomicBool,
 }
 
 impl<'s> JobHost<'s> {
@@ -375,12 +380,23 @@ impl<'s> JobHost<'s> {
             items: UnsafeCell::new(Vec::new()),
             count: UnsafeCell::new(0),
             last_progress: Mutex::new(None),
+            ticking: AtomicBool::new(false),
+        }
+    }
+
+    /// Wakes the ticker for this job on its first emit or progress report
+    /// (one relaxed load on every later one).
+    fn tick_from_now(&self) {
+        if !self.ticking.load(Ordering::Relaxed) {
+            self.ticking.store(true, Ordering::Relaxed);
+            start_ticking(self.job);
         }
     }
 
     /// Adds one record to the pending ITEMS frame; sends it when full or
     /// when a tick passed since the last send.
     fn push(&self, item: &[u8]) -> std::io::Result<()> {
+        self.tick_from_now();
         // SAFETY: only the task's thread calls `emit` (see `items`), and
         // no reference to these cells outlives this call.
         let (buf, count) = unsafe { (&mut *self.items.get(), &mut *self.count.get()) };
@@ -426,6 +442,7 @@ impl<'s> JobHost<'s> {
     }
 
     fn progress(&self, done: u64, total: u64) {
+        self.tick_from_now();
         HOST_FLAGS.fetch_and(!HOST_FLAG_PROGRESS_DUE, Ordering::Relaxed);
         let mut last = self.last_progress.lock().unwrap_or_else(|e| e.into_inner());
         if *last == Some((done, total)) {
@@ -484,7 +501,8 @@ fn host_services() -> HostServicesRef {
 
 /// Wakes the ticker for `job`: it raises FLUSH_DUE every tick and the
 /// progress-due bit every PROGRESS_TICKS ticks while the job runs, and
-/// sleeps while the worker is idle. Started on first use with a small
+/// sleeps while the worker is idle (or runs a job that neither emits nor
+/// reports progress). Started on first use with a small
 /// stack; a worker that cannot start it (address-space limit) goes without:
 /// items then go out per full batch and at the end, progress at `total`.
 fn start_ticking(job: u64) {
