@@ -444,10 +444,16 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
         let venv = args.venv.clone().unwrap_or_else(|| out_dir.join("venv"));
         let py = external::ensure_venv(&args.python, &venv, &bench_dir.join("requirements.txt"))?;
         py_versions = external::python_versions(&py);
+        // pybench knows W1..W10 only (S1/S2 are billiard-host's own).
+        let py_wls: Vec<String> = wls
+            .iter()
+            .filter(|w| !streaming::EXTRA_WORKLOADS.contains(&w.as_str()))
+            .cloned()
+            .collect();
         python = external::run_pybench(
             &py,
             &bench_dir.join("pybench.py"),
-            &wls,
+            &py_wls,
             runs,
             mode == Mode::Quick,
             &out_dir.join("results-python.jsonl"),
