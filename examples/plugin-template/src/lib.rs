@@ -27,7 +27,10 @@ pub fn count_primes(limit: u64, ctx: &TaskContext) -> Result<u64, Stopped> {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// What to summarize: the numbers, and how many of the smallest and of the
