@@ -20,18 +20,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use billiard_host::{Codec, ErrorKind, Outcome, PoolBuilder, Process, StartMethod, TaskError};
 use crossbeam_channel::Receiver;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use super::exit;
 use super::input::{self, Line, LineJob};
 use super::output::{self, Output};
 use super::progress::Progress;
-use super::signals::{Stop, REPEAT};
+use super::signals::{self, Reactions, Stop};
 
 /// The flags that contradict `--isolated`, checked before anything runs.
 pub struct Flags {
@@ -131,15 +129,6 @@ pub fn run(
     }
     let (res_tx, res_rx) = crossbeam_channel::unbounded::<Done>();
     let mut write_error: Option<std::io::Error> = None;
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot install signal handlers: {e}");
-            None
-        }
-    };
-    let signal_handle = signals.as_ref().map(|s| s.handle());
-
     std::thread::scope(|s| {
         let bar = progress.bar().clone();
         let quiet = plan.quiet;
@@ -148,49 +137,28 @@ pub fn run(
                 bar.suspend(|| eprintln!("{m}"));
             }
         };
-        if let Some(mut sigs) = signals.take() {
-            let (stop, kill) = (&stop, &kill);
-            s.spawn(move || {
-                let mut first: Option<(i32, Instant)> = None;
-                for sig in sigs.forever() {
-                    let name = match sig {
-                        SIGINT => "SIGINT",
-                        SIGTERM => "SIGTERM",
-                        _ => "SIGHUP",
-                    };
-                    if sig == SIGHUP {
-                        say(
-                            "SIGHUP: nothing to reload: with --isolated every job loads the \
-                             plugin files as they are when it starts",
-                        );
-                    } else if first.is_some_and(|(s, at)| s == sig && at.elapsed() < REPEAT) {
-                        // A duplicate delivery of the first one.
-                    } else if stop.request(&format!("interrupted by {name}")) {
-                        first = Some((sig, Instant::now()));
-                        say(&format!(
-                            "{name}: no more input is read; waiting for the running jobs to \
-                             finish (send it again to kill them)"
-                        ));
-                    } else if !kill.swap(true, Ordering::AcqRel) {
-                        say(&format!("{name}: killing the running jobs now"));
-                    }
-                }
-            });
-        }
-        let output = &output;
-        let (flusher_done, done) = crossbeam_channel::bounded::<()>(0);
-        s.spawn(move || {
-            while output.wait_dirty() {
-                let over = !matches!(
-                    done.recv_timeout(output::FLUSH_EVERY),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                );
-                output.flush_if_dirty();
-                if over {
-                    break;
-                }
+        let reactions = Reactions {
+            finishing: "the running jobs",
+            killing: "killing the running jobs now",
+            killed: &kill,
+            // Raising `kill` is the whole of it: every runner watches it.
+            kill: Box::new(|| {}),
+            hangup: Box::new(|say| {
+                say(
+                    "SIGHUP: nothing to reload: with --isolated every job loads the \
+                     plugin files as they are when it starts",
+                )
+            }),
+        };
+        let signal_handle = match signals::watch(s, &stop, reactions, say) {
+            Ok((handle, _)) => Some(handle),
+            Err(e) => {
+                tracing::warn!("cannot install signal handlers: {e}");
+                None
             }
-        });
+        };
+        let output = &output;
+        let flusher_done = output::flush_in_background(s, output);
         for _ in 0..plan.workers.max(1) {
             let (puller, plan, kill) = (&puller, &plan, &kill);
             let (tickets, results) = (ticket_rx.clone(), res_tx.clone());

@@ -340,6 +340,30 @@ fn compact_json(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, serde_json::
     Ok(serde_json::to_vec(&v)?.into())
 }
 
+/// Flushes `output` on a thread of `scope`: sleeps until a line is waiting
+/// (an idle run costs no wake-ups), gives later lines [`FLUSH_EVERY`] to
+/// join it, flushes. It ends when the output is closed or the returned
+/// sender is dropped (the run is over), after one last flush.
+pub fn flush_in_background<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    output: &'env Output,
+) -> crossbeam_channel::Sender<()> {
+    let (over_tx, over) = crossbeam_channel::bounded::<()>(0);
+    scope.spawn(move || {
+        while output.wait_dirty() {
+            let ended = !matches!(
+                over.recv_timeout(FLUSH_EVERY),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout)
+            );
+            output.flush_if_dirty();
+            if ended {
+                break;
+            }
+        }
+    });
+    over_tx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use super::exit;
 use super::input::{self, Jobs, LineNumbers, Pull};
 use super::output::{self, Output, Rendered};
 use super::progress::Progress;
-use super::signals::{self, Escalation, Stop};
+use super::signals::{self, Reactions, Stop};
 
 /// The most workers a pool accepts.
 const MAX_WORKERS: usize = 512;
@@ -305,7 +305,7 @@ pub fn run(args: Args) -> i32 {
     let (mut jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
     let line_numbers = (!single).then(|| jobs.track_line_numbers());
     let jobs = Mutex::new(jobs);
-    let escalation = Escalation::default();
+    let killed = std::sync::atomic::AtomicBool::new(false);
     let output = Output::new(out);
     let mut write_error = None;
 
@@ -317,29 +317,15 @@ pub fn run(args: Args) -> i32 {
                 bar.suspend(|| eprintln!("{m}"));
             }
         };
-        let watcher = match signals::watch(s, &pool, &stop, &escalation, say) {
+        let watcher = match signals::watch(s, &stop, Reactions::pool(&pool, &killed), say) {
             Ok((handle, _)) => Some(handle),
             Err(e) => {
                 tracing::warn!("cannot install signal handlers: {e}");
                 None
             }
         };
-        let (flusher_done, done) = crossbeam_channel::bounded::<()>(0);
         let output = &output;
-        s.spawn(move || {
-            // Sleep until a line is waiting, give later lines FLUSH_EVERY
-            // to join it, flush; end when the run is over.
-            while output.wait_dirty() {
-                let over = !matches!(
-                    done.recv_timeout(output::FLUSH_EVERY),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                );
-                output.flush_if_dirty();
-                if over {
-                    break;
-                }
-            }
-        });
+        let flusher_done = output::flush_in_background(s, output);
 
         let written = stream_results(
             s,

@@ -58,20 +58,53 @@ impl Stop {
 /// See [`watch`].
 pub const REPEAT: Duration = Duration::from_millis(100);
 
-/// What the signal thread did, for the final report.
-#[derive(Default)]
-pub struct Escalation {
-    /// A second SIGINT/SIGTERM terminated the pool.
-    pub killed: AtomicBool,
+/// What the signals do to one batch (`run` on a pool, `run --isolated`).
+pub struct Reactions<'env> {
+    /// What the first SIGINT/SIGTERM lets finish, for its note ("the jobs
+    /// already sent").
+    pub finishing: &'static str,
+    /// What the second one does, for its note ("terminating the workers").
+    pub killing: &'static str,
+    /// Raised by the second SIGINT/SIGTERM (once), for the final report.
+    pub killed: &'env AtomicBool,
+    /// Runs once, when `killed` is raised.
+    pub kill: Box<dyn Fn() + Send + 'env>,
+    /// SIGHUP; tells what it did through its argument (`say`).
+    pub hangup: Hangup<'env>,
+}
+
+/// What SIGHUP does; its argument prints a note (`say`).
+pub type Hangup<'env> = Box<dyn Fn(&dyn Fn(&str)) + Send + 'env>;
+
+impl<'env> Reactions<'env> {
+    /// `run` on a pool: the second signal terminates the pool's workers,
+    /// SIGHUP reloads the plugin files (rolling restart).
+    pub fn pool(pool: &'env Pool, killed: &'env AtomicBool) -> Reactions<'env> {
+        Reactions {
+            finishing: "the jobs already sent",
+            killing: "terminating the workers now",
+            killed,
+            kill: Box::new(move || pool.terminate_now()),
+            // Not waited for here: the new files load while the current
+            // workers serve, and the pool logs whether the reload took
+            // ("the plugins were reloaded") or failed.
+            hangup: Box::new(move |say| match pool.restart_in_background() {
+                Ok(()) => say(
+                    "SIGHUP: reloading the plugins (rolling restart; the current \
+                     workers serve until the new files are loaded)",
+                ),
+                Err(e) => say(&format!("SIGHUP: cannot restart the pool: {e}")),
+            }),
+        }
+    }
 }
 
 /// Handles SIGINT, SIGTERM and SIGHUP on a thread of `scope` until
 /// [`Handle::close`] is called:
-/// - first SIGINT/SIGTERM: `stop.request(..)` (stop reading input; running
-///   jobs finish);
-/// - second: `pool.terminate_now()` (kill the workers; unfinished jobs end
-///   `terminated`);
-/// - SIGHUP: `pool.restart()` (reload the plugin files, rolling restart).
+/// - first SIGINT/SIGTERM: `stop.request(..)` (stop reading input; what
+///   runs finishes);
+/// - second: raises `r.killed` and runs `r.kill`;
+/// - SIGHUP: `r.hangup`.
 ///
 /// The same signal again within [`REPEAT`] of the first counts as the same
 /// request: `timeout`, and anything that signals both a process and its
@@ -80,9 +113,8 @@ pub struct Escalation {
 /// `say` prints a note for people (on stderr).
 pub fn watch<'scope, 'env>(
     scope: &'scope Scope<'scope, 'env>,
-    pool: &'env Pool,
     stop: &'env Stop,
-    escalation: &'env Escalation,
+    r: Reactions<'env>,
     say: impl Fn(&str) + Send + 'scope,
 ) -> std::io::Result<(Handle, ScopedJoinHandle<'scope, ()>)> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -98,27 +130,19 @@ pub fn watch<'scope, 'env>(
                     _ => "SIGHUP",
                 };
                 if sig == SIGHUP {
-                    // Not waited for here: the new files load while the
-                    // current workers serve, and the pool logs whether the
-                    // reload took ("the plugins were reloaded") or failed.
-                    match pool.restart_in_background() {
-                        Ok(()) => say(
-                            "SIGHUP: reloading the plugins (rolling restart; the current \
-                             workers serve until the new files are loaded)",
-                        ),
-                        Err(e) => say(&format!("SIGHUP: cannot restart the pool: {e}")),
-                    }
+                    (r.hangup)(&say);
                 } else if first.is_some_and(|(s, at)| s == sig && at.elapsed() < REPEAT) {
                     // A duplicate delivery of the first one.
                 } else if stop.request(&format!("interrupted by {name}")) {
                     first = Some((sig, Instant::now()));
                     say(&format!(
-                        "{name}: no more input is read; waiting for the jobs already sent \
-                         to finish (send it again to kill them)"
+                        "{name}: no more input is read; waiting for {} to finish (send it \
+                         again to kill them)",
+                        r.finishing
                     ));
-                } else if !escalation.killed.swap(true, Ordering::AcqRel) {
-                    say(&format!("{name}: terminating the workers now"));
-                    pool.terminate_now();
+                } else if !r.killed.swap(true, Ordering::AcqRel) {
+                    say(&format!("{name}: {}", r.killing));
+                    (r.kill)();
                 }
             }
         })?;
