@@ -266,33 +266,14 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
             if body.len() < RUN_HEADER - 4 {
                 return Err(short());
             }
-            let codec = match body[15] {
-                0 => Codec::Bincode,
-                1 => Codec::Json,
-                b => return Err(FrameError::BadCodec(b)),
-            };
-            let h = RunHeader {
-                job: u64_at(body, 1),
-                plugin: u16::from_le_bytes([body[9], body[10]]),
-                task: u32_at(body, 11),
-                codec,
-                attempt: u32_at(body, 16),
-                count: u32_at(body, 20),
-            };
-            Ok(Frame::Run(h, &body[RUN_HEADER - 4..]))
+            Ok(Frame::Run(run_header(body)?, &body[RUN_HEADER - 4..]))
         }
         KIND_EXIT => Ok(Frame::Exit),
         KIND_DONE => {
             if body.len() < DONE_HEADER - 4 {
                 return Err(short());
             }
-            let h = DoneHeader {
-                job: u64_at(body, 1),
-                count: u32_at(body, 9),
-                flags: body[13],
-                status: body[14],
-            };
-            Ok(Frame::Done(h, &body[DONE_HEADER - 4..]))
+            Ok(Frame::Done(done_header(body), &body[DONE_HEADER - 4..]))
         }
         KIND_ITEMS => {
             if body.len() < ITEMS_HEADER - 4 {
@@ -324,22 +305,9 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
         }
         KIND_RUN_SHM => {
             exact(RUN_SHM_FRAME - 4)?;
-            let codec = match body[15] {
-                0 => Codec::Bincode,
-                1 => Codec::Json,
-                b => return Err(FrameError::BadCodec(b)),
-            };
-            let h = RunHeader {
-                job: u64_at(body, 1),
-                plugin: u16::from_le_bytes([body[9], body[10]]),
-                task: u32_at(body, 11),
-                codec,
-                attempt: u32_at(body, 16),
-                count: u32_at(body, 20),
-            };
             let at = RUN_HEADER - 4;
             Ok(Frame::RunShm(
-                h,
+                run_header(body)?,
                 ShmRef {
                     off: u64_at(body, at),
                     len: u64_at(body, at + 8),
@@ -350,12 +318,7 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
             exact(DONE_SHM_FRAME - 4)?;
             let at = DONE_HEADER - 4;
             Ok(Frame::DoneShm(
-                DoneHeader {
-                    job: u64_at(body, 1),
-                    count: u32_at(body, 9),
-                    flags: body[13],
-                    status: body[14],
-                },
+                done_header(body),
                 ShmRef {
                     off: u64_at(body, at),
                     len: u64_at(body, at + 8),
@@ -363,6 +326,35 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
             ))
         }
         k => Err(FrameError::UnknownKind(k)),
+    }
+}
+
+/// The RUN header fields of a RUN or RUN_SHM body (at least
+/// `RUN_HEADER - 4` bytes, checked by the caller).
+fn run_header(body: &[u8]) -> Result<RunHeader, FrameError> {
+    let codec = match body[15] {
+        0 => Codec::Bincode,
+        1 => Codec::Json,
+        b => return Err(FrameError::BadCodec(b)),
+    };
+    Ok(RunHeader {
+        job: u64_at(body, 1),
+        plugin: u16::from_le_bytes([body[9], body[10]]),
+        task: u32_at(body, 11),
+        codec,
+        attempt: u32_at(body, 16),
+        count: u32_at(body, 20),
+    })
+}
+
+/// The DONE header fields of a DONE or DONE_SHM body (at least
+/// `DONE_HEADER - 4` bytes, checked by the caller).
+fn done_header(body: &[u8]) -> DoneHeader {
+    DoneHeader {
+        job: u64_at(body, 1),
+        count: u32_at(body, 9),
+        flags: body[13],
+        status: body[14],
     }
 }
 
