@@ -83,20 +83,9 @@ const EXPECT_FORM: &str = "expect {\"ok\": VALUE} or {\"error\": KIND}";
 
 const CASE_FIELDS: &str = "task, args, expect, name, time_limit, soft_time_limit, message_contains";
 
-/// A limit of a case; as in `run`'s object lines, 0 is refused (a job that
-/// may not run at all is a mistake, not a limit).
+/// A limit of a case, as in `run`'s object lines ([`Limits::parse_field`]).
 fn duration(s: Option<&str>, field: &str) -> Result<Option<Duration>, String> {
-    s.map(|s| {
-        let d = humantime::parse_duration(s)
-            .map_err(|e| format!("\"{field}\": {e} (e.g. \"500ms\", \"2s\")"))?;
-        if d.is_zero() {
-            return Err(format!(
-                "\"{field}\": must be longer than 0 (e.g. \"500ms\", \"2s\")"
-            ));
-        }
-        Ok(d)
-    })
-    .transpose()
+    s.map(|s| Limits::parse_field(s, field)).transpose()
 }
 
 pub(super) fn parse_case(line: &str, lineno: usize) -> Result<Case, String> {

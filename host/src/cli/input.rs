@@ -467,27 +467,11 @@ struct JobLine {
 fn duration_field(v: Option<&serde_json::Value>, field: &str) -> Result<Option<Duration>, String> {
     match v {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => duration(Some(s), field),
+        Some(serde_json::Value::String(s)) => Limits::parse_field(s, field).map(Some),
         Some(other) => Err(format!(
             "\"{field}\": expected a duration string (e.g. \"500ms\", \"2s\"), got {other}"
         )),
     }
-}
-
-/// A limit of an object line; like the `--time-limit` flags, 0 is refused
-/// (a job that may not run at all is a mistake, not a limit).
-pub(super) fn duration(s: Option<&str>, field: &str) -> Result<Option<Duration>, String> {
-    s.map(|s| {
-        let d = humantime::parse_duration(s)
-            .map_err(|e| format!("\"{field}\": {e} (e.g. \"500ms\", \"2s\")"))?;
-        if d.is_zero() {
-            return Err(format!(
-                "\"{field}\": must be longer than 0 (e.g. \"500ms\", \"2s\")"
-            ));
-        }
-        Ok(d)
-    })
-    .transpose()
 }
 
 /// The input line number of each job, by index, stored compactly: a job's

@@ -138,6 +138,21 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Parses one limit as job files write it (`"500ms"`, `"2s"`: humantime)
+    /// for the field `field` of a job line or a golden case. 0 is refused:
+    /// a job that may not run at all is a mistake, not a limit. The error
+    /// names the field.
+    pub fn parse_field(s: &str, field: &str) -> Result<Duration, String> {
+        let d = humantime::parse_duration(s)
+            .map_err(|e| format!("\"{field}\": {e} (e.g. \"500ms\", \"2s\")"))?;
+        if d.is_zero() {
+            return Err(format!(
+                "\"{field}\": must be longer than 0 (e.g. \"500ms\", \"2s\")"
+            ));
+        }
+        Ok(d)
+    }
+
     /// These limits, falling back to the pool's where unset.
     pub fn or(self, cfg: &PoolConfig) -> Limits {
         Limits {
