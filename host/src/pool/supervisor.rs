@@ -2766,8 +2766,6 @@ fn bytesize_text(bytes: u64) -> String {
 }
 
 fn wait_hello(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<ZygoteMsg, String> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -2777,13 +2775,9 @@ fn wait_hello(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<ZygoteM
                 humantime::format_duration(timeout)
             ));
         }
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        let ms =
-            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, ms) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
+        match sys::wait_readable(fd, left) {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(e) => return Err(e.to_string()),
         }
         return match sys::recv_with_fds(fd, buf) {

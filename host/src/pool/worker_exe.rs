@@ -194,22 +194,16 @@ pub(crate) fn await_handshake(
     exe: &Path,
     source: ExeSource,
 ) -> Result<(), NoHandshake> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(NoHandshake::Timeout(timeout));
         }
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        let ms =
-            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, ms) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(NoHandshake::Io(e.into())),
+        match sys::wait_readable(fd, left) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => return Err(NoHandshake::Io(e)),
         }
         // A handshake is small; a longer packet is refused below anyway.
         let mut buf = [0u8; 256];
