@@ -1080,25 +1080,16 @@ fn cli_w5_base64(ctx: &Ctx, n: u64, payload: &[u8], input: &Path, output: &Path)
         .iter()
         .map(|&(metric, task)| {
             let runs = || -> Result<Record> {
-                let mut rates = Vec::new();
-                for run in 0..ctx.runs {
-                    ctx.progress(&format!("W5 cli base64 {task} run {}/{}", run + 1, ctx.runs));
-                    let dt = cli_run_with(ctx, "bytes", task, input, output, 1, &["--bytes", "base64"])?;
-                    let mut count = 0u64;
-                    for line in BufReader::new(File::open(output)?).lines() {
-                        let line = line?;
-                        let ok = if task == "echo" {
-                            line == echo_line(count)
-                        } else {
-                            line == format!("{{\"index\":{count},\"ok\":{W5_SIZE}}}")
-                        };
-                        ensure!(ok, "W5 cli base64 {task}: line {count} is wrong: {line:.200}");
-                        count += 1;
-                    }
-                    ensure!(count == n, "W5 cli base64: {count} result lines for {n} inputs");
-                    rates.push(n as f64 * W5_SIZE as f64 / dt / 1e6);
-                    let _ = std::fs::remove_file(output);
-                }
+                let extra = ["--bytes", "base64"];
+                let rates = cli_w5_rates(ctx, n, "cli base64", task, input, output, &extra, |i, line| {
+                    let ok = if task == "echo" {
+                        line == echo_line(i)
+                    } else {
+                        line == format!("{{\"index\":{i},\"ok\":{W5_SIZE}}}")
+                    };
+                    ensure!(ok, "W5 cli base64 {task}: line {i} is wrong: {line:.200}");
+                    Ok(())
+                })?;
                 Ok(Record::of("W5", metric, &rates, "MB/s", n)
                     .with("variant", "cli_base64")
                     .with("note", format!("`billiard-host run libbilliard_bytes.so --task {task} --input FILE --workers 2 --bytes base64`: {n} lines each holding 1 MiB as {{\"$bytes\": base64}}; wall time of the whole process; MB/s of payload per direction")))
@@ -1106,6 +1097,40 @@ fn cli_w5_base64(ctx: &Ctx, n: u64, payload: &[u8], input: &Path, output: &Path)
             runs().unwrap_or_else(|e| cli_failed("W5", metric, "MB/s", n, &e).with("variant", "cli_base64"))
         })
         .collect()
+}
+
+/// `ctx.runs` timed runs of `billiard-host run ... --task task` (the
+/// bytes plugin, chunksize 1, `extra` flags) on `input`: every result line
+/// goes through `check(index, line)` and there must be `n`; the payload
+/// rates in MB/s per direction.
+#[allow(clippy::too_many_arguments)]
+fn cli_w5_rates(
+    ctx: &Ctx,
+    n: u64,
+    label: &str,
+    task: &str,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+    mut check: impl FnMut(u64, &str) -> Result<()>,
+) -> Result<Vec<f64>> {
+    let mut rates = Vec::new();
+    for run in 0..ctx.runs {
+        ctx.progress(&format!("W5 {label} {task} run {}/{}", run + 1, ctx.runs));
+        let dt = cli_run_with(ctx, "bytes", task, input, output, 1, extra)?;
+        let mut count = 0u64;
+        for line in BufReader::new(File::open(output)?).lines() {
+            check(count, &line?)?;
+            count += 1;
+        }
+        ensure!(
+            count == n,
+            "W5 {label}: {count} result lines for {n} inputs"
+        );
+        rates.push(n as f64 * W5_SIZE as f64 / dt / 1e6);
+        let _ = std::fs::remove_file(output);
+    }
+    Ok(rates)
 }
 
 fn cli_w5_runs(
@@ -1118,53 +1143,42 @@ fn cli_w5_runs(
     output: &Path,
 ) -> Result<Record> {
     {
-        let mut rates = Vec::new();
-        for run in 0..ctx.runs {
-            ctx.progress(&format!("W5 cli {task} run {}/{}", run + 1, ctx.runs));
-            let dt = cli_run(ctx, "bytes", task, input, output, 1)?;
-            let mut count = 0u64;
-            for line in BufReader::new(File::open(output)?).lines() {
-                let line = line?;
-                if task == "echo" && count != 0 && count + 1 != n {
-                    // Middle echoes: the compact line `{"index":i,"ok":[b,...]}`
-                    // has one comma after the index and 2^20 - 1 in the
-                    // array (parsing 2^20 numbers per line is slow).
-                    let head = format!("{{\"index\":{count},\"ok\":[");
-                    if line.starts_with(&head) && line.ends_with("]}") {
-                        let commas = line.bytes().filter(|&b| b == b',').count();
-                        ensure!(
-                            commas == W5_SIZE,
-                            "W5 cli echo: item {count} has {commas} commas"
-                        );
-                        count += 1;
-                        continue;
-                    }
+        let rates = cli_w5_rates(ctx, n, "cli", task, input, output, &[], |count, line| {
+            if task == "echo" && count != 0 && count + 1 != n {
+                // Middle echoes: the compact line `{"index":i,"ok":[b,...]}`
+                // has one comma after the index and 2^20 - 1 in the
+                // array (parsing 2^20 numbers per line is slow).
+                let head = format!("{{\"index\":{count},\"ok\":[");
+                if line.starts_with(&head) && line.ends_with("]}") {
+                    let commas = line.bytes().filter(|&b| b == b',').count();
+                    ensure!(
+                        commas == W5_SIZE,
+                        "W5 cli echo: item {count} has {commas} commas"
+                    );
+                    return Ok(());
                 }
-                let (i, v) = cli_line(&line)?;
-                ensure!(i == count, "W5 cli: line {count} is item {i}");
-                let ok = if task == "len" {
-                    v.as_u64() == Some(W5_SIZE as u64)
-                } else {
-                    // Full comparison of the first and the last echo; the
-                    // others by length.
-                    let arr = v.as_array().context("echo is not an array")?;
-                    if i == 0 || i + 1 == n {
-                        arr.len() == payload.len()
-                            && arr
-                                .iter()
-                                .zip(payload)
-                                .all(|(a, &b)| a.as_u64() == Some(b as u64))
-                    } else {
-                        arr.len() == payload.len()
-                    }
-                };
-                ensure!(ok, "W5 cli {task}: item {i} is wrong");
-                count += 1;
             }
-            ensure!(count == n, "W5 cli: {count} result lines for {n} inputs");
-            rates.push(n as f64 * W5_SIZE as f64 / dt / 1e6);
-            let _ = std::fs::remove_file(output);
-        }
+            let (i, v) = cli_line(line)?;
+            ensure!(i == count, "W5 cli: line {count} is item {i}");
+            let ok = if task == "len" {
+                v.as_u64() == Some(W5_SIZE as u64)
+            } else {
+                // Full comparison of the first and the last echo; the
+                // others by length.
+                let arr = v.as_array().context("echo is not an array")?;
+                if i == 0 || i + 1 == n {
+                    arr.len() == payload.len()
+                        && arr
+                            .iter()
+                            .zip(payload)
+                            .all(|(a, &b)| a.as_u64() == Some(b as u64))
+                } else {
+                    arr.len() == payload.len()
+                }
+            };
+            ensure!(ok, "W5 cli {task}: item {i} is wrong");
+            Ok(())
+        })?;
         Ok(Record::of("W5", metric, &rates, "MB/s", n)
             .with("variant", "cli")
             .with("note", format!("`billiard-host run libbilliard_bytes.so --task {task} --input FILE --workers 2`: {n} lines each holding 1 MiB as a JSON array; wall time of the whole process; MB/s of payload per direction")))
