@@ -131,35 +131,19 @@ fn a_closed_stdout_stops_without_a_summary() {
     let lines: Vec<String> = (0..200_000).map(|i| format!("[{i}]")).collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let input = lines_file(&dir, "in.jsonl", &refs);
-    let mut child = host_command()
-        .args([
-            "run",
-            &plugin_str("math"),
-            "--task",
-            "square",
-            "--input",
-            &input,
-            "-w",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // `| head -1`: read one line, close the pipe.
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
+    let mut cmd = host_command();
+    cmd.args([
+        "run",
+        &plugin_str("math"),
+        "--task",
+        "square",
+        "--input",
+        &input,
+        "-w",
+        "2",
+    ]);
+    let (first, err, status) = head_one(&mut cmd);
     assert_eq!(first.trim(), r#"{"index":0,"ok":0}"#);
-    drop(out);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         !err.contains(" ok"),
@@ -400,10 +384,24 @@ fn a_closed_stdout_of_run_broker_stops_without_a_summary() {
     let lines: Vec<String> = (0..3_000).map(|i| format!("[{i}]")).collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let input = lines_file(&dir, "in.jsonl", &refs);
-    let mut child = host_command()
-        .args([
-            "run", "--broker", &url, "--task", "square", "--input", &input,
-        ])
+    let mut cmd = host_command();
+    cmd.args([
+        "run", "--broker", &url, "--task", "square", "--input", &input,
+    ]);
+    let (first, err, status) = head_one(&mut cmd);
+    assert_eq!(first.trim(), r#"{"index":0,"ok":0}"#);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("jobs:"),
+        "a summary beside exit status 1: {err}"
+    );
+}
+
+/// `cmd | head -1`: spawns it with piped stdout and stderr, reads one
+/// stdout line, closes the pipe, then returns that line, all of stderr and
+/// the exit status.
+fn head_one(cmd: &mut Command) -> (String, String, std::process::ExitStatus) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -411,7 +409,6 @@ fn a_closed_stdout_of_run_broker_stops_without_a_summary() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    assert_eq!(first.trim(), r#"{"index":0,"ok":0}"#);
     drop(out);
     let mut err = String::new();
     child
@@ -420,10 +417,5 @@ fn a_closed_stdout_of_run_broker_stops_without_a_summary() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        !err.contains("jobs:"),
-        "a summary beside exit status 1: {err}"
-    );
+    (first, err, child.wait().unwrap())
 }
