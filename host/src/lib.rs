@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bounds;
 pub mod cases;
 pub mod celery;
 mod error;

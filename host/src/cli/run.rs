@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::Duration;
 
-use billiard_host::{ErrorKind, JobHead, JobSource, Pool, PoolConfig, StartMethod, TaskError};
+use billiard_host::{bounds, ErrorKind, JobHead, JobSource, Pool, PoolConfig, StartMethod, TaskError};
 use clap::ArgGroup;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -195,6 +195,13 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 2s, 1m)"))?;
     if d.is_zero() {
         return Err("must be longer than 0".into());
+    }
+    if d > bounds::MAX_DURATION {
+        return Err(format!(
+            "{} is longer than the longest accepted duration ({})",
+            humantime::format_duration(d),
+            bounds::MAX_DURATION_TEXT
+        ));
     }
     Ok(d)
 }

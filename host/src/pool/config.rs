@@ -150,7 +150,7 @@ impl Limits {
                 "\"{field}\": must be longer than 0 (e.g. \"500ms\", \"2s\")"
             ));
         }
-        Ok(d)
+        crate::bounds::check_duration(&format!("\"{field}\""), d).map_err(|e| e.to_string())
     }
 
     /// These limits, falling back to the pool's where unset.
