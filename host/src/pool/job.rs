@@ -282,41 +282,64 @@ pub struct Dispatch {
     pub delivered: u32,
 }
 
+thread_local! {
+    /// Why the pool died, set on the supervisor thread when it panicked:
+    /// every dispatch dropped on that thread from then on (its queue, its
+    /// in-flight jobs, the commands still in its channel) ends naming the
+    /// panic instead of "dropped when the pool shut down".
+    static LOST_BECAUSE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every dispatch dropped on this thread from now on end with
+/// "job N was lost: `why`" (see [`LOST_BECAUSE`]).
+pub(crate) fn lose_dropped_jobs_because(why: String) {
+    let _ = LOST_BECAUSE.try_with(|c| *c.borrow_mut() = Some(why));
+}
+
 impl Drop for Dispatch {
     /// The last line of "exactly one outcome": a dispatch dropped before
     /// all its outcomes went out (a command still in the channel when the
     /// supervisor stopped, a queue dropped at shutdown) reports the rest as
     /// `terminated`, so no caller ever waits forever.
     fn drop(&mut self) {
-        for i in self.delivered..self.count {
-            let err = TaskError::new(
+        let lost = LOST_BECAUSE.try_with(|c| c.borrow().clone()).ok().flatten();
+        self.fail_rest(|job| {
+            TaskError::new(
                 crate::error::ErrorKind::Terminated,
-                format!(
-                    "job {} was dropped when the pool shut down",
-                    self.first_job.0 + i as u64
-                ),
-            );
-            match &self.reply {
-                Reply::Slot(slot) => {
-                    // The callback is dropped, not run: the pool is going away.
-                    let _ = slot.fill(Err(err));
-                }
-                Reply::Stream { tx, first_index } => {
-                    let first_index = first_index + i as u64;
-                    let count = self.count - i;
-                    let _ = tx.send(ChunkResult {
-                        first_index,
-                        count,
-                        body: ChunkBody::Failed(err),
-                    });
-                    return;
-                }
-            }
-        }
+                match &lost {
+                    Some(why) => format!("job {job} was lost: {why}"),
+                    None => format!("job {job} was dropped when the pool shut down"),
+                },
+            )
+        });
     }
 }
 
 impl Dispatch {
+    /// Ends every item whose outcome has not gone out with `err(job
+    /// number)`: a slot is filled (its callback dropped, not run: the pool
+    /// is going away), a stream gets the rest of the chunk as one failure.
+    pub fn fail_rest(&mut self, err: impl Fn(u64) -> TaskError) {
+        if self.delivered >= self.count {
+            return;
+        }
+        let i = self.delivered;
+        let job = self.first_job.0.saturating_add(u64::from(i));
+        self.delivered = self.count;
+        match &self.reply {
+            Reply::Slot(slot) => {
+                let _ = slot.fill(Err(err(job)));
+            }
+            Reply::Stream { tx, first_index } => {
+                let _ = tx.send(ChunkResult {
+                    first_index: first_index.saturating_add(u64::from(i)),
+                    count: self.count - i,
+                    body: ChunkBody::Failed(err(job)),
+                });
+            }
+        }
+    }
+
     /// The stream index of the first item (0 for slot replies).
     pub fn reply_first_index(&self) -> u64 {
         match &self.reply {

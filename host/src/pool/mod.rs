@@ -24,7 +24,7 @@ pub(crate) mod worker_exe;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -67,13 +67,30 @@ pub enum PoolError {
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// The pool's supervisor thread has exited, so nothing can be sent to it.
+    /// The pool's supervisor thread has ended (the pool was closed and
+    /// drained, or terminated), so nothing can be sent to it.
     #[error("the pool's supervisor is gone")]
     Gone,
-    /// The supervisor thread panicked (a bug); the pool is unusable.
-    #[error("the supervisor thread panicked")]
-    SupervisorPanicked,
+    /// The supervisor thread panicked (a bug), with this message; the pool
+    /// is unusable: every later call fails naming it.
+    #[error("{}", supervisor_panicked(.0))]
+    SupervisorPanicked(String),
 }
+
+/// What a dead pool says, in every error and outcome: the panic's message
+/// and what it means for the caller.
+fn supervisor_panicked(msg: &str) -> String {
+    format!(
+        "the pool's supervisor thread panicked ({msg}); the pool is unusable and must be rebuilt"
+    )
+}
+
+/// The environment variable that, in debug builds only, panics the
+/// supervisor when the job with this number (1 = the first) is submitted:
+/// the test hook that lets end-to-end tests (the CLI, the Celery worker)
+/// see what a dead pool does. Release builds never read it.
+#[doc(hidden)]
+pub const TEST_PANIC_ENV: &str = "BILLIARD_HOST_TEST_PANIC_SUPERVISOR_AT_JOB";
 
 /// Builds a [`Pool`].
 #[derive(Debug, Clone, Default)]
@@ -231,6 +248,11 @@ pub struct Pool {
     next_job: Arc<AtomicU64>,
     closed: AtomicBool,
     cfg: PoolConfig,
+    /// The panic message, set by the supervisor thread as it dies.
+    death: Arc<OnceLock<String>>,
+    /// The job number at which the test hook panics the supervisor
+    /// ([`TEST_PANIC_ENV`]); taken when it fires.
+    test_panic_at: std::sync::Mutex<Option<u64>>,
 }
 
 /// A task resolved to the indices the ABI uses, in the plugin generation
@@ -329,32 +351,57 @@ impl Pool {
         let sup_live = live.clone();
         let sup_cfg = cfg.clone();
         let sink = events::EventSink::new(events);
+        let death = Arc::new(OnceLock::new());
+        let sup_death = death.clone();
         // The supervisor thread starts the zygote itself: the zygote dies
         // with the thread that started it (PR_SET_PDEATHSIG), and that
         // thread lives exactly as long as the pool.
         let thread = std::thread::Builder::new()
             .name("billiard-supervisor".into())
             .spawn(move || {
-                let (mut sup, waker) =
-                    match Supervisor::new(sup_cfg, rx, board, cb_tx, sink, sup_live) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(PoolError::PluginLoad(TaskError::new(
-                                ErrorKind::PluginLoad,
-                                format!("cannot start the supervisor: {e}"),
-                            ))));
-                            return;
+                // The supervisor lives out here, not in the closure that
+                // may panic, so that after a panic it can still be dropped
+                // deliberately: once the panic is recorded (check_alive,
+                // every later call) and named for every job it held.
+                let mut held: Option<Supervisor> = None;
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let (sup, waker) =
+                        match Supervisor::new(sup_cfg, rx, board, cb_tx, sink, sup_live) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(PoolError::PluginLoad(TaskError::new(
+                                    ErrorKind::PluginLoad,
+                                    format!("cannot start the supervisor: {e}"),
+                                ))));
+                                return;
+                            }
+                        };
+                    let sup = held.insert(sup);
+                    match sup.start_zygote(forked) {
+                        Ok(plugins) => {
+                            let _ = ready_tx.send(Ok((plugins, waker)));
+                            sup.run();
                         }
-                    };
-                match sup.start_zygote(forked) {
-                    Ok(plugins) => {
-                        let _ = ready_tx.send(Ok((plugins, waker)));
-                        sup.run();
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
                     }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
+                }));
+                if let Err(payload) = ran {
+                    let msg = panic_message(&*payload);
+                    let _ = sup_death.set(msg.clone());
+                    tracing::error!(
+                        "{}; its pending jobs end with this error",
+                        supervisor_panicked(&msg)
+                    );
+                    // A start that panicked still gets its answer.
+                    let _ = ready_tx.try_send(Err(PoolError::SupervisorPanicked(msg.clone())));
+                    job::lose_dropped_jobs_because(supervisor_panicked(&msg));
                 }
+                // Kills the workers and zygotes and ends every job still
+                // held (queued, in flight, in the command channel); a second
+                // panic there (a broken state) must not hide the first.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(held)));
             })
             .map_err(io("cannot start the supervisor thread"))?;
         let (plugins, waker) = match ready_rx.recv() {
@@ -365,7 +412,9 @@ impl Pool {
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(PoolError::SupervisorPanicked);
+                return Err(PoolError::SupervisorPanicked(
+                    death.get().cloned().unwrap_or_else(|| "no message".into()),
+                ));
             }
         };
         // Jobs name plugins by name: two of one name could never be told
@@ -391,7 +440,48 @@ impl Pool {
             next_job: Arc::new(AtomicU64::new(1)),
             closed: AtomicBool::new(false),
             cfg,
+            death,
+            test_panic_at: std::sync::Mutex::new(test_panic_at()),
         })
+    }
+
+    /// `Ok` while the pool's supervisor thread runs (also while a closed
+    /// pool drains); once it has died, the error that names why
+    /// ([`PoolError::SupervisorPanicked`] with the panic message), and
+    /// [`PoolError::Gone`] once it has ended after [`Pool::close`] and the
+    /// drain, or [`Pool::terminate_now`]. A service that feeds the pool
+    /// (the Celery worker) asks this before taking more work, so a dead
+    /// pool never keeps consuming.
+    pub fn check_alive(&self) -> Result<(), PoolError> {
+        if let Some(msg) = self.death.get() {
+            return Err(PoolError::SupervisorPanicked(msg.clone()));
+        }
+        match &self.thread {
+            Some(t) if !t.is_finished() => Ok(()),
+            // Finished: a panic records its message before the thread ends,
+            // so look again (the thread may have ended since the first look).
+            _ => match self.death.get() {
+                Some(msg) => Err(PoolError::SupervisorPanicked(msg.clone())),
+                None => Err(PoolError::Gone),
+            },
+        }
+    }
+
+    /// Panics the supervisor thread with `msg`: the test hook that proves a
+    /// dead supervisor is reported ([`Pool::check_alive`], every call, every
+    /// pending job). Never call it otherwise: the pool becomes unusable.
+    #[doc(hidden)]
+    pub fn __test_panic_supervisor(&self, msg: &str) -> Result<(), TaskError> {
+        self.send(Cmd::TestPanic(msg.to_string()))
+    }
+
+    /// Why calls fail once the supervisor cannot be reached: its panic if
+    /// it died, else "the pool has shut down".
+    fn unreachable(&self) -> TaskError {
+        match self.death.get() {
+            Some(msg) => TaskError::new(ErrorKind::Terminated, supervisor_panicked(msg)),
+            None => gone(),
+        }
     }
 
     /// The plugins of the live generation (what the newest zygote loaded;
@@ -503,7 +593,25 @@ impl Pool {
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), TaskError> {
-        self.tx.send(cmd).map_err(|_| gone())?;
+        if let Some(msg) = self.death.get() {
+            return Err(TaskError::new(
+                ErrorKind::Terminated,
+                supervisor_panicked(msg),
+            ));
+        }
+        if let Err(crossbeam_channel::SendError(cmd)) = self.tx.send(cmd) {
+            let err = self.unreachable();
+            // Jobs that never reached the supervisor end with the same
+            // reason (a stream shows it for its items), not "dropped".
+            if let Cmd::Submit(ds) = cmd {
+                for mut d in ds {
+                    d.fail_rest(|job| {
+                        TaskError::new(err.kind, format!("job {job} was not run: {}", err.message))
+                    });
+                }
+            }
+            return Err(err);
+        }
         self.waker.wake().map_err(|e| {
             TaskError::new(
                 ErrorKind::Terminated,
@@ -519,7 +627,22 @@ impl Pool {
                 "the pool is closed; no new jobs are accepted",
             ));
         }
+        self.maybe_test_panic(&ds)?;
         self.send(Cmd::Submit(ds))
+    }
+
+    /// The [`TEST_PANIC_ENV`] hook: panics the supervisor (once) just
+    /// before the submission that holds the job of that number.
+    fn maybe_test_panic(&self, ds: &[Dispatch]) -> Result<(), TaskError> {
+        let mut at = self.test_panic_at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = *at {
+            if ds.iter().any(|d| d.contains(JobId(n))) {
+                *at = None;
+                drop(at);
+                return self.send(Cmd::TestPanic(format!("test hook: {TEST_PANIC_ENV}={n}")));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn job_ids(&self, n: u32) -> JobId {
@@ -872,7 +995,7 @@ impl Pool {
     pub fn terminate_job(&self, id: JobId) -> Result<bool, TaskError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Cmd::TerminateJob(id, tx))?;
-        rx.recv().map_err(|_| gone())
+        rx.recv().map_err(|_| self.unreachable())
     }
 
     /// Adds `n` workers.
@@ -896,7 +1019,7 @@ impl Pool {
     pub fn restart(&self) -> Result<(), TaskError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Cmd::Restart(Some(tx)))?;
-        rx.recv().map_err(|_| gone())?
+        rx.recv().map_err(|_| self.unreachable())?
     }
 
     /// Starts a rolling restart and returns at once (see [`Pool::restart`]);
@@ -910,7 +1033,7 @@ impl Pool {
     pub fn stats(&self) -> Result<Stats, TaskError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Cmd::Stats(tx))?;
-        rx.recv().map_err(|_| gone())
+        rx.recv().map_err(|_| self.unreachable())
     }
 
     /// No new jobs; the ones submitted still run. `join` waits for them.
@@ -947,8 +1070,11 @@ impl Pool {
     fn wait_threads(&mut self) -> Result<(), PoolError> {
         let mut res = Ok(());
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                res = Err(PoolError::SupervisorPanicked);
+            let joined = t.join();
+            if let Some(msg) = self.death.get() {
+                res = Err(PoolError::SupervisorPanicked(msg.clone()));
+            } else if let Err(payload) = joined {
+                res = Err(PoolError::SupervisorPanicked(panic_message(&*payload)));
             }
         }
         if let Some(t) = self.callback_thread.take() {
@@ -976,6 +1102,25 @@ fn duplicate_plugin(plugins: &[PluginInfo]) -> Option<(usize, usize)> {
             .position(|q| q.name == p.name)
             .map(|a| (a, b))
     })
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// [`TEST_PANIC_ENV`] in debug builds.
+fn test_panic_at() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var(TEST_PANIC_ENV).ok()?.trim().parse().ok()
 }
 
 fn gone() -> TaskError {
@@ -1166,10 +1311,12 @@ fn fork_zygote(
     let (_out_r, out_w) = sys::pipe().map_err(io("pipe"))?;
     match sys::fork_single_threaded().map_err(|e| PoolError::Config(e.to_string()))? {
         sys::Forked::Child => {
-            // The zygote: a copy of this (single-threaded) process.
+            // The zygote: a copy of this (single-threaded) process, in a
+            // session of its own (no terminal for its workers, C2).
             if sys::setup_worker_process(
                 &[theirs.as_raw_fd(), board.fd().as_raw_fd()],
                 out_w.as_raw_fd(),
+                sys::Lead::Session,
             )
             .is_err()
                 || sys::die_with_parent_by(sys::ZYGOTE_DEATH_SIGNAL).is_err()

@@ -53,6 +53,9 @@ pub enum Cmd {
     /// Stop now: kill workers, every unfinished job gets `terminated`.
     Terminate,
     Stats(Sender<Stats>),
+    /// Panics the supervisor thread with this message: the test hook of the
+    /// pool's defence against its own death (`Pool::check_alive`).
+    TestPanic(String),
 }
 
 /// Callbacks to run off the supervisor thread.
@@ -707,8 +710,10 @@ impl Supervisor {
     }
 
     /// The event loop. Returns when the pool is closed and drained, or
-    /// terminated.
-    pub fn run(mut self) {
+    /// terminated. Borrows the supervisor so that, if it panics, the
+    /// caller still holds it and can name the panic in every pending job's
+    /// outcome before dropping it (`Pool::start`).
+    pub fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         loop {
             self.ensure_workers();
@@ -811,6 +816,7 @@ impl Supervisor {
                 Cmd::Stats(reply) => {
                     let _ = reply.send(self.snapshot());
                 }
+                Cmd::TestPanic(msg) => panic!("{msg}"),
             }
         }
     }
