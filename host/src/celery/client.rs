@@ -28,10 +28,11 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::protocol::{self, ExcInfo, NewTask, ResultMeta, State, TimeLimit};
+use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
 
 /// Why a client call failed.
@@ -70,6 +71,10 @@ pub enum ClientError {
         /// What is wrong with the stored value.
         reason: String,
     },
+    /// A send option is out of range (a countdown, expiry or limit longer
+    /// than `bounds::MAX_DURATION`): nothing was sent.
+    #[error("{0}")]
+    Option(String),
     /// The task ran and failed (or was revoked): its kind and message.
     #[error("task {id} failed: {error}")]
     Task {
@@ -105,8 +110,16 @@ pub struct SendOptions {
 }
 
 impl SendOptions {
-    /// The message for `task(*args, **kwargs)` with these options.
-    pub fn message(&self, task: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> NewTask {
+    /// The message for `task(*args, **kwargs)` with these options, or
+    /// [`ClientError::Option`] naming a duration longer than
+    /// `bounds::MAX_DURATION` (C9: such a countdown used to panic in
+    /// `DateTime + TimeDelta`, or be dropped and run at once).
+    pub fn message(
+        &self,
+        task: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<NewTask> {
         let mut t = NewTask::new(task, args);
         t.kwargs = kwargs;
         if let Some(q) = &self.queue {
@@ -114,18 +127,32 @@ impl SendOptions {
         }
         t.priority = self.priority.min(9);
         let now = Utc::now();
-        let later = |d: Duration| chrono::Duration::from_std(d).ok().map(|d| now + d);
-        t.eta = self.countdown.and_then(later);
-        t.expires = self.expires.and_then(later);
+        let later = |what: &str, d: Option<Duration>| -> Result<Option<DateTime<Utc>>> {
+            let Some(d) = d else { return Ok(None) };
+            let d =
+                bounds::check_duration(what, d).map_err(|e| ClientError::Option(e.to_string()))?;
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .map(Some)
+                .ok_or_else(|| ClientError::Option(format!("{what}: the time is out of range")))
+        };
+        t.eta = later("countdown", self.countdown)?;
+        t.expires = later("expires", self.expires)?;
+        let secs = |what: &str, d: Option<Duration>| -> Result<Option<f64>> {
+            d.map(|d| bounds::check_duration(what, d).map(|d| d.as_secs_f64()))
+                .transpose()
+                .map_err(|e| ClientError::Option(e.to_string()))
+        };
         t.timelimit = TimeLimit {
-            hard: self.time_limit.map(|d| d.as_secs_f64()),
-            soft: self.soft_time_limit.map(|d| d.as_secs_f64()),
+            hard: secs("time_limit", self.time_limit)?,
+            soft: secs("soft_time_limit", self.soft_time_limit)?,
         };
         if let Some(id) = &self.task_id {
             t.id = id.clone();
         }
         t.ignore_result = self.ignore_result;
-        t
+        Ok(t)
     }
 }
 
@@ -202,7 +229,7 @@ impl Endpoint {
         mut f: impl FnMut(&mut redis::Connection, bool) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let deadline = Instant::now() + self.timeouts.retry_for;
+        let deadline = bounds::deadline(Instant::now(), self.timeouts.retry_for);
         let mut backoff = Duration::from_millis(50);
         loop {
             let fresh = guard.is_none();
@@ -215,11 +242,9 @@ impl Endpoint {
             };
             match attempt {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e) && Instant::now() < deadline => {
+                Err(e) if retryable(&e) && !time_left(deadline).is_zero() => {
                     *guard = None;
-                    std::thread::sleep(
-                        backoff.min(deadline.saturating_duration_since(Instant::now())),
-                    );
+                    std::thread::sleep(backoff.min(time_left(deadline)));
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
@@ -230,6 +255,16 @@ impl Endpoint {
                 }
             }
         }
+    }
+}
+
+/// The time left until `deadline`; `None` (a wait past the clock's range,
+/// e.g. `Duration::MAX`: no deadline) gives hour-long slices for ever,
+/// never the panicking `Instant + Duration::MAX` (C12).
+fn time_left(deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()),
+        None => Duration::from_secs(3600),
     }
 }
 
@@ -288,7 +323,7 @@ impl Client {
         kwargs: Map<String, Value>,
         options: &SendOptions,
     ) -> Result<ResultHandle> {
-        let mut msg = options.message(task, args, kwargs);
+        let mut msg = options.message(task, args, kwargs)?;
         self.send(&mut msg)?;
         Ok(self.result(&msg.id))
     }
@@ -430,12 +465,10 @@ impl ResultHandle {
         let mut w = Waiter::new(&self.backend_url, self.timeouts)?;
         w.watch(std::iter::once(self.id.clone()))?;
         w.check_stored()?;
-        let deadline = limit.map(|l| Instant::now() + l);
+        // A limit past the clock's range (Duration::MAX) is no limit.
+        let deadline = limit.and_then(|l| bounds::deadline(Instant::now(), l));
         loop {
-            let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(3600),
-            };
+            let slice = time_left(deadline);
             if slice.is_zero() {
                 return Err(ClientError::Timeout {
                     id: self.id.clone(),
@@ -621,9 +654,9 @@ impl Waiter {
         conn.send(&args)?;
         let want: HashSet<&str> = keys.iter().map(String::as_str).collect();
         let mut confirmed = 0;
-        let deadline = Instant::now() + self.timeouts.io;
+        let deadline = bounds::deadline(Instant::now(), self.timeouts.io);
         while confirmed < want.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = time_left(deadline);
             match conn.read_push(left.max(Duration::from_millis(1)))? {
                 Some(sub::Push::Subscribed(ch)) if want.contains(ch.as_str()) => confirmed += 1,
                 Some(sub::Push::Message(ch, payload)) => self.on_message(&ch, &payload),
@@ -659,16 +692,14 @@ impl Waiter {
     /// `retry_for`), subscribes to every watched channel, then checks the
     /// stored results (results published while disconnected are there).
     fn reconnect(&mut self) -> Result<()> {
-        let deadline = Instant::now() + self.timeouts.retry_for;
+        let deadline = bounds::deadline(Instant::now(), self.timeouts.retry_for);
         let mut backoff = Duration::from_millis(50);
         loop {
             self.sub = None;
             match self.open_and_subscribe() {
                 Ok(()) => return self.check_stored(),
-                Err(e) if sub::retryable(&e) && Instant::now() < deadline => {
-                    std::thread::sleep(
-                        backoff.min(deadline.saturating_duration_since(Instant::now())),
-                    );
+                Err(e) if sub::retryable(&e) && !time_left(deadline).is_zero() => {
+                    std::thread::sleep(backoff.min(time_left(deadline)));
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
@@ -713,7 +744,7 @@ impl Waiter {
     /// The next finished result among the watched tasks, waiting at most
     /// `limit`; `None` when none finished in time (or none is watched).
     pub fn next(&mut self, limit: Duration) -> Result<Option<(String, ResultMeta)>> {
-        let deadline = Instant::now() + limit;
+        let deadline = bounds::deadline(Instant::now(), limit);
         loop {
             if let Some((id, meta)) = self.ready.pop_front() {
                 self.unsubscribe.push(protocol::result_key(&id));
@@ -729,10 +760,11 @@ impl Waiter {
                 self.reconnect()?;
                 continue;
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            match conn.read_push(left) {
+            match conn.read_push(time_left(deadline)) {
                 Ok(Some(sub::Push::Message(ch, payload))) => self.on_message(&ch, &payload),
                 Ok(Some(_)) => {}
+                // No deadline (a limit past the clock's range): wait on.
+                Ok(None) if deadline.is_none() => {}
                 Ok(None) => return Ok(None),
                 Err(e) if sub::retryable(&e) => self.reconnect()?,
                 Err(e) => return Err(self.err(e)),
@@ -1064,7 +1096,7 @@ mod sub {
         /// The next whole frame, waiting at most `limit`; `None` on timeout
         /// (a partial frame stays buffered).
         fn read_frame(&mut self, limit: Duration) -> std::io::Result<Option<Frame>> {
-            let deadline = Instant::now() + limit;
+            let deadline = crate::bounds::deadline(Instant::now(), limit);
             loop {
                 if let Some((frame, end)) = parse(&self.buf[self.pos..])? {
                     self.pos += end;
@@ -1074,7 +1106,7 @@ mod sub {
                     }
                     return Ok(Some(frame));
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = super::time_left(deadline);
                 if left.is_zero() {
                     return Ok(None);
                 }
@@ -1210,7 +1242,9 @@ mod tests {
             task_id: Some("my-id".into()),
             ignore_result: false,
         };
-        let mut m = opts.message("math.square", vec![Value::from(3)], Map::new());
+        let mut m = opts
+            .message("math.square", vec![Value::from(3)], Map::new())
+            .unwrap();
         let (env, key) = m.envelope();
         assert_eq!(key, "q\x06\x169");
         assert_eq!(env.headers.id.as_deref(), Some("my-id"));

@@ -14,11 +14,15 @@
 //! never decoded: [`Envelope::body`] refuses them before touching the
 //! payload.
 
+use std::collections::HashMap;
+
 use base64::Engine as _;
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::bounds;
 use crate::error::ErrorKind;
 
 /// The only content type this host decodes.
@@ -54,6 +58,20 @@ pub enum ProtocolError {
     /// The body is not `[args, kwargs, embed]` in JSON.
     #[error("malformed message body: {0}")]
     Body(String),
+    /// A header (or property, or envelope field) this host honours has a
+    /// value it cannot honour: the message is answered with a FAILURE
+    /// naming it ([`Exception::invalid`]), never run without it.
+    #[error("{place} {name:?}: {value} {why}")]
+    Header {
+        /// `header`, `property` or `field` (of the envelope).
+        place: &'static str,
+        /// Its name (`timelimit`, `eta`, ...).
+        name: String,
+        /// The value as the message carries it (JSON text, shortened).
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// The Redis list that holds `queue`'s messages of `priority` (kombu's
@@ -86,17 +104,17 @@ pub fn result_key(id: &str) -> String {
 }
 
 /// The message as kombu stores it in a Redis list (one JSON string).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Envelope {
     /// The encoded body: base64 (per `properties.body_encoding`) of the
     /// serialized `[args, kwargs, embed]`.
     pub body: String,
     /// The body's character encoding (`content-encoding`); `utf-8` when absent.
-    #[serde(rename = "content-encoding", default = "utf8")]
+    #[serde(rename = "content-encoding")]
     pub content_encoding: String,
     /// The MIME type of the serialized body (`content-type`); only
     /// [`CONTENT_TYPE_JSON`] is ever decoded.
-    #[serde(rename = "content-type", default)]
+    #[serde(rename = "content-type")]
     pub content_type: String,
     /// The Celery protocol v2 headers.
     pub headers: Headers,
@@ -111,72 +129,53 @@ fn utf8() -> String {
 /// Celery protocol v2 headers (`celery/app/amqp.py`, `as_task_v2`). Fields
 /// this host does not read are kept in `extra` so a message passes through
 /// unchanged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Headers {
     /// The producer's language (`py` for Celery's clients).
-    #[serde(default = "py")]
     pub lang: String,
     /// The task name; its presence marks protocol v2.
-    #[serde(default)]
     pub task: Option<String>,
     /// The task id (also the result key).
-    #[serde(default)]
     pub id: Option<String>,
     /// A name to show instead of `task` in logs (Celery's `shadow`); not
     /// used to find the task.
-    #[serde(default)]
     pub shadow: Option<String>,
     /// Run no earlier than this (ISO 8601); countdowns arrive as an eta.
-    #[serde(default)]
     pub eta: Option<String>,
     /// Revoke (REVOKED, "expired") if not started by then (ISO 8601).
-    #[serde(default)]
     pub expires: Option<String>,
     /// The id of the group this task is part of, if any.
-    #[serde(default)]
     pub group: Option<String>,
     /// The task's position in its group.
-    #[serde(default)]
     pub group_index: Option<i64>,
     /// How many times the task was retried before this delivery (0 the
     /// first time).
-    #[serde(default)]
     pub retries: i64,
     /// `[hard, soft]` in seconds, either may be null. (The protocol page
     /// says soft first; Celery's code and workers use hard first.)
-    #[serde(default)]
     pub timelimit: TimeLimit,
     /// The id of the first task of the workflow (chain, group, ...) this
     /// task belongs to.
-    #[serde(default)]
     pub root_id: Option<String>,
     /// The id of the task that sent this one, if any.
-    #[serde(default)]
     pub parent_id: Option<String>,
     /// A printable form of the positional arguments, for logs and monitors.
-    #[serde(default)]
     pub argsrepr: Option<String>,
     /// A printable form of the keyword arguments, for logs and monitors.
-    #[serde(default)]
     pub kwargsrepr: Option<String>,
     /// Who sent the message (`pid@host`).
-    #[serde(default)]
     pub origin: Option<String>,
     /// Store no result (null means the worker's default: store).
-    #[serde(default)]
     pub ignore_result: Option<bool>,
     /// How many times the task was replaced (`Task.replace`) on the way here.
-    #[serde(default)]
     pub replaced_task_nesting: i64,
     /// The names of the headers set through Celery's stamping API (passed
     /// through as they come).
-    #[serde(default)]
     pub stamped_headers: Option<Value>,
     /// The stamps of Celery's stamping API (passed through as they come).
-    #[serde(default)]
     pub stamps: Option<Value>,
     /// Set by a restore (kombu's `_do_restore_message`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redelivered: Option<bool>,
     /// Headers this host does not interpret.
     #[serde(flatten)]
@@ -202,53 +201,29 @@ impl Serialize for TimeLimit {
     }
 }
 
-impl<'de> Deserialize<'de> for TimeLimit {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // `[hard, soft]`, `[hard]`, `[]` or null; anything that is not a
-        // positive number counts as unset.
-        let v = Option::<Vec<Value>>::deserialize(d)?.unwrap_or_default();
-        let at = |i: usize| {
-            v.get(i)
-                .and_then(Value::as_f64)
-                .filter(|x| x.is_finite() && *x > 0.0)
-        };
-        Ok(TimeLimit {
-            hard: at(0),
-            soft: at(1),
-        })
-    }
-}
-
 /// kombu's message properties.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Properties {
     /// The task id again (Celery's producers set it to the id); read when
     /// the `id` header is missing.
-    #[serde(default)]
     pub correlation_id: Option<String>,
     /// The name of the producer's reply queue (a uuid4 from Celery's clients);
     /// results go to the result backend, not there.
-    #[serde(default)]
     pub reply_to: Option<String>,
     /// 2: persistent (kombu's default), 1: transient. Redis keeps both alike.
-    #[serde(default = "persistent")]
     pub delivery_mode: u8,
     /// The message's time to live in milliseconds (set with `expires`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration: Option<String>,
     /// Where the producer sent the message.
-    #[serde(default)]
     pub delivery_info: DeliveryInfo,
     /// 0-9; on Redis lower lists are popped first.
-    #[serde(default)]
     pub priority: Option<i64>,
     /// How `body` is encoded: `base64` (Celery's default); any other value
     /// means the body is the serialized text itself.
-    #[serde(default = "base64_name")]
     pub body_encoding: String,
     /// The message's tag in `unacked` / `unacked_index` (a uuid4 set by the
     /// producer's kombu).
-    #[serde(default)]
     pub delivery_tag: Option<String>,
     /// Properties this host does not interpret.
     #[serde(flatten)]
@@ -355,11 +330,470 @@ pub struct Signature {
     pub extra: Map<String, Value>,
 }
 
+/// One list element as the worker reads it: the task id first, then
+/// everything else, leniently where Celery and kombu are lenient and with
+/// the first value this host cannot honour named in `refused`.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The task id: the `id` header, else `properties.correlation_id`,
+    /// else the `id` of a protocol v1 body. `None`: nothing to answer to.
+    pub id: Option<String>,
+    /// What could be read; a refused value is left at its default.
+    pub envelope: Envelope,
+    /// The parsed `eta` header (valid and at most [`bounds::MAX_DURATION`]
+    /// away), if any.
+    pub eta: Option<DateTime<Utc>>,
+    /// The parsed `expires` header, if any.
+    pub expires: Option<DateTime<Utc>>,
+    /// The first header this host cannot honour: the message must be
+    /// answered with a FAILURE naming it, not run.
+    pub refused: Option<ProtocolError>,
+}
+
+/// A JSON value kept as its text: reading it never builds a tree, so a
+/// header nested thousands deep costs nothing and cannot hide the id.
+type Raw = Box<RawValue>;
+type RawMap = HashMap<String, Raw>;
+
+/// Longest value text a refusal quotes.
+const SHOW_MAX: usize = 120;
+
+/// The JSON text of `v` for a message, shortened, with the non-finite
+/// numbers Python's `json` writes shown as written.
+fn show(v: &RawValue) -> String {
+    let mut t = v.get().to_string();
+    for (marker, token) in NON_FINITE {
+        if t.contains(marker) {
+            t = t.replace(&format!("\"{marker}\""), token);
+        }
+    }
+    if t.len() > SHOW_MAX {
+        let mut cut = SHOW_MAX;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+        t.push_str("...");
+    }
+    t
+}
+
+/// Python's `json.dumps` writes `NaN`, `Infinity` and `-Infinity` (e.g.
+/// `send_task(..., time_limit=float("inf"))`), which JSON has not: they are
+/// read as these marker strings so the id stays readable and the header
+/// is refused by name.
+const NON_FINITE: [(&str, &str); 3] = [
+    ("\\u0000-Infinity", "-Infinity"),
+    ("\\u0000Infinity", "Infinity"),
+    ("\\u0000NaN", "NaN"),
+];
+
+/// `raw` with every `NaN`, `Infinity` and `-Infinity` outside strings
+/// replaced by its marker string; `None` when there is none.
+fn mark_non_finite(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    let (mut in_str, mut esc, mut found) = (false, false, false);
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+        } else if b == b'"' {
+            in_str = true;
+        } else {
+            let rest = &raw[i..];
+            let hit = [
+                (&b"-Infinity"[..], &br#""\u0000-Infinity""#[..]),
+                (&b"Infinity"[..], &br#""\u0000Infinity""#[..]),
+                (&b"NaN"[..], &br#""\u0000NaN""#[..]),
+            ]
+            .into_iter()
+            .find(|(token, _)| rest.starts_with(token));
+            if let Some((token, marker)) = hit {
+                out.extend_from_slice(marker);
+                i += token.len();
+                found = true;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    found.then_some(out)
+}
+
+fn is_null(v: &RawValue) -> bool {
+    v.get() == "null"
+}
+
+fn string_of(v: &RawValue) -> Option<String> {
+    serde_json::from_str(v.get()).ok()
+}
+
+fn int_of(v: &RawValue) -> Option<i64> {
+    serde_json::from_str(v.get()).ok()
+}
+
+fn map_of(v: &RawValue) -> Option<RawMap> {
+    serde_json::from_str(v.get()).ok()
+}
+
+/// A JSON value as a tree, or `None` when it is nested deeper than
+/// serde_json builds trees (128 levels).
+fn value_of(v: &RawValue) -> Option<Value> {
+    serde_json::from_str(v.get()).ok()
+}
+
+/// kombu's reading of a message's priority (`_get_message_priority`:
+/// Python's `int()` of it, clamped to 0-9; what `int()` refuses is 0).
+pub fn kombu_priority(v: &Value) -> u8 {
+    let p = match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|x| x.is_finite())
+                .map(|x| x.trunc() as i64)
+        }),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        Value::Bool(b) => Some(i64::from(*b)),
+        _ => None,
+    };
+    p.unwrap_or(0).clamp(0, 9) as u8
+}
+
+/// Reads the `timelimit` header as Celery's worker uses it: null or `[]`
+/// (no limits), `[hard]` or `[hard, soft]`, each a number of seconds or
+/// null; 0 means "not set" (Celery's `time_limit or default`). Anything
+/// else, a negative number or one beyond [`bounds::MAX_DURATION`] is the
+/// reason it is refused.
+fn read_timelimit(v: &RawValue) -> Result<TimeLimit, String> {
+    if is_null(v) {
+        return Ok(TimeLimit::default());
+    }
+    let Ok(items) = serde_json::from_str::<Vec<Raw>>(v.get()) else {
+        return Err("is not a list [hard, soft] of numbers of seconds or nulls".into());
+    };
+    if items.len() > 2 {
+        return Err("has more than two elements (it is [hard, soft])".into());
+    }
+    let mut secs = [None, None];
+    for (slot, item) in secs.iter_mut().zip(&items) {
+        if is_null(item) {
+            continue;
+        }
+        let Ok(x) = serde_json::from_str::<f64>(item.get()) else {
+            return Err(format!(
+                "holds {} which is not a number or null",
+                show(item)
+            ));
+        };
+        if x < 0.0 {
+            return Err(format!("holds {} which is negative", show(item)));
+        }
+        if x > bounds::MAX_DURATION.as_secs_f64() {
+            return Err(format!(
+                "holds {} which is longer than the longest accepted duration ({})",
+                show(item),
+                bounds::MAX_DURATION_TEXT
+            ));
+        }
+        *slot = (x > 0.0).then_some(x);
+    }
+    Ok(TimeLimit {
+        hard: secs[0],
+        soft: secs[1],
+    })
+}
+
+/// Collects what a message holds and the first value it cannot honour.
+struct Reading {
+    refused: Option<ProtocolError>,
+}
+
+impl Reading {
+    fn refuse(&mut self, place: &'static str, name: &str, v: &RawValue, why: impl Into<String>) {
+        if self.refused.is_none() {
+            self.refused = Some(ProtocolError::Header {
+                place,
+                name: name.to_string(),
+                value: show(v),
+                why: why.into(),
+            });
+        }
+    }
+
+    /// An optional string header: null is `None`, anything but a string
+    /// is refused.
+    fn opt_string(&mut self, m: &RawMap, name: &str) -> Option<String> {
+        let v = m.get(name).filter(|v| !is_null(v))?;
+        let s = string_of(v);
+        if s.is_none() {
+            self.refuse("header", name, v, "is not a string or null");
+        }
+        s
+    }
+
+    /// `eta` / `expires`: null or "" is none; a string Celery's
+    /// `maybe_iso8601` reads is a time; anything else is refused (Celery
+    /// raises `InvalidTaskError` for it).
+    fn time(&mut self, m: &RawMap, name: &str) -> (Option<String>, Option<DateTime<Utc>>) {
+        let Some(v) = m.get(name).filter(|v| !is_null(v)) else {
+            return (None, None);
+        };
+        match string_of(v) {
+            Some(s) if s.is_empty() => (None, None),
+            Some(s) => match parse_time(&s) {
+                Some(t) => (Some(s), Some(t)),
+                None => {
+                    self.refuse("header", name, v, "is not an ISO 8601 date and time");
+                    (None, None)
+                }
+            },
+            None => {
+                self.refuse(
+                    "header",
+                    name,
+                    v,
+                    "is not an ISO 8601 date and time string or null",
+                );
+                (None, None)
+            }
+        }
+    }
+}
+
 impl Envelope {
-    /// Parses one list element. Only a JSON object with `headers` and
-    /// `properties` passes; the body is not looked at.
+    /// Reads one list element: the task id first (it is all a refusal
+    /// needs), then every field, tolerating what Celery's worker and kombu
+    /// tolerate (`retries: null`, `priority: "5"`, `lang: null`, odd
+    /// `stamps` at any depth, ...). `Err` only when no task id can be read
+    /// at all: the element is not a JSON object, or carries no id.
+    pub fn read(raw: &[u8]) -> Result<Received, ProtocolError> {
+        let top: RawMap = match serde_json::from_slice(raw) {
+            Ok(m) => m,
+            Err(e) => match mark_non_finite(raw) {
+                Some(marked) => serde_json::from_slice(&marked)
+                    .map_err(|_| ProtocolError::Envelope(e.to_string()))?,
+                None => return Err(ProtocolError::Envelope(e.to_string())),
+            },
+        };
+        let mut r = Reading { refused: None };
+        let part = |r: &mut Reading, name: &str| -> RawMap {
+            match top.get(name).filter(|v| !is_null(v)) {
+                None => RawMap::new(),
+                Some(v) => map_of(v).unwrap_or_else(|| {
+                    r.refuse("field", name, v, "is not an object");
+                    RawMap::new()
+                }),
+            }
+        };
+        let h = part(&mut r, "headers");
+        let p = part(&mut r, "properties");
+
+        // The id, first.
+        let header_id = h
+            .get("id")
+            .and_then(|v| string_of(v))
+            .filter(|s| !s.is_empty());
+        let correlation_id = p
+            .get("correlation_id")
+            .and_then(|v| string_of(v))
+            .filter(|s| !s.is_empty());
+        let id = header_id
+            .clone()
+            .or_else(|| correlation_id.clone())
+            .or_else(|| v1_id(&top, &p));
+        if header_id.is_none() {
+            if let Some(v) = h.get("id").filter(|v| !is_null(v)) {
+                r.refuse("header", "id", v, "is not a string");
+            }
+        }
+
+        // Properties: kombu reads only the priority and the body encoding
+        // here, and tolerates any priority.
+        let body_encoding = match p.get("body_encoding").filter(|v| !is_null(v)) {
+            None => base64_name(),
+            Some(v) => string_of(v).unwrap_or_else(|| {
+                r.refuse("property", "body_encoding", v, "is not a string");
+                base64_name()
+            }),
+        };
+        let known_props = [
+            "correlation_id",
+            "reply_to",
+            "delivery_mode",
+            "expiration",
+            "delivery_info",
+            "priority",
+            "body_encoding",
+            "delivery_tag",
+        ];
+        let properties = Properties {
+            correlation_id,
+            reply_to: p.get("reply_to").and_then(|v| string_of(v)),
+            delivery_mode: p
+                .get("delivery_mode")
+                .and_then(|v| int_of(v))
+                .and_then(|m| u8::try_from(m).ok())
+                .unwrap_or_else(persistent),
+            expiration: p.get("expiration").and_then(|v| string_of(v)),
+            delivery_info: p
+                .get("delivery_info")
+                .and_then(|v| serde_json::from_str(v.get()).ok())
+                .unwrap_or_default(),
+            priority: p
+                .get("priority")
+                .map(|v| i64::from(kombu_priority(&value_of(v).unwrap_or(Value::Null)))),
+            body_encoding,
+            delivery_tag: p.get("delivery_tag").and_then(|v| string_of(v)),
+            extra: extra_of(&p, &known_props),
+        };
+
+        // Headers. What this host honours is checked; what it only
+        // carries (retries, lang, group_index, stamps, ...) is kept when it
+        // has the expected shape and otherwise left out, as Celery's
+        // worker carries any value through without looking at it.
+        let task = h.get("task").filter(|v| !is_null(v)).map(|v| {
+            // Celery looks any value up in its registry: a name that is
+            // not a string is simply not registered.
+            string_of(v).unwrap_or_else(|| v.get().to_string())
+        });
+        let (eta_text, eta) = r.time(&h, "eta");
+        let eta = match (eta, h.get("eta")) {
+            (Some(t), Some(v)) if beyond_bound(t) => {
+                r.refuse(
+                    "header",
+                    "eta",
+                    v,
+                    format!(
+                        "is more than the longest accepted delay ({}) from now",
+                        bounds::MAX_DURATION_TEXT
+                    ),
+                );
+                None
+            }
+            (t, _) => t,
+        };
+        let (expires_text, expires) = r.time(&h, "expires");
+        let timelimit = match h.get("timelimit") {
+            None => TimeLimit::default(),
+            Some(v) => read_timelimit(v).unwrap_or_else(|why| {
+                r.refuse("header", "timelimit", v, why);
+                TimeLimit::default()
+            }),
+        };
+        let ignore_result = match h.get("ignore_result").filter(|v| !is_null(v)) {
+            None => None,
+            Some(v) => match serde_json::from_str::<bool>(v.get()) {
+                Ok(b) => Some(b),
+                Err(_) => {
+                    r.refuse("header", "ignore_result", v, "is not true, false or null");
+                    None
+                }
+            },
+        };
+        let known_headers = [
+            "lang",
+            "task",
+            "id",
+            "shadow",
+            "eta",
+            "expires",
+            "group",
+            "group_index",
+            "retries",
+            "timelimit",
+            "root_id",
+            "parent_id",
+            "argsrepr",
+            "kwargsrepr",
+            "origin",
+            "ignore_result",
+            "replaced_task_nesting",
+            "stamped_headers",
+            "stamps",
+            "redelivered",
+        ];
+        let headers = Headers {
+            lang: h.get("lang").and_then(|v| string_of(v)).unwrap_or_else(py),
+            task,
+            id: header_id,
+            shadow: h.get("shadow").and_then(|v| string_of(v)),
+            eta: eta.and(eta_text),
+            expires: expires_text,
+            group: r.opt_string(&h, "group"),
+            group_index: h.get("group_index").and_then(|v| int_of(v)),
+            retries: h.get("retries").and_then(|v| int_of(v)).unwrap_or(0),
+            timelimit,
+            root_id: r.opt_string(&h, "root_id"),
+            parent_id: r.opt_string(&h, "parent_id"),
+            argsrepr: h.get("argsrepr").and_then(|v| string_of(v)),
+            kwargsrepr: h.get("kwargsrepr").and_then(|v| string_of(v)),
+            origin: h.get("origin").and_then(|v| string_of(v)),
+            ignore_result,
+            replaced_task_nesting: h
+                .get("replaced_task_nesting")
+                .and_then(|v| int_of(v))
+                .unwrap_or(0),
+            stamped_headers: h
+                .get("stamped_headers")
+                .filter(|v| !is_null(v))
+                .and_then(|v| value_of(v)),
+            stamps: h
+                .get("stamps")
+                .filter(|v| !is_null(v))
+                .and_then(|v| value_of(v)),
+            redelivered: h
+                .get("redelivered")
+                .and_then(|v| serde_json::from_str(v.get()).ok()),
+            extra: extra_of(&h, &known_headers),
+        };
+
+        // The envelope's own fields.
+        let body = match top.get("body") {
+            None => String::new(),
+            Some(v) => string_of(v).unwrap_or_else(|| {
+                r.refuse("field", "body", v, "is not a string");
+                String::new()
+            }),
+        };
+        let content_type = match top.get("content-type").filter(|v| !is_null(v)) {
+            None => String::new(),
+            // Not a string: never decoded (ContentDisallowed names it).
+            Some(v) => string_of(v).unwrap_or_else(|| v.get().to_string()),
+        };
+        let content_encoding = top
+            .get("content-encoding")
+            .and_then(|v| string_of(v))
+            .unwrap_or_else(utf8);
+        Ok(Received {
+            id,
+            envelope: Envelope {
+                body,
+                content_encoding,
+                content_type,
+                headers,
+                properties,
+            },
+            eta,
+            expires,
+            refused: r.refused,
+        })
+    }
+
+    /// Parses one list element: [`Envelope::read`], with a refused value
+    /// an error.
     pub fn parse(raw: &[u8]) -> Result<Envelope, ProtocolError> {
-        serde_json::from_slice(raw).map_err(|e| ProtocolError::Envelope(e.to_string()))
+        let r = Envelope::read(raw)?;
+        match r.refused {
+            Some(e) => Err(e),
+            None => Ok(r.envelope),
+        }
     }
 
     /// The task id, if the headers carry one.
@@ -400,6 +834,53 @@ impl Envelope {
         // Serializing plain data into a String cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// The fields of `m` not in `known`, as trees (a value too deep to be one
+/// is left out: this host never re-sends a received envelope, a restore
+/// pushes the stored original).
+fn extra_of(m: &RawMap, known: &[&str]) -> Map<String, Value> {
+    let mut keys: Vec<&String> = m.keys().filter(|k| !known.contains(&k.as_str())).collect();
+    keys.sort();
+    keys.into_iter()
+        .filter_map(|k| Some((k.clone(), value_of(&m[k])?)))
+        .collect()
+}
+
+/// True when `t` is further away than [`bounds::MAX_DURATION`].
+fn beyond_bound(t: DateTime<Utc>) -> bool {
+    let Ok(max) = chrono::Duration::from_std(bounds::MAX_DURATION) else {
+        return true;
+    };
+    Utc::now()
+        .checked_add_signed(max)
+        .is_none_or(|limit| t > limit)
+}
+
+/// The `id` of a protocol v1 message (the task's fields are in its JSON
+/// body), so even a message this host does not run gets its answer.
+fn v1_id(top: &RawMap, props: &RawMap) -> Option<String> {
+    let ct = top.get("content-type").and_then(|v| string_of(v))?;
+    if !ct.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
+        return None;
+    }
+    let body = top.get("body").and_then(|v| string_of(v))?;
+    let encoding = props
+        .get("body_encoding")
+        .and_then(|v| string_of(v))
+        .unwrap_or_else(base64_name);
+    let bytes = if encoding == "base64" {
+        base64::engine::general_purpose::STANDARD
+            .decode(body.as_bytes())
+            .ok()?
+    } else {
+        body.into_bytes()
+    };
+    let fields: RawMap = serde_json::from_slice(&bytes).ok()?;
+    fields
+        .get("id")
+        .and_then(|v| string_of(v))
+        .filter(|s| !s.is_empty())
 }
 
 /// A new task message, as `app.send_task` builds it (protocol v2, JSON,
@@ -552,19 +1033,117 @@ pub fn iso8601(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
 
-/// Parses Celery's `eta` / `expires`: ISO 8601 with an offset, or naive
-/// (taken as UTC, Celery's default timezone).
+/// Parses Celery's `eta` / `expires` as its worker does (`maybe_iso8601`,
+/// dateutil's `isoparse`): a date `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or
+/// `YYYYMMDD`; optionally any one separator character and a time `HH`,
+/// `HH:MM`, `HHMM`, `HH:MM:SS` or `HHMMSS` with a fraction (`.` or `,`,
+/// microseconds kept), `24:00` for the next midnight; optionally `Z` or an
+/// offset `±HH`, `±HHMM`, `±HH:MM`. Without an offset the time is UTC
+/// (Celery's default). Week dates and anything else: `None`.
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
+    let b = s.as_bytes();
+    let digits = |at: usize, n: usize| -> Option<u32> {
+        let d = b.get(at..at + n)?;
+        if !d.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(d).ok()?.parse().ok()
+    };
+    // The date.
+    let year = digits(0, 4)?;
+    let mut pos = 4;
+    let (month, day) = if b.get(pos) == Some(&b'-') {
+        let m = digits(pos + 1, 2)?;
+        pos += 3;
+        if b.get(pos) == Some(&b'-') {
+            let d = digits(pos + 1, 2)?;
+            pos += 3;
+            (m, d)
+        } else {
+            (m, 1)
+        }
+    } else if pos < b.len() && b[pos].is_ascii_digit() {
+        let m = digits(pos, 2)?;
+        let d = digits(pos + 2, 2)?;
+        pos += 4;
+        (m, d)
+    } else {
+        (1, 1)
+    };
+    if year == 0 {
+        return None;
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(t.and_utc());
+    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    if pos == b.len() {
+        return Some(date.and_time(NaiveTime::MIN).and_utc());
+    }
+    // One separator character (any, as dateutil), then the time.
+    let sep = s.get(pos..)?.chars().next()?;
+    pos += sep.len_utf8();
+    let (mut hms, mut micros) = ([0u32; 3], 0u32);
+    let mut colon = None;
+    for (i, slot) in hms.iter_mut().enumerate() {
+        if i > 0 {
+            match b.get(pos) {
+                Some(b':') if colon != Some(false) => {
+                    colon = Some(true);
+                    pos += 1;
+                }
+                Some(c) if c.is_ascii_digit() && colon != Some(true) => colon = Some(false),
+                _ => break,
+            }
+        }
+        *slot = digits(pos, 2)?;
+        pos += 2;
+        if i == 2 && matches!(b.get(pos), Some(b'.' | b',')) {
+            let start = pos + 1;
+            let mut end = start;
+            while end < b.len() && b[end].is_ascii_digit() {
+                end += 1;
+            }
+            if end == start {
+                return None;
+            }
+            let kept = &s[start..end.min(start + 6)];
+            micros = kept.parse::<u32>().ok()? * 10u32.pow(6 - kept.len() as u32);
+            pos = end;
         }
     }
-    None
+    // The offset.
+    let offset = match b.get(pos) {
+        None => 0,
+        Some(b'Z' | b'z') if pos + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) => {
+            let rest = &b[pos + 1..];
+            let (oh, om) = match rest.len() {
+                2 => (digits(pos + 1, 2)?, 0),
+                4 => (digits(pos + 1, 2)?, digits(pos + 3, 2)?),
+                5 if rest[2] == b':' => (digits(pos + 1, 2)?, digits(pos + 4, 2)?),
+                _ => return None,
+            };
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let secs = i32::try_from(oh * 3600 + om * 60).ok()?;
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let [h, m, sec] = hms;
+    let local = if h == 24 {
+        if m != 0 || sec != 0 || micros != 0 {
+            return None;
+        }
+        date.succ_opt()?.and_time(NaiveTime::MIN)
+    } else {
+        date.and_time(NaiveTime::from_hms_micro_opt(h, m, sec, micros)?)
+    };
+    let tz = FixedOffset::east_opt(offset)?;
+    Some(local.and_local_timezone(tz).single()?.with_timezone(&Utc))
 }
 
 /// A task state as stored in a result.
@@ -713,6 +1292,19 @@ impl Exception {
             "kombu.exceptions",
             "ContentDisallowed",
             format!("Refusing to deserialize untrusted content of type {content_type}"),
+        )
+    }
+
+    /// FAILURE `celery.exceptions.InvalidTaskError` (Celery's own
+    /// exception for a message it cannot run, e.g. an unreadable `eta`):
+    /// a header this host cannot honour, named with its value
+    /// (`header "timelimit": "10" is not a list ...`).
+    pub fn invalid(message: &str) -> Exception {
+        Exception::new(
+            State::Failure,
+            "celery.exceptions",
+            "InvalidTaskError",
+            message,
         )
     }
 
@@ -882,6 +1474,373 @@ mod tests {
             "parent_id",
         ] {
             assert!(v["headers"].get(k).is_some(), "header {k}");
+        }
+    }
+
+    /// KWARGS with `headers[k] = v` (or `properties[k]` / the envelope's
+    /// own field for `place`), as raw JSON text.
+    fn with(place: &str, k: &str, v: &str) -> String {
+        let mut m: Value = serde_json::from_str(KWARGS).unwrap();
+        let marker = "\u{1}MARK\u{1}";
+        match place {
+            "headers" | "properties" => m[place][k] = Value::from(marker),
+            _ => m[k] = Value::from(marker),
+        }
+        m.to_string().replace(&Value::from(marker).to_string(), v)
+    }
+
+    const ID: &str = "0c174030-3728-40ab-93b9-f1c38fa4e8bf";
+
+    #[test]
+    fn c4_tolerates_what_celery_and_kombu_tolerate() {
+        for (place, k, v) in [
+            ("headers", "retries", "null"),
+            ("headers", "retries", "\"0\""),
+            ("headers", "retries", "3.5"),
+            ("headers", "lang", "null"),
+            ("headers", "lang", "5"),
+            ("headers", "group_index", "\"1\""),
+            ("headers", "shadow", "[]"),
+            ("headers", "origin", "5"),
+            ("headers", "argsrepr", "{}"),
+            ("headers", "replaced_task_nesting", "\"x\""),
+            ("headers", "stamped_headers", "5"),
+            ("headers", "stamps", "5"),
+            ("headers", "redelivered", "\"x\""),
+            ("headers", "eta", "\"\""),
+            ("headers", "timelimit", "[]"),
+            ("headers", "timelimit", "null"),
+            ("headers", "timelimit", "[0, 0]"),
+            ("headers", "ignore_result", "null"),
+            ("properties", "priority", "3.5"),
+            ("properties", "priority", "\"5\""),
+            ("properties", "priority", "200"),
+            ("properties", "priority", "-5"),
+            ("properties", "priority", "null"),
+            ("properties", "priority", "\"x\""),
+            ("properties", "delivery_mode", "300"),
+            ("properties", "delivery_mode", "\"x\""),
+            ("properties", "delivery_mode", "null"),
+            ("properties", "delivery_info", "null"),
+            ("properties", "reply_to", "5"),
+            ("properties", "expiration", "60"),
+            ("field", "content-encoding", "null"),
+        ] {
+            let raw = with(place, k, v);
+            let r = Envelope::read(raw.as_bytes()).unwrap();
+            assert_eq!(r.id.as_deref(), Some(ID), "{place}.{k}: {v}");
+            assert!(r.refused.is_none(), "{place}.{k}: {v}: {:?}", r.refused);
+            assert_eq!(r.envelope.body().unwrap().args, vec![Value::from(1)]);
+        }
+        // kombu's int() of the priority, clamped to 0-9.
+        let pri = |v: &str| {
+            Envelope::parse(with("properties", "priority", v).as_bytes())
+                .unwrap()
+                .properties
+                .priority
+        };
+        assert_eq!(pri("3.5"), Some(3));
+        assert_eq!(pri("\" 5 \""), Some(5));
+        assert_eq!(pri("200"), Some(9));
+        assert_eq!(pri("-5"), Some(0));
+        assert_eq!(pri("\"x\""), Some(0));
+        // `[hard]` alone, and 0 as "not set".
+        let tl = |v: &str| {
+            Envelope::parse(with("headers", "timelimit", v).as_bytes())
+                .unwrap()
+                .headers
+                .timelimit
+        };
+        assert_eq!(tl("[10]").hard, Some(10.0));
+        assert_eq!(
+            tl("[0, 2.5]"),
+            TimeLimit {
+                hard: None,
+                soft: Some(2.5)
+            }
+        );
+    }
+
+    #[test]
+    fn c4_refused_headers_are_named_with_their_value() {
+        for (place, k, v, says) in [
+            (
+                "headers",
+                "timelimit",
+                "\"10\"",
+                r#"header "timelimit": "10" is not a list"#,
+            ),
+            (
+                "headers",
+                "timelimit",
+                "10",
+                r#"header "timelimit": 10 is not a list"#,
+            ),
+            (
+                "headers",
+                "timelimit",
+                "{}",
+                r#"header "timelimit": {} is not a list"#,
+            ),
+            (
+                "headers",
+                "timelimit",
+                "[\"1\",\"0.5\"]",
+                r#"holds "1" which is not a number"#,
+            ),
+            (
+                "headers",
+                "timelimit",
+                "[true,null]",
+                "holds true which is not a number",
+            ),
+            ("headers", "timelimit", "[1,2,3]", "more than two elements"),
+            (
+                "headers",
+                "timelimit",
+                "[-1,null]",
+                "holds -1 which is negative",
+            ),
+            (
+                "headers",
+                "ignore_result",
+                "\"yes\"",
+                r#"header "ignore_result": "yes" is not true, false or null"#,
+            ),
+            (
+                "headers",
+                "ignore_result",
+                "1",
+                r#"header "ignore_result": 1 is not"#,
+            ),
+            (
+                "headers",
+                "eta",
+                "12345",
+                r#"header "eta": 12345 is not an ISO 8601"#,
+            ),
+            (
+                "headers",
+                "eta",
+                "\"tomorrow\"",
+                r#"header "eta": "tomorrow" is not an ISO 8601"#,
+            ),
+            (
+                "headers",
+                "eta",
+                "\"+12027-02-19T00:00:00+00:00\"",
+                r#"header "eta": "+12027"#,
+            ),
+            (
+                "headers",
+                "eta",
+                "\"9999-12-31T23:59:59+00:00\"",
+                "more than the longest accepted delay (10 years)",
+            ),
+            (
+                "headers",
+                "expires",
+                "\"never\"",
+                r#"header "expires": "never" is not an ISO 8601"#,
+            ),
+            (
+                "headers",
+                "expires",
+                "60",
+                r#"header "expires": 60 is not an ISO 8601"#,
+            ),
+            (
+                "headers",
+                "group",
+                "5",
+                r#"header "group": 5 is not a string"#,
+            ),
+            (
+                "headers",
+                "root_id",
+                "[]",
+                r#"header "root_id": [] is not a string"#,
+            ),
+            (
+                "headers",
+                "parent_id",
+                "{}",
+                r#"header "parent_id": {} is not a string"#,
+            ),
+            ("headers", "id", "5", r#"header "id": 5 is not a string"#),
+            (
+                "properties",
+                "body_encoding",
+                "5",
+                r#"property "body_encoding": 5 is not a string"#,
+            ),
+            (
+                "field",
+                "body",
+                "[1]",
+                r#"field "body": [1] is not a string"#,
+            ),
+        ] {
+            let raw = with(place, k, v);
+            let r = Envelope::read(raw.as_bytes()).unwrap();
+            assert_eq!(r.id.as_deref(), Some(ID), "{place}.{k}: {v}");
+            let e = r
+                .refused
+                .unwrap_or_else(|| panic!("{place}.{k}: {v} was accepted"));
+            let text = e.to_string();
+            assert!(text.contains(says), "{place}.{k}: {v}: {text}");
+            assert!(Envelope::parse(raw.as_bytes()).is_err());
+        }
+    }
+
+    #[test]
+    fn c1_timelimits_beyond_the_bound_are_refused() {
+        for v in [
+            "[1e19, null]",
+            "[null, 1e19]",
+            "[315360001, null]",
+            "[1e308, 1e308]",
+        ] {
+            let r = Envelope::read(with("headers", "timelimit", v).as_bytes()).unwrap();
+            let text = r.refused.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains(r#"header "timelimit""#), "{v}: {text}");
+            assert!(
+                text.contains("longest accepted duration (10 years)"),
+                "{v}: {text}"
+            );
+        }
+        // The bound itself is accepted.
+        let r = Envelope::read(with("headers", "timelimit", "[315360000, 1]").as_bytes()).unwrap();
+        assert!(r.refused.is_none(), "{:?}", r.refused);
+    }
+
+    #[test]
+    fn c4_python_non_finite_numbers_keep_the_id_and_are_named() {
+        // json.dumps(float("inf")) and float("nan"), as Python writes them.
+        for (v, shown) in [
+            ("[Infinity, null]", "Infinity"),
+            ("[null, NaN]", "NaN"),
+            ("[-Infinity, null]", "-Infinity"),
+        ] {
+            let raw = with("headers", "timelimit", v);
+            let r = Envelope::read(raw.as_bytes()).unwrap();
+            assert_eq!(r.id.as_deref(), Some(ID));
+            let text = r.refused.unwrap().to_string();
+            assert!(
+                text.contains(&format!("holds {shown} which")),
+                "{v}: {text}"
+            );
+        }
+        // Inside a string the same letters are text.
+        let raw = with("headers", "x-note", "\"NaN and Infinity\"");
+        let env = Envelope::parse(raw.as_bytes()).unwrap();
+        assert_eq!(env.headers.extra["x-note"], "NaN and Infinity");
+    }
+
+    #[test]
+    fn c4_a_deep_header_does_not_hide_the_id() {
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        for k in ["stamps", "x-custom", "stamped_headers", "retries"] {
+            let raw = with("headers", k, &deep);
+            let r = Envelope::read(raw.as_bytes()).unwrap();
+            assert_eq!(r.id.as_deref(), Some(ID), "{k}");
+            assert!(r.refused.is_none(), "{k}: {:?}", r.refused);
+            assert_eq!(r.envelope.task_name().unwrap(), "math.add");
+        }
+        // A deep value in a header this host honours is refused by name.
+        let r = Envelope::read(with("headers", "timelimit", &deep).as_bytes()).unwrap();
+        assert!(r
+            .refused
+            .unwrap()
+            .to_string()
+            .contains(r#"header "timelimit": [[[["#));
+    }
+
+    #[test]
+    fn c4_the_id_comes_from_the_header_the_correlation_id_or_a_v1_body() {
+        let mut m: Value = serde_json::from_str(KWARGS).unwrap();
+        m["headers"].as_object_mut().unwrap().remove("id");
+        let r = Envelope::read(m.to_string().as_bytes()).unwrap();
+        assert_eq!(r.id.as_deref(), Some(ID));
+        m["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("correlation_id");
+        assert_eq!(Envelope::read(m.to_string().as_bytes()).unwrap().id, None);
+        // Protocol v1: the task's fields in the body, no headers.
+        let body = base64::engine::general_purpose::STANDARD
+            .encode(br#"{"task": "math.square", "id": "v1-id", "args": [3], "kwargs": {}}"#);
+        let v1 = serde_json::json!({"body": body, "content-type": "application/json",
+            "content-encoding": "utf-8", "headers": {}, "properties": {"body_encoding": "base64"}});
+        let r = Envelope::read(v1.to_string().as_bytes()).unwrap();
+        assert_eq!(r.id.as_deref(), Some("v1-id"));
+        assert!(matches!(
+            r.envelope.task_name(),
+            Err(ProtocolError::NotV2(_))
+        ));
+        // No id anywhere, or not a JSON object: nothing to answer to.
+        for raw in ["garbage", "[1, 2, 3]", "{}", r#"{"headers": 5}"#] {
+            match Envelope::read(raw.as_bytes()) {
+                Err(_) => {}
+                Ok(r) => assert_eq!(r.id, None, "{raw}"),
+            }
+        }
+    }
+
+    #[test]
+    fn c4_times_parse_as_celerys_isoparse() {
+        let t = |s: &str| parse_time(s).map(iso8601);
+        assert_eq!(
+            t("2026-12-01T20:16:33.653870+00:00").as_deref(),
+            Some("2026-12-01T20:16:33.653870+00:00")
+        );
+        assert_eq!(
+            t("2026-12-01T20:16:33Z").as_deref(),
+            Some("2026-12-01T20:16:33.000000+00:00")
+        );
+        assert_eq!(
+            t("2026-12-01 20:16:33").as_deref(),
+            Some("2026-12-01T20:16:33.000000+00:00")
+        );
+        assert_eq!(
+            t("2026-12-01").as_deref(),
+            Some("2026-12-01T00:00:00.000000+00:00")
+        );
+        assert_eq!(
+            t("20261201T2016").as_deref(),
+            Some("2026-12-01T20:16:00.000000+00:00")
+        );
+        assert_eq!(
+            t("2026-12-01T20:16:33,5+02:00").as_deref(),
+            Some("2026-12-01T18:16:33.500000+00:00")
+        );
+        assert_eq!(
+            t("2026-12-01T20-0130").as_deref(),
+            Some("2026-12-01T21:30:00.000000+00:00")
+        );
+        assert_eq!(
+            t("2026-12-01T24:00").as_deref(),
+            Some("2026-12-02T00:00:00.000000+00:00")
+        );
+        assert_eq!(
+            t("2026-12-01T20:16:33.1234567").as_deref(),
+            Some("2026-12-01T20:16:33.123456+00:00")
+        );
+        for bad in [
+            "tomorrow",
+            "",
+            "12345",
+            "+12027-02-19T00:00:00+00:00",
+            "2026-13-01",
+            "2026-12-01T25:00",
+            "2026-12-01T20:1",
+            "2026-12-01T2016:33",
+            "2026-W48-1",
+            "0000-01-01",
+            "2026-12-01T20:16:33+24:00",
+            "2026-12-01T24:01",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
         }
     }
 

@@ -346,10 +346,12 @@ pub fn execute(b: Batch) -> i32 {
                 }
             });
         }
+        // Closed however `run` ends: on a panic too, so the signal thread
+        // leaves `forever()` and the scope can end (C9: a panic in the
+        // producer loop used to leave the process hanging in the scope's
+        // join, deaf to SIGTERM, which the signal thread took).
+        let _close = CloseSignals(handle.as_ref());
         fleet.run();
-        if let Some(h) = &handle {
-            h.close();
-        }
     });
 
     let Fleet {
@@ -393,6 +395,17 @@ pub fn execute(b: Batch) -> i32 {
         code = exit::USAGE;
     }
     code
+}
+
+/// Closes the signal iterator when dropped (also while unwinding).
+struct CloseSignals<'a>(Option<&'a signal_hook::iterator::Handle>);
+
+impl Drop for CloseSignals<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0 {
+            h.close();
+        }
+    }
 }
 
 /// The state of one job between reading and writing its line.
@@ -560,7 +573,11 @@ impl Fleet<'_> {
         if parsed.limits.soft.is_some() {
             opts.soft_time_limit = parsed.limits.soft;
         }
-        Ok(opts.message(&task, args, self.b.kwargs.clone()))
+        // The flags were range-checked by their parser and a line's limits
+        // by Limits::parse_field; what the client still refuses is this
+        // line's error, never a panic or a silently dropped option (C9).
+        opts.message(&task, args, self.b.kwargs.clone())
+            .map_err(|e| TaskError::new(ErrorKind::BadArgs, format!("line {lineno}: {e}")))
     }
 
     /// Sends `jobs` (subscribing to their results first).
