@@ -51,6 +51,20 @@ pub fn deadline(now: Instant, d: Duration) -> Option<Instant> {
     now.checked_add(d)
 }
 
+/// `now + d` for a wait or a timer that must have a deadline (a grace
+/// period, a poll interval, a bounded wait): when `now + d` is past what
+/// `Instant` can represent, the latest instant it can (halving `d` until
+/// it fits), which is as good as never; no panic.
+pub fn saturating_deadline(now: Instant, d: Duration) -> Instant {
+    let mut d = d;
+    loop {
+        if let Some(t) = now.checked_add(d) {
+            return t;
+        }
+        d = d.checked_div(2).unwrap_or_default();
+    }
+}
+
 /// `d * n`, saturating at `Duration::MAX` (which [`deadline`] then turns
 /// into "no deadline") instead of panicking.
 pub fn scaled(d: Duration, n: u32) -> Duration {
@@ -79,5 +93,10 @@ mod tests {
         assert_eq!(scaled(Duration::MAX, 2), Duration::MAX);
         assert_eq!(scaled(Duration::from_secs(2), 3), Duration::from_secs(6));
         assert_eq!(deadline(now, scaled(MAX_DURATION, u32::MAX)), None);
+        assert!(saturating_deadline(now, Duration::MAX) > now + MAX_DURATION);
+        assert_eq!(
+            saturating_deadline(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
     }
 }

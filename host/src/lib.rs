@@ -9,6 +9,13 @@
 //! zygote); see [`PoolBuilder::worker_exe`].
 
 #![warn(missing_docs)]
+// No arithmetic that can panic on a value from outside: `Instant +
+// Duration`, `Duration * n`, `Duration - Duration`, chrono's `DateTime +
+// TimeDelta` are refused here (issue 22, C1: one huge time limit panicked
+// the supervisor); use `bounds::deadline`, `bounds::saturating_deadline`,
+// `bounds::scaled` or the checked/saturating std forms. clippy.toml allows
+// same-type integer arithmetic, which the lint would flag everywhere.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
 
 pub mod bounds;
 pub mod cases;

@@ -63,6 +63,9 @@ pub struct Metrics {
     ack_latency: Histogram,
     /// Last pool counters seen, to turn snapshots into increments.
     last: Mutex<BTreeMap<&'static str, u64>>,
+    /// Why the pool stopped under the worker, once it did (`/healthz`
+    /// answers 503 with it).
+    lost: Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -152,6 +155,7 @@ impl Metrics {
             reserve_latency,
             ack_latency,
             last: Mutex::new(BTreeMap::new()),
+            lost: Mutex::new(None),
         }
     }
 
@@ -207,8 +211,24 @@ impl Metrics {
         self.ack_latency.observe(d.as_secs_f64());
     }
 
+    /// The pool stopped (its supervisor thread ended): no live workers
+    /// from now on, whatever the last snapshot said, and `why` for
+    /// `/healthz`.
+    pub fn pool_lost(&self, why: &str) {
+        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+        self.workers_alive.set(0);
+    }
+
+    /// Why the pool stopped, if it did ([`Metrics::pool_lost`]).
+    pub fn pool_error(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Takes in a pool snapshot.
     pub fn pool(&self, s: &Stats) {
+        if self.pool_error().is_some() {
+            return;
+        }
         self.workers_alive.set(s.workers as i64);
         let limits = s.failed.get(&ErrorKind::TimeLimit).copied().unwrap_or(0);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,5 +325,26 @@ mod tests {
         );
         assert!(text.contains("billiard_celery_tasks_in_flight 0"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn c1_a_lost_pool_claims_no_live_workers_and_says_why() {
+        let m = Metrics::new();
+        let stats = Stats {
+            workers: 4,
+            ..Stats::default()
+        };
+        m.pool(&stats);
+        assert!(m.encode().contains("billiard_pool_workers_alive 4"));
+        assert_eq!(m.pool_error(), None);
+        m.pool_lost("the supervisor thread panicked (boom)");
+        // A late snapshot (taken before the loss) does not bring them back.
+        m.pool(&stats);
+        let text = m.encode();
+        assert!(text.contains("billiard_pool_workers_alive 0"), "{text}");
+        assert_eq!(
+            m.pool_error().as_deref(),
+            Some("the supervisor thread panicked (boom)")
+        );
     }
 }

@@ -229,7 +229,8 @@ impl Process {
     /// bounded by the load timeout.
     fn await_worker(&self) {
         let Some(r) = &self.running else { return };
-        let deadline = Instant::now() + r.pool.config().load_timeout;
+        let deadline =
+            crate::bounds::saturating_deadline(Instant::now(), r.pool.config().load_timeout);
         while self.pid.load(Ordering::Acquire) == 0 && !r.result.ready() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

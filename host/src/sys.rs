@@ -1068,7 +1068,7 @@ pub fn install_stop_handler(
 /// Waits up to `timeout` for `fd` to become readable (a pidfd: the process
 /// exited). `Ok(false)` on timeout.
 pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<bool> {
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = crate::bounds::saturating_deadline(std::time::Instant::now(), timeout);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let mut pfd = libc::pollfd {

@@ -280,7 +280,10 @@ impl Zygote {
         }
         // The workers' leftovers are our children now: kill and reap them
         // (bounded: a process stuck in the kernel is left to init).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let deadline = crate::bounds::saturating_deadline(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(2),
+        );
         loop {
             while let Ok(Some(_)) = sys::reap_any() {}
             let left = sys::children_of(sys::getpid());

@@ -78,7 +78,7 @@ fn diff_lines(a: &str, b: &str) -> Vec<DiffLine> {
         Algorithm::Myers,
         &a,
         &b,
-        Some(Instant::now() + DIFF_DEADLINE),
+        crate::bounds::deadline(Instant::now(), DIFF_DEADLINE),
     );
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     for op in &ops {

@@ -245,7 +245,7 @@ impl Endpoint {
                 Err(e) if retryable(&e) && !time_left(deadline).is_zero() => {
                     *guard = None;
                     std::thread::sleep(backoff.min(time_left(deadline)));
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
                     if retryable(&e) {
@@ -700,7 +700,7 @@ impl Waiter {
                 Ok(()) => return self.check_stored(),
                 Err(e) if sub::retryable(&e) && !time_left(deadline).is_zero() => {
                     std::thread::sleep(backoff.min(time_left(deadline)));
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
                     self.sub = None;

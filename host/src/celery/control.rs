@@ -416,7 +416,9 @@ impl Ops {
             let mut t = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
             let Some(r) = t.get_mut(task_id) else { return };
             r.started = Some((events::unix_now(), Instant::now()));
-            let since = r.eta.and_then(|e| (Utc::now() - e).to_std().ok());
+            let since = r
+                .eta
+                .and_then(|e| Utc::now().signed_duration_since(e).to_std().ok());
             (
                 r.name.clone(),
                 since.unwrap_or_else(|| r.received.elapsed()),
@@ -686,7 +688,7 @@ impl Ops {
                 }
             }
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = backoff.saturating_mul(2).min(Duration::from_secs(5));
         }
     }
 

@@ -237,7 +237,7 @@ impl Dispatcher {
     fn run(self, rx: Receiver<Msg>, mut link: Link, db: i64, load: Arc<dyn HeartbeatSource>) {
         let online = self.fill("worker-online", Map::new(), load.as_ref());
         self.publish(&mut link, db, "worker-online", &online);
-        let mut next = Instant::now() + HEARTBEAT;
+        let mut next = crate::bounds::saturating_deadline(Instant::now(), HEARTBEAT);
         loop {
             let wait = next.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
@@ -255,7 +255,7 @@ impl Dispatcher {
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    next = Instant::now() + HEARTBEAT;
+                    next = crate::bounds::saturating_deadline(Instant::now(), HEARTBEAT);
                     if link.is_down() && !link.backoff_left().is_zero() {
                         continue;
                     }

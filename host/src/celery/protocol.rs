@@ -985,7 +985,10 @@ impl NewTask {
             extra: Map::new(),
         };
         let expiration = self.expires.map(|e| {
-            let ms = (e - Utc::now()).num_milliseconds().max(0);
+            let ms = e
+                .signed_duration_since(Utc::now())
+                .num_milliseconds()
+                .max(0);
             ms.to_string()
         });
         let properties = Properties {

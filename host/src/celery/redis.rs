@@ -269,7 +269,7 @@ impl Link {
             if let Some(t) = self.retry_at {
                 let now = Instant::now();
                 if now < t {
-                    std::thread::sleep(t - now);
+                    std::thread::sleep(t.saturating_duration_since(now));
                 }
             }
             let opened = self
@@ -307,7 +307,10 @@ impl Link {
     fn backoff(&mut self) {
         self.failures = self.failures.saturating_add(1);
         let ms = 50u64.saturating_mul(1 << self.failures.min(7)).min(5000);
-        self.retry_at = Some(Instant::now() + Duration::from_millis(ms));
+        self.retry_at = Some(crate::bounds::saturating_deadline(
+            Instant::now(),
+            Duration::from_millis(ms),
+        ));
     }
 
     /// Runs `f` on the connection (opening it first if needed). A

@@ -30,6 +30,7 @@ use super::protocol::{
     TimeLimit,
 };
 use super::redis::{self as broker, BrokerError, Link, RedisBroker, Reserved};
+use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
 use crate::pool::{Limits, Pool, TaskRef};
 
@@ -107,6 +108,11 @@ pub enum WorkerError {
     /// ...); the message says which.
     #[error("{0}")]
     Config(String),
+    /// The pool stopped working under the worker (its supervisor thread
+    /// ended): the worker stopped reserving, returned what it could not
+    /// run to the queue and exits, so its service manager restarts it.
+    #[error("the pool stopped: {0}")]
+    PoolLost(String),
 }
 
 /// What a finished run did.
@@ -201,10 +207,16 @@ struct Fin {
     res: Res,
     /// It occupied a pool slot (the consumer counts it free once acked).
     slot: bool,
+    /// The pool dropped the job without an outcome (it shut down, or its
+    /// supervisor died): the message goes back to its queue for another
+    /// host instead of being answered here.
+    unrun: bool,
 }
 
 /// Sends a job's outcome to the finisher exactly once: when the pool runs
-/// the callback, or, if the pool drops it unrun (shutdown), on drop.
+/// the callback, or, if the pool drops it unrun (shutdown, a dead
+/// supervisor, a refused submit), on drop, marked `unrun` so its message
+/// is requeued, never acked as REVOKED (C1: a dead pool is no black hole).
 struct Pending {
     ctx: Option<JobCtx>,
     tx: Sender<Fin>,
@@ -217,6 +229,7 @@ impl Pending {
                 ctx,
                 res,
                 slot: true,
+                unrun: false,
             });
         }
     }
@@ -229,9 +242,10 @@ impl Drop for Pending {
                 ctx,
                 res: Res::Err(TaskError::new(
                     ErrorKind::Terminated,
-                    "the pool shut down before the job ran",
+                    "the pool dropped the job before it ended",
                 )),
                 slot: true,
+                unrun: true,
             });
         }
     }
@@ -451,6 +465,7 @@ impl Worker {
             seq: 0,
             stopping: false,
             cold_requested: false,
+            lost: None,
             broker_warned: false,
             ops_rx,
             progress: match ProgressWriter::spawn(
@@ -465,6 +480,7 @@ impl Worker {
             },
         };
         let cold = c.consume(&ctl_rx, &freed_rx);
+        let lost = c.lost.take();
         let requeue = c.drain_held();
         // Held messages go back to their queue now, not after a timeout.
         if !requeue.is_empty() {
@@ -514,7 +530,10 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         s.shutdown = if cold { "cold" } else { "warm" }.into();
-        Ok(s)
+        match lost {
+            Some(why) => Err(WorkerError::PoolLost(why)),
+            None => Ok(s),
+        }
     }
 }
 
@@ -612,12 +631,25 @@ fn map_args(
     Ok(slots.into_iter().flatten().collect())
 }
 
-fn limits_of(t: TimeLimit) -> Limits {
-    let d = |s: Option<f64>| s.and_then(|x| Duration::try_from_secs_f64(x).ok());
-    Limits {
-        soft: d(t.soft),
-        hard: d(t.hard),
-    }
+/// The pool limits of a `timelimit` header. [`Envelope::read`] already
+/// refused what is not a number of seconds in range; this checks again
+/// where the value turns into a `Duration` so nothing longer than
+/// `bounds::MAX_DURATION` can reach the pool (C1).
+fn limits_of(t: TimeLimit) -> Result<Limits, String> {
+    let d = |what: &str, s: Option<f64>| -> Result<Option<Duration>, String> {
+        let Some(x) = s.filter(|x| *x != 0.0) else {
+            return Ok(None);
+        };
+        let d = Duration::try_from_secs_f64(x)
+            .map_err(|_| format!("{what} {x} is not a number of seconds"))?;
+        bounds::check_duration(what, d)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    };
+    Ok(Limits {
+        hard: d("hard", t.hard)?,
+        soft: d("soft", t.soft)?,
+    })
 }
 
 /// The consumer loop's state.
@@ -638,6 +670,8 @@ struct Consumer<'a> {
     seq: u64,
     stopping: bool,
     cold_requested: bool,
+    /// Why the pool stopped under us, once it did.
+    lost: Option<String>,
     broker_warned: bool,
     /// Remote-control commands (never() without ops).
     ops_rx: Receiver<OpsCmd>,
@@ -663,6 +697,9 @@ impl Consumer<'_> {
     /// (true).
     fn consume(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>) -> bool {
         loop {
+            if let Err(e) = self.pool.check_alive() {
+                return self.pool_lost(freed, e.to_string());
+            }
             while let Ok(c) = self.ops_rx.try_recv() {
                 self.ops_cmd(c);
             }
@@ -836,6 +873,45 @@ impl Consumer<'_> {
         true
     }
 
+    /// The pool's supervisor is gone (C1's defence in depth): stop
+    /// reserving at once, say so (log, `/healthz`, `workers_alive`), and
+    /// let the jobs it dropped come back as `unrun` (the finisher requeues
+    /// their messages, held and ready ones are requeued on the way out).
+    /// Returns true: the pool is terminated, not joined.
+    fn pool_lost(&mut self, freed: &Receiver<usize>, why: String) -> bool {
+        tracing::error!(
+            "the pool stopped ({why}); no more messages are reserved, the {} job(s) it \
+             held go back to the queue, and this worker exits with an error so its \
+             service manager restarts it",
+            self.running + self.ready.len() + self.held_jobs.len()
+        );
+        if let Some(o) = &self.shared.ops {
+            o.workers_alive.store(0, Ordering::Release);
+            if let Some(m) = o.metrics() {
+                m.pool_lost(&why);
+            }
+        }
+        self.stopping = true;
+        self.lost = Some(why);
+        let deadline = crate::bounds::saturating_deadline(Instant::now(), Duration::from_secs(10));
+        while self.running > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::error!(
+                    "{} job(s) of the stopped pool gave no sign; a sweeper returns their \
+                     messages after the visibility timeout",
+                    self.running
+                );
+                self.shared.abandon.store(true, Ordering::Release);
+                break;
+            }
+            if let Ok(n) = freed.recv_timeout(left) {
+                self.running = self.running.saturating_sub(n);
+            }
+        }
+        true
+    }
+
     /// Takes every job not sent to the pool (held and ready): their tags,
     /// to requeue.
     fn drain_held(&mut self) -> Vec<String> {
@@ -921,6 +997,7 @@ impl Consumer<'_> {
             ctx,
             res: Res::Exc(exc),
             slot: false,
+            unrun: false,
         });
     }
 
@@ -965,14 +1042,24 @@ impl Consumer<'_> {
         }
     }
 
+    /// Reads one message: the task id first, so that every message with
+    /// an id gets exactly one answer (C4). A header this host cannot
+    /// honour is a FAILURE `InvalidTaskError` naming it, never a silent
+    /// drop and never a run without it; only a message without any
+    /// readable id is discarded (logged).
     fn prepare(&mut self, r: &Reserved) -> Step {
-        let env = match Envelope::parse(&r.raw) {
-            Ok(e) => e,
+        let msg = match Envelope::read(&r.raw) {
+            Ok(m) => m,
             Err(e) => return Step::Discard(e.to_string()),
         };
-        let Some(task_id) = env.task_id().map(str::to_string) else {
-            return Step::Discard("no task id in the headers".into());
+        let Some(task_id) = msg.id.clone() else {
+            return Step::Discard(
+                "no task id (no `id` header, no `correlation_id` property, no protocol v1 body \
+                 with an `id`)"
+                    .into(),
+            );
         };
+        let env = &msg.envelope;
         let h = &env.headers;
         let mut ctx = JobCtx {
             tag: r.tag.clone(),
@@ -984,11 +1071,12 @@ impl Consumer<'_> {
             ignore_result: h.ignore_result == Some(true),
             embed: Embed::default(),
         };
+        if let Some(e) = msg.refused {
+            return refuse(ctx, &e.to_string());
+        }
         let name = match env.task_name() {
             Ok(n) => n.to_string(),
-            Err(e) => {
-                return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &e.to_string()))
-            }
+            Err(e) => return refuse(ctx, &e.to_string()),
         };
         let body: Body = match env.body() {
             Ok(b) => b,
@@ -1007,25 +1095,53 @@ impl Consumer<'_> {
             Ok(a) => a,
             Err(msg) => return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &msg)),
         };
-        let expires = h.expires.as_deref().and_then(protocol::parse_time);
+        let expires = msg.expires;
         if expires.is_some_and(|e| e <= Utc::now()) {
             return Step::Fail(ctx, Exception::revoked("expired"));
         }
+        let limits = match limits_of(h.timelimit) {
+            Ok(l) => l,
+            Err(e) => return refuse(ctx, &format!("header \"timelimit\": {e}")),
+        };
         let p = Prepared {
             ctx,
             target: entry.target,
             args: serde_json::to_vec(&args).unwrap_or_else(|_| b"[]".to_vec()),
-            limits: limits_of(h.timelimit),
+            limits,
             expires,
         };
-        match h.eta.as_deref().and_then(protocol::parse_time) {
+        match msg.eta {
             Some(eta) if eta > Utc::now() => {
-                let wait = (eta - Utc::now()).to_std().unwrap_or_default();
-                Step::Hold(Instant::now() + wait, p)
+                let wait = eta
+                    .signed_duration_since(Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
+                // The reader refused an eta beyond bounds::MAX_DURATION, so
+                // the deadline exists; "never" would be a message held for
+                // ever, which is refused rather than kept.
+                match bounds::deadline(Instant::now(), wait) {
+                    Some(at) => Step::Hold(at, p),
+                    None => refuse(
+                        p.ctx,
+                        &format!("header \"eta\": {} is too far away", protocol::iso8601(eta)),
+                    ),
+                }
             }
             _ => Step::Run(p),
         }
     }
+}
+
+/// A message this host will not run because of what it says (a header it
+/// cannot honour, no `task` header): FAILURE `InvalidTaskError` with the
+/// reason, logged.
+fn refuse(ctx: JobCtx, why: &str) -> Step {
+    tracing::warn!(
+        "refusing task {}[{}]: {why} (stored as FAILURE InvalidTaskError)",
+        ctx.task,
+        ctx.task_id
+    );
+    Step::Fail(ctx, Exception::invalid(why))
 }
 
 /// Builds a follow-up message (chain step, link, link_error) from `sig`;
@@ -1055,13 +1171,12 @@ fn follow_up(
         }
     };
     let now = Utc::now();
-    let secs = |x: f64| chrono::Duration::milliseconds((x * 1000.0) as i64);
     let eta = s("eta")
         .and_then(|e| protocol::parse_time(&e))
-        .or_else(|| f("countdown").map(|c| now + secs(c)));
+        .or_else(|| f("countdown").map(|c| after_secs(now, c)));
     let expires = s("expires")
         .and_then(|e| protocol::parse_time(&e))
-        .or_else(|| f("expires").map(|c| now + secs(c)));
+        .or_else(|| f("expires").map(|c| after_secs(now, c)));
     let mut t = NewTask {
         task: sig.task.clone(),
         id: s("task_id").unwrap_or_default(),
@@ -1074,11 +1189,7 @@ fn follow_up(
             chord: None,
         },
         queue: s("queue").or_else(|| s("routing_key")).unwrap_or_default(),
-        priority: o
-            .get("priority")
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-            .min(9) as u8,
+        priority: o.get("priority").map(protocol::kombu_priority).unwrap_or(0),
         eta,
         expires,
         timelimit: TimeLimit {
@@ -1097,6 +1208,17 @@ fn follow_up(
     };
     let (env, list) = t.envelope();
     (list, env.to_json())
+}
+
+/// `now` + `x` seconds (a signature's `countdown` or relative `expires`),
+/// never panicking: a negative value is now (Celery runs a past eta at
+/// once), and one past `bounds::MAX_DURATION` stays just past it, so the
+/// step's worker refuses it by name instead of running it at once.
+fn after_secs(now: DateTime<Utc>, x: f64) -> DateTime<Utc> {
+    let cap = bounds::MAX_DURATION.as_secs_f64() + 86_400.0;
+    let ms = (x.clamp(0.0, cap) * 1000.0) as i64;
+    now.checked_add_signed(chrono::Duration::milliseconds(ms))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The completion of one finished job: result meta and follow-ups.
@@ -1170,7 +1292,7 @@ fn finisher(
         let (mut ok, mut failed) = (0u64, 0u64);
         for f in &batch {
             let killed = matches!(&f.res, Res::Err(e) if e.kind == ErrorKind::Terminated);
-            if cold && f.slot && killed {
+            if f.unrun || (cold && f.slot && killed) {
                 requeue.push(f.ctx.tag.clone());
                 continue;
             }
@@ -1319,7 +1441,7 @@ impl Consumer<'_> {
                 let left = at.saturating_duration_since(Instant::now());
                 let eta = chrono::Duration::from_std(left)
                     .ok()
-                    .map(|d| Utc::now() + d);
+                    .and_then(|d| Utc::now().checked_add_signed(d));
                 (p, eta)
             }
             _ => return step,

@@ -27,24 +27,73 @@ const READ_AHEAD: usize = 1024;
 pub enum Line {
     /// A non-blank line and its 1-based line number.
     Data(u64, Vec<u8>),
+    /// A line longer than the input's line limit, skipped without being
+    /// read whole: the error that stands as its job's outcome
+    /// ([`too_long`]).
+    TooLong(u64, TaskError),
     /// Reading failed at this line.
     Error(u64, std::io::Error),
     /// The end of the input.
     End,
 }
 
-/// Starts the reader thread. It is detached on purpose: it may be blocked
-/// in `read` on a terminal or a pipe when the batch ends.
-pub fn spawn_reader(mut src: Box<dyn BufRead + Send>, stop: Arc<Stop>) -> Receiver<Line> {
+/// The longest input line [`spawn_reader`] reads, in bytes: the pool's
+/// default frame limit, since a longer line could never be sent as a job.
+pub fn default_max_line() -> usize {
+    billiard_host::PoolConfig::default().max_frame
+}
+
+/// The outcome of input line `lineno`, `bytes` long, which is longer than
+/// `max` and was skipped (read and dropped up to its newline, never held
+/// whole: memory stays flat whatever the input holds).
+pub fn too_long(lineno: u64, bytes: u64, max: usize) -> TaskError {
+    TaskError::new(
+        ErrorKind::BadArgs,
+        format!(
+            "line {lineno}: the line takes {bytes} bytes, over the frame limit of {max} bytes; \
+             it was skipped unread"
+        ),
+    )
+}
+
+/// Starts the reader thread, with lines of at most [`default_max_line`]
+/// bytes (see [`spawn_reader_capped`]).
+pub fn spawn_reader(src: Box<dyn BufRead + Send>, stop: Arc<Stop>) -> Receiver<Line> {
+    spawn_reader_capped(src, stop, default_max_line())
+}
+
+/// Starts the reader thread. A line longer than `max_line` bytes is read
+/// past (up to its newline, without keeping it) and sent as
+/// [`Line::TooLong`]. Detached on purpose: it may be blocked in `read` on a
+/// terminal or a pipe when the batch ends.
+pub fn spawn_reader_capped(
+    mut src: Box<dyn BufRead + Send>,
+    stop: Arc<Stop>,
+    max_line: usize,
+) -> Receiver<Line> {
     let (tx, rx) = crossbeam_channel::bounded::<Line>(READ_AHEAD);
+    let cap = u64::try_from(max_line).unwrap_or(u64::MAX);
     std::thread::Builder::new()
         .name("billiard-input".into())
         .spawn(move || {
             let mut lineno = 0u64;
             while !stop.is_set() {
                 let mut buf = Vec::new();
-                let msg = match src.read_until(b'\n', &mut buf) {
+                // At most one byte past the cap is kept: enough to know the
+                // line is too long.
+                let read = src
+                    .by_ref()
+                    .take(cap.saturating_add(1))
+                    .read_until(b'\n', &mut buf);
+                let msg = match read {
                     Ok(0) => Line::End,
+                    Ok(_) if buf.len() > max_line && buf.last() != Some(&b'\n') => {
+                        lineno += 1;
+                        match skip_line(&mut *src, buf.len() as u64) {
+                            Ok(bytes) => Line::TooLong(lineno, too_long(lineno, bytes, max_line)),
+                            Err(e) => Line::Error(lineno, e),
+                        }
+                    }
                     Ok(_) => {
                         lineno += 1;
                         // A UTF-8 byte-order mark some editors write at the
@@ -68,6 +117,33 @@ pub fn spawn_reader(mut src: Box<dyn BufRead + Send>, stop: Arc<Stop>) -> Receiv
         })
         .expect("cannot start the input thread");
     rx
+}
+
+/// Reads past the rest of a line (up to and including its newline, or the
+/// end) without keeping it; returns the line's length in bytes, `seen`
+/// already read included (the newline not counted).
+fn skip_line(src: &mut dyn BufRead, mut seen: u64) -> std::io::Result<u64> {
+    loop {
+        let chunk = match src.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(seen);
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                src.consume(at + 1);
+                return Ok(seen.saturating_add(at as u64));
+            }
+            None => {
+                let n = chunk.len();
+                src.consume(n);
+                seen = seen.saturating_add(n as u64);
+            }
+        }
+    }
 }
 
 /// The channel of a single job (`--args`).
@@ -97,9 +173,30 @@ const MIN_READ: usize = 64 * 1024;
 pub struct LineBatch {
     buf: Vec<u8>,
     lines: Vec<(u64, usize)>,
+    /// The lines (by index in `lines`, ascending) that were longer than
+    /// `max_line` and skipped unread, with their length; they hold no bytes.
+    too_long: Vec<(usize, u64)>,
+    max_line: usize,
 }
 
 impl LineBatch {
+    /// Line `lineno`, `bytes` long, was over the limit and skipped.
+    fn push_too_long(&mut self, lineno: u64, bytes: u64, max_line: usize) {
+        self.too_long.push((self.lines.len(), bytes));
+        self.max_line = max_line;
+        self.lines.push((lineno, self.buf.len()));
+    }
+
+    /// The error standing for line `i`, if it was too long.
+    fn too_long_error(&self, i: usize) -> Option<TaskError> {
+        let at = self.too_long.binary_search_by_key(&i, |(j, _)| *j).ok()?;
+        Some(too_long(
+            self.lines[i].0,
+            self.too_long[at].1,
+            self.max_line,
+        ))
+    }
+
     fn push(&mut self, lineno: u64, line: &[u8]) {
         if self.lines.capacity() == 0 {
             self.lines.reserve(BATCH_LINES);
@@ -131,25 +228,36 @@ pub enum Batch {
     End,
 }
 
-/// Starts the reader thread of `run`: like [`spawn_reader`], but it reads
-/// big blocks and hands over up to [`BATCH_LINES`] lines per message, and
-/// every line it has as soon as a `read` returns (a quiet pipe's line is
-/// not held back). Detached on purpose, like `spawn_reader`.
-pub fn spawn_batch_reader(src: Box<dyn Read + Send>, stop: Arc<Stop>) -> Receiver<Batch> {
+/// Starts the reader thread of `run`: like [`spawn_reader_capped`], but it
+/// reads big blocks and hands over up to [`BATCH_LINES`] lines per
+/// message, and every line it has as soon as a `read` returns (a quiet
+/// pipe's line is not held back). A line longer than `max_line` bytes is
+/// read past without being kept and stands as a `bad_args` job
+/// ([`too_long`]): the buffer never grows past `max_line` and a read, so
+/// memory stays flat for any input. Detached on purpose, like
+/// `spawn_reader`.
+pub fn spawn_batch_reader(
+    src: Box<dyn Read + Send>,
+    stop: Arc<Stop>,
+    max_line: usize,
+) -> Receiver<Batch> {
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(BATCHES_AHEAD);
     std::thread::Builder::new()
         .name("billiard-input".into())
-        .spawn(move || read_batches(src, &tx, &stop))
+        .spawn(move || read_batches(src, &tx, &stop, max_line))
         .expect("cannot start the input thread");
     rx
 }
 
-fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop) {
-    let mut buf = vec![0u8; READ_SIZE];
+fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop, max_line: usize) {
+    let mut buf = vec![0u8; READ_SIZE.min(max_line.saturating_add(MIN_READ))];
     // The bytes not yet split into lines: buf[start..filled].
     let (mut start, mut filled) = (0usize, 0usize);
     let mut lineno = 0u64;
     let mut batch = LineBatch::default();
+    // Skipping the rest of a line over `max_line`: its number and the
+    // bytes seen so far.
+    let mut skipping: Option<(u64, u64)> = None;
     // Hands a line over (BOM and blank lines handled as `spawn_reader`
     // does); false once nobody listens or a stop was requested.
     let line = |lineno: u64, mut bytes: &[u8], batch: &mut LineBatch| -> bool {
@@ -174,8 +282,12 @@ fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop) 
                 (filled, start) = (filled - start, 0);
             }
             if buf.len() - filled < MIN_READ {
-                // A line longer than the buffer.
-                buf.resize(buf.len() * 2, 0);
+                // A line longer than the buffer (and at most `max_line`:
+                // a longer one is skipped below), so never past
+                // `max_line` and one read.
+                let len = buf.len().saturating_mul(2);
+                let len = len.min(max_line.saturating_add(MIN_READ).saturating_add(1));
+                buf.resize(len.max(filled.saturating_add(MIN_READ)), 0);
             }
         }
         let n = match src.read(&mut buf[filled..]) {
@@ -189,6 +301,9 @@ fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop) 
             }
         };
         if n == 0 {
+            if let Some((at, bytes)) = skipping.take() {
+                batch.push_too_long(at, bytes, max_line);
+            }
             // The end; a last line without a newline is a line.
             if start < filled {
                 lineno += 1;
@@ -204,6 +319,25 @@ fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop) 
         // Only the new bytes can hold a newline.
         let mut scan = filled;
         filled += n;
+        if let Some((at, bytes)) = skipping {
+            // The rest of a line over the limit: dropped up to its newline.
+            match buf[scan..filled].iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    skipping = None;
+                    batch.push_too_long(at, bytes.saturating_add(nl as u64), max_line);
+                    if batch.is_full() && !send(tx, stop, &mut batch) {
+                        return;
+                    }
+                    start = scan + nl + 1;
+                    scan = start;
+                }
+                None => {
+                    skipping = Some((at, bytes.saturating_add(n as u64)));
+                    (start, filled) = (0, 0);
+                    continue;
+                }
+            }
+        }
         while let Some(at) = buf[scan..filled].iter().position(|&b| b == b'\n') {
             let end = scan + at;
             lineno += 1;
@@ -212,6 +346,13 @@ fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop) 
             }
             start = end + 1;
             scan = start;
+        }
+        if filled - start > max_line {
+            // The line being read is already over the limit: it is
+            // skipped from here, never held whole.
+            lineno += 1;
+            skipping = Some((lineno, (filled - start) as u64));
+            (start, filled) = (0, 0);
         }
         if !send(tx, stop, &mut batch) {
             return;
@@ -343,6 +484,9 @@ impl<'p> Jobs<'p> {
     /// The job of line `i` of the current batch, its arguments appended to
     /// `args` (nothing appended on an error).
     fn job(&mut self, i: usize, args: &mut Vec<u8>) -> Result<JobHead, TaskError> {
+        if let Some(e) = self.batch.too_long_error(i) {
+            return Err(e);
+        }
         let batch = std::mem::take(&mut self.batch);
         let (lineno, line) = batch.line(i);
         let start = args.len();

@@ -351,7 +351,7 @@ impl Puller {
             }
             if self.draining {
                 match self.lines.try_recv() {
-                    Ok(Line::Data(lineno, _)) => {
+                    Ok(Line::Data(lineno, _) | Line::TooLong(lineno, _)) => {
                         let why = self.stop.reason().unwrap_or("stopped");
                         let e = TaskError::new(
                             ErrorKind::Terminated,
@@ -379,6 +379,7 @@ impl Puller {
                     let job = input::parse_line(lineno, &line);
                     return Some(self.job(lineno, job));
                 }
+                Some(Ok(Line::TooLong(lineno, e))) => return Some(self.job(lineno, Err(e))),
                 Some(Ok(Line::Error(lineno, e))) => {
                     self.read_error = Some(format!("cannot read input line {lineno}: {e}"));
                     self.done = true;

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::Duration;
 
-use billiard_host::{bounds, ErrorKind, JobHead, JobSource, Pool, PoolConfig, StartMethod, TaskError};
+use billiard_host::{
+    bounds, ErrorKind, JobHead, JobSource, Pool, PoolConfig, StartMethod, TaskError,
+};
 use clap::ArgGroup;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -87,17 +89,24 @@ pub struct Args {
     /// Worker processes (1 to 512; default: the number of CPUs, 1 for --args).
     #[arg(short, long, value_name = "N", value_parser = parse_workers)]
     workers: Option<usize>,
-    /// Jobs sent to a worker per message (and run in one call).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive)]
+    /// Jobs sent to a worker per message (and run in one call; at most
+    /// 1048576).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_chunksize)]
     chunksize: usize,
     /// How results of tasks that return bytes (`Vec<u8>`) are written:
     /// `array` of numbers, or `base64` as {"$bytes": "<base64>"} (arguments
     /// may use either form).
     #[arg(long, value_name = "FORM", default_value = "array")]
     bytes: BytesForm,
-    /// Messages in flight per worker (1: only idle workers get work).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive)]
+    /// Messages in flight per worker (1: only idle workers get work; at
+    /// most 65536).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_prefetch)]
     prefetch: usize,
+    /// The largest frame to or from a worker (default 1GiB): a job whose
+    /// arguments, or an input line, are longer ends `bad_args`. For tests
+    /// of the limit; hidden.
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_frame, hide = true)]
+    max_frame: Option<usize>,
     /// Replace a worker after it ran N jobs.
     #[arg(long, value_name = "N", value_parser = parse_positive_u64)]
     max_tasks_per_child: Option<u64>,
@@ -170,6 +179,38 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>().map_err(|e| e.to_string())? {
         0 => Err("must be at least 1".into()),
         n => Ok(n),
+    }
+}
+
+/// The most messages in flight per worker `--prefetch` accepts.
+const MAX_PREFETCH: usize = 65_536;
+
+/// `--chunksize`: 1 to [`PoolConfig::MAX_CHUNKSIZE`] (a chunk's count
+/// travels as 32 bits, and it runs in one frame and one call).
+fn parse_chunksize(s: &str) -> Result<usize, String> {
+    match parse_positive(s)? {
+        n if n > PoolConfig::MAX_CHUNKSIZE => Err(format!(
+            "at most {} jobs per message",
+            PoolConfig::MAX_CHUNKSIZE
+        )),
+        n => Ok(n),
+    }
+}
+
+/// `--prefetch`: 1 to [`MAX_PREFETCH`].
+fn parse_prefetch(s: &str) -> Result<usize, String> {
+    match parse_positive(s)? {
+        n if n > MAX_PREFETCH => Err(format!("at most {MAX_PREFETCH} messages per worker")),
+        n => Ok(n),
+    }
+}
+
+/// `--max-frame`: a size in the pool's accepted range.
+fn parse_max_frame(s: &str) -> Result<usize, String> {
+    let (min, max) = (PoolConfig::MIN_MAX_FRAME, PoolConfig::MAX_MAX_FRAME);
+    match usize::try_from(parse_size(s)?) {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be {min} to {max} bytes")),
     }
 }
 
@@ -306,7 +347,7 @@ pub fn run(args: Args) -> i32 {
             if let Some(file) = file {
                 progress.count_total_in(file);
             }
-            input::spawn_batch_reader(reader, stop.clone())
+            input::spawn_batch_reader(reader, stop.clone(), pool.config().max_frame)
         }
     };
     let (mut jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
@@ -848,9 +889,10 @@ fn isolated(args: &Args, single: bool, source: Source, out: Box<dyn Write + Send
     let (lines, count_in) = match source {
         Source::One(bytes) => (input::one_line(bytes), None),
         Source::Lines(reader, file) => (
-            input::spawn_reader(
+            input::spawn_reader_capped(
                 Box::new(std::io::BufReader::with_capacity(256 * 1024, reader)),
                 stop.clone(),
+                args.max_frame.unwrap_or_else(input::default_max_line),
             ),
             file,
         ),
@@ -916,6 +958,9 @@ fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
     b = args.sandbox.apply(b);
     if let Some(d) = args.time_limit {
         b = b.time_limit(d);
+    }
+    if let Some(n) = args.max_frame {
+        b = b.max_frame(n);
     }
     b
 }

@@ -515,6 +515,11 @@ impl Fleet<'_> {
                         Err(e) => self.finish(index, Err(e)),
                     }
                 }
+                Some(Line::TooLong(_, e)) => {
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    self.finish(index, Err(e));
+                }
                 Some(Line::Error(lineno, e)) => {
                     self.read_error = Some(format!("cannot read input line {lineno}: {e}"));
                     self.input_done = true;
@@ -531,7 +536,7 @@ impl Fleet<'_> {
         let why = self.stop.reason().unwrap_or("stopped").to_string();
         loop {
             match self.lines.try_recv() {
-                Ok(Line::Data(lineno, _)) => {
+                Ok(Line::Data(lineno, _) | Line::TooLong(lineno, _)) => {
                     let index = self.next_index;
                     self.next_index += 1;
                     let e = TaskError::new(
@@ -629,7 +634,7 @@ impl Fleet<'_> {
 
     /// Waits up to `limit` for results and writes what arrived.
     fn collect(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
+        let deadline = billiard_host::bounds::saturating_deadline(Instant::now(), limit);
         loop {
             let Some(w) = self.waiter.as_mut() else {
                 return;

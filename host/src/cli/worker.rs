@@ -324,9 +324,13 @@ fn serve_metrics(addr: &str, ops: &std::sync::Arc<Ops>) -> Result<(), String> {
         return Ok(());
     };
     let o = ops.clone();
+    let lost = m.clone();
     let bound = m.serve(
         addr,
         std::sync::Arc::new(move || {
+            if let Some(why) = lost.pool_error() {
+                return Err(format!("the pool stopped: {why}"));
+            }
             if !o.broker_ok.load(std::sync::atomic::Ordering::Acquire) {
                 return Err("broker unreachable".into());
             }

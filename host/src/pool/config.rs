@@ -126,6 +126,63 @@ impl Default for PoolConfig {
     }
 }
 
+/// See [`PoolConfig::MAX_CHUNKSIZE`].
+pub(crate) const MAX_CHUNKSIZE: usize = PoolConfig::MAX_CHUNKSIZE;
+
+impl PoolConfig {
+    /// The smallest frame limit a pool accepts ([`PoolConfig::max_frame`]):
+    /// every frame header and a small job's arguments fit.
+    pub const MIN_MAX_FRAME: usize = 4096;
+    /// The largest frame limit: a frame's length travels as 32 bits.
+    pub const MAX_MAX_FRAME: usize = u32::MAX as usize;
+    /// The most jobs one chunk holds (`map`'s `chunksize`, `run
+    /// --chunksize`): a chunk's job count travels as 32 bits and it runs in
+    /// one frame and one call; the library takes a larger `chunksize` as
+    /// this many, the CLI refuses it.
+    pub const MAX_CHUNKSIZE: usize = 1 << 20;
+
+    /// Every duration, size and count of the configuration in its range;
+    /// else the error names the setting and the bound (what
+    /// `PoolBuilder::build` returns as `PoolError::Config`). Durations are
+    /// bounded by [`crate::bounds::MAX_DURATION`], so every deadline the
+    /// supervisor computes from them fits the clock.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::bounds::check_duration;
+        let positive = |what: &str, d: Duration| -> Result<(), String> {
+            if d.is_zero() {
+                return Err(format!("{what}: must be longer than 0"));
+            }
+            check_duration(what, d).map(drop).map_err(|e| e.to_string())
+        };
+        if let Some(d) = self.soft_time_limit {
+            positive("soft_time_limit", d)?;
+        }
+        if let Some(d) = self.time_limit {
+            positive("time_limit", d)?;
+        }
+        positive("load_timeout", self.load_timeout)?;
+        positive("restart_limit's window", self.restart_window)?;
+        if self.max_tasks_per_child == Some(0) {
+            return Err("max_tasks_per_child: must be at least 1".into());
+        }
+        if self.max_memory_per_child == Some(0) {
+            return Err("max_memory_per_child: must be more than 0 bytes".into());
+        }
+        if self.address_space_limit == Some(0) {
+            return Err("address_space_limit: must be more than 0 bytes".into());
+        }
+        if !(Self::MIN_MAX_FRAME..=Self::MAX_MAX_FRAME).contains(&self.max_frame) {
+            return Err(format!(
+                "max_frame: {} bytes is outside {}..={} bytes",
+                self.max_frame,
+                Self::MIN_MAX_FRAME,
+                Self::MAX_MAX_FRAME
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Per-job overrides of the pool's limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -151,6 +208,20 @@ impl Limits {
             ));
         }
         crate::bounds::check_duration(&format!("\"{field}\""), d).map_err(|e| e.to_string())
+    }
+
+    /// Both limits at most [`crate::bounds::MAX_DURATION`] (what a job's
+    /// own limits from the library must satisfy; job lines and cases are
+    /// checked as they are parsed, [`Limits::parse_field`]): else the
+    /// job's `bad_args` error, naming the limit.
+    pub fn check(&self) -> Result<(), crate::TaskError> {
+        for (d, what) in [(self.soft, "soft_time_limit"), (self.hard, "time_limit")] {
+            if let Some(d) = d {
+                crate::bounds::check_duration(what, d)
+                    .map_err(|e| crate::TaskError::new(crate::ErrorKind::BadArgs, e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 
     /// These limits, falling back to the pool's where unset.

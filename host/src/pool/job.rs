@@ -137,9 +137,11 @@ impl ResultSlot {
             .is_some()
     }
 
-    /// Waits for the outcome (up to `timeout`) and returns a copy.
+    /// Waits for the outcome (up to `timeout`) and returns a copy. A
+    /// timeout past what the clock can represent (`Duration::MAX`, the
+    /// usual "no timeout") waits without one.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<Outcome> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| crate::bounds::deadline(Instant::now(), t));
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(o) = &st.outcome {
@@ -154,7 +156,7 @@ impl ResultSlot {
                     }
                     st = self
                         .cv
-                        .wait_timeout(st, d - now)
+                        .wait_timeout(st, d.saturating_duration_since(now))
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 }

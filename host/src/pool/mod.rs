@@ -292,6 +292,7 @@ impl Pool {
     }
 
     fn start(cfg: PoolConfig, events: Option<Sender<Event>>) -> Result<Pool, PoolError> {
+        cfg.check().map_err(PoolError::Config)?;
         if cfg.workers == 0 {
             return Err(PoolError::Config("workers must be at least 1".into()));
         }
@@ -627,6 +628,21 @@ impl Pool {
                 "the pool is closed; no new jobs are accepted",
             ));
         }
+        // Every job from the library passes here: a limit out of range
+        // ends its own job (`bad_args`), never reaches the timers.
+        let ds: Vec<Dispatch> = ds
+            .into_iter()
+            .filter_map(|mut d| match d.limits.check() {
+                Ok(()) => Some(d),
+                Err(e) => {
+                    d.fail_rest(|_| e.clone());
+                    None
+                }
+            })
+            .collect();
+        if ds.is_empty() {
+            return Ok(());
+        }
         self.maybe_test_panic(&ds)?;
         self.send(Cmd::Submit(ds))
     }
@@ -813,14 +829,14 @@ impl Pool {
         let target = self.task_ref(plugin, task)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx = job::ChunkSender::new(tx);
-        let chunksize = chunksize.max(1);
+        let chunksize = chunksize.clamp(1, config::MAX_CHUNKSIZE);
         let mut ds = Vec::new();
         let mut n = 0u64;
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             let mut payload = Vec::new();
             let mut count = 0u32;
-            let mut args: Vec<Vec<u8>> = Vec::with_capacity(chunksize);
+            let mut args: Vec<Vec<u8>> = Vec::new();
             for item in items.by_ref().take(chunksize) {
                 args.push(Self::encode_args(&(item,))?);
                 count += 1;

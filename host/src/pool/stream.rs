@@ -252,14 +252,17 @@ impl<'p> RawStream<'p> {
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx = ChunkSender::new(tx);
+        // A chunk's job count travels as 32 bits: a larger chunksize is a
+        // hint taken as the most a chunk holds.
+        let chunksize = chunksize.clamp(1, super::config::MAX_CHUNKSIZE);
         RawStream {
             pool,
             source,
             tx,
             rx,
             ordered,
-            chunksize: chunksize.max(1),
-            window: window.max(chunksize).max(1),
+            chunksize,
+            window: window.max(chunksize),
             taken: 0,
             bytes_taken: 0,
             in_flight: 0,
@@ -394,7 +397,12 @@ impl<'p> RawStream<'p> {
         if !single {
             let len = (payload.len() - 4) as u32;
             payload[..4].copy_from_slice(&len.to_le_bytes());
-            payload.reserve((payload.len() * (self.chunksize - 1)).min(1 << 20));
+            payload.reserve(
+                payload
+                    .len()
+                    .saturating_mul(self.chunksize - 1)
+                    .min(1 << 20),
+            );
         }
         while (count as usize) < self.chunksize {
             let start = payload.len();
@@ -434,7 +442,11 @@ impl<'p> RawStream<'p> {
             return None;
         };
         let target = *target;
-        let mut payload = Vec::with_capacity(if single { 16 } else { self.chunksize * 12 });
+        let mut payload = Vec::with_capacity(if single {
+            16
+        } else {
+            self.chunksize.saturating_mul(12).min(1 << 20)
+        });
         let mut count = 0u32;
         let mut bad = None;
         while (count as usize) < self.chunksize {

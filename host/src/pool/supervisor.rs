@@ -490,10 +490,11 @@ impl Supervisor {
             z.pid
         );
         self.install_zygote(z, gen, purpose)?;
-        self.add_timer((
-            Instant::now() + self.cfg.load_timeout,
-            TimerKind::ZygoteStart(gen),
-        ));
+        // A load timeout past the clock's range (the builder refuses one
+        // over bounds::MAX_DURATION) means no timer, never a panic.
+        if let Some(t) = crate::bounds::deadline(Instant::now(), self.cfg.load_timeout) {
+            self.add_timer((t, TimerKind::ZygoteStart(gen)));
+        }
         Ok(())
     }
 
@@ -1503,14 +1504,18 @@ impl Supervisor {
         let now = Instant::now();
         w.head_since = Some(now);
         let limits = d.limits.or(&self.cfg);
-        // A chunk gets the limit once per item.
+        // A chunk gets the limit once per item, saturating; a deadline the
+        // clock cannot hold never comes (no timer), it never panics here.
         let scale = d.count.max(1);
         let (job, count) = (d.first_job, d.count);
-        if let Some(soft) = limits.soft {
-            self.add_timer((now + soft * scale, TimerKind::Soft(wid, job)));
+        let at = |limit: Option<Duration>| {
+            limit.and_then(|l| crate::bounds::deadline(now, crate::bounds::scaled(l, scale)))
+        };
+        if let Some(t) = at(limits.soft) {
+            self.add_timer((t, TimerKind::Soft(wid, job)));
         }
-        if let Some(hard) = limits.hard {
-            self.add_timer((now + hard * scale, TimerKind::Hard(wid, job)));
+        if let Some(t) = at(limits.hard) {
+            self.add_timer((t, TimerKind::Hard(wid, job)));
         }
         self.events.emit(Event::JobStarted {
             job,
@@ -1649,7 +1654,8 @@ impl Supervisor {
                     // it is gone: give it a moment, so its own cause is the
                     // one reported. One still alive after that lost its
                     // socket mid-job (the task closed it) and is killed.
-                    self.add_timer((Instant::now() + EOF_KILL_GRACE, TimerKind::EofKill(wid)));
+                    let at = crate::bounds::saturating_deadline(Instant::now(), EOF_KILL_GRACE);
+                    self.add_timer((at, TimerKind::EofKill(wid)));
                 }
             }
         }
@@ -2014,7 +2020,7 @@ impl Supervisor {
             .registry()
             .deregister(&mut mio::unix::SourceFd(&w.pidfd.as_raw_fd()));
         self.add_timer((
-            Instant::now() + EXIT_REPORT_GRACE,
+            crate::bounds::saturating_deadline(Instant::now(), EXIT_REPORT_GRACE),
             TimerKind::ExitReport(wid),
         ));
     }
@@ -2772,7 +2778,7 @@ fn bytesize_text(bytes: u64) -> String {
 }
 
 fn wait_hello(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<ZygoteMsg, String> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::bounds::saturating_deadline(Instant::now(), timeout);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

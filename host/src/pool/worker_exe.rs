@@ -194,7 +194,7 @@ pub(crate) fn await_handshake(
     exe: &Path,
     source: ExeSource,
 ) -> Result<(), NoHandshake> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::bounds::saturating_deadline(Instant::now(), timeout);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
