@@ -248,6 +248,36 @@ fn syscall_number(name: &str) -> Option<i64> {
     Some(n)
 }
 
+/// The terminal `ioctl`s the seccomp filter refuses with EPERM (C2), with
+/// their names for the reports. A worker has no terminal (its own session,
+/// no tty fd, none in its /dev), so these fail anyway; the rule is the
+/// second wall should a terminal fd ever reach a task. The set is what can
+/// act on a terminal someone else is using:
+///
+/// * `TIOCSTI` pushes bytes into a terminal's input (the keystroke
+///   injection of C2); `TIOCLINUX` can paste a virtual console's selection
+///   into its input (the same attack on a console);
+/// * `TIOCSCTTY` makes a terminal the caller's controlling one (after
+///   which `TIOCSTI` needs no privilege) and `TIOCSPGRP` takes over its
+///   foreground process group; `TIOCNOTTY` is not refused (giving a
+///   terminal up harms nobody);
+/// * `TIOCSWINSZ` resizes it (and signals its foreground job), `TIOCSETD`
+///   changes its line discipline (loads kernel modules: a kernel attack
+///   surface), `TIOCCONS` redirects the console to it, `TIOCVHANGUP`
+///   hangs it up.
+///
+/// Reading ioctls (`TCGETS` for `isatty`, `TIOCGWINSZ`) stay allowed.
+pub const BLOCKED_IOCTLS: &[(&str, u64)] = &[
+    ("TIOCSTI", libc::TIOCSTI as u64),
+    ("TIOCLINUX", libc::TIOCLINUX as u64),
+    ("TIOCSCTTY", libc::TIOCSCTTY as u64),
+    ("TIOCSPGRP", libc::TIOCSPGRP as u64),
+    ("TIOCSWINSZ", libc::TIOCSWINSZ as u64),
+    ("TIOCSETD", libc::TIOCSETD as u64),
+    ("TIOCCONS", libc::TIOCCONS as u64),
+    ("TIOCVHANGUP", libc::TIOCVHANGUP as u64),
+];
+
 /// The namespace flags `clone` may not take inside the sandbox.
 const CLONE_NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWNS as u64,
@@ -365,6 +395,7 @@ impl Sandbox {
     pub fn check(&self) -> Result<Enforcement, SandboxError> {
         let mut layers = Vec::new();
         if self.is_none() {
+            layers.push(terminal_layer(false));
             return Ok(Enforcement { layers });
         }
         let root = os::uid() == 0;
@@ -372,6 +403,7 @@ impl Sandbox {
         if self.isolate {
             probe_steps.push(os::ProbeStep::MountNamespace);
             probe_steps.push(os::ProbeStep::PidNamespace);
+            probe_steps.push(os::ProbeStep::IpcNamespace);
         }
         if self.read_only {
             if !probe_steps.contains(&os::ProbeStep::MountNamespace) {
@@ -391,6 +423,7 @@ impl Sandbox {
                     "a recursive read-only remount (mount_setattr, Linux 5.12)"
                 }
                 os::ProbeStep::NetworkNamespace => "a network namespace",
+                os::ProbeStep::IpcNamespace => "an IPC namespace per worker",
             };
             return Err(SandboxError::Unavailable {
                 protection,
@@ -401,11 +434,11 @@ impl Sandbox {
             match self.network_mechanism() {
                 Some(NetworkMechanism::Namespace) => layers.push(Layer::new(
                     "network",
-                    "fresh network namespace (only loopback, down)",
+                    "fresh network namespace (only loopback, down); seccomp: socket(AF_UNIX) and datagram socketpair() fail EPERM (no filesystem or abstract Unix socket can be reached)",
                 )),
                 Some(NetworkMechanism::SeccompSocketRule) => layers.push(Layer::new(
                     "network",
-                    "seccomp rule: socket(AF_INET|AF_INET6|AF_NETLINK|AF_PACKET) fails EPERM (no network namespace here)",
+                    "seccomp rule: socket(AF_UNIX|AF_INET|AF_INET6|AF_NETLINK|AF_PACKET) and datagram socketpair() fail EPERM (no network namespace here)",
                 )),
                 None => {
                     return Err(SandboxError::Unavailable {
@@ -458,10 +491,19 @@ impl Sandbox {
                 "PID namespace per worker (fresh /proc; the host, the zygote and other workers are invisible)",
             ));
             layers.push(Layer::new(
+                "ipc",
+                "IPC namespace per worker (and one for the zygote): the host's SysV shared memory, message queues, semaphores and POSIX message queues are invisible; a worker's die with it",
+            ));
+            layers.push(Layer::new(
                 "seccomp",
                 &format!(
-                    "filter, EPERM: {}, kill() of another process group, clone() with namespace flags; clone3 ENOSYS",
-                    BLOCKED_SYSCALLS.join(", ")
+                    "filter, EPERM: {}, ioctl {}, kill() of another process group, clone() with namespace flags, any call of another ABI (int 0x80, x32); clone3 ENOSYS",
+                    BLOCKED_SYSCALLS.join(", "),
+                    BLOCKED_IOCTLS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
             layers.push(Layer::new(
@@ -470,7 +512,7 @@ impl Sandbox {
             ));
             layers.push(Layer::new(
                 "devices",
-                "/dev is a private tmpfs with only null, zero, full, random, urandom, tty; /sys and /proc read-only",
+                "/dev is a private tmpfs with only null, zero, full, random, urandom (no tty); /sys and /proc read-only",
             ));
             let kept = if self.keep_env.is_empty() {
                 "none".to_string()
@@ -534,6 +576,7 @@ impl Sandbox {
                 ),
             ));
         }
+        layers.push(terminal_layer(self.isolate));
         Ok(Enforcement { layers })
     }
 
@@ -566,6 +609,24 @@ impl Sandbox {
             ),
             Err(e) => format!("{} (cannot be enforced: {e})", self.profile),
         }
+    }
+}
+
+/// "No terminal" (C2), which every profile enforces: the zygote leads a
+/// session of its own before it loads a plugin (`sys::spawn_helper`,
+/// `sys::Lead::Session`), its workers stay in that session as group
+/// leaders (so they cannot acquire a terminal), their stdin is /dev/null,
+/// stdout and stderr a pipe, and no other fd of the host reaches them.
+fn terminal_layer(sandboxed: bool) -> Layer {
+    let mut m = String::from(
+        "own session, no controlling terminal (/dev/tty: ENXIO); stdin /dev/null, stdout/stderr a pipe, no other fd of the host inherited",
+    );
+    if sandboxed {
+        m.push_str("; terminal ioctls fail EPERM (seccomp)");
+    }
+    Layer {
+        name: "terminal",
+        mechanism: m,
     }
 }
 
@@ -646,6 +707,8 @@ pub struct KernelReport {
     pub mount_namespace: Result<(), String>,
     /// Whether a PID namespace can be made (`Err`: why not).
     pub pid_namespace: Result<(), String>,
+    /// Whether an IPC namespace can be made (`Err`: why not).
+    pub ipc_namespace: Result<(), String>,
     /// Whether a recursive read-only remount works in a mount namespace
     /// (`Err`: why not).
     pub read_only_remount: Result<(), String>,
@@ -683,6 +746,7 @@ pub fn kernel_report() -> KernelReport {
         network_namespace: probe(os::ProbeStep::NetworkNamespace),
         mount_namespace: probe(os::ProbeStep::MountNamespace),
         pid_namespace: probe(os::ProbeStep::PidNamespace),
+        ipc_namespace: probe(os::ProbeStep::IpcNamespace),
         read_only_remount: os::probe(&[
             os::ProbeStep::MountNamespace,
             os::ProbeStep::ReadOnlyRemount,
@@ -750,6 +814,12 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
             Err(e) => return Err(setup("network namespace")(e)),
         }
     }
+    if s.isolate {
+        // Before any plugin code: the plugins' constructors see none of
+        // the host's SysV IPC objects or POSIX queues either (C6); each
+        // worker then gets one of its own (`fork_worker`).
+        os::unshare_ipc().map_err(setup("IPC namespace"))?;
+    }
     if s.read_only || s.isolate {
         os::unshare_mounts().map_err(setup("mount namespace"))?;
     }
@@ -760,7 +830,11 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
         // An isolated worker is process 1, and leads group 1, of its own
         // PID namespace: its filters can be compiled once, here.
         let by_seccomp = s.no_network && NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
-        let _ = PROGRAMS.set((1, by_seccomp, seccomp_programs(1, by_seccomp)?));
+        let _ = PROGRAMS.set((
+            1,
+            by_seccomp,
+            seccomp_programs(1, s.no_network, by_seccomp)?,
+        ));
         // Root without capabilities still owns every root-owned file by
         // its mode: no device node but the harmless ones, and no write to
         // sysfs (the workers' fresh /proc is read-only too).
@@ -770,8 +844,8 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Forks a worker: with pid isolation, into a PID namespace (and mount
-/// namespace) of its own. Call it single-threaded.
+/// Forks a worker: with pid isolation, into a PID namespace (and mount and
+/// IPC namespaces) of its own. Call it single-threaded.
 pub fn fork_worker(s: &Sandbox) -> io::Result<sys::Forked> {
     if s.isolates_pids() {
         os::fork_isolated()
@@ -822,7 +896,7 @@ pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
             // of its own PID namespace (every isolated worker).
             Some((g, n, p)) if *g == pgid && *n == by_seccomp => p,
             _ => {
-                compiled = seccomp_programs(pgid, by_seccomp)?;
+                compiled = seccomp_programs(pgid, s.no_network, by_seccomp)?;
                 &compiled
             }
         };
@@ -835,11 +909,16 @@ pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
 
 /// The filters a worker installs: everything in [`BLOCKED_SYSCALLS`],
 /// `kill` aimed at a process group other than `pgid` (or at every
-/// process), and `clone` with namespace flags fail EPERM; `clone3`,
-/// whose flags a filter cannot read, fails ENOSYS (libc falls back to
-/// `clone`). With `no_sockets`, `socket` for network families fails too.
+/// process), `clone` with namespace flags and the [`BLOCKED_IOCTLS`] fail
+/// EPERM; `clone3`, whose flags a filter cannot read, fails ENOSYS (libc
+/// falls back to `clone`). With `no_network`, a new `AF_UNIX` socket fails
+/// too (C5: a network namespace does not cover filesystem sockets), and
+/// with `no_sockets` (no network namespace here) `socket` for the network
+/// families. A call of another ABI (i386's `int 0x80`, x32) fails EPERM
+/// like every refused call, never kills ([`refuse_foreign_abis`], C16).
 fn seccomp_programs(
     pgid: i32,
+    no_network: bool,
     no_sockets: bool,
 ) -> Result<Vec<seccompiler::BpfProgram>, SandboxError> {
     use seccompiler::{
@@ -884,14 +963,35 @@ fn seccomp_programs(
         );
     }
     rules.insert(libc::SYS_clone, clone_rules);
+    // The kernel reads ioctl's request as an unsigned int: comparing the
+    // low 32 bits (Dword) also catches a request with junk in the high ones.
+    let mut ioctl_rules = Vec::new();
+    for &(_, request) in BLOCKED_IOCTLS {
+        ioctl_rules.push(
+            SeccompRule::new(vec![Cond::new(1, Len::Dword, Op::Eq, request).map_err(bad)?])
+                .map_err(bad)?,
+        );
+    }
+    rules.insert(libc::SYS_ioctl, ioctl_rules);
+    let mut families = Vec::new();
+    if no_network {
+        // A path socket (a daemon's, the broker's) is reached by connect()
+        // or by sendto() on a datagram socket, and neither is a write the
+        // read-only mount refuses: no new AF_UNIX socket at all. The
+        // worker's own socket was inherited before the filter.
+        families.push(libc::AF_UNIX);
+    }
     if no_sockets {
-        let mut socket_rules = Vec::new();
-        for fam in [
+        families.extend([
             libc::AF_INET,
             libc::AF_INET6,
             libc::AF_NETLINK,
             libc::AF_PACKET,
-        ] {
+        ]);
+    }
+    if !families.is_empty() {
+        let mut socket_rules = Vec::new();
+        for fam in families {
             socket_rules.push(
                 SeccompRule::new(vec![
                     Cond::new(0, Len::Dword, Op::Eq, fam as u64).map_err(bad)?
@@ -900,6 +1000,26 @@ fn seccomp_programs(
             );
         }
         rules.insert(libc::SYS_socket, socket_rules);
+    }
+    if no_network {
+        // socketpair() stays for connected stream and seqpacket pairs
+        // (connect() and sendto()'s address cannot redirect those), but a
+        // datagram pair (SOCK_RAW is a datagram socket for AF_UNIX) could
+        // sendto() any path socket.
+        let mut pair_rules = Vec::new();
+        for ty in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
+            pair_rules.push(
+                SeccompRule::new(vec![Cond::new(
+                    1,
+                    Len::Dword,
+                    Op::MaskedEq(SOCK_TYPE_MASK),
+                    ty as u64,
+                )
+                .map_err(bad)?])
+                .map_err(bad)?,
+            );
+        }
+        rules.insert(libc::SYS_socketpair, pair_rules);
     }
     let eperm = SeccompFilter::new(
         rules,
@@ -917,8 +1037,153 @@ fn seccomp_programs(
         arch,
     )
     .map_err(bad)?;
-    Ok(vec![
-        eperm.try_into().map_err(bad)?,
-        enosys.try_into().map_err(bad)?,
-    ])
+    let mut progs = Vec::new();
+    for f in [eperm, enosys] {
+        let mut prog: seccompiler::BpfProgram = f.try_into().map_err(bad)?;
+        refuse_foreign_abis(&mut prog, arch)?;
+        progs.push(prog);
+    }
+    Ok(progs)
+}
+
+/// The bits of `socket`/`socketpair`'s type that name it (the rest are
+/// SOCK_NONBLOCK and SOCK_CLOEXEC).
+const SOCK_TYPE_MASK: u64 = 0xf;
+
+/// x86_64's x32 ABI: syscall numbers with this bit set.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Makes a compiled filter refuse, with EPERM, every call of another ABI
+/// than the one it was built for (C16). seccompiler starts each program
+/// with "if the architecture is not ours, kill the process"; a second,
+/// stacked filter cannot soften that (the kernel applies the strictest
+/// action), so that opening is replaced: a foreign architecture (i386's
+/// `int 0x80` on x86_64, AArch32 on aarch64) gets EPERM, and on x86_64 so
+/// does an x32 call, whose numbers none of the rules name (without this,
+/// x32's `unshare` would pass on a kernel with x32 enabled).
+fn refuse_foreign_abis(
+    prog: &mut seccompiler::BpfProgram,
+    arch: seccompiler::TargetArch,
+) -> Result<(), SandboxError> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    // struct seccomp_data: int nr; __u32 arch; ...
+    const NR_OFFSET: u32 = 0;
+    const ARCH_OFFSET: u32 = 4;
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| seccompiler::sock_filter { code, jt, jf, k };
+    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    let audit_arch = match prog.get(1) {
+        Some(i) if i.code == JEQ_K && i.jt == 1 && i.jf == 0 => i.k,
+        _ => 0,
+    };
+    let opening = [
+        ins(LD_W_ABS, 0, 0, ARCH_OFFSET),
+        ins(JEQ_K, 1, 0, audit_arch),
+        ins(RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+    ];
+    if audit_arch == 0 || prog.len() < opening.len() || prog[..opening.len()] != opening {
+        // A seccompiler that builds its programs differently: refuse to
+        // guess rather than install a filter that kills.
+        return Err(SandboxError::Setup {
+            step: "seccomp filter",
+            source: io::Error::other(
+                "unexpected architecture check in the compiled filter (seccompiler changed?)",
+            ),
+        });
+    }
+    let mut head = vec![
+        ins(LD_W_ABS, 0, 0, ARCH_OFFSET),
+        ins(JEQ_K, 1, 0, audit_arch),
+        ins(RET_K, 0, 0, eperm),
+    ];
+    if matches!(arch, seccompiler::TargetArch::x86_64) {
+        head.extend([
+            ins(LD_W_ABS, 0, 0, NR_OFFSET),
+            ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
+            ins(RET_K, 0, 0, eperm),
+        ]);
+    }
+    // Every jump of the rest is relative and stays inside the rest: the
+    // rest starts by loading the syscall number itself.
+    prog.splice(0..opening.len(), head);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+    /// Every program a worker installs, for every network setting.
+    fn all_programs() -> Vec<seccompiler::BpfProgram> {
+        let mut all = Vec::new();
+        for (no_network, no_sockets) in [(false, false), (true, false), (true, true)] {
+            all.extend(seccomp_programs(1, no_network, no_sockets).expect("compiles"));
+        }
+        all
+    }
+
+    #[test]
+    fn c16_no_compiled_filter_ever_kills() {
+        for prog in all_programs() {
+            for i in &prog {
+                if i.code == RET_K {
+                    let action = i.k & libc::SECCOMP_RET_ACTION_FULL;
+                    assert!(
+                        action == libc::SECCOMP_RET_ALLOW || action == libc::SECCOMP_RET_ERRNO,
+                        "a filter returns {:#x}",
+                        i.k
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn c16_a_foreign_architecture_and_x32_return_eperm_first() {
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        for prog in all_programs() {
+            // arch check, then its EPERM return.
+            assert_eq!(prog[0].k, 4, "loads the architecture");
+            assert_eq!((prog[1].jt, prog[1].jf), (1, 0));
+            assert_eq!((prog[2].code, prog[2].k), (RET_K, eperm));
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(prog[4].k, X32_SYSCALL_BIT);
+                assert_eq!((prog[5].code, prog[5].k), (RET_K, eperm));
+            }
+        }
+    }
+
+    #[test]
+    fn c16_an_unexpected_program_is_refused_not_installed() {
+        let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).expect("arch");
+        let mut prog = seccomp_programs(1, true, false)
+            .expect("compiles")
+            .remove(0);
+        // Already rewritten: its opening is not seccompiler's any more.
+        assert!(refuse_foreign_abis(&mut prog, arch).is_err());
+    }
+
+    #[test]
+    fn c2_the_terminal_ioctls_are_listed_in_the_report() {
+        let e = Sandbox::standard().check();
+        if let Ok(e) = e {
+            let seccomp = e
+                .layers
+                .iter()
+                .find(|l| l.name == "seccomp")
+                .expect("seccomp");
+            for (name, _) in BLOCKED_IOCTLS {
+                assert!(seccomp.mechanism.contains(name), "{name}");
+            }
+            assert!(e.layers.iter().any(|l| l.name == "terminal"));
+            assert!(e.layers.iter().any(|l| l.name == "ipc"));
+        }
+        let none = Sandbox::none().check().expect("none");
+        assert_eq!(none.layers.len(), 1);
+        assert_eq!(none.layers[0].name, "terminal");
+    }
 }

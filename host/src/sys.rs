@@ -392,12 +392,14 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
 
 /// Starts `exe args...` as a helper process (the zygote or a spawned worker):
 /// `fds[i]` becomes fd `3 + i` in the child, stdin is /dev/null, stdout and
-/// stderr go to `output`, the child is the leader of its own process group
-/// (so signals sent to the host's group do not reach it) and is killed when
-/// the thread that started it dies.
+/// stderr go to `output`, every other fd is closed at exec, the child leads
+/// a session of its own (so it has no controlling terminal, and signals sent
+/// to the host's group or by the host's terminal do not reach it) and is
+/// killed when the thread that started it dies.
 ///
 /// Safe to call from a multithreaded process: between fork and exec the
-/// child makes only async-signal-safe calls (dup2, fcntl, prctl, setpgid).
+/// child makes only async-signal-safe calls (dup2, fcntl, close_range,
+/// prctl, setsid).
 pub fn spawn_helper(
     exe: &std::path::Path,
     args: &[&OsStr],
@@ -440,6 +442,32 @@ pub fn spawn_helper(
                     return Err(io::Error::last_os_error());
                 }
             }
+            // No other fd of the host survives the exec: one it inherited
+            // without O_CLOEXEC (its terminal opened by a shell, `5</dev/tty`)
+            // would otherwise reach the plugins (C2). Marked close-on-exec,
+            // not closed: Command's own exec-error pipe must stay open.
+            let first_free = 3 + n as libc::c_uint;
+            if libc::syscall(
+                libc::SYS_close_range,
+                first_free,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                // Before Linux 5.11: by hand, up to the open-files limit.
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur.min(1 << 20) as libc::c_int
+                } else {
+                    4096
+                };
+                for fd in first_free as libc::c_int..top {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             // The zygote: it cleans up its workers when this thread dies.
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -451,7 +479,11 @@ pub fn spawn_helper(
             {
                 return Err(io::Error::last_os_error());
             }
-            if libc::setpgid(0, 0) < 0 {
+            // A session of its own: the host's terminal (if any) is not the
+            // controlling terminal of the zygote or of any worker it forks,
+            // so no task can open /dev/tty or be signalled by the terminal
+            // (C2). It also makes the child lead its own process group.
+            if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -506,17 +538,29 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Which group a process made by [`setup_worker_process`] leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lead {
+    /// A process group of its own, in its parent's session (a worker: it
+    /// stays in the zygote's session, which has no controlling terminal,
+    /// and as a non-leader of the session it cannot acquire one).
+    Group,
+    /// A session of its own (a zygote forked by the `fork` start method:
+    /// it leaves the host's session and its terminal, C2).
+    Session,
+}
+
 /// Runs in a freshly forked worker (child of the single-threaded zygote):
 /// moves `keep` to fds 3.., points stdout/stderr at `output`, stdin at
 /// /dev/null, closes every other fd, and makes the worker the leader of its
-/// own process group so a hard time limit can kill whatever it spawned.
-pub fn setup_worker_process(keep: &[RawFd], output: RawFd) -> io::Result<()> {
+/// own process group (or session, see [`Lead`]) so a hard time limit can
+/// kill whatever it spawned.
+pub fn setup_worker_process(keep: &[RawFd], output: RawFd, lead: Lead) -> io::Result<()> {
     // SAFETY: plain fd and process syscalls in a single-threaded child.
     unsafe {
-        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if devnull >= 0 {
-            libc::dup2(devnull, 0);
-        }
+        // Never left as inherited: the host's stdin may be its terminal (C2).
+        let devnull = cvt(libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY))?;
+        cvt(libc::dup2(devnull, 0))?;
         cvt(libc::dup2(output, 1))?;
         cvt(libc::dup2(output, 2))?;
         // Copies at 3+n or above (see `spawn_helper`): clear of the target
@@ -536,7 +580,10 @@ pub fn setup_worker_process(keep: &[RawFd], output: RawFd) -> io::Result<()> {
                 libc::close(fd as RawFd);
             }
         }
-        cvt(libc::setpgid(0, 0))?;
+        match lead {
+            Lead::Group => cvt(libc::setpgid(0, 0))?,
+            Lead::Session => cvt(libc::setsid())?,
+        };
     }
     Ok(())
 }

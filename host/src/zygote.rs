@@ -183,7 +183,9 @@ impl Zygote {
                     Birth::Fork => &[theirs.as_raw_fd()],
                     Birth::Exec { .. } => &[theirs.as_raw_fd(), board],
                 };
-                if let Err(e) = sys::setup_worker_process(keep, out_w.as_raw_fd()) {
+                // In the zygote's session (no controlling terminal, C2).
+                if let Err(e) = sys::setup_worker_process(keep, out_w.as_raw_fd(), sys::Lead::Group)
+                {
                     eprintln!("billiard worker: setup failed: {e}");
                     sys::exit_now(worker::exit_code::SETUP);
                 }

@@ -114,6 +114,7 @@ fn write_report(
     writeln!(out, "network namespace:  {}", yes(&r.network_namespace))?;
     writeln!(out, "mount namespace:    {}", yes(&r.mount_namespace))?;
     writeln!(out, "pid namespace:      {}", yes(&r.pid_namespace))?;
+    writeln!(out, "ipc namespace:      {}", yes(&r.ipc_namespace))?;
     writeln!(out, "read-only remount:  {}", yes(&r.read_only_remount))?;
     writeln!(
         out,

@@ -80,6 +80,15 @@ pub fn unshare_network() -> io::Result<()> {
     Ok(())
 }
 
+/// `unshare(CLONE_NEWIPC)`: a fresh IPC namespace (SysV shared memory,
+/// message queues and semaphores, POSIX message queues): the host's are
+/// invisible, and whatever is made in it dies with its last process.
+pub fn unshare_ipc() -> io::Result<()> {
+    // SAFETY: unshare with flags only.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWIPC) })?;
+    Ok(())
+}
+
 /// `unshare(CLONE_NEWNS)` and every mount made private, so nothing done in
 /// this mount namespace propagates back to the host's.
 pub fn unshare_mounts() -> io::Result<()> {
@@ -336,13 +345,16 @@ pub fn scrub_environment(keep: &[String]) {
     }
 }
 
-/// Forks into new PID and mount namespaces: the child is process 1 of its
-/// own PID namespace (it sees no other process of the machine, and
+/// Forks into new PID, mount and IPC namespaces: the child is process 1 of
+/// its own PID namespace (it sees no other process of the machine, and
 /// everything it starts dies with it) with its own copy of the mount
-/// table (for its own /proc). The caller must be single-threaded, like
-/// [`super::fork_single_threaded`], whose checks this shares.
+/// table (for its own /proc) and its own SysV IPC objects and POSIX
+/// message queues (none of the host's or another worker's; all of its own
+/// freed when it and its descendants are gone). The caller must be
+/// single-threaded, like [`super::fork_single_threaded`], whose checks
+/// this shares.
 ///
-/// This is `clone(CLONE_NEWPID | CLONE_NEWNS | SIGCHLD)` with the same
+/// This is `clone(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | SIGCHLD)` with the same
 /// TID bookkeeping glibc's fork does (CLONE_CHILD_SETTID/CLEARTID on the
 /// thread's TID word, found with PR_GET_TID_ADDRESS), so `raise` and
 /// `pthread_self` stay right in the child.
@@ -355,7 +367,8 @@ pub fn fork_isolated() -> io::Result<super::Forked> {
     let have_tid =
         unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_addr as *mut _, 0, 0, 0) } == 0
             && !tid_addr.is_null();
-    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong;
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::SIGCHLD)
+        as libc::c_ulong;
     if have_tid {
         flags |= (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as libc::c_ulong;
     }
@@ -392,6 +405,7 @@ pub enum ProbeStep {
     MountNamespace,
     PidNamespace,
     ReadOnlyRemount,
+    IpcNamespace,
 }
 
 /// Tries, in a throw-away child, to make the namespaces and the read-only
@@ -399,13 +413,21 @@ pub enum ProbeStep {
 /// multithreaded process: between fork and `_exit` the child makes raw
 /// system calls only.
 pub fn probe(steps: &[ProbeStep]) -> Result<(), (ProbeStep, io::Error)> {
+    // The child's exit code carries the failed step's index in 2 bits.
+    if let Some(&extra) = steps.get(4) {
+        return Err((
+            extra,
+            io::Error::new(io::ErrorKind::InvalidInput, "at most 4 probe steps at once"),
+        ));
+    }
     let mut codes = [0u8; 4];
-    for (i, s) in steps.iter().take(4).enumerate() {
+    for (i, s) in steps.iter().enumerate() {
         codes[i] = match s {
             ProbeStep::NetworkNamespace => 1,
             ProbeStep::MountNamespace => 2,
             ProbeStep::PidNamespace => 3,
             ProbeStep::ReadOnlyRemount => 4,
+            ProbeStep::IpcNamespace => 5,
         };
     }
     let attr = MountAttr {
@@ -442,6 +464,7 @@ pub fn probe(steps: &[ProbeStep]) -> Result<(), (ProbeStep, io::Error)> {
                         }
                     }
                     3 => libc::unshare(libc::CLONE_NEWPID),
+                    5 => libc::unshare(libc::CLONE_NEWIPC),
                     4 => libc::syscall(
                         libc::SYS_mount_setattr,
                         libc::AT_FDCWD,
@@ -504,17 +527,18 @@ pub fn seccomp_available() -> bool {
 }
 
 /// Replaces /dev, in this private mount namespace, with a small tmpfs
-/// that holds only `null`, `zero`, `full`, `random`, `urandom` and `tty`
-/// (bind mounts of the real nodes), the `fd`/`stdin`/`stdout`/`stderr`
-/// links and an empty `shm`: a root task without capabilities can no
-/// longer open the machine's disks, loop devices or /dev/kmsg, which file
-/// modes alone would allow it (and a read-only mount does not stop
-/// device writes).
+/// that holds only `null`, `zero`, `full`, `random` and `urandom` (bind
+/// mounts of the real nodes), the `fd`/`stdin`/`stdout`/`stderr` links
+/// and an empty `shm`: a root task without capabilities can no longer
+/// open the machine's disks, loop devices or /dev/kmsg, which file modes
+/// alone would allow it (and a read-only mount does not stop device
+/// writes). No terminal either: no `tty`, `console`, `ptmx` or `pts` (C2:
+/// `/dev/tty` was the operator's terminal).
 pub fn minimal_dev(read_only: bool) -> io::Result<()> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
     let mut nodes = Vec::new();
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for name in ["null", "zero", "full", "random", "urandom"] {
         let path = format!("/dev/{name}");
         if !Path::new(&path).exists() {
             continue;

@@ -594,9 +594,309 @@ pub fn deaf_spin(ms: u64) -> u64 {
     ms
 }
 
+// ----- sb2_*: the terminal, Unix sockets, SysV/POSIX IPC, foreign ABIs
+// (issue 22, C2/C5/C6/C16). Each reports what got through without ever
+// echoing the bytes it tried to put on a terminal, so a test can tell its
+// own output from the task's.
+
+/// What one terminal attempt on `fd` (named `what`) achieved: writes
+/// `marker`, pushes `inject` with TIOCSTI, resizes with TIOCSWINSZ.
+fn sb2_on_tty(fd: i32, what: &str, marker: &str, inject: &str, got: &mut Vec<String>) {
+    // SAFETY: isatty/write/ioctl on an fd number; the buffers outlive the calls.
+    unsafe {
+        if libc::isatty(fd) != 1 {
+            return;
+        }
+        let w = libc::write(fd, marker.as_ptr().cast(), marker.len());
+        got.push(if w < 0 {
+            os_err(&format!("{what} is a tty; write"))
+        } else {
+            format!("{what} is a tty; wrote {w} bytes")
+        });
+        let mut pushed = 0;
+        for b in inject.bytes() {
+            if libc::ioctl(fd, libc::TIOCSTI, &b as *const u8) == 0 {
+                pushed += 1;
+            }
+        }
+        got.push(if pushed > 0 {
+            format!("{what}: TIOCSTI pushed {pushed} bytes")
+        } else {
+            os_err(&format!("{what}: TIOCSTI"))
+        });
+        let ws = libc::winsize {
+            ws_row: 7,
+            ws_col: 13,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        if libc::ioctl(fd, libc::TIOCSWINSZ, &ws) == 0 {
+            got.push(format!("{what}: TIOCSWINSZ ok"));
+        }
+    }
+}
+
+fn sb2_open_tty(path: &str, marker: &str, inject: &str, got: &mut Vec<String>, failed: &mut Vec<String>) {
+    let Ok(c) = std::ffi::CString::new(path) else { return };
+    // SAFETY: open with a NUL-terminated path; the fd is closed below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    if fd < 0 {
+        failed.push(os_err(&format!("open {path}")));
+        return;
+    }
+    sb2_on_tty(fd, path, marker, inject, got);
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+}
+
+/// Looks for a terminal everywhere a task could find one: /dev/tty, every
+/// fd it has (0-2 and any inherited one), the zygote's fds through
+/// /proc/<ppid>/fd (visible without a PID namespace), and with `scan_dev`
+/// /dev/pts/*, /dev/console and /dev/ptmx. On each it writes `marker` and
+/// pushes `inject` with TIOCSTI. Ok lists what got through; Err, when
+/// nothing did, lists the refusals.
+#[task]
+pub fn sb2_tty(marker: String, inject: String, scan_dev: bool) -> Result<String, String> {
+    let mut got = Vec::new();
+    let mut failed = Vec::new();
+    sb2_open_tty("/dev/tty", &marker, &inject, &mut got, &mut failed);
+    for fd in 0..1024 {
+        sb2_on_tty(fd, &format!("fd {fd}"), &marker, &inject, &mut got);
+    }
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    if ppid > 0 {
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{ppid}/fd")) {
+            for e in rd.flatten() {
+                let p = e.path().display().to_string();
+                sb2_open_tty(&p, &marker, &inject, &mut got, &mut Vec::new());
+            }
+        }
+    }
+    // A controlling terminal of its own or of its parent (the zygote,
+    // visible without a PID namespace): field 7 of /proc/PID/stat.
+    for who in ["self".to_string(), ppid.to_string()] {
+        let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).unwrap_or_default();
+        let tty_nr = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(4)?.parse::<i64>().ok());
+        if tty_nr.is_some_and(|t| t != 0) {
+            got.push(format!("/proc/{who}/stat: a controlling terminal"));
+        }
+    }
+    if scan_dev {
+        let mut paths = vec!["/dev/console".to_string(), "/dev/ptmx".to_string()];
+        if let Ok(rd) = std::fs::read_dir("/dev/pts") {
+            paths.extend(rd.flatten().map(|e| e.path().display().to_string()));
+        }
+        for p in paths {
+            sb2_open_tty(&p, &marker, &inject, &mut got, &mut failed);
+        }
+    }
+    if got.is_empty() {
+        failed.push("no fd is a tty".into());
+        Err(failed.join("; "))
+    } else {
+        Ok(got.join("; "))
+    }
+}
+
+/// The terminal ioctls the sandbox refuses, each tried on `fd`, as
+/// "NAME:errno" (0: it worked). With `junk_high`, the request carries
+/// junk in its upper 32 bits (the kernel ignores them).
+#[task]
+pub fn sb2_ioctls(fd: i32, junk_high: bool) -> String {
+    let reqs: [(&str, u64); 8] = [
+        ("TIOCSTI", libc::TIOCSTI as u64),
+        ("TIOCLINUX", libc::TIOCLINUX as u64),
+        ("TIOCSCTTY", libc::TIOCSCTTY as u64),
+        ("TIOCSPGRP", libc::TIOCSPGRP as u64),
+        ("TIOCSWINSZ", libc::TIOCSWINSZ as u64),
+        ("TIOCSETD", libc::TIOCSETD as u64),
+        ("TIOCCONS", libc::TIOCCONS as u64),
+        ("TIOCVHANGUP", libc::TIOCVHANGUP as u64),
+    ];
+    let arg = [0u8; 64];
+    let mut out = Vec::new();
+    for (name, req) in reqs {
+        let req = if junk_high { req | 0x5a5a_0000_0000_0000 } else { req };
+        // SAFETY: a raw ioctl on an fd number with a zeroed 64-byte buffer
+        // (larger than any of these requests reads); fd 0 is /dev/null.
+        let r = unsafe { libc::syscall(libc::SYS_ioctl, fd, req, arg.as_ptr()) };
+        let errno = if r < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        };
+        out.push(format!("{name}:{errno}"));
+    }
+    out.join(" ")
+}
+
+/// Reaches a Unix socket at `path` ("@name": abstract) and sends `payload`:
+/// `how` = "stream" (socket + connect), "dgram" (an unbound datagram
+/// socket's sendto), "pair_dgram" (sendto on a socketpair's datagram end),
+/// "pair_stream" (only makes a connected stream pair: no address).
+#[task]
+pub fn sb2_unix(path: String, how: String, payload: String) -> Result<String, String> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    }
+    .map_err(|e| format!("address {path}: {e}"))?;
+    let e = |what: &'static str| move |err: std::io::Error| format!("{what}: {err}");
+    match how.as_str() {
+        "stream" => {
+            use std::io::Write;
+            let mut s = UnixStream::connect_addr(&addr).map_err(|err| format!("connect {path}: {err}"))?;
+            s.write_all(payload.as_bytes()).map_err(|err| format!("write {path}: {err}"))?;
+            Ok(format!("connected to {path}"))
+        }
+        "dgram" => {
+            let s = UnixDatagram::unbound().map_err(e("socket(AF_UNIX, SOCK_DGRAM)"))?;
+            s.send_to_addr(payload.as_bytes(), &addr).map_err(|err| format!("sendto {path}: {err}"))?;
+            Ok(format!("sent to {path}"))
+        }
+        "pair_dgram" => {
+            let (a, _b) = UnixDatagram::pair().map_err(e("socketpair(AF_UNIX, SOCK_DGRAM)"))?;
+            a.send_to_addr(payload.as_bytes(), &addr).map_err(|err| format!("sendto {path}: {err}"))?;
+            Ok(format!("sent to {path} from a socketpair"))
+        }
+        "pair_stream" => {
+            let (a, b) = UnixStream::pair().map_err(e("socketpair(AF_UNIX, SOCK_STREAM)"))?;
+            drop((a, b));
+            Ok("stream socketpair ok".into())
+        }
+        other => Err(format!("unknown mode {other}")),
+    }
+}
+
+/// The SysV shared memory segments this task can see (/proc/sysvipc/shm:
+/// "key shmid size" per line).
+#[task]
+pub fn sb2_shm_list() -> String {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(format!("{} {} {}", f.first()?, f.get(1)?, f.get(3)?))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Attaches SysV segment `id` and writes `text` at its start.
+#[task]
+pub fn sb2_shm_write(id: i32, text: String) -> Result<String, String> {
+    // SAFETY: shmat maps the segment or fails; we write at most the text's
+    // length (the test's segment is 4 KiB) and detach.
+    unsafe {
+        let p = libc::shmat(id, std::ptr::null(), 0);
+        if p as isize == -1 {
+            return Err(os_err(&format!("shmat({id})")));
+        }
+        std::ptr::copy_nonoverlapping(text.as_ptr(), p.cast::<u8>(), text.len().min(4096));
+        libc::shmdt(p);
+    }
+    Ok(format!("wrote into segment {id}"))
+}
+
+/// Leaves IPC objects behind: a SysV segment of `mib` MiB (touched) under
+/// `key`, a message queue under `key` holding one message, and the POSIX
+/// queue `mq` holding one message. Returns "shmid msqid".
+#[task]
+pub fn sb2_ipc_leave(key: i32, mib: u64, mq: String) -> Result<String, String> {
+    let size = (mib as usize).saturating_mul(1 << 20);
+    // SAFETY: SysV and POSIX IPC calls with valid buffers; the segment is
+    // written only within its size, then detached (it stays: no IPC_RMID).
+    unsafe {
+        let shm = libc::shmget(key, size, libc::IPC_CREAT | 0o600);
+        if shm < 0 {
+            return Err(os_err("shmget"));
+        }
+        let p = libc::shmat(shm, std::ptr::null(), 0);
+        if p as isize == -1 {
+            return Err(os_err("shmat"));
+        }
+        std::ptr::write_bytes(p.cast::<u8>(), 0x5a, size);
+        libc::shmdt(p);
+        let msq = libc::msgget(key, libc::IPC_CREAT | 0o600);
+        if msq < 0 {
+            return Err(os_err("msgget"));
+        }
+        #[repr(C)]
+        struct Msg {
+            mtype: libc::c_long,
+            text: [u8; 100],
+        }
+        let m = Msg { mtype: 1, text: [b'q'; 100] };
+        if libc::msgsnd(msq, (&m as *const Msg).cast(), 100, 0) < 0 {
+            return Err(os_err("msgsnd"));
+        }
+        let name = std::ffi::CString::new(mq).map_err(|e| e.to_string())?;
+        let q = libc::mq_open(name.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600 as libc::mode_t, std::ptr::null::<libc::mq_attr>());
+        if q < 0 {
+            return Err(os_err("mq_open"));
+        }
+        if libc::mq_send(q, c"hello".as_ptr(), 5, 0) < 0 {
+            return Err(os_err("mq_send"));
+        }
+        libc::mq_close(q);
+        Ok(format!("{shm} {msq}"))
+    }
+}
+
+/// An i386 system call through `int 0x80` (nr 20 is getpid there):
+/// returns the raw result (a negative errno on failure).
+#[task]
+pub fn sb2_int80(nr: u32) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut ret: u32 = nr;
+        // SAFETY: the i386 entry of the kernel; it takes eax/ebx/ecx/edx,
+        // returns in eax and may clobber r8-r11 when called from 64-bit
+        // code. getpid touches no memory.
+        unsafe {
+            // rbx is LLVM's: saved, zeroed (arg 1) and restored by hand.
+            std::arch::asm!(
+                "push rbx",
+                "xor ebx, ebx",
+                "int 0x80",
+                "pop rbx",
+                inlateout("eax") ret,
+                in("ecx") 0u32,
+                in("edx") 0u32,
+                lateout("r8") _, lateout("r9") _, lateout("r10") _, lateout("r11") _,
+            );
+        }
+        ret as i32 as i64
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = nr;
+        -(libc::ENOSYS as i64)
+    }
+}
+
+/// An x32-ABI system call (`nr` | 0x40000000, e.g. 39: getpid) on x86_64:
+/// the result, or the negative errno.
+#[task]
+pub fn sb2_x32(nr: i64) -> i64 {
+    // SAFETY: a raw system call with no pointer arguments.
+    let r = unsafe { libc::syscall(nr | 0x4000_0000, 0, 0, 0) };
+    if r < 0 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+    } else {
+        r
+    }
+}
+
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32],
 );
