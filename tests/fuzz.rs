@@ -317,6 +317,7 @@ fn body_of(f: &Frame<'_>) -> Vec<u8> {
             v.extend_from_slice(p);
         }
         Frame::Exit => v.push(ipc::KIND_EXIT),
+        Frame::Ready => v.push(ipc::KIND_READY),
         Frame::Items(job, count, p) => {
             v.extend_from_slice(&ipc::encode_items(*job, *count, p.len()).unwrap()[4..]);
             v.extend_from_slice(p);
@@ -342,6 +343,7 @@ proptest! {
             Just(ipc::KIND_RUN),
             Just(ipc::KIND_DONE),
             Just(ipc::KIND_EXIT),
+            Just(ipc::KIND_READY),
             Just(ipc::KIND_ARENA),
             Just(ipc::KIND_RUN_SHM),
             Just(ipc::KIND_DONE_SHM),
@@ -373,7 +375,7 @@ proptest! {
             Err(FrameError::Long { kind: k, len }) => {
                 prop_assert_eq!(k, kind);
                 prop_assert_eq!(len, body.len());
-                prop_assert!([ipc::KIND_ARENA, ipc::KIND_RUN_SHM, ipc::KIND_DONE_SHM].contains(&k));
+                prop_assert!([ipc::KIND_ARENA, ipc::KIND_RUN_SHM, ipc::KIND_DONE_SHM, ipc::KIND_READY].contains(&k));
             }
             Err(FrameError::UnknownKind(k)) => {
                 prop_assert_eq!(k, kind);
@@ -381,6 +383,7 @@ proptest! {
                     ipc::KIND_RUN,
                     ipc::KIND_DONE,
                     ipc::KIND_EXIT,
+                    ipc::KIND_READY,
                     ipc::KIND_ARENA,
                     ipc::KIND_RUN_SHM,
                     ipc::KIND_DONE_SHM,

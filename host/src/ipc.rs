@@ -9,6 +9,7 @@
 //! RUN    (kind 1, S→W): job:u64 plugin:u16 task:u32 codec:u8 attempt:u32 count:u32  args
 //! EXIT   (kind 2, S→W): (empty)
 //! DONE   (kind 10, W→S): job:u64 count:u32 flags:u8 status:u8  payload
+//! READY  (kind 11, W→S): (empty) once, before the worker reads its first frame
 //! ITEMS  (kind 20, W→S): job:u64 count:u32  records
 //! PROGRESS (kind 21, W→S): job:u64 done:u64 total:u64
 //! ARENA    (kind 40, S→W): in_cap:u64 out_cap:u64 threshold:u64, two fds attached
@@ -26,6 +27,11 @@
 //! ITEMS carries `count` stream items of the running (single, `count == 1`)
 //! job, as `[u32 LE length][bytes]` records in the job's codec, in the order
 //! the task emitted them; any number of ITEMS frames precede the job's DONE.
+//! READY says the worker got through its setup (plugins, initializer): it
+//! is written before any job's task runs, so no task can take it back, and
+//! a worker that dies without it died at start, not of a job (the restart
+//! limiter counts only those).
+//!
 //! PROGRESS is the task's latest `ctx.progress(done, total)` (coalesced by
 //! the worker: at most one per ~50 ms, plus each `done >= total` call).
 //!
@@ -47,6 +53,7 @@ use crate::sys::ExitInfo;
 pub const KIND_RUN: u8 = 1;
 pub const KIND_EXIT: u8 = 2;
 pub const KIND_DONE: u8 = 10;
+pub const KIND_READY: u8 = 11;
 pub const KIND_ITEMS: u8 = 20;
 pub const KIND_PROGRESS: u8 = 21;
 /// Large payloads through shared memory (`crate::shm`); 40.. so that other
@@ -126,6 +133,14 @@ pub fn encode_exit() -> [u8; 5] {
     let mut b = [0u8; 5];
     b[0..4].copy_from_slice(&1u32.to_le_bytes());
     b[4] = KIND_EXIT;
+    b
+}
+
+/// The READY frame (see the module docs).
+pub fn encode_ready() -> [u8; 5] {
+    let mut b = [0u8; 5];
+    b[0..4].copy_from_slice(&1u32.to_le_bytes());
+    b[4] = KIND_READY;
     b
 }
 
@@ -218,6 +233,8 @@ pub enum Frame<'a> {
     Run(RunHeader, &'a [u8]),
     Exit,
     Done(DoneHeader, &'a [u8]),
+    /// The worker is set up and takes jobs.
+    Ready,
     /// `(job, count, records)`: stream items of the running job.
     Items(u64, u32, &'a [u8]),
     /// `(job, done, total)` (trailing bytes are ignored).
@@ -269,6 +286,10 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
             Ok(Frame::Run(run_header(body)?, &body[RUN_HEADER - 4..]))
         }
         KIND_EXIT => Ok(Frame::Exit),
+        KIND_READY => {
+            exact(1)?;
+            Ok(Frame::Ready)
+        }
         KIND_DONE => {
             if body.len() < DONE_HEADER - 4 {
                 return Err(short());

@@ -967,23 +967,25 @@ pub fn getpid() -> i32 {
     std::process::id() as i32
 }
 
-/// A shared-memory array of 64-byte slots (one per worker) that workers
-/// write without system calls: the job they are running, so the supervisor
-/// knows whether a lost job had started and targets stops precisely.
+/// The scoreboard: one page per worker, where the worker stores the job it
+/// is running and the one it finished last (so the supervisor knows whether
+/// a lost job had started) and the supervisor the job a stop is meant for.
+///
+/// Each page is a sealed memfd of its own, made fresh for every worker
+/// ([`Scoreboard::renew`]) and handed to it alone: a worker maps only its
+/// own page, so no memory is writable by two workers (issue 22, C3), and a
+/// process a dead worker's task left behind can write only that dead
+/// worker's page, which no later worker uses. The supervisor maps every
+/// live worker's page and reads it with atomics only; the seals keep a
+/// worker from shrinking the file under that mapping (SIGBUS in the
+/// supervisor). Workers write their page without system calls.
 pub struct Scoreboard {
-    fd: OwnedFd,
-    ptr: *mut u8,
-    len: usize,
+    pages: Vec<Option<BoardPage>>,
 }
-
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Scoreboard {}
-// SAFETY: as above.
-unsafe impl Sync for Scoreboard {}
 
 pub const SLOT_BYTES: usize = 64;
 
-/// One worker's slot.
+/// One worker's words.
 #[repr(C)]
 pub struct Slot {
     /// Id of the job (or first job of a batch) the worker is running; 0: none.
@@ -998,75 +1000,84 @@ pub struct Slot {
     pub finished: AtomicU64,
 }
 
-impl Scoreboard {
-    /// Creates a zeroed board with `slots` slots in a memfd.
-    pub fn create(slots: usize) -> io::Result<Scoreboard> {
-        let len = (slots.max(1) * SLOT_BYTES).next_multiple_of(page_size() as usize);
-        // SAFETY: memfd_create with a valid C string.
-        let fd =
-            cvt(unsafe { libc::memfd_create(c"billiard-scoreboard".as_ptr(), libc::MFD_CLOEXEC) })?;
-        // SAFETY: fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our memfd.
-        cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
-        Scoreboard::map(fd)
+/// A mapping of one worker's scoreboard page (the supervisor's or the
+/// worker's own).
+pub struct BoardPage {
+    /// Keeps the page mapped for as long as `slot` is used.
+    _map: shm::SharedMap,
+    slot: *const Slot,
+}
+
+// SAFETY: `slot` points into the mapping this value owns, whose words are
+// only accessed atomically (by either process).
+unsafe impl Send for BoardPage {}
+// SAFETY: as above.
+unsafe impl Sync for BoardPage {}
+
+impl BoardPage {
+    /// A fresh, zeroed page in a new sealed memfd; returns the page and the
+    /// fd to hand to the worker.
+    pub fn create() -> io::Result<(BoardPage, OwnedFd)> {
+        let len = page_size() as usize;
+        let fd = shm::sealed_memfd(c"billiard-board", len)?;
+        Ok((BoardPage::map(&fd)?, fd))
     }
 
-    /// Maps an existing board (inherited by a spawned worker).
-    pub fn map(fd: OwnedFd) -> io::Result<Scoreboard> {
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat writes into a valid struct.
-        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-        let len = st.st_size as usize;
-        if len == 0 {
-            return Err(io::Error::other("empty scoreboard"));
-        }
-        // SAFETY: shared mapping of the whole memfd; checked for failure.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Scoreboard {
-            fd,
-            ptr: ptr.cast(),
-            len,
-        })
+    /// Maps the page behind `fd` (a worker: the one it was handed), which
+    /// must be a sealed memfd of at least one slot. The caller keeps (or
+    /// closes, or blinds) the fd; the mapping does not need it.
+    pub fn map(fd: &impl AsRawFd) -> io::Result<BoardPage> {
+        let (size, _) = shm::memfd_size_sealed(fd)?;
+        let len = usize::try_from(size)
+            .ok()
+            .filter(|&l| (SLOT_BYTES..=1 << 20).contains(&l))
+            .ok_or_else(|| io::Error::other(format!("a scoreboard page of {size} bytes")))?;
+        // SharedMap refuses a file whose size is not sealed.
+        let map = shm::SharedMap::new(fd, len, true)?;
+        let slot = map
+            .word(0)
+            .map(|w| w as *const AtomicU64 as *const Slot)
+            .ok_or_else(|| io::Error::other("a scoreboard page without a first word"))?;
+        Ok(BoardPage { _map: map, slot })
     }
 
-    pub fn capacity(&self) -> usize {
-        self.len / SLOT_BYTES
-    }
-
-    /// Slot `i`, if it exists.
-    pub fn slot(&self, i: usize) -> Option<&Slot> {
-        if i >= self.capacity() {
-            return None;
-        }
-        // SAFETY: in bounds (checked), 64-byte aligned within a page-aligned
-        // mapping, and Slot is made of atomics valid for any bit pattern.
-        Some(unsafe { &*(self.ptr.add(i * SLOT_BYTES) as *const Slot) })
-    }
-
-    pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+    pub fn slot(&self) -> &Slot {
+        // SAFETY: the mapping is at least SLOT_BYTES long (checked in
+        // `map`) and page-aligned; Slot is repr(C) of four AtomicU64, valid
+        // for any bit pattern and only accessed atomically; the reference
+        // lives no longer than `self`, which owns the mapping.
+        unsafe { &*self.slot }
     }
 }
 
-impl Drop for Scoreboard {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping we created.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
+impl Scoreboard {
+    /// A board for `slots` workers; pages are made by [`Scoreboard::renew`].
+    pub fn new(slots: usize) -> Scoreboard {
+        Scoreboard {
+            pages: (0..slots).map(|_| None).collect(),
         }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Gives slot `i` a fresh page for a new worker (the previous worker's
+    /// page is unmapped here); returns the fd to hand to that worker.
+    pub fn renew(&mut self, i: usize) -> io::Result<OwnedFd> {
+        let page = self
+            .pages
+            .get_mut(i)
+            .ok_or_else(|| io::Error::other(format!("no scoreboard slot {i}")))?;
+        *page = None;
+        let (fresh, fd) = BoardPage::create()?;
+        *page = Some(fresh);
+        Ok(fd)
+    }
+
+    /// Slot `i`'s words, if it has a page.
+    pub fn slot(&self, i: usize) -> Option<&Slot> {
+        self.pages.get(i)?.as_ref().map(BoardPage::slot)
     }
 }
 

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -21,7 +21,7 @@ use billiard_plugin_api::{
 use crate::ipc::{self, DoneHeader, Frame, WorkerParams, FLAG_RETIRING};
 use crate::plugin::Plugin;
 use crate::shm;
-use crate::sys::{self, Scoreboard, Slot};
+use crate::sys::{self, BoardPage, Slot};
 
 /// Worker exit codes the supervisor recognises.
 pub mod exit_code {
@@ -53,6 +53,29 @@ static TICKING: AtomicU64 = AtomicU64::new(0);
 /// task's thread, progress from any thread).
 static WRITE_LOCK: Mutex<()> = Mutex::new(());
 
+/// The call the host services serve now: its token (the `host_data` its
+/// context carries, a number, never an address) and its `JobHost`. A
+/// service called with another token — a context or `Emitter` kept past
+/// its call, used by a thread of a finished task — is refused: its items
+/// and progress never reach a later job (C13). `run_job` clears it after
+/// the call, taking the write lock, so a service that passed the check
+/// (holding the read lock) is done with the `JobHost` before it goes.
+static CURRENT: RwLock<Current> = RwLock::new(Current {
+    token: 0,
+    host: std::ptr::null(),
+});
+
+struct Current {
+    token: usize,
+    host: *const c_void,
+}
+
+// SAFETY: `host` is only dereferenced under the lock, while `run_job`
+// keeps the `JobHost` it points to alive (see CURRENT).
+unsafe impl Send for Current {}
+// SAFETY: as above.
+unsafe impl Sync for Current {}
+
 /// An ITEMS frame is sent once its records reach this size.
 const ITEMS_BATCH: usize = 64 * 1024;
 /// How often buffered stream items are pushed out by the next emit.
@@ -68,6 +91,8 @@ struct Worker {
     tasks_done: u64,
     base_memory: Option<u64>,
     last_status: Status,
+    /// The token of the last call (see CURRENT); never 0.
+    calls: usize,
 }
 
 /// Runs the worker loop; never returns. `zygote` is the pid of the
@@ -76,13 +101,11 @@ pub fn run(
     plugins: Vec<Plugin>,
     params: WorkerParams,
     sock: OwnedFd,
-    board: &'static Scoreboard,
+    page: &'static BoardPage,
     zygote: i32,
 ) -> ! {
-    let Some(slot) = board.slot(params.slot as usize) else {
-        eprintln!("billiard worker: no scoreboard slot {}", params.slot);
-        sys::exit_now(exit_code::SETUP);
-    };
+    // The worker's own scoreboard page, the only one it maps (C3).
+    let slot = page.slot();
     if let Err(e) = setup(&params, slot, &sock, zygote) {
         eprintln!("billiard worker: setup failed: {e}");
         sys::exit_now(exit_code::SETUP);
@@ -95,9 +118,15 @@ pub fn run(
         tasks_done: 0,
         base_memory: None,
         last_status: Status::Ok,
+        calls: 0,
     };
     w.initialize();
     w.base_memory = w.params.max_memory.and_then(|_| sys::anon_rss_bytes());
+    // Set up: said before any job's task runs, so no task can unsay it (a
+    // death without it is a death at start, see `ipc`).
+    if sys::write_all_vectored(&w.sock, &[&ipc::encode_ready()]).is_err() {
+        leave(exit_code::PROTOCOL);
+    }
     w.serve()
 }
 
@@ -201,7 +230,11 @@ impl Worker {
                 }
                 Ok(Frame::Exit) => leave(0),
                 Ok(
-                    Frame::Done(..) | Frame::Items(..) | Frame::Progress(..) | Frame::DoneShm(..),
+                    Frame::Done(..)
+                    | Frame::Ready
+                    | Frame::Items(..)
+                    | Frame::Progress(..)
+                    | Frame::DoneShm(..),
                 )
                 | Err(_) => {
                     eprintln!("billiard worker: unexpected frame from the supervisor");
@@ -209,6 +242,12 @@ impl Worker {
                 }
             };
             let by_count = self.run_job(h, args, &mut out);
+            // A result the supervisor would refuse (over the frame limit,
+            // by socket or through the arena alike) is the job's error,
+            // decided here so that the worker lives on (C14).
+            if out.len() > self.params.max_frame.saturating_sub(ipc::DONE_HEADER - 4) {
+                self.over_frame_limit(h.count, &mut out);
+            }
             let mut done = DoneHeader {
                 job: h.job,
                 count: h.count,
@@ -290,7 +329,14 @@ impl Worker {
                 Ordering::Release,
             );
         }
-        let host = JobHost::new(h.job, &self.sock);
+        let host = JobHost::new(h.job, &self.sock, self.params.max_frame);
+        // A fresh token per call (0 means none; wrapping needs 2^64 calls).
+        self.calls = self.calls.wrapping_add(1).max(1);
+        let token = self.calls;
+        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
+            token,
+            host: &host as *const JobHost as *const c_void,
+        };
         HOST_FLAGS.store(
             self.params.host_flags | HOST_FLAG_PROGRESS_DUE,
             Ordering::Release,
@@ -305,7 +351,7 @@ impl Worker {
             &STOP,
             &HOST_FLAGS,
             host_services(),
-            &host as *const JobHost as *const c_void,
+            token as *const c_void,
         );
         self.last_status = match self.plugins.get(h.plugin as usize) {
             None => {
@@ -327,17 +373,56 @@ impl Worker {
                 Status::Ok
             }
         };
+        // From here on the call's services refuse (a thread of the task may
+        // still hold its context); the write lock waits for any service
+        // call still using `host`.
+        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
+            token: 0,
+            host: std::ptr::null(),
+        };
         TICKING.store(0, Ordering::Release);
         HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
         // The items still buffered go out before the job's DONE.
         if host.flush().is_err() {
             leave(exit_code::PROTOCOL);
         }
+        // An item refused for its size: the task's error says why (C14).
+        if let Some(why) = host.take_refused() {
+            if h.count == 1 && self.last_status == Status::TaskError {
+                out.clear();
+                out.extend_from_slice(why.as_bytes());
+            }
+        }
         drop(host);
         self.slot.finished.store(h.job, Ordering::Release);
         self.slot.running.store(0, Ordering::Release);
         self.tasks_done += h.count as u64;
         self.params.max_tasks.is_some_and(|m| self.tasks_done >= m)
+    }
+
+    /// Replaces a result too large for one frame with the job's error (for
+    /// a chunk, each job's); the big buffer is let go.
+    fn over_frame_limit(&mut self, count: u32, out: &mut RVec<u8>) {
+        let (n, limit) = (out.len(), self.params.max_frame);
+        *out = RVec::with_capacity(64 * 1024);
+        if count == 1 {
+            let msg = format!(
+                "the result of {n} bytes is over the pool's frame limit of {limit} bytes \
+                 (PoolBuilder::max_frame); return less, or stream it in items"
+            );
+            out.extend_from_slice(msg.as_bytes());
+            self.last_status = Status::TaskError;
+        } else {
+            let msg = format!(
+                "the results of this chunk of {count} jobs take {n} bytes, over the pool's \
+                 frame limit of {limit} bytes; use a smaller chunksize"
+            );
+            for _ in 0..count {
+                out.push(Status::TaskError as u8);
+                out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+                out.extend_from_slice(msg.as_bytes());
+            }
+        }
     }
 
     /// Whether the worker's own (anonymous) memory grew past
@@ -370,10 +455,14 @@ struct JobHost<'s> {
     last_progress: Mutex<Option<(u64, u64)>>,
     /// Whether the ticker was woken for this job.
     ticking: AtomicBool,
+    /// The pool's frame limit (`max_frame`): no ITEMS frame is larger.
+    max_frame: usize,
+    /// Why an item was refused (over the frame limit), for the job's error.
+    refused: Mutex<Option<String>>,
 }
 
 impl<'s> JobHost<'s> {
-    fn new(job: u64, sock: &'s UnixStream) -> Self {
+    fn new(job: u64, sock: &'s UnixStream, max_frame: usize) -> Self {
         JobHost {
             job,
             sock,
@@ -381,7 +470,16 @@ impl<'s> JobHost<'s> {
             count: UnsafeCell::new(0),
             last_progress: Mutex::new(None),
             ticking: AtomicBool::new(false),
+            max_frame,
+            refused: Mutex::new(None),
         }
+    }
+
+    fn take_refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Wakes the ticker for this job on its first emit or progress report
@@ -394,11 +492,27 @@ impl<'s> JobHost<'s> {
     }
 
     /// Adds one record to the pending ITEMS frame; sends it when full or
-    /// when a tick passed since the last send.
-    fn push(&self, item: &[u8]) -> std::io::Result<()> {
+    /// when a tick passed since the last send. `Ok(false)`: the item alone
+    /// is over the frame limit and was refused (C14).
+    fn push(&self, item: &[u8]) -> std::io::Result<bool> {
         self.tick_from_now();
+        // The frame body (kind, header, records) stays within max_frame.
+        let alone = ipc::ITEMS_HEADER + item.len();
+        if alone > self.max_frame {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                "a stream item of {} bytes is over the pool's frame limit of {} bytes",
+                item.len(),
+                self.max_frame
+            ));
+            return Ok(false);
+        }
         // SAFETY: only the task's thread calls `emit` (see `items`), and
         // no reference to these cells outlives this call.
+        let pending = unsafe { (*self.items.get()).len() };
+        if pending > 0 && pending + 4 + item.len() > self.max_frame {
+            self.flush()?;
+        }
+        // SAFETY: as above (`flush` holds no reference past its return).
         let (buf, count) = unsafe { (&mut *self.items.get(), &mut *self.count.get()) };
         if buf.is_empty() {
             if buf.capacity() == 0 {
@@ -420,7 +534,7 @@ impl<'s> JobHost<'s> {
         if buf.len() >= ITEMS_BATCH || FLUSH_DUE.swap(0, Ordering::Relaxed) != 0 {
             self.flush()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends the pending ITEMS frame, if any.
@@ -459,17 +573,30 @@ impl<'s> JobHost<'s> {
     }
 }
 
-extern "C" fn host_emit(data: *const c_void, item: RSlice<'_, u8>) -> Status {
-    if data.is_null() {
-        return Status::TaskError;
+/// Runs `f` on the `JobHost` of the running call if `data` is its token;
+/// `None` for a stale or unknown token (see CURRENT).
+fn with_current<R>(data: *const c_void, f: impl FnOnce(&JobHost) -> R) -> Option<R> {
+    let cur = CURRENT.read().unwrap_or_else(|e| e.into_inner());
+    if data.is_null() || data as usize != cur.token || cur.host.is_null() {
+        return None;
     }
-    // SAFETY: `data` is the `JobHost` of the running call (`run_job`),
-    // alive until the call returns.
-    let host = unsafe { &*(data as *const JobHost) };
-    if host.push(item.as_slice()).is_err() {
+    // SAFETY: CURRENT names the `JobHost` of the running call, which
+    // `run_job` keeps alive until it has cleared CURRENT under the write
+    // lock, i.e. until after this read guard is gone.
+    let host = unsafe { &*(cur.host as *const JobHost) };
+    Some(f(host))
+}
+
+extern "C" fn host_emit(data: *const c_void, item: RSlice<'_, u8>) -> Status {
+    match with_current(data, |host| host.push(item.as_slice())) {
+        // A call that has returned: its items go nowhere (C13).
+        None => return Status::TaskError,
+        Some(Ok(true)) => {}
+        // Over the frame limit: the task fails, the worker lives on.
+        Some(Ok(false)) => return Status::TaskError,
         // The supervisor is gone (or broke the socket): nothing to stream
         // to; end the worker as a lost connection does.
-        leave(exit_code::PROTOCOL);
+        Some(Err(_)) => leave(exit_code::PROTOCOL),
     }
     match StopReason::from_flag(STOP.load(Ordering::Relaxed)) {
         Some(StopReason::SoftTimeLimit) => Status::SoftTimeLimit,
@@ -479,12 +606,8 @@ extern "C" fn host_emit(data: *const c_void, item: RSlice<'_, u8>) -> Status {
 }
 
 extern "C" fn host_progress(data: *const c_void, done: u64, total: u64) {
-    if data.is_null() {
-        return;
-    }
-    // SAFETY: as in `host_emit`.
-    let host = unsafe { &*(data as *const JobHost) };
-    host.progress(done, total);
+    // A stale call's progress is dropped (C13).
+    let _ = with_current(data, |host| host.progress(done, total));
 }
 
 /// The worker's host services vtable (one per process).

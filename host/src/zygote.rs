@@ -26,7 +26,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::ipc::{self, WorkerParams, ZygoteCmd, ZygoteMsg};
 use crate::plugin::{Plugin, PluginLoadError};
 use crate::sandbox::{self, Sandbox};
-use crate::sys::{self, Scoreboard};
+use crate::sys::{self, BoardPage};
 use crate::worker;
 
 /// How the zygote makes a worker.
@@ -44,13 +44,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
 }
 
 /// Runs the zygote loop; never returns.
-pub fn run(
-    ctl: OwnedFd,
-    paths: Vec<PathBuf>,
-    board: &'static Scoreboard,
-    birth: Birth,
-    sandbox: Sandbox,
-) -> ! {
+pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox) -> ! {
     // Before the plugins' constructors run: a SIGTERM or SIGHUP meant for
     // the host must not end the zygote, not even while it loads.
     if let Err(e) = sys::zygote_signal_dispositions() {
@@ -88,7 +82,6 @@ pub fn run(
         ctl,
         plugins,
         paths,
-        board,
         birth,
         sandbox,
         workers: HashMap::new(),
@@ -121,8 +114,8 @@ pub fn run(
         }
         if ctl_ready {
             match sys::recv_with_fds(&z.ctl, &mut buf) {
-                Ok(Some((n, _fds))) => match ipc::decode_ctl::<ZygoteCmd>(&buf[..n]) {
-                    Ok(ZygoteCmd::Spawn(params)) => z.spawn(params),
+                Ok(Some((n, fds))) => match ipc::decode_ctl::<ZygoteCmd>(&buf[..n]) {
+                    Ok(ZygoteCmd::Spawn(params)) => z.spawn(params, fds),
                     Ok(ZygoteCmd::Shutdown) | Err(_) => z.shutdown(),
                 },
                 Ok(None) => z.shutdown(),
@@ -137,7 +130,6 @@ struct Zygote {
     ctl: OwnedFd,
     plugins: Vec<Plugin>,
     paths: Vec<PathBuf>,
-    board: &'static Scoreboard,
     birth: Birth,
     sandbox: Sandbox,
     /// pid → worker id
@@ -151,7 +143,11 @@ impl Zygote {
         }
     }
 
-    fn spawn(&mut self, params: WorkerParams) {
+    /// Forks worker `params.worker`; `fds` came with the request: the
+    /// worker's own scoreboard page (a memfd the supervisor made for it).
+    /// The zygote never maps a page; it closes its copy of the fd once the
+    /// worker is forked, so no other worker can inherit it (C3).
+    fn spawn(&mut self, params: WorkerParams, fds: Vec<OwnedFd>) {
         let worker = params.worker;
         let fail = |z: &Zygote, e: std::io::Error| {
             z.send(
@@ -161,6 +157,12 @@ impl Zygote {
                 },
                 &[],
             )
+        };
+        let Some(page_fd) = fds.into_iter().next() else {
+            return fail(
+                self,
+                std::io::Error::other("the request came without its scoreboard page"),
+            );
         };
         let (ours, theirs) = match sys::stream_pair() {
             Ok(p) => p,
@@ -174,14 +176,23 @@ impl Zygote {
         match sandbox::fork_worker(&self.sandbox) {
             Err(e) => fail(self, e),
             Ok(sys::Forked::Child) => {
-                // A forked worker inherits the scoreboard's mapping and gets
-                // no fd to it: a task writing to a stray fd number must not
-                // reach the board every worker's stop requests go through.
-                // An exec'd worker maps it from fd 4 (and blinds that fd).
-                let board = self.board.fd().as_raw_fd();
+                // A forked worker maps its own scoreboard page now and
+                // keeps no fd to it (a task writing to a stray fd number must
+                // not reach it). An exec'd worker maps it from fd 4 (and
+                // blinds that fd).
+                let page: Option<&'static BoardPage> = match &self.birth {
+                    Birth::Fork => match BoardPage::map(&page_fd) {
+                        Ok(p) => Some(Box::leak(Box::new(p))),
+                        Err(e) => {
+                            eprintln!("billiard worker: cannot map its scoreboard page: {e}");
+                            sys::exit_now(worker::exit_code::SETUP);
+                        }
+                    },
+                    Birth::Exec { .. } => None,
+                };
                 let keep: &[i32] = match &self.birth {
                     Birth::Fork => &[theirs.as_raw_fd()],
-                    Birth::Exec { .. } => &[theirs.as_raw_fd(), board],
+                    Birth::Exec { .. } => &[theirs.as_raw_fd(), page_fd.as_raw_fd()],
                 };
                 // In the zygote's session (no controlling terminal, C2).
                 if let Err(e) = sys::setup_worker_process(keep, out_w.as_raw_fd(), sys::Lead::Group)
@@ -189,14 +200,14 @@ impl Zygote {
                     eprintln!("billiard worker: setup failed: {e}");
                     sys::exit_now(worker::exit_code::SETUP);
                 }
-                // fd 3 is the socket now (and 4 the scoreboard, for exec);
+                // fd 3 is the socket now (and 4 the scoreboard page, for exec);
                 // the rest are closed.
                 let sock = match sys::inherited_fd(3) {
                     Ok(fd) => fd,
                     Err(_) => sys::exit_now(worker::exit_code::SETUP),
                 };
                 // The originals were closed by setup; forget the handles.
-                std::mem::forget((ours, theirs, out_r, out_w));
+                std::mem::forget((ours, theirs, out_r, out_w, page_fd));
                 // The sandbox's per-worker layers, before any plugin code
                 // runs here (or, for exec, in the program it becomes).
                 if let Err(e) = sandbox::enter_worker(&self.sandbox) {
@@ -210,12 +221,13 @@ impl Zygote {
                 } else {
                     zygote
                 };
-                match &self.birth {
-                    Birth::Fork => {
+                match (&self.birth, page) {
+                    (Birth::Fork, Some(page)) => {
                         let plugins = std::mem::take(&mut self.plugins);
-                        worker::run(plugins, params, sock, self.board, zygote)
+                        worker::run(plugins, params, sock, page, zygote)
                     }
-                    Birth::Exec { exe } => {
+                    (Birth::Fork, None) => sys::exit_now(worker::exit_code::SETUP),
+                    (Birth::Exec { exe }, _) => {
                         exec_worker(exe, &params, &self.paths, self.sandbox.isolate)
                     }
                 }
@@ -223,6 +235,8 @@ impl Zygote {
             Ok(sys::Forked::Parent { child }) => {
                 drop(theirs);
                 drop(out_w);
+                // Only that worker has its page (C3).
+                drop(page_fd);
                 let pidfd = match sys::pidfd_open(child) {
                     Ok(fd) => fd,
                     Err(e) => {
@@ -364,11 +378,11 @@ pub fn run_if_helper() {
     }
 }
 
-/// `__billiard_zygote MODE [EXE] PLUGIN...` with fd 3 = control socket and
-/// fd 4 = scoreboard. MODE is `fork` or `exec`.
+/// `__billiard_zygote MODE [EXE] PLUGIN...` with fd 3 = control socket.
+/// MODE is `fork` or `exec`.
 fn helper_zygote(args: Vec<OsString>) -> ! {
-    let (ctl, board) = match (sys::inherited_fd(3), sys::inherited_fd(4)) {
-        (Ok(c), Ok(b)) => (c, b),
+    let ctl = match sys::inherited_fd(3) {
+        Ok(c) => c,
         _ => {
             eprintln!("billiard: {ZYGOTE_ARG} is internal; it is started by the pool");
             sys::exit_now(2);
@@ -382,13 +396,6 @@ fn helper_zygote(args: Vec<OsString>) -> ! {
         // More than one thread: the pool refuses the handshake and says why.
         sys::exit_now(2);
     }
-    let board: &'static Scoreboard = match Scoreboard::map(board) {
-        Ok(b) => Box::leak(Box::new(b)),
-        Err(e) => {
-            eprintln!("billiard zygote: cannot map the scoreboard: {e}");
-            sys::exit_now(1);
-        }
-    };
     let mut it = args.into_iter();
     let birth = match it.next().as_deref().and_then(|m| m.to_str()) {
         Some("exec") => match std::env::current_exe() {
@@ -417,11 +424,11 @@ fn helper_zygote(args: Vec<OsString>) -> ! {
         it.next();
     }
     let paths = it.map(PathBuf::from).collect();
-    run(ctl, paths, board, birth, sandbox)
+    run(ctl, paths, birth, sandbox)
 }
 
 /// `__billiard_worker PARAMS_JSON PLUGIN...` with fd 3 = socket, fd 4 =
-/// scoreboard (the spawn start method).
+/// the worker's scoreboard page (the spawn start method).
 fn helper_worker(args: Vec<OsString>) -> ! {
     let mut it = args.into_iter();
     let params: Option<WorkerParams> = it
@@ -432,16 +439,16 @@ fn helper_worker(args: Vec<OsString>) -> ! {
         eprintln!("billiard: {WORKER_ARG} is internal; it is started by the pool");
         sys::exit_now(2);
     };
-    let board: &'static Scoreboard = match Scoreboard::map(board) {
+    let page: &'static BoardPage = match BoardPage::map(&board) {
         Ok(b) => Box::leak(Box::new(b)),
         Err(e) => {
-            eprintln!("billiard worker: cannot map the scoreboard: {e}");
+            eprintln!("billiard worker: cannot map its scoreboard page: {e}");
             sys::exit_now(worker::exit_code::SETUP);
         }
     };
     // Mapped: the fd is not needed any more, and a task must not be able to
-    // write to the board through it (see `Zygote::spawn`).
-    if let Err(e) = sys::blind_fd(board.fd().as_raw_fd()) {
+    // reach the page through it (see `Zygote::spawn`).
+    if let Err(e) = sys::blind_fd(board.as_raw_fd()) {
         eprintln!("billiard worker: cannot close the scoreboard's fd: {e}");
         sys::exit_now(worker::exit_code::SETUP);
     }
@@ -456,7 +463,7 @@ fn helper_worker(args: Vec<OsString>) -> ! {
     let paths: Vec<PathBuf> = it.map(PathBuf::from).collect();
     let zygote = std::os::unix::process::parent_id() as i32;
     match load_all(&paths) {
-        Ok(plugins) => worker::run(plugins, params, sock, board, zygote),
+        Ok(plugins) => worker::run(plugins, params, sock, page, zygote),
         Err(e) => {
             eprintln!("billiard worker: {e}");
             sys::exit_now(worker::exit_code::PLUGIN_LOAD);

@@ -319,9 +319,8 @@ impl Pool {
                 .map_err(|e| PoolError::Config(e.to_string()))?;
         }
         let io = |what| move |source| PoolError::Io { what, source };
-        let board = Arc::new(
-            Scoreboard::create(SCOREBOARD_SLOTS).map_err(io("cannot create the scoreboard"))?,
-        );
+        // One page per worker, made when it is forked (C3).
+        let board = Scoreboard::new(SCOREBOARD_SLOTS);
         if cfg.start_method != StartMethod::Fork {
             // A missing or unusable zygote executable is a setting to fix,
             // said before anything starts (the handshake checks the rest).
@@ -330,7 +329,7 @@ impl Pool {
             worker_exe::precheck(&exe, source).map_err(PoolError::Config)?;
         }
         let forked = if cfg.start_method == StartMethod::Fork {
-            Some(fork_zygote(&cfg, &board)?)
+            Some(fork_zygote(&cfg)?)
         } else {
             None
         };
@@ -1317,10 +1316,7 @@ impl<R: DeserializeOwned> MapResult<R> {
 }
 
 /// Forks the zygote straight from this process (the `fork` start method).
-fn fork_zygote(
-    cfg: &PoolConfig,
-    board: &Arc<Scoreboard>,
-) -> Result<(std::os::fd::OwnedFd, i32), PoolError> {
+fn fork_zygote(cfg: &PoolConfig) -> Result<(std::os::fd::OwnedFd, i32), PoolError> {
     use std::os::fd::AsRawFd;
     let io = |what| move |source| PoolError::Io { what, source };
     let (ours, theirs) = sys::seqpacket_pair().map_err(io("socketpair"))?;
@@ -1330,7 +1326,7 @@ fn fork_zygote(
             // The zygote: a copy of this (single-threaded) process, in a
             // session of its own (no terminal for its workers, C2).
             if sys::setup_worker_process(
-                &[theirs.as_raw_fd(), board.fd().as_raw_fd()],
+                &[theirs.as_raw_fd()],
                 out_w.as_raw_fd(),
                 sys::Lead::Session,
             )
@@ -1343,11 +1339,9 @@ fn fork_zygote(
                 sys::exit_now(1)
             };
             std::mem::forget((ours, theirs, out_w));
-            let board: &'static Arc<Scoreboard> = Box::leak(Box::new(board.clone()));
             crate::zygote::run(
                 ctl,
                 cfg.plugins.clone(),
-                board,
                 crate::zygote::Birth::Fork,
                 cfg.sandbox.clone(),
             )

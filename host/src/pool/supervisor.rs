@@ -23,16 +23,17 @@ use super::items::{Gate, ItemBatch};
 use super::job::{ChunkBody, ChunkResult, Dispatch, JobId, Outcome, Reply, WorkerId};
 use super::stats::Stats;
 use crate::error::{ErrorKind, TaskError};
-use crate::ipc::{self, Frame, FrameReader, WorkerParams, ZygoteCmd, ZygoteMsg};
+use crate::ipc::{self, Frame, FrameError, FrameReader, WorkerParams, ZygoteCmd, ZygoteMsg};
 use crate::plugin::PluginInfo;
 use crate::shm;
 use crate::sys::{self, ExitInfo, Scoreboard};
 use crate::zygote;
 
 pub const WAKER: Token = Token(0);
-/// A job whose worker died before starting it is resent this many times
-/// before it fails as `worker_lost`.
-const MAX_UNSTARTED_RETRIES: u32 = 2;
+/// A job whose worker died before starting it (by the worker's own page,
+/// which its task can forge) is resent this many times before it fails as
+/// `worker_lost`: after its second death (C3).
+const MAX_UNSTARTED_RETRIES: u32 = 1;
 /// Lines of worker output kept for `worker_lost` messages.
 const TAIL_LINES: usize = 12;
 /// Bytes of one worker's output read per event-loop turn (see
@@ -198,6 +199,14 @@ struct Worker {
     /// Its socket closed mid-job and the pool killed it for that (so a
     /// "killed by SIGKILL" is the pool's doing, not an outside kill).
     killed_at_eof: bool,
+    /// It said READY (set up, taking jobs): written before any job's task
+    /// ran, so a task cannot unsay it. A death without it is a death at
+    /// start (counted by the restart limiter, no job charged); a death
+    /// after it is charged to the job it was running (C3).
+    ready: bool,
+    /// Why the pool refused what it sent (a protocol error), for the job's
+    /// message.
+    refused: Option<String>,
     dispatches_done: u64,
     /// Stream item bytes of this worker on their way to a consumer.
     gate: Arc<Gate>,
@@ -263,7 +272,8 @@ pub struct Supervisor {
     cfg: PoolConfig,
     poll: Poll,
     rx: Receiver<Cmd>,
-    board: Arc<Scoreboard>,
+    /// One page per worker slot, renewed for every worker (C3).
+    board: Scoreboard,
     callbacks: Sender<CallbackJob>,
     events: EventSink,
     zygotes: Vec<Zygote>,
@@ -304,7 +314,7 @@ impl Supervisor {
     pub fn new(
         cfg: PoolConfig,
         rx: Receiver<Cmd>,
-        board: Arc<Scoreboard>,
+        board: Scoreboard,
         callbacks: Sender<CallbackJob>,
         events: EventSink,
         live: LiveGeneration,
@@ -386,14 +396,11 @@ impl Supervisor {
                 }
                 args.extend(self.cfg.plugins.iter().map(|p| p.as_os_str()));
                 let env = self.cfg.sandbox.environment();
-                let child = sys::spawn_helper(
-                    &exe,
-                    &args,
-                    &[theirs.as_raw_fd(), self.board.fd().as_raw_fd()],
-                    &out_w,
-                    env.as_deref(),
-                )
-                .map_err(|e| load_err(format!("cannot start the zygote {}: {e}", exe.display())))?;
+                let child =
+                    sys::spawn_helper(&exe, &args, &[theirs.as_raw_fd()], &out_w, env.as_deref())
+                        .map_err(|e| {
+                        load_err(format!("cannot start the zygote {}: {e}", exe.display()))
+                    })?;
                 let pid = child.id() as i32;
                 Launched {
                     fd: ours,
@@ -918,14 +925,20 @@ impl Supervisor {
                 0
             },
         };
-        if let Some(s) = self.board.slot(slot as usize) {
-            s.running.store(0, std::sync::atomic::Ordering::Release);
-            s.stop_job.store(0, std::sync::atomic::Ordering::Release);
-            s.finished.store(0, std::sync::atomic::Ordering::Release);
-        }
         let msg = ipc::encode_ctl(&ZygoteCmd::Spawn(params));
-        let gen = z.gen;
-        let sent = sys::send_with_fds(&z.fd, &msg, &[]);
+        let (gen, zfd) = (z.gen, z.fd.as_raw_fd());
+        // A fresh scoreboard page for this worker alone (C3): the zygote
+        // hands it to the worker and closes its copy; no other worker, and
+        // nothing a dead worker's task left behind, can write it.
+        let page = match self.board.renew(slot as usize) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!("cannot make a scoreboard page for a worker: {e}");
+                self.free_slots.push(slot);
+                return false;
+            }
+        };
+        let sent = sys::send_with_fds(&zfd, &msg, &[page.as_raw_fd()]);
         self.next_worker += 1;
         if let Err(e) = sent {
             if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -1220,6 +1233,8 @@ impl Supervisor {
                 kill: None,
                 lost_how: None,
                 killed_at_eof: false,
+                ready: false,
+                refused: None,
                 dispatches_done: 0,
                 gate: Gate::new(self.waker.clone()),
                 stream_paused: false,
@@ -1629,8 +1644,16 @@ impl Supervisor {
                     self.progress(wid, job, done, total);
                     continue;
                 }
+                Ok(Some(Frame::Ready)) => {
+                    w.ready = true;
+                    continue;
+                }
                 Ok(None) => break,
                 Ok(Some(_)) => Err("a frame only the supervisor may send".to_string()),
+                Err(FrameError::TooLarge(n)) => Err(format!(
+                    "a frame of {n} bytes, over the pool's frame limit of {} bytes",
+                    self.cfg.max_frame
+                )),
                 Err(e) => Err(e.to_string()),
             };
             match frame {
@@ -1772,6 +1795,7 @@ impl Supervisor {
             .tail
             .push_back(format!("[billiard: protocol error from the worker: {why}]"));
         w.broken = true;
+        w.refused.get_or_insert_with(|| why.to_string());
         w.kill.get_or_insert(Kill::Protocol);
         let _ = self.poll.registry().deregister(&mut w.sock);
         let _ = sys::kill_group(w.pid, sys::SIGKILL);
@@ -2127,11 +2151,10 @@ impl Supervisor {
             || w.inflight
                 .front()
                 .is_some_and(|d| running != 0 && d.contains(JobId(running)));
-        let died_at_start = w.dispatches_done == 0
-            && !head_started
-            && w.kill.is_none()
-            && !clean_exit
-            && !w.leaving;
+        // A death at start is one before the worker said READY: no job's
+        // task had run in it (the board cannot say otherwise: a task can
+        // rewrite its own page, never unsend READY).
+        let died_at_start = !w.ready && w.kill.is_none() && !clean_exit && !w.leaving;
         let mut inflight = std::mem::take(&mut w.inflight);
         if let Some(mut head) = inflight.pop_front() {
             let elapsed = w.head_since.map(|s| s.elapsed()).unwrap_or_default();
@@ -2141,13 +2164,15 @@ impl Supervisor {
                 count: head.count,
                 elapsed,
             });
-            if !head_started
-                && w.kill.is_none()
-                && (died_at_start || head.attempt < MAX_UNSTARTED_RETRIES)
+            // Whether the job had started comes from the worker's own page,
+            // which its task can rewrite ("not started" forged to be run
+            // again): so every death of a set-up worker is charged to the
+            // job it was running, and a job is resent at most
+            // MAX_UNSTARTED_RETRIES times (C3). Deaths at start are bounded
+            // by the start-failure limit instead; no task can fake one.
+            if died_at_start
+                || (!head_started && w.kill.is_none() && head.attempt < MAX_UNSTARTED_RETRIES)
             {
-                // The worker died before it began this job: the job is not
-                // to blame and is safe to run elsewhere. Deaths at start are
-                // bounded by the start-failure limit, not by the job.
                 if !died_at_start {
                     head.attempt += 1;
                 }
@@ -2278,16 +2303,32 @@ impl Supervisor {
                 }
             }
         }
-        msg.push_str(if finished {
-            "; the task had finished, but its result was lost (the worker died before sending it; \
-             did the task close or hand out the worker's socket, fd 3?); it is not run again"
-        } else if started {
-            "; the task had started"
-        } else {
-            "; the task had NOT started (safe to retry)"
-        });
-        if w.kill == Some(Kill::Protocol) {
-            msg.push_str("; the worker sent malformed data on its socket and was killed");
+        // What the pool refused (a frame over the limit, a forged range):
+        // the cause, not a guess about the socket (C14).
+        let refused = w
+            .refused
+            .as_deref()
+            .filter(|_| w.kill == Some(Kill::Protocol));
+        match (refused, finished) {
+            (Some(why), true) => msg.push_str(&format!(
+                "; the task had finished, but the worker sent malformed data on its socket \
+                 ({why}) and was killed; it is not run again"
+            )),
+            (None, true) => msg.push_str(
+                "; the task had finished, but its result was lost (the worker died before sending it; \
+                 did the task close or hand out the worker's socket, fd 3?); it is not run again",
+            ),
+            (_, false) if started => msg.push_str("; the task had started"),
+            (_, false) => msg.push_str("; the task had NOT started (safe to retry)"),
+        }
+        match refused {
+            Some(why) if !finished => msg.push_str(&format!(
+                "; the worker sent malformed data on its socket ({why}) and was killed"
+            )),
+            None if w.kill == Some(Kill::Protocol) => {
+                msg.push_str("; the worker sent malformed data on its socket and was killed")
+            }
+            _ => {}
         }
         if w.killed_at_eof && info.is_some_and(|i| i.signal == Some(libc::SIGKILL)) {
             msg.push_str(

@@ -594,6 +594,221 @@ pub fn deaf_spin(ms: u64) -> u64 {
     ms
 }
 
+// --- board_*: the scoreboard and the host services (issue 22: C3, C13, C14) ---
+
+/// The scoreboard memory this worker can reach: its mappings of a memfd
+/// whose name has `board` in it (`/proc/self/maps`), as (start, end).
+fn board_ranges() -> Vec<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains("memfd:") && l.contains("board"))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Word `field` (0 running, 1 stop_job, 2 stop_reason, 3 finished) of the
+/// 64-byte slot `i` of a board mapping starting at `start`, made writable.
+fn board_word(start: usize, i: usize, field: usize) -> &'static std::sync::atomic::AtomicU64 {
+    // SAFETY: sabotage is the point: `start` is one of this process's own
+    // shared board mappings (from /proc/self/maps, made read-write by the
+    // caller) and `i` is inside it; an AtomicU64 is valid for any bits.
+    unsafe { &*((start + i * 64 + field * 8) as *const std::sync::atomic::AtomicU64) }
+}
+
+/// Makes the board mapping `[start, end)` writable (whatever it was).
+fn board_writable(start: usize, end: usize) {
+    // SAFETY: one of this process's own mappings, from /proc/self/maps.
+    unsafe {
+        libc::mprotect(
+            start as *mut libc::c_void,
+            end - start,
+            libc::PROT_READ | libc::PROT_WRITE,
+        );
+    }
+}
+
+/// For `ms` milliseconds, posts a stop (`reason`: 1 soft time limit, 2
+/// cancelled) for the next job of every slot of every board mapping it can
+/// reach that runs another job than this one (the next job ids are
+/// predictable). Returns how many other jobs it saw running: 0 when it can
+/// reach no other worker's slot.
+#[task]
+pub fn board_stops(ms: u64, reason: u64, ctx: &TaskContext) -> u64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    let me = ctx.job_id();
+    let mut seen = std::collections::HashSet::new();
+    let end = Instant::now() + Duration::from_millis(ms);
+    let ranges = board_ranges();
+    for &(s, e) in &ranges {
+        board_writable(s, e);
+    }
+    while Instant::now() < end {
+        for &(s, e) in &ranges {
+            for i in 0..(e - s) / 64 {
+                let r = board_word(s, i, 0).load(SeqCst);
+                if r != 0 && r != me {
+                    seen.insert(r);
+                    if board_word(s, i, 1).load(SeqCst) != r.wrapping_add(1) {
+                        board_word(s, i, 2).store(reason, SeqCst);
+                        board_word(s, i, 1).store(r.wrapping_add(1), SeqCst);
+                    }
+                }
+            }
+        }
+        std::hint::spin_loop();
+    }
+    seen.len() as u64
+}
+
+/// Writes `fill` over every byte of every board mapping it can reach;
+/// returns how many bytes that was.
+#[task]
+pub fn board_scribble(fill: u8) -> u64 {
+    let mut n = 0;
+    for (s, e) in board_ranges() {
+        board_writable(s, e);
+        // SAFETY: as in `board_word`: our own mapping, made writable.
+        unsafe { std::ptr::write_bytes(s as *mut u8, fill, e - s) };
+        n += (e - s) as u64;
+    }
+    n
+}
+
+/// Appends a line to `path` (counting its runs), zeroes every board
+/// mapping it can reach (its job then reads as "not started" there), and
+/// ends the worker with exit code 70.
+#[task]
+pub fn board_forge(path: String) -> u64 {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = f.write_all(b"run\n");
+    }
+    board_scribble(0);
+    // SAFETY: _exit has no preconditions; dying is the point.
+    unsafe { libc::_exit(70) }
+}
+
+/// Raised by the job after `board_late` (`board_after_late*`) once it runs.
+static LATE_NEXT_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Raised by `board_late`'s thread once it has made its late calls.
+static LATE_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How many of the late emits the host accepted.
+static LATE_ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct SendAnyway<T>(T);
+// SAFETY: not safe at all: handing the call's host services to a thread
+// that outlives the call breaks their contract, which is the point.
+unsafe impl<T> Send for SendAnyway<T> {}
+
+/// Emits 1, then hands its emitter and its context's host services to a
+/// thread and returns at once. The thread waits (at most 10 s) until the
+/// next job on this worker (`board_after_late*`) runs, then emits `n`
+/// items (777000..) and reports progress `n` times through this call's
+/// services, counts the emits the host accepted and says it is done.
+#[task]
+pub fn board_late(n: u64, out: &Emitter<u64>, ctx: &TaskContext) -> u64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    LATE_NEXT_STARTED.store(false, SeqCst);
+    LATE_DONE.store(false, SeqCst);
+    LATE_ACCEPTED.store(0, SeqCst);
+    out.emit(1u64);
+    let late = SendAnyway((
+        Emitter::<u64>::new(ctx, billiard_plugin_api::Codec::Json),
+        ctx.host(),
+    ));
+    std::thread::spawn(move || {
+        let late = late;
+        let (emitter, (host, data)) = &late.0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !LATE_NEXT_STARTED.load(SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut accepted = 0;
+        for i in 0..n {
+            let sent =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| emitter.emit(777000 + i)));
+            accepted += sent.is_ok() as u64;
+            (host.progress())(*data, i + 1, n);
+        }
+        LATE_ACCEPTED.store(accepted, SeqCst);
+        LATE_DONE.store(true, SeqCst);
+    });
+    1
+}
+
+/// Waits (at most 10 s) for `board_late`'s thread to make its late calls
+/// during this job.
+fn board_wait_late() -> u64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    LATE_NEXT_STARTED.store(true, SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !LATE_DONE.load(SeqCst) {
+        if Instant::now() >= deadline {
+            return u64::MAX;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    LATE_ACCEPTED.load(SeqCst)
+}
+
+/// The job after `board_late` (no stream): returns how many of the late
+/// emits the host accepted while it ran (`u64::MAX`: they never came).
+#[task]
+pub fn board_after_late() -> u64 {
+    board_wait_late()
+}
+
+/// The streaming job after `board_late`: emits 1 and 2, then as
+/// `board_after_late`.
+#[task]
+pub fn board_after_late_stream(out: &Emitter<u64>) -> u64 {
+    out.emit(1u64);
+    out.emit(2u64);
+    board_wait_late()
+}
+
+/// A string of `n` bytes (a result over a small frame limit).
+#[task]
+pub fn board_big(n: u64) -> String {
+    "x".repeat(n as usize)
+}
+
+/// Emits one item of `n` bytes, then returns 0.
+#[task]
+pub fn board_big_item(n: u64, out: &Emitter<String>) -> u64 {
+    out.emit("x".repeat(n as usize));
+    0
+}
+
+/// Writes the start of a DONE frame (kind 10) that says it is `len` bytes
+/// long to every socket it has, then sleeps 30 s: the supervisor must
+/// refuse the frame by its length and say so in the job's error.
+#[task]
+pub fn board_huge_frame(len: u32) -> u64 {
+    let mut head = len.to_le_bytes().to_vec();
+    head.push(10);
+    for fd in 3..64 {
+        // SAFETY: fstat writes into a valid struct or fails.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+            // SAFETY: a write from a live buffer to an fd of our own.
+            unsafe { libc::write(fd, head.as_ptr().cast(), head.len()) };
+        }
+    }
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
 // ----- sb2_*: the terminal, Unix sockets, SysV/POSIX IPC, foreign ABIs
 // (issue 22, C2/C5/C6/C16). Each reports what got through without ever
 // echoing the bytes it tried to put on a terminal, so a test can tell its
@@ -898,5 +1113,5 @@ pub fn sb2_x32(nr: i64) -> i64 {
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, board_stops, board_scribble, board_forge, board_late, board_after_late, board_after_late_stream, board_big, board_big_item, board_huge_frame, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32],
 );
