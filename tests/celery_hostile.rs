@@ -148,6 +148,9 @@ enum Want {
     Other(&'static str, &'static str),
 }
 
+/// One message: its name, the changes to Celery's envelope, the answer.
+type Case<'a> = (&'a str, Vec<(At, &'a str, Option<&'a str>)>, Want);
+
 fn deep(n: usize) -> String {
     format!("{}{}", "[".repeat(n), "]".repeat(n))
 }
@@ -165,7 +168,7 @@ fn c4_every_message_with_a_readable_id_gets_exactly_one_answer() {
     let custom = deep(5000);
     let nine = || Want::Ok(json!(9));
     #[rustfmt::skip]
-    let cases: Vec<(&str, Vec<(At, &str, Option<&str>)>, Want)> = vec![
+    let cases: Vec<Case> = vec![
         ("baseline", vec![], nine()),
         // What Celery's worker and kombu tolerate.
         ("retries null", vec![(Header, "retries", Some("null"))], nine()),
