@@ -169,7 +169,9 @@ impl PoolBuilder {
         self
     }
     /// The largest frame accepted from or sent to a worker, in bytes (default
-    /// 1 GiB); a job whose arguments do not fit ends `bad_args`.
+    /// 1 GiB); a job whose arguments do not fit ends `bad_args`, one whose
+    /// result or stream item does not fit ends `task_error` naming both
+    /// sizes (decided in the worker, which carries on).
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.cfg.max_frame = bytes;
         self
