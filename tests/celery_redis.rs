@@ -724,16 +724,16 @@ fn a_python_workers_sweeper_restores_a_dead_hosts_message() {
         return;
     };
     let url = redis.url();
-    let mut a = worker(&url, &["-c", "1", "--visibility-timeout", "1h"]);
+    let mut a = worker(&url, &["-c", "1", "--visibility-timeout", "2s"]);
     let id = send(&url, "hostile.nap", json!([600000]));
     wait_until("the job to be reserved", DEADLINE, || {
         hlen_unacked(&redis) == 1
     });
     a.kill();
     // kombu's own restore (what a Python worker's sweeper runs) reads our
-    // unacked entry and puts the message back on its queue. A negative
-    // visibility timeout makes every score stale at once (ours are whole
-    // seconds rounded up, so a fresh one may lie up to 1 s ahead).
+    // unacked entry and puts the message back on its queue. Our score is
+    // the end of the host's lease (now + 2 s, whole seconds rounded up: at
+    // most 3 s ahead); a visibility timeout of -5 s makes it stale at once.
     let v = py(
         &url,
         "with app.connection() as conn:\n\

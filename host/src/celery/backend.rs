@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::protocol::{result_key, ResultMeta};
-use super::redis::{finish, BrokerError, Finish, Finished, Link};
+use super::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
 
 /// Celery's default `result_expires`: one day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(24 * 3600);
@@ -34,21 +34,26 @@ pub struct Completion {
 pub struct ResultBackend {
     /// None: the broker's own Redis.
     link: Option<Link>,
-    expires: Duration,
+    /// The results' time to live as SETEX takes it ([`ttl_secs`]).
+    ttl_s: u64,
 }
 
 impl ResultBackend {
     /// `url`: None (or the broker's URL) to store results in the broker.
+    /// `expires` is the results' time to live; one beyond what the host
+    /// accepts (10 years, [`ttl_secs`]) is refused, not passed to SETEX to
+    /// fail every store.
     pub fn new(
         url: Option<&str>,
         broker_url: &str,
         expires: Duration,
     ) -> Result<ResultBackend, BrokerError> {
+        let ttl_s = ttl_secs(expires).map_err(|e| BrokerError::Config(e.to_string()))?;
         let link = match url {
             Some(u) if u != broker_url => Some(Link::new(u, "result backend")?),
             _ => None,
         };
-        Ok(ResultBackend { link, expires })
+        Ok(ResultBackend { link, ttl_s })
     }
 
     /// True when results are stored in the broker's Redis.
@@ -59,11 +64,14 @@ impl ResultBackend {
     /// Stores the results of `batch`, sends the follow-ups and acks, in one
     /// round trip per server. All or nothing per message; on an error the
     /// whole batch may be retried (storing twice is harmless, a second ack
-    /// is a no-op).
+    /// is a no-op); `repeated` says the call before lost its reply
+    /// ([`BrokerError::may_have_applied`]), so a message found acked is one
+    /// that call finished, not one to send follow-ups for again.
     pub fn complete(
         &mut self,
         broker: &mut Link,
         batch: &[Completion],
+        repeated: bool,
     ) -> Result<Vec<Finished>, BrokerError> {
         let meta = |c: &Completion| {
             c.meta
@@ -80,7 +88,7 @@ impl ResultBackend {
                         send: c.send.clone(),
                     })
                     .collect();
-                finish(broker, &fin, self.expires)
+                finish(broker, &fin, self.ttl_s, repeated)
             }
             Some(backend) => {
                 let store: Vec<Finish> = batch
@@ -92,7 +100,7 @@ impl ResultBackend {
                         send: Vec::new(),
                     })
                     .collect();
-                let stored = finish(backend, &store, self.expires)?;
+                let stored = finish(backend, &store, self.ttl_s, repeated)?;
                 let acks: Vec<Finish> = batch
                     .iter()
                     .map(|c| Finish {
@@ -101,10 +109,12 @@ impl ResultBackend {
                         send: c.send.clone(),
                     })
                     .collect();
-                let mut acked = finish(broker, &acks, self.expires)?;
+                let mut acked = finish(broker, &acks, self.ttl_s, repeated)?;
                 let mut s = stored.into_iter();
                 for (c, f) in batch.iter().zip(acked.iter_mut()) {
-                    f.stored = c.meta.is_some() && s.next().is_some_and(|x| x.stored);
+                    f.stored = c.meta.is_some()
+                        && s.next()
+                            .is_some_and(|x| x.stored || x.held == Held::AlreadyFinished);
                 }
                 Ok(acked)
             }

@@ -8,8 +8,16 @@
 //!
 //! - **reserve** is one Lua script (`lua/reserve.lua`): pop and record in
 //!   one step, so a consumer that dies in between loses nothing;
-//! - **heartbeat**: the scores of in-flight messages are refreshed
-//!   (`ZADD XX`), so no sweeper restores a message whose host lives;
+//! - **leases**: a reservation's score is the end of its lease (now + the
+//!   host's visibility timeout), renewed every third of it (`ZADD XX`), so
+//!   no sweeper — ours or kombu's, whatever its visibility timeout — sees a
+//!   live host's message as stale (kombu restores `score < now - timeout`);
+//!   `billiard-host:leases` holds the same scores, so our sweeper tells a
+//!   lapsed lease (restored at once) from an entry of a consumer that never
+//!   renews (a Python worker: restored after `foreign` timeout, kombu's 1 h);
+//! - **one tag per reservation**: every reservation gets a fresh delivery
+//!   tag, so a duplicated envelope is two reservations and a late finish
+//!   never acks someone else's reservation of the same message;
 //! - **finish** is one Lua script (`lua/finish.lua`): result + PUBLISH +
 //!   follow-up messages + ack at once when the backend is the broker;
 //! - a lost connection is re-opened with backoff by every [`Link`].
@@ -31,7 +39,22 @@ use super::protocol;
 pub const UNACKED: &str = "unacked";
 /// kombu's sorted set of the delivery tags in [`UNACKED`], scored by the
 /// time (Unix seconds) they were reserved; the sweep for stale ones reads it.
+/// This host scores its own reservations with the end of their lease
+/// instead (see [`LEASES`]).
 pub const UNACKED_INDEX: &str = "unacked_index";
+/// This host's leases: delivery tag → the score it wrote in
+/// [`UNACKED_INDEX`] (the lease's end). An entry of `unacked_index` with a
+/// lease here is a billiard-host reservation (restored once its lease has
+/// lapsed); one without is a consumer's that never renews (a Python worker).
+pub const LEASES: &str = "billiard-host:leases";
+/// Tombstones of restores: delivery tag → when it was put back on a queue
+/// (kept a day). A late finish reads it to say "restored" only when a
+/// restore really happened.
+pub const RESTORED: &str = "billiard-host:restored";
+/// kombu's default `visibility_timeout` (1 hour): how long a consumer that
+/// never renews (a Python worker) may hold a message before a sweeper
+/// restores it.
+pub const KOMBU_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The lock key (redis-py's `Lock`) that consumers take before returning
 /// stale unacked messages to their queues.
 pub const UNACKED_MUTEX: &str = "unacked_mutex";
@@ -69,6 +92,75 @@ pub enum BrokerError {
     /// Redis answered something this host cannot read.
     #[error("unexpected Redis reply: {0}")]
     Reply(String),
+    /// A setting Redis cannot carry out (a result expiry past its range).
+    #[error("{0}")]
+    Config(String),
+    /// A signal interrupted a call (EINTR) whose reply can no longer be
+    /// read; the connection was reopened at once, without backoff. (A
+    /// blocking wait is retried instead and never ends so.)
+    #[error("Redis ({what}): a signal interrupted the call; reconnected")]
+    Interrupted {
+        /// Which link.
+        what: &'static str,
+    },
+}
+
+/// The error codes of a Redis that cannot serve *now* but will again
+/// (loading, out of memory, a failover, a script running, ...): worth
+/// retrying with backoff. Any other server error (a bad argument, a wrong
+/// type, an ACL refusal) fails the same way every time.
+const TRANSIENT_CODES: &[&str] = &[
+    "OOM",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "READONLY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOSCRIPT",
+    "NOREPLICAS",
+    "MISCONF",
+    "UNBLOCKED",
+];
+
+impl BrokerError {
+    /// True when the same call may succeed later: the connection failed
+    /// (or timed out, or a signal interrupted it) or Redis answered one of
+    /// [`TRANSIENT_CODES`]. False for what fails the same way every time
+    /// (`invalid expire time`, `WRONGTYPE`, `NOPERM`, a reply this host
+    /// cannot read): retrying those would hold their slots for ever.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BrokerError::Interrupted { .. } => true,
+            BrokerError::Url { .. } | BrokerError::Reply(_) | BrokerError::Config(_) => false,
+            BrokerError::Redis { source, .. } => {
+                if source.is_io_error() || source.is_timeout() || source.is_connection_dropped() {
+                    return true;
+                }
+                let text = source.to_string();
+                let code = source.code().unwrap_or("");
+                TRANSIENT_CODES.iter().any(|c| {
+                    *c == code
+                        || text.starts_with(c)
+                        || text.contains(&format!(": {c} "))
+                        || text.contains(&format!("-{c} "))
+                })
+            }
+        }
+    }
+
+    /// True when the call may have been applied although no reply came (a
+    /// timeout, a dropped connection, a signal): a repeat must not do twice
+    /// what is not idempotent.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            BrokerError::Interrupted { .. } => true,
+            BrokerError::Redis { source, .. } => {
+                source.is_io_error() || source.is_timeout() || source.is_connection_dropped()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Opens a client for a Celery-style broker URL: `redis://[:password@]host
@@ -177,13 +269,28 @@ pub fn now_score() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The score this host writes: whole seconds, rounded up. Redis keeps a
-/// small sorted set as a listpack and compares scores by parsing them:
-/// integers cost a fraction of what fractional scores cost (ZADD several
-/// times faster under load). Rounding up makes a message look younger by
-/// under a second, never older, so no sweeper restores it early.
-pub fn score_now() -> i64 {
-    now_score().ceil() as i64
+/// The score this host writes for a reservation: the end of its lease,
+/// `now + lease`, in whole seconds rounded up. Redis keeps a small sorted
+/// set as a listpack and compares scores by parsing them: integers cost a
+/// fraction of what fractional scores cost (ZADD several times faster under
+/// load). Rounding up lengthens the lease by under a second, never shortens
+/// it. (`lease` is at most 10 years, checked where it enters.)
+pub fn lease_score(lease: Duration) -> i64 {
+    (now_score() + lease.as_secs_f64()).ceil() as i64
+}
+
+/// A result time to live as `SETEX` takes it: whole seconds, rounded up
+/// (a 500 ms expiry is 1 s, not "forever"), at most
+/// [`crate::bounds::MAX_DURATION`] (Redis refuses a TTL whose milliseconds
+/// overflow; 10 years is far below that).
+pub fn ttl_secs(ttl: Duration) -> Result<u64, crate::bounds::TooLong> {
+    let ttl = crate::bounds::check_duration("--result-expires", ttl)?;
+    let whole = ttl.as_secs();
+    Ok(if ttl.subsec_nanos() > 0 {
+        whole.saturating_add(1)
+    } else {
+        whole
+    })
 }
 
 /// One Redis connection that re-opens itself: after an error the next
@@ -194,6 +301,9 @@ pub struct Link {
     what: &'static str,
     con: Option<Connection>,
     failures: u32,
+    /// The connection itself failed (not a command): "reachable again" is
+    /// logged when a call succeeds after that, not after a refused command.
+    lost: bool,
     retry_at: Option<Instant>,
     read_timeout: Duration,
 }
@@ -240,6 +350,7 @@ impl Link {
             what,
             con: None,
             failures: 0,
+            lost: false,
             retry_at: None,
             read_timeout: Duration::from_secs(10),
         })
@@ -272,17 +383,26 @@ impl Link {
                     std::thread::sleep(t.saturating_duration_since(now));
                 }
             }
-            let opened = self
-                .client
-                .get_connection_with_timeout(Duration::from_secs(5))
-                .and_then(|mut c| {
-                    c.set_read_timeout(Some(self.read_timeout))?;
-                    c.set_write_timeout(Some(self.read_timeout))?;
-                    for src in Scripts::all() {
-                        redis::Script::new(src).load(&mut c)?;
-                    }
-                    Ok(c)
-                });
+            // A signal interrupting the opening (EINTR: SIGSTOP/SIGCONT, a
+            // handled signal) is no failure: open again at once.
+            let mut tries = 0;
+            let opened = loop {
+                let opened = self
+                    .client
+                    .get_connection_with_timeout(Duration::from_secs(5))
+                    .and_then(|mut c| {
+                        c.set_read_timeout(Some(self.read_timeout))?;
+                        c.set_write_timeout(Some(self.read_timeout))?;
+                        for src in Scripts::all() {
+                            redis::Script::new(src).load(&mut c)?;
+                        }
+                        Ok(c)
+                    });
+                match opened {
+                    Err(e) if interrupted(&e) && tries < 16 => tries += 1,
+                    other => break other,
+                }
+            };
             match opened {
                 Ok(c) => self.con = Some(c),
                 Err(e) => {
@@ -299,6 +419,7 @@ impl Link {
 
     fn failed(&mut self) {
         self.con = None;
+        self.lost = true;
         self.backoff();
     }
 
@@ -321,12 +442,28 @@ impl Link {
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, BrokerError> {
         let con = self.connect()?;
-        match f(con) {
+        let res = f(con);
+        self.settle(res)
+    }
+
+    /// What [`Link::run`] does with a call's outcome: a signal (EINTR) is
+    /// not a lost broker (the connection is reopened at once, without
+    /// backoff or a warning: the interrupted reply cannot be read back);
+    /// a connection-level failure drops the connection with backoff.
+    fn settle<T>(&mut self, res: RedisResult<T>) -> Result<T, BrokerError> {
+        if let Err(e) = &res {
+            if interrupted(e) {
+                self.con = None;
+                return Err(BrokerError::Interrupted { what: self.what });
+            }
+        }
+        match res {
             Ok(v) => {
-                if self.failures > 0 {
+                if self.lost {
                     tracing::info!("Redis ({}) is reachable again", self.what);
                 }
                 self.failures = 0;
+                self.lost = false;
                 self.retry_at = None;
                 Ok(v)
             }
@@ -347,20 +484,48 @@ impl Link {
         }
     }
 
-    /// Like [`Link::run`] with a longer read timeout (for blocking calls).
+    /// Like [`Link::run`] with a longer read timeout, for a blocking call
+    /// that may be repeated (a wait that changes nothing). A signal
+    /// interrupting it (SIGTERM, SIGSTOP/SIGCONT: Linux ends a socket read
+    /// that has a timeout with EINTR, whatever SA_RESTART says) repeats it
+    /// on the same connection (the redis client skips the late reply), up
+    /// to 16 times in a row.
     pub fn run_blocking<T>(
         &mut self,
         block: Duration,
-        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+        mut f: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, BrokerError> {
-        let t = block + self.read_timeout;
+        let t = block.saturating_add(self.read_timeout);
         let normal = self.read_timeout;
-        self.run(|c| {
-            c.set_read_timeout(Some(t))?;
-            let r = f(c);
-            c.set_read_timeout(Some(normal))?;
-            r
-        })
+        let mut tries = 0;
+        loop {
+            let con = self.connect()?;
+            let res = (|| {
+                con.set_read_timeout(Some(t))?;
+                let r = f(con);
+                con.set_read_timeout(Some(normal))?;
+                r
+            })();
+            match res {
+                Err(e) if interrupted(&e) && tries < 16 => {
+                    tries += 1;
+                    let _ = con.set_read_timeout(Some(normal));
+                }
+                other => return self.settle(other),
+            }
+        }
+    }
+}
+
+/// True for a call a signal interrupted (EINTR).
+fn interrupted(e: &RedisError) -> bool {
+    if !e.is_io_error() {
+        return false;
+    }
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) => io.kind() == std::io::ErrorKind::Interrupted,
+        None => e.to_string().contains("(os error 4)"),
     }
 }
 
@@ -409,8 +574,9 @@ impl RedisBroker {
 
     /// Reserves up to `max` messages in one atomic step, from the priority
     /// lists of every queue (all queues' priority-0 lists first, then the
-    /// 3s, ...), rotating which queue goes first so none starves.
-    pub fn reserve(&mut self, max: usize) -> Result<Vec<Reserved>, BrokerError> {
+    /// 3s, ...), rotating which queue goes first so none starves. Each gets
+    /// a fresh delivery tag and a lease of `lease` (see `lua/reserve.lua`).
+    pub fn reserve(&mut self, max: usize, lease: Duration) -> Result<Vec<Reserved>, BrokerError> {
         if max == 0 || self.queues.is_empty() {
             return Ok(Vec::new());
         }
@@ -425,13 +591,14 @@ impl RedisBroker {
             }
         }
         let spares: Vec<String> = (0..max).map(|_| protocol::new_id()).collect();
-        let now = score_now();
+        let now = lease_score(lease);
         let reply: Vec<RValue> = self.link.run(|c| {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(sha(RESERVE_LUA))
-                .arg(2 + lists.len())
+                .arg(3 + lists.len())
                 .arg(UNACKED)
-                .arg(UNACKED_INDEX);
+                .arg(UNACKED_INDEX)
+                .arg(LEASES);
             for (l, _) in &lists {
                 cmd.arg(l);
             }
@@ -511,39 +678,63 @@ pub struct Finish {
     pub send: Vec<(String, String)>,
 }
 
+/// What had become of a message's reservation when it was finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Still this reservation's: acked, follow-ups sent.
+    Held,
+    /// A sweeper had put it back on its queue (its lease had lapsed: the
+    /// host or Redis stalled past it): it may run again; the run that holds
+    /// it sends the follow-ups, none were sent here.
+    Restored,
+    /// Gone without a trace (a FLUSHALL, a DEL of `unacked`): nothing can
+    /// run it again, so the follow-ups were sent.
+    Vanished,
+    /// This call repeated one whose reply was lost, and that one had
+    /// finished it: nothing was done twice.
+    AlreadyFinished,
+}
+
 /// What [`finish`] did for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finished {
-    /// The result was written (false: a SUCCESS was there already).
+    /// The result was written (false: a SUCCESS was there already, or
+    /// there was none to store).
     pub stored: bool,
-    /// The message was still ours to ack (false: it had been restored to
-    /// its queue meanwhile, so it may run again; follow-ups not sent).
-    pub held: bool,
+    /// What had become of the reservation.
+    pub held: Held,
+    /// Follow-up messages Redis refused (their list key holds another
+    /// type): not sent.
+    pub unsent: u32,
 }
 
 /// Finishes a batch of messages in one round trip and one script call per
 /// 256 messages: store + PUBLISH + follow-ups + ack, each message
-/// atomically.
+/// atomically. `ttl_s`: [`ttl_secs`] of the result expiry (0: forever).
+/// `repeated`: this repeats a call whose reply was lost
+/// ([`BrokerError::may_have_applied`]).
 pub fn finish(
     link: &mut Link,
     batch: &[Finish],
-    result_ttl: Duration,
+    ttl_s: u64,
+    repeated: bool,
 ) -> Result<Vec<Finished>, BrokerError> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
     let hash = sha(FINISH_LUA);
-    let ttl = result_ttl.as_secs();
     let replies: Vec<Vec<i64>> = link.run(|c| {
         let mut pipe = redis::pipe();
         for chunk in batch.chunks(256) {
-            let nkeys: usize = 2 + chunk.iter().map(|f| 1 + f.send.len()).sum::<usize>();
+            let nkeys: usize = 4 + chunk.iter().map(|f| 1 + f.send.len()).sum::<usize>();
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(hash)
                 .arg(nkeys)
                 .arg(UNACKED)
-                .arg(UNACKED_INDEX);
+                .arg(UNACKED_INDEX)
+                .arg(LEASES)
+                .arg(RESTORED);
             for f in chunk {
                 match &f.result {
                     Some((k, _)) => cmd.arg(k),
@@ -553,7 +744,7 @@ pub fn finish(
                     cmd.arg(l);
                 }
             }
-            cmd.arg(ttl);
+            cmd.arg(ttl_s).arg(if repeated { "1" } else { "0" });
             for f in chunk {
                 cmd.arg(&f.tag);
                 match &f.result {
@@ -569,20 +760,29 @@ pub fn finish(
         pipe.query(c)
     })?;
     let flat: Vec<i64> = replies.into_iter().flatten().collect();
-    if flat.len() != batch.len() * 2 {
+    if flat.len() != batch.len() * 3 {
         return Err(BrokerError::Reply(format!(
             "finish answered {} values for {} messages",
             flat.len(),
             batch.len()
         )));
     }
-    Ok(flat
-        .chunks(2)
-        .map(|r| Finished {
-            stored: r[0] == 1,
-            held: r[1] == 1,
+    flat.chunks(3)
+        .map(|r| {
+            let held = match r[1] {
+                1 => Held::Held,
+                2 => Held::Restored,
+                3 => Held::Vanished,
+                4 => Held::AlreadyFinished,
+                x => return Err(BrokerError::Reply(format!("finish answered held={x}"))),
+            };
+            Ok(Finished {
+                stored: r[0] == 1,
+                held,
+                unsent: u32::try_from(r[2]).unwrap_or(0),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Sets `redelivered` in the headers and delivery_info, as kombu's restore
@@ -675,7 +875,26 @@ fn restore_one(
     only_queues: Option<&[String]>,
     stale_before: Option<f64>,
 ) -> RedisResult<bool> {
+    let ceil = stale_before.map(|s| format!("{s}")).unwrap_or_default();
     let Some(e) = read_entry(c, tag)? else {
+        // No entry (or not one kombu could restore either): forget a
+        // lapsed lease of ours whose entry someone else took, leaving the
+        // tombstone a late finish reads.
+        let _: i64 = redis::cmd("EVALSHA")
+            .arg(sha(RESTORE_LUA))
+            .arg(5)
+            .arg(UNACKED)
+            .arg(UNACKED_INDEX)
+            .arg(LEASES)
+            .arg(RESTORED)
+            .arg(UNACKED)
+            .arg(tag)
+            .arg(&ceil)
+            .arg("")
+            .arg("")
+            .arg("R")
+            .arg(now_score())
+            .query(c)?;
         return Ok(false);
     };
     let mut queues = lookup(c, &e.exchange, &e.routing_key)?;
@@ -691,7 +910,6 @@ fn restore_one(
     let Some(msg) = mark_redelivered(e.payload) else {
         return Ok(false);
     };
-    let ceil = stale_before.map(|s| format!("{s}")).unwrap_or_default();
     let mut restored = false;
     // One message bound to several queues (fanout) is restored to each,
     // as kombu does; the entry goes away with the first.
@@ -700,15 +918,18 @@ fn restore_one(
         if i == 0 {
             let r: i64 = redis::cmd("EVALSHA")
                 .arg(sha(RESTORE_LUA))
-                .arg(3)
+                .arg(5)
                 .arg(UNACKED)
                 .arg(UNACKED_INDEX)
+                .arg(LEASES)
+                .arg(RESTORED)
                 .arg(&list)
                 .arg(tag)
                 .arg(&ceil)
                 .arg(&e.raw)
                 .arg(&msg)
                 .arg("R")
+                .arg(now_score())
                 .query(c)?;
             restored = r == 1;
             if !restored {
@@ -735,7 +956,7 @@ pub fn requeue(link: &mut Link, tags: &[String]) -> Result<usize, BrokerError> {
     })
 }
 
-/// Acks these messages without a result (ZREM + HDEL).
+/// Acks these messages without a result (ZREM + HDEL, and the lease).
 pub fn ack(link: &mut Link, tags: &[String]) -> Result<(), BrokerError> {
     if tags.is_empty() {
         return Ok(());
@@ -745,41 +966,62 @@ pub fn ack(link: &mut Link, tags: &[String]) -> Result<(), BrokerError> {
         for t in tags {
             pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(t).ignore();
             pipe.cmd("HDEL").arg(UNACKED).arg(t).ignore();
+            pipe.cmd("ZREM").arg(LEASES).arg(t).ignore();
         }
         pipe.query::<()>(c)
     })
 }
 
-/// Refreshes the scores of in-flight messages (`ZADD unacked_index XX`:
-/// a tag acked or restored meanwhile is not re-added).
-pub fn heartbeat(link: &mut Link, tags: &[String]) -> Result<(), BrokerError> {
+/// Renews the leases of in-flight messages to `now + lease` (`ZADD XX` on
+/// `unacked_index` and [`LEASES`]: a tag acked or restored meanwhile is not
+/// re-added).
+pub fn heartbeat(link: &mut Link, tags: &[String], lease: Duration) -> Result<(), BrokerError> {
     if tags.is_empty() {
         return Ok(());
     }
-    let now = score_now();
+    let until = lease_score(lease);
     link.run(|c| {
         let mut pipe = redis::pipe();
         for chunk in tags.chunks(512) {
-            let cmd = pipe.cmd("ZADD").arg(UNACKED_INDEX).arg("XX");
-            for t in chunk {
-                cmd.arg(now).arg(t);
+            for key in [UNACKED_INDEX, LEASES] {
+                let cmd = pipe.cmd("ZADD").arg(key).arg("XX");
+                for t in chunk {
+                    cmd.arg(until).arg(t);
+                }
+                cmd.ignore();
             }
-            cmd.ignore();
         }
         pipe.query::<()>(c)
     })
 }
 
+/// What one [`sweep`] restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Billiard-host reservations whose lease had lapsed.
+    pub lapsed: usize,
+    /// Reservations of consumers that never renew (Python workers) older
+    /// than the foreign timeout.
+    pub foreign: usize,
+}
+
 /// One restore sweep (kombu's `restore_visible`), under kombu's
-/// `unacked_mutex`: messages of `queues` whose score is older than
-/// `visibility` go back to their queue, marked redelivered. Returns how
-/// many were restored (0 when another sweeper holds the mutex).
+/// `unacked_mutex`, of messages bound for `queues`, marked redelivered as
+/// kombu marks them:
+/// - a billiard-host reservation (its tag in [`LEASES`]) goes back once its
+///   lease has lapsed (`score <= now`): its host stopped renewing it;
+/// - any other entry (a Python worker's: scored with its reservation time,
+///   never renewed) goes back once older than `foreign` (kombu's own rule
+///   with kombu's timeout, 1 h by default), never sooner.
+///
+/// At most `limit` of each kind per sweep; nothing when another sweeper
+/// holds the mutex.
 pub fn sweep(
     link: &mut Link,
     queues: &[String],
-    visibility: Duration,
+    foreign: Duration,
     limit: usize,
-) -> Result<usize, BrokerError> {
+) -> Result<Swept, BrokerError> {
     let token = protocol::new_id();
     link.run(|c| {
         let got: Option<String> = redis::cmd("SET")
@@ -790,10 +1032,30 @@ pub fn sweep(
             .arg(UNACKED_MUTEX_EXPIRE.as_secs())
             .query(c)?;
         if got.is_none() {
-            return Ok(0);
+            return Ok(Swept::default());
         }
-        let ceil = now_score() - visibility.as_secs_f64();
+        let now = now_score();
         let res = (|| {
+            let mut swept = Swept::default();
+            let lapsed: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(LEASES)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query(c)?;
+            for tag in &lapsed {
+                if restore_one(c, tag, Some(queues), Some(now))? {
+                    tracing::warn!(
+                        "restored message {tag} to its queue: its lease ran out (the \
+                         billiard-host that reserved it stopped renewing it: it died, was \
+                         stopped, or lost Redis for longer than its visibility timeout)"
+                    );
+                    swept.lapsed += 1;
+                }
+            }
+            let ceil = now - foreign.as_secs_f64();
             let stale: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(UNACKED_INDEX)
                 .arg("-inf")
@@ -802,18 +1064,18 @@ pub fn sweep(
                 .arg(0)
                 .arg(limit)
                 .query(c)?;
-            let mut n = 0;
             for tag in &stale {
                 if restore_one(c, tag, Some(queues), Some(ceil))? {
                     tracing::warn!(
-                        "restored message {tag} to its queue: its consumer stopped \
-                         renewing it for over {}",
-                        humantime::format_duration(visibility)
+                        "restored message {tag} to its queue: a consumer that does not \
+                         renew its messages (a Python worker) reserved it over {} ago \
+                         (--foreign-visibility-timeout)",
+                        humantime::format_duration(foreign)
                     );
-                    n += 1;
+                    swept.foreign += 1;
                 }
             }
-            Ok(n)
+            Ok(swept)
         })();
         let _: RedisResult<i64> = redis::cmd("EVALSHA")
             .arg(sha(UNLOCK_LUA))
@@ -849,6 +1111,48 @@ mod tests {
         for src in Scripts::all() {
             assert_eq!(sha(src), redis::Script::new(src).get_hash());
         }
+    }
+
+    #[test]
+    fn c8_result_ttls_round_up_and_stop_at_ten_years() {
+        assert_eq!(ttl_secs(Duration::from_millis(500)), Ok(1));
+        assert_eq!(ttl_secs(Duration::from_secs(86_400)), Ok(86_400));
+        let max = crate::bounds::MAX_DURATION;
+        assert_eq!(ttl_secs(max), Ok(max.as_secs()));
+        let e = ttl_secs(max + Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("--result-expires"), "{e}");
+        assert!(ttl_secs(Duration::MAX).is_err());
+    }
+
+    #[test]
+    fn c8_errors_that_repeat_are_not_transient() {
+        let oom = BrokerError::Redis {
+            what: "broker",
+            source: RedisError::from((
+                redis::ErrorKind::Extension,
+                "server",
+                "Pipeline failure: [(Index 0, error: OOM command not allowed when used memory \
+                 > 'maxmemory'. script: 45cf, on @user_script:60.)]"
+                    .to_string(),
+            )),
+        };
+        assert!(oom.is_transient() && !oom.may_have_applied());
+        let io = BrokerError::Redis {
+            what: "broker",
+            source: RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        };
+        assert!(io.is_transient() && io.may_have_applied());
+        assert!(BrokerError::Interrupted { what: "broker" }.is_transient());
+        assert!(!BrokerError::Reply("x".into()).is_transient());
+        assert!(!BrokerError::Config("x".into()).is_transient());
+        let e = BrokerError::Redis {
+            what: "broker",
+            source: RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                "invalid expire time in 'setex' command",
+            )),
+        };
+        assert!(!e.is_transient() && !e.may_have_applied());
     }
 
     #[test]

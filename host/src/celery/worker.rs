@@ -7,8 +7,9 @@
 //! - the *finisher* stores results, sends follow-ups (chain, link,
 //!   link_error) and acks, in batches, retrying with backoff while Redis
 //!   is away (running jobs keep running meanwhile);
-//! - the *keeper* refreshes the scores of every message this host holds
-//!   every visibility/3 and runs the restore sweep.
+//! - the *keeper* renews the lease of every message this host holds
+//!   (its score: now + the visibility timeout) every third of the timeout
+//!   and runs the restore sweep.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -29,7 +30,7 @@ use super::protocol::{
     self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
     TimeLimit,
 };
-use super::redis::{self as broker, BrokerError, Link, RedisBroker, Reserved};
+use super::redis::{self as broker, BrokerError, Finished, Link, RedisBroker, Reserved};
 use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
 use crate::pool::{Limits, Pool, TaskRef};
@@ -43,9 +44,19 @@ pub struct WorkerOptions {
     pub backend_url: Option<String>,
     /// Queues to consume, in order (default `celery`).
     pub queues: Vec<String>,
-    /// A message whose score is not renewed for this long is returned to
-    /// its queue by a sweeper. This host renews its own every third of it.
+    /// This host's lease on a message it reserved: its score in
+    /// `unacked_index` is set to now + this, renewed every third of it (at
+    /// least every 30 s), so no sweeper, whatever its own timeout, restores
+    /// it while this host lives; once the host stops renewing, sweepers
+    /// return it to its queue when the lease has run out (kombu's: this
+    /// plus their visibility timeout).
     pub visibility_timeout: Duration,
+    /// How long a message reserved by a consumer that never renews its
+    /// messages (a Python Celery worker with `acks_late`) may stay
+    /// unacked before this host's sweeper returns it to its queue: kombu's
+    /// rule with the Python workers' `visibility_timeout` (kombu's default,
+    /// 1 h). A shorter value re-runs their longer jobs (warned at start).
+    pub foreign_visibility_timeout: Duration,
     /// Messages reserved per worker process (Celery's
     /// `worker_prefetch_multiplier`, default 1 here).
     pub prefetch_multiplier: usize,
@@ -63,6 +74,7 @@ impl Default for WorkerOptions {
             backend_url: None,
             queues: vec![protocol::DEFAULT_QUEUE.into()],
             visibility_timeout: Duration::from_secs(60),
+            foreign_visibility_timeout: broker::KOMBU_VISIBILITY_TIMEOUT,
             prefetch_multiplier: 1,
             result_expires: DEFAULT_RESULT_EXPIRES,
             max_eta_held: 10_000,
@@ -120,10 +132,14 @@ pub enum WorkerError {
 pub struct Summary {
     /// Task messages taken from the broker.
     pub received: u64,
-    /// Tasks that finished with SUCCESS.
+    /// Tasks whose SUCCESS was stored (or acked, for `ignore_result`).
     pub succeeded: u64,
-    /// Tasks that finished otherwise (failure or revoked).
+    /// Tasks whose failure (FAILURE or REVOKED) was stored.
     pub failed: u64,
+    /// Tasks whose outcome could not be stored: Redis refused it for good
+    /// (acked without a result, logged), or a stop gave up waiting for
+    /// Redis (left unacked: sweepers return them once their lease lapses).
+    pub unstored: u64,
     /// Messages returned to their queue unrun at shutdown.
     pub requeued: u64,
     /// "warm" or "cold".
@@ -259,6 +275,9 @@ struct Shared {
     cold: AtomicBool,
     /// Give up on results not yet stored (cold shutdown, Redis away).
     abandon: AtomicBool,
+    /// When a warm stop began: from then on the finisher retries results
+    /// Redis does not take for [`WARM_STORE_GRACE`] at most.
+    stop_at: Mutex<Option<Instant>>,
     counts: Mutex<Summary>,
     /// Operators' view (remote control, events, metrics); None: off.
     ops: Option<Arc<Ops>>,
@@ -293,6 +312,21 @@ impl Worker {
                 "the prefetch multiplier must be at least 1".into(),
             ));
         }
+        for (what, d) in [
+            ("--visibility-timeout", opts.visibility_timeout),
+            (
+                "--foreign-visibility-timeout",
+                opts.foreign_visibility_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                return Err(WorkerError::Config(format!("{what} must be longer than 0")));
+            }
+            bounds::check_duration(what, d).map_err(|e| WorkerError::Config(e.to_string()))?;
+        }
+        // A result expiry SETEX would refuse fails every store: refuse it
+        // here (C8).
+        broker::ttl_secs(opts.result_expires).map_err(|e| WorkerError::Config(e.to_string()))?;
         // Fail early on a URL that cannot work.
         broker::client(&opts.broker_url)?;
         if let Some(b) = &opts.backend_url {
@@ -378,10 +412,14 @@ impl Worker {
             live: Mutex::new(HashSet::new()),
             cold: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
+            stop_at: Mutex::new(None),
             counts: Mutex::new(Summary::default()),
             ops: ops.clone(),
         });
 
+        for w in lease_warnings(&opts) {
+            tracing::warn!("{w}");
+        }
         // Wait for the broker (Celery's broker_connection_retry_on_startup).
         let mut warned = false;
         loop {
@@ -444,10 +482,11 @@ impl Worker {
             let shared = shared.clone();
             let link = Link::new(&opts.broker_url, "broker")?;
             let queues = opts.queues.clone();
-            let vis = opts.visibility_timeout;
+            let lease = opts.visibility_timeout;
+            let foreign = opts.foreign_visibility_timeout;
             std::thread::Builder::new()
                 .name("celery-keeper".into())
-                .spawn(move || keeper(keeper_rx, link, queues, vis, shared))
+                .spawn(move || keeper(keeper_rx, link, queues, lease, foreign, shared))
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
 
@@ -540,6 +579,55 @@ impl Worker {
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// What this host's lease settings cannot guarantee, one line each (logged
+/// as WARN at start). With leases no sweeper restores a message while its
+/// host renews it, whatever the sweeper's timeout (C7); what is left:
+/// leases too short to survive a stall, and the sweep of Python workers'
+/// messages, which are never renewed and which this host can only judge by
+/// their age.
+fn lease_warnings(opts: &WorkerOptions) -> Vec<String> {
+    let mut out = Vec::new();
+    let lease = opts.visibility_timeout;
+    if lease < Duration::from_secs(1) {
+        out.push(format!(
+            "--visibility-timeout {}: this host's leases last under a second (renewed every {}); \
+             a stall of this host or of Redis longer than that (a paused VM, swapping, a slow \
+             fsync) lets a sweeper restore its running jobs, which then run twice",
+            humantime::format_duration(lease),
+            humantime::format_duration(keeper_period(lease))
+        ));
+    }
+    let foreign = opts.foreign_visibility_timeout;
+    if foreign < broker::KOMBU_VISIBILITY_TIMEOUT {
+        out.push(format!(
+            "--foreign-visibility-timeout {}: a job of a Python worker (acks_late) on queues \
+             [{}] that runs longer than that is restored by this host's sweeper and runs again \
+             (Python workers do not renew their messages; kombu's own default is 1h): set it \
+             to the Python workers' broker_transport_options visibility_timeout",
+            humantime::format_duration(foreign),
+            opts.queues.join(", ")
+        ));
+    }
+    out
+}
+
+/// How often the keeper renews this host's leases and sweeps: a third of
+/// the lease (so two renewals may fail before it lapses), at least every
+/// 30 s (a dead host's messages are found soon after their lease ends),
+/// at most every 100 ms.
+fn keeper_period(lease: Duration) -> Duration {
+    lease
+        .checked_div(3)
+        .unwrap_or_default()
+        .clamp(ms(100), Duration::from_secs(30))
+}
+
+/// How long a warm stop keeps retrying results Redis will not take yet
+/// (it is away, out of memory, ...): after that their messages are left
+/// unacked and sweepers return them once their lease lapses (C8: a warm
+/// stop ends).
+const WARM_STORE_GRACE: Duration = Duration::from_secs(30);
 
 /// How long an idle consumer blocks on the broker before it looks at every
 /// list again (and at its controls).
@@ -737,7 +825,7 @@ impl Consumer<'_> {
                 continue;
             }
             let t0 = Instant::now();
-            let reserved = self.broker.reserve(room);
+            let reserved = self.broker.reserve(room, self.opts.visibility_timeout);
             if let Some(o) = &self.shared.ops {
                 o.reserve_latency(t0.elapsed());
             }
@@ -768,6 +856,11 @@ impl Consumer<'_> {
     }
 
     fn broker_down(&mut self, e: BrokerError) {
+        if let BrokerError::Interrupted { .. } = e {
+            // A signal (SIGTERM, SIGSTOP/SIGCONT), not a lost broker (C15).
+            tracing::debug!("{e}");
+            return;
+        }
         if !self.broker_warned {
             tracing::warn!(
                 "lost the broker ({e}); reconnecting with backoff, running jobs carry on"
@@ -812,6 +905,12 @@ impl Consumer<'_> {
                          running job(s) (signal again to kill them)",
                         self.running
                     );
+                    let mut at = self
+                        .shared
+                        .stop_at
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    at.get_or_insert_with(Instant::now);
                 }
                 self.stopping = true;
                 false
@@ -859,7 +958,7 @@ impl Consumer<'_> {
         self.shared.cold.store(true, Ordering::Release);
         self.stopping = true;
         self.pool.terminate_now();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = crate::bounds::saturating_deadline(Instant::now(), Duration::from_secs(10));
         while self.running > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -1289,7 +1388,7 @@ fn finisher(
         let cold = shared.cold.load(Ordering::Acquire);
         let mut requeue = Vec::new();
         let mut comps = Vec::new();
-        let (mut ok, mut failed) = (0u64, 0u64);
+        let mut successes = Vec::new();
         for f in &batch {
             let killed = matches!(&f.res, Res::Err(e) if e.kind == ErrorKind::Terminated);
             if f.unrun || (cold && f.slot && killed) {
@@ -1304,52 +1403,17 @@ fn finisher(
                 f.ctx.task_id,
                 if success { "succeeded" } else { "failed" }
             );
-            if success {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
+            successes.push(success);
             comps.push(c);
         }
-        let mut warned = false;
-        while !comps.is_empty() {
-            let t0 = Instant::now();
-            let done = backend.complete(&mut link, &comps);
-            if let Some(o) = &shared.ops {
-                o.ack_latency(t0.elapsed());
-            }
-            match done {
-                Ok(res) => {
-                    for (c, r) in comps.iter().zip(res) {
-                        if !r.held {
-                            tracing::warn!(
-                                "task {} finished after its message had been restored to \
-                                 the queue (its host missed the visibility timeout); it may \
-                                 run again",
-                                c.task_id
-                            );
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    if shared.abandon.load(Ordering::Acquire) {
-                        tracing::error!(
-                            "giving up storing {} result(s): {e}; their messages stay \
-                             unacked and a sweeper returns them to the queue",
-                            comps.len()
-                        );
-                        break;
-                    }
-                    if !warned {
-                        tracing::warn!(
-                            "cannot store {} result(s) yet ({e}); retrying with backoff",
-                            comps.len()
-                        );
-                        warned = true;
-                    }
-                    std::thread::sleep(link.backoff_left().max(ms(20)));
-                }
+        // Counted once stored: a result Redis never took is no success (C8).
+        let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
+        let done = store(&mut link, &mut backend, &shared, &comps);
+        for (success, d) in successes.into_iter().zip(done) {
+            match d {
+                Some(_) if success => ok += 1,
+                Some(_) => failed += 1,
+                None => unstored += 1,
             }
         }
         while !requeue.is_empty() {
@@ -1375,6 +1439,7 @@ fn finisher(
             let mut c = shared.counts.lock().unwrap_or_else(|e| e.into_inner());
             c.succeeded += ok;
             c.failed += failed;
+            c.unstored += unstored;
         }
         let tags: Vec<String> = batch.iter().map(|f| f.ctx.tag.clone()).collect();
         shared.forget(&tags);
@@ -1384,16 +1449,177 @@ fn finisher(
     }
 }
 
-/// The keeper thread: heartbeats this host's messages every
-/// visibility/3 and sweeps stale ones of dead hosts back to their queues.
+/// Stores `comps` (results, follow-ups, acks) and says per completion
+/// what was done: None when its outcome was not stored.
+///
+/// Errors that may pass (Redis away, out of memory, loading, a signal) are
+/// retried with backoff, for ever while the host runs, for
+/// [`WARM_STORE_GRACE`] once a warm stop began, not at all once a cold one
+/// gave up: then the messages stay unacked and sweepers return them when
+/// their lease lapses. An error that repeats whatever the wait (Redis
+/// refuses the command: a bad argument, a wrong type, an ACL) is never
+/// retried for ever holding the slots (C8): each message is finished on
+/// its own, and one Redis keeps refusing is finished with less (without
+/// its result, then without its follow-ups), logged, and counted unstored.
+fn store(
+    link: &mut Link,
+    backend: &mut ResultBackend,
+    shared: &Shared,
+    comps: &[Completion],
+) -> Vec<Option<Finished>> {
+    let mut repeated = false;
+    let mut warned = false;
+    let mut failing_since: Option<Instant> = None;
+    while !comps.is_empty() {
+        let t0 = Instant::now();
+        let done = backend.complete(link, comps, repeated);
+        if let Some(o) = &shared.ops {
+            o.ack_latency(t0.elapsed());
+        }
+        let e = match done {
+            Ok(res) => {
+                if warned {
+                    tracing::info!("stored {} result(s) that had waited for Redis", comps.len());
+                }
+                for (c, r) in comps.iter().zip(&res) {
+                    report_finish(c, r);
+                }
+                return res.into_iter().map(Some).collect();
+            }
+            Err(e) => e,
+        };
+        if !e.is_transient() {
+            return match comps {
+                [one] => vec![store_less(link, backend, shared, one, &e)],
+                _ => comps
+                    .iter()
+                    .map(|c| {
+                        store(link, backend, shared, std::slice::from_ref(c))
+                            .pop()
+                            .flatten()
+                    })
+                    .collect(),
+            };
+        }
+        // The call may have been carried out although its reply was lost:
+        // the next one must not send follow-ups twice.
+        repeated |= e.may_have_applied();
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        let stop_at = *shared.stop_at.lock().unwrap_or_else(|e| e.into_inner());
+        let warm_over = stop_at.is_some_and(|at| at.max(since).elapsed() >= WARM_STORE_GRACE);
+        if shared.abandon.load(Ordering::Acquire) || warm_over {
+            tracing::error!(
+                "giving up storing {} result(s): {e}; their messages stay unacked and a \
+                 sweeper returns them to their queue once their lease lapses \
+                 (--visibility-timeout)",
+                comps.len()
+            );
+            return vec![None; comps.len()];
+        }
+        if !warned {
+            if let BrokerError::Interrupted { .. } = e {
+                tracing::debug!("{e}");
+            } else {
+                tracing::warn!(
+                    "cannot store {} result(s) yet ({e}); retrying with backoff",
+                    comps.len()
+                );
+                warned = true;
+            }
+        }
+        std::thread::sleep(link.backoff_left().max(ms(20)));
+    }
+    Vec::new()
+}
+
+/// One completion Redis refused for good (`e`): finished without its
+/// result (the ack and follow-ups still go), or, refused again, acked
+/// alone; never retried for ever. Returns None: the outcome is not stored.
+fn store_less(
+    link: &mut Link,
+    backend: &mut ResultBackend,
+    shared: &Shared,
+    c: &Completion,
+    e: &BrokerError,
+) -> Option<Finished> {
+    let less = if c.meta.is_some() {
+        tracing::error!(
+            "cannot store the result of task {} ({e}); acking its message without a result",
+            c.task_id
+        );
+        Completion {
+            meta: None,
+            ..c.clone()
+        }
+    } else if !c.send.is_empty() {
+        tracing::error!(
+            "cannot send the follow-up messages of task {} ({e}); acking its message without \
+             them",
+            c.task_id
+        );
+        Completion {
+            send: Vec::new(),
+            ..c.clone()
+        }
+    } else {
+        tracing::error!(
+            "cannot ack the message of task {} ({e}); it stays unacked and a sweeper returns \
+             it to its queue once its lease lapses",
+            c.task_id
+        );
+        return None;
+    };
+    store(link, backend, shared, std::slice::from_ref(&less));
+    None
+}
+
+/// Logs what had become of a message's reservation when its task finished
+/// (C15: "restored" only when a restore happened).
+fn report_finish(c: &Completion, r: &Finished) {
+    use super::redis::Held;
+    match r.held {
+        Held::Held => {}
+        Held::Restored => tracing::warn!(
+            "task {} finished after a sweeper had put its message back on its queue (this \
+             host's lease on it had lapsed: the host or Redis stalled for longer than \
+             --visibility-timeout); it may run again; its result is kept, its follow-ups are \
+             left to the run that holds the message",
+            c.task_id
+        ),
+        Held::Vanished => tracing::warn!(
+            "task {} finished, but its message was gone from Redis's unacked bookkeeping \
+             without having been restored (flushed or deleted): it does not run again here; \
+             its result is stored and its follow-ups are sent",
+            c.task_id
+        ),
+        Held::AlreadyFinished => tracing::debug!(
+            "task {}: a store whose reply was lost had already finished it",
+            c.task_id
+        ),
+    }
+    if r.unsent > 0 {
+        tracing::error!(
+            "task {}: Redis refused {} of its follow-up message(s) (a queue key that is not a \
+             list?): not sent",
+            c.task_id,
+            r.unsent
+        );
+    }
+}
+
+/// The keeper thread: renews the leases of this host's messages every
+/// [`keeper_period`] and sweeps back to their queues the messages of hosts
+/// whose lease lapsed and those Python workers held past the foreign
+/// timeout.
 fn keeper(
     stop: Receiver<()>,
     mut link: Link,
     queues: Vec<String>,
-    visibility: Duration,
+    lease: Duration,
+    foreign: Duration,
     shared: Arc<Shared>,
 ) {
-    let every = (visibility / 3).max(ms(100));
+    let every = keeper_period(lease);
     let mut warned = false;
     loop {
         let tags: Vec<String> = shared
@@ -1403,10 +1629,12 @@ fn keeper(
             .iter()
             .cloned()
             .collect();
-        let res = broker::heartbeat(&mut link, &tags)
-            .and_then(|_| broker::sweep(&mut link, &queues, visibility, 1000));
+        let res = broker::heartbeat(&mut link, &tags, lease)
+            .and_then(|_| broker::sweep(&mut link, &queues, foreign, 1000));
         match res {
             Ok(_) => warned = false,
+            // A signal, not Redis: the next round renews (C15).
+            Err(e @ BrokerError::Interrupted { .. }) => tracing::debug!("{e}"),
             Err(e) => {
                 if !warned {
                     tracing::warn!("cannot renew in-flight messages ({e}); retrying");

@@ -73,10 +73,18 @@ pub struct Args {
         default_value = "celery"
     )]
     queues: Vec<String>,
-    /// A message whose host stops renewing it for this long goes back to its
-    /// queue (this host renews its own every third of it).
+    /// This host's lease on the messages it reserves: renewed every third of
+    /// it while the host lives (no sweeper restores them meanwhile, whatever
+    /// its own timeout); once the host stops renewing, they go back to their
+    /// queue when it runs out.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     visibility_timeout: Duration,
+    /// How long a message held by a consumer that does not renew (a Python
+    /// Celery worker with acks_late) stays unacked before this host's
+    /// sweeper returns it to its queue: the Python workers' visibility_timeout
+    /// (kombu's default 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    foreign_visibility_timeout: Duration,
     /// Messages reserved per worker process.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive_u64)]
     prefetch_multiplier: u64,
@@ -202,6 +210,7 @@ pub fn run(args: Args) -> i32 {
             .filter(|q| !q.is_empty())
             .collect(),
         visibility_timeout: args.visibility_timeout,
+        foreign_visibility_timeout: args.foreign_visibility_timeout,
         prefetch_multiplier: args.prefetch_multiplier.min(1 << 16) as usize,
         result_expires: args.result_expires,
         ..WorkerOptions::default()
@@ -292,6 +301,7 @@ pub fn run(args: Args) -> i32 {
                 received = summary.received,
                 succeeded = summary.succeeded,
                 failed = summary.failed,
+                unstored = summary.unstored,
                 requeued = summary.requeued,
                 "{} shutdown complete",
                 summary.shutdown

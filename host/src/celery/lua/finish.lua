@@ -1,33 +1,57 @@
 -- Finish a batch of messages, each in one atomic step: store its result
 -- (unless a SUCCESS is already stored: Celery never overwrites one) and
 -- PUBLISH it on the channel of the same name, send its follow-up messages
--- (chain, link, link_error), and ack it (ZREM unacked_index, HDEL unacked).
+-- (chain, link, link_error), and ack it (ZREM unacked_index, HDEL unacked,
+-- ZREM the lease).
 --
--- KEYS[1] unacked, KEYS[2] unacked_index, then per message: its result key,
---   then the list of each of its follow-ups
--- ARGV[1] the results' time to live in seconds (0 = forever), then per
---   message: its delivery tag ('' = nothing to ack), its result JSON
---   ('' = store nothing), the number of follow-ups k, then the k messages
--- Returns {stored, held} per message. Follow-ups are sent only by the
--- consumer that still holds the message: one that was restored to its
--- queue meanwhile runs again elsewhere, and that run sends them.
+-- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
+--   KEYS[4] billiard-host:restored, then per message: its result key, then
+--   the list of each of its follow-ups
+-- ARGV[1] the results' time to live in whole seconds (0 = forever;
+--   checked by the host: at most 10 years, which SETEX accepts)
+-- ARGV[2] '1' when this call repeats one whose reply was lost (it may have
+--   been applied), else '0'
+-- then per message: its delivery tag ('' = nothing to ack), its result
+--   JSON ('' = store nothing), the number of follow-ups k, the k messages
+-- Returns {stored, held, unsent} per message:
+--   stored  1 if the result was written
+--   held    1 the message was still this reservation's: acked, follow-ups
+--             sent (also for tag '')
+--           2 it had been put back on a queue by a sweeper (a tombstone or
+--             our lease is left): it may run again, and the run that holds
+--             it sends the follow-ups; nothing is sent here
+--           3 it is gone without a trace (a FLUSHALL, a DEL): nothing can
+--             run it again, so the follow-ups are sent (a chain goes on)
+--           4 it is gone because the repeated call (ARGV[2]) already
+--             finished it: the stored result is this one, or there is none
+--             to compare; nothing is sent twice
+--   unsent  follow-ups Redis refused (a queue key that is not a list)
 local ttl = tonumber(ARGV[1]) or 0
+local repeated = ARGV[2] == '1'
 local out = {}
-local a, k = 2, 3
+local a, k = 3, 5
 while a <= #ARGV do
   local tag, result, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   local key = KEYS[k]
-  local holds = 1
+  local held = 1
   if tag ~= '' then
-    holds = redis.call('HEXISTS', KEYS[1], tag)
+    if redis.call('HEXISTS', KEYS[1], tag) == 1 then
+      held = 1
+    elseif redis.call('ZSCORE', KEYS[4], tag) or redis.call('ZSCORE', KEYS[3], tag) then
+      held = 2
+    else
+      held = 3
+    end
   end
   local stored = 0
+  local same = false
   if result ~= '' then
     -- pcall: a key of another type (not a result) is overwritten, and
     -- does not fail the whole batch.
     local cur = redis.pcall('GET', key)
     local keep = false
     if type(cur) == 'string' then
+      same = cur == result
       local ok, m = pcall(cjson.decode, cur)
       keep = ok and type(m) == 'table' and m['status'] == 'SUCCESS'
     end
@@ -41,17 +65,26 @@ while a <= #ARGV do
       stored = 1
     end
   end
-  if holds == 1 then
+  if held == 3 and repeated and (same or result == '') then
+    held = 4
+  end
+  local unsent = 0
+  if held == 1 or held == 3 then
     for i = 1, n do
-      redis.call('LPUSH', KEYS[k + i], ARGV[a + 2 + i])
+      -- pcall: one follow-up Redis refuses (its list key holds another
+      -- type) costs that follow-up, not the batch.
+      local r = redis.pcall('LPUSH', KEYS[k + i], ARGV[a + 2 + i])
+      if type(r) == 'table' and r['err'] then unsent = unsent + 1 end
     end
   end
   if tag ~= '' then
     redis.call('ZREM', KEYS[2], tag)
     redis.call('HDEL', KEYS[1], tag)
+    redis.call('ZREM', KEYS[3], tag)
   end
   out[#out + 1] = stored
-  out[#out + 1] = holds
+  out[#out + 1] = held
+  out[#out + 1] = unsent
   a = a + 3 + n
   k = k + 1 + n
 end

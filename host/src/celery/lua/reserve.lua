@@ -1,17 +1,31 @@
 -- Reserve up to ARGV[1] messages in one atomic step: pop each from its
 -- list and record it in kombu's ack emulation (HSET unacked, ZADD
 -- unacked_index), so no consumer can die between the pop and the record
--- (kombu's BRPOP -> ZADD/HSET window).
+-- (kombu's BRPOP -> ZADD/HSET window), and in this host's lease index.
 --
--- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3..] the lists, in pop order
--- ARGV[1] how many at most, ARGV[2] the score (client time, as kombu)
+-- Every reservation gets a fresh delivery tag (ARGV, one per message): a
+-- tag names one reservation, never a message, so an envelope pushed twice
+-- is two reservations, and a message restored and reserved again is never
+-- mistaken for the first reservation by the host that made it.
+--
+-- The score is not the reservation time (kombu's) but the lease's end
+-- (now + this host's visibility timeout): a sweeper, ours or kombu's,
+-- restores an entry once `score < now - its visibility timeout`, so while
+-- the host renews the lease (ZADD XX, every third of it) no sweeper
+-- with any timeout sees it as stale. `billiard-host:leases` holds the same
+-- tag -> score, so our sweeper tells leases from entries of consumers that
+-- never renew (Python workers, whose score is their reservation time).
+--
+-- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
+--   KEYS[4..] the lists, in pop order
+-- ARGV[1] how many at most, ARGV[2] the score (the lease's end, Unix s)
 -- ARGV[3 .. 2+#lists] the queue name of each list (the routing key when
 --   a message carries none)
--- ARGV[3+#lists ..] spare delivery tags for messages without one
+-- ARGV[3+#lists ..] fresh delivery tags, one per message
 -- Returns a flat array: tag, raw message, list index (1-based) per
 -- message; tag '' marks an element that is not a JSON object (it was
 -- popped and is not recorded: nothing could ever restore or run it).
--- The tag, exchange and routing key are read without decoding the whole
+-- The exchange and routing key are read without decoding the whole
 -- envelope when each key occurs exactly once with a plain string value
 -- (kombu's envelopes: the body is base64, so it holds no quotes); anything
 -- else is decoded with cjson.
@@ -26,48 +40,45 @@ end
 
 local function fields(raw)
   if string.sub(raw, 1, 1) == '{' and string.sub(raw, -1) == '}' then
-    local tag, ex, rk = one(raw, 'delivery_tag'), one(raw, 'exchange'), one(raw, 'routing_key')
-    if tag and ex and rk then return true, tag, ex, rk end
+    local ex, rk = one(raw, 'exchange'), one(raw, 'routing_key')
+    if ex and rk then return true, ex, rk end
   end
   local ok, msg = pcall(cjson.decode, raw)
   if not ok or type(msg) ~= 'table' then return false end
-  local tag, ex, rk = nil, nil, nil
+  local ex, rk = nil, nil
   local p = msg['properties']
   if type(p) == 'table' then
-    if type(p['delivery_tag']) == 'string' then tag = p['delivery_tag'] end
     local di = p['delivery_info']
     if type(di) == 'table' then
       if type(di['exchange']) == 'string' then ex = di['exchange'] end
       if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
     end
   end
-  return true, tag, ex, rk
+  return true, ex, rk
 end
 
 local max = tonumber(ARGV[1])
 local now = ARGV[2]
-local nlists = #KEYS - 2
+local nlists = #KEYS - 3
 local spare = 3 + nlists
 local out = {}
 local n = 0
 for i = 1, nlists do
   while n < max do
-    local raw = redis.call('RPOP', KEYS[2 + i])
+    local raw = redis.call('RPOP', KEYS[3 + i])
     if not raw then break end
     n = n + 1
-    local ok, tag, ex, rk = fields(raw)
+    local ok, ex, rk = fields(raw)
+    local tag = ''
     if ok then
-      if not tag or tag == '' then
-        tag = ARGV[spare] or ('billiard-' .. now .. '-' .. n)
-        spare = spare + 1
-      end
+      tag = ARGV[spare] or ('billiard-' .. now .. '-' .. n)
+      spare = spare + 1
       ex = ex or ''
       rk = rk or ARGV[2 + i]
       redis.call('HSET', KEYS[1], tag,
         '[' .. raw .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
       redis.call('ZADD', KEYS[2], now, tag)
-    else
-      tag = ''
+      redis.call('ZADD', KEYS[3], now, tag)
     end
     out[#out + 1] = tag
     out[#out + 1] = raw

@@ -1,13 +1,29 @@
 -- Return one unacked message to its queue (kombu's restore_by_tag) if it
--- is still what the caller read and, for a sweep, still stale.
+-- is still what the caller read and, for a sweep, still stale; or forget
+-- a lapsed lease whose entry someone else (kombu's sweeper) already took.
 --
--- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] the list to push onto
+-- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
+-- KEYS[4] billiard-host:restored, KEYS[5] the list to push onto
 -- ARGV[1] the delivery tag
 -- ARGV[2] restore only if its score is <= this ('' = whatever the score)
--- ARGV[3] the unacked entry the caller read
+-- ARGV[3] the unacked entry the caller read ('' = it had none: only
+--   clean up the lease)
 -- ARGV[4] the message to push (the entry's payload, marked redelivered)
 -- ARGV[5] 'R' = RPUSH (next to be consumed, as kombu), 'L' = LPUSH
--- Returns 1 if restored, 0 if not.
+-- ARGV[6] now (Unix s): the tombstone's score
+-- Returns 1 if restored, 2 if only a lapsed lease was forgotten, 0 if
+-- nothing was done.
+--
+-- Every restore (and every lease whose entry vanished) leaves a tombstone
+-- in billiard-host:restored (tag -> when; kept a day): the host that held
+-- the reservation and finishes it late learns that its message really was
+-- put back on a queue (finish.lua), rather than guessing it from a
+-- missing entry (an ack whose reply was lost, a FLUSHALL).
+local function tombstone()
+  local now = tonumber(ARGV[6]) or 0
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 86400)
+end
 if ARGV[2] ~= '' then
   local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
   if score and tonumber(score) > tonumber(ARGV[2]) then return 0 end
@@ -15,14 +31,20 @@ end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
+    tombstone()
+    return 2
+  end
   return 0
 end
-if cur ~= ARGV[3] then return 0 end
+if ARGV[3] == '' or cur ~= ARGV[3] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 if ARGV[5] == 'L' then
-  redis.call('LPUSH', KEYS[3], ARGV[4])
+  redis.call('LPUSH', KEYS[5], ARGV[4])
 else
-  redis.call('RPUSH', KEYS[3], ARGV[4])
+  redis.call('RPUSH', KEYS[5], ARGV[4])
 end
+tombstone()
 return 1
