@@ -89,6 +89,39 @@ fn c3_a_strict_task_cannot_soft_limit_jobs_on_another_worker() {
     stops_reach_no_other_worker("c3_soft_strict", 1, &["--sandbox", "strict"]);
 }
 
+#[test]
+fn c3_no_start_method_shares_the_board() {
+    // The spawn method execs each worker (its page comes as fd 4); the
+    // fork method's zygote is a copy of the host.
+    stops_reach_no_other_worker("c3_spawn", 2, &["--start-method", "spawn"]);
+    stops_reach_no_other_worker("c3_fork", 2, &["--start-method", "fork"]);
+}
+
+/// A task cannot shrink its own page under the supervisor's mapping (a
+/// read past the end of a file would fault the supervisor): the page is a
+/// sealed memfd, also when opened again through /proc/self/map_files.
+#[test]
+fn c3_a_task_cannot_shrink_its_board_page() {
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_exe(common::bin())
+        .plugin(common::plugin("hostile"))
+        .build()
+        .expect("pool");
+    let got: String = pool
+        .apply("hostile", "board_truncate", ())
+        .expect("the task's report");
+    assert!(!got.is_empty(), "the worker maps no board page");
+    assert!(!got.contains("truncated"), "{got}");
+    for i in 0..4u64 {
+        assert_eq!(
+            pool.apply::<_, u64>("hostile", "nap", (i,)).expect("nap"),
+            i
+        );
+    }
+    assert_eq!(pool.stats().expect("stats").worker_deaths, 0);
+}
+
 /// A task that forges "not started" on the board memory it reaches and
 /// exits is charged for its deaths: it runs exactly twice and ends
 /// `worker_lost`; every other job of the batch succeeds (the restart

@@ -1109,9 +1109,29 @@ pub fn sb2_x32(nr: i64) -> i64 {
     }
 }
 
+/// Opens every board mapping it can reach through `/proc/self/map_files`
+/// and tries to shrink the file to 0 bytes (which would make the
+/// supervisor's reads of that page fault). Returns one line per mapping:
+/// `open: <error>`, `truncate: <error>` or `truncated`.
+#[task]
+pub fn board_truncate() -> String {
+    let mut out = Vec::new();
+    for (s, e) in board_ranges() {
+        let path = format!("/proc/self/map_files/{s:x}-{e:x}");
+        match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Err(err) => out.push(format!("open: {err}")),
+            Ok(f) => match f.set_len(0) {
+                Err(err) => out.push(format!("truncate: {err}")),
+                Ok(()) => out.push("truncated".into()),
+            },
+        }
+    }
+    out.join("\n")
+}
+
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, board_stops, board_scribble, board_forge, board_late, board_after_late, board_after_late_stream, board_big, board_big_item, board_huge_frame, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, board_stops, board_scribble, board_forge, board_late, board_after_late, board_after_late_stream, board_big, board_big_item, board_huge_frame, board_truncate, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32],
 );
