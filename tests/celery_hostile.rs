@@ -553,3 +553,51 @@ fn c9_submit_refuses_countdowns_and_expiries_past_the_bound() {
     assert!((3286..=3287).contains(&days(eta)), "{eta}");
     assert!((3649..=3650).contains(&days(expires)), "{expires}");
 }
+
+/// A panic in submit's producer loop (here the debug-build hook
+/// `BILLIARD_HOST_TEST_PANIC_SUBMIT`; in the report `DateTime + TimeDelta`)
+/// ends the process with the panic's status. Before, the scope that runs
+/// the loop waited for the signal thread, which nothing closed: the
+/// process hung for ever, deaf to SIGTERM.
+#[test]
+fn c9_a_panic_in_submit_ends_the_process_instead_of_hanging_it() {
+    let Some(redis) =
+        celery::redis_or_skip("c9_a_panic_in_submit_ends_the_process_instead_of_hanging_it")
+    else {
+        return;
+    };
+    if !cfg!(debug_assertions) {
+        celery::skip(
+            "c9_a_panic_in_submit_ends_the_process_instead_of_hanging_it",
+            "the submit panic hook exists in debug builds only",
+        );
+        return;
+    }
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("submit-panic");
+    let input = dir.join("jobs.jsonl");
+    std::fs::write(&input, "[3]\n[4]\n").expect("write the input");
+    let input = input.display().to_string();
+    for source in [&["--args", "[3]"][..], &["--input", &input][..]] {
+        let mut cmd = common::host_command();
+        cmd.args([
+            "submit",
+            "--broker",
+            &url,
+            "--task",
+            "math.square",
+            "--wait",
+        ])
+        .args(source)
+        .env("BILLIARD_HOST_TEST_PANIC_SUBMIT", "1");
+        // run_with_timeout fails the test if the process is still up.
+        let out = celery::run_with_timeout(cmd, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("test hook: BILLIARD_HOST_TEST_PANIC_SUBMIT"),
+            "{err}"
+        );
+        assert!(!out.status.success(), "{:?}: {err}", out.status);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

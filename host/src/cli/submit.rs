@@ -397,6 +397,10 @@ pub fn execute(b: Batch) -> i32 {
     code
 }
 
+/// In debug builds, makes the producer loop panic on its first line (the
+/// test of C9's panic-then-hang); release builds never read it.
+const TEST_PANIC_ENV: &str = "BILLIARD_HOST_TEST_PANIC_SUBMIT";
+
 /// Closes the signal iterator when dropped (also while unwinding).
 struct CloseSignals<'a>(Option<&'a signal_hook::iterator::Handle>);
 
@@ -557,6 +561,11 @@ impl Fleet<'_> {
 
     /// The task message for one input line, or the line's error.
     fn message(&self, lineno: u64, line: &[u8]) -> Result<NewTask, TaskError> {
+        // Debug builds only: the hook that proves a panic in the producer
+        // loop ends the process instead of hanging it (C9).
+        if cfg!(debug_assertions) && std::env::var_os(TEST_PANIC_ENV).is_some() {
+            panic!("test hook: {TEST_PANIC_ENV}");
+        }
         let parsed = input::parse_line(lineno, line)?;
         let Some(task) = parsed.task.or_else(|| self.b.default_task.clone()) else {
             return Err(TaskError::new(
