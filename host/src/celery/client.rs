@@ -1257,6 +1257,65 @@ mod tests {
     }
 
     #[test]
+    fn c9_options_past_the_bound_are_refused_never_dropped_or_panicking() {
+        let long = crate::bounds::MAX_DURATION + Duration::from_secs(1);
+        for (what, opts) in [
+            (
+                "countdown",
+                SendOptions {
+                    countdown: Some(Duration::MAX),
+                    ..SendOptions::default()
+                },
+            ),
+            (
+                "countdown",
+                SendOptions {
+                    countdown: Some(long),
+                    ..SendOptions::default()
+                },
+            ),
+            (
+                "expires",
+                SendOptions {
+                    expires: Some(Duration::MAX),
+                    ..SendOptions::default()
+                },
+            ),
+            (
+                "time_limit",
+                SendOptions {
+                    time_limit: Some(long),
+                    ..SendOptions::default()
+                },
+            ),
+            (
+                "soft_time_limit",
+                SendOptions {
+                    soft_time_limit: Some(Duration::MAX),
+                    ..SendOptions::default()
+                },
+            ),
+        ] {
+            match opts.message("math.square", vec![Value::from(3)], Map::new()) {
+                Err(ClientError::Option(text)) => {
+                    assert!(text.contains(what) && text.contains("10 years"), "{text}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // The bound itself is a real eta, ten years ahead.
+        let opts = SendOptions {
+            countdown: Some(crate::bounds::MAX_DURATION),
+            ..SendOptions::default()
+        };
+        let m = opts.message("math.square", vec![], Map::new()).unwrap();
+        let days = m
+            .eta
+            .map(|e| e.signed_duration_since(Utc::now()).num_days());
+        assert_eq!(days, Some(3649));
+    }
+
+    #[test]
     fn urls_are_redacted_and_kombu_socket_urls_open() {
         assert!(!redact("redis://:secret@h:1/0").contains("secret"));
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
