@@ -95,6 +95,11 @@ fn c3_no_start_method_shares_the_board() {
     // fork method's zygote is a copy of the host.
     stops_reach_no_other_worker("c3_spawn", 2, &["--start-method", "spawn"]);
     stops_reach_no_other_worker("c3_fork", 2, &["--start-method", "fork"]);
+    stops_reach_no_other_worker(
+        "c3_spawn_strict",
+        1,
+        &["--start-method", "spawn", "--sandbox", "strict"],
+    );
 }
 
 /// A task cannot shrink its own page under the supervisor's mapping (a
