@@ -227,3 +227,395 @@ fn c12_duration_max_as_a_wait_timeout_means_no_timeout() {
     let e = p.start().unwrap_err();
     assert!(e.message.contains("load_timeout"), "{e}");
 }
+
+/// `billiard-host ARGS` with `stdin` as its input; its output.
+fn host_with_input(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = common::host_command()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let bytes = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn c1_cli_values_past_their_bound_are_refused_with_exit_2() {
+    let math = common::plugin_str("math");
+    let dir = common::scratch("c1_cli_values");
+    let cases = common::lines_file(
+        &dir,
+        "cases.jsonl",
+        &[r#"{"task":"square","args":[3],"expect":{"ok":9}}"#],
+    );
+    let runs: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--time-limit",
+                "500000000000y",
+            ],
+            "--time-limit",
+        ),
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--soft-time-limit",
+                "584000000000y",
+            ],
+            "--soft-time-limit",
+        ),
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--time-limit",
+                "11years",
+            ],
+            "10 years",
+        ),
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--load-timeout",
+                "584000000000y",
+            ],
+            "--load-timeout",
+        ),
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--chunksize",
+                "2000000",
+            ],
+            "--chunksize",
+        ),
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--prefetch",
+                "100000",
+            ],
+            "--prefetch",
+        ),
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--max-frame",
+                "1",
+            ],
+            "--max-frame",
+        ),
+        (
+            vec![
+                "run",
+                &math,
+                "--task",
+                "square",
+                "--args",
+                "[3]",
+                "--max-frame",
+                "5GiB",
+            ],
+            "--max-frame",
+        ),
+        (
+            vec![
+                "check",
+                &math,
+                "--cases",
+                &cases,
+                "--time-limit",
+                "584000000000y",
+            ],
+            "--time-limit",
+        ),
+        (
+            vec![
+                "check",
+                &math,
+                "--cases",
+                &cases,
+                "--load-timeout",
+                "584000000000y",
+            ],
+            "--load-timeout",
+        ),
+        (
+            vec!["inspect", &math, "--timeout", "584000000000y"],
+            "--timeout",
+        ),
+    ];
+    for (args, names) in runs {
+        let out = common::host(&args);
+        let err = common::stderr(&out);
+        assert_eq!(common::exit_code(&out), 2, "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn c1_a_job_line_limit_past_the_bound_is_bad_args_for_that_line_only() {
+    let math = common::plugin_str("math");
+    let mut input = String::new();
+    for _ in 0..5 {
+        input.push_str("[2]\n");
+    }
+    input.push_str("{\"args\":[3],\"time_limit\":\"500000000000y\"}\n");
+    input.push_str("{\"args\":[3],\"soft_time_limit\":\"584000000000y\"}\n");
+    input.push_str("{\"args\":[3],\"time_limit\":\"11y\"}\n");
+    for _ in 0..20 {
+        input.push_str("[4]\n");
+    }
+    for chunksize in ["1", "3"] {
+        let args = [
+            "run",
+            &math,
+            "--task",
+            "square",
+            "-w",
+            "2",
+            "--chunksize",
+            chunksize,
+            "-i",
+            "-",
+        ];
+        let out = host_with_input(&args, input.as_bytes());
+        let lines = common::json_lines(&common::stdout(&out));
+        assert_eq!(lines.len(), 28, "{}", common::stderr(&out));
+        for (i, l) in lines.iter().enumerate() {
+            if (5..8).contains(&i) {
+                assert_eq!(l["error"]["kind"], "bad_args", "{l}");
+                let msg = l["error"]["message"].as_str().unwrap();
+                assert!(
+                    msg.contains(&format!("line {}", i + 1)) && msg.contains("10 years"),
+                    "{msg}"
+                );
+            } else {
+                assert!(l["ok"].is_u64(), "{l}");
+            }
+        }
+        assert_eq!(common::exit_code(&out), 1, "{}", common::stderr(&out));
+    }
+}
+
+#[test]
+fn c1_a_case_limit_past_the_bound_is_refused_naming_its_line() {
+    let math = common::plugin_str("math");
+    let dir = common::scratch("c1_case_limit");
+    let cases = common::lines_file(
+        &dir,
+        "cases.jsonl",
+        &[
+            r#"{"task":"square","args":[3],"expect":{"ok":9}}"#,
+            r#"{"task":"square","args":[3],"expect":{"ok":9},"time_limit":"584000000000y"}"#,
+        ],
+    );
+    let out = common::host(["check", &math, "--cases", &cases]);
+    let err = common::stderr(&out);
+    assert_eq!(common::exit_code(&out), 2, "{err}");
+    assert!(
+        err.contains("2") && err.contains("time_limit") && err.contains("10 years"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("dropped"),
+        "{err}"
+    );
+}
+
+#[test]
+fn c1_a_dead_supervisor_is_named_in_run_s_results_not_called_a_shutdown() {
+    let math = common::plugin_str("math");
+    let input = "[1]\n[2]\n[3]\n[4]\n[5]\n[6]\n";
+    let mut cmd = common::host_command();
+    cmd.args(["run", &math, "--task", "square", "-w", "1", "-i", "-"])
+        .env("BILLIARD_HOST_TEST_PANIC_SUPERVISOR_AT_JOB", "3")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let lines = common::json_lines(&common::stdout(&out));
+    assert_eq!(lines.len(), 6, "{}", common::stderr(&out));
+    let failed: Vec<&serde_json::Value> = lines.iter().filter(|l| l["error"].is_object()).collect();
+    assert!(!failed.is_empty(), "{lines:?}");
+    for l in failed {
+        let msg = l["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("supervisor thread panicked"), "{msg}");
+        assert!(msg.contains("test hook"), "{msg}");
+    }
+    assert_ne!(common::exit_code(&out), 0);
+}
+
+/// A line of `n` bytes (a JSON array of one long number string).
+fn long_line(n: usize) -> Vec<u8> {
+    let mut l = Vec::with_capacity(n + 1);
+    l.extend_from_slice(b"[\"");
+    l.resize(n - 2, b'x');
+    l.extend_from_slice(b"\"]");
+    l
+}
+
+#[test]
+fn c10_a_line_over_the_frame_limit_is_skipped_and_the_batch_goes_on() {
+    let math = common::plugin_str("math");
+    let limit = 64 * 1024;
+    let mut input = b"[1]\n".to_vec();
+    input.extend(long_line(3 << 20));
+    input.extend(b"\n[2]\n\n");
+    input.extend(long_line(limit + 1)); // one byte over
+    input.extend(b"\n");
+    input.extend(b"[3]\n");
+    input.extend(long_line(limit)); // exactly at the limit: read, then judged by the task
+    input.extend(b"\n[4]\n");
+    input.extend(long_line(5 << 20)); // the last line, no newline
+    for extra in [&[][..], &["--isolated"][..], &["--chunksize", "3"][..]] {
+        let mut args = vec![
+            "run",
+            &math,
+            "--task",
+            "square",
+            "-w",
+            "1",
+            "--max-frame",
+            "64KiB",
+            "-i",
+            "-",
+        ];
+        args.extend_from_slice(extra);
+        let out = host_with_input(&args, &input);
+        let lines = common::json_lines(&common::stdout(&out));
+        assert_eq!(lines.len(), 8, "{extra:?}: {}", common::stderr(&out));
+        let oks: Vec<_> = [0, 2, 4, 6]
+            .iter()
+            .map(|&i| lines[i]["ok"].as_u64())
+            .collect();
+        assert_eq!(
+            oks,
+            [Some(1), Some(4), Some(9), Some(16)],
+            "{extra:?}: {lines:?}"
+        );
+        for (i, lineno, bytes) in [(1, 2, 3 << 20), (3, 5, limit + 1), (7, 9, 5 << 20)] {
+            let e = &lines[i]["error"];
+            assert_eq!(e["kind"], "bad_args", "{extra:?}: {e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("line {lineno}: the line takes {bytes} bytes, over the frame limit of {limit} bytes")),
+                "{extra:?}: {msg}"
+            );
+        }
+        // The line at the limit was read and handed on (the task refuses a
+        // string for a number).
+        assert_eq!(lines[5]["error"]["kind"], "bad_args", "{}", lines[5]);
+        assert!(!lines[5]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("skipped unread"));
+    }
+}
+
+#[test]
+fn c10_memory_stays_flat_while_a_huge_line_is_skipped() {
+    use std::io::{BufRead, Write};
+    let math = common::plugin_str("math");
+    let mut child = common::host_command()
+        .args([
+            "run",
+            &math,
+            "--task",
+            "square",
+            "-w",
+            "1",
+            "--max-frame",
+            "64KiB",
+            "-i",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // 256 MiB of one line, streamed: never in memory here either.
+    stdin.write_all(b"[\"").unwrap();
+    let block = vec![b'7'; 1 << 20];
+    for _ in 0..256 {
+        stdin.write_all(&block).unwrap();
+    }
+    stdin.write_all(b"\"]\n[5]\n").unwrap();
+    stdin.flush().unwrap();
+    // Both results out: the huge line was read past.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        got.push(l);
+    }
+    assert!(got[0].contains("skipped unread"), "{got:?}");
+    assert!(got[1].contains("\"ok\":25"), "{got:?}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().code().is_some());
+    assert!(
+        hwm_kib < 64 * 1024,
+        "peak RSS {hwm_kib} KiB while skipping a 256 MiB line"
+    );
+}

@@ -247,3 +247,51 @@ fn bad_names_are_refused() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn c17_keywords_and_over_long_names_are_refused_before_anything_is_created() {
+    let base = outside("c17");
+    let long = "x".repeat(301);
+    let just_over = "y".repeat(65);
+    for name in [
+        "async",
+        "type",
+        "fn",
+        "Self",
+        "self",
+        "gen",
+        "try",
+        "dyn",
+        "await",
+        "yield",
+        "macro",
+        "abstract",
+        "_",
+        long.as_str(),
+        just_over.as_str(),
+    ] {
+        // Both where it would go by default (cwd/NAME) and with --path.
+        for with_path in [false, true] {
+            let dir = base.join(if with_path { "p" } else { name });
+            let mut cmd = common::host_command();
+            cmd.current_dir(&base).args(["new", name]);
+            if with_path {
+                cmd.arg("--path").arg(&dir);
+            }
+            let out = cmd.output().unwrap();
+            let err = stderr(&out);
+            assert_eq!(exit_code(&out), 2, "{name:.20}: {err}");
+            assert!(!err.contains("cannot read"), "{err}");
+            if name.len() > 64 {
+                assert!(err.contains("at most 64"), "{err}");
+            } else if name != "_" {
+                assert!(err.contains("keyword") && err.contains(name), "{err}");
+            }
+            assert!(
+                std::fs::read_dir(&base).unwrap().next().is_none(),
+                "{name:.20}: created something"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -109,7 +109,7 @@ pub fn spawn_reader_capped(
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => Line::Error(lineno + 1, e),
                 };
-                let last = !matches!(msg, Line::Data(..));
+                let last = matches!(msg, Line::End | Line::Error(..));
                 if tx.send(msg).is_err() || last {
                     break;
                 }
@@ -307,7 +307,9 @@ fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop, 
             // The end; a last line without a newline is a line.
             if start < filled {
                 lineno += 1;
-                if !line(lineno, &buf[start..filled], &mut batch) {
+                if filled - start > max_line {
+                    batch.push_too_long(lineno, (filled - start) as u64, max_line);
+                } else if !line(lineno, &buf[start..filled], &mut batch) {
                     return;
                 }
             }
@@ -341,7 +343,13 @@ fn read_batches(mut src: Box<dyn Read + Send>, tx: &Sender<Batch>, stop: &Stop, 
         while let Some(at) = buf[scan..filled].iter().position(|&b| b == b'\n') {
             let end = scan + at;
             lineno += 1;
-            if !line(lineno, &buf[start..end], &mut batch) {
+            if end - start > max_line {
+                // Whole in the buffer, but over the limit all the same.
+                batch.push_too_long(lineno, (end - start) as u64, max_line);
+                if batch.is_full() && !send(tx, stop, &mut batch) {
+                    return;
+                }
+            } else if !line(lineno, &buf[start..end], &mut batch) {
                 return;
             }
             start = end + 1;

@@ -159,8 +159,32 @@ fn create(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Rust's keywords in every edition (2015 to 2024): the strict ones of
+/// every edition, then those strict since 2018 (`async`, `await`, `dyn`),
+/// then the reserved ones (`try` since 2018, `gen` since 2024). A crate
+/// named so cannot be named in Rust code (`use async::...` does not
+/// compile), so the new crate's own tests could not build.
+const KEYWORDS: &[&str] = &[
+    "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn", "for",
+    "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return",
+    "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe", "use", "where",
+    "while", "async", "await", "dyn", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+];
+
+/// The longest name `new` accepts: crates.io's limit, and far below what
+/// a file name may take.
+const MAX_NAME: usize = 64;
+
 /// A cargo package name that also works as the plugin's name.
 fn check_name(name: &str) -> Result<()> {
+    if name.chars().count() > MAX_NAME {
+        bail!(
+            "`{}...` is {} characters long: a crate name has at most {MAX_NAME}",
+            name.chars().take(20).collect::<String>(),
+            name.chars().count()
+        );
+    }
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -190,8 +214,18 @@ fn check_name(name: &str) -> Result<()> {
         "crate",
         "super",
     ];
-    if TAKEN.contains(&name) || TAKEN.contains(&crate_name(name).as_str()) {
+    let krate = crate_name(name);
+    if KEYWORDS.contains(&krate.as_str()) {
+        bail!(
+            "`{name}` is a Rust keyword: the crate could not be named in Rust code \
+             (`use {krate}::...` does not compile); choose another name (e.g. {krate}-plugin)"
+        );
+    }
+    if TAKEN.contains(&name) || TAKEN.contains(&krate.as_str()) {
         bail!("`{name}` is taken (by a dependency of the crate or by Rust): choose another name");
+    }
+    if krate.chars().all(|c| c == '_') && krate.len() == 1 {
+        bail!("`{name}` is not a usable crate name: `_` alone is not a name");
     }
     Ok(())
 }
@@ -218,7 +252,7 @@ fn prepare_dir(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
             bail!("{} exists and is not a directory", dir.display())
         }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot create the crate in {}", dir.display())),
     }
 }
 

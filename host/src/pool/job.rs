@@ -342,14 +342,6 @@ impl Dispatch {
         }
     }
 
-    /// The stream index of the first item (0 for slot replies).
-    pub fn reply_first_index(&self) -> u64 {
-        match &self.reply {
-            Reply::Stream { first_index, .. } => *first_index,
-            Reply::Slot(_) => 0,
-        }
-    }
-
     pub fn contains(&self, job: JobId) -> bool {
         job.0 >= self.first_job.0 && job.0 < self.first_job.0 + self.count as u64
     }

@@ -595,22 +595,14 @@ impl Pool {
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), TaskError> {
-        if let Some(msg) = self.death.get() {
-            return Err(TaskError::new(
-                ErrorKind::Terminated,
-                supervisor_panicked(msg),
-            ));
-        }
-        if let Err(crossbeam_channel::SendError(cmd)) = self.tx.send(cmd) {
+        let unsent = match self.death.get() {
+            Some(_) => Err(cmd),
+            None => self.tx.send(cmd).map_err(|e| e.0),
+        };
+        if let Err(cmd) = unsent {
             let err = self.unreachable();
-            // Jobs that never reached the supervisor end with the same
-            // reason (a stream shows it for its items), not "dropped".
             if let Cmd::Submit(ds) = cmd {
-                for mut d in ds {
-                    d.fail_rest(|job| {
-                        TaskError::new(err.kind, format!("job {job} was not run: {}", err.message))
-                    });
-                }
+                fail_unsent(ds, &err);
             }
             return Err(err);
         }
@@ -622,12 +614,21 @@ impl Pool {
         })
     }
 
+    /// Hands `ds` to the supervisor. Every job gets exactly one outcome
+    /// through its own reply, also when this fails: the error returned is
+    /// then also every job's outcome (callers do not report them again).
     pub(crate) fn submit(&self, ds: Vec<Dispatch>) -> Result<(), TaskError> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(TaskError::new(
+            let err = TaskError::new(
                 ErrorKind::Terminated,
                 "the pool is closed; no new jobs are accepted",
-            ));
+            );
+            fail_unsent(ds, &err);
+            return Err(err);
+        }
+        if let Err(err) = self.maybe_test_panic(&ds) {
+            fail_unsent(ds, &err);
+            return Err(err);
         }
         // Every job from the library passes here: a limit out of range
         // ends its own job (`bad_args`), never reaches the timers.
@@ -644,7 +645,6 @@ impl Pool {
         if ds.is_empty() {
             return Ok(());
         }
-        self.maybe_test_panic(&ds)?;
         self.send(Cmd::Submit(ds))
     }
 
@@ -1119,6 +1119,16 @@ fn duplicate_plugin(plugins: &[PluginInfo]) -> Option<(usize, usize)> {
             .position(|q| q.name == p.name)
             .map(|a| (a, b))
     })
+}
+
+/// Ends the jobs of `ds`, which never reached the supervisor, with `err`
+/// (not with "dropped when the pool shut down", which is not why).
+fn fail_unsent(ds: Vec<Dispatch>, err: &TaskError) {
+    for mut d in ds {
+        d.fail_rest(|job| {
+            TaskError::new(err.kind, format!("job {job} was not run: {}", err.message))
+        });
+    }
 }
 
 /// The text of a panic's payload (`panic!` gives a `&str` or a `String`).

@@ -333,24 +333,10 @@ impl<'p> RawStream<'p> {
             }
         }
         if !dispatches.is_empty() {
-            let firsts: Vec<(u64, u32)> = dispatches
-                .iter()
-                .map(|d| (d.reply_first_index(), d.count))
-                .collect();
-            if let Err(e) = self.pool.submit(dispatches) {
-                // The pool is closed or gone: every submitted item fails.
-                for (first, count) in firsts {
-                    self.in_flight -= count as usize;
-                    self.held.insert(
-                        first,
-                        ChunkResult {
-                            first_index: first,
-                            count,
-                            body: ChunkBody::Failed(e.clone()),
-                        },
-                    );
-                }
-            }
+            // If the pool is closed or gone, every submitted item fails:
+            // `submit` sends its outcome through `tx` like any other, so it
+            // is counted once, when it arrives (not here too).
+            let _ = self.pool.submit(dispatches);
         }
     }
 
@@ -404,11 +390,19 @@ impl<'p> RawStream<'p> {
                     .min(1 << 20),
             );
         }
+        // A chunk stays within the frame limit: a job that would push it
+        // over starts the next chunk, so a big job fails (if it must) alone,
+        // never its neighbours.
+        let room = self
+            .pool
+            .config()
+            .max_frame
+            .saturating_sub(crate::ipc::RUN_HEADER);
         while (count as usize) < self.chunksize {
             let start = payload.len();
             payload.extend_from_slice(&[0; 4]);
             match input.next_job(&mut payload) {
-                Some(Ok(h)) if h == head => {
+                Some(Ok(h)) if h == head && payload.len() <= room => {
                     let len = (payload.len() - start - 4) as u32;
                     payload[start..start + 4].copy_from_slice(&len.to_le_bytes());
                     self.taken += 1;
