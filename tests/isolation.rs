@@ -127,6 +127,39 @@ fn c3_a_task_cannot_shrink_its_board_page() {
     assert_eq!(pool.stats().expect("stats").worker_deaths, 0);
 }
 
+/// A task that marks its own job finished on its page (so its result
+/// looks on the way) and ignores its context is still killed by
+/// `terminate_job` when no job is queued behind it on the worker.
+#[test]
+fn c3_a_task_marking_itself_finished_is_still_terminated() {
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_exe(common::bin())
+        .plugin(common::plugin("hostile"))
+        .build()
+        .expect("pool");
+    let done = common::scratch("c3_dodge").join("forged");
+    let h = pool
+        .apply_async::<_, u64>(
+            "hostile",
+            "board_dodge",
+            (done.to_string_lossy().into_owned(), 60_000u64),
+        )
+        .expect("submit");
+    // The page says "finished" before the terminate request comes.
+    assert!(common::eventually(Duration::from_secs(30), || done.exists()));
+    assert!(pool.terminate_job(h.id()).expect("terminate"));
+    let e = h.get().expect_err("terminated");
+    assert_eq!(e.kind, ErrorKind::Terminated, "{e:?}");
+    // Killed, not left to spin its 60 s out.
+    assert_eq!(pool.stats().expect("stats").worker_deaths, 1);
+    assert_eq!(
+        pool.apply::<_, u64>("hostile", "nap", (1u64,))
+            .expect("next"),
+        1
+    );
+}
+
 /// A task that forges "not started" on the board memory it reaches and
 /// exits is charged for its deaths: it runs exactly twice and ends
 /// `worker_lost`; every other job of the batch succeeds (the restart

@@ -2505,7 +2505,11 @@ impl Supervisor {
         let head = &w.inflight[pos];
         // The worker's current job, unless it already finished it and its
         // result is on the way (then killing would only hit the next job).
-        let current = pos == 0 && !finished.is_some_and(|f| head.contains(JobId(f)));
+        // "Finished" is the worker's own page, which its task can forge to
+        // dodge the kill: it is believed only when a job behind it on the
+        // worker could be hit; with none, the kill costs no other job (C3).
+        let claimed_done = finished.is_some_and(|f| head.contains(JobId(f)));
+        let current = pos == 0 && (!claimed_done || w.inflight.len() == 1);
         if current && !w.broken {
             // Kill exactly this (worker, job): it is running it, or about to.
             w.kill = Some(Kill::Terminated(job));
