@@ -496,6 +496,52 @@ fn c5_standard_keeps_unix_sockets() {
     unix(&p, &l.stream_path, "stream").expect("path socket under standard");
 }
 
+/// (family, type, name) of sockets a network namespace does not confine:
+/// a Unix socket, a vsock to the hypervisor's host (this CI machine is a
+/// VM), a kernel crypto socket.
+const UNCONFINED: [(i32, i32, &str); 3] = [
+    (libc::AF_UNIX, libc::SOCK_STREAM, "AF_UNIX"),
+    (libc::AF_VSOCK, libc::SOCK_STREAM, "AF_VSOCK"),
+    (libc::AF_ALG, libc::SOCK_SEQPACKET, "AF_ALG"),
+];
+
+#[test]
+fn c5_strict_refuses_every_family_the_namespace_does_not_confine() {
+    let p = pool(Sandbox::strict());
+    for (family, ty, name) in UNCONFINED {
+        let msg = refused(
+            call(&p, "sb2_socket", (family, ty)),
+            &[&format!("socket({family}, {ty})")],
+        );
+        assert!(msg.contains("Operation not permitted"), "{name}: {msg}");
+    }
+    // The namespace confines these: they stay (and reach only its loopback).
+    for (family, ty) in [
+        (libc::AF_INET, libc::SOCK_STREAM),
+        (libc::AF_INET6, libc::SOCK_DGRAM),
+        (libc::AF_NETLINK, libc::SOCK_RAW),
+    ] {
+        call::<String>(&p, "sb2_socket", (family, ty)).expect("a confined family");
+    }
+    intact(&p);
+}
+
+#[test]
+fn c5_none_makes_the_same_sockets() {
+    let p = pool(Sandbox::none());
+    for (family, ty, name) in UNCONFINED {
+        match call::<String>(&p, "sb2_socket", (family, ty)) {
+            Ok(_) => {}
+            // A kernel without that family says so; not the sandbox.
+            Err(e) => assert!(
+                e.message.contains("Address family not supported"),
+                "{name}: {e:?}"
+            ),
+        }
+    }
+    call::<String>(&p, "sb2_socket", (libc::AF_UNIX, libc::SOCK_STREAM)).expect("AF_UNIX");
+}
+
 // ----- C6: an IPC namespace of its own --------------------------------------
 
 struct HostSegment(i32);
@@ -735,7 +781,7 @@ fn c2_c5_c6_c16_the_sandbox_report_names_what_is_enforced() {
         assert!(layer(p, "terminal").contains("no controlling terminal"));
     }
     assert!(layer("strict", "ipc").contains("IPC namespace per worker"));
-    assert!(layer("strict", "network").contains("socket(AF_UNIX)"));
+    assert!(layer("strict", "network").contains("(AF_UNIX, AF_VSOCK, ...)"));
     let seccomp = layer("strict", "seccomp");
     for want in ["TIOCSTI", "TIOCLINUX", "int 0x80", "x32"] {
         assert!(seccomp.contains(want), "{want}: {seccomp}");

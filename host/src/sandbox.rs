@@ -294,10 +294,10 @@ const CLONE_NAMESPACE_FLAGS: &[u64] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMechanism {
-    /// A fresh network namespace (only loopback, down).
+    /// A fresh network namespace (only loopback, down), and a seccomp
+    /// rule refusing `socket` for the families it does not confine.
     Namespace,
-    /// No namespaces here: a seccomp rule refusing `socket` for AF_INET,
-    /// AF_INET6, AF_NETLINK and AF_PACKET.
+    /// No namespaces here: a seccomp rule refusing every `socket`.
     SeccompSocketRule,
 }
 
@@ -434,11 +434,11 @@ impl Sandbox {
             match self.network_mechanism() {
                 Some(NetworkMechanism::Namespace) => layers.push(Layer::new(
                     "network",
-                    "fresh network namespace (only loopback, down); seccomp: socket(AF_UNIX) and datagram socketpair() fail EPERM (no filesystem or abstract Unix socket can be reached)",
+                    "fresh network namespace (only loopback, down); seccomp: socket() of any family but AF_INET, AF_INET6, AF_NETLINK (AF_UNIX, AF_VSOCK, ...) and datagram socketpair() fail EPERM (no Unix socket, no hypervisor host can be reached)",
                 )),
                 Some(NetworkMechanism::SeccompSocketRule) => layers.push(Layer::new(
                     "network",
-                    "seccomp rule: socket(AF_UNIX|AF_INET|AF_INET6|AF_NETLINK|AF_PACKET) and datagram socketpair() fail EPERM (no network namespace here)",
+                    "seccomp rule: socket() of every family and datagram socketpair() fail EPERM (no network namespace here)",
                 )),
                 None => {
                     return Err(SandboxError::Unavailable {
@@ -911,10 +911,9 @@ pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
 /// `kill` aimed at a process group other than `pgid` (or at every
 /// process), `clone` with namespace flags and the [`BLOCKED_IOCTLS`] fail
 /// EPERM; `clone3`, whose flags a filter cannot read, fails ENOSYS (libc
-/// falls back to `clone`). With `no_network`, a new `AF_UNIX` socket fails
-/// too (C5: a network namespace does not cover filesystem sockets), and
-/// with `no_sockets` (no network namespace here) `socket` for the network
-/// families. A call of another ABI (i386's `int 0x80`, x32) fails EPERM
+/// falls back to `clone`). With `no_network`, a new socket of a family the
+/// network namespace does not confine fails too (AF_UNIX, AF_VSOCK, ...:
+/// C5), and with `no_sockets` (no network namespace here) every new socket. A call of another ABI (i386's `int 0x80`, x32) fails EPERM
 /// like every refused call, never kills ([`refuse_foreign_abis`], C16).
 fn seccomp_programs(
     pgid: i32,
@@ -973,32 +972,23 @@ fn seccomp_programs(
         );
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
-    let mut families = Vec::new();
     if no_network {
-        // A path socket (a daemon's, the broker's) is reached by connect()
-        // or by sendto() on a datagram socket, and neither is a write the
-        // read-only mount refuses: no new AF_UNIX socket at all. The
-        // worker's own socket was inherited before the filter.
-        families.push(libc::AF_UNIX);
-    }
-    if no_sockets {
-        families.extend([
-            libc::AF_INET,
-            libc::AF_INET6,
-            libc::AF_NETLINK,
-            libc::AF_PACKET,
-        ]);
-    }
-    if !families.is_empty() {
-        let mut socket_rules = Vec::new();
-        for fam in families {
-            socket_rules.push(
-                SeccompRule::new(vec![
-                    Cond::new(0, Len::Dword, Op::Eq, fam as u64).map_err(bad)?
-                ])
-                .map_err(bad)?,
-            );
-        }
+        let socket_rules = if no_sockets {
+            // No network namespace here: no new socket of any family.
+            Vec::new()
+        } else {
+            // The network namespace confines these families only. Every
+            // other one reaches past it: AF_UNIX path sockets (a daemon's,
+            // the broker's: connect() and sendto() are not writes the
+            // read-only mount refuses, C5), AF_VSOCK (the hypervisor's host
+            // in a VM), ... So a socket of any other family fails; the
+            // worker's own socket was inherited before the filter.
+            let mut conds = Vec::new();
+            for fam in NAMESPACED_FAMILIES {
+                conds.push(Cond::new(0, Len::Dword, Op::Ne, fam as u64).map_err(bad)?);
+            }
+            vec![SeccompRule::new(conds).map_err(bad)?]
+        };
         rules.insert(libc::SYS_socket, socket_rules);
     }
     if no_network {
@@ -1045,6 +1035,10 @@ fn seccomp_programs(
     }
     Ok(progs)
 }
+
+/// The socket families a network namespace confines (with "no network"
+/// a new socket of any other family fails EPERM).
+const NAMESPACED_FAMILIES: [libc::c_int; 3] = [libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK];
 
 /// The bits of `socket`/`socketpair`'s type that name it (the rest are
 /// SOCK_NONBLOCK and SOCK_CLOEXEC).

@@ -1153,9 +1153,23 @@ pub fn board_dodge(done: String, ms: u64, ctx: &TaskContext) -> u64 {
     ms
 }
 
+/// Makes a socket of `family` and `ty` (e.g. AF_VSOCK = 40, SOCK_STREAM
+/// = 1) and closes it: whether the sandbox lets that family exist.
+#[task]
+pub fn sb2_socket(family: i32, ty: i32) -> Result<String, String> {
+    // SAFETY: socket with integer arguments; the fd is closed at once.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(os_err(&format!("socket({family}, {ty})")));
+    }
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    Ok(format!("socket({family}, {ty}) made"))
+}
+
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, board_stops, board_scribble, board_forge, board_late, board_after_late, board_after_late_stream, board_big, board_big_item, board_huge_frame, board_truncate, board_dodge, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, board_stops, board_scribble, board_forge, board_late, board_after_late, board_after_late_stream, board_big, board_big_item, board_huge_frame, board_truncate, board_dodge, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32, sb2_socket],
 );
