@@ -601,3 +601,49 @@ fn c9_a_panic_in_submit_ends_the_process_instead_of_hanging_it() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A message with a 300-deep `stamps` (which runs, C4) reserved by a host
+/// that dies while it holds it (an eta a few seconds ahead) goes back to
+/// its queue when the dead host's lease runs out and is answered by
+/// another host: reading an `unacked` entry back builds no tree either.
+#[test]
+fn c4_a_deep_message_of_a_dead_host_is_restored_and_answered_once() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("c4_a_deep_message_of_a_dead_host_is_restored_and_answered_once")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("deep-restore");
+    let log = dir.join("runs.log");
+    let stamps = deep(300);
+    let eta = chrono::Utc::now()
+        .checked_add_signed(chrono::Duration::seconds(5))
+        .expect("in range");
+    let eta = format!("\"{}\"", protocol::iso8601(eta));
+    let (id, env) = envelope(
+        "hostile.append_line",
+        json!([log.display().to_string(), "deep", 0]),
+        &[
+            (At::Header, "stamps", Some(&stamps)),
+            (At::Header, "eta", Some(&eta)),
+        ],
+    );
+    let mut first = worker(&url, &["-c", "1", "--visibility-timeout", "1s"]);
+    redis.cmd(&["LPUSH", "celery", &env]);
+    wait_until("the first host to hold the message", DEADLINE, || {
+        hlen_unacked(&redis) == 1
+    });
+    first.kill();
+    assert!(lines(&log).is_empty(), "it was held, not run");
+    let _second = worker(&url, &["-c", "1", "--visibility-timeout", "1s"]);
+    wait_until("the message to be answered", DEADLINE, || {
+        redis.task_meta(&id).is_some()
+    });
+    assert_eq!(redis.task_meta(&id).unwrap()["status"], "SUCCESS");
+    wait_until("nothing left unacked", DEADLINE, || {
+        hlen_unacked(&redis) == 0
+    });
+    assert_eq!(lines(&log), ["deep"], "run once");
+    let _ = std::fs::remove_dir_all(&dir);
+}

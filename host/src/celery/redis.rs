@@ -137,13 +137,19 @@ impl BrokerError {
                 if source.is_io_error() || source.is_timeout() || source.is_connection_dropped() {
                     return true;
                 }
+                // The codes Redis answered: the error's own, or each of a
+                // pipeline's (a script's refusal arrives as one).
+                let mut codes: Vec<String> =
+                    source.code().map(str::to_string).into_iter().collect();
+                if let Some(errs) = source.clone().into_server_errors() {
+                    codes.extend(errs.iter().map(|(_, e)| e.code().to_string()));
+                }
                 let text = source.to_string();
-                let code = source.code().unwrap_or("");
                 TRANSIENT_CODES.iter().any(|c| {
-                    *c == code
+                    codes.iter().any(|x| x == c)
                         || text.starts_with(c)
                         || text.contains(&format!(": {c} "))
-                        || text.contains(&format!("-{c} "))
+                        || text.contains(&format!("\"{c}\""))
                 })
             }
         }
@@ -786,8 +792,16 @@ pub fn finish(
 }
 
 /// Sets `redelivered` in the headers and delivery_info, as kombu's restore
-/// does. Returns None when `payload` is not an object.
-fn mark_redelivered(mut payload: Value) -> Option<String> {
+/// does. Returns None when `payload` is not an object. An envelope nested
+/// deeper than serde_json builds trees (a 300-deep `stamps`, which the
+/// worker runs: C4) goes back as it is, unmarked, rather than never.
+fn mark_redelivered(payload: &str) -> Option<String> {
+    let Ok(mut payload) = serde_json::from_str::<Value>(payload) else {
+        let object = serde_json::from_str::<
+            std::collections::HashMap<String, Box<serde_json::value::RawValue>>,
+        >(payload);
+        return object.is_ok().then(|| payload.to_string());
+    };
     let obj = payload.as_object_mut()?;
     if let Some(h) = obj.get_mut("headers").and_then(Value::as_object_mut) {
         h.insert("redelivered".into(), Value::Bool(true));
@@ -803,14 +817,13 @@ fn mark_redelivered(mut payload: Value) -> Option<String> {
     serde_json::to_string(&payload).ok()
 }
 
-/// The priority of an envelope (0-9; kombu's `_get_message_priority`).
-fn priority_of(payload: &Value) -> u8 {
-    payload
-        .get("properties")
-        .and_then(|p| p.get("priority"))
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
-        .clamp(0, 9) as u8
+/// The priority of an envelope (0-9; kombu's `_get_message_priority`:
+/// `int()` of any value, clamped; read as the worker reads it, at any depth).
+fn priority_of(payload: &str) -> u8 {
+    protocol::Envelope::read(payload.as_bytes())
+        .ok()
+        .and_then(|r| r.envelope.properties.priority)
+        .map_or(0, |p| p.clamp(0, 9) as u8)
 }
 
 /// The queues a message sent to `exchange` with `routing_key` goes to
@@ -840,7 +853,8 @@ fn lookup(c: &mut Connection, exchange: &str, routing_key: &str) -> RedisResult<
 /// An `unacked` entry, read back.
 struct Entry {
     raw: Vec<u8>,
-    payload: Value,
+    /// The envelope's JSON text.
+    payload: String,
     exchange: String,
     routing_key: String,
 }
@@ -848,15 +862,19 @@ struct Entry {
 fn read_entry(c: &mut Connection, tag: &str) -> RedisResult<Option<Entry>> {
     let raw: Option<Vec<u8>> = redis::cmd("HGET").arg(UNACKED).arg(tag).query(c)?;
     let Some(raw) = raw else { return Ok(None) };
-    let Ok(Value::Array(mut parts)) = serde_json::from_slice::<Value>(&raw) else {
+    // Raw elements: an envelope of any depth is read back (C4).
+    let Ok(parts) = serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&raw) else {
         return Ok(None);
     };
-    if parts.len() < 3 {
+    let [payload, exchange, routing_key, ..] = &parts[..] else {
         return Ok(None);
-    }
-    let routing_key = parts[2].as_str().unwrap_or_default().to_string();
-    let exchange = parts[1].as_str().unwrap_or_default().to_string();
-    let payload = parts.swap_remove(0);
+    };
+    let text = |v: &serde_json::value::RawValue| -> String {
+        serde_json::from_str(v.get()).unwrap_or_default()
+    };
+    let routing_key = text(routing_key);
+    let exchange = text(exchange);
+    let payload = payload.get().to_string();
     Ok(Some(Entry {
         raw,
         payload,
@@ -907,7 +925,7 @@ fn restore_one(
         }
     }
     let pri = priority_of(&e.payload);
-    let Some(msg) = mark_redelivered(e.payload) else {
+    let Some(msg) = mark_redelivered(&e.payload) else {
         return Ok(false);
     };
     let mut restored = false;
@@ -1131,8 +1149,8 @@ mod tests {
             source: RedisError::from((
                 redis::ErrorKind::Extension,
                 "server",
-                "Pipeline failure: [(Index 0, error: OOM command not allowed when used memory \
-                 > 'maxmemory'. script: 45cf, on @user_script:60.)]"
+                "Pipeline failure: [(Index 0, error: \"OOM\": command not allowed when used \
+                 memory > 'maxmemory'. script: 45cf, on @user_script:60.)]"
                     .to_string(),
             )),
         };
@@ -1187,13 +1205,31 @@ mod tests {
 
     #[test]
     fn redelivered_marks_both_places() {
-        let v: Value = serde_json::from_str(
-            r#"{"body":"","headers":{"id":"x"},"properties":{"delivery_info":{"exchange":"","routing_key":"celery"},"priority":6}}"#,
-        )
-        .unwrap();
-        assert_eq!(priority_of(&v), 6);
+        let v = r#"{"body":"","headers":{"id":"x"},"properties":{"delivery_info":{"exchange":"","routing_key":"celery"},"priority":6}}"#;
+        assert_eq!(priority_of(v), 6);
         let m: Value = serde_json::from_str(&mark_redelivered(v).unwrap()).unwrap();
         assert_eq!(m["headers"]["redelivered"], true);
         assert_eq!(m["properties"]["delivery_info"]["redelivered"], true);
+        // kombu's int() of odd priorities; a 300-deep envelope goes back as
+        // it is (C4: it runs, so it must be restorable).
+        assert_eq!(
+            priority_of(&v.replace("\"priority\":6", "\"priority\":\"7\"")),
+            7
+        );
+        assert_eq!(
+            priority_of(&v.replace("\"priority\":6", "\"priority\":6.5")),
+            6
+        );
+        let deep = v.replace(
+            "\"id\":\"x\"",
+            &format!(
+                "\"id\":\"x\",\"stamps\":{}{}",
+                "[".repeat(300),
+                "]".repeat(300)
+            ),
+        );
+        assert_eq!(priority_of(&deep), 6);
+        assert_eq!(mark_redelivered(&deep).as_deref(), Some(deep.as_str()));
+        assert_eq!(mark_redelivered("[1]"), None);
     }
 }
