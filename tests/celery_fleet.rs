@@ -418,6 +418,50 @@ fn c8_results_redis_refuses_for_good_are_not_retried_for_ever() {
 }
 
 #[test]
+fn c8_a_warm_stop_ends_while_redis_refuses_stores_for_now() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("c8_a_warm_stop_ends_while_redis_refuses_stores_for_now")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("c8-oom");
+    let log = dir.join("runs.log");
+    let mut a = worker(&url, &["-c", "1", "--visibility-timeout", "2s"]);
+    let id = send_append(&url, &log, "run", 1000);
+    wait_until("the job to start", DEADLINE, || lines(&log).len() == 1);
+    // Redis at maxmemory: every write is refused with OOM, which passes
+    // once memory is freed, so it is retried (not given up at once)...
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    wait_until("the store to be retried", DEADLINE, || {
+        a.stderr().contains("cannot store 1 result(s) yet") && a.stderr().contains("OOM")
+    });
+    // ... but a warm stop does not wait for ever: it gives up after its
+    // grace, leaves the message unacked and ends.
+    a.signal(Signal::SIGTERM);
+    let status = a.wait_timeout(DEADLINE).expect("a warm stop ends");
+    assert!(status.success(), "{}", a.stderr());
+    let err = a.stderr();
+    assert!(err.contains("giving up storing 1 result(s)"), "{err}");
+    let summary = err
+        .lines()
+        .find(|l| l.contains("shutdown complete"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(summary.contains("succeeded=0"), "{summary}");
+    assert!(summary.contains("unstored=1"), "{summary}");
+    assert_eq!(hlen_unacked(&redis), 1, "the message stays unacked");
+    // Memory back: another host restores it once the lease ran out and
+    // runs it (at least once: the first run's result was never stored).
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    let _b = worker(&url, &["-c", "1", "--visibility-timeout", "2s"]);
+    wait_until("the job to succeed on host B", DEADLINE, || {
+        succeeded(&redis, &id)
+    });
+    assert_eq!(lines(&log), ["run", "run"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn c8_a_follow_up_redis_refuses_costs_only_itself() {
     let Some((redis, _py)) =
         celery::celery_or_skip("c8_a_follow_up_redis_refuses_costs_only_itself")

@@ -845,8 +845,16 @@ impl Consumer<'_> {
                         // the other lists (priorities, more queues) are
                         // looked at again after at most IDLE_WAIT.
                         let t = self.next_due().unwrap_or(IDLE_WAIT).min(IDLE_WAIT);
-                        if let Err(e) = self.broker.wait(t.max(ms(10))) {
-                            self.broker_down(e);
+                        match self.broker.wait(t.max(ms(10))) {
+                            Ok(()) => {}
+                            // Redis refuses the wait (BLMOVE is a write: out
+                            // of memory, a replica): wait without it; the
+                            // reserve says what is wrong if it fails too.
+                            Err(e) if !e.may_have_applied() => {
+                                tracing::debug!("cannot block on the broker ({e})");
+                                std::thread::sleep(t.max(ms(10)));
+                            }
+                            Err(e) => self.broker_down(e),
                         }
                     }
                 }
@@ -862,9 +870,18 @@ impl Consumer<'_> {
             return;
         }
         if !self.broker_warned {
-            tracing::warn!(
-                "lost the broker ({e}); reconnecting with backoff, running jobs carry on"
-            );
+            if e.may_have_applied() {
+                tracing::warn!(
+                    "lost the broker ({e}); reconnecting with backoff, running jobs carry on"
+                );
+            } else {
+                // The connection is fine: Redis refuses (out of memory,
+                // loading, a queue key of another type, ...).
+                tracing::warn!(
+                    "the broker refuses to hand out messages ({e}); retrying with backoff, \
+                     running jobs carry on"
+                );
+            }
             self.broker_warned = true;
         }
     }
