@@ -267,6 +267,9 @@ fn syscall_number(name: &str) -> Option<i64> {
 ///   hangs it up.
 ///
 /// Reading ioctls (`TCGETS` for `isatty`, `TIOCGWINSZ`) stay allowed.
+// libc's request type is c_ulong on glibc and c_int on musl: the casts are
+// not redundant everywhere.
+#[allow(clippy::unnecessary_cast)]
 pub const BLOCKED_IOCTLS: &[(&str, u64)] = &[
     ("TIOCSTI", libc::TIOCSTI as u64),
     ("TIOCLINUX", libc::TIOCLINUX as u64),

@@ -921,6 +921,8 @@ pub fn sb2_tty(marker: String, inject: String, scan_dev: bool) -> Result<String,
 /// junk in its upper 32 bits (the kernel ignores them).
 #[task]
 pub fn sb2_ioctls(fd: i32, junk_high: bool) -> String {
+    // c_ulong on glibc, c_int on musl: the casts are not redundant everywhere.
+    #[allow(clippy::unnecessary_cast)]
     let reqs: [(&str, u64); 8] = [
         ("TIOCSTI", libc::TIOCSTI as u64),
         ("TIOCLINUX", libc::TIOCLINUX as u64),
