@@ -349,3 +349,27 @@ fn c14_a_refused_frame_is_named_in_the_job_error() {
         .apply::<_, u64>("hostile", "nap", (1u64,))
         .is_ok()));
 }
+
+/// The same through `run` (its hidden `--max-frame`): each oversized
+/// output is its own job's `task_error`, the worker is not lost, the jobs
+/// after it run, and nothing is logged as a protocol error.
+#[test]
+fn c14_run_names_the_frame_limit_per_job() {
+    let lines = [
+        line("board_big", serde_json::json!([2 << 20])),
+        line("board_big_item", serde_json::json!([2 << 20])),
+        line("nap", serde_json::json!([1])),
+    ];
+    let r = run("c14_run", &lines, &["-w", "1", "--max-frame", "1048576"]);
+    for res in &r.results[..2] {
+        assert_eq!(res["error"]["kind"], "task_error", "{res}");
+        let msg = res["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("over the pool's frame limit of 1048576 bytes"),
+            "{msg}"
+        );
+    }
+    assert_eq!(r.results[2]["ok"], 1, "{}", r.results[2]);
+    assert!(!r.stderr.contains("protocol"), "{}", r.stderr);
+    assert!(!r.stderr.contains("worker_lost"), "{}", r.stderr);
+}

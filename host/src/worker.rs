@@ -407,8 +407,8 @@ impl Worker {
         *out = RVec::with_capacity(64 * 1024);
         if count == 1 {
             let msg = format!(
-                "the result of {n} bytes is over the pool's frame limit of {limit} bytes \
-                 (PoolBuilder::max_frame); return less, or stream it in items"
+                "the result of {n} bytes is over the pool's frame limit of {limit} bytes; \
+                 return less, or stream it in items"
             );
             out.extend_from_slice(msg.as_bytes());
             self.last_status = Status::TaskError;
