@@ -619,3 +619,34 @@ fn c10_memory_stays_flat_while_a_huge_line_is_skipped() {
         "peak RSS {hwm_kib} KiB while skipping a 256 MiB line"
     );
 }
+
+#[test]
+fn c11_a_plugin_list_larger_than_a_datagram_reaches_the_supervisor() {
+    // The hostile plugin given 48 times: a hello of ~500 KiB (one datagram
+    // stops at the socket's 208 KiB). The zygote loads the file 48 times and
+    // its list arrives whole: the pool then refuses the duplicate name, a
+    // configuration error, not "cannot load the plugins ... it exited".
+    let hostile = common::plugin("hostile");
+    let mut b = Pool::builder().workers(1).worker_exe(common::bin());
+    for _ in 0..48 {
+        b = b.plugin(&hostile);
+    }
+    match b.build() {
+        Err(PoolError::Config(msg)) => assert!(msg.contains("loaded twice"), "{msg}"),
+        Err(e) => panic!("the plugin list did not arrive: {e}"),
+        Ok(_) => panic!("duplicates accepted"),
+    }
+    let h = common::plugin_str("hostile");
+    let mut args = vec!["run", h.as_str(), "--task", "nap", "--args", "[1]"];
+    for _ in 0..47 {
+        args.extend(["--plugin", h.as_str()]);
+    }
+    let out = common::host(&args);
+    let err = common::stderr(&out);
+    assert_eq!(common::exit_code(&out), 2, "{err}");
+    assert!(err.contains("loaded twice"), "{err}");
+    assert!(
+        !err.contains("cannot load the plugins") && !err.contains("cannot send"),
+        "{err}"
+    );
+}

@@ -534,6 +534,10 @@ pub enum ZygoteMsg {
         pid: i32,
         info: ExitInfo,
     },
+    /// A piece of an encoded `Hello` too big for one datagram, in order;
+    /// `last` on the final one (`zygote::send_hello`: any number of plugins
+    /// and tasks fits).
+    HelloPart { bytes: Vec<u8>, last: bool },
 }
 
 pub fn encode_ctl<T: Serialize>(v: &T) -> Vec<u8> {

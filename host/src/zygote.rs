@@ -43,6 +43,65 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
     paths.iter().map(Plugin::load).collect()
 }
 
+/// The largest piece of the hello sent as one datagram: far below the
+/// socket's send buffer (`net.core.wmem_default`, 208 KiB) and the
+/// supervisor's receive buffers (64 KiB).
+const HELLO_PIECE: usize = 32 * 1024;
+
+/// The largest plugin list the supervisor puts together from pieces.
+const MAX_HELLO: usize = 256 << 20;
+
+/// Sends the hello (the plugin list, whose size grows with the plugins'
+/// tasks and docs): as one datagram when it fits in [`HELLO_PIECE`], else
+/// as `HelloPart`s that [`HelloParts`] puts back together, so no number of
+/// plugins or tasks outgrows the socket.
+fn send_hello(ctl: &OwnedFd, hello: &ZygoteMsg) -> std::io::Result<()> {
+    let bytes = ipc::encode_ctl(hello);
+    if bytes.len() <= HELLO_PIECE {
+        return sys::send_with_fds(ctl, &bytes, &[]);
+    }
+    let mut pieces = bytes.chunks(HELLO_PIECE).peekable();
+    while let Some(piece) = pieces.next() {
+        let part = ZygoteMsg::HelloPart {
+            bytes: piece.to_vec(),
+            last: pieces.peek().is_none(),
+        };
+        sys::send_with_fds(ctl, &ipc::encode_ctl(&part), &[])?;
+    }
+    Ok(())
+}
+
+/// The supervisor's side of [`send_hello`]: the pieces of a zygote's hello
+/// received so far.
+#[derive(Debug, Default)]
+pub(crate) struct HelloParts {
+    bytes: Vec<u8>,
+}
+
+impl HelloParts {
+    /// Takes a message a zygote sent before its hello was complete: the
+    /// hello once it is (a whole `Hello` as is, or the last piece's), `None`
+    /// while pieces are missing, an error for pieces that are too many or
+    /// do not make a hello.
+    pub(crate) fn feed(&mut self, msg: ZygoteMsg) -> Result<Option<ZygoteMsg>, String> {
+        let ZygoteMsg::HelloPart { bytes, last } = msg else {
+            return Ok(Some(msg));
+        };
+        if self.bytes.len().saturating_add(bytes.len()) > MAX_HELLO {
+            return Err(format!("its plugin list is over {} MiB", MAX_HELLO >> 20));
+        }
+        self.bytes.extend_from_slice(&bytes);
+        if !last {
+            return Ok(None);
+        }
+        match ipc::decode_ctl::<ZygoteMsg>(&std::mem::take(&mut self.bytes)) {
+            Ok(hello @ ZygoteMsg::Hello { .. }) => Ok(Some(hello)),
+            Ok(_) => Err("the pieces of its plugin list are not a hello".into()),
+            Err(e) => Err(format!("garbled plugin list: {e}")),
+        }
+    }
+}
+
 /// Runs the zygote loop; never returns.
 pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox) -> ! {
     // Before the plugins' constructors run: a SIGTERM or SIGHUP meant for
@@ -71,8 +130,10 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox) ->
             .map(|ps| ps.iter().map(|p| p.info().clone()).collect())
             .map_err(Clone::clone),
     };
-    if sys::send_with_fds(&ctl, &ipc::encode_ctl(&hello), &[]).is_err() {
-        sys::exit_now(0);
+    if let Err(e) = send_hello(&ctl, &hello) {
+        // Said as what it is: the plugins loaded, the list did not go.
+        eprintln!("billiard zygote: cannot send the plugin list to the host: {e}");
+        sys::exit_now(1);
     }
     let Ok(plugins) = loaded else {
         // The supervisor reports the load error; nothing more to do.
@@ -468,5 +529,89 @@ fn helper_worker(args: Vec<OsString>) -> ! {
             eprintln!("billiard worker: {e}");
             sys::exit_now(worker::exit_code::PLUGIN_LOAD);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{PluginInfo, TaskSpec};
+
+    /// A plugin list of `plugins` plugins of `tasks` tasks with `doc`-long
+    /// docs.
+    fn hello(plugins: usize, tasks: usize, doc: usize) -> ZygoteMsg {
+        let task = |i: usize| TaskSpec {
+            name: format!("task_{i}"),
+            doc: "d".repeat(doc),
+            args: Vec::new(),
+            ret: "u64".into(),
+            takes_context: false,
+            streaming: false,
+            item: None,
+        };
+        let plugin = |p: usize| PluginInfo {
+            path: format!("/plugins/p{p}.so").into(),
+            name: format!("p{p}"),
+            version: "1.0.0".into(),
+            abi_version: 2,
+            api_version: "0.1.0".into(),
+            tasks: (0..tasks).map(task).collect(),
+            metadata: None,
+        };
+        ZygoteMsg::Hello {
+            pid: 42,
+            plugins: Ok((0..plugins).map(plugin).collect()),
+        }
+    }
+
+    /// Sends `msg` with [`send_hello`] through a real socket pair and puts it
+    /// back together as the supervisor does (64 KiB receive buffer).
+    fn round_trip(msg: ZygoteMsg) -> ZygoteMsg {
+        let (ours, theirs) = sys::seqpacket_pair().unwrap();
+        let sender = std::thread::spawn(move || send_hello(&theirs, &msg).map(|_| msg));
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut parts = HelloParts::default();
+        let got = loop {
+            let (n, _) = sys::recv_with_fds(&ours, &mut buf).unwrap().unwrap();
+            let msg = ipc::decode_ctl::<ZygoteMsg>(&buf[..n]).unwrap();
+            if let Some(hello) = parts.feed(msg).unwrap() {
+                break hello;
+            }
+        };
+        let sent = sender.join().unwrap().unwrap();
+        assert_eq!(format!("{sent:?}"), format!("{got:?}"));
+        got
+    }
+
+    #[test]
+    fn c11_any_number_of_plugins_and_tasks_fits_in_the_hello() {
+        // Small: one datagram, as before.
+        round_trip(hello(1, 3, 10));
+        // 1,000 plugins of 40 tasks (the report's 56 plugins stopped at the
+        // socket's 208 KiB), and one plugin whose docs alone are 4 MiB.
+        let ZygoteMsg::Hello {
+            plugins: Ok(ps), ..
+        } = round_trip(hello(1000, 40, 20))
+        else {
+            panic!("not a hello")
+        };
+        assert_eq!(ps.len(), 1000);
+        round_trip(hello(1, 2, 2 << 20));
+    }
+
+    #[test]
+    fn c11_pieces_that_are_not_a_hello_are_refused() {
+        let mut parts = HelloParts::default();
+        let not_hello = ipc::encode_ctl(&ZygoteMsg::Spawned { worker: 1, pid: 2 });
+        let last = ZygoteMsg::HelloPart {
+            bytes: not_hello,
+            last: true,
+        };
+        assert!(parts.feed(last).is_err());
+        let garbage = ZygoteMsg::HelloPart {
+            bytes: vec![0xff; 10],
+            last: true,
+        };
+        assert!(parts.feed(garbage).unwrap_err().contains("garbled"));
     }
 }

@@ -87,6 +87,9 @@ struct Zygote {
     /// started for it (at most one per `OVERWRITE_RELOAD_INTERVAL`: the copy
     /// may still be going on).
     overwrite_reload: Option<Instant>,
+    /// The pieces of its hello received so far (C11: a long plugin list
+    /// comes in pieces).
+    hello: zygote::HelloParts,
 }
 
 /// Where `Pool::restart` waits for its reload to serve or fail.
@@ -537,6 +540,7 @@ impl Supervisor {
             on_ready: None,
             stamps: self.cfg.plugins.iter().map(|p| FileStamp::of(p)).collect(),
             overwrite_reload: None,
+            hello: Default::default(),
         });
         Ok(())
     }
@@ -978,9 +982,16 @@ impl Supervisor {
                     }
                 }
                 Ok(Some((n, fds))) => match ipc::decode_ctl::<ZygoteMsg>(&buf[..n]) {
-                    Ok(msg) if !ready => {
-                        let _ = self.zygote_hello(zi, msg);
-                    }
+                    Ok(msg) if !ready => match self.zygotes[zi].hello.feed(msg) {
+                        Ok(Some(hello)) => {
+                            let _ = self.zygote_hello(zi, hello);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.zygote_start_failed(zi, e);
+                            return;
+                        }
+                    },
                     Ok(msg) => self.zygote_msg(msg, fds),
                     Err(e) if !ready => {
                         self.zygote_start_failed(zi, format!("garbled hello: {e}"));
@@ -1064,7 +1075,7 @@ impl Supervisor {
                     self.worker_exited(wid, Some(info));
                 }
             }
-            ZygoteMsg::Hello { .. } => {}
+            ZygoteMsg::Hello { .. } | ZygoteMsg::HelloPart { .. } => {}
         }
     }
 
@@ -2824,6 +2835,7 @@ fn bytesize_text(bytes: u64) -> String {
 
 fn wait_hello(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<ZygoteMsg, String> {
     let deadline = crate::bounds::saturating_deadline(Instant::now(), timeout);
+    let mut parts = zygote::HelloParts::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -2837,11 +2849,15 @@ fn wait_hello(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<ZygoteM
             Ok(false) => continue,
             Err(e) => return Err(e.to_string()),
         }
-        return match sys::recv_with_fds(fd, buf) {
-            Ok(Some((n, _))) => ipc::decode_ctl(&buf[..n]),
-            Ok(None) => Err("it exited".into()),
-            Err(e) => Err(e.to_string()),
+        let msg = match sys::recv_with_fds(fd, buf) {
+            Ok(Some((n, _))) => ipc::decode_ctl(&buf[..n])?,
+            Ok(None) => return Err("it exited".into()),
+            Err(e) => return Err(e.to_string()),
         };
+        // A long plugin list comes in pieces (C11).
+        if let Some(hello) = parts.feed(msg)? {
+            return Ok(hello);
+        }
     }
 }
 
