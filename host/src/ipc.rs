@@ -537,7 +537,10 @@ pub enum ZygoteMsg {
     /// A piece of an encoded `Hello` too big for one datagram, in order;
     /// `last` on the final one (`zygote::send_hello`: any number of plugins
     /// and tasks fits).
-    HelloPart { bytes: Vec<u8>, last: bool },
+    HelloPart {
+        bytes: Vec<u8>,
+        last: bool,
+    },
 }
 
 pub fn encode_ctl<T: Serialize>(v: &T) -> Vec<u8> {
