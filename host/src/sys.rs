@@ -1081,35 +1081,6 @@ impl Scoreboard {
     }
 }
 
-#[cfg(test)]
-mod board_tests {
-    use super::*;
-    use std::sync::atomic::Ordering::SeqCst;
-
-    /// A page is shared with the one worker it is handed to, is made fresh
-    /// for the next worker of its slot (what the last one writes after
-    /// that reaches no one), and cannot be shrunk by the worker (C3).
-    #[test]
-    fn c3_each_worker_gets_a_fresh_sealed_page_of_its_own() {
-        let mut board = Scoreboard::new(2);
-        assert!(board.slot(0).is_none());
-        let fd = board.renew(0).expect("page");
-        let theirs = BoardPage::map(&fd).expect("the worker's mapping");
-        theirs.slot().running.store(7, SeqCst);
-        assert_eq!(board.slot(0).map(|s| s.running.load(SeqCst)), Some(7));
-        assert!(board.slot(1).is_none(), "another slot shares the page");
-        assert!(
-            std::fs::File::from(fd).set_len(0).is_err(),
-            "the page can be shrunk"
-        );
-        let _next = board.renew(0).expect("page");
-        theirs.slot().stop_job.store(9, SeqCst);
-        let fresh = board.slot(0).expect("page");
-        assert_eq!(fresh.running.load(SeqCst), 0);
-        assert_eq!(fresh.stop_job.load(SeqCst), 0);
-    }
-}
-
 struct StopTarget {
     slot: *const Slot,
     flag: *const std::sync::atomic::AtomicU32,
@@ -1370,4 +1341,33 @@ pub fn crash_flush_publish(bytes: &[u8]) {
 /// socket, during which a crash writes nothing.
 pub fn crash_flush_busy(busy: bool) {
     CRASH_BUSY.store(busy, std::sync::atomic::Ordering::Release);
+}
+
+#[cfg(test)]
+mod board_tests {
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// A page is shared with the one worker it is handed to, is made fresh
+    /// for the next worker of its slot (what the last one writes after
+    /// that reaches no one), and cannot be shrunk by the worker (C3).
+    #[test]
+    fn c3_each_worker_gets_a_fresh_sealed_page_of_its_own() {
+        let mut board = Scoreboard::new(2);
+        assert!(board.slot(0).is_none());
+        let fd = board.renew(0).expect("page");
+        let theirs = BoardPage::map(&fd).expect("the worker's mapping");
+        theirs.slot().running.store(7, SeqCst);
+        assert_eq!(board.slot(0).map(|s| s.running.load(SeqCst)), Some(7));
+        assert!(board.slot(1).is_none(), "another slot shares the page");
+        assert!(
+            std::fs::File::from(fd).set_len(0).is_err(),
+            "the page can be shrunk"
+        );
+        let _next = board.renew(0).expect("page");
+        theirs.slot().stop_job.store(9, SeqCst);
+        let fresh = board.slot(0).expect("page");
+        assert_eq!(fresh.running.load(SeqCst), 0);
+        assert_eq!(fresh.stop_job.load(SeqCst), 0);
+    }
 }
