@@ -469,6 +469,21 @@ fn c5_no_network_alone_refuses_them_too() {
 }
 
 #[test]
+fn c5_the_no_network_switch_without_a_profile_refuses_them_too() {
+    // `--no-network` on its own (no seccomp profile otherwise): the
+    // zygote installs the network filter for itself and every worker.
+    c5_refused(Sandbox::none().no_network(), "c5_switch_alone");
+    let p = pool(Sandbox::none().no_network());
+    for (family, ty, name) in UNCONFINED {
+        let msg = refused(
+            call(&p, "sb2_socket", (family, ty)),
+            &[&format!("socket({family}, {ty})")],
+        );
+        assert!(msg.contains("Operation not permitted"), "{name}: {msg}");
+    }
+}
+
+#[test]
 fn c5_none_reaches_the_same_sockets() {
     let l = listeners("c5_none");
     let p = pool(Sandbox::none());

@@ -446,7 +446,7 @@ impl Sandbox {
                 None => {
                     return Err(SandboxError::Unavailable {
                         protection: "no network",
-                        reason: "neither a network namespace nor seccomp can be had".into(),
+                        reason: "no seccomp filter can be had (a network namespace alone leaves Unix sockets and vsock reachable)".into(),
                     })
                 }
             }
@@ -584,13 +584,15 @@ impl Sandbox {
     }
 
     /// How "no network" can be enforced here, if at all.
+    /// Both need a seccomp filter: a network namespace alone leaves
+    /// filesystem Unix sockets and vsock reachable (C5).
     pub fn network_mechanism(&self) -> Option<NetworkMechanism> {
-        if os::probe(&[os::ProbeStep::NetworkNamespace]).is_ok() {
-            Some(NetworkMechanism::Namespace)
-        } else if os::seccomp_available() {
-            Some(NetworkMechanism::SeccompSocketRule)
-        } else {
+        if !os::seccomp_available() {
             None
+        } else if os::probe(&[os::ProbeStep::NetworkNamespace]).is_ok() {
+            Some(NetworkMechanism::Namespace)
+        } else {
+            Some(NetworkMechanism::SeccompSocketRule)
         }
     }
 
@@ -771,9 +773,8 @@ static USER_IDS: OnceLock<(u32, u32)> = OnceLock::new();
 /// Whether "no network" falls back to the seccomp socket rule here.
 static NETWORK_BY_SECCOMP: OnceLock<bool> = OnceLock::new();
 /// The workers' seccomp programs, compiled once in the zygote: (process
-/// group they were built for, socket rule included, programs).
-#[allow(clippy::type_complexity)]
-static PROGRAMS: OnceLock<(i32, bool, Vec<seccompiler::BpfProgram>)> = OnceLock::new();
+/// group they were built for, programs).
+static PROGRAMS: OnceLock<(i32, Vec<seccompiler::BpfProgram>)> = OnceLock::new();
 
 /// In the zygote (or any helper process about to load plugins), before
 /// it loads any: the process-wide layers. Call it single-threaded.
@@ -808,7 +809,7 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
                 // No network namespaces in this kernel: the seccomp rule
-                // (installed in each worker) refuses the sockets instead.
+                // (installed below) refuses every socket instead.
                 if !os::seccomp_available() {
                     return Err(setup("network namespace")(e));
                 }
@@ -832,17 +833,21 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
     if s.isolate {
         // An isolated worker is process 1, and leads group 1, of its own
         // PID namespace: its filters can be compiled once, here.
-        let by_seccomp = s.no_network && NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
-        let _ = PROGRAMS.set((
-            1,
-            by_seccomp,
-            seccomp_programs(1, s.no_network, by_seccomp)?,
-        ));
+        let _ = PROGRAMS.set((1, seccomp_programs(1)?));
         // Root without capabilities still owns every root-owned file by
         // its mode: no device node but the harmless ones, and no write to
         // sysfs (the workers' fresh /proc is read-only too).
         os::minimal_dev(s.read_only).map_err(setup("minimal /dev"))?;
         os::remount_read_only(std::path::Path::new("/sys")).map_err(setup("read-only /sys"))?;
+    }
+    if s.no_network {
+        // Last, and before any plugin code: the zygote (the plugins'
+        // constructors) and every worker it makes, whatever the profile,
+        // make no socket the network namespace does not confine. The
+        // zygote itself needs only stream socketpairs.
+        let by_seccomp = NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
+        os::install_seccomp(&network_program(by_seccomp)?)
+            .map_err(setup("seccomp filter (no network)"))?;
     }
     Ok(())
 }
@@ -891,15 +896,14 @@ pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
     if s.isolate {
         os::set_not_dumpable().map_err(setup("PR_SET_DUMPABLE"))?;
         os::clear_capabilities().map_err(setup("drop capabilities"))?;
-        let by_seccomp = s.no_network && NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
         let pgid = os::getpgrp();
         let compiled;
         let progs = match PROGRAMS.get() {
             // Compiled once in the zygote for a worker that leads group 1
             // of its own PID namespace (every isolated worker).
-            Some((g, n, p)) if *g == pgid && *n == by_seccomp => p,
+            Some((g, p)) if *g == pgid => p,
             _ => {
-                compiled = seccomp_programs(pgid, s.no_network, by_seccomp)?;
+                compiled = seccomp_programs(pgid)?;
                 &compiled
             }
         };
@@ -910,33 +914,18 @@ pub fn enter_worker(s: &Sandbox) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// The filters a worker installs: everything in [`BLOCKED_SYSCALLS`],
-/// `kill` aimed at a process group other than `pgid` (or at every
-/// process), `clone` with namespace flags and the [`BLOCKED_IOCTLS`] fail
-/// EPERM; `clone3`, whose flags a filter cannot read, fails ENOSYS (libc
-/// falls back to `clone`). With `no_network`, a new socket of a family the
-/// network namespace does not confine fails too (AF_UNIX, AF_VSOCK, ...:
-/// C5), and with `no_sockets` (no network namespace here) every new socket. A call of another ABI (i386's `int 0x80`, x32) fails EPERM
-/// like every refused call, never kills ([`refuse_foreign_abis`], C16).
-fn seccomp_programs(
-    pgid: i32,
-    no_network: bool,
-    no_sockets: bool,
-) -> Result<Vec<seccompiler::BpfProgram>, SandboxError> {
+/// The filters a worker installs (on top of the zygote's
+/// [`network_program`] under "no network"): everything in
+/// [`BLOCKED_SYSCALLS`], `kill` aimed at a process group other than
+/// `pgid` (or at every process), `clone` with namespace flags and the
+/// [`BLOCKED_IOCTLS`] fail EPERM; `clone3`, whose flags a filter cannot
+/// read, fails ENOSYS (libc falls back to `clone`). A call of another ABI
+/// (i386's `int 0x80`, x32) fails EPERM like every refused call, never
+/// kills ([`refuse_foreign_abis`], C16).
+fn seccomp_programs(pgid: i32) -> Result<Vec<seccompiler::BpfProgram>, SandboxError> {
     use seccompiler::{
-        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
-        SeccompFilter, SeccompRule,
+        SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompRule,
     };
-    let bad = |e: seccompiler::BackendError| SandboxError::Setup {
-        step: "seccomp filter",
-        source: io::Error::other(e.to_string()),
-    };
-    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(|e| {
-        SandboxError::Unavailable {
-            protection: "a seccomp filter",
-            reason: format!("{e}"),
-        }
-    })?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for name in BLOCKED_SYSCALLS {
         if let Some(n) = syscall_number(name) {
@@ -950,18 +939,18 @@ fn seccomp_programs(
     rules.insert(
         libc::SYS_kill,
         vec![SeccompRule::new(vec![
-            Cond::new(0, Len::Dword, Op::Ge, 0x8000_0000).map_err(bad)?,
-            Cond::new(0, Len::Dword, Op::Ne, own_group).map_err(bad)?,
+            Cond::new(0, Len::Dword, Op::Ge, 0x8000_0000).map_err(bad_filter)?,
+            Cond::new(0, Len::Dword, Op::Ne, own_group).map_err(bad_filter)?,
         ])
-        .map_err(bad)?],
+        .map_err(bad_filter)?],
     );
     let mut clone_rules = Vec::new();
     for &flag in CLONE_NAMESPACE_FLAGS {
         clone_rules.push(
             SeccompRule::new(vec![
-                Cond::new(0, Len::Qword, Op::MaskedEq(flag), flag).map_err(bad)?
+                Cond::new(0, Len::Qword, Op::MaskedEq(flag), flag).map_err(bad_filter)?
             ])
-            .map_err(bad)?,
+            .map_err(bad_filter)?,
         );
     }
     rules.insert(libc::SYS_clone, clone_rules);
@@ -970,73 +959,94 @@ fn seccomp_programs(
     let mut ioctl_rules = Vec::new();
     for &(_, request) in BLOCKED_IOCTLS {
         ioctl_rules.push(
-            SeccompRule::new(vec![Cond::new(1, Len::Dword, Op::Eq, request).map_err(bad)?])
-                .map_err(bad)?,
+            SeccompRule::new(vec![
+                Cond::new(1, Len::Dword, Op::Eq, request).map_err(bad_filter)?
+            ])
+            .map_err(bad_filter)?,
         );
     }
     rules.insert(libc::SYS_ioctl, ioctl_rules);
-    if no_network {
-        let socket_rules = if no_sockets {
-            // No network namespace here: no new socket of any family.
-            Vec::new()
-        } else {
-            // The network namespace confines these families only. Every
-            // other one reaches past it: AF_UNIX path sockets (a daemon's,
-            // the broker's: connect() and sendto() are not writes the
-            // read-only mount refuses, C5), AF_VSOCK (the hypervisor's host
-            // in a VM), ... So a socket of any other family fails; the
-            // worker's own socket was inherited before the filter.
-            let mut conds = Vec::new();
-            for fam in NAMESPACED_FAMILIES {
-                conds.push(Cond::new(0, Len::Dword, Op::Ne, fam as u64).map_err(bad)?);
-            }
-            vec![SeccompRule::new(conds).map_err(bad)?]
-        };
-        rules.insert(libc::SYS_socket, socket_rules);
-    }
-    if no_network {
-        // socketpair() stays for connected stream and seqpacket pairs
-        // (connect() and sendto()'s address cannot redirect those), but a
-        // datagram pair (SOCK_RAW is a datagram socket for AF_UNIX) could
-        // sendto() any path socket.
-        let mut pair_rules = Vec::new();
-        for ty in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
-            pair_rules.push(
-                SeccompRule::new(vec![Cond::new(
-                    1,
-                    Len::Dword,
-                    Op::MaskedEq(SOCK_TYPE_MASK),
-                    ty as u64,
-                )
-                .map_err(bad)?])
-                .map_err(bad)?,
-            );
-        }
-        rules.insert(libc::SYS_socketpair, pair_rules);
-    }
-    let eperm = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(bad)?;
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, Vec::new());
-    let enosys = SeccompFilter::new(
-        clone3,
+    Ok(vec![
+        compile_filter(rules, libc::EPERM)?,
+        compile_filter(clone3, libc::ENOSYS)?,
+    ])
+}
+
+/// The filter of "no network" (C5), installed in the zygote before it
+/// loads a plugin, so the plugins' load-time code and every worker have
+/// it in every profile: a new socket of a family the network namespace
+/// does not confine fails EPERM — AF_UNIX path sockets (a daemon's, the
+/// broker's: connect() and sendto() are not writes the read-only mount
+/// refuses), AF_VSOCK (the hypervisor's host in a VM), ... — and with
+/// `no_namespace` (none can be had here) every new socket. socketpair()
+/// stays for connected stream and seqpacket pairs (connect() and
+/// sendto()'s address cannot redirect those), but a datagram pair
+/// (SOCK_RAW is a datagram socket for AF_UNIX) could sendto() any path
+/// socket. The pool's own sockets were made or inherited before it.
+fn network_program(no_namespace: bool) -> Result<seccompiler::BpfProgram, SandboxError> {
+    use seccompiler::{
+        SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompRule,
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let socket_rules = if no_namespace {
+        Vec::new()
+    } else {
+        let mut conds = Vec::new();
+        for fam in NAMESPACED_FAMILIES {
+            conds.push(Cond::new(0, Len::Dword, Op::Ne, fam as u64).map_err(bad_filter)?);
+        }
+        vec![SeccompRule::new(conds).map_err(bad_filter)?]
+    };
+    rules.insert(libc::SYS_socket, socket_rules);
+    let mut pair_rules = Vec::new();
+    for ty in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
+        pair_rules.push(
+            SeccompRule::new(vec![Cond::new(
+                1,
+                Len::Dword,
+                Op::MaskedEq(SOCK_TYPE_MASK),
+                ty as u64,
+            )
+            .map_err(bad_filter)?])
+            .map_err(bad_filter)?,
+        );
+    }
+    rules.insert(libc::SYS_socketpair, pair_rules);
+    compile_filter(rules, libc::EPERM)
+}
+
+fn bad_filter(e: seccompiler::BackendError) -> SandboxError {
+    SandboxError::Setup {
+        step: "seccomp filter",
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+/// Compiles `rules` (each matching call fails with `errno`, everything
+/// else is allowed) for this architecture, with [`refuse_foreign_abis`].
+fn compile_filter(
+    rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>>,
+    errno: i32,
+) -> Result<seccompiler::BpfProgram, SandboxError> {
+    use seccompiler::{SeccompAction, SeccompFilter};
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).map_err(|e| {
+        SandboxError::Unavailable {
+            protection: "a seccomp filter",
+            reason: format!("{e}"),
+        }
+    })?;
+    let filter = SeccompFilter::new(
+        rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
+        SeccompAction::Errno(errno as u32),
         arch,
     )
-    .map_err(bad)?;
-    let mut progs = Vec::new();
-    for f in [eperm, enosys] {
-        let mut prog: seccompiler::BpfProgram = f.try_into().map_err(bad)?;
-        refuse_foreign_abis(&mut prog, arch)?;
-        progs.push(prog);
-    }
-    Ok(progs)
+    .map_err(bad_filter)?;
+    let mut prog: seccompiler::BpfProgram = filter.try_into().map_err(bad_filter)?;
+    refuse_foreign_abis(&mut prog, arch)?;
+    Ok(prog)
 }
 
 /// The socket families a network namespace confines (with "no network"
@@ -1117,8 +1127,9 @@ mod tests {
     /// Every program a worker installs, for every network setting.
     fn all_programs() -> Vec<seccompiler::BpfProgram> {
         let mut all = Vec::new();
-        for (no_network, no_sockets) in [(false, false), (true, false), (true, true)] {
-            all.extend(seccomp_programs(1, no_network, no_sockets).expect("compiles"));
+        all.extend(seccomp_programs(1).expect("compiles"));
+        for no_namespace in [false, true] {
+            all.push(network_program(no_namespace).expect("compiles"));
         }
         all
     }
@@ -1157,9 +1168,7 @@ mod tests {
     #[test]
     fn c16_an_unexpected_program_is_refused_not_installed() {
         let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).expect("arch");
-        let mut prog = seccomp_programs(1, true, false)
-            .expect("compiles")
-            .remove(0);
+        let mut prog = network_program(false).expect("compiles");
         // Already rewritten: its opening is not seccompiler's any more.
         assert!(refuse_foreign_abis(&mut prog, arch).is_err());
     }
