@@ -1286,6 +1286,19 @@ fn follow_up(
             _ => None,
         }
     };
+    // An eta, countdown or expiry this host cannot read goes on as written
+    // in the step's header, so the step's worker refuses it by name (C4)
+    // instead of the step running at once without it.
+    let unreadable = |k: &str| -> Option<String> {
+        match o.get(k).filter(|v| !v.is_null())? {
+            Value::String(t) if t.is_empty() || protocol::parse_time(t).is_some() => None,
+            Value::Number(_) if k != "eta" => None,
+            Value::String(t) if k != "countdown" => Some(t.clone()),
+            other => Some(format!("{k} {other}")),
+        }
+    };
+    let bad_eta = unreadable("eta").or_else(|| unreadable("countdown"));
+    let bad_expires = unreadable("expires");
     let now = Utc::now();
     let eta = s("eta")
         .and_then(|e| protocol::parse_time(&e))
@@ -1322,7 +1335,13 @@ fn follow_up(
         retries: 0,
         origin: String::new(),
     };
-    let (env, list) = t.envelope();
+    let (mut env, list) = t.envelope();
+    if bad_eta.is_some() {
+        env.headers.eta = bad_eta;
+    }
+    if bad_expires.is_some() {
+        env.headers.expires = bad_expires;
+    }
     (list, env.to_json())
 }
 
@@ -1781,6 +1800,7 @@ fn ops_finished(shared: &Shared, ctx: &JobCtx, res: &Res) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn names(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
@@ -1877,6 +1897,46 @@ mod tests {
         let env = Envelope::parse(comp.send[0].1.as_bytes()).unwrap();
         assert_eq!(env.body().unwrap().args, vec![Value::from(7)]);
         assert_eq!(comp.send[0].0, "celery");
+    }
+
+    #[test]
+    fn c4_a_follow_up_keeps_an_unreadable_eta_for_its_worker_to_refuse() {
+        let sig = |options: Value| Signature {
+            task: "math.square".into(),
+            options: options.as_object().cloned().unwrap_or_default(),
+            ..Signature::default()
+        };
+        for (options, says) in [
+            (json!({"eta": "tomorrow"}), r#"header "eta": "tomorrow""#),
+            (
+                json!({"countdown": "10"}),
+                r#"header "eta": "countdown \"10\"""#,
+            ),
+            (json!({"eta": 12345}), r#"header "eta": "eta 12345""#),
+            (json!({"expires": "never"}), r#"header "expires": "never""#),
+            (
+                json!({"expires": [1]}),
+                r#"header "expires": "expires [1]""#,
+            ),
+            (
+                json!({"countdown": 1e19}),
+                "more than the longest accepted delay",
+            ),
+        ] {
+            let (_, text) = follow_up(&sig(options.clone()), None, &ctx(), None);
+            let r = Envelope::read(text.as_bytes()).unwrap();
+            let refused = r.refused.map(|e| e.to_string()).unwrap_or_default();
+            assert!(refused.contains(says), "{options}: {refused}");
+        }
+        // Readable ones pass: an eta, a relative expiry, a past countdown.
+        for options in [
+            json!({"eta": "2030-01-01T00:00:00+00:00", "expires": 60}),
+            json!({"countdown": -5, "expires": ""}),
+        ] {
+            let (_, text) = follow_up(&sig(options.clone()), None, &ctx(), None);
+            let r = Envelope::read(text.as_bytes()).unwrap();
+            assert!(r.refused.is_none(), "{options}: {:?}", r.refused);
+        }
     }
 
     #[test]
