@@ -650,3 +650,18 @@ fn c11_a_plugin_list_larger_than_a_datagram_reaches_the_supervisor() {
         "{err}"
     );
 }
+
+#[test]
+fn c1_a_grow_past_the_most_workers_is_refused_and_the_pool_serves_on() {
+    let pool = builder(1).build().unwrap();
+    for n in [usize::MAX, 513] {
+        let e = pool.grow(n).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadArgs, "{e}");
+        assert!(e.message.contains("at most 512"), "{e}");
+    }
+    pool.shrink(usize::MAX).unwrap();
+    assert_eq!(pool.stats().unwrap().target_workers, 1);
+    assert!(pool.check_alive().is_ok());
+    assert_eq!(pool.apply::<_, u64>("math", "square", (4u64,)).unwrap(), 16);
+    pool.join().unwrap();
+}

@@ -287,6 +287,10 @@ impl TaskRef {
 
 const SCOREBOARD_SLOTS: usize = 1024;
 
+/// The most workers a pool has (at `build()` and after `grow`): every
+/// worker, and its replacement while it leaves, holds a scoreboard slot.
+pub(crate) const MAX_WORKERS: usize = SCOREBOARD_SLOTS / 2;
+
 impl Pool {
     /// A [`PoolBuilder`] with the default configuration.
     pub fn builder() -> PoolBuilder {
@@ -298,11 +302,8 @@ impl Pool {
         if cfg.workers == 0 {
             return Err(PoolError::Config("workers must be at least 1".into()));
         }
-        if cfg.workers > SCOREBOARD_SLOTS / 2 {
-            return Err(PoolError::Config(format!(
-                "at most {} workers",
-                SCOREBOARD_SLOTS / 2
-            )));
+        if cfg.workers > MAX_WORKERS {
+            return Err(PoolError::Config(format!("at most {MAX_WORKERS} workers")));
         }
         if cfg.plugins.is_empty() {
             return Err(PoolError::Config("no plugin given".into()));
@@ -1015,8 +1016,15 @@ impl Pool {
         rx.recv().map_err(|_| self.unreachable())
     }
 
-    /// Adds `n` workers.
+    /// Adds `n` workers, never past 512 in all (those beyond are not
+    /// started); `n` over 512 is refused (`bad_args`).
     pub fn grow(&self, n: usize) -> Result<(), TaskError> {
+        if n > MAX_WORKERS {
+            return Err(TaskError::new(
+                ErrorKind::BadArgs,
+                format!("grow({n}): a pool has at most {MAX_WORKERS} workers"),
+            ));
+        }
         self.send(Cmd::Grow(n))
     }
 

@@ -817,7 +817,11 @@ impl Supervisor {
                     let found = self.terminate_job(job);
                     let _ = reply.send(found);
                 }
-                Cmd::Grow(n) => self.target += n,
+                // Bounded (Pool::grow refuses more than the maximum): a
+                // target past the scoreboard's slots would break the pool.
+                Cmd::Grow(n) => {
+                    self.target = self.target.saturating_add(n).min(super::MAX_WORKERS);
+                }
                 Cmd::Shrink(n) => self.shrink(n),
                 Cmd::Restart(reply) => self.restart(reply),
                 Cmd::Close => self.closing = true,
