@@ -665,3 +665,50 @@ fn c1_a_grow_past_the_most_workers_is_refused_and_the_pool_serves_on() {
     assert_eq!(pool.apply::<_, u64>("math", "square", (4u64,)).unwrap(), 16);
     pool.join().unwrap();
 }
+
+#[test]
+fn c10_a_big_item_fails_alone_in_its_chunk_in_the_library_too() {
+    use serde_bytes::ByteBuf;
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_exe(common::bin())
+        .plugin(common::plugin("bytes"))
+        .max_frame(64 * 1024)
+        .shm_threshold(None)
+        .build()
+        .unwrap();
+    let items = || {
+        [10usize, 20, 200_000, 30, 40, 50_000, 60]
+            .map(|n| ByteBuf::from(vec![7u8; n]))
+            .into_iter()
+    };
+    for chunksize in [1, 3, 7] {
+        let got: Vec<Result<u64, _>> = pool
+            .imap("bytes", "len", items(), chunksize)
+            .unwrap()
+            .collect();
+        let lens: Vec<Option<u64>> = got.iter().map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(
+            lens,
+            [
+                Some(10),
+                Some(20),
+                None,
+                Some(30),
+                Some(40),
+                Some(50_000),
+                Some(60)
+            ],
+            "chunksize {chunksize}: {got:?}"
+        );
+        let e = got[2].as_ref().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadArgs, "{e}");
+        let got = pool
+            .map_async::<_, u64>("bytes", "len", items(), chunksize)
+            .unwrap()
+            .get()
+            .unwrap_err();
+        assert_eq!(got.kind, ErrorKind::BadArgs, "{got}");
+    }
+    pool.join().unwrap();
+}

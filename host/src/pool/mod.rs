@@ -832,17 +832,33 @@ impl Pool {
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx = job::ChunkSender::new(tx);
         let chunksize = chunksize.clamp(1, config::MAX_CHUNKSIZE);
+        // A chunk stays within the frame limit: the item that would take it
+        // past starts the next one (a big item fails alone, as in streams).
+        let room = self.cfg.max_frame.saturating_sub(crate::ipc::RUN_HEADER);
         let mut ds = Vec::new();
         let mut n = 0u64;
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
+        let mut items = items.into_iter();
+        let mut carried: Option<Vec<u8>> = None;
+        loop {
             let mut payload = Vec::new();
-            let mut count = 0u32;
-            let mut args: Vec<Vec<u8>> = Vec::new();
-            for item in items.by_ref().take(chunksize) {
-                args.push(Self::encode_args(&(item,))?);
-                count += 1;
+            let mut args: Vec<Vec<u8>> = carried.take().into_iter().collect();
+            let mut size: usize = args.iter().map(|a| a.len().saturating_add(4)).sum();
+            while args.len() < chunksize {
+                let Some(item) = items.next() else { break };
+                let a = Self::encode_args(&(item,))?;
+                let grown = size.saturating_add(a.len()).saturating_add(4);
+                if !args.is_empty() && grown > room {
+                    carried = Some(a);
+                    break;
+                }
+                size = grown;
+                args.push(a);
             }
+            if args.is_empty() {
+                break;
+            }
+            // At most MAX_CHUNKSIZE (2^20) items: fits.
+            let count = u32::try_from(args.len()).unwrap_or(u32::MAX);
             if count == 1 {
                 payload = args.pop().unwrap_or_default();
             } else {

@@ -106,6 +106,9 @@ enum Source<'p> {
     Typed {
         target: TaskRef,
         next: EncodeNext<'p>,
+        /// An item encoded but not put in the chunk being built (it would
+        /// have taken it past the frame limit): it starts the next.
+        carried: Option<Vec<u8>>,
     },
 }
 
@@ -236,7 +239,11 @@ impl<'p> RawStream<'p> {
     ) -> Self {
         Self::with_source(
             pool,
-            Source::Typed { target, next },
+            Source::Typed {
+                target,
+                next,
+                carried: None,
+            },
             ordered,
             chunksize,
             window,
@@ -432,7 +439,19 @@ impl<'p> RawStream<'p> {
     #[allow(clippy::type_complexity)]
     fn next_typed_chunk(&mut self) -> Option<(TaskRef, Codec, Limits, Vec<u8>, u32)> {
         let single = self.chunksize == 1;
-        let Source::Typed { target, next } = &mut self.source else {
+        // As in `next_raw_chunk`: an item that would take the chunk past the
+        // frame limit starts the next one (a big item fails alone).
+        let room = self
+            .pool
+            .config()
+            .max_frame
+            .saturating_sub(crate::ipc::RUN_HEADER);
+        let Source::Typed {
+            target,
+            next,
+            carried,
+        } = &mut self.source
+        else {
             return None;
         };
         let target = *target;
@@ -443,6 +462,13 @@ impl<'p> RawStream<'p> {
         });
         let mut count = 0u32;
         let mut bad = None;
+        if let Some(item) = carried.take() {
+            if !single {
+                payload.extend_from_slice(&(item.len() as u32).to_le_bytes());
+            }
+            payload.extend_from_slice(&item);
+            count = 1;
+        }
         while (count as usize) < self.chunksize {
             let start = payload.len();
             if !single {
@@ -457,6 +483,11 @@ impl<'p> RawStream<'p> {
                 Some(Err(e)) => {
                     payload.truncate(start);
                     bad = Some(e);
+                    break;
+                }
+                Some(Ok(())) if count > 0 && payload.len() > room => {
+                    *carried = Some(payload[start + 4..].to_vec());
+                    payload.truncate(start);
                     break;
                 }
                 Some(Ok(())) => {
