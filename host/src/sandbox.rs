@@ -770,8 +770,6 @@ pub fn kernel_report() -> KernelReport {
 /// The uid/gid `--user` resolved to in this process (the zygote resolves
 /// it before loading plugins; its workers switch to it).
 static USER_IDS: OnceLock<(u32, u32)> = OnceLock::new();
-/// Whether "no network" falls back to the seccomp socket rule here.
-static NETWORK_BY_SECCOMP: OnceLock<bool> = OnceLock::new();
 /// The workers' seccomp programs, compiled once in the zygote: (process
 /// group they were built for, programs).
 static PROGRAMS: OnceLock<(i32, Vec<seccompiler::BpfProgram>)> = OnceLock::new();
@@ -802,18 +800,18 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
     if let Some(n) = s.limits.max_core_size {
         os::set_rlimit(os::Rlimit::Core, n).map_err(setup("RLIMIT_CORE"))?;
     }
+    // Whether "no network" falls back to refusing every socket here.
+    let mut no_net_namespace = false;
     if s.no_network {
         match os::unshare_network() {
-            Ok(()) => {
-                let _ = NETWORK_BY_SECCOMP.set(false);
-            }
+            Ok(()) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
                 // No network namespaces in this kernel: the seccomp rule
                 // (installed below) refuses every socket instead.
                 if !os::seccomp_available() {
                     return Err(setup("network namespace")(e));
                 }
-                let _ = NETWORK_BY_SECCOMP.set(true);
+                no_net_namespace = true;
             }
             Err(e) => return Err(setup("network namespace")(e)),
         }
@@ -845,8 +843,7 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
         // constructors) and every worker it makes, whatever the profile,
         // make no socket the network namespace does not confine. The
         // zygote itself needs only stream socketpairs.
-        let by_seccomp = NETWORK_BY_SECCOMP.get().copied().unwrap_or(false);
-        os::install_seccomp(&network_program(by_seccomp)?)
+        os::install_seccomp(&network_program(no_net_namespace)?)
             .map_err(setup("seccomp filter (no network)"))?;
     }
     Ok(())
