@@ -660,11 +660,19 @@ fn b1_jobs_of_a_task_gone_after_a_reload_fail_alone_and_the_rest_run() {
 #[test]
 fn a_worker_killed_from_outside_is_not_blamed_on_the_pool() {
     let dir = scratch("outside-kill");
-    let input = common::lines_file(&dir, "in.jsonl", &[r#"{"task":"nap","args":[60000]}"#]);
+    let marker = dir.join("started");
+    let line = serde_json::json!({"task": "append_line", "args": [marker, "started", 60000]});
+    let input = common::lines_file(&dir, "in.jsonl", &[&line.to_string()]);
     let child = command(&["run", &hostile(), "--input", &input, "-w", "1", "-q"])
         .spawn()
         .expect("spawn");
     let host = child.id() as i32;
+    // Kill the worker once its task runs: a worker killed before it said
+    // READY died at start, and its job is resent (not this test's case).
+    assert!(
+        common::eventually(Duration::from_secs(30), || marker.exists()),
+        "the task never started"
+    );
     // The worker: a grandchild of the host (host → zygote → worker).
     let mut worker = None;
     assert!(
