@@ -233,6 +233,36 @@ fn c2_the_test_sees_what_a_process_of_the_session_does_to_the_terminal() {
 }
 
 #[test]
+fn c2_a_plugin_constructor_run_by_inspect_and_check_finds_no_terminal() {
+    // `inspect` and `check` load the plugin in a throw-away process before
+    // any pool exists: its constructors run there. That process leaves the
+    // operator's session first, and its stderr reaches the terminal only
+    // through the host, control characters escaped.
+    let bad = common::plugin_str("bad-ctor");
+    for sub in ["inspect", "check"] {
+        let mut cmd = common::host_command();
+        cmd.args([sub, &bad]).env("BILLIARD_BAD_CTOR", "tty");
+        let (_status, shown, typed) = on_terminal(cmd);
+        assert!(
+            !shown.contains("CTOR-ON-TTY"),
+            "{sub}: a constructor wrote on the terminal: {shown:?}"
+        );
+        assert!(
+            !typed.contains("billiard-c2-ctor"),
+            "{sub}: a constructor typed on the terminal: {typed:?}"
+        );
+        assert!(
+            shown.contains("\\u{1b}[31mCTOR-STDERR"),
+            "{sub}: the constructor's stderr is not shown escaped: {shown:?}"
+        );
+        assert!(
+            !shown.contains("\u{1b}[31m"),
+            "{sub}: a raw escape sequence reached the terminal: {shown:?}"
+        );
+    }
+}
+
+#[test]
 fn c2_none_forkserver_task_finds_no_terminal() {
     let msg = c2_attack(&["--sandbox", "none"], false);
     // No controlling terminal: /dev/tty exists on the host but has no

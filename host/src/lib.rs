@@ -41,7 +41,7 @@ mod zygote;
 /// crate over this library) needs beyond it. May change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::sys::{exit_now, signal_name};
+    pub use crate::sys::{exit_now, leave_terminal, signal_name};
 }
 
 pub use billiard_plugin_api::Codec;

@@ -963,6 +963,17 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Makes this process the leader of a new session, which has no
+/// controlling terminal: nothing it runs afterwards can open `/dev/tty` or
+/// push keystrokes into the operator's terminal (C2). Fails only for a
+/// process that already leads a process group.
+pub fn leave_terminal() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments and touches only this process's
+    // session and group ids.
+    cvt(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
 pub fn getpid() -> i32 {
     std::process::id() as i32
 }

@@ -22,6 +22,10 @@ use super::exit;
 /// The hidden first argument that makes this executable a plugin loader.
 pub const LOADER_ARG: &str = "__billiard_load_plugin";
 
+/// How long, after the loader ended, its forwarded stderr may take to reach
+/// its end (a child the plugin started may hold the pipe open for ever).
+const STDERR_DRAIN: Duration = Duration::from_secs(1);
+
 const AFTER_HELP: &str = "\
 Examples:
   billiard-host inspect target/release/libbilliard_math.so
@@ -61,6 +65,18 @@ enum LoaderAnswer {
 /// `billiard-host __billiard_load_plugin PLUGIN`: loads the plugin in this
 /// process and prints the answer; never returns.
 pub fn loader_main(path: &Path) -> ! {
+    // The plugin's constructors run here: out of the operator's session
+    // first, so they cannot reach its terminal (C2; its stderr is a pipe
+    // that load_isolated forwards with control characters escaped).
+    if let Err(e) = billiard_host::__private::leave_terminal() {
+        let answer = LoaderAnswer::Refused(PluginLoadError {
+            path: path.to_path_buf(),
+            reason: format!("cannot detach the loading process from the terminal: {e}"),
+        });
+        let _ = serde_json::to_writer(std::io::stdout().lock(), &answer);
+        println!();
+        billiard_host::__private::exit_now(1)
+    }
     let answer = match Plugin::load(path) {
         Ok(p) => LoaderAnswer::Loaded(p.info().clone()),
         Err(e) => LoaderAnswer::Refused(e),
@@ -73,6 +89,50 @@ pub fn loader_main(path: &Path) -> ! {
     // No atexit handler or destructor of the plugin runs: the answer is
     // out, nothing else of this process matters.
     billiard_host::__private::exit_now(if written.is_ok() { 0 } else { 1 })
+}
+
+/// Forwards what the loading process (the plugin's constructors) writes on
+/// its stderr to ours, line by line, with control characters escaped: a
+/// plugin never writes raw bytes (escape sequences) onto the operator's
+/// terminal. Detached, like the answer's reader: a process the plugin
+/// started may hold the pipe open; it ends at EOF, which the returned
+/// channel reports (closed by the thread's end).
+fn forward_stderr(err: std::process::ChildStderr) -> Option<crossbeam_channel::Receiver<()>> {
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let spawned = std::thread::Builder::new()
+        .name("billiard-loader-stderr".into())
+        .spawn(move || {
+            let _done = done_tx;
+            let mut lines = std::io::BufReader::new(err);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match std::io::BufRead::read_until(&mut lines, b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let mut shown = String::with_capacity(text.len());
+                for c in text.chars() {
+                    if c.is_control() && c != '\t' {
+                        shown.extend(c.escape_default());
+                    } else {
+                        shown.push(c);
+                    }
+                }
+                let _ = writeln!(std::io::stderr().lock(), "{shown}");
+            }
+        });
+    // Without the thread the pipe fills and the loader blocks: the load
+    // timeout still ends it, so this is reported, not fatal.
+    match spawned {
+        Ok(_) => Some(done),
+        Err(e) => {
+            eprintln!("warning: cannot forward the plugin loader's output: {e}");
+            None
+        }
+    }
 }
 
 /// Loads `path` in a child process (see the module docs) and returns what
@@ -95,9 +155,10 @@ pub fn load_isolated(path: &Path, timeout: Duration) -> Result<PluginInfo, Plugi
         .arg(path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(format!("cannot start a process to load it in: {e}")))?;
+    let forwarded = child.stderr.take().and_then(forward_stderr);
     let Some(mut stdout) = child.stdout.take() else {
         return Err(fail("cannot read the loader's answer".into()));
     };
@@ -133,6 +194,12 @@ pub fn load_isolated(path: &Path, timeout: Duration) -> Result<PluginInfo, Plugi
         }
     };
     let status = child.wait();
+    // What the loader wrote before it ended comes out before our answer; a
+    // process the plugin started may keep the pipe open, so the wait for
+    // its end is bounded.
+    if let Some(done) = forwarded {
+        let _ = done.recv_timeout(STDERR_DRAIN);
+    }
     // The answer is the last line: the plugin's own code may have printed
     // before it.
     let line = answer

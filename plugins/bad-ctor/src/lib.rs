@@ -5,7 +5,8 @@
 //! - `BILLIARD_BAD_CTOR` picks what its ELF constructor (`.init_array`,
 //!   run by `dlopen`) does: `exit` calls `exit(0)`, `exit3` calls
 //!   `_exit(3)`, `sleep` blocks for an hour, `abort` aborts, `print`
-//!   prints a line on stdout (and loads); unset or `none` does nothing.
+//!   prints a line on stdout (and loads), `tty` reaches for the terminal
+//!   (see `tty_attack`); unset or `none` does nothing.
 //! - `BILLIARD_BAD_CTOR_DUP=1` makes it export two tasks named `ping`.
 //!
 //! Never load this plugin in production.
@@ -40,7 +41,27 @@ extern "C" fn constructor() {
         Ok("sleep") => std::thread::sleep(std::time::Duration::from_secs(3600)),
         Ok("abort") => std::process::abort(),
         Ok("print") => println!("bad-ctor: a constructor that talks on stdout"),
+        Ok("tty") => tty_attack(),
         _ => {}
+    }
+}
+
+/// `BILLIARD_BAD_CTOR=tty`: reaches for the operator's terminal while the
+/// plugin loads (C2): writes `CTOR-ON-TTY` on `/dev/tty`, pushes
+/// `touch /tmp/billiard-c2-ctor\n` into its input with TIOCSTI, and
+/// prints an escape sequence (`ESC[31m`) and `CTOR-STDERR` on stderr.
+fn tty_attack() {
+    use std::io::Write;
+    eprintln!("\x1b[31mCTOR-STDERR");
+    if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        let _ = tty.write_all(b"CTOR-ON-TTY\n");
+        for b in b"touch /tmp/billiard-c2-ctor\n" {
+            // SAFETY: TIOCSTI reads one byte through a valid pointer; the
+            // fd is open for as long as `tty` lives.
+            unsafe {
+                libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&tty), libc::TIOCSTI, b);
+            }
+        }
     }
 }
 
