@@ -712,3 +712,19 @@ fn c10_a_big_item_fails_alone_in_its_chunk_in_the_library_too() {
     }
     pool.join().unwrap();
 }
+
+#[test]
+fn c11_a_reload_puts_a_plugin_list_in_pieces_together_too() {
+    // The hostile plugin's list (about 10 KB) comes in pieces, at start and
+    // through the event loop on a reload.
+    let pool = builder(1).build().unwrap();
+    assert_eq!(pool.generation().gen, 1);
+    pool.restart().unwrap();
+    assert_eq!(pool.generation().gen, 2);
+    assert!(pool
+        .plugins()
+        .iter()
+        .any(|p| p.name == "hostile" && p.tasks.len() > 20));
+    assert_eq!(pool.apply::<_, u64>("hostile", "nap", (1u64,)).unwrap(), 1);
+    pool.join().unwrap();
+}
