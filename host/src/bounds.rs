@@ -92,7 +92,13 @@ mod tests {
         assert!(deadline(now, Duration::from_secs(1)).is_some());
         assert_eq!(scaled(Duration::MAX, 2), Duration::MAX);
         assert_eq!(scaled(Duration::from_secs(2), 3), Duration::from_secs(6));
-        assert_eq!(deadline(now, scaled(MAX_DURATION, u32::MAX)), None);
+        // The longest limit times the most items a chunk count can say
+        // still fits Linux's clock (i64 seconds); beyond, "never".
+        assert!(deadline(now, scaled(MAX_DURATION, u32::MAX)).is_some());
+        assert_eq!(
+            deadline(now, scaled(Duration::from_secs(u64::MAX / 4), 8)),
+            None
+        );
         assert!(saturating_deadline(now, Duration::MAX) > now + MAX_DURATION);
         assert_eq!(
             saturating_deadline(now, Duration::from_secs(3)),
