@@ -26,7 +26,7 @@
 //! `BLMOVE Q Q RIGHT RIGHT t` (an atomic no-op rotation that returns as
 //! soon as `Q` is non-empty) and then reserves with the script.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, RedisResult, Value as RValue};
 use serde_json::Value;
@@ -68,6 +68,7 @@ const RESERVE_LUA: &str = include_str!("lua/reserve.lua");
 const FINISH_LUA: &str = include_str!("lua/finish.lua");
 const RESTORE_LUA: &str = include_str!("lua/restore.lua");
 const UNLOCK_LUA: &str = include_str!("lua/unlock.lua");
+const RENEW_LUA: &str = include_str!("lua/renew.lua");
 
 /// A broker or backend failure.
 #[derive(Debug, thiserror::Error)]
@@ -267,22 +268,21 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Seconds since the epoch, as kombu scores `unacked_index`.
-pub fn now_score() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+/// A lease as the scripts take it: seconds (they add it to Redis's clock,
+/// `TIME`, and round the end up to whole seconds: Redis keeps a small
+/// sorted set as a listpack and compares scores by parsing them, so
+/// integers cost a fraction of what fractional scores cost; rounding up
+/// lengthens a lease by under a second, never shortens it). On Redis's
+/// clock, the hosts' own clocks never matter between billiard hosts.
+/// (`lease` is at most 10 years, checked where it enters.)
+fn lease_arg(lease: Duration) -> String {
+    format!("{:.3}", lease.as_secs_f64())
 }
 
-/// The score this host writes for a reservation: the end of its lease,
-/// `now + lease`, in whole seconds rounded up. Redis keeps a small sorted
-/// set as a listpack and compares scores by parsing them: integers cost a
-/// fraction of what fractional scores cost (ZADD several times faster under
-/// load). Rounding up lengthens the lease by under a second, never shortens
-/// it. (`lease` is at most 10 years, checked where it enters.)
-pub fn lease_score(lease: Duration) -> i64 {
-    (now_score() + lease.as_secs_f64()).ceil() as i64
+/// Redis's clock (`TIME`), in Unix seconds: what leases are scored with.
+fn redis_now(c: &mut Connection) -> RedisResult<f64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(c)?;
+    Ok(secs as f64 + micros as f64 / 1e6)
 }
 
 /// A result time to live as `SETEX` takes it: whole seconds, rounded up
@@ -318,8 +318,8 @@ pub struct Link {
 struct Scripts;
 
 impl Scripts {
-    fn all() -> [&'static str; 4] {
-        [RESERVE_LUA, FINISH_LUA, RESTORE_LUA, UNLOCK_LUA]
+    fn all() -> [&'static str; 5] {
+        [RESERVE_LUA, FINISH_LUA, RESTORE_LUA, UNLOCK_LUA, RENEW_LUA]
     }
 }
 
@@ -597,7 +597,7 @@ impl RedisBroker {
             }
         }
         let spares: Vec<String> = (0..max).map(|_| protocol::new_id()).collect();
-        let now = lease_score(lease);
+        let now = lease_arg(lease);
         let reply: Vec<RValue> = self.link.run(|c| {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(sha(RESERVE_LUA))
@@ -911,7 +911,6 @@ fn restore_one(
             .arg("")
             .arg("")
             .arg("R")
-            .arg(now_score())
             .query(c)?;
         return Ok(false);
     };
@@ -947,7 +946,6 @@ fn restore_one(
                 .arg(&e.raw)
                 .arg(&msg)
                 .arg("R")
-                .arg(now_score())
                 .query(c)?;
             restored = r == 1;
             if !restored {
@@ -990,24 +988,25 @@ pub fn ack(link: &mut Link, tags: &[String]) -> Result<(), BrokerError> {
     })
 }
 
-/// Renews the leases of in-flight messages to `now + lease` (`ZADD XX` on
-/// `unacked_index` and [`LEASES`]: a tag acked or restored meanwhile is not
-/// re-added).
+/// Renews the leases of in-flight messages to `now + lease` on Redis's
+/// clock (`lua/renew.lua`: `ZADD XX` on `unacked_index` and [`LEASES`], so
+/// a tag acked or restored meanwhile is not re-added).
 pub fn heartbeat(link: &mut Link, tags: &[String], lease: Duration) -> Result<(), BrokerError> {
     if tags.is_empty() {
         return Ok(());
     }
-    let until = lease_score(lease);
+    let lease = lease_arg(lease);
     link.run(|c| {
         let mut pipe = redis::pipe();
         for chunk in tags.chunks(512) {
-            for key in [UNACKED_INDEX, LEASES] {
-                let cmd = pipe.cmd("ZADD").arg(key).arg("XX");
-                for t in chunk {
-                    cmd.arg(until).arg(t);
-                }
-                cmd.ignore();
-            }
+            pipe.cmd("EVALSHA")
+                .arg(sha(RENEW_LUA))
+                .arg(2)
+                .arg(UNACKED_INDEX)
+                .arg(LEASES)
+                .arg(&lease)
+                .arg(chunk)
+                .ignore();
         }
         pipe.query::<()>(c)
     })
@@ -1052,8 +1051,10 @@ pub fn sweep(
         if got.is_none() {
             return Ok(Swept::default());
         }
-        let now = now_score();
         let res = (|| {
+            // Redis's clock, as the leases: our hosts' clocks never matter.
+            // (A Python worker's score is its own clock, as in kombu.)
+            let now = redis_now(c)?;
             let mut swept = Swept::default();
             let lapsed: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(LEASES)

@@ -9,7 +9,9 @@
 -- mistaken for the first reservation by the host that made it.
 --
 -- The score is not the reservation time (kombu's) but the lease's end
--- (now + this host's visibility timeout): a sweeper, ours or kombu's,
+-- (now + this host's visibility timeout, on Redis's clock: TIME, so the
+-- hosts' own clocks never matter between billiard hosts; whole seconds
+-- rounded up, integers being cheaper to compare): a sweeper, ours or kombu's,
 -- restores an entry once `score < now - its visibility timeout`, so while
 -- the host renews the lease (ZADD XX, every third of it) no sweeper
 -- with any timeout sees it as stale. `billiard-host:leases` holds the same
@@ -18,7 +20,7 @@
 --
 -- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
 --   KEYS[4..] the lists, in pop order
--- ARGV[1] how many at most, ARGV[2] the score (the lease's end, Unix s)
+-- ARGV[1] how many at most, ARGV[2] the lease in seconds
 -- ARGV[3 .. 2+#lists] the queue name of each list (the routing key when
 --   a message carries none)
 -- ARGV[3+#lists ..] fresh delivery tags, one per message
@@ -57,8 +59,13 @@ local function fields(raw)
   return true, ex, rk
 end
 
+-- TIME before writes: Redis before 5 replicates whole scripts and refuses
+-- a write after a non-deterministic command unless told to replicate
+-- effects (a no-op since Redis 5, the only mode since 7).
+pcall(redis.replicate_commands)
 local max = tonumber(ARGV[1])
-local now = ARGV[2]
+local t = redis.call('TIME')
+local now = math.ceil(tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(ARGV[2]) or 0))
 local nlists = #KEYS - 3
 local spare = 3 + nlists
 local out = {}

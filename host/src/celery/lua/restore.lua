@@ -10,7 +10,6 @@
 --   clean up the lease)
 -- ARGV[4] the message to push (the entry's payload, marked redelivered)
 -- ARGV[5] 'R' = RPUSH (next to be consumed, as kombu), 'L' = LPUSH
--- ARGV[6] now (Unix s): the tombstone's score
 -- Returns 1 if restored, 2 if only a lapsed lease was forgotten, 0 if
 -- nothing was done.
 --
@@ -19,8 +18,10 @@
 -- the reservation and finishes it late learns that its message really was
 -- put back on a queue (finish.lua), rather than guessing it from a
 -- missing entry (an ack whose reply was lost, a FLUSHALL).
+pcall(redis.replicate_commands)
 local function tombstone()
-  local now = tonumber(ARGV[6]) or 0
+  local t = redis.call('TIME')
+  local now = tonumber(t[1])
   redis.call('ZADD', KEYS[4], now, ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - 86400)
 end
