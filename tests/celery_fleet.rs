@@ -577,6 +577,61 @@ fn c15_flushall_mid_task_still_sends_the_chain_step_and_says_so() {
 }
 
 #[test]
+fn c15_a_host_stopped_past_its_lease_says_its_job_may_run_again() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("c15_a_host_stopped_past_its_lease_says_its_job_may_run_again")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("c15-lapsed");
+    let (log, next) = (dir.join("runs.log"), dir.join("next.log"));
+    let a = worker(&url, &["-c", "1", "-n", "a", "--visibility-timeout", "1s"]);
+    let ids = py(
+        &url,
+        &format!(
+            "from celery import chain\n\
+             c = chain(app.signature('hostile.append_line', args=[{}, 'run', 2000]),\n\
+             \x20         app.signature('hostile.append_line', args=[{}, 'next', 0], immutable=True))\n\
+             r = c.apply_async()\n\
+             print(json.dumps([r.parent.id, r.id]))",
+            json!(log.display().to_string()),
+            json!(next.display().to_string())
+        ),
+    );
+    let (first, step) = (ids[0].as_str().unwrap(), ids[1].as_str().unwrap());
+    wait_until("the job to start on A", DEADLINE, || lines(&log).len() == 1);
+    // A stops (the host only: its worker process finishes the job), its
+    // lease lapses, B restores the message and runs it again.
+    a.signal(Signal::SIGSTOP);
+    wait_until("A to stop", DEADLINE, || proc_state(a.pid()) == 'T');
+    let b = worker(&url, &["-c", "1", "-n", "b", "--visibility-timeout", "1s"]);
+    wait_until("B to run the restored message", DEADLINE, || {
+        lines(&log).len() == 2
+    });
+    a.signal(Signal::SIGCONT);
+    wait_until("the chain's step", DEADLINE, || succeeded(&redis, step));
+    settled(&redis);
+    assert!(succeeded(&redis, first));
+    // The one true "may run again": A's finish found its message restored,
+    // kept its result, and left the follow-up to B (sent once).
+    wait_until("A to finish its late job", DEADLINE, || {
+        a.stderr().contains(&format!(
+            "task {first} finished after a sweeper had put its message back"
+        ))
+    });
+    assert!(a.stderr().contains("it may run again"), "{}", a.stderr());
+    assert!(
+        b.stderr().contains("its lease ran out"),
+        "B names why it restored: {}",
+        b.stderr()
+    );
+    assert_eq!(lines(&next), ["next"], "the chain's step was sent once");
+    assert_eq!(lines(&log).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn c15_sigstop_sigcont_and_sigterm_while_waiting_are_no_lost_broker() {
     let Some((redis, _py)) =
         celery::celery_or_skip("c15_sigstop_sigcont_and_sigterm_while_waiting_are_no_lost_broker")
