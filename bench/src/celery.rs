@@ -362,11 +362,11 @@ fn throughput(client: &Client, opts: &SendOptions, n: usize) -> Result<f64> {
             let mut msgs: Vec<NewTask> = (sent..sent + k)
                 .map(|i| {
                     let mut m =
-                        opts.message("math.square", vec![json!(i as u64)], Default::default());
+                        opts.message("math.square", vec![json!(i as u64)], Default::default())?;
                     m.id = billiard_host::celery::protocol::new_id();
-                    m
+                    Ok(m)
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             waiter.watch(msgs.iter().map(|m| m.id.clone()))?;
             client.send_many(&mut msgs)?;
             for (j, m) in msgs.iter().enumerate() {
@@ -403,7 +403,7 @@ fn latency(client: &Client, opts: &SendOptions, n: usize) -> Result<Vec<f64>> {
     let mut waiter = client.waiter()?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let mut m = opts.message("math.square", vec![json!(i as u64)], Default::default());
+        let mut m = opts.message("math.square", vec![json!(i as u64)], Default::default())?;
         m.id = billiard_host::celery::protocol::new_id();
         // Subscribing first is part of what a client does per task.
         let t0 = Instant::now();
