@@ -127,7 +127,8 @@ const TRANSIENT_CODES: &[&str] = &[
 impl BrokerError {
     /// True when the same call may succeed later: the connection failed
     /// (or timed out, or a signal interrupted it) or Redis answered one of
-    /// [`TRANSIENT_CODES`]. False for what fails the same way every time
+    /// the transient codes (`OOM`, `BUSY`, `LOADING`, ...: the private
+    /// `TRANSIENT_CODES`). False for what fails the same way every time
     /// (`invalid expire time`, `WRONGTYPE`, `NOPERM`, a reply this host
     /// cannot read): retrying those would hold their slots for ever.
     pub fn is_transient(&self) -> bool {

@@ -851,8 +851,16 @@ fn sb2_on_tty(fd: i32, what: &str, marker: &str, inject: &str, got: &mut Vec<Str
     }
 }
 
-fn sb2_open_tty(path: &str, marker: &str, inject: &str, got: &mut Vec<String>, failed: &mut Vec<String>) {
-    let Ok(c) = std::ffi::CString::new(path) else { return };
+fn sb2_open_tty(
+    path: &str,
+    marker: &str,
+    inject: &str,
+    got: &mut Vec<String>,
+    failed: &mut Vec<String>,
+) {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return;
+    };
     // SAFETY: open with a NUL-terminated path; the fd is closed below.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
     if fd < 0 {
@@ -866,8 +874,8 @@ fn sb2_open_tty(path: &str, marker: &str, inject: &str, got: &mut Vec<String>, f
 
 /// Looks for a terminal everywhere a task could find one: /dev/tty, every
 /// fd it has (0-2 and any inherited one), the zygote's fds through
-/// /proc/<ppid>/fd (visible without a PID namespace), and with `scan_dev`
-/// /dev/pts/*, /dev/console, /dev/ptmx and every /proc/<pid>/fd/*. On
+/// `/proc/<ppid>/fd` (visible without a PID namespace), and with `scan_dev`
+/// /dev/pts/*, /dev/console, /dev/ptmx and every `/proc/<pid>/fd/*`. On
 /// each it writes `marker` and pushes `inject` with TIOCSTI. Ok lists what
 /// got through; Err, when nothing did, lists the refusals.
 #[task]
@@ -944,7 +952,11 @@ pub fn sb2_ioctls(fd: i32, junk_high: bool) -> String {
     let arg = [0u8; 64];
     let mut out = Vec::new();
     for (name, req) in reqs {
-        let req = if junk_high { req | 0x5a5a_0000_0000_0000 } else { req };
+        let req = if junk_high {
+            req | 0x5a5a_0000_0000_0000
+        } else {
+            req
+        };
         // SAFETY: a raw ioctl on an fd number with a zeroed 64-byte buffer
         // (larger than any of these requests reads); fd 0 is /dev/null.
         let r = unsafe { libc::syscall(libc::SYS_ioctl, fd, req, arg.as_ptr()) };
@@ -975,18 +987,22 @@ pub fn sb2_unix(path: String, how: String, payload: String) -> Result<String, St
     match how.as_str() {
         "stream" => {
             use std::io::Write;
-            let mut s = UnixStream::connect_addr(&addr).map_err(|err| format!("connect {path}: {err}"))?;
-            s.write_all(payload.as_bytes()).map_err(|err| format!("write {path}: {err}"))?;
+            let mut s =
+                UnixStream::connect_addr(&addr).map_err(|err| format!("connect {path}: {err}"))?;
+            s.write_all(payload.as_bytes())
+                .map_err(|err| format!("write {path}: {err}"))?;
             Ok(format!("connected to {path}"))
         }
         "dgram" => {
             let s = UnixDatagram::unbound().map_err(e("socket(AF_UNIX, SOCK_DGRAM)"))?;
-            s.send_to_addr(payload.as_bytes(), &addr).map_err(|err| format!("sendto {path}: {err}"))?;
+            s.send_to_addr(payload.as_bytes(), &addr)
+                .map_err(|err| format!("sendto {path}: {err}"))?;
             Ok(format!("sent to {path}"))
         }
         "pair_dgram" => {
             let (a, _b) = UnixDatagram::pair().map_err(e("socketpair(AF_UNIX, SOCK_DGRAM)"))?;
-            a.send_to_addr(payload.as_bytes(), &addr).map_err(|err| format!("sendto {path}: {err}"))?;
+            a.send_to_addr(payload.as_bytes(), &addr)
+                .map_err(|err| format!("sendto {path}: {err}"))?;
             Ok(format!("sent to {path} from a socketpair"))
         }
         "pair_stream" => {
@@ -1057,12 +1073,20 @@ pub fn sb2_ipc_leave(key: i32, mib: u64, mq: String) -> Result<String, String> {
             mtype: libc::c_long,
             text: [u8; 100],
         }
-        let m = Msg { mtype: 1, text: [b'q'; 100] };
+        let m = Msg {
+            mtype: 1,
+            text: [b'q'; 100],
+        };
         if libc::msgsnd(msq, (&m as *const Msg).cast(), 100, 0) < 0 {
             return Err(os_err("msgsnd"));
         }
         let name = std::ffi::CString::new(mq).map_err(|e| e.to_string())?;
-        let q = libc::mq_open(name.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600 as libc::mode_t, std::ptr::null::<libc::mq_attr>());
+        let q = libc::mq_open(
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_RDWR,
+            0o600 as libc::mode_t,
+            std::ptr::null::<libc::mq_attr>(),
+        );
         if q < 0 {
             return Err(os_err("mq_open"));
         }
@@ -1128,7 +1152,11 @@ pub fn board_truncate() -> String {
     let mut out = Vec::new();
     for (s, e) in board_ranges() {
         let path = format!("/proc/self/map_files/{s:x}-{e:x}");
-        match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
             Err(err) => out.push(format!("open: {err}")),
             Ok(f) => match f.set_len(0) {
                 Err(err) => out.push(format!("truncate: {err}")),
