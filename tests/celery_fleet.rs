@@ -304,7 +304,7 @@ fn c7_settings_that_cannot_guarantee_it_are_named_at_start() {
         &url,
         &[
             "--visibility-timeout",
-            "500ms",
+            "1ms",
             "--foreign-visibility-timeout",
             "2m",
         ],
@@ -318,9 +318,9 @@ fn c7_settings_that_cannot_guarantee_it_are_named_at_start() {
         "{err}"
     );
     assert!(
-        warns
-            .iter()
-            .any(|l| l.contains("--visibility-timeout 500ms") && l.contains("under a second")),
+        warns.iter().any(|l| l.contains("--visibility-timeout 1ms")
+            && l.contains("under a second")
+            && l.contains("(300ms, renewed every 100ms)")),
         "{err}"
     );
     // The defaults guarantee it: no such warning.

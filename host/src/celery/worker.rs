@@ -482,7 +482,7 @@ impl Worker {
             let shared = shared.clone();
             let link = Link::new(&opts.broker_url, "broker")?;
             let queues = opts.queues.clone();
-            let lease = opts.visibility_timeout;
+            let lease = lease_of(opts.visibility_timeout);
             let foreign = opts.foreign_visibility_timeout;
             std::thread::Builder::new()
                 .name("celery-keeper".into())
@@ -588,12 +588,14 @@ fn ms(n: u64) -> Duration {
 /// their age.
 fn lease_warnings(opts: &WorkerOptions) -> Vec<String> {
     let mut out = Vec::new();
-    let lease = opts.visibility_timeout;
-    if lease < Duration::from_secs(1) {
+    let asked = opts.visibility_timeout;
+    let lease = lease_of(asked);
+    if asked < Duration::from_secs(1) {
         out.push(format!(
-            "--visibility-timeout {}: this host's leases last under a second (renewed every {}); \
-             a stall of this host or of Redis longer than that (a paused VM, swapping, a slow \
-             fsync) lets a sweeper restore its running jobs, which then run twice",
+            "--visibility-timeout {}: this host's leases last under a second ({}, renewed every \
+             {}); a stall of this host or of Redis longer than that (a paused VM, swapping, a \
+             slow fsync) lets a sweeper restore its running jobs, which then run twice",
+            humantime::format_duration(asked),
             humantime::format_duration(lease),
             humantime::format_duration(keeper_period(lease))
         ));
@@ -610,6 +612,14 @@ fn lease_warnings(opts: &WorkerOptions) -> Vec<String> {
         ));
     }
     out
+}
+
+/// The lease this host takes for `--visibility-timeout` `asked`: at least
+/// three renewal periods (300 ms), so a renewal always lands before the
+/// lease ends (a shorter one would lapse between two renewals and be
+/// restored from a live host).
+fn lease_of(asked: Duration) -> Duration {
+    asked.max(ms(300))
 }
 
 /// How often the keeper renews this host's leases and sweeps: a third of
@@ -825,7 +835,9 @@ impl Consumer<'_> {
                 continue;
             }
             let t0 = Instant::now();
-            let reserved = self.broker.reserve(room, self.opts.visibility_timeout);
+            let reserved = self
+                .broker
+                .reserve(room, lease_of(self.opts.visibility_timeout));
             if let Some(o) = &self.shared.ops {
                 o.reserve_latency(t0.elapsed());
             }
