@@ -435,10 +435,11 @@ fn c8_a_warm_stop_ends_while_redis_refuses_stores_for_now() {
     let dir = celery::unique_temp_dir("c8-oom");
     let log = dir.join("runs.log");
     let mut a = worker(&url, &["-c", "1", "--visibility-timeout", "2s"]);
-    let id = send_append(&url, &log, "run", 1000);
+    let id = send_append(&url, &log, "run", 4000);
     wait_until("the job to start", DEADLINE, || lines(&log).len() == 1);
-    // Redis at maxmemory: every write is refused with OOM, which passes
-    // once memory is freed, so it is retried (not given up at once)...
+    // Redis at maxmemory (while the job still has seconds to run): every
+    // write is refused with OOM, which passes once memory is freed, so it
+    // is retried (not given up at once)...
     redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
     wait_until("the store to be retried", DEADLINE, || {
         a.stderr().contains("cannot store 1 result(s) yet") && a.stderr().contains("OOM")
@@ -545,7 +546,7 @@ fn c15_flushall_mid_task_still_sends_the_chain_step_and_says_so() {
         &url,
         &format!(
             "from celery import chain\n\
-             c = chain(app.signature('hostile.append_line', args=[{}, 'first', 1500]),\n\
+             c = chain(app.signature('hostile.append_line', args=[{}, 'first', 4000]),\n\
              \x20         app.signature('math.square'))\n\
              r = c.apply_async()\n\
              print(json.dumps([r.parent.id, r.id]))",
@@ -560,7 +561,7 @@ fn c15_flushall_mid_task_still_sends_the_chain_step_and_says_so() {
     wait_until("the chain's next step to run", DEADLINE, || {
         succeeded(&redis, next)
     });
-    assert_eq!(redis.task_meta(next).unwrap()["result"], 1500 * 1500);
+    assert_eq!(redis.task_meta(next).unwrap()["result"], 4000 * 4000);
     assert!(
         succeeded(&redis, first),
         "the first step's result is stored"
@@ -591,7 +592,7 @@ fn c15_a_host_stopped_past_its_lease_says_its_job_may_run_again() {
         &url,
         &format!(
             "from celery import chain\n\
-             c = chain(app.signature('hostile.append_line', args=[{}, 'run', 2000]),\n\
+             c = chain(app.signature('hostile.append_line', args=[{}, 'run', 4000]),\n\
              \x20         app.signature('hostile.append_line', args=[{}, 'next', 0], immutable=True))\n\
              r = c.apply_async()\n\
              print(json.dumps([r.parent.id, r.id]))",
@@ -673,8 +674,28 @@ fn c15_a_reply_lost_to_a_stalled_redis_is_no_restore() {
     let url = redis.url();
     let dir = celery::unique_temp_dir("c15-stall");
     let log = dir.join("runs.log");
-    let w = worker(&url, &["-c", "1"]);
-    let id = send_append(&url, &log, "run", 1000);
+    // Debug lines of the worker module: the repeat says what it found.
+    let mut cmd = common::host_command();
+    cmd.args([
+        "worker",
+        &common::plugin_str("math"),
+        "--plugin",
+        &common::plugin_str("hostile"),
+        "--broker",
+        &url,
+        "-c",
+        "1",
+    ])
+    .env("BILLIARD_LOG", "info,billiard_host::celery::worker=debug");
+    let w = celery::spawn_worker_cmd(cmd);
+    // One job first: the finisher's connection is open, so the stalled
+    // call below is the finish itself (not the opening of a connection).
+    let warm = py(
+        &url,
+        "print(json.dumps(app.send_task('math.square', args=[2]).get(timeout=60)))",
+    );
+    assert_eq!(warm, 4);
+    let id = send_append(&url, &log, "run", 4000);
     wait_until("the job to start", DEADLINE, || lines(&log).len() == 1);
     // Redis stalls past the worker's 10 s read timeout while the job's
     // finish is in flight: the finish is carried out once Redis resumes,
@@ -695,6 +716,13 @@ fn c15_a_reply_lost_to_a_stalled_redis_is_no_restore() {
     let err = w.stderr();
     assert!(!err.contains("may run again"), "{err}");
     assert!(!err.contains("back on its queue"), "{err}");
+    assert!(!err.contains("without having been restored"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "task {id}: a store whose reply was lost had already finished it"
+        )),
+        "{err}"
+    );
     settled(&redis);
     assert_eq!(lines(&log), ["run"]);
     let _ = std::fs::remove_dir_all(&dir);
