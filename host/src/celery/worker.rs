@@ -1456,7 +1456,7 @@ fn finisher(
         }
         // Counted once stored: a result Redis never took is no success (C8).
         let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
-        let done = store(&mut link, &mut backend, &shared, &comps);
+        let done = store(&mut link, &mut backend, &shared, &comps, false);
         for (success, d) in successes.into_iter().zip(done) {
             match d {
                 Some(_) if success => ok += 1,
@@ -1514,8 +1514,11 @@ fn store(
     backend: &mut ResultBackend,
     shared: &Shared,
     comps: &[Completion],
+    repeated: bool,
 ) -> Vec<Option<Finished>> {
-    let mut repeated = false;
+    // Set once a call may have been carried out although its reply was
+    // lost: the next one must not send follow-ups twice.
+    let mut repeated = repeated;
     let mut warned = false;
     let mut failing_since: Option<Instant> = None;
     while !comps.is_empty() {
@@ -1538,19 +1541,17 @@ fn store(
         };
         if !e.is_transient() {
             return match comps {
-                [one] => vec![store_less(link, backend, shared, one, &e)],
+                [one] => vec![store_less(link, backend, shared, one, &e, repeated)],
                 _ => comps
                     .iter()
                     .map(|c| {
-                        store(link, backend, shared, std::slice::from_ref(c))
+                        store(link, backend, shared, std::slice::from_ref(c), repeated)
                             .pop()
                             .flatten()
                     })
                     .collect(),
             };
         }
-        // The call may have been carried out although its reply was lost:
-        // the next one must not send follow-ups twice.
         repeated |= e.may_have_applied();
         let since = *failing_since.get_or_insert_with(Instant::now);
         let stop_at = *shared.stop_at.lock().unwrap_or_else(|e| e.into_inner());
@@ -1589,6 +1590,7 @@ fn store_less(
     shared: &Shared,
     c: &Completion,
     e: &BrokerError,
+    repeated: bool,
 ) -> Option<Finished> {
     let less = if c.meta.is_some() {
         tracing::error!(
@@ -1617,7 +1619,7 @@ fn store_less(
         );
         return None;
     };
-    store(link, backend, shared, std::slice::from_ref(&less));
+    store(link, backend, shared, std::slice::from_ref(&less), repeated);
     None
 }
 
