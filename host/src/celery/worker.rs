@@ -5,8 +5,10 @@
 //!   many as idle slots × prefetch multiplier), decodes them, holds eta
 //!   messages (reserved and heartbeated, without a worker), submits jobs;
 //! - the *finisher* stores results, sends follow-ups (chain, link,
-//!   link_error) and acks, in batches, retrying with backoff while Redis
-//!   is away (running jobs keep running meanwhile);
+//!   link_error) and acks, in batches, retrying with backoff what may pass
+//!   (Redis away, out of memory: running jobs keep running meanwhile) and
+//!   finishing with less, never retrying for ever, what Redis refuses for
+//!   good ([`store`]);
 //! - the *keeper* renews the lease of every message this host holds
 //!   (its score: now + the visibility timeout) every third of the timeout
 //!   and runs the restore sweep.
