@@ -8,7 +8,7 @@
 //!   link_error) and acks, in batches, retrying with backoff what may pass
 //!   (Redis away, out of memory: running jobs keep running meanwhile) and
 //!   finishing with less, never retrying for ever, what Redis refuses for
-//!   good ([`store`]);
+//!   good (`store`);
 //! - the *keeper* renews the lease of every message this host holds
 //!   (its score: now + the visibility timeout) every third of the timeout
 //!   and runs the restore sweep.
