@@ -1269,11 +1269,15 @@ impl Supervisor {
         }
         let prefetch = self.cfg.prefetch.max(1);
         // Least-loaded first: idle workers before ones with prefetched work.
+        // Only workers that said READY: a job's time limits run from its
+        // dispatch, and a worker's start-up (fork or exec, plugin load,
+        // initializer) is not the job's time: a slow start must not end a
+        // job as `time_limit` that never ran.
         for depth in 0..prefetch {
             let mut ids: Vec<WorkerId> = self
                 .workers
                 .values()
-                .filter(|w| !w.leaving && !w.broken && w.inflight.len() == depth)
+                .filter(|w| w.ready && !w.leaving && !w.broken && w.inflight.len() == depth)
                 .map(|w| w.id)
                 .collect();
             ids.sort();
