@@ -722,3 +722,99 @@ fn producer_over_tls() {
     // The plain listener sees what went over TLS.
     assert_eq!(redis.keys("celery-task-meta-*").len(), 21);
 }
+
+/// Issue 28 (item 8): Celery users' habits. `worker -l LEVEL` /
+/// `--loglevel LEVEL` take Celery's level names in any case and override
+/// BILLIARD_LOG/RUST_LOG (the command line is the most specific setting);
+/// a name that is none of them is a usage error naming them. `submit
+/// --kwargs` alone (no `--args`) sends a job whose arguments are all by
+/// name.
+#[test]
+fn u28_worker_loglevel_as_celery_and_submit_kwargs_alone() {
+    let math = common::plugin_str("math");
+    for bad in ["verbose", "10", "information"] {
+        let out = host_timeout(&["worker", &math, "--loglevel", bad]);
+        assert_eq!(common::exit_code(&out), 2, "{bad:?}");
+        let e = common::stderr(&out);
+        assert!(e.contains("debug, info, warning, error"), "{bad:?}: {e}");
+    }
+    let Some(redis) =
+        celery::redis_or_skip("u28_worker_loglevel_as_celery_and_submit_kwargs_alone")
+    else {
+        return;
+    };
+    let url = redis.url();
+    // (flag, BILLIARD_LOG, debug lines expected): the flag wins both ways.
+    for (flag, level, env, debug) in [
+        ("-l", "DEBUG", "error", true),
+        ("--loglevel", "Info", "debug", false),
+        ("--loglevel=info", "", "debug", false),
+    ] {
+        let queue = format!("u28-{}", level.to_lowercase());
+        let mut cmd = common::host_command();
+        cmd.args(["worker", &math, "--broker", &url, "-Q", &queue, "-c", "1"])
+            .env("BILLIARD_LOG", env);
+        if level.is_empty() {
+            cmd.arg(flag);
+        } else {
+            cmd.args([flag, level]);
+        }
+        let mut w = celery::spawn_worker_cmd(cmd);
+        let out = host_timeout(&[
+            "submit",
+            "--broker",
+            &url,
+            "-Q",
+            &queue,
+            "--task",
+            "math.add",
+            "--kwargs",
+            r#"{"b": 40, "a": 2}"#,
+            "--wait",
+        ]);
+        assert_eq!(
+            common::stdout(&out),
+            "{\"index\":0,\"ok\":42}\n",
+            "{}",
+            common::stderr(&out)
+        );
+        assert_eq!(common::exit_code(&out), 0);
+        w.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            w.wait_timeout(Duration::from_secs(60))
+                .and_then(|s| s.code()),
+            Some(0)
+        );
+        // The last line a worker logs at info; then its stderr is whole.
+        assert!(
+            common::eventually(Duration::from_secs(10), || w
+                .stderr()
+                .contains("shutdown complete")),
+            "{}",
+            w.stderr()
+        );
+        let log = w.stderr();
+        assert_eq!(
+            log.contains(" DEBUG "),
+            debug,
+            "{flag} {level}, BILLIARD_LOG={env}:\n{log}"
+        );
+    }
+    // --kwargs needs the task; with --input it is refused (one job only).
+    let out = host_timeout(&["submit", "--broker", &url, "--kwargs", "{}"]);
+    assert_eq!(common::exit_code(&out), 2);
+    assert!(
+        common::stderr(&out).contains("--task"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = host_timeout(&[
+        "submit", "--broker", &url, "--task", "math.add", "--kwargs", "{}", "--input", "-",
+    ]);
+    assert_eq!(common::exit_code(&out), 2);
+    assert!(
+        common::stderr(&out).contains("--input"),
+        "{}",
+        common::stderr(&out)
+    );
+}

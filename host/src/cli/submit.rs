@@ -34,6 +34,7 @@ const AFTER_HELP: &str = "\
 Examples:
   billiard-host submit --broker redis://127.0.0.1:6379/0 --task math.square --args '[3]' --wait
   billiard-host submit --broker redis://127.0.0.1:6379/0 --task math.add --args '[1]' --kwargs '{\"b\": 2}'
+  billiard-host submit --broker redis://127.0.0.1:6379/0 --task math.add --kwargs '{\"a\": 1, \"b\": 2}' --wait
   billiard-host submit --broker redis://127.0.0.1:6379/0 --task square --input jobs.jsonl --wait
 
 Input lines are those of `run` (a JSON array of arguments for --task, or an object
@@ -55,7 +56,7 @@ Signals: the first SIGINT/SIGTERM stops reading input (lines read but not sent e
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = AFTER_HELP,
-    group(clap::ArgGroup::new("jobs").required(true).args(["args", "input"])),
+    group(clap::ArgGroup::new("jobs").required(true).args(["args", "kwargs", "input"]).multiple(true)),
 )]
 pub struct Args {
     /// The broker: redis://[:PASSWORD@]HOST:PORT/DB, rediss://..., redis+unix:///PATH.
@@ -70,11 +71,12 @@ pub struct Args {
     task: Option<String>,
     /// Send one job with these positional arguments (a JSON array, or an
     /// object line).
-    #[arg(long, value_name = "JSON")]
+    #[arg(long, value_name = "JSON", conflicts_with = "input")]
     args: Option<String>,
-    /// Keyword arguments of the --args job (a JSON object); the workers map
-    /// them onto the task's argument names.
-    #[arg(long, value_name = "JSON", requires = "args")]
+    /// Keyword arguments of the one job (a JSON object), with --args or
+    /// alone (no positional arguments, as Celery's `send_task(name,
+    /// kwargs=...)`); the workers map them onto the task's argument names.
+    #[arg(long, value_name = "JSON", conflicts_with = "input")]
     kwargs: Option<String>,
     /// Send one job per line of FILE (`-`: standard input).
     #[arg(short, long, value_name = "FILE")]
@@ -130,6 +132,13 @@ pub fn run(args: Args) -> i32 {
                 );
             }
             Source::One(a.clone().into_bytes())
+        }
+        // --kwargs alone: one job whose arguments are all by name.
+        (None, None) if args.kwargs.is_some() => {
+            if args.task.is_none() {
+                return usage("--kwargs needs --task NAME");
+            }
+            Source::One(b"[]".to_vec())
         }
         (None, input) => Source::Path(input.clone().unwrap_or_else(|| "-".into())),
     };

@@ -23,6 +23,7 @@ Examples:
   billiard-host worker libbilliard_math.so --broker redis://127.0.0.1:6379/0
   billiard-host worker libbilliard_math.so --plugin libbilliard_faults.so -Q rust,celery -c 8
   billiard-host worker libbilliard_math.so --broker redis+unix:///run/redis.sock --log-format json
+  billiard-host worker libbilliard_math.so -l debug   # Celery's -l/--loglevel, any case
 
   Then, from Python: Celery(broker=URL, backend=URL).send_task('math.square', args=[3]).get()
 
@@ -94,6 +95,11 @@ pub struct Args {
     /// Log lines as text or as JSON objects (one per line, on stderr).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// What to log, as Celery's -l: debug, info, warning, error, critical
+    /// (any case). Overrides BILLIARD_LOG and RUST_LOG; default: their
+    /// filter, else info.
+    #[arg(short = 'l', long, value_name = "LEVEL", value_parser = super::logging::Level::parse)]
+    loglevel: Option<super::logging::Level>,
     /// Send Celery events (task-*, worker-* on the celeryev exchange; Celery's -E).
     #[arg(short = 'E', long)]
     events: bool,
@@ -174,12 +180,12 @@ impl PoolFlags {
 }
 
 /// Logging to stderr, info by default, text or JSON (see `cli::logging`).
-fn init_logging(format: LogFormat) {
+fn init_logging(level: Option<super::logging::Level>, format: LogFormat) {
     let format = match format {
         LogFormat::Text => super::logging::Format::Text,
         LogFormat::Json => super::logging::Format::Json,
     };
-    super::logging::init("info", format);
+    super::logging::init_at(level, "info", format);
 }
 
 /// The same signal again within this long counts as one delivery (a
@@ -187,7 +193,7 @@ fn init_logging(format: LogFormat) {
 const REPEAT: Duration = Duration::from_millis(100);
 
 pub fn run(args: Args) -> i32 {
-    init_logging(args.log_format);
+    init_logging(args.loglevel, args.log_format);
     let mut plugins = vec![args.plugin.clone()];
     plugins.extend(args.more_plugins.iter().cloned());
     // The pool starts before this process has other threads (the fork
