@@ -10,38 +10,17 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::celery::{self, RedisServer, Reply};
+use common::celery::{wait_until, DEADLINE};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-/// How long a condition may take before a test fails.
-const DEADLINE: Duration = Duration::from_secs(90);
-
-/// Polls `cond` until it holds; panics with `what` after `limit`.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// `billiard-host worker math --plugin faults --plugin hostile --broker URL
 /// <extra>`, waited for until it consumes.
 fn worker(url: &str, extra: &[&str]) -> celery::Worker {
-    let math = common::plugin_str("math");
-    let faults = common::plugin_str("faults");
-    let hostile = common::plugin_str("hostile");
-    let mut args = vec![
-        "worker", &math, "--plugin", &faults, "--plugin", &hostile, "--broker", url,
-    ];
-    args.extend_from_slice(extra);
-    celery::spawn_worker(args)
+    celery::worker_with(&["math", "faults", "hostile"], url, extra)
 }
 
 /// Runs a Python snippet after the app preamble (broker and backend:

@@ -780,6 +780,37 @@ pub struct Worker {
     stderr: Arc<Mutex<String>>,
 }
 
+/// How long a condition may take before a Celery test fails.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Polls `cond` until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `billiard-host worker <first plugin> --plugin <each other> --broker URL
+/// <extra>` (plugins by name, as [`super::plugin_str`] knows them), waited
+/// for until it consumes.
+pub fn worker_with(plugins: &[&str], url: &str, extra: &[&str]) -> Worker {
+    let mut args: Vec<String> = vec!["worker".into()];
+    for (i, p) in plugins.iter().enumerate() {
+        if i > 0 {
+            args.push("--plugin".into());
+        }
+        args.push(super::plugin_str(p));
+    }
+    args.extend(["--broker".to_string(), url.to_string()]);
+    args.extend(extra.iter().map(|e| e.to_string()));
+    spawn_worker(args)
+}
+
 /// Starts `billiard-host <args>` (e.g. `["worker", math, "--broker", url]`)
 /// and waits for its startup line ([`WORKER_READY`]); panics with the
 /// stderr so far if it exits or stays silent for [`WORKER_START`].
