@@ -818,3 +818,61 @@ fn u28_worker_loglevel_as_celery_and_submit_kwargs_alone() {
         common::stderr(&out)
     );
 }
+
+/// Issue 28 (item 4): a task the workers do not have comes back as
+/// `NotRegistered` whose first argument is still the name (as Celery's
+/// worker stores it) and whose second says the closest registered name;
+/// `submit --wait` shows it on the line's `unknown_task` result. (The
+/// producer cannot know the workers' tasks before it sends.)
+#[test]
+fn u28_not_registered_says_the_closest_registered_name() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("u28_not_registered_says_the_closest_registered_name")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _w = worker(&url, "celery");
+    let out = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.sqare",
+        "--args",
+        "[3]",
+        "--wait",
+    ]);
+    assert_eq!(common::exit_code(&out), 1, "{}", common::stderr(&out));
+    let line = &common::json_lines(&common::stdout(&out))[0];
+    assert_eq!(line["error"]["kind"], "unknown_task", "{line}");
+    let text = line["error"]["message"].as_str().unwrap_or_default();
+    assert!(text.contains("did you mean `math.square`?"), "{line}");
+    let script = format!(
+        r#"{}
+from celery.exceptions import NotRegistered
+out = []
+for name in ["math.sqare", "fbi", "nothing_like_it"]:
+    try:
+        app.send_task(name, args=[3]).get(timeout=60)
+        out.append(None)
+    except NotRegistered as e:
+        out.append({{"args": list(e.args), "text": str(e)}})
+print(json.dumps(out))
+"#,
+        celery::py_app(&url)
+    );
+    let got = celery::python_json(&script, &[]);
+    assert_eq!(
+        got[0]["args"],
+        json!(["math.sqare", "did you mean `math.square`?"]),
+        "{got}"
+    );
+    assert_eq!(
+        got[1]["args"],
+        json!(["fbi", "did you mean `fib`?"]),
+        "{got}"
+    );
+    // Nothing near: the name alone, as Celery.
+    assert_eq!(got[2]["args"], json!(["nothing_like_it"]), "{got}");
+}

@@ -788,3 +788,94 @@ fn sighup_reloads_the_plugins_and_the_batch_goes_on() {
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     assert_eq!(s["restarts"], 1, "{s}");
 }
+
+/// Issue 28 (item 4): a default task (`--task`, bare or `plugin.task`) no
+/// loaded plugin has would fail every line that uses it: it is a usage
+/// error before any job runs (exit 2, nothing on stdout), naming the
+/// closest task, with `--input`, `--args` and `--isolated`. An ambiguous
+/// default is refused too. A line naming an unknown task still gets its
+/// own `unknown_task` result, with the closest name; a name near nothing
+/// gets no guess.
+#[test]
+fn u28_a_default_task_no_plugin_has_is_refused_with_the_closest_name() {
+    let dir = scratch("u28_default_task");
+    let input = common::lines_file(&dir, "jobs.jsonl", &["[1]", "[2]", "[3]"]);
+    let (m, f) = (math(), faults());
+    for (task, closest) in [
+        ("squar", Some("square")),
+        ("Square", Some("square")),
+        ("sqaure", Some("square")),
+        ("math.sqare", Some("square")),
+        ("mth.square", Some("math.square")),
+        ("maht.add", Some("math.add")),
+        ("cube", None),
+        ("x", None),
+    ] {
+        for extra in [
+            &["--input", &input][..],
+            &["--args", "[3]"],
+            &["--args", "[3]", "--isolated"],
+        ] {
+            let mut args = vec![m.as_str(), "--task", task];
+            args.extend(extra);
+            let out = run(&args);
+            let e = stderr(&out);
+            assert_eq!(exit_code(&out), 2, "{task} {extra:?}: {e}");
+            assert_eq!(stdout(&out), "", "{task} {extra:?}: no job ran");
+            assert!(e.contains(&format!("--task {task}")), "{e}");
+            match closest {
+                Some(c) => assert!(e.contains(&format!("did you mean `{c}`?")), "{task}: {e}"),
+                None => assert!(!e.contains("did you mean"), "{task}: {e}"),
+            }
+            assert!(
+                e.contains("square, add") || e.contains("math.square, math.add"),
+                "{e}"
+            );
+        }
+    }
+    // Two plugins with a `square` each: the bare name is ambiguous.
+    let out = run(&[&m, "--plugin", &f, "--task", "square", "--input", &input]);
+    assert_eq!(exit_code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ambiguous"), "{}", stderr(&out));
+    // A typo of a name only one plugin has: the bare name; of one both
+    // have: each qualified name (the bare one is ambiguous).
+    let out = run(&[&m, "--plugin", &f, "--task", "fbi", "--input", &input]);
+    assert!(
+        stderr(&out).contains("did you mean `fib`?"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[&m, "--plugin", &f, "--task", "sqare", "--input", &input]);
+    assert!(
+        !stderr(&out).contains("did you mean `square`?"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("did you mean `math.square` or `faults.square`?"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Lines naming their own task: each unknown one is that line's error,
+    // with the closest name; the good default runs the rest.
+    let lines = common::lines_file(
+        &dir,
+        "mixed.jsonl",
+        &[
+            "[2]",
+            r#"{"task": "ad", "args": [1, 2]}"#,
+            r#"{"task": "math.fibb", "args": [5]}"#,
+            r#"{"task": "nothing_like_it", "args": []}"#,
+        ],
+    );
+    let out = run(&[&m, "--task", "square", "--input", &lines, "-q"]);
+    assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+    let r = by_index(&common::json_lines(&stdout(&out)));
+    assert_eq!(r[&0]["ok"], 4);
+    assert_eq!(kind(&r[&1]), "unknown_task");
+    assert!(message(&r[&1]).contains("did you mean `add`?"), "{}", r[&1]);
+    assert!(message(&r[&2]).contains("did you mean `fib`?"), "{}", r[&2]);
+    assert_eq!(kind(&r[&3]), "unknown_task");
+    assert!(!message(&r[&3]).contains("did you mean"), "{}", r[&3]);
+}

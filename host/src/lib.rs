@@ -46,7 +46,10 @@ pub mod __private {
 
 pub use billiard_plugin_api::Codec;
 pub use error::{ErrorKind, TaskError};
-pub use plugin::{outcome, ArgSpec, Plugin, PluginInfo, PluginLoadError, PluginMeta, TaskSpec};
+pub use plugin::{
+    closest_name, outcome, resolve_task, ArgSpec, Plugin, PluginInfo, PluginLoadError, PluginMeta,
+    TaskSpec,
+};
 pub use pool::{
     AsyncResult, CancelOnDrop, Event, Generation, Imap, ImapStream, Initializer, JobHead, JobId,
     JobOptions, JobSource, Limits, MapResult, Outcome, Pool, PoolBuilder, PoolConfig, PoolError,

@@ -548,17 +548,154 @@ fn duplicate_task(tasks: &[TaskSpec]) -> Option<String> {
     None
 }
 
-/// The `unknown_task` error, listing what the plugin does have.
+/// The `unknown_task` error, listing what the plugin does have (and the
+/// closest name, when one is close enough to be what was meant).
 pub fn unknown_task(info: &PluginInfo, name: &str) -> TaskError {
     let names: Vec<&str> = info.tasks.iter().map(|t| t.name.as_str()).collect();
     TaskError::new(
         ErrorKind::UnknownTask,
         format!(
-            "plugin `{}` has no task `{name}` (it has: {})",
+            "plugin `{}` has no task `{name}`{} (it has: {})",
             info.name,
+            did_you_mean(name, names.iter().copied()),
             names.join(", ")
         ),
     )
+}
+
+/// The name in `known` closest to `name` (Damerau-Levenshtein distance,
+/// ignoring case), if it is close enough to be a typo of it: at most a
+/// third of the longer name's characters differ (at least one may, from
+/// three characters on). Ties
+/// go to the earlier name. `None` when no name is that near: an unrelated
+/// name is never suggested.
+pub fn closest_name<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let wanted = name.to_lowercase();
+    let mut best: Option<(usize, &'a str)> = None;
+    for k in known {
+        let d = strsim::damerau_levenshtein(&wanted, &k.to_lowercase());
+        let longer = wanted.chars().count().max(k.chars().count());
+        // Names of one or two characters are all near each other: only
+        // their case may differ.
+        let allowed = if longer < 3 { 0 } else { (longer / 3).max(1) };
+        if d <= allowed && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// `: did you mean `NAME`?` for the [`closest_name`], or nothing.
+fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    match closest_name(name, known) {
+        Some(k) => format!(": did you mean `{k}`?"),
+        None => String::new(),
+    }
+}
+
+/// Resolves `plugin` (its name; may be empty when only one plugin is
+/// loaded) and `task` among `plugins`: their indexes.
+pub fn resolve_in_plugin(
+    plugins: &[PluginInfo],
+    plugin: &str,
+    task: &str,
+) -> Result<(usize, u32), TaskError> {
+    let (pi, p) = if plugin.is_empty() && plugins.len() == 1 {
+        (0, &plugins[0])
+    } else {
+        plugins
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == plugin)
+            .ok_or_else(|| {
+                let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+                TaskError::new(
+                    ErrorKind::UnknownTask,
+                    format!(
+                        "no plugin named `{plugin}` is loaded{} (loaded: {})",
+                        did_you_mean(plugin, names.iter().copied()),
+                        names.join(", ")
+                    ),
+                )
+            })?
+    };
+    let task = p.task_index(task).ok_or_else(|| unknown_task(p, task))?;
+    Ok((pi, task))
+}
+
+/// Finds a task by name among `plugins` (the pool's, in its order) in
+/// whichever plugin has it; `plugin.task` picks a plugin explicitly.
+/// Returns the plugin's and the task's index. Ambiguous names are an
+/// error; an unknown one lists the tasks and says the closest name
+/// ([`closest_name`]: a unique bare name or a `plugin.task`).
+pub fn resolve_task(plugins: &[PluginInfo], name: &str) -> Result<(usize, u32), TaskError> {
+    if let Some((plugin, task)) = name.split_once('.') {
+        if plugins.iter().any(|p| p.name == plugin) {
+            return resolve_in_plugin(plugins, plugin, task);
+        }
+    }
+    let hits: Vec<(usize, u32)> = plugins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.task_index(name).map(|t| (i, t)))
+        .collect();
+    match hits.as_slice() {
+        [hit] => Ok(*hit),
+        [] => {
+            let all: Vec<String> = plugins
+                .iter()
+                .flat_map(|p| {
+                    p.tasks
+                        .iter()
+                        .map(move |t| format!("{}.{}", p.name, t.name))
+                })
+                .collect();
+            // A `plugin.task` is near a `plugin.task`; a bare name near a
+            // bare one, which two plugins sharing it suggests qualified
+            // (the bare name would be ambiguous).
+            let hint = if name.contains('.') {
+                did_you_mean(name, all.iter().map(String::as_str))
+            } else {
+                let bare = plugins
+                    .iter()
+                    .flat_map(|p| p.tasks.iter().map(|t| t.name.as_str()));
+                match closest_name(name, bare) {
+                    None => String::new(),
+                    Some(t) => {
+                        let owners: Vec<String> = plugins
+                            .iter()
+                            .filter(|p| p.task_index(t).is_some())
+                            .map(|p| format!("`{}.{t}`", p.name))
+                            .collect();
+                        match owners.len() {
+                            1 => format!(": did you mean `{t}`?"),
+                            _ => format!(": did you mean {}?", owners.join(" or ")),
+                        }
+                    }
+                }
+            };
+            Err(TaskError::new(
+                ErrorKind::UnknownTask,
+                format!(
+                    "no task `{name}` in the loaded plugins{hint} (tasks: {})",
+                    all.join(", ")
+                ),
+            ))
+        }
+        _ => {
+            let names: Vec<String> = hits
+                .iter()
+                .map(|(p, _)| format!("{}.{name}", plugins[*p].name))
+                .collect();
+            Err(TaskError::new(
+                ErrorKind::UnknownTask,
+                format!(
+                    "task `{name}` is ambiguous; name one of: {}",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// Turns a status and its output buffer into the job's outcome.

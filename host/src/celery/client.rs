@@ -1211,7 +1211,7 @@ mod tests {
             outcome(&expired).unwrap_err(),
             TaskError::new(ErrorKind::Terminated, "expired")
         );
-        let nr = ResultMeta::failure("id", &Exception::not_registered("math.nope"));
+        let nr = ResultMeta::failure("id", &Exception::not_registered("math.nope", None));
         assert_eq!(outcome(&nr).unwrap_err().kind, ErrorKind::UnknownTask);
         // A Python task's own exception.
         let mut py = ResultMeta::success("id", Value::Null);

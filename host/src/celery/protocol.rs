@@ -1239,7 +1239,7 @@ pub struct ExcInfo {
     /// The exception's class name, e.g. `TimeLimitExceeded`.
     pub exc_type: String,
     /// The exception's arguments (`exc.args`); this host sends one string,
-    /// the message.
+    /// the message (`NotRegistered`: the name, and a "did you mean" second).
     pub exc_message: Vec<Value>,
     /// The module the class lives in; with `exc_type` the client rebuilds
     /// the exception.
@@ -1311,10 +1311,21 @@ impl Exception {
         )
     }
 
-    /// FAILURE `celery.exceptions.NotRegistered` naming the task.
-    pub fn not_registered(task: &str) -> Exception {
-        let mut e = Exception::new(State::Failure, "celery.exceptions", "NotRegistered", task);
-        e.info.exc_message = vec![Value::String(task.to_string())];
+    /// FAILURE `celery.exceptions.NotRegistered` naming the task, as
+    /// Celery's worker stores it (`exc.args[0]` is the name); with the
+    /// closest registered name a second argument says `did you mean
+    /// `math.square`?` (the traceback line too).
+    pub fn not_registered(task: &str, closest: Option<&str>) -> Exception {
+        let hint = closest.map(|c| format!("did you mean `{c}`?"));
+        let text = match &hint {
+            Some(h) => format!("{task}: {h}"),
+            None => task.to_string(),
+        };
+        let mut e = Exception::new(State::Failure, "celery.exceptions", "NotRegistered", text);
+        e.info.exc_message = std::iter::once(task.to_string())
+            .chain(hint)
+            .map(Value::String)
+            .collect();
         e
     }
 }

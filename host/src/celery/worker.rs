@@ -1219,7 +1219,9 @@ impl Consumer<'_> {
         };
         ctx.embed = body.embed;
         let Some(entry) = resolve(self.pool, &name) else {
-            return Step::Fail(ctx, Exception::not_registered(&name));
+            let known = task_names(self.pool);
+            let closest = crate::closest_name(&name, known.iter().map(String::as_str));
+            return Step::Fail(ctx, Exception::not_registered(&name, closest));
         };
         let args = match map_args(&entry.name, &entry.args, body.args, body.kwargs) {
             Ok(a) => a,

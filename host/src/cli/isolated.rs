@@ -98,9 +98,20 @@ pub fn run(
 ) -> i32 {
     // A plugin that cannot be loaded is a usage error before any job, as
     // for `run` (loaded in a child: its constructor may misbehave).
+    let mut infos = Vec::with_capacity(plan.plugins.len());
     for p in &plan.plugins {
-        if let Err(e) = super::inspect::load_isolated(p, plan.load_timeout) {
-            eprintln!("error: {e}");
+        match super::inspect::load_isolated(p, plan.load_timeout) {
+            Ok(info) => infos.push(info),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+    }
+    // As for `run`: a default task no plugin has is refused before any job.
+    if let Some(task) = &plan.default_task {
+        if let Err(e) = billiard_host::resolve_task(&infos, task) {
+            eprintln!("error: --task {task}: {}", e.message);
             return exit::USAGE;
         }
     }

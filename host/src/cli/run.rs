@@ -49,7 +49,8 @@ Output: one JSON line per job, in input order (--unordered: as they complete):
   {\"index\":N,\"item\":VALUE} lines before job N's result line.
 
 Exit status: 0 every job succeeded; 1 some job failed or did not run (all results are still
-  written); 2 usage error, unreadable input, or a plugin that cannot be loaded.
+  written); 2 usage error (a --task no plugin has: \"did you mean `square`?\"), unreadable
+  input, or a plugin that cannot be loaded.
 
 Signals: the first SIGINT/SIGTERM stops reading input; jobs already sent to the pool finish,
   lines already read but not sent end `terminated`. A second one kills the workers: every
@@ -337,6 +338,13 @@ pub fn run(args: Args) -> i32 {
         Ok(p) => p,
         Err(e) => return usage(name_the_plugins(&args, e)),
     };
+    // A default task no plugin has would fail every line that uses it: a
+    // usage error before any job runs (with the closest name).
+    if let Some(task) = &args.task {
+        if let Err(e) = pool.find_task(task) {
+            return usage(format_args!("--task {task}: {}", e.message));
+        }
+    }
 
     let visible = !single && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut progress = Progress::new(visible);

@@ -512,87 +512,25 @@ impl Pool {
     /// loaded) and `task`.
     pub fn task_ref(&self, plugin: &str, task: &str) -> Result<TaskRef, TaskError> {
         let live = self.generation();
-        let plugins = &live.plugins;
-        let (pi, p) = if plugin.is_empty() && plugins.len() == 1 {
-            (0, &plugins[0])
-        } else {
-            plugins
-                .iter()
-                .enumerate()
-                .find(|(_, p)| p.name == plugin)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-                    TaskError::new(
-                        ErrorKind::UnknownTask,
-                        format!(
-                            "no plugin named `{plugin}` is loaded (loaded: {})",
-                            names.join(", ")
-                        ),
-                    )
-                })?
-        };
-        let task = p
-            .task_index(task)
-            .ok_or_else(|| crate::plugin::unknown_task(p, task))?;
+        let (plugin, task) = crate::plugin::resolve_in_plugin(&live.plugins, plugin, task)?;
         Ok(TaskRef {
-            plugin: pi as u16,
+            plugin: plugin as u16,
             task,
             gen: live.gen,
         })
     }
 
     /// Finds a task by name in whichever plugin has it; `plugin.task` picks
-    /// a plugin explicitly. Ambiguous names are an error.
+    /// a plugin explicitly. Ambiguous names are an error; an unknown one
+    /// says the closest known name ([`crate::resolve_task`]).
     pub fn find_task(&self, name: &str) -> Result<TaskRef, TaskError> {
         let live = self.generation();
-        let plugins = &live.plugins;
-        if let Some((plugin, task)) = name.split_once('.') {
-            if plugins.iter().any(|p| p.name == plugin) {
-                return self.task_ref(plugin, task);
-            }
-        }
-        let hits: Vec<(usize, u32)> = plugins
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.task_index(name).map(|t| (i, t)))
-            .collect();
-        match hits.as_slice() {
-            [(p, t)] => Ok(TaskRef {
-                plugin: *p as u16,
-                task: *t,
-                gen: live.gen,
-            }),
-            [] => {
-                let all: Vec<String> = plugins
-                    .iter()
-                    .flat_map(|p| {
-                        p.tasks
-                            .iter()
-                            .map(move |t| format!("{}.{}", p.name, t.name))
-                    })
-                    .collect();
-                Err(TaskError::new(
-                    ErrorKind::UnknownTask,
-                    format!(
-                        "no task `{name}` in the loaded plugins (tasks: {})",
-                        all.join(", ")
-                    ),
-                ))
-            }
-            _ => {
-                let names: Vec<String> = hits
-                    .iter()
-                    .map(|(p, _)| format!("{}.{name}", plugins[*p].name))
-                    .collect();
-                Err(TaskError::new(
-                    ErrorKind::UnknownTask,
-                    format!(
-                        "task `{name}` is ambiguous; name one of: {}",
-                        names.join(", ")
-                    ),
-                ))
-            }
-        }
+        let (plugin, task) = crate::plugin::resolve_task(&live.plugins, name)?;
+        Ok(TaskRef {
+            plugin: plugin as u16,
+            task,
+            gen: live.gen,
+        })
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), TaskError> {
