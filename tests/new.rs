@@ -123,6 +123,44 @@ fn a_new_crate_tests_builds_and_runs_outside_the_repository() {
     );
     assert!(log.contains("billiard-host ready in"), "{log}");
 
+    // The author's first task of their own keeps the scaffold's tests
+    // passing (issue 28: they listed the template's two tasks); the
+    // mistakes they exist to catch still fail them, by name: a `#[task]`
+    // left out of `export_plugin!`, an exported task without a doc.
+    let lib = dir.join("src/lib.rs");
+    let template = std::fs::read_to_string(&lib).unwrap();
+    let export = "tasks: [count_primes, summarize]";
+    assert!(template.contains(export), "{template}");
+    let double = "\n/// Twice `x`.\n#[task]\npub fn double(x: i64) -> i64 {\n    x * 2\n}\n";
+    let with_double = template.replace(export, "tasks: [count_primes, summarize, double]") + double;
+    std::fs::write(&lib, &with_double).unwrap();
+    let tasks = cargo(&dir, &["test", "--test", "tasks"]);
+    let log = format!("{}\n{}", stdout(&tasks), stderr(&tasks));
+    assert!(
+        tasks.status.success(),
+        "a task added, tests/tasks.rs failed:\n{log}"
+    );
+    assert!(log.contains("test lists_its_tasks ... ok"), "{log}");
+    let triple = "\n/// Three times `x`.\n#[task]\npub fn triple(x: i64) -> i64 {\n    x * 3\n}\n";
+    let undocumented = "\n#[task]\npub fn half(x: i64) -> i64 {\n    x / 2\n}\n";
+    for (broken, says) in [
+        (
+            with_double.clone() + triple,
+            "`#[task]` functions of src/lib.rs",
+        ),
+        (
+            with_double.replace(", double]", ", double, half]") + undocumented,
+            "task `half` has no doc comment",
+        ),
+    ] {
+        std::fs::write(&lib, broken).unwrap();
+        let tasks = cargo(&dir, &["test", "--test", "tasks", "--", "lists_its_tasks"]);
+        let log = format!("{}\n{}", stdout(&tasks), stderr(&tasks));
+        assert!(!tasks.status.success(), "not caught ({says}):\n{log}");
+        assert!(log.contains(says), "`{says}` not said:\n{log}");
+    }
+    std::fs::write(&lib, &with_double).unwrap();
+
     let build = cargo(&dir, &["build", "--release"]);
     assert!(build.status.success(), "{}", stderr(&build));
     let so = common::workspace_root().join("target/scaffold/release/libmy_plugin.so");
@@ -147,6 +185,13 @@ fn a_new_crate_tests_builds_and_runs_outside_the_repository() {
         stdout(&out).trim(),
         r#"{"index":0,"ok":25}"#,
         "{}",
+        stderr(&out)
+    );
+    let out = host(["run", &so, "--task", "double", "--args", "[21]"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        r#"{"index":0,"ok":42}"#,
+        "the added task: {}",
         stderr(&out)
     );
     let out = host(["inspect", &so]);

@@ -18,12 +18,61 @@ fn sample(values: &[f64], trim: usize) -> Sample {
     }
 }
 
+/// The plugin exports every `#[task]` of src/lib.rs and nothing else, each
+/// with a doc comment (`billiard-host inspect` shows it). A task you add
+/// keeps this passing; one left out of `export_plugin!`, or without a
+/// `///` doc, fails it by name.
 #[test]
 fn lists_its_tasks() {
     let h = plugin!();
     assert_eq!(h.name(), "plugin-template");
-    let names: Vec<&str> = h.info().tasks.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["count_primes", "summarize"]);
+    let mut exported: Vec<&str> = h.info().tasks.iter().map(|t| t.name.as_str()).collect();
+    let mut written = task_functions(include_str!("../src/lib.rs"));
+    exported.sort_unstable();
+    written.sort_unstable();
+    assert_eq!(
+        exported, written,
+        "the tasks the plugin exports (left) are not the `#[task]` functions of src/lib.rs \
+         (right): list each one in `export_plugin!(..., tasks: [...])`"
+    );
+    for t in &h.info().tasks {
+        assert!(
+            !t.doc.trim().is_empty(),
+            "task `{}` has no doc comment: write a `///` line above its `#[task]`",
+            t.name
+        );
+    }
+    // The example tasks the tests below call.
+    for t in ["count_primes", "summarize"] {
+        assert!(exported.contains(&t), "no task `{t}`: {exported:?}");
+    }
+}
+
+/// The names of the functions marked `#[task]` (or `#[task(...)]`, or a
+/// path ending in `task`) in `source`, as rustfmt lays them out: the
+/// attribute on a line of its own, the `fn` after it and any other
+/// attributes or comments.
+fn task_functions(source: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut marked = false;
+    for line in source.lines().map(str::trim) {
+        if let Some(attr) = line.strip_prefix("#[").and_then(|l| l.strip_suffix(']')) {
+            let path = attr.split('(').next().unwrap_or_default();
+            marked |= path.rsplit("::").next() == Some("task");
+            continue;
+        }
+        if !marked || line.is_empty() || line.starts_with("//") {
+            continue;
+        }
+        marked = false;
+        if let Some((_, rest)) = line.split_once("fn ") {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            names.push(&rest[..end]);
+        }
+    }
+    names
 }
 
 #[test]
