@@ -317,13 +317,17 @@ fn build_host_in(manifest: &Path) -> Result<Option<PathBuf>, String> {
         args.extend(layout.cargo_args().into_iter().map(OsString::from));
         // Straight to stderr, past the test harness's output capture: a
         // first build takes a minute or more, which must not look like a
-        // hung test.
-        say(&format!(
-            "billiard-testing: building {HOST_EXE} (the pool's zygote) with cargo in {}, once \
-             per test process; a first build takes a minute or two (BILLIARD_HOST_EXE=PATH \
-             uses a built one)",
-            meta.workspace_root.display()
-        ));
+        // hung test. Once per `cargo test` (its first test process builds;
+        // the others find the build done), not once per test binary.
+        let announce = first_in_this_cargo_run(&target);
+        if announce {
+            say(&format!(
+                "billiard-testing: building {HOST_EXE} (the pool's zygote) with cargo in {}, \
+                 once per `cargo test`; a first build takes a minute or two \
+                 (BILLIARD_HOST_EXE=PATH uses a built one)",
+                meta.workspace_root.display()
+            ));
+        }
         let started = std::time::Instant::now();
         let artifacts = cargo_build(&args).map_err(|e| format!("cannot build {HOST_EXE}: {e}"))?;
         let exe = artifacts
@@ -332,11 +336,13 @@ fn build_host_in(manifest: &Path) -> Result<Option<PathBuf>, String> {
             .find(|e| e.file_name().is_some_and(|n| n == HOST_EXE))
             .unwrap_or_else(|| layout.artifact_dir(&target).join(HOST_EXE));
         if exe.is_file() {
-            say(&format!(
-                "billiard-testing: {HOST_EXE} ready in {:.1}s: {}",
-                started.elapsed().as_secs_f64(),
-                exe.display()
-            ));
+            if announce {
+                say(&format!(
+                    "billiard-testing: {HOST_EXE} ready in {:.1}s: {}",
+                    started.elapsed().as_secs_f64(),
+                    exe.display()
+                ));
+            }
             Ok(Some(exe))
         } else {
             Err(format!(
@@ -345,6 +351,64 @@ fn build_host_in(manifest: &Path) -> Result<Option<PathBuf>, String> {
             ))
         }
     })
+}
+
+/// Whether this test process is the first of its `cargo test` run to
+/// build the host, so the only one to say so. The test binaries of one
+/// run are children of one cargo process: the first to create the marker
+/// `<target>/billiard-testing/announced-<cargo pid>-<its start time>`
+/// (the start time tells a reused pid apart) is the first; markers of
+/// runs that are over are removed. Run by hand (no `$CARGO`), or with a
+/// target directory that cannot be written, every process says it.
+fn first_in_this_cargo_run(target: &Path) -> bool {
+    if std::env::var_os("CARGO").is_none() {
+        return true;
+    }
+    let parent = std::os::unix::process::parent_id();
+    let Some(started) = process_start_time(parent) else {
+        return true;
+    };
+    let dir = target.join("billiard-testing");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let marker = format!("announced-{parent}-{started}");
+    // Markers of cargo runs that have ended (their process is gone, or is
+    // another one now).
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("announced-")) else {
+                continue;
+            };
+            let live = rest.split_once('-').is_some_and(|(pid, start)| {
+                pid.parse()
+                    .ok()
+                    .and_then(process_start_time)
+                    .is_some_and(|s| s.to_string() == start)
+            });
+            if !live {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(marker))
+    {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AlreadyExists,
+    }
+}
+
+/// A process's start time (field 22 of `/proc/PID/stat`, clock ticks
+/// since boot), `None` if it is gone.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let (_, after) = stat.rsplit_once(')')?;
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Writes a line to the process's stderr directly: `eprintln!` in a test
@@ -453,6 +517,26 @@ mod tests {
         };
         assert_eq!(custom.cargo_args(), ["--profile", "ci"]);
         let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// Issue 28: the "building billiard-host" line once per `cargo test`:
+    /// the first test process of a cargo run says it, the next ones of the
+    /// same run do not; a marker of a run that is over is removed.
+    #[test]
+    fn the_first_process_of_a_cargo_run_announces_the_build() {
+        if std::env::var_os("CARGO").is_none() {
+            return; // run by hand: every process says it
+        }
+        let target = std::env::temp_dir().join(format!("billiard-announce-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&target);
+        let stale = target.join("billiard-testing/announced-999999999-1");
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        std::fs::write(&stale, "").unwrap();
+        assert!(first_in_this_cargo_run(&target));
+        assert!(!first_in_this_cargo_run(&target));
+        assert!(!first_in_this_cargo_run(&target));
+        assert!(!stale.exists(), "the marker of a finished run is removed");
+        let _ = std::fs::remove_dir_all(&target);
     }
 
     #[test]
