@@ -588,94 +588,246 @@ fn python_send_task_and_our_submit_lay_out_the_same_message() {
     }
 }
 
-/// Signals during `submit --wait`: the first SIGINT stops reading input
-/// but still waits for the jobs already sent (a worker started afterwards
-/// completes them: exit 0); after a second (SIGTERM) the jobs still
-/// awaited end `terminated` (exit 1).
+/// Starts `billiard-host submit --broker URL ARGS` with stdout and stderr in
+/// `dir/<name>.out` and `.err` (files: the process is not stopped by a
+/// full pipe while the test waits).
+fn submit_child(
+    dir: &std::path::Path,
+    name: &str,
+    url: &str,
+    args: &[&str],
+) -> std::process::Child {
+    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
+    let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
+    common::host_command()
+        .args(["submit", "--broker", url])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap()
+}
+
+fn read_in(dir: &std::path::Path, name: &str, ext: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap_or_default()
+}
+
+fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
+    let mut status = None;
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "submit did not exit"
+    );
+    status.unwrap().code()
+}
+
+/// Issue 28, item 1: the FIRST SIGINT or SIGTERM stops `submit --wait` (it
+/// used to keep waiting for a queue nobody consumes until a second one):
+/// the results already received are written, every job still awaited ends
+/// `terminated` naming its task id, exit 130. Variants: three jobs on a
+/// queue nobody consumes (SIGTERM), and one answered job beside one still
+/// running (SIGINT).
 #[test]
-fn submit_wait_first_signal_waits_second_gives_up() {
+fn u28_submit_wait_stops_on_the_first_signal() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let Some(redis) = celery::redis_or_skip("submit_wait_first_signal_waits_second_gives_up")
-    else {
+    let Some(redis) = celery::redis_or_skip("u28_submit_wait_stops_on_the_first_signal") else {
         return;
     };
-    let dir = common::scratch("submit_wait_first_signal_waits_second_gives_up");
-    let input = common::lines_file(&dir, "jobs.jsonl", &["[1]", "[2]", "[3]"]);
+    let dir = common::scratch("u28_submit_wait_stops_on_the_first_signal");
     let url = redis.url();
-    let start = |name: &str| {
-        let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
-        let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
-        common::host_command()
-            .args([
-                "submit",
-                "--broker",
-                &url,
-                "--task",
-                "math.square",
-                "--input",
-                &input,
-            ])
-            .args(["--wait", "-Q", name])
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap()
-    };
-    let read = |name: &str, ext: &str| {
-        std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap_or_default()
-    };
     let limit = Duration::from_secs(60);
-    let wait_exit = |child: &mut std::process::Child| {
-        let mut status = None;
-        assert!(
-            common::eventually(limit, || {
-                status = child.try_wait().unwrap();
-                status.is_some()
-            }),
-            "submit did not exit"
-        );
-        status.unwrap().code()
-    };
 
-    // One signal, then a worker: every job completes.
-    let mut child = start("late");
-    assert!(common::eventually(limit, || redis
-        .cmd(&["LLEN", "late"])
-        .int()
-        == 3));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    assert!(
-        common::eventually(limit, || read("late", "err")
-            .contains("waiting for the results")),
-        "{}",
-        read("late", "err")
+    // Nobody consumes `never`: one SIGTERM, all three end terminated.
+    let input = common::lines_file(&dir, "jobs.jsonl", &["[1]", "[2]", "[3]"]);
+    let mut child = submit_child(
+        &dir,
+        "never",
+        &url,
+        &[
+            "--task",
+            "math.square",
+            "--input",
+            &input,
+            "--wait",
+            "-Q",
+            "never",
+        ],
     );
-    let _w = worker(&url, "late");
-    assert_eq!(wait_exit(&mut child), Some(0), "{}", read("late", "err"));
-    assert_eq!(
-        read("late", "out"),
-        "{\"index\":0,\"ok\":1}\n{\"index\":1,\"ok\":4}\n{\"index\":2,\"ok\":9}\n"
-    );
-
-    // Two signals and no worker: the three end terminated.
-    let mut child = start("never");
     assert!(common::eventually(limit, || redis
         .cmd(&["LLEN", "never"])
         .int()
         == 3));
-    let pid = Pid::from_raw(child.id() as i32);
-    kill(pid, Signal::SIGINT).unwrap();
-    assert!(common::eventually(limit, || read("never", "err")
-        .contains("waiting for the results")));
-    // A different signal: the same one within 100 ms would count once.
-    kill(pid, Signal::SIGTERM).unwrap();
-    assert_eq!(wait_exit(&mut child), Some(1), "{}", read("never", "err"));
-    let lines = common::json_lines(&read("never", "out"));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(
+        wait_exit(&mut child),
+        Some(130),
+        "{}",
+        read_in(&dir, "never", "err")
+    );
+    let lines = common::json_lines(&read_in(&dir, "never", "out"));
     assert_eq!(lines.len(), 3);
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["index"], i);
         assert_eq!(l["error"]["kind"], "terminated", "{l}");
+        let msg = l["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("SIGTERM") && msg.contains("task "), "{msg}");
+    }
+    // The jobs stay queued for a worker to come.
+    assert_eq!(redis.cmd(&["LLEN", "never"]).int(), 3);
+
+    // A worker answers the first job and is busy with the second: one
+    // SIGINT writes the first result and ends the second terminated.
+    let _w = worker(&url, "some");
+    let jobs = common::lines_file(
+        &dir,
+        "some.jsonl",
+        &[
+            r#"{"task": "math.square", "args": [7]}"#,
+            r#"{"task": "faults.sleep_ms", "args": [600000]}"#,
+        ],
+    );
+    let mut child = submit_child(
+        &dir,
+        "some",
+        &url,
+        &["--input", &jobs, "--wait", "-Q", "some"],
+    );
+    assert!(
+        common::eventually(limit, || read_in(&dir, "some", "out").contains("\"ok\":49")),
+        "{}",
+        read_in(&dir, "some", "err")
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(
+        wait_exit(&mut child),
+        Some(130),
+        "{}",
+        read_in(&dir, "some", "err")
+    );
+    let lines = common::json_lines(&read_in(&dir, "some", "out"));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["ok"], 49);
+    assert_eq!(lines[1]["error"]["kind"], "terminated", "{}", lines[1]);
+    assert!(read_in(&dir, "some", "err").contains("SIGINT: stopping"));
+}
+
+/// Issue 28, item 1: `submit --wait --timeout` to a queue nobody consumes
+/// gives up (exit 124, the lines `terminated` with their task ids) after a
+/// note on stderr that the messages still wait in the queue; with a worker
+/// the same command succeeds; `--timeout` is refused without --wait and
+/// `never` is accepted.
+#[test]
+fn u28_submit_wait_timeout_and_the_no_consumer_note() {
+    let Some(redis) = celery::redis_or_skip("u28_submit_wait_timeout_and_the_no_consumer_note")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let out = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--args",
+        "[3]",
+        "--wait",
+        "--timeout",
+        "1s",
+        "-Q",
+        "nobody",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert!(
+        stderr.contains("1 message(s) still wait in queue `nobody`")
+            && stderr.contains("Is a worker consuming it"),
+        "{stderr}"
+    );
+    let lines = common::json_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["error"]["kind"], "terminated");
+    let msg = lines[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("--timeout 1s") && msg.contains("task "),
+        "{msg}"
+    );
+
+    // A consumed queue: the result comes well within the timeout.
+    let _w = worker(&url, "busy");
+    let out = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--args",
+        "[3]",
+        "--wait",
+        "--timeout",
+        "10m",
+        "-Q",
+        "busy",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"index\":0,\"ok\":9}\n"
+    );
+    let out = host_timeout(&[
+        "submit",
+        "--broker",
+        &url,
+        "--task",
+        "math.square",
+        "--args",
+        "[4]",
+        "--wait",
+        "--timeout",
+        "never",
+        "-Q",
+        "busy",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Usage: no --wait, a zero or unparsable duration.
+    for bad in [
+        vec!["--timeout", "1s"],
+        vec!["--wait", "--timeout", "0s"],
+        vec!["--wait", "--timeout", "soon"],
+    ] {
+        let mut args = vec![
+            "submit",
+            "--broker",
+            &url,
+            "--task",
+            "math.square",
+            "--args",
+            "[1]",
+        ];
+        args.extend(bad.iter().copied());
+        let out = host_timeout(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

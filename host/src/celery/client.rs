@@ -403,6 +403,20 @@ impl Client {
         }
     }
 
+    /// How many messages wait in `queue` (the sum of `LLEN` over its
+    /// priority lists): nothing has taken them yet. `submit --wait` reads
+    /// it to tell a queue nobody consumes from a slow task.
+    pub fn queued(&self, queue: &str) -> Result<u64> {
+        self.broker.with(|c, _| {
+            let mut pipe = redis::pipe();
+            for key in protocol::queue_keys(queue) {
+                pipe.cmd("LLEN").arg(key);
+            }
+            let lens: Vec<u64> = pipe.query(c)?;
+            Ok(lens.into_iter().fold(0u64, u64::saturating_add))
+        })
+    }
+
     /// A [`Waiter`] on this client's result backend.
     pub fn waiter(&self) -> Result<Waiter> {
         Waiter::new(&self.backend_url, self.timeouts)

@@ -6,3 +6,11 @@ pub const OK: i32 = 0;
 pub const JOBS_FAILED: i32 = 1;
 /// Usage error, unreadable input, or a plugin that cannot be loaded.
 pub const USAGE: i32 = 2;
+/// `submit --wait` / `run --broker`: `--timeout` passed with results still
+/// awaited (their lines end `terminated`; the jobs may still run). 124 as
+/// `timeout(1)` reports it.
+pub const TIMED_OUT: i32 = 124;
+/// A SIGINT or SIGTERM stopped `submit` / `run --broker` before every
+/// result arrived (the results received were written; the others end
+/// `terminated`). 130 as a shell reports Ctrl-C.
+pub const INTERRUPTED: i32 = 130;

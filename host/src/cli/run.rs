@@ -140,7 +140,8 @@ pub struct Args {
     quiet: bool,
     /// Run the jobs on the Celery workers of this broker instead of here
     /// (redis://HOST:PORT/DB; `billiard-host worker` or Python Celery):
-    /// same input, same result lines, same exit codes.
+    /// same input, same result lines, same exit codes; the first
+    /// SIGINT/SIGTERM stops waiting at once, as `submit --wait` (exit 130).
     #[arg(long, value_name = "URL", conflicts_with_all = super::submit::WORKER_ONLY)]
     broker: Option<String>,
     /// With --broker: where the workers store results (default: the broker).
@@ -1002,6 +1003,7 @@ fn on_the_fleet(args: Args, broker: String) -> i32 {
         },
         output: args.output,
         wait: true,
+        timeout: None,
         unordered: args.unordered,
         quiet: args.quiet,
         forget: true,

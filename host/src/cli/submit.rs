@@ -28,7 +28,7 @@ use super::input::{self, Line};
 use super::output::{self, Output};
 use super::progress::Progress;
 use super::run::parse_duration;
-use super::signals::{Stop, REPEAT};
+use super::signals::Stop;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -46,12 +46,22 @@ Output: without --wait one line per job naming its task id, {\"index\":0,\"id\":
   --wait the result lines of `run`, in input order (--unordered: as they complete):
   {\"index\":0,\"ok\":9}   {\"index\":1,\"error\":{\"kind\":\"time_limit\",\"message\":\"...\"}}
 
-Exit status: 0 every job was sent (and, with --wait, succeeded); 1 some job failed or was
-  not sent; 2 usage error, unreadable input, or a broker that cannot be reached.
+Waiting: --wait gives up when --timeout passes with no result arriving and no job sent
+  (the lines still awaited end `terminated`, naming their task ids; the jobs stay queued
+  or running). Default: 5m when standard input and standard error are both terminals (a
+  person typed the command and watches), else never (scripts, pipes, cron, services wait
+  as long as their jobs take; give them a --timeout). `--timeout never` waits for ever.
+  When no result came for 5s (or half the timeout, if shorter) and messages still wait
+  in the queue's Redis lists (LLEN of QUEUE and its priority lists), a note on standard
+  error says nothing has taken them: is a worker consuming that queue (-Q)?
 
-Signals: the first SIGINT/SIGTERM stops reading input (lines read but not sent end
-  `terminated`) and waits for the results of the jobs already sent; a second one stops
-  waiting: their lines end `terminated` (the jobs themselves stay queued or running).";
+Exit status: 0 every job was sent (and, with --wait, succeeded); 1 some job failed or was
+  not sent; 2 usage error, unreadable input, or a broker that cannot be reached; 124
+  --timeout passed; 130 interrupted by SIGINT or SIGTERM.
+
+Signals: the first SIGINT/SIGTERM stops: no more input is read, the results already
+  received are written, and every job still awaited (or read but not sent) ends
+  `terminated` (the jobs themselves stay queued or running); exit 130.";
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -103,6 +113,11 @@ pub struct Args {
     /// Wait for the results and print them as `run` does.
     #[arg(long)]
     wait: bool,
+    /// With --wait: give up when this long passes with no result arriving
+    /// and no job sent (`never`: wait for ever). Default: 5m from a
+    /// terminal, never otherwise (see below).
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_timeout)]
+    timeout: Option<Timeout>,
     /// Write the lines to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -159,11 +174,51 @@ pub fn run(args: Args) -> i32 {
         },
         output: args.output,
         wait: args.wait,
+        timeout: match args.timeout {
+            Some(Timeout::Never) => None,
+            Some(Timeout::After(d)) => Some(d),
+            None => interactive_timeout(),
+        },
         unordered: args.unordered,
         quiet: args.quiet,
         forget: false,
     })
 }
+
+/// `--timeout`: a duration or `never`.
+#[derive(Clone, Copy, Debug)]
+enum Timeout {
+    Never,
+    After(Duration),
+}
+
+fn parse_timeout(s: &str) -> Result<Timeout, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Timeout::Never);
+    }
+    parse_duration(s)
+        .map(Timeout::After)
+        .map_err(|e| format!("{e}, or never"))
+}
+
+/// `--timeout`'s default when a person typed the command and watches.
+const INTERACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The default `--timeout`: [`INTERACTIVE_TIMEOUT`] when standard input and
+/// standard error are terminals (someone at a prompt, who would rather get
+/// the prompt back than stare at a queue nobody consumes), none otherwise
+/// (a script or service waits as long as its jobs take, as Celery's
+/// `AsyncResult.get()` does: cutting a long batch short by default would
+/// break it).
+fn interactive_timeout() -> Option<Duration> {
+    use std::io::IsTerminal;
+    (std::io::stdin().is_terminal() && std::io::stderr().is_terminal())
+        .then_some(INTERACTIVE_TIMEOUT)
+}
+
+/// After this long with no result (or half the timeout, if shorter), look
+/// whether the messages still wait in their queue and say so.
+const NOTICE_AFTER: Duration = Duration::from_secs(5);
 
 /// `run`'s flags that set up local workers: refused with `run --broker`
 /// (give them to `billiard-host worker`).
@@ -212,6 +267,9 @@ pub struct Batch {
     pub output: Option<PathBuf>,
     /// Wait for results (else print task ids).
     pub wait: bool,
+    /// With `wait`: give up after this long without a result arriving or
+    /// a job sent (None: never).
+    pub timeout: Option<Duration>,
     pub unordered: bool,
     pub quiet: bool,
     /// Delete each result once read (nobody else knows these task ids).
@@ -325,6 +383,9 @@ pub fn execute(b: Batch) -> i32 {
         stopped_early: false,
         write_error: None,
         lost: None,
+        last_activity: Instant::now(),
+        noticed: false,
+        timed_out: false,
     };
     std::thread::scope(|s| {
         if let Some(mut signals) = signals.take() {
@@ -332,24 +393,19 @@ pub fn execute(b: Batch) -> i32 {
             let abandon = &abandon;
             let quiet = b.quiet;
             s.spawn(move || {
-                let mut first: Option<(i32, Instant)> = None;
+                // The first signal stops (issue 28: a queue nobody consumes
+                // kept a first SIGTERM waiting for ever): what arrived is
+                // written, the rest ends `terminated`.
                 for sig in signals.forever() {
                     let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-                    if first.is_some_and(|(s0, at)| s0 == sig && at.elapsed() < REPEAT) {
-                        continue;
-                    }
                     if stop.request(&format!("interrupted by {name}")) {
-                        first = Some((sig, Instant::now()));
-                        if !quiet {
-                            eprintln!(
-                                "{name}: no more input is read; waiting for the results of \
-                                 the jobs already sent (send it again to stop waiting)"
-                            );
-                        }
-                    } else {
                         abandon.store(true, Ordering::Release);
                         if !quiet {
-                            eprintln!("{name}: not waiting for the remaining results");
+                            eprintln!(
+                                "{name}: stopping; no more input is read, the results not \
+                                 yet received end `terminated` (their jobs stay queued or \
+                                 running)"
+                            );
                         }
                     }
                 }
@@ -368,8 +424,10 @@ pub fn execute(b: Batch) -> i32 {
         stopped_early,
         write_error,
         lost,
+        timed_out,
         ..
     } = fleet;
+    let interrupted = abandon.load(Ordering::Acquire);
     let summary = progress.finish();
     let mut code = if progress.tally.failed_total() > 0 || stopped_early {
         exit::JOBS_FAILED
@@ -394,6 +452,12 @@ pub fn execute(b: Batch) -> i32 {
                 stop.reason().unwrap_or("stopped")
             );
         }
+    }
+    if timed_out {
+        code = exit::TIMED_OUT;
+    }
+    if interrupted {
+        code = exit::INTERRUPTED;
     }
     if let Some(e) = lost {
         eprintln!("error: {e}");
@@ -455,6 +519,13 @@ struct Fleet<'a> {
     write_error: Option<std::io::Error>,
     /// The broker or backend was lost for good.
     lost: Option<String>,
+    /// When a job was last sent or a result last arrived (`--timeout`
+    /// and the no-consumer note count from it).
+    last_activity: Instant,
+    /// The no-consumer note was considered (it is said at most once).
+    noticed: bool,
+    /// `--timeout` passed with results still awaited.
+    timed_out: bool,
 }
 
 impl Fleet<'_> {
@@ -464,11 +535,27 @@ impl Fleet<'_> {
                 break;
             }
             if self.abandon.load(Ordering::Acquire) {
+                // What already arrived is written as it is.
+                self.collect_ready();
                 self.give_up(&format!(
-                    "{}: its result was not awaited (the job may still run)",
+                    "{}: its result was not awaited",
                     self.stop.reason().unwrap_or("interrupted")
                 ));
                 break;
+            }
+            if !self.ids.is_empty() {
+                self.notice();
+                if let Some(limit) = self.b.timeout {
+                    if self.last_activity.elapsed() >= limit {
+                        self.collect_ready();
+                        self.timed_out = !self.ids.is_empty();
+                        self.give_up(&format!(
+                            "no result within --timeout {} (nothing arrived for that long)",
+                            humantime::format_duration(limit)
+                        ));
+                        break;
+                    }
+                }
             }
             if !self.input_done && self.stop.is_set() {
                 self.drain_read_lines();
@@ -624,6 +711,7 @@ impl Fleet<'_> {
             self.lose(&indexes, &format!("cannot send the job: {e}"));
             return;
         }
+        self.last_activity = Instant::now();
         for (index, m) in indexes.into_iter().zip(msgs) {
             if self.waiter.is_some() {
                 self.ids.insert(m.id, index);
@@ -661,6 +749,7 @@ impl Fleet<'_> {
             match w.next(left.max(Duration::from_micros(1))) {
                 Ok(Some((id, meta))) => {
                     if let Some(index) = self.ids.remove(&id) {
+                        self.last_activity = Instant::now();
                         if self.b.forget {
                             self.forget.push(id);
                         }
@@ -685,17 +774,67 @@ impl Fleet<'_> {
         self.flush_forget(false);
     }
 
-    /// Every job still awaiting its result ends `terminated` with `why`.
+    /// Writes every result already arrived, without waiting for more.
+    fn collect_ready(&mut self) {
+        loop {
+            let before = self.ids.len();
+            self.collect(Duration::ZERO);
+            if self.ids.is_empty() || self.ids.len() == before || self.lost.is_some() {
+                break;
+            }
+        }
+    }
+
+    /// Every job still awaiting its result ends `terminated` with `why`
+    /// and its task id (to look its result up later).
     fn give_up(&mut self, why: &str) {
-        let mut waiting: Vec<u64> = self.ids.drain().map(|(_, i)| i).collect();
+        let mut waiting: Vec<(u64, String)> = self.ids.drain().map(|(id, i)| (i, id)).collect();
         waiting.sort_unstable();
-        for index in waiting {
-            self.finish(index, Err(TaskError::new(ErrorKind::Terminated, why)));
+        for (index, id) in waiting {
+            let msg = format!("{why} (task {id} may still be queued or running)");
+            self.finish(index, Err(TaskError::new(ErrorKind::Terminated, msg)));
         }
         if !self.input_done {
             self.stop.request(why);
             self.drain_read_lines();
             self.stopped_early = true;
+        }
+    }
+
+    /// Once no result came for [`NOTICE_AFTER`] (or half the timeout):
+    /// when messages still wait in the queue's lists, nothing has taken
+    /// them, so say so on stderr (once) instead of waiting in silence.
+    fn notice(&mut self) {
+        if self.noticed || self.b.quiet {
+            return;
+        }
+        let after = match self.b.timeout {
+            Some(t) => NOTICE_AFTER.min(t.checked_div(2).unwrap_or(t)),
+            None => NOTICE_AFTER,
+        };
+        if self.last_activity.elapsed() < after {
+            return;
+        }
+        self.noticed = true;
+        let queue = self
+            .b
+            .options
+            .queue
+            .as_deref()
+            .unwrap_or(billiard_host::celery::protocol::DEFAULT_QUEUE);
+        match self.client.queued(queue) {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "note: no result for {} and {n} message(s) still wait in queue `{queue}`: \
+                 nothing has taken them. Is a worker consuming it (`billiard-host worker \
+                 ... -Q {queue}`, `celery worker -Q {queue}`)? Still waiting{}.",
+                humantime::format_duration(after),
+                match self.b.timeout {
+                    Some(t) => format!(" (--timeout {})", humantime::format_duration(t)),
+                    None => " (Ctrl-C stops)".to_string(),
+                }
+            ),
+            Err(e) => tracing::debug!("cannot look at queue {queue}: {e}"),
         }
     }
 
