@@ -473,3 +473,90 @@ fn bad_builds_are_clear_errors() {
         .unwrap();
     assert!(e.to_string().contains("at least 1"), "{e}");
 }
+
+/// A message of a type mismatch names types, not the codec's internals.
+fn no_codec_words(err: &TaskError) {
+    for word in ["bincode", "trailing bytes", "UnexpectedEnd", "additional"] {
+        assert!(!err.message.contains(word), "{word} in: {err}");
+    }
+}
+
+#[test]
+fn issue28_type_mismatches_name_the_types_and_are_the_callers_error() {
+    let pool = pool(2);
+    // Too many arguments: what the task takes and what it was given.
+    let err = pool
+        .apply::<_, u64>("math", "square", (3u64, 4u64))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+    assert!(err.message.contains("math.square(x: u64) -> u64"), "{err}");
+    assert!(err.message.contains("`(u64,)`"), "{err}");
+    assert!(err.message.contains("`(u64, u64)`"), "{err}");
+    no_codec_words(&err);
+    // Too few.
+    let err = pool.apply::<_, i64>("math", "add", (1i64,)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+    assert!(err.message.contains("`(i64, i64)`"), "{err}");
+    assert!(err.message.contains("`(i64,)`"), "{err}");
+    no_codec_words(&err);
+    // The caller asks for another result type than the task returns: the
+    // caller's error, not the task's, naming both types.
+    let err = pool
+        .apply::<_, String>("math", "square", (3u64,))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+    assert!(err.message.contains("String"), "{err}");
+    assert!(err.message.contains("returns `u64`"), "{err}");
+    no_codec_words(&err);
+    // The same through the handle, the callback and the map family.
+    let h = pool
+        .apply_async::<_, String>("math", "square", (3u64,))
+        .unwrap();
+    assert_eq!(h.get().unwrap_err().kind, ErrorKind::BadArgs);
+    let (tx, rx) = std::sync::mpsc::channel();
+    pool.apply_async_with(
+        "math",
+        "square",
+        (3u64,),
+        JobOptions::<String>::default().on_error(move |e: TaskError| {
+            let _ = tx.send(e);
+        }),
+    )
+    .unwrap();
+    let err = rx.recv().unwrap();
+    assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+    no_codec_words(&err);
+    for chunksize in [1, 3] {
+        let err = pool
+            .map::<_, String>("math", "square", 1..=5u64, chunksize)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+        assert!(err.message.contains("returns `u64`"), "{err}");
+        no_codec_words(&err);
+        let err = pool
+            .map::<_, u64>("math", "square", [(1u64, 2u64)], chunksize)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+        assert!(err.message.contains("`((u64, u64),)`"), "{err}");
+        no_codec_words(&err);
+        let err = pool
+            .map_async::<_, String>("math", "square", 1..=5u64, chunksize)
+            .unwrap()
+            .get()
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+        no_codec_words(&err);
+        let err = pool
+            .starmap::<_, u64>("math", "add", [(1i64,)], chunksize)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadArgs, "{err}");
+        assert!(err.message.contains("math.add(a: i64, b: i64)"), "{err}");
+        no_codec_words(&err);
+    }
+    // A task's own Err stays the task's.
+    let err = pool
+        .apply::<_, i64>("math", "add", (i64::MAX, 1i64))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::TaskError);
+    pool.join().unwrap();
+}

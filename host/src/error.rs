@@ -12,7 +12,9 @@ pub enum ErrorKind {
     Panic,
     /// The task returned `Err`.
     TaskError,
-    /// The arguments did not decode into the task's types.
+    /// The caller's types do not fit the task's: the arguments did not
+    /// decode into the task's parameter types, or (typed `Pool` calls) the
+    /// result did not decode into the type the caller asked for.
     BadArgs,
     /// No such task (or plugin).
     UnknownTask,

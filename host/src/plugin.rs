@@ -76,6 +76,45 @@ impl TaskSpec {
             .collect();
         format!("{}({}) -> {}", self.name, args.join(", "), self.ret)
     }
+
+    /// The argument tuple's type, spelled like `std::any::type_name` spells
+    /// a caller's: `(u64,)`, `(i64, i64)`, `()`.
+    pub(crate) fn takes(&self) -> String {
+        let types: Vec<&str> = self.args.iter().map(|a| a.ty.as_str()).collect();
+        match types.as_slice() {
+            [one] => format!("({one},)"),
+            _ => format!("({})", types.join(", ")),
+        }
+    }
+}
+
+/// A `bad_args` error from a task's argument decoding (the codec's words:
+/// trailing bytes, an unexpected end) reworded to say what the task takes
+/// and what a typed caller gave, by type name (issue 28, item 6). Other
+/// errors pass unchanged.
+pub(crate) fn explain_bad_args(
+    e: TaskError,
+    signature: &str,
+    takes: &str,
+    given: &str,
+) -> TaskError {
+    // A plugin's message in its own words (`expected no arguments`) stays.
+    let codec_words = ["bincode", "UnexpectedEnd", "trailing bytes"];
+    if e.kind != ErrorKind::BadArgs || !codec_words.iter().any(|w| e.message.contains(w)) {
+        return e;
+    }
+    let how = if e.message.contains("trailing bytes") {
+        // bincode cannot tell "too many" from "of a larger type".
+        "more or larger values than it takes"
+    } else if e.message.contains("UnexpectedEnd") {
+        "fewer or smaller values than it takes"
+    } else {
+        "values of other types than it takes"
+    };
+    TaskError::new(
+        ErrorKind::BadArgs,
+        format!("`{signature}` takes arguments `{takes}`, was given `{given}`: {how}"),
+    )
 }
 
 /// What a plugin is: an owned copy of its root module's description.
@@ -501,11 +540,28 @@ impl Plugin {
                 format!("could not encode the arguments: {e}"),
             )
         })?;
-        let out = self.call_encoded(index, Codec::Bincode, &bytes)?;
-        codec::decode(Codec::Bincode, &out).map_err(|e| {
+        let spec = self.info.tasks.get(index as usize);
+        let out = self
+            .call_encoded(index, Codec::Bincode, &bytes)
+            .map_err(|e| match spec {
+                Some(spec) => explain_bad_args(
+                    e,
+                    &spec.signature(),
+                    &spec.takes(),
+                    std::any::type_name::<A>(),
+                ),
+                None => e,
+            })?;
+        // A result that does not decode is the caller's error (it asked for
+        // another type than the task returns), not the task's (issue 28).
+        codec::decode(Codec::Bincode, &out).map_err(|_| {
+            let returns = spec.map_or("?", |t| t.ret.as_str());
             TaskError::new(
-                ErrorKind::TaskError,
-                format!("could not decode the result of `{task}` as the requested type: {e}"),
+                ErrorKind::BadArgs,
+                format!(
+                    "the result was asked for as `{}`, but `{task}` returns `{returns}`",
+                    std::any::type_name::<R>()
+                ),
             )
         })
     }

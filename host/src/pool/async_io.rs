@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use super::job::Outcome;
 use super::stream::{Imap, RawStream};
 use super::supervisor::Cmd;
-use super::{decode_outcome, AsyncResult, JobId, Pool, RawResult};
+use super::{AsyncResult, JobId, Pool, RawResult, Typed};
 use crate::error::TaskError;
 
 impl Future for RawResult {
@@ -58,7 +58,8 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        Pin::new(&mut this.raw).poll(cx).map(decode_outcome)
+        let typed = this.typed.clone();
+        Pin::new(&mut this.raw).poll(cx).map(|o| typed.decode(o))
     }
 }
 
@@ -145,6 +146,7 @@ impl Stream for RawAsyncStream<'_> {
 /// [`Imap`] as a [`Stream`] of results: see [`Imap::into_stream`].
 pub struct ImapStream<'p, R> {
     raw: RawStream<'p>,
+    typed: Typed,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -153,8 +155,10 @@ impl<'p, R> Imap<'p, R> {
     /// with `StreamExt::next().await` of the `futures` crates, or any
     /// executor's stream helpers).
     pub fn into_stream(self) -> ImapStream<'p, R> {
+        let (raw, typed) = self.into_parts();
         ImapStream {
-            raw: self.into_raw(),
+            raw,
+            typed,
             _r: PhantomData,
         }
     }
@@ -164,8 +168,11 @@ impl<R: DeserializeOwned> Stream for ImapStream<'_, R> {
     type Item = Result<R, TaskError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().raw.poll_next_with(Some(cx), |_, item| {
-            item.and_then(super::decode_outcome_bytes)
+        let this = self.get_mut();
+        let typed = &this.typed;
+        this.raw.poll_next_with(Some(cx), |_, item| {
+            item.map_err(|e| typed.explain(e))
+                .and_then(|b| typed.decode_bytes(b))
         })
     }
 }

@@ -703,6 +703,7 @@ impl Pool {
     ) -> Result<AsyncResult<R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
         let bytes = Self::encode_args(&args)?;
+        let typed = Arc::new(Typed::new::<A, R>(self, target));
         let JobOptions {
             limits,
             on_success,
@@ -711,8 +712,9 @@ impl Pool {
         let callback: Option<job::Callback> = if on_success.is_none() && on_error.is_none() {
             None
         } else {
+            let typed = typed.clone();
             Some(Box::new(move |outcome: &Outcome| {
-                match decode_outcome::<R>(outcome.clone()) {
+                match typed.decode::<R>(outcome.clone()) {
                     Ok(v) => {
                         if let Some(f) = on_success {
                             f(v)
@@ -729,6 +731,7 @@ impl Pool {
         let raw = self.apply_raw_with(target, Codec::Bincode, bytes, limits, callback)?;
         Ok(AsyncResult {
             raw,
+            typed,
             _r: PhantomData,
         })
     }
@@ -755,7 +758,12 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Vec<R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
-        Imap::new(self.typed_stream(target, items, |a| a, true, chunksize)).collect()
+        let typed = Typed::new::<A, R>(self, target);
+        Imap::new(
+            self.typed_stream(target, items, |a| a, true, chunksize),
+            typed,
+        )
+        .collect()
     }
 
     /// Starts a `map` in the background; `MapResult::get` waits for it.
@@ -767,6 +775,7 @@ impl Pool {
         chunksize: usize,
     ) -> Result<MapResult<R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
+        let typed = Typed::new::<(A,), R>(self, target);
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx = job::ChunkSender::new(tx);
         let chunksize = chunksize.clamp(1, config::MAX_CHUNKSIZE);
@@ -819,6 +828,7 @@ impl Pool {
         Ok(MapResult {
             rx,
             n,
+            typed,
             _r: PhantomData,
         })
     }
@@ -899,13 +909,11 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<'p, R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
-        Ok(Imap::new(self.typed_stream(
-            target,
-            items,
-            |a| (a,),
-            true,
-            chunksize,
-        )))
+        let typed = Typed::new::<(A,), R>(self, target);
+        Ok(Imap::new(
+            self.typed_stream(target, items, |a| (a,), true, chunksize),
+            typed,
+        ))
     }
 
     /// Like `imap`, in completion order.
@@ -917,13 +925,11 @@ impl Pool {
         chunksize: usize,
     ) -> Result<Imap<'p, R>, TaskError> {
         let target = self.task_ref(plugin, task)?;
-        Ok(Imap::new(self.typed_stream(
-            target,
-            items,
-            |a| (a,),
-            false,
-            chunksize,
-        )))
+        let typed = Typed::new::<(A,), R>(self, target);
+        Ok(Imap::new(
+            self.typed_stream(target, items, |a| (a,), false, chunksize),
+            typed,
+        ))
     }
 
     /// The general streaming form: each item is a job (any task, any codec,
@@ -1122,13 +1128,90 @@ pub(crate) fn decode_outcome<R: DeserializeOwned>(o: Outcome) -> Result<R, TaskE
 }
 
 /// Decodes a bincode result into the caller's type.
+/// A result that does not decode is the caller's error (it asked for
+/// another type than the task returns), not the task's.
 pub(crate) fn decode_outcome_bytes<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, TaskError> {
-    codec::decode(Codec::Bincode, bytes).map_err(|e| {
+    codec::decode(Codec::Bincode, bytes).map_err(|_| {
         TaskError::new(
-            ErrorKind::TaskError,
-            format!("cannot decode the result as the requested type: {e}"),
+            ErrorKind::BadArgs,
+            format!(
+                "the result does not decode as `{}`, the type asked for",
+                std::any::type_name::<R>()
+            ),
         )
     })
+}
+
+/// What a typed call and its task expect, by type name: a mismatch then
+/// says which types disagree instead of showing the codec's words, and a
+/// result that does not decode as the caller's `R` is the caller's error
+/// (`bad_args`: the caller's types do not fit the task's), not the task's
+/// (issue 28, item 6).
+#[derive(Debug, Clone)]
+pub(crate) struct Typed {
+    /// `math.square(x: u64) -> u64`; empty when the task is not known here.
+    signature: String,
+    /// The task's parameter types, `(u64)`.
+    takes: String,
+    /// The task's return type as written in its source.
+    returns: String,
+    /// The caller's argument tuple type.
+    given: &'static str,
+    /// The caller's result type.
+    asked: &'static str,
+}
+
+impl Typed {
+    pub(crate) fn new<A, R>(pool: &Pool, target: TaskRef) -> Typed {
+        let live = pool.generation();
+        let found = live.plugins.get(usize::from(target.plugin)).and_then(|p| {
+            let spec = p.tasks.get(usize::try_from(target.task).ok()?)?;
+            Some((p.name.as_str(), spec))
+        });
+        let (signature, takes, returns) = match found {
+            Some((plugin, spec)) => (
+                format!("{plugin}.{}", spec.signature()),
+                spec.takes(),
+                spec.ret.clone(),
+            ),
+            None => Default::default(),
+        };
+        Typed {
+            signature,
+            takes,
+            returns,
+            given: std::any::type_name::<A>(),
+            asked: std::any::type_name::<R>(),
+        }
+    }
+
+    /// Decodes an outcome as `R`, naming the types on a mismatch.
+    pub(crate) fn decode<R: DeserializeOwned>(&self, o: Outcome) -> Result<R, TaskError> {
+        self.decode_bytes(&o.map_err(|e| self.explain(e))?)
+    }
+
+    /// Decodes a result as `R`, naming the types on a mismatch.
+    pub(crate) fn decode_bytes<R: DeserializeOwned>(&self, bytes: &[u8]) -> Result<R, TaskError> {
+        codec::decode(Codec::Bincode, bytes).map_err(|_| {
+            TaskError::new(
+                ErrorKind::BadArgs,
+                format!(
+                    "the result was asked for as `{}`, but `{}` returns `{}`; \
+                     ask for a type that decodes from it",
+                    self.asked, self.signature, self.returns
+                ),
+            )
+        })
+    }
+
+    /// A `bad_args` error from the task's argument decoding, reworded to
+    /// say what the task takes and what it was given.
+    pub(crate) fn explain(&self, e: TaskError) -> TaskError {
+        if self.signature.is_empty() {
+            return e;
+        }
+        crate::plugin::explain_bad_args(e, &self.signature, &self.takes, self.given)
+    }
 }
 
 /// Per-job options for `apply_async_with`.
@@ -1236,6 +1319,8 @@ impl RawResult {
 /// The handle of a job submitted with `apply_async`.
 pub struct AsyncResult<R> {
     raw: RawResult,
+    /// The task's and the caller's types, for errors that name them.
+    pub(crate) typed: Arc<Typed>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -1258,11 +1343,11 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     }
     /// Waits for and returns the result.
     pub fn get(&self) -> Result<R, TaskError> {
-        decode_outcome(self.raw.get())
+        self.typed.decode(self.raw.get())
     }
     /// The result, or `None` if it is not known within `d`.
     pub fn get_timeout(&self, d: Duration) -> Option<Result<R, TaskError>> {
-        self.raw.get_timeout(d).map(decode_outcome)
+        self.raw.get_timeout(d).map(|o| self.typed.decode(o))
     }
     /// The untyped handle underneath (encoded result bytes).
     pub fn raw(&self) -> &RawResult {
@@ -1279,13 +1364,14 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 pub struct MapResult<R> {
     rx: crossbeam_channel::Receiver<job::ChunkResult>,
     n: u64,
+    typed: Typed,
     _r: PhantomData<fn() -> R>,
 }
 
 impl<R: DeserializeOwned> MapResult<R> {
     /// Waits for every item; the first failure (in input order) wins.
     pub fn get(self) -> Result<Vec<R>, TaskError> {
-        stream::collect_chunks(&self.rx, self.n, gone)
+        stream::collect_chunks(&self.rx, self.n, gone, &self.typed)
     }
 }
 

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use super::config::Limits;
 use super::items::News;
 use super::job::{ChunkBody, ChunkResult, ChunkSender, Outcome};
-use super::{decode_outcome_bytes, Pool, TaskRef};
+use super::{Pool, TaskRef, Typed};
 use crate::error::{ErrorKind, TaskError};
 
 /// One job of a stream: a task, encoded arguments and optional limits.
@@ -616,20 +616,22 @@ impl Iterator for RawStream<'_> {
 /// A typed stream of results (`imap`, `imap_unordered`).
 pub struct Imap<'p, R> {
     raw: RawStream<'p>,
+    typed: Typed,
     _r: PhantomData<fn() -> R>,
 }
 
 impl<'p, R> Imap<'p, R> {
-    pub(crate) fn new(raw: RawStream<'p>) -> Self {
+    pub(crate) fn new(raw: RawStream<'p>, typed: Typed) -> Self {
         Imap {
             raw,
+            typed,
             _r: PhantomData,
         }
     }
 
-    /// The untyped stream under it (for [`Imap::into_stream`]).
-    pub(crate) fn into_raw(self) -> RawStream<'p> {
-        self.raw
+    /// The untyped stream under it and the types (for [`Imap::into_stream`]).
+    pub(crate) fn into_parts(self) -> (RawStream<'p>, Typed) {
+        (self.raw, self.typed)
     }
 }
 
@@ -637,8 +639,11 @@ impl<R: DeserializeOwned> Iterator for Imap<'_, R> {
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.raw
-            .next_with(|_, item| item.and_then(decode_outcome_bytes))
+        let typed = &self.typed;
+        self.raw.next_with(|_, item| {
+            item.map_err(|e| typed.explain(e))
+                .and_then(|b| typed.decode_bytes(b))
+        })
     }
 }
 
@@ -647,6 +652,7 @@ pub(crate) fn collect_chunks<R: DeserializeOwned>(
     rx: &Receiver<ChunkResult>,
     n: u64,
     gone: impl Fn() -> TaskError,
+    typed: &Typed,
 ) -> Result<Vec<R>, TaskError> {
     let mut chunks = BTreeMap::new();
     let mut got = 0u64;
@@ -663,7 +669,10 @@ pub(crate) fn collect_chunks<R: DeserializeOwned>(
     for (_, c) in chunks {
         let mut cur = Cursor::new(c);
         while let Some((_, item)) = cur.next_item() {
-            out.push(item.and_then(decode_outcome_bytes)?);
+            out.push(
+                item.map_err(|e| typed.explain(e))
+                    .and_then(|b| typed.decode_bytes(b))?,
+            );
         }
     }
     Ok(out)
