@@ -1028,3 +1028,94 @@ print(json.dumps(out))
     // Nothing near: the name alone, as Celery.
     assert_eq!(got[2]["args"], json!(["nothing_like_it"]), "{got}");
 }
+
+/// Issue 28, item 7: a broker URL that can never work is a configuration
+/// error at start, exit 2 with a message saying so, for `worker` (which
+/// used to retry it for ever) and `submit`: a wrong password (WRONGPASS),
+/// a user without the rights (NOPERM: the worker's script load, submit's
+/// LPUSH), a database index out of range, a scheme this host does not speak
+/// (said by name), no password where one is required (NOAUTH). A broker
+/// that is only down keeps being retried: the worker waits for it and
+/// consumes once it is back.
+#[test]
+fn u28_a_broker_url_that_can_never_work_is_a_configuration_error() {
+    let Some(redis) = celery::redis_or_skip("u28_a_broker_url_that_can_never_work") else {
+        return;
+    };
+    drop(redis);
+    let mut redis = celery::RedisServer::start_with(&[
+        "--user", "alice", "on", ">right", "~*", "&*", "+@all", "--user", "limited", "on", ">pw",
+        "~*", "+ping",
+    ]);
+    let port = redis.port();
+    let math = common::plugin_str("math");
+    let mut bad = vec![
+        (
+            format!("redis://alice:wrong@127.0.0.1:{port}/0"),
+            "password",
+        ),
+        (
+            format!("redis://limited:pw@127.0.0.1:{port}/0"),
+            "permissions",
+        ),
+        (redis.url_db(99), "DB index is out of range"),
+        (format!("amqp://127.0.0.1:{port}//"), "the scheme `amqp://`"),
+    ];
+    let check = |url: &str, what: &str| {
+        let out = host_timeout(&["worker", &math, "--broker", url]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "worker {url}: {stderr}");
+        assert!(stderr.contains(what), "worker {url}: {stderr}");
+        assert!(
+            url.starts_with("amqp") || stderr.contains("configuration error"),
+            "worker {url}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(":wrong@") && !stderr.contains(":pw@"),
+            "{stderr}"
+        );
+        let out = host_timeout(&[
+            "submit",
+            "--broker",
+            url,
+            "--task",
+            "math.square",
+            "--args",
+            "[1]",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "submit {url}: {stderr}");
+        assert!(
+            stderr.contains(what) && stderr.contains("configuration error"),
+            "submit {url}: {stderr}"
+        );
+    };
+    for (url, what) in bad.drain(..) {
+        check(&url, what);
+    }
+
+    // Down is not wrong: the worker retries until the broker is back.
+    redis.kill();
+    let url = format!("redis://alice:right@127.0.0.1:{port}/0");
+    let mut w = celery::spawn_until(
+        {
+            let mut cmd = common::host_command();
+            cmd.args(["worker", &math, "--broker", &url]);
+            cmd
+        },
+        "cannot reach the broker yet",
+        celery::WORKER_START,
+    );
+    redis.restart();
+    celery::wait_until("the worker consumes", celery::DEADLINE, || {
+        w.stderr().contains(celery::WORKER_READY)
+    });
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = w.wait_timeout(celery::DEADLINE).expect("the worker stops");
+    assert_eq!(status.code(), Some(0), "{}", w.stderr());
+
+    // Last (the test's own connections stop working): a password required
+    // and none given.
+    redis.cmd(&["CONFIG", "SET", "requirepass", "sekret"]);
+    check(&redis.url(), "NOAUTH");
+}

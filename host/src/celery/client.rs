@@ -85,6 +85,29 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// True when the same call may succeed later (the connection failed or
+    /// timed out, Redis is loading, ...), as the worker's
+    /// [`BrokerError::is_transient`](super::redis::BrokerError::is_transient)
+    /// decides it (the one classification); false for what fails the same
+    /// way every time: a bad URL, NOAUTH, WRONGPASS, NOPERM, a database
+    /// index out of range, a refused option, a task's own failure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Timeout { .. } => true,
+            ClientError::Redis { source, .. } => super::redis::BrokerError::Redis {
+                what: "broker",
+                source: source.clone(),
+            }
+            .is_transient(),
+            ClientError::Url { .. }
+            | ClientError::BadResult { .. }
+            | ClientError::Option(_)
+            | ClientError::Task { .. } => false,
+        }
+    }
+}
+
 /// A `Result` whose error is a [`ClientError`] unless said otherwise.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 

@@ -190,7 +190,25 @@ pub fn client(url: &str) -> Result<redis::Client, BrokerError> {
         url.to_string()
     };
     if !fixed.starts_with("rediss://") {
-        return redis::Client::open(fixed.as_str()).map_err(|e| bad(e.to_string()));
+        return redis::Client::open(fixed.as_str()).map_err(|e| {
+            // A scheme this host does not speak (Celery's amqp://, sqs://,
+            // a typo) is said by name, not as "did not parse" (issue 28).
+            bad(match fixed.split_once("://") {
+                Some((s, _))
+                    if !matches!(
+                        s,
+                        "redis" | "unix" | "redis+unix" | "valkey" | "valkeys" | "valkey+unix"
+                    ) =>
+                {
+                    format!(
+                        "the scheme `{s}://` is not one this host speaks: redis://, rediss://, \
+                         redis+unix://, unix:// or redis+socket:// (Redis only)"
+                    )
+                }
+                None => "not a URL: redis://[:PASSWORD@]HOST:PORT/DB".to_string(),
+                Some(_) => e.to_string(),
+            })
+        });
     }
     // TLS: take redis-py's ssl_* options out of the query string.
     let (base, query) = match fixed.split_once('?') {

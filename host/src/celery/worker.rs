@@ -422,11 +422,19 @@ impl Worker {
         for w in lease_warnings(&opts) {
             tracing::warn!("{w}");
         }
-        // Wait for the broker (Celery's broker_connection_retry_on_startup).
+        // Wait for the broker (Celery's broker_connection_retry_on_startup),
+        // but only while waiting can help: a refusal that repeats the same
+        // way every time (NOAUTH, WRONGPASS, NOPERM, a database index out of
+        // range: `!is_transient()`) is the URL's fault and ends the start
+        // (issue 28: it used to be retried for ever).
         let mut warned = false;
         loop {
             match broker.ping() {
                 Ok(()) => break,
+                Err(e) if !e.is_transient() => {
+                    let _ = pool.terminate();
+                    return Err(WorkerError::Broker(e));
+                }
                 Err(e) => {
                     if !warned {
                         tracing::warn!("cannot reach the broker yet ({e}); retrying");

@@ -56,7 +56,9 @@ Waiting: --wait gives up when --timeout passes with no result arriving and no jo
   error says nothing has taken them: is a worker consuming that queue (-Q)?
 
 Exit status: 0 every job was sent (and, with --wait, succeeded); 1 some job failed or was
-  not sent; 2 usage error, unreadable input, or a broker that cannot be reached; 124
+  not sent; 2 usage error, unreadable input, or a broker that cannot be reached or can
+  never work (a scheme it does not speak, a bad password, a user without the rights, a
+  database index out of range); 124
   --timeout passed; 130 interrupted by SIGINT or SIGTERM.
 
 Signals: the first SIGINT/SIGTERM stops: no more input is read, the results already
@@ -330,6 +332,12 @@ pub fn execute(b: Batch) -> i32 {
     let backend = b.result_backend.clone().unwrap_or_else(|| b.broker.clone());
     let client = match Client::with_backend(&b.broker, &backend, Timeouts::default()) {
         Ok(c) => c,
+        Err(e) if !e.is_transient() => {
+            return usage(format_args!(
+                "the broker cannot work: {e}\n  (a configuration error: check the URL's \
+                 scheme, password, user and database index)"
+            ))
+        }
         Err(e) => return usage(format_args!("cannot reach the broker: {e}")),
     };
     let waiter = if b.wait {
@@ -386,6 +394,7 @@ pub fn execute(b: Batch) -> i32 {
         last_activity: Instant::now(),
         noticed: false,
         timed_out: false,
+        refused: false,
     };
     std::thread::scope(|s| {
         if let Some(mut signals) = signals.take() {
@@ -425,6 +434,7 @@ pub fn execute(b: Batch) -> i32 {
         write_error,
         lost,
         timed_out,
+        refused,
         ..
     } = fleet;
     let interrupted = abandon.load(Ordering::Acquire);
@@ -465,6 +475,13 @@ pub fn execute(b: Batch) -> i32 {
     }
     if let Some(e) = read_error {
         eprintln!("error: {e}");
+        code = exit::USAGE;
+    }
+    if refused {
+        eprintln!(
+            "the broker refuses this for good: a configuration error (check the URL's user and \
+             its rights)"
+        );
         code = exit::USAGE;
     }
     code
@@ -526,6 +543,15 @@ struct Fleet<'a> {
     noticed: bool,
     /// `--timeout` passed with results still awaited.
     timed_out: bool,
+    /// Redis refused a send or subscription for good (NOPERM, ...): a
+    /// configuration error.
+    refused: bool,
+}
+
+/// True when Redis refused a call the same way it will every time (an ACL
+/// without the rights, NOAUTH, ...): the URL's fault, exit 2.
+fn refusal(e: &client::ClientError) -> bool {
+    matches!(e, client::ClientError::Redis { .. }) && !e.is_transient()
 }
 
 impl Fleet<'_> {
@@ -703,11 +729,13 @@ impl Fleet<'_> {
         }
         if let Some(w) = self.waiter.as_mut() {
             if let Err(e) = w.watch(msgs.iter().map(|m| m.id.clone())) {
+                self.refused |= refusal(&e);
                 self.lose(&indexes, &format!("cannot subscribe to the results: {e}"));
                 return;
             }
         }
         if let Err(e) = self.client.send_many(&mut msgs) {
+            self.refused |= refusal(&e);
             self.lose(&indexes, &format!("cannot send the job: {e}"));
             return;
         }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use billiard_host::celery::control::{node_name, Ops, OpsOptions};
-use billiard_host::celery::{Control, Worker, WorkerOptions};
+use billiard_host::celery::{Control, Worker, WorkerError, WorkerOptions};
 use billiard_host::metrics::Metrics;
 use billiard_host::{Pool, StartMethod};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
@@ -29,6 +29,11 @@ Examples:
 
 Task names: `plugin.task` (math.square), or the bare task name when only one plugin has it.
   Arguments: Celery's args, and kwargs mapped onto the task's argument names.
+
+Broker: a broker that is down, times out or is loading is waited for (a warning, then retries
+  with backoff); one that refuses this worker the same way every time (no or a wrong password,
+  a user without the rights, a database index out of range, a scheme other than Redis's) is a
+  configuration error: exit 2 at once, with Redis's reason.
 
 Signals: SIGTERM/SIGINT: warm shutdown (stop reserving, finish and ack running jobs, exit 0);
   a second SIGTERM/SIGINT, or SIGQUIT: cold shutdown (kill running jobs and return their
@@ -313,6 +318,19 @@ pub fn run(args: Args) -> i32 {
                 summary.shutdown
             );
             exit::OK
+        }
+        // A broker that refuses this worker the same way every time (a
+        // bad password, NOAUTH, a user without the rights, a database index
+        // out of range, a URL it cannot use) is a configuration error:
+        // exit 2, as a usage error, so a service manager does not restart
+        // it in a loop (issue 28).
+        Err(WorkerError::Broker(e)) if !e.is_transient() => {
+            eprintln!(
+                "error: the broker {} cannot work: {e}\n  (a configuration error, not retried: \
+                 check the URL's password, user and its rights, and database index)",
+                billiard_host::celery::redis::redact(&args.broker)
+            );
+            exit::USAGE
         }
         Err(e) => {
             eprintln!("error: {e}");
