@@ -95,6 +95,12 @@ pub struct TaskError {
     /// What went wrong, for people (the panic message, the task's error text,
     /// which limit passed, ...).
     pub message: String,
+    /// What the task said about its own failure beyond its text: the
+    /// exception class it is raised as for a Python caller, and what it asks
+    /// the host to do with its message (retry, reject, ignore). None for
+    /// every failure the host itself names, and for plugins that say nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Box<FailureDetail>>,
 }
 
 impl TaskError {
@@ -103,7 +109,88 @@ impl TaskError {
         TaskError {
             kind,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    /// The same error carrying `detail`.
+    pub fn with_detail(mut self, detail: FailureDetail) -> Self {
+        self.detail = Some(Box::new(detail));
+        self
+    }
+
+    /// What the task asked the host to do with its message, if anything.
+    pub fn directive(&self) -> Option<&Directive> {
+        self.detail.as_ref().and_then(|d| d.directive.as_ref())
+    }
+
+    /// The exception class the task named for its failure, if any.
+    pub fn exception_class(&self) -> Option<&ExceptionClass> {
+        self.detail.as_ref().and_then(|d| d.exception.as_ref())
+    }
+}
+
+/// A task's own account of its failure (see [`TaskError::detail`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureDetail {
+    /// The Python exception class a Celery caller sees (None: the kind's
+    /// default mapping, `TaskError` for `task_error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<ExceptionClass>,
+    /// What the task asks the host to do with its message (None: the
+    /// failure is final, as any other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directive: Option<Directive>,
+}
+
+/// A Python exception class: `module.name` (`builtins.ValueError`,
+/// `myapp.errors.Expected`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionClass {
+    /// The module (`builtins` for Python's built-in exceptions).
+    pub module: String,
+    /// The class name.
+    pub name: String,
+}
+
+/// What a failing task asks the host to do with its message, as Celery's
+/// `self.retry()`, `raise Reject(...)` and `raise Ignore()` do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Directive {
+    /// Run the task again, later: the same task id, `retries` + 1.
+    Retry {
+        /// How long to wait before the next attempt (None: the task's or
+        /// worker's retry policy decides).
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
+        countdown: Option<std::time::Duration>,
+        /// Overrides the policy's cap on attempts for this decision only
+        /// (Celery's `retry(max_retries=...)`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_retries: Option<u32>,
+    },
+    /// End the message as rejected: back on its queue (`requeue`), or
+    /// dropped with the failure stored.
+    Reject {
+        /// Put the message back on its queue.
+        requeue: bool,
+    },
+    /// End the message as if it never ran: acked, nothing stored.
+    Ignore,
+}
+
+/// Durations as whole milliseconds in serialized details.
+mod opt_millis {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 

@@ -29,6 +29,7 @@ pub mod metrics;
 mod plugin;
 mod pool;
 mod process;
+pub mod retry;
 pub mod sandbox;
 // Not part of the API: public (hidden) for the arena fuzzing in tests/.
 #[doc(hidden)]
@@ -45,7 +46,7 @@ pub mod __private {
 }
 
 pub use billiard_plugin_api::Codec;
-pub use error::{ErrorKind, TaskError};
+pub use error::{Directive, ErrorKind, ExceptionClass, FailureDetail, TaskError};
 pub use plugin::{
     closest_name, outcome, resolve_task, ArgSpec, Plugin, PluginInfo, PluginLoadError, PluginMeta,
     TaskSpec,
