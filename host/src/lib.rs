@@ -31,6 +31,7 @@ mod pool;
 mod process;
 pub mod retry;
 pub mod sandbox;
+pub mod service;
 // Not part of the API: public (hidden) for the arena fuzzing in tests/.
 #[doc(hidden)]
 pub mod shm;

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The service manager's notification socket (`sd_notify`).
+pub mod notify;
 /// The worker sandbox's OS calls (namespaces, mounts, seccomp, identity).
 pub mod sandbox;
 /// The shared-memory payload arenas' OS calls (sealed memfds, mappings).

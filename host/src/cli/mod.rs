@@ -58,6 +58,15 @@ enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+    /// Write man pages (billiard-host.1 and one per subcommand, e.g.
+    /// billiard-host-worker.1) into a directory.
+    #[command(
+        after_help = "Example:\n  sudo billiard-host manpages /usr/local/share/man/man1 && man billiard-host-worker"
+    )]
+    Manpages {
+        /// The directory to write into (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Parses the command line, runs the subcommand and returns the exit code.
@@ -92,6 +101,27 @@ pub fn main() -> i32 {
         Command::Submit(args) => submit::run(*args),
         Command::New(args) => new::run(args),
         Command::Completions { shell } => completions(shell),
+        Command::Manpages { dir } => manpages(&dir),
+    }
+}
+
+/// `billiard-host manpages DIR`: one page for the command and one per
+/// subcommand, generated from the same clap definitions as `--help`, so
+/// they never drift from it.
+fn manpages(dir: &std::path::Path) -> i32 {
+    let cmd = Cli::command();
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(cmd, dir))
+        .map_err(|e| format!("cannot write man pages into {}: {e}", dir.display()));
+    match written {
+        Ok(()) => {
+            eprintln!("wrote man pages into {}", dir.display());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use billiard_host::celery::control::{node_name, Ops, OpsOptions};
 use billiard_host::celery::{Control, Worker, WorkerError, WorkerOptions};
 use billiard_host::metrics::Metrics;
+use billiard_host::service::Notifier;
 use billiard_host::{Pool, StartMethod};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook::iterator::Signals;
@@ -199,6 +200,9 @@ const REPEAT: Duration = Duration::from_millis(100);
 
 pub fn run(args: Args) -> i32 {
     init_logging(args.loglevel, args.log_format);
+    // Before any thread starts: it takes NOTIFY_SOCKET out of the
+    // environment the pool's workers inherit.
+    let notifier = std::sync::Arc::new(Notifier::from_env());
     let mut plugins = vec![args.plugin.clone()];
     plugins.extend(args.more_plugins.iter().cloned());
     // The pool starts before this process has other threads (the fork
@@ -249,6 +253,7 @@ pub fn run(args: Args) -> i32 {
         }
     };
     let handle = signals.handle();
+    let said_stop = notifier.clone();
     let watcher = std::thread::Builder::new()
         .name("worker-signals".into())
         .spawn(move || {
@@ -265,8 +270,10 @@ pub fn run(args: Args) -> i32 {
                         }
                         if first.is_none() {
                             first = Some((sig, Instant::now()));
+                            said_stop.stopping("warm shutdown: finishing the tasks it holds");
                             ctl.send(Control::Warm);
                         } else {
+                            said_stop.stopping("cold shutdown");
                             ctl.send(Control::Cold);
                         }
                     }
@@ -274,7 +281,16 @@ pub fn run(args: Args) -> i32 {
             }
         });
     let json = args.log_format == LogFormat::Json;
+    let (watchdog_stop, watchdog_stopped) = crossbeam_channel::bounded::<()>(0);
+    let ready_notifier = notifier.clone();
+    let health_ops = ops.clone();
     let result = worker.run(|info| {
+        ready_notifier.ready(&format!(
+            "consuming [{}] with {} worker process(es)",
+            info.queues.join(", "),
+            info.concurrency
+        ));
+        start_watchdog(ready_notifier, health_ops, watchdog_stopped);
         if json {
             let mut v = serde_json::to_value(info).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
@@ -302,10 +318,15 @@ pub fn run(args: Args) -> i32 {
             );
         }
     });
+    drop(watchdog_stop);
     handle.close();
     if let Ok(w) = watcher {
         let _ = w.join();
     }
+    notifier.stopping(match &result {
+        Ok(_) => "stopped",
+        Err(_) => "stopped on an error",
+    });
     match result {
         Ok(summary) => {
             tracing::info!(
@@ -336,6 +357,37 @@ pub fn run(args: Args) -> i32 {
             eprintln!("error: {e}");
             exit::JOBS_FAILED
         }
+    }
+}
+
+/// Pings the service manager's watchdog every half timeout while the pool
+/// has live worker processes (`$WATCHDOG_USEC`, systemd's `WatchdogSec=`):
+/// a pool that is gone stops the pings, so the manager restarts the
+/// service. Ends when `stop` closes.
+fn start_watchdog(
+    notifier: std::sync::Arc<Notifier>,
+    ops: std::sync::Arc<Ops>,
+    stop: crossbeam_channel::Receiver<()>,
+) {
+    let Some(period) = notifier.watchdog_period() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            // The first snapshot of the pool lands within the ops ticker's
+            // first second: the first ping waits a period.
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
+                let alive = ops.workers_alive.load(std::sync::atomic::Ordering::Acquire);
+                notifier.ping(if alive > 0 {
+                    Ok(())
+                } else {
+                    Err("the pool has no live worker process".into())
+                });
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the watchdog thread ({e}); not pinging the service manager");
     }
 }
 
