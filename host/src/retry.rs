@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use crate::error::{Directive, ErrorKind, TaskError};
 
+pub use crate::pool::Attempts;
+
 /// Celery's `Task.max_retries` default.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 /// Celery's `Task.default_retry_delay`: three minutes.

@@ -9,6 +9,7 @@ use std::io::{BufWriter, Write};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use billiard_host::retry::Attempts;
 use billiard_host::{ErrorKind, Outcome, TaskError};
 use serde::Serialize;
 
@@ -225,11 +226,38 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    /// Appends the result line of job `index` (see [`render_into`]).
-    pub fn push(&mut self, index: u64, outcome: Result<&[u8], TaskError>) {
+    /// Appends the result line of job `index` (see [`render_into`]); a job
+    /// that was retried also says how many attempts it took and how the
+    /// earlier ones failed (see [`append_attempts`]).
+    pub fn push_attempted(
+        &mut self,
+        index: u64,
+        outcome: Result<&[u8], TaskError>,
+        attempts: Option<&Attempts>,
+    ) {
         let failed = render_into(&mut self.bytes, index, outcome);
+        if let Some(a) = attempts {
+            append_attempts(&mut self.bytes, a);
+        }
         self.lines.push((self.bytes.len(), failed));
     }
+}
+
+/// The optional fields of a retried job's result line, put into the line
+/// just written at the end of `out`: `"attempts"` (how many ran, the last
+/// one included) and `"retried"` (how the earlier ones failed, oldest
+/// first, each as an `"error"` is written; at most the latest 16). A job
+/// that ran once has neither.
+pub fn append_attempts(out: &mut Vec<u8>, a: &Attempts) {
+    if !out.ends_with(b"}\n") {
+        return;
+    }
+    out.truncate(out.len().saturating_sub(2));
+    out.extend_from_slice(b",\"attempts\":");
+    out.extend_from_slice(itoa(u64::from(a.count), &mut [0; 20]));
+    out.extend_from_slice(b",\"retried\":");
+    serde_json::to_writer(&mut *out, &a.failures).expect("errors always serialize");
+    out.extend_from_slice(b"}\n");
 }
 
 /// Appends the line of one stream item of job `index`:
@@ -367,6 +395,35 @@ pub fn flush_in_background<'scope, 'env>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn k23_a_retried_jobs_line_says_its_attempts() {
+        let mut r = Rendered::default();
+        r.push_attempted(0, Ok(b"1"), None);
+        let a = Attempts {
+            count: 3,
+            failures: vec![
+                TaskError::new(ErrorKind::Panic, "first"),
+                TaskError::new(ErrorKind::WorkerLost, "second"),
+            ],
+        };
+        r.push_attempted(1, Ok(b"9"), Some(&a));
+        r.push_attempted(2, Err(TaskError::new(ErrorKind::TaskError, "last")), Some(&a));
+        let text = String::from_utf8(r.bytes).unwrap();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0], serde_json::json!({"index": 0, "ok": 1}));
+        assert_eq!(
+            lines[1],
+            serde_json::json!({"index": 1, "ok": 9, "attempts": 3, "retried": [
+                {"kind": "panic", "message": "first"},
+                {"kind": "worker_lost", "message": "second"}]})
+        );
+        assert_eq!(lines[2]["error"]["kind"], "task_error");
+        assert_eq!(lines[2]["attempts"], 3);
+        assert_eq!(r.lines.len(), 3);
+        assert_eq!(r.lines[2].1, Some(ErrorKind::TaskError));
+    }
 
     fn text(index: u64, o: Outcome) -> (String, Option<ErrorKind>) {
         let (line, kind) = render(index, &o);

@@ -157,6 +157,121 @@ pub struct Args {
     /// --start-method fork and --stats-json.
     #[arg(long, conflicts_with = "broker")]
     isolated: bool,
+    #[command(flatten)]
+    retry: RetryFlags,
+}
+
+/// The most retries `--retries` accepts.
+const MAX_RETRIES: u32 = 10_000;
+
+/// `run`'s retry flags: the pool's [`RetryPolicy`] for a local batch.
+#[derive(clap::Args, Debug)]
+pub(super) struct RetryFlags {
+    /// Run a failed job again, at most N times (0, the default: never;
+    /// at most 10000). Each result line then says how many attempts its
+    /// job took and how the earlier ones failed ("attempts", "retried").
+    /// A task that asks for a retry is retried too, within N.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_retries,
+          conflicts_with_all = ["broker", "isolated"])]
+    retries: u32,
+    /// The failure kinds retried (comma-separated; default with --retries:
+    /// task_error,panic,worker_lost; `none`: only what tasks ask for).
+    /// `terminated` is never retried.
+    #[arg(long, value_name = "KINDS", value_parser = parse_retry_kinds, requires = "retries")]
+    retry_on: Option<RetryKinds>,
+    /// The delay before each retry, without --retry-backoff (default 1s;
+    /// 0s retries at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_delay,
+          requires = "retries", conflicts_with = "retry_backoff")]
+    retry_delay: Option<Duration>,
+    /// Exponential backoff instead of a fixed delay: D, 2D, 4D, ... (at
+    /// most --retry-backoff-max), each drawn at random from 0 to that
+    /// unless --no-retry-jitter (Celery's retry_backoff).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "retries")]
+    retry_backoff: Option<Duration>,
+    /// The longest backoff delay (default 10m, Celery's).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          requires = "retry_backoff")]
+    retry_backoff_max: Option<Duration>,
+    /// Backoff delays exactly as computed, not drawn at random below them.
+    #[arg(long, requires = "retry_backoff")]
+    no_retry_jitter: bool,
+}
+
+/// The delay between attempts without `--retry-backoff`: a second, not
+/// Celery's three minutes. A waiting retry holds no worker, so a longer
+/// delay costs a local batch only latency; a second is enough for what a
+/// retry is for (a resource busy for a moment, a worker killed under
+/// memory pressure) without stretching a batch whose failures are for
+/// good by minutes.
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// What `--retries` retries without `--retry-on`: what may go differently
+/// the next time. `task_error` (the task's own `Err`: a timeout, a busy
+/// resource) and `panic` (Celery's `autoretry_for=(Exception,)` retries
+/// any exception); `worker_lost` too, as Celery 5.7's
+/// `task_retry_on_worker_lost`, since in a local batch the usual reason is
+/// the machine (the OOM killer), and --retries bounds what a job that
+/// kills its worker every time costs. Not the time limits (the same limit
+/// would pass again), nor the caller's mistakes (`bad_args`,
+/// `unknown_task`) or a plugin that does not load, which never change.
+const DEFAULT_RETRY_ON: [ErrorKind; 3] =
+    [ErrorKind::TaskError, ErrorKind::Panic, ErrorKind::WorkerLost];
+
+impl RetryFlags {
+    /// The policy the flags ask for; `None` without `--retries` (or 0).
+    pub(super) fn policy(&self) -> Option<billiard_host::retry::RetryPolicy> {
+        use billiard_host::retry::{Backoff, RetryPolicy, DEFAULT_BACKOFF_MAX};
+        if self.retries == 0 {
+            return None;
+        }
+        Some(RetryPolicy {
+            on: self
+                .retry_on
+                .clone()
+                .map_or_else(|| DEFAULT_RETRY_ON.to_vec(), |k| k.0),
+            max_retries: Some(self.retries),
+            delay: self.retry_delay.unwrap_or(DEFAULT_RETRY_DELAY),
+            backoff: self.retry_backoff.map(|factor| Backoff {
+                factor,
+                max: self.retry_backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
+                jitter: !self.no_retry_jitter,
+            }),
+        })
+    }
+}
+
+/// `--retries`: 0 to [`MAX_RETRIES`].
+fn parse_retries(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n <= MAX_RETRIES => Ok(n),
+        _ => Err(format!("must be a number of retries from 0 to {MAX_RETRIES}")),
+    }
+}
+
+/// `--retry-on`: failure kinds, not `terminated` (a job ended on request);
+/// `none`: only the retries tasks ask for.
+fn parse_retry_kinds(s: &str) -> Result<RetryKinds, String> {
+    if s.trim() == "none" {
+        return Ok(RetryKinds(Vec::new()));
+    }
+    let kinds = billiard_host::retry::parse_kinds(s)?;
+    if kinds.contains(&ErrorKind::Terminated) {
+        return Err("`terminated` is never retried: it is how a job is stopped".into());
+    }
+    Ok(RetryKinds(kinds))
+}
+
+/// The kinds `--retry-on` names (one value, not one per kind).
+#[derive(Debug, Clone)]
+pub(super) struct RetryKinds(Vec<ErrorKind>);
+
+/// `--retry-delay`: a duration, 0 allowed (retry at once).
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    if humantime::parse_duration(s).is_ok_and(|d| d.is_zero()) {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 pub(super) fn parse_workers(s: &str) -> Result<usize, String> {
@@ -347,6 +462,7 @@ pub fn run(args: Args) -> i32 {
         }
     }
 
+    let retry = args.retry.policy();
     let visible = !single && !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut progress = Progress::new(visible);
     let stop = Arc::new(Stop::new());
@@ -391,6 +507,7 @@ pub fn run(args: Args) -> i32 {
             !args.unordered,
             args.chunksize,
             line_numbers.as_ref(),
+            retry.as_ref(),
             |batch| {
                 let ok = batch.lines.iter().filter(|(_, f)| f.is_none()).count();
                 progress.record_batch(ok as u64, batch.lines.iter().filter_map(|(_, f)| *f));
@@ -600,6 +717,7 @@ fn render(
     out: &mut Rendered,
     index: u64,
     outcome: Result<&[u8], TaskError>,
+    attempts: Option<&billiard_host::retry::Attempts>,
     line_numbers: Option<&LineNumbers>,
 ) {
     let outcome = match outcome {
@@ -614,7 +732,7 @@ fn render(
         }
         other => other,
     };
-    out.push(index, outcome);
+    out.push_attempted(index, outcome, attempts);
 }
 
 /// Runs the jobs through the pool and hands their result lines to `emit`
@@ -644,6 +762,7 @@ fn stream_results<'scope, 'env>(
     ordered: bool,
     chunksize: usize,
     line_numbers: Option<&'env LineNumbers>,
+    retry: Option<&'env billiard_host::retry::RetryPolicy>,
     mut emit: impl FnMut(&Rendered) -> std::io::Result<()>,
     mut flush: impl FnMut(),
 ) -> std::io::Result<()> {
@@ -677,26 +796,35 @@ fn stream_results<'scope, 'env>(
                     .fetch_add(batch.lines.len() as u64, Ordering::AcqRel);
                 tx.send(std::mem::take(batch)).is_ok()
             };
-            let mut stream = pool
-                .imap_source(segment, ordered, chunksize)
-                .on_news(|i, news| match news {
-                    billiard_host::News::Items(b) => {
-                        let mut batch = batch.borrow_mut();
-                        for item in b.items() {
-                            output::render_item_into(&mut batch.bytes, offset + i, item);
-                        }
-                        if batch.bytes.len() >= ITEM_BATCH_BYTES {
-                            send(&mut batch);
-                        }
+            let mut stream = pool.imap_source(segment, ordered, chunksize);
+            if let Some(p) = retry {
+                // The command line's policy, exactly: --retries is a cap.
+                stream = stream.retry_policy(Some(p.clone()));
+            }
+            let mut stream = stream.on_news(|i, news| match news {
+                billiard_host::News::Items(b) => {
+                    let mut batch = batch.borrow_mut();
+                    for item in b.items() {
+                        output::render_item_into(&mut batch.bytes, offset + i, item);
                     }
-                    billiard_host::News::Progress { done, total } => {
-                        super::progress::PARTIAL.report(offset + i, done, total)
+                    if batch.bytes.len() >= ITEM_BATCH_BYTES {
+                        send(&mut batch);
                     }
-                });
+                }
+                billiard_host::News::Progress { done, total } => {
+                    super::progress::PARTIAL.report(offset + i, done, total)
+                }
+            });
             while stream
-                .next_with(|i, outcome| {
+                .next_with_attempts(|i, outcome, attempts| {
                     super::progress::PARTIAL.finished(offset + i);
-                    render(&mut batch.borrow_mut(), offset + i, outcome, line_numbers)
+                    render(
+                        &mut batch.borrow_mut(),
+                        offset + i,
+                        outcome,
+                        attempts,
+                        line_numbers,
+                    )
                 })
                 .is_some()
             {

@@ -96,6 +96,9 @@ pub struct PoolConfig {
     /// What workers (and the zygote that loads the plugins) may do
     /// (`crate::sandbox`); `none` by default.
     pub sandbox: crate::sandbox::Sandbox,
+    /// How failed jobs are retried by default (`None`: never; a job's or a
+    /// stream's own policy comes first). See `PoolBuilder::retry_policy`.
+    pub retry: Option<crate::retry::RetryPolicy>,
 }
 
 impl Default for PoolConfig {
@@ -122,6 +125,7 @@ impl Default for PoolConfig {
             restart_window: Duration::from_secs(10),
             load_timeout: Duration::from_secs(60),
             sandbox: crate::sandbox::Sandbox::default(),
+            retry: None,
         }
     }
 }
@@ -161,6 +165,9 @@ impl PoolConfig {
             positive("time_limit", d)?;
         }
         positive("load_timeout", self.load_timeout)?;
+        if let Some(p) = &self.retry {
+            crate::pool::retry::check_policy(p)?;
+        }
         positive("restart_limit's window", self.restart_window)?;
         if self.max_tasks_per_child == Some(0) {
             return Err("max_tasks_per_child: must be at least 1".into());

@@ -46,6 +46,8 @@ pub struct ResultSlot {
     cv: Condvar,
     /// The job's latest `ctx.progress` report.
     pub progress: super::items::ProgressCell,
+    /// How a failure of the job is retried (`pool/retry.rs`); unset: never.
+    retry: std::sync::OnceLock<super::retry::SlotRetry>,
 }
 
 struct SlotState {
@@ -68,12 +70,30 @@ impl ResultSlot {
             }),
             cv: Condvar::new(),
             progress: Default::default(),
+            retry: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Retries the job's failures as `r` says (set before it is submitted).
+    pub(crate) fn set_retry(&self, r: super::retry::SlotRetry) {
+        let _ = self.retry.set(r);
+    }
+
+    /// The job's attempts, once it was retried.
+    pub fn attempts(&self) -> Option<super::retry::Attempts> {
+        self.retry.get().and_then(|r| r.attempts())
     }
 
     /// Stores the outcome (the first one wins) and hands back the callback
     /// to run, if any.
     pub fn fill(&self, outcome: Outcome) -> Option<(Callback, Outcome)> {
+        // A failure its policy retries is not the job's outcome: the next
+        // attempt fills the slot (pool/retry.rs).
+        if let Some(r) = self.retry.get() {
+            if !self.is_ready() && r.intercept(&outcome) {
+                return None;
+            }
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.outcome.is_some() {
             return None;
@@ -172,6 +192,8 @@ impl ResultSlot {
 pub struct ChunkSender {
     tx: crossbeam_channel::Sender<ChunkResult>,
     wake: Arc<WakeCell>,
+    /// How the stream's failed items are retried (`pool/retry.rs`).
+    retry: Option<Arc<super::retry::StreamRetry>>,
 }
 
 /// One task's waker, set by a pending `poll_next` and taken by the next
@@ -208,15 +230,41 @@ impl ChunkSender {
         ChunkSender {
             tx,
             wake: Arc::default(),
+            retry: None,
         }
     }
 
-    /// Sends a chunk's outcomes and wakes a task waiting for them.
+    /// This sender with its stream's retries (`None`: never retried).
+    pub(crate) fn with_retry(mut self, retry: Option<Arc<super::retry::StreamRetry>>) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The stream's retries, if it has any.
+    pub(crate) fn retry(&self) -> Option<&Arc<super::retry::StreamRetry>> {
+        self.retry.as_ref()
+    }
+
+    /// Sends a chunk's outcomes and wakes a task waiting for them. With
+    /// retries, failed items that are retried are held back (the rest of
+    /// the chunk goes on in pieces) and a retried item's final outcome
+    /// comes with its attempts.
     pub fn send(
         &self,
         chunk: ChunkResult,
     ) -> Result<(), crossbeam_channel::SendError<ChunkResult>> {
-        let r = self.tx.send(chunk);
+        let r = match &self.retry {
+            None => self.tx.send(chunk),
+            Some(retry) => {
+                let mut r = Ok(());
+                for piece in retry.route(chunk, self) {
+                    if let Err(e) = self.tx.send(piece) {
+                        r = Err(e);
+                    }
+                }
+                r
+            }
+        };
         self.wake.wake();
         r
     }
@@ -259,6 +307,9 @@ pub enum ChunkBody {
     /// The job at `first_index` reported progress `(done, total)` (`count`
     /// is 0).
     Progress(u64, u64),
+    /// The final outcome of an item that was retried, with its attempts
+    /// (`count` 1; `pool/retry.rs`).
+    Retried(Box<super::retry::Retried>),
 }
 
 /// The unit the supervisor sends to a worker: one job or a chunk of jobs
@@ -276,7 +327,12 @@ pub struct Dispatch {
     pub payload: Arc<Vec<u8>>,
     pub limits: Limits,
     pub reply: Reply,
+    /// What the task sees as `ctx.attempt()`: the retries before this
+    /// attempt, plus the times the pool resent it after a worker died
+    /// before starting it.
     pub attempt: u32,
+    /// Retries of the job before this attempt (`pool/retry.rs`).
+    pub retries: u32,
     /// Set by `terminate_job` on a job already sent: deliver `terminated`
     /// instead of its result.
     pub cancelled: bool,

@@ -15,6 +15,7 @@ pub(crate) mod config;
 pub(crate) mod events;
 pub(crate) mod items;
 pub(crate) mod job;
+pub(crate) mod retry;
 mod stats;
 mod stream;
 mod streaming;
@@ -37,6 +38,7 @@ pub use config::{Initializer, Limits, PoolConfig, StartMethod};
 pub use events::Event;
 pub use items::{ItemBatch, News, ProgressHook};
 pub use job::{JobId, Outcome, WorkerId};
+pub use retry::Attempts;
 pub use stats::Stats;
 pub use stream::{Imap, JobHead, JobSource, RawJob, RawStream};
 pub use streaming::{ItemStream, Streamed};
@@ -214,6 +216,21 @@ impl PoolBuilder {
         self.cfg.restart_window = window;
         self
     }
+    /// Retries failed jobs as `policy` says, by default: a failure of a
+    /// kind it lists (`policy.on`), or one whose task asks for a retry
+    /// ([`crate::Directive::Retry`], which may also set its own cap), runs
+    /// again after the policy's delay, at most `max_retries` times, as a
+    /// new attempt with its own time limits; the caller gets only the final
+    /// outcome, and its [`Attempts`] (`RawResult::attempts`,
+    /// `RawStream::next_with_attempts`). Waiting retries hold no worker and
+    /// no thread; `join` waits for them, `terminate` ends them
+    /// `terminated`. A job's own policy (`JobOptions::retry_policy`,
+    /// `RawStream::retry_policy`) comes first. `terminated` is never
+    /// retried; nor is a job of a streaming task once it emitted items.
+    pub fn retry_policy(mut self, policy: crate::retry::RetryPolicy) -> Self {
+        self.cfg.retry = Some(policy);
+        self
+    }
     /// Receive [`Event`]s (worker up/down, job start/finish) on `tx`.
     pub fn events(mut self, tx: Sender<Event>) -> Self {
         self.events = Some(tx);
@@ -255,6 +272,10 @@ pub struct Pool {
     /// The job number at which the test hook panics the supervisor
     /// ([`TEST_PANIC_ENV`]); taken when it fires.
     test_panic_at: std::sync::Mutex<Option<u64>>,
+    /// Attempts waiting to be retried (shared with the supervisor).
+    retries: Arc<retry::Retries>,
+    /// The pool's default retry rule (`PoolConfig::retry`).
+    default_retry: Option<Arc<retry::Rule>>,
 }
 
 /// A task resolved to the indices the ABI uses, in the plugin generation
@@ -356,6 +377,9 @@ impl Pool {
         let sink = events::EventSink::new(events);
         let death = Arc::new(OnceLock::new());
         let sup_death = death.clone();
+        let next_job = Arc::new(AtomicU64::new(1));
+        let retries = retry::Retries::new(next_job.clone());
+        let sup_retries = retries.clone();
         // The supervisor thread starts the zygote itself: the zygote dies
         // with the thread that started it (PR_SET_PDEATHSIG), and that
         // thread lives exactly as long as the pool.
@@ -369,7 +393,15 @@ impl Pool {
                 let mut held: Option<Supervisor> = None;
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let (sup, waker) =
-                        match Supervisor::new(sup_cfg, rx, board, cb_tx, sink, sup_live) {
+                        match Supervisor::new(
+                            sup_cfg,
+                            rx,
+                            board,
+                            cb_tx,
+                            sink,
+                            sup_live,
+                            sup_retries,
+                        ) {
                             Ok(s) => s,
                             Err(e) => {
                                 let _ = ready_tx.send(Err(PoolError::PluginLoad(TaskError::new(
@@ -434,17 +466,21 @@ impl Pool {
                 cfg.plugins[b].display()
             )));
         }
+        retries.set_waker(waker.clone());
+        let default_retry = cfg.retry.clone().map(retry::Rule::default_of);
         Ok(Pool {
             tx,
             waker,
             thread: Some(thread),
             callback_thread: Some(callback_thread),
             live,
-            next_job: Arc::new(AtomicU64::new(1)),
+            next_job,
             closed: AtomicBool::new(false),
             cfg,
             death,
             test_panic_at: std::sync::Mutex::new(test_panic_at()),
+            retries,
+            default_retry,
         })
     }
 
@@ -641,6 +677,26 @@ impl Pool {
         self.apply_raw_with(target, codec, args, limits, Some(Box::new(then)))
     }
 
+    /// Like [`Pool::apply_raw_then`] (`then` optional), with this job's own
+    /// retry policy (`None`: never retried), in place of the pool's
+    /// ([`PoolBuilder::retry_policy`]): `max_retries` then caps the retries
+    /// a task asks for too.
+    pub fn apply_raw_retrying(
+        &self,
+        target: TaskRef,
+        codec: Codec,
+        args: Vec<u8>,
+        limits: Limits,
+        retry: Option<crate::retry::RetryPolicy>,
+        then: Option<job::Callback>,
+    ) -> Result<RawResult, TaskError> {
+        let choice = match retry {
+            Some(p) => retry::Choice::Exactly(p),
+            None => retry::Choice::Off,
+        };
+        self.apply_raw_choice(target, codec, args, limits, then, &choice)
+    }
+
     fn apply_raw_with(
         &self,
         target: TaskRef,
@@ -649,9 +705,36 @@ impl Pool {
         limits: Limits,
         callback: Option<job::Callback>,
     ) -> Result<RawResult, TaskError> {
+        self.apply_raw_choice(target, codec, args, limits, callback, &retry::Choice::Pool)
+    }
+
+    /// The retry rule of a job (or a stream's jobs) that chose `choice`.
+    pub(crate) fn retry_rule(&self, choice: &retry::Choice) -> Option<Arc<retry::Rule>> {
+        match choice {
+            retry::Choice::Pool => self.default_retry.clone(),
+            retry::Choice::Off => None,
+            retry::Choice::Exactly(p) => Some(retry::Rule::exactly(p.clone())),
+        }
+    }
+
+    /// The retries of a stream's jobs that chose `choice`.
+    pub(crate) fn stream_retry(&self, choice: &retry::Choice) -> Option<Arc<retry::StreamRetry>> {
+        self.retry_rule(choice)
+            .map(|rule| retry::StreamRetry::new(&self.retries, rule))
+    }
+
+    fn apply_raw_choice(
+        &self,
+        target: TaskRef,
+        codec: Codec,
+        args: Vec<u8>,
+        limits: Limits,
+        callback: Option<job::Callback>,
+        choice: &retry::Choice,
+    ) -> Result<RawResult, TaskError> {
         let id = self.job_ids(1);
         let slot = ResultSlot::new(callback);
-        self.submit(vec![Dispatch {
+        let d = Dispatch {
             first_job: id,
             count: 1,
             plugin: target.plugin,
@@ -662,9 +745,14 @@ impl Pool {
             limits,
             reply: Reply::Slot(slot.clone()),
             attempt: 0,
+            retries: 0,
             cancelled: false,
             delivered: 0,
-        }])?;
+        };
+        if let Some(rule) = self.retry_rule(choice) {
+            slot.set_retry(retry::SlotRetry::new(&self.retries, rule, &d, &slot));
+        }
+        self.submit(vec![d])?;
         Ok(RawResult {
             id,
             slot,
@@ -708,6 +796,7 @@ impl Pool {
             limits,
             on_success,
             on_error,
+            retry,
         } = opts;
         let callback: Option<job::Callback> = if on_success.is_none() && on_error.is_none() {
             None
@@ -728,7 +817,7 @@ impl Pool {
                 }
             }))
         };
-        let raw = self.apply_raw_with(target, Codec::Bincode, bytes, limits, callback)?;
+        let raw = self.apply_raw_choice(target, Codec::Bincode, bytes, limits, callback, &retry)?;
         Ok(AsyncResult {
             raw,
             typed,
@@ -777,7 +866,7 @@ impl Pool {
         let target = self.task_ref(plugin, task)?;
         let typed = Typed::new::<(A,), R>(self, target);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let tx = job::ChunkSender::new(tx);
+        let tx = job::ChunkSender::new(tx).with_retry(self.stream_retry(&retry::Choice::Pool));
         let chunksize = chunksize.clamp(1, config::MAX_CHUNKSIZE);
         // A chunk stays within the frame limit: the item that would take it
         // past starts the next one (a big item fails alone, as in streams).
@@ -847,7 +936,7 @@ impl Pool {
         tx: &job::ChunkSender,
         first_index: u64,
     ) -> Dispatch {
-        Dispatch {
+        let d = Dispatch {
             first_job: self.job_ids(count),
             count,
             plugin: target.plugin,
@@ -861,9 +950,14 @@ impl Pool {
                 first_index,
             },
             attempt: 0,
+            retries: 0,
             cancelled: false,
             delivered: 0,
+        };
+        if let Some(r) = tx.retry() {
+            r.register(first_index, &d);
         }
+        d
     }
 
     /// A typed stream over `items`, each encoded with `wrap` into the
@@ -968,8 +1062,10 @@ impl Pool {
     }
 
     /// Cancels a job: a queued one is dropped, a running one has its worker
-    /// killed and replaced. Either way it ends with exactly one `terminated`
-    /// outcome. Returns false if the job is unknown or already finished.
+    /// killed and replaced, one waiting for its retry is not run again
+    /// (`id` is the job's first id; any attempt's id works too). Either way
+    /// it ends with exactly one `terminated` outcome. Returns false if the
+    /// job is unknown or already finished.
     pub fn terminate_job(&self, id: JobId) -> Result<bool, TaskError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Cmd::TerminateJob(id, tx))?;
@@ -1220,6 +1316,7 @@ pub struct JobOptions<R> {
     pub limits: Limits,
     on_success: Option<Box<dyn FnOnce(R) + Send>>,
     on_error: Option<Box<dyn FnOnce(TaskError) + Send>>,
+    retry: retry::Choice,
 }
 
 impl<R> Default for JobOptions<R> {
@@ -1228,6 +1325,7 @@ impl<R> Default for JobOptions<R> {
             limits: Limits::default(),
             on_success: None,
             on_error: None,
+            retry: retry::Choice::Pool,
         }
     }
 }
@@ -1241,6 +1339,19 @@ impl<R> JobOptions<R> {
     /// This job's hard time limit (see [`PoolBuilder::time_limit`]).
     pub fn time_limit(mut self, d: Duration) -> Self {
         self.limits.hard = Some(d);
+        self
+    }
+    /// Retries this job as `policy` says instead of by the pool's default
+    /// (see [`PoolBuilder::retry_policy`]); here `max_retries` is a hard
+    /// cap, also on the retries the task asks for. The callbacks run once,
+    /// with the final outcome.
+    pub fn retry_policy(mut self, policy: crate::retry::RetryPolicy) -> Self {
+        self.retry = retry::Choice::Exactly(policy);
+        self
+    }
+    /// Never retries this job, whatever the pool's default.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = retry::Choice::Off;
         self
     }
     /// Runs on the pool's callback thread with the result. A panic in it is
@@ -1309,6 +1420,11 @@ impl RawResult {
     pub fn progress(&self) -> Option<(u64, u64)> {
         self.slot.progress.get()
     }
+    /// How many attempts the job took and how the earlier ones failed, once
+    /// it was retried (`None` while it ran only once).
+    pub fn attempts(&self) -> Option<Attempts> {
+        self.slot.attempts()
+    }
     /// Runs `hook` with each progress report of this job from now on, on
     /// the pool's callback thread (and at once with the latest one, if any).
     pub fn on_progress(&self, hook: impl Fn(u64, u64) + Send + Sync + 'static) {
@@ -1348,6 +1464,10 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// The result, or `None` if it is not known within `d`.
     pub fn get_timeout(&self, d: Duration) -> Option<Result<R, TaskError>> {
         self.raw.get_timeout(d).map(|o| self.typed.decode(o))
+    }
+    /// The job's attempts once it was retried (see [`RawResult::attempts`]).
+    pub fn attempts(&self) -> Option<Attempts> {
+        self.raw.attempts()
     }
     /// The untyped handle underneath (encoded result bytes).
     pub fn raw(&self) -> &RawResult {

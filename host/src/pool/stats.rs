@@ -37,6 +37,12 @@ pub struct Stats {
     pub restarts: u64,
     /// Set when the pool stopped forking because workers kept dying at start.
     pub stopped_forking: Option<String>,
+    /// Retries scheduled over the pool's life (`PoolBuilder::retry_policy`):
+    /// the failure each follows is counted in `failed`, and the retry in
+    /// `submitted` once its delay is over.
+    pub retried: u64,
+    /// Jobs waiting for their retry's delay.
+    pub waiting_retry: u64,
 }
 
 impl Stats {

@@ -151,6 +151,8 @@ impl<T: DeserializeOwned, R: DeserializeOwned> ItemStream<'_, T, R> {
                 None
             }
             ChunkBody::One(o) => Some(o),
+            // A streaming job is never retried (its sender has no retries).
+            ChunkBody::Retried(r) => Some(r.outcome),
             ChunkBody::Failed(e) => Some(Err(e)),
             ChunkBody::Records(_) => Some(Err(TaskError::new(
                 ErrorKind::WorkerLost,

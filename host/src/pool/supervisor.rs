@@ -307,6 +307,9 @@ pub struct Supervisor {
     waker: Arc<Waker>,
     /// Workers not read while their stream's consumer catches up.
     paused_streams: Vec<WorkerId>,
+    /// Jobs waiting for their retry (`pool/retry.rs`): due ones join the
+    /// queue; a closing pool waits for them.
+    retries: Arc<super::retry::Retries>,
 }
 
 /// What `Pool::build` gets back from the supervisor thread once the zygote
@@ -321,6 +324,7 @@ impl Supervisor {
         callbacks: Sender<CallbackJob>,
         events: EventSink,
         live: LiveGeneration,
+        retries: Arc<super::retry::Retries>,
     ) -> std::io::Result<(Supervisor, Arc<Waker>)> {
         let poll = Poll::new()?;
         // The OOM-kill counter's baseline: later deaths by an outside
@@ -358,6 +362,7 @@ impl Supervisor {
                 stats: Stats::default(),
                 waker: waker.clone(),
                 paused_streams: Vec::new(),
+                retries,
             },
             waker,
         ))
@@ -740,6 +745,7 @@ impl Supervisor {
             } else {
                 Some(Duration::ZERO)
             };
+            let timeout = self.retries.poll_timeout(timeout);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!("supervisor poll failed: {e}");
@@ -776,14 +782,28 @@ impl Supervisor {
                 self.output_readable(wid);
             }
             self.fire_timers();
+            self.queue_due_retries();
         }
         self.shutdown();
+    }
+
+    /// Retries whose delay is over join the queue (`pool/retry.rs`); in a
+    /// pool that stopped forking they fail as queued jobs do.
+    fn queue_due_retries(&mut self) {
+        for d in self.retries.take_due() {
+            self.stats.submitted += 1;
+            match self.broken.clone() {
+                Some(why) => self.fail_dispatch(d, TaskError::new(ErrorKind::WorkerLost, why)),
+                None => self.queue.push_back(d),
+            }
+        }
     }
 
     fn finished(&self) -> bool {
         self.closing
             && self.queue.is_empty()
             && self.workers.values().all(|w| w.inflight.is_empty())
+            && self.retries.is_idle()
             // A reload asked for completes (or fails, within the load
             // timeout) before the pool closes, so it is never lost.
             && self.zygotes.iter().all(|z| z.ready || !z.alive)
@@ -814,7 +834,11 @@ impl Supervisor {
                     }
                 }
                 Cmd::TerminateJob(job, reply) => {
-                    let found = self.terminate_job(job);
+                    // A retried job is found by its first id in whichever
+                    // attempt it is; one waiting for its retry ends at once.
+                    let found = self.retries.cancel(job)
+                        || self.terminate_job(self.retries.current(job))
+                        || self.retries.cancel(job);
                     let _ = reply.send(found);
                 }
                 // Bounded (Pool::grow refuses more than the maximum): a
@@ -854,6 +878,7 @@ impl Supervisor {
             .sum();
         s.target_workers = self.target;
         s.stopped_forking = self.broken.clone();
+        (s.waiting_retry, s.retried) = self.retries.counts();
         s
     }
 
@@ -2190,7 +2215,9 @@ impl Supervisor {
             // MAX_UNSTARTED_RETRIES times (C3). Deaths at start are bounded
             // by the start-failure limit instead; no task can fake one.
             if died_at_start
-                || (!head_started && w.kill.is_none() && head.attempt < MAX_UNSTARTED_RETRIES)
+                || (!head_started
+                    && w.kill.is_none()
+                    && head.attempt < head.retries.saturating_add(MAX_UNSTARTED_RETRIES))
             {
                 if !died_at_start {
                     head.attempt += 1;
@@ -2620,6 +2647,7 @@ impl Supervisor {
     }
 
     fn terminate_all(&mut self, why: &str) {
+        self.retries.close(Some(why));
         let queued: Vec<Dispatch> = self.queue.drain(..).collect();
         for d in queued {
             self.fail_dispatch(
@@ -2673,6 +2701,8 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        // Jobs waiting for a retry end as queued ones do.
+        self.retries.close(None);
         self.shutdown();
     }
 }
@@ -2706,6 +2736,7 @@ fn split_chunk(d: &mut Dispatch) -> Option<Vec<Dispatch>> {
                 first_index: first_index + i as u64,
             },
             attempt: d.attempt,
+            retries: d.retries,
             cancelled: d.cancelled,
             delivered: 0,
         })
