@@ -84,18 +84,41 @@ fn man_pages_cover_every_subcommand_and_flag() {
         std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let main = page("billiard-host.1");
-    assert!(main.starts_with(".ie") || main.contains(".TH billiard-host"), "{main}");
-    for sub in ["run", "inspect", "check", "worker", "submit", "new", "completions"] {
+    assert!(
+        main.starts_with(".ie") || main.contains(".TH billiard-host"),
+        "{main}"
+    );
+    for sub in [
+        "run",
+        "inspect",
+        "check",
+        "worker",
+        "submit",
+        "new",
+        "completions",
+    ] {
         let p = page(&format!("billiard-host-{sub}.1"));
-        assert!(p.contains(&format!(".TH billiard-host-{sub}")), "{sub}: {p}");
+        assert!(
+            p.contains(&format!(".TH billiard-host-{sub}")),
+            "{sub}: {p}"
+        );
         // Every long flag of the subcommand's --help is in its page.
         let help = common::host([sub, "--help"]);
         let help = String::from_utf8_lossy(&help.stdout);
         for flag in help
             .split_whitespace()
             .filter(|w| w.starts_with("--") && w.len() > 2)
-            .map(|w| w.trim_end_matches([',', '.', ')', '`', ':']).split('=').next().unwrap_or(w))
-            .filter(|w| w.chars().skip(2).all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .map(|w| {
+                w.trim_end_matches([',', '.', ')', '`', ':'])
+                    .split('=')
+                    .next()
+                    .unwrap_or(w)
+            })
+            .filter(|w| {
+                w.chars()
+                    .skip(2)
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
         {
             // roff escapes '-' as '\-'.
             let escaped = flag.replace('-', "\\-");

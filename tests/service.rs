@@ -179,7 +179,11 @@ fn u28_a_dead_pool_stops_the_pings() {
         .unwrap_or_else(|| panic!("the worker kept running on a dead pool:\n{}", w.stderr()));
     assert!(!status.success(), "{status:?}");
     m.drain();
-    let stop = m.got.iter().position(|g| g.contains("STOPPING=1")).unwrap_or(0);
+    let stop = m
+        .got
+        .iter()
+        .position(|g| g.contains("STOPPING=1"))
+        .unwrap_or(0);
     assert!(
         m.got[stop..].iter().all(|g| !g.contains("WATCHDOG=1")),
         "a ping after the pool died: {:?}",

@@ -61,6 +61,7 @@ pub struct Metrics {
     broker_reconnects: Counter,
     reserve_latency: Histogram,
     ack_latency: Histogram,
+    rate_limited: Family<TaskLabel, Gauge>,
     /// Last pool counters seen, to turn snapshots into increments.
     last: Mutex<BTreeMap<&'static str, u64>>,
     /// Why the pool stopped under the worker, once it did (`/healthz`
@@ -142,7 +143,14 @@ impl Metrics {
             "Round trip of one store-results-and-ack call (a batch)",
             ack_latency.clone(),
         );
+        let rate_limited = Family::<TaskLabel, Gauge>::default();
+        registry.register(
+            "celery_rate_limited_waiting",
+            "Messages reserved and waiting for their task's rate limit, by task",
+            rate_limited.clone(),
+        );
         Metrics {
+            rate_limited,
             registry,
             tasks,
             received,
@@ -192,6 +200,14 @@ impl Metrics {
                 .get_or_create(&TaskLabel { task: task.into() })
                 .observe(r.as_secs_f64());
         }
+    }
+
+    /// `n` messages of `task` wait for its rate limit
+    /// (`celery_rate_limited_waiting`).
+    pub fn rate_limited(&self, task: &str, n: usize) {
+        self.rate_limited
+            .get_or_create(&TaskLabel { task: task.into() })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The broker became reachable again after an outage

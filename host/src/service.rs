@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(watchdog_interval(Some("x"), None, 7), None);
         assert_eq!(watchdog_interval(Some("1"), None, 7), None);
         assert_eq!(watchdog_interval(None, None, 7), None);
-        assert_eq!(watchdog_interval(Some(&u64::MAX.to_string()), None, 7), None);
+        assert_eq!(
+            watchdog_interval(Some(&u64::MAX.to_string()), None, 7),
+            None
+        );
     }
 
     #[test]

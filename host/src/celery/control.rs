@@ -28,6 +28,7 @@ use serde_json::{json, Map, Value};
 
 use super::events::{self, Clock, Dispatcher, HeartbeatSource};
 use super::protocol::{self, Exception, State};
+use super::rate::RateLimits;
 use super::redis::{self as broker, BrokerError, Link};
 use crate::metrics::Metrics;
 use crate::plugin::PluginInfo;
@@ -148,6 +149,10 @@ pub struct Ops {
     /// Live worker processes at the last snapshot.
     pub workers_alive: AtomicU64,
     started_threads: AtomicBool,
+    /// The worker's rate limits (`control rate_limit` changes them).
+    rates: std::sync::OnceLock<Arc<RateLimits>>,
+    /// Rate-limited messages waiting, per task (the consumer's view).
+    rate_waiting: Mutex<BTreeMap<String, usize>>,
 }
 
 fn set_repr(ids: &[String]) -> String {
@@ -249,6 +254,8 @@ impl Ops {
             broker_ok: AtomicBool::new(false),
             workers_alive: AtomicU64::new(0),
             started_threads: AtomicBool::new(false),
+            rates: std::sync::OnceLock::new(),
+            rate_waiting: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -354,7 +361,36 @@ impl Ops {
         }
     }
 
+    /// The rate limits `control rate_limit` changes and `inspect
+    /// registered` / `stats` show (set once, by the worker, before start).
+    pub fn set_rate_limits(&self, rates: Arc<RateLimits>) {
+        let _ = self.rates.set(rates);
+    }
+
     // ----- hooks called by the consumer loop and the finisher -----
+
+    /// Rate-limited messages now waiting, per task (`inspect stats`,
+    /// metrics).
+    pub fn rate_waiting(&self, waiting: BTreeMap<String, usize>) {
+        if waiting.is_empty()
+            && self
+                .rate_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        {
+            return;
+        }
+        if let Some(m) = &self.opts.metrics {
+            let mut tasks: Vec<&String> = waiting.keys().collect();
+            let last = self.rate_waiting.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.extend(last.keys().filter(|k| !waiting.contains_key(*k)));
+            for t in tasks {
+                m.rate_limited(t, waiting.get(t).copied().unwrap_or(0));
+            }
+        }
+        *self.rate_waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting;
+    }
 
     /// True if `task_id` is revoked (checked on receipt and before start).
     pub fn is_revoked(&self, task_id: &str) -> bool {
@@ -913,12 +949,19 @@ impl Ops {
                 json!({"revoked": m, "clock": self.clock.forward()})
             }
             "registered" => {
-                json!(
-                    self.facts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .registered
-                )
+                let lines = self
+                    .facts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .registered
+                    .clone();
+                json!(match self.rates.get() {
+                    Some(r) => lines
+                        .into_iter()
+                        .map(|l| with_rate_fields(l, r))
+                        .collect::<Vec<_>>(),
+                    None => lines,
+                })
             }
             "active" => {
                 let t = tasks();
@@ -1068,7 +1111,11 @@ impl Ops {
                 let _ = self.cmd_tx.send(OpsCmd::Shutdown);
                 return None;
             }
-            "rate_limit" | "time_limit" | "autoscale" | "pool_restart" => {
+            "rate_limit" => match self.rates.get() {
+                Some(r) => r.control(args),
+                None => nok("rate limits are not available before the worker starts"),
+            },
+            "time_limit" | "autoscale" | "pool_restart" => {
                 nok(format!("{method} is not supported by billiard-host"))
             }
             other => nok(format!("KeyError('{other}')")),
@@ -1158,7 +1205,49 @@ impl Ops {
             "rusage": rusage,
             "sw_ident": events::SW_IDENT,
             "sw_ver": env!("CARGO_PKG_VERSION"),
+            "rate_limits": self.rate_limits_stats(),
         })
+    }
+
+    /// Ours in `stats` (Celery's worker shows rate limits only in
+    /// `registered`): per limited task, its limits and the messages
+    /// waiting for their turn.
+    fn rate_limits_stats(&self) -> Value {
+        let Some(r) = self.rates.get() else {
+            return json!({});
+        };
+        let waiting = self
+            .rate_waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut m = Map::new();
+        for (task, s) in r.all() {
+            m.insert(
+                task.clone(),
+                json!({
+                    "rate_limit": s.local.as_ref().map(|x| x.text().to_string()),
+                    "global_rate_limit": s.global.as_ref().map(|x| x.text().to_string()),
+                    "waiting": waiting.get(&task).copied().unwrap_or(0),
+                }),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+/// A `registered` line with the task's rate limits added to its fields,
+/// as Celery's worker adds `rate_limit=...` (`math.square [signature=...
+/// rate_limit=10/s]`).
+fn with_rate_fields(line: String, rates: &RateLimits) -> String {
+    let name = line.split(" [").next().unwrap_or(&line);
+    let extra = rates.registered_fields(name);
+    if extra.is_empty() {
+        return line;
+    }
+    match line.strip_suffix(']') {
+        Some(head) => format!("{head}{extra}]"),
+        None => format!("{line} [{}]", extra.trim_start()),
     }
 }
 

@@ -377,7 +377,8 @@ fn start_watchdog(
         .spawn(move || {
             // The first snapshot of the pool lands within the ops ticker's
             // first second: the first ping waits a period.
-            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(period)
+            {
                 let alive = ops.workers_alive.load(std::sync::atomic::Ordering::Acquire);
                 notifier.ping(if alive > 0 {
                     Ok(())

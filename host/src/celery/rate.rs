@@ -1,0 +1,574 @@
+//! Task rate limits (issue 23 item 4).
+//!
+//! - **Per worker, as Celery**: a task's `rate_limit` (`"100/m"`, `"10/s"`,
+//!   `"5/h"`, a bare number per second; `0`/empty: none) is a token bucket
+//!   of capacity 1 per task and per worker instance, as Celery's consumer
+//!   builds it (`bucket_for_task`: kombu's `TokenBucket(rate, capacity=1)`,
+//!   so no bursts). Sources, later wins: the task's registration option,
+//!   `--rate-limit TASK=RATE`, the remote-control `rate_limit` command.
+//! - **Fleet-wide, beyond Celery**: `--global-rate-limit TASK=RATE`, one
+//!   GCRA state per task on the broker Redis (`lua/rate.lua`, on Redis's
+//!   clock), which hands each start a slot at least one interval after the
+//!   previous one, whichever host takes it.
+//!
+//! The consumer holds a rate-limited message in a [`Limiter`] (reserved,
+//! its lease renewed by the keeper like an eta message's) and moves it to
+//! its ready queue when its turn comes: other tasks' messages never wait
+//! behind it, and it takes no pool slot while it waits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde_json::{json, Map, Value};
+
+use crate::bounds;
+use crate::pool::Pool;
+
+mod limiter;
+pub use limiter::Limiter;
+
+/// The Redis key prefix of the fleet-wide limits: `billiard-host:rate:<task>`.
+pub const RATE_KEY_PREFIX: &str = "billiard-host:rate:";
+
+/// The fastest rate accepted: a million starts a second (one per
+/// microsecond, the resolution of the fleet-wide limit's clock).
+pub const MAX_RATE: f64 = 1_000_000.0;
+
+/// A rate limit: starts per second, with the text it was given as (shown
+/// in `inspect registered` as Celery shows `str(task.rate_limit)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rate {
+    per_sec: f64,
+    text: String,
+}
+
+impl Rate {
+    /// Starts per second.
+    pub fn per_second(&self) -> f64 {
+        self.per_sec
+    }
+
+    /// The limit as it was given (`100/m`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The time between two starts, in whole microseconds rounded up (so
+    /// the limit is never exceeded), at least 1.
+    fn interval_us(&self) -> u64 {
+        let us = (1e6 / self.per_sec).ceil();
+        // parse() bounds the rate to [1/MAX_DURATION, MAX_RATE]: this is
+        // 1 ..= 3.2e14, exact in an f64 and in Lua's numbers.
+        if us.is_finite() && us >= 1.0 {
+            us as u64
+        } else {
+            1
+        }
+    }
+}
+
+/// Why a rate limit was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RateError {
+    /// The number is not one (Python's `float()` refuses it).
+    #[error("could not convert string to float: {}", py_repr(.0))]
+    NotANumber(String),
+    /// The unit after `/` is not `s`, `m` or `h`.
+    #[error("unknown rate unit {}: a rate is N, N/s, N/m or N/h", py_repr(.0))]
+    Unit(String),
+    /// A number out of the accepted range (negative, not finite, faster
+    /// than [`MAX_RATE`], slower than one start per 10 years).
+    #[error("rate limit {} {why}", py_repr(.text))]
+    OutOfRange {
+        /// The limit as given.
+        text: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Not a string or a number (a list, an object, a boolean).
+    #[error("a rate limit is a string such as '100/m' or a number of tasks per second, not {0}")]
+    Type(&'static str),
+}
+
+impl RateError {
+    /// The `error` of Celery's reply to `control rate_limit` with this
+    /// rate: a `ValueError` as Celery's worker words it
+    /// (`Invalid rate limit string: ValueError("could not convert string to
+    /// float: 'abc'")`); an unknown unit is the `KeyError` kombu's pidbox
+    /// replies with (Celery does not catch it). The range refusals are
+    /// this host's (Celery takes `-5/s` and then never runs the task).
+    pub fn celery_reply(&self) -> String {
+        match self {
+            RateError::Unit(u) => format!("KeyError({})", py_repr(u)),
+            RateError::Type(_) => format!(
+                "Invalid rate limit string: TypeError({})",
+                py_repr(&self.to_string())
+            ),
+            _ => format!(
+                "Invalid rate limit string: ValueError({})",
+                py_repr(&self.to_string())
+            ),
+        }
+    }
+}
+
+/// Python's `repr()` of a string (quotes as Python chooses them).
+fn py_repr(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len().saturating_add(2));
+    out.push(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+    out
+}
+
+/// Python's `float()` of a string: surrounding white space is ignored,
+/// `_` may separate digits; `inf`/`nan` parse (and are refused by the
+/// range check).
+fn py_float(s: &str) -> Option<f64> {
+    let t = s.trim();
+    let t = if t.contains('_') {
+        let b = t.as_bytes();
+        let ok = b.iter().enumerate().all(|(i, c)| {
+            *c != b'_'
+                || (i > 0
+                    && b.get(i.wrapping_sub(1)).is_some_and(u8::is_ascii_digit)
+                    && b.get(i.saturating_add(1)).is_some_and(u8::is_ascii_digit))
+        });
+        if !ok {
+            return None;
+        }
+        t.replace('_', "")
+    } else {
+        t.to_string()
+    };
+    t.parse::<f64>().ok()
+}
+
+/// A rate in starts per second, range-checked: `None` for 0 (no limit).
+fn checked(per_sec: f64, text: &str) -> Result<Option<Rate>, RateError> {
+    let bad = |why: String| RateError::OutOfRange {
+        text: text.to_string(),
+        why,
+    };
+    if per_sec == 0.0 {
+        return Ok(None);
+    }
+    if !per_sec.is_finite() {
+        return Err(bad("is not a finite number".into()));
+    }
+    if per_sec < 0.0 {
+        return Err(bad("is negative".into()));
+    }
+    if per_sec > MAX_RATE {
+        return Err(bad(format!(
+            "is faster than the fastest accepted ({MAX_RATE} per second)"
+        )));
+    }
+    if per_sec < 1.0 / bounds::MAX_DURATION.as_secs_f64() {
+        return Err(bad(format!(
+            "is slower than the slowest accepted (one per {})",
+            bounds::MAX_DURATION_TEXT
+        )));
+    }
+    Ok(Some(Rate {
+        per_sec,
+        text: text.to_string(),
+    }))
+}
+
+/// Celery's `rate()` (`celery/utils/time.py`) of a string: `N`, `N/s`,
+/// `N/m`, `N/h`; empty or 0 is no limit (`None`). Range-checked (see
+/// [`RateError::OutOfRange`]).
+pub fn parse(text: &str) -> Result<Option<Rate>, RateError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    // str.partition('/'): the unit is everything after the first '/'.
+    let (ops, unit) = text.split_once('/').unwrap_or((text, ""));
+    let n = py_float(ops).ok_or_else(|| RateError::NotANumber(ops.to_string()));
+    let per_sec = match unit {
+        "" | "s" => n?,
+        "m" => n? / 60.0,
+        "h" => n? / 60.0 / 60.0,
+        other => return Err(RateError::Unit(other.to_string())),
+    };
+    checked(per_sec, text)
+}
+
+/// A rate as a remote-control request carries it: a string as [`parse`],
+/// a number of starts per second, or null / `false` (no limit).
+pub fn from_json(v: &Value) -> Result<Option<Rate>, RateError> {
+    match v {
+        Value::Null | Value::Bool(false) => Ok(None),
+        Value::String(s) => parse(s),
+        Value::Number(n) => match n.as_f64() {
+            Some(x) => checked(x, &n.to_string()),
+            None => Err(RateError::NotANumber(n.to_string())),
+        },
+        Value::Bool(true) => Err(RateError::Type("a boolean")),
+        Value::Array(_) => Err(RateError::Type("a list")),
+        Value::Object(_) => Err(RateError::Type("an object")),
+    }
+}
+
+/// Python's truth value of a JSON value (Celery's `if not rate_limit`).
+fn py_falsy(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// `TASK=RATE` of a `--rate-limit` / `--global-rate-limit` flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRate {
+    /// The task as Celery names it (`math.square`; a bare name when only
+    /// one plugin has it).
+    pub task: String,
+    /// The rate; `None`: no limit (`TASK=0`).
+    pub rate: Option<Rate>,
+}
+
+/// Parses `TASK=RATE` (the flag's value parser): a clear error for a
+/// malformed one, never a panic.
+pub fn parse_task_rate(s: &str) -> Result<TaskRate, String> {
+    let Some((task, rate)) = s.split_once('=') else {
+        return Err(format!(
+            "{s:?} is not TASK=RATE (e.g. math.square=10/s; a rate is N, N/s, N/m or N/h)"
+        ));
+    };
+    let task = task.trim();
+    if task.is_empty() {
+        return Err(format!(
+            "{s:?} names no task (TASK=RATE, e.g. math.square=10/s)"
+        ));
+    }
+    let rate = parse(rate.trim()).map_err(|e| format!("{task}: {e}"))?;
+    Ok(TaskRate {
+        task: task.to_string(),
+        rate,
+    })
+}
+
+/// The limits of one task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Setting {
+    /// Per worker instance (Celery's `rate_limit`).
+    pub local: Option<Rate>,
+    /// Fleet-wide (`--global-rate-limit`).
+    pub global: Option<Rate>,
+}
+
+impl Setting {
+    fn limited(&self) -> bool {
+        self.local.is_some() || self.global.is_some()
+    }
+}
+
+/// The worker's rate limits: shared by the consumer ([`Limiter`]) and the
+/// remote control (which changes them).
+pub struct RateLimits {
+    /// Every name a task answers to → its `plugin.task` name.
+    names: HashMap<String, String>,
+    table: Mutex<BTreeMap<String, Setting>>,
+    generation: AtomicU64,
+}
+
+impl RateLimits {
+    /// The limits of the tasks `pool` serves: `local` then `global` flags
+    /// over the tasks' own options (later wins). An unknown task name is
+    /// an error naming it (and the closest served name).
+    pub fn for_pool(
+        pool: &Pool,
+        local: &[TaskRate],
+        global: &[TaskRate],
+    ) -> Result<RateLimits, String> {
+        let mut names = HashMap::new();
+        let mut bare: HashMap<String, Vec<String>> = HashMap::new();
+        for p in pool.plugins().iter() {
+            for t in &p.tasks {
+                let full = format!("{}.{}", p.name, t.name);
+                names.insert(full.clone(), full.clone());
+                bare.entry(t.name.clone()).or_default().push(full);
+            }
+        }
+        for (b, fulls) in bare {
+            if let [one] = fulls.as_slice() {
+                names.entry(b).or_insert_with(|| one.clone());
+            }
+        }
+        let me = RateLimits {
+            names,
+            table: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+        };
+        for (flag, list) in [("--rate-limit", local), ("--global-rate-limit", global)] {
+            for tr in list {
+                let Some(task) = me.canonical(&tr.task).map(str::to_string) else {
+                    let near = crate::closest_name(&tr.task, me.names.keys().map(String::as_str));
+                    return Err(format!(
+                        "{flag} {}: no loaded plugin has this task{}",
+                        tr.task,
+                        near.map(|n| format!(" (did you mean `{n}`?)"))
+                            .unwrap_or_default()
+                    ));
+                };
+                let mut t = me.table.lock().unwrap_or_else(|e| e.into_inner());
+                let s = t.entry(task).or_default();
+                if flag == "--rate-limit" {
+                    s.local = tr.rate.clone();
+                } else {
+                    s.global = tr.rate.clone();
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    /// The `plugin.task` name `name` stands for, if it is served.
+    pub fn canonical(&self, name: &str) -> Option<&str> {
+        self.names.get(name).map(String::as_str)
+    }
+
+    /// The limits of `task` (a `plugin.task` name).
+    pub fn get(&self, task: &str) -> Setting {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every task with a limit.
+    pub fn all(&self) -> BTreeMap<String, Setting> {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter()
+            .filter(|(_, s)| s.limited())
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Bumped on every change (the [`Limiter`] rebuilds its buckets).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Sets the per-worker limit of `task` (any name it answers to);
+    /// false when no loaded plugin has it.
+    pub fn set_local(&self, task: &str, rate: Option<Rate>) -> bool {
+        let Some(task) = self.canonical(task).map(str::to_string) else {
+            return false;
+        };
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(task)
+            .or_default()
+            .local = rate;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// `inspect registered`'s fields for `task`, as Celery's worker shows
+    /// a task's `rate_limit` (`rate_limit=10/s`), plus this host's
+    /// `global_rate_limit=...`; empty without limits.
+    pub fn registered_fields(&self, task: &str) -> String {
+        let s = self.get(task);
+        let mut out = String::new();
+        if let Some(r) = &s.local {
+            out.push_str(&format!(" rate_limit={}", r.text()));
+        }
+        if let Some(r) = &s.global {
+            out.push_str(&format!(" global_rate_limit={}", r.text()));
+        }
+        out
+    }
+
+    /// The reply to Celery's `rate_limit` control command
+    /// (`{task_name, rate_limit}`), as Celery 5.7's worker replies
+    /// (`celery/worker/control.py`): the rate is checked first, then the
+    /// task; `{"ok": "new rate limit set successfully"}`, `{"ok": "rate
+    /// limit disabled successfully"}` (a falsy rate: null, ""; `"0"` is
+    /// truthy to Python and says "set", disabling all the same),
+    /// `{"error": "unknown task"}`, `{"error": "Invalid rate limit string:
+    /// ValueError(...)"}`.
+    pub fn control(&self, args: &Map<String, Value>) -> Value {
+        let missing = |arg: &str| {
+            json!({"error": format!(
+                "TypeError(\"rate_limit() missing 1 required positional argument: '{arg}'\")"
+            )})
+        };
+        let Some(task) = args.get("task_name") else {
+            return missing("task_name");
+        };
+        let Some(raw) = args.get("rate_limit") else {
+            return missing("rate_limit");
+        };
+        let rate = match from_json(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("remote control: rate_limit refused: {e}");
+                return json!({"error": e.celery_reply()});
+            }
+        };
+        let task = match task {
+            Value::String(s) => s.as_str(),
+            _ => "",
+        };
+        if !self.set_local(task, rate.clone()) {
+            tracing::error!("Rate limit attempt for unknown task {task}");
+            return json!({"error": "unknown task"});
+        }
+        if py_falsy(raw) {
+            tracing::info!("Rate limits disabled for tasks of type {task}");
+            return json!({"ok": "rate limit disabled successfully"});
+        }
+        tracing::info!(
+            "New rate limit for tasks of type {task}: {}.",
+            rate.as_ref().map(Rate::text).unwrap_or("none")
+        );
+        json!({"ok": "new rate limit set successfully"})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn per(s: &str) -> Option<f64> {
+        parse(s).unwrap().map(|r| r.per_second())
+    }
+
+    #[test]
+    fn parses_as_celerys_rate() {
+        assert_eq!(per("10/s"), Some(10.0));
+        assert_eq!(per("10"), Some(10.0));
+        assert_eq!(per("100/m"), Some(100.0 / 60.0));
+        assert_eq!(per("5/h"), Some(5.0 / 60.0 / 60.0));
+        assert_eq!(per(" 2.5 /s"), Some(2.5));
+        assert_eq!(per("1_000/m"), Some(1000.0 / 60.0));
+        assert_eq!(per("1e2"), Some(100.0));
+        assert_eq!(per("0"), None);
+        assert_eq!(per("0/m"), None);
+        assert_eq!(per(""), None);
+        assert_eq!(parse("10/m").unwrap().unwrap().text(), "10/m");
+    }
+
+    #[test]
+    fn refuses_what_celery_refuses_and_what_is_absurd() {
+        let e = parse("abc").unwrap_err();
+        assert_eq!(e.to_string(), "could not convert string to float: 'abc'");
+        assert_eq!(
+            e.celery_reply(),
+            "Invalid rate limit string: ValueError(\"could not convert string to float: 'abc'\")"
+        );
+        assert_eq!(parse("5/x").unwrap_err().celery_reply(), "KeyError('x')");
+        assert_eq!(parse("10/m/s").unwrap_err(), RateError::Unit("m/s".into()));
+        assert!(parse("/m").is_err());
+        assert!(parse("1__0").is_err());
+        assert!(parse("_10").is_err());
+        for bad in ["-5/s", "inf", "nan/m", "1e7/s", "1e-12/h", "1e400"] {
+            let e = parse(bad).unwrap_err();
+            assert!(matches!(e, RateError::OutOfRange { .. }), "{bad}: {e}");
+            assert!(e
+                .celery_reply()
+                .starts_with("Invalid rate limit string: ValueError("));
+        }
+        assert!(from_json(&json!(true)).is_err());
+        assert!(from_json(&json!([1])).is_err());
+        assert_eq!(from_json(&json!(null)).unwrap(), None);
+        assert_eq!(from_json(&json!(4)).unwrap().unwrap().text(), "4");
+        assert!(from_json(&json!(-4)).is_err());
+        assert_eq!(py_repr("it's"), "\"it's\"");
+        assert_eq!(py_repr("a\nb'\""), "'a\\nb\\'\"'");
+    }
+
+    #[test]
+    fn flags_are_task_equals_rate() {
+        let t = parse_task_rate("math.square=10/s").unwrap();
+        assert_eq!(t.task, "math.square");
+        assert_eq!(t.rate.unwrap().per_second(), 10.0);
+        assert_eq!(parse_task_rate("math.square=0").unwrap().rate, None);
+        for bad in ["math.square", "=10/s", "math.square=ten", "x=5/d", "x=-1"] {
+            assert!(parse_task_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interval_rounds_up() {
+        let r = parse("3/s").unwrap().unwrap();
+        assert_eq!(r.interval_us(), 333_334);
+        assert_eq!(parse("1e6").unwrap().unwrap().interval_us(), 1);
+    }
+
+    pub(super) fn limits(local: &[(&str, &str)]) -> Arc<RateLimits> {
+        let names: HashMap<String, String> = ["math.square", "math.add"]
+            .iter()
+            .map(|n| (n.to_string(), n.to_string()))
+            .collect();
+        let me = RateLimits {
+            names,
+            table: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+        };
+        for (t, r) in local {
+            assert!(me.set_local(t, parse(r).unwrap()));
+        }
+        Arc::new(me)
+    }
+
+    #[test]
+    fn control_replies_as_celery() {
+        let rates = limits(&[]);
+        let call = |v: Value| rates.control(v.as_object().unwrap());
+        assert_eq!(
+            call(json!({"task_name": "math.square", "rate_limit": "10/s"})),
+            json!({"ok": "new rate limit set successfully"})
+        );
+        assert_eq!(rates.registered_fields("math.square"), " rate_limit=10/s");
+        assert_eq!(
+            call(json!({"task_name": "math.square", "rate_limit": "0"})),
+            json!({"ok": "new rate limit set successfully"})
+        );
+        assert_eq!(rates.get("math.square").local, None);
+        assert_eq!(
+            call(json!({"task_name": "nope.nope", "rate_limit": "10/s"})),
+            json!({"error": "unknown task"})
+        );
+        assert_eq!(
+            call(json!({"task_name": "nope.nope", "rate_limit": "x"})),
+            json!({"error": "Invalid rate limit string: ValueError(\"could not convert string to float: 'x'\")"})
+        );
+        assert_eq!(
+            call(json!({"task_name": "math.square"})),
+            json!({"error": "TypeError(\"rate_limit() missing 1 required positional argument: 'rate_limit'\")"})
+        );
+    }
+}
