@@ -144,6 +144,14 @@ fn inspect_json_describes_faults() {
             "context_info",
             "pid",
             "square",
+            "flaky",
+            "flaky_with",
+            "reject",
+            "reject_once",
+            "ignore",
+            "raise_as",
+            "rate_limited",
+            "autoretried",
         ]
     );
     let with_context: Vec<&str> = info["tasks"]
@@ -237,8 +245,11 @@ fn inspect_text_of_every_example_plugin_lists_every_task() {
             if t["takes_context"] == true {
                 signature.push_str("  [uses TaskContext]");
             }
+            // Registration options follow in brackets (tests/failures.rs).
+            let has_options = t["options"].as_object().is_some_and(|o| !o.is_empty());
             assert!(
-                text.lines().any(|l| l == signature),
+                text.lines().any(|l| l == signature
+                    || (has_options && l.starts_with(&format!("{signature}  [")))),
                 "missing {signature:?} in:\n{text}"
             );
             let doc_first_line = t["doc"].as_str().unwrap().lines().next().unwrap();

@@ -1,6 +1,8 @@
 //! The outcome types every job ends with (the failure-semantics contract).
 
-use billiard_plugin_api::Status;
+use std::time::Duration;
+
+use billiard_plugin_api::{check_class_name, Status, FAILURE_DETAIL_PREFIX};
 use serde::{Deserialize, Serialize};
 
 /// The kind of a failed job. The names (`as_str`) are a contract: the CLI
@@ -128,6 +130,94 @@ impl TaskError {
     pub fn exception_class(&self) -> Option<&ExceptionClass> {
         self.detail.as_ref().and_then(|d| d.exception.as_ref())
     }
+
+    /// The error a plugin reported with a failed status of `kind` and its
+    /// output `out`: the output's text (lossily UTF-8, as always), or, for
+    /// a `task_error` that starts with [`FAILURE_DETAIL_PREFIX`], the
+    /// `Failure` it encodes: its message and its [`FailureDetail`]. An
+    /// encoding that does not decode (a hostile or broken plugin) is a
+    /// plain `task_error` saying so, never a directive.
+    pub fn from_plugin_output(kind: ErrorKind, out: &[u8]) -> TaskError {
+        match out.strip_prefix(FAILURE_DETAIL_PREFIX) {
+            Some(json) if kind == ErrorKind::TaskError => match decode_failure(json) {
+                Ok((message, detail)) => TaskError::new(kind, message).with_detail(detail),
+                Err(why) => {
+                    let text = String::from_utf8_lossy(json);
+                    let shown: String = text.chars().take(MALFORMED_SHOWN).collect();
+                    let more = if shown.len() < text.len() { "..." } else { "" };
+                    TaskError::new(
+                        kind,
+                        format!("the plugin's failure detail is malformed ({why}): {shown}{more}"),
+                    )
+                }
+            },
+            _ => TaskError::new(kind, String::from_utf8_lossy(out).into_owned()),
+        }
+    }
+}
+
+/// How much of a malformed failure detail its error message quotes.
+const MALFORMED_SHOWN: usize = 512;
+
+/// Decodes the JSON of a `Failure` (after [`FAILURE_DETAIL_PREFIX`]),
+/// checking what a plugin could get wrong: the class path (the rules of
+/// `billiard_plugin_api::check_class_name`), the countdown's range.
+fn decode_failure(json: &[u8]) -> Result<(String, FailureDetail), String> {
+    #[derive(Deserialize)]
+    struct Wire {
+        message: String,
+        #[serde(default)]
+        exception: Option<String>,
+        #[serde(default)]
+        directive: Option<WireDirective>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum WireDirective {
+        Retry {
+            #[serde(default)]
+            countdown_ms: Option<u64>,
+            #[serde(default)]
+            max_retries: Option<u32>,
+        },
+        Reject {
+            requeue: bool,
+        },
+        Ignore,
+    }
+    let w: Wire = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let exception = match w.exception {
+        None => None,
+        Some(class) => {
+            check_class_name(&class).map_err(|e| e.to_string())?;
+            Some(ExceptionClass::parse(&class))
+        }
+    };
+    let directive = match w.directive {
+        None => None,
+        Some(WireDirective::Retry {
+            countdown_ms,
+            max_retries,
+        }) => {
+            let countdown = countdown_ms
+                .map(|ms| crate::bounds::check_duration("countdown", Duration::from_millis(ms)))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Some(Directive::Retry {
+                countdown,
+                max_retries,
+            })
+        }
+        Some(WireDirective::Reject { requeue }) => Some(Directive::Reject { requeue }),
+        Some(WireDirective::Ignore) => Some(Directive::Ignore),
+    };
+    Ok((
+        w.message,
+        FailureDetail {
+            exception,
+            directive,
+        },
+    ))
 }
 
 /// A task's own account of its failure (see [`TaskError::detail`]).
@@ -153,6 +243,41 @@ pub struct ExceptionClass {
     pub name: String,
 }
 
+impl ExceptionClass {
+    /// Splits a checked class path (`billiard_plugin_api::check_class_name`):
+    /// a bare name is a built-in (`ValueError`: module `builtins`), a dotted
+    /// one is the module up to its last dot and the class after it.
+    pub fn parse(path: &str) -> ExceptionClass {
+        match path.rsplit_once('.') {
+            Some((module, name)) => ExceptionClass {
+                module: module.to_string(),
+                name: name.to_string(),
+            },
+            None => ExceptionClass {
+                module: "builtins".to_string(),
+                name: path.to_string(),
+            },
+        }
+    }
+
+    /// Whether it is one of Python's built-in exceptions (`builtins`).
+    pub fn is_builtin(&self) -> bool {
+        self.module == "builtins"
+    }
+}
+
+impl std::fmt::Display for ExceptionClass {
+    /// As Python's tracebacks name a class: `ValueError` for a built-in,
+    /// `myapp.errors.Expected` for others.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_builtin() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}.{}", self.module, self.name)
+        }
+    }
+}
+
 /// What a failing task asks the host to do with its message, as Celery's
 /// `self.retry()`, `raise Reject(...)` and `raise Ignore()` do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +287,12 @@ pub enum Directive {
     Retry {
         /// How long to wait before the next attempt (None: the task's or
         /// worker's retry policy decides).
-        #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "opt_millis",
+            rename = "countdown_ms"
+        )]
         countdown: Option<std::time::Duration>,
         /// Overrides the policy's cap on attempts for this decision only
         /// (Celery's `retry(max_retries=...)`).
@@ -197,6 +327,89 @@ mod opt_millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encoded(json: &str) -> Vec<u8> {
+        let mut v = FAILURE_DETAIL_PREFIX.to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v
+    }
+
+    #[test]
+    fn a_failure_detail_decodes_and_plain_text_stays_text() {
+        let e = TaskError::from_plugin_output(
+            ErrorKind::TaskError,
+            &encoded(
+                r#"{"message":"m","exception":"myapp.errors.Expected","directive":{"retry":{"countdown_ms":1500,"max_retries":2}}}"#,
+            ),
+        );
+        assert_eq!(e.message, "m");
+        assert_eq!(
+            e.exception_class(),
+            Some(&ExceptionClass {
+                module: "myapp.errors".into(),
+                name: "Expected".into()
+            })
+        );
+        assert_eq!(
+            e.directive(),
+            Some(&Directive::Retry {
+                countdown: Some(Duration::from_millis(1500)),
+                max_retries: Some(2)
+            })
+        );
+        let e = TaskError::from_plugin_output(
+            ErrorKind::TaskError,
+            &encoded(r#"{"message":"x","exception":"KeyError","directive":"ignore"}"#),
+        );
+        assert_eq!(
+            e.exception_class().map(|c| c.to_string()).as_deref(),
+            Some("KeyError")
+        );
+        assert_eq!(e.directive(), Some(&Directive::Ignore));
+        // Text, even text that looks like the encoding, is text.
+        for text in [
+            &b"plain"[..],
+            br#"billiard-failure/1 {"message":"x","directive":"ignore"}"#,
+        ] {
+            let e = TaskError::from_plugin_output(ErrorKind::TaskError, text);
+            assert_eq!(e.detail, None);
+            assert_eq!(e.message.as_bytes(), text);
+        }
+        // Only a task_error carries a detail.
+        let e = TaskError::from_plugin_output(
+            ErrorKind::Panic,
+            &encoded(r#"{"message":"x","directive":"ignore"}"#),
+        );
+        assert_eq!(e.detail, None);
+    }
+
+    #[test]
+    fn a_malformed_failure_detail_is_a_plain_task_error() {
+        for bad in [
+            "",
+            "{",
+            r#"{"exception":"ValueError"}"#,
+            r#"{"message":"m","exception":"not a class"}"#,
+            r#"{"message":"m","exception":"Expected"}"#,
+            r#"{"message":"m","directive":"explode"}"#,
+            r#"{"message":"m","directive":{"retry":{"countdown_ms":18446744073709551615}}}"#,
+            r#"{"message":"m","directive":{"retry":{"max_retries":-1}}}"#,
+            r#"{"message":"m","directive":{"reject":{}}}"#,
+        ] {
+            let e = TaskError::from_plugin_output(ErrorKind::TaskError, &encoded(bad));
+            assert_eq!(e.kind, ErrorKind::TaskError, "{bad}");
+            assert_eq!(e.detail, None, "{bad}");
+            assert!(
+                e.message
+                    .starts_with("the plugin's failure detail is malformed ("),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        let huge = format!(r#"{{"message":"{}""#, "x".repeat(100_000));
+        let e = TaskError::from_plugin_output(ErrorKind::TaskError, &encoded(&huge));
+        assert!(e.message.len() < 2_000, "{}", e.message.len());
+    }
 
     #[test]
     fn kind_names_are_the_contract() {

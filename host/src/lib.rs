@@ -31,7 +31,7 @@ mod pool;
 mod process;
 pub mod retry;
 pub mod sandbox;
-pub mod service;
+pub mod task_options;
 // Not part of the API: public (hidden) for the arena fuzzing in tests/.
 #[doc(hidden)]
 pub mod shm;
@@ -59,4 +59,5 @@ pub use pool::{
 };
 pub use pool::{ItemBatch, ItemStream, News, ProgressHook, Streamed};
 pub use process::Process;
+pub use task_options::TaskOptions;
 pub use zygote::run_if_helper;

@@ -16,6 +16,7 @@ use billiard_plugin_api::{codec, Codec, Status, TaskContext, ABI_VERSION};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{ErrorKind, TaskError};
+use crate::task_options::TaskOptions;
 
 /// Why a plugin file could not be loaded. Always names the file.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,11 @@ pub struct TaskSpec {
     pub streaming: bool,
     /// The item type of a streaming task (`null` otherwise).
     pub item: Option<String>,
+    /// The task's registration options (`#[task(rate_limit = "100/m",
+    /// ...)]`); `{}` when it has none, and for plugins built before
+    /// options existed.
+    #[serde(default)]
+    pub options: TaskOptions,
 }
 
 impl TaskSpec {
@@ -199,6 +205,9 @@ impl PluginInfo {
 pub struct Plugin {
     module: PluginModRef,
     info: std::sync::Arc<PluginInfo>,
+    /// The plugin declares the failure-detail encoding this host reads
+    /// (`PluginMod::failure_detail`); without it, its errors are text.
+    failure_detail: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -444,7 +453,20 @@ impl Plugin {
         }
         // Appended after the ABI 2 prefix: absent (None) in older plugins.
         let metadata = module.metadata().as_ref().map(PluginMeta::from_abi);
-        let tasks = module
+        let failure_detail =
+            module.failure_detail() == Some(billiard_plugin_api::abi::FAILURE_DETAIL_VERSION);
+        let options = module.task_options();
+        // An empty list (a hand-made module): no task has options.
+        if let Some(o) = &options {
+            if !o.is_empty() && o.len() != module.tasks().len() {
+                return Err(fail(format!(
+                    "its task options list {} entries for its {} tasks (a broken export_plugin!)",
+                    o.len(),
+                    module.tasks().len()
+                )));
+            }
+        }
+        let mut tasks = module
             .tasks()
             .iter()
             .map(|t| TaskSpec {
@@ -462,8 +484,15 @@ impl Plugin {
                 takes_context: t.takes_context,
                 streaming: t.streaming,
                 item: t.streaming.then(|| t.item.to_string()),
+                options: TaskOptions::default(),
             })
             .collect::<Vec<TaskSpec>>();
+        if let Some(o) = options {
+            for (t, text) in tasks.iter_mut().zip(o.iter()) {
+                t.options = TaskOptions::from_plugin(text.as_str())
+                    .map_err(|e| fail(format!("task `{}`: {e}", t.name)))?;
+            }
+        }
         if let Some(reason) = duplicate_task(&tasks) {
             return Err(fail(reason));
         }
@@ -479,6 +508,7 @@ impl Plugin {
         Ok(Plugin {
             module,
             info: std::sync::Arc::new(info),
+            failure_detail,
         })
     }
 
@@ -510,6 +540,68 @@ impl Plugin {
         out: &mut RVec<u8>,
     ) -> Status {
         (self.module.call())(task, codec, RSlice::from_slice(args), ctx, out)
+    }
+
+    /// Whether the plugin's `task_error` output may carry a `Failure`'s
+    /// detail (it declares the encoding this host reads).
+    pub fn writes_failure_detail(&self) -> bool {
+        self.failure_detail
+    }
+
+    /// Makes sure the output of a call (`count` 1: `status` and `out`) or of
+    /// a batch (`out`'s result records from `start` on) from a plugin that
+    /// does not declare the failure-detail encoding reads as text, as it
+    /// always did: a `task_error` that starts like the encoding (only a
+    /// broken or hostile plugin writes such bytes; a Rust plugin's text is
+    /// UTF-8, which never starts with 0xFF) is replaced by its lossy text,
+    /// the message the host made of it before the encoding existed.
+    pub(crate) fn plain_errors(
+        &self,
+        status: Status,
+        count: u32,
+        out: &mut RVec<u8>,
+        start: usize,
+    ) {
+        use billiard_plugin_api::FAILURE_DETAIL_PREFIX;
+        if self.failure_detail {
+            return;
+        }
+        let looks_encoded = |b: &[u8]| b.starts_with(&FAILURE_DETAIL_PREFIX[..1]);
+        if count == 1 {
+            let body = out.as_slice().get(start..).unwrap_or_default();
+            if status == Status::TaskError && looks_encoded(body) {
+                let text = String::from_utf8_lossy(body).into_owned();
+                out.truncate(start);
+                out.extend_from_copy_slice(text.as_bytes());
+            }
+            return;
+        }
+        let body = out.as_slice().get(start..).unwrap_or_default();
+        let suspect = codec::result_records(body)
+            .any(|r| r.is_some_and(|(st, b)| st == Status::TaskError as u8 && looks_encoded(b)));
+        if !suspect {
+            return;
+        }
+        let mut rebuilt: Vec<u8> = Vec::with_capacity(body.len());
+        let mut used = 0usize;
+        for rec in codec::result_records(body) {
+            let Some((st, b)) = rec else { break };
+            used = used.saturating_add(5).saturating_add(b.len());
+            let text;
+            let b = if st == Status::TaskError as u8 && looks_encoded(b) {
+                text = String::from_utf8_lossy(b).into_owned();
+                text.as_bytes()
+            } else {
+                b
+            };
+            rebuilt.push(st);
+            rebuilt.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+            rebuilt.extend_from_slice(b);
+        }
+        // A malformed tail stays as it was: the supervisor reports it.
+        rebuilt.extend_from_slice(body.get(used..).unwrap_or_default());
+        out.truncate(start);
+        out.extend_from_copy_slice(&rebuilt);
     }
 
     /// Calls task `task` over `count` argument records (see
@@ -580,9 +672,19 @@ impl Plugin {
 
     fn call_encoded(&self, index: u32, codec: Codec, args: &[u8]) -> Result<Vec<u8>, TaskError> {
         let stop = AtomicU32::new(0);
-        let ctx = TaskContext::new(0, 0, &stop);
+        // This host reads a `Failure`'s class and directive.
+        let flags = AtomicU32::new(billiard_plugin_api::HOST_FLAG_FAILURE_DETAIL);
+        let ctx = TaskContext::with_host(
+            0,
+            0,
+            &stop,
+            &flags,
+            billiard_plugin_api::noop_host_services(),
+            std::ptr::null(),
+        );
         let mut out = RVec::new();
         let status = self.call_raw(index, codec, args, &ctx, &mut out);
+        self.plain_errors(status, 1, &mut out, 0);
         outcome(status, out.into_vec())
     }
 }
@@ -754,13 +856,12 @@ pub fn resolve_task(plugins: &[PluginInfo], name: &str) -> Result<(usize, u32), 
     }
 }
 
-/// Turns a status and its output buffer into the job's outcome.
+/// Turns a status and its output buffer into the job's outcome: a
+/// `task_error` carrying a `Failure`'s detail decodes into
+/// [`TaskError::detail`] (see [`TaskError::from_plugin_output`]).
 pub fn outcome(status: Status, out: Vec<u8>) -> Result<Vec<u8>, TaskError> {
     match ErrorKind::from_status(status) {
         None => Ok(out),
-        Some(kind) => Err(TaskError::new(
-            kind,
-            String::from_utf8_lossy(&out).into_owned(),
-        )),
+        Some(kind) => Err(TaskError::from_plugin_output(kind, &out)),
     }
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RSlice, RVec};
 use billiard_plugin_api::{
-    Codec, HostServices, HostServicesRef, Status, StopReason, TaskContext, HOST_FLAG_PROGRESS_DUE,
+    Codec, HostServices, HostServicesRef, Status, StopReason, TaskContext,
+    HOST_FLAG_FAILURE_DETAIL, HOST_FLAG_PROGRESS_DUE,
 };
 
 use crate::ipc::{self, DoneHeader, Frame, WorkerParams, FLAG_RETIRING};
@@ -99,11 +100,13 @@ struct Worker {
 /// worker's parent, whose death it watches for.
 pub fn run(
     plugins: Vec<Plugin>,
-    params: WorkerParams,
+    mut params: WorkerParams,
     sock: OwnedFd,
     page: &'static BoardPage,
     zygote: i32,
 ) -> ! {
+    // This host reads a `Failure`'s class and directive (`plugin::outcome`).
+    params.host_flags |= HOST_FLAG_FAILURE_DETAIL;
     // The worker's own scoreboard page, the only one it maps (C3).
     let slot = page.slot();
     if let Err(e) = setup(&params, slot, &sock, zygote) {
@@ -367,9 +370,14 @@ impl Worker {
                 }
                 Status::UnknownTask
             }
-            Some(p) if h.count == 1 => p.call_raw(h.task, h.codec, args, &ctx, out),
+            Some(p) if h.count == 1 => {
+                let status = p.call_raw(h.task, h.codec, args, &ctx, out);
+                p.plain_errors(status, 1, out, 0);
+                status
+            }
             Some(p) => {
                 p.call_batch_raw(h.task, h.codec, args, h.count, &ctx, out);
+                p.plain_errors(Status::Ok, h.count, out, 0);
                 Status::Ok
             }
         };

@@ -551,6 +551,7 @@ mod tests {
             takes_context: false,
             streaming: false,
             item: None,
+            options: Default::default(),
         };
         let plugin = |p: usize| PluginInfo {
             path: format!("/plugins/p{p}.so").into(),

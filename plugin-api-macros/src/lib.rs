@@ -6,6 +6,8 @@
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, ToTokens};
+mod options;
+
 use syn::{
     parse_macro_input, spanned::Spanned, FnArg, GenericArgument, ItemFn, Pat, PathArguments,
     ReturnType, Type,
@@ -21,15 +23,40 @@ use syn::{
 /// `Result<T, E>` with `E: Display` (an `Err` becomes a `task_error`);
 /// a one-argument alias such as `anyhow::Result<T>` counts as a `Result`.
 /// The doc comment becomes the task's documentation in `inspect`.
+///
+/// An error that is a `billiard_plugin_api::Failure` (or converts into one:
+/// `E: Into<Failure>`) also carries the Python exception class a Celery
+/// caller catches and may ask for a retry, a reject or an ignore.
+///
+/// Registration options, as Celery's `@app.task(...)` takes them (checked
+/// here, at compile time; `inspect` shows them, the worker applies them):
+///
+/// ```ignore
+/// #[task(
+///     rate_limit = "100/m",               // N, N/s, N/m or N/h (Celery's syntax)
+///     max_retries = 5,                    // cap on retries
+///     autoretry_for = "task_error,panic", // failure kinds retried without asking
+///     retry_backoff = "1s",               // exponential backoff from this (or `true`: 1s)
+///     retry_backoff_max = "10m",          // no delay longer
+///     retry_jitter = false,               // draw delays from 0..=backoff
+///     default_retry_delay = "3m",         // the delay without backoff
+/// )]
+/// fn fetch(url: String) -> Result<String, Failure> { ... }
+/// ```
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return syn::Error::new(Span::call_site(), "#[task] takes no arguments")
-            .to_compile_error()
-            .into();
-    }
+    let options = match options::parse(attr.into()) {
+        Ok(o) => o,
+        Err(e) => {
+            let mut ts = e.to_compile_error();
+            if let Ok(func) = syn::parse::<ItemFn>(item) {
+                func.to_tokens(&mut ts);
+            }
+            return ts.into();
+        }
+    };
     let func = parse_macro_input!(item as ItemFn);
-    match expand_task(&func) {
+    match expand_task(&func, &options) {
         Ok(ts) => ts.into(),
         Err(e) => {
             let mut ts = e.to_compile_error();
@@ -126,7 +153,7 @@ fn type_text(ty: &impl ToTokens) -> String {
     out
 }
 
-fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
+fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
@@ -251,9 +278,20 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
                 } else {
                     quote!()
                 };
+                // `ErrSlot` picks `Failure` for `E: Into<Failure>` and the
+                // `Display` text for any other error (see glue::ErrSlot).
                 (
                     type_text(ty),
-                    quote!(::billiard_plugin_api::glue::from_result(#call #map)),
+                    quote!(match #call #map {
+                        ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
+                        ::core::result::Result::Err(e) => {
+                            #[allow(unused_imports)]
+                            use ::billiard_plugin_api::glue::{ViaDisplay as _, ViaFailure as _};
+                            ::core::result::Result::Err(
+                                (&::billiard_plugin_api::glue::ErrSlot::new(e)).to_fail(),
+                            )
+                        }
+                    }),
                 )
             }
             None => {
@@ -338,6 +376,7 @@ fn expand_task(func: &ItemFn) -> syn::Result<TokenStream2> {
                 __billiard_run
             };
             const RUN_BATCH: ::core::option::Option<::billiard_plugin_api::glue::BatchRunFn> = #run_batch;
+            const OPTIONS: &'static str = #options;
         }
     })
 }

@@ -231,7 +231,23 @@ pub struct PluginMod {
     /// ignore it). `None` from a plugin built before it existed.
     #[sabi(missing_field(option))]
     pub metadata: PluginMetadata,
+    /// Appended (no `ABI_VERSION` bump): the version of the failure-detail
+    /// encoding the plugin's glue writes ([`FAILURE_DETAIL_VERSION`]; see
+    /// [`crate::Failure`]). `None` from a plugin built before it: such a
+    /// plugin's errors are plain text, whatever bytes they start with.
+    #[sabi(missing_field(option))]
+    pub failure_detail: u32,
+    /// Appended (no `ABI_VERSION` bump): each task's registration options
+    /// (`#[task(rate_limit = "100/m", ...)]`), parallel to `tasks`, each a
+    /// JSON object (`{}` for none; keys the host does not know are
+    /// ignored). `None` from a plugin built before it: no task has options.
+    #[sabi(missing_field(option))]
+    pub task_options: RSlice<'static, RStr<'static>>,
 }
+
+/// The failure-detail encoding this plugin-api writes (see
+/// [`PluginMod::failure_detail`] and [`crate::FAILURE_DETAIL_PREFIX`]).
+pub const FAILURE_DETAIL_VERSION: u32 = 1;
 
 impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}

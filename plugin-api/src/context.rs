@@ -72,6 +72,13 @@ pub const HOST_FLAG_PROGRESS_DUE: u32 = 1;
 /// base64`). Set by the host for the whole life of a worker.
 pub const HOST_FLAG_BYTES_BASE64: u32 = 1 << 1;
 
+/// Bit of [`TaskContext`]'s host flags: the host reads a
+/// [`Failure`](crate::Failure)'s exception class and directive (the
+/// [`FAILURE_DETAIL_PREFIX`](crate::FAILURE_DETAIL_PREFIX) encoding) from
+/// a `task_error`'s output. Without it (an older host) the glue writes only
+/// the failure's message. Set by the host for the whole life of a worker.
+pub const HOST_FLAG_FAILURE_DETAIL: u32 = 1 << 2;
+
 /// Handed to a task that asks for it (`ctx: &TaskContext`).
 ///
 /// Layout (ABI 2, frozen: new host services are appended to

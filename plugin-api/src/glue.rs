@@ -13,7 +13,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::abi::{Status, TaskInfo};
 use crate::context::{EmitUnwind, StopReason, StopUnwind};
-use crate::{codec, Codec, TaskContext};
+use crate::{codec, Codec, Failure, TaskContext, HOST_FLAG_FAILURE_DETAIL};
 
 /// The signature of the per-task function `#[task]` generates. It appends
 /// its output (encoded result or message) to `out`.
@@ -26,6 +26,9 @@ pub trait Task {
     /// The task over a whole chunk in one loop ([`run_batch`]); `None`:
     /// item by item through `RUN` (streaming tasks).
     const RUN_BATCH: Option<BatchRunFn> = None;
+    /// The task's registration options as a JSON object (`#[task(...)]`;
+    /// see `abi::PluginMod::task_options`).
+    const OPTIONS: &'static str = "{}";
 }
 
 /// The signature of the per-task batch function `#[task]` generates: runs
@@ -99,6 +102,52 @@ pub fn run_batch<R: Serialize>(
 pub enum Fail {
     BadArgs(String),
     User(String),
+    /// A [`Failure`]: its message, and its class and directive when the
+    /// host reads them.
+    Failure(Failure),
+}
+
+/// The `Err` of a task's `Result`, on its way to a [`Fail`]: the
+/// generated code calls `(&ErrSlot(..)).to_fail()`, which method
+/// resolution takes from [`ViaFailure`] when `E: Into<Failure>` and from
+/// [`ViaDisplay`] (one auto-reference further) for any other `E: Display`
+/// ("autoref specialization"), so a plain error's text is exactly its
+/// `Display`, as before `Failure` existed.
+pub struct ErrSlot<E>(pub Cell<Option<E>>);
+
+impl<E> ErrSlot<E> {
+    /// Holds `e` for [`ViaFailure::to_fail`] / [`ViaDisplay::to_fail`].
+    pub fn new(e: E) -> ErrSlot<E> {
+        ErrSlot(Cell::new(Some(e)))
+    }
+}
+
+/// See [`ErrSlot`]: errors that convert into a [`Failure`].
+pub trait ViaFailure {
+    fn to_fail(&self) -> Fail;
+}
+
+impl<E: Into<Failure>> ViaFailure for ErrSlot<E> {
+    fn to_fail(&self) -> Fail {
+        match self.0.take() {
+            Some(e) => Fail::Failure(e.into()),
+            None => Fail::User(String::new()),
+        }
+    }
+}
+
+/// See [`ErrSlot`]: any other error, by its `Display` text.
+pub trait ViaDisplay {
+    fn to_fail(&self) -> Fail;
+}
+
+impl<E: Display> ViaDisplay for &ErrSlot<E> {
+    fn to_fail(&self) -> Fail {
+        match self.0.take() {
+            Some(e) => Fail::User(e.to_string()),
+            None => Fail::User(String::new()),
+        }
+    }
 }
 
 thread_local! {
@@ -257,6 +306,28 @@ fn conclude(
                     }
                     None => {
                         write_msg(out, msg);
+                        Status::TaskError
+                    }
+                },
+                Fail::Failure(f) => match ctx.stop_requested() {
+                    // A stop wins over what the task asked for, as for
+                    // any other error it gives up with.
+                    Some(reason) => {
+                        let msg = f.message();
+                        write_msg(out, format_args!("task `{}` stopped: {msg}", info.name));
+                        stop_status(reason)
+                    }
+                    None => {
+                        // The detail only for a host that reads it (an
+                        // older one would show the encoding as text).
+                        if f.has_detail() && ctx.host_flag(HOST_FLAG_FAILURE_DETAIL) {
+                            if f.encode_into(out).is_err() {
+                                out.truncate(start);
+                                write_msg(out, f.message());
+                            }
+                        } else {
+                            write_msg(out, f.message());
+                        }
                         Status::TaskError
                     }
                 },
@@ -473,6 +544,7 @@ macro_rules! export_plugin {
             static INFOS: &[TaskInfo] = &[$(<$task as Task>::INFO),*];
             static RUNS: &[RunFn] = &[$(<$task as Task>::RUN),*];
             static BATCH_RUNS: &[Option<$crate::glue::BatchRunFn>] = &[$(<$task as Task>::RUN_BATCH),*];
+            static OPTIONS: &[RStr<'static>] = &[$(RStr::from_str(<$task as Task>::OPTIONS)),*];
 
             extern "C" fn call(
                 task: u32,
@@ -514,6 +586,8 @@ macro_rules! export_plugin {
                         repository: RStr::from_str(env!("CARGO_PKG_REPOSITORY")),
                         license: RStr::from_str(env!("CARGO_PKG_LICENSE")),
                     },
+                    failure_detail: $crate::abi::FAILURE_DETAIL_VERSION,
+                    task_options: RSlice::from_slice(OPTIONS),
                 }
                 .leak_into_prefix()
             }

@@ -23,7 +23,10 @@
 //! A task may take a [`TaskContext`] (`ctx: &TaskContext` as any argument) to
 //! learn its job id, to poll for a soft time limit or cancellation and to
 //! report progress (`ctx.progress(done, total)`), and may return `T` or
-//! `Result<T, E>` where `E: Display` becomes a `task_error`. A task that takes
+//! `Result<T, E>` where `E: Display` becomes a `task_error`; a [`Failure`]
+//! error (or any `E: Into<Failure>`) also names the Python exception class a
+//! Celery caller catches and may ask for a retry, a reject or an ignore
+//! ([`Failure::retry`], [`Failure::reject`], [`Failure::ignore`]). A task that takes
 //! `out: &Emitter<T>` is a *streaming* task: it sends items with
 //! `out.emit(value)` while it runs, before its final result.
 
@@ -32,6 +35,7 @@
 pub mod abi;
 pub mod codec;
 mod context;
+mod failure;
 #[doc(hidden)]
 pub mod glue;
 
@@ -41,7 +45,11 @@ pub use billiard_plugin_api_macros::__export_root_module;
 pub use billiard_plugin_api_macros::task;
 pub use context::{
     noop_host_services, Emitter, HostServices, HostServicesRef, StopReason, Stopped, TaskContext,
-    HOST_FLAG_BYTES_BASE64, HOST_FLAG_PROGRESS_DUE,
+    HOST_FLAG_BYTES_BASE64, HOST_FLAG_FAILURE_DETAIL, HOST_FLAG_PROGRESS_DUE,
+};
+pub use failure::{
+    check_class_name, Directive, Failure, InvalidClassName, RaiseAs, FAILURE_DETAIL_PREFIX,
+    PYTHON_BUILTIN_EXCEPTIONS,
 };
 
 /// Re-exports the generated code relies on, so a plugin crate needs no other

@@ -71,6 +71,11 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
         "libbilliard_reload_b.so",
     ),
     ("stream", "billiard-plugin-stream", "libbilliard_stream.so"),
+    (
+        "bad-failure",
+        "billiard-plugin-bad-failure",
+        "libbilliard_bad_failure.so",
+    ),
 ];
 
 /// The `billiard-host` binary cargo built for this test run.

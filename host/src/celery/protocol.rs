@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::bounds;
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, TaskError};
 
 /// The only content type this host decodes.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
@@ -1277,6 +1277,23 @@ impl Exception {
         Exception::new(state, module, ty, message)
     }
 
+    /// The exception for a task's error: the class the task raised it as
+    /// ([`TaskError::exception_class`], e.g. a plugin's
+    /// `Failure::new(..).raise_as("ValueError")`), stored as a Python
+    /// worker stores it (`prepare_exception`: `exc_type` the class name,
+    /// `exc_module` its module, `builtins` for built-ins, `exc_message`
+    /// the args), so `except ValueError:` matches on the client; without
+    /// one, the kind's class ([`Exception::for_kind`]).
+    pub fn for_error(e: &TaskError) -> Exception {
+        let Some(class) = e.exception_class() else {
+            return Exception::for_kind(e.kind, &e.message);
+        };
+        let mut exc = Exception::new(State::Failure, &class.module, &class.name, e.message.as_str());
+        // As Python's traceback names it: `ValueError: ...` for a built-in.
+        exc.traceback = Some(format!("{class}: {}\n", e.message));
+        exc
+    }
+
     /// REVOKED with `TaskRevokedError(reason)`, e.g. `"expired"`.
     pub fn revoked(reason: &str) -> Exception {
         Exception::new(
@@ -1884,6 +1901,31 @@ mod tests {
         assert_eq!(v["task_id"], "id-1");
         assert_eq!(v["children"], serde_json::json!([]));
         assert!(v["date_done"].as_str().unwrap().ends_with("+00:00"));
+        // A class the task named: as a Python worker stores that class.
+        let e = TaskError::new(ErrorKind::TaskError, "bad input").with_detail(
+            crate::error::FailureDetail {
+                exception: Some(crate::error::ExceptionClass::parse("ValueError")),
+                directive: None,
+            },
+        );
+        let x = Exception::for_error(&e);
+        assert_eq!(
+            (x.info.exc_module.as_str(), x.info.exc_type.as_str()),
+            ("builtins", "ValueError")
+        );
+        assert_eq!(x.info.exc_message, [Value::String("bad input".into())]);
+        assert_eq!(x.traceback.as_deref(), Some("ValueError: bad input\n"));
+        let e = TaskError::new(ErrorKind::TaskError, "no").with_detail(crate::error::FailureDetail {
+            exception: Some(crate::error::ExceptionClass::parse("myapp.errors.Expected")),
+            directive: None,
+        });
+        let x = Exception::for_error(&e);
+        assert_eq!(
+            (x.info.exc_module.as_str(), x.info.exc_type.as_str()),
+            ("myapp.errors", "Expected")
+        );
+        let plain = Exception::for_error(&TaskError::new(ErrorKind::TaskError, "t"));
+        assert_eq!(plain.info.exc_type, "TaskError");
         let revoked = ResultMeta::failure("id-2", &Exception::revoked("expired"));
         assert_eq!(revoked.status, State::Revoked);
         assert_eq!(revoked.result["exc_type"], "TaskRevokedError");

@@ -290,7 +290,12 @@ fn write_text(out: &mut impl Write, info: &billiard_host::PluginInfo) -> std::io
             Some(item) if t.streaming => format!("  [streams {item}]"),
             _ => String::new(),
         };
-        writeln!(out, "  {}{ctx}{stream}", t.signature())?;
+        // Registration options (`#[task(rate_limit = ...)]`), when set.
+        let options = match t.options.summary() {
+            o if o.is_empty() => o,
+            o => format!("  [{o}]"),
+        };
+        writeln!(out, "  {}{ctx}{stream}{options}", t.signature())?;
         for line in t.doc.lines() {
             writeln!(out, "      {line}")?;
         }

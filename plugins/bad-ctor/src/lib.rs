@@ -125,6 +125,8 @@ fn get_root_module() -> PluginModRef {
         call,
         call_batch,
         metadata: billiard_plugin_api::abi::PluginMetadata::EMPTY,
+        failure_detail: billiard_plugin_api::abi::FAILURE_DETAIL_VERSION,
+        task_options: Default::default(),
     }
     .leak_into_prefix()
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use billiard_plugin_api::{export_plugin, task, TaskContext};
+use billiard_plugin_api::{export_plugin, task, Failure, TaskContext};
 
 /// Panics with the given message (the worker survives: `panic`).
 #[task]
@@ -180,6 +180,123 @@ pub fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
 
+/// Appends a line to `path` and returns how many lines it has now: the
+/// number of runs of a task that counts its runs there.
+fn count_run(path: &str) -> Result<u32, Failure> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Failure::new(format!("cannot open {path}: {e}")))?;
+    writeln!(f, "run").map_err(|e| Failure::new(format!("cannot write {path}: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::new(format!("cannot read {path}: {e}")))?;
+    Ok(u32::try_from(text.lines().count()).unwrap_or(u32::MAX))
+}
+
+/// Counts its runs in `path` (one line each); asks for a retry in 100 ms
+/// (`Failure::retry`) while it has run at most `fail_times` times, then
+/// returns the number of runs.
+#[task]
+pub fn flaky(path: String, fail_times: u32) -> Result<u32, Failure> {
+    let runs = count_run(&path)?;
+    if runs <= fail_times {
+        return Err(Failure::retry()
+            .reason(format!(
+                "run {runs}: failing until run {}",
+                fail_times.saturating_add(1)
+            ))
+            .countdown(Duration::from_millis(100)));
+    }
+    Ok(runs)
+}
+
+/// [`flaky`] with the retry's countdown (ms) and its own `max_retries`
+/// cap (`None`: the task's or the worker's).
+#[task]
+pub fn flaky_with(
+    path: String,
+    fail_times: u32,
+    countdown_ms: u64,
+    max_retries: Option<u32>,
+) -> Result<u32, Failure> {
+    let runs = count_run(&path)?;
+    if runs <= fail_times {
+        let f = Failure::retry()
+            .reason(format!(
+                "run {runs}: failing until run {}",
+                fail_times.saturating_add(1)
+            ))
+            .countdown(Duration::from_millis(countdown_ms));
+        return Err(match max_retries {
+            Some(n) => f.max_retries(n),
+            None => f,
+        });
+    }
+    Ok(runs)
+}
+
+/// Rejects its message (`Failure::reject(requeue)`), every time.
+#[task]
+pub fn reject(requeue: bool) -> Result<u64, Failure> {
+    Err(Failure::reject(requeue).reason(format!("rejected (requeue: {requeue})")))
+}
+
+/// Counts its runs in `path`; rejects its message with requeue on the
+/// first run, returns the number of runs after.
+#[task]
+pub fn reject_once(path: String) -> Result<u32, Failure> {
+    match count_run(&path)? {
+        1 => Err(Failure::reject(true).reason("rejected on the first run")),
+        runs => Ok(runs),
+    }
+}
+
+/// Ignores its message (`Failure::ignore()`): nothing is stored.
+#[task]
+pub fn ignore() -> Result<u64, Failure> {
+    Err(Failure::ignore())
+}
+
+/// Fails with `message` raised as Python class `class` (`ValueError`,
+/// `myapp.errors.Expected`); a name that is not a class path is refused
+/// and named in the message.
+#[task]
+pub fn raise_as(class: String, message: String) -> Result<u64, Failure> {
+    Err(Failure::new(message).raise_as(&class))
+}
+
+/// Returns `x`, at most 10 a second per worker (`rate_limit = "10/s"`).
+#[task(rate_limit = "10/s")]
+pub fn rate_limited(x: u64) -> u64 {
+    x
+}
+
+/// Counts its runs in `path`; fails with a plain `task_error` while it has
+/// run at most `fail_times` times, then returns the number of runs. Its
+/// registration options retry that failure (and a panic) by themselves:
+/// at most 2 retries, backoff 100 ms doubling up to 1 s, no jitter.
+#[task(
+    rate_limit = "600/m",
+    autoretry_for = "task_error,panic",
+    max_retries = 2,
+    retry_backoff = "100ms",
+    retry_backoff_max = "1s",
+    retry_jitter = false,
+    default_retry_delay = "100ms"
+)]
+pub fn autoretried(path: String, fail_times: u32) -> Result<u32, String> {
+    let runs = count_run(&path).map_err(|e| e.to_string())?;
+    if runs <= fail_times {
+        return Err(format!(
+            "run {runs}: failing until run {}",
+            fail_times.saturating_add(1)
+        ));
+    }
+    Ok(runs)
+}
+
 fn spin_until(deadline: Instant, mut stop: impl FnMut() -> bool) {
     while Instant::now() < deadline {
         if stop() {
@@ -194,6 +311,7 @@ export_plugin!(
     tasks: [
         panic, fail, segfault, abort, exit, sleep_ms, spin_ms, spin, cooperative_spin,
         cooperative_spin_result, cooperative_sleep, leak_mb, garbage_fds, log, spawn_sleeper,
-        context_info, pid, square,
+        context_info, pid, square, flaky, flaky_with, reject, reject_once, ignore, raise_as,
+        rate_limited, autoretried,
     ]
 );
