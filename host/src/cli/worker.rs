@@ -117,6 +117,17 @@ pub struct Args {
     /// on ADDR, e.g. 127.0.0.1:9808 (port 0: any free port, logged).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Celery's rate_limit for TASK on this worker: N/s, N/m, N/h or N (per
+    /// second); 0: none. A token bucket of capacity 1 (no bursts), over
+    /// the task's own option; `celery control rate_limit` changes it at run
+    /// time (repeatable).
+    #[arg(long = "rate-limit", value_name = "TASK=RATE", value_parser = billiard_host::celery::rate::parse_task_rate)]
+    rate_limits: Vec<billiard_host::celery::rate::TaskRate>,
+    /// A limit for TASK shared by every host with the same flag on this
+    /// broker (Redis key billiard-host:rate:TASK, Redis's clock): the
+    /// fleet's starts are at least 1/RATE apart (repeatable).
+    #[arg(long = "global-rate-limit", value_name = "TASK=RATE", value_parser = billiard_host::celery::rate::parse_task_rate)]
+    global_rate_limits: Vec<billiard_host::celery::rate::TaskRate>,
     #[command(flatten)]
     pool: PoolFlags,
 }
@@ -228,6 +239,8 @@ pub fn run(args: Args) -> i32 {
         foreign_visibility_timeout: args.foreign_visibility_timeout,
         prefetch_multiplier: args.prefetch_multiplier.min(1 << 16) as usize,
         result_expires: args.result_expires,
+        rate_limits: args.rate_limits.clone(),
+        global_rate_limits: args.global_rate_limits.clone(),
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {
