@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use super::config::Limits;
 use super::items::News;
 use super::job::{ChunkBody, ChunkResult, ChunkSender, Outcome};
+use super::retry::{Attempts, Choice};
 use super::{Pool, TaskRef, Typed};
 use crate::error::{ErrorKind, TaskError};
 
@@ -128,16 +129,28 @@ impl Cursor {
         }
     }
 
-    /// The next item: its index and its encoded value or error.
-    pub(crate) fn next_item(&mut self) -> Option<(u64, Result<&[u8], TaskError>)> {
+    /// The next item: its index, its encoded value or error, and its
+    /// attempts if it was retried.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn next_item(
+        &mut self,
+    ) -> Option<(u64, Result<&[u8], TaskError>, Option<&Attempts>)> {
         if self.i >= self.chunk.count {
             return None;
         }
+        let attempts = match &self.chunk.body {
+            ChunkBody::Retried(r) => Some(&r.attempts),
+            _ => None,
+        };
         let index = self.chunk.first_index + self.i as u64;
         self.i += 1;
         let item = match &self.chunk.body {
             ChunkBody::One(Ok(bytes)) => Ok(bytes.as_slice()),
             ChunkBody::One(Err(e)) | ChunkBody::Failed(e) => Err(e.clone()),
+            ChunkBody::Retried(r) => match &r.outcome {
+                Ok(bytes) => Ok(bytes.as_slice()),
+                Err(e) => Err(e.clone()),
+            },
             // Never walked: they have no items (`count` 0).
             ChunkBody::Items(_) | ChunkBody::Progress(..) => return None,
             ChunkBody::Records(buf) => {
@@ -163,7 +176,7 @@ impl Cursor {
                 }
             }
         };
-        Some((index, item))
+        Some((index, item, attempts))
     }
 }
 
@@ -257,7 +270,7 @@ impl<'p> RawStream<'p> {
         window: usize,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let tx = ChunkSender::new(tx);
+        let tx = ChunkSender::new(tx).with_retry(pool.stream_retry(&Choice::Pool));
         // A chunk's job count travels as 32 bits: a larger chunksize is a
         // hint taken as the most a chunk holds.
         let chunksize = chunksize.clamp(1, super::config::MAX_CHUNKSIZE);
@@ -286,6 +299,21 @@ impl<'p> RawStream<'p> {
     /// `f` holds the streaming task back (back-pressure), never memory.
     pub fn on_news(mut self, f: impl FnMut(u64, News<'_>) + 'p) -> Self {
         self.news = Some(Box::new(f));
+        self
+    }
+
+    /// Retries this stream's failed jobs as `policy` says (`None`: never)
+    /// instead of by the pool's default ([`crate::PoolBuilder::retry_policy`]);
+    /// here `max_retries` is a hard cap, also on the retries a task asks
+    /// for. A failed item of a chunk is retried alone (the rest of the
+    /// chunk keeps its results); an ordered stream waits for it. Call it
+    /// before the first item is read (jobs already sent keep their policy).
+    pub fn retry_policy(mut self, policy: Option<crate::retry::RetryPolicy>) -> Self {
+        let choice = match policy {
+            Some(p) => Choice::Exactly(p),
+            None => Choice::Off,
+        };
+        self.tx = self.tx.clone().with_retry(self.pool.stream_retry(&choice));
         self
     }
 
@@ -522,8 +550,20 @@ impl<'p> RawStream<'p> {
 
     /// The next item, handed to `f` as its index and encoded outcome (a
     /// value borrowed from the worker's result buffer: no copy per item).
-    pub fn next_with<T>(&mut self, f: impl FnMut(u64, Result<&[u8], TaskError>) -> T) -> Option<T> {
-        match self.poll_next_with(None, f) {
+    pub fn next_with<T>(
+        &mut self,
+        mut f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
+    ) -> Option<T> {
+        self.next_with_attempts(|i, item, _| f(i, item))
+    }
+
+    /// [`RawStream::next_with`], with the item's [`Attempts`] when it was
+    /// retried (`None` when it ran once).
+    pub fn next_with_attempts<T>(
+        &mut self,
+        f: impl FnMut(u64, Result<&[u8], TaskError>, Option<&Attempts>) -> T,
+    ) -> Option<T> {
+        match self.poll_next_attempts(None, f) {
             std::task::Poll::Ready(item) => item,
             // Without a context it waits instead.
             std::task::Poll::Pending => None,
@@ -535,15 +575,24 @@ impl<'p> RawStream<'p> {
     /// instead of waiting: the engine of [`RawStream::into_stream`].
     pub(crate) fn poll_next_with<T>(
         &mut self,
-        mut cx: Option<&mut std::task::Context<'_>>,
+        cx: Option<&mut std::task::Context<'_>>,
         mut f: impl FnMut(u64, Result<&[u8], TaskError>) -> T,
+    ) -> std::task::Poll<Option<T>> {
+        self.poll_next_attempts(cx, |i, item, _| f(i, item))
+    }
+
+    /// [`RawStream::poll_next_with`] with each item's attempts.
+    pub(crate) fn poll_next_attempts<T>(
+        &mut self,
+        mut cx: Option<&mut std::task::Context<'_>>,
+        mut f: impl FnMut(u64, Result<&[u8], TaskError>, Option<&Attempts>) -> T,
     ) -> std::task::Poll<Option<T>> {
         use std::task::Poll;
         loop {
             if let Some(cur) = &mut self.cur {
-                if let Some((index, item)) = cur.next_item() {
+                if let Some((index, item, attempts)) = cur.next_item() {
                     self.next_out = index + 1;
-                    return Poll::Ready(Some(f(index, item)));
+                    return Poll::Ready(Some(f(index, item, attempts)));
                 }
                 self.cur = None;
             }
@@ -628,6 +677,28 @@ impl<'p, R> Imap<'p, R> {
         }
     }
 
+    /// Retries this map's failed items as `policy` says (`None`: never)
+    /// instead of by the pool's default (see [`RawStream::retry_policy`]);
+    /// call it before the first result is read.
+    pub fn retry_policy(mut self, policy: Option<crate::retry::RetryPolicy>) -> Self {
+        self.raw = self.raw.retry_policy(policy);
+        self
+    }
+
+    /// The next result with its [`Attempts`] when the item was retried.
+    pub fn next_with_attempts(&mut self) -> Option<(Result<R, TaskError>, Option<Attempts>)>
+    where
+        R: DeserializeOwned,
+    {
+        let typed = &self.typed;
+        self.raw.next_with_attempts(|_, item, attempts| {
+            let r = item
+                .map_err(|e| typed.explain(e))
+                .and_then(|b| typed.decode_bytes(b));
+            (r, attempts.cloned())
+        })
+    }
+
     /// The untyped stream under it and the types (for [`Imap::into_stream`]).
     pub(crate) fn into_parts(self) -> (RawStream<'p>, Typed) {
         (self.raw, self.typed)
@@ -667,7 +738,7 @@ pub(crate) fn collect_chunks<R: DeserializeOwned>(
     let mut out = Vec::with_capacity(n as usize);
     for (_, c) in chunks {
         let mut cur = Cursor::new(c);
-        while let Some((_, item)) = cur.next_item() {
+        while let Some((_, item, _)) = cur.next_item() {
             out.push(
                 item.map_err(|e| typed.explain(e))
                     .and_then(|b| typed.decode_bytes(b))?,
