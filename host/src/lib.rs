@@ -31,6 +31,7 @@ mod pool;
 mod process;
 pub mod retry;
 pub mod sandbox;
+pub mod service;
 pub mod task_options;
 // Not part of the API: public (hidden) for the arena fuzzing in tests/.
 #[doc(hidden)]

@@ -310,9 +310,24 @@ impl RateLimits {
     ) -> Result<RateLimits, String> {
         let mut names = HashMap::new();
         let mut bare: HashMap<String, Vec<String>> = HashMap::new();
+        let mut table = BTreeMap::new();
         for p in pool.plugins().iter() {
             for t in &p.tasks {
                 let full = format!("{}.{}", p.name, t.name);
+                // The task's own `#[task(rate_limit = "...")]`: the plugin
+                // checked its syntax; the range is checked here, as for a
+                // flag (a plugin may be hostile).
+                if let Some(text) = &t.options.rate_limit {
+                    let local = parse(text)
+                        .map_err(|e| format!("task {full}: its rate_limit option {text:?}: {e}"))?;
+                    table.insert(
+                        full.clone(),
+                        Setting {
+                            local,
+                            global: None,
+                        },
+                    );
+                }
                 names.insert(full.clone(), full.clone());
                 bare.entry(t.name.clone()).or_default().push(full);
             }
@@ -324,7 +339,7 @@ impl RateLimits {
         }
         let me = RateLimits {
             names,
-            table: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(table),
             generation: AtomicU64::new(0),
         };
         for (flag, list) in [("--rate-limit", local), ("--global-rate-limit", global)] {

@@ -32,6 +32,7 @@ use super::protocol::{
     self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
     TimeLimit,
 };
+use super::rate::{self, RateLimits};
 use super::redis::{self as broker, BrokerError, Finished, Link, RedisBroker, Reserved};
 use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
@@ -67,6 +68,12 @@ pub struct WorkerOptions {
     /// At most this many eta messages are held without counting against
     /// the reservation limit.
     pub max_eta_held: usize,
+    /// Per-worker rate limits (`--rate-limit TASK=RATE`), over the tasks'
+    /// own `rate_limit` options (see [`rate`]).
+    pub rate_limits: Vec<rate::TaskRate>,
+    /// Fleet-wide rate limits through the broker Redis
+    /// (`--global-rate-limit TASK=RATE`).
+    pub global_rate_limits: Vec<rate::TaskRate>,
 }
 
 impl Default for WorkerOptions {
@@ -80,6 +87,8 @@ impl Default for WorkerOptions {
             prefetch_multiplier: 1,
             result_expires: DEFAULT_RESULT_EXPIRES,
             max_eta_held: 10_000,
+            rate_limits: Vec::new(),
+            global_rate_limits: Vec::new(),
         }
     }
 }
@@ -211,6 +220,8 @@ struct Prepared {
     args: Vec<u8>,
     limits: Limits,
     expires: Option<DateTime<Utc>>,
+    /// The task's `plugin.task` name (its rate limits' key).
+    name: String,
 }
 
 /// A job's end, for the finisher.
@@ -326,6 +337,8 @@ impl Worker {
             }
             bounds::check_duration(what, d).map_err(|e| WorkerError::Config(e.to_string()))?;
         }
+        RateLimits::for_pool(&pool, &opts.rate_limits, &opts.global_rate_limits)
+            .map_err(WorkerError::Config)?;
         // A result expiry SETEX would refuse fails every store: refuse it
         // here (C8).
         broker::ttl_secs(opts.result_expires).map_err(|e| WorkerError::Config(e.to_string()))?;
@@ -500,7 +513,20 @@ impl Worker {
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
 
+        let rates = Arc::new(
+            RateLimits::for_pool(&pool, &opts.rate_limits, &opts.global_rate_limits)
+                .map_err(WorkerError::Config)?,
+        );
+        if let Some(o) = &ops {
+            o.set_rate_limits(rates.clone());
+        }
+        let rate_link = if opts.global_rate_limits.iter().any(|t| t.rate.is_some()) {
+            Some(Link::new(&opts.broker_url, "rate limits")?)
+        } else {
+            None
+        };
         let mut c = Consumer {
+            limiter: rate::Limiter::new(rates, rate_link),
             pool: &pool,
             opts: &opts,
             broker,
@@ -785,6 +811,8 @@ struct Consumer<'a> {
     ops_rx: Receiver<OpsCmd>,
     /// Stores the tasks' `ctx.progress` as their `PROGRESS` state.
     progress: Option<ProgressWriter>,
+    /// Rate-limited messages waiting for their turn (held like eta ones).
+    limiter: rate::Limiter<Prepared>,
 }
 
 /// What became of one reserved message.
@@ -867,6 +895,13 @@ impl Consumer<'_> {
                         // the other lists (priorities, more queues) are
                         // looked at again after at most IDLE_WAIT.
                         let t = self.next_due().unwrap_or(IDLE_WAIT).min(IDLE_WAIT);
+                        if self.next_rated().is_some_and(|r| r < IDLE_WAIT) {
+                            // A rate-limited message is due sooner than a
+                            // BLMOVE timeout can say (Redis ends those on
+                            // its 100 ms cron): wait here, to the ms.
+                            self.wait_events(ctl, freed, t);
+                            continue;
+                        }
                         match self.broker.wait(t.max(ms(10))) {
                             Ok(()) => {}
                             // Redis refuses the wait (BLMOVE is a write: out
@@ -908,15 +943,33 @@ impl Consumer<'_> {
         }
     }
 
-    /// Eta messages past `max_eta_held` count against the reservation.
+    /// Eta and rate-limited messages past `max_eta_held` count against
+    /// the reservation.
     fn overheld(&self) -> usize {
-        self.held_jobs.len().saturating_sub(self.opts.max_eta_held)
+        self.held_jobs
+            .len()
+            .saturating_add(self.limiter.len())
+            .saturating_sub(self.opts.max_eta_held)
     }
 
     fn next_due(&self) -> Option<Duration> {
-        self.held
+        let now = Instant::now();
+        let eta = self
+            .held
             .peek()
-            .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
+            .map(|Reverse((t, _))| t.saturating_duration_since(now));
+        let rated = self.next_rated();
+        match (eta, rated) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the limiter next releases a rate-limited message.
+    fn next_rated(&self) -> Option<Duration> {
+        self.limiter
+            .next_wake()
+            .map(|t| t.saturating_duration_since(Instant::now()))
     }
 
     fn wait_events(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>, t: Duration) {
@@ -1021,7 +1074,7 @@ impl Consumer<'_> {
             "the pool stopped ({why}); no more messages are reserved, the {} job(s) it \
              held go back to the queue, and this worker exits with an error so its \
              service manager restarts it",
-            self.running + self.ready.len() + self.held_jobs.len()
+            self.running + self.ready.len() + self.held_jobs.len() + self.limiter.len()
         );
         if let Some(o) = &self.shared.ops {
             o.workers_alive.store(0, Ordering::Release);
@@ -1056,6 +1109,7 @@ impl Consumer<'_> {
         let mut tags: Vec<String> = self.held_jobs.drain().map(|(_, p)| p.ctx.tag).collect();
         self.held.clear();
         tags.extend(self.ready.drain(..).map(|p| p.ctx.tag));
+        tags.extend(self.limiter.drain().into_iter().map(|p| p.ctx.tag));
         tags
     }
 
@@ -1067,8 +1121,36 @@ impl Consumer<'_> {
             }
             self.held.pop();
             if let Some(p) = self.held_jobs.remove(&seq) {
-                self.ready.push_back(p);
+                self.admit(p);
             }
+        }
+        self.pump_rated();
+    }
+
+    /// A due message goes to the ready queue, or waits in the limiter
+    /// while its task's rate limit says so (issue 23 item 4).
+    fn admit(&mut self, p: Prepared) {
+        let name = p.name.clone();
+        if let Some(p) = self.limiter.admit(&name, p) {
+            self.ready.push_back(p);
+        } else {
+            self.pump_rated();
+        }
+    }
+
+    /// Moves the rate-limited messages whose turn came to the ready queue;
+    /// revoked and expired ones at once (answered, never run).
+    fn pump_rated(&mut self) {
+        let ops = self.shared.ops.clone();
+        let dead = move |p: &Prepared| {
+            p.expires.is_some_and(|e| e <= Utc::now())
+                || ops.as_ref().is_some_and(|o| o.is_revoked(&p.ctx.task_id))
+        };
+        let mut out = Vec::new();
+        self.limiter.pump(&dead, &mut out);
+        self.ready.extend(out);
+        if let Some(o) = &self.shared.ops {
+            o.rate_waiting(self.limiter.waiting());
         }
     }
 
@@ -1162,7 +1244,7 @@ impl Consumer<'_> {
         let step = self.prepare(&r);
         let step = self.ops_receive(step, &r.queue);
         match step {
-            Step::Run(p) => self.ready.push_back(p),
+            Step::Run(p) => self.admit(p),
             Step::Hold(at, p) => {
                 self.seq += 1;
                 self.held.push(Reverse((at, self.seq)));
@@ -1249,6 +1331,7 @@ impl Consumer<'_> {
             args: serde_json::to_vec(&args).unwrap_or_else(|_| b"[]".to_vec()),
             limits,
             expires,
+            name: entry.name,
         };
         match msg.eta {
             Some(eta) if eta > Utc::now() => {
