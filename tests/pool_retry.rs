@@ -244,3 +244,57 @@ fn k23_a_policy_out_of_range_is_refused_at_build() {
         .expect("refused");
     assert!(err.to_string().contains("retry_policy's delay"), "{err}");
 }
+
+#[test]
+fn k23_a_tasks_registered_retry_options_override_the_pools_default() {
+    // `autoretried` registers autoretry_for = "task_error,panic",
+    // max_retries = 2 and a 100 ms backoff; the pool's default retries
+    // nothing by itself.
+    let dir = common::scratch("task_options");
+    let pool = builder(2)
+        .retry_policy(RetryPolicy {
+            on: Vec::new(),
+            max_retries: Some(0),
+            delay: Duration::ZERO,
+            backoff: None,
+        })
+        .build()
+        .unwrap();
+    let ok = dir.join("ok");
+    let h = pool
+        .apply_async::<_, u32>("faults", "autoretried", (path(&ok), 2u32))
+        .unwrap();
+    assert_eq!(h.get(), Ok(3));
+    assert_eq!(h.attempts().map(|a| a.count), Some(3));
+    // Its own cap: two retries.
+    let capped = dir.join("capped");
+    let h = pool
+        .apply_async::<_, u32>("faults", "autoretried", (path(&capped), 9u32))
+        .unwrap();
+    assert_eq!(h.get().unwrap_err().kind, ErrorKind::TaskError);
+    assert_eq!(runs(&capped), 3);
+    // The same through a stream (chunks resolve their task's options).
+    let items: Vec<(String, u32)> = (0..4)
+        .map(|i| (path(&dir.join(format!("s{i}"))), u32::from(i == 1)))
+        .collect();
+    let got: Vec<u32> = pool.starmap("faults", "autoretried", items, 2).unwrap();
+    assert_eq!(got, [1, 2, 1, 1]);
+    // A job's own policy stands as it is: no retry here.
+    let own = dir.join("own");
+    let h = pool
+        .apply_async_with::<_, u32>(
+            "faults",
+            "autoretried",
+            (path(&own), 1u32),
+            JobOptions::default().retry_policy(quick(0)),
+        )
+        .unwrap();
+    assert_eq!(h.get().unwrap_err().kind, ErrorKind::TaskError);
+    assert_eq!(runs(&own), 1);
+    // A task without options: the pool's default (nothing retried).
+    let h = pool
+        .apply_async::<_, u64>("faults", "fail", ("x".to_string(),))
+        .unwrap();
+    assert_eq!(h.get().unwrap_err().kind, ErrorKind::TaskError);
+    assert_eq!(h.attempts(), None);
+}

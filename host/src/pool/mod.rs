@@ -220,7 +220,11 @@ impl PoolBuilder {
     /// kind it lists (`policy.on`), or one whose task asks for a retry
     /// ([`crate::Directive::Retry`], which may also set its own cap), runs
     /// again after the policy's delay, at most `max_retries` times, as a
-    /// new attempt with its own time limits; the caller gets only the final
+    /// new attempt with its own time limits. A task's registered retry
+    /// options (`#[task(autoretry_for = ..., max_retries = ...)]`,
+    /// [`crate::TaskOptions`]) override `policy` for its jobs, as on a
+    /// Celery worker; without this call they are not used (a pool retries
+    /// only when asked to). The caller gets only the final
     /// outcome, and its [`Attempts`] (`RawResult::attempts`,
     /// `RawStream::next_with_attempts`). Waiting retries hold no worker and
     /// no thread; `join` waits for them, `terminate` ends them
@@ -717,6 +721,25 @@ impl Pool {
         }
     }
 
+    /// `rule` for a job of `target`: under the pool's default, with the
+    /// task's registered retry options over it (`TaskSpec::options`).
+    fn task_rule(&self, target: TaskRef, rule: &Arc<retry::Rule>) -> Arc<retry::Rule> {
+        let live = self.generation();
+        if target.gen != 0 && target.gen != live.gen {
+            // Resolved against another generation: its indices may not be
+            // this one's (the job itself is mapped by name when it runs).
+            return rule.clone();
+        }
+        let spec = live
+            .plugins
+            .get(usize::from(target.plugin))
+            .and_then(|p| p.tasks.get(usize::try_from(target.task).ok()?));
+        match spec {
+            Some(spec) => rule.for_task(&spec.options),
+            None => rule.clone(),
+        }
+    }
+
     /// The retries of a stream's jobs that chose `choice`.
     pub(crate) fn stream_retry(&self, choice: &retry::Choice) -> Option<Arc<retry::StreamRetry>> {
         self.retry_rule(choice)
@@ -750,6 +773,7 @@ impl Pool {
             delivered: 0,
         };
         if let Some(rule) = self.retry_rule(choice) {
+            let rule = self.task_rule(target, &rule);
             slot.set_retry(retry::SlotRetry::new(&self.retries, rule, &d, &slot));
         }
         self.submit(vec![d])?;
@@ -955,7 +979,7 @@ impl Pool {
             delivered: 0,
         };
         if let Some(r) = tx.retry() {
-            r.register(first_index, &d);
+            r.register(first_index, &d, self.task_rule(target, r.rule()));
         }
         d
     }

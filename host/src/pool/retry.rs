@@ -85,6 +85,24 @@ impl Rule {
         })
     }
 
+    /// The rule for a job of a task registered with `options`: under a
+    /// pool's default, the task's retry options over it (as a Celery
+    /// worker's defaults and a task's options combine); a caller's own
+    /// policy stands as it is.
+    pub(crate) fn for_task(self: &Arc<Self>, options: &crate::TaskOptions) -> Arc<Rule> {
+        if self.strict {
+            return self.clone();
+        }
+        let policy = options.retry_policy(&self.policy);
+        if policy == self.policy {
+            return self.clone();
+        }
+        Arc::new(Rule {
+            policy,
+            strict: false,
+        })
+    }
+
     /// The delay before retrying after `e`, the outcome of the attempt that
     /// followed `done` retries; `None`: `e` is final. A job ended on
     /// request (`terminated`) is never retried, whatever the policy lists.
@@ -432,6 +450,7 @@ pub struct Retried {
 /// consulted by `ChunkSender::send` for every chunk of outcomes.
 pub(crate) struct StreamRetry {
     retries: Weak<Retries>,
+    /// The stream's rule, before each task's options (see `Rule::for_task`).
     rule: Arc<Rule>,
     state: Mutex<StreamState>,
 }
@@ -451,11 +470,13 @@ struct Chunk {
     left: u32,
     first_job: JobId,
     spec: Spec,
+    rule: Arc<Rule>,
 }
 
 struct Item {
     original: JobId,
     spec: Spec,
+    rule: Arc<Rule>,
     track: Track,
 }
 
@@ -468,9 +489,14 @@ impl StreamRetry {
         })
     }
 
+    /// The stream's rule (before each task's options).
+    pub(crate) fn rule(&self) -> &Arc<Rule> {
+        &self.rule
+    }
+
     /// Keeps what it takes to run again the items of `d`, a chunk whose
-    /// items are numbered from `first_index`.
-    pub(crate) fn register(&self, first_index: u64, d: &Dispatch) {
+    /// items are numbered from `first_index` and retried by `rule`.
+    pub(crate) fn register(&self, first_index: u64, d: &Dispatch, rule: Arc<Rule>) {
         lock(&self.state).chunks.insert(
             first_index,
             Chunk {
@@ -478,6 +504,7 @@ impl StreamRetry {
                 left: d.count,
                 first_job: d.first_job,
                 spec: Spec::of(d),
+                rule,
             },
         );
     }
@@ -510,6 +537,7 @@ impl StreamRetry {
         }
         entry.left = entry.left.saturating_sub(chunk.count);
         let (first_job, spec, whole) = (entry.first_job, entry.spec.clone(), entry.count);
+        let rule = entry.rule.clone();
         if entry.left == 0 {
             st.chunks.remove(&key);
         }
@@ -547,7 +575,7 @@ impl StreamRetry {
         };
         let mut cut = Vec::new();
         for (k, e) in failed {
-            let Some(delay) = self.rule.decide(&e, 0) else {
+            let Some(delay) = rule.decide(&e, 0) else {
                 continue;
             };
             let index = first.saturating_add(u64::from(k));
@@ -577,6 +605,7 @@ impl StreamRetry {
                         Item {
                             original,
                             spec: item_spec,
+                            rule: rule.clone(),
                             track,
                         },
                     );
@@ -628,7 +657,7 @@ impl StreamRetry {
         let retries = self.retries.upgrade();
         if let (Err(e), Some(retries), false) = (&outcome, &retries, emitted) {
             if let Some(item) = st.items.get_mut(&index) {
-                if let Some(delay) = self.rule.decide(e, item.track.retries) {
+                if let Some(delay) = item.rule.decide(e, item.track.retries) {
                     let n = item.track.retries.saturating_add(1);
                     let id = retries.next_id();
                     let d = item.spec.dispatch(id, reply(tx, index), n);
