@@ -128,7 +128,7 @@ fn every_error_kind_raises_its_exception_in_python() {
     );
     let expect = [
         ("TaskPanic", None, "boom"),
-        ("TaskError", None, "it failed"),
+        ("PluginError", None, "it failed"),
         ("WorkerLostError", Some("billiard.exceptions"), "SIGSEGV"),
         ("TypeError", Some("builtins"), "square"),
         ("NotRegistered", Some("celery.exceptions"), "nope.missing"),
@@ -159,6 +159,75 @@ fn every_error_kind_raises_its_exception_in_python() {
     assert_eq!(v[0]["state"], "FAILURE");
     assert_eq!(v[7]["state"], "REVOKED", "expired → REVOKED: {}", v[7]);
     wait_until("the acks", DEADLINE, || hlen_unacked(&redis) == 0);
+}
+
+/// The `except` lines docs/celery.md shows, run as they are written (the
+/// block under the `tested:` marker), with `python/` on `PYTHONPATH` as a
+/// user who followed the docs has it: each failure lands in the `except`
+/// its comment names, by type (issue 28, item 5).
+#[test]
+fn u28_the_documented_except_lines_catch_every_failure() {
+    let Some((redis, python)) =
+        celery::celery_or_skip("u28_the_documented_except_lines_catch_every_failure")
+    else {
+        return;
+    };
+    let docs = std::fs::read_to_string(common::workspace_root().join("docs/celery.md"))
+        .expect("docs/celery.md");
+    let marker = "<!-- tested: celery_redis::u28_the_documented_except_lines_catch_every_failure -->";
+    let block = docs
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once("```python\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(code, _)| code.to_string())
+        .expect("docs/celery.md has the marked python block");
+    // What each printed line must start with: the class in the line's
+    // trailing comment.
+    let expected: Vec<String> = block
+        .lines()
+        .filter(|l| l.starts_with("print(outcome("))
+        .map(|l| {
+            l.rsplit_once('#')
+                .map(|(_, c)| c.trim().to_string())
+                .expect("each print names its class")
+        })
+        .collect();
+    assert!(expected.len() >= 7, "{expected:?}");
+    let url = redis.url();
+    let _w = worker(&url, &["-c", "2"]);
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg("-c")
+        .arg(&block)
+        .env("BROKER", &url)
+        .env("PYTHONPATH", common::workspace_root().join("python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = celery::run_with_timeout(cmd, celery::PYTHON_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<&str> = stdout.lines().collect();
+    assert_eq!(got.len(), expected.len(), "{stdout}");
+    for (line, class) in got.iter().zip(&expected) {
+        assert!(line.starts_with(&format!("{class}: ")), "{line} (want {class})");
+    }
+
+    // Without the import, the name is still one no Celery class has:
+    // `except celery.exceptions.TaskError` does not pretend to match.
+    let v = py(
+        &url,
+        "import celery.exceptions\n\
+         try:\n\
+         \x20   app.send_task('faults.fail', args=['x']).get(timeout=60)\n\
+         except celery.exceptions.TaskError:\n\
+         \x20   print(json.dumps('matched TaskError'))\n\
+         except Exception as e:\n\
+         \x20   print(json.dumps([type(e).__name__, isinstance(e, celery.exceptions.CeleryError)]))",
+    );
+    assert_eq!(v, serde_json::json!(["PluginError", false]));
 }
 
 #[test]

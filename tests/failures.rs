@@ -477,5 +477,5 @@ print(json.dumps(out))
         "{v}"
     );
     assert_eq!(v["keyerror"], true, "{v}");
-    assert_eq!(v["default"], json!(["TaskError", "plain"]), "{v}");
+    assert_eq!(v["default"], json!(["PluginError", "plain"]), "{v}");
 }

@@ -1348,11 +1348,16 @@ impl Exception {
 }
 
 /// `(state, exc_module, exc_type)` for each error kind: the contract a
-/// Python client catches by type.
+/// Python client catches by type. The classes only this host names live in
+/// `billiard_host.exceptions` (the Python package in `python/`): a client
+/// that imports it gets these very classes from `.get()`; one that does not
+/// gets a class Celery synthesizes from the name, so no name here may be a
+/// real Celery class's (`TaskError` was: `except celery.exceptions.TaskError`
+/// looked right and never matched; issue 28).
 pub fn exception_table(kind: ErrorKind) -> (State, &'static str, &'static str) {
     match kind {
         ErrorKind::Panic => (State::Failure, "billiard_host.exceptions", "TaskPanic"),
-        ErrorKind::TaskError => (State::Failure, "billiard_host.exceptions", "TaskError"),
+        ErrorKind::TaskError => (State::Failure, "billiard_host.exceptions", "PluginError"),
         ErrorKind::BadArgs => (State::Failure, "builtins", "TypeError"),
         ErrorKind::UnknownTask => (State::Failure, "celery.exceptions", "NotRegistered"),
         ErrorKind::WorkerLost => (State::Failure, "billiard.exceptions", "WorkerLostError"),
@@ -1925,7 +1930,7 @@ mod tests {
             ("myapp.errors", "Expected")
         );
         let plain = Exception::for_error(&TaskError::new(ErrorKind::TaskError, "t"));
-        assert_eq!(plain.info.exc_type, "TaskError");
+        assert_eq!(plain.info.exc_type, "PluginError");
         let revoked = ResultMeta::failure("id-2", &Exception::revoked("expired"));
         assert_eq!(revoked.status, State::Revoked);
         assert_eq!(revoked.result["exc_type"], "TaskRevokedError");
