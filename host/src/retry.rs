@@ -106,6 +106,12 @@ impl RetryPolicy {
         }
         // Celery draws whole seconds: random.randrange(countdown + 1).
         let whole = capped.floor() as u64;
+        if whole == 0 {
+            // A factor under a second (Celery's is whole seconds, ours may
+            // be `100ms`): drawn in milliseconds, not always 0.
+            let millis = (capped * 1000.0).floor() as u64;
+            return Duration::from_millis(fastrand::u64(0..=millis));
+        }
         Duration::from_secs(fastrand::u64(0..=whole))
     }
 
@@ -191,6 +197,18 @@ mod tests {
         for _ in 0..200 {
             assert!(p.countdown(3) <= Duration::from_secs(8));
         }
+        // Under a second the draw is in milliseconds, not always zero.
+        let p = RetryPolicy {
+            backoff: Some(Backoff {
+                factor: Duration::from_millis(400),
+                max: Duration::from_secs(600),
+                jitter: true,
+            }),
+            ..RetryPolicy::default()
+        };
+        let draws: Vec<Duration> = (0..200).map(|_| p.countdown(0)).collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_millis(400)));
+        assert!(draws.iter().any(|d| !d.is_zero()), "{draws:?}");
     }
 
     #[test]
