@@ -22,16 +22,17 @@ fn node(tag: &str) -> String {
     format!("{tag}-{}@rate-test", std::process::id())
 }
 
-/// Sends `n` `math.square` to `queue` from Python, waits for every
-/// result, and returns their `date_done` as Unix seconds, sorted, plus
-/// `inspect stats` of `nodes` afterwards.
-fn run_batch(url: &str, queue: &str, n: usize, nodes: &[String]) -> Value {
+/// Sends `n` `task` (`math.square` or `faults.rate_limited`) to `queue`
+/// from Python, waits for every result, and returns their `date_done` as
+/// Unix seconds, sorted, plus `inspect stats` of `nodes` afterwards.
+fn run_batch(url: &str, task: &str, queue: &str, n: usize, nodes: &[String]) -> Value {
     let script = format!(
         r#"{app}
-q, n, nodes = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-rs = [app.send_task("math.square", args=[i], queue=q) for i in range(n)]
+task, q, n, nodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+rs = [app.send_task(task, args=[i], queue=q) for i in range(n)]
 vals = [r.get(timeout=120) for r in rs]
-assert vals == [i * i for i in range(n)], vals
+want = [i * i if task == "math.square" else i for i in range(n)]
+assert vals == want, vals
 done = sorted(r.date_done.timestamp() for r in rs)
 stats = app.control.inspect(destination=nodes, timeout=3).stats() or {{}}
 print(json.dumps({{"done": done, "stats": stats}}))
@@ -39,7 +40,7 @@ print(json.dumps({{"done": done, "stats": stats}}))
         app = celery::py_app(url)
     );
     let nodes = serde_json::to_string(nodes).unwrap_or_default();
-    celery::python_json(&script, &[queue, &n.to_string(), &nodes])
+    celery::python_json(&script, &[task, queue, &n.to_string(), &nodes])
 }
 
 /// `(n - 1) / (last - first)` of sorted times.
@@ -76,11 +77,13 @@ fn k23_rate_limit_measured_per_worker_and_fleet_wide_across_three_hosts() {
         return;
     };
     let url = redis.url();
-    // One worker, Celery's per-worker limit from the flag, 2 processes
-    // (the limit is per worker instance, not per process).
+    // One worker, 2 processes (the limit is per worker instance, not per
+    // process), two limited tasks on one queue: math.square by the flag,
+    // faults.rate_limited by its own #[task(rate_limit = "10/s")]; neither
+    // waits behind the other.
     let local = node("local");
     let _w = celery::worker_with(
-        &["math"],
+        &["math", "faults"],
         &url,
         &[
             "-Q",
@@ -116,13 +119,34 @@ fn k23_rate_limit_measured_per_worker_and_fleet_wide_across_three_hosts() {
         .collect();
 
     // 10 s of each, at the same time.
-    let (u1, u2) = (url.clone(), url.clone());
+    let (u1, u2, u3) = (url.clone(), url.clone(), url.clone());
     let l = local.clone();
-    let a = std::thread::spawn(move || run_batch(&u1, "local", 51, &[l]));
+    let a = std::thread::spawn(move || run_batch(&u1, "math.square", "local", 51, &[l]));
     let f = fleet.clone();
-    let b = std::thread::spawn(move || run_batch(&u2, "fleet", 151, &f));
+    let b = std::thread::spawn(move || run_batch(&u2, "math.square", "fleet", 151, &f));
+    let c = std::thread::spawn(move || run_batch(&u3, "faults.rate_limited", "local", 101, &[]));
+    // The fleet's state is one timestamp under the documented key (which
+    // expires about a second after the last slot).
+    celery::wait_until("the fleet-wide key", celery::DEADLINE, || {
+        redis.keys("billiard-host:rate:*") == ["billiard-host:rate:math.square"]
+    });
     let local_run = a.join().expect("the local batch");
     let fleet_run = b.join().expect("the fleet batch");
+    let option_run = c.join().expect("the option's batch");
+
+    let (rate, span) = measured_rate(&option_run["done"]);
+    within_10_percent(
+        "#[task(rate_limit = \"10/s\")] (same worker and queue)",
+        rate,
+        10.0,
+        span,
+    );
+    let s = &local_run["stats"][&local];
+    assert_eq!(
+        s["rate_limits"]["faults.rate_limited"]["rate_limit"],
+        json!("10/s"),
+        "{s}"
+    );
 
     let (rate, span) = measured_rate(&local_run["done"]);
     within_10_percent("per-worker --rate-limit 5/s (-c 2)", rate, 5.0, span);
@@ -149,9 +173,6 @@ fn k23_rate_limit_measured_per_worker_and_fleet_wide_across_three_hosts() {
         total += ran;
     }
     assert_eq!(total, 151, "{fleet_run}");
-    // The state is one timestamp under the documented key.
-    let k = redis.keys("billiard-host:rate:*");
-    assert_eq!(k, vec!["billiard-host:rate:math.square".to_string()]);
 }
 
 #[test]
@@ -161,7 +182,21 @@ fn k23_control_rate_limit_changes_the_limit_at_run_time_and_replies_as_celery() 
     };
     let url = redis.url();
     let name = node("ctl");
-    let _w = celery::worker_with(&["math"], &url, &["-Q", "ctl", "-c", "2", "-n", &name]);
+    // The flag wins over the task's own option (faults.rate_limited: 10/s).
+    let _w = celery::worker_with(
+        &["math", "faults"],
+        &url,
+        &[
+            "-Q",
+            "ctl",
+            "-c",
+            "2",
+            "-n",
+            &name,
+            "--rate-limit",
+            "faults.rate_limited=0",
+        ],
+    );
     let script = format!(
         r#"{app}
 node = sys.argv[1]
@@ -178,7 +213,7 @@ out["absurd"] = rl("math.square", "1e300/s")
 out["unknown"] = rl("nope.nothing", "2/s")
 out["bad_rate_unknown_task"] = rl("nope.nothing", "zz")
 out["set"] = rl("math.square", "2/s")
-out["registered"] = [l for l in registered() if l.startswith("math.square")]
+out["registered"] = [l for l in registered() if l.startswith(("math.square", "faults.rate_limited"))]
 rs = [app.send_task("math.square", args=[i], queue="ctl") for i in range(9)]
 assert [r.get(timeout=60) for r in rs] == [i * i for i in range(9)]
 out["done"] = sorted(r.date_done.timestamp() for r in rs)
@@ -215,7 +250,10 @@ print(json.dumps(out))
     assert_eq!(out["set"], json!({"ok": "new rate limit set successfully"}));
     assert_eq!(
         out["registered"],
-        json!(["math.square [signature=(x: u64) -> u64 rate_limit=2/s]"])
+        json!([
+            "faults.rate_limited [signature=(x: u64) -> u64]",
+            "math.square [signature=(x: u64) -> u64 rate_limit=2/s]"
+        ])
     );
     let (rate, span) = measured_rate(&out["done"]);
     within_10_percent("control rate_limit 2/s", rate, 2.0, span);
