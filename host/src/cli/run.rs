@@ -47,6 +47,9 @@ Output: one JSON line per job, in input order (--unordered: as they complete):
   The index counts the non-blank input lines from 0. --args prints one line, index 0.
   A streaming task (one taking `&Emitter<T>`) also writes its items, in order, as
   {\"index\":N,\"item\":VALUE} lines before job N's result line.
+  With --retries N a failed job runs again (at most N times, after --retry-delay or a
+  --retry-backoff); its line then also says \"attempts\":3,\"retried\":[{\"kind\":...}, ...]
+  (how the earlier attempts failed, oldest first).
 
 Exit status: 0 every job succeeded; 1 some job failed or did not run (all results are still
   written); 2 usage error (a --task no plugin has: \"did you mean `square`?\"), unreadable
