@@ -389,3 +389,98 @@ print(json.dumps(r.id))
     });
     assert!(!w.stderr().contains("panicked"), "{}", w.stderr());
 }
+
+/// The port of `metrics: serving http://ADDR/metrics` in the worker's log.
+fn metrics_port(w: &celery::Worker) -> u16 {
+    let mut port = 0;
+    celery::wait_until("the metrics line", celery::DEADLINE, || {
+        let err = w.stderr();
+        let Some(at) = err.find("metrics: serving http://") else {
+            return false;
+        };
+        let rest = &err[at + "metrics: serving http://".len()..];
+        let addr = rest.split('/').next().unwrap_or_default();
+        port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        port != 0
+    });
+    port
+}
+
+/// The body of `GET /metrics`.
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[test]
+fn k23_rate_waiting_messages_are_counted_and_go_back_to_their_queue_at_a_warm_stop() {
+    let Some((redis, _py)) = celery::celery_or_skip("k23_rate_waiting_messages_warm_stop") else {
+        return;
+    };
+    let url = redis.url();
+    let mut w = celery::worker_with(
+        &["math"],
+        &url,
+        &[
+            "-Q",
+            "slow",
+            "--rate-limit",
+            "math.square=1/h",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let port = metrics_port(&w);
+    let script = format!(
+        r#"{app}
+print(json.dumps([app.send_task("math.square", args=[i], queue="slow").id for i in range(3)]))
+"#,
+        app = celery::py_app(&url)
+    );
+    let ids = celery::python_json(&script, &[]);
+    let ids: Vec<String> = ids
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    // The bucket starts full: one runs, two wait (reserved, leased).
+    celery::wait_until("the first task's result", celery::DEADLINE, || {
+        redis
+            .task_meta(&ids[0])
+            .is_some_and(|m| m["status"] == "SUCCESS")
+    });
+    celery::wait_until("two waiting in the metrics", celery::DEADLINE, || {
+        metrics(port).contains("billiard_celery_rate_limited_waiting{task=\"math.square\"} 2")
+    });
+    assert_eq!(redis.cmd(&["LLEN", "slow"]).int(), 0);
+    assert_eq!(redis.cmd(&["HLEN", "unacked"]).int(), 2);
+    // A warm stop does not wait an hour: they go back to their queue now.
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = w.wait_timeout(celery::DEADLINE);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        w.stderr()
+    );
+    assert_eq!(redis.cmd(&["LLEN", "slow"]).int(), 2, "{}", w.stderr());
+    assert_eq!(redis.cmd(&["HLEN", "unacked"]).int(), 0);
+    assert!(w.stderr().contains("requeued=2"), "{}", w.stderr());
+    for id in &ids[1..] {
+        assert!(redis.task_meta(id).is_none(), "{id} ran past its limit");
+    }
+}
