@@ -400,6 +400,21 @@ fn k23_registration_options_round_trip_into_inspect() {
         .iter()
         .find(|t| t.name == "autoretried")
         .expect("task");
+    // A pool's plugin list (from its zygote, in bincode) carries them too.
+    let pool = Pool::builder()
+        .workers(1)
+        .plugin(plugin("faults"))
+        .build()
+        .expect("pool");
+    let infos = pool.plugins();
+    let from_pool = infos[0]
+        .tasks
+        .iter()
+        .find(|t| t.name == "autoretried")
+        .expect("task");
+    assert_eq!(from_pool.options, spec.options);
+    assert!(!from_pool.options.is_empty());
+    pool.join().expect("join");
     let policy = spec.options.retry_policy(&RetryPolicy::default());
     assert_eq!(policy.on, [ErrorKind::TaskError, ErrorKind::Panic]);
     assert_eq!(policy.max_retries, Some(2));

@@ -29,6 +29,55 @@
 //! ([`Failure::retry`], [`Failure::reject`], [`Failure::ignore`]). A task that takes
 //! `out: &Emitter<T>` is a *streaming* task: it sends items with
 //! `out.emit(value)` while it runs, before its final result.
+//!
+//! ## Registration options
+//!
+//! `#[task(...)]` takes Celery's per-task options, checked at compile time;
+//! `inspect` shows them and the worker applies them (a task's options
+//! override the worker's flags):
+//!
+//! ```
+//! use billiard_plugin_api::{task, Failure};
+//!
+//! /// At most 100 a minute per worker; a `task_error` or a panic is retried
+//! /// up to 5 times, 1 s, 2 s, 4 s ... apart (at most 10 min), no jitter.
+//! #[task(
+//!     rate_limit = "100/m",
+//!     autoretry_for = "task_error,panic",
+//!     max_retries = 5,
+//!     retry_backoff = "1s",
+//!     retry_backoff_max = "10m",
+//!     retry_jitter = false,
+//!     default_retry_delay = "3m"
+//! )]
+//! fn sync(account: u64) -> Result<u64, Failure> {
+//!     Ok(account)
+//! }
+//! ```
+//!
+//! A rate that is not Celery's `N`, `N/s`, `N/m` or `N/h`, a duration
+//! humantime does not read, an unknown failure kind or option does not
+//! compile:
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(rate_limit = "100/day")]
+//! fn t() -> u64 { 0 }
+//! ```
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(autoretry_for = "task_error,oops")]
+//! fn t() -> u64 { 0 }
+//! ```
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(retry_backoff = "soon")]
+//! fn t() -> u64 { 0 }
+//! ```
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(priority = 3)]
+//! fn t() -> u64 { 0 }
+//! ```
 
 #![warn(missing_docs)]
 
