@@ -484,3 +484,82 @@ print(json.dumps([app.send_task("math.square", args=[i], queue="slow").id for i 
         assert!(redis.task_meta(id).is_none(), "{id} ran past its limit");
     }
 }
+
+/// A Python `celery worker` (solo pool) with a `math.square` task of its
+/// own, on queue `py`, named `node`.
+fn python_worker(python: &Path, url: &str, node: &str) -> celery::Worker {
+    let dir = celery::unique_temp_dir("k23-rate-python");
+    std::fs::write(
+        dir.join("pyrate.py"),
+        format!(
+            "{}\n@app.task(name='math.square')\ndef square(x):\n    return x * x\n",
+            celery::py_app(url)
+        ),
+    )
+    .expect("write pyrate.py");
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-m", "celery", "-A", "pyrate", "worker", "-c", "1", "-Q", "py",
+    ])
+    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
+    .args(["--without-heartbeat", "-l", "info", "-n", node])
+    .current_dir(&dir)
+    .env("PYTHONDONTWRITEBYTECODE", "1")
+    .stdout(std::process::Stdio::null());
+    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+}
+
+#[test]
+fn k23_control_rate_limit_replies_match_a_python_celery_worker() {
+    let Some((redis, python)) = celery::celery_or_skip("k23_rate_limit_replies_match_python")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let (py_node, our_node) = (node("py"), node("ours"));
+    let _py = python_worker(&python, &url, &py_node);
+    let _ours = celery::worker_with(&["math"], &url, &["-Q", "ours", "-n", &our_node]);
+    let script = format!(
+        r#"{app}
+nodes = json.loads(sys.argv[1])
+cases = [["math.square", "10/s"], ["math.square", "100/m"], ["math.square", 4],
+         ["math.square", "abc"], ["math.square", "5/x"], ["math.square", "/m"],
+         ["nope.nothing", "2/s"], ["nope.nothing", "zz"], ["math.square", "0"],
+         ["math.square", None], ["math.square", ""], ["math.square", "-5/s"],
+         ["math.square", "1e300/s"]]
+out = []
+for task, rate in cases:
+    r = app.control.rate_limit(task, rate, reply=True, destination=nodes, timeout=5)
+    got = {{}}
+    for item in r:
+        got.update(item)
+    out.append([task, rate, got])
+print(json.dumps(out))
+"#,
+        app = celery::py_app(&url)
+    );
+    let nodes = serde_json::to_string(&[&py_node, &our_node]).unwrap_or_default();
+    let out = celery::python_json(&script, &[&nodes]);
+    for case in out.as_array().expect("cases") {
+        let (task, rate, got) = (&case[0], &case[1], &case[2]);
+        let (py, ours) = (&got[&py_node], &got[&our_node]);
+        assert!(!py.is_null() && !ours.is_null(), "{case}");
+        if rate == "-5/s" || rate == "1e300/s" {
+            // Celery takes these (and then never runs the task, or
+            // divides by an infinity); this host refuses them.
+            assert_eq!(
+                py,
+                &json!({"ok": "new rate limit set successfully"}),
+                "{case}"
+            );
+            assert!(
+                ours["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("Invalid rate limit string: ValueError(")),
+                "{case}"
+            );
+        } else {
+            assert_eq!(ours, py, "{task} {rate}: ours vs Python's");
+        }
+    }
+}
