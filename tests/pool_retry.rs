@@ -298,3 +298,43 @@ fn k23_a_tasks_registered_retry_options_override_the_pools_default() {
     assert_eq!(h.get().unwrap_err().kind, ErrorKind::TaskError);
     assert_eq!(h.attempts(), None);
 }
+
+#[test]
+fn k23_hostile_retry_requests_are_bounded() {
+    let dir = common::scratch("hostile");
+    let pool = builder(1).retry_policy(quick(3)).build().unwrap();
+    // A plugin asking for a retry in 10 years (the longest countdown a
+    // plugin may give; a longer one is refused as malformed detail) with
+    // a cap of u32::MAX: the job waits, nothing overflows, and
+    // terminate_job still ends it.
+    let ten_years_ms = billiard_host::bounds::MAX_DURATION.as_millis() as u64;
+    let h = pool
+        .apply_async::<_, u32>(
+            "faults",
+            "flaky_with",
+            (path(&dir.join("f")), 5u32, ten_years_ms, Some(u32::MAX)),
+        )
+        .unwrap();
+    until_waiting(&pool, 1);
+    assert!(pool.terminate_job(h.id()).unwrap());
+    assert_eq!(h.get().unwrap_err().kind, ErrorKind::Terminated);
+    // A job whose own limit is refused at submission (bad_args) is not
+    // retried past the check, even when the policy lists bad_args.
+    let h = pool
+        .apply_async_with::<_, u64>(
+            "faults",
+            "square",
+            (3u64,),
+            JobOptions::default()
+                .time_limit(Duration::MAX)
+                .retry_policy(RetryPolicy {
+                    on: vec![ErrorKind::BadArgs],
+                    ..quick(3)
+                }),
+        )
+        .unwrap();
+    assert_eq!(h.get().unwrap_err().kind, ErrorKind::BadArgs);
+    assert_eq!(h.attempts(), None);
+    assert_eq!(pool.stats().unwrap().waiting_retry, 0);
+    pool.join().unwrap();
+}

@@ -136,6 +136,13 @@ struct Spec {
 }
 
 impl Spec {
+    /// True when a new attempt may be sent: its limits are in range (a job
+    /// whose own limits were refused at submission ends with that refusal,
+    /// never retried past the check).
+    fn sendable(&self) -> bool {
+        self.limits.check().is_ok()
+    }
+
     fn of(d: &Dispatch) -> Spec {
         Spec {
             plugin: d.plugin,
@@ -260,6 +267,12 @@ impl Retries {
             let _ = waker.wake();
         }
         Ok(())
+    }
+
+    /// No more retries (the pool stopped forking): attempts already waiting
+    /// still come out of `take_due`, and then fail as the pool says.
+    pub(crate) fn stop(&self) {
+        lock(&self.state).closed = true;
     }
 
     /// Job `original` has its final outcome.
@@ -399,7 +412,7 @@ impl SlotRetry {
     pub(crate) fn intercept(&self, outcome: &Outcome) -> bool {
         let mut t = lock(&self.track);
         let retried = t.retries > 0;
-        if let Err(e) = outcome {
+        if let (Err(e), true) = (outcome, self.spec.sendable()) {
             if let Some(delay) = self.rule.decide(e, t.retries) {
                 if let (Some(retries), Some(slot)) = (self.retries.upgrade(), self.slot.upgrade()) {
                     let n = t.retries.saturating_add(1);
@@ -562,7 +575,7 @@ impl StreamRetry {
             }
         }
         let failed = failed_items(&chunk.body, chunk.count);
-        if failed.is_empty() {
+        if failed.is_empty() || !spec.sendable() {
             return vec![chunk];
         }
         let Some(retries) = self.retries.upgrade() else {

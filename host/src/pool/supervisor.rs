@@ -790,6 +790,9 @@ impl Supervisor {
     /// Retries whose delay is over join the queue (`pool/retry.rs`); in a
     /// pool that stopped forking they fail as queued jobs do.
     fn queue_due_retries(&mut self) {
+        if self.broken.is_some() {
+            self.retries.stop();
+        }
         for d in self.retries.take_due() {
             self.stats.submitted += 1;
             match self.broken.clone() {
