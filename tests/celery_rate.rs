@@ -427,7 +427,7 @@ fn metrics(port: u16) -> String {
 }
 
 #[test]
-fn k23_rate_waiting_messages_are_counted_and_go_back_to_their_queue_at_a_warm_stop() {
+fn k23_rate_waiting_messages_starve_no_other_task_and_go_back_to_their_queue_at_a_warm_stop() {
     let Some((redis, _py)) = celery::celery_or_skip("k23_rate_waiting_messages_warm_stop") else {
         return;
     };
@@ -438,6 +438,8 @@ fn k23_rate_waiting_messages_are_counted_and_go_back_to_their_queue_at_a_warm_st
         &[
             "-Q",
             "slow",
+            "-c",
+            "1",
             "--rate-limit",
             "math.square=1/h",
             "--metrics-addr",
@@ -469,6 +471,18 @@ print(json.dumps([app.send_task("math.square", args=[i], queue="slow").id for i 
     });
     assert_eq!(redis.cmd(&["LLEN", "slow"]).int(), 0);
     assert_eq!(redis.cmd(&["HLEN", "unacked"]).int(), 2);
+    // They take no slot of the one process and no prefetch: another
+    // task's message behind them runs at once (on Celery's worker it would
+    // wait behind them for the prefetch count).
+    let add = celery::python_json(
+        &format!(
+            "{}
+print(json.dumps(app.send_task('math.add', args=[2, 3], queue='slow').get(timeout=60)))",
+            celery::py_app(&url)
+        ),
+        &[],
+    );
+    assert_eq!(add, json!(5));
     // A warm stop does not wait an hour: they go back to their queue now.
     w.signal(nix::sys::signal::Signal::SIGTERM);
     let status = w.wait_timeout(celery::DEADLINE);
