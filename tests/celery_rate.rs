@@ -577,3 +577,65 @@ print(json.dumps(out))
         }
     }
 }
+
+#[test]
+fn k23_hosts_with_different_global_rates_share_one_key_without_corrupting_it() {
+    let Some((redis, _py)) = celery::celery_or_skip("k23_hosts_with_different_global_rates") else {
+        return;
+    };
+    let url = redis.url();
+    // Each grant moves the one timestamp by the granting host's own
+    // interval (200 ms or 50 ms): the fleet's rate lies between the two
+    // configured ones, nothing stalls, nothing is corrupted.
+    let (slow, fast) = (node("mixed-slow"), node("mixed-fast"));
+    let _a = celery::worker_with(
+        &["math"],
+        &url,
+        &[
+            "-Q",
+            "mixed",
+            "-c",
+            "1",
+            "-n",
+            &slow,
+            "--global-rate-limit",
+            "math.square=5/s",
+        ],
+    );
+    let _b = celery::worker_with(
+        &["math"],
+        &url,
+        &[
+            "-Q",
+            "mixed",
+            "-c",
+            "1",
+            "-n",
+            &fast,
+            "--global-rate-limit",
+            "math.square=20/s",
+        ],
+    );
+    let run = run_batch(
+        &url,
+        "math.square",
+        "mixed",
+        40,
+        &[slow.clone(), fast.clone()],
+    );
+    let (rate, span) = measured_rate(&run["done"]);
+    eprintln!("global 5/s and 20/s on two hosts: measured {rate:.3}/s over {span:.2}s");
+    assert!(
+        (5.0 * 0.9..=20.0 * 1.1).contains(&rate),
+        "the fleet's rate {rate:.3}/s is not between the configured 5/s and 20/s: {run}"
+    );
+    for n in [&slow, &fast] {
+        assert!(
+            run["stats"][n]["total"]["math.square"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+            "{n} ran nothing: {run}"
+        );
+    }
+}
