@@ -18,7 +18,7 @@ use super::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(24 * 3600);
 
 /// One message's completion.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Completion {
     /// The delivery tag to ack.
     pub tag: String,

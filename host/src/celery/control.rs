@@ -79,6 +79,24 @@ pub enum Outcome<'a> {
         /// The error kind, or the exception type (see the variant).
         kind: &'a str,
     },
+    /// The task failed and was sent again for a retry, its RETRY stored
+    /// (`task-retried`; `redelivery.rs`).
+    Retried {
+        /// The event's `exception` (a `repr`).
+        exception: &'a str,
+        /// The event's `traceback`.
+        traceback: &'a str,
+    },
+    /// The task rejected its message: back on its queue (`requeue`), or
+    /// with `exc` stored as FAILURE (`task-failed`, then `task-rejected`).
+    Rejected {
+        /// The message went back on its queue.
+        requeue: bool,
+        /// The FAILURE stored (`Reject`) when it did not.
+        exc: Option<&'a Exception>,
+    },
+    /// The task ignored its message: acked, nothing stored, no event.
+    Ignored,
 }
 
 /// A task this host holds.
@@ -411,6 +429,7 @@ impl Ops {
         root_id: &str,
         parent_id: Option<&str>,
         expires: Option<DateTime<Utc>>,
+        retries: u32,
     ) {
         let args: Value = serde_json::from_slice(args).unwrap_or(Value::Array(vec![]));
         if let Some(d) = self.events() {
@@ -421,7 +440,7 @@ impl Ops {
             f.insert("kwargs".into(), "{}".into());
             f.insert("root_id".into(), root_id.into());
             f.insert("parent_id".into(), json!(parent_id));
-            f.insert("retries".into(), 0.into());
+            f.insert("retries".into(), retries.into());
             f.insert("eta".into(), json!(eta.map(protocol::iso8601)));
             f.insert("expires".into(), json!(expires.map(protocol::iso8601)));
             d.task("task-received", f);
@@ -522,6 +541,9 @@ impl Ops {
             Outcome::Success(_) => "success",
             Outcome::Failure { exc, .. } if exc.state == State::Revoked => "revoked",
             Outcome::Failure { kind, .. } => kind,
+            Outcome::Retried { .. } => "retried",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Ignored => "ignored",
         };
         if let Some(m) = &self.opts.metrics {
             m.finished(&name, kind, runtime, runtime.is_some());
@@ -553,23 +575,29 @@ impl Ops {
                 d.task("task-revoked", f);
             }
             Outcome::Failure { exc, .. } => {
-                let msg = exc
-                    .info
-                    .exc_message
-                    .first()
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                f.insert(
-                    "exception".into(),
-                    format!("{}({:?})", exc.info.exc_type, msg).into(),
-                );
-                f.insert(
-                    "traceback".into(),
-                    exc.traceback.clone().unwrap_or_default().into(),
-                );
+                failed_fields(&mut f, exc);
                 d.task("task-failed", f);
             }
+            Outcome::Retried {
+                exception,
+                traceback,
+            } => {
+                f.insert("exception".into(), exception.into());
+                f.insert("traceback".into(), traceback.into());
+                d.task("task-retried", f);
+            }
+            Outcome::Rejected { requeue, exc } => {
+                // Celery 5.6+ stores a Reject without requeue as a failure
+                // and says so before the rejection.
+                if let Some(exc) = exc {
+                    let mut failed = f.clone();
+                    failed_fields(&mut failed, exc);
+                    d.task("task-failed", failed);
+                }
+                f.insert("requeue".into(), requeue.into());
+                d.task("task-rejected", f);
+            }
+            Outcome::Ignored => {}
         }
     }
 
@@ -1234,6 +1262,25 @@ impl Ops {
         }
         Value::Object(m)
     }
+}
+
+/// The `exception` and `traceback` of a `task-failed` event.
+fn failed_fields(f: &mut Map<String, Value>, exc: &Exception) {
+    let msg = exc
+        .info
+        .exc_message
+        .first()
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    f.insert(
+        "exception".into(),
+        format!("{}({:?})", exc.info.exc_type, msg).into(),
+    );
+    f.insert(
+        "traceback".into(),
+        exc.traceback.clone().unwrap_or_default().into(),
+    );
 }
 
 /// A `registered` line with the task's rate limits added to its fields,

@@ -11,6 +11,7 @@
 //! - [`control`]: remote control (pidbox) and the worker's task view;
 //! - [`events`]: Celery events on the `celeryev` fanout;
 //! - [`progress`]: a running task's `ctx.progress` as the `PROGRESS` state;
+//! - [`redelivery`]: retry, Reject, Ignore and the poison-message cap;
 //! - [`rate`]: task rate limits, per worker (Celery's) and fleet-wide;
 //!
 //! The supervisor learns nothing about brokers: this module is a client of
@@ -21,6 +22,7 @@ pub mod client;
 pub mod control;
 pub mod events;
 pub mod progress;
+pub mod redelivery;
 pub mod rate;
 pub mod protocol;
 pub mod redis;

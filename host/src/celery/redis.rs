@@ -51,6 +51,16 @@ pub const LEASES: &str = "billiard-host:leases";
 /// (kept a day). A late finish reads it to say "restored" only when a
 /// restore really happened.
 pub const RESTORED: &str = "billiard-host:restored";
+/// Hash: delivery tag → "running here" mark of a message whose task started
+/// on a billiard-host (`ttl\ntask id\nwho, since when`; written by
+/// `redelivery::Marker`, cleared with the ack or the restore): a sweep that
+/// restores a marked message counts a death of its task (the
+/// poison-message cap, `redelivery.rs`).
+pub const RUNNING: &str = "billiard-host:running";
+/// Prefix of the per-task death lists (`billiard-host:deaths:<task id>`,
+/// newest first, expiring): each death of a worker or a host while running
+/// the task, named.
+pub const DEATHS_PREFIX: &str = "billiard-host:deaths:";
 /// kombu's default `visibility_timeout` (1 hour): how long a consumer that
 /// never renews (a Python worker) may hold a message before a sweeper
 /// restores it.
@@ -751,7 +761,7 @@ pub fn finish(
     let replies: Vec<Vec<i64>> = link.run(|c| {
         let mut pipe = redis::pipe();
         for chunk in batch.chunks(256) {
-            let nkeys: usize = 4 + chunk.iter().map(|f| 1 + f.send.len()).sum::<usize>();
+            let nkeys: usize = 5 + chunk.iter().map(|f| 1 + f.send.len()).sum::<usize>();
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(hash)
@@ -759,7 +769,8 @@ pub fn finish(
                 .arg(UNACKED)
                 .arg(UNACKED_INDEX)
                 .arg(LEASES)
-                .arg(RESTORED);
+                .arg(RESTORED)
+                .arg(RUNNING);
             for f in chunk {
                 match &f.result {
                     Some((k, _)) => cmd.arg(k),
@@ -905,13 +916,17 @@ fn read_entry(c: &mut Connection, tag: &str) -> RedisResult<Option<Entry>> {
 /// Returns one unacked message to its queue(s). `only_queues`: restore
 /// only a message bound for one of these (a sweep leaves other consumers'
 /// queues to them). `stale_before`: restore only if its score is still at
-/// most this. Returns true if it was restored.
+/// most this. `sweep`: a sweeper's restore, which counts a death of a task
+/// that was running (`lua/restore.lua`), not its own host's requeue.
+/// Returns true if it was restored.
 fn restore_one(
     c: &mut Connection,
     tag: &str,
     only_queues: Option<&[String]>,
     stale_before: Option<f64>,
+    sweep: bool,
 ) -> RedisResult<bool> {
+    let sweep = if sweep { "1" } else { "0" };
     let ceil = stale_before.map(|s| format!("{s}")).unwrap_or_default();
     let Some(e) = read_entry(c, tag)? else {
         // No entry (or not one kombu could restore either): forget a
@@ -919,17 +934,20 @@ fn restore_one(
         // tombstone a late finish reads.
         let _: i64 = redis::cmd("EVALSHA")
             .arg(sha(RESTORE_LUA))
-            .arg(5)
+            .arg(6)
             .arg(UNACKED)
             .arg(UNACKED_INDEX)
             .arg(LEASES)
             .arg(RESTORED)
             .arg(UNACKED)
+            .arg(RUNNING)
             .arg(tag)
             .arg(&ceil)
             .arg("")
             .arg("")
             .arg("R")
+            .arg(sweep)
+            .arg(DEATHS_PREFIX)
             .query(c)?;
         return Ok(false);
     };
@@ -954,17 +972,20 @@ fn restore_one(
         if i == 0 {
             let r: i64 = redis::cmd("EVALSHA")
                 .arg(sha(RESTORE_LUA))
-                .arg(5)
+                .arg(6)
                 .arg(UNACKED)
                 .arg(UNACKED_INDEX)
                 .arg(LEASES)
                 .arg(RESTORED)
                 .arg(&list)
+                .arg(RUNNING)
                 .arg(tag)
                 .arg(&ceil)
                 .arg(&e.raw)
                 .arg(&msg)
                 .arg("R")
+                .arg(sweep)
+                .arg(DEATHS_PREFIX)
                 .query(c)?;
             restored = r == 1;
             if !restored {
@@ -983,7 +1004,7 @@ pub fn requeue(link: &mut Link, tags: &[String]) -> Result<usize, BrokerError> {
     link.run(|c| {
         let mut n = 0;
         for t in tags {
-            if restore_one(c, t, None, None)? {
+            if restore_one(c, t, None, None, false)? {
                 n += 1;
             }
         }
@@ -1084,7 +1105,7 @@ pub fn sweep(
                 .arg(limit)
                 .query(c)?;
             for tag in &lapsed {
-                if restore_one(c, tag, Some(queues), Some(now))? {
+                if restore_one(c, tag, Some(queues), Some(now), true)? {
                     tracing::warn!(
                         "restored message {tag} to its queue: its lease ran out (the \
                          billiard-host that reserved it stopped renewing it: it died, was \
@@ -1103,7 +1124,7 @@ pub fn sweep(
                 .arg(limit)
                 .query(c)?;
             for tag in &stale {
-                if restore_one(c, tag, Some(queues), Some(ceil))? {
+                if restore_one(c, tag, Some(queues), Some(ceil), true)? {
                     tracing::warn!(
                         "restored message {tag} to its queue: a consumer that does not \
                          renew its messages (a Python worker) reserved it over {} ago \

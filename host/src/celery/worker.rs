@@ -33,6 +33,7 @@ use super::protocol::{
     TimeLimit,
 };
 use super::rate::{self, RateLimits};
+use super::redelivery::{self, Delivery, Marker, Rules, Verdict};
 use super::redis::{self as broker, BrokerError, Finished, Link, RedisBroker, Reserved};
 use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
@@ -68,6 +69,9 @@ pub struct WorkerOptions {
     /// At most this many eta messages are held without counting against
     /// the reservation limit.
     pub max_eta_held: usize,
+    /// Retry, Reject and the poison-message cap (`--autoretry-for`,
+    /// `--max-retries`, `--max-worker-deaths`, ...; see [`redelivery`]).
+    pub redelivery: redelivery::Options,
     /// Per-worker rate limits (`--rate-limit TASK=RATE`), over the tasks'
     /// own `rate_limit` options (see [`rate`]).
     pub rate_limits: Vec<rate::TaskRate>,
@@ -87,6 +91,7 @@ impl Default for WorkerOptions {
             prefetch_multiplier: 1,
             result_expires: DEFAULT_RESULT_EXPIRES,
             max_eta_held: 10_000,
+            redelivery: redelivery::Options::default(),
             rate_limits: Vec::new(),
             global_rate_limits: Vec::new(),
         }
@@ -153,6 +158,13 @@ pub struct Summary {
     pub unstored: u64,
     /// Messages returned to their queue unrun at shutdown.
     pub requeued: u64,
+    /// Tasks sent again for a retry (their RETRY stored).
+    pub retried: u64,
+    /// Messages their task rejected (requeued, or with a FAILURE stored:
+    /// those count in `failed` too).
+    pub rejected: u64,
+    /// Messages their task ignored (acked, nothing stored).
+    pub ignored: u64,
     /// "warm" or "cold".
     pub shutdown: String,
 }
@@ -211,6 +223,8 @@ struct JobCtx {
     parent_id: Option<String>,
     ignore_result: bool,
     embed: Embed,
+    /// What a retry, a reject or the poison cap needs (redelivery.rs).
+    delivery: Delivery,
 }
 
 /// A decoded message ready to run.
@@ -294,6 +308,11 @@ struct Shared {
     counts: Mutex<Summary>,
     /// Operators' view (remote control, events, metrics); None: off.
     ops: Option<Arc<Ops>>,
+    /// Retry, Reject, Ignore, the poison cap (redelivery.rs).
+    rules: Rules,
+    /// Marks messages whose task started here (a death's witness); None:
+    /// its thread could not start.
+    marker: Option<Marker>,
 }
 
 impl Shared {
@@ -342,6 +361,7 @@ impl Worker {
         // A result expiry SETEX would refuse fails every store: refuse it
         // here (C8).
         broker::ttl_secs(opts.result_expires).map_err(|e| WorkerError::Config(e.to_string()))?;
+        opts.redelivery.check().map_err(WorkerError::Config)?;
         // Fail early on a URL that cannot work.
         broker::client(&opts.broker_url)?;
         if let Some(b) = &opts.backend_url {
@@ -430,6 +450,21 @@ impl Worker {
             stop_at: Mutex::new(None),
             counts: Mutex::new(Summary::default()),
             ops: ops.clone(),
+            rules: Rules::new(
+                opts.redelivery.clone(),
+                broker::ttl_secs(opts.result_expires).unwrap_or(86_400),
+                &ops.as_ref().map_or_else(
+                    || super::control::node_name(None),
+                    |o| o.hostname().to_string(),
+                ),
+            ),
+            marker: match Marker::start(&opts.broker_url) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!("deaths of hosts running a task will not be counted: {e}");
+                    None
+                }
+            },
         });
 
         for w in lease_warnings(&opts) {
@@ -1184,6 +1219,9 @@ impl Consumer<'_> {
             if let Some(o) = &self.shared.ops {
                 o.started(&task_id);
             }
+            if let Some(m) = &self.shared.marker {
+                m.started(&self.shared.rules, &p.ctx.tag, &task_id);
+            }
             self.running += 1;
             let pending = Pending {
                 ctx: Some(p.ctx),
@@ -1290,9 +1328,16 @@ impl Consumer<'_> {
             parent_id: h.parent_id.clone(),
             ignore_result: h.ignore_result == Some(true),
             embed: Embed::default(),
+            delivery: Delivery::of(&r.queue, env, &r.raw, self.shared.rules.base.clone()),
         };
         if let Some(e) = msg.refused {
             return refuse(ctx, &e.to_string());
+        }
+        // A message delivered before whose task killed its worker or host
+        // too often is a poison message: FAILURE, never run again.
+        let (rules, d) = (&self.shared.rules, &mut ctx.delivery);
+        if let Some(exc) = redelivery::screen(self.broker.link(), rules, &ctx.task, &task_id, d) {
+            return Step::Fail(ctx, exc);
         }
         let name = match env.task_name() {
             Ok(n) => n.to_string(),
@@ -1313,6 +1358,7 @@ impl Consumer<'_> {
             let closest = crate::closest_name(&name, known.iter().map(String::as_str));
             return Step::Fail(ctx, Exception::not_registered(&name, closest));
         };
+        ctx.delivery.policy = redelivery::policy_for(self.pool, entry.target, &self.shared.rules);
         let args = match map_args(&entry.name, &entry.args, body.args, body.kwargs) {
             Ok(a) => a,
             Err(msg) => return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &msg)),
@@ -1532,33 +1578,51 @@ fn finisher(
         let mut requeue = Vec::new();
         let mut comps = Vec::new();
         let mut successes = Vec::new();
+        // Retry, Reject, Ignore, the poison cap (redelivery.rs).
+        let (mut ends, mut rejected) = (Vec::new(), Vec::new());
+        let mut care = redelivery::Aftercare::default();
         for f in &batch {
             let killed = matches!(&f.res, Res::Err(e) if e.kind == ErrorKind::Terminated);
             if f.unrun || (cold && f.slot && killed) {
                 requeue.push(f.ctx.tag.clone());
                 continue;
             }
-            let (c, success) = completion(&f.ctx, &f.res);
-            ops_finished(&shared, &f.ctx, &f.res);
-            tracing::debug!(
-                "task {}[{}] {}",
-                f.ctx.task,
-                f.ctx.task_id,
-                if success { "succeeded" } else { "failed" }
-            );
+            let Some((c, end)) = finish_one(&f.ctx, &f.res, &shared) else {
+                rejected.push(f.ctx.tag.clone());
+                care.requeued.push(f.ctx.task_id.clone());
+                continue;
+            };
+            let success = end.0 == End::Success;
+            tracing::debug!("task {}[{}] {}", f.ctx.task, f.ctx.task_id, end.0.as_str());
             successes.push(success);
+            ends.push(end);
             comps.push(c);
         }
         // Counted once stored: a result Redis never took is no success (C8).
         let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
         let done = store(&mut link, &mut backend, &shared, &comps, false);
-        for (success, d) in successes.into_iter().zip(done) {
+        let mut tally = [0u64; 3];
+        for ((success, d), (end, tidy)) in successes.into_iter().zip(done).zip(ends) {
             match d {
                 Some(_) if success => ok += 1,
-                Some(_) => failed += 1,
+                Some(_) if matches!(end, End::Failure | End::Rejected) => failed += 1,
+                Some(_) => {}
                 None => unstored += 1,
             }
+            if let Some(d) = d {
+                care.add(tidy, d.unsent);
+                if let Some(i) = end.tally() {
+                    tally[i] += 1;
+                }
+            }
         }
+        // Before the rejected messages are back on their queue: their
+        // next delivery reads the requeue count.
+        care.apply(&mut link, shared.rules.ttl_s);
+        if !care.unsent.is_empty() {
+            store(&mut link, &mut backend, &shared, &care.unsent, false);
+        }
+        tally[1] += redelivery::requeue_rejected(&mut link, &rejected, &shared.abandon);
         while !requeue.is_empty() {
             match broker::requeue(&mut link, &requeue) {
                 Ok(n) => {
@@ -1583,11 +1647,135 @@ fn finisher(
             c.succeeded += ok;
             c.failed += failed;
             c.unstored += unstored;
+            c.retried += tally[0];
+            c.rejected += tally[1];
+            c.ignored += tally[2];
         }
         let tags: Vec<String> = batch.iter().map(|f| f.ctx.tag.clone()).collect();
         shared.forget(&tags);
         if slots > 0 {
             let _ = freed.send(slots);
+        }
+    }
+}
+
+/// How a message ended, for the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Success,
+    Failure,
+    Retried,
+    Rejected,
+    Ignored,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Success => "succeeded",
+            End::Failure => "failed",
+            End::Retried => "sent again for a retry",
+            End::Rejected => "rejected",
+            End::Ignored => "ignored",
+        }
+    }
+
+    /// Its place in the finisher's (retried, rejected, ignored) tally.
+    fn tally(self) -> Option<usize> {
+        match self {
+            End::Retried => Some(0),
+            End::Rejected => Some(1),
+            End::Ignored => Some(2),
+            End::Success | End::Failure => None,
+        }
+    }
+}
+
+/// One finished job's completion once redelivery.rs has judged it (retry,
+/// reject, ignore, the poison cap), its operators' record made; None: it
+/// rejected its message with requeue (the message goes back on its queue).
+fn finish_one(
+    ctx: &JobCtx,
+    res: &Res,
+    shared: &Shared,
+) -> Option<(Completion, (End, redelivery::Tidy))> {
+    let verdict = match res {
+        Res::Err(e) => {
+            redelivery::judge(&shared.rules, &ctx.delivery, &ctx.task, &ctx.task_id, e)
+        }
+        Res::Ok(_) | Res::Exc(_) => Verdict::AsIs,
+    };
+    // A message that ends for good takes its death and requeue history
+    // with it.
+    let tidy = redelivery::Tidy::ended(&ctx.delivery, &ctx.task_id);
+    let ops = shared.ops.as_deref();
+    let plain = |res: Res| {
+        let (c, ok) = completion(ctx, &res);
+        ops_finished(shared, ctx, &res);
+        let end = if ok { End::Success } else { End::Failure };
+        Some((c, (end, tidy.clone())))
+    };
+    match verdict {
+        Verdict::AsIs => {
+            let (c, ok) = completion(ctx, res);
+            ops_finished(shared, ctx, res);
+            let end = if ok { End::Success } else { End::Failure };
+            Some((c, (end, tidy)))
+        }
+        Verdict::Fail(e) => plain(Res::Err(e)),
+        Verdict::FailWith(x) => plain(Res::Exc(x)),
+        Verdict::Reject(x) => {
+            let res = Res::Exc(x);
+            let (c, _) = completion(ctx, &res);
+            if let (Some(o), Res::Exc(x)) = (ops, &res) {
+                let outcome = Outcome::Rejected {
+                    requeue: false,
+                    exc: Some(x),
+                };
+                o.finished(&ctx.task_id, &ctx.task, outcome);
+            }
+            Some((c, (End::Rejected, tidy)))
+        }
+        Verdict::Requeue => {
+            if let Some(o) = ops {
+                let outcome = Outcome::Rejected {
+                    requeue: true,
+                    exc: None,
+                };
+                o.finished(&ctx.task_id, &ctx.task, outcome);
+            }
+            None
+        }
+        Verdict::Ignore => {
+            if let Some(o) = ops {
+                o.finished(&ctx.task_id, &ctx.task, Outcome::Ignored);
+            }
+            let c = Completion {
+                tag: ctx.tag.clone(),
+                task_id: ctx.task_id.clone(),
+                ..Completion::default()
+            };
+            Some((c, (End::Ignored, tidy)))
+        }
+        Verdict::Retry(r) => {
+            if let Some(o) = ops {
+                let outcome = Outcome::Retried {
+                    exception: &r.event_exception(),
+                    traceback: &r.traceback,
+                };
+                o.finished(&ctx.task_id, &ctx.task, outcome);
+            }
+            let (group, parent) = (ctx.group.as_deref(), ctx.parent_id.as_deref());
+            let mut c = Completion {
+                tag: ctx.tag.clone(),
+                task_id: ctx.task_id.clone(),
+                ..Completion::default()
+            };
+            // Celery stores no RETRY for an ignored result.
+            c.meta = (!ctx.ignore_result).then(|| r.meta(&ctx.task_id, group, parent));
+            c.send = vec![r.message.clone()];
+            let tidy = redelivery::Tidy::retried(&r, &ctx.task_id, group, parent);
+            Some((c, (End::Retried, tidy)))
         }
     }
 }
@@ -1834,6 +2022,7 @@ impl Consumer<'_> {
             &p.ctx.root_id,
             p.ctx.parent_id.as_deref(),
             p.expires,
+            p.ctx.delivery.retries,
         );
         step
     }
@@ -1974,6 +2163,7 @@ mod tests {
             parent_id: None,
             ignore_result: false,
             embed: Embed::default(),
+            delivery: Delivery::default(),
         }
     }
 

@@ -15,6 +15,7 @@ mod sandbox;
 mod signals;
 mod submit;
 mod worker;
+mod worker_retry;
 
 use std::io::Write;
 

@@ -129,6 +129,8 @@ pub struct Args {
     #[arg(long = "global-rate-limit", value_name = "TASK=RATE", value_parser = billiard_host::celery::rate::parse_task_rate)]
     global_rate_limits: Vec<billiard_host::celery::rate::TaskRate>,
     #[command(flatten)]
+    retry: super::worker_retry::RetryFlags,
+    #[command(flatten)]
     pool: PoolFlags,
 }
 
@@ -226,7 +228,15 @@ pub fn run(args: Args) -> i32 {
             return exit::USAGE;
         }
     };
+    let redelivery = match args.retry.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let opts = WorkerOptions {
+        redelivery,
         broker_url: args.broker.clone(),
         backend_url: args.result_backend.clone(),
         queues: args
@@ -348,6 +358,9 @@ pub fn run(args: Args) -> i32 {
                 failed = summary.failed,
                 unstored = summary.unstored,
                 requeued = summary.requeued,
+                retried = summary.retried,
+                rejected = summary.rejected,
+                ignored = summary.ignored,
                 "{} shutdown complete",
                 summary.shutdown
             );

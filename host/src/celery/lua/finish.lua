@@ -5,8 +5,10 @@
 -- ZREM the lease).
 --
 -- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
---   KEYS[4] billiard-host:restored, then per message: its result key, then
---   the list of each of its follow-ups
+--   KEYS[4] billiard-host:restored, KEYS[5] billiard-host:running (the
+--   message's "running here" mark is cleared with its ack: see
+--   running.lua), then per message: its result key, then the list of each
+--   of its follow-ups
 -- ARGV[1] the results' time to live in whole seconds (0 = forever;
 --   checked by the host: at most 10 years, which SETEX accepts)
 -- ARGV[2] '1' when this call repeats one whose reply was lost (it may have
@@ -29,7 +31,7 @@
 local ttl = tonumber(ARGV[1]) or 0
 local repeated = ARGV[2] == '1'
 local out = {}
-local a, k = 3, 5
+local a, k = 3, 6
 while a <= #ARGV do
   local tag, result, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   local key = KEYS[k]
@@ -81,6 +83,7 @@ while a <= #ARGV do
     redis.call('ZREM', KEYS[2], tag)
     redis.call('HDEL', KEYS[1], tag)
     redis.call('ZREM', KEYS[3], tag)
+    redis.call('HDEL', KEYS[5], tag)
   end
   out[#out + 1] = stored
   out[#out + 1] = held

@@ -3,13 +3,17 @@
 -- a lapsed lease whose entry someone else (kombu's sweeper) already took.
 --
 -- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
--- KEYS[4] billiard-host:restored, KEYS[5] the list to push onto
+-- KEYS[4] billiard-host:restored, KEYS[5] the list to push onto,
+-- KEYS[6] billiard-host:running
 -- ARGV[1] the delivery tag
 -- ARGV[2] restore only if its score is <= this ('' = whatever the score)
 -- ARGV[3] the unacked entry the caller read ('' = it had none: only
 --   clean up the lease)
 -- ARGV[4] the message to push (the entry's payload, marked redelivered)
 -- ARGV[5] 'R' = RPUSH (next to be consumed, as kombu), 'L' = LPUSH
+-- ARGV[6] '1' = a sweep: a message that was running (it has a mark in
+--   KEYS[6]) counts a death of its task, '0' = a requeue by its own host
+-- ARGV[7] the prefix of the per-task death lists (billiard-host:deaths:)
 -- Returns 1 if restored, 2 if only a lapsed lease was forgotten, 0 if
 -- nothing was done.
 --
@@ -19,6 +23,26 @@
 -- put back on a queue (finish.lua), rather than guessing it from a
 -- missing entry (an ack whose reply was lost, a FLUSHALL).
 pcall(redis.replicate_commands)
+
+-- The message's "running here" mark (running.lua: "ttl\ntask id\nwho,
+-- since when") goes with its reservation. A sweep finding one restores a
+-- message whose task was running when its host stopped renewing the lease
+-- (the host was killed, e.g. by the OOM killer, or stopped): that is a
+-- death of the task, pushed onto its death list, which the next consumer
+-- reads before running it (the poison-message cap, redelivery.rs).
+local function forget_run()
+  local mark = redis.call('HGET', KEYS[6], ARGV[1])
+  if not mark then return end
+  redis.call('HDEL', KEYS[6], ARGV[1])
+  if ARGV[6] ~= '1' then return end
+  local ttl, id, who = string.match(mark, '^(%d+)\n([^\n]+)\n(.*)$')
+  if not id then return end
+  local key = ARGV[7] .. id
+  redis.call('LPUSH', key, who .. ', stopped renewing its lease while running it ' ..
+    '(the host was killed, stopped, or cut off from Redis); a sweeper restored its message')
+  redis.call('EXPIRE', key, math.max(1, tonumber(ttl) or 86400))
+end
+
 local function tombstone()
   local t = redis.call('TIME')
   local now = tonumber(t[1])
@@ -33,6 +57,7 @@ local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then
   redis.call('ZREM', KEYS[2], ARGV[1])
   if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
+    forget_run()
     tombstone()
     return 2
   end
@@ -42,6 +67,7 @@ if ARGV[3] == '' or cur ~= ARGV[3] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+forget_run()
 if ARGV[5] == 'L' then
   redis.call('LPUSH', KEYS[5], ARGV[4])
 else
