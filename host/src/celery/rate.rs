@@ -232,6 +232,15 @@ pub fn from_json(v: &Value) -> Result<Option<Rate>, RateError> {
     }
 }
 
+/// At most 200 characters of `s` for a log line (a request may carry a
+/// name or a rate of any length).
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}... ({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
+}
+
 /// Python's truth value of a JSON value (Celery's `if not rate_limit`).
 fn py_falsy(v: &Value) -> bool {
     match v {
@@ -448,7 +457,10 @@ impl RateLimits {
         let rate = match from_json(raw) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("remote control: rate_limit refused: {e}");
+                tracing::warn!(
+                    "remote control: rate_limit refused: {}",
+                    clip(&e.to_string())
+                );
                 return json!({"error": e.celery_reply()});
             }
         };
@@ -457,7 +469,7 @@ impl RateLimits {
             _ => "",
         };
         if !self.set_local(task, rate.clone()) {
-            tracing::error!("Rate limit attempt for unknown task {task}");
+            tracing::error!("Rate limit attempt for unknown task {}", clip(task));
             return json!({"error": "unknown task"});
         }
         if py_falsy(raw) {
@@ -466,7 +478,7 @@ impl RateLimits {
         }
         tracing::info!(
             "New rate limit for tasks of type {task}: {}.",
-            rate.as_ref().map(Rate::text).unwrap_or("none")
+            clip(rate.as_ref().map(Rate::text).unwrap_or("none"))
         );
         json!({"ok": "new rate limit set successfully"})
     }
