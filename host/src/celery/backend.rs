@@ -28,6 +28,10 @@ pub struct Completion {
     pub meta: Option<ResultMeta>,
     /// Follow-up messages (list, envelope JSON): chain, link, link_error.
     pub send: Vec<(String, String)>,
+    /// Chords these follow-ups start (group id, header size): their sizes
+    /// go to `.s` on the result backend before the messages are sent
+    /// (`celery::chord`, issue 23 item 1).
+    pub chord_sizes: Vec<(String, u64)>,
 }
 
 /// Where results go.
@@ -59,6 +63,17 @@ impl ResultBackend {
     /// True when results are stored in the broker's Redis.
     pub fn is_broker(&self) -> bool {
         self.link.is_none()
+    }
+
+    /// The result backend's own link; None: results go to the broker's
+    /// Redis (chord bookkeeping lives where the results do).
+    pub fn link_mut(&mut self) -> Option<&mut Link> {
+        self.link.as_mut()
+    }
+
+    /// The results' time to live in SETEX seconds (0: none).
+    pub fn ttl_s(&self) -> u64 {
+        self.ttl_s
     }
 
     /// Stores the results of `batch`, sends the follow-ups and acks, in one
@@ -101,6 +116,25 @@ impl ResultBackend {
                     })
                     .collect();
                 let stored = finish(backend, &store, self.ttl_s, repeated)?;
+                if batch.iter().all(|c| c.tag.is_empty() && c.send.is_empty()) {
+                    // Results only (a chord part stored before it is
+                    // counted): nothing for the broker, which need not
+                    // even answer.
+                    let mut s = stored.into_iter();
+                    return Ok(batch
+                        .iter()
+                        .map(|c| {
+                            let x = c.meta.as_ref().and_then(|_| s.next());
+                            Finished {
+                                stored: x.as_ref().is_some_and(|x| {
+                                    x.stored || x.held == Held::AlreadyFinished
+                                }),
+                                held: Held::Held,
+                                unsent: 0,
+                            }
+                        })
+                        .collect());
+                }
                 let acks: Vec<Finish> = batch
                     .iter()
                     .map(|c| Finish {

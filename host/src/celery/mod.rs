@@ -6,6 +6,8 @@
 //! - [`redis`]: kombu's Redis transport, consumer side (Lua reserve,
 //!   heartbeat, restore sweep, reconnect);
 //! - [`backend`]: Celery's Redis result backend (SETEX + PUBLISH);
+//! - [`chord`]: chords counted on the result backend as Celery 5.7 counts
+//!   them, and canvases (chords, groups, chains) sent from a task's end;
 //! - [`worker`]: the consumer loop over the `Pool`.
 //! - [`client`]: the producer side: send tasks, wait for their results;
 //! - [`control`]: remote control (pidbox) and the worker's task view;
@@ -18,6 +20,7 @@
 //! the public `Pool` API.
 
 pub mod backend;
+pub mod chord;
 pub mod client;
 pub mod control;
 pub mod events;

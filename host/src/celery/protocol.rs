@@ -298,7 +298,9 @@ pub struct Embed {
     /// The rest of a chain, last element next.
     #[serde(default)]
     pub chain: Option<Vec<Signature>>,
-    /// Chords are not supported (kept so a message round-trips).
+    /// A chord header part's body signature: when set (and the `group`
+    /// header names the chord), the part is counted on the result backend
+    /// once its result is stored (`celery::chord`).
     #[serde(default)]
     pub chord: Option<Value>,
 }
@@ -1312,6 +1314,25 @@ impl Exception {
             "kombu.exceptions",
             "ContentDisallowed",
             format!("Refusing to deserialize untrusted content of type {content_type}"),
+        )
+    }
+
+    /// FAILURE `celery.exceptions.ChordError(message)`: what Celery stores
+    /// on a chord's body when a header part failed (`Dependency <id>
+    /// raised ...`) or the body could not be sent (issue 23 item 1).
+    pub fn chord_error(message: &str) -> Exception {
+        Exception::new(State::Failure, "celery.exceptions", "ChordError", message)
+    }
+
+    /// FAILURE `celery.exceptions.ImproperlyConfigured(message)`: a
+    /// message this host refuses because the fleet's configuration sent
+    /// it here (`celery.chord_unlock`, issue 23 item 6).
+    pub fn improperly_configured(message: &str) -> Exception {
+        Exception::new(
+            State::Failure,
+            "celery.exceptions",
+            "ImproperlyConfigured",
+            message,
         )
     }
 

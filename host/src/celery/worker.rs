@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
+use super::chord::{self, Chords};
 use super::control::{Ops, OpsCmd, Outcome};
 use super::progress::ProgressWriter;
 use super::protocol::{
@@ -72,6 +73,9 @@ pub struct WorkerOptions {
     /// Retry, Reject and the poison-message cap (`--autoretry-for`,
     /// `--max-retries`, `--max-worker-deaths`, ...; see [`redelivery`]).
     pub redelivery: redelivery::Options,
+    /// How chord header parts are counted on the result backend
+    /// (`--chord-protocol`, `--chord-ordered`, `--result-chord-expires`).
+    pub chord: chord::ChordOptions,
     /// Per-worker rate limits (`--rate-limit TASK=RATE`), over the tasks'
     /// own `rate_limit` options (see [`rate`]).
     pub rate_limits: Vec<rate::TaskRate>,
@@ -92,6 +96,7 @@ impl Default for WorkerOptions {
             result_expires: DEFAULT_RESULT_EXPIRES,
             max_eta_held: 10_000,
             redelivery: redelivery::Options::default(),
+            chord: chord::ChordOptions::default(),
             rate_limits: Vec::new(),
             global_rate_limits: Vec::new(),
         }
@@ -220,6 +225,8 @@ struct JobCtx {
     task: String,
     root_id: String,
     group: Option<String>,
+    /// The `group_index` header: a chord part's place in `.j`.
+    group_index: Option<i64>,
     parent_id: Option<String>,
     ignore_result: bool,
     embed: Embed,
@@ -530,9 +537,10 @@ impl Worker {
         let finisher = {
             let shared = shared.clone();
             let link = Link::new(&opts.broker_url, "broker")?;
+            let chords = Chords::new(opts.chord.clone());
             std::thread::Builder::new()
                 .name("celery-finisher".into())
-                .spawn(move || finisher(fin_rx, freed_tx, link, backend, shared))
+                .spawn(move || finisher(fin_rx, freed_tx, link, backend, shared, chords))
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
         let (keeper_stop, keeper_rx) = crossbeam_channel::bounded::<()>(0);
@@ -1325,12 +1333,16 @@ impl Consumer<'_> {
             task: h.task.clone().unwrap_or_default(),
             root_id: h.root_id.clone().unwrap_or_else(|| task_id.clone()),
             group: h.group.clone(),
+            group_index: h.group_index,
             parent_id: h.parent_id.clone(),
             ignore_result: h.ignore_result == Some(true),
             embed: Embed::default(),
             delivery: Delivery::of(&r.queue, env, &r.raw, self.shared.rules.base.clone()),
         };
         if let Some(e) = msg.refused {
+            // A refused chord part still counts (issue 23 item 1): its
+            // body, when readable, says which chord.
+            ctx.embed = env.body().map(|b| b.embed).unwrap_or_default();
             return refuse(ctx, &e.to_string());
         }
         // A message delivered before whose task killed its worker or host
@@ -1343,6 +1355,10 @@ impl Consumer<'_> {
             Ok(n) => n.to_string(),
             Err(e) => return refuse(ctx, &e.to_string()),
         };
+        if name == chord::CHORD_UNLOCK {
+            return chord::refuse_unlock(ctx.task_id.clone(), &r.queue)
+                .map_or_else(|| Step::Discard(String::new()), |exc| Step::Fail(ctx, exc));
+        }
         let body: Body = match env.body() {
             Ok(b) => b,
             Err(ProtocolError::ContentDisallowed(ct)) => {
@@ -1421,6 +1437,21 @@ fn follow_up(
     parent: &JobCtx,
     rest: Option<Vec<Signature>>,
 ) -> (String, String) {
+    signature_message(sig, first, &parent.root_id, &parent.task_id, rest)
+}
+
+/// The message of a plain task signature sent by task `parent_id` of
+/// workflow `root_id` (a follow-up, a chord's body or header part): its
+/// options as Celery's `apply_async` reads them, with `chain` (`rest`, else
+/// the signature's own `chain` option), and a chord header part's `chord`,
+/// `group_id` and `group_index` (issue 23 item 1).
+pub(super) fn signature_message(
+    sig: &Signature,
+    first: Option<Value>,
+    root_id: &str,
+    parent_id: &str,
+    rest: Option<Vec<Signature>>,
+) -> (String, String) {
     let mut args = Vec::with_capacity(sig.args.len() + 1);
     if !sig.immutable {
         if let Some(v) = first {
@@ -1467,8 +1498,8 @@ fn follow_up(
         embed: Embed {
             callbacks: sigs("link"),
             errbacks: sigs("link_error"),
-            chain: rest.filter(|r| !r.is_empty()),
-            chord: None,
+            chain: rest.or_else(|| sigs("chain")).filter(|r| !r.is_empty()),
+            chord: o.get("chord").filter(|c| !c.is_null()).cloned(),
         },
         queue: s("queue").or_else(|| s("routing_key")).unwrap_or_default(),
         priority: o.get("priority").map(protocol::kombu_priority).unwrap_or(0),
@@ -1482,13 +1513,14 @@ fn follow_up(
             .get("ignore_result")
             .and_then(Value::as_bool)
             .unwrap_or(false),
-        root_id: Some(parent.root_id.clone()),
-        parent_id: Some(parent.task_id.clone()),
+        root_id: Some(root_id.to_string()),
+        parent_id: Some(parent_id.to_string()),
         group: s("group_id"),
         retries: 0,
         origin: String::new(),
     };
     let (mut env, list) = t.envelope();
+    env.headers.group_index = o.get("group_index").and_then(Value::as_i64);
     if bad_eta.is_some() {
         env.headers.eta = bad_eta;
     }
@@ -1511,17 +1543,34 @@ fn after_secs(now: DateTime<Utc>, x: f64) -> DateTime<Utc> {
 
 /// The completion of one finished job: result meta and follow-ups.
 fn completion(ctx: &JobCtx, res: &Res) -> (Completion, bool) {
+    let mut chord_sizes = Vec::new();
     let (meta, ok, send) = match res {
         Res::Ok(v) => {
             let mut send = Vec::new();
             if let Some(chain) = &ctx.embed.chain {
                 let mut rest = chain.clone();
-                if let Some(next) = rest.pop() {
-                    send.push(follow_up(&next, Some(v.clone()), ctx, Some(rest)));
+                if let Some(mut next) = rest.pop() {
+                    if chord::is_canvas(&next) {
+                        // A chord, group or chain as the next step: sent as
+                        // its apply_async would, the rest of the chain on it.
+                        if !rest.is_empty() {
+                            next.options.insert(
+                                "chain".into(),
+                                serde_json::to_value(&rest).unwrap_or(Value::Null),
+                            );
+                        }
+                        canvas(&next, v, ctx, &mut send, &mut chord_sizes);
+                    } else {
+                        send.push(follow_up(&next, Some(v.clone()), ctx, Some(rest)));
+                    }
                 }
             }
             for cb in ctx.embed.callbacks.iter().flatten() {
-                send.push(follow_up(cb, Some(v.clone()), ctx, None));
+                if chord::is_canvas(cb) {
+                    canvas(cb, v, ctx, &mut send, &mut chord_sizes);
+                } else {
+                    send.push(follow_up(cb, Some(v.clone()), ctx, None));
+                }
             }
             (ResultMeta::success(&ctx.task_id, v.clone()), true, send)
         }
@@ -1550,9 +1599,35 @@ fn completion(ctx: &JobCtx, res: &Res) -> (Completion, bool) {
             task_id: ctx.task_id.clone(),
             meta: (!ctx.ignore_result).then_some(meta),
             send,
+            chord_sizes,
         },
         ok,
     )
+}
+
+/// Adds the messages (and chord sizes) of a canvas follow-up `sig` sent
+/// with `v` by the task of `ctx`; one that cannot be sent is logged and
+/// left out, as a follow-up Redis refuses is.
+fn canvas(
+    sig: &Signature,
+    v: &Value,
+    ctx: &JobCtx,
+    send: &mut Vec<(String, String)>,
+    sizes: &mut Vec<(String, u64)>,
+) {
+    let mut out = chord::Applied::default();
+    match chord::apply(sig, Some(v.clone()), &ctx.root_id, &ctx.task_id, 0, &mut out) {
+        Ok(()) => {
+            send.extend(out.msgs);
+            sizes.extend(out.sizes);
+        }
+        Err(e) => tracing::error!(
+            "task {}[{}]: its follow-up {} cannot be sent: {e}",
+            ctx.task,
+            ctx.task_id,
+            sig.task
+        ),
+    }
 }
 
 /// The finisher thread: stores, sends follow-ups, acks; in batches; with
@@ -1563,6 +1638,7 @@ fn finisher(
     mut link: Link,
     mut backend: ResultBackend,
     shared: Arc<Shared>,
+    mut chords: Chords,
 ) {
     const BATCH: usize = 256;
     while let Ok(first) = rx.recv() {
@@ -1578,6 +1654,7 @@ fn finisher(
         let mut requeue = Vec::new();
         let mut comps = Vec::new();
         let mut successes = Vec::new();
+        let mut parts: Vec<Option<ChordWork>> = Vec::new();
         // Retry, Reject, Ignore, the poison cap (redelivery.rs).
         let (mut ends, mut rejected) = (Vec::new(), Vec::new());
         let mut care = redelivery::Aftercare::default();
@@ -1587,7 +1664,7 @@ fn finisher(
                 requeue.push(f.ctx.tag.clone());
                 continue;
             }
-            let Some((c, end)) = finish_one(&f.ctx, &f.res, &shared) else {
+            let Some((c, end, part)) = finish_one(&f.ctx, &f.res, &shared) else {
                 rejected.push(f.ctx.tag.clone());
                 care.requeued.push(f.ctx.task_id.clone());
                 continue;
@@ -1595,9 +1672,17 @@ fn finisher(
             let success = end.0 == End::Success;
             tracing::debug!("task {}[{}] {}", f.ctx.task, f.ctx.task_id, end.0.as_str());
             successes.push(success);
+            // A RETRY or an Ignore is no chord part; a failure in place of
+            // the job's (exhausted, capped, rejected) is.
+            parts.push(match &part {
+                Part::Same => chord_part(&f.ctx, &f.res, &c),
+                Part::As(r) => chord_part(&f.ctx, r, &c),
+                Part::No => None,
+            });
             ends.push(end);
             comps.push(c);
         }
+        chord_steps(&mut chords, &mut link, &mut backend, &shared, &mut comps, &parts);
         // Counted once stored: a result Redis never took is no success (C8).
         let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
         let done = store(&mut link, &mut backend, &shared, &comps, false);
@@ -1691,6 +1776,16 @@ impl End {
     }
 }
 
+/// Which outcome counts as a chord part for a finished message.
+enum Part {
+    /// The job's own.
+    Same,
+    /// This failure, stored in its place.
+    As(Res),
+    /// None: a RETRY or an Ignore ends nothing.
+    No,
+}
+
 /// One finished job's completion once redelivery.rs has judged it (retry,
 /// reject, ignore, the poison cap), its operators' record made; None: it
 /// rejected its message with requeue (the message goes back on its queue).
@@ -1698,7 +1793,7 @@ fn finish_one(
     ctx: &JobCtx,
     res: &Res,
     shared: &Shared,
-) -> Option<(Completion, (End, redelivery::Tidy))> {
+) -> Option<(Completion, (End, redelivery::Tidy), Part)> {
     let verdict = match res {
         Res::Err(e) => {
             redelivery::judge(&shared.rules, &ctx.delivery, &ctx.task, &ctx.task_id, e)
@@ -1713,14 +1808,14 @@ fn finish_one(
         let (c, ok) = completion(ctx, &res);
         ops_finished(shared, ctx, &res);
         let end = if ok { End::Success } else { End::Failure };
-        Some((c, (end, tidy.clone())))
+        Some((c, (end, tidy.clone()), Part::As(res)))
     };
     match verdict {
         Verdict::AsIs => {
             let (c, ok) = completion(ctx, res);
             ops_finished(shared, ctx, res);
             let end = if ok { End::Success } else { End::Failure };
-            Some((c, (end, tidy)))
+            Some((c, (end, tidy), Part::Same))
         }
         Verdict::Fail(e) => plain(Res::Err(e)),
         Verdict::FailWith(x) => plain(Res::Exc(x)),
@@ -1734,7 +1829,7 @@ fn finish_one(
                 };
                 o.finished(&ctx.task_id, &ctx.task, outcome);
             }
-            Some((c, (End::Rejected, tidy)))
+            Some((c, (End::Rejected, tidy), Part::As(res)))
         }
         Verdict::Requeue => {
             if let Some(o) = ops {
@@ -1755,7 +1850,7 @@ fn finish_one(
                 task_id: ctx.task_id.clone(),
                 ..Completion::default()
             };
-            Some((c, (End::Ignored, tidy)))
+            Some((c, (End::Ignored, tidy), Part::No))
         }
         Verdict::Retry(r) => {
             if let Some(o) = ops {
@@ -1775,7 +1870,128 @@ fn finish_one(
             c.meta = (!ctx.ignore_result).then(|| r.meta(&ctx.task_id, group, parent));
             c.send = vec![r.message.clone()];
             let tidy = redelivery::Tidy::retried(&r, &ctx.task_id, group, parent);
-            Some((c, (End::Retried, tidy)))
+            Some((c, (End::Retried, tidy), Part::No))
+        }
+    }
+}
+
+/// What a finished message means for chords (issue 23 item 1): a header
+/// part to count (its `embed.chord` and `group`), and the chain steps to
+/// fail after a FAILURE (a chord header part among them is counted too).
+struct ChordWork {
+    part: Option<chord::Part>,
+    /// (the rest of the chain, the stored exception, the root id).
+    fail_chain: Option<(Vec<Signature>, Value, String)>,
+}
+
+/// The chord work of one finished message, from the result it stores (or
+/// would store: an `ignore_result` part still counts, as in Celery). Only
+/// terminal states count: SUCCESS, FAILURE, REVOKED.
+fn chord_part(ctx: &JobCtx, res: &Res, c: &Completion) -> Option<ChordWork> {
+    let meta = match &c.meta {
+        Some(m) => m.clone(),
+        None => {
+            let mut all = ctx.clone();
+            all.ignore_result = false;
+            completion(&all, res).0.meta?
+        }
+    };
+    let part = match (&ctx.embed.chord, &ctx.group) {
+        (Some(body), Some(group)) if !body.is_null() => Some(chord::Part {
+            group: group.clone(),
+            task_id: ctx.task_id.clone(),
+            group_index: ctx.group_index,
+            state: meta.status,
+            result: meta.result.clone(),
+            body: body.clone(),
+            root_id: ctx.root_id.clone(),
+        }),
+        _ => None,
+    };
+    let fail_chain = match &ctx.embed.chain {
+        Some(chain) if !chain.is_empty() && meta.status == protocol::State::Failure => {
+            Some((chain.clone(), meta.result.clone(), ctx.root_id.clone()))
+        }
+        _ => None,
+    };
+    (part.is_some() || fail_chain.is_some()).then_some(ChordWork { part, fail_chain })
+}
+
+/// Chords, before `comps` are stored and acked (issue 23 item 1): the
+/// sizes of chords their follow-ups start go to `.s`; each header part's
+/// result is stored first (a part whose store fails is not counted), then
+/// the part is counted on the result backend (the claimer sends the body
+/// or fails it), and only then is its message acked with the rest: a host
+/// killed in between leaves the message to be run again, and Celery 5.7's
+/// dedup counts that run once.
+fn chord_steps(
+    chords: &mut Chords,
+    link: &mut Link,
+    backend: &mut ResultBackend,
+    shared: &Shared,
+    comps: &mut [Completion],
+    work: &[Option<ChordWork>],
+) {
+    let give_up = || {
+        let stop_at = *shared.stop_at.lock().unwrap_or_else(|e| e.into_inner());
+        shared.abandon.load(Ordering::Acquire)
+            || stop_at.is_some_and(|at| at.elapsed() >= WARM_STORE_GRACE)
+    };
+    let sizes: Vec<(String, u64)> = comps
+        .iter()
+        .flat_map(|c| c.chord_sizes.iter().cloned())
+        .collect();
+    if !sizes.is_empty() {
+        let ttl_s = backend.ttl_s();
+        let mut io = chord::Io {
+            broker: &mut *link,
+            backend: backend.link_mut(),
+            ttl_s,
+        };
+        if let Err(e) = chord::retrying(&give_up, || chords.set_sizes(&mut io, &sizes)) {
+            tracing::error!("cannot write the size of {} chord(s) ({e})", sizes.len());
+        }
+    }
+    let idx: Vec<usize> = (0..comps.len())
+        .filter(|i| work.get(*i).is_some_and(Option::is_some))
+        .collect();
+    if idx.is_empty() {
+        return;
+    }
+    let pre: Vec<Completion> = idx
+        .iter()
+        .filter(|i| comps[**i].meta.is_some())
+        .map(|i| Completion {
+            tag: String::new(),
+            task_id: comps[*i].task_id.clone(),
+            meta: comps[*i].meta.clone(),
+            send: Vec::new(),
+            chord_sizes: Vec::new(),
+        })
+        .collect();
+    let mut stored = store(link, backend, shared, &pre, false).into_iter();
+    for i in idx {
+        if comps[i].meta.is_some() {
+            if stored.next().flatten().is_none() {
+                continue;
+            }
+            // Stored: the ack below need not store it again.
+            comps[i].meta = None;
+        }
+        let Some(w) = work.get(i).and_then(Option::as_ref) else {
+            continue;
+        };
+        let ttl_s = backend.ttl_s();
+        let mut io = chord::Io {
+            broker: &mut *link,
+            backend: backend.link_mut(),
+            ttl_s,
+        };
+        if let Some((chain, exc, root)) = &w.fail_chain {
+            chords.fail_chain_of(&mut io, chain, exc, root, &give_up);
+        }
+        if let Some(part) = &w.part {
+            chords.count(&mut io, part, &give_up);
         }
     }
 }
@@ -2160,6 +2376,7 @@ mod tests {
             task: "math.square".into(),
             root_id: "root".into(),
             group: None,
+            group_index: None,
             parent_id: None,
             ignore_result: false,
             embed: Embed::default(),

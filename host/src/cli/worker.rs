@@ -117,6 +117,20 @@ pub struct Args {
     /// on ADDR, e.g. 127.0.0.1:9808 (port 0: any free port, logged).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// How the fleet's Python workers count chord header parts on the
+    /// result backend: 5.7 (Celery 5.7's Lua scripts, dedup of re-runs) or
+    /// 5.6 (Celery 5.5/5.6's pipeline). Every worker sharing the result
+    /// backend must count the same way.
+    #[arg(long, value_name = "VERSION", default_value = "5.7")]
+    chord_protocol: billiard_host::celery::chord::ChordProtocol,
+    /// Whether chord results are ordered (Celery's result_backend_transport_options
+    /// result_chord_ordered, default true): false for a fleet that set it to False.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    chord_ordered: bool,
+    /// How long a chord's bookkeeping keys live (Celery 5.7's
+    /// result_chord_expires; default: --result-expires).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    result_chord_expires: Option<Duration>,
     /// Celery's rate_limit for TASK on this worker: N/s, N/m, N/h or N (per
     /// second); 0: none. A token bucket of capacity 1 (no bursts), over
     /// the task's own option; `celery control rate_limit` changes it at run
@@ -249,6 +263,11 @@ pub fn run(args: Args) -> i32 {
         foreign_visibility_timeout: args.foreign_visibility_timeout,
         prefetch_multiplier: args.prefetch_multiplier.min(1 << 16) as usize,
         result_expires: args.result_expires,
+        chord: billiard_host::celery::chord::ChordOptions {
+            protocol: args.chord_protocol,
+            ordered: args.chord_ordered,
+            expires: args.result_chord_expires,
+        },
         rate_limits: args.rate_limits.clone(),
         global_rate_limits: args.global_rate_limits.clone(),
         ..WorkerOptions::default()

@@ -1,0 +1,286 @@
+//! Python's encodings, byte for byte: `json.dumps` as kombu writes a
+//! chord's `.j` entries, and `repr()` of the exceptions Celery words a
+//! `ChordError` with (issue 23 item 1).
+
+use serde_json::Value;
+
+use crate::celery::protocol::State;
+
+/// A `.j` entry as Python's backend encodes it: `json.dumps([1, tid,
+/// state, result])` (kombu's json: `", "` and `": "`, `ensure_ascii`,
+/// floats as `repr`), byte for byte for the same value (object keys in
+/// the order this host holds them: sorted).
+pub fn encode_part(task_id: &str, state: State, result: &Value) -> String {
+    let state = match state {
+        State::Success => "SUCCESS",
+        State::Failure => "FAILURE",
+        State::Revoked => "REVOKED",
+        State::Retry => "RETRY",
+        State::Started => "STARTED",
+        State::Received => "RECEIVED",
+        State::Pending => "PENDING",
+    };
+    let v = Value::Array(vec![
+        Value::from(1),
+        Value::String(task_id.into()),
+        Value::String(state.into()),
+        result.clone(),
+    ]);
+    py_json(&v)
+}
+
+/// `json.dumps(v)` as Python writes it.
+pub fn py_json(v: &Value) -> String {
+    let mut s = String::new();
+    write_json(v, &mut s);
+    s
+}
+
+fn write_json(v: &Value, s: &mut String) {
+    match v {
+        Value::Null => s.push_str("null"),
+        Value::Bool(b) => s.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => s.push_str(&i.to_string()),
+            (_, Some(u), _) => s.push_str(&u.to_string()),
+            (_, _, Some(f)) => s.push_str(&py_float(f)),
+            _ => s.push_str(&n.to_string()),
+        },
+        Value::String(t) => {
+            s.push('"');
+            for c in t.chars() {
+                match c {
+                    '"' => s.push_str("\\\""),
+                    '\\' => s.push_str("\\\\"),
+                    '\n' => s.push_str("\\n"),
+                    '\r' => s.push_str("\\r"),
+                    '\t' => s.push_str("\\t"),
+                    '\u{8}' => s.push_str("\\b"),
+                    '\u{c}' => s.push_str("\\f"),
+                    ' '..='~' => s.push(c),
+                    _ => {
+                        let mut buf = [0u16; 2];
+                        for u in c.encode_utf16(&mut buf) {
+                            s.push_str(&format!("\\u{:04x}", u));
+                        }
+                    }
+                }
+            }
+            s.push('"');
+        }
+        Value::Array(a) => {
+            s.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                write_json(x, s);
+            }
+            s.push(']');
+        }
+        Value::Object(o) => {
+            s.push('{');
+            for (i, (k, x)) in o.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                write_json(&Value::String(k.clone()), s);
+                s.push_str(": ");
+                write_json(x, s);
+            }
+            s.push('}');
+        }
+    }
+}
+
+/// Python's `repr(float)`: the shortest digits that round-trip, fixed
+/// notation for exponents -4..16, else `d.ddde+XX`.
+pub fn py_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let sci = format!("{:e}", f);
+    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i64 = exp.parse().unwrap_or(0);
+    let neg = mant.starts_with('-');
+    let digits: String = mant.chars().filter(char::is_ascii_digit).collect();
+    let sign = if neg { "-" } else { "" };
+    if (-4..16).contains(&exp) {
+        let (int, frac) = if exp >= 0 {
+            let e = exp as usize + 1;
+            if digits.len() > e {
+                (digits[..e].to_string(), digits[e..].to_string())
+            } else {
+                (
+                    format!("{digits}{}", "0".repeat(e - digits.len())),
+                    String::new(),
+                )
+            }
+        } else {
+            (
+                "0".to_string(),
+                format!("{}{digits}", "0".repeat((-exp - 1) as usize)),
+            )
+        };
+        let frac = if frac.is_empty() {
+            "0".to_string()
+        } else {
+            frac
+        };
+        format!("{sign}{int}.{frac}")
+    } else {
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
+        format!(
+            "{sign}{m}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.unsigned_abs()
+        )
+    }
+}
+
+/// Python's `repr()` of a JSON value (`None`, `True`, `'text'`, `[1, 2]`,
+/// `{'k': 1}`).
+fn py_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(b) => if *b { "True" } else { "False" }.into(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => py_float(f),
+            _ => n.to_string(),
+        },
+        Value::String(s) => py_str(s),
+        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, x)| format!("{}: {}", py_str(k), py_repr(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Python's `repr(str)`.
+fn py_str(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (0x7f..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+    out
+}
+
+/// `repr(ExcType('message'))` of a one-argument exception.
+pub(super) fn py_str_repr_exc(ty: &str, message: &str) -> String {
+    format!("{ty}({})", py_str(message))
+}
+
+/// `repr()` of the exception Python rebuilds from a stored exception dict
+/// (`exception_to_python`): `TaskError('boom')`, `NotRegistered`'s own
+/// wording.
+pub fn exc_repr(exc: &Value) -> String {
+    let ty = exc
+        .get("exc_type")
+        .and_then(Value::as_str)
+        .unwrap_or("Exception");
+    let name = ty.rsplit('.').next().unwrap_or(ty);
+    let args: Vec<Value> = match exc.get("exc_message") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => vec![other.clone()],
+        None => vec![Value::String(String::new())],
+    };
+    let module = exc
+        .get("exc_module")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if name == "NotRegistered" && module == "celery.exceptions" {
+        // KeyError's str(): the repr of a lone argument, else the tuple.
+        let inner = match args.as_slice() {
+            [one] => py_repr(one),
+            many => format!(
+                "({})",
+                many.iter().map(py_repr).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return format!("Task of kind {inner} never registered, please make sure it's imported.");
+    }
+    format!(
+        "{name}({})",
+        args.iter().map(py_repr).collect::<Vec<_>>().join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn entries_are_encoded_as_python_writes_them() {
+        assert_eq!(
+            encode_part(
+                "t1",
+                State::Success,
+                &json!([1, 2.5, "é", {"b": null, "a": true}])
+            ),
+            r#"[1, "t1", "SUCCESS", [1, 2.5, "\u00e9", {"a": true, "b": null}]]"#
+        );
+        assert_eq!(
+            encode_part("t", State::Success, &json!("😀\n\u{7f}")),
+            "[1, \"t\", \"SUCCESS\", \"\\ud83d\\ude00\\n\\u007f\"]"
+        );
+        for (f, py) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1.5e-7, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (1e-5, "1e-05"),
+            (-2.5, "-2.5"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (100.0, "100.0"),
+        ] {
+            assert_eq!(py_float(f), py, "{f}");
+        }
+    }
+
+    #[test]
+    fn exceptions_are_worded_as_python_reprs_them() {
+        let e = json!({"exc_type": "TaskError", "exc_message": ["it's \"bad\""], "exc_module": "billiard_host.exceptions"});
+        assert_eq!(exc_repr(&e), r#"TaskError('it\'s "bad"')"#);
+        let e = json!({"exc_type": "TaskRevokedError", "exc_message": ["revoked"], "exc_module": "celery.exceptions"});
+        assert_eq!(exc_repr(&e), "TaskRevokedError('revoked')");
+        let e = json!({"exc_type": "NotRegistered", "exc_message": ["x.y"], "exc_module": "celery.exceptions"});
+        assert_eq!(
+            exc_repr(&e),
+            "Task of kind 'x.y' never registered, please make sure it's imported."
+        );
+    }
+}
