@@ -508,6 +508,23 @@ impl Worker {
                 }
             }
         }
+        // Before the remote control answers: `control rate_limit` changes them.
+        let rates = Arc::new(
+            RateLimits::for_pool(&pool, &opts.rate_limits, &opts.global_rate_limits)
+                .map_err(WorkerError::Config)?,
+        );
+        if let Some(o) = &ops {
+            o.set_rate_limits(rates.clone());
+        }
+        for (task, s) in rates.all() {
+            let show =
+                |r: Option<&rate::Rate>| r.map(rate::Rate::text).unwrap_or("none").to_string();
+            tracing::info!(
+                "rate limit of {task}: {} per worker, {} fleet-wide",
+                show(s.local.as_ref()),
+                show(s.global.as_ref())
+            );
+        }
         // Remote control, events, pool view: subscribed before the startup line.
         let ops_rx = match &ops {
             Some(o) => {
@@ -556,13 +573,6 @@ impl Worker {
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
 
-        let rates = Arc::new(
-            RateLimits::for_pool(&pool, &opts.rate_limits, &opts.global_rate_limits)
-                .map_err(WorkerError::Config)?,
-        );
-        if let Some(o) = &ops {
-            o.set_rate_limits(rates.clone());
-        }
         let rate_link = if opts.global_rate_limits.iter().any(|t| t.rate.is_some()) {
             Some(Link::new(&opts.broker_url, "rate limits")?)
         } else {
