@@ -62,7 +62,7 @@ enum Command {
     /// Write man pages (billiard-host.1 and one per subcommand, e.g.
     /// billiard-host-worker.1) into a directory.
     #[command(
-        after_help = "Example:\n  sudo billiard-host manpages /usr/local/share/man/man1 && man billiard-host-worker"
+        after_help = "Examples:\n  sudo billiard-host manpages /usr/local/share/man/man1\n  billiard-host manpages ./man && man -l ./man/billiard-host-worker.1"
     )]
     Manpages {
         /// The directory to write into (created if missing).
