@@ -340,10 +340,13 @@ impl Chords {
             return Ok(Counted::Waiting);
         };
         let claimed = !v57 || int(3) == Some(1);
-        if v57 {
+        let complete = readycount == size.saturating_add(totaldiff);
+        if v57 && complete {
+            // Once per chord (one more round trip), when its count is
+            // complete: every entry is in .j by then.
             self.check_fleet(io, gid, readycount);
         }
-        if readycount != size.saturating_add(totaldiff) || !claimed {
+        if !complete || !claimed {
             return Ok(Counted::Waiting);
         }
         self.fire(io, part, &token, give_up);

@@ -1359,6 +1359,8 @@ impl Consumer<'_> {
         // too often is a poison message: FAILURE, never run again.
         let (rules, d) = (&self.shared.rules, &mut ctx.delivery);
         if let Some(exc) = redelivery::screen(self.broker.link(), rules, &ctx.task, &task_id, d) {
+            // A poison-capped chord part still counts (issue 23 item 1).
+            ctx.embed = env.body().map(|b| b.embed).unwrap_or_default();
             return Step::Fail(ctx, exc);
         }
         let name = match env.task_name() {
