@@ -724,6 +724,9 @@ impl Pool {
     /// `rule` for a job of `target`: under the pool's default, with the
     /// task's registered retry options over it (`TaskSpec::options`).
     fn task_rule(&self, target: TaskRef, rule: &Arc<retry::Rule>) -> Arc<retry::Rule> {
+        if rule.is_strict() {
+            return rule.clone();
+        }
         let live = self.generation();
         if target.gen != 0 && target.gen != live.gen {
             // Resolved against another generation: its indices may not be

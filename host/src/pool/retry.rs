@@ -85,6 +85,11 @@ impl Rule {
         })
     }
 
+    /// A caller's own policy (task options are not consulted).
+    pub(crate) fn is_strict(&self) -> bool {
+        self.strict
+    }
+
     /// The rule for a job of a task registered with `options`: under a
     /// pool's default, the task's retry options over it (as a Celery
     /// worker's defaults and a task's options combine); a caller's own
