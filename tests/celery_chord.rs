@@ -352,6 +352,42 @@ fn k23_nested_canvas_chain_in_chord_in_chain_and_group_of_chords() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn k23_entries_are_byte_identical_to_pythons() {
+    let Some((redis, _py)) = celery::celery_or_skip("k23_entries_are_byte_identical_to_pythons")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let w = worker(&url, &["-c", "2"]);
+    // The last part waits on a queue nobody consumes: .j keeps the
+    // entries, which are compared with Python's encode() of the same
+    // (id, state, result).
+    let out = py(
+        &url,
+        "r = chord([s('faults.fail', \"é it's\"), s('math.sum', [0.1, 0.2]), s('math.sum', [1e16]),\n\
+         \x20          s('math.square', 3), s('math.square', 4, queue='nobody')])(s('math.sum'))\n\
+         gid = r.parent.id\n\
+         j = app.backend.get_key_for_group(gid, '.j')\n\
+         while app.backend.client.zcard(j) < 4: time.sleep(0.01)\n\
+         want = []\n\
+         for x in r.parent.results[:4]:\n\
+         \x20   m = json.loads(app.backend.client.get(app.backend.get_key_for_task(x.id)))\n\
+         \x20   v = m['result']\n\
+         \x20   if m['status'] != 'SUCCESS':\n\
+         \x20       v = {'exc_type': v['exc_type'], 'exc_message': v['exc_message'], 'exc_module': v['exc_module']}\n\
+         \x20   want.append(app.backend.encode([1, x.id, m['status'], v]))\n\
+         got = [e.decode() for e in app.backend.client.zrange(j, 0, -1)]\n\
+         print(json.dumps({'got': got, 'want': want}))",
+    );
+    assert_eq!(out["got"], out["want"], "{}", w.stderr());
+    assert!(out["got"][1]
+        .as_str()
+        .unwrap()
+        .ends_with("0.30000000000000004]"));
+    assert!(out["got"][2].as_str().unwrap().ends_with("1e+16]"));
+}
+
 // ----- item 1: 5.6 fleets, unordered fleets, wrong settings -------------
 
 /// Sends a chord: `n` parts `math.square` on our queue and, when

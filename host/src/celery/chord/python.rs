@@ -20,13 +20,39 @@ pub fn encode_part(task_id: &str, state: State, result: &Value) -> String {
         State::Received => "RECEIVED",
         State::Pending => "PENDING",
     };
-    let v = Value::Array(vec![
+    let head = Value::Array(vec![
         Value::from(1),
         Value::String(task_id.into()),
         Value::String(state.into()),
-        result.clone(),
     ]);
-    py_json(&v)
+    let mut s = py_json(&head);
+    s.pop();
+    s.push_str(", ");
+    match result {
+        // Python's prepare_exception builds the dict in this order; this
+        // host's maps are sorted.
+        Value::Object(o) if state != "SUCCESS" && o.contains_key("exc_type") => {
+            let first = ["exc_type", "exc_message", "exc_module"];
+            let keys = first
+                .iter()
+                .filter(|k| o.contains_key(**k))
+                .map(|k| k.to_string())
+                .chain(o.keys().filter(|k| !first.contains(&k.as_str())).cloned());
+            s.push('{');
+            for (i, k) in keys.enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                write_json(&Value::String(k.clone()), &mut s);
+                s.push_str(": ");
+                write_json(&o[&k], &mut s);
+            }
+            s.push('}');
+        }
+        other => write_json(other, &mut s),
+    }
+    s.push(']');
+    s
 }
 
 /// `json.dumps(v)` as Python writes it.
@@ -240,6 +266,15 @@ pub fn exc_repr(exc: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_exception_entry_keeps_pythons_key_order() {
+        let e = json!({"exc_type": "TaskError", "exc_message": ["é"], "exc_module": "m"});
+        assert_eq!(
+            encode_part("t", State::Failure, &e),
+            r#"[1, "t", "FAILURE", {"exc_type": "TaskError", "exc_message": ["\u00e9"], "exc_module": "m"}]"#
+        );
+    }
 
     #[test]
     fn entries_are_encoded_as_python_writes_them() {
