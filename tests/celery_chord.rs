@@ -388,6 +388,45 @@ fn k23_entries_are_byte_identical_to_pythons() {
     assert!(out["got"][2].as_str().unwrap().ends_with("1e+16]"));
 }
 
+#[test]
+fn k23_hostile_chord_messages_cost_only_their_chord() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("k23_hostile_chord_messages_cost_only_their_chord")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let w = worker(&url, &["-c", "2"]);
+    // Parts whose chord is not a signature, whose size is not a number,
+    // whose group_index is past i64, nested past serde's depth: each is
+    // answered, nothing crashes, and a real chord still completes.
+    let out = py(
+        &url,
+        "c = app.backend.client\n\
+         c.set('celery-taskset-meta-g1.s', 1); c.set('celery-taskset-meta-g2.s', 'abc')\n\
+         c.set('celery-taskset-meta-g4.s', 1)\n\
+         deep = 1\n\
+         for _ in range(400): deep = [deep]\n\
+         body = s('math.sum', task_id='b4', group_id='g4')\n\
+         ids = [app.send_task('math.square', args=[2], group_id='g1', group_index=0, chord=42).id,\n\
+         \x20      app.send_task('math.square', args=[2], group_id='g2', group_index=0, chord={'task': 5}).id,\n\
+         \x20      app.send_task('math.square', args=[2], group_id='g3', group_index=0, chord=deep).id,\n\
+         \x20      app.send_task('math.square', args=[2], group_id='g4', group_index=2**70, chord=body).id]\n\
+         states = [app.AsyncResult(i).get(propagate=False, timeout=60) and app.AsyncResult(i).state for i in ids]\n\
+         b4 = app.AsyncResult('b4').get(timeout=60)\n\
+         r = chord([s('math.square', i) for i in range(1, 6)])(s('math.sum')).get(timeout=60)\n\
+         print(json.dumps({'states': states, 'b4': b4, 'r': r}))",
+    );
+    assert_eq!(out["b4"], json!(4.0), "{}", w.stderr());
+    assert_eq!(out["r"], json!(55.0), "{}", w.stderr());
+    assert_eq!(out["states"][0], "SUCCESS");
+    assert!(
+        w.stderr().contains("chord g1: its body is not a signature"),
+        "{}",
+        w.stderr()
+    );
+}
+
 // ----- item 1: 5.6 fleets, unordered fleets, wrong settings -------------
 
 /// Sends a chord: `n` parts `math.square` on our queue and, when
