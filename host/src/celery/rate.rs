@@ -302,59 +302,100 @@ impl Setting {
 /// The worker's rate limits: shared by the consumer ([`Limiter`]) and the
 /// remote control (which changes them).
 pub struct RateLimits {
+    state: Mutex<State>,
+    generation: AtomicU64,
+}
+
+/// The sources of the limits, kept apart so that a reload of the plugins
+/// (SIGHUP) replaces only the tasks' own options: the effective per-worker
+/// limit is the control's, else the flag's, else the option's.
+#[derive(Default)]
+struct State {
     /// Every name a task answers to → its `plugin.task` name.
     names: HashMap<String, String>,
-    table: Mutex<BTreeMap<String, Setting>>,
-    generation: AtomicU64,
+    /// The tasks' own `#[task(rate_limit = ...)]`.
+    option: BTreeMap<String, Rate>,
+    /// `--rate-limit` (`None`: no limit, over the option).
+    flag: BTreeMap<String, Option<Rate>>,
+    /// `--global-rate-limit`.
+    global: BTreeMap<String, Option<Rate>>,
+    /// `control rate_limit` (`None`: disabled, over flag and option).
+    control: BTreeMap<String, Option<Rate>>,
+}
+
+impl State {
+    fn get(&self, task: &str) -> Setting {
+        let local = match (self.control.get(task), self.flag.get(task)) {
+            (Some(r), _) | (None, Some(r)) => r.clone(),
+            (None, None) => self.option.get(task).cloned(),
+        };
+        Setting {
+            local,
+            global: self.global.get(task).cloned().flatten(),
+        }
+    }
+}
+
+/// The names the tasks of `pool` answer to (`plugin.task`, and the bare
+/// name when one plugin has it) and their own rate-limit options; a
+/// task's option out of range is an error naming it.
+fn tasks_of(pool: &Pool) -> (HashMap<String, String>, BTreeMap<String, Rate>, Vec<String>) {
+    let mut names = HashMap::new();
+    let mut bare: HashMap<String, Vec<String>> = HashMap::new();
+    let mut option = BTreeMap::new();
+    let mut refused = Vec::new();
+    for p in pool.plugins().iter() {
+        for t in &p.tasks {
+            let full = format!("{}.{}", p.name, t.name);
+            // The task's own `#[task(rate_limit = "...")]`: the plugin
+            // checked its syntax; the range is checked here, as for a flag
+            // (a plugin may be hostile).
+            if let Some(text) = &t.options.rate_limit {
+                match parse(text) {
+                    Ok(Some(r)) => {
+                        option.insert(full.clone(), r);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        refused.push(format!("task {full}: its rate_limit option {text:?}: {e}"))
+                    }
+                }
+            }
+            names.insert(full.clone(), full.clone());
+            bare.entry(t.name.clone()).or_default().push(full);
+        }
+    }
+    for (b, fulls) in bare {
+        if let [one] = fulls.as_slice() {
+            names.entry(b).or_insert_with(|| one.clone());
+        }
+    }
+    (names, option, refused)
 }
 
 impl RateLimits {
     /// The limits of the tasks `pool` serves: `local` then `global` flags
     /// over the tasks' own options (later wins). An unknown task name is
-    /// an error naming it (and the closest served name).
+    /// an error naming it (and the closest served name), as is a task's
+    /// option out of range.
     pub fn for_pool(
         pool: &Pool,
         local: &[TaskRate],
         global: &[TaskRate],
     ) -> Result<RateLimits, String> {
-        let mut names = HashMap::new();
-        let mut bare: HashMap<String, Vec<String>> = HashMap::new();
-        let mut table = BTreeMap::new();
-        for p in pool.plugins().iter() {
-            for t in &p.tasks {
-                let full = format!("{}.{}", p.name, t.name);
-                // The task's own `#[task(rate_limit = "...")]`: the plugin
-                // checked its syntax; the range is checked here, as for a
-                // flag (a plugin may be hostile).
-                if let Some(text) = &t.options.rate_limit {
-                    let local = parse(text)
-                        .map_err(|e| format!("task {full}: its rate_limit option {text:?}: {e}"))?;
-                    table.insert(
-                        full.clone(),
-                        Setting {
-                            local,
-                            global: None,
-                        },
-                    );
-                }
-                names.insert(full.clone(), full.clone());
-                bare.entry(t.name.clone()).or_default().push(full);
-            }
+        let (names, option, refused) = tasks_of(pool);
+        if let Some(first) = refused.into_iter().next() {
+            return Err(first);
         }
-        for (b, fulls) in bare {
-            if let [one] = fulls.as_slice() {
-                names.entry(b).or_insert_with(|| one.clone());
-            }
-        }
-        let me = RateLimits {
+        let mut st = State {
             names,
-            table: Mutex::new(table),
-            generation: AtomicU64::new(0),
+            option,
+            ..State::default()
         };
         for (flag, list) in [("--rate-limit", local), ("--global-rate-limit", global)] {
             for tr in list {
-                let Some(task) = me.canonical(&tr.task).map(str::to_string) else {
-                    let near = crate::closest_name(&tr.task, me.names.keys().map(String::as_str));
+                let Some(task) = st.names.get(&tr.task).cloned() else {
+                    let near = crate::closest_name(&tr.task, st.names.keys().map(String::as_str));
                     return Err(format!(
                         "{flag} {}: no loaded plugin has this task{}",
                         tr.task,
@@ -362,39 +403,64 @@ impl RateLimits {
                             .unwrap_or_default()
                     ));
                 };
-                let mut t = me.table.lock().unwrap_or_else(|e| e.into_inner());
-                let s = t.entry(task).or_default();
                 if flag == "--rate-limit" {
-                    s.local = tr.rate.clone();
+                    st.flag.insert(task, tr.rate.clone());
                 } else {
-                    s.global = tr.rate.clone();
+                    st.global.insert(task, tr.rate.clone());
                 }
             }
         }
-        Ok(me)
+        Ok(RateLimits {
+            state: Mutex::new(st),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a reload of the plugins (SIGHUP): the names the tasks answer
+    /// to and their own options are read again (flags and `control
+    /// rate_limit` still win); an option now out of range is logged and
+    /// not applied.
+    pub fn reload(&self, pool: &Pool) {
+        let (names, option, refused) = tasks_of(pool);
+        for r in refused {
+            tracing::error!("after the reload, {r}: not applied");
+        }
+        {
+            let mut st = self.state();
+            st.names = names;
+            st.option = option;
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The `plugin.task` name `name` stands for, if it is served.
-    pub fn canonical(&self, name: &str) -> Option<&str> {
-        self.names.get(name).map(String::as_str)
+    pub fn canonical(&self, name: &str) -> Option<String> {
+        self.state().names.get(name).cloned()
     }
 
     /// The limits of `task` (a `plugin.task` name).
     pub fn get(&self, task: &str) -> Setting {
-        self.table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(task)
-            .cloned()
-            .unwrap_or_default()
+        self.state().get(task)
     }
 
     /// Every task with a limit.
     pub fn all(&self) -> BTreeMap<String, Setting> {
-        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        t.iter()
+        let st = self.state();
+        let tasks: std::collections::BTreeSet<&String> = st
+            .option
+            .keys()
+            .chain(st.flag.keys())
+            .chain(st.global.keys())
+            .chain(st.control.keys())
+            .collect();
+        tasks
+            .into_iter()
+            .map(|t| (t.clone(), st.get(t)))
             .filter(|(_, s)| s.limited())
-            .map(|(k, s)| (k.clone(), s.clone()))
             .collect()
     }
 
@@ -403,18 +469,16 @@ impl RateLimits {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Sets the per-worker limit of `task` (any name it answers to);
-    /// false when no loaded plugin has it.
+    /// Sets the per-worker limit of `task` (any name it answers to), over
+    /// its flag and its option; false when no loaded plugin has it.
     pub fn set_local(&self, task: &str, rate: Option<Rate>) -> bool {
-        let Some(task) = self.canonical(task).map(str::to_string) else {
-            return false;
-        };
-        self.table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(task)
-            .or_default()
-            .local = rate;
+        {
+            let mut st = self.state();
+            let Some(task) = st.names.get(task).cloned() else {
+                return false;
+            };
+            st.control.insert(task, rate);
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
         true
     }
@@ -561,14 +625,39 @@ mod tests {
             .map(|n| (n.to_string(), n.to_string()))
             .collect();
         let me = RateLimits {
-            names,
-            table: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(State {
+                names,
+                ..State::default()
+            }),
             generation: AtomicU64::new(0),
         };
         for (t, r) in local {
             assert!(me.set_local(t, parse(r).unwrap()));
         }
         Arc::new(me)
+    }
+
+    #[test]
+    fn the_control_wins_over_the_flag_which_wins_over_the_option() {
+        let mut st = State::default();
+        st.names.insert("math.square".into(), "math.square".into());
+        st.names.insert("square".into(), "math.square".into());
+        st.option
+            .insert("math.square".into(), parse("10/s").unwrap().unwrap());
+        let me = RateLimits {
+            state: Mutex::new(st),
+            generation: AtomicU64::new(0),
+        };
+        let local = |me: &RateLimits| me.get("math.square").local.map(|r| r.text().to_string());
+        assert_eq!(local(&me).as_deref(), Some("10/s"));
+        me.state().flag.insert("math.square".into(), None);
+        assert_eq!(local(&me), None);
+        assert!(me.all().is_empty());
+        assert!(me.set_local("square", parse("3/m").unwrap()));
+        assert_eq!(local(&me).as_deref(), Some("3/m"));
+        assert_eq!(me.generation(), 1);
+        assert!(!me.set_local("nope", None));
+        assert_eq!(me.canonical("square").as_deref(), Some("math.square"));
     }
 
     #[test]

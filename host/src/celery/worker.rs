@@ -1063,7 +1063,12 @@ impl Consumer<'_> {
             Control::Cold => true,
             Control::Restart => {
                 match self.pool.restart() {
-                    Ok(()) => tracing::warn!("rolling restart: reloading the plugins"),
+                    Ok(()) => {
+                        tracing::warn!("rolling restart: reloading the plugins");
+                        // The reloaded plugins' task names and own rate
+                        // limits (flags and `control rate_limit` still win).
+                        self.limiter.rates().reload(self.pool);
+                    }
                     Err(e) => tracing::error!("cannot restart the pool: {e}"),
                 }
                 false
