@@ -535,3 +535,43 @@ fn k23_reject_with_and_without_requeue_and_ignore() {
         "{log}"
     );
 }
+
+#[test]
+fn k23_a_retry_message_redis_refuses_stores_the_failure_as_final() {
+    let Some((redis, _python)) =
+        celery::celery_or_skip("k23_a_retry_message_redis_refuses_stores_the_failure_as_final")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("k23-unsent");
+    let runs = dir.join("runs");
+    // A priority-9 message found on the priority-0 list of `celery`: its
+    // retry goes to `celery`'s priority-9 list, which holds a string.
+    let id = py(
+        &url,
+        &format!(
+            "print(json.dumps(app.send_task('faults.flaky_with', args=[{}, 5, 0, None], \
+             queue='staging', priority=9).id))",
+            path_json(&runs)
+        ),
+    );
+    let raw = redis.cmd(&["RPOP", "staging\x06\x169"]);
+    assert!(!raw.is_nil(), "the message was sent at priority 9");
+    redis.cmd(&["SET", "celery\x06\x169", "not a list"]);
+    redis.cmd(&[b"LPUSH".as_slice(), b"celery", raw.bytes()]);
+    let w = worker(&url, &["-c", "1"]);
+    let meta = final_meta(&redis, id.as_str().unwrap());
+    assert_eq!(meta["status"], "FAILURE", "{meta}");
+    let text = meta["result"]["exc_message"][0].as_str().unwrap();
+    assert!(
+        text.contains("its retry could not be sent: Redis refused"),
+        "{text}"
+    );
+    assert_eq!(lines(&runs), 1);
+    assert!(
+        w.stderr().contains("Redis refused its retry message"),
+        "{}",
+        w.stderr()
+    );
+}

@@ -97,6 +97,17 @@ fn a_retry_rewrites_only_what_celerys_retry_changes() {
 }
 
 #[test]
+fn c4_a_retry_keeps_stamps_nested_deeper_than_a_json_tree_goes() {
+    let deep = format!("{}\"x\"{}", "[".repeat(300), "]".repeat(300));
+    let msg = MSG.replace("[[[\"deep\"]]]", &deep);
+    let json = retry_envelope(msg.as_bytes(), "t-1", 2, Utc::now()).unwrap();
+    assert!(json.contains(&deep), "the stamps went on as they came");
+    let r = Envelope::read(json.as_bytes()).unwrap();
+    assert_eq!(r.envelope.headers.retries, 2);
+    assert!(r.refused.is_none(), "{:?}", r.refused);
+}
+
+#[test]
 fn an_envelope_json_cannot_hold_is_rebuilt_from_the_tolerant_reading() {
     let nan = MSG.replace("\"mine\": \"kept\"", "\"mine\": NaN");
     let json = retry_envelope(nan.as_bytes(), "t-1", 2, Utc::now()).unwrap();
