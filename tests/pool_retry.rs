@@ -336,5 +336,44 @@ fn k23_hostile_retry_requests_are_bounded() {
     assert_eq!(h.get().unwrap_err().kind, ErrorKind::BadArgs);
     assert_eq!(h.attempts(), None);
     assert_eq!(pool.stats().unwrap().waiting_retry, 0);
-    pool.join().unwrap();
+    // A job's own policy out of range ends that job (bad_args, naming it);
+    // a stream's is bounded, and an unchecked backoff never panics.
+    let h = pool
+        .apply_async_with::<_, u64>(
+            "faults",
+            "square",
+            (3u64,),
+            JobOptions::default().retry_policy(RetryPolicy {
+                delay: Duration::MAX,
+                ..quick(1)
+            }),
+        )
+        .unwrap();
+    let e = h.get().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadArgs);
+    assert!(e.message.contains("retry_policy's delay"), "{e}");
+    let wild = RetryPolicy {
+        backoff: Some(billiard_host::retry::Backoff {
+            factor: Duration::MAX,
+            max: Duration::MAX,
+            jitter: false,
+        }),
+        ..quick(1)
+    };
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut imap = pool
+                .imap::<_, u64>("faults", "panic", ["x".to_string()], 1)
+                .unwrap()
+                .retry_policy(Some(wild));
+            imap.next_with_attempts().unwrap()
+        });
+        // The retry waits (10 years at most): end it through the pool.
+        until_waiting(&pool, 1);
+        pool.terminate_now();
+        let (r, a) = reader.join().unwrap();
+        assert_eq!(r.unwrap_err().kind, ErrorKind::Terminated);
+        assert_eq!(a.map(|a| a.count), Some(2));
+    });
+    let _ = pool.join();
 }

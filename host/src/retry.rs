@@ -102,7 +102,9 @@ impl RetryPolicy {
         let secs = b.factor.as_secs_f64() * doubled as f64;
         let capped = secs.min(b.max.as_secs_f64()).max(0.0);
         if !b.jitter {
-            return Duration::from_secs_f64(capped);
+            // Never panics: a factor or max past what Duration holds (a
+            // policy built in code, unchecked) saturates.
+            return Duration::try_from_secs_f64(capped).unwrap_or(Duration::MAX);
         }
         // Celery draws whole seconds: random.randrange(countdown + 1).
         let whole = capped.floor() as u64;
@@ -182,6 +184,18 @@ mod tests {
         let got: Vec<u64> = (0..5).map(|r| p.countdown(r).as_secs()).collect();
         assert_eq!(got, [2, 4, 8, 10, 10]);
         assert_eq!(p.countdown(u32::MAX), Duration::from_secs(10));
+        // Durations no setting would accept do not panic.
+        for jitter in [false, true] {
+            let p = RetryPolicy {
+                backoff: Some(Backoff {
+                    factor: Duration::MAX,
+                    max: Duration::MAX,
+                    jitter,
+                }),
+                ..RetryPolicy::default()
+            };
+            let _ = p.countdown(u32::MAX);
+        }
     }
 
     #[test]

@@ -775,6 +775,19 @@ impl Pool {
             cancelled: false,
             delivered: 0,
         };
+        if let retry::Choice::Exactly(p) = choice {
+            // A job's own policy is checked as its limits are: out of
+            // range, the job ends `bad_args` naming the setting.
+            if let Err(e) = retry::check_policy(p) {
+                let mut d = d;
+                d.fail_rest(|_| TaskError::new(ErrorKind::BadArgs, e.clone()));
+                return Ok(RawResult {
+                    id,
+                    slot,
+                    waker_key: None,
+                });
+            }
+        }
         if let Some(rule) = self.retry_rule(choice) {
             let rule = self.task_rule(target, &rule);
             slot.set_retry(retry::SlotRetry::new(&self.retries, rule, &d, &slot));
@@ -1371,7 +1384,8 @@ impl<R> JobOptions<R> {
     /// Retries this job as `policy` says instead of by the pool's default
     /// (see [`PoolBuilder::retry_policy`]); here `max_retries` is a hard
     /// cap, also on the retries the task asks for. The callbacks run once,
-    /// with the final outcome.
+    /// with the final outcome. A duration past
+    /// [`crate::bounds::MAX_DURATION`] ends the job `bad_args`.
     pub fn retry_policy(mut self, policy: crate::retry::RetryPolicy) -> Self {
         self.retry = retry::Choice::Exactly(policy);
         self

@@ -308,6 +308,7 @@ impl<'p> RawStream<'p> {
     /// for. A failed item of a chunk is retried alone (the rest of the
     /// chunk keeps its results); an ordered stream waits for it. Call it
     /// before the first item is read (jobs already sent keep their policy).
+    /// A delay past [`crate::bounds::MAX_DURATION`] waits that long.
     pub fn retry_policy(mut self, policy: Option<crate::retry::RetryPolicy>) -> Self {
         let choice = match policy {
             Some(p) => Choice::Exactly(p),
