@@ -483,6 +483,24 @@ print(json.dumps(app.send_task('math.add', args=[2, 3], queue='slow').get(timeou
         &[],
     );
     assert_eq!(add, json!(5));
+    // A rolling restart (SIGHUP) re-reads the plugins' names and options;
+    // the flag's limit holds on: a message taken after the reload runs,
+    // the two still wait.
+    w.signal(nix::sys::signal::Signal::SIGHUP);
+    celery::wait_until("the rolling restart", celery::DEADLINE, || {
+        w.stderr().contains("rolling restart")
+    });
+    let add = celery::python_json(
+        &format!(
+            "{}\nprint(json.dumps(app.send_task('math.add', args=[3, 4], queue='slow').get(timeout=60)))",
+            celery::py_app(&url)
+        ),
+        &[],
+    );
+    assert_eq!(add, json!(7));
+    for id in &ids[1..] {
+        assert!(redis.task_meta(id).is_none(), "{id} ran after the reload");
+    }
     // A warm stop does not wait an hour: they go back to their queue now.
     w.signal(nix::sys::signal::Signal::SIGTERM);
     let status = w.wait_timeout(celery::DEADLINE);
