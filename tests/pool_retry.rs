@@ -377,3 +377,39 @@ fn k23_hostile_retry_requests_are_bounded() {
     });
     let _ = pool.join();
 }
+
+#[test]
+fn k23_terminate_job_by_its_first_id_ends_a_running_retry() {
+    // Every attempt passes its 300 ms hard limit and is retried at once:
+    // once a retry runs, terminate_job with the id the caller holds ends
+    // the job, whichever attempt it is at (running, queued or waiting).
+    let pool = builder(1).build().unwrap();
+    let h = pool
+        .apply_async_with::<_, u64>(
+            "faults",
+            "sleep_ms",
+            (60_000u64,),
+            JobOptions::default()
+                .time_limit(Duration::from_millis(300))
+                .retry_policy(RetryPolicy {
+                    on: vec![ErrorKind::TimeLimit],
+                    ..quick(1000)
+                }),
+        )
+        .unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(20), || pool
+            .stats()
+            .is_ok_and(|s| s.retried >= 1 && s.running == 1)),
+        "{:?}",
+        pool.stats()
+    );
+    assert!(pool.terminate_job(h.id()).unwrap());
+    let e = h.get().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Terminated, "{e}");
+    let a = h.attempts().expect("retried");
+    assert!(a.count >= 2, "{a:?}");
+    assert!(a.failures.iter().all(|f| f.kind == ErrorKind::TimeLimit));
+    assert_eq!(pool.stats().unwrap().waiting_retry, 0);
+    pool.join().unwrap();
+}
