@@ -37,8 +37,9 @@ pub struct RetryFlags {
     /// default_retry_delay, default 3m; 0 is allowed).
     #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
     default_retry_delay: Option<Duration>,
-    /// Exponential backoff between automatic retries, from this first delay
-    /// (Celery's retry_backoff: D, 2D, 4D, ... up to --retry-backoff-max).
+    /// Exponential backoff between retries whose countdown the task does not
+    /// set, from this first delay (Celery's retry_backoff: D, 2D, 4D, ... up
+    /// to --retry-backoff-max).
     #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
     retry_backoff: Option<Duration>,
     /// The longest backoff delay (Celery's retry_backoff_max, default 10m).
