@@ -462,3 +462,70 @@ fn k23_retry_flags_are_checked_where_they_enter() {
     ]);
     assert_eq!(one(&out), json!({"index": 0, "ok": 4}));
 }
+
+#[test]
+fn k23_a_chunk_whose_worker_dies_is_retried_item_by_item() {
+    // Without a time limit a chunk runs in one call: when its third job
+    // kills the worker, every job of the chunk ends worker_lost. Retried,
+    // each runs alone: only the culprit dies again.
+    let hostile = plugin_str("hostile");
+    let out = base(&[
+        &hostile,
+        "--task",
+        "kill_pid",
+        "--input",
+        "-",
+        "--chunksize",
+        "4",
+        "-w",
+        "1",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "0s",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .and_then(|mut c| {
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"[0, 0]\n[0, 0]\n[0, 11]\n[0, 0]\n")?;
+        c.wait_with_output()
+    })
+    .unwrap();
+    assert_eq!(exit_code(&out), 1, "{}", stderr(&out));
+    let rs = common::json_lines(&stdout(&out));
+    assert_eq!(rs.len(), 4, "{rs:?}");
+    for (i, r) in rs.iter().enumerate() {
+        assert_eq!(r["index"], i as u64, "{r}");
+        assert_eq!(r["attempts"], 2, "{r}");
+        assert_eq!(kinds(r), ["worker_lost"], "{r}");
+        if i == 2 {
+            assert_eq!(r["error"]["kind"], "worker_lost", "{r}");
+        } else {
+            assert_eq!(r["ok"], 0, "{r}");
+        }
+    }
+
+    // A streaming job whose items went out is not run again (its items
+    // would be sent twice): its failure is final.
+    let out = run(&[
+        &hostile,
+        "--task",
+        "emit_then_segv",
+        "--args",
+        "[3]",
+        "--retries",
+        "2",
+    ]);
+    let rs = common::json_lines(&stdout(&out));
+    let items: Vec<&Value> = rs.iter().filter(|r| r.get("item").is_some()).collect();
+    assert_eq!(items.len(), 3, "{rs:?}");
+    let last = rs.last().unwrap();
+    assert_eq!(last["error"]["kind"], "worker_lost", "{last}");
+    assert!(last.get("attempts").is_none(), "{last}");
+}
