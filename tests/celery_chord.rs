@@ -328,11 +328,18 @@ fn k23_nested_canvas_chain_in_chord_in_chain_and_group_of_chords() {
          b = g.get(timeout=60)\n\
          t = chain(chord([s('math.square', 1), s('math.square', 2)], s('math.sum')),\n\
          \x20         s('py.double', queue='py')).apply_async().get(timeout=60)\n\
-         print(json.dumps({'a': a, 'b': b, 't': t}))",
+         gc = chord([group(s('math.square', 1), s('math.square', 2)), s('math.square', 3)],\n\
+         \x20          s('math.sum')).apply_async().get(timeout=60)\n\
+         cb = chord([s('math.square', 1), s('math.square', 2)],\n\
+         \x20          chain(s('math.sum'), s('py.double', queue='py'))).apply_async().get(timeout=60)\n\
+         print(json.dumps({'a': a, 'b': b, 't': t, 'gc': gc, 'cb': cb}))",
     );
     assert_eq!(out["a"], json!(544.0), "{}", w.stderr());
     assert_eq!(out["b"], json!([5.0, 9.0]), "{}", w.stderr());
     assert_eq!(out["t"], json!(10.0), "{}", w.stderr());
+    // A group in a header (the client flattens it), a chain as the body.
+    assert_eq!(out["gc"], json!(14.0), "{}", w.stderr());
+    assert_eq!(out["cb"], json!(10.0), "{}", w.stderr());
     // A chain in a header whose first step fails: the chain's chord step
     // is failed too, so the chord ends with ChordError, not a hang.
     let out = py(
@@ -547,6 +554,16 @@ fn k23_wrong_chord_settings_are_named_once_never_miscounted() {
     let w = worker(&url, &["-c", "1"]);
     wait_until("the mixed fleet to be named", DEADLINE, || {
         w.stderr().contains("--chord-protocol 5.6")
+    });
+    // And the other way round: a 5.6-configured host meets a 5.7 worker's
+    // dedup set on a chord it completes.
+    drop(w);
+    let sent = send_chord(&url, 1, false);
+    let gid = sent["gid"].as_str().unwrap();
+    redis.cmd(&["SADD", &format!("celery-taskset-meta-{gid}.d"), "x:7"]);
+    let w = worker(&url, &["-c", "1", "--chord-protocol", "5.6"]);
+    wait_until("the 5.7 fleet to be named", DEADLINE, || {
+        w.stderr().contains("--chord-protocol 5.7")
     });
 }
 

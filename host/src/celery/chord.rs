@@ -341,7 +341,7 @@ impl Chords {
         };
         let claimed = !v57 || int(3) == Some(1);
         let complete = readycount == size.saturating_add(totaldiff);
-        if v57 && complete {
+        if complete {
             // Once per chord (one more round trip), when its count is
             // complete: every entry is in .j by then.
             self.check_fleet(io, gid, readycount);
@@ -451,6 +451,20 @@ impl Chords {
         let dedup: Result<i64, BrokerError> = io
             .results()
             .run(|c| redis::cmd("SCARD").arg(key(gid, ".d")).query(c));
+        if self.opts.protocol == ChordProtocol::V56 {
+            // With 5.6 this host writes no .d: one there is a 5.7
+            // worker's, which counts the same chord with the scripts.
+            if dedup.is_ok_and(|n| n > 0) {
+                self.warn_once("chord-fleet-57", || {
+                    format!(
+                        "chord {gid}: Celery 5.7 workers count parts of the same chords (its \
+                         dedup set {GROUP_KEY_PREFIX}{gid}.d exists): start every billiard-host \
+                         worker with --chord-protocol 5.7 (the default) once the fleet runs 5.7"
+                    )
+                });
+            }
+            return;
+        }
         if let Ok(n) = dedup {
             if n < readycount {
                 self.warn_once("chord-fleet-56", || {
