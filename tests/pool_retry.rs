@@ -127,6 +127,36 @@ fn k23_map_and_imap_retry_failed_items_in_order() {
             .map(|i| if i % 7 == 3 { 2 } else { 1 })
             .collect::<Vec<_>>()
     );
+    // map_async collects items whose final outcome came after retries
+    // (every one fails here: the first failure in input order is the
+    // map's, after each item ran three times).
+    let before = pool
+        .stats()
+        .unwrap()
+        .failed
+        .get(&ErrorKind::TaskError)
+        .copied();
+    let m = pool
+        .map_async::<_, u64>(
+            "faults",
+            "fail",
+            ["a", "b", "c", "d", "e"].map(String::from),
+            2,
+        )
+        .unwrap();
+    let e = m.get().unwrap_err();
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::TaskError, "a"));
+    let after = pool
+        .stats()
+        .unwrap()
+        .failed
+        .get(&ErrorKind::TaskError)
+        .copied();
+    assert_eq!(
+        after.unwrap_or(0) - before.unwrap_or(0),
+        15,
+        "5 items, 3 runs each"
+    );
     // imap with the attempts of each item, under a policy of its own.
     let mut imap = pool
         .imap::<_, u32>("faults", "square", 0..4u64, 2)
