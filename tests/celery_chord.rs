@@ -366,7 +366,7 @@ fn k23_entries_are_byte_identical_to_pythons() {
         return;
     };
     let url = redis.url();
-    let w = worker(&url, &["-c", "2"]);
+    let w = worker(&url, &["-c", "2", "--result-chord-expires", "90s"]);
     // The last part waits on a queue nobody consumes: .j keeps the
     // entries, which are compared with Python's encode() of the same
     // (id, state, result).
@@ -385,7 +385,8 @@ fn k23_entries_are_byte_identical_to_pythons() {
          \x20       v = {'exc_type': v['exc_type'], 'exc_message': v['exc_message'], 'exc_module': v['exc_module']}\n\
          \x20   want.append(app.backend.encode([1, x.id, m['status'], v]))\n\
          got = [e.decode() for e in app.backend.client.zrange(j, 0, -1)]\n\
-         print(json.dumps({'got': got, 'want': want}))",
+         ttls = [app.backend.client.ttl(app.backend.get_key_for_group(gid, k)) for k in ('.j', '.d', '.s')]\n\
+         print(json.dumps({'got': got, 'want': want, 'ttls': ttls}))",
     );
     assert_eq!(out["got"], out["want"], "{}", w.stderr());
     assert!(out["got"][1]
@@ -393,6 +394,11 @@ fn k23_entries_are_byte_identical_to_pythons() {
         .unwrap()
         .ends_with("0.30000000000000004]"));
     assert!(out["got"][2].as_str().unwrap().ends_with("1e+16]"));
+    // --result-chord-expires (Celery 5.7's result_chord_expires).
+    for ttl in out["ttls"].as_array().unwrap() {
+        let t = ttl.as_i64().unwrap();
+        assert!((1..=90).contains(&t), "{}", out["ttls"]);
+    }
 }
 
 #[test]

@@ -368,6 +368,10 @@ impl Worker {
         // A result expiry SETEX would refuse fails every store: refuse it
         // here (C8).
         broker::ttl_secs(opts.result_expires).map_err(|e| WorkerError::Config(e.to_string()))?;
+        if let Some(d) = opts.chord.expires {
+            broker::ttl_secs(d)
+                .map_err(|e| WorkerError::Config(format!("--result-chord-expires: {e}")))?;
+        }
         opts.redelivery.check().map_err(WorkerError::Config)?;
         // Fail early on a URL that cannot work.
         broker::client(&opts.broker_url)?;
