@@ -217,6 +217,13 @@ out["registered"] = [l for l in registered() if l.startswith(("math.square", "fa
 rs = [app.send_task("math.square", args=[i], queue="ctl") for i in range(9)]
 assert [r.get(timeout=60) for r in rs] == [i * i for i in range(9)]
 out["done"] = sorted(r.date_done.timestamp() for r in rs)
+# Messages already waiting follow a new rate at once.
+out["slow"] = rl("math.square", "1/h")
+rs = [app.send_task("math.square", args=[i], queue="ctl") for i in range(3)]
+rs[0].get(timeout=60)
+out["waiting"] = [r.state for r in rs[1:]]
+out["fast"] = rl("math.square", "50/s")
+assert [r.get(timeout=60) for r in rs] == [0, 1, 4]
 out["disabled"] = rl("math.square", None)
 out["registered_after"] = [l for l in registered() if l.startswith("math.square")]
 print(json.dumps(out))
@@ -257,6 +264,17 @@ print(json.dumps(out))
     );
     let (rate, span) = measured_rate(&out["done"]);
     within_10_percent("control rate_limit 2/s", rate, 2.0, span);
+    // A token of a fresh bucket for the first, two waiting for an hour,
+    // then released by the new rate (the get() above returned).
+    assert_eq!(
+        out["slow"],
+        json!({"ok": "new rate limit set successfully"})
+    );
+    assert_eq!(out["waiting"], json!(["PENDING", "PENDING"]));
+    assert_eq!(
+        out["fast"],
+        json!({"ok": "new rate limit set successfully"})
+    );
     assert_eq!(
         out["disabled"],
         json!({"ok": "rate limit disabled successfully"})
