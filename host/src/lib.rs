@@ -33,6 +33,7 @@ pub mod retry;
 pub mod sandbox;
 pub mod service;
 pub mod task_options;
+pub mod task_schema;
 // Not part of the API: public (hidden) for the arena fuzzing in tests/.
 #[doc(hidden)]
 pub mod shm;

@@ -17,6 +17,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{ErrorKind, TaskError};
 use crate::task_options::TaskOptions;
+use crate::task_schema::TaskSchema;
 
 /// Why a plugin file could not be loaded. Always names the file.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +71,11 @@ pub struct TaskSpec {
     /// options existed.
     #[serde(default)]
     pub options: TaskOptions,
+    /// JSON Schemas of its argument array and its result, derived by
+    /// `#[task]` from the task's types (issue 28 item 9); `None` (`null`)
+    /// for a plugin built before schemas existed: unknown, not "anything".
+    #[serde(default)]
+    pub schema: Option<TaskSchema>,
 }
 
 impl TaskSpec {
@@ -485,8 +491,21 @@ impl Plugin {
                 streaming: t.streaming,
                 item: t.streaming.then(|| t.item.to_string()),
                 options: TaskOptions::default(),
+                schema: None,
             })
             .collect::<Vec<TaskSpec>>();
+        // Appended too: absent in older plugins (their schemas stay None).
+        if let Some(schema_of) = module.task_schema() {
+            let mut text = RVec::new();
+            for (i, t) in tasks.iter_mut().enumerate() {
+                let Ok(i) = u32::try_from(i) else { break };
+                // A plugin that cannot say, or says nonsense, has none
+                // (a schema only describes; nothing runs on it).
+                schema_of(i, &mut text);
+                t.schema = TaskSchema::from_plugin(text.as_slice());
+                text.clear();
+            }
+        }
         if let Some(o) = options {
             for (t, text) in tasks.iter_mut().zip(o.iter()) {
                 t.options = TaskOptions::from_plugin(text.as_str())

@@ -552,6 +552,7 @@ mod tests {
             streaming: false,
             item: None,
             options: Default::default(),
+            schema: None,
         };
         let plugin = |p: usize| PluginInfo {
             path: format!("/plugins/p{p}.so").into(),

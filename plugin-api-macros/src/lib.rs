@@ -133,6 +133,18 @@ fn result_ok_type(ty: &Type) -> Option<&Type> {
     }
 }
 
+/// The type has an `impl Trait` somewhere (it cannot be named in a path).
+fn mentions_impl(ty: &Type) -> bool {
+    fn walk(ts: TokenStream2) -> bool {
+        ts.into_iter().any(|t| match t {
+            proc_macro2::TokenTree::Ident(i) => i == "impl",
+            proc_macro2::TokenTree::Group(g) => walk(g.stream()),
+            _ => false,
+        })
+    }
+    walk(ty.to_token_stream())
+}
+
 /// Type text as people write it: `Vec<u8>`, not `Vec < u8 >`.
 fn type_text(ty: &impl ToTokens) -> String {
     let s = ty.to_token_stream().to_string();
@@ -305,6 +317,47 @@ fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
         },
     };
 
+    // The JSON Schemas `inspect --json` shows, derived from the types the
+    // glue decodes and encodes (so `Vec<u8>` is `codec::Bytes`); a type
+    // without `JsonSchema` gives `None` (see `schema::SchemaOf`).
+    let args_schema = if decode_types.is_empty() {
+        quote!(::billiard_plugin_api::schema::no_args())
+    } else {
+        quote!((&::billiard_plugin_api::schema::SchemaOf::<(#(#decode_types,)*)>::new()).schema())
+    };
+    let result_schema = match &sig.output {
+        ReturnType::Default => {
+            quote!((&::billiard_plugin_api::schema::SchemaOf::<()>::new()).schema())
+        }
+        ReturnType::Type(_, ty) => {
+            let t = result_ok_type(ty).unwrap_or(ty);
+            if mentions_impl(t) {
+                // `impl Serialize` cannot be named here.
+                quote!(::core::option::Option::None)
+            } else if is_vec_u8(t) {
+                quote!((&::billiard_plugin_api::schema::SchemaOf::<
+                    ::billiard_plugin_api::codec::Bytes,
+                >::new())
+                    .schema())
+            } else {
+                quote!((&::billiard_plugin_api::schema::SchemaOf::<#t>::new()).schema())
+            }
+        }
+    };
+    // Unused (rustc warns, naming it) unless `export_plugin!` lists the
+    // task: `pub(crate)`, so a `pub` task's marker is not exported from the
+    // cdylib (an exported item never counts as unused), spanned on the
+    // function's name so the warning points at it.
+    let marker = format_ident!(
+        "{}_is_a_task_not_listed_in_export_plugin",
+        name,
+        span = name.span()
+    );
+    let marker_fn = quote::quote_spanned!(name.span()=>
+        #[doc(hidden)]
+        pub(crate) fn #marker() {}
+    );
+
     // A whole chunk in one loop (see `glue::run_batch`); a streaming task
     // runs job by job.
     let run_batch = if streaming {
@@ -343,6 +396,8 @@ fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
         #[allow(non_camel_case_types)]
         #vis struct #name {}
 
+        #marker_fn
+
         impl ::billiard_plugin_api::glue::Task for #name {
             const INFO: ::billiard_plugin_api::abi::TaskInfo = ::billiard_plugin_api::abi::TaskInfo {
                 name: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#name_str),
@@ -377,6 +432,17 @@ fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
             };
             const RUN_BATCH: ::core::option::Option<::billiard_plugin_api::glue::BatchRunFn> = #run_batch;
             const OPTIONS: &'static str = #options;
+            const SCHEMA: ::billiard_plugin_api::schema::SchemaFn = {
+                fn __billiard_schema() -> (
+                    ::core::option::Option<::billiard_plugin_api::__private::serde_json::Value>,
+                    ::core::option::Option<::billiard_plugin_api::__private::serde_json::Value>,
+                ) {
+                    #[allow(unused_imports)]
+                    use ::billiard_plugin_api::schema::{ViaJsonSchema as _, ViaNoSchema as _};
+                    (#args_schema, #result_schema)
+                }
+                __billiard_schema
+            };
         }
     })
 }
@@ -419,4 +485,40 @@ pub fn __export_root_module(attr: TokenStream, item: TokenStream) -> TokenStream
         };
     )
     .into()
+}
+
+/// `__listed_in_export_plugin!(square, tasks::add)`: a reference to each
+/// task's `..._is_a_task_not_listed_in_export_plugin` marker (see `#[task]`),
+/// as statements of `export_plugin!`'s root-module function.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __listed_in_export_plugin(input: TokenStream) -> TokenStream {
+    // `$task:path` fragments arrive wrapped in invisible groups.
+    fn flatten(ts: TokenStream2) -> TokenStream2 {
+        ts.into_iter()
+            .flat_map(|t| match t {
+                proc_macro2::TokenTree::Group(g)
+                    if g.delimiter() == proc_macro2::Delimiter::None =>
+                {
+                    flatten(g.stream())
+                }
+                t => std::iter::once(t).collect(),
+            })
+            .collect()
+    }
+    let parser = syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated;
+    let paths = match syn::parse::Parser::parse2(parser, flatten(input.into())) {
+        Ok(p) => p,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let refs = paths.into_iter().filter_map(|mut p| {
+        let last = p.segments.last_mut()?;
+        last.ident = format_ident!(
+            "{}_is_a_task_not_listed_in_export_plugin",
+            last.ident,
+            span = last.ident.span()
+        );
+        Some(quote!(let _: fn() = #p;))
+    });
+    quote!(#(#refs)*).into()
 }

@@ -243,6 +243,15 @@ pub struct PluginMod {
     /// ignored). `None` from a plugin built before it: no task has options.
     #[sabi(missing_field(option))]
     pub task_options: RSlice<'static, RStr<'static>>,
+    /// Appended (no `ABI_VERSION` bump): writes task `task`'s JSON Schemas
+    /// to `out` as one JSON object `{"args": <schema of the JSON argument
+    /// array, or null>, "result": <schema of the JSON result, or null>}`
+    /// (`null` where a type has no `JsonSchema`); nothing (an empty `out`)
+    /// for an unknown task. `#[task]` derives them at build time from the task's types
+    /// (`crate::schema`). `None` from a plugin built before it: its schemas
+    /// are unknown.
+    #[sabi(missing_field(option))]
+    pub task_schema: extern "C" fn(task: u32, out: &mut RVec<u8>),
 }
 
 /// The failure-detail encoding this plugin-api writes (see

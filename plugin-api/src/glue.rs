@@ -29,6 +29,9 @@ pub trait Task {
     /// The task's registration options as a JSON object (`#[task(...)]`;
     /// see `abi::PluginMod::task_options`).
     const OPTIONS: &'static str = "{}";
+    /// The JSON Schemas of its arguments and result (see
+    /// `abi::PluginMod::task_schema`).
+    const SCHEMA: crate::schema::SchemaFn = crate::schema::no_schema;
 }
 
 /// The signature of the per-task batch function `#[task]` generates: runs
@@ -545,6 +548,11 @@ macro_rules! export_plugin {
             static RUNS: &[RunFn] = &[$(<$task as Task>::RUN),*];
             static BATCH_RUNS: &[Option<$crate::glue::BatchRunFn>] = &[$(<$task as Task>::RUN_BATCH),*];
             static OPTIONS: &[RStr<'static>] = &[$(RStr::from_str(<$task as Task>::OPTIONS)),*];
+            static SCHEMAS: &[$crate::schema::SchemaFn] = &[$(<$task as Task>::SCHEMA),*];
+
+            extern "C" fn task_schema(task: u32, out: &mut RVec<u8>) {
+                $crate::schema::task_schema(SCHEMAS, task, out)
+            }
 
             extern "C" fn call(
                 task: u32,
@@ -570,6 +578,10 @@ macro_rules! export_plugin {
             #[$crate::__export_root_module]
             fn get_root_module() -> PluginModRef {
                 use $crate::__private::abi_stable::prefix_type::PrefixTypeTrait;
+                // Names each task's `..._is_a_task_not_listed_in_export_plugin`
+                // marker: a `#[task]` missing here leaves its marker unused,
+                // and rustc warns naming it (see `#[task]`).
+                $crate::__listed_in_export_plugin!($($task),*);
                 PluginMod {
                     abi_version: $abi,
                     name: RStr::from_str($name),
@@ -588,6 +600,7 @@ macro_rules! export_plugin {
                     },
                     failure_detail: $crate::abi::FAILURE_DETAIL_VERSION,
                     task_options: RSlice::from_slice(OPTIONS),
+                    task_schema,
                 }
                 .leak_into_prefix()
             }

@@ -87,10 +87,14 @@ mod context;
 mod failure;
 #[doc(hidden)]
 pub mod glue;
+#[doc(hidden)]
+pub mod schema;
 
 pub use abi::{Codec, Status, ABI_VERSION};
 #[doc(hidden)]
 pub use billiard_plugin_api_macros::__export_root_module;
+#[doc(hidden)]
+pub use billiard_plugin_api_macros::__listed_in_export_plugin;
 pub use billiard_plugin_api_macros::task;
 pub use context::{
     noop_host_services, Emitter, HostServices, HostServicesRef, StopReason, Stopped, TaskContext,
@@ -106,8 +110,10 @@ pub use failure::{
 #[doc(hidden)]
 pub mod __private {
     pub use abi_stable;
+    pub use schemars;
     pub use serde;
     pub use serde_bytes;
+    pub use serde_json;
 }
 
 /// serde, as this crate uses it. For `#[derive(Serialize, Deserialize)]` on
@@ -118,3 +124,40 @@ pub mod __private {
 /// `#[serde(crate = "billiard_plugin_api::serde")]` on each type.
 pub use serde;
 pub use serde_bytes;
+
+/// schemars, as this crate uses it: `#[task]` exports a JSON Schema of each
+/// task's arguments (the JSON array a job line or a Celery message carries)
+/// and of its result, which `billiard-host inspect --json` prints, so a
+/// producer in any language can validate a job before sending it. Standard
+/// types have schemas already; a plugin's own argument and result types
+/// derive one beside serde's traits, through this re-export:
+///
+/// ```
+/// use billiard_plugin_api::serde::{Deserialize, Serialize};
+/// use billiard_plugin_api::{task, JsonSchema};
+///
+/// #[derive(Serialize, Deserialize, JsonSchema)]
+/// #[serde(crate = "billiard_plugin_api::serde")]
+/// #[schemars(crate = "billiard_plugin_api::schemars")]
+/// pub struct Point {
+///     pub x: f64,
+///     pub y: f64,
+/// }
+///
+/// /// The point's distance from the origin.
+/// #[task]
+/// pub fn norm(p: Point) -> f64 {
+///     p.x.hypot(p.y)
+/// }
+/// ```
+///
+/// A type without `JsonSchema` still works as an argument: the task's
+/// argument schema is then unknown (`null` in `inspect --json`), never a
+/// compile error. The schema follows serde's attributes (`rename`,
+/// `default`, `tag`, ...), so it describes the JSON the task reads.
+pub use schemars;
+/// Derives a JSON Schema for a plugin's own argument or result type (see
+/// [`schemars`](mod@schemars)); add
+/// `#[schemars(crate = "billiard_plugin_api::schemars")]` to the type, or
+/// depend on `schemars = "1"` yourself.
+pub use schemars::JsonSchema;

@@ -299,6 +299,18 @@ fn write_text(out: &mut impl Write, info: &billiard_host::PluginInfo) -> std::io
         for line in t.doc.lines() {
             writeln!(out, "      {line}")?;
         }
+        // The fields of the structs it takes and returns, from its JSON
+        // Schemas (`inspect --json` has the schemas themselves).
+        for line in t.schema.iter().flat_map(|s| s.describe()) {
+            writeln!(out, "      {line}")?;
+        }
+    }
+    if !info.tasks.is_empty() && info.tasks.iter().all(|t| t.schema.is_none()) {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "schemas: unknown (built against an older billiard-plugin-api)"
+        )?;
     }
     // After the tasks: the lines above are a stable layout tools read.
     writeln!(out)?;

@@ -22,6 +22,7 @@ fn get_root_module() -> PluginModRef {
         metadata: billiard_plugin_api::abi::PluginMetadata::EMPTY,
         failure_detail: billiard_plugin_api::abi::FAILURE_DETAIL_VERSION,
         task_options: Default::default(),
+        task_schema: unreachable_schema,
     }
     .leak_into_prefix()
 }
@@ -34,6 +35,12 @@ extern "C" fn unreachable_call(
     _: &mut billiard_plugin_api::__private::abi_stable::std_types::RVec<u8>,
 ) -> billiard_plugin_api::Status {
     billiard_plugin_api::Status::UnknownTask
+}
+
+extern "C" fn unreachable_schema(
+    _: u32,
+    _: &mut billiard_plugin_api::__private::abi_stable::std_types::RVec<u8>,
+) {
 }
 
 extern "C" fn unreachable_batch(

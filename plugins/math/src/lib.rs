@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use billiard_plugin_api::serde::{Deserialize, Serialize};
-use billiard_plugin_api::{export_plugin, task};
+use billiard_plugin_api::{export_plugin, task, JsonSchema};
 
 /// Returns x squared (wrapping on overflow).
 #[task]
@@ -44,16 +44,18 @@ pub fn fib(n: u32) -> Result<u64, String> {
 }
 
 /// A shape, to show enums crossing the boundary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(crate = "billiard_plugin_api::serde", rename_all = "snake_case")]
+#[schemars(crate = "billiard_plugin_api::schemars")]
 pub enum Shape {
     Circle { radius: f64 },
     Rect { w: f64, h: f64 },
 }
 
 /// A record with nested, optional and map fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(crate = "billiard_plugin_api::serde")]
+#[schemars(crate = "billiard_plugin_api::schemars")]
 pub struct Item {
     pub id: u32,
     pub name: String,
