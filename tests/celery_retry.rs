@@ -527,6 +527,17 @@ fn k23_reject_with_and_without_requeue_and_ignore() {
     );
     assert_eq!(state, "PENDING");
     assert!(redis.keys("billiard-host:requeues:*").is_empty());
+    // inspect stats counts them (ours, beside Celery's keys).
+    let stats = py(
+        &url,
+        "s = app.control.inspect(timeout=5).stats()\n\
+         print(json.dumps(list(s.values())[0]['redelivery']))",
+    );
+    assert_eq!(
+        stats,
+        json!({"retried": 0, "rejected": 6, "ignored": 1}),
+        "{stats}"
+    );
     w.signal(Signal::SIGTERM);
     let _ = w.wait_timeout(DEADLINE);
     let log = w.stderr();

@@ -167,6 +167,9 @@ pub struct Ops {
     /// Live worker processes at the last snapshot.
     pub workers_alive: AtomicU64,
     started_threads: AtomicBool,
+    /// Messages sent again for a retry, rejected, ignored (`inspect
+    /// stats`' `redelivery`).
+    redelivered: [AtomicU64; 3],
     /// The worker's rate limits (`control rate_limit` changes them).
     rates: std::sync::OnceLock<Arc<RateLimits>>,
     /// Rate-limited messages waiting, per task (the consumer's view).
@@ -272,6 +275,7 @@ impl Ops {
             broker_ok: AtomicBool::new(false),
             workers_alive: AtomicU64::new(0),
             started_threads: AtomicBool::new(false),
+            redelivered: Default::default(),
             rates: std::sync::OnceLock::new(),
             rate_waiting: Mutex::new(BTreeMap::new()),
         })
@@ -531,6 +535,15 @@ impl Ops {
                 });
         }
         self.counters.processed.fetch_add(1, Ordering::AcqRel);
+        let redelivered = match &outcome {
+            Outcome::Retried { .. } => Some(0),
+            Outcome::Rejected { .. } => Some(1),
+            Outcome::Ignored => Some(2),
+            Outcome::Success(_) | Outcome::Failure { .. } => None,
+        };
+        if let Some(c) = redelivered.and_then(|i| self.redelivered.get(i)) {
+            c.fetch_add(1, Ordering::AcqRel);
+        }
         *self
             .totals
             .lock()
@@ -1234,6 +1247,12 @@ impl Ops {
             "sw_ident": events::SW_IDENT,
             "sw_ver": env!("CARGO_PKG_VERSION"),
             "rate_limits": self.rate_limits_stats(),
+            // Ours (redelivery.rs): the task's ends that are not a result.
+            "redelivery": {
+                "retried": self.redelivered[0].load(Ordering::Acquire),
+                "rejected": self.redelivered[1].load(Ordering::Acquire),
+                "ignored": self.redelivered[2].load(Ordering::Acquire),
+            },
         })
     }
 
