@@ -305,6 +305,82 @@ fn k23_a_part_rerun_after_a_host_kill_counts_once() {
 }
 
 #[test]
+fn k23_a_claimer_killed_before_sending_the_body_is_replaced() {
+    let Some((broker, _py)) =
+        celery::celery_or_skip("k23_a_claimer_killed_before_sending_the_body_is_replaced")
+    else {
+        return;
+    };
+    let backend = RedisServer::start();
+    let (burl, rurl) = (broker.url(), backend.url());
+    let dir = celery::unique_temp_dir("k23-claimer");
+    let log = dir.join("runs.log");
+    let host = || {
+        worker(
+            &burl,
+            &[
+                "--result-backend",
+                &rurl,
+                "-c",
+                "1",
+                "--visibility-timeout",
+                "1s",
+            ],
+        )
+    };
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let mut a = host();
+    let sent = py_on(
+        &burl,
+        &rurl,
+        &format!(
+            "r = chord([s('hostile.append_line', {log}, 'p1', 1000)])(s('math.sum'))\n\
+             print(json.dumps({{'id': r.id, 'gid': r.parent.id}}))",
+            log = json!(log.display().to_string())
+        ),
+    );
+    let gid = sent["gid"].as_str().unwrap().to_string();
+    let ckey = format!("celery-taskset-meta-{gid}.c");
+    wait_until("the part to start on host A", DEADLINE, || runs() == 1);
+    // The broker stops: A counts the last part and claims the body, then
+    // cannot send it; A dies holding the claim.
+    let bpid = broker.pid().expect("the broker's pid");
+    kill(Pid::from_raw(bpid), Signal::SIGSTOP).unwrap();
+    let claimed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("host A to claim the body", DEADLINE, || {
+            let c = backend.cmd(&["GET", &ckey]);
+            !c.is_nil() && c.text() != "done"
+        })
+    }));
+    a.kill();
+    kill(Pid::from_raw(bpid), Signal::SIGCONT).unwrap();
+    if let Err(e) = claimed {
+        std::panic::resume_unwind(e);
+    }
+    // Host B re-runs the swept part, waits for A's claim to lapse and
+    // sends the body (Celery 5.7 alone would leave the chord waiting).
+    let b = host();
+    let out = py_on(
+        &burl,
+        &rurl,
+        &format!(
+            "from celery.result import AsyncResult\n\
+             print(json.dumps(AsyncResult({}, app=app).get(timeout=90)))",
+            json!(sent["id"])
+        ),
+    );
+    assert_eq!(out, json!(1000.0), "{}", b.stderr());
+    assert_eq!(runs(), 2);
+    assert!(b.stderr().contains("claiming it again"), "{}", b.stderr());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn k23_nested_canvas_chain_in_chord_in_chain_and_group_of_chords() {
     let Some((redis, python)) =
         celery::celery_or_skip("k23_nested_canvas_chain_in_chord_in_chain_and_group_of_chords")

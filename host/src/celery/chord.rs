@@ -346,11 +346,61 @@ impl Chords {
             // complete: every entry is in .j by then.
             self.check_fleet(io, gid, readycount);
         }
-        if !complete || !claimed {
+        if !complete {
             return Ok(Counted::Waiting);
+        }
+        if !claimed {
+            return Ok(self.await_claim(io, part, give_up));
         }
         self.fire(io, part, &token, give_up);
         Ok(Counted::Fired)
+    }
+
+    /// The count is complete but another worker holds the claim: normally
+    /// it sends the body within milliseconds (`.c` becomes `'done'`). If
+    /// it died first (a host killed between its claim and the cleanup),
+    /// Celery 5.7 waits for a copy of a part that runs after the claim
+    /// lapsed; this part *is* such a copy when it is a re-run, so it waits
+    /// (at most the claim's 21 s) and claims once the claim lapses, so the
+    /// chord does not hang on a dead claimer. Only the V57 scripts claim.
+    fn await_claim(&mut self, io: &mut Io<'_>, part: &Part, give_up: &dyn Fn() -> bool) -> Counted {
+        let gid = part.group.as_str();
+        let deadline = crate::bounds::saturating_deadline(
+            std::time::Instant::now(),
+            Duration::from_secs(PUBLISH_CLAIM_EXPIRES_S.saturating_add(2)),
+        );
+        let mut wait = Duration::from_millis(10);
+        while std::time::Instant::now() < deadline && !give_up() {
+            let state: Result<(Option<String>, i64), BrokerError> = io.results().run(|c| {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(key(gid, ".c"))
+                    .cmd("EXISTS")
+                    .arg(key(gid, ".s"))
+                    .query(c)
+            });
+            match state {
+                // Done, or failed (its .s dropped): nothing left to do.
+                Ok((Some(c), _)) if c == "done" => return Counted::Waiting,
+                Ok((_, 0)) => return Counted::Waiting,
+                // The claim lapsed with the chord unsent: count again (a
+                // no-op for the count: .d has this part) and claim.
+                Ok((None, _)) => {
+                    tracing::warn!(
+                        "chord {gid}: the worker that claimed its body let the claim lapse \
+                         without sending it (it died?); claiming it again"
+                    );
+                    return retrying(give_up, || self.part_return(io, part, give_up))
+                        .unwrap_or(Counted::Waiting);
+                }
+                Ok(_) => {}
+                Err(e) if !e.is_transient() => return Counted::Waiting,
+                Err(_) => {}
+            }
+            std::thread::sleep(wait);
+            wait = wait.saturating_mul(2).min(Duration::from_millis(500));
+        }
+        Counted::Waiting
     }
 
     /// [`Chords::part_return`], repeated while Redis may pass; a part
