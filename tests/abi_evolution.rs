@@ -279,6 +279,32 @@ fn inspect_reports_the_new_field_absent_for_an_old_plugin() {
 }
 
 #[test]
+fn u28_an_old_plugin_shows_no_schema() {
+    // Built before `task_schema` was appended: its schemas are unknown
+    // (`null`, "unknown"), never an empty schema that accepts anything.
+    let p = Plugin::load(old_plugin()).expect("the old plugin loads");
+    assert!(p.info().tasks.iter().all(|t| t.schema.is_none()));
+    let old = old_plugin().to_string_lossy().into_owned();
+    let out = host(["inspect", "--json", &old]);
+    assert!(out.status.success(), "{out:?}");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for t in info["tasks"].as_array().expect("tasks") {
+        assert!(t["schema"].is_null(), "{t}");
+    }
+    let text = stdout(&host(["inspect", &old]));
+    assert!(
+        text.contains("\nschemas: unknown (built against an older billiard-plugin-api)\n"),
+        "{text}"
+    );
+    // A plugin of this layout has them.
+    let math = common::plugin_str("math");
+    let info: serde_json::Value =
+        serde_json::from_slice(&host(["inspect", "--json", &math]).stdout).expect("JSON");
+    assert_eq!(info["tasks"][0]["schema"]["args"]["type"], "array");
+    assert!(!stdout(&host(["inspect", &math])).contains("schemas: unknown"));
+}
+
+#[test]
 fn a_plugin_of_a_newer_layout_is_refused_with_a_clear_message() {
     let next = next_plugin();
     let e = Plugin::load(next).expect_err("a plugin from the future");

@@ -94,9 +94,28 @@ fn inspect_json_describes_math() {
          scaled by `factor` and an `area` tag added: a struct/enum round trip."
     );
 
+    // JSON Schemas of the argument array and the result (issue 28 item 9;
+    // validated against jobs in tests/inspect_schema.rs).
+    let schema = &transform["schema"];
+    assert_eq!(schema["args"]["type"], "array");
+    assert_eq!(
+        (&schema["args"]["minItems"], &schema["args"]["maxItems"]),
+        (&Value::from(2), &Value::from(2))
+    );
+    assert_eq!(schema["args"]["prefixItems"][0]["$ref"], "#/$defs/Item");
+    assert_eq!(schema["args"]["prefixItems"][1]["type"], "number");
+    assert_eq!(
+        schema["args"]["$defs"]["Item"]["required"],
+        serde_json::json!(["id", "name", "shape", "tags"])
+    );
+    assert_eq!(schema["result"]["title"], "Item");
+    assert_eq!(square["schema"]["result"]["format"], "uint64");
+
     let version = task(&info, "version");
     assert_eq!(arg_list(version), []);
     assert_eq!(version["returns"], "String");
+    assert_eq!(version["schema"]["args"]["maxItems"], 0);
+    assert_eq!(version["schema"]["result"]["type"], "string");
 }
 
 #[test]
@@ -208,6 +227,9 @@ fn inspect_text_shows_header_signatures_and_docs() {
         "  fib(n: u32) -> Result<u64, String>",
         "  transform(item: Item, factor: f64) -> Item",
         "      scaled by `factor` and an `area` tag added: a struct/enum round trip.",
+        // The fields of the structs it takes and returns (issue 28 item 9).
+        "      Item = {id: u32, name: string, note?: string | null, shape: Shape, tags: {string: i32}}",
+        "      Shape = {circle: {radius: f64}} | {rect: {h: f64, w: f64}}",
         "  version() -> String",
     ] {
         assert!(
