@@ -205,6 +205,29 @@ fn k23_chord_with_a_failing_part_raises_chord_error() {
         "{out}\n{}",
         w.stderr()
     );
+    // A worker lost (the part's process killed by a signal) and an expired
+    // part count too; the first failure in header order is named.
+    let out = py(
+        &url,
+        "import datetime\n\
+         from celery.exceptions import ChordError\n\
+         past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=30)\n\
+         r = chord([s('math.square', 2), s('faults.segfault'), s('math.square', 3, expires=past)])(s('math.sum'))\n\
+         try:\n\
+         \x20   r.get(timeout=60, follow_parents=False); print(json.dumps(None))\n\
+         except ChordError as e:\n\
+         \x20   states = [x.state for x in r.parent.results]\n\
+         \x20   print(json.dumps({'e': str(e), 'states': states}))",
+    );
+    assert!(
+        out["e"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("WorkerLostError"),
+        "{out}\n{}",
+        w.stderr()
+    );
+    assert_eq!(out["states"], json!(["SUCCESS", "FAILURE", "REVOKED"]));
 }
 
 #[test]
