@@ -228,6 +228,24 @@ fn k23_chord_with_a_failing_part_raises_chord_error() {
         w.stderr()
     );
     assert_eq!(out["states"], json!(["SUCCESS", "FAILURE", "REVOKED"]));
+    // A group body: each member fails with the part's own exception
+    // (Celery's _handle_group_chord_error), nothing is sent.
+    let out = py(
+        &url,
+        "g = chord([s('faults.fail', 'gone')], group(s('math.sum'), s('math.sum'))).apply_async()\n\
+         g.get(timeout=60, propagate=False)\n\
+         part = g.parent.results[0]; part.get(propagate=False, timeout=10)\n\
+         print(json.dumps({'states': [x.state for x in g.results],\n\
+         \x20                 'same': [repr(x.result) == repr(part.result) for x in g.results]}))",
+    );
+    assert_eq!(
+        out["states"],
+        json!(["FAILURE", "FAILURE"]),
+        "{}",
+        w.stderr()
+    );
+    assert_eq!(out["same"], json!([true, true]));
+    assert_eq!(redis.cmd(&["LLEN", "celery"]).int(), 0);
 }
 
 #[test]
