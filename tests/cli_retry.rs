@@ -282,6 +282,12 @@ fn k23_a_failed_item_of_a_chunk_is_retried_alone_and_the_order_holds() {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = run(&argv);
         assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+        // The summary counts jobs, and says how many attempts ran again.
+        assert!(
+            stderr(&out).contains("6 jobs: 6 ok") && stderr(&out).contains("; 1 retry\n"),
+            "{}",
+            stderr(&out)
+        );
         let rs = common::json_lines(&stdout(&out));
         let mut indices: Vec<u64> = rs.iter().map(|r| r["index"].as_u64().unwrap()).collect();
         if extra.is_empty() {

@@ -564,7 +564,12 @@ pub fn run(args: Args) -> i32 {
     // Nor a summary: "N jobs: N ok" beside exit status 1 would contradict it.
     let output_closed = write_error.is_some() && !write_failed;
     if !args.quiet && !single && !output_closed {
-        eprintln!("{summary}");
+        match stats.as_ref().map(|s| s.retried) {
+            // How many attempts failed and ran again (a line's "attempts"
+            // says which jobs).
+            Ok(n) if n > 0 => eprintln!("{summary}; {n} retr{}", if n == 1 { "y" } else { "ies" }),
+            _ => eprintln!("{summary}"),
+        }
         if write_failed {
             eprintln!(
                 "stopped early (the results could not be written): the rest of the input \
