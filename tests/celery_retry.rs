@@ -586,3 +586,44 @@ fn k23_a_retry_message_redis_refuses_stores_the_failure_as_final() {
         w.stderr()
     );
 }
+
+#[test]
+fn k23_bookkeeping_keys_of_another_type_never_cost_a_message() {
+    let Some((redis, _python)) =
+        celery::celery_or_skip("k23_bookkeeping_keys_of_another_type_never_cost_a_message")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("k23-wrongtype");
+    let log = dir.join("runs");
+    // The running marks and the task's death list are strings: marking,
+    // counting and clearing fail, and only they do.
+    redis.cmd(&["SET", "billiard-host:running", "not a hash"]);
+    let id = py(
+        &url,
+        &format!(
+            "print(json.dumps(app.send_task('hostile.append_line', args=[{}, 'run', 2000]).id))",
+            path_json(&log)
+        ),
+    );
+    let id = id.as_str().unwrap();
+    redis.cmd(&["SET", &format!("billiard-host:deaths:{id}"), "not a list"]);
+    let host = || {
+        celery::worker_with(
+            &["faults", "hostile"],
+            &url,
+            &["-c", "1", "--visibility-timeout", "1s"],
+        )
+    };
+    let mut a = host();
+    wait_until("the task to start", DEADLINE, || lines(&log) == 1);
+    a.kill();
+    // The next host's sweeper restores it (the death cannot be recorded),
+    // and it runs to the end there.
+    let _b = host();
+    let meta = final_meta(&redis, id);
+    assert_eq!(meta["status"], "SUCCESS", "{meta}");
+    assert_eq!(lines(&log), 2);
+    settled(&redis);
+}

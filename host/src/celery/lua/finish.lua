@@ -83,7 +83,9 @@ while a <= #ARGV do
     redis.call('ZREM', KEYS[2], tag)
     redis.call('HDEL', KEYS[1], tag)
     redis.call('ZREM', KEYS[3], tag)
-    redis.call('HDEL', KEYS[5], tag)
+    -- pcall: a running-marks key of another type costs the mark, not the
+    -- finish.
+    redis.pcall('HDEL', KEYS[5], tag)
   end
   out[#out + 1] = stored
   out[#out + 1] = held

@@ -31,16 +31,19 @@ pcall(redis.replicate_commands)
 -- death of the task, pushed onto its death list, which the next consumer
 -- reads before running it (the poison-message cap, redelivery.rs).
 local function forget_run()
-  local mark = redis.call('HGET', KEYS[6], ARGV[1])
-  if not mark then return end
-  redis.call('HDEL', KEYS[6], ARGV[1])
+  -- pcall throughout: this runs between taking the entry and pushing the
+  -- message back, so a key of another type (the marks, a death list) must
+  -- cost the count, never the message.
+  local mark = redis.pcall('HGET', KEYS[6], ARGV[1])
+  if type(mark) ~= 'string' then return end
+  redis.pcall('HDEL', KEYS[6], ARGV[1])
   if ARGV[6] ~= '1' then return end
   local ttl, id, who = string.match(mark, '^(%d+)\n([^\n]+)\n(.*)$')
   if not id then return end
   local key = ARGV[7] .. id
-  redis.call('LPUSH', key, who .. ', stopped renewing its lease while running it ' ..
+  redis.pcall('LPUSH', key, who .. ', stopped renewing its lease while running it ' ..
     '(the host was killed, stopped, or cut off from Redis); a sweeper restored its message')
-  redis.call('EXPIRE', key, math.max(1, tonumber(ttl) or 86400))
+  redis.pcall('EXPIRE', key, math.max(1, tonumber(ttl) or 86400))
 end
 
 local function tombstone()
@@ -67,11 +70,11 @@ if ARGV[3] == '' or cur ~= ARGV[3] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-forget_run()
 if ARGV[5] == 'L' then
   redis.call('LPUSH', KEYS[5], ARGV[4])
 else
   redis.call('RPUSH', KEYS[5], ARGV[4])
 end
+forget_run()
 tombstone()
 return 1
