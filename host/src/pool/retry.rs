@@ -47,6 +47,11 @@ use crate::retry::{Decision, RetryPolicy};
 /// [`Attempts::count`] counts them all.
 pub const MAX_KEPT_FAILURES: usize = 16;
 
+/// The longest message kept of an earlier failure, in bytes: what a task
+/// said when it failed is kept for diagnosis, not a plugin's megabytes
+/// times every retry (the final failure's message is kept whole).
+pub const MAX_KEPT_MESSAGE: usize = 4096;
+
 /// The attempts of a job that was retried: how many ran, and how the
 /// earlier ones failed. A job that ran once has none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -193,7 +198,17 @@ impl Track {
         if self.failures.len() == MAX_KEPT_FAILURES {
             self.failures.pop_front();
         }
-        self.failures.push_back(e.clone());
+        let mut e = e.clone();
+        if e.message.len() > MAX_KEPT_MESSAGE {
+            let mut cut = MAX_KEPT_MESSAGE;
+            while !e.message.is_char_boundary(cut) {
+                cut = cut.saturating_sub(1);
+            }
+            let all = e.message.len();
+            e.message.truncate(cut);
+            e.message.push_str(&format!("... ({all} bytes in all)"));
+        }
+        self.failures.push_back(e);
     }
 
     fn attempts(&self) -> Option<Attempts> {
@@ -906,6 +921,17 @@ mod tests {
         assert_eq!(a.failures.len(), MAX_KEPT_FAILURES);
         assert_eq!(a.failures[0].message, "24");
         assert_eq!(a.failures[MAX_KEPT_FAILURES - 1].message, "39");
+        // A huge message is cut (on a character boundary), saying so.
+        let mut t = Track::default();
+        let huge = "é".repeat(MAX_KEPT_MESSAGE);
+        t.record(&TaskError::new(ErrorKind::TaskError, huge.clone()));
+        let kept = &t.attempts().unwrap().failures[0].message;
+        assert!(kept.len() < MAX_KEPT_MESSAGE + 40, "{}", kept.len());
+        assert!(kept.starts_with("éé"));
+        assert!(
+            kept.ends_with(&format!("... ({} bytes in all)", huge.len())),
+            "{kept}"
+        );
     }
 
     #[test]
