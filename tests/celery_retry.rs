@@ -480,7 +480,8 @@ fn k23_reject_with_and_without_requeue_and_ignore() {
             "listen()\n\
              no = app.send_task('faults.reject', args=[False])\n\
              once = app.send_task('faults.reject_once', args=[{}])\n\
-             ever = app.send_task('faults.reject', args=[True])\n\
+             app.backend.client.rpush('billiard-host:requeues:k23-ever', 'not a counter')\n\
+             ever = app.send_task('faults.reject', args=[True], task_id='k23-ever')\n\
              ign = app.send_task('faults.ignore', args=[])\n\
              out = {{k: outcome(r) for k, r in [('no', no), ('once', once), ('ever', ever)]}}\n\
              until(lambda: events(no.id, 'task-rejected') and len(events(ever.id, 'task-rejected')) == 4, 'the rejections')\n\
@@ -507,7 +508,8 @@ fn k23_reject_with_and_without_requeue_and_ignore() {
     assert_eq!(got["out"]["once"]["value"], 2, "{got}");
     assert_eq!(got["once"], json!([true]));
     assert_eq!(lines(&once), 2);
-    // Rejecting with requeue for ever: requeued 3 times, then FAILURE.
+    // Rejecting with requeue for ever (its counter in Redis a list at
+    // first): requeued 3 times, then FAILURE.
     assert_eq!(got["out"]["ever"]["exc"], "Reject", "{got}");
     assert!(
         got["out"]["ever"]["text"]

@@ -1687,7 +1687,7 @@ fn finisher(
             }
             let Some((c, end, part)) = finish_one(&f.ctx, &f.res, &shared) else {
                 rejected.push(f.ctx.tag.clone());
-                care.requeued.push(f.ctx.task_id.clone());
+                care.requeue(&f.ctx.task_id, &f.ctx.delivery);
                 continue;
             };
             let success = end.0 == End::Success;

@@ -73,14 +73,24 @@ pub struct Aftercare {
     pub clear: Vec<String>,
     /// Deaths to record: (list, description), kept as long as results.
     pub deaths: Vec<(String, String)>,
-    /// Tasks rejected with requeue: their counter goes up (before the
-    /// message is back on its queue, so its next delivery reads it).
-    pub requeued: Vec<String>,
+    /// Tasks rejected with requeue and their new requeue count, written
+    /// before the message is back on its queue (its next delivery reads
+    /// it). A SET of the count read at delivery plus one, not an INCR: a
+    /// counter Redis cannot increment (a key of another type, a text)
+    /// would otherwise let a task reject with requeue for ever.
+    pub requeued: Vec<(String, u32)>,
     /// FAILUREs to store for retries whose message Redis refused.
     pub unsent: Vec<Completion>,
 }
 
 impl Aftercare {
+    /// The message of task `task_id`, delivered as `d`, goes back on its
+    /// queue rejected.
+    pub fn requeue(&mut self, task_id: &str, d: &Delivery) {
+        self.requeued
+            .push((task_id.to_string(), d.requeues.saturating_add(1)));
+    }
+
     /// Adds what one stored finish leaves; `unsent`: its follow-ups Redis
     /// refused.
     pub fn add(&mut self, t: Tidy, unsent: u32) {
@@ -125,10 +135,13 @@ impl Aftercare {
                 p.cmd("LPUSH").arg(list).arg(death).ignore();
                 p.cmd("EXPIRE").arg(list).arg(ttl_s).ignore();
             }
-            for id in &self.requeued {
-                let k = format!("{REQUEUES_PREFIX}{id}");
-                p.cmd("INCR").arg(&k).ignore();
-                p.cmd("EXPIRE").arg(&k).arg(ttl_s).ignore();
+            for (id, n) in &self.requeued {
+                p.cmd("SET")
+                    .arg(format!("{REQUEUES_PREFIX}{id}"))
+                    .arg(n)
+                    .arg("EX")
+                    .arg(ttl_s)
+                    .ignore();
             }
             p.query::<()>(c)
         });
