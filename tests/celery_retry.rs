@@ -629,3 +629,38 @@ fn k23_bookkeeping_keys_of_another_type_never_cost_a_message() {
     assert_eq!(lines(&log), 2);
     settled(&redis);
 }
+
+#[test]
+fn k23_a_chord_part_that_retries_counts_once() {
+    let Some((redis, _python)) =
+        celery::celery_or_skip("k23_a_chord_part_that_retries_counts_once")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("k23-chord-retry");
+    let runs = dir.join("runs");
+    let _w = celery::worker_with(&["faults", "math"], &url, &["-c", "2"]);
+    // The first part asks for a retry twice (RETRY stored twice, no part
+    // counted), then returns 3: the body sums 3 + 9 + 16 once, after it.
+    let got = py(
+        &url,
+        &format!(
+            "from celery import chord\n\
+             s = app.signature\n\
+             r = chord([s('faults.flaky_with', args=[{}, 2, 200, None]), s('math.square', args=[3]),\
+              s('math.square', args=[4])])(s('math.sum'))\n\
+             print(json.dumps({{'v': r.get(timeout=60), 'gid': r.parent.id}}))",
+            path_json(&runs)
+        ),
+    );
+    assert_eq!(got["v"], json!(28.0), "{got}");
+    assert_eq!(lines(&runs), 3);
+    let gid = got["gid"].as_str().unwrap();
+    assert_eq!(
+        redis
+            .cmd(&["GET", &format!("celery-taskset-meta-{gid}.c")])
+            .text(),
+        "done"
+    );
+}
