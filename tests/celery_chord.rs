@@ -30,18 +30,24 @@ fn py(url: &str, body: &str) -> Value {
     py_on(url, url, body)
 }
 
-fn py_on(broker: &str, backend: &str, body: &str) -> Value {
+/// [`py`] with `sys.argv[1..]` = `args`.
+fn py_args(url: &str, args: &[&str], body: &str) -> Value {
+    celery::python_json(&preamble(url, url, body), args)
+}
+
+fn preamble(broker: &str, backend: &str, body: &str) -> String {
     let pre = celery::py_app(broker).replace(
         &format!("backend={}", json!(broker)),
         &format!("backend={}", json!(backend)),
     );
-    celery::python_json(
-        &format!(
-            "{pre}\nfrom celery import chord, chain, group\n\
-             def s(name, *args, **opts):\n    return app.signature(name, args=args, **opts)\n{body}"
-        ),
-        &[],
+    format!(
+        "{pre}\nfrom celery import chord, chain, group\n\
+         def s(name, *args, **opts):\n    return app.signature(name, args=args, **opts)\n{body}"
     )
+}
+
+fn py_on(broker: &str, backend: &str, body: &str) -> Value {
+    celery::python_json(&preamble(broker, backend, body), &[])
 }
 
 /// A Python Celery 5.7 worker consuming queue `py` with `py.double(x)`
@@ -137,16 +143,25 @@ fn k23_chord_with_a_python_body_and_a_group_body() {
     let dir = celery::unique_temp_dir("k23-pybody");
     let _pyw = python_worker(&python, &url, &dir);
     let w = worker(&url, &["-c", "2"]);
-    let out = py(
+    let log = dir.join("order.log");
+    let out = py_args(
         &url,
+        &[&log.display().to_string()],
         "r = chord([s('math.square', i) for i in range(1, 4)])(s('py.total', queue='py'))\n\
          a = r.get(timeout=60)\n\
          g = chord([s('math.square', 2), s('math.square', 3)],\n\
          \x20         group(s('math.sum'), s('py.total', queue='py'))).apply_async()\n\
-         print(json.dumps({'a': a, 'g': g.get(timeout=60)}))",
+         log = sys.argv[1]\n\
+         o = chord([s('hostile.append_line', log, 'slow', 400), s('hostile.append_line', log, 'fast', 10)])(\n\
+         \x20   s('py.double', queue='py')).get(timeout=60)\n\
+         print(json.dumps({'a': a, 'g': g.get(timeout=60), 'o': o,\n\
+         \x20                 'lines': open(log).read().split()}))",
     );
     assert_eq!(out["a"], json!(14), "{}", w.stderr());
     assert_eq!(out["g"], json!([13.0, 13]), "{}", w.stderr());
+    // Header order, not finishing order: the fast part ended first.
+    assert_eq!(out["lines"], json!(["slow", "fast"]));
+    assert_eq!(out["o"], json!([400, 10, 400, 10]), "{}", w.stderr());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
