@@ -443,3 +443,39 @@ fn k23_terminate_job_by_its_first_id_ends_a_running_retry() {
     assert_eq!(pool.stats().unwrap().waiting_retry, 0);
     pool.join().unwrap();
 }
+
+#[test]
+fn k23_raw_jobs_take_a_policy_of_their_own() {
+    use billiard_host::{Codec, Limits};
+    let pool = builder(1).retry_policy(quick(2)).build().unwrap();
+    let target = pool.find_task("fail").unwrap();
+    let run = |policy: Option<RetryPolicy>| {
+        let h = pool
+            .apply_raw_retrying(
+                target,
+                Codec::Json,
+                b"[\"raw\"]".to_vec(),
+                Limits::default(),
+                policy,
+                None,
+            )
+            .unwrap();
+        let e = h.get().unwrap_err();
+        assert_eq!((e.kind, e.message.as_str()), (ErrorKind::TaskError, "raw"));
+        h.attempts().map(|a| a.count)
+    };
+    // None: never retried, whatever the pool's default.
+    assert_eq!(run(None), None);
+    assert_eq!(run(Some(quick(1))), Some(2));
+    // apply_raw follows the pool's default.
+    let h = pool
+        .apply_raw(
+            target,
+            Codec::Json,
+            b"[\"raw\"]".to_vec(),
+            Limits::default(),
+        )
+        .unwrap();
+    assert!(h.get().is_err());
+    assert_eq!(h.attempts().map(|a| a.count), Some(3));
+}
