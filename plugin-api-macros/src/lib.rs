@@ -24,6 +24,15 @@ use syn::{
 /// a one-argument alias such as `anyhow::Result<T>` counts as a `Result`.
 /// The doc comment becomes the task's documentation in `inspect`.
 ///
+/// The task's JSON Schemas (of its argument array and of its result, for
+/// `inspect --json`) are derived here from its types through schemars: a
+/// type that implements `JsonSchema` (standard types do; a plugin's own
+/// derive it, see `billiard_plugin_api::JsonSchema`) is described, one
+/// that does not gives no schema (`null`), never a compile error.
+///
+/// A task that no `export_plugin!` lists is a compile warning naming it
+/// (`<task>_is_a_task_not_listed_in_export_plugin is never used`).
+///
 /// An error that is a `billiard_plugin_api::Failure` (or converts into one:
 /// `E: Into<Failure>`) also carries the Python exception class a Celery
 /// caller catches and may ask for a retry, a reject or an ignore.

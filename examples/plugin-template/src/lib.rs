@@ -6,8 +6,13 @@
 //! - `summarize` takes and returns structs (serde types), returns a
 //!   `Result` (an `Err` becomes a `task_error`) and panics on a bad `trim`
 //!   (the host reports a `panic` error; the worker survives).
+//!
+//! The structs also derive `JsonSchema`: `billiard-host inspect` then shows
+//! their fields, and `inspect --json` a JSON Schema of each task's
+//! arguments and result that producers in any language can validate jobs
+//! with. A `#[task]` missing from `export_plugin!` is a compile warning.
 
-use billiard_plugin_api::{export_plugin, task, Stopped, TaskContext};
+use billiard_plugin_api::{export_plugin, task, JsonSchema, Stopped, TaskContext};
 use serde::{Deserialize, Serialize};
 
 /// The number of primes below `limit`, by trial division. Long for a big
@@ -36,7 +41,8 @@ fn is_prime(n: u64) -> bool {
 /// What to summarize: the numbers, and how many of the smallest and of the
 /// largest to leave out (`trim`, 0 when absent). As JSON:
 /// `{"values": [1, 2, 6], "trim": 1}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "billiard_plugin_api::schemars")]
 pub struct Sample {
     pub values: Vec<f64>,
     #[serde(default)]
@@ -44,7 +50,8 @@ pub struct Sample {
 }
 
 /// Summary statistics of the values that were kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "billiard_plugin_api::schemars")]
 pub struct Summary {
     pub count: u64,
     pub mean: f64,
