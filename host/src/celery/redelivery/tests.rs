@@ -280,3 +280,42 @@ fn options_are_range_checked() {
     o.policy.delay = bounds::MAX_DURATION + Duration::from_secs(1);
     assert!(o.check().unwrap_err().contains("--default-retry-delay"));
 }
+
+#[test]
+fn hostile_numbers_end_the_retries_by_name_never_overflow() {
+    let p = RetryPolicy {
+        on: vec![ErrorKind::TaskError],
+        max_retries: None,
+        delay: Duration::ZERO,
+        backoff: None,
+    };
+    let mut d = delivery(p);
+    let err = TaskError::new(ErrorKind::TaskError, "again");
+    // A `retries` header at the top of the range: no retries + 1.
+    d.retries = u32::MAX;
+    match judge(&rules(), &d, "t", "t-1", &err) {
+        Verdict::Fail(e) => assert!(
+            e.message
+                .contains("not retried: its retries header is 4294967295"),
+            "{}",
+            e.message
+        ),
+        v => panic!("{v:?}"),
+    }
+    // A countdown past the longest accepted duration: not sent.
+    d.retries = 0;
+    match judge(&rules(), &d, "t", "t-1", &retry_asked(u64::MAX)) {
+        Verdict::Fail(e) => assert!(e.message.contains("the retry countdown"), "{}", e.message),
+        v => panic!("{v:?}"),
+    }
+    // A negative header counts as none.
+    let neg = MSG.replace("\"retries\": 1", "\"retries\": -7");
+    let env = Envelope::read(neg.as_bytes()).unwrap().envelope;
+    let d = Delivery::of(
+        "celery",
+        &env,
+        neg.as_bytes(),
+        Arc::new(RetryPolicy::default()),
+    );
+    assert_eq!(d.retries, 0);
+}
