@@ -332,6 +332,11 @@ impl Retry {
 
 /// Decides what becomes of a message whose job failed with `err`.
 pub fn judge(rules: &Rules, d: &Delivery, task: &str, task_id: &str, err: &TaskError) -> Verdict {
+    // A revoke (terminate) is final whatever a task's own options list:
+    // retrying it would undo the operator's revoke.
+    if err.kind == ErrorKind::Terminated {
+        return Verdict::AsIs;
+    }
     match err.directive() {
         Some(Directive::Ignore) => return Verdict::Ignore,
         Some(Directive::Reject { requeue: false }) => return Verdict::Reject(reject(&err.message)),

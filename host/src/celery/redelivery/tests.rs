@@ -319,3 +319,17 @@ fn hostile_numbers_end_the_retries_by_name_never_overflow() {
     );
     assert_eq!(d.retries, 0);
 }
+
+#[test]
+fn a_terminated_job_is_never_retried_whatever_the_policy_lists() {
+    let p = RetryPolicy {
+        on: vec![ErrorKind::Terminated],
+        ..RetryPolicy::default()
+    };
+    let d = delivery(p);
+    let revoked = TaskError::new(ErrorKind::Terminated, "terminated on request");
+    assert!(matches!(
+        judge(&rules(), &d, "t", "t-1", &revoked),
+        Verdict::AsIs
+    ));
+}
