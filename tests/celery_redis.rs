@@ -174,7 +174,8 @@ fn u28_the_documented_except_lines_catch_every_failure() {
     };
     let docs = std::fs::read_to_string(common::workspace_root().join("docs/celery.md"))
         .expect("docs/celery.md");
-    let marker = "<!-- tested: celery_redis::u28_the_documented_except_lines_catch_every_failure -->";
+    let marker =
+        "<!-- tested: celery_redis::u28_the_documented_except_lines_catch_every_failure -->";
     let block = docs
         .split_once(marker)
         .and_then(|(_, rest)| rest.split_once("```python\n"))
@@ -212,7 +213,10 @@ fn u28_the_documented_except_lines_catch_every_failure() {
     let got: Vec<&str> = stdout.lines().collect();
     assert_eq!(got.len(), expected.len(), "{stdout}");
     for (line, class) in got.iter().zip(&expected) {
-        assert!(line.starts_with(&format!("{class}: ")), "{line} (want {class})");
+        assert!(
+            line.starts_with(&format!("{class}: ")),
+            "{line} (want {class})"
+        );
     }
 
     // Without the import, the name is still one no Celery class has:

@@ -126,9 +126,9 @@ impl ResultBackend {
                         .map(|c| {
                             let x = c.meta.as_ref().and_then(|_| s.next());
                             Finished {
-                                stored: x.as_ref().is_some_and(|x| {
-                                    x.stored || x.held == Held::AlreadyFinished
-                                }),
+                                stored: x
+                                    .as_ref()
+                                    .is_some_and(|x| x.stored || x.held == Held::AlreadyFinished),
                                 held: Held::Held,
                                 unsent: 0,
                             }

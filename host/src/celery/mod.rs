@@ -25,9 +25,9 @@ pub mod client;
 pub mod control;
 pub mod events;
 pub mod progress;
-pub mod redelivery;
-pub mod rate;
 pub mod protocol;
+pub mod rate;
+pub mod redelivery;
 pub mod redis;
 pub mod worker;
 

@@ -1290,7 +1290,12 @@ impl Exception {
         let Some(class) = e.exception_class() else {
             return Exception::for_kind(e.kind, &e.message);
         };
-        let mut exc = Exception::new(State::Failure, &class.module, &class.name, e.message.as_str());
+        let mut exc = Exception::new(
+            State::Failure,
+            &class.module,
+            &class.name,
+            e.message.as_str(),
+        );
         // As Python's traceback names it: `ValueError: ...` for a built-in.
         exc.traceback = Some(format!("{class}: {}\n", e.message));
         exc
@@ -1941,10 +1946,11 @@ mod tests {
         );
         assert_eq!(x.info.exc_message, [Value::String("bad input".into())]);
         assert_eq!(x.traceback.as_deref(), Some("ValueError: bad input\n"));
-        let e = TaskError::new(ErrorKind::TaskError, "no").with_detail(crate::error::FailureDetail {
-            exception: Some(crate::error::ExceptionClass::parse("myapp.errors.Expected")),
-            directive: None,
-        });
+        let e =
+            TaskError::new(ErrorKind::TaskError, "no").with_detail(crate::error::FailureDetail {
+                exception: Some(crate::error::ExceptionClass::parse("myapp.errors.Expected")),
+                directive: None,
+            });
         let x = Exception::for_error(&e);
         assert_eq!(
             (x.info.exc_module.as_str(), x.info.exc_type.as_str()),

@@ -1637,7 +1637,14 @@ fn canvas(
     sizes: &mut Vec<(String, u64)>,
 ) {
     let mut out = chord::Applied::default();
-    match chord::apply(sig, Some(v.clone()), &ctx.root_id, &ctx.task_id, 0, &mut out) {
+    match chord::apply(
+        sig,
+        Some(v.clone()),
+        &ctx.root_id,
+        &ctx.task_id,
+        0,
+        &mut out,
+    ) {
         Ok(()) => {
             send.extend(out.msgs);
             sizes.extend(out.sizes);
@@ -1703,7 +1710,14 @@ fn finisher(
             ends.push(end);
             comps.push(c);
         }
-        chord_steps(&mut chords, &mut link, &mut backend, &shared, &mut comps, &parts);
+        chord_steps(
+            &mut chords,
+            &mut link,
+            &mut backend,
+            &shared,
+            &mut comps,
+            &parts,
+        );
         // Counted once stored: a result Redis never took is no success (C8).
         let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
         let done = store(&mut link, &mut backend, &shared, &comps, false);
@@ -1816,9 +1830,7 @@ fn finish_one(
     shared: &Shared,
 ) -> Option<(Completion, (End, redelivery::Tidy), Part)> {
     let verdict = match res {
-        Res::Err(e) => {
-            redelivery::judge(&shared.rules, &ctx.delivery, &ctx.task, &ctx.task_id, e)
-        }
+        Res::Err(e) => redelivery::judge(&shared.rules, &ctx.delivery, &ctx.task, &ctx.task_id, e),
         Res::Ok(_) | Res::Exc(_) => Verdict::AsIs,
     };
     // A message that ends for good takes its death and requeue history

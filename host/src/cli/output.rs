@@ -408,10 +408,16 @@ mod tests {
             ],
         };
         r.push_attempted(1, Ok(b"9"), Some(&a));
-        r.push_attempted(2, Err(TaskError::new(ErrorKind::TaskError, "last")), Some(&a));
+        r.push_attempted(
+            2,
+            Err(TaskError::new(ErrorKind::TaskError, "last")),
+            Some(&a),
+        );
         let text = String::from_utf8(r.bytes).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0], serde_json::json!({"index": 0, "ok": 1}));
         assert_eq!(
             lines[1],

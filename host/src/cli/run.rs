@@ -218,8 +218,11 @@ const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// kills its worker every time costs. Not the time limits (the same limit
 /// would pass again), nor the caller's mistakes (`bad_args`,
 /// `unknown_task`) or a plugin that does not load, which never change.
-const DEFAULT_RETRY_ON: [ErrorKind; 3] =
-    [ErrorKind::TaskError, ErrorKind::Panic, ErrorKind::WorkerLost];
+const DEFAULT_RETRY_ON: [ErrorKind; 3] = [
+    ErrorKind::TaskError,
+    ErrorKind::Panic,
+    ErrorKind::WorkerLost,
+];
 
 impl RetryFlags {
     /// The policy the flags ask for; `None` without `--retries` (or 0).
@@ -248,7 +251,9 @@ impl RetryFlags {
 fn parse_retries(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(n) if n <= MAX_RETRIES => Ok(n),
-        _ => Err(format!("must be a number of retries from 0 to {MAX_RETRIES}")),
+        _ => Err(format!(
+            "must be a number of retries from 0 to {MAX_RETRIES}"
+        )),
     }
 }
 

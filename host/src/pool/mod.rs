@@ -396,25 +396,24 @@ impl Pool {
                 // every later call) and named for every job it held.
                 let mut held: Option<Supervisor> = None;
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let (sup, waker) =
-                        match Supervisor::new(
-                            sup_cfg,
-                            rx,
-                            board,
-                            cb_tx,
-                            sink,
-                            sup_live,
-                            sup_retries,
-                        ) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(PoolError::PluginLoad(TaskError::new(
-                                    ErrorKind::PluginLoad,
-                                    format!("cannot start the supervisor: {e}"),
-                                ))));
-                                return;
-                            }
-                        };
+                    let (sup, waker) = match Supervisor::new(
+                        sup_cfg,
+                        rx,
+                        board,
+                        cb_tx,
+                        sink,
+                        sup_live,
+                        sup_retries,
+                    ) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(PoolError::PluginLoad(TaskError::new(
+                                ErrorKind::PluginLoad,
+                                format!("cannot start the supervisor: {e}"),
+                            ))));
+                            return;
+                        }
+                    };
                     let sup = held.insert(sup);
                     match sup.start_zygote(forked) {
                         Ok(plugins) => {
