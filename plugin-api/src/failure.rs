@@ -410,7 +410,7 @@ pub const PYTHON_BUILTIN_EXCEPTIONS: &[&str] = &[
 
 /// Checks that `class` names a Python exception class: a built-in by its
 /// bare name ([`PYTHON_BUILTIN_EXCEPTIONS`]), or identifiers separated by
-/// dots (a module path, then the class), at most [`MAX_CLASS_NAME`] bytes.
+/// dots (a module path, then the class), at most `MAX_CLASS_NAME` (256) bytes.
 pub fn check_class_name(class: &str) -> Result<(), InvalidClassName> {
     let bad = |why: String| Err(InvalidClassName(why));
     if class.is_empty() {

@@ -60,7 +60,7 @@ pub struct Attempts {
     /// Attempts made, the final one included (at least 2).
     pub count: u32,
     /// How the attempts before the final one failed, oldest first (at most
-    /// the latest [`MAX_KEPT_FAILURES`]).
+    /// the latest `MAX_KEPT_FAILURES`, 16).
     pub failures: Vec<TaskError>,
 }
 
