@@ -16,7 +16,12 @@
 //! `--latency` sequential round trips (send one, wait for its PUBLISH).
 //! CPU seconds of redis-server, the worker's processes and this producer
 //! are read from /proc around the throughput runs, to name the bottleneck.
-//! Prints one JSON line per measurement and a Markdown table at the end.
+//! Prints one JSON line per measurement and a Markdown table at the end,
+//! and draws the throughput as an SVG chart (`--chart`).
+//!
+//! Celery's worker runs from the benchmarks' venv (`target/bench-venv`,
+//! made and pip-installed from `bench/python/requirements.txt` on first
+//! use), so a fresh clone needs only `python3` and `redis-server`.
 
 // The flags' doc comments are clap's --help text (`<workspace>` and
 // `celery[redis]` are not HTML or links there).
@@ -36,6 +41,9 @@ use clap::Parser;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
+
+mod charts;
+mod venv;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,9 +74,14 @@ struct Args {
     #[arg(long)]
     plugin: Option<PathBuf>,
     /// Python with celery[redis] (default: $BILLIARD_CELERY_PYTHON, else
-    /// <workspace>/.venv/bin/python).
+    /// the venv <workspace>/target/bench-venv, created from
+    /// bench/python/requirements.txt when missing).
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Where the throughput chart goes (default:
+    /// <workspace>/target/bench/charts/celery.svg).
+    #[arg(long)]
+    chart: Option<PathBuf>,
     /// Only the billiard-host worker.
     #[arg(long)]
     skip_celery: bool,
@@ -99,11 +112,10 @@ fn main() -> Result<()> {
         .plugin
         .clone()
         .unwrap_or_else(|| root.join("target/release/libbilliard_math.so"));
-    let python = args.python.clone().unwrap_or_else(|| {
-        std::env::var_os("BILLIARD_CELERY_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".venv/bin/python"))
-    });
+    let python = args
+        .python
+        .clone()
+        .or_else(|| std::env::var_os("BILLIARD_CELERY_PYTHON").map(PathBuf::from));
     ensure!(
         host_exe.is_file(),
         "{} not found: build it with cargo build --release -p billiard-host",
@@ -142,9 +154,17 @@ fn main() -> Result<()> {
         }
     }
     if !args.skip_celery {
+        let python = match python {
+            Some(p) => p,
+            None => venv::ensure(
+                "python3",
+                &root.join("target").join("bench-venv"),
+                &venv::requirements(&root),
+            )?,
+        };
         ensure!(
             python.is_file(),
-            "no Python at {} (run ./scripts/test to create the venv, or pass --python)",
+            "no Python at {} (pass --python, or unset BILLIARD_CELERY_PYTHON to use the bench venv)",
             python.display()
         );
         let queue = "bench-celery";
@@ -228,6 +248,22 @@ def square(x):
     }
     drop(redis);
     let _ = std::fs::remove_dir_all(&tmp);
+    let chart = args
+        .chart
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench/charts/celery.svg"));
+    if let Some(dir) = chart.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bars: Vec<charts::Throughput> = table
+        .iter()
+        .map(|r| charts::Throughput {
+            label: r.label.clone(),
+            runs: r.rates.clone(),
+        })
+        .collect();
+    charts::fleet_svg(&bars, "Celery mode: tiny tasks through one Redis", &chart)?;
+    eprintln!("wrote {}", chart.display());
     Ok(())
 }
 

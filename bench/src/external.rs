@@ -1,5 +1,6 @@
 //! Everything outside the Rust pool: the machine description, the Python
-//! side (`pybench.py` in a venv) and the C limits (`limits.c`).
+//! side (`bench/python/pyworkloads.py` in the venv of `venv.rs`) and the C
+//! limits (`bench/limits/limits.c`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -86,41 +87,6 @@ pub fn machine() -> Value {
     })
 }
 
-/// The Python interpreter of a venv, created (and requirements installed)
-/// if needed.
-pub fn ensure_venv(python: &str, venv: &Path, requirements: &Path) -> Result<std::path::PathBuf> {
-    let py = venv.join("bin").join("python");
-    if !py.is_file() {
-        eprintln!("[bench] creating venv {}", venv.display());
-        let st = Command::new(python)
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .with_context(|| format!("running {python} -m venv"))?;
-        ensure!(st.success(), "{python} -m venv {} failed", venv.display());
-    }
-    let have = Command::new(&py)
-        .args(["-c", "import billiard"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        eprintln!("[bench] pip install -r {}", requirements.display());
-        let st = Command::new(&py)
-            .args(["-m", "pip", "install", "-q", "-r"])
-            .arg(requirements)
-            .status()
-            .context("running pip")?;
-        ensure!(
-            st.success(),
-            "pip install -r {} failed",
-            requirements.display()
-        );
-    }
-    Ok(py)
-}
-
 /// Python and billiard versions of a venv interpreter.
 pub fn python_versions(py: &Path) -> Value {
     let py = py.to_string_lossy();
@@ -130,60 +96,94 @@ pub fn python_versions(py: &Path) -> Value {
     })
 }
 
-/// Runs pybench.py; returns its result lines (also appended to `jsonl`).
-pub fn run_pybench(
+/// How the Python side runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PySettings {
+    pub runs: usize,
+    /// Multiplies every N (1 = the real workloads).
+    pub scale: f64,
+    pub w6_budget: f64,
+    /// Seconds one (impl, workload) may take before it is killed.
+    pub cap: f64,
+}
+
+/// Runs `bench/python/pyworkloads.py` (billiard and multiprocessing);
+/// returns its result lines (also written to `jsonl`).
+pub fn run_python(
     py: &Path,
-    pybench: &Path,
+    script: &Path,
     workloads: &[String],
-    runs: usize,
-    quick: bool,
+    set: &PySettings,
     jsonl: &Path,
 ) -> Result<Vec<Record>> {
+    let PySettings {
+        runs,
+        scale,
+        w6_budget,
+        cap,
+    } = *set;
     let _ = std::fs::remove_file(jsonl);
     let mut cmd = Command::new(py);
-    cmd.arg(pybench)
+    cmd.arg(script)
         .args(["--impl", "billiard,multiprocessing"])
         .args(["--workload", &workloads.join(",")])
         .args(["--runs", &runs.to_string()])
+        .args(["--scale", &scale.to_string()])
+        .args(["--w6-budget", &w6_budget.to_string()])
+        .args(["--cap", &cap.to_string()])
         .arg("--jsonl")
         .arg(jsonl)
+        .stdin(Stdio::null())
         .stdout(Stdio::null());
-    if quick {
-        cmd.arg("--quick");
-    }
     eprintln!("[bench] {cmd:?}");
-    let st = cmd.status().context("running pybench.py")?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
     let text = std::fs::read_to_string(jsonl).unwrap_or_default();
     let recs = Record::parse_lines(&text);
     ensure!(
         st.success() || !recs.is_empty(),
-        "pybench.py exited with {st:?} and printed no results"
+        "{} exited with {st} and printed no results",
+        script.display()
     );
     Ok(recs)
 }
 
-/// Builds and runs limits.c; returns its result lines (also written to `jsonl`).
-pub fn run_limits(limits_c: &Path, tmp: &Path, runs: usize, jsonl: &Path) -> Result<Vec<Record>> {
+/// Compiles `bench/limits/limits.c` with `$CC` (default `cc`) and runs it;
+/// returns its result lines (also written to `jsonl`).
+pub fn run_limits(
+    limits_c: &Path,
+    tmp: &Path,
+    runs: usize,
+    scale: f64,
+    workloads: &[String],
+    jsonl: &Path,
+) -> Result<Vec<Record>> {
     std::fs::create_dir_all(tmp)?;
     let exe = tmp.join("limits");
-    let st = Command::new("gcc")
-        .arg("-O2")
-        .arg("-o")
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let st = Command::new(&cc)
+        .args(["-O2", "-o"])
         .arg(&exe)
         .arg(limits_c)
         .status()
-        .context("running gcc")?;
-    ensure!(st.success(), "gcc {} failed", limits_c.display());
-    eprintln!(
-        "[bench] {} --runs {runs} (about 30 s per run)",
-        exe.display()
+        .with_context(|| {
+            format!("running `{cc}` (a C compiler is needed for the limits; or pass --skip-limits)")
+        })?;
+    ensure!(
+        st.success(),
+        "{cc} -O2 {} failed ({st})",
+        limits_c.display()
     );
-    let o = Command::new(&exe)
-        .args(["--runs", &runs.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running limits")?;
-    ensure!(o.status.success(), "limits exited with {:?}", o.status);
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--runs", &runs.to_string()])
+        .args(["--scale", &scale.to_string()])
+        .args(["--only", &workloads.join(",")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    eprintln!("[bench] {cmd:?} (about 30 s per run at full size)");
+    let o = cmd.output().context("running limits")?;
+    ensure!(o.status.success(), "limits exited with {}", o.status);
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     std::fs::write(jsonl, &text)?;
     Ok(Record::parse_lines(&text))

@@ -1,6 +1,9 @@
-//! `bench`: runs workloads W1–W10 (`../shared/bench/README.md`) on
-//! billiard-host, Python's billiard and multiprocessing (`pybench.py`) and
-//! the machine's limits (`limits.c`), and writes a comparison table.
+//! `bench`: runs workloads W1–W10 (defined in `docs/benchmarks.md`) on
+//! billiard-host, Python's billiard and multiprocessing
+//! (`bench/python/pyworkloads.py`, in a venv the bench makes) and the
+//! machine's limits (`bench/limits/limits.c`, compiled with `cc`), and
+//! writes a comparison table and a chart. Everything it runs is in the
+//! repository.
 //!
 //! ```sh
 //! cargo run --release -p billiard-bench --bin bench -- --quick      # smoke test
@@ -9,21 +12,23 @@
 //! ```
 //!
 //! Every Rust workload runs in a fresh child process (this binary with the
-//! hidden `--child W`), capped in time, like pybench runs each workload in a
-//! fresh interpreter. Results are printed as JSON lines with pybench's keys
+//! hidden `--child W`), capped in time, like pyworkloads.py runs each workload in a
+//! fresh interpreter. Results are printed as JSON lines with pyworkloads.py's keys
 //! (`"impl": "billiard-host"`) and written to `--out-dir` (default
 //! `target/bench`): `results-host.jsonl`, `results-python.jsonl`,
-//! `results-limits.jsonl`, `bench.md` and `bench.json`.
+//! `results-limits.jsonl`, `bench.md`, `bench.json` and `charts/ratios.svg`.
 
 // The flags' doc comments are clap's --help text (`<workspace>` is a
 // placeholder there, not an HTML tag).
 #![allow(rustdoc::invalid_html_tags)]
 
+mod charts;
 mod external;
 mod proc;
 mod record;
 mod report;
 mod streaming;
+mod venv;
 mod workloads;
 
 use std::io::Write;
@@ -46,11 +51,12 @@ use workloads::{Ctx, Mode, WORKLOADS};
     after_help = "Examples:\n  cargo run --release -p billiard-bench --bin bench -- --quick\n  cargo run --release -p billiard-bench --bin bench -- --runs 3\n  cargo run --release -p billiard-bench --bin bench -- --workloads W1,W3 --skip-python"
 )]
 struct Args {
-    /// N/10 everywhere (like `pybench.py --quick`): a smoke test, numbers not comparable.
+    /// N/10 everywhere (Python side and C limits too): a smoke test, numbers not comparable.
     #[arg(long)]
     quick: bool,
-    /// Tiny N (N/1000, at least 2), one run, Rust side only (no build, no
-    /// Python, no limits); checks that every result line is well-formed.
+    /// Tiny N (N/1000, at least 2), one run, Rust side only (no build; the
+    /// Python side and the C limits too with --external); checks that every
+    /// result line is well-formed.
     #[arg(long)]
     dry_run: bool,
     /// Runs per workload (value = median). Default 3 (1 with --dry-run).
@@ -60,12 +66,33 @@ struct Args {
     /// map) and S2 (ctx.progress overhead on W4's shape) only when named.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workloads: Vec<String>,
-    /// Do not run pybench.py.
+    /// Do not run the Python side (bench/python/pyworkloads.py).
     #[arg(long)]
     skip_python: bool,
-    /// Do not build and run limits.c.
+    /// Do not compile and run the C limits (bench/limits/limits.c).
     #[arg(long)]
     skip_limits: bool,
+    /// With --dry-run: also run the Python side and the C limits at the
+    /// dry run's tiny N (a plumbing check of every piece; numbers mean nothing).
+    #[arg(long)]
+    external: bool,
+    /// Run nothing: draw the charts from recorded result files
+    /// (--chart-results, --chart-celery, --chart-shm) into --charts-dir.
+    #[arg(long)]
+    charts_only: bool,
+    /// Result lines (results-*.jsonl, concatenated) or a bench.json to draw
+    /// ratios.svg from.
+    #[arg(long)]
+    chart_results: Option<PathBuf>,
+    /// bench-celery's JSON lines to draw celery.svg from.
+    #[arg(long)]
+    chart_celery: Option<PathBuf>,
+    /// shm_sweep's JSON lines to draw shm_threshold.svg from.
+    #[arg(long)]
+    chart_shm: Option<PathBuf>,
+    /// Where --charts-only writes (default: <out-dir>/charts).
+    #[arg(long)]
+    charts_dir: Option<PathBuf>,
     /// Where results go (default: <workspace>/target/bench).
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -84,7 +111,7 @@ struct Args {
     /// Do not run `cargo build --release` first (use what is in target/release).
     #[arg(long)]
     no_build: bool,
-    /// How the Rust pool starts workers (pybench uses fork for Python).
+    /// How the Rust pool starts workers (the Python side uses fork).
     #[arg(long, value_enum, default_value_t = StartMethod::Forkserver)]
     start_method: StartMethod,
     /// The sandbox profile of the Rust pools (docs/security.md); run the
@@ -101,16 +128,19 @@ struct Args {
     /// The Python used to create the venv.
     #[arg(long, default_value = "python3")]
     python: String,
-    /// The venv for pybench (default: <out-dir>/venv).
+    /// The venv of the Python side, made and pip-installed from
+    /// bench/python/requirements.txt when missing or stale (default:
+    /// <workspace>/target/bench-venv).
     #[arg(long)]
     venv: Option<PathBuf>,
-    /// Directory with pybench.py, limits.c, requirements.txt (default: <workspace>/../shared/bench).
+    /// The directory holding python/pyworkloads.py, python/requirements.txt
+    /// and limits/limits.c (default: <workspace>/bench).
     #[arg(long)]
     bench_dir: Option<PathBuf>,
-    /// Reuse Python results from this JSONL file instead of running pybench.
+    /// Reuse Python results from this JSONL file instead of running them.
     #[arg(long)]
     python_jsonl: Option<PathBuf>,
-    /// Reuse limits.c results from this JSONL file instead of running it.
+    /// Reuse the C limits' results from this JSONL file instead of running them.
     #[arg(long)]
     limits_jsonl: Option<PathBuf>,
     /// Reuse billiard-host results from this JSONL file (e.g. an earlier
@@ -338,6 +368,81 @@ fn selected_workloads(args: &Args) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The ratio chart's bars from the comparison rows.
+fn ratio_bars(rows: &[report::Row]) -> Vec<charts::RatioBar> {
+    rows.iter()
+        .map(|r| {
+            let vs_mp = match (r.host, r.multiprocessing, report::higher_is_better(&r.unit)) {
+                (Some(h), Some(m), Some(hi)) if h > 0.0 && m > 0.0 => {
+                    Some(if hi { h / m } else { m / h })
+                }
+                _ => None,
+            };
+            let label = match &r.variant {
+                Some(v) => format!("{} {} ({v})", r.workload, r.metric),
+                None => format!("{} {}", r.workload, r.metric),
+            };
+            charts::RatioBar {
+                label,
+                vs_billiard: r.ratio.filter(|x| x.is_finite() && *x > 0.0),
+                vs_multiprocessing: vs_mp.filter(|x| x.is_finite()),
+            }
+        })
+        .collect()
+}
+
+/// `--charts-only`: draws what the recorded files hold.
+fn charts_only(args: &Args, out_dir: &Path) -> Result<ExitCode> {
+    let dir = args
+        .charts_dir
+        .clone()
+        .unwrap_or_else(|| out_dir.join("charts"));
+    std::fs::create_dir_all(&dir)?;
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let mut drawn = 0;
+    if let Some(f) = &args.chart_results {
+        let text = read(f)?;
+        // A bench.json holds the lines under "results"; a JSONL file is lines.
+        let recs = match serde_json::from_str::<Value>(&text) {
+            Ok(doc) if doc.get("results").is_some() => {
+                serde_json::from_value::<Vec<Record>>(doc["results"].clone())
+                    .context("bench.json results")?
+            }
+            _ => Record::parse_lines(&text),
+        };
+        let path = dir.join("ratios.svg");
+        charts::ratios_svg(
+            &ratio_bars(&report::rows(&recs)),
+            "billiard-host against billiard and multiprocessing (W1-W10)",
+            &path,
+        )?;
+        eprintln!("[bench] wrote {}", path.display());
+        drawn += 1;
+    }
+    if let Some(f) = &args.chart_celery {
+        let path = dir.join("celery.svg");
+        charts::fleet_svg(
+            &charts::parse_celery(&read(f)?),
+            "Celery mode: tiny tasks through one Redis",
+            &path,
+        )?;
+        eprintln!("[bench] wrote {}", path.display());
+        drawn += 1;
+    }
+    if let Some(f) = &args.chart_shm {
+        let path = dir.join("shm_threshold.svg");
+        charts::shm_svg(&charts::parse_shm(&read(f)?), 64 << 10, &path)?;
+        eprintln!("[bench] wrote {}", path.display());
+        drawn += 1;
+    }
+    ensure!(
+        drawn > 0,
+        "--charts-only needs --chart-results, --chart-celery or --chart-shm"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parent_main(args: &Args) -> Result<ExitCode> {
     let root = workspace_root();
     let out_dir = args
@@ -346,10 +451,10 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
         .unwrap_or_else(|| root.join("target").join("bench"));
     std::fs::create_dir_all(&out_dir)?;
     let out_dir = out_dir.canonicalize()?;
-    let bench_dir = args
-        .bench_dir
-        .clone()
-        .unwrap_or_else(|| root.join("..").join("shared").join("bench"));
+    if args.charts_only {
+        return charts_only(args, &out_dir);
+    }
+    let bench_dir = args.bench_dir.clone().unwrap_or_else(|| root.join("bench"));
     let wls = selected_workloads(args)?;
     let mode = if args.dry_run {
         Mode::Dry
@@ -434,28 +539,48 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_dir(&ctx.tmp_dir);
 
-    // 2. Python.
+    // 2. Python. It knows W1..W10 only (S1/S2 are billiard-host's own).
+    let py_wls: Vec<String> = wls
+        .iter()
+        .filter(|w| !streaming::EXTRA_WORKLOADS.contains(&w.as_str()))
+        .cloned()
+        .collect();
+    // Every N times this: the C limits and the Python side follow the mode.
+    let scale = match mode {
+        Mode::Full => 1.0,
+        Mode::Quick => 0.1,
+        Mode::Dry => 0.001,
+    };
     let mut python = Vec::new();
     let mut py_versions = Value::Null;
     if let Some(f) = &args.python_jsonl {
         python = Record::parse_lines(&std::fs::read_to_string(f)?);
         python.retain(|r| wls.contains(&r.workload));
-    } else if !args.skip_python && !args.dry_run {
-        let venv = args.venv.clone().unwrap_or_else(|| out_dir.join("venv"));
-        let py = external::ensure_venv(&args.python, &venv, &bench_dir.join("requirements.txt"))?;
+    } else if !args.skip_python && (!args.dry_run || args.external) && !py_wls.is_empty() {
+        let venv = args
+            .venv
+            .clone()
+            .unwrap_or_else(|| target_dir().join("bench-venv"));
+        let py = venv::ensure(
+            &args.python,
+            &venv,
+            &bench_dir.join("python").join("requirements.txt"),
+        )?;
         py_versions = external::python_versions(&py);
-        // pybench knows W1..W10 only (S1/S2 are billiard-host's own).
-        let py_wls: Vec<String> = wls
-            .iter()
-            .filter(|w| !streaming::EXTRA_WORKLOADS.contains(&w.as_str()))
-            .cloned()
-            .collect();
-        python = external::run_pybench(
+        python = external::run_python(
             &py,
-            &bench_dir.join("pybench.py"),
+            &bench_dir.join("python").join("pyworkloads.py"),
             &py_wls,
-            runs,
-            mode == Mode::Quick,
+            &external::PySettings {
+                runs,
+                scale,
+                w6_budget: if mode == Mode::Dry {
+                    args.w6_budget.min(5.0)
+                } else {
+                    args.w6_budget
+                },
+                cap: args.cap.unwrap_or(if args.dry_run { 120.0 } else { 900.0 }),
+            },
             &out_dir.join("results-python.jsonl"),
         )?;
     }
@@ -464,11 +589,13 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
     let mut limits = Vec::new();
     if let Some(f) = &args.limits_jsonl {
         limits = Record::parse_lines(&std::fs::read_to_string(f)?);
-    } else if !args.skip_limits && !args.dry_run {
+    } else if !args.skip_limits && (!args.dry_run || args.external) && !py_wls.is_empty() {
         limits = external::run_limits(
-            &bench_dir.join("limits.c"),
+            &bench_dir.join("limits").join("limits.c"),
             &out_dir.join("limits-build"),
             runs,
+            scale,
+            &py_wls,
             &out_dir.join("results-limits.jsonl"),
         )?;
     }
@@ -485,7 +612,7 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
             "python": py_versions.get("python").cloned().unwrap_or(Value::Null),
             "billiard": py_versions.get("billiard").cloned().unwrap_or(Value::Null),
             "git": git_state(),
-            "gcc": if limits.is_empty() || args.limits_jsonl.is_some() { None } else { external::command_line("gcc", &["--version"]) },
+            "cc": if limits.is_empty() || args.limits_jsonl.is_some() { None } else { external::command_line(&std::env::var("CC").unwrap_or_else(|_| "cc".into()), &["--version"]) },
         },
         "command": command_text(),
         "mode": format!("{mode:?}").to_lowercase(),
@@ -517,6 +644,20 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
         out_dir.join("bench.json").display()
     );
     eprint!("{}", report::markdown_table(&rows));
+    let bars = ratio_bars(&rows);
+    if bars
+        .iter()
+        .any(|b| b.vs_billiard.is_some() || b.vs_multiprocessing.is_some())
+    {
+        let dir = out_dir.join("charts");
+        std::fs::create_dir_all(&dir)?;
+        charts::ratios_svg(
+            &bars,
+            &format!("billiard-host against billiard and multiprocessing ({date})"),
+            &dir.join("ratios.svg"),
+        )?;
+        eprintln!("[bench] wrote {}", dir.join("ratios.svg").display());
+    }
 
     // 5. Checks.
     let mut problems = Vec::new();
@@ -533,11 +674,9 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
         let back: Value =
             serde_json::from_str(&std::fs::read_to_string(out_dir.join("bench.json"))?)?;
         let n = back["results"].as_array().map(Vec::len).unwrap_or(0);
-        if n != host.len() {
-            problems.push(format!(
-                "bench.json holds {n} results, expected {}",
-                host.len()
-            ));
+        let expected = host.len() + python.len() + limits.len();
+        if n != expected {
+            problems.push(format!("bench.json holds {n} results, expected {expected}"));
         }
         let reread = Record::parse_lines(&std::fs::read_to_string(&host_jsonl)?);
         if reread != host {
@@ -636,13 +775,13 @@ fn render_markdown(
         s(&header["loadavg_at_end"]),
     );
     out += &format!(
-        "Versions: {}; {} at {}; Python {}; billiard {}; gcc: {}.\n",
+        "Versions: {}; {} at {}; Python {}; billiard {}; cc: {}.\n",
         s(&v["rustc"]),
         s(&v["billiard_host"]),
         s(&v["git"]),
         s(&v["python"]),
         s(&v["billiard"]),
-        s(&v["gcc"]),
+        s(&v["cc"]),
     );
     out += &format!(
         "Date: {}. Mode: {}, {} run(s) per workload (value = median). Start method: billiard-host {}, Python fork.\n",
@@ -654,7 +793,7 @@ fn render_markdown(
     out += &format!("Command: `{}`\n\n", s(&header["command"]));
     out += "ratio = billiard-host vs billiard, oriented so that > 1 means billiard-host is better \
             (throughput: host / billiard; times, latencies, memory: billiard / host). \
-            c-limit = the matching `limits.c` figure in the row's unit; fraction of limit = \
+            c-limit = the matching `bench/limits/limits.c` figure in the row's unit; fraction of limit = \
             host / limit for throughput, limit / host for times and sizes (1 = at the limit).\n\n";
     out += &report::markdown_table(rows);
     out += "\n## Raw results\n\n";
@@ -667,7 +806,7 @@ fn render_markdown(
             .collect::<String>();
     }
     if !limits.is_empty() {
-        out += "\n## Machine limits (limits.c)\n\n";
+        out += "\n## Machine limits (bench/limits/limits.c)\n\n";
         out += &report::raw_table(limits);
     }
     out

@@ -1,4 +1,4 @@
-//! One result line, with the keys `pybench.py` prints (and `limits.c`).
+//! One result line, with the keys `bench/python/pyworkloads.py` prints (and `bench/limits/limits.c`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -126,7 +126,7 @@ pub fn median(sorted: &[f64]) -> Option<f64> {
     }
 }
 
-/// Nearest-rank percentile of ascending values, exactly as pybench's `pctl`
+/// Nearest-rank percentile of ascending values, exactly as pyworkloads.py's `pctl`
 /// (Python's `round` rounds half to even).
 pub fn pctl(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -137,7 +137,7 @@ pub fn pctl(sorted: &[f64], q: f64) -> Option<f64> {
     Some(sorted[k as usize])
 }
 
-/// Rounds to 6 decimals, like pybench.
+/// Rounds to 6 decimals, like pyworkloads.py.
 pub fn r6(v: f64) -> f64 {
     if v.abs() >= 1e12 {
         return v;

@@ -1,7 +1,7 @@
 //! W1–W10 on billiard-host, through the public library API, exactly as
 //! `../shared/bench/README.md` defines them (same task, N, pool size, what
 //! is timed, warm-up and checks). Each workload runs in its own fresh
-//! process (see `main.rs`), like pybench runs each in a fresh interpreter.
+//! process (see `main.rs`), like pyworkloads.py runs each in a fresh interpreter.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -25,7 +25,7 @@ pub const WORKLOADS: [&str; 10] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8
 pub enum Mode {
     /// The README's N.
     Full,
-    /// N/10 (like `pybench.py --quick`): a smoke test.
+    /// N/10 (like `pyworkloads.py --quick`): a smoke test.
     Quick,
     /// N/1000, at least 2: checks the plumbing only.
     Dry,
@@ -70,7 +70,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// N for this mode (pybench's `scale`: quick = N/10, at least `lo`).
+    /// N for this mode (pyworkloads.py's `--scale`: quick = N/10, at least `lo`).
     pub fn scale(&self, n: u64, lo: u64) -> u64 {
         match self.mode {
             Mode::Full => n,
@@ -858,7 +858,7 @@ fn w10(ctx: &Ctx) -> Result<Vec<Record>> {
                 "apply_async_with(faults.cooperative_sleep(10000), soft_time_limit(200 ms), time_limit(5 s)); the task polls ctx.check() every 1 ms",
             )
         };
-        // The same variant text as pybench, so the rows line up.
+        // The same variant text as pyworkloads.py, so the rows line up.
         out.push(
             Record::new("W10", metric, &times, "s", 1)
                 .with("variant", vname)

@@ -6,10 +6,15 @@
 //! both alike.
 //!
 //! ```text
-//! cargo run --release -p billiard-bench --bin shm_sweep -- [PLUGIN_DIR] [RUNS]
+//! cargo run --release -p billiard-bench --bin shm_sweep -- [PLUGIN_DIR] [RUNS] [CHART]
 //! ```
 //! PLUGIN_DIR holds libbilliard_{math,bytes}.so and billiard-host
-//! (default: target/release). Prints one line per (size, path).
+//! (default: target/release). Prints one line per (size, path), then the
+//! same as JSON lines (what `bench --charts-only --chart-shm` reads), and
+//! draws them to CHART (default: target/bench/charts/shm_threshold.svg).
+
+#[path = "../charts.rs"]
+mod charts;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,6 +45,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/release"));
     let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let chart = args.next().map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/charts/shm_threshold.svg")
+    });
+    let mut points = Vec::new();
     let sizes = [
         4 << 10,
         16 << 10,
@@ -108,12 +117,31 @@ fn main() {
         }
         for (k, name) in ["socket", "shm"].iter().enumerate() {
             let (a, e, l) = std::mem::take(&mut res[k]);
-            println!(
-                "{size} {name} {:.0} {:.0} {:.1}",
-                median(a),
-                median(e),
-                median(l)
-            );
+            let (a, e, l) = (median(a), median(e), median(l));
+            println!("{size} {name} {a:.0} {e:.0} {l:.1}");
+            points.push(charts::ShmPoint {
+                size: size as u64,
+                path: name.to_string(),
+                arg_mbps: a,
+                echo_mbps: e,
+                apply_p50_us: l,
+            });
         }
+    }
+    for p in &points {
+        println!(
+            "{}",
+            serde_json::json!({"size_bytes": p.size, "path": p.path, "arg_MBps": p.arg_mbps,
+                               "echo_MBps": p.echo_mbps, "apply_p50_us": p.apply_p50_us})
+        );
+    }
+    if let Some(dir) = chart.parent() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("shm_sweep: cannot create {}: {e}", dir.display());
+        }
+    }
+    match charts::shm_svg(&points, 64 << 10, &chart) {
+        Ok(()) => eprintln!("wrote {}", chart.display()),
+        Err(e) => eprintln!("shm_sweep: the chart: {e:#}"),
     }
 }

@@ -1,0 +1,467 @@
+//! SVG charts of the benchmark results (plotters' SVG backend: text is
+//! written as SVG `<text>` elements, so no font library or fontconfig is
+//! needed to draw them).
+//!
+//! Three pictures: billiard-host's ratio against billiard and
+//! multiprocessing per workload row (`ratios.svg`), the Celery fleet's
+//! throughput (`celery.svg`), and the shared-memory threshold sweep
+//! (`shm_threshold.svg`). Each takes plain data, so `bench`, `bench-celery`
+//! and `shm_sweep` draw from what they measured, and `bench --charts-only`
+//! redraws from recorded result files.
+
+// Shared by several binaries of this crate; each uses part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use anyhow::{anyhow, ensure, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+
+/// One row of the ratio chart: > 1 means billiard-host is better.
+#[derive(Debug, Clone)]
+pub struct RatioBar {
+    pub label: String,
+    pub vs_billiard: Option<f64>,
+    pub vs_multiprocessing: Option<f64>,
+}
+
+/// One worker configuration of the fleet chart, with every run's tasks/s.
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub label: String,
+    pub runs: Vec<f64>,
+}
+
+/// One point of the shared-memory sweep (`path` is `socket` or `shm`).
+#[derive(Debug, Clone)]
+pub struct ShmPoint {
+    pub size: u64,
+    pub path: String,
+    pub arg_mbps: f64,
+    pub echo_mbps: f64,
+    pub apply_p50_us: f64,
+}
+
+/// Series names, as they appear in the SVG legends (the chart test checks
+/// them).
+pub const VS_BILLIARD: &str = "billiard-host vs billiard";
+pub const VS_MULTIPROCESSING: &str = "billiard-host vs multiprocessing";
+
+const BLUE_: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const ORANGE_: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
+const GREEN_: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+const RED_: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing the chart: {e:?}")
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    }
+}
+
+/// Log-axis bounds around positive values, padded to whole decades.
+fn log_bounds(values: impl Iterator<Item = f64>, lo_cap: f64, hi_cap: f64) -> (f64, f64) {
+    let (mut lo, mut hi) = (lo_cap, hi_cap);
+    for v in values.filter(|v| v.is_finite() && *v > 0.0) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    (
+        10f64.powf(lo.log10().floor()),
+        10f64.powf(hi.log10().ceil()),
+    )
+}
+
+/// Axis numbers without a pointless `.0`: 0.1, 1, 10, 1,000.
+fn plain(v: f64) -> String {
+    if v.abs() >= 1.0 && v.fract() == 0.0 {
+        let digits = format!("{:.0}", v.abs());
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if v < 0.0 {
+            format!("-{out}")
+        } else {
+            out
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A row label short enough for the label column.
+fn short(label: &str, max: usize) -> String {
+    if label.chars().count() <= max {
+        label.to_string()
+    } else {
+        let cut: String = label.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Segments 0..n-1, the first row drawn at the top.
+fn seg(n: usize, i: usize) -> usize {
+    n.saturating_sub(1).saturating_sub(i)
+}
+
+fn finish(root: DrawingArea<SVGBackend, Shift>, path: &Path) -> Result<()> {
+    root.present().map_err(err)?;
+    ensure!(path.is_file(), "{} was not written", path.display());
+    Ok(())
+}
+
+/// Horizontal bars on a log axis, two per row, with a line at 1 (parity).
+pub fn ratios_svg(bars: &[RatioBar], title: &str, path: &Path) -> Result<()> {
+    let bars: Vec<&RatioBar> = bars
+        .iter()
+        .filter(|b| b.vs_billiard.is_some() || b.vs_multiprocessing.is_some())
+        .collect();
+    ensure!(!bars.is_empty(), "no row has a ratio to draw");
+    let n = bars.len();
+    let (lo, hi) = log_bounds(
+        bars.iter()
+            .flat_map(|b| [b.vs_billiard, b.vs_multiprocessing])
+            .flatten(),
+        0.5,
+        2.0,
+    );
+    let height = u32::try_from(n)
+        .unwrap_or(200)
+        .saturating_mul(26)
+        .saturating_add(130);
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(330)
+        .build_cartesian_2d(
+            (lo..hi).log_scale(),
+            (0..n.saturating_sub(1)).into_segmented(),
+        )
+        .map_err(err)?;
+    let labels: Vec<String> = bars.iter().map(|b| short(&b.label, 48)).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("ratio, log scale (> 1: billiard-host better; times and sizes inverted)")
+        .x_label_formatter(&|v| format!("{}×", plain(*v)))
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(seg(n, *i)).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(err)?;
+    for (k, (name, color)) in [(VS_BILLIARD, BLUE_), (VS_MULTIPROCESSING, ORANGE_)]
+        .into_iter()
+        .enumerate()
+    {
+        let rects = bars.iter().enumerate().filter_map(|(row, b)| {
+            let i = seg(n, row);
+            let v = if k == 0 {
+                b.vs_billiard
+            } else {
+                b.vs_multiprocessing
+            }?;
+            // billiard's bar above multiprocessing's within a row.
+            let (top, bottom) = if k == 0 {
+                (SegmentValue::CenterOf(i), SegmentValue::Exact(i + 1))
+            } else {
+                (SegmentValue::Exact(i), SegmentValue::CenterOf(i))
+            };
+            let mut r = Rectangle::new([(lo, top), (v.clamp(lo, hi), bottom)], color.filled());
+            r.set_margin(2, 2, 0, 0);
+            Some(r)
+        });
+        chart
+            .draw_series(rects)
+            .map_err(err)?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [(1.0, SegmentValue::Exact(0)), (1.0, SegmentValue::Exact(n))],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(err)?
+        .label("parity (ratio 1)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    finish(root, path)
+}
+
+/// A bar per worker configuration (median tasks/s) with each run as a dot.
+pub fn fleet_svg(items: &[Throughput], title: &str, path: &Path) -> Result<()> {
+    let items: Vec<(&Throughput, f64)> = items
+        .iter()
+        .filter_map(|t| median(&t.runs).map(|m| (t, m)))
+        .collect();
+    ensure!(!items.is_empty(), "no throughput to draw");
+    let n = items.len();
+    let top = items
+        .iter()
+        .flat_map(|(t, m)| t.runs.iter().copied().chain([*m]))
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let height = u32::try_from(n)
+        .unwrap_or(10)
+        .saturating_mul(60)
+        .saturating_add(130);
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(330)
+        .build_cartesian_2d(0f64..top, (0..n.saturating_sub(1)).into_segmented())
+        .map_err(err)?;
+    let labels: Vec<String> = items.iter().map(|(t, _)| short(&t.label, 48)).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("tasks/s (bar: median of the runs; dots: each run)")
+        .x_label_formatter(&|v| plain(v.round()))
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(seg(n, *i)).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(err)?;
+    for (row, (t, m)) in items.iter().enumerate() {
+        let i = seg(n, row);
+        let color = if t.label.to_lowercase().contains("celery") {
+            RED_
+        } else {
+            GREEN_
+        };
+        let mut r = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (*m, SegmentValue::Exact(i + 1)),
+            ],
+            color.mix(0.8).filled(),
+        );
+        r.set_margin(8, 8, 0, 0);
+        chart.draw_series([r]).map_err(err)?;
+        chart
+            .draw_series([Text::new(
+                format!("  {} tasks/s", plain(m.round())),
+                (*m, SegmentValue::Exact(i + 1)),
+                ("sans-serif", 14),
+            )])
+            .map_err(err)?;
+        chart
+            .draw_series(
+                t.runs
+                    .iter()
+                    .map(|&v| Circle::new((v, SegmentValue::CenterOf(i)), 4, BLACK.filled())),
+            )
+            .map_err(err)?;
+    }
+    finish(root, path)
+}
+
+/// Throughput against payload size (log-log), socket and arena, with the
+/// threshold marked; apply latency in a second panel.
+pub fn shm_svg(points: &[ShmPoint], threshold: u64, path: &Path) -> Result<()> {
+    ensure!(!points.is_empty(), "no sweep point to draw");
+    // x is log2 of the size, so the ticks land on powers of two.
+    let lg = |size: u64| (size.max(1) as f64).log2();
+    let xs = points.iter().map(|p| lg(p.size));
+    let (xlo, xhi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let (xlo, xhi) = ((xlo - 0.5).floor(), (xhi + 0.5).ceil());
+    let (ylo, yhi) = log_bounds(
+        points.iter().flat_map(|p| [p.arg_mbps, p.echo_mbps]),
+        f64::MAX,
+        1.0,
+    );
+    let (llo, lhi) = log_bounds(points.iter().map(|p| p.apply_p50_us), f64::MAX, 1.0);
+    let root = SVGBackend::new(path, (900, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            "Shared-memory threshold: socket vs arena",
+            ("sans-serif", 20),
+        )
+        .map_err(err)?;
+    let (upper, lower) = root.split_vertically(440);
+    let bytes = |v: f64| {
+        if v >= 1048576.0 {
+            format!("{:.0} MiB", v / 1048576.0)
+        } else if v >= 1024.0 {
+            format!("{:.0} KiB", v / 1024.0)
+        } else {
+            format!("{v:.0} B")
+        }
+    };
+    let tick = |v: &f64| {
+        if v.fract() == 0.0 {
+            bytes(2f64.powf(*v))
+        } else {
+            String::new()
+        }
+    };
+    type Panel<'a> = (&'a str, &'a str, fn(&ShmPoint) -> f64);
+    type Area<'a, 'b> = &'a DrawingArea<SVGBackend<'b>, Shift>;
+    let panels: [(Area, (f64, f64), Vec<Panel>); 2] = [
+        (
+            &upper,
+            (ylo, yhi),
+            vec![
+                ("argument", "MB/s", |p| p.arg_mbps),
+                ("echo", "MB/s", |p| p.echo_mbps),
+            ],
+        ),
+        (
+            &lower,
+            (llo, lhi),
+            vec![("apply p50", "us", |p| p.apply_p50_us)],
+        ),
+    ];
+    for (area, (lo, hi), series) in panels {
+        let desc = if series[0].1 == "us" {
+            "apply p50 latency, us (lower is better)"
+        } else {
+            "MB/s per direction (higher is better)"
+        };
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xlo..xhi, (lo..hi).log_scale())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("payload size (log scale)")
+            .y_desc(desc)
+            .x_labels(
+                usize::try_from((xhi - xlo) as i64)
+                    .unwrap_or(10)
+                    .saturating_add(1),
+            )
+            .x_label_formatter(&tick)
+            .y_label_formatter(&|v| plain(*v))
+            .draw()
+            .map_err(err)?;
+        for (si, (what, _, get)) in series.iter().enumerate() {
+            for (route, dashed_color) in [("socket", [BLUE_, ORANGE_]), ("shm", [GREEN_, RED_])] {
+                let color = dashed_color[si % 2];
+                let mut pts: Vec<(f64, f64)> = points
+                    .iter()
+                    .filter(|p| p.path == route)
+                    .map(|p| (lg(p.size), get(p)))
+                    .filter(|(_, v)| v.is_finite() && *v > 0.0)
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let name = format!(
+                    "{what}, {}",
+                    if route == "shm" { "arena" } else { "socket" }
+                );
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(err)?
+                    .label(name)
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(err)?;
+            }
+        }
+        let t = lg(threshold);
+        chart
+            .draw_series(LineSeries::new([(t, lo), (t, hi)], BLACK.stroke_width(1)))
+            .map_err(err)?
+            .label(format!("default threshold {}", bytes(threshold as f64)))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLACK));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    finish(root, path)
+}
+
+/// `bench-celery`'s JSON lines (`"measure": "throughput"`) grouped per
+/// worker, in the order first seen.
+pub fn parse_celery(text: &str) -> Vec<Throughput> {
+    let mut out: Vec<Throughput> = Vec::new();
+    for v in text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if v["measure"] != "throughput" {
+            continue;
+        }
+        let (Some(name), Some(rate)) = (v["impl"].as_str(), v["tasks_per_s"].as_f64()) else {
+            continue;
+        };
+        let label = celery_label(name, v["concurrency"].as_u64());
+        match out.iter_mut().find(|t| t.label == label) {
+            Some(t) => t.runs.push(rate),
+            None => out.push(Throughput {
+                label,
+                runs: vec![rate],
+            }),
+        }
+    }
+    out
+}
+
+/// `billiard-host-x4` → `billiard-host worker (-c 2, prefetch x4)`.
+fn celery_label(name: &str, concurrency: Option<u64>) -> String {
+    let c = concurrency.map(|c| format!("-c {c}, ")).unwrap_or_default();
+    match name.strip_prefix("billiard-host-x") {
+        Some(m) => format!("billiard-host worker ({c}prefetch x{m})"),
+        None if name == "celery" => format!("Celery 5.7 prefork worker ({c}prefetch x4)"),
+        None => name.to_string(),
+    }
+}
+
+/// `shm_sweep`'s JSON lines.
+pub fn parse_shm(text: &str) -> Vec<ShmPoint> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            Some(ShmPoint {
+                size: v["size_bytes"].as_u64()?,
+                path: v["path"].as_str()?.to_string(),
+                arg_mbps: v["arg_MBps"].as_f64()?,
+                echo_mbps: v["echo_MBps"].as_f64()?,
+                apply_p50_us: v["apply_p50_us"].as_f64()?,
+            })
+        })
+        .collect()
+}
