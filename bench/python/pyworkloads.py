@@ -133,7 +133,13 @@ def worker_pids(pool):
 
 
 def describe(e):
-    return "%s: %s" % (type(e).__name__, e)
+    """`Type: first line`; billiard hands some errors over wrapped in an
+    ExceptionWithTraceback whose `exc` is the real one."""
+    inner = getattr(e, "exc", None)
+    if isinstance(inner, BaseException):
+        e = inner
+    lines = str(e).strip().splitlines()
+    return "%s: %s" % (type(e).__name__, lines[0] if lines else "")
 
 
 def joined(values):
