@@ -1,5 +1,5 @@
 //! W1–W10 on billiard-host, through the public library API, exactly as
-//! `../shared/bench/README.md` defines them (same task, N, pool size, what
+//! `docs/benchmarks.md` defines them (same task, N, pool size, what
 //! is timed, warm-up and checks). Each workload runs in its own fresh
 //! process (see `main.rs`), like pyworkloads.py runs each in a fresh interpreter.
 
