@@ -9,6 +9,8 @@
 //! - [`chord`]: chords counted on the result backend as Celery 5.7 counts
 //!   them, and canvases (chords, groups, chains) sent from a task's end;
 //! - [`worker`]: the consumer loop over the `Pool`.
+//! - [`builtins`]: Celery's built-in tasks (`celery.group`, `celery.map`,
+//!   ...) run by the worker itself;
 //! - [`client`]: the producer side: send tasks, wait for their results;
 //! - [`control`]: remote control (pidbox) and the worker's task view;
 //! - [`events`]: Celery events on the `celeryev` fanout;
@@ -20,6 +22,7 @@
 //! the public `Pool` API.
 
 pub mod backend;
+pub mod builtins;
 pub mod chord;
 pub mod client;
 pub mod control;
