@@ -34,10 +34,16 @@ use crate::metrics::Metrics;
 use crate::plugin::PluginInfo;
 use crate::pool::{Event, JobId, Stats};
 
+mod revoke;
+
 /// The Redis sorted set of revoked task ids (score: when the revoke
 /// lapses, a Unix time): every host loads it, so a revoked id is not run
 /// by a host that missed the broadcast or started later.
 pub const REVOKED_KEY: &str = "billiard-host:revoked";
+
+/// At most this many ids are taken from another node's `hello` (Celery's
+/// `REVOKES_MAX`, the size of its revoked set).
+pub const MAX_MERGED_REVOKES: usize = 50_000;
 
 /// How a worker shows itself to operators.
 #[derive(Clone, Default)]
@@ -112,6 +118,9 @@ struct Req {
     /// Unix time and instant of the start.
     started: Option<(f64, Instant)>,
     job: Option<JobId>,
+    /// Its stamps (`{header: stamp}`), if it names stamped headers (for
+    /// `revoke_by_stamped_headers` with terminate).
+    stamps: Option<Map<String, Value>>,
 }
 
 #[derive(Default)]
@@ -152,6 +161,8 @@ pub struct Ops {
     totals: Mutex<BTreeMap<String, u64>>,
     /// Revoked id → lapses at (Unix time).
     revoked: Mutex<HashMap<String, f64>>,
+    /// Celery's `revoked_stamps`: stamped header → revoked stamps.
+    revoked_stamps: Mutex<BTreeMap<String, Vec<Value>>>,
     queues: Mutex<Vec<String>>,
     facts: Mutex<Facts>,
     events: Mutex<Option<Dispatcher>>,
@@ -177,6 +188,9 @@ pub struct Ops {
 }
 
 fn set_repr(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "set()".into();
+    }
     let inner: Vec<String> = ids.iter().map(|i| format!("'{i}'")).collect();
     format!("{{{}}}", inner.join(", "))
 }
@@ -236,10 +250,14 @@ fn registered_lines(plugins: &[PluginInfo]) -> Vec<String> {
                 .iter()
                 .map(|a| format!("{}: {}", a.name, a.ty))
                 .collect();
+            // A task's Celery name when it has one (issue 29 item 1).
+            let name = t
+                .options
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}", p.name, t.name));
             out.push(format!(
-                "{}.{} [signature=({}) -> {}]",
-                p.name,
-                t.name,
+                "{name} [signature=({}) -> {}]",
                 args.join(", "),
                 t.ret
             ));
@@ -263,6 +281,7 @@ impl Ops {
             tasks: Mutex::new(HashMap::new()),
             totals: Mutex::new(BTreeMap::new()),
             revoked: Mutex::new(HashMap::new()),
+            revoked_stamps: Mutex::new(BTreeMap::new()),
             queues: Mutex::new(Vec::new()),
             facts: Mutex::new(Facts::default()),
             events: Mutex::new(None),
@@ -421,6 +440,23 @@ impl Ops {
             .is_some_and(|&until| until > events::unix_now())
     }
 
+    /// True if the message `raw` of `task_id` is revoked: by its id, or by
+    /// one of its stamps (`revoke_by_stamped_headers`, as Celery's
+    /// `Request.revoked`).
+    pub fn is_revoked_message(&self, task_id: &str, raw: &[u8]) -> bool {
+        if self.is_revoked(task_id) {
+            return true;
+        }
+        let rs = self
+            .revoked_stamps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if rs.is_empty() {
+            return false;
+        }
+        revoke::message_stamps(raw).is_some_and(|st| !revoke::matching(&st, &rs).is_empty())
+    }
+
     /// A message was reserved and decoded.
     #[allow(clippy::too_many_arguments)]
     pub fn received(
@@ -434,6 +470,8 @@ impl Ops {
         parent_id: Option<&str>,
         expires: Option<DateTime<Utc>>,
         retries: u32,
+        priority: u8,
+        raw: &[u8],
     ) {
         let args: Value = serde_json::from_slice(args).unwrap_or(Value::Array(vec![]));
         if let Some(d) = self.events() {
@@ -459,12 +497,13 @@ impl Ops {
                 args,
                 kwargs: json!({}),
                 queue: queue.to_string(),
-                priority: 0,
+                priority,
                 redelivered: false,
                 eta,
                 received: Instant::now(),
                 started: None,
                 job: None,
+                stamps: revoke::message_stamps(raw),
             },
         );
     }
@@ -773,8 +812,11 @@ impl Ops {
         let Ok(env) = serde_json::from_slice::<Value>(payload) else {
             return;
         };
+        // kombu's `expires` is `time() + timeout`, or 0 when the sender
+        // waits for no reply (`AsyncResult.revoke()`): 0 never lapses
+        // (kombu's own check is `if expires and time() > expires`).
         if let Some(exp) = env["headers"]["expires"].as_f64() {
-            if exp < events::unix_now() {
+            if exp > 0.0 && exp < events::unix_now() {
                 return;
             }
         }
@@ -932,6 +974,23 @@ impl Ops {
                 tracing::warn!("cannot persist revokes ({e}); this host still honours them");
             }
         }
+        // Celery's `_revoke`: every id not running is stored REVOKED now
+        // (over no result or a not-final one), so `AsyncResult.state`
+        // says REVOKED before the message ever arrives.
+        let idle: Vec<String> = {
+            let t = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter()
+                .filter(|id| t.get(*id).is_none_or(|r| r.started.is_none()))
+                .cloned()
+                .collect()
+        };
+        let backend = self
+            .facts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backend_url
+            .clone();
+        revoke::mark_revoked(&backend, &idle, expires);
         let terminate = args
             .get("terminate")
             .and_then(Value::as_bool)
@@ -955,6 +1014,73 @@ impl Ops {
         } else {
             tracing::warn!("remote control: terminating {}", killed.join(", "));
             ok(format!("terminate: {}", killed.join(", ")))
+        }
+    }
+
+    /// Celery's `revoke_by_stamped_headers`: the stamps are kept (a
+    /// message carrying one is revoked on receipt and before it starts);
+    /// with `terminate`, running jobs carrying one are killed. Replies are
+    /// Celery's f-strings, with Python's reprs.
+    fn revoke_by_stamped_headers(&self, args: &Map<String, Value>) -> Value {
+        let Some(headers) = revoke::stamped_headers_arg(args.get("headers")) else {
+            return nok(match args.get("headers") {
+                None => "TypeError(\"revoke_by_stamped_headers() missing 1 required positional argument: 'headers'\")".to_string(),
+                Some(_) => "AttributeError(\"'headers' is neither a dict nor a list of key=value\")".to_string(),
+            });
+        };
+        {
+            let mut rs = self
+                .revoked_stamps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            revoke::add_stamps(&mut rs, &headers);
+        }
+        let shown = revoke::py_repr(&Value::Object(headers.clone()));
+        let terminate = args
+            .get("terminate")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !terminate {
+            return ok(format!(
+                "headers {shown} flagged as revoked, but not terminated"
+            ));
+        }
+        let asked: BTreeMap<String, Vec<Value>> = headers
+            .iter()
+            .map(|(k, v)| {
+                let l = match v {
+                    Value::Array(a) => a.clone(),
+                    other => vec![other.clone()],
+                };
+                (k.clone(), l)
+            })
+            .collect();
+        let mut hit: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        {
+            let t = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            for r in t.values().filter(|r| r.started.is_some()) {
+                let Some(st) = &r.stamps else { continue };
+                let m = revoke::matching(st, &asked);
+                if m.is_empty() {
+                    continue;
+                }
+                if let Some(job) = r.job {
+                    let _ = self.cmd_tx.send(OpsCmd::Terminate(job));
+                }
+                for (k, v) in m {
+                    let e = hit.entry(k).or_default();
+                    for s in v {
+                        if !e.contains(&s) {
+                            e.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        if hit.is_empty() {
+            ok(format!("headers {shown} were not terminated"))
+        } else {
+            ok(format!("headers {} revoked", revoke::terminated_repr(&hit)))
         }
     }
 
@@ -982,12 +1108,35 @@ impl Ops {
                 if args.get("from_node").and_then(Value::as_str) == Some(self.hostname()) {
                     return None;
                 }
-                let rv = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-                let m: Map<String, Value> = rv
-                    .keys()
-                    .map(|k| (k.clone(), json!(events::unix_now())))
-                    .collect();
-                json!({"revoked": m, "clock": self.clock.forward()})
+                // Celery 5.7 (`merge_revoked`): the other node's ids are
+                // taken, and ours are answered as a list of ids.
+                let until = events::unix_now()
+                    + self
+                        .facts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .result_expires
+                        .as_secs_f64();
+                let mut rv = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                let theirs: Vec<String> = match args.get("revoked") {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                    Some(Value::Object(m)) => m.keys().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                for id in theirs
+                    .into_iter()
+                    .take(crate::celery::control::MAX_MERGED_REVOKES)
+                {
+                    rv.entry(id).or_insert(until);
+                }
+                let now = events::unix_now();
+                let mut ids: Vec<(&String, &f64)> = rv.iter().filter(|(_, u)| **u > now).collect();
+                ids.sort_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(b.0)));
+                let ids: Vec<&String> = ids.into_iter().map(|(k, _)| k).collect();
+                json!({"revoked": ids, "clock": self.clock.forward()})
             }
             "registered" => {
                 let lines = self
@@ -996,6 +1145,12 @@ impl Ops {
                     .unwrap_or_else(|e| e.into_inner())
                     .registered
                     .clone();
+                if let Some(items) = task_info_items(args) {
+                    return Some(json!(lines
+                        .iter()
+                        .map(|l| self.registered_with(l, &items))
+                        .collect::<Vec<_>>()));
+                }
                 json!(match self.rates.get() {
                     Some(r) => lines
                         .into_iter()
@@ -1028,9 +1183,13 @@ impl Ops {
                     .iter()
                     .filter(|(_, r)| r.started.is_none() && r.eta.is_some_and(|e| e > now))
                     .map(|(id, r)| {
+                        // Celery's `priority` here is its timer entry's
+                        // (always 6, `strategy.py`'s `call_at(...,
+                        // priority=6)`); the message's is in the request's
+                        // `delivery_info`.
                         json!({
                             "eta": r.eta.map(protocol::iso8601),
-                            "priority": r.priority,
+                            "priority": 6,
                             "request": self.request_info(id, r),
                         })
                     })
@@ -1079,6 +1238,8 @@ impl Ops {
                 json!(v)
             }
             "stats" => self.stats(),
+            "report" => ok(self.report()),
+            "revoke_by_stamped_headers" => self.revoke_by_stamped_headers(args),
             "conf" => {
                 let f = self.facts.lock().unwrap_or_else(|e| e.into_inner());
                 json!({
@@ -1162,6 +1323,89 @@ impl Ops {
             other => nok(format!("KeyError('{other}')")),
         };
         Some(v)
+    }
+
+    /// A `registered` line with exactly the task-info `items` asked for,
+    /// in their order, those this host has a value for (Celery omits a
+    /// task's `None` attributes the same way): `name`, `signature`,
+    /// `rate_limit`, `global_rate_limit`. None of them: the bare name.
+    fn registered_with(&self, line: &str, items: &[String]) -> String {
+        let (name, rest) = line.split_once(" [").unwrap_or((line, ""));
+        let rest = rest.strip_suffix(']').unwrap_or(rest);
+        let sig = rest.strip_prefix("signature=").map(|s| {
+            // the rate fields a line may carry come after the signature
+            s.split(" rate_limit=")
+                .next()
+                .unwrap_or(s)
+                .split(" global_rate_limit=")
+                .next()
+                .unwrap_or(s)
+                .to_string()
+        });
+        let rate_fields = self
+            .rates
+            .get()
+            .map(|r| r.registered_fields(name))
+            .unwrap_or_default();
+        let rates: BTreeMap<&str, &str> = rate_fields
+            .split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .collect();
+        let mut fields = Vec::new();
+        for item in items {
+            let v = match item.as_str() {
+                "name" => Some(name.to_string()),
+                "signature" => sig.clone(),
+                other => rates.get(other).map(|v| v.to_string()),
+            };
+            if let Some(v) = v {
+                fields.push(format!("{item}={v}"));
+            }
+        }
+        if fields.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name} [{}]", fields.join(" "))
+        }
+    }
+
+    /// `inspect report`: Celery answers `app.bugreport()`, its software,
+    /// platform, loader and settings lines and then its configuration;
+    /// this is the same text for this host.
+    fn report(&self) -> String {
+        let f = self.facts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let results = if f.backend_url.is_empty() {
+            "disabled".to_string()
+        } else {
+            broker::redact(&f.backend_url)
+        };
+        let mut out = format!(
+            "\nsoftware -> billiard-host:{} (celery protocol 2)\n\
+             platform -> system:{} arch:{}\n            kernel version:{kernel}\n\
+             loader   -> billiard-host plugins\n\
+             settings -> transport:redis results:{results}\n\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+        );
+        let conf = [
+            ("broker_url", revoke::py_str(&broker::redact(&f.broker_url))),
+            ("result_backend", revoke::py_str(&results)),
+            ("worker_concurrency", f.concurrency.to_string()),
+            (
+                "worker_prefetch_multiplier",
+                f.prefetch_multiplier.to_string(),
+            ),
+            ("result_expires", f.result_expires.as_secs_f64().to_string()),
+            ("deprecated_settings", "None".to_string()),
+        ];
+        for (k, v) in conf {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        out
     }
 
     fn stats(&self) -> Value {
@@ -1281,6 +1525,23 @@ impl Ops {
         }
         Value::Object(m)
     }
+}
+
+/// The task-info items of `inspect registered` (Celery's
+/// `taskinfoitems`, strings not starting with `_`); None when none are
+/// asked for (the default line).
+fn task_info_items(args: &Map<String, Value>) -> Option<Vec<String>> {
+    let items: Vec<String> = match args.get("taskinfoitems")? {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.starts_with('_'))
+            .map(str::to_string)
+            .collect(),
+        Value::String(s) if !s.starts_with('_') => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    (!items.is_empty()).then_some(items)
 }
 
 /// The `exception` and `traceback` of a `task-failed` event.

@@ -1206,7 +1206,9 @@ impl Consumer<'_> {
         let ops = self.shared.ops.clone();
         let dead = move |p: &Prepared| {
             p.expires.is_some_and(|e| e <= Utc::now())
-                || ops.as_ref().is_some_and(|o| o.is_revoked(&p.ctx.task_id))
+                || ops
+                    .as_ref()
+                    .is_some_and(|o| o.is_revoked_message(&p.ctx.task_id, &p.ctx.delivery.raw))
         };
         let mut out = Vec::new();
         self.limiter.pump(&dead, &mut out);
@@ -1229,7 +1231,7 @@ impl Consumer<'_> {
                 continue;
             }
             if let Some(o) = &self.shared.ops {
-                if o.is_revoked(&p.ctx.task_id) {
+                if o.is_revoked_message(&p.ctx.task_id, &p.ctx.delivery.raw) {
                     self.fail(p.ctx, Exception::revoked("revoked"));
                     continue;
                 }
@@ -2256,7 +2258,7 @@ impl Consumer<'_> {
             }
             _ => return step,
         };
-        if o.is_revoked(&p.ctx.task_id) {
+        if o.is_revoked_message(&p.ctx.task_id, &p.ctx.delivery.raw) {
             return match step {
                 Step::Run(p) | Step::Hold(_, p) => Step::Fail(p.ctx, Exception::revoked("revoked")),
                 other => other,
@@ -2272,6 +2274,8 @@ impl Consumer<'_> {
             p.ctx.parent_id.as_deref(),
             p.expires,
             p.ctx.delivery.retries,
+            p.ctx.delivery.priority,
+            &p.ctx.delivery.raw,
         );
         step
     }
