@@ -18,11 +18,12 @@ pub struct Applied {
     pub sizes: Vec<(String, u64)>,
 }
 
-/// True when `sig` is not a plain task (a chain, group or chord).
+/// True when `sig` is not a plain task (a chain, group or chord; a
+/// `task.map`/`starmap`/`chunks` signature).
 pub fn is_canvas(sig: &Signature) -> bool {
     matches!(
         sig.subtask_type.as_deref(),
-        Some("chain" | "group" | "chord")
+        Some("chain" | "group" | "chord" | "xmap" | "xstarmap" | "chunks")
     )
 }
 
@@ -134,6 +135,22 @@ pub fn apply(
             }
         }
         Some("chord") => apply_chord(sig, first, root_id, parent_id, depth, out),
+        // `task.map(...)`/`starmap(...)` send their builtin as any task
+        // (the value in front, as Signature.apply_async does); `chunks`
+        // ignores it (its starmaps are immutable) and is sent as the
+        // `celery.chunks` builtin, which expands where it lands
+        // (builtins.rs) into what Python's `chunks.apply_async` sends.
+        Some("xmap" | "xstarmap" | "chunks") => {
+            let first = if sig.subtask_type.as_deref() == Some("chunks") {
+                None
+            } else {
+                first
+            };
+            out.msgs.push(crate::celery::worker::signature_message(
+                sig, first, root_id, parent_id, None,
+            ));
+            Ok(())
+        }
         Some(other) => Err(format!(
             "a `{other}` signature cannot be sent by this worker"
         )),
