@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
 use super::chord::{self, Chords};
 use super::control::{Ops, OpsCmd, Outcome};
+use super::kombu;
 use super::progress::ProgressWriter;
 use super::protocol::{
     self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
@@ -1263,9 +1264,15 @@ impl Consumer<'_> {
                     .apply_raw_then(p.target, Codec::Json, p.args, p.limits, move |o| {
                         pending.done(match o {
                             Ok(bytes) => {
-                                Res::Ok(serde_json::from_slice(bytes).unwrap_or_else(|_| {
+                                let mut v = serde_json::from_slice(bytes).unwrap_or_else(|_| {
                                     Value::String(String::from_utf8_lossy(bytes).into_owned())
-                                }))
+                                });
+                                // A `Vec<u8>` result is read back as
+                                // Python `bytes` (issue 29 item 5).
+                                if kombu::may_hold_bytes(bytes) {
+                                    kombu::encode_result(&mut v);
+                                }
+                                Res::Ok(v)
                             }
                             Err(e) => Res::Err(e.clone()),
                         })
@@ -1398,10 +1405,16 @@ impl Consumer<'_> {
             return Step::Fail(ctx, Exception::not_registered(&name, closest));
         };
         ctx.delivery.policy = redelivery::policy_for(self.pool, entry.target, &self.shared.rules);
-        let args = match map_args(&entry.name, &entry.args, body.args, body.kwargs) {
+        let mut args = match map_args(&entry.name, &entry.args, body.args, body.kwargs) {
             Ok(a) => a,
             Err(msg) => return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &msg)),
         };
+        // kombu's tagged values (bytes, datetime, uuid, ...) become what
+        // the plugin's types take (issue 29 item 5).
+        let byte_params = kombu::byte_params_of(self.pool, entry.target);
+        if let Err(e) = kombu::decode_args(&mut args, &entry.args, &byte_params) {
+            return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &e.to_string()));
+        }
         let expires = msg.expires;
         if expires.is_some_and(|e| e <= Utc::now()) {
             return Step::Fail(ctx, Exception::revoked("expired"));

@@ -186,7 +186,11 @@ impl PoolFlags {
         plugins: &[PathBuf],
         events: Option<crossbeam_channel::Sender<billiard_host::Event>>,
     ) -> Result<Pool, billiard_host::PoolError> {
-        let mut b = Pool::builder().start_method(self.start_method);
+        // `Vec<u8>` results as `{"$bytes": ...}`, which the worker writes
+        // as kombu's bytes tag (issue 29 item 5: read back as `bytes`).
+        let mut b = Pool::builder()
+            .start_method(self.start_method)
+            .bytes_base64(true);
         if let Some(tx) = events {
             b = b.events(tx);
         }

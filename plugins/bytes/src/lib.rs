@@ -27,6 +27,21 @@ pub fn make(n: u64, fill: u8) -> Result<Vec<u8>, String> {
     Ok(vec![fill; n])
 }
 
+/// The parts joined into one buffer: byte strings nested in a list (a
+/// Celery client's `[b'a', b'b']`, issue 29 item 5).
+#[task]
+pub fn join(parts: Vec<Vec<u8>>) -> Vec<u8> {
+    parts.concat()
+}
+
+/// Its strings, unchanged: what a Celery client's datetime, date, time,
+/// UUID and Decimal arguments reach a task as (their ISO 8601 or decimal
+/// text, issue 29 item 5).
+#[task]
+pub fn texts(items: Vec<String>) -> Vec<String> {
+    items
+}
+
 /// FNV-1a, 64 bit.
 pub fn fnv1a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -37,4 +52,4 @@ pub fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
-export_plugin!(name: "bytes", tasks: [len, checksum, echo, make]);
+export_plugin!(name: "bytes", tasks: [len, checksum, echo, make, join, texts]);
