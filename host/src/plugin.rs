@@ -806,6 +806,20 @@ pub fn resolve_in_plugin(
 /// error; an unknown one lists the tasks and says the closest name
 /// ([`closest_name`]: a unique bare name or a `plugin.task`).
 pub fn resolve_task(plugins: &[PluginInfo], name: &str) -> Result<(usize, u32), TaskError> {
+    // A Celery name a task registered (`#[task(name = "proj.tasks.add")]`)
+    // first, before any `plugin.task` splitting (issue 29 item 1); the
+    // first plugin of the pool's order wins when two register it.
+    for (pi, p) in plugins.iter().enumerate() {
+        if let Some(ti) = p
+            .tasks
+            .iter()
+            .position(|t| t.options.name.as_deref() == Some(name))
+        {
+            if let Ok(ti) = u32::try_from(ti) {
+                return Ok((pi, ti));
+            }
+        }
+    }
     if let Some((plugin, task)) = name.split_once('.') {
         if plugins.iter().any(|p| p.name == plugin) {
             return resolve_in_plugin(plugins, plugin, task);

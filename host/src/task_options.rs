@@ -5,6 +5,7 @@
 //! checked at compile time by the macro and again here, at load time, since
 //! a plugin may be hostile. `inspect --json` shows the same object.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,6 +23,16 @@ use crate::retry::{Backoff, RetryPolicy, DEFAULT_BACKOFF_MAX};
 /// every field, in order, since bincode cannot skip one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskOptions {
+    /// Celery's task `name` (`#[task(name = "proj.tasks.add")]`): the name
+    /// a Celery client sends, which the worker resolves before any
+    /// `plugin.task` splitting (checked by [`check_name`]).
+    pub name: Option<String>,
+    /// Parameters' defaults by name (`#[task(defaults(z = 3))]`, and `null`
+    /// for a trailing `Option<T>`): what a missing argument takes.
+    pub defaults: BTreeMap<String, serde_json::Value>,
+    /// `#[task(varargs)]`: the last parameter (a list) takes every extra
+    /// positional argument, as Python's `*args`.
+    pub varargs: bool,
     /// Celery's `rate_limit`: `N`, `N/s`, `N/m` or `N/h` tasks per worker
     /// instance (checked by [`check_rate`]).
     pub rate_limit: Option<String>,
@@ -45,6 +56,10 @@ pub struct TaskOptions {
 /// [`TaskOptions`] for programs: every field.
 #[derive(Serialize, Deserialize)]
 struct Binary {
+    name: Option<String>,
+    /// Values as JSON text: bincode cannot carry a `serde_json::Value`.
+    defaults: Vec<(String, String)>,
+    varargs: bool,
     rate_limit: Option<String>,
     max_retries: Option<u32>,
     autoretry_for: Option<Vec<ErrorKind>>,
@@ -57,6 +72,12 @@ struct Binary {
 /// [`TaskOptions`] for people: the options that are set.
 #[derive(Serialize, Deserialize)]
 struct Text {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    defaults: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    varargs: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rate_limit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +103,9 @@ impl Serialize for TaskOptions {
         let o = self.clone();
         if s.is_human_readable() {
             Text {
+                name: o.name,
+                defaults: o.defaults,
+                varargs: o.varargs,
                 rate_limit: o.rate_limit,
                 max_retries: o.max_retries,
                 autoretry_for: o.autoretry_for,
@@ -93,6 +117,13 @@ impl Serialize for TaskOptions {
             .serialize(s)
         } else {
             Binary {
+                name: o.name,
+                defaults: o
+                    .defaults
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect(),
+                varargs: o.varargs,
                 rate_limit: o.rate_limit,
                 max_retries: o.max_retries,
                 autoretry_for: o.autoretry_for,
@@ -111,6 +142,9 @@ impl<'de> Deserialize<'de> for TaskOptions {
         Ok(if d.is_human_readable() {
             let t = Text::deserialize(d)?;
             TaskOptions {
+                name: t.name,
+                defaults: t.defaults,
+                varargs: t.varargs,
                 rate_limit: t.rate_limit,
                 max_retries: t.max_retries,
                 autoretry_for: t.autoretry_for,
@@ -121,7 +155,15 @@ impl<'de> Deserialize<'de> for TaskOptions {
             }
         } else {
             let b = Binary::deserialize(d)?;
+            let mut defaults = BTreeMap::new();
+            for (k, v) in b.defaults {
+                let v = serde_json::from_str(&v).map_err(serde::de::Error::custom)?;
+                defaults.insert(k, v);
+            }
             TaskOptions {
+                name: b.name,
+                defaults,
+                varargs: b.varargs,
                 rate_limit: b.rate_limit,
                 max_retries: b.max_retries,
                 autoretry_for: b.autoretry_for,
@@ -158,6 +200,9 @@ impl TaskOptions {
             .map_err(|e| BadOptions(format!("its options ({json}) do not parse: {e}")))?;
         if let Some(r) = &o.rate_limit {
             check_rate(r).map_err(BadOptions)?;
+        }
+        if let Some(n) = &o.name {
+            check_name(n).map_err(BadOptions)?;
         }
         for (name, d) in [
             ("retry_backoff", o.retry_backoff),
@@ -208,6 +253,15 @@ impl TaskOptions {
     pub fn summary(&self) -> String {
         let d = |d: &Duration| humantime::format_duration(*d).to_string();
         let mut parts: Vec<String> = Vec::new();
+        if let Some(n) = &self.name {
+            parts.push(format!("name={n}"));
+        }
+        for (k, v) in &self.defaults {
+            parts.push(format!("{k}={v}"));
+        }
+        if self.varargs {
+            parts.push("varargs".into());
+        }
         if let Some(r) = &self.rate_limit {
             parts.push(format!("rate_limit={r}"));
         }
@@ -232,6 +286,24 @@ impl TaskOptions {
         }
         parts.join(", ")
     }
+}
+
+/// The longest Celery task name accepted (a plugin's `name`, a
+/// `--task-name` mapping).
+pub const MAX_TASK_NAME: usize = 255;
+
+/// Checks a Celery task name: 1 to [`MAX_TASK_NAME`] bytes, no whitespace
+/// or control characters (the `#[task]` macro checks the same).
+pub fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > MAX_TASK_NAME
+        || s.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{s}` is not a task name: 1 to {MAX_TASK_NAME} bytes without spaces, e.g. proj.tasks.add"
+        ));
+    }
+    Ok(())
 }
 
 /// The longest options object accepted from a plugin for one task.

@@ -52,6 +52,26 @@ use syn::{
 /// )]
 /// fn fetch(url: String) -> Result<String, Failure> { ... }
 /// ```
+///
+/// Celery names and arguments, as a Python `def` has them:
+///
+/// ```ignore
+/// #[task(name = "proj.tasks.add")]           // the name a Celery client sends
+/// fn add(a: i64, b: i64) -> i64 { a + b }
+///
+/// #[task(defaults(z = 3))]                   // add3(1, 2) is add3(1, 2, 3)
+/// fn add3(x: i64, y: i64, z: i64) -> i64 { x + y + z }
+///
+/// #[task]                                    // a trailing Option<T>: absent is None
+/// fn greet(name: String, title: Option<String>) -> String { ... }
+///
+/// #[task(varargs)]                           // the last Vec<T> takes extra
+/// fn total(first: i64, rest: Vec<i64>) -> i64 { ... } // positional arguments (*rest)
+/// ```
+///
+/// A default is a literal (`3`, `-1.5`, `"text"`, `true`), `None` or a list
+/// of those; as in Python, arguments with defaults come last. Any argument
+/// but the variadic tail may be given by keyword.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let options = match options::parse(attr.into()) {
@@ -174,7 +194,105 @@ fn type_text(ty: &impl ToTokens) -> String {
     out
 }
 
-fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
+/// `Some(T)` for `Option<T>` (any path ending in `Option`).
+fn option_inner(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Option" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first() {
+        Some(GenericArgument::Type(t)) if args.args.len() == 1 => Some(t),
+        _ => None,
+    }
+}
+
+/// `Vec<T>` (not `Vec<u8>`, which travels as a byte string).
+fn is_vec(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    p.path
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "Vec" && matches!(s.arguments, PathArguments::AngleBracketed(_)))
+        && !is_vec_u8(ty)
+}
+
+/// Checks `defaults(...)` and `varargs` against the task's parameters
+/// (`(name, type)` of each positional one, in order) as Python's
+/// `def` would, and returns the trailing `Option<T>` parameters without an
+/// explicit default (absent: `None`).
+fn check_signature(
+    parsed: &options::Parsed,
+    params: &[(String, Type)],
+    sig_span: Span,
+) -> syn::Result<Vec<String>> {
+    let fixed = match parsed.varargs {
+        Some(span) => match params.last() {
+            Some((name, ty)) if is_vec(ty) => {
+                if parsed.defaults.iter().any(|(k, _, _)| k == name) {
+                    return Err(syn::Error::new(
+                        span,
+                        format!("`{name}` is the variadic tail: it cannot have a default"),
+                    ));
+                }
+                &params[..params.len() - 1]
+            }
+            _ => {
+                return Err(syn::Error::new(
+                    span,
+                    "`varargs`: the task's last argument must be a `Vec<T>` (not `Vec<u8>`), which takes every extra positional argument",
+                ))
+            }
+        },
+        None => params,
+    };
+    for (k, _, span) in &parsed.defaults {
+        if !fixed.iter().any(|(n, _)| n == k) {
+            let names: Vec<&str> = fixed.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(syn::Error::new(
+                *span,
+                format!(
+                    "`defaults`: the task has no argument `{k}` (it has: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    let has_default = |n: &str| parsed.defaults.iter().any(|(k, _, _)| k == n);
+    // Python's rule: after a parameter with a default, every one has one.
+    let mut seen_default: Option<&str> = None;
+    let mut optional = Vec::new();
+    for (name, ty) in fixed {
+        let explicit = has_default(name);
+        let opt = option_inner(ty).is_some();
+        if explicit {
+            seen_default = Some(name);
+        } else if opt && (seen_default.is_some() || trailing_optional(fixed, name, &has_default)) {
+            optional.push(name.clone());
+        } else if let Some(d) = seen_default {
+            return Err(syn::Error::new(
+                sig_span,
+                format!(
+                    "`{name}` has no default but follows `{d}`, which has one; as in Python, the arguments with defaults come last"
+                ),
+            ));
+        }
+    }
+    Ok(optional)
+}
+
+/// Every parameter from `name` on has a default or is an `Option<T>`.
+fn trailing_optional(fixed: &[(String, Type)], name: &str, has_default: &dyn Fn(&str) -> bool) -> bool {
+    fixed
+        .iter()
+        .skip_while(|(n, _)| n != name)
+        .all(|(n, t)| has_default(n) || option_inner(t).is_some())
+}
+
+fn expand_task(func: &ItemFn, parsed: &options::Parsed) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
@@ -216,6 +334,7 @@ fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
     let mut conversions = Vec::new();
     let mut call_args = Vec::new();
     let mut arg_infos = Vec::new();
+    let mut params: Vec<(String, Type)> = Vec::new();
     for (i, input) in sig.inputs.iter().enumerate() {
         let FnArg::Typed(pt) = input else {
             return Err(syn::Error::new(
@@ -256,6 +375,7 @@ fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
             Pat::Ident(id) => id.ident.to_string(),
             _ => format!("arg{i}"),
         };
+        params.push((arg_name.clone(), ty.clone()));
         let var = format_ident!("__billiard_arg{}", i);
         if is_vec_u8(ty) {
             decode_types.push(quote!(::billiard_plugin_api::codec::Bytes));
@@ -271,6 +391,9 @@ fn expand_task(func: &ItemFn, options: &str) -> syn::Result<TokenStream2> {
             ty: ::billiard_plugin_api::__private::abi_stable::std_types::RStr::from_str(#ty_str),
         }));
     }
+
+    let optional = check_signature(parsed, &params, sig.span())?;
+    let options = parsed.json(&optional);
 
     let decode = if bindings.is_empty() {
         quote!(::billiard_plugin_api::glue::decode_no_args(codec, args)?;)

@@ -5,8 +5,10 @@
 //! and value forms here are the ones it reads.
 
 use proc_macro2::TokenStream as TokenStream2;
+use proc_macro2::Span;
 use syn::{
-    parse::Parser, punctuated::Punctuated, spanned::Spanned, Expr, Lit, MetaNameValue, Token,
+    parse::Parser, punctuated::Punctuated, spanned::Spanned, Expr, Lit, Meta, MetaNameValue,
+    Token, UnOp,
 };
 
 /// The failure kinds `autoretry_for` may list (the host's `ErrorKind`
@@ -23,7 +25,10 @@ const KINDS: [&str; 9] = [
     "plugin_load",
 ];
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 10] = [
+    "name",
+    "defaults",
+    "varargs",
     "rate_limit",
     "max_retries",
     "autoretry_for",
@@ -36,11 +41,98 @@ const KEYS: [&str; 7] = [
 /// The host's bound on any configured duration (`bounds::MAX_DURATION`).
 const MAX_DURATION_SECS: u64 = 10 * 365 * 86_400;
 
-/// Parses the attribute's arguments into the options' JSON object (`{}`
-/// without any).
-pub fn parse(attr: TokenStream2) -> syn::Result<String> {
-    let args = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
+/// The longest Celery task name `name = "..."` takes (the host's bound).
+const MAX_NAME: usize = 255;
+
+/// The attribute's arguments: the options' JSON fields, and what the
+/// function's signature must confirm (`expand_task` checks the defaults'
+/// parameter names and the variadic tail against it).
+pub struct Parsed {
+    /// `(key, JSON value)` in the order written.
+    pub fields: Vec<(String, String)>,
+    /// `defaults(z = 3, label = "x")`: parameter, its JSON value, its span.
+    pub defaults: Vec<(String, String, Span)>,
+    /// `varargs`: the last parameter takes every extra positional argument.
+    pub varargs: Option<Span>,
+}
+
+impl Parsed {
+    /// The options' JSON object, with `defaults` (the explicit ones and
+    /// `null` for each trailing `Option<T>` parameter, `optional`) and
+    /// `varargs` added.
+    pub fn json(&self, optional: &[String]) -> String {
+        let mut fields = self.fields.clone();
+        let mut defaults: Vec<String> = self
+            .defaults
+            .iter()
+            .map(|(k, v, _)| format!("{}:{v}", json_string(k)))
+            .collect();
+        for o in optional {
+            if !self.defaults.iter().any(|(k, _, _)| k == o) {
+                defaults.push(format!("{}:null", json_string(o)));
+            }
+        }
+        if !defaults.is_empty() {
+            fields.push(("defaults".into(), format!("{{{}}}", defaults.join(","))));
+        }
+        if self.varargs.is_some() {
+            fields.push(("varargs".into(), "true".into()));
+        }
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", json_string(k)))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+}
+
+/// Parses the attribute's arguments (see [`Parsed`]).
+pub fn parse(attr: TokenStream2) -> syn::Result<Parsed> {
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
     let mut fields: Vec<(String, String)> = Vec::new();
+    let mut defaults: Vec<(String, String, Span)> = Vec::new();
+    let mut varargs: Option<Span> = None;
+    let mut args: Vec<MetaNameValue> = Vec::new();
+    for m in metas {
+        match m {
+            Meta::NameValue(nv) => args.push(nv),
+            Meta::Path(p) if p.is_ident("varargs") => {
+                if varargs.is_some() {
+                    return Err(syn::Error::new(p.span(), "`varargs` is given twice"));
+                }
+                varargs = Some(p.span());
+            }
+            Meta::List(l) if l.path.is_ident("defaults") => {
+                if !defaults.is_empty() {
+                    return Err(syn::Error::new(l.path.span(), "`defaults` is given twice"));
+                }
+                let items = l.parse_args_with(Punctuated::<MetaNameValue, Token![,]>::parse_terminated)?;
+                for nv in items {
+                    let Some(param) = nv.path.get_ident().map(|i| i.to_string()) else {
+                        return Err(syn::Error::new(
+                            nv.path.span(),
+                            "`defaults(...)` takes `parameter = value` pairs",
+                        ));
+                    };
+                    if defaults.iter().any(|(k, _, _)| *k == param) {
+                        return Err(syn::Error::new(
+                            nv.path.span(),
+                            format!("the default of `{param}` is given twice"),
+                        ));
+                    }
+                    let v = default_value(&nv.value)?;
+                    defaults.push((param, v, nv.path.span()));
+                }
+            }
+            other => {
+                let key = other
+                    .path()
+                    .get_ident()
+                    .map_or_else(|| "?".to_string(), |i| i.to_string());
+                return Err(syn::Error::new(other.span(), unknown_key(&key)));
+            }
+        }
+    }
     for nv in &args {
         let Some(key) = nv.path.get_ident().map(|i| i.to_string()) else {
             return Err(syn::Error::new(nv.path.span(), unknown_key("?")));
@@ -53,6 +145,11 @@ pub fn parse(attr: TokenStream2) -> syn::Result<String> {
         }
         let span = nv.value.span();
         let value = match key.as_str() {
+            "name" => {
+                let s = string(&nv.value, &key)?;
+                check_name(&s).map_err(|e| syn::Error::new(span, e))?;
+                json_string(&s)
+            }
             "rate_limit" => {
                 let s = string(&nv.value, &key)?;
                 check_rate(&s).map_err(|e| syn::Error::new(span, e))?;
@@ -110,11 +207,65 @@ pub fn parse(attr: TokenStream2) -> syn::Result<String> {
         };
         fields.push((key, value));
     }
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", json_string(k)))
-        .collect();
-    Ok(format!("{{{}}}", body.join(",")))
+    Ok(Parsed {
+        fields,
+        defaults,
+        varargs,
+    })
+}
+
+/// A Celery task name a client can send (`proj.tasks.add`): printable,
+/// without spaces, at most [`MAX_NAME`] bytes (the host checks the same).
+pub fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_NAME || s.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{s}` is not a task name: write 1 to {MAX_NAME} bytes without spaces, e.g. \"proj.tasks.add\""
+        ));
+    }
+    Ok(())
+}
+
+/// A float literal as JSON (finite; `1.` is written `1.0`).
+fn float(f: &syn::LitFloat, sign: &str) -> syn::Result<String> {
+    match f.base10_parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(format!("{sign}{v:?}")),
+        _ => Err(syn::Error::new(f.span(), "a default must be a finite number")),
+    }
+}
+
+/// A default's value as JSON: a literal (number, string, bool), a negated
+/// number, `None` (null) or a list of those.
+fn default_value(e: &Expr) -> syn::Result<String> {
+    let bad = || {
+        syn::Error::new(
+            e.span(),
+            "a default is a literal (3, -1.5, \"text\", true), None or a list of those ([1, 2])",
+        )
+    };
+    match e {
+        Expr::Lit(l) => match &l.lit {
+            Lit::Int(i) => Ok(i.base10_digits().to_string()),
+            Lit::Float(f) => float(f, ""),
+            Lit::Str(s) => Ok(json_string(&s.value())),
+            Lit::Bool(b) => Ok(b.value.to_string()),
+            _ => Err(bad()),
+        },
+        Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) => match &*u.expr {
+            Expr::Lit(l) => match &l.lit {
+                Lit::Int(i) => Ok(format!("-{}", i.base10_digits())),
+                Lit::Float(f) => float(f, "-"),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        },
+        Expr::Path(p) if p.path.is_ident("None") => Ok("null".into()),
+        Expr::Array(a) => {
+            let items: syn::Result<Vec<String>> = a.elems.iter().map(default_value).collect();
+            Ok(format!("[{}]", items?.join(",")))
+        }
+        _ => Err(bad()),
+    }
 }
 
 fn unknown_key(key: &str) -> String {

@@ -71,6 +71,7 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
         "libbilliard_reload_b.so",
     ),
     ("stream", "billiard-plugin-stream", "libbilliard_stream.so"),
+    ("proj", "billiard-plugin-proj", "libbilliard_proj.so"),
     (
         "bad-failure",
         "billiard-plugin-bad-failure",

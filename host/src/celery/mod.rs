@@ -27,6 +27,7 @@ pub mod chord;
 pub mod client;
 pub mod control;
 pub mod events;
+pub mod names;
 pub mod kombu;
 pub mod progress;
 pub mod protocol;

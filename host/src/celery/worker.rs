@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
 use super::chord::{self, Chords};
+use super::names;
 use super::control::{Ops, OpsCmd, Outcome};
 use super::kombu;
 use super::progress::ProgressWriter;
@@ -83,6 +84,10 @@ pub struct WorkerOptions {
     /// Fleet-wide rate limits through the broker Redis
     /// (`--global-rate-limit TASK=RATE`).
     pub global_rate_limits: Vec<rate::TaskRate>,
+    /// Celery names this worker answers to with a plugin's task
+    /// (`--task-name proj.tasks.add=math.add`, `--task-names FILE`; see
+    /// [`names`]), resolved before the plugins' own names.
+    pub task_aliases: Vec<names::TaskAlias>,
 }
 
 impl Default for WorkerOptions {
@@ -100,6 +105,7 @@ impl Default for WorkerOptions {
             chord: chord::ChordOptions::default(),
             rate_limits: Vec::new(),
             global_rate_limits: Vec::new(),
+            task_aliases: Vec::new(),
         }
     }
 }
@@ -215,7 +221,11 @@ struct TaskEntry {
     target: TaskRef,
     /// `plugin.task`
     name: String,
+    /// The function's own name (Python's TypeError words say `add()`).
+    func: String,
     args: Vec<String>,
+    /// Its defaults and variadic tail (issue 29 item 4).
+    options: crate::TaskOptions,
 }
 
 /// What a finished job needs from its message.
@@ -366,6 +376,12 @@ impl Worker {
         }
         RateLimits::for_pool(&pool, &opts.rate_limits, &opts.global_rate_limits)
             .map_err(WorkerError::Config)?;
+        names::check_aliases(&opts.task_aliases).map_err(WorkerError::Config)?;
+        for a in &opts.task_aliases {
+            pool.find_task(&a.target).map_err(|e| {
+                WorkerError::Config(format!("--task-name {}={}: {e}", a.celery, a.target))
+            })?;
+        }
         // A result expiry SETEX would refuse fails every store: refuse it
         // here (C8).
         broker::ttl_secs(opts.result_expires).map_err(|e| WorkerError::Config(e.to_string()))?;
@@ -410,7 +426,7 @@ impl Worker {
 
     /// The task names this worker answers to, sorted.
     pub fn task_names(&self) -> Vec<String> {
-        task_names(&self.pool)
+        task_names(&self.pool, &self.opts.task_aliases)
     }
 
     /// What the startup line says.
@@ -541,7 +557,7 @@ impl Worker {
                     opts.prefetch_multiplier,
                     opts.result_expires,
                     opts.visibility_timeout,
-                    &pool.plugins(),
+                    &registered_view(&pool.plugins(), &opts.task_aliases),
                 )?;
                 o.commands()
             }
@@ -737,14 +753,16 @@ const WARM_STORE_GRACE: Duration = Duration::from_secs(30);
 /// list again (and at its controls).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
-/// Every task name the worker answers to: `plugin.task`, and the bare
-/// task name when only one plugin has it.
-fn task_names(pool: &Pool) -> Vec<String> {
+/// Every task name the worker answers to: `plugin.task`, the bare
+/// task name when only one plugin has it, the Celery names tasks
+/// registered and the worker's `--task-name` aliases.
+fn task_names(pool: &Pool, aliases: &[names::TaskAlias]) -> Vec<String> {
     let plugins = pool.plugins();
-    let mut names = Vec::new();
+    let mut names: Vec<String> = aliases.iter().map(|a| a.celery.clone()).collect();
     let mut bare: HashMap<&str, usize> = HashMap::new();
     for p in plugins.iter() {
         for t in &p.tasks {
+            names.extend(t.options.name.clone());
             names.push(format!("{}.{}", p.name, t.name));
             *bare.entry(t.name.as_str()).or_default() += 1;
         }
@@ -759,68 +777,59 @@ fn task_names(pool: &Pool) -> Vec<String> {
     names
 }
 
-/// Resolves a Celery task name against the pool's live plugins.
-fn resolve(pool: &Pool, name: &str) -> Option<TaskEntry> {
-    let target = pool.find_task(name).ok()?;
+/// Resolves a Celery task name against the worker's aliases, then the
+/// pool's live plugins (their registered Celery names before any
+/// `plugin.task` splitting: `plugin::resolve_task`).
+fn resolve(pool: &Pool, aliases: &[names::TaskAlias], name: &str) -> Option<TaskEntry> {
+    let target = pool.find_task(names::through_aliases(aliases, name)).ok()?;
     let plugins = pool.plugins();
     let p = plugins.get(target.plugin as usize)?;
     let t = p.tasks.get(target.task as usize)?;
     Some(TaskEntry {
         target,
         name: format!("{}.{}", p.name, t.name),
+        func: t.name.clone(),
         args: t.args.iter().map(|a| a.name.clone()).collect(),
+        options: t.options.clone(),
     })
 }
 
-/// Puts `args` and `kwargs` into the task's positional order, or says
-/// why not (as Python's `TypeError` would).
+/// The plugins as `inspect registered` shows them: a task under its
+/// Celery name when it registered one, and once more under each
+/// `--task-name` alias of it (the view only; nothing runs on it).
+fn registered_view(
+    plugins: &[crate::plugin::PluginInfo],
+    aliases: &[names::TaskAlias],
+) -> Vec<crate::plugin::PluginInfo> {
+    let mut view = plugins.to_vec();
+    for a in aliases {
+        let Ok((pi, ti)) = crate::plugin::resolve_task(plugins, &a.target) else {
+            continue;
+        };
+        let Some(p) = view.get_mut(pi) else { continue };
+        let Some(mut t) = p.tasks.get(ti as usize).cloned() else {
+            continue;
+        };
+        t.options.name = Some(a.celery.clone());
+        p.tasks.push(t);
+    }
+    view
+}
+
+/// Puts `args` and `kwargs` into the task's positional order, defaults
+/// and variadic tail included, or says why not in Python's `TypeError`
+/// words (`names::bind`).
 fn map_args(
-    task: &str,
-    names: &[String],
+    entry: &TaskEntry,
     args: Vec<Value>,
     kwargs: Map<String, Value>,
 ) -> Result<Vec<Value>, String> {
-    let n = names.len();
-    if args.len() > n {
-        return Err(format!(
-            "{}() takes {n} positional argument{} but {} were given",
-            task,
-            if n == 1 { "" } else { "s" },
-            args.len()
-        ));
-    }
-    let mut slots: Vec<Option<Value>> = args.into_iter().map(Some).collect();
-    slots.resize(n, None);
-    for (k, v) in kwargs {
-        match names.iter().position(|a| *a == k) {
-            Some(i) if slots[i].is_some() => {
-                return Err(format!("{}() got multiple values for argument '{k}'", task))
-            }
-            Some(i) => slots[i] = Some(v),
-            None => {
-                return Err(format!(
-                    "{}() got an unexpected keyword argument '{k}'",
-                    task
-                ))
-            }
-        }
-    }
-    let missing: Vec<String> = slots
-        .iter()
-        .zip(names)
-        .filter(|(s, _)| s.is_none())
-        .map(|(_, a)| format!("'{a}'"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "{}() missing {} required argument{}: {}",
-            task,
-            missing.len(),
-            if missing.len() == 1 { "" } else { "s" },
-            missing.join(", ")
-        ));
-    }
-    Ok(slots.into_iter().flatten().collect())
+    let p = names::Params {
+        func: &entry.func,
+        names: &entry.args,
+        options: &entry.options,
+    };
+    names::bind(&p, args, kwargs)
 }
 
 /// The pool limits of a `timelimit` header. [`Envelope::read`] already
@@ -1399,13 +1408,13 @@ impl Consumer<'_> {
             }
         };
         ctx.embed = body.embed;
-        let Some(entry) = resolve(self.pool, &name) else {
-            let known = task_names(self.pool);
+        let Some(entry) = resolve(self.pool, &self.opts.task_aliases, &name) else {
+            let known = task_names(self.pool, &self.opts.task_aliases);
             let closest = crate::closest_name(&name, known.iter().map(String::as_str));
             return Step::Fail(ctx, Exception::not_registered(&name, closest));
         };
         ctx.delivery.policy = redelivery::policy_for(self.pool, entry.target, &self.shared.rules);
-        let mut args = match map_args(&entry.name, &entry.args, body.args, body.kwargs) {
+        let mut args = match map_args(&entry, body.args, body.kwargs) {
             Ok(a) => a,
             Err(msg) => return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &msg)),
         };
@@ -2376,47 +2385,23 @@ mod tests {
 
     #[test]
     fn kwargs_go_to_their_positions() {
-        let e = names(&["a", "b"]);
+        let e = TaskEntry {
+            target: TaskRef {
+                plugin: 0,
+                task: 0,
+                gen: 0,
+            },
+            name: "math.add".into(),
+            func: "add".into(),
+            args: names(&["a", "b"]),
+            options: crate::TaskOptions::default(),
+        };
         assert_eq!(
-            map_args(
-                "math.add",
-                &e,
-                vec![Value::from(1)],
-                kw(serde_json::json!({"b": 2}))
-            )
-            .unwrap(),
+            map_args(&e, vec![], kw(serde_json::json!({"b": 2, "a": 1}))).unwrap(),
             vec![Value::from(1), Value::from(2)]
         );
-        assert_eq!(
-            map_args(
-                "math.add",
-                &e,
-                vec![],
-                kw(serde_json::json!({"b": 2, "a": 1}))
-            )
-            .unwrap(),
-            vec![Value::from(1), Value::from(2)]
-        );
-        let err = map_args("math.add", &e, vec![], kw(serde_json::json!({"c": 2}))).unwrap_err();
-        assert!(err.contains("unexpected keyword argument 'c'"), "{err}");
-        let err = map_args(
-            "math.add",
-            &e,
-            vec![Value::from(1)],
-            kw(serde_json::json!({"a": 2})),
-        )
-        .unwrap_err();
-        assert!(err.contains("multiple values for argument 'a'"), "{err}");
-        let err = map_args("math.add", &e, vec![Value::from(1)], Map::new()).unwrap_err();
-        assert!(err.contains("missing 1 required argument: 'b'"), "{err}");
-        let err = map_args(
-            "math.add",
-            &e,
-            vec![1.into(), 2.into(), 3.into()],
-            Map::new(),
-        )
-        .unwrap_err();
-        assert!(err.contains("takes 2 positional arguments but 3"), "{err}");
+        let err = map_args(&e, vec![Value::from(1)], Map::new()).unwrap_err();
+        assert_eq!(err, "add() missing 1 required positional argument: 'b'");
     }
 
     fn ctx() -> JobCtx {

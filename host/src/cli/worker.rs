@@ -142,6 +142,15 @@ pub struct Args {
     /// fleet's starts are at least 1/RATE apart (repeatable).
     #[arg(long = "global-rate-limit", value_name = "TASK=RATE", value_parser = billiard_host::celery::rate::parse_task_rate)]
     global_rate_limits: Vec<billiard_host::celery::rate::TaskRate>,
+    /// Answer to the Celery name CELERY with the plugin task PLUGIN.TASK
+    /// (e.g. proj.tasks.add=math.add), before the plugins' own names;
+    /// `inspect registered` shows it (repeatable).
+    #[arg(long = "task-name", value_name = "CELERY=PLUGIN.TASK", value_parser = billiard_host::celery::names::parse_task_alias)]
+    task_aliases: Vec<billiard_host::celery::names::TaskAlias>,
+    /// A file of --task-name mappings: one CELERY=PLUGIN.TASK a line
+    /// (blank lines and # comments skipped).
+    #[arg(long = "task-names", value_name = "FILE")]
+    task_names_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     retry: super::worker_retry::RetryFlags,
     #[command(flatten)]
@@ -253,6 +262,19 @@ pub fn run(args: Args) -> i32 {
             return exit::USAGE;
         }
     };
+    // The file's mappings first, the flags' after (a flag may not
+    // contradict the file: check_aliases refuses a name mapped twice).
+    let mut task_aliases = match &args.task_names_file {
+        Some(f) => match billiard_host::celery::names::read_task_aliases(f) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: --task-names {e}");
+                return exit::USAGE;
+            }
+        },
+        None => Vec::new(),
+    };
+    task_aliases.extend(args.task_aliases.iter().cloned());
     let opts = WorkerOptions {
         redelivery,
         broker_url: args.broker.clone(),
@@ -274,6 +296,7 @@ pub fn run(args: Args) -> i32 {
         },
         rate_limits: args.rate_limits.clone(),
         global_rate_limits: args.global_rate_limits.clone(),
+        task_aliases,
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {

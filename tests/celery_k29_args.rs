@@ -1,0 +1,266 @@
+//! Celery task names and arguments (issue 29 items 1 and 4): a plain
+//! Python Celery 5.7 client calls tasks by their dotted Celery names
+//! (`#[task(name = "proj.tasks.add")]`, `--task-name`, `--task-names
+//! FILE`) and with optional, defaulted, keyword and variadic arguments;
+//! every call runs on our worker (queue `ours`, the `proj` plugin) and on
+//! a Python `celery worker` with the same tasks in Python (queue `py`), and
+//! the two answers must be the same: results, and for a call that does not
+//! fit, the exception's class and Python's `TypeError` words.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::celery;
+use serde_json::Value;
+
+fn node(tag: &str) -> String {
+    format!("{tag}-{}@k29-args", std::process::id())
+}
+
+/// `plugins/proj` in Python: the same names, parameters and results.
+const PY_TASKS: &str = r#"
+@app.task(name='proj.tasks.add')
+def add(a, b):
+    return a + b
+
+@app.task(name='proj.tasks.add3')
+def add3(x, y, z=3):
+    return x + y + z
+
+@app.task(name='proj.tasks.greet')
+def greet(name, title=None):
+    return f'Hello, {title} {name}' if title is not None else f'Hello, {name}'
+
+@app.task(name='proj.tasks.total')
+def total(first, *rest):
+    return first + sum(rest)
+
+@app.task(name='proj.tasks.ping')
+def ping():
+    return 'pong'
+
+@app.task(name='proj.tasks.mul')
+def mul(a, b):
+    return a * b
+
+@app.task(name='legacy.multiply')
+def multiply(a, b):
+    return a * b
+"#;
+
+/// A Python `celery worker` (solo pool) with [`PY_TASKS`], on queue `py`.
+fn python_worker(python: &Path, url: &str, node: &str) -> celery::Worker {
+    let dir = celery::unique_temp_dir("k29-args-python");
+    std::fs::write(
+        dir.join("pyproj.py"),
+        format!("{}\n{PY_TASKS}", celery::py_app(url)),
+    )
+    .expect("write pyproj.py");
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-m", "celery", "-A", "pyproj", "worker", "-c", "1", "-Q", "py",
+    ])
+    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
+    .args(["--without-heartbeat", "-l", "info", "-n", node])
+    .current_dir(&dir)
+    .env("PYTHONDONTWRITEBYTECODE", "1")
+    .stdout(std::process::Stdio::null());
+    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+}
+
+/// Both workers on one Redis: (Python, ours, their node names).
+fn workers(
+    test: &str,
+) -> Option<(
+    celery::RedisServer,
+    celery::Worker,
+    celery::Worker,
+    String,
+    String,
+)> {
+    let (redis, python) = celery::celery_or_skip(test)?;
+    let url = redis.url();
+    let (py_node, our_node) = (node("py"), node("ours"));
+    let py = python_worker(&python, &url, &py_node);
+    let dir = celery::unique_temp_dir("k29-args-map");
+    let map = dir.join("names.txt");
+    std::fs::write(
+        &map,
+        "# Celery name = plugin task\n\nlegacy.multiply = proj.mul\n",
+    )
+    .expect("write the map file");
+    let map = map.display().to_string();
+    let ours = celery::worker_with(
+        &["proj"],
+        &url,
+        &[
+            "-Q",
+            "ours",
+            "-n",
+            &our_node,
+            "-c",
+            "1",
+            "--task-name",
+            "proj.tasks.mul=proj.mul",
+            "--task-names",
+            &map,
+        ],
+    );
+    Some((redis, py, ours, py_node, our_node))
+}
+
+/// Runs `calls` (a Python list of `(name, args, kwargs)`) on both queues
+/// and returns, per call, `[python's outcome, ours]`, each `["ok",
+/// result]` or `[exception class, str(exception)]`.
+fn both(url: &str, calls: &str) -> Vec<(Value, Value, Value)> {
+    let script = format!(
+        r#"{app}
+calls = {calls}
+def outcome(r):
+    r.get(timeout=60, propagate=False)
+    if r.successful():
+        return ["ok", r.result]
+    return [type(r.result).__name__, str(r.result)]
+out = []
+for name, args, kwargs in calls:
+    got = [outcome(app.send_task(name, args=args, kwargs=kwargs, queue=q)) for q in ("py", "ours")]
+    out.append([[name, args, kwargs]] + got)
+print(json.dumps(out))
+"#,
+        app = celery::py_app(url)
+    );
+    let out = celery::python_json(&script, &[]);
+    out.as_array()
+        .expect("a list of outcomes")
+        .iter()
+        .map(|c| (c[0].clone(), c[1].clone(), c[2].clone()))
+        .collect()
+}
+
+#[test]
+fn k29_dotted_celery_names_are_served_and_registered_as_a_python_worker_does() {
+    let Some((redis, _py, ours, py_node, our_node)) =
+        workers("k29_dotted_celery_names_are_served_and_registered")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let out = both(
+        &url,
+        r#"[("proj.tasks.add", [2, 3], {}),
+            ("proj.tasks.mul", [4, 5], {}),
+            ("legacy.multiply", [6, 7], {}),
+            ("proj.tasks.ping", [], {})]"#,
+    );
+    let want = [5, 20, 42];
+    for ((call, py, mine), n) in out.iter().zip(want) {
+        assert_eq!(py, &serde_json::json!(["ok", n]), "{call}");
+        assert_eq!(mine, py, "{call}");
+    }
+    assert_eq!(out[3].2, serde_json::json!(["ok", "pong"]));
+    // `inspect registered`: the Celery names, as the Python worker lists
+    // them (ours adds the signature as a field).
+    let script = format!(
+        r#"{app}
+nodes = json.loads(sys.argv[1])
+r = app.control.inspect(destination=nodes, timeout=5).registered() or {{}}
+print(json.dumps({{n: sorted(l.split(" [")[0] for l in r.get(n, [])) for n in nodes}}))
+"#,
+        app = celery::py_app(&url)
+    );
+    let nodes = serde_json::to_string(&[&py_node, &our_node]).unwrap_or_default();
+    let reg = celery::python_json(&script, &[&nodes]);
+    let names = |n: &str| -> Vec<String> {
+        reg[n]
+            .as_array()
+            .unwrap_or_else(|| panic!("no registered list from {n}: {reg}"))
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let (py, mine) = (names(&py_node), names(&our_node));
+    for name in &py {
+        assert!(mine.contains(name), "{name} is not registered by ours: {mine:?}");
+    }
+    // Our unnamed task keeps its `plugin.task` name.
+    assert!(mine.contains(&"proj.mul".to_string()), "{mine:?}");
+    assert!(!ours.stderr().contains("panicked"), "{}", ours.stderr());
+}
+
+#[test]
+fn k29_optional_defaulted_keyword_and_variadic_arguments_bind_as_python_does() {
+    let Some((redis, _py, ours, _, _)) =
+        workers("k29_optional_defaulted_keyword_and_variadic_arguments")
+    else {
+        return;
+    };
+    let out = both(
+        &redis.url(),
+        r#"[("proj.tasks.add3", [1, 2], {}),
+            ("proj.tasks.add3", [1, 2], {"z": 10}),
+            ("proj.tasks.add3", [1], {"y": 2}),
+            ("proj.tasks.add3", [], {"z": 1, "y": 2, "x": 3}),
+            ("proj.tasks.greet", ["Ann"], {}),
+            ("proj.tasks.greet", ["Ann"], {"title": "Dr"}),
+            ("proj.tasks.greet", [], {"name": "Bob"}),
+            ("proj.tasks.total", [1], {}),
+            ("proj.tasks.total", [1, 2, 3, 4], {}),
+            ("proj.tasks.total", [], {"first": 5}),
+            ("proj.tasks.add", [1], {}),
+            ("proj.tasks.add", [], {}),
+            ("proj.tasks.add", [1, 2, 3], {}),
+            ("proj.tasks.add", [1, 2], {"c": 3}),
+            ("proj.tasks.add", [1], {"a": 2}),
+            ("proj.tasks.add3", [], {}),
+            ("proj.tasks.add3", [1, 2, 3, 4], {}),
+            ("proj.tasks.add3", [1, 2], {"w": 0}),
+            ("proj.tasks.greet", [], {}),
+            ("proj.tasks.total", [1], {"rest": [2]}),
+            ("proj.tasks.total", [], {}),
+            ("proj.tasks.ping", [1], {}),
+            ("proj.tasks.ping", [1, 2], {})]"#,
+    );
+    for (call, py, mine) in &out {
+        assert_eq!(mine, py, "{call}: ours differs from Python's worker");
+    }
+    // The wordings the issue names, as both workers said them.
+    let said: Vec<String> = out.iter().map(|(_, _, m)| m.to_string()).collect();
+    for words in [
+        "add() missing 1 required positional argument: 'b'",
+        "add() takes 2 positional arguments but 3 were given",
+        "add() got an unexpected keyword argument 'c'",
+    ] {
+        assert!(said.iter().any(|s| s.contains(words)), "{words}: {said:?}");
+    }
+
+    // A chain that prepends the result to a task taking none fails with
+    // Python's words on both workers.
+    let script = format!(
+        r#"{app}
+from celery import chain
+out = []
+for q in ("py", "ours"):
+    c = chain(app.signature("proj.tasks.add", args=(1, 2), queue=q),
+              app.signature("proj.tasks.ping", queue=q))
+    r = c.apply_async()
+    r.get(timeout=60, propagate=False)
+    out.append([r.state, type(r.result).__name__, str(r.result)])
+print(json.dumps(out))
+"#,
+        app = celery::py_app(&redis.url())
+    );
+    let chained = celery::python_json(&script, &[]);
+    assert_eq!(chained[1], chained[0], "{chained}");
+    assert_eq!(
+        chained[1],
+        serde_json::json!([
+            "FAILURE",
+            "TypeError",
+            "ping() takes 0 positional arguments but 1 was given"
+        ])
+    );
+    assert!(!ours.stderr().contains("panicked"), "{}", ours.stderr());
+}
