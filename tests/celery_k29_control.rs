@@ -360,3 +360,74 @@ print(json.dumps(out))
         assert_eq!(s["request"]["args"], serde_json::json!([1, 2]), "{out}");
     }
 }
+
+#[test]
+fn k29_hostile_revoke_and_inspect_arguments_are_answered_and_survived() {
+    let Some((redis, _python)) = celery::celery_or_skip("k29_hostile_control") else {
+        return;
+    };
+    let url = redis.url();
+    let our_node = node("hostile");
+    let _ours = celery::worker_with(&["math"], &url, &["-Q", "ours", "-n", &our_node]);
+    let script = format!(
+        r#"{app}{helpers}
+n = sys.argv[1]
+def ask(method, **arguments):
+    return merged(app.control.broadcast(method, destination=[n], arguments=arguments,
+                                        reply=True, timeout=5)).get(n)
+out = {{
+  "num_id": ask('revoke', task_id=12345),
+  "dup_ids": ask('revoke', task_id=['dup', 'dup']),
+  "no_ids": ask('revoke'),
+  "bad_headers": [ask('revoke_by_stamped_headers', headers=h) for h in
+                  [5, ['novalue'], [{{'a': 1}}], 'x=y']],
+  "deep_stamp": ask('revoke_by_stamped_headers', headers={{'h': [[[[1]]]] * 3, 'k': None}}),
+  "items": ask('registered', taskinfoitems=[1, None, '_x', {{'a': 'b'}}, 'name']),
+  "items_str": ask('registered', taskinfoitems='name'),
+  "conf": sorted(ask('conf', with_defaults='yes') or {{}}),
+  "ping": ask('ping'),
+}}
+# A message carrying stamps of odd shapes still runs (not revoked).
+r = app.send_task('math.add', args=[1, 2], queue='ours', stamped_headers=['h', 'k'],
+                  h={{'x': 1}}, k=None)
+out["odd_stamps"] = r.get(timeout=30)
+print(json.dumps(out))
+"#,
+        app = celery::py_app(&url),
+        helpers = HELPERS,
+    );
+    let out = celery::python_json(&script, &[&our_node]);
+    assert_eq!(
+        out["num_id"],
+        serde_json::json!({"ok": "tasks set() flagged as revoked"})
+    );
+    assert_eq!(
+        out["dup_ids"],
+        serde_json::json!({"ok": "tasks {'dup'} flagged as revoked"})
+    );
+    assert_eq!(
+        out["no_ids"],
+        serde_json::json!({"ok": "tasks set() flagged as revoked"})
+    );
+    for r in out["bad_headers"].as_array().expect("replies") {
+        assert!(r["error"].is_string(), "{out}");
+    }
+    assert!(out["deep_stamp"]["ok"].is_string(), "{out}");
+    // Only the string item not starting with `_` is taken: `name`.
+    for l in out["items"].as_array().expect("registered lines") {
+        let l = l.as_str().unwrap_or_default();
+        let name = l.split(' ').next().unwrap_or_default();
+        assert_eq!(l, format!("{name} [name={name}]"), "{out}");
+    }
+    assert!(
+        out["items_str"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l == "math.add [name=math.add]")),
+        "{out}"
+    );
+    assert!(out["conf"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|k| k == "broker_url")));
+    assert_eq!(out["ping"], serde_json::json!({"ok": "pong"}));
+    assert_eq!(out["odd_stamps"], 3);
+}

@@ -936,7 +936,7 @@ impl Ops {
     }
 
     fn revoke(&self, args: &Map<String, Value>) -> Value {
-        let ids: Vec<String> = match &args.get("task_id") {
+        let mut ids: Vec<String> = match &args.get("task_id") {
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(a)) => a
                 .iter()
@@ -944,6 +944,18 @@ impl Ops {
                 .collect(),
             _ => Vec::new(),
         };
+        // Celery takes them as a set; one request never revokes more than
+        // Celery's whole revoked set holds (a hostile list would hold the
+        // pidbox thread on a backend write per id).
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|i| seen.insert(i.clone()));
+        if ids.len() > MAX_MERGED_REVOKES {
+            tracing::warn!(
+                "remote control: a revoke of {} ids; the first {MAX_MERGED_REVOKES} are taken",
+                ids.len()
+            );
+            ids.truncate(MAX_MERGED_REVOKES);
+        }
         let expires = self
             .facts
             .lock()

@@ -116,14 +116,28 @@ fn maybe_list(v: &Value) -> Vec<Value> {
     }
 }
 
+/// At most this many stamps are kept per header (the oldest go first,
+/// as Celery's revoked set drops its oldest ids), and at most
+/// [`MAX_STAMPED_HEADERS`] headers: Celery keeps them without a bound, a
+/// stream of broadcasts would grow this host without one.
+pub const MAX_STAMPS_PER_HEADER: usize = 50_000;
+/// See [`MAX_STAMPS_PER_HEADER`].
+pub const MAX_STAMPED_HEADERS: usize = 1_000;
+
 /// Adds `headers` to the revoked stamps (Celery appends to the list of
-/// each header).
+/// each header), within [`MAX_STAMPS_PER_HEADER`] and
+/// [`MAX_STAMPED_HEADERS`].
 pub fn add_stamps(revoked: &mut BTreeMap<String, Vec<Value>>, headers: &Map<String, Value>) {
     for (h, stamps) in headers {
-        revoked
-            .entry(h.clone())
-            .or_default()
-            .extend(maybe_list(stamps));
+        if !revoked.contains_key(h) && revoked.len() >= MAX_STAMPED_HEADERS {
+            tracing::warn!("revoke_by_stamped_headers: {MAX_STAMPED_HEADERS} headers kept already; {h:?} is not");
+            continue;
+        }
+        let l = revoked.entry(h.clone()).or_default();
+        l.extend(maybe_list(stamps));
+        if let Some(over) = l.len().checked_sub(MAX_STAMPS_PER_HEADER) {
+            l.drain(..over);
+        }
     }
 }
 
@@ -278,6 +292,14 @@ mod tests {
         );
         assert_eq!(matching(&st, &rv).len(), 2);
         assert!(message_stamps(br#"{"headers": {"stamped_headers": null}}"#).is_none());
+        let many: Vec<Value> = (0..MAX_STAMPS_PER_HEADER + 5).map(|i| json!(i)).collect();
+        let mut big = BTreeMap::new();
+        add_stamps(
+            &mut big,
+            &stamped_headers_arg(Some(&json!({"h": many}))).unwrap_or_default(),
+        );
+        assert_eq!(big["h"].len(), MAX_STAMPS_PER_HEADER);
+        assert_eq!(big["h"][0], json!(5));
         assert!(message_stamps(b"not json \"stamped_headers\": [").is_none());
     }
 }
