@@ -183,7 +183,10 @@ print(json.dumps({{n: sorted(l.split(" [")[0] for l in r.get(n, [])) for n in no
     };
     let (py, mine) = (names(&py_node), names(&our_node));
     for name in &py {
-        assert!(mine.contains(name), "{name} is not registered by ours: {mine:?}");
+        assert!(
+            mine.contains(name),
+            "{name} is not registered by ours: {mine:?}"
+        );
     }
     // Our unnamed task keeps its `plugin.task` name.
     assert!(mine.contains(&"proj.mul".to_string()), "{mine:?}");
@@ -263,4 +266,32 @@ print(json.dumps(out))
         ])
     );
     assert!(!ours.stderr().contains("panicked"), "{}", ours.stderr());
+}
+
+/// The local `run` path: a Celery name resolves before `plugin.task`
+/// splitting, and a plain array that stops short takes the task's
+/// defaults (a trailing `Option<T>`: null; a variadic tail: empty).
+#[test]
+fn k29_run_resolves_celery_names_and_fills_defaults() {
+    let plugin = common::plugin_str("proj");
+    let one = |task: &str, args: &str| -> Value {
+        let out = common::host(["run", &plugin, "--task", task, "--args", args]);
+        let line = common::stdout(&out);
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{task} {args}: {e}: {line}"))
+    };
+    assert_eq!(one("proj.tasks.add", "[2, 3]")["ok"], 5);
+    assert_eq!(one("add3", "[1, 2]")["ok"], 6);
+    assert_eq!(one("proj.tasks.add3", "[1, 2, 10]")["ok"], 13);
+    assert_eq!(one("greet", r#"["Ann"]"#)["ok"], "Hello, Ann");
+    assert_eq!(one("total", "[4]")["ok"], 4);
+    assert_eq!(one("total", "[4, [1, 2]]")["ok"], 7);
+    // Too few without a default stays a bad_args error naming the count.
+    let e = one("add3", "[1]");
+    assert_eq!(e["error"]["kind"], "bad_args", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expects 3 arguments, got 1")),
+        "{e}"
+    );
 }

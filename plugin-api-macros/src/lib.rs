@@ -213,11 +213,9 @@ fn option_inner(ty: &Type) -> Option<&Type> {
 /// `Vec<T>` (not `Vec<u8>`, which travels as a byte string).
 fn is_vec(ty: &Type) -> bool {
     let Type::Path(p) = ty else { return false };
-    p.path
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "Vec" && matches!(s.arguments, PathArguments::AngleBracketed(_)))
-        && !is_vec_u8(ty)
+    p.path.segments.last().is_some_and(|s| {
+        s.ident == "Vec" && matches!(s.arguments, PathArguments::AngleBracketed(_))
+    }) && !is_vec_u8(ty)
 }
 
 /// Checks `defaults(...)` and `varargs` against the task's parameters
@@ -285,7 +283,11 @@ fn check_signature(
 }
 
 /// Every parameter from `name` on has a default or is an `Option<T>`.
-fn trailing_optional(fixed: &[(String, Type)], name: &str, has_default: &dyn Fn(&str) -> bool) -> bool {
+fn trailing_optional(
+    fixed: &[(String, Type)],
+    name: &str,
+    has_default: &dyn Fn(&str) -> bool,
+) -> bool {
     fixed
         .iter()
         .skip_while(|(n, _)| n != name)
@@ -395,8 +397,39 @@ fn expand_task(func: &ItemFn, parsed: &options::Parsed) -> syn::Result<TokenStre
     let optional = check_signature(parsed, &params, sig.span())?;
     let options = parsed.json(&optional);
 
+    // Each parameter's default as JSON text, for the callers that pass a
+    // plain array that stops short (`glue::decode_args_defaulted`).
+    let defaulted = !parsed.defaults.is_empty() || !optional.is_empty() || parsed.varargs.is_some();
+    let default_texts: Vec<TokenStream2> = params
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let text = parsed
+                .defaults
+                .iter()
+                .find(|(k, _, _)| k == name)
+                .map(|(_, v, _)| v.clone())
+                .or_else(|| optional.contains(name).then(|| "null".to_string()))
+                .or_else(|| {
+                    (parsed.varargs.is_some() && i + 1 == params.len()).then(|| "[]".to_string())
+                });
+            match text {
+                Some(t) => quote!(::core::option::Option::Some(#t)),
+                None => quote!(::core::option::Option::None),
+            }
+        })
+        .collect();
     let decode = if bindings.is_empty() {
         quote!(::billiard_plugin_api::glue::decode_no_args(codec, args)?;)
+    } else if defaulted {
+        quote!(
+            let (#(#bindings,)*): (#(#decode_types,)*) = ::billiard_plugin_api::glue::decode_args_defaulted(
+                codec,
+                args,
+                &[#(#default_texts),*],
+            )?;
+            #(#conversions)*
+        )
     } else {
         quote!(
             let (#(#bindings,)*): (#(#decode_types,)*) = ::billiard_plugin_api::glue::decode_args(codec, args)?;

@@ -4,11 +4,11 @@
 //! The host parses that object again (a plugin may be hostile); the keys
 //! and value forms here are the ones it reads.
 
-use proc_macro2::TokenStream as TokenStream2;
 use proc_macro2::Span;
+use proc_macro2::TokenStream as TokenStream2;
 use syn::{
-    parse::Parser, punctuated::Punctuated, spanned::Spanned, Expr, Lit, Meta, MetaNameValue,
-    Token, UnOp,
+    parse::Parser, punctuated::Punctuated, spanned::Spanned, Expr, Lit, Meta, MetaNameValue, Token,
+    UnOp,
 };
 
 /// The failure kinds `autoretry_for` may list (the host's `ErrorKind`
@@ -106,7 +106,8 @@ pub fn parse(attr: TokenStream2) -> syn::Result<Parsed> {
                 if !defaults.is_empty() {
                     return Err(syn::Error::new(l.path.span(), "`defaults` is given twice"));
                 }
-                let items = l.parse_args_with(Punctuated::<MetaNameValue, Token![,]>::parse_terminated)?;
+                let items =
+                    l.parse_args_with(Punctuated::<MetaNameValue, Token![,]>::parse_terminated)?;
                 for nv in items {
                     let Some(param) = nv.path.get_ident().map(|i| i.to_string()) else {
                         return Err(syn::Error::new(
@@ -230,7 +231,10 @@ pub fn check_name(s: &str) -> Result<(), String> {
 fn float(f: &syn::LitFloat, sign: &str) -> syn::Result<String> {
     match f.base10_parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(format!("{sign}{v:?}")),
-        _ => Err(syn::Error::new(f.span(), "a default must be a finite number")),
+        _ => Err(syn::Error::new(
+            f.span(),
+            "a default must be a finite number",
+        )),
     }
 }
 

@@ -392,6 +392,37 @@ pub fn decode_args<T: DeserializeOwned>(codec: Codec, args: &[u8]) -> Result<T, 
     codec::decode(codec, args).map_err(|e| Fail::BadArgs(e.0))
 }
 
+/// [`decode_args`] for a task with defaults (`#[task(defaults(...))]`, a
+/// trailing `Option<T>`, a `varargs` tail): a JSON array that stops short
+/// is completed from `defaults` (each parameter's default as JSON text,
+/// `None` when it has none) when every missing parameter has one, as a
+/// Python call leaves them out (`run --args '[1, 2]'` of `add3(x, y,
+/// z=3)`). The Celery worker binds calls before they get here (keywords
+/// too); this is for the callers that pass a plain array.
+pub fn decode_args_defaulted<T: DeserializeOwned>(
+    codec: Codec,
+    args: &[u8],
+    defaults: &[Option<&str>],
+) -> Result<T, Fail> {
+    if codec == Codec::Json {
+        if let Ok(mut v) = serde_json::from_slice::<Vec<serde_json::Value>>(args) {
+            if let Some(missing) = defaults.get(v.len()..).filter(|m| !m.is_empty()) {
+                let filled: Option<Vec<serde_json::Value>> = missing
+                    .iter()
+                    .map(|d| d.and_then(|t| serde_json::from_str(t).ok()))
+                    .collect();
+                if let Some(filled) = filled {
+                    v.extend(filled);
+                    if let Ok(bytes) = serde_json::to_vec(&v) {
+                        return decode_args(codec, &bytes);
+                    }
+                }
+            }
+        }
+    }
+    decode_args(codec, args)
+}
+
 pub fn decode_no_args(codec: Codec, args: &[u8]) -> Result<(), Fail> {
     codec::decode_no_args(codec, args).map_err(|e| Fail::BadArgs(e.0))
 }

@@ -78,6 +78,38 @@
 //! #[billiard_plugin_api::task(priority = 3)]
 //! fn t() -> u64 { 0 }
 //! ```
+//!
+//! Celery names and Python's parameters (issue 29) are checked the same
+//! way: a name with a space, a default of an argument the task does not
+//! have, a defaulted argument before a required one (Python's rule) and
+//! `varargs` without a last `Vec<T>` do not compile:
+//!
+//! ```
+//! #[billiard_plugin_api::task(name = "proj.tasks.add3", defaults(z = 3, w = -1.5))]
+//! fn add3(x: i64, y: i64, z: i64, w: f64, label: Option<String>) -> f64 { 0.0 }
+//! #[billiard_plugin_api::task(varargs)]
+//! fn total(first: i64, rest: Vec<i64>) -> i64 { first }
+//! ```
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(name = "proj tasks add")]
+//! fn t() -> u64 { 0 }
+//! ```
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(defaults(q = 3))]
+//! fn t(x: u64) -> u64 { x }
+//! ```
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(defaults(x = 3))]
+//! fn t(x: u64, y: u64) -> u64 { x }
+//! ```
+//!
+//! ```compile_fail
+//! #[billiard_plugin_api::task(varargs)]
+//! fn t(x: u64, y: u64) -> u64 { x }
+//! ```
 
 #![warn(missing_docs)]
 

@@ -133,7 +133,11 @@ fn plural(n: usize) -> &'static str {
 
 /// Binds `args` and `kwargs` to the parameters as CPython binds a call,
 /// or says why not in CPython's `TypeError` words.
-pub fn bind(p: &Params<'_>, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Vec<Value>, String> {
+pub fn bind(
+    p: &Params<'_>,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+) -> Result<Vec<Value>, String> {
     let func = p.func;
     let varargs = p.options.varargs && !p.names.is_empty();
     let fixed: &[String] = if varargs {
@@ -214,12 +218,7 @@ mod tests {
         v.as_object().cloned().unwrap_or_default()
     }
 
-    fn call(
-        n: &[&str],
-        o: &TaskOptions,
-        args: Value,
-        kwargs: Value,
-    ) -> Result<Vec<Value>, String> {
+    fn call(n: &[&str], o: &TaskOptions, args: Value, kwargs: Value) -> Result<Vec<Value>, String> {
         let n = names(n);
         let p = Params {
             func: "add",
@@ -267,7 +266,13 @@ mod tests {
             [json!(1), json!(2), json!(3), Value::Null]
         );
         assert_eq!(
-            call(&["x", "y", "z", "w"], &d, json!([1]), json!({"y": 2, "w": 5})).unwrap(),
+            call(
+                &["x", "y", "z", "w"],
+                &d,
+                json!([1]),
+                json!({"y": 2, "w": 5})
+            )
+            .unwrap(),
             [json!(1), json!(2), json!(3), json!(5)]
         );
         assert_eq!(

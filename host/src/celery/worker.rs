@@ -27,9 +27,9 @@ use serde_json::{Map, Value};
 
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
 use super::chord::{self, Chords};
-use super::names;
 use super::control::{Ops, OpsCmd, Outcome};
 use super::kombu;
+use super::names;
 use super::progress::ProgressWriter;
 use super::protocol::{
     self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
@@ -1272,9 +1272,17 @@ impl Consumer<'_> {
                 self.pool
                     .apply_raw_then(p.target, Codec::Json, p.args, p.limits, move |o| {
                         pending.done(match o {
-                            // A `Vec<u8>` result is read back as Python
-                            // `bytes` (issue 29 item 5).
-                            Ok(bytes) => Res::Ok(kombu::result_value(bytes)),
+                            Ok(bytes) => {
+                                let mut v = serde_json::from_slice(bytes).unwrap_or_else(|_| {
+                                    Value::String(String::from_utf8_lossy(bytes).into_owned())
+                                });
+                                // A `Vec<u8>` result is read back as
+                                // Python `bytes` (issue 29 item 5).
+                                if kombu::may_hold_bytes(bytes) {
+                                    kombu::encode_result(&mut v);
+                                }
+                                Res::Ok(v)
+                            }
                             Err(e) => Res::Err(e.clone()),
                         })
                     });
