@@ -431,3 +431,56 @@ print(json.dumps(out))
     assert_eq!(out["ping"], serde_json::json!({"ok": "pong"}));
     assert_eq!(out["odd_stamps"], 3);
 }
+
+/// `revoke_by_stamped_headers(..., terminate=True)` kills a running job
+/// stamped so (ours only: a Python solo worker busy with the job cannot
+/// even read the broadcast) and answers with Celery's
+/// `defaultdict(set)` repr.
+#[test]
+fn k29_revoke_by_stamped_headers_terminates_a_running_stamped_job() {
+    let Some((redis, _python)) = celery::celery_or_skip("k29_stamped_terminate") else {
+        return;
+    };
+    let url = redis.url();
+    let our_node = node("sterm");
+    let _ours = celery::worker_with(
+        &["faults"],
+        &url,
+        &["-Q", "ours", "-n", &our_node, "-c", "2"],
+    );
+    let script = format!(
+        r#"{app}{helpers}
+n = sys.argv[1]
+i = app.control.inspect(destination=[n], timeout=3)
+r = app.send_task('faults.sleep_ms', args=[60000], queue='ours',
+                  stamped_headers=['mtask_id'], mtask_id='T1')
+other = app.send_task('faults.sleep_ms', args=[60000], queue='ours',
+                      stamped_headers=['mtask_id'], mtask_id='T2')
+end = time.time() + 30
+while len((i.active() or {{}}).get(n) or []) < 2:
+    assert time.time() < end, i.active()
+miss = merged(app.control.revoke_by_stamped_headers({{'mtask_id': 'T9'}}, terminate=True,
+              destination=[n], reply=True, timeout=5))
+hit = merged(app.control.revoke_by_stamped_headers({{'mtask_id': ['T1', 'T8']}}, terminate=True,
+             destination=[n], reply=True, timeout=5))
+end = time.time() + 30
+while r.state != 'REVOKED':
+    assert time.time() < end, r.state
+still = [a['id'] for a in (i.active() or {{}}).get(n) or []]
+app.control.revoke(other.id, terminate=True)
+print(json.dumps({{"miss": miss, "hit": hit, "still": still, "other": other.id}}))
+"#,
+        app = celery::py_app(&url),
+        helpers = HELPERS,
+    );
+    let out = celery::python_json(&script, &[&our_node]);
+    assert_eq!(
+        out["miss"][&our_node],
+        serde_json::json!({"ok": "headers {'mtask_id': 'T9'} were not terminated"})
+    );
+    assert_eq!(
+        out["hit"][&our_node],
+        serde_json::json!({"ok": "headers defaultdict(<class 'set'>, {'mtask_id': {'T1'}}) revoked"})
+    );
+    assert_eq!(out["still"], serde_json::json!([out["other"]]), "{out}");
+}

@@ -233,3 +233,37 @@ print(json.dumps(out))
         assert!(text.starts_with(msg), "{case}: {text}\nwant: {msg}");
     }
 }
+
+#[test]
+fn k29_byte_results_flow_through_chains_between_both_workers() {
+    let Some((redis, python)) =
+        celery::celery_or_skip("k29_byte_results_flow_through_chains_between_both_workers")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _py = python_worker(&python, &url, &node("py"));
+    let _ours = celery::worker_with(&["bytes"], &url, &["-Q", "ours", "-n", &node("ours")]);
+    // A step's bytes result is the next step's first argument: written as
+    // kombu's tag by the worker that ran the step, decoded by the next.
+    let script = format!(
+        r#"{app}{PY_CLIENT}
+s = app.signature
+out = {{}}
+for a, b in [("ours", "ours"), ("py", "ours"), ("ours", "py"), ("py", "py")]:
+    c1 = (s("bytes.echo", args=[b"\xffab"], queue=a) | s("bytes.len", queue=b)).apply_async()
+    c2 = (s("bytes.echo", args=[b"hi"], queue=a) | s("bytes.echo", queue=b)).apply_async()
+    c3 = (s("bytes.join", args=[[b"\x00", b"\xfe"]], queue=a) | s("bytes.echo", queue=b)).apply_async()
+    out[a + ">" + b] = [outcome(c1), outcome(c2), outcome(c3)]
+print(json.dumps(out))
+"#,
+        app = celery::py_app(&url)
+    );
+    let out = celery::python_json(&script, &[]);
+    for pair in ["ours>ours", "py>ours", "ours>py", "py>py"] {
+        let got = &out[pair];
+        assert_eq!(got[0]["repr"], "3", "{pair}: {got}");
+        assert_eq!(got[1]["repr"], "b'hi'", "{pair}: {got}");
+        assert_eq!(got[2]["repr"], r"b'\x00\xfe'", "{pair}: {got}");
+    }
+}

@@ -297,6 +297,18 @@ fn uuid_text(v: &Value) -> Option<String> {
     ))
 }
 
+/// A task's JSON result as the worker stores and forwards it: parsed (a
+/// result that is not JSON, which the glue never writes, is kept as its
+/// text), its byte strings written as kombu's tags ([`encode_result`]).
+pub fn result_value(json: &[u8]) -> Value {
+    let mut v = serde_json::from_slice(json)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(json).into_owned()));
+    if may_hold_bytes(json) {
+        encode_result(&mut v);
+    }
+    v
+}
+
 /// Whether a task's JSON result may hold a byte string (`{"$bytes": ...}`):
 /// a cheap test before [`encode_result`]'s walk.
 pub fn may_hold_bytes(json: &[u8]) -> bool {

@@ -1272,17 +1272,9 @@ impl Consumer<'_> {
                 self.pool
                     .apply_raw_then(p.target, Codec::Json, p.args, p.limits, move |o| {
                         pending.done(match o {
-                            Ok(bytes) => {
-                                let mut v = serde_json::from_slice(bytes).unwrap_or_else(|_| {
-                                    Value::String(String::from_utf8_lossy(bytes).into_owned())
-                                });
-                                // A `Vec<u8>` result is read back as
-                                // Python `bytes` (issue 29 item 5).
-                                if kombu::may_hold_bytes(bytes) {
-                                    kombu::encode_result(&mut v);
-                                }
-                                Res::Ok(v)
-                            }
+                            // A `Vec<u8>` result is read back as Python
+                            // `bytes` (issue 29 item 5).
+                            Ok(bytes) => Res::Ok(kombu::result_value(bytes)),
                             Err(e) => Res::Err(e.clone()),
                         })
                     });
