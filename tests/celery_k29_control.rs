@@ -28,6 +28,11 @@ fn node(tag: &str) -> String {
 /// A Python Celery worker serving `math.add` and `math.square`
 /// (`rate_limit="10/s"`) from queue `py`.
 fn python_worker(python: &Path, url: &str, node: &str) -> celery::Worker {
+    python_worker_with(python, url, node, &["--without-mingle"])
+}
+
+/// [`python_worker`] with other flags than `--without-mingle`.
+fn python_worker_with(python: &Path, url: &str, node: &str, flags: &[&str]) -> celery::Worker {
     let dir = celery::unique_temp_dir("k29-control-python");
     std::fs::write(
         dir.join("pyk29.py"),
@@ -42,7 +47,8 @@ fn python_worker(python: &Path, url: &str, node: &str) -> celery::Worker {
     cmd.args([
         "-m", "celery", "-A", "pyk29", "worker", "-c", "1", "-Q", "py",
     ])
-    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
+    .args(["--pool", "solo", "--without-gossip"])
+    .args(flags)
     .args(["--without-heartbeat", "-l", "info", "-n", node])
     .current_dir(&dir)
     .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -483,4 +489,44 @@ print(json.dumps({{"miss": miss, "hit": hit, "still": still, "other": other.id}}
         serde_json::json!({"ok": "headers defaultdict(<class 'set'>, {'mtask_id': {'T1'}}) revoked"})
     );
     assert_eq!(out["still"], serde_json::json!([out["other"]]), "{out}");
+}
+
+/// A Python worker starting with mingle asks the running nodes `hello`:
+/// ours answers its revoked ids as Celery 5.7 does, and the Python worker
+/// then lists an id revoked before it started.
+#[test]
+fn k29_a_python_worker_starting_with_mingle_takes_our_revokes() {
+    let Some((redis, python)) = celery::celery_or_skip("k29_mingle_revokes") else {
+        return;
+    };
+    let url = redis.url();
+    let our_node = node("mours");
+    let _ours = celery::worker_with(&["math"], &url, &["-Q", "ours", "-n", &our_node]);
+    let revoke = format!(
+        r#"{app}{helpers}
+i = str(uuid.uuid4())
+app.AsyncResult(i).revoke()
+wait_revoked_listed([sys.argv[1]], [i])
+print(json.dumps(i))
+"#,
+        app = celery::py_app(&url),
+        helpers = HELPERS,
+    );
+    let id = celery::python_json(&revoke, &[&our_node]);
+    let id = id.as_str().unwrap_or_default().to_string();
+    let py_node = node("mpy");
+    let _py = python_worker_with(&python, &url, &py_node, &[]);
+    let check = format!(
+        r#"{app}{helpers}
+n, i = sys.argv[1], sys.argv[2]
+rv = (app.control.inspect(destination=[n], timeout=5).revoked() or {{}}).get(n) or []
+print(json.dumps(i in rv))
+"#,
+        app = celery::py_app(&url),
+        helpers = HELPERS,
+    );
+    assert_eq!(
+        celery::python_json(&check, &[&py_node, &id]),
+        Value::Bool(true)
+    );
 }
