@@ -31,6 +31,10 @@ def blen(data):
 def join(parts):
     return b''.join(parts)
 
+@app.task(name='bytes.split')
+def split(data, size):
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
 @app.task(name='bytes.texts')
 def texts(items):
     return [x.isoformat() if hasattr(x, 'isoformat') else str(x) for x in items]
@@ -119,6 +123,8 @@ fn k29_typed_arguments_and_byte_results_match_a_python_worker() {
     "echo_kwarg": ("bytes.echo", [], {"data": b"kw\x80"}),
     "len_large": ("bytes.len", [bytes(range(256)) * 1200], {}),
     "join_nested": ("bytes.join", [[b"a", b"\xfe", b"", "\u00e9".encode()]], {}),
+    "split_nested_result": ("bytes.split", [b"ab\xffcd", 2], {}),
+    "split_empty": ("bytes.split", [b"", 3], {}),
     "texts": ("bytes.texts", [[
         dt.datetime(2026, 12, 6, 7, 37, 6, 123456, tzinfo=utc),
         dt.datetime(2026, 1, 2, 3, 4, 5),
@@ -145,6 +151,8 @@ fn k29_typed_arguments_and_byte_results_match_a_python_worker() {
         ("echo_kwarg", "bytes", r"b'kw\x80'"),
         ("len_large", "int", "307200"),
         ("join_nested", "bytes", r"b'a\xfe\xc3\xa9'"),
+        ("split_nested_result", "list", r"[b'ab', b'\xffc', b'd']"),
+        ("split_empty", "list", "[]"),
     ];
     for (case, ty, repr) in expect {
         assert_eq!(ours[case]["type"], ty, "{case}: {}", ours[case]);
@@ -266,4 +274,51 @@ print(json.dumps(out))
         assert_eq!(got[1]["repr"], "b'hi'", "{pair}: {got}");
         assert_eq!(got[2]["repr"], r"b'\x00\xfe'", "{pair}: {got}");
     }
+}
+
+#[test]
+fn k29_nested_bytes_are_bounded_a_vec_u8_parameter_is_not() {
+    let Some((redis, _python)) =
+        celery::celery_or_skip("k29_nested_bytes_are_bounded_a_vec_u8_parameter_is_not")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _ours = celery::worker_with(&["bytes"], &url, &["-Q", "ours", "-n", &node("ours")]);
+    // Nested byte strings become arrays of numbers (a JSON value per byte):
+    // at most 1 MiB of them per message. A parameter declared Vec<u8> takes
+    // its bytes in the codec's compact form, any size (here 3 MiB, and
+    // back as bytes). A Python worker has no such bound (not compared).
+    let script = format!(
+        r#"{app}{PY_CLIENT}
+big = bytes(range(256)) * (3 * 4096)
+out = {{
+    "top": outcome(app.send_task("bytes.echo", args=[big], queue="ours")),
+    "top_len": len(app.send_task("bytes.echo", args=[big], queue="ours").get(timeout=60)),
+    "nested_ok": outcome(app.send_task("bytes.join", args=[[b"x" * 500000, b"y" * 500000]], queue="ours")),
+    "nested_over": outcome(app.send_task("bytes.join", args=[[b"x" * 600000, b"y" * 600000]], queue="ours")),
+    "kwarg_nested_bad": outcome(app.send_task("bytes.join", kwargs={{"parts": [b"ok", Raw({{"__type__": "base64", "__value__": "***"}})]}}, queue="ours")),
+}}
+out["top"]["repr"] = len(out["top"].get("repr", ""))
+out["nested_ok"]["repr"] = len(out["nested_ok"].get("repr", ""))
+print(json.dumps(out))
+"#,
+        app = celery::py_app(&url)
+    );
+    let out = celery::python_json(&script, &[]);
+    assert_eq!(out["top"]["type"], "bytes", "{out}");
+    assert_eq!(out["top_len"], 3 * 1024 * 1024, "{out}");
+    assert_eq!(out["nested_ok"]["type"], "bytes", "{out}");
+    assert_eq!(out["nested_over"]["exc"], "TypeError", "{out}");
+    let over = out["nested_over"]["msg"].as_str().unwrap_or_default();
+    assert!(
+        over.starts_with("argument 'parts'[1]: the message's nested byte strings exceed 1048576"),
+        "{over}"
+    );
+    assert_eq!(out["kwarg_nested_bad"]["exc"], "TypeError", "{out}");
+    let bad = out["kwarg_nested_bad"]["msg"].as_str().unwrap_or_default();
+    assert!(
+        bad.starts_with("argument 'parts'[1]: kombu's tagged base64 needs a base64 string"),
+        "{bad}"
+    );
 }

@@ -126,7 +126,7 @@ fn inspect_json_describes_bytes() {
     assert_eq!(info["abi_version"], billiard_plugin_api::ABI_VERSION);
     assert_eq!(
         task_names(&info),
-        ["len", "checksum", "echo", "make", "join", "texts"]
+        ["len", "checksum", "echo", "make", "join", "texts", "split"]
     );
     for name in ["len", "checksum", "echo"] {
         assert_eq!(arg_list(task(&info, name)), [("data", "Vec<u8>")]);

@@ -1,6 +1,6 @@
 //! `bytes`: tasks over byte buffers, used by the payload benchmarks.
 
-use billiard_plugin_api::{export_plugin, task};
+use billiard_plugin_api::{codec::Bytes, export_plugin, task};
 
 /// Length of the buffer.
 #[task]
@@ -42,6 +42,18 @@ pub fn texts(items: Vec<String>) -> Vec<String> {
     items
 }
 
+/// The buffer cut into pieces of `size` bytes (the last may be shorter):
+/// byte strings nested in a result, as `codec::Bytes` so a Celery client
+/// reads back a list of `bytes` (issue 29 item 5).
+#[task]
+pub fn split(data: Vec<u8>, size: u64) -> Result<Vec<Bytes>, String> {
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("size {size} is not a positive length"))?;
+    Ok(data.chunks(size).map(|c| Bytes(c.to_vec())).collect())
+}
+
 /// FNV-1a, 64 bit.
 pub fn fnv1a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -52,4 +64,4 @@ pub fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
-export_plugin!(name: "bytes", tasks: [len, checksum, echo, make, join, texts]);
+export_plugin!(name: "bytes", tasks: [len, checksum, echo, make, join, texts, split]);
