@@ -325,6 +325,8 @@ struct State {
 
 impl State {
     fn get(&self, task: &str) -> Setting {
+        // Limits are kept under `plugin.task`; any name it answers to finds them.
+        let task = self.names.get(task).map_or(task, String::as_str);
         let local = match (self.control.get(task), self.flag.get(task)) {
             (Some(r), _) | (None, Some(r)) => r.clone(),
             (None, None) => self.option.get(task).cloned(),
@@ -362,6 +364,12 @@ fn tasks_of(pool: &Pool) -> (HashMap<String, String>, BTreeMap<String, Rate>, Ve
                 }
             }
             names.insert(full.clone(), full.clone());
+            // Its Celery name (`#[task(name = "proj.tasks.add")]`, issue
+            // 29 item 1): a flag, a control command and `inspect
+            // registered` name the task so.
+            if let Some(n) = &t.options.name {
+                names.insert(n.clone(), full.clone());
+            }
             bare.entry(t.name.clone()).or_default().push(full);
         }
     }
