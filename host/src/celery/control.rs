@@ -816,7 +816,7 @@ impl Ops {
         // waits for no reply (`AsyncResult.revoke()`): 0 never lapses
         // (kombu's own check is `if expires and time() > expires`).
         if let Some(exp) = env["headers"]["expires"].as_f64() {
-            if exp > 0.0 && exp < events::unix_now() {
+            if exp != 0.0 && exp < events::unix_now() {
                 return;
             }
         }
