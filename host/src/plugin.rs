@@ -722,6 +722,20 @@ fn duplicate_task(tasks: &[TaskSpec]) -> Option<String> {
             ));
         }
     }
+    // Two tasks registering one Celery name: the second could never be
+    // sent to (issue 29 item 1).
+    let mut celery = std::collections::HashMap::new();
+    for t in tasks {
+        if let Some(n) = t.options.name.as_deref() {
+            if let Some(first) = celery.insert(n, t.name.as_str()) {
+                return Some(format!(
+                    "its tasks `{first}` and `{}` both register the Celery name `{n}`; \
+                     the second could never be called: give each its own name",
+                    t.name
+                ));
+            }
+        }
+    }
     None
 }
 
@@ -896,5 +910,56 @@ pub fn outcome(status: Status, out: Vec<u8>) -> Result<Vec<u8>, TaskError> {
     match ErrorKind::from_status(status) {
         None => Ok(out),
         Some(kind) => Err(TaskError::from_plugin_output(kind, &out)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, celery: Option<&str>) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            doc: String::new(),
+            args: Vec::new(),
+            ret: "()".into(),
+            takes_context: false,
+            streaming: false,
+            item: None,
+            options: TaskOptions {
+                name: celery.map(str::to_string),
+                ..TaskOptions::default()
+            },
+            schema: None,
+        }
+    }
+
+    #[test]
+    fn a_celery_name_registered_twice_is_refused_and_resolves_first() {
+        let both = [spec("add", Some("proj.add")), spec("sum", Some("proj.add"))];
+        let why = duplicate_task(&both).unwrap_or_default();
+        assert!(
+            why.contains("both register the Celery name `proj.add`"),
+            "{why}"
+        );
+        assert!(duplicate_task(&[spec("add", Some("proj.add")), spec("sum", None)]).is_none());
+        // A dotted Celery name resolves before `plugin.task` splitting,
+        // even when its first part is a plugin's name.
+        let info = |tasks: Vec<TaskSpec>| PluginInfo {
+            path: std::path::PathBuf::from("/x.so"),
+            name: "proj".into(),
+            version: "0".into(),
+            abi_version: 2,
+            api_version: "0".into(),
+            tasks,
+            metadata: None,
+        };
+        let plugins = [info(vec![
+            spec("mul", None),
+            spec("add", Some("proj.tasks.add")),
+        ])];
+        assert_eq!(resolve_task(&plugins, "proj.tasks.add").ok(), Some((0, 1)));
+        assert_eq!(resolve_task(&plugins, "proj.mul").ok(), Some((0, 0)));
+        assert!(resolve_task(&plugins, "proj.tasks.mul").is_err());
     }
 }
