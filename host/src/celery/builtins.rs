@@ -72,7 +72,9 @@ pub enum Outcome {
     /// positional args, in order; the result is the list of their results,
     /// the first failure (in item order) the message's failure.
     Map {
+        /// The task's name, resolved by the worker.
         task: String,
+        /// Each call's positional args.
         items: Vec<Vec<Value>>,
     },
 }

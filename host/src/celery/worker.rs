@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
+use super::builtins;
 use super::chord::{self, Chords};
 use super::control::{Ops, OpsCmd, Outcome};
 use super::kombu;
@@ -243,6 +244,9 @@ struct JobCtx {
     embed: Embed,
     /// What a retry, a reject or the poison cap needs (redelivery.rs).
     delivery: Delivery,
+    /// What a Celery builtin that finished at once sent (builtins.rs):
+    /// its messages go out with its result, which names them as children.
+    sent: Option<Box<builtins::Sent>>,
 }
 
 /// A decoded message ready to run.
@@ -254,6 +258,9 @@ struct Prepared {
     expires: Option<DateTime<Utc>>,
     /// The task's `plugin.task` name (its rate limits' key).
     name: String,
+    /// `celery.map`/`celery.starmap` (builtins.rs): each item's encoded
+    /// args, each run as its own job; the message's result is their list.
+    items: Option<Vec<Vec<u8>>>,
 }
 
 /// A job's end, for the finisher.
@@ -887,6 +894,8 @@ enum Step {
     Run(Prepared),
     Hold(Instant, Prepared),
     Fail(JobCtx, Exception),
+    /// A Celery builtin done at once (builtins.rs): its result to store.
+    Done(JobCtx, Value),
     /// Not a task message (no id to answer to): acked, logged.
     Discard(String),
 }
@@ -1266,6 +1275,29 @@ impl Consumer<'_> {
                 ctx: Some(p.ctx),
                 tx: self.fin_tx.clone(),
             };
+            if let Some(items) = p.items {
+                // celery.map/starmap (builtins.rs): one job per item, one
+                // answer once all are in; a dropped job drops the answer
+                // (`Pending`: the message goes back to its queue).
+                let gathered = builtins::gather(items.len(), move |r| {
+                    pending.done(match r {
+                        Ok(v) => Res::Ok(Value::Array(v)),
+                        Err(e) => Res::Err(e),
+                    })
+                });
+                for (args, item) in items.into_iter().zip(gathered) {
+                    let _ = self
+                        .pool
+                        .apply_raw_then(p.target, Codec::Json, args, p.limits, move |o| {
+                            item.finish(match o {
+                                // Bytes as kombu's tag (issue 29 item 5).
+                                Ok(bytes) => Ok(kombu::result_value(bytes)),
+                                Err(e) => Err(e.clone()),
+                            })
+                        });
+                }
+                continue;
+            }
             // On an error the callback (and with it `pending`) is dropped,
             // which reports the job `terminated`: one Fin either way.
             let submitted =
@@ -1326,6 +1358,14 @@ impl Consumer<'_> {
                 self.held_jobs.insert(self.seq, p);
             }
             Step::Fail(ctx, exc) => self.fail(ctx, exc),
+            Step::Done(ctx, v) => {
+                let _ = self.fin_tx.send(Fin {
+                    ctx,
+                    res: Res::Ok(v),
+                    slot: false,
+                    unrun: false,
+                });
+            }
             Step::Discard(why) => {
                 tracing::error!("discarded message {} from queue {}: {why}", r.tag, r.queue);
                 let tags = [r.tag.clone()];
@@ -1367,6 +1407,7 @@ impl Consumer<'_> {
             ignore_result: h.ignore_result == Some(true),
             embed: Embed::default(),
             delivery: Delivery::of(&r.queue, env, &r.raw, self.shared.rules.base.clone()),
+            sent: None,
         };
         if let Some(e) = msg.refused {
             // A refused chord part still counts (issue 23 item 1): its
@@ -1400,6 +1441,9 @@ impl Consumer<'_> {
             }
         };
         ctx.embed = body.embed;
+        if builtins::is_builtin(&name) {
+            return self.builtin(ctx, &name, body.args, body.kwargs, &msg);
+        }
         let Some(entry) = resolve(self.pool, &self.opts.task_aliases, &name) else {
             let known = task_names(self.pool, &self.opts.task_aliases);
             let closest = crate::closest_name(&name, known.iter().map(String::as_str));
@@ -1431,26 +1475,103 @@ impl Consumer<'_> {
             limits,
             expires,
             name: entry.name,
+            items: None,
         };
-        match msg.eta {
-            Some(eta) if eta > Utc::now() => {
-                let wait = eta
-                    .signed_duration_since(Utc::now())
-                    .to_std()
-                    .unwrap_or_default();
-                // The reader refused an eta beyond bounds::MAX_DURATION, so
-                // the deadline exists; "never" would be a message held for
-                // ever, which is refused rather than kept.
-                match bounds::deadline(Instant::now(), wait) {
-                    Some(at) => Step::Hold(at, p),
-                    None => refuse(
-                        p.ctx,
-                        &format!("header \"eta\": {} is too far away", protocol::iso8601(eta)),
-                    ),
-                }
-            }
-            _ => Step::Run(p),
+        schedule(p, msg.eta)
+    }
+
+    /// A Celery builtin message (issue 29 item 3): expanded into messages
+    /// or answered at once ([`builtins::run`]); `celery.map`/`starmap`
+    /// resolve their task and run each item on the pool.
+    fn builtin(
+        &mut self,
+        ctx: JobCtx,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        msg: &protocol::Received,
+    ) -> Step {
+        if msg.expires.is_some_and(|e| e <= Utc::now()) {
+            return Step::Fail(ctx, Exception::revoked("expired"));
         }
+        // A revoked builtin sends nothing (a map's items are checked again
+        // on their way to the pool).
+        if let Some(o) = &self.shared.ops {
+            if o.is_revoked_message(&ctx.task_id, &ctx.delivery.raw) {
+                return Step::Fail(ctx, Exception::revoked("revoked"));
+            }
+        }
+        let limits = match limits_of(msg.envelope.headers.timelimit) {
+            Ok(l) => l,
+            Err(e) => return refuse(ctx, &format!("header \"timelimit\": {e}")),
+        };
+        let mut ctx = ctx;
+        let (task, items) =
+            match builtins::run(name, args, kwargs, &ctx.root_id, &ctx.task_id) {
+                builtins::Outcome::Fail(exc) => return Step::Fail(ctx, exc),
+                builtins::Outcome::Done {
+                    result,
+                    children,
+                    applied,
+                } => {
+                    ctx.sent = Some(Box::new(builtins::Sent { children, applied }));
+                    return Step::Done(ctx, result);
+                }
+                builtins::Outcome::Map { task, items } => (task, items),
+            };
+        // `signature(task).type`: a task this worker does not have is
+        // NotRegistered, as app.tasks[name] raises it.
+        let Some(entry) = resolve(self.pool, &self.opts.task_aliases, &task) else {
+            let known = task_names(self.pool, &self.opts.task_aliases);
+            let closest = crate::closest_name(&task, known.iter().map(String::as_str));
+            return Step::Fail(ctx, Exception::not_registered(&task, closest));
+        };
+        let byte_params = kombu::byte_params_of(self.pool, entry.target);
+        let mut encoded = Vec::with_capacity(items.len());
+        for item in items {
+            let mut a = match map_args(&entry, item, Map::new()) {
+                Ok(a) => a,
+                Err(m) => return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &m)),
+            };
+            if let Err(e) = kombu::decode_args(&mut a, &entry.args, &byte_params) {
+                return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &e.to_string()));
+            }
+            encoded.push(serde_json::to_vec(&a).unwrap_or_else(|_| b"[]".to_vec()));
+        }
+        let p = Prepared {
+            ctx,
+            target: entry.target,
+            args: b"[]".to_vec(),
+            limits,
+            expires: msg.expires,
+            // The rate limits of the task it runs.
+            name: entry.name,
+            items: Some(encoded),
+        };
+        schedule(p, msg.eta)
+    }
+}
+
+/// Runs `p` now, or holds it until its `eta`.
+fn schedule(p: Prepared, eta: Option<DateTime<Utc>>) -> Step {
+    match eta {
+        Some(eta) if eta > Utc::now() => {
+            let wait = eta
+                .signed_duration_since(Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            // The reader refused an eta beyond bounds::MAX_DURATION, so
+            // the deadline exists; "never" would be a message held for
+            // ever, which is refused rather than kept.
+            match bounds::deadline(Instant::now(), wait) {
+                Some(at) => Step::Hold(at, p),
+                None => refuse(
+                    p.ctx,
+                    &format!("header \"eta\": {} is too far away", protocol::iso8601(eta)),
+                ),
+            }
+        }
+        _ => Step::Run(p),
     }
 }
 
@@ -1609,7 +1730,15 @@ fn completion(ctx: &JobCtx, res: &Res) -> (Completion, bool) {
                     send.push(follow_up(cb, Some(v.clone()), ctx, None));
                 }
             }
-            (ResultMeta::success(&ctx.task_id, v.clone()), true, send)
+            let mut meta = ResultMeta::success(&ctx.task_id, v.clone());
+            if let Some(sent) = &ctx.sent {
+                // A builtin's expansion goes out before its result, its
+                // chord sizes before any header part (builtins.rs).
+                send.splice(0..0, sent.applied.msgs.iter().cloned());
+                chord_sizes.splice(0..0, sent.applied.sizes.iter().cloned());
+                meta.children.clone_from(&sent.children);
+            }
+            (meta, true, send)
         }
         Res::Err(_) | Res::Exc(_) => {
             let exc = match res {
@@ -2408,6 +2537,7 @@ mod tests {
             ignore_result: false,
             embed: Embed::default(),
             delivery: Delivery::default(),
+            sent: None,
         }
     }
 
