@@ -312,3 +312,45 @@ fn k29_run_resolves_celery_names_and_fills_defaults() {
         "{e}"
     );
 }
+
+/// A mapping the worker cannot honour stops it at start (exit 2) naming
+/// the flag, the file line or the task; nothing is consumed.
+#[test]
+fn k29_bad_task_name_mappings_stop_the_worker_naming_them() {
+    let plugin = common::plugin_str("proj");
+    let dir = celery::unique_temp_dir("k29-args-bad-map");
+    let twice = common::write_file(&dir, "twice.txt", b"x=proj.mul\nx=proj.add\n");
+    let garbled = common::write_file(&dir, "garbled.txt", b"ok=proj.mul\nbad line\n");
+    let missing = dir.join("missing.txt").display().to_string();
+    for (flag, value, says) in [
+        (
+            "--task-name",
+            "proj.tasks.x=proj.nope",
+            "plugin `proj` has no task `nope`",
+        ),
+        ("--task-name", "a b=proj.mul", "`a b` is not a task name"),
+        (
+            "--task-names",
+            twice.as_str(),
+            "`x` is mapped to both `proj.mul` and `proj.add`",
+        ),
+        (
+            "--task-names",
+            garbled.as_str(),
+            "garbled.txt:2: \"bad line\" is not CELERY=PLUGIN.TASK",
+        ),
+        ("--task-names", missing.as_str(), "missing.txt"),
+    ] {
+        let out = common::host([
+            "worker",
+            &plugin,
+            "--broker",
+            "redis://127.0.0.1:1/0",
+            flag,
+            value,
+        ]);
+        let err = common::stderr(&out);
+        assert_eq!(common::exit_code(&out), 2, "{flag} {value}: {err}");
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}
