@@ -176,21 +176,24 @@ fn is_tag(m: &Map<String, Value>) -> bool {
     m.len() == 2 && m.contains_key("__type__") && m.contains_key("__value__")
 }
 
-/// A short description of a JSON value for an error message.
+/// A short description of a JSON value for an error message: a scalar as
+/// JSON (a long string by its length), a list or an object by its size
+/// (never a large value written out just to be described).
 fn kind_of(v: &Value) -> String {
-    let text = v.to_string();
-    if text.len() <= 40 {
-        return text;
+    match v {
+        Value::Array(a) => format!("an array of {} item{}", a.len(), plural(a.len())),
+        Value::Object(m) => format!("an object of {} key{}", m.len(), plural(m.len())),
+        Value::String(t) if t.len() > 40 => format!("a string of {} bytes", t.len()),
+        _ => v.to_string(),
     }
-    let name = match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    };
-    format!("{name} of {} characters", text.len())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// The decoded form of one tag.
@@ -424,7 +427,11 @@ mod tests {
             ),
             (
                 json!({"__type__": ["x"], "__value__": 1}),
-                "unsupported kombu __type__ [\"x\"]",
+                "unsupported kombu __type__ an array of 1 item",
+            ),
+            (
+                json!({"__type__": "bytes", "__value__": vec![0; 1000]}),
+                "needs a string as its __value__, got an array of 1000 items",
             ),
             (
                 json!({"__type__": "decimal", "__value__": 0.1}),
