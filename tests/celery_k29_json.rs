@@ -322,3 +322,37 @@ print(json.dumps(out))
         "{bad}"
     );
 }
+
+#[test]
+fn k29_celery_map_and_starmap_of_byte_tasks_read_back_as_bytes() {
+    let Some((redis, python)) =
+        celery::celery_or_skip("k29_celery_map_and_starmap_of_byte_tasks_read_back_as_bytes")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _py = python_worker(&python, &url, &node("py"));
+    let _ours = celery::worker_with(&["bytes"], &url, &["-Q", "ours", "-n", &node("ours")]);
+    // celery.map/starmap messages (issue 29 item 3) over tasks taking and
+    // returning bytes: each item's tags decoded, each result tagged.
+    let script = format!(
+        r#"{app}{PY_CLIENT}
+from celery.canvas import xmap, xstarmap
+s = app.signature
+out = {{}}
+for q in ["py", "ours"]:
+    m = xmap(s("bytes.echo"), [b"a", b"\xff", b""], app=app).apply_async(queue=q)
+    sm = xstarmap(s("bytes.split"), [(b"abc", 2), (b"\xfe", 1)], app=app).apply_async(queue=q)
+    out[q] = [outcome(m), outcome(sm)]
+print(json.dumps(out))
+"#,
+        app = celery::py_app(&url)
+    );
+    let out = celery::python_json(&script, &[]);
+    assert_eq!(out["ours"], out["py"], "ours vs Python's worker");
+    assert_eq!(out["ours"][0]["repr"], r"[b'a', b'\xff', b'']", "{out}");
+    assert_eq!(
+        out["ours"][1]["repr"], r"[[b'ab', b'c'], [b'\xfe']]",
+        "{out}"
+    );
+}
