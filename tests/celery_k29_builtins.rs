@@ -218,3 +218,76 @@ print(json.dumps([
     );
     assert_eq!(a[3], json!([[2], [4]]), "{out}");
 }
+
+/// Builtin messages with hostile arguments (not lists, malformed result
+/// tuples, a chunk size of 0, a huge index, a chord without a body, a
+/// nesting deeper than any canvas): each gets exactly one FAILURE naming
+/// Python's exception, nothing is sent, and the worker carries on.
+#[test]
+fn k29_hostile_builtin_messages_each_get_one_failure() {
+    let Some((redis, _python)) =
+        celery::celery_or_skip("k29_hostile_builtin_messages_each_get_one_failure")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _ours = celery::worker_with(&["math"], &url, &["-c", "1"]);
+    let out = celery::python_json(
+        &format!(
+            r#"{app}
+def outcome(res):
+    try:
+        return ['SUCCESS', res.get(timeout=60)]
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+deep = {{'task': 'math.square', 'args': [1]}}
+for _ in range(100):
+    deep = {{'task': 'celery.chain', 'subtask_type': 'chain', 'kwargs': {{'tasks': [deep]}}, 'options': {{}}, 'args': []}}
+cases = [
+    ('celery.group', {{'tasks': 5, 'result': [['g', None], []], 'group_id': 'g', 'partial_args': []}}),
+    ('celery.group', {{'tasks': [], 'result': None, 'group_id': 'g', 'partial_args': []}}),
+    ('celery.group', {{'tasks': [7], 'result': [['g', None], []], 'group_id': 'g', 'partial_args': []}}),
+    ('celery.chunks', {{'task': 'math.add', 'it': [[1, 1]], 'n': 0}}),
+    ('celery.chunks', {{'task': 'math.add', 'it': [[1, 1]], 'n': 'x'}}),
+    ('celery.accumulate', {{'index': 2 ** 70}}),
+    ('celery.accumulate', {{'index': 'x'}}),
+    ('celery.chord', {{'header': [{{'task': 'math.square', 'args': [1]}}]}}),
+    ('celery.chord', {{'header': [deep], 'body': {{'task': 'math.sum'}}}}),
+    ('celery.map', {{'task': 5, 'it': [1]}}),
+    ('celery.starmap', {{'task': 'math.add', 'it': [5]}}),
+    ('celery.map', {{'task': 'math.square', 'it': 5}}),
+]
+got = [outcome(app.send_task(n, kwargs=k)) for n, k in cases]
+got.append(outcome(app.send_task('math.square', args=[7])))
+print(json.dumps(got))
+"#,
+            app = celery::py_app(&url)
+        ),
+        &[],
+    );
+    let got = out.as_array().expect("a list");
+    let kinds: Vec<&str> = got.iter().map(|g| g[0].as_str().unwrap_or("?")).collect();
+    assert_eq!(
+        kinds,
+        [
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "ValueError",
+            "TypeError",
+            "IndexError",
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "TypeError",
+            "SUCCESS",
+        ],
+        "{out}"
+    );
+    assert_eq!(got[12][1], 49, "{out}");
+    // Nothing but the last task ran: no other result was stored.
+    let metas = redis.keys("celery-task-meta-*").len();
+    assert_eq!(metas, got.len(), "{out}");
+}

@@ -256,6 +256,16 @@ fn accumulate(args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Outcome, E
                 None => return Err(python_exc("IndexError", "tuple index out of range")),
             }
         }
+        // An integer past i64/u64, which JSON decoding made a float.
+        Some(Value::Number(n))
+            if n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18) =>
+        {
+            return Err(python_exc(
+                "IndexError",
+                "cannot fit 'int' into an index-sized integer",
+            ))
+        }
         Some(Value::Bool(b)) => {
             // bool is an int in Python.
             let i = usize::from(*b);
@@ -385,10 +395,10 @@ fn group(
         // apply_async(group_id=...): no group_index, a fresh id.
         s.options.remove("group_index");
         freeze(&mut s);
-        chord::apply(&s, None, root_id, task_id, 0, &mut applied).map_err(|e| type_error(e))?;
+        chord::apply(&s, None, root_id, task_id, 0, &mut applied).map_err(type_error)?;
     }
     let truthy = !matches!(add, Value::Null | Value::Bool(false))
-        && add != Value::from(0)
+        && add.as_f64() != Some(0.0)
         && add != Value::String(String::new());
     Ok(Outcome::Done {
         children: if truthy {
@@ -446,7 +456,7 @@ fn chunks(
             .insert("group_id".into(), Value::String(gid.clone()));
         s.options.insert("group_index".into(), Value::from(i));
         parts.push(leaf(&freeze(&mut s)));
-        chord::apply(&s, None, root_id, task_id, 0, &mut applied).map_err(|e| type_error(e))?;
+        chord::apply(&s, None, root_id, task_id, 0, &mut applied).map_err(type_error)?;
     }
     let result = serde_json::json!([[gid, null], parts]);
     Ok(Outcome::Done {
@@ -545,7 +555,7 @@ fn chord_task(
         ..Signature::default()
     };
     let mut applied = Applied::default();
-    chord::apply(&ch, None, root_id, task_id, 0, &mut applied).map_err(|e| type_error(e))?;
+    chord::apply(&ch, None, root_id, task_id, 0, &mut applied).map_err(type_error)?;
     let header_tuple = serde_json::json!([[gid, null], parts]);
     Ok(Outcome::Done {
         result: serde_json::json!([[body_id, header_tuple.clone()], null]),
