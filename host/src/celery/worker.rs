@@ -1286,15 +1286,15 @@ impl Consumer<'_> {
                     })
                 });
                 for (args, item) in items.into_iter().zip(gathered) {
-                    let _ = self
-                        .pool
-                        .apply_raw_then(p.target, Codec::Json, args, p.limits, move |o| {
-                            item.finish(match o {
-                                // Bytes as kombu's tag (issue 29 item 5).
-                                Ok(bytes) => Ok(kombu::result_value(bytes)),
-                                Err(e) => Err(e.clone()),
-                            })
-                        });
+                    let _ =
+                        self.pool
+                            .apply_raw_then(p.target, Codec::Json, args, p.limits, move |o| {
+                                item.finish(match o {
+                                    // Bytes as kombu's tag (issue 29 item 5).
+                                    Ok(bytes) => Ok(kombu::result_value(bytes)),
+                                    Err(e) => Err(e.clone()),
+                                })
+                            });
                 }
                 continue;
             }
@@ -1506,19 +1506,18 @@ impl Consumer<'_> {
             Err(e) => return refuse(ctx, &format!("header \"timelimit\": {e}")),
         };
         let mut ctx = ctx;
-        let (task, items) =
-            match builtins::run(name, args, kwargs, &ctx.root_id, &ctx.task_id) {
-                builtins::Outcome::Fail(exc) => return Step::Fail(ctx, exc),
-                builtins::Outcome::Done {
-                    result,
-                    children,
-                    applied,
-                } => {
-                    ctx.sent = Some(Box::new(builtins::Sent { children, applied }));
-                    return Step::Done(ctx, result);
-                }
-                builtins::Outcome::Map { task, items } => (task, items),
-            };
+        let (task, items) = match builtins::run(name, args, kwargs, &ctx.root_id, &ctx.task_id) {
+            builtins::Outcome::Fail(exc) => return Step::Fail(ctx, exc),
+            builtins::Outcome::Done {
+                result,
+                children,
+                applied,
+            } => {
+                ctx.sent = Some(Box::new(builtins::Sent { children, applied }));
+                return Step::Done(ctx, result);
+            }
+            builtins::Outcome::Map { task, items } => (task, items),
+        };
         // `signature(task).type`: a task this worker does not have is
         // NotRegistered, as app.tasks[name] raises it.
         let Some(entry) = resolve(self.pool, &self.opts.task_aliases, &task) else {
