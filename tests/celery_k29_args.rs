@@ -302,6 +302,15 @@ fn k29_run_resolves_celery_names_and_fills_defaults() {
     assert_eq!(one("greet", r#"["Ann"]"#)["ok"], "Hello, Ann");
     assert_eq!(one("total", "[4]")["ok"], 4);
     assert_eq!(one("total", "[4, [1, 2]]")["ok"], 7);
+    // `inspect` shows the defaults and the tail as Python writes them.
+    let shown = common::stdout(&common::host(["inspect", &plugin]));
+    for sig in [
+        "add3(x: i64, y: i64, z: i64 = 3) -> i64  [name=proj.tasks.add3]",
+        "greet(name: String, title: Option<String> = None) -> String",
+        "total(first: i64, *rest: Vec<i64>) -> i64",
+    ] {
+        assert!(shown.contains(sig), "{sig}:\n{shown}");
+    }
     // Too few without a default stays a bad_args error naming the count.
     let e = one("add3", "[1]");
     assert_eq!(e["error"]["kind"], "bad_args", "{e}");

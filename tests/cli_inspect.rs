@@ -257,9 +257,17 @@ fn inspect_text_of_every_example_plugin_lists_every_task() {
             "{text}"
         );
         for t in tasks {
+            // A default shows as Python writes it (issue 29 item 4).
+            let defaults = &t["options"]["defaults"];
             let args: Vec<String> = arg_list(t)
                 .iter()
-                .map(|(n, ty)| format!("{n}: {ty}"))
+                .map(|(n, ty)| match &defaults[*n] {
+                    serde_json::Value::Null if defaults.get(*n).is_some() => {
+                        format!("{n}: {ty} = None")
+                    }
+                    serde_json::Value::Null => format!("{n}: {ty}"),
+                    d => format!("{n}: {ty} = {d}"),
+                })
                 .collect();
             let mut signature = format!(
                 "  {}({}) -> {}",

@@ -79,12 +79,33 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
-    /// `name(a: A, b: B) -> R`
+    /// `name(a: A, b: B) -> R`; a default as Python writes it (`z: i64 =
+    /// 3`) and a variadic tail starred (`*rest: Vec<i64>`).
     pub fn signature(&self) -> String {
+        let last = self.args.len().saturating_sub(1);
         let args: Vec<String> = self
             .args
             .iter()
-            .map(|a| format!("{}: {}", a.name, a.ty))
+            .enumerate()
+            .map(|(i, a)| {
+                let star = if self.options.varargs && i == last {
+                    "*"
+                } else {
+                    ""
+                };
+                match self.options.defaults.get(&a.name) {
+                    Some(d) => {
+                        let d = match d {
+                            serde_json::Value::Null => "None".to_string(),
+                            serde_json::Value::Bool(true) => "True".to_string(),
+                            serde_json::Value::Bool(false) => "False".to_string(),
+                            d => d.to_string(),
+                        };
+                        format!("{star}{}: {} = {d}", a.name, a.ty)
+                    }
+                    None => format!("{star}{}: {}", a.name, a.ty),
+                }
+            })
             .collect();
         format!("{}({}) -> {}", self.name, args.join(", "), self.ret)
     }

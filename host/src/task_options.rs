@@ -256,12 +256,7 @@ impl TaskOptions {
         if let Some(n) = &self.name {
             parts.push(format!("name={n}"));
         }
-        for (k, v) in &self.defaults {
-            parts.push(format!("{k}={v}"));
-        }
-        if self.varargs {
-            parts.push("varargs".into());
-        }
+        // Defaults and the variadic tail show in the signature.
         if let Some(r) = &self.rate_limit {
             parts.push(format!("rate_limit={r}"));
         }
