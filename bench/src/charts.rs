@@ -76,10 +76,18 @@ fn log_bounds(values: impl Iterator<Item = f64>, lo_cap: f64, hi_cap: f64) -> (f
         lo = lo.min(v);
         hi = hi.max(v);
     }
-    (
-        10f64.powf(lo.log10().floor()),
-        10f64.powf(hi.log10().ceil()),
-    )
+    // Twelve decades either side of 1 at most: plotters walks every decade
+    // of a log axis, and no benchmark ratio, rate or latency goes further.
+    let (lo, hi) = (
+        10f64.powf(lo.log10().floor().max(-12.0)),
+        10f64.powf(hi.log10().ceil().min(12.0)),
+    );
+    // Nothing positive to draw (or a degenerate range): one decade around 1.
+    if lo.is_finite() && hi.is_finite() && lo > 0.0 && lo < hi {
+        (lo, hi)
+    } else {
+        (0.1, 10.0)
+    }
 }
 
 /// Axis numbers without a pointless `.0`: 0.1, 1, 10, 1,000.
@@ -226,6 +234,7 @@ pub fn fleet_svg(items: &[Throughput], title: &str, path: &Path) -> Result<()> {
         .flat_map(|(t, m)| t.runs.iter().copied().chain([*m]))
         .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max)
+        .min(1e12)
         * 1.15;
     let height = u32::try_from(n)
         .unwrap_or(10)
@@ -263,16 +272,25 @@ pub fn fleet_svg(items: &[Throughput], title: &str, path: &Path) -> Result<()> {
         let mut r = Rectangle::new(
             [
                 (0.0, SegmentValue::Exact(i)),
-                (*m, SegmentValue::Exact(i + 1)),
+                (m.clamp(0.0, top), SegmentValue::Exact(i + 1)),
             ],
             color.mix(0.8).filled(),
         );
         r.set_margin(8, 8, 0, 0);
         chart.draw_series([r]).map_err(err)?;
+        // Positions stay on the axis: plotters' pixel arithmetic overflows
+        // on values far outside it.
+        let at = |v: f64| {
+            if v.is_finite() {
+                v.clamp(0.0, top)
+            } else {
+                top
+            }
+        };
         chart
             .draw_series([Text::new(
                 format!("  {} tasks/s", plain(m.round())),
-                (*m, SegmentValue::Exact(i + 1)),
+                (at(*m), SegmentValue::Exact(i + 1)),
                 ("sans-serif", 14),
             )])
             .map_err(err)?;
@@ -280,7 +298,7 @@ pub fn fleet_svg(items: &[Throughput], title: &str, path: &Path) -> Result<()> {
             .draw_series(
                 t.runs
                     .iter()
-                    .map(|&v| Circle::new((v, SegmentValue::CenterOf(i)), 4, BLACK.filled())),
+                    .map(|&v| Circle::new((at(v), SegmentValue::CenterOf(i)), 4, BLACK.filled())),
             )
             .map_err(err)?;
     }
@@ -377,6 +395,7 @@ pub fn shm_svg(points: &[ShmPoint], threshold: u64, path: &Path) -> Result<()> {
                     .filter(|p| p.path == route)
                     .map(|p| (lg(p.size), get(p)))
                     .filter(|(_, v)| v.is_finite() && *v > 0.0)
+                    .map(|(x, v)| (x, v.clamp(lo, hi)))
                     .collect();
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
                 let name = format!(
@@ -464,4 +483,85 @@ pub fn parse_shm(text: &str) -> Vec<ShmPoint> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("bench-charts-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn odd_inputs_draw_or_are_refused_without_panicking() {
+        let p = tmp("ratios.svg");
+        let one = [RatioBar {
+            label: "W1 throughput".into(),
+            vs_billiard: Some(1.0),
+            vs_multiprocessing: None,
+        }];
+        ratios_svg(&one, "t", &p).expect("one bar draws");
+        let huge = [RatioBar {
+            label: "x".repeat(500),
+            vs_billiard: Some(1e300),
+            vs_multiprocessing: Some(1e-300),
+        }];
+        ratios_svg(&huge, "t", &p).expect("extreme ratios draw");
+        let none = [RatioBar {
+            label: "W7".into(),
+            vs_billiard: None,
+            vs_multiprocessing: None,
+        }];
+        assert!(ratios_svg(&none, "t", &p).is_err());
+        let f = tmp("fleet.svg");
+        let odd = [Throughput {
+            label: "a".into(),
+            runs: vec![f64::NAN, -5.0, 0.0],
+        }];
+        fleet_svg(&odd, "t", &f).expect("odd runs draw");
+        let inf = [Throughput {
+            label: "b".into(),
+            runs: vec![f64::MAX, f64::INFINITY],
+        }];
+        fleet_svg(&inf, "t", &f).expect("absurd rates draw, clipped");
+        assert!(fleet_svg(&[], "t", &f).is_err());
+        let s = tmp("shm.svg");
+        let flat = [ShmPoint {
+            size: 0,
+            path: "shm".into(),
+            arg_mbps: 0.0,
+            echo_mbps: -1.0,
+            apply_p50_us: f64::NAN,
+        }];
+        shm_svg(&flat, 64 << 10, &s).expect("a degenerate sweep draws");
+        let wild = [ShmPoint {
+            size: u64::MAX,
+            path: "socket".into(),
+            arg_mbps: f64::MAX,
+            echo_mbps: 1e-300,
+            apply_p50_us: 1.0,
+        }];
+        shm_svg(&wild, 64 << 10, &s).expect("a wild sweep draws, clipped");
+        assert!(shm_svg(&[], 64 << 10, &s).is_err());
+        for f in [p, f, s] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    #[test]
+    fn axis_numbers_and_labels_read_well() {
+        assert_eq!(plain(1.0), "1");
+        assert_eq!(plain(4851.0), "4,851");
+        assert_eq!(plain(100000.0), "100,000");
+        assert_eq!(plain(0.1), "0.1");
+        assert_eq!(short("abcdef", 4), "abc…");
+        assert_eq!(short("abc", 4), "abc");
+        let t = parse_celery(
+            "noise\n{\"impl\": \"billiard-host-x4\", \"measure\": \"throughput\", \"concurrency\": 2, \"tasks_per_s\": 10}\n\
+             {\"impl\": \"celery\", \"measure\": \"latency\", \"p50_ms\": 1}\n",
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].label, "billiard-host worker (-c 2, prefetch x4)");
+    }
 }
