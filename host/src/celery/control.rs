@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::plugin::PluginInfo;
 use crate::pool::{Event, JobId, Stats};
 
-mod revoke;
+pub(super) mod revoke;
 
 /// The Redis sorted set of revoked task ids (score: when the revoke
 /// lapses, a Unix time): every host loads it, so a revoked id is not run

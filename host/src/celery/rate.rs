@@ -113,34 +113,9 @@ impl RateError {
     }
 }
 
-/// Python's `repr()` of a string (quotes as Python chooses them).
-fn py_repr(s: &str) -> String {
-    let q = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len().saturating_add(2));
-    out.push(q);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == q => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(q);
-    out
-}
+/// Python's `repr()` of a string: the one `control` writes Celery's
+/// replies with.
+use super::control::revoke::py_str as py_repr;
 
 /// Python's `float()` of a string: surrounding white space is ignored,
 /// `_` may separate digits; `inf`/`nan` parse (and are refused by the
