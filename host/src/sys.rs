@@ -1013,6 +1013,34 @@ pub struct Slot {
     pub finished: AtomicU64,
 }
 
+impl Slot {
+    /// The supervisor's side after its worker ended: clears the slot for the
+    /// next worker and returns what the dead one had written, `(running,
+    /// finished)` (0: none).
+    pub fn reset(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        let running = self.running.swap(0, Ordering::AcqRel);
+        let finished = self.finished.load(Ordering::Acquire);
+        self.stop_job.store(0, Ordering::Release);
+        self.finished.store(0, Ordering::Release);
+        (running, finished)
+    }
+
+    /// Asks the worker to stop `job` for `reason` (a `StopReason` flag):
+    /// the reason first, then the job its signal handler compares with
+    /// `running`. The supervisor then sends the stop signal.
+    pub fn post_stop(&self, reason: u64, job: u64) {
+        use std::sync::atomic::Ordering;
+        self.stop_reason.store(reason, Ordering::Release);
+        self.stop_job.store(job, Ordering::Release);
+    }
+
+    /// The job (or first job of a batch) the worker finished last; 0: none.
+    pub fn last_finished(&self) -> u64 {
+        self.finished.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// A mapping of one worker's scoreboard page (the supervisor's or the
 /// worker's own).
 pub struct BoardPage {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use billiard_plugin_api::Codec;
+use billiard_plugin_api::{codec, Codec};
 
 use super::config::Limits;
 use crate::error::TaskError;
@@ -374,6 +374,46 @@ impl Drop for Dispatch {
 }
 
 impl Dispatch {
+    /// The jobs of a stream chunk as single-job dispatches (items numbered as
+    /// in the chunk); `None` if the chunk cannot be split (a slot reply, or
+    /// records that do not parse: then it goes out whole and fails whole).
+    pub fn split_items(&mut self) -> Option<Vec<Dispatch>> {
+        let d = self;
+        let Reply::Stream { tx, first_index } = &d.reply else {
+            return None;
+        };
+        let records: Option<Vec<&[u8]>> = codec::records(&d.payload).collect();
+        let records = records?;
+        if records.len() != d.count as usize {
+            return None;
+        }
+        let items = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, args)| Dispatch {
+                first_job: JobId(d.first_job.0 + i as u64),
+                count: 1,
+                plugin: d.plugin,
+                task: d.task,
+                gen: d.gen,
+                codec: d.codec,
+                payload: Arc::new(args.to_vec()),
+                limits: d.limits,
+                reply: Reply::Stream {
+                    tx: tx.clone(),
+                    first_index: first_index + i as u64,
+                },
+                attempt: d.attempt,
+                retries: d.retries,
+                cancelled: d.cancelled,
+                delivered: 0,
+            })
+            .collect();
+        // The items carry every outcome now.
+        d.delivered = d.count;
+        Some(items)
+    }
+
     /// Ends every item whose outcome has not gone out with `err(job
     /// number)`: a slot is filled (its callback dropped, not run: the pool
     /// is going away), a stream gets the rest of the chunk as one failure.

@@ -1,0 +1,232 @@
+//! Dispatch and delivery: a job's RUN frame on its way to a worker, and
+//! its outcomes on their way to the caller (a result slot or a stream),
+//! counted in the pool's stats. Outcomes never wait for a caller:
+//! callbacks go to the callback thread.
+
+use billiard_plugin_api::{codec, Status};
+use crossbeam_channel::Sender;
+
+use super::super::config::PoolConfig;
+use super::super::job::{ChunkBody, ChunkResult, Dispatch, Outcome, Reply};
+use super::super::stats::Stats;
+use super::conn::OutItem;
+use super::CallbackJob;
+use crate::error::{ErrorKind, TaskError};
+use crate::ipc;
+
+/// The RUN frame of `d`, or why it cannot be sent (over the frame limit).
+pub(super) struct RunFrame {
+    h: ipc::RunHeader,
+    header: Vec<u8>,
+}
+
+pub(super) fn run_frame(d: &Dispatch, cfg: &PoolConfig) -> Result<RunFrame, TaskError> {
+    let h = ipc::RunHeader {
+        job: d.first_job.0,
+        plugin: d.plugin,
+        task: d.task,
+        codec: d.codec,
+        attempt: d.attempt,
+        count: d.count,
+    };
+    if d.payload.len() + ipc::RUN_HEADER > cfg.max_frame {
+        let msg = format!(
+            "the arguments take {} bytes, over the pool's frame limit of {} bytes",
+            d.payload.len(),
+            cfg.max_frame
+        );
+        return Err(TaskError::new(ErrorKind::BadArgs, msg));
+    }
+    let header = ipc::encode_run(&h, d.payload.len()).map_err(|e| {
+        TaskError::new(
+            ErrorKind::BadArgs,
+            format!("arguments too large to send: {e}"),
+        )
+    })?;
+    Ok(RunFrame {
+        h,
+        header: header.to_vec(),
+    })
+}
+
+impl RunFrame {
+    /// The frame to queue: with `d`'s arguments, or naming where they are
+    /// in the worker's arena (`at`).
+    pub fn item(self, d: &Dispatch, at: Option<ipc::ShmRef>) -> OutItem {
+        match at {
+            Some(at) => OutItem::frame(ipc::encode_run_shm(&self.h, at).to_vec()),
+            None => OutItem::with_payload(self.header, d.payload.clone()),
+        }
+    }
+}
+
+/// Where outcomes go, and their count.
+pub(super) struct Delivery {
+    pub stats: Stats,
+    callbacks: Sender<CallbackJob>,
+}
+
+impl Delivery {
+    pub fn new(callbacks: Sender<CallbackJob>) -> Delivery {
+        Delivery {
+            stats: Stats::default(),
+            callbacks,
+        }
+    }
+
+    /// A worker's DONE for `d`: one outcome, or a chunk's records.
+    pub fn done(&mut self, mut d: Dispatch, status: u8, payload: Vec<u8>) {
+        if d.count == 1 {
+            let outcome = match Status::from_u8(status) {
+                Some(status) => crate::plugin::outcome(status, payload),
+                None => Err(TaskError::new(
+                    ErrorKind::WorkerLost,
+                    format!("the worker reported an unknown status {status}"),
+                )),
+            };
+            self.deliver(&mut d, 0, outcome);
+        } else {
+            self.deliver_records(d, payload);
+        }
+    }
+
+    /// Delivers a batch result in one piece (streams) or item by item.
+    fn deliver_records(&mut self, mut d: Dispatch, payload: Vec<u8>) {
+        let mut ok = 0u32;
+        let mut n = 0u32;
+        let mut malformed = false;
+        let mut failed: Vec<ErrorKind> = Vec::new();
+        for rec in codec::result_records(&payload) {
+            match rec.and_then(|(status, _)| Status::from_u8(status)) {
+                Some(Status::Ok) => ok += 1,
+                Some(status) => failed.extend(ErrorKind::from_status(status)),
+                None => malformed = true,
+            }
+            n += 1;
+        }
+        if malformed || n != d.count {
+            // Undo the per-kind counts: every item fails the same way.
+            let err = TaskError::new(
+                ErrorKind::WorkerLost,
+                "the worker returned a malformed batch result",
+            );
+            self.fail_dispatch(d, err);
+            return;
+        }
+        if d.cancelled {
+            let err = TaskError::new(
+                ErrorKind::Terminated,
+                format!("job {} was terminated on request", d.first_job.0),
+            );
+            self.fail_dispatch(d, err);
+            return;
+        }
+        self.stats.succeeded += ok as u64;
+        for kind in failed {
+            *self.stats.failed.entry(kind).or_default() += 1;
+        }
+        match &d.reply {
+            Reply::Stream { tx, first_index } => {
+                let _ = tx.send(ChunkResult {
+                    first_index: *first_index,
+                    count: d.count,
+                    body: ChunkBody::Records(payload),
+                });
+                d.delivered = d.count;
+            }
+            Reply::Slot(_) => {
+                // Not produced by the API (slots are single jobs); handle anyway.
+                let outcomes: Vec<Outcome> = codec::result_records(&payload)
+                    .map(
+                        |r| match r.and_then(|(st, b)| Some((Status::from_u8(st)?, b))) {
+                            Some((st, b)) => crate::plugin::outcome(st, b.to_vec()),
+                            None => Err(TaskError::new(
+                                ErrorKind::WorkerLost,
+                                "malformed batch result",
+                            )),
+                        },
+                    )
+                    .collect();
+                for (i, o) in outcomes.into_iter().enumerate() {
+                    self.send_outcome(&mut d, i as u32, o);
+                }
+            }
+        }
+    }
+
+    /// Sends item `i` of a dispatch its outcome (or `terminated` if it was
+    /// cancelled meanwhile) and counts it.
+    pub fn deliver(&mut self, d: &mut Dispatch, i: u32, outcome: Outcome) {
+        let outcome = if d.cancelled {
+            Err(TaskError::new(
+                ErrorKind::Terminated,
+                format!("job {} was terminated on request", d.first_job.0 + i as u64),
+            ))
+        } else {
+            outcome
+        };
+        match &outcome {
+            Ok(_) => self.stats.succeeded += 1,
+            Err(e) => *self.stats.failed.entry(e.kind).or_default() += 1,
+        }
+        self.send_outcome(d, i, outcome);
+    }
+
+    fn send_outcome(&mut self, d: &mut Dispatch, i: u32, outcome: Outcome) {
+        d.delivered = d.delivered.max(i + 1);
+        match &d.reply {
+            Reply::Slot(slot) => {
+                if let Some((cb, outcome)) = slot.fill(outcome) {
+                    let _ = self.callbacks.send(Box::new(move || cb(&outcome)));
+                }
+            }
+            Reply::Stream { tx, first_index } => {
+                let _ = tx.send(ChunkResult {
+                    first_index: first_index + i as u64,
+                    count: 1,
+                    body: ChunkBody::One(outcome),
+                });
+            }
+        }
+    }
+
+    /// Every item of `d` fails with `err`: one message for a stream chunk.
+    pub fn fail_dispatch(&mut self, mut d: Dispatch, err: TaskError) {
+        let remaining = d.count - d.delivered;
+        *self.stats.failed.entry(err.kind).or_default() += remaining as u64;
+        match &d.reply {
+            Reply::Stream { tx, first_index } => {
+                let first_index = first_index + d.delivered as u64;
+                let _ = tx.send(ChunkResult {
+                    first_index,
+                    count: remaining,
+                    body: ChunkBody::Failed(err),
+                });
+                d.delivered = d.count;
+            }
+            Reply::Slot(_) => {
+                for i in d.delivered..d.count {
+                    self.send_outcome(&mut d, i, Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// A progress report of the running dispatch `d`.
+    pub fn progress(&self, d: &Dispatch, done: u64, total: u64) {
+        match &d.reply {
+            Reply::Slot(slot) => {
+                if let Some(hook) = slot.progress.set(done, total) {
+                    let _ = self.callbacks.send(Box::new(move || hook(done, total)));
+                }
+            }
+            Reply::Stream { tx, first_index } => {
+                let _ = tx.send(ChunkResult {
+                    first_index: *first_index,
+                    count: 0,
+                    body: ChunkBody::Progress(done, total),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The loop's routes for the job flow: scheduling the queue onto workers,
+//! sending, what workers answer (results, stream items, progress), and
+//! terminating a job. Each route asks the sub-owners and hands what they
+//! return on; they never call each other.
+
+use std::time::Instant;
+
+use billiard_plugin_api::StopReason;
+
+use super::super::events::Event;
+use super::super::job::{Dispatch, JobId, WorkerId};
+use super::conn::{self, Inbound};
+use super::dispatch;
+use super::streams::Items;
+use super::timers::TimerKind;
+use super::workers::Kill;
+use super::{Supervisor, EOF_KILL_GRACE};
+use crate::error::{ErrorKind, TaskError};
+use crate::ipc;
+
+impl Supervisor {
+    pub(super) fn schedule(&mut self) {
+        if self.queue.is_empty() {
+            self.retire_idle_leavers();
+            return;
+        }
+        let prefetch = self.cfg.prefetch.max(1);
+        // Least-loaded first: idle workers before ones with prefetched work.
+        // Only workers that said READY: a job's time limits run from its
+        // dispatch, and a worker's start-up (fork or exec, plugin load,
+        // initializer) is not the job's time: a slow start must not end a
+        // job as `time_limit` that never ran.
+        for depth in 0..prefetch {
+            let mut ids: Vec<WorkerId> = self
+                .workers
+                .values()
+                .filter(|w| w.ready && w.state.serving() && w.inflight.len() == depth)
+                .map(|w| w.id)
+                .collect();
+            ids.sort();
+            for wid in ids {
+                // A dispatch can fail without reaching the worker (a task
+                // gone after a reload, arguments over the frame limit):
+                // then the worker is still free for the next one.
+                loop {
+                    let Some(d) = self.queue.pop_front() else {
+                        return;
+                    };
+                    self.send_dispatch(wid, d);
+                    let still_free = self
+                        .workers
+                        .get(&wid)
+                        .is_some_and(|w| w.inflight.len() == depth && !w.state.broken());
+                    if !still_free {
+                        break;
+                    }
+                }
+            }
+        }
+        self.retire_idle_leavers();
+    }
+
+    fn send_dispatch(&mut self, wid: WorkerId, mut d: Dispatch) {
+        let worker_gen = self.workers.get(&wid).map(|w| w.gen).unwrap_or(0);
+        if let Err(e) = self.zygotes.resolve_for(&mut d, worker_gen) {
+            self.delivery.fail_dispatch(d, e);
+            return;
+        }
+        // A chunk under a time limit goes out item by item (pipelined to
+        // the same worker): each job gets its own deadline, the jobs that
+        // finished before a kill keep their results and the ones behind it
+        // are resent, exactly as for single jobs. The price is one result
+        // frame per job instead of one per chunk.
+        let limits = d.limits.or(&self.cfg);
+        // A streaming task runs one call per job (its items are the job's).
+        let streaming = d.count > 1 && self.zygotes.is_streaming(&d, worker_gen);
+        if d.count > 1 && (streaming || limits.soft.is_some() || limits.hard.is_some()) {
+            if let Some(items) = d.split_items() {
+                for item in items {
+                    self.send_dispatch(wid, item);
+                }
+                return;
+            }
+        }
+        let frame = match dispatch::run_frame(&d, &self.cfg) {
+            Ok(f) => f,
+            Err(e) => {
+                self.delivery.fail_dispatch(d, e);
+                return;
+            }
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                "{} ({} item{}, attempt {}) to {wid} (pid {}): {}",
+                d.first_job,
+                d.count,
+                if d.count == 1 { "" } else { "s" },
+                d.attempt,
+                self.workers.get(&wid).map_or(0, |w| w.pid),
+                self.zygotes.task_name(worker_gen, &d),
+            );
+        }
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let at = conn::arena_put(w, &d, &self.cfg);
+        w.outq.push_back(frame.item(&d, at));
+        let first = w.inflight.is_empty();
+        w.inflight.push_back(d);
+        if first {
+            self.head_started(wid);
+        }
+        self.flush(wid);
+    }
+
+    /// The job at the head of a worker's queue starts now: arm its timers.
+    fn head_started(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let Some(d) = w.inflight.front() else {
+            w.head_since = None;
+            return;
+        };
+        let now = Instant::now();
+        w.head_since = Some(now);
+        let limits = d.limits.or(&self.cfg);
+        // A chunk gets the limit once per item, saturating; a deadline the
+        // clock cannot hold never comes (no timer), it never panics here.
+        let scale = d.count.max(1);
+        let (job, count) = (d.first_job, d.count);
+        let at = |limit: Option<std::time::Duration>| {
+            limit.and_then(|l| crate::bounds::deadline(now, crate::bounds::scaled(l, scale)))
+        };
+        let (soft, hard) = (at(limits.soft), at(limits.hard));
+        if let Some(t) = soft {
+            self.arm(t, TimerKind::Soft(wid, job));
+        }
+        if let Some(t) = hard {
+            self.arm(t, TimerKind::Hard(wid, job));
+        }
+        self.events.emit(Event::JobStarted {
+            job,
+            worker: wid,
+            count,
+        });
+    }
+
+    pub(super) fn flush(&mut self, wid: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&wid) {
+            conn::flush(w);
+        }
+    }
+
+    /// Idle workers that must leave get their EXIT frame.
+    pub(super) fn retire_idle_leavers(&mut self) {
+        for wid in self.workers.exits_due() {
+            self.flush(wid);
+        }
+    }
+
+    // ----- what workers send ---------------------------------------------
+
+    pub(super) fn worker_readable(&mut self, wid: WorkerId) {
+        if self.streams.is_paused(wid) {
+            // The consumer of its stream is behind: leave the socket full
+            // (the worker's writes block); `resume_streams` reads on.
+            return;
+        }
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let open = conn::fill(w);
+        loop {
+            let Some(w) = self.workers.get_mut(&wid) else {
+                return;
+            };
+            let Some(msg) = conn::next(w, &self.cfg) else {
+                break;
+            };
+            match msg {
+                Inbound::Done(h, payload) => self.done(wid, h, payload),
+                Inbound::Items(job, count, records) => {
+                    match self.streams.items(w, job, count, records) {
+                        Items::Taken => {}
+                        // Paused: the frames already read wait in the reader,
+                        // and EOF is seen once it resumes.
+                        Items::Pause => return,
+                        Items::NotRunning => {
+                            self.protocol_error(
+                                wid,
+                                &format!("stream items for job {job}, which it was not running"),
+                            );
+                        }
+                    }
+                }
+                Inbound::Progress(job, done, total) => self.progress(wid, job, done, total),
+                Inbound::Ready => w.ready = true,
+                Inbound::Refused(why) => {
+                    self.protocol_error(wid, &why);
+                    return;
+                }
+            }
+        }
+        if !open {
+            if let Some(w) = self.workers.get_mut(&wid) {
+                // EOF: the worker exited or closed its socket. The zygote's
+                // exit report finalizes it; make sure it really goes.
+                w.broke();
+                let kill_later = w.state.kill().is_none() && !w.inflight.is_empty();
+                let _ = self.poll.registry().deregister(&mut w.sock);
+                if kill_later {
+                    // A worker that is exiting (killed from outside, or its
+                    // task ended the process) closes its socket just before
+                    // it is gone: give it a moment, so its own cause is the
+                    // one reported. One still alive after that lost its
+                    // socket mid-job (the task closed it) and is killed.
+                    let at = crate::bounds::saturating_deadline(Instant::now(), EOF_KILL_GRACE);
+                    self.arm(at, TimerKind::EofKill(wid));
+                }
+            }
+        }
+    }
+
+    /// A progress report of the job `wid` runs.
+    fn progress(&mut self, wid: WorkerId, job: u64, done: u64, total: u64) {
+        let Some(d) = self.workers.get(&wid).and_then(|w| w.inflight.front()) else {
+            return;
+        };
+        if d.first_job.0 != job || d.cancelled {
+            // A report racing its job's end (or a batch item's): stale.
+            return;
+        }
+        self.events.emit(Event::JobProgress {
+            job: JobId(job),
+            done,
+            total,
+        });
+        self.delivery.progress(d, done, total);
+    }
+
+    /// Reads on from the workers whose stream consumers caught up.
+    pub(super) fn resume_streams(&mut self) {
+        let workers = &self.workers;
+        let ready = self
+            .streams
+            .caught_up(|wid| workers.get(&wid).map(|w| w.gate.is_paused()));
+        for wid in ready {
+            self.worker_readable(wid);
+        }
+    }
+
+    pub(super) fn protocol_error(&mut self, wid: WorkerId, why: &str) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        tracing::warn!(
+            "worker {} (pid {}) broke the protocol: {why}; killing it",
+            w.id,
+            w.pid
+        );
+        w.output
+            .tail
+            .tail
+            .push_back(format!("[billiard: protocol error from the worker: {why}]"));
+        w.broke();
+        w.refused.get_or_insert_with(|| why.to_string());
+        let kill = w.state.kill().unwrap_or(Kill::Protocol);
+        let _ = self.poll.registry().deregister(&mut w.sock);
+        w.kill(kill);
+    }
+
+    fn done(&mut self, wid: WorkerId, h: ipc::DoneHeader, payload: Vec<u8>) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let matches = w
+            .inflight
+            .front()
+            .is_some_and(|d| d.first_job.0 == h.job && d.count == h.count);
+        if !matches {
+            self.protocol_error(
+                wid,
+                &format!("result for job {} which it was not running", h.job),
+            );
+            return;
+        }
+        let Some(d) = w.inflight.pop_front() else {
+            return;
+        };
+        conn::arena_finished(w, d.first_job.0);
+        w.dispatches_done += 1;
+        if h.flags & ipc::FLAG_RETIRING != 0 {
+            w.retiring();
+            self.delivery.stats.recycled += 1;
+        }
+        let started = w.head_since;
+        self.head_started(wid);
+        let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+        self.events.emit(Event::JobFinished {
+            job: d.first_job,
+            worker: wid,
+            count: d.count,
+            elapsed,
+        });
+        self.delivery.done(d, h.status, payload);
+    }
+
+    /// Ends job `job` on request: failed at once if queued; its worker
+    /// killed if it runs it; marked cancelled if it waits behind another
+    /// on its worker. False if the pool does not hold it.
+    pub(super) fn terminate_job(&mut self, job: JobId) -> bool {
+        if let Some(pos) = self.queue.iter().position(|d| d.contains(job)) {
+            if let Some(d) = self.queue.remove(pos) {
+                let err = TaskError::new(
+                    ErrorKind::Terminated,
+                    format!("job {} was terminated on request before it started", job.0),
+                );
+                self.delivery.fail_dispatch(d, err);
+            }
+            return true;
+        }
+        let holder = self
+            .workers
+            .values()
+            .find(|w| w.inflight.iter().any(|d| d.contains(job)))
+            .map(|w| w.id);
+        let Some(wid) = holder else { return false };
+        // Take in what the worker already answered: a job whose result is
+        // waiting in the socket is finished, not terminated.
+        self.worker_readable(wid);
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return false;
+        };
+        let Some(pos) = w.inflight.iter().position(|d| d.contains(job)) else {
+            return false;
+        };
+        let slot = self.board.slot(w.slot as usize);
+        let finished = slot.map(|s| s.last_finished());
+        let head = &w.inflight[pos];
+        // The worker's current job, unless it already finished it and its
+        // result is on the way (then killing would only hit the next job).
+        // "Finished" is the worker's own page, which its task can forge to
+        // dodge the kill: it is believed only when a job behind it on the
+        // worker could be hit; with none, the kill costs no other job (C3).
+        let claimed_done = finished.is_some_and(|f| head.contains(JobId(f)));
+        let current = pos == 0 && (!claimed_done || w.inflight.len() == 1);
+        if current && !w.state.broken() {
+            // Kill exactly this (worker, job): it is running it, or about to.
+            w.kill(Kill::Terminated(job));
+        } else {
+            // Prefetched behind the current job, or finished with its result
+            // on the way: it ends as `terminated` whatever it returns, and a
+            // cooperative task is told to stop as soon as it starts.
+            w.inflight[pos].cancelled = true;
+            if let Some(s) = slot {
+                s.post_stop(StopReason::Cancelled.as_flag() as u64, job.0);
+            }
+        }
+        true
+    }
+}
