@@ -43,6 +43,10 @@
 //!
 //! The zygote's control socket (SOCK_SEQPACKET) carries bincode-encoded
 //! [`ZygoteCmd`] / [`ZygoteMsg`] values, one per packet, with fds attached.
+//! An exec'd zygote's first packet on it is the handshake
+//! ([`encode_handshake`]): `MAGIC protocol:u32le threads:u32le version`,
+//! before it loads anything, so the pool knows it exec'd a zygote of its
+//! own version (`pool::worker_exe` names the executable when it is not).
 
 use billiard_plugin_api::Codec;
 use serde::{Deserialize, Serialize};
@@ -543,6 +547,59 @@ pub enum ZygoteMsg {
     },
 }
 
+/// The start of the zygote's handshake packet.
+const HANDSHAKE_MAGIC: &[u8] = b"\0billiard-zygote-handshake\0";
+
+/// Bumped whenever the supervisor–zygote protocol changes incompatibly.
+pub const ZYGOTE_PROTOCOL: u32 = 1;
+
+/// The handshake an exec'd zygote sends first (see [`crate::run_if_helper`]):
+/// magic, protocol, thread count, crate version.
+pub fn encode_handshake(threads: usize) -> Vec<u8> {
+    let mut b = HANDSHAKE_MAGIC.to_vec();
+    b.extend_from_slice(&ZYGOTE_PROTOCOL.to_le_bytes());
+    b.extend_from_slice(&(threads.min(u32::MAX as usize) as u32).to_le_bytes());
+    b.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    b
+}
+
+/// True when `packet` is a handshake (of any protocol).
+pub fn is_handshake(packet: &[u8]) -> bool {
+    packet.starts_with(HANDSHAKE_MAGIC)
+}
+
+/// Checks a handshake packet: same protocol and version, and a zygote that
+/// is single-threaded (it forks workers). The error says what the
+/// executable did wrong, to follow its name.
+pub fn check_handshake(packet: &[u8]) -> Result<(), String> {
+    let Some(rest) = packet.strip_prefix(HANDSHAKE_MAGIC) else {
+        return Err("answered with something other than the zygote handshake (a billiard-host of another version?)".into());
+    };
+    let (Some(protocol), Some(threads)) = (
+        rest.get(0..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes),
+        rest.get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes),
+    ) else {
+        return Err("sent a truncated handshake".into());
+    };
+    let version = String::from_utf8_lossy(rest.get(8..).unwrap_or_default());
+    let ours = env!("CARGO_PKG_VERSION");
+    if protocol != ZYGOTE_PROTOCOL || version != ours {
+        return Err(format!(
+            "is billiard-host {version} (zygote protocol {protocol}); this program is {ours} (protocol {ZYGOTE_PROTOCOL}): use an executable of the same version"
+        ));
+    }
+    if threads > 1 {
+        return Err(format!(
+            "had {threads} threads when billiard_host::run_if_helper() ran; it must be the first call in main, before any thread starts (with #[tokio::main], call it in a plain main that then builds the runtime)"
+        ));
+    }
+    Ok(())
+}
+
 pub fn encode_ctl<T: Serialize>(v: &T) -> Vec<u8> {
     // Encoding plain data into a Vec cannot fail.
     bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
@@ -557,6 +614,24 @@ pub fn decode_ctl<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_round_trip() {
+        let ok = encode_handshake(1);
+        assert!(is_handshake(&ok));
+        assert!(check_handshake(&ok).is_ok());
+        let threaded = check_handshake(&encode_handshake(3)).unwrap_err();
+        assert!(threaded.contains("3 threads"), "{threaded}");
+        let mut other = encode_handshake(1);
+        other.truncate(HANDSHAKE_MAGIC.len() + 8);
+        other.extend_from_slice(b"0.0.1");
+        let e = check_handshake(&other).unwrap_err();
+        assert!(e.contains("0.0.1"), "{e}");
+        let mut short = encode_handshake(1);
+        short.truncate(HANDSHAKE_MAGIC.len() + 5);
+        assert!(check_handshake(&short).unwrap_err().contains("truncated"));
+        assert!(check_handshake(b"hello").is_err());
+    }
 
     #[test]
     fn run_and_done_round_trip() {

@@ -418,6 +418,19 @@ pub fn sandbox_arg(s: &Sandbox) -> Option<String> {
         .map(|j| format!("{SANDBOX_ARG_PREFIX}{j}"))
 }
 
+static HOOK_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called by [`run_if_helper`]: this program is a zygote executable.
+fn note_hook() {
+    HOOK_RAN.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// True when this process's `main` called [`run_if_helper`] (the pool then
+/// execs this program as its zygote: `pool::worker_exe`).
+pub(crate) fn hook_ran() -> bool {
+    HOOK_RAN.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// Entry point for a program started by the pool as a helper process (the
 /// zygote, or a spawned worker). Call it first thing in `main`; it returns
 /// only when this process is not such a helper. `billiard-host` calls it;
@@ -430,7 +443,7 @@ pub fn sandbox_arg(s: &Sandbox) -> Option<String> {
 /// It must run before any thread starts (with `#[tokio::main]`, call it in
 /// a plain `main` that then builds the runtime).
 pub fn run_if_helper() {
-    crate::pool::worker_exe::note_hook();
+    note_hook();
     let mut args = std::env::args_os().skip(1);
     let Some(first) = args.next() else { return };
     if first == ZYGOTE_ARG {
@@ -453,9 +466,9 @@ fn helper_zygote(args: Vec<OsString>) -> ! {
         }
     };
     // The handshake first, before anything can fail or block: it tells the
-    // pool this executable is a zygote of its version (`pool::worker_exe`).
+    // pool this executable is a zygote of its version (`ipc::check_handshake`).
     let threads = sys::thread_count().unwrap_or(0);
-    let handshake = crate::pool::worker_exe::encode_handshake(threads);
+    let handshake = ipc::encode_handshake(threads);
     if sys::send_with_fds(&ctl, &handshake, &[]).is_err() || threads > 1 {
         // More than one thread: the pool refuses the handshake and says why.
         sys::exit_now(2);

@@ -9,7 +9,7 @@
 //! the program or on `PATH` is used.
 //!
 //! Whatever is exec'd must answer with a handshake (a fixed packet on the
-//! control socket, before anything else, see [`encode_handshake`]) within
+//! control socket, before anything else, see [`ipc::encode_handshake`]) within
 //! [`HANDSHAKE_TIMEOUT`]. A program that exits (`/bin/true`), crashes (a
 //! `.so`: SIGSEGV at its entry point), hangs or says something else is a
 //! configuration error naming the setting and the path tried, not a plugin
@@ -17,33 +17,16 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::ipc;
 use crate::sys;
+use crate::zygote::hook_ran;
 
 /// How long an exec'd zygote may take to send its handshake (it does so
 /// before loading any plugin, so this covers only exec and the start of
 /// `main`; capped by the pool's load timeout).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The start of the handshake packet.
-const MAGIC: &[u8] = b"\0billiard-zygote-handshake\0";
-
-/// Bumped whenever the supervisor–zygote protocol changes incompatibly.
-pub const PROTOCOL: u32 = 1;
-
-static HOOK_RAN: AtomicBool = AtomicBool::new(false);
-
-/// Called by [`crate::run_if_helper`]: this program is a zygote executable.
-pub(crate) fn note_hook() {
-    HOOK_RAN.store(true, Ordering::Release);
-}
-
-/// True when this process's `main` called [`crate::run_if_helper`].
-pub fn hook_ran() -> bool {
-    HOOK_RAN.load(Ordering::Acquire)
-}
 
 /// Where the worker executable came from, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,51 +112,11 @@ pub fn precheck(exe: &Path, source: ExeSource) -> Result<(), String> {
     }
 }
 
-/// The handshake an exec'd zygote sends first (see [`crate::run_if_helper`]):
-/// magic, protocol, thread count, crate version.
-pub(crate) fn encode_handshake(threads: usize) -> Vec<u8> {
-    let mut b = MAGIC.to_vec();
-    b.extend_from_slice(&PROTOCOL.to_le_bytes());
-    b.extend_from_slice(&(threads.min(u32::MAX as usize) as u32).to_le_bytes());
-    b.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-    b
-}
-
-/// True when `packet` is a handshake (of any protocol).
-pub(crate) fn is_handshake(packet: &[u8]) -> bool {
-    packet.starts_with(MAGIC)
-}
-
-/// Checks a handshake packet: same protocol and version, and a zygote that
-/// is single-threaded (it forks workers).
+/// Checks a handshake packet ([`ipc::check_handshake`]); the error names
+/// the executable and where it came from.
 pub(crate) fn check_handshake(packet: &[u8], exe: &Path, source: ExeSource) -> Result<(), String> {
-    let bad = |why: String| {
-        Err(format!(
-            "the zygote executable {} ({source}) {why}",
-            exe.display()
-        ))
-    };
-    let Some(rest) = packet.strip_prefix(MAGIC) else {
-        return bad("answered with something other than the zygote handshake (a billiard-host of another version?)".into());
-    };
-    if rest.len() < 8 {
-        return bad("sent a truncated handshake".into());
-    }
-    let protocol = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-    let threads = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    let version = String::from_utf8_lossy(&rest[8..]);
-    let ours = env!("CARGO_PKG_VERSION");
-    if protocol != PROTOCOL || version != ours {
-        return bad(format!(
-            "is billiard-host {version} (zygote protocol {protocol}); this program is {ours} (protocol {PROTOCOL}): use an executable of the same version"
-        ));
-    }
-    if threads > 1 {
-        return bad(format!(
-            "had {threads} threads when billiard_host::run_if_helper() ran; it must be the first call in main, before any thread starts (with #[tokio::main], call it in a plain main that then builds the runtime)"
-        ));
-    }
-    Ok(())
+    ipc::check_handshake(packet)
+        .map_err(|why| format!("the zygote executable {} ({source}) {why}", exe.display()))
 }
 
 /// How waiting for a handshake ended, when it did not arrive.
@@ -320,13 +263,13 @@ mod tests {
     #[test]
     fn handshake_round_trip() {
         let p = Path::new("/x");
-        let ok = encode_handshake(1);
-        assert!(is_handshake(&ok));
+        let ok = ipc::encode_handshake(1);
+        assert!(ipc::is_handshake(&ok));
         assert!(check_handshake(&ok, p, ExeSource::Configured).is_ok());
-        let threaded = check_handshake(&encode_handshake(3), p, ExeSource::Hook).unwrap_err();
+        let threaded = check_handshake(&ipc::encode_handshake(3), p, ExeSource::Hook).unwrap_err();
         assert!(threaded.contains("3 threads"), "{threaded}");
-        let mut other = encode_handshake(1);
-        other.truncate(MAGIC.len() + 8);
+        let mut other = ipc::encode_handshake(1);
+        other.truncate(other.len() - env!("CARGO_PKG_VERSION").len());
         other.extend_from_slice(b"0.0.1");
         let e = check_handshake(&other, p, ExeSource::Env).unwrap_err();
         assert!(

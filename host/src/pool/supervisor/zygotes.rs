@@ -318,9 +318,7 @@ impl Zygotes {
             let loading = z.loading();
             return Some(match res {
                 // A restarted zygote's handshake (`pool::worker_exe`).
-                Ok(Some((n, _)))
-                    if loading && super::super::worker_exe::is_handshake(&buf[..n]) =>
-                {
+                Ok(Some((n, _))) if loading && ipc::is_handshake(&buf[..n]) => {
                     let checked = super::super::worker_exe::resolve(cfg.worker_exe.as_ref())
                         .and_then(|(exe, source)| {
                             super::super::worker_exe::check_handshake(&buf[..n], &exe, source)
