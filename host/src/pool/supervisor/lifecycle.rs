@@ -12,10 +12,11 @@ use mio::{Interest, Token};
 use super::super::events::Event;
 use super::super::items::Gate;
 use super::super::job::{Dispatch, WorkerId};
+use super::launch;
 use super::output::{Capture, Read};
 use super::timers::TimerKind;
 use super::workers::{Worker, WorkerState};
-use super::zygotes::{self, Hello, Start, ZygoteEvent};
+use super::zygotes::{Hello, Start, ZygoteEvent};
 use super::{deaths, Ready, ReloadReply, Source, Supervisor, EXIT_REPORT_GRACE};
 use crate::error::{ErrorKind, TaskError};
 use crate::ipc::{FrameReader, ZygoteMsg};
@@ -34,7 +35,7 @@ impl Supervisor {
                 self.zygote_start_failed(zi, "superseded by a newer restart".into());
             }
         }
-        let z = zygotes::launch(&self.cfg, None)?;
+        let z = launch::launch(&self.cfg, None)?;
         let gen = self.zygotes.gen + 1;
         tracing::debug!(
             "zygote pid {} started ({purpose:?}): loading the plugins as generation {gen}",
@@ -102,7 +103,7 @@ impl Supervisor {
     /// forking.
     fn zygote_start_failed(&mut self, zi: usize, why: String) {
         let (launched, purpose, waiter) = self.zygotes.remove(zi, self.poll.registry());
-        let err = zygotes::load_failure(&self.cfg, launched, &why);
+        let err = launch::load_failure(&self.cfg, launched, &why);
         self.start_outcome(purpose, waiter, &err.message);
     }
 

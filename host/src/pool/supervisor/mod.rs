@@ -18,7 +18,8 @@
 //! | `mod.rs` | poll, waker, command channel ([`Cmd`]), token map, queue, `closing`; the run loop, the commands, timers' routing, shutdown |
 //! | `jobs.rs` | routes of the job flow: scheduling, sending, results, stream items, progress, terminating a job |
 //! | `lifecycle.rs` | routes of births and deaths: zygote events, a worker's birth and exit, the restart limiter's verdicts |
-//! | `zygotes.rs` | the zygotes and their `ZygoteState`, generations and their plugins, launching and reaping, the hello |
+//! | `zygotes.rs` | the zygotes and their `ZygoteState`, generations and their plugins, the hello |
+//! | `launch.rs` | zygote processes as processes: started, hand-shaken, ended after a failed load, reaped |
 //! | `workers.rs` | the workers and their `WorkerState`, scoreboard slots, spawn requests, the target; the kill pair |
 //! | `conn.rs` | a worker's frames in and out, its shared-memory arena |
 //! | `dispatch.rs` | RUN frames; `Delivery`: outcomes to slots and streams, the stats |
@@ -45,6 +46,7 @@ mod conn;
 mod deaths;
 mod dispatch;
 mod jobs;
+mod launch;
 mod lifecycle;
 mod output;
 mod streams;
@@ -204,21 +206,21 @@ impl Supervisor {
         forked: Option<(OwnedFd, i32)>,
     ) -> Result<Vec<PluginInfo>, super::PoolError> {
         use super::PoolError;
-        let z = zygotes::launch(&self.cfg, forked).map_err(PoolError::PluginLoad)?;
+        let z = launch::launch(&self.cfg, forked).map_err(PoolError::PluginLoad)?;
         tracing::debug!("zygote pid {} started: loading the plugins", z.pid);
         if z.child.is_some() {
-            if let Err(why) = zygotes::handshake(&self.cfg, &z.fd) {
-                return Err(PoolError::Config(zygotes::handshake_failure(
+            if let Err(why) = launch::handshake(&self.cfg, &z.fd) {
+                return Err(PoolError::Config(launch::handshake_failure(
                     &self.cfg, z, why,
                 )));
             }
         }
         let mut buf = vec![0u8; 4 << 20];
-        let hello = zygotes::wait_hello(&z.fd, &mut buf, self.cfg.load_timeout);
+        let hello = launch::wait_hello(&z.fd, &mut buf, self.cfg.load_timeout);
         let hello = match hello {
             Ok(msg) => msg,
             Err(e) => {
-                return Err(PoolError::PluginLoad(zygotes::load_failure(
+                return Err(PoolError::PluginLoad(launch::load_failure(
                     &self.cfg, z, &e,
                 )))
             }
