@@ -34,6 +34,10 @@ pub enum Mode {
 const W1_N: u64 = 100_000;
 const W2_N: u64 = 1_000_000;
 const W2_CHUNK: usize = 1000;
+/// W2's chunks under a time limit (issue 24 item 2): fewer jobs, since a
+/// limited chunk is split into single jobs today.
+const W2_LIMIT_N: u64 = 200_000;
+const W2_LIMIT: Duration = Duration::from_secs(10);
 const W3_N: u64 = 2_000;
 const W3_WARMUP: u64 = 100;
 const W4_N: u64 = 40;
@@ -233,29 +237,54 @@ fn w1(ctx: &Ctx) -> Result<Vec<Record>> {
 
 fn w2(ctx: &Ctx) -> Result<Vec<Record>> {
     let n = ctx.scale(W2_N, 1);
+    let rates = w2_runs(ctx, n, None)?;
+    let mut out = vec![Record::of("W2", "throughput", &rates, "tasks/s", n)
+        .with("note", "map(square, 0..n, chunksize=1000), 2 workers")];
+    out.push(cli_stream(ctx, "W2", n));
+    // Chunks under a time limit (issue 24 item 2).
+    let n = ctx.scale(W2_LIMIT_N, 1);
+    let rates = w2_runs(ctx, n, Some(W2_LIMIT))?;
+    out.push(
+        Record::of("W2", "throughput_time_limit", &rates, "tasks/s", n).with(
+            "note",
+            "map(square, 0..n, chunksize=1000), 2 workers, time_limit 10s on every job",
+        ),
+    );
+    Ok(out)
+}
+
+/// W2's runs: `map(square, 0..n, 1000)` in a pool of 2 with the time
+/// limit `limit`, every result checked; the rates in tasks/s.
+fn w2_runs(ctx: &Ctx, n: u64, limit: Option<Duration>) -> Result<Vec<f64>> {
+    let what = if limit.is_some() {
+        "W2 (time limit)"
+    } else {
+        "W2"
+    };
     let mut rates = Vec::new();
     for run in 0..ctx.runs {
-        ctx.progress(&format!("W2 run {}/{}", run + 1, ctx.runs));
-        let pool = ctx.builder(2, &["math"]).build()?;
+        ctx.progress(&format!("{what} run {}/{}", run + 1, ctx.runs));
+        let mut builder = ctx.builder(2, &["math"]);
+        if let Some(limit) = limit {
+            builder = builder.time_limit(limit);
+        }
+        let pool = builder.build()?;
         warm(&pool)?;
         let t0 = Instant::now();
         let out: Vec<u64> = pool.map("math", "square", 0..n, W2_CHUNK)?;
         let dt = secs(t0);
-        ensure!(out.len() as u64 == n, "W2: {} results", out.len());
+        ensure!(out.len() as u64 == n, "{what}: {} results", out.len());
         ensure!(
             out[n as usize - 1] == (n - 1) * (n - 1),
-            "W2: wrong last value"
+            "{what}: wrong last value"
         );
         let sum = out.iter().fold(0u64, |s, &x| s.wrapping_add(x));
-        ensure!(sum == sum_squares(n), "W2: wrong sum");
+        ensure!(sum == sum_squares(n), "{what}: wrong sum");
         drop(out);
         pool.join()?;
         rates.push(n as f64 / dt);
     }
-    let mut out = vec![Record::of("W2", "throughput", &rates, "tasks/s", n)
-        .with("note", "map(square, 0..n, chunksize=1000), 2 workers")];
-    out.push(cli_stream(ctx, "W2", n));
-    Ok(out)
+    Ok(rates)
 }
 
 // ---------------------------------------------------------------------- W3
