@@ -138,7 +138,7 @@ impl PoolBuilder {
     /// [`crate::TaskOptions`]) override `policy` for its jobs, as on a
     /// Celery worker; without this call they are not used (a pool retries
     /// only when asked to). The caller gets only the final
-    /// outcome, and its [`Attempts`] (`RawResult::attempts`,
+    /// outcome, and its [`Attempts`](super::Attempts) (`RawResult::attempts`,
     /// `RawStream::next_with_attempts`). Waiting retries hold no worker and
     /// no thread; `join` waits for them, `terminate` ends them
     /// `terminated`. A job's own policy (`JobOptions::retry_policy`,

@@ -126,18 +126,18 @@ impl<R> Default for JobOptions<R> {
 }
 
 impl<R> JobOptions<R> {
-    /// This job's soft time limit (see [`PoolBuilder::soft_time_limit`]).
+    /// This job's soft time limit (see [`PoolBuilder::soft_time_limit`](super::PoolBuilder::soft_time_limit)).
     pub fn soft_time_limit(mut self, d: Duration) -> Self {
         self.limits.soft = Some(d);
         self
     }
-    /// This job's hard time limit (see [`PoolBuilder::time_limit`]).
+    /// This job's hard time limit (see [`PoolBuilder::time_limit`](super::PoolBuilder::time_limit)).
     pub fn time_limit(mut self, d: Duration) -> Self {
         self.limits.hard = Some(d);
         self
     }
     /// Retries this job as `policy` says instead of by the pool's default
-    /// (see [`PoolBuilder::retry_policy`]); here `max_retries` is a hard
+    /// (see [`PoolBuilder::retry_policy`](super::PoolBuilder::retry_policy)); here `max_retries` is a hard
     /// cap, also on the retries the task asks for. The callbacks run once,
     /// with the final outcome. A duration past
     /// [`crate::bounds::MAX_DURATION`] ends the job `bad_args`.

@@ -442,3 +442,66 @@ impl Dispatch {
         job.0 >= self.first_job.0 && job.0 < self.first_job.0 + self.count as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billiard_plugin_api::codec::push_record;
+
+    fn chunk(reply: Reply, records: &[&[u8]], count: u32) -> Dispatch {
+        let mut payload = Vec::new();
+        for r in records {
+            push_record(&mut payload, r);
+        }
+        Dispatch {
+            first_job: JobId(10),
+            count,
+            plugin: 1,
+            task: 2,
+            gen: 4,
+            codec: Codec::Json,
+            payload: Arc::new(payload),
+            limits: Limits::default(),
+            reply,
+            attempt: 1,
+            retries: 2,
+            cancelled: false,
+            delivered: 0,
+        }
+    }
+
+    fn stream() -> Reply {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        Reply::Stream {
+            tx: ChunkSender::new(tx),
+            first_index: 100,
+        }
+    }
+
+    #[test]
+    fn a_stream_chunk_splits_into_its_items_numbered_as_in_the_chunk() {
+        let mut d = chunk(stream(), &[b"1", b"22", b"333"], 3);
+        let items = d.split_items().expect("a stream chunk splits");
+        // The items carry every outcome now.
+        assert_eq!(d.delivered, 3);
+        assert_eq!(items.len(), 3);
+        for (i, it) in items.iter().enumerate() {
+            assert_eq!(it.first_job, JobId(10 + i as u64));
+            assert_eq!(it.count, 1);
+            assert_eq!(
+                (it.plugin, it.task, it.gen, it.attempt, it.retries),
+                (1, 2, 4, 1, 2)
+            );
+            assert_eq!(it.payload.len(), i + 1);
+            assert_eq!(it.delivered, 0);
+            let Reply::Stream { first_index, .. } = &it.reply else {
+                panic!("item {i} is not a stream item");
+            };
+            assert_eq!(*first_index, 100 + i as u64);
+        }
+        // Records that do not match the count, or a slot: not split.
+        assert!(chunk(stream(), &[b"1", b"22"], 3).split_items().is_none());
+        let slot = Reply::Slot(ResultSlot::new(None));
+        assert!(chunk(slot, &[b"1", b"2"], 2).split_items().is_none());
+    }
+}

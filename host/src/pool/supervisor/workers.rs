@@ -83,6 +83,42 @@ impl WorkerState {
         }
     }
 
+    /// Killed by the pool (a broken worker keeps what it was).
+    fn kill_for(&mut self, why: Kill) {
+        match self {
+            WorkerState::Broken { kill, .. } => *kill = Some(why),
+            _ => *self = WorkerState::Killed(why),
+        }
+    }
+
+    fn leave(&mut self) {
+        match self {
+            WorkerState::Serving => *self = WorkerState::Leaving { exit_sent: false },
+            WorkerState::Broken { leaving, .. } => *leaving = true,
+            WorkerState::Leaving { .. } | WorkerState::Killed(_) => {}
+        }
+    }
+
+    fn retiring(&mut self) {
+        match self {
+            WorkerState::Serving | WorkerState::Leaving { .. } => {
+                *self = WorkerState::Leaving { exit_sent: true }
+            }
+            WorkerState::Broken { leaving, .. } => *leaving = true,
+            WorkerState::Killed(_) => {}
+        }
+    }
+
+    fn broke(&mut self) {
+        if !self.broken() {
+            *self = WorkerState::Broken {
+                kill: self.kill(),
+                leaving: self.leaving(),
+                killed_at_eof: false,
+            };
+        }
+    }
+
     pub fn killed_at_eof(&self) -> bool {
         matches!(
             self,
@@ -137,18 +173,7 @@ impl Worker {
     /// The pool kills it: its process group (grandchildren a task spawned)
     /// and the process itself, by pidfd (never a reused pid).
     pub fn kill(&mut self, why: Kill) {
-        self.state = match self.state {
-            WorkerState::Broken {
-                leaving,
-                killed_at_eof,
-                ..
-            } => WorkerState::Broken {
-                kill: Some(why),
-                leaving,
-                killed_at_eof,
-            },
-            _ => WorkerState::Killed(why),
-        };
+        self.state.kill_for(why);
         self.signal_kill();
     }
 
@@ -160,33 +185,17 @@ impl Worker {
 
     /// Takes no new work from now on.
     pub fn leave(&mut self) {
-        match &mut self.state {
-            WorkerState::Serving => self.state = WorkerState::Leaving { exit_sent: false },
-            WorkerState::Broken { leaving, .. } => *leaving = true,
-            WorkerState::Leaving { .. } | WorkerState::Killed(_) => {}
-        }
+        self.state.leave();
     }
 
     /// It said it retires (its task quota is used up): it exits by itself.
     pub fn retiring(&mut self) {
-        match &mut self.state {
-            WorkerState::Serving | WorkerState::Leaving { .. } => {
-                self.state = WorkerState::Leaving { exit_sent: true }
-            }
-            WorkerState::Broken { leaving, .. } => *leaving = true,
-            WorkerState::Killed(_) => {}
-        }
+        self.state.retiring();
     }
 
     /// Its socket failed, closed or carried garbage: it gets nothing more.
     pub fn broke(&mut self) {
-        if !self.state.broken() {
-            self.state = WorkerState::Broken {
-                kill: self.state.kill(),
-                leaving: self.state.leaving(),
-                killed_at_eof: false,
-            };
-        }
+        self.state.broke();
     }
 
     /// Idle, leaving and not told yet: it gets its EXIT frame now.
@@ -375,5 +384,51 @@ impl Workers {
                 excess -= 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::JobId;
+
+    #[test]
+    fn a_worker_state_moves_one_way_and_keeps_what_matters() {
+        let mut s = WorkerState::Serving;
+        assert!(s.serving() && !s.leaving() && s.kill().is_none());
+        s.leave();
+        assert_eq!(s, WorkerState::Leaving { exit_sent: false });
+        s.retiring();
+        assert_eq!(s, WorkerState::Leaving { exit_sent: true });
+        // Broken while leaving: still leaving (not a death at start).
+        s.broke();
+        assert!(s.broken() && s.leaving() && s.kill().is_none());
+        s.kill_for(Kill::Shutdown);
+        assert_eq!(s.kill(), Some(Kill::Shutdown));
+        assert!(s.broken() && s.leaving());
+
+        // Killed, then its socket closes: the kill is kept (not an outside kill).
+        let mut k = WorkerState::Serving;
+        k.kill_for(Kill::TimeLimit(JobId(7)));
+        assert!(!k.serving() && k.leaving());
+        k.broke();
+        assert_eq!(
+            k,
+            WorkerState::Broken {
+                kill: Some(Kill::TimeLimit(JobId(7))),
+                leaving: true,
+                killed_at_eof: false
+            }
+        );
+        // A killed worker that said it retires stays killed.
+        let mut r = WorkerState::Killed(Kill::Protocol);
+        r.retiring();
+        r.leave();
+        assert_eq!(r, WorkerState::Killed(Kill::Protocol));
+
+        // Broken while serving: not leaving (a death at start counts).
+        let mut b = WorkerState::Serving;
+        b.broke();
+        assert!(b.broken() && !b.leaving() && !b.killed_at_eof());
     }
 }
