@@ -558,6 +558,7 @@ mod tests {
             path: format!("/plugins/p{p}.so").into(),
             name: format!("p{p}"),
             version: "1.0.0".into(),
+            kind: Default::default(),
             abi_version: 2,
             api_version: "0.1.0".into(),
             tasks: (0..tasks).map(task).collect(),
