@@ -79,6 +79,76 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The C plugins [`c_plugin`] can hand out (issue 27): short name, the
+/// directory whose `Makefile` builds it (from the workspace root), and the
+/// library file. Each directory is built once per test binary with `make
+/// OUT=<artifact dir>/c-plugins` (the system `cc` / `c++`).
+pub const C_PLUGINS: &[(&str, &str, &str)] = &[
+    ("c-example", "plugins/c-example", "libc_example.so"),
+    ("cpp-example", "plugins/cpp-example", "libcpp_example.so"),
+    ("c-hostile", "tests/fixtures/c-abi", "libc_hostile.so"),
+    (
+        "c-future-version",
+        "tests/fixtures/c-abi",
+        "libc_future_version.so",
+    ),
+    ("c-short-size", "tests/fixtures/c-abi", "libc_short_size.so"),
+    (
+        "c-prefix-only",
+        "tests/fixtures/c-abi",
+        "libc_prefix_only.so",
+    ),
+    ("c-appended", "tests/fixtures/c-abi", "libc_appended.so"),
+    ("c-bad-name", "tests/fixtures/c-abi", "libc_bad_name.so"),
+    ("c-bad-tasks", "tests/fixtures/c-abi", "libc_bad_tasks.so"),
+    (
+        "c-bad-arg-name",
+        "tests/fixtures/c-abi",
+        "libc_bad_arg_name.so",
+    ),
+    ("c-huge-count", "tests/fixtures/c-abi", "libc_huge_count.so"),
+    ("c-dup-names", "tests/fixtures/c-abi", "libc_dup_names.so"),
+    ("c-null-call", "tests/fixtures/c-abi", "libc_null_call.so"),
+];
+
+/// The path of C plugin `name` (a short name from [`C_PLUGINS`]), built
+/// with `make` if needed. Panics with make's output if the build fails.
+pub fn c_plugin(name: &str) -> PathBuf {
+    let (_, dir, file) = C_PLUGINS
+        .iter()
+        .find(|(short, _, _)| *short == name)
+        .unwrap_or_else(|| panic!("unknown C test plugin `{name}`; see common::C_PLUGINS"));
+    let out = artifact_dir().join("c-plugins");
+    static BUILT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(dir) {
+        std::fs::create_dir_all(&out).expect("the c-plugins directory can be made");
+        let mut cmd = Command::new("make");
+        cmd.arg("-s")
+            .arg("-C")
+            .arg(workspace_root().join(dir))
+            .arg(format!("OUT={}", out.display()));
+        let done = cmd.output().unwrap_or_else(|e| {
+            panic!("cannot run make ({cmd:?}): {e}; the C plugin tests need make and cc")
+        });
+        assert!(
+            done.status.success(),
+            "building the C plugins in {dir} failed ({cmd:?}):\n{}{}",
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr)
+        );
+        built.push(dir);
+    }
+    let path = out.join(file);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// [`c_plugin`] as a `String`, for command lines.
+pub fn c_plugin_str(name: &str) -> String {
+    c_plugin(name).to_string_lossy().into_owned()
+}
+
 /// The `billiard-host` binary cargo built for this test run.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_billiard-host"))

@@ -260,7 +260,11 @@ pub(super) fn load(abs: &Path, desc: usize) -> Result<(CPlugin, PluginInfo), Str
             .and_then(|off| (d.tasks as usize).checked_add(off))
             .ok_or("its task table runs past the end of memory")?;
         let n = i.saturating_add(1);
-        let t: RawTask = read(at, task_prefix, &format!("task {n} of its table"))?;
+        let t: RawTask = read(
+            at,
+            task_prefix,
+            &format!("the entry of task {n} in its task table"),
+        )?;
         let tname = read_str(t.name, MAX_NAME, &format!("the name of task {n}"))?
             .ok_or_else(|| format!("the name of task {n} is NULL"))?;
         check_name(&tname, &format!("the name of task {n}"))?;
@@ -486,8 +490,8 @@ impl CPlugin {
             out.extend_from_slice(
                 format!(
                     "`{}.{task_name}` is a task of a C plugin, which takes JSON only: \
-                     call it with JSON arguments (apply_json, apply_raw with Codec::Json, \
-                     the CLI), not a typed bincode call",
+                     call it with JSON arguments (apply_raw with Codec::Json, the CLI, \
+                     Celery), not through a typed call such as Pool::apply",
                     info.name
                 )
                 .as_bytes(),
