@@ -340,7 +340,11 @@ fn c_a_descriptor_of_the_abi_1_prefix_only_loads_with_the_appended_field_absent(
     assert_eq!(p.call_json("echo", "[1]"), Ok(serde_json::json!([1])));
     // Built whole, the same source shows it.
     let whole = Plugin::load(common::c_plugin("c-hostile")).expect("loads");
-    let about = whole.info().metadata.as_ref().and_then(|m| m.description.clone());
+    let about = whole
+        .info()
+        .metadata
+        .as_ref()
+        .and_then(|m| m.description.clone());
     assert_eq!(
         about.as_deref(),
         Some("a descriptor of the PREFIX_ONLY variant never shows this")
@@ -381,11 +385,16 @@ fn c_a_descriptor_of_another_abi_version_is_refused_naming_both() {
     assert!(e.reason.contains(&want), "{e}");
     let out = host(["inspect", path.to_str().expect("utf-8")]);
     assert_eq!(common::exit_code(&out), 2);
-    assert!(common::stderr(&out).contains(&want), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains(&want),
+        "{}",
+        common::stderr(&out)
+    );
     // A size shorter than the ABI 1 prefix is refused, saying so.
     let e = Plugin::load(common::c_plugin("c-short-size")).expect_err("refused");
     assert!(
-        e.reason.contains("descriptor says it is 12 bytes, shorter than the"),
+        e.reason
+            .contains("descriptor says it is 12 bytes, shorter than the"),
         "{e}"
     );
 }
