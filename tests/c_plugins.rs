@@ -528,3 +528,32 @@ print(json.dumps([call("c_example.square", [7]), call("c_example.add", [2, 3]),
     );
     assert_eq!(got[4], json!({"ok": 16}), "{got}");
 }
+
+#[test]
+fn a_plugin_that_starts_threads_when_loaded_is_refused_by_the_pool_naming_why() {
+    // As a Go c-shared library does: the zygote forks workers from itself,
+    // which a multithreaded process cannot do safely.
+    let path = c_plugin_str("c-thread-ctor");
+    // It loads (inspect runs it in a child of its own)...
+    let out = host(["inspect", &path]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    // ...but a pool refuses it at build, naming the plugin and the threads.
+    match Pool::builder().plugin(&path).workers(1).build() {
+        Ok(_) => panic!("a pool was built"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains(&path) && e.contains("it started 1 thread(s) while loading"),
+                "{e}"
+            );
+        }
+    }
+    let out = host(["run", &path, "-t", "echo", "--args", "[1]"]);
+    assert_ne!(exit_code(&out), 0);
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("started 1 thread(s) while loading"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}

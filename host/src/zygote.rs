@@ -40,7 +40,7 @@ pub enum Birth {
 
 /// Loads every plugin, or says which one failed.
 pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
-    paths.iter().map(Plugin::load).collect()
+    paths.iter().map(|p| Plugin::load_for_fork(p)).collect()
 }
 
 /// The largest piece of the hello sent as one datagram: far below the

@@ -109,6 +109,11 @@ pub const C_PLUGINS: &[(&str, &str, &str)] = &[
     ("c-huge-count", "tests/fixtures/c-abi", "libc_huge_count.so"),
     ("c-dup-names", "tests/fixtures/c-abi", "libc_dup_names.so"),
     ("c-null-call", "tests/fixtures/c-abi", "libc_null_call.so"),
+    (
+        "c-thread-ctor",
+        "tests/fixtures/c-abi",
+        "libc_thread_ctor.so",
+    ),
 ];
 
 /// The path of C plugin `name` (a short name from [`C_PLUGINS`]), built
