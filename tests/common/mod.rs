@@ -79,54 +79,50 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The C plugins [`c_plugin`] can hand out (issue 27): short name, the
-/// directory whose `Makefile` builds it (from the workspace root), and the
-/// library file. Each directory is built once per test binary with `make
-/// OUT=<artifact dir>/c-plugins` (the system `cc` / `c++`).
+/// The example C plugins [`c_plugin`] can hand out (issue 27): short name,
+/// the directory whose `Makefile` builds it (from the workspace root), and
+/// the library file. Each directory is built once per test binary with
+/// `make OUT=<artifact dir>/c-plugins` (the system `cc` / `c++`).
 pub const C_PLUGINS: &[(&str, &str, &str)] = &[
     ("c-example", "plugins/c-example", "libc_example.so"),
     ("cpp-example", "plugins/cpp-example", "libcpp_example.so"),
-    ("c-hostile", "tests/fixtures/c-abi", "libc_hostile.so"),
-    (
-        "c-future-version",
-        "tests/fixtures/c-abi",
-        "libc_future_version.so",
-    ),
-    ("c-short-size", "tests/fixtures/c-abi", "libc_short_size.so"),
-    (
-        "c-prefix-only",
-        "tests/fixtures/c-abi",
-        "libc_prefix_only.so",
-    ),
-    ("c-appended", "tests/fixtures/c-abi", "libc_appended.so"),
-    ("c-bad-name", "tests/fixtures/c-abi", "libc_bad_name.so"),
-    ("c-bad-tasks", "tests/fixtures/c-abi", "libc_bad_tasks.so"),
-    (
-        "c-bad-arg-name",
-        "tests/fixtures/c-abi",
-        "libc_bad_arg_name.so",
-    ),
-    ("c-huge-count", "tests/fixtures/c-abi", "libc_huge_count.so"),
-    ("c-dup-names", "tests/fixtures/c-abi", "libc_dup_names.so"),
-    ("c-null-call", "tests/fixtures/c-abi", "libc_null_call.so"),
-    (
-        "c-thread-ctor",
-        "tests/fixtures/c-abi",
-        "libc_thread_ctor.so",
-    ),
 ];
 
-/// The path of C plugin `name` (a short name from [`C_PLUGINS`]), built
-/// with `make` if needed. Panics with make's output if the build fails.
+/// The variants of `tests/fixtures/c-abi/hostile.c` (see its head): `c-X`
+/// is `libc_X.so` (with `_` for `-`), e.g. `c-bad-name`.
+pub const C_FIXTURES: &[&str] = &[
+    "hostile",
+    "future-version",
+    "short-size",
+    "prefix-only",
+    "appended",
+    "bad-name",
+    "bad-tasks",
+    "bad-arg-name",
+    "huge-count",
+    "dup-names",
+    "null-call",
+    "thread-ctor",
+];
+
+/// The path of C plugin `name` (a short name from [`C_PLUGINS`], or `c-`
+/// and one of [`C_FIXTURES`]), built with `make` if needed. Panics with
+/// make's output if the build fails.
 pub fn c_plugin(name: &str) -> PathBuf {
-    let (_, dir, file) = C_PLUGINS
-        .iter()
-        .find(|(short, _, _)| *short == name)
-        .unwrap_or_else(|| panic!("unknown C test plugin `{name}`; see common::C_PLUGINS"));
+    let (dir, file) = match C_PLUGINS.iter().find(|(short, _, _)| *short == name) {
+        Some((_, dir, file)) => (*dir, file.to_string()),
+        None => match name.strip_prefix("c-").filter(|v| C_FIXTURES.contains(v)) {
+            Some(v) => (
+                "tests/fixtures/c-abi",
+                format!("libc_{}.so", v.replace('-', "_")),
+            ),
+            None => panic!("unknown C test plugin `{name}`; see common::C_PLUGINS and C_FIXTURES"),
+        },
+    };
     let out = artifact_dir().join("c-plugins");
     static BUILT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.contains(dir) {
+    if !built.contains(&dir) {
         std::fs::create_dir_all(&out).expect("the c-plugins directory can be made");
         let mut cmd = Command::new("make");
         cmd.arg("-s")

@@ -215,13 +215,11 @@ pub(super) fn load(abs: &Path, desc: usize) -> Result<(CPlugin, PluginInfo), Str
     let head: [u32; 2] = read(desc, 8, "the `billiard_plugin` symbol")?;
     let [abi_version, size] = head;
     if abi_version != C_ABI_VERSION {
-        let advice = if abi_version > C_ABI_VERSION {
-            "the plugin is newer than this host: run it with a newer billiard-host, or rebuild it against this host's billiard_plugin.h"
-        } else {
-            "rebuild the plugin against this host's billiard_plugin.h"
-        };
-        return Err(format!(
-            "built for billiard C plugin ABI version {abi_version}, this host speaks C plugin ABI version {C_ABI_VERSION}; {advice}"
+        return Err(super::version_refusal(
+            abi_version,
+            C_ABI_VERSION,
+            ("C plugin ABI", "C plugin ABI "),
+            "billiard_plugin.h",
         ));
     }
     let size = usize::try_from(size).unwrap_or(usize::MAX);

@@ -682,6 +682,22 @@ impl Plugin {
     }
 }
 
+/// The refusal of a plugin built for ABI version `found` by a host of
+/// version `speaks`, naming both: `abi` is the interface's name in the
+/// plugin's words and in the host's (`("C plugin ABI", "C plugin ABI ")`),
+/// `against` what to rebuild it against.
+fn version_refusal(found: u32, speaks: u32, abi: (&str, &str), against: &str) -> String {
+    let advice = if found > speaks {
+        format!("the plugin is newer than this host: run it with a newer billiard-host, or rebuild it against this host's {against}")
+    } else {
+        format!("rebuild the plugin against this host's {against}")
+    };
+    format!(
+        "built for billiard {} version {found}, this host speaks {}version {speaks}; {advice}",
+        abi.0, abi.1
+    )
+}
+
 /// Two tasks of one name: the second could never be called.
 fn duplicate_task(tasks: &[TaskSpec]) -> Option<String> {
     let mut seen = std::collections::HashMap::new();

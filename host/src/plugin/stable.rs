@@ -61,13 +61,11 @@ pub(super) fn load(abs: &Path) -> Result<(StablePlugin, PluginInfo), String> {
         .upgrade();
     let abi_version = module.abi_version();
     if abi_version != ABI_VERSION {
-        let advice = if abi_version > ABI_VERSION {
-            "the plugin is newer than this host: run it with a newer billiard-host, or rebuild it against this host's plugin-api"
-        } else {
-            "rebuild the plugin against this host's plugin-api"
-        };
-        return Err(format!(
-            "built for billiard plugin ABI version {abi_version}, this host speaks version {ABI_VERSION}; {advice}"
+        return Err(super::version_refusal(
+            abi_version,
+            ABI_VERSION,
+            ("plugin ABI", ""),
+            "plugin-api",
         ));
     }
     // Appended after the ABI 2 prefix: absent (None) in older plugins.
