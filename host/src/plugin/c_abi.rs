@@ -623,3 +623,41 @@ impl CPlugin {
         done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_read_without_trusting_their_pointers() {
+        let s = std::ffi::CString::new("square").unwrap_or_default();
+        assert_eq!(
+            read_str(s.as_ptr(), 64, "x"),
+            Ok(Some("square".to_string()))
+        );
+        assert_eq!(read_str(std::ptr::null(), 64, "x"), Ok(None));
+        let bad = read_str(16 as *const c_char, 64, "the name").unwrap_err();
+        assert!(
+            bad.contains("the name points at unreadable memory"),
+            "{bad}"
+        );
+        let long = std::ffi::CString::new("a".repeat(700)).unwrap_or_default();
+        let why = read_str(long.as_ptr(), 512, "the doc").unwrap_err();
+        assert!(why.contains("longer than 512 bytes"), "{why}");
+        let not_utf8 = [0xffu8, 0xfe, 0];
+        let why = read_str(not_utf8.as_ptr().cast(), 64, "the name").unwrap_err();
+        assert!(why.contains("not UTF-8"), "{why}");
+        // A struct past the plugin's size reads as zeros.
+        let head: [u32; 4] = [1, 2, 3, 4];
+        let got: [u32; 4] = read(head.as_ptr() as usize, 8, "x").unwrap_or_default();
+        assert_eq!(got, [1, 2, 0, 0]);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("c_example-1.x", "n").is_ok());
+        assert!(check_name("", "the name").unwrap_err().contains("is empty"));
+        let why = check_name("a b", "the name").unwrap_err();
+        assert!(why.contains("has the character ' '"), "{why}");
+    }
+}
