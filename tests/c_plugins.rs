@@ -372,6 +372,11 @@ fn a_c_plugin_runs_in_the_strict_sandbox() {
     assert_eq!(v["ok"], 144, "{v}");
     let v = run_one(&c, "crash", "[]", &["--sandbox", "strict"]);
     assert_eq!(error_kind(&v), "worker_lost", "{v}");
+    // A spawned worker loads the plugin under its seccomp filter, where
+    // the descriptor's reads cannot go through process_vm_readv.
+    let strict_spawn = ["--sandbox", "strict", "--start-method", "spawn"];
+    let v = run_one(&c, "square", "[13]", &strict_spawn);
+    assert_eq!(v["ok"], 169, "{v}");
 }
 
 #[test]
