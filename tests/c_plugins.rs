@@ -286,7 +286,7 @@ fn a_pool_holds_a_rust_and_a_c_plugin_and_refuses_typed_bincode_by_name() {
         .apply_raw(rust, Codec::Json, b"[6]".to_vec(), Default::default())
         .expect("submit");
     let b = pool
-        .apply_raw(c.clone(), Codec::Json, b"[6]".to_vec(), Default::default())
+        .apply_raw(c, Codec::Json, b"[6]".to_vec(), Default::default())
         .expect("submit");
     assert_eq!(a.get(), Ok(b"36".to_vec()));
     assert_eq!(b.get(), Ok(b"36".to_vec()));

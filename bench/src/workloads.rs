@@ -1240,11 +1240,11 @@ fn rust_beside_c_runs(ctx: &Ctx, workload: &str, n: u64, chunk: usize) -> Result
         ];
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for k in order {
-            let target = targets[k].clone();
+            let target = targets[k];
             let t0 = Instant::now();
             let jobs = (0..n).map(move |i| {
                 Ok(RawJob::new(
-                    target.clone(),
+                    target,
                     Codec::Json,
                     format!("[{i}]").into_bytes(),
                 ))
