@@ -324,3 +324,77 @@ fn a_plugin_of_a_newer_layout_is_refused_with_a_clear_message() {
         Ok(_) => panic!("a plugin of a newer layout was loaded"),
     }
 }
+
+// The C plugin interface (plugin-api-c/EVOLUTION.md, issue 27): the
+// descriptor carries its ABI version and its size, each task entry's size
+// is in `task_size`; fields are only ever appended. The variants are
+// tests/fixtures/c-abi/hostile.c built with -D flags (common::c_plugin).
+
+#[test]
+fn c_a_descriptor_of_the_abi_1_prefix_only_loads_with_the_appended_field_absent() {
+    let path = common::c_plugin("c-prefix-only");
+    let p = Plugin::load(&path).expect("the ABI 1 prefix loads");
+    assert_eq!(p.info().abi_version, billiard_host::C_ABI_VERSION);
+    // `description` is past its `size`: absent, though the bytes are there.
+    assert_eq!(p.info().metadata, None);
+    assert_eq!(p.call_json("echo", "[1]"), Ok(serde_json::json!([1])));
+    // Built whole, the same source shows it.
+    let whole = Plugin::load(common::c_plugin("c-hostile")).expect("loads");
+    let about = whole
+        .info()
+        .metadata
+        .as_ref()
+        .and_then(|m| m.description.clone());
+    assert_eq!(
+        about.as_deref(),
+        Some("a descriptor of the PREFIX_ONLY variant never shows this")
+    );
+}
+
+#[test]
+fn c_a_descriptor_and_task_entries_with_appended_fields_load_and_run() {
+    // A newer header's plugin: a longer descriptor and longer task entries,
+    // their sizes saying so. This host reads what it knows.
+    let p = Plugin::load(common::c_plugin("c-appended")).expect("a newer layout loads");
+    let names: Vec<&str> = p.info().tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "echo",
+            "stash",
+            "use_stash",
+            "not_json",
+            "bad_status",
+            "emit_not_json",
+            "null_write"
+        ]
+    );
+    assert!(p.info().tasks[5].streaming);
+    assert_eq!(p.call_json("echo", "[2, 3]"), Ok(serde_json::json!([2, 3])));
+}
+
+#[test]
+fn c_a_descriptor_of_another_abi_version_is_refused_naming_both() {
+    let path = common::c_plugin("c-future-version");
+    let next = billiard_host::C_ABI_VERSION + 1;
+    let want = format!(
+        "built for billiard C plugin ABI version {next}, this host speaks C plugin ABI version {}; the plugin is newer than this host",
+        billiard_host::C_ABI_VERSION
+    );
+    let e = Plugin::load(&path).expect_err("refused");
+    assert!(e.reason.contains(&want), "{e}");
+    let out = host(["inspect", path.to_str().expect("utf-8")]);
+    assert_eq!(common::exit_code(&out), 2);
+    assert!(
+        common::stderr(&out).contains(&want),
+        "{}",
+        common::stderr(&out)
+    );
+    // A size shorter than the ABI 1 prefix is refused, saying so.
+    let e = Plugin::load(common::c_plugin("c-short-size")).expect_err("refused");
+    assert!(
+        e.reason
+            .contains("descriptor says it is 12 bytes, shorter than the"),
+        "{e}"
+    );
+}

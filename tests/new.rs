@@ -343,3 +343,81 @@ fn c17_keywords_and_over_long_names_are_refused_before_anything_is_created() {
     }
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `new --lang c` (issue 27): a C plugin that builds with `make` and passes
+/// its golden cases outside the repository, with nothing but the header
+/// from billiard-host; a bad name is refused before anything is written.
+#[test]
+fn new_lang_c_scaffolds_a_c_plugin_that_builds_and_passes_its_cases() {
+    let base = outside("lang-c");
+    let dir = base.join("my-c-plugin");
+    let out = host([
+        "new".as_ref(),
+        "my-c-plugin".as_ref(),
+        "--lang".as_ref(),
+        "c".as_ref(),
+        "--path".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("make"), "{}", stderr(&out));
+    for f in [
+        "plugin.c",
+        "Makefile",
+        "cases.jsonl",
+        "README.md",
+        ".gitignore",
+        "include/billiard_plugin.h",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} was not written");
+    }
+    let plugin_c = std::fs::read_to_string(dir.join("plugin.c")).unwrap();
+    assert!(plugin_c.contains("\"my_c_plugin\""), "{plugin_c}");
+    assert!(!plugin_c.contains("c_plugin_template"), "{plugin_c}");
+    let make = Command::new("make")
+        .arg("-s")
+        .current_dir(&dir)
+        .output()
+        .expect("make runs");
+    assert!(
+        make.status.success(),
+        "{}",
+        String::from_utf8_lossy(&make.stderr)
+    );
+    let lib = dir.join("libmy_c_plugin.so");
+    let out = host([
+        "check".as_ref(),
+        lib.as_os_str(),
+        "--cases".as_ref(),
+        dir.join("cases.jsonl").as_os_str(),
+    ]);
+    assert_eq!(exit_code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("4 passed"), "{}", stdout(&out));
+    let out = host([
+        "run".as_ref(),
+        lib.as_os_str(),
+        "--task".as_ref(),
+        "square".as_ref(),
+        "--args".as_ref(),
+        "[7]".as_ref(),
+    ]);
+    assert_eq!(stdout(&out).trim(), r#"{"index":0,"ok":49}"#);
+    // A name that is not one is refused, nothing written.
+    let bad = base.join("bad");
+    let out = host([
+        "new".as_ref(),
+        "2fast".as_ref(),
+        "--lang".as_ref(),
+        "c".as_ref(),
+        "--path".as_ref(),
+        bad.as_os_str(),
+    ]);
+    assert_eq!(exit_code(&out), 2);
+    assert!(
+        stderr(&out).contains("`2fast` is not a usable plugin name"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!bad.exists());
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -230,6 +230,7 @@ fn w1(ctx: &Ctx) -> Result<Vec<Record>> {
         "imap(square, 0..n, chunksize=1), 2 workers; every result checked in order",
     )];
     out.push(cli_stream(ctx, "W1", n));
+    out.extend(rust_beside_c(ctx, "W1", n, 1));
     Ok(out)
 }
 
@@ -241,6 +242,7 @@ fn w2(ctx: &Ctx) -> Result<Vec<Record>> {
     let mut out = vec![Record::of("W2", "throughput", &rates, "tasks/s", n)
         .with("note", "map(square, 0..n, chunksize=1000), 2 workers")];
     out.push(cli_stream(ctx, "W2", n));
+    out.extend(rust_beside_c(ctx, "W2", n, W2_CHUNK));
     // Chunks under a time limit (issue 24 item 2).
     let n = ctx.scale(W2_LIMIT_N, 1);
     let rates = w2_runs(ctx, n, Some(W2_LIMIT))?;
@@ -1212,4 +1214,98 @@ fn cli_w5_runs(
             .with("variant", "cli")
             .with("note", format!("`billiard-host run libbilliard_bytes.so --task {task} --input FILE --workers 2`: {n} lines each holding 1 MiB as a JSON array; wall time of the whole process; MB/s of payload per direction")))
     }
+}
+
+// ------------------------------------------------------ a C plugin (issue 27)
+
+/// `plugins/c-example`, built with its Makefile beside the Rust plugins.
+fn c_example(ctx: &Ctx) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/c-example");
+    let out = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&src)
+        .arg(format!("OUT={}", ctx.plugin_dir.display()))
+        .output()
+        .context("running make for plugins/c-example")?;
+    ensure!(
+        out.status.success(),
+        "make -C {} failed: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(ctx.plugin_dir.join("libc_example.so"))
+}
+
+/// W1/W2's `square` as JSON jobs (a C plugin speaks only JSON) on the Rust
+/// `math` plugin and on the C example, both loaded in one pool, taking
+/// turns in each run (the first one alternates): what a call costs on the
+/// C path beside the Rust one. Two records (`variant` `json-rust`,
+/// `json-c`), the C one with `c_over_rust`, the ratio of the medians.
+fn rust_beside_c(ctx: &Ctx, workload: &str, n: u64, chunk: usize) -> Vec<Record> {
+    match rust_beside_c_runs(ctx, workload, n, chunk) {
+        Ok(r) => r,
+        Err(e) => {
+            vec![Record::error(workload, &format!("rust vs c: {e:#}")).with("variant", "json-c")]
+        }
+    }
+}
+
+fn rust_beside_c_runs(ctx: &Ctx, workload: &str, n: u64, chunk: usize) -> Result<Vec<Record>> {
+    use billiard_host::{Codec, RawJob};
+    let c = c_example(ctx)?;
+    let mut rates = [Vec::new(), Vec::new()];
+    for run in 0..ctx.runs {
+        ctx.progress(&format!(
+            "{workload} rust vs c run {}/{}",
+            run + 1,
+            ctx.runs
+        ));
+        let pool = ctx.builder(2, &["math"]).plugin(&c).build()?;
+        warm(&pool)?;
+        let targets = [
+            pool.task_ref("math", "square")?,
+            pool.task_ref("c_example", "square")?,
+        ];
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let target = targets[k];
+            let t0 = Instant::now();
+            let jobs = (0..n).map(move |i| {
+                Ok(RawJob::new(
+                    target,
+                    Codec::Json,
+                    format!("[{i}]").into_bytes(),
+                ))
+            });
+            let mut count = 0u64;
+            for (i, out) in pool.imap_raw(jobs, true, chunk) {
+                let v: u64 = serde_json::from_slice(&out?)?;
+                ensure!(v == i * i, "{workload} json: item {i} gave {v}");
+                count += 1;
+            }
+            let dt = secs(t0);
+            ensure!(count == n, "{workload} json: {count} results for {n}");
+            rates[k].push(n as f64 / dt);
+        }
+        pool.join()?;
+    }
+    let note = |kind: &str| {
+        format!(
+            "imap_raw(square, JSON [i] for i in 0..n, chunksize={chunk}), 2 workers, one pool \
+             holding math and c_example, the {kind} plugin's square; every result checked"
+        )
+    };
+    let rust = Record::of(workload, "throughput", &rates[0], "tasks/s", n)
+        .with("variant", "json-rust")
+        .with("note", note("Rust"));
+    let mut c = Record::of(workload, "throughput", &rates[1], "tasks/s", n)
+        .with("variant", "json-c")
+        .with("note", note("C"));
+    if let (Some(cv), Some(rv)) = (c.value, rust.value) {
+        if rv > 0.0 {
+            c = c.with("c_over_rust", (cv / rv * 1000.0).round() / 1000.0);
+        }
+    }
+    Ok(vec![rust, c])
 }

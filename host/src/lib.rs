@@ -51,8 +51,8 @@ pub mod __private {
 pub use billiard_plugin_api::Codec;
 pub use error::{Directive, ErrorKind, ExceptionClass, FailureDetail, TaskError};
 pub use plugin::{
-    closest_name, outcome, resolve_task, ArgSpec, Plugin, PluginInfo, PluginLoadError, PluginMeta,
-    TaskSpec,
+    closest_name, outcome, resolve_task, ArgSpec, Plugin, PluginInfo, PluginKind, PluginLoadError,
+    PluginMeta, TaskSpec, C_ABI_VERSION,
 };
 pub use pool::{
     AsyncResult, CancelOnDrop, Event, Generation, Imap, ImapStream, Initializer, JobHead, JobId,

@@ -40,7 +40,7 @@ pub enum Birth {
 
 /// Loads every plugin, or says which one failed.
 pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
-    paths.iter().map(Plugin::load).collect()
+    paths.iter().map(|p| Plugin::load_for_fork(p)).collect()
 }
 
 /// The largest piece of the hello sent as one datagram: far below the
@@ -571,6 +571,7 @@ mod tests {
             path: format!("/plugins/p{p}.so").into(),
             name: format!("p{p}"),
             version: "1.0.0".into(),
+            kind: Default::default(),
             abi_version: 2,
             api_version: "0.1.0".into(),
             tasks: (0..tasks).map(task).collect(),

@@ -215,6 +215,13 @@ impl<'a> TaskContext<'a> {
         (self.host, self.host_data)
     }
 
+    /// The stop flag the host raises (for the host's C plugin backend,
+    /// which hands its address to a C task).
+    #[doc(hidden)]
+    pub fn stop_flag(&self) -> &'a AtomicU32 {
+        self.stop
+    }
+
     /// The id of the job being run (unique within one pool).
     pub fn job_id(&self) -> u64 {
         self.job_id

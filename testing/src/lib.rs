@@ -220,13 +220,14 @@ impl Harness {
 
     /// Calls `task` in this process with `args` (a tuple, one element per
     /// argument: `(3u64,)`; `()` for none), encoded as bincode like
-    /// `Pool::apply` does.
+    /// `Pool::apply` does (as JSON for a C plugin, which speaks only that).
     pub fn call<A: Serialize>(&self, task: &str, args: A) -> Call {
+        let wire = pool::typed_codec(&self.plugin);
         self.local(
             task,
             call::show_args(&args),
-            Codec::Bincode,
-            pool::encode_args(&args),
+            wire,
+            pool::encode_args(wire, &args),
             None,
         )
     }
@@ -388,11 +389,12 @@ impl Local<'_> {
     /// Calls `task` in this process with `args` (a tuple, as for
     /// [`Harness::call`]) under the soft time limit.
     pub fn call<A: Serialize>(self, task: &str, args: A) -> Call {
+        let wire = pool::typed_codec(&self.h.plugin);
         self.h.local(
             task,
             call::show_args(&args),
-            Codec::Bincode,
-            pool::encode_args(&args),
+            wire,
+            pool::encode_args(wire, &args),
             Some(self.soft),
         )
     }

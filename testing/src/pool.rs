@@ -15,9 +15,20 @@ use serde::Serialize;
 
 use crate::call::{show_args, Call, Place};
 
+/// The codec a typed call (a tuple of arguments) to `plugin` travels in:
+/// bincode, as `Pool::apply` sends, for a Rust plugin; JSON for a C plugin,
+/// which speaks nothing else (the typed call works through it).
+pub(crate) fn typed_codec(plugin: &Plugin) -> Codec {
+    if plugin.kind().speaks(Codec::Bincode) {
+        Codec::Bincode
+    } else {
+        Codec::Json
+    }
+}
+
 /// Encoded arguments, or the `bad_args` error encoding them gave.
-pub(crate) fn encode_args<A: Serialize>(args: &A) -> Result<Vec<u8>, TaskError> {
-    codec::encode(Codec::Bincode, args).map_err(|e| {
+pub(crate) fn encode_args<A: Serialize>(codec: Codec, args: &A) -> Result<Vec<u8>, TaskError> {
+    codec::encode(codec, args).map_err(|e| {
         TaskError::new(
             ErrorKind::BadArgs,
             format!("cannot encode the arguments: {e}"),
@@ -174,14 +185,15 @@ impl TestPool {
         A: Serialize,
         R: DeserializeOwned + PartialEq + Debug,
     {
+        let wire = typed_codec(&self.plugin);
         let inputs: Vec<(String, Result<Vec<u8>, TaskError>)> = inputs
             .into_iter()
-            .map(|a| (show_args(&a), encode_args(&a)))
+            .map(|a| (show_args(&a), encode_args(wire, &a)))
             .collect();
         let local: Vec<Result<Vec<u8>, TaskError>> = inputs
             .iter()
             .map(|(_, args)| match args {
-                Ok(bytes) => call_local(&self.plugin, task, Codec::Bincode, bytes, None),
+                Ok(bytes) => call_local(&self.plugin, task, wire, bytes, None),
                 Err(e) => Err(e.clone()),
             })
             .collect();
@@ -189,7 +201,7 @@ impl TestPool {
         let jobs = inputs.iter().map(|(_, args)| {
             let target = target.clone()?;
             let args = args.clone()?;
-            Ok(RawJob::new(target, Codec::Bincode, args))
+            Ok(RawJob::new(target, wire, args))
         });
         let mut remote: Vec<Option<Result<Vec<u8>, TaskError>>> = vec![None; inputs.len()];
         for (i, outcome) in self.pool.imap_raw(jobs, true, chunksize.max(1)) {
@@ -200,7 +212,7 @@ impl TestPool {
 
         let decode = |o: &Result<Vec<u8>, TaskError>| -> Result<R, TaskError> {
             let bytes = o.as_ref().map_err(Clone::clone)?;
-            codec::decode(Codec::Bincode, bytes).map_err(|e| {
+            codec::decode(wire, bytes).map_err(|e| {
                 TaskError::new(
                     ErrorKind::TaskError,
                     format!(
@@ -303,7 +315,8 @@ impl<'p> Job<'p> {
 
     /// Submits the job; [`Pending::wait`] gives its outcome.
     pub fn submit<A: Serialize>(self, task: &str, args: A) -> Pending<'p> {
-        self.start(task, show_args(&args), Codec::Bincode, encode_args(&args))
+        let wire = typed_codec(&self.pool.plugin);
+        self.start(task, show_args(&args), wire, encode_args(wire, &args))
     }
 
     fn start(

@@ -79,6 +79,77 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The example C plugins [`c_plugin`] can hand out (issue 27): short name,
+/// the directory whose `Makefile` builds it (from the workspace root), and
+/// the library file. Each directory is built once per test binary with
+/// `make OUT=<artifact dir>/c-plugins` (the system `cc` / `c++`).
+pub const C_PLUGINS: &[(&str, &str, &str)] = &[
+    ("c-example", "plugins/c-example", "libc_example.so"),
+    ("cpp-example", "plugins/cpp-example", "libcpp_example.so"),
+];
+
+/// The variants of `tests/fixtures/c-abi/hostile.c` (see its head): `c-X`
+/// is `libc_X.so` (with `_` for `-`), e.g. `c-bad-name`.
+pub const C_FIXTURES: &[&str] = &[
+    "hostile",
+    "future-version",
+    "short-size",
+    "prefix-only",
+    "appended",
+    "bad-name",
+    "bad-tasks",
+    "bad-arg-name",
+    "huge-count",
+    "dup-names",
+    "null-call",
+    "thread-ctor",
+];
+
+/// The path of C plugin `name` (a short name from [`C_PLUGINS`], or `c-`
+/// and one of [`C_FIXTURES`]), built with `make` if needed. Panics with
+/// make's output if the build fails.
+pub fn c_plugin(name: &str) -> PathBuf {
+    let (dir, file) = match C_PLUGINS.iter().find(|(short, _, _)| *short == name) {
+        Some((_, dir, file)) => (*dir, file.to_string()),
+        None => match name.strip_prefix("c-").filter(|v| C_FIXTURES.contains(v)) {
+            Some(v) => (
+                "tests/fixtures/c-abi",
+                format!("libc_{}.so", v.replace('-', "_")),
+            ),
+            None => panic!("unknown C test plugin `{name}`; see common::C_PLUGINS and C_FIXTURES"),
+        },
+    };
+    let out = artifact_dir().join("c-plugins");
+    static BUILT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(&dir) {
+        std::fs::create_dir_all(&out).expect("the c-plugins directory can be made");
+        let mut cmd = Command::new("make");
+        cmd.arg("-s")
+            .arg("-C")
+            .arg(workspace_root().join(dir))
+            .arg(format!("OUT={}", out.display()));
+        let done = cmd.output().unwrap_or_else(|e| {
+            panic!("cannot run make ({cmd:?}): {e}; the C plugin tests need make and cc")
+        });
+        assert!(
+            done.status.success(),
+            "building the C plugins in {dir} failed ({cmd:?}):\n{}{}",
+            String::from_utf8_lossy(&done.stdout),
+            String::from_utf8_lossy(&done.stderr)
+        );
+        built.push(dir);
+    }
+    let path = out.join(file);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// [`c_plugin`] as a `String`, for command lines.
+pub fn c_plugin_str(name: &str) -> String {
+    c_plugin(name).to_string_lossy().into_owned()
+}
+
 /// The `billiard-host` binary cargo built for this test run.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_billiard-host"))

@@ -247,14 +247,17 @@ pub fn run(args: Args) -> i32 {
 }
 
 fn write_header(out: &mut impl Write, info: &PluginInfo, p: &Palette) -> std::io::Result<()> {
+    let api = match info.kind {
+        billiard_host::PluginKind::Rust => format!("billiard-plugin-api {}", info.api_version),
+        billiard_host::PluginKind::C => format!("a C plugin, {}", info.api_version),
+    };
     writeln!(
         out,
-        "{} {} {} loads: ABI version {}, billiard-plugin-api {}",
+        "{} {} {} loads: ABI version {}, {api}",
         paint(p.pass, "ok"),
         paint(p.bold, &info.name),
         info.version,
         info.abi_version,
-        info.api_version
     )?;
     writeln!(out, "   file: {}", info.path.display())?;
     writeln!(out, "   tasks: {}", info.tasks.len())?;

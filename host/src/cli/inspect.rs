@@ -273,15 +273,25 @@ pub fn run(args: Args) -> i32 {
 fn write_text(out: &mut impl Write, info: &billiard_host::PluginInfo) -> std::io::Result<()> {
     writeln!(out, "plugin:  {} {}", info.name, info.version)?;
     writeln!(out, "file:    {}", info.path.display())?;
-    writeln!(
-        out,
-        "abi:     {} (billiard-plugin-api {})",
-        info.abi_version, info.api_version
-    )?;
+    let c = info.kind == billiard_host::PluginKind::C;
+    if c {
+        writeln!(
+            out,
+            "abi:     {} (C plugin, {})",
+            info.abi_version, info.api_version
+        )?;
+    } else {
+        writeln!(
+            out,
+            "abi:     {} (billiard-plugin-api {})",
+            info.abi_version, info.api_version
+        )?;
+    }
     writeln!(out, "tasks:   {}", info.tasks.len())?;
     for t in &info.tasks {
         writeln!(out)?;
-        let ctx = if t.takes_context {
+        // Every C task gets the context: no news.
+        let ctx = if t.takes_context && !c {
             "  [uses TaskContext]"
         } else {
             ""
@@ -305,7 +315,10 @@ fn write_text(out: &mut impl Write, info: &billiard_host::PluginInfo) -> std::io
             writeln!(out, "      {line}")?;
         }
     }
-    if !info.tasks.is_empty() && info.tasks.iter().all(|t| t.schema.is_none()) {
+    if c {
+        writeln!(out)?;
+        writeln!(out, "schemas: none (a C plugin declares none)")?;
+    } else if !info.tasks.is_empty() && info.tasks.iter().all(|t| t.schema.is_none()) {
         writeln!(out)?;
         writeln!(
             out,
@@ -332,9 +345,18 @@ fn write_text(out: &mut impl Write, info: &billiard_host::PluginInfo) -> std::io
                 }
             }
         }
+        None if c => {}
         None => writeln!(
             out,
             "about:   (no metadata: built against an older billiard-plugin-api)"
+        )?,
+    }
+    // Last: the lines above keep their places for tools that read them.
+    match info.kind {
+        billiard_host::PluginKind::Rust => writeln!(out, "kind:    rust (billiard-plugin-api)")?,
+        billiard_host::PluginKind::C => writeln!(
+            out,
+            "kind:    c (billiard_plugin.h: any language with a C ABI; speaks JSON only)"
         )?,
     }
     Ok(())

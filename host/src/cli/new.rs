@@ -8,6 +8,10 @@
 //! the two `path` dependencies are pointed at a billiard-host checkout (the
 //! crates are not on a registry yet) and the manifest gets a `[workspace]`
 //! table of its own, so the crate builds outside any other workspace.
+//!
+//! `--lang c` writes a C plugin instead (issue 27): the files of
+//! `examples/c-plugin-template` and the header
+//! `plugin-api-c/include/billiard_plugin.h`, renamed; it needs no checkout.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +26,8 @@ Examples:
   billiard-host new my-plugin --api-path ~/src/billiard-host
   cd my-plugin && cargo test && cargo build --release
   billiard-host run target/release/libmy_plugin.so --task count_primes --args '[100]'
+  billiard-host new my-c-plugin --lang c            # a C plugin: a .c file and a Makefile
+  cd my-c-plugin && make && make check
 
 The crate's billiard-plugin-api and billiard-testing dependencies are `path`
 dependencies on a billiard-host checkout: by default the one this executable
@@ -41,7 +47,51 @@ pub struct Args {
     /// also works). Default: the checkout this executable was built in.
     #[arg(long, value_name = "DIR")]
     api_path: Option<PathBuf>,
+    /// The plugin's language: `rust` (a cargo crate) or `c` (one .c file,
+    /// the billiard_plugin.h header and a Makefile; no checkout needed).
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
 }
+
+/// What `new` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Lang {
+    /// A cargo crate depending on billiard-plugin-api.
+    Rust,
+    /// A C plugin (billiard_plugin.h).
+    C,
+}
+
+/// The C template's name (`examples/c-plugin-template`).
+const C_TEMPLATE: &str = "c_plugin_template";
+
+/// The C template's files: path in the new plugin, contents.
+const C_FILES: &[(&str, &str)] = &[
+    (
+        "plugin.c",
+        include_str!("../../../examples/c-plugin-template/plugin.c"),
+    ),
+    (
+        "Makefile",
+        include_str!("../../../examples/c-plugin-template/Makefile"),
+    ),
+    (
+        "cases.jsonl",
+        include_str!("../../../examples/c-plugin-template/cases.jsonl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../examples/c-plugin-template/README.md"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../examples/c-plugin-template/gitignore"),
+    ),
+    (
+        "include/billiard_plugin.h",
+        include_str!("../../../plugin-api-c/include/billiard_plugin.h"),
+    ),
+];
 
 /// The template's name as a package and as a crate (`examples/plugin-template`).
 const TEMPLATE_PACKAGE: &str = "plugin-template";
@@ -100,6 +150,9 @@ pub fn run(args: Args) -> i32 {
 }
 
 fn create(args: &Args) -> Result<()> {
+    if args.lang == Lang::C {
+        return create_c(args);
+    }
     check_name(&args.name)?;
     let (checkout, how) = match &args.api_path {
         Some(dir) => (
@@ -156,6 +209,66 @@ fn create(args: &Args) -> Result<()> {
         "  {} run target/release/{lib} --task count_primes --args '[100]'",
         shell_word(&exe)
     );
+    Ok(())
+}
+
+/// `new --lang c`: the C template, renamed; the plugin's name is NAME with
+/// `-` as `_` (a C plugin's name, and its library's).
+fn create_c(args: &Args) -> Result<()> {
+    check_c_name(&args.name)?;
+    let name = crate_name(&args.name);
+    let dir = args
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    prepare_dir(&dir)?;
+    for (rel, text) in C_FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text.replace(C_TEMPLATE, &name))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "billiard-host".into());
+    eprintln!("Created C plugin `{name}` in {}", dir.display());
+    eprintln!("Next:");
+    eprintln!("  cd {}", shell_word(&dir.display().to_string()));
+    eprintln!("  make");
+    eprintln!(
+        "  {} check ./lib{name}.so --cases cases.jsonl",
+        shell_word(&exe)
+    );
+    eprintln!(
+        "  {} run ./lib{name}.so --task square --args '[7]'",
+        shell_word(&exe)
+    );
+    Ok(())
+}
+
+/// A C plugin's name: ASCII letters, digits, `-` and `_`, from a letter.
+fn check_c_name(name: &str) -> Result<()> {
+    if name.chars().count() > MAX_NAME {
+        bail!(
+            "`{}...` is {} characters long: a plugin name has at most {MAX_NAME}",
+            name.chars().take(20).collect::<String>(),
+            name.chars().count()
+        );
+    }
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    if !ok_chars || !starts_well {
+        bail!(
+            "`{name}` is not a usable plugin name: use ASCII letters, digits, `-` and `_`, \
+             starting with a letter (e.g. my-c-plugin)"
+        );
+    }
     Ok(())
 }
 

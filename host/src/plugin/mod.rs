@@ -1,19 +1,22 @@
 //! Loading a plugin `.so` and calling its tasks in the current process.
 //!
-//! Loading goes through `lib_header_from_path(..).init_root_module()`, not
-//! `RootModule::load_from_file`, because the latter caches one module per
-//! root-module type per process: a second plugin would silently be the
-//! first one again.
+//! Two kinds of plugin share one [`Plugin`] type: a Rust plugin built with
+//! billiard-plugin-api (an abi_stable root module, `stable.rs`) and a C
+//! plugin exporting a `billiard_plugin` descriptor
+//! (`plugin-api-c/include/billiard_plugin.h`, `c_abi.rs`). The file's
+//! exported symbols pick the kind at load; a private enum holds it, so a
+//! call is one match, no vtable.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU32;
 
-use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
-use abi_stable::std_types::{RSlice, RVec};
-use billiard_plugin_api::abi::PluginModRef;
-use billiard_plugin_api::{codec, Codec, Status, TaskContext, ABI_VERSION};
+use abi_stable::std_types::RVec;
+use billiard_plugin_api::{codec, Codec, Status, TaskContext};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+mod c_abi;
+mod stable;
 
 use crate::error::{ErrorKind, TaskError};
 use crate::task_options::TaskOptions;
@@ -160,10 +163,16 @@ pub struct PluginInfo {
     pub name: String,
     /// The plugin's version (by default its crate's version).
     pub version: String,
-    /// The plugin ABI version it was built for (always this host's
-    /// [`ABI_VERSION`](billiard_plugin_api::ABI_VERSION): another is refused).
+    /// What kind of plugin it is: a Rust one or a C one (`"rust"`, `"c"`;
+    /// `"rust"` when absent, as from a host before C plugins).
+    #[serde(default)]
+    pub kind: PluginKind,
+    /// The plugin ABI version it was built for: for a Rust plugin always
+    /// this host's [`ABI_VERSION`](billiard_plugin_api::ABI_VERSION), for a
+    /// C plugin always [`C_ABI_VERSION`] (another is refused).
     pub abi_version: u32,
-    /// The version of `billiard-plugin-api` it was built with.
+    /// The version of `billiard-plugin-api` it was built with (for a C
+    /// plugin: `billiard_plugin.h` and its ABI version).
     pub api_version: String,
     /// Its tasks, in the order of the plugin's `tasks: [...]` (a task's index
     /// is its position here).
@@ -173,6 +182,43 @@ pub struct PluginInfo {
     /// from its root module).
     #[serde(default)]
     pub metadata: Option<PluginMeta>,
+}
+
+/// The ABI version of the C plugin interface this host speaks
+/// (`BILLIARD_C_ABI_VERSION` in `billiard_plugin.h`).
+pub const C_ABI_VERSION: u32 = c_abi::C_ABI_VERSION;
+
+/// The two kinds of plugin a pool runs side by side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// Built with `billiard-plugin-api` (`export_plugin!`): takes bincode
+    /// (typed calls) and JSON.
+    #[default]
+    Rust,
+    /// Exports a `billiard_plugin` descriptor (`billiard_plugin.h`): any
+    /// language with a C ABI. Speaks JSON only.
+    C,
+}
+
+impl PluginKind {
+    /// `"rust"` or `"c"`, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Rust => "rust",
+            PluginKind::C => "c",
+        }
+    }
+
+    /// Whether a plugin of this kind takes arguments (and gives results)
+    /// in `codec`. A C plugin speaks JSON only: a typed call (bincode) to
+    /// it is refused by name as `bad_args`, never decoded as garbage.
+    pub fn speaks(self, codec: Codec) -> bool {
+        match self {
+            PluginKind::Rust => true,
+            PluginKind::C => codec == Codec::Json,
+        }
+    }
 }
 
 /// A plugin's description, authors, homepage, repository and license (its
@@ -191,29 +237,6 @@ pub struct PluginMeta {
     pub license: Option<String>,
 }
 
-impl PluginMeta {
-    fn from_abi(m: &billiard_plugin_api::abi::PluginMetadata) -> PluginMeta {
-        let text = |s: &abi_stable::std_types::RStr<'_>| {
-            let s = s.as_str().trim();
-            (!s.is_empty()).then(|| s.to_string())
-        };
-        PluginMeta {
-            description: text(&m.description),
-            authors: m
-                .authors
-                .as_str()
-                .split(':')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(String::from)
-                .collect(),
-            homepage: text(&m.homepage),
-            repository: text(&m.repository),
-            license: text(&m.license),
-        }
-    }
-}
-
 impl PluginInfo {
     /// The index the ABI calls task `name` by; `None` if there is no such
     /// task.
@@ -225,16 +248,21 @@ impl PluginInfo {
     }
 }
 
-/// A loaded plugin. Cheap to clone; the library stays mapped for the life
-/// of the process (abi_stable never unloads, which keeps every `'static`
-/// string the plugin handed out valid).
+/// A loaded plugin, Rust or C. Cheap to clone; the library stays mapped
+/// for the life of the process (libraries are never unloaded, which keeps
+/// every `'static` string the plugin handed out valid).
 #[derive(Clone)]
 pub struct Plugin {
-    module: PluginModRef,
+    backend: Backend,
     info: std::sync::Arc<PluginInfo>,
-    /// The plugin declares the failure-detail encoding this host reads
-    /// (`PluginMod::failure_detail`); without it, its errors are text.
-    failure_detail: bool,
+}
+
+/// How a plugin's tasks are called: one of two, chosen at load by the
+/// symbol the file exports.
+#[derive(Clone)]
+enum Backend {
+    Stable(stable::StablePlugin),
+    C(c_abi::CPlugin),
 }
 
 impl std::fmt::Debug for Plugin {
@@ -395,60 +423,9 @@ fn check_segments(f: &mut std::fs::File, header: &[u8], elf: Elf, len: u64) -> R
     Ok(())
 }
 
-fn explain(err: LibraryError) -> String {
-    match err {
-        LibraryError::OpenError { err, .. } => format!("the dynamic loader refused it: {err}"),
-        LibraryError::GetSymbolError { .. } => {
-            "not a billiard plugin: it exports no billiard root module (was it built with billiard-plugin-api's export_plugin!?)".into()
-        }
-        LibraryError::InvalidAbiHeader(h) => format!(
-            "not a compatible billiard plugin: it was built with an incompatible abi_stable (header {h:?})"
-        ),
-        LibraryError::IncompatibleVersionNumber { library_name, expected_version, actual_version } => format!(
-            "built against an incompatible billiard-plugin-api ({library_name} {actual_version}, this host needs a version compatible with {expected_version}); rebuild the plugin against this host's plugin-api"
-        ),
-        LibraryError::AbiInstability(e) => {
-            // The report is long: its head, and the error itself.
-            let text = e.to_string();
-            let errors: Vec<&str> = text
-                .lines()
-                .skip_while(|l| !l.trim_start().starts_with("Error:"))
-                .take(6)
-                .collect();
-            format!(
-                "built against an incompatible billiard-plugin-api: the ABI layout differs; rebuild the plugin against this host's plugin-api.\nlayout check: {}{}",
-                first_lines(&text, 12),
-                if errors.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{}", errors.join("\n"))
-                }
-            )
-        }
-        LibraryError::RootModule { err: RootModuleError::Unwound, .. } => {
-            "the plugin's module initializer panicked".into()
-        }
-        // abi_stable's text is wrapped in newlines.
-        LibraryError::RootModule { err, .. } => format!(
-            "the plugin's module initializer failed: {}",
-            err.to_string().trim()
-        ),
-        other => other.to_string().trim().to_string(),
-    }
-}
-
-fn first_lines(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().take(n).collect();
-    let mut out = lines.join("\n");
-    if s.lines().count() > n {
-        out.push_str("\n...");
-    }
-    out
-}
-
 impl Plugin {
-    /// Loads a plugin file, checking that it is a billiard plugin with a
-    /// compatible layout and ABI version.
+    /// Loads a plugin file, Rust or C, checking that it is a billiard
+    /// plugin with a compatible layout and ABI version.
     pub fn load(path: impl AsRef<Path>) -> Result<Plugin, PluginLoadError> {
         let path = path.as_ref();
         let fail = |reason: String| PluginLoadError {
@@ -460,96 +437,50 @@ impl Plugin {
         // library path instead of opening this file.
         let abs =
             std::path::absolute(path).map_err(|e| fail(format!("cannot resolve the path: {e}")))?;
-        let header = lib_header_from_path(&abs).map_err(|e| fail(explain(e)))?;
-        // Checked against the ABI 2 prefix, so that plugins built before a
-        // field was appended load too; read through the full layout.
-        let module: PluginModRef = header
-            .init_root_module::<billiard_plugin_api::abi::prefix::PluginModRef>()
-            .map_err(|e| fail(explain(e)))?
-            .upgrade();
-        let abi_version = module.abi_version();
-        if abi_version != ABI_VERSION {
-            let advice = if abi_version > ABI_VERSION {
-                "the plugin is newer than this host: run it with a newer billiard-host, or rebuild it against this host's plugin-api"
-            } else {
-                "rebuild the plugin against this host's plugin-api"
-            };
-            return Err(fail(format!(
-                "built for billiard plugin ABI version {abi_version}, this host speaks version {ABI_VERSION}; {advice}"
-            )));
-        }
-        // Appended after the ABI 2 prefix: absent (None) in older plugins.
-        let metadata = module.metadata().as_ref().map(PluginMeta::from_abi);
-        let failure_detail =
-            module.failure_detail() == Some(billiard_plugin_api::abi::FAILURE_DETAIL_VERSION);
-        let options = module.task_options();
-        // An empty list (a hand-made module): no task has options.
-        if let Some(o) = &options {
-            if !o.is_empty() && o.len() != module.tasks().len() {
-                return Err(fail(format!(
-                    "its task options list {} entries for its {} tasks (a broken export_plugin!)",
-                    o.len(),
-                    module.tasks().len()
-                )));
+        // A C plugin's descriptor symbol picks the C backend; anything else
+        // goes to abi_stable, whose refusal names both symbols.
+        let (backend, info) = match c_abi::find(&abs) {
+            Some(desc) => {
+                let (p, info) = c_abi::load(&abs, desc).map_err(fail)?;
+                (Backend::C(p), info)
             }
-        }
-        let mut tasks = module
-            .tasks()
-            .iter()
-            .map(|t| TaskSpec {
-                name: t.name.to_string(),
-                doc: t.doc.to_string(),
-                args: t
-                    .args
-                    .iter()
-                    .map(|a| ArgSpec {
-                        name: a.name.to_string(),
-                        ty: a.ty.to_string(),
-                    })
-                    .collect(),
-                ret: t.ret.to_string(),
-                takes_context: t.takes_context,
-                streaming: t.streaming,
-                item: t.streaming.then(|| t.item.to_string()),
-                options: TaskOptions::default(),
-                schema: None,
-            })
-            .collect::<Vec<TaskSpec>>();
-        // Appended too: absent in older plugins (their schemas stay None).
-        if let Some(schema_of) = module.task_schema() {
-            let mut text = RVec::new();
-            for (i, t) in tasks.iter_mut().enumerate() {
-                let Ok(i) = u32::try_from(i) else { break };
-                // A plugin that cannot say, or says nonsense, has none
-                // (a schema only describes; nothing runs on it).
-                schema_of(i, &mut text);
-                t.schema = TaskSchema::from_plugin(text.as_slice());
-                text.clear();
+            None => {
+                let (p, info) = stable::load(&abs).map_err(fail)?;
+                (Backend::Stable(p), info)
             }
-        }
-        if let Some(o) = options {
-            for (t, text) in tasks.iter_mut().zip(o.iter()) {
-                t.options = TaskOptions::from_plugin(text.as_str())
-                    .map_err(|e| fail(format!("task `{}`: {e}", t.name)))?;
-            }
-        }
-        if let Some(reason) = duplicate_task(&tasks) {
+        };
+        if let Some(reason) = duplicate_task(&info.tasks) {
             return Err(fail(reason));
         }
-        let info = PluginInfo {
-            path: abs,
-            name: module.name().to_string(),
-            version: module.version().to_string(),
-            abi_version,
-            api_version: module.api_version().to_string(),
-            tasks,
-            metadata,
-        };
         Ok(Plugin {
-            module,
+            backend,
             info: std::sync::Arc::new(info),
-            failure_detail,
         })
+    }
+
+    /// [`Plugin::load`] in a process that forks workers from itself (the
+    /// zygote): a plugin that leaves threads running after it loads (a Go
+    /// `c-shared` library starts the Go runtime's) is refused, naming the
+    /// count, since a forked copy of a multithreaded process may deadlock
+    /// and every fork of the zygote would fail.
+    pub(crate) fn load_for_fork(path: &Path) -> Result<Plugin, PluginLoadError> {
+        let before = crate::sys::thread_count().ok();
+        let plugin = Plugin::load(path)?;
+        let after = crate::sys::thread_count().ok();
+        if let (Some(before), Some(after)) = (before, after) {
+            if after > before {
+                return Err(PluginLoadError {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "it started {} thread(s) while loading (a Go c-shared library starts the Go runtime's); \
+                         the pool forks its workers from the process that loads the plugins, which a \
+                         multithreaded process cannot do safely, so such a plugin cannot run in a pool yet",
+                        after.saturating_sub(before)
+                    ),
+                });
+            }
+        }
+        Ok(plugin)
     }
 
     /// What the plugin is: its name, version and tasks.
@@ -579,13 +510,25 @@ impl Plugin {
         ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> Status {
-        (self.module.call())(task, codec, RSlice::from_slice(args), ctx, out)
+        match &self.backend {
+            Backend::Stable(p) => p.call(task, codec, args, ctx, out),
+            Backend::C(p) => p.call(&self.info, task, codec, args, ctx, out),
+        }
     }
 
     /// Whether the plugin's `task_error` output may carry a `Failure`'s
-    /// detail (it declares the encoding this host reads).
+    /// detail (it declares the encoding this host reads; a C plugin never
+    /// does).
     pub fn writes_failure_detail(&self) -> bool {
-        self.failure_detail
+        match &self.backend {
+            Backend::Stable(p) => p.failure_detail,
+            Backend::C(_) => false,
+        }
+    }
+
+    /// Which kind of plugin this is.
+    pub fn kind(&self) -> PluginKind {
+        self.info.kind
     }
 
     /// Makes sure the output of a call (`count` 1: `status` and `out`) or of
@@ -603,7 +546,7 @@ impl Plugin {
         start: usize,
     ) {
         use billiard_plugin_api::FAILURE_DETAIL_PREFIX;
-        if self.failure_detail {
+        if self.writes_failure_detail() {
             return;
         }
         let looks_encoded = |b: &[u8]| b.starts_with(&FAILURE_DETAIL_PREFIX[..1]);
@@ -655,18 +598,28 @@ impl Plugin {
         ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> u32 {
-        (self.module.call_batch())(task, codec, RSlice::from_slice(records), count, ctx, out)
+        match &self.backend {
+            Backend::Stable(p) => p.call_batch(task, codec, records, count, ctx, out),
+            Backend::C(p) => p.call_batch(&self.info, task, codec, records, count, ctx, out),
+        }
     }
 
     /// Calls a task in this process with typed arguments (a tuple, one
-    /// element per argument) and decodes its typed result.
+    /// element per argument) and decodes its typed result (through bincode
+    /// for a Rust plugin, JSON for a C one).
     pub fn call<A: Serialize, R: DeserializeOwned>(
         &self,
         task: &str,
         args: A,
     ) -> Result<R, TaskError> {
         let index = self.task_index(task)?;
-        let bytes = codec::encode(Codec::Bincode, &args).map_err(|e| {
+        // A C plugin speaks JSON: the typed call goes through it.
+        let wire = if self.info.kind.speaks(Codec::Bincode) {
+            Codec::Bincode
+        } else {
+            Codec::Json
+        };
+        let bytes = codec::encode(wire, &args).map_err(|e| {
             TaskError::new(
                 ErrorKind::BadArgs,
                 format!("could not encode the arguments: {e}"),
@@ -674,7 +627,7 @@ impl Plugin {
         })?;
         let spec = self.info.tasks.get(index as usize);
         let out = self
-            .call_encoded(index, Codec::Bincode, &bytes)
+            .call_encoded(index, wire, &bytes)
             .map_err(|e| match spec {
                 Some(spec) => explain_bad_args(
                     e,
@@ -686,7 +639,7 @@ impl Plugin {
             })?;
         // A result that does not decode is the caller's error (it asked for
         // another type than the task returns), not the task's (issue 28).
-        codec::decode(Codec::Bincode, &out).map_err(|_| {
+        codec::decode(wire, &out).map_err(|_| {
             let returns = spec.map_or("?", |t| t.ret.as_str());
             TaskError::new(
                 ErrorKind::BadArgs,
@@ -727,6 +680,22 @@ impl Plugin {
         self.plain_errors(status, 1, &mut out, 0);
         outcome(status, out.into_vec())
     }
+}
+
+/// The refusal of a plugin built for ABI version `found` by a host of
+/// version `speaks`, naming both: `abi` is the interface's name in the
+/// plugin's words and in the host's (`("C plugin ABI", "C plugin ABI ")`),
+/// `against` what to rebuild it against.
+fn version_refusal(found: u32, speaks: u32, abi: (&str, &str), against: &str) -> String {
+    let advice = if found > speaks {
+        format!("the plugin is newer than this host: run it with a newer billiard-host, or rebuild it against this host's {against}")
+    } else {
+        format!("rebuild the plugin against this host's {against}")
+    };
+    format!(
+        "built for billiard {} version {found}, this host speaks {}version {speaks}; {advice}",
+        abi.0, abi.1
+    )
 }
 
 /// Two tasks of one name: the second could never be called.
@@ -970,6 +939,7 @@ mod tests {
             path: std::path::PathBuf::from("/x.so"),
             name: "proj".into(),
             version: "0".into(),
+            kind: PluginKind::Rust,
             abi_version: 2,
             api_version: "0".into(),
             tasks,

@@ -1,0 +1,564 @@
+//! C plugins (issue 27): `plugins/c-example` (C) and `plugins/cpp-example`
+//! (C++), built with `make` by `common::c_plugin`, through `inspect`, `run`,
+//! `check`, the `Pool` and `Process` APIs, the sandbox and the Celery
+//! worker; a pool holding a Rust and a C plugin; the hostile variants of
+//! `tests/fixtures/c-abi/hostile.c`, refused at load or contained at run
+//! time. (The descriptor's evolution rules are tested in
+//! tests/abi_evolution.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use billiard_host::{Codec, ErrorKind, Plugin, PluginKind, Pool, Process};
+use common::{c_plugin, c_plugin_str, exit_code, host, plugin, stderr, stdout};
+use serde_json::{json, Value};
+
+/// The JSON lines of `run`'s stdout.
+fn lines(out: &std::process::Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// `run PLUGIN -t TASK --args ARGS <extra>`: its one result line.
+fn run_one(plugin: &str, task: &str, args: &str, extra: &[&str]) -> Value {
+    let mut argv = vec!["run", plugin, "-t", task, "--args", args];
+    argv.extend_from_slice(extra);
+    let out = host(&argv);
+    let got = lines(&out);
+    assert_eq!(got.len(), 1, "{argv:?}: {got:?}\n{}", stderr(&out));
+    got[0].clone()
+}
+
+fn error_kind(v: &Value) -> &str {
+    v["error"]["kind"].as_str().unwrap_or("")
+}
+
+fn error_message(v: &Value) -> &str {
+    v["error"]["message"].as_str().unwrap_or("")
+}
+
+#[test]
+fn each_example_inspects_as_a_c_plugin_with_its_tasks() {
+    for (name, plugin_name, tasks) in [
+        (
+            "c-example",
+            "c_example",
+            &[
+                "square",
+                "add",
+                "divide",
+                "count",
+                "wait_for_stop",
+                "hang",
+                "crash",
+            ][..],
+        ),
+        (
+            "cpp-example",
+            "cpp_example",
+            &[
+                "square",
+                "mean",
+                "throw_error",
+                "wait_for_stop",
+                "hang",
+                "crash",
+            ][..],
+        ),
+    ] {
+        let path = c_plugin_str(name);
+        let out = host(["inspect", &path]);
+        assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.starts_with(&format!("plugin:  {plugin_name} 0.1.0\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nabi:     1 (C plugin, billiard_plugin.h 1)\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nkind:    c (billiard_plugin.h"), "{text}");
+        assert!(
+            text.contains(&format!("\ntasks:   {}\n", tasks.len())),
+            "{text}"
+        );
+        let out = host(["inspect", "--json", &path]);
+        assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+        let info: Value = serde_json::from_str(&stdout(&out)).expect("inspect --json is JSON");
+        assert_eq!(info["kind"], "c", "{info}");
+        assert_eq!(info["abi_version"], 1, "{info}");
+        let names: Vec<&str> = info["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert_eq!(names, tasks, "{info}");
+    }
+    // The streaming flag and the argument names and types as written.
+    let info: Value = serde_json::from_str(&stdout(&host([
+        "inspect",
+        "--json",
+        &c_plugin_str("c-example"),
+    ])))
+    .expect("JSON");
+    let count = &info["tasks"][3];
+    assert_eq!(count["streaming"], true, "{count}");
+    assert_eq!(count["item"], "int", "{count}");
+    assert_eq!(
+        info["tasks"][1]["args"],
+        json!([{"name": "a", "type": "int"}, {"name": "b", "type": "int"}])
+    );
+    // A Rust plugin says its kind too.
+    let text = stdout(&host(["inspect", &common::plugin_str("math")]));
+    assert!(
+        text.contains("\nkind:    rust (billiard-plugin-api)\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn examples_run_values_errors_and_the_plugins_own_bad_args() {
+    let c = c_plugin_str("c-example");
+    assert_eq!(run_one(&c, "square", "[7]", &[])["ok"], 49);
+    assert_eq!(run_one(&c, "add", "[2, -5]", &[])["ok"], -3);
+    let v = run_one(&c, "divide", "[1, 0]", &[]);
+    assert_eq!(
+        (error_kind(&v), error_message(&v)),
+        ("task_error", "division by zero"),
+        "{v}"
+    );
+    let v = run_one(&c, "square", "[\"seven\"]", &[]);
+    assert_eq!(
+        (error_kind(&v), error_message(&v)),
+        ("bad_args", "square takes one integer, as [x]"),
+        "{v}"
+    );
+    let v = run_one(&c, "add", "[1]", &[]);
+    assert_eq!(error_kind(&v), "bad_args", "{v}");
+    // A name the plugin does not have is the host's unknown_task.
+    let out = host(["run", &c, "-t", "squar", "--args", "[1]"]);
+    assert_ne!(exit_code(&out), 0);
+    assert!(
+        stderr(&out).contains("did you mean `square`")
+            || stdout(&out).contains("did you mean `square`"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    let cpp = c_plugin_str("cpp-example");
+    assert_eq!(run_one(&cpp, "square", "[1.5]", &[])["ok"], 2.25);
+    assert_eq!(run_one(&cpp, "mean", "[[1, 2, 6]]", &[])["ok"], 3.0);
+    let v = run_one(&cpp, "mean", "[[]]", &[]);
+    assert_eq!(
+        (error_kind(&v), error_message(&v)),
+        ("task_error", "mean of an empty list"),
+        "{v}"
+    );
+    let v = run_one(&cpp, "mean", "[3]", &[]);
+    assert_eq!(error_kind(&v), "bad_args", "{v}");
+    // An exception thrown by a task is caught at the C++ boundary: panic,
+    // with its what(), and the worker lives on (the next job runs in it).
+    let input =
+        "{\"task\": \"throw_error\", \"args\": []}\n{\"task\": \"square\", \"args\": [3]}\n";
+    let dir = common::celery::unique_temp_dir("c-throw");
+    let file = dir.join("in.jsonl");
+    std::fs::write(&file, input).expect("write input");
+    let out = host(["run", &cpp, "-w", "1", "-i", file.to_str().expect("utf-8")]);
+    let got = lines(&out);
+    assert_eq!(error_kind(&got[0]), "panic", "{got:?}");
+    assert_eq!(
+        error_message(&got[0]),
+        "C++ exception: thrown from C++",
+        "{got:?}"
+    );
+    assert_eq!(got[1]["ok"], 9.0, "{got:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_crash_is_worker_lost_and_the_other_jobs_finish() {
+    for name in ["c-example", "cpp-example"] {
+        let path = c_plugin_str(name);
+        let mut input = String::new();
+        for i in 0..12 {
+            if i == 5 {
+                input.push_str("{\"task\": \"crash\", \"args\": []}\n");
+            } else {
+                input.push_str(&format!("{{\"task\": \"square\", \"args\": [{i}]}}\n"));
+            }
+        }
+        let dir = common::celery::unique_temp_dir("c-crash");
+        let file = dir.join("in.jsonl");
+        std::fs::write(&file, input).expect("write input");
+        let out = host(["run", &path, "-w", "2", "-i", file.to_str().expect("utf-8")]);
+        let got = lines(&out);
+        assert_eq!(got.len(), 12, "{got:?}");
+        for (i, v) in got.iter().enumerate() {
+            if i == 5 {
+                assert_eq!(error_kind(v), "worker_lost", "{v}");
+                assert!(error_message(v).contains("SIGSEGV"), "{v}");
+            } else {
+                let want = (i * i) as f64;
+                assert_eq!(v["ok"].as_f64(), Some(want), "{name}: {v}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn the_stop_flag_ends_a_task_at_the_soft_limit_and_hang_meets_the_hard_one() {
+    for name in ["c-example", "cpp-example"] {
+        let path = c_plugin_str(name);
+        let v = run_one(
+            &path,
+            "wait_for_stop",
+            "[]",
+            &["--soft-time-limit", "100ms"],
+        );
+        assert_eq!(
+            (error_kind(&v), error_message(&v)),
+            ("soft_time_limit", "stopped as asked"),
+            "{name}: {v}"
+        );
+        let v = run_one(&path, "hang", "[]", &["--time-limit", "300ms"]);
+        assert_eq!(error_kind(&v), "time_limit", "{name}: {v}");
+    }
+}
+
+#[test]
+fn a_streaming_c_task_emits_items_then_its_result() {
+    let c = c_plugin_str("c-example");
+    let out = host(["run", &c, "-t", "count", "--args", "[4]"]);
+    let got = lines(&out);
+    assert_eq!(
+        got,
+        vec![
+            json!({"index": 0, "item": 0}),
+            json!({"index": 0, "item": 1}),
+            json!({"index": 0, "item": 2}),
+            json!({"index": 0, "item": 3}),
+            json!({"index": 0, "ok": 4}),
+        ],
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_runs_golden_cases_on_a_c_plugin() {
+    let c = c_plugin_str("c-example");
+    let cases = common::workspace_root().join("plugins/c-example/cases.jsonl");
+    let out = host(["check", &c, "--cases", cases.to_str().expect("utf-8")]);
+    let text = stdout(&out);
+    assert_eq!(exit_code(&out), 0, "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("c_example 0.1.0 loads: ABI version 1, a C plugin, billiard_plugin.h 1"),
+        "{text}"
+    );
+    assert!(text.contains("7 passed"), "{text}");
+}
+
+#[test]
+fn a_pool_holds_a_rust_and_a_c_plugin_and_refuses_typed_bincode_by_name() {
+    let pool = Pool::builder()
+        .plugin(plugin("math"))
+        .plugin(c_plugin("c-example"))
+        .workers(2)
+        .build()
+        .expect("pool");
+    let infos = pool.plugins();
+    let kinds: Vec<PluginKind> = infos.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, vec![PluginKind::Rust, PluginKind::C]);
+    // JSON to both.
+    let rust = pool.task_ref("math", "square").expect("math.square");
+    let c = pool
+        .task_ref("c_example", "square")
+        .expect("c_example.square");
+    let a = pool
+        .apply_raw(rust, Codec::Json, b"[6]".to_vec(), Default::default())
+        .expect("submit");
+    let b = pool
+        .apply_raw(c, Codec::Json, b"[6]".to_vec(), Default::default())
+        .expect("submit");
+    assert_eq!(a.get(), Ok(b"36".to_vec()));
+    assert_eq!(b.get(), Ok(b"36".to_vec()));
+    // Typed (bincode) to the Rust one works; to the C one it is refused by
+    // name, never decoded as garbage.
+    assert_eq!(pool.apply::<_, u64>("math", "square", (6u64,)), Ok(36));
+    let e = pool
+        .apply::<_, i64>("c_example", "square", (6i64,))
+        .expect_err("bincode to a C plugin is refused");
+    assert_eq!(e.kind, ErrorKind::BadArgs, "{e}");
+    assert!(
+        e.message
+            .contains("`c_example.square` is a task of a C plugin, which takes JSON only"),
+        "{e}"
+    );
+    // A crash in the C plugin costs its worker; the Rust plugin's jobs go on.
+    let crash = pool.task_ref("c_example", "crash").expect("crash");
+    let lost = pool
+        .apply_raw(crash, Codec::Json, b"[]".to_vec(), Default::default())
+        .expect("submit");
+    assert_eq!(lost.get().map_err(|e| e.kind), Err(ErrorKind::WorkerLost));
+    assert_eq!(pool.apply::<_, u64>("math", "square", (7u64,)), Ok(49));
+    let b = pool
+        .apply_raw(c, Codec::Json, b"[7]".to_vec(), Default::default())
+        .expect("submit");
+    assert_eq!(b.get(), Ok(b"49".to_vec()));
+    pool.close();
+    pool.join().expect("join");
+}
+
+#[test]
+fn in_process_calls_and_process_treat_a_c_plugin_alike() {
+    let p = Plugin::load(c_plugin("c-example")).expect("loads");
+    assert_eq!(p.kind(), PluginKind::C);
+    // The typed in-process call goes through JSON.
+    assert_eq!(p.call::<_, i64>("square", (9i64,)), Ok(81));
+    assert_eq!(p.call_json("add", "[1, 2]"), Ok(json!(3)));
+    let e = p
+        .call::<_, i64>("divide", (1i64, 0i64))
+        .expect_err("division by zero");
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (ErrorKind::TaskError, "division by zero")
+    );
+    // A task's result asked for as the wrong type is the caller's bad_args.
+    let e = p
+        .call::<_, String>("square", (3i64,))
+        .expect_err("wrong type");
+    assert_eq!(e.kind, ErrorKind::BadArgs, "{e}");
+
+    // Process: one call in a fresh process, JSON in, JSON out.
+    let mut one = Process::raw(
+        c_plugin("c-example"),
+        "square",
+        Codec::Json,
+        b"[5]".to_vec(),
+    );
+    assert_eq!(one.join(), Ok(b"25".to_vec()));
+    let mut crash = Process::raw(c_plugin("c-example"), "crash", Codec::Json, b"[]".to_vec());
+    assert_eq!(crash.join().map_err(|e| e.kind), Err(ErrorKind::WorkerLost));
+    let mut soft = Process::raw(
+        c_plugin("c-example"),
+        "wait_for_stop",
+        Codec::Json,
+        b"[]".to_vec(),
+    )
+    .soft_time_limit(Duration::from_millis(100));
+    assert_eq!(
+        soft.join().map_err(|e| e.kind),
+        Err(ErrorKind::SoftTimeLimit)
+    );
+    // Process::new is typed (bincode): refused by name.
+    let e = Process::new(c_plugin("c-example"), "square", (5i64,))
+        .join()
+        .expect_err("refused");
+    assert!(e.message.contains("takes JSON only"), "{e}");
+}
+
+#[test]
+fn a_c_plugin_runs_in_the_strict_sandbox() {
+    let c = c_plugin_str("c-example");
+    let v = run_one(&c, "square", "[12]", &["--sandbox", "strict"]);
+    assert_eq!(v["ok"], 144, "{v}");
+    let v = run_one(&c, "crash", "[]", &["--sandbox", "strict"]);
+    assert_eq!(error_kind(&v), "worker_lost", "{v}");
+    // A spawned worker loads the plugin under its seccomp filter, where
+    // the descriptor's reads cannot go through process_vm_readv.
+    let strict_spawn = ["--sandbox", "strict", "--start-method", "spawn"];
+    let v = run_one(&c, "square", "[13]", &strict_spawn);
+    assert_eq!(v["ok"], 169, "{v}");
+}
+
+#[test]
+fn hostile_descriptors_are_refused_naming_what_is_wrong() {
+    for (name, want) in [
+        (
+            "c-bad-name",
+            "the plugin's `name` points at unreadable memory",
+        ),
+        (
+            "c-bad-tasks",
+            "the entry of task 1 in its task table points at unreadable memory",
+        ),
+        (
+            "c-bad-arg-name",
+            "the name of argument 1 of task `with_arg` points at unreadable memory",
+        ),
+        ("c-huge-count", "lists 2147483648 tasks, more than the 4096"),
+        (
+            "c-dup-names",
+            "it exports two tasks named `echo` (tasks 1 and 2 of its list)",
+        ),
+        ("c-null-call", "its descriptor's `call` is NULL"),
+        ("c-short-size", "shorter than the"),
+    ] {
+        let path = c_plugin_str(name);
+        let out = host(["inspect", &path]);
+        assert_eq!(exit_code(&out), 2, "{name}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&path) && err.contains(want), "{name}: {err}");
+        // The same refusal in this process, with no crash.
+        let e = Plugin::load(&path).expect_err("refused");
+        assert!(e.reason.contains(want), "{name}: {e}");
+        // ...and as a pool's build error.
+        match Pool::builder().plugin(&path).workers(1).build() {
+            Ok(_) => panic!("{name}: a pool was built"),
+            Err(e) => assert!(e.to_string().contains(want), "{name}: {e}"),
+        }
+    }
+    // A file that is neither kind names both symbols.
+    let lib = common::system_library().expect("a system library to load");
+    let out = host(["inspect", lib.to_str().expect("utf-8")]);
+    assert_eq!(exit_code(&out), 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("no billiard root module") && err.contains("no `billiard_plugin` descriptor"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hostile_calls_are_contained() {
+    let path = c_plugin_str("c-hostile");
+    // A writer kept past its call is refused; the later call's output is
+    // its own.
+    let dir = common::celery::unique_temp_dir("c-hostile");
+    let file = dir.join("in.jsonl");
+    std::fs::write(
+        &file,
+        "{\"task\": \"stash\", \"args\": []}\n{\"task\": \"use_stash\", \"args\": []}\n{\"task\": \"echo\", \"args\": [1, \"a\"]}\n",
+    )
+    .expect("write input");
+    let out = host(["run", &path, "-w", "1", "-i", file.to_str().expect("utf-8")]);
+    let got = lines(&out);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0]["ok"], 1);
+    assert_eq!(got[1]["ok"], "refused", "{got:?}");
+    assert_eq!(got[2]["ok"], json!([1, "a"]), "{got:?}");
+    let _ = std::fs::remove_dir_all(dir);
+    // In process, the same.
+    let p = Plugin::load(&path).expect("loads");
+    assert_eq!(p.call_json("stash", "[]"), Ok(json!(1)));
+    assert_eq!(p.call_json("use_stash", "[]"), Ok(json!("refused")));
+
+    let v = run_one(&path, "not_json", "[]", &[]);
+    assert_eq!(error_kind(&v), "task_error", "{v}");
+    assert!(
+        error_message(&v).contains("returned a result that is not JSON"),
+        "{v}"
+    );
+    let v = run_one(&path, "bad_status", "[]", &[]);
+    assert_eq!(error_kind(&v), "task_error", "{v}");
+    assert!(
+        error_message(&v)
+            .contains("returned status 42, which billiard_plugin.h does not define: what now"),
+        "{v}"
+    );
+    let out = host(["run", &path, "-t", "emit_not_json", "--args", "[]"]);
+    let got = lines(&out);
+    assert_eq!(got[0], json!({"index": 0, "item": 1}), "{got:?}");
+    assert_eq!(error_kind(&got[1]), "task_error", "{got:?}");
+    assert!(
+        error_message(&got[1]).contains("emitted an item that is not JSON"),
+        "{got:?}"
+    );
+    let v = run_one(&path, "null_write", "[]", &[]);
+    assert_eq!(error_kind(&v), "task_error", "{v}");
+    assert!(
+        error_message(&v).contains("called write with a NULL pointer"),
+        "{v}"
+    );
+}
+
+#[test]
+fn the_celery_worker_runs_c_tasks_for_a_python_client() {
+    let Some((redis, _py)) =
+        common::celery::celery_or_skip("the_celery_worker_runs_c_tasks_for_a_python_client")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _w = common::celery::spawn_worker([
+        "worker".to_string(),
+        c_plugin_str("c-example"),
+        "--plugin".to_string(),
+        common::plugin_str("math"),
+        "--broker".to_string(),
+        url.clone(),
+        "-c".to_string(),
+        "2".to_string(),
+    ]);
+    let script = format!(
+        r#"{app}
+def call(name, args=()):
+    r = app.send_task(name, args=list(args))
+    try:
+        return {{"ok": r.get(timeout=60)}}
+    except Exception as e:
+        return {{"type": type(e).__name__, "msg": str(e), "state": r.state}}
+print(json.dumps([call("c_example.square", [7]), call("c_example.add", [2, 3]),
+                  call("c_example.divide", [1, 0]), call("c_example.square", ["x"]),
+                  call("math.square", [4])]))
+"#,
+        app = common::celery::py_app(&url)
+    );
+    let got = common::celery::python_json(&script, &[]);
+    assert_eq!(got[0], json!({"ok": 49}), "{got}");
+    assert_eq!(got[1], json!({"ok": 5}), "{got}");
+    assert_eq!(got[2]["state"], "FAILURE", "{got}");
+    assert!(
+        got[2]["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("division by zero"),
+        "{got}"
+    );
+    assert_eq!(got[3]["state"], "FAILURE", "{got}");
+    assert!(
+        got[3]["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("square takes one integer"),
+        "{got}"
+    );
+    assert_eq!(got[4], json!({"ok": 16}), "{got}");
+}
+
+#[test]
+fn a_plugin_that_starts_threads_when_loaded_is_refused_by_the_pool_naming_why() {
+    // As a Go c-shared library does: the zygote forks workers from itself,
+    // which a multithreaded process cannot do safely.
+    let path = c_plugin_str("c-thread-ctor");
+    // It loads (inspect runs it in a child of its own)...
+    let out = host(["inspect", &path]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    // ...but a pool refuses it at build, naming the plugin and the threads.
+    match Pool::builder().plugin(&path).workers(1).build() {
+        Ok(_) => panic!("a pool was built"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains(&path) && e.contains("it started 1 thread(s) while loading"),
+                "{e}"
+            );
+        }
+    }
+    let out = host(["run", &path, "-t", "echo", "--args", "[1]"]);
+    assert_ne!(exit_code(&out), 0);
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("started 1 thread(s) while loading"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
