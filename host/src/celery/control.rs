@@ -108,7 +108,9 @@ pub enum Outcome<'a> {
 /// A task this host holds.
 struct Req {
     name: String,
-    args: Value,
+    /// The arguments' JSON text as the pool got it (a tree is built only
+    /// when `inspect` shows it).
+    args: Vec<u8>,
     kwargs: Value,
     queue: String,
     priority: u8,
@@ -473,8 +475,8 @@ impl Ops {
         priority: u8,
         raw: &[u8],
     ) {
-        let args: Value = serde_json::from_slice(args).unwrap_or(Value::Array(vec![]));
         if let Some(d) = self.events() {
+            let args: Value = serde_json::from_slice(args).unwrap_or(Value::Array(vec![]));
             let mut f = Map::new();
             f.insert("uuid".into(), task_id.into());
             f.insert("name".into(), name.into());
@@ -494,7 +496,7 @@ impl Ops {
             task_id.to_string(),
             Req {
                 name: name.to_string(),
-                args,
+                args: args.to_vec(),
                 kwargs: json!({}),
                 queue: queue.to_string(),
                 priority,
@@ -919,7 +921,7 @@ impl Ops {
         json!({
             "id": id,
             "name": r.name,
-            "args": r.args,
+            "args": serde_json::from_slice::<Value>(&r.args).unwrap_or(Value::Array(vec![])),
             "kwargs": r.kwargs,
             "type": r.name,
             "hostname": self.hostname(),
