@@ -732,7 +732,19 @@ impl Ops {
     }
 
     fn pool_events_loop(self: Arc<Ops>) {
-        while let Ok(e) = self.pool_rx.recv() {
+        // Two events a job: the thread takes what has come every
+        // millisecond rather than waking per event (issue 26).
+        while let Ok(first) = self.pool_rx.recv() {
+            let more: Vec<Event> = self.pool_rx.try_iter().collect();
+            for e in std::iter::once(first).chain(more) {
+                self.pool_event(e);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn pool_event(&self, e: Event) {
+        {
             match e {
                 Event::WorkerUp { worker, pid } => {
                     self.pids
@@ -760,7 +772,14 @@ impl Ops {
                             .insert(job.0, pid);
                     }
                 }
-                Event::JobFinished { .. } | Event::JobProgress { .. } => {}
+                // Its start may be read after the task's end removed it.
+                Event::JobFinished { job, .. } => {
+                    self.job_pid
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&job.0);
+                }
+                Event::JobProgress { .. } => {}
             }
         }
     }

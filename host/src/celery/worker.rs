@@ -282,14 +282,19 @@ struct Fin {
     /// supervisor died): the message goes back to its queue for another
     /// host instead of being answered here.
     unrun: bool,
+    /// Its slot was counted free when the job ended ([`Slots`]).
+    early: bool,
 }
 
 /// Sends a job's outcome to the finisher exactly once: when the pool runs
 /// the callback, or, if the pool drops it unrun (shutdown, a dead
 /// supervisor, a refused submit), on drop, marked `unrun` so its message
 /// is requeued, never acked as REVOKED (C1: a dead pool is no black hole).
-/// Either way its pool slot is free from then on ([`Slots`]): the
-/// consumer reserves the next message while the finisher stores this one.
+/// A success frees its pool slot at once ([`Slots`]): the consumer
+/// reserves the next message while the finisher stores this one. A
+/// failure's slot is free once it is finished: a retry message or a
+/// requeue it sends must not be taken before its death or requeue count
+/// is written (redelivery.rs).
 struct Pending {
     ctx: Option<JobCtx>,
     tx: Sender<Fin>,
@@ -312,26 +317,31 @@ struct Slots {
 }
 
 impl Slots {
-    fn ended(&self) {
+    /// A job left the pool; `early`: its slot is free now.
+    fn ended(&self, early: bool) {
         let _ = self
             .busy
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 Some(b.saturating_sub(1))
             });
-        self.done.fetch_add(1, Ordering::AcqRel);
-        let _ = self.wake.try_send(());
+        if early {
+            self.done.fetch_add(1, Ordering::AcqRel);
+            let _ = self.wake.try_send(());
+        }
     }
 }
 
 impl Pending {
     fn done(mut self, res: Res) {
         if let Some(ctx) = self.ctx.take() {
-            self.slots.ended();
+            let early = matches!(res, Res::Ok(_));
+            self.slots.ended(early);
             let _ = self.tx.send(Fin {
                 ctx,
                 res,
                 slot: true,
                 unrun: false,
+                early,
             });
         }
     }
@@ -340,7 +350,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(ctx) = self.ctx.take() {
-            self.slots.ended();
+            self.slots.ended(false);
             let _ = self.tx.send(Fin {
                 ctx,
                 res: Res::Err(TaskError::new(
@@ -349,6 +359,7 @@ impl Drop for Pending {
                 )),
                 slot: true,
                 unrun: true,
+                early: false,
             });
         }
     }
@@ -996,7 +1007,15 @@ impl Consumer<'_> {
             let room = self
                 .capacity()
                 .saturating_sub(self.busy() + self.ready.len() + self.overheld());
-            if room == 0 {
+            // While every worker process still has a job queued, the
+            // prefetched part of the window is refilled half at a time: one
+            // reserve call for several messages, never a process idle.
+            let low = self
+                .capacity()
+                .saturating_sub(self.workers)
+                .div_ceil(2)
+                .max(1);
+            if room == 0 || (room < low && self.busy() + self.ready.len() >= self.workers) {
                 let t = self.next_due().unwrap_or(ms(250)).min(ms(250));
                 self.wait_events(ctl, freed, t);
                 continue;
@@ -1409,6 +1428,7 @@ impl Consumer<'_> {
             res: Res::Exc(exc),
             slot: false,
             unrun: false,
+            early: false,
         });
     }
 
@@ -1454,6 +1474,7 @@ impl Consumer<'_> {
                     res: Res::Ok(v),
                     slot: false,
                     unrun: false,
+                    early: false,
                 });
             }
             Step::Discard(why) => {
@@ -2050,14 +2071,18 @@ fn finisher(
         // Tiny tasks end microseconds apart: while others still run in the
         // pool, their results are waited for a moment, so one script call
         // stores several (issue 26). An idle pool's one result goes at once.
-        let until = crate::bounds::saturating_deadline(Instant::now(), FINISH_LINGER);
-        while batch.len() < BATCH && shared.slots.busy.load(Ordering::Acquire) > 0 {
-            match rx.recv_deadline(until) {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+        // (One sleep, not a wait per result: the thread wakes once a batch.)
+        if batch.len() < BATCH && shared.slots.busy.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(FINISH_LINGER);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
             }
         }
         let slots = batch.iter().filter(|f| f.slot).count();
+        let early = batch.iter().filter(|f| f.early).count();
         let cold = shared.cold.load(Ordering::Acquire);
         let mut requeue = Vec::new();
         let mut comps = Vec::new();
@@ -2156,7 +2181,7 @@ fn finisher(
         if slots > 0 {
             // Before `freed`: the consumer never counts a slot twice.
             let _ = shared.slots.done.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                Some(d.saturating_sub(slots))
+                Some(d.saturating_sub(early))
             });
             let _ = freed.send(slots);
         }

@@ -108,7 +108,13 @@ local function pop(i, c)
   for j = i, nlists do
     local els = {}
     while #els < c do
-      local raw = redis.call('RPOP', KEYS[4 + j])
+      local raw = redis.pcall('RPOP', KEYS[4 + j])
+      if type(raw) == 'table' and raw['err'] then
+        -- A key of another type: what was popped is kept (and recorded
+        -- below), the error goes back to the caller otherwise.
+        if #els > 0 then return j, els end
+        return nil, raw
+      end
       if not raw then break end
       els[#els + 1] = raw
     end
@@ -136,7 +142,13 @@ local n = 0
 local from = 1
 while n < max and from <= nlists do
   local j, els = pop(from, max - n)
-  if not j then break end
+  if not j then
+    -- Redis refused a pop (a queue key of another type): an error when
+    -- nothing was taken yet; otherwise what was taken is recorded and
+    -- handed out, and the next call meets the error first.
+    if els and n == 0 then return els end
+    break
+  end
   for _, raw in ipairs(els) do
     n = n + 1
     local ok, ex, rk = fields(raw)
