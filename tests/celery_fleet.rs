@@ -787,7 +787,9 @@ fn k26_a_fleet_of_eight_loses_nothing_and_runs_nothing_twice_while_its_host_live
         let killed = h < 2;
         let mut seen = std::collections::HashSet::new();
         for l in log {
-            let i: usize = l.parse().unwrap_or_else(|_| panic!("host {h} logged {l:?}"));
+            let i: usize = l
+                .parse()
+                .unwrap_or_else(|_| panic!("host {h} logged {l:?}"));
             assert!(seen.insert(i), "host h{h} ran task {i} twice: {log:?}");
             if killed {
                 per_task[i].0 += 1;

@@ -30,8 +30,8 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -247,7 +247,10 @@ def square(x):
     }
     let mut fleet = Vec::new();
     for &n in &args.hosts {
-        ensure!(n >= 1 && n <= 64, "--hosts: {n} is not between 1 and 64");
+        ensure!(
+            (1..=64).contains(&n),
+            "--hosts: {n} is not between 1 and 64"
+        );
         let queue = format!("bench-fleet-{n}");
         let c = args.host_concurrency.unwrap_or(args.concurrency);
         let cmds = (0..n)

@@ -497,10 +497,13 @@ pub fn fleet_curve_svg(points: &[FleetPoint], path: &Path) -> Result<()> {
     .map_err(err)?
     .label("measured tasks/s")
     .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], GREEN_.stroke_width(2)));
-    c.draw_series(
-        pts.iter()
-            .map(|p| Circle::new((p.hosts as f64, at(p.tasks_per_s, ytop)), 4, GREEN_.filled())),
-    )
+    c.draw_series(pts.iter().map(|p| {
+        Circle::new(
+            (p.hosts as f64, at(p.tasks_per_s, ytop)),
+            4,
+            GREEN_.filled(),
+        )
+    }))
     .map_err(err)?;
     c.draw_series(DashedLineSeries::new(
         pts.iter()

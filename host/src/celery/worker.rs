@@ -33,8 +33,7 @@ use super::kombu;
 use super::names;
 use super::progress::ProgressWriter;
 use super::protocol::{
-    self, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
-    TimeLimit,
+    self, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature, TimeLimit,
 };
 use super::rate::{self, RateLimits};
 use super::redelivery::{self, Delivery, Marker, Rules, Verdict};
@@ -1036,7 +1035,11 @@ impl Consumer<'_> {
                 .map(|_| Marker::who(&self.shared.rules))
                 .unwrap_or_default();
             let marks = broker::RunMarks {
-                count: if self.shared.marker.is_some() { room } else { 0 },
+                count: if self.shared.marker.is_some() {
+                    room
+                } else {
+                    0
+                },
                 ttl_s: self.shared.rules.ttl_s,
                 who: &who,
             };
@@ -2180,9 +2183,12 @@ fn finisher(
         shared.forget(&tags);
         if slots > 0 {
             // Before `freed`: the consumer never counts a slot twice.
-            let _ = shared.slots.done.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                Some(d.saturating_sub(early))
-            });
+            let _ = shared
+                .slots
+                .done
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(early))
+                });
             let _ = freed.send(slots);
         }
     }
@@ -2917,7 +2923,10 @@ mod tests {
         for (text, e) in [
             (r#"[[1], {"b": 2}, null]"#, &add),
             (r#"[[1], {}, null]"#, &add),
-            (r#"[[1, {"__type__": "uuid", "__value__": {"hex": "00"}}], {}, null]"#, &add),
+            (
+                r#"[[1, {"__type__": "uuid", "__value__": {"hex": "00"}}], {}, null]"#,
+                &add,
+            ),
             (r#"[[1, 2, 3], {}, null]"#, &add),
         ] {
             let b = RawBody::read(&envelope_with_body(text)).unwrap();
