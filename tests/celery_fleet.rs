@@ -712,3 +712,109 @@ fn c15_a_reply_lost_to_a_stalled_redis_is_no_restore() {
     assert_eq!(lines(&log), ["run"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ----- issue 26: a fleet of eight, hosts killed and Redis restarted --------
+
+/// A host whose pool runs in `dir` (relative task paths land there), so
+/// each host's runs are counted in a file of its own.
+fn host_in(url: &str, dir: &Path, name: &str) -> celery::Worker {
+    let mut cmd = common::host_command();
+    cmd.arg("worker")
+        .arg(common::plugin_str("math"))
+        .arg("--plugin")
+        .arg(common::plugin_str("hostile"))
+        .args(["--broker", url, "-c", "1", "-n", name])
+        // Leases of 5 s, renewed every 1.7 s: a loaded machine does not
+        // starve a live host's keeper that long; a killed host's messages
+        // are back within seconds.
+        .args(["--visibility-timeout", "5s"])
+        .current_dir(dir);
+    celery::spawn_worker_cmd(cmd)
+}
+
+#[test]
+fn k26_a_fleet_of_eight_loses_nothing_and_runs_nothing_twice_while_its_host_lives() {
+    let name = "k26_a_fleet_of_eight_loses_nothing_and_runs_nothing_twice_while_its_host_lives";
+    if celery::python_or_skip(name).is_none() || celery::redis_or_skip(name).is_none() {
+        return;
+    }
+    // Every acknowledged write survives a SIGKILL of Redis (as in
+    // every_job_completes_when_redis_restarts_mid_batch).
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = redis.url();
+    let dir = celery::unique_temp_dir("k26-fleet");
+    let dirs: Vec<_> = (0..8).map(|i| dir.join(format!("h{i}"))).collect();
+    let mut hosts: Vec<Option<celery::Worker>> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            std::fs::create_dir_all(d).unwrap();
+            Some(host_in(&url, d, &format!("h{i}")))
+        })
+        .collect();
+    // 400 tasks, each appending its number to runs.log in the directory
+    // of the host that runs it, then napping 30 ms.
+    let ids = py(
+        &url,
+        "ids = [app.send_task('hostile.append_line', args=['runs.log', str(i), 30]).id for i in range(400)]\n\
+         print(json.dumps(ids))",
+    );
+    let ids: Vec<String> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let done = |redis: &RedisServer| ids.iter().filter(|id| succeeded(redis, id)).count();
+    // Two hosts are killed (SIGKILL of the host and its pool) while they
+    // run tasks...
+    wait_until("a quarter of the results", DEADLINE, || done(&redis) >= 100);
+    for h in [0, 1] {
+        if let Some(mut w) = hosts[h].take() {
+            w.kill();
+        }
+    }
+    // ... and Redis while the others run theirs.
+    wait_until("half of the results", DEADLINE, || done(&redis) >= 200);
+    redis.kill();
+    redis.restart();
+    wait_until("every result", DEADLINE, || done(&redis) == ids.len());
+    settled(&redis);
+    // Nothing lost: every task succeeded (above) and ran somewhere.
+    let runs: Vec<Vec<String>> = dirs.iter().map(|d| lines(&d.join("runs.log"))).collect();
+    let mut per_task = vec![(0usize, 0usize); ids.len()];
+    for (h, log) in runs.iter().enumerate() {
+        let killed = h < 2;
+        let mut seen = std::collections::HashSet::new();
+        for l in log {
+            let i: usize = l
+                .parse()
+                .unwrap_or_else(|_| panic!("host {h} logged {l:?}"));
+            assert!(seen.insert(i), "host h{h} ran task {i} twice: {log:?}");
+            if killed {
+                per_task[i].0 += 1;
+            } else {
+                per_task[i].1 += 1;
+            }
+        }
+    }
+    for (i, (on_killed, on_live)) in per_task.iter().enumerate() {
+        assert!(on_killed + on_live >= 1, "task {i} never ran");
+        // Twice only when the first run's host was killed: at most one run
+        // on the hosts that lived.
+        assert!(
+            *on_live <= 1,
+            "task {i} ran {on_live} times on hosts that lived ({on_killed} on killed ones)"
+        );
+    }
+    for (h, w) in hosts.iter().enumerate() {
+        if let Some(w) = w {
+            let err = w.stderr();
+            assert!(
+                !err.contains("may run again") && !err.contains("poison message"),
+                "host h{h}: {err}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,6 +30,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -88,6 +89,21 @@ struct Args {
     /// Only Celery's worker.
     #[arg(long)]
     skip_host: bool,
+    /// A fleet: for each N, N billiard-host workers (each in its own
+    /// process group) on one queue of the one Redis; throughput, CPU per
+    /// task and Redis commands per task for each N (`--hosts 1,2,4,8`).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<usize>,
+    /// Worker processes of each fleet host (default: --concurrency).
+    #[arg(long)]
+    host_concurrency: Option<usize>,
+    /// The fleet hosts' --prefetch-multiplier.
+    #[arg(long, default_value_t = 1)]
+    fleet_prefetch: usize,
+    /// Where the fleet chart goes (default:
+    /// <workspace>/target/bench/charts/celery-fleet.svg).
+    #[arg(long)]
+    fleet_chart: Option<PathBuf>,
 }
 
 fn workspace_root() -> PathBuf {
@@ -150,7 +166,15 @@ fn main() -> Result<()> {
                 args.concurrency
             );
             let name = format!("billiard-host-x{mult}");
-            table.push(measure(&args, &url, &queue, &name, &label, cmd, &redis)?);
+            table.push(measure(
+                &args,
+                &url,
+                &queue,
+                &name,
+                &label,
+                vec![cmd],
+                &redis,
+            )?);
         }
     }
     if !args.skip_celery {
@@ -211,15 +235,62 @@ def square(x):
             "Celery 5.7 prefork worker (-c {}, prefetch x4)",
             args.concurrency
         );
-        table.push(measure(&args, &url, queue, "celery", &label, cmd, &redis)?);
+        table.push(measure(
+            &args,
+            &url,
+            queue,
+            "celery",
+            &label,
+            vec![cmd],
+            &redis,
+        )?);
+    }
+    let mut fleet = Vec::new();
+    for &n in &args.hosts {
+        ensure!(
+            (1..=64).contains(&n),
+            "--hosts: {n} is not between 1 and 64"
+        );
+        let queue = format!("bench-fleet-{n}");
+        let c = args.host_concurrency.unwrap_or(args.concurrency);
+        let cmds = (0..n)
+            .map(|i| {
+                let mut cmd = Command::new(&host_exe);
+                cmd.arg("worker")
+                    .arg(&plugin)
+                    .args(["--broker", &url, "-Q", &queue])
+                    .args(["-n", &format!("fleet{i}")])
+                    .args(["--concurrency", &c.to_string()])
+                    .args(["--prefetch-multiplier", &args.fleet_prefetch.to_string()])
+                    .env_remove("RUST_LOG");
+                cmd
+            })
+            .collect();
+        let label = format!(
+            "fleet of {n} billiard-host worker(s) (-c {c}, prefetch x{})",
+            args.fleet_prefetch
+        );
+        let name = format!("fleet-{n}");
+        let row = measure(&args, &url, &queue, &name, &label, cmds, &redis)?;
+        println!(
+            "{}",
+            json!({"impl": "billiard-host", "measure": "fleet", "hosts": n,
+                   "concurrency": c, "prefetch": args.fleet_prefetch,
+                   "tasks_per_s": row.rate, "runs": row.rates,
+                   "redis_us_per_task": row.cpu_redis, "worker_us_per_task": row.cpu_worker,
+                   "producer_us_per_task": row.cpu_producer,
+                   "redis_calls_per_task": row.calls_per_task,
+                   "redis_cpu_share": row.redis_share})
+        );
+        fleet.push((n, row));
     }
 
     println!();
-    println!("| worker | tasks/s (median of {}) | runs | p50 latency | p99 latency | CPU s per 1,000 tasks: redis / worker / producer |", args.runs);
-    println!("|---|---|---|---|---|---|");
-    for r in &table {
+    println!("| worker | tasks/s (median of {}) | runs | p50 latency | p99 latency | CPU µs per task: redis / worker / producer | Redis commands per task |", args.runs);
+    println!("|---|---|---|---|---|---|---|");
+    for r in table.iter().chain(fleet.iter().map(|(_, r)| r)) {
         println!(
-            "| {} | {:.0} | {} | {:.2} ms | {:.2} ms | {:.3} / {:.3} / {:.3} |",
+            "| {} | {:.0} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {:.2} |",
             r.label,
             r.rate,
             r.rates
@@ -227,22 +298,43 @@ def square(x):
                 .map(|x| format!("{x:.0}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            r.p50 * 1e3,
-            r.p99 * 1e3,
+            r.p50.map_or("-".into(), |v| format!("{:.2} ms", v * 1e3)),
+            r.p99.map_or("-".into(), |v| format!("{:.2} ms", v * 1e3)),
             r.cpu_redis,
             r.cpu_worker,
-            r.cpu_producer
+            r.cpu_producer,
+            r.calls_per_task
+        );
+    }
+    for r in table.iter().chain(fleet.iter().map(|(_, r)| r)) {
+        println!();
+        println!("{}: Redis commands per task (calls, µs of Redis time per task; EVALSHA's time includes the commands its script runs)", r.label);
+        for (cmd, calls, usec) in &r.commands {
+            println!("  {cmd:<16} {calls:>6.2} calls {usec:>7.2} µs");
+        }
+    }
+    if let Some((_, last)) = fleet.last() {
+        println!();
+        println!(
+            "one Redis at 100% of a core: ~{:.0} tasks/s at {:.1} µs of Redis CPU per task ({:.2} commands per task, the last fleet's)",
+            1e6 / last.cpu_redis.max(1e-9),
+            last.cpu_redis,
+            last.calls_per_task
         );
     }
     if let Some(celery) = table.iter().find(|r| r.label.starts_with("Celery")) {
         println!();
         for host in table.iter().filter(|r| r.label.starts_with("billiard")) {
+            let lower = |c: Option<f64>, h: Option<f64>| match (c, h) {
+                (Some(c), Some(h)) if h > 0.0 => format!("x{:.1}", c / h),
+                _ => "-".into(),
+            };
             println!(
-                "{} / Celery: throughput x{:.1}, p50 latency x{:.1} lower, p99 latency x{:.1} lower",
+                "{} / Celery: throughput x{:.1}, p50 latency {} lower, p99 latency {} lower",
                 host.label,
                 host.rate / celery.rate,
-                celery.p50 / host.p50,
-                celery.p99 / host.p99
+                lower(celery.p50, host.p50),
+                lower(celery.p99, host.p99)
             );
         }
     }
@@ -262,8 +354,29 @@ def square(x):
             runs: r.rates.clone(),
         })
         .collect();
-    charts::fleet_svg(&bars, "Celery mode: tiny tasks through one Redis", &chart)?;
-    eprintln!("wrote {}", chart.display());
+    if !bars.is_empty() {
+        charts::fleet_svg(&bars, "Celery mode: tiny tasks through one Redis", &chart)?;
+        eprintln!("wrote {}", chart.display());
+    }
+    if !fleet.is_empty() {
+        let path = args
+            .fleet_chart
+            .clone()
+            .unwrap_or_else(|| root.join("target/bench/charts/celery-fleet.svg"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let points: Vec<charts::FleetPoint> = fleet
+            .iter()
+            .map(|(n, r)| charts::FleetPoint {
+                hosts: *n as u64,
+                tasks_per_s: r.rate,
+                redis_us_per_task: r.cpu_redis,
+            })
+            .collect();
+        charts::fleet_curve_svg(&points, &path)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 
@@ -271,43 +384,71 @@ struct Row {
     label: String,
     rate: f64,
     rates: Vec<f64>,
-    p50: f64,
-    p99: f64,
+    /// None for a fleet (no latency runs).
+    p50: Option<f64>,
+    p99: Option<f64>,
+    /// CPU µs per task over the throughput runs, from /proc.
     cpu_redis: f64,
     cpu_worker: f64,
     cpu_producer: f64,
+    /// Redis's busy share of one core over the throughput runs.
+    redis_share: f64,
+    /// Redis commands per task (`INFO commandstats` over the throughput
+    /// runs), scripts' inner commands counted as well.
+    calls_per_task: f64,
+    /// (command, calls per task, µs of Redis time per task), most calls first.
+    commands: Vec<(String, f64, f64)>,
 }
 
-/// Starts the worker, measures, stops it.
+/// Starts the workers (each in a process group of its own), measures,
+/// stops them.
 fn measure(
     args: &Args,
     url: &str,
     queue: &str,
     name: &str,
     label: &str,
-    mut cmd: Command,
+    cmds: Vec<Command>,
     redis: &Redis,
 ) -> Result<Row> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut worker = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-    let stderr = worker.stderr.take();
-    let log = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(s) = stderr {
-            for line in BufReader::new(s).lines().map_while(Result::ok) {
-                text.push_str(&line);
-                text.push('\n');
+    let mut workers = Vec::new();
+    let mut logs = Vec::new();
+    for mut cmd in cmds {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut worker = match cmd.spawn() {
+            Ok(w) => w,
+            Err(e) => {
+                for w in &mut workers {
+                    stop(w);
+                }
+                return Err(e).with_context(|| format!("starting {cmd:?}"));
             }
+        };
+        let stderr = worker.stderr.take();
+        logs.push(std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(s) = stderr {
+                for line in BufReader::new(s).lines().map_while(Result::ok) {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            text
+        }));
+        workers.push(worker);
+    }
+    let res = measure_running(args, url, queue, name, label, &workers, redis);
+    for w in &mut workers {
+        stop(w);
+    }
+    for log in logs {
+        let log = log.join().unwrap_or_default();
+        if res.is_err() {
+            eprintln!("--- {name} worker stderr\n{log}");
         }
-        text
-    });
-    let res = measure_running(args, url, queue, name, label, &worker, redis);
-    stop(&mut worker);
-    let log = log.join().unwrap_or_default();
-    if res.is_err() {
-        eprintln!("--- {name} worker stderr\n{log}");
     }
     res
 }
@@ -318,7 +459,7 @@ fn measure_running(
     queue: &str,
     name: &str,
     label: &str,
-    worker: &Child,
+    workers: &[Child],
     redis: &Redis,
 ) -> Result<Row> {
     let timeouts = Timeouts {
@@ -330,46 +471,77 @@ fn measure_running(
         queue: Some(queue.into()),
         ..SendOptions::default()
     };
-    // Warm-up and readiness: the first result within a minute.
-    let h = client.send_task("math.square", vec![json!(7)], Default::default(), &opts)?;
-    let v = h
-        .get_timeout(Duration::from_secs(60))
-        .with_context(|| format!("{name}: the warm-up task"))?;
-    ensure!(v == json!(49), "{name}: warm-up returned {v}");
-
-    let wpid = worker.id() as i32;
+    // Warm-up and readiness: one result per worker within a minute (a
+    // fleet's hosts start at their own pace; the tasks go to whoever is up).
+    for _ in 0..workers.len() {
+        let h = client.send_task("math.square", vec![json!(7)], Default::default(), &opts)?;
+        let v = h
+            .get_timeout(Duration::from_secs(60))
+            .with_context(|| format!("{name}: the warm-up task"))?;
+        ensure!(v == json!(49), "{name}: warm-up returned {v}");
+    }
+    let wpids: Vec<i32> = workers.iter().map(|w| w.id() as i32).collect();
+    let tree = || wpids.iter().map(|p| cpu_tree(*p)).sum::<f64>();
     let mut rates = Vec::new();
-    let cpu0 = (
-        cpu_seconds(&[redis.child.id() as i32]),
-        cpu_tree(wpid),
-        self_cpu(),
-    );
+    redis.cmd(&["CONFIG", "RESETSTAT"])?;
+    let t0 = Instant::now();
+    let cpu0 = (cpu_seconds(&[redis.child.id() as i32]), tree(), self_cpu());
+    let mut done = Vec::new();
     for run in 0..args.runs {
-        let rate = throughput(&client, &opts, args.jobs)
+        let (rate, ids, waiter) = throughput(&client, &opts, args.jobs)
             .with_context(|| format!("{name}: throughput run {run}"))?;
+        done.push((ids, waiter));
         println!(
             "{}",
             json!({"impl": name, "measure": "throughput", "run": run, "jobs": args.jobs,
-                   "concurrency": args.concurrency, "tasks_per_s": rate})
+                   "concurrency": args.concurrency, "hosts": workers.len(), "tasks_per_s": rate})
         );
         rates.push(rate);
     }
-    let cpu1 = (
-        cpu_seconds(&[redis.child.id() as i32]),
-        cpu_tree(wpid),
-        self_cpu(),
-    );
-    let per_k = |a: f64, b: f64| (b - a) / (args.jobs * args.runs) as f64 * 1000.0;
-    let mut lat =
-        latency(&client, &opts, args.latency).with_context(|| format!("{name}: latency"))?;
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    let (p50, p99) = (pct(0.50), pct(0.99));
+    let cpu1 = (cpu_seconds(&[redis.child.id() as i32]), tree(), self_cpu());
+    let wall = t0.elapsed().as_secs_f64();
+    let stats = redis.cmd(&["INFO", "commandstats"])?;
+    // Drop the results (they would otherwise stay a day), outside the
+    // measurement: a fleet's results expire, nobody deletes them.
+    for (ids, mut waiter) in done {
+        waiter.forget(&ids)?;
+    }
+    let tasks = (args.jobs * args.runs) as f64;
+    let per_task = |a: f64, b: f64| (b - a) / tasks * 1e6;
+    let mut commands = commandstats(&stats)
+        .into_iter()
+        .map(|(c, calls, usec)| (c, calls as f64 / tasks, usec as f64 / tasks))
+        .collect::<Vec<_>>();
+    commands.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let calls_per_task = commands
+        .iter()
+        .filter(|(c, _, _)| !matches!(c.as_str(), "evalsha" | "eval" | "info" | "config|resetstat"))
+        .map(|(_, n, _)| n)
+        .sum();
     println!(
         "{}",
-        json!({"impl": name, "measure": "latency", "jobs": args.latency,
-               "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": lat[lat.len() - 1] * 1e3})
+        json!({"impl": name, "measure": "redis", "hosts": workers.len(),
+               "redis_us_per_task": per_task(cpu0.0, cpu1.0),
+               "worker_us_per_task": per_task(cpu0.1, cpu1.1),
+               "producer_us_per_task": per_task(cpu0.2, cpu1.2),
+               "redis_calls_per_task": calls_per_task,
+               "commands": commands.iter().map(|(c, n, u)| json!({"cmd": c, "calls_per_task": n, "usec_per_task": u})).collect::<Vec<_>>()})
     );
+    let (p50, p99) = if args.latency > 0 && workers.len() == 1 {
+        let mut lat =
+            latency(&client, &opts, args.latency).with_context(|| format!("{name}: latency"))?;
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        let (p50, p99) = (pct(0.50), pct(0.99));
+        println!(
+            "{}",
+            json!({"impl": name, "measure": "latency", "jobs": args.latency,
+                   "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": lat[lat.len() - 1] * 1e3})
+        );
+        (Some(p50), Some(p99))
+    } else {
+        (None, None)
+    };
     let mut sorted = rates.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(Row {
@@ -378,15 +550,40 @@ fn measure_running(
         rates,
         p50,
         p99,
-        cpu_redis: per_k(cpu0.0, cpu1.0),
-        cpu_worker: per_k(cpu0.1, cpu1.1),
-        cpu_producer: per_k(cpu0.2, cpu1.2),
+        cpu_redis: per_task(cpu0.0, cpu1.0),
+        cpu_worker: per_task(cpu0.1, cpu1.1),
+        cpu_producer: per_task(cpu0.2, cpu1.2),
+        redis_share: (cpu1.0 - cpu0.0) / wall.max(1e-9),
+        calls_per_task,
+        commands,
     })
 }
 
+/// `INFO commandstats` → (command, calls, usec), commands as Redis names
+/// them (`evalsha`, `config|resetstat`).
+fn commandstats(info: &str) -> Vec<(String, u64, u64)> {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_string(), field("calls")?, field("usec")?))
+        })
+        .collect()
+}
+
 /// `n` tasks through the fleet; tasks per second from the first send to
-/// the last result. Every value is checked.
-fn throughput(client: &Client, opts: &SendOptions, n: usize) -> Result<f64> {
+/// the last result. Every value is checked. Also the task ids and the
+/// waiter, to drop the results (`forget`) once the measurement is over.
+fn throughput(
+    client: &Client,
+    opts: &SendOptions,
+    n: usize,
+) -> Result<(f64, Vec<String>, client::Waiter)> {
     let mut waiter = client.waiter()?;
     let mut expect: HashMap<String, u64> = HashMap::with_capacity(WINDOW);
     let mut ids: Vec<String> = Vec::with_capacity(n);
@@ -429,9 +626,7 @@ fn throughput(client: &Client, opts: &SendOptions, n: usize) -> Result<f64> {
         }
     }
     let rate = n as f64 / t0.elapsed().as_secs_f64();
-    // Drop the results (they would otherwise stay a day).
-    waiter.forget(&ids)?;
-    Ok(rate)
+    Ok((rate, ids, waiter))
 }
 
 /// `n` sequential round trips: send one task, wait for its result.
@@ -553,6 +748,36 @@ impl Redis {
             }
         }
         bail!("redis-server did not start")
+    }
+}
+
+impl Redis {
+    /// One command over plain RESP on a fresh connection; a status or bulk
+    /// reply as text.
+    fn cmd(&self, args: &[&str]) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes())?;
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        r.read_line(&mut head)?;
+        let head = head.trim_end();
+        match head.as_bytes().first() {
+            Some(b'+') => Ok(head[1..].to_string()),
+            Some(b'$') => {
+                let n: usize = head[1..].parse().context("a bulk length")?;
+                let mut buf = vec![0; n + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(n);
+                Ok(String::from_utf8_lossy(&buf).into_owned())
+            }
+            _ => bail!("redis answered {head:?} to {args:?}"),
+        }
     }
 }
 

@@ -44,6 +44,15 @@ pub struct ShmPoint {
     pub apply_p50_us: f64,
 }
 
+/// One fleet size of `bench-celery --hosts`: its throughput and the
+/// Redis CPU each task cost.
+#[derive(Debug, Clone)]
+pub struct FleetPoint {
+    pub hosts: u64,
+    pub tasks_per_s: f64,
+    pub redis_us_per_task: f64,
+}
+
 /// Series names, as they appear in the SVG legends (the chart test checks
 /// them).
 pub const VS_BILLIARD: &str = "billiard-host vs billiard";
@@ -429,6 +438,149 @@ pub fn shm_svg(points: &[ShmPoint], threshold: u64, path: &Path) -> Result<()> {
             .map_err(err)?;
     }
     finish(root, path)
+}
+
+/// The fleet curve: tasks/s (top) and Redis CPU µs per task (bottom)
+/// against the number of hosts, the projection of one saturated Redis
+/// core (10^6 / µs per task) as a dashed line in the top panel.
+pub fn fleet_curve_svg(points: &[FleetPoint], path: &Path) -> Result<()> {
+    let mut pts: Vec<&FleetPoint> = points
+        .iter()
+        .filter(|p| p.tasks_per_s.is_finite() && p.redis_us_per_task.is_finite())
+        .collect();
+    ensure!(!pts.is_empty(), "no fleet point to draw");
+    pts.sort_by_key(|p| p.hosts);
+    let xmax = pts.last().map_or(1, |p| p.hosts).clamp(1, 1 << 20) as f64 + 0.5;
+    let sat: Vec<f64> = pts
+        .iter()
+        .map(|p| 1e6 / p.redis_us_per_task.max(0.01))
+        .collect();
+    let ytop = pts
+        .iter()
+        .map(|p| p.tasks_per_s)
+        .chain(sat.iter().copied())
+        .fold(1.0f64, f64::max)
+        .min(1e9)
+        * 1.15;
+    let utop = pts
+        .iter()
+        .map(|p| p.redis_us_per_task)
+        .fold(1.0f64, f64::max)
+        .min(1e6)
+        * 1.25;
+    let root = SVGBackend::new(path, (900, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (top, bottom) = root.split_vertically(360);
+    let at = |v: f64, hi: f64| v.clamp(0.0, hi);
+    let mut c = ChartBuilder::on(&top)
+        .caption(
+            "Celery mode: a fleet of billiard-host workers on one Redis",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.5f64..xmax, 0f64..ytop)
+        .map_err(err)?;
+    c.configure_mesh()
+        .x_desc("hosts")
+        .y_desc("tasks/s")
+        .x_label_formatter(&|v| plain(v.round()))
+        .y_label_formatter(&|v| plain(v.round()))
+        .draw()
+        .map_err(err)?;
+    c.draw_series(LineSeries::new(
+        pts.iter()
+            .map(|p| (p.hosts as f64, at(p.tasks_per_s, ytop))),
+        GREEN_.stroke_width(2),
+    ))
+    .map_err(err)?
+    .label("measured tasks/s")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], GREEN_.stroke_width(2)));
+    c.draw_series(pts.iter().map(|p| {
+        Circle::new(
+            (p.hosts as f64, at(p.tasks_per_s, ytop)),
+            4,
+            GREEN_.filled(),
+        )
+    }))
+    .map_err(err)?;
+    c.draw_series(DashedLineSeries::new(
+        pts.iter()
+            .zip(&sat)
+            .map(|(p, s)| (p.hosts as f64, at(*s, ytop))),
+        6,
+        4,
+        RED_.stroke_width(2),
+    ))
+    .map_err(err)?
+    .label("one Redis core saturated (10^6 / Redis µs per task)")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], RED_.stroke_width(2)));
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    let mut c = ChartBuilder::on(&bottom)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.5f64..xmax, 0f64..utop)
+        .map_err(err)?;
+    c.configure_mesh()
+        .x_desc("hosts")
+        .y_desc("Redis CPU µs per task")
+        .x_label_formatter(&|v| plain(v.round()))
+        .draw()
+        .map_err(err)?;
+    c.draw_series(LineSeries::new(
+        pts.iter()
+            .map(|p| (p.hosts as f64, at(p.redis_us_per_task, utop))),
+        BLUE_.stroke_width(2),
+    ))
+    .map_err(err)?
+    .label("Redis CPU per task")
+    .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLUE_.stroke_width(2)));
+    c.draw_series(pts.iter().map(|p| {
+        Circle::new(
+            (p.hosts as f64, at(p.redis_us_per_task, utop)),
+            4,
+            BLUE_.filled(),
+        )
+    }))
+    .map_err(err)?;
+    c.draw_series(pts.iter().map(|p| {
+        Text::new(
+            format!("  {:.1} µs", p.redis_us_per_task),
+            (p.hosts as f64, at(p.redis_us_per_task, utop)),
+            ("sans-serif", 13),
+        )
+    }))
+    .map_err(err)?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    finish(root, path)
+}
+
+/// `bench-celery --hosts`'s JSON lines (`"measure": "fleet"`).
+pub fn parse_fleet(text: &str) -> Vec<FleetPoint> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["measure"] == "fleet")
+        .filter_map(|v| {
+            Some(FleetPoint {
+                hosts: v["hosts"].as_u64()?,
+                tasks_per_s: v["tasks_per_s"].as_f64()?,
+                redis_us_per_task: v["redis_us_per_task"].as_f64()?,
+            })
+        })
+        .collect()
 }
 
 /// `bench-celery`'s JSON lines (`"measure": "throughput"`) grouped per

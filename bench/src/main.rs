@@ -90,6 +90,9 @@ struct Args {
     /// shm_sweep's JSON lines to draw shm_threshold.svg from.
     #[arg(long)]
     chart_shm: Option<PathBuf>,
+    /// bench-celery --hosts's JSON lines to draw celery-fleet.svg from.
+    #[arg(long)]
+    chart_fleet: Option<PathBuf>,
     /// Where --charts-only writes (default: <out-dir>/charts).
     #[arg(long)]
     charts_dir: Option<PathBuf>,
@@ -430,6 +433,12 @@ fn charts_only(args: &Args, out_dir: &Path) -> Result<ExitCode> {
         eprintln!("[bench] wrote {}", path.display());
         drawn += 1;
     }
+    if let Some(f) = &args.chart_fleet {
+        let path = dir.join("celery-fleet.svg");
+        charts::fleet_curve_svg(&charts::parse_fleet(&read(f)?), &path)?;
+        eprintln!("[bench] wrote {}", path.display());
+        drawn += 1;
+    }
     if let Some(f) = &args.chart_shm {
         let path = dir.join("shm_threshold.svg");
         charts::shm_svg(&charts::parse_shm(&read(f)?), 64 << 10, &path)?;
@@ -438,7 +447,7 @@ fn charts_only(args: &Args, out_dir: &Path) -> Result<ExitCode> {
     }
     ensure!(
         drawn > 0,
-        "--charts-only needs --chart-results, --chart-celery or --chart-shm"
+        "--charts-only needs --chart-results, --chart-celery, --chart-fleet or --chart-shm"
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -73,6 +73,8 @@ fn draw(out: &Path) -> std::process::Output {
         .arg(data.join("celery-2026-12-01.jsonl"))
         .arg("--chart-shm")
         .arg(data.join("shm-2026-12-02.jsonl"))
+        .arg("--chart-fleet")
+        .arg(data.join("fleet-2026-12-06.jsonl"))
         .arg("--charts-dir")
         .arg(out)
         .output()
@@ -134,8 +136,22 @@ fn u28_charts_are_drawn_from_recorded_results_and_are_well_formed_svg() {
     ] {
         has(&shm, want, "shm_threshold.svg");
     }
+    let fleet = svg_texts(&out.join("celery-fleet.svg"));
+    for want in [
+        "measured tasks/s",
+        "one Redis core saturated (10^6 / Redis µs per task)",
+        "Redis CPU per task",
+        "hosts",
+    ] {
+        has(&fleet, want, "celery-fleet.svg");
+    }
     // The pictures in the docs are the ones this command draws.
-    for f in ["ratios.svg", "celery.svg", "shm_threshold.svg"] {
+    for f in [
+        "ratios.svg",
+        "celery.svg",
+        "shm_threshold.svg",
+        "celery-fleet.svg",
+    ] {
         let drawn = std::fs::read(out.join(f)).expect("drawn");
         let committed = std::fs::read(workspace_root().join("docs/bench").join(f))
             .unwrap_or_else(|e| panic!("docs/bench/{f}: {e}"));

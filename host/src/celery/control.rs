@@ -108,7 +108,9 @@ pub enum Outcome<'a> {
 /// A task this host holds.
 struct Req {
     name: String,
-    args: Value,
+    /// The arguments' JSON text as the pool got it (a tree is built only
+    /// when `inspect` shows it).
+    args: Vec<u8>,
     kwargs: Value,
     queue: String,
     priority: u8,
@@ -473,8 +475,8 @@ impl Ops {
         priority: u8,
         raw: &[u8],
     ) {
-        let args: Value = serde_json::from_slice(args).unwrap_or(Value::Array(vec![]));
         if let Some(d) = self.events() {
+            let args: Value = serde_json::from_slice(args).unwrap_or(Value::Array(vec![]));
             let mut f = Map::new();
             f.insert("uuid".into(), task_id.into());
             f.insert("name".into(), name.into());
@@ -494,7 +496,7 @@ impl Ops {
             task_id.to_string(),
             Req {
                 name: name.to_string(),
-                args,
+                args: args.to_vec(),
                 kwargs: json!({}),
                 queue: queue.to_string(),
                 priority,
@@ -730,7 +732,19 @@ impl Ops {
     }
 
     fn pool_events_loop(self: Arc<Ops>) {
-        while let Ok(e) = self.pool_rx.recv() {
+        // Two events a job: the thread takes what has come every
+        // millisecond rather than waking per event (issue 26).
+        while let Ok(first) = self.pool_rx.recv() {
+            let more: Vec<Event> = self.pool_rx.try_iter().collect();
+            for e in std::iter::once(first).chain(more) {
+                self.pool_event(e);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn pool_event(&self, e: Event) {
+        {
             match e {
                 Event::WorkerUp { worker, pid } => {
                     self.pids
@@ -758,7 +772,14 @@ impl Ops {
                             .insert(job.0, pid);
                     }
                 }
-                Event::JobFinished { .. } | Event::JobProgress { .. } => {}
+                // Its start may be read after the task's end removed it.
+                Event::JobFinished { job, .. } => {
+                    self.job_pid
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&job.0);
+                }
+                Event::JobProgress { .. } => {}
             }
         }
     }
@@ -919,7 +940,7 @@ impl Ops {
         json!({
             "id": id,
             "name": r.name,
-            "args": r.args,
+            "args": serde_json::from_slice::<Value>(&r.args).unwrap_or(Value::Array(vec![])),
             "kwargs": r.kwargs,
             "type": r.name,
             "hostname": self.hostname(),

@@ -574,6 +574,22 @@ pub struct Reserved {
     pub raw: Vec<u8>,
     /// The queue it came from.
     pub queue: String,
+    /// Marked "running here" by the reserve itself (see
+    /// [`RedisBroker::reserve`]): the host need not mark it again when it
+    /// starts, and unmarks it if it holds it instead.
+    pub marked: bool,
+}
+
+/// What [`RedisBroker::reserve`] marks "running here" (the death witness of
+/// `lua/running.lua`): the first `count` messages reserved.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunMarks<'a> {
+    /// How many (0: none).
+    pub count: usize,
+    /// The death lists' time to live (the results').
+    pub ttl_s: u64,
+    /// `"<node>, running it since <time>"`.
+    pub who: &'a str,
 }
 
 /// The consumer side of kombu's Redis transport for a set of queues.
@@ -611,7 +627,15 @@ impl RedisBroker {
     /// lists of every queue (all queues' priority-0 lists first, then the
     /// 3s, ...), rotating which queue goes first so none starves. Each gets
     /// a fresh delivery tag and a lease of `lease` (see `lua/reserve.lua`).
-    pub fn reserve(&mut self, max: usize, lease: Duration) -> Result<Vec<Reserved>, BrokerError> {
+    /// The first `mark.count` (that go to idle pool slots at once) are
+    /// marked "running here" in the same step, with the mark
+    /// `"{mark.ttl_s}\n{task id}\n{mark.who}"` (`lua/running.lua`).
+    pub fn reserve(
+        &mut self,
+        max: usize,
+        lease: Duration,
+        mark: &RunMarks<'_>,
+    ) -> Result<Vec<Reserved>, BrokerError> {
         if max == 0 || self.queues.is_empty() {
             return Ok(Vec::new());
         }
@@ -627,17 +651,24 @@ impl RedisBroker {
         }
         let spares: Vec<String> = (0..max).map(|_| protocol::new_id()).collect();
         let now = lease_arg(lease);
+        let head = format!("{}\n", mark.ttl_s);
+        let tail = format!("\n{}", mark.who);
         let reply: Vec<RValue> = self.link.run(|c| {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(sha(RESERVE_LUA))
-                .arg(3 + lists.len())
+                .arg(4 + lists.len())
                 .arg(UNACKED)
                 .arg(UNACKED_INDEX)
-                .arg(LEASES);
+                .arg(LEASES)
+                .arg(RUNNING);
             for (l, _) in &lists {
                 cmd.arg(l);
             }
-            cmd.arg(max).arg(now);
+            cmd.arg(max)
+                .arg(now)
+                .arg(mark.count.min(max))
+                .arg(&head)
+                .arg(&tail);
             for (_, q) in &lists {
                 cmd.arg(q);
             }
@@ -646,17 +677,17 @@ impl RedisBroker {
             }
             cmd.query(c)
         })?;
-        let mut out = Vec::with_capacity(reply.len() / 3);
-        for t in reply.chunks(3) {
-            let [tag, raw, idx] = t else {
+        let mut out = Vec::with_capacity(reply.len() / 4);
+        for t in reply.chunks(4) {
+            let [tag, raw, idx, marked] = t else {
                 return Err(BrokerError::Reply(
-                    "reserve returned a partial triple".into(),
+                    "reserve returned a partial quadruple".into(),
                 ));
             };
             let tag = bytes(tag).map(|b| String::from_utf8_lossy(&b).into_owned());
             let raw = bytes(raw);
             let idx = match idx {
-                RValue::Int(i) => *i as usize,
+                RValue::Int(i) => usize::try_from(*i).unwrap_or(0),
                 _ => 0,
             };
             let (Some(tag), Some(raw)) = (tag, raw) else {
@@ -666,7 +697,12 @@ impl RedisBroker {
                 .get(idx.wrapping_sub(1))
                 .map(|(_, q)| q.clone())
                 .unwrap_or_default();
-            out.push(Reserved { tag, raw, queue });
+            out.push(Reserved {
+                tag,
+                raw,
+                queue,
+                marked: matches!(marked, RValue::Int(1)),
+            });
         }
         Ok(out)
     }

@@ -33,8 +33,7 @@ use super::kombu;
 use super::names;
 use super::progress::ProgressWriter;
 use super::protocol::{
-    self, Body, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature,
-    TimeLimit,
+    self, Embed, Envelope, Exception, NewTask, ProtocolError, ResultMeta, Signature, TimeLimit,
 };
 use super::rate::{self, RateLimits};
 use super::redelivery::{self, Delivery, Marker, Rules, Verdict};
@@ -247,6 +246,9 @@ struct JobCtx {
     /// What a Celery builtin that finished at once sent (builtins.rs):
     /// its messages go out with its result, which names them as children.
     sent: Option<Box<builtins::Sent>>,
+    /// Marked "running here" by the reserve (`RedisBroker::reserve`): not
+    /// marked again when it starts; unmarked when held instead.
+    marked: bool,
 }
 
 /// A decoded message ready to run.
@@ -279,25 +281,66 @@ struct Fin {
     /// supervisor died): the message goes back to its queue for another
     /// host instead of being answered here.
     unrun: bool,
+    /// Its slot was counted free when the job ended ([`Slots`]).
+    early: bool,
 }
 
 /// Sends a job's outcome to the finisher exactly once: when the pool runs
 /// the callback, or, if the pool drops it unrun (shutdown, a dead
 /// supervisor, a refused submit), on drop, marked `unrun` so its message
 /// is requeued, never acked as REVOKED (C1: a dead pool is no black hole).
+/// A success frees its pool slot at once ([`Slots`]): the consumer
+/// reserves the next message while the finisher stores this one. A
+/// failure's slot is free once it is finished: a retry message or a
+/// requeue it sends must not be taken before its death or requeue count
+/// is written (redelivery.rs).
 struct Pending {
     ctx: Option<JobCtx>,
     tx: Sender<Fin>,
+    slots: Arc<Slots>,
+}
+
+/// Pool slots whose job ended and whose message is not yet acked: the
+/// consumer counts them free (issue 26: the next reserve overlaps the
+/// store and ack of the last result, so prefetch x1 does not wait a round
+/// trip per task), the finisher gives them back once acked.
+struct Slots {
+    /// Jobs ended (their `Fin` sent) and not yet acked.
+    done: std::sync::atomic::AtomicUsize,
+    /// Jobs in the pool (submitted, not ended): while some run, the
+    /// finisher waits a moment for their results to store several in one
+    /// call ([`FINISH_LINGER`]).
+    busy: std::sync::atomic::AtomicUsize,
+    /// Wakes the consumer (coalesced: capacity 1).
+    wake: Sender<()>,
+}
+
+impl Slots {
+    /// A job left the pool; `early`: its slot is free now.
+    fn ended(&self, early: bool) {
+        let _ = self
+            .busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(1))
+            });
+        if early {
+            self.done.fetch_add(1, Ordering::AcqRel);
+            let _ = self.wake.try_send(());
+        }
+    }
 }
 
 impl Pending {
     fn done(mut self, res: Res) {
         if let Some(ctx) = self.ctx.take() {
+            let early = matches!(res, Res::Ok(_));
+            self.slots.ended(early);
             let _ = self.tx.send(Fin {
                 ctx,
                 res,
                 slot: true,
                 unrun: false,
+                early,
             });
         }
     }
@@ -306,6 +349,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(ctx) = self.ctx.take() {
+            self.slots.ended(false);
             let _ = self.tx.send(Fin {
                 ctx,
                 res: Res::Err(TaskError::new(
@@ -314,6 +358,7 @@ impl Drop for Pending {
                 )),
                 slot: true,
                 unrun: true,
+                early: false,
             });
         }
     }
@@ -338,6 +383,8 @@ struct Shared {
     /// Marks messages whose task started here (a death's witness); None:
     /// its thread could not start.
     marker: Option<Marker>,
+    /// Slots whose job ended, not yet acked (see [`Slots`]).
+    slots: Arc<Slots>,
 }
 
 impl Shared {
@@ -478,7 +525,13 @@ impl Worker {
         } = self;
         drop(ctl_tx);
         let mut broker = RedisBroker::new(&opts.broker_url, opts.queues.clone())?;
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
         let shared = Arc::new(Shared {
+            slots: Arc::new(Slots {
+                done: std::sync::atomic::AtomicUsize::new(0),
+                busy: std::sync::atomic::AtomicUsize::new(0),
+                wake: wake_tx,
+            }),
             live: Mutex::new(HashSet::new()),
             cold: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
@@ -624,6 +677,7 @@ impl Worker {
             lost: None,
             broker_warned: false,
             ops_rx,
+            wake: wake_rx,
             progress: match ProgressWriter::spawn(
                 opts.backend_url.as_deref().unwrap_or(&opts.broker_url),
                 opts.result_expires,
@@ -756,6 +810,11 @@ fn keeper_period(lease: Duration) -> Duration {
 /// stop ends).
 const WARM_STORE_GRACE: Duration = Duration::from_secs(30);
 
+/// How long the finisher waits for more results while jobs still run in
+/// the pool, to store them in one call (an idle pool's result is stored at
+/// once).
+const FINISH_LINGER: Duration = Duration::from_micros(200);
+
 /// How long an idle consumer blocks on the broker before it looks at every
 /// list again (and at its controls).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -883,6 +942,8 @@ struct Consumer<'a> {
     broker_warned: bool,
     /// Remote-control commands (never() without ops).
     ops_rx: Receiver<OpsCmd>,
+    /// A job ended: its slot may take the next message ([`Slots`]).
+    wake: Receiver<()>,
     /// Stores the tasks' `ctx.progress` as their `PROGRESS` state.
     progress: Option<ProgressWriter>,
     /// Rate-limited messages waiting for their turn (held like eta ones).
@@ -903,6 +964,13 @@ enum Step {
 impl Consumer<'_> {
     fn capacity(&self) -> usize {
         self.workers.max(1) * self.opts.prefetch_multiplier
+    }
+
+    /// Jobs in the pool: submitted and not yet ended (an ended job's
+    /// message may still wait for its ack: its slot is free already).
+    fn busy(&self) -> usize {
+        self.running
+            .saturating_sub(self.shared.slots.done.load(Ordering::Acquire))
     }
 
     /// Runs until a warm stop completed (false) or a cold stop was asked
@@ -937,8 +1005,16 @@ impl Consumer<'_> {
             }
             let room = self
                 .capacity()
-                .saturating_sub(self.running + self.ready.len() + self.overheld());
-            if room == 0 {
+                .saturating_sub(self.busy() + self.ready.len() + self.overheld());
+            // While every worker process still has a job queued, the
+            // prefetched part of the window is refilled half at a time: one
+            // reserve call for several messages, never a process idle.
+            let low = self
+                .capacity()
+                .saturating_sub(self.workers)
+                .div_ceil(2)
+                .max(1);
+            if room == 0 || (room < low && self.busy() + self.ready.len() >= self.workers) {
                 let t = self.next_due().unwrap_or(ms(250)).min(ms(250));
                 self.wait_events(ctl, freed, t);
                 continue;
@@ -949,9 +1025,27 @@ impl Consumer<'_> {
                 continue;
             }
             let t0 = Instant::now();
-            let reserved = self
-                .broker
-                .reserve(room, lease_of(self.opts.visibility_timeout));
+            // Every message reserved goes to the pool at once (room never
+            // exceeds what submit_ready takes), so the reserve marks them
+            // all "running here" itself; one held instead is unmarked.
+            let who = self
+                .shared
+                .marker
+                .as_ref()
+                .map(|_| Marker::who(&self.shared.rules))
+                .unwrap_or_default();
+            let marks = broker::RunMarks {
+                count: if self.shared.marker.is_some() {
+                    room
+                } else {
+                    0
+                },
+                ttl_s: self.shared.rules.ttl_s,
+                who: &who,
+            };
+            let reserved =
+                self.broker
+                    .reserve(room, lease_of(self.opts.visibility_timeout), &marks);
             if let Some(o) = &self.shared.ops {
                 o.reserve_latency(t0.elapsed());
             }
@@ -1050,9 +1144,11 @@ impl Consumer<'_> {
 
     fn wait_events(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>, t: Duration) {
         let ops_rx = self.ops_rx.clone();
+        let wake = self.wake.clone();
         crossbeam_channel::select! {
             recv(ops_rx) -> c => if let Ok(c) = c { self.ops_cmd(c) },
             recv(freed) -> n => if let Ok(n) = n { self.running = self.running.saturating_sub(n) },
+            recv(wake) -> _ => {},
             recv(ctl) -> c => if let Ok(c) = c {
                 // A cold stop is carried out on the next turn of the loop.
                 if self.control(c) {
@@ -1210,11 +1306,19 @@ impl Consumer<'_> {
 
     /// A due message goes to the ready queue, or waits in the limiter
     /// while its task's rate limit says so (issue 23 item 4).
-    fn admit(&mut self, p: Prepared) {
+    fn admit(&mut self, mut p: Prepared) {
         let name = p.name.clone();
-        if let Some(p) = self.limiter.admit(&name, p) {
+        // Held by its rate limit: the reserve's mark is taken back (it is
+        // marked again when it starts).
+        let marked = std::mem::take(&mut p.ctx.marked);
+        let tag = marked.then(|| p.ctx.tag.clone());
+        if let Some(mut p) = self.limiter.admit(&name, p) {
+            p.ctx.marked = marked;
             self.ready.push_back(p);
         } else {
+            if let (Some(m), Some(tag)) = (&self.shared.marker, tag) {
+                m.unmark(&tag);
+            }
             self.pump_rated();
         }
     }
@@ -1241,7 +1345,7 @@ impl Consumer<'_> {
         if self.shared.cold.load(Ordering::Acquire) {
             return;
         }
-        while self.running < self.capacity() {
+        while self.busy() < self.capacity() {
             let Some(p) = self.ready.pop_front() else {
                 break;
             };
@@ -1267,13 +1371,15 @@ impl Consumer<'_> {
             if let Some(o) = &self.shared.ops {
                 o.started(&task_id);
             }
-            if let Some(m) = &self.shared.marker {
+            if let Some(m) = self.shared.marker.as_ref().filter(|_| !p.ctx.marked) {
                 m.started(&self.shared.rules, &p.ctx.tag, &task_id);
             }
             self.running += 1;
+            self.shared.slots.busy.fetch_add(1, Ordering::AcqRel);
             let pending = Pending {
                 ctx: Some(p.ctx),
                 tx: self.fin_tx.clone(),
+                slots: self.shared.slots.clone(),
             };
             if let Some(items) = p.items {
                 // celery.map/starmap (builtins.rs): one job per item, one
@@ -1325,6 +1431,7 @@ impl Consumer<'_> {
             res: Res::Exc(exc),
             slot: false,
             unrun: false,
+            early: false,
         });
     }
 
@@ -1352,7 +1459,13 @@ impl Consumer<'_> {
         let step = self.ops_receive(step, &r.queue);
         match step {
             Step::Run(p) => self.admit(p),
-            Step::Hold(at, p) => {
+            Step::Hold(at, mut p) => {
+                // Not running yet: the reserve's mark is taken back.
+                if std::mem::take(&mut p.ctx.marked) {
+                    if let Some(m) = &self.shared.marker {
+                        m.unmark(&p.ctx.tag);
+                    }
+                }
                 self.seq += 1;
                 self.held.push(Reverse((at, self.seq)));
                 self.held_jobs.insert(self.seq, p);
@@ -1364,10 +1477,14 @@ impl Consumer<'_> {
                     res: Res::Ok(v),
                     slot: false,
                     unrun: false,
+                    early: false,
                 });
             }
             Step::Discard(why) => {
                 tracing::error!("discarded message {} from queue {}: {why}", r.tag, r.queue);
+                if let (true, Some(m)) = (r.marked, &self.shared.marker) {
+                    m.unmark(&r.tag);
+                }
                 let tags = [r.tag.clone()];
                 if let Err(e) = broker::ack(self.broker.link(), &tags) {
                     tracing::warn!("cannot ack the discarded message yet ({e})");
@@ -1408,6 +1525,7 @@ impl Consumer<'_> {
             embed: Embed::default(),
             delivery: Delivery::of(&r.queue, env, &r.raw, self.shared.rules.base.clone()),
             sent: None,
+            marked: r.marked,
         };
         if let Some(e) = msg.refused {
             // A refused chord part still counts (issue 23 item 1): its
@@ -1431,7 +1549,11 @@ impl Consumer<'_> {
             return chord::refuse_unlock(ctx.task_id.clone(), &r.queue)
                 .map_or_else(|| Step::Discard(String::new()), |exc| Step::Fail(ctx, exc));
         }
-        let body: Body = match env.body() {
+        // The body is read once, its parts kept as their JSON text: a plain
+        // call (positional arguments only, as many as the task takes, no
+        // kombu tags) hands the pool the `args` text as it arrived, with no
+        // tree built and nothing encoded again (issue 26).
+        let raw = match RawBody::read(env) {
             Ok(b) => b,
             Err(ProtocolError::ContentDisallowed(ct)) => {
                 return Step::Fail(ctx, Exception::content_disallowed(&ct))
@@ -1440,26 +1562,56 @@ impl Consumer<'_> {
                 return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &e.to_string()))
             }
         };
-        ctx.embed = body.embed;
+        // A part that does not read is said in the full reading's words.
+        let bad_body = |e: ProtocolError| {
+            let e = env.body().err().unwrap_or(e);
+            Exception::for_kind(ErrorKind::BadArgs, &e.to_string())
+        };
+        ctx.embed = match raw.embed() {
+            Ok(e) => e,
+            Err(e) => return Step::Fail(ctx, bad_body(e)),
+        };
+        let entry = (!builtins::is_builtin(&name))
+            .then(|| resolve(self.pool, &self.opts.task_aliases, &name))
+            .flatten();
+        let plain = entry.as_ref().and_then(|e| raw.plain_args(e));
+        let (body_args, body_kwargs) = match plain {
+            Some(_) => (Vec::new(), Map::new()),
+            None => match raw.trees() {
+                Ok(t) => t,
+                Err(e) => return Step::Fail(ctx, bad_body(e)),
+            },
+        };
         if builtins::is_builtin(&name) {
-            return self.builtin(ctx, &name, body.args, body.kwargs, &msg);
+            return self.builtin(ctx, &name, body_args, body_kwargs, &msg);
         }
-        let Some(entry) = resolve(self.pool, &self.opts.task_aliases, &name) else {
+        let Some(entry) = entry else {
             let known = task_names(self.pool, &self.opts.task_aliases);
             let closest = crate::closest_name(&name, known.iter().map(String::as_str));
             return Step::Fail(ctx, Exception::not_registered(&name, closest));
         };
         ctx.delivery.policy = redelivery::policy_for(self.pool, entry.target, &self.shared.rules);
-        let mut args = match map_args(&entry, body.args, body.kwargs) {
-            Ok(a) => a,
-            Err(msg) => return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &msg)),
+        let args = match plain {
+            Some(text) => text,
+            None => {
+                let mut args = match map_args(&entry, body_args, body_kwargs) {
+                    Ok(a) => a,
+                    Err(msg) => {
+                        return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &msg))
+                    }
+                };
+                // kombu's tagged values (bytes, datetime, uuid, ...) become
+                // what the plugin's types take (issue 29 item 5).
+                let byte_params = kombu::byte_params_of(self.pool, entry.target);
+                if let Err(e) = kombu::decode_args(&mut args, &entry.args, &byte_params) {
+                    return Step::Fail(
+                        ctx,
+                        Exception::for_kind(ErrorKind::BadArgs, &e.to_string()),
+                    );
+                }
+                serde_json::to_vec(&args).unwrap_or_else(|_| b"[]".to_vec())
+            }
         };
-        // kombu's tagged values (bytes, datetime, uuid, ...) become what
-        // the plugin's types take (issue 29 item 5).
-        let byte_params = kombu::byte_params_of(self.pool, entry.target);
-        if let Err(e) = kombu::decode_args(&mut args, &entry.args, &byte_params) {
-            return Step::Fail(ctx, Exception::for_kind(ErrorKind::BadArgs, &e.to_string()));
-        }
         let expires = msg.expires;
         if expires.is_some_and(|e| e <= Utc::now()) {
             return Step::Fail(ctx, Exception::revoked("expired"));
@@ -1471,7 +1623,7 @@ impl Consumer<'_> {
         let p = Prepared {
             ctx,
             target: entry.target,
-            args: serde_json::to_vec(&args).unwrap_or_else(|_| b"[]".to_vec()),
+            args,
             limits,
             expires,
             name: entry.name,
@@ -1548,6 +1700,104 @@ impl Consumer<'_> {
             items: Some(encoded),
         };
         schedule(p, msg.eta)
+    }
+}
+
+/// A message body `[args, kwargs, embed]` read once, each part kept as its
+/// JSON text ([`Envelope::body`]'s checks and errors: JSON only, base64 or
+/// plain text).
+struct RawBody {
+    bytes: Vec<u8>,
+    /// (start, end) of args, kwargs and embed in `bytes` (embed: None
+    /// when null).
+    args: (usize, usize),
+    kwargs: (usize, usize),
+    embed: Option<(usize, usize)>,
+}
+
+impl RawBody {
+    fn read(env: &Envelope) -> Result<RawBody, ProtocolError> {
+        use base64::Engine as _;
+        let ct = env.content_type.trim();
+        if !ct.eq_ignore_ascii_case(protocol::CONTENT_TYPE_JSON) {
+            return Err(ProtocolError::ContentDisallowed(ct.to_string()));
+        }
+        let bytes = if env.properties.body_encoding == "base64" {
+            base64::engine::general_purpose::STANDARD
+                .decode(env.body.as_bytes())
+                .map_err(|e| ProtocolError::Body(format!("bad base64: {e}")))?
+        } else {
+            env.body.clone().into_bytes()
+        };
+        type Part<'a> = &'a serde_json::value::RawValue;
+        let parts: Result<(Part<'_>, Part<'_>, Option<Part<'_>>), _> =
+            serde_json::from_slice(&bytes);
+        let Ok((a, k, e)) = parts else {
+            // The full reading says what is wrong, in its own words.
+            return Err(env.body().err().unwrap_or_else(|| {
+                ProtocolError::Body("the body is not [args, kwargs, embed]".into())
+            }));
+        };
+        let base = bytes.as_ptr() as usize;
+        let span = |p: Part<'_>| {
+            let start = (p.get().as_ptr() as usize).saturating_sub(base);
+            (start, start.saturating_add(p.get().len()))
+        };
+        let (args, kwargs) = (span(a), span(k));
+        let embed = e.filter(|e| e.get() != "null").map(span);
+        Ok(RawBody {
+            args,
+            kwargs,
+            embed,
+            bytes,
+        })
+    }
+
+    fn text(&self, (a, b): (usize, usize)) -> &str {
+        self.bytes
+            .get(a..b)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .unwrap_or("null")
+    }
+
+    /// The workflow parts (none when null).
+    fn embed(&self) -> Result<Embed, ProtocolError> {
+        match self.embed {
+            None => Ok(Embed::default()),
+            Some(e) => serde_json::from_str::<Option<Embed>>(self.text(e))
+                .map(Option::unwrap_or_default)
+                .map_err(|e| ProtocolError::Body(e.to_string())),
+        }
+    }
+
+    /// `args` and `kwargs` as trees (the slow path: keywords, defaults,
+    /// a variadic tail, kombu's tags; and the builtins).
+    fn trees(&self) -> Result<(Vec<Value>, Map<String, Value>), ProtocolError> {
+        let bad = |e: serde_json::Error| ProtocolError::Body(e.to_string());
+        let args: Vec<Value> = serde_json::from_str(self.text(self.args)).map_err(bad)?;
+        let kwargs: Option<Map<String, Value>> =
+            serde_json::from_str(self.text(self.kwargs)).map_err(bad)?;
+        Ok((args, kwargs.unwrap_or_default()))
+    }
+
+    /// The `args` text as the pool takes it, when binding it to `entry`'s
+    /// parameters changes nothing: no keyword arguments, exactly one
+    /// positional argument per parameter (no default filled in, no
+    /// variadic tail), no kombu tag (`__type__`) anywhere in it.
+    fn plain_args(&self, entry: &TaskEntry) -> Option<Vec<u8>> {
+        if entry.options.varargs {
+            return None;
+        }
+        let kwargs = self.text(self.kwargs).trim();
+        if !(kwargs == "{}" || kwargs == "null") {
+            return None;
+        }
+        let text = self.text(self.args);
+        if text.contains("__type__") {
+            return None;
+        }
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text).ok()?;
+        (items.len() == entry.args.len()).then(|| text.as_bytes().to_vec())
     }
 }
 
@@ -1821,7 +2071,21 @@ fn finisher(
                 Err(_) => break,
             }
         }
+        // Tiny tasks end microseconds apart: while others still run in the
+        // pool, their results are waited for a moment, so one script call
+        // stores several (issue 26). An idle pool's one result goes at once.
+        // (One sleep, not a wait per result: the thread wakes once a batch.)
+        if batch.len() < BATCH && shared.slots.busy.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(FINISH_LINGER);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
+            }
+        }
         let slots = batch.iter().filter(|f| f.slot).count();
+        let early = batch.iter().filter(|f| f.early).count();
         let cold = shared.cold.load(Ordering::Acquire);
         let mut requeue = Vec::new();
         let mut comps = Vec::new();
@@ -1918,6 +2182,13 @@ fn finisher(
         let tags: Vec<String> = batch.iter().map(|f| f.ctx.tag.clone()).collect();
         shared.forget(&tags);
         if slots > 0 {
+            // Before `freed`: the consumer never counts a slot twice.
+            let _ = shared
+                .slots
+                .done
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(early))
+                });
             let _ = freed.send(slots);
         }
     }
@@ -2493,6 +2764,7 @@ fn ops_finished(shared: &Shared, ctx: &JobCtx, res: &Res) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::celery::protocol::Body;
     use serde_json::json;
 
     fn names(args: &[&str]) -> Vec<String> {
@@ -2537,6 +2809,7 @@ mod tests {
             embed: Embed::default(),
             delivery: Delivery::default(),
             sent: None,
+            marked: false,
         }
     }
 
@@ -2609,6 +2882,77 @@ mod tests {
             let r = Envelope::read(text.as_bytes()).unwrap();
             assert!(r.refused.is_none(), "{options}: {:?}", r.refused);
         }
+    }
+
+    fn envelope_with_body(body: &str) -> Envelope {
+        use base64::Engine as _;
+        let mut t = NewTask::new("math.add", vec![]);
+        let (mut env, _) = t.envelope();
+        env.body = base64::engine::general_purpose::STANDARD.encode(body);
+        env
+    }
+
+    fn entry(args: &[&str], options: crate::TaskOptions) -> TaskEntry {
+        TaskEntry {
+            target: TaskRef {
+                plugin: 0,
+                task: 0,
+                gen: 0,
+            },
+            name: "math.add".into(),
+            func: "add".into(),
+            args: names(args),
+            options,
+        }
+    }
+
+    #[test]
+    fn k26_a_plain_call_hands_the_args_text_over_as_it_arrived() {
+        let add = entry(&["a", "b"], crate::TaskOptions::default());
+        let body = RawBody::read(&envelope_with_body(
+            r#"[[1, {"x": [2.5, "y"]}], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            body.plain_args(&add).as_deref(),
+            Some(&br#"[1, {"x": [2.5, "y"]}]"#[..])
+        );
+        assert_eq!(body.embed().unwrap(), Embed::default());
+        // Anything binding would change goes the long way: keywords, a
+        // default to fill in, a variadic tail, a kombu tag, too many.
+        for (text, e) in [
+            (r#"[[1], {"b": 2}, null]"#, &add),
+            (r#"[[1], {}, null]"#, &add),
+            (
+                r#"[[1, {"__type__": "uuid", "__value__": {"hex": "00"}}], {}, null]"#,
+                &add,
+            ),
+            (r#"[[1, 2, 3], {}, null]"#, &add),
+        ] {
+            let b = RawBody::read(&envelope_with_body(text)).unwrap();
+            assert_eq!(b.plain_args(e), None, "{text}");
+            assert!(b.trees().is_ok(), "{text}");
+        }
+        let varargs = entry(
+            &["a", "rest"],
+            crate::TaskOptions {
+                varargs: true,
+                ..Default::default()
+            },
+        );
+        let b = RawBody::read(&envelope_with_body("[[1, 2], {}, null]")).unwrap();
+        assert_eq!(b.plain_args(&varargs), None);
+        // A body that is not [args, kwargs, embed] is refused in the full
+        // reading's words.
+        let env = envelope_with_body("[[1, 2], {}]");
+        let e = RawBody::read(&env).err().map(|e| e.to_string());
+        assert_eq!(e, env.body().err().map(|e| e.to_string()));
+        let mut env = envelope_with_body("[[1, 2], {}, null]");
+        env.content_type = "application/x-python-serialize".into();
+        assert!(matches!(
+            RawBody::read(&env),
+            Err(ProtocolError::ContentDisallowed(_))
+        ));
     }
 
     #[test]

@@ -1,8 +1,9 @@
--- Finish a batch of messages, each in one atomic step: store its result
+-- Finish a batch of messages in one atomic step: store each result
 -- (unless a SUCCESS is already stored: Celery never overwrites one) and
 -- PUBLISH it on the channel of the same name, send its follow-up messages
--- (chain, link, link_error), and ack it (ZREM unacked_index, HDEL unacked,
--- ZREM the lease).
+-- (chain, link, link_error), and ack it (HDEL unacked, ZREM unacked_index,
+-- ZREM the lease; the last two, and the running marks, in one command per
+-- key for the batch).
 --
 -- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
 --   KEYS[4] billiard-host:restored, KEYS[5] billiard-host:running (the
@@ -31,6 +32,27 @@
 local ttl = tonumber(ARGV[1]) or 0
 local repeated = ARGV[2] == '1'
 local out = {}
+-- Tags acked in the common case (still this reservation's): their entry,
+-- index, lease and mark go in one command each for the whole batch, after
+-- the results (the script is one atomic step, so that is the same as per
+-- message; and the first write stays a result's SETEX, which Redis refuses
+-- when out of memory before anything was changed).
+local acked = {}
+
+-- One command per key for a whole list of members, in chunks Lua's unpack
+-- takes; pcall'ed by the caller where a key of another type must not fail
+-- the batch.
+local function bulk(cmd, key, items)
+  local i = 1
+  while i <= #items do
+    local args = {cmd, key}
+    local last = math.min(#items, i + 999)
+    for j = i, last do args[#args + 1] = items[j] end
+    redis.call(unpack(args))
+    i = last + 1
+  end
+end
+
 local a, k = 3, 6
 while a <= #ARGV do
   local tag, result, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
@@ -39,25 +61,36 @@ while a <= #ARGV do
   if tag ~= '' then
     if redis.call('HEXISTS', KEYS[1], tag) == 1 then
       held = 1
-    elseif redis.call('ZSCORE', KEYS[4], tag) or redis.call('ZSCORE', KEYS[3], tag) then
-      held = 2
+      acked[#acked + 1] = tag
     else
-      held = 3
+      if redis.call('ZSCORE', KEYS[4], tag) or redis.call('ZSCORE', KEYS[3], tag) then
+        held = 2
+      else
+        held = 3
+      end
+      redis.call('ZREM', KEYS[2], tag)
+      redis.call('ZREM', KEYS[3], tag)
+      redis.pcall('HDEL', KEYS[5], tag)
     end
   end
   local stored = 0
   local same = false
   if result ~= '' then
     -- pcall: a key of another type (not a result) is overwritten, and
-    -- does not fail the whole batch.
+    -- does not fail the whole batch. A stored SUCCESS is never replaced
+    -- (only a value that says SUCCESS at all is decoded to check).
     local cur = redis.pcall('GET', key)
     local keep = false
     if type(cur) == 'string' then
       same = cur == result
-      local ok, m = pcall(cjson.decode, cur)
-      keep = ok and type(m) == 'table' and m['status'] == 'SUCCESS'
+      if string.find(cur, 'SUCCESS', 1, true) then
+        local ok, m = pcall(cjson.decode, cur)
+        keep = ok and type(m) == 'table' and m['status'] == 'SUCCESS'
+      end
     end
     if not keep then
+      -- The first write of the script: where Redis refuses one when out
+      -- of memory, before anything is changed.
       if ttl > 0 then
         redis.call('SETEX', key, ttl, result)
       else
@@ -79,18 +112,18 @@ while a <= #ARGV do
       if type(r) == 'table' and r['err'] then unsent = unsent + 1 end
     end
   end
-  if tag ~= '' then
-    redis.call('ZREM', KEYS[2], tag)
-    redis.call('HDEL', KEYS[1], tag)
-    redis.call('ZREM', KEYS[3], tag)
-    -- pcall: a running-marks key of another type costs the mark, not the
-    -- finish.
-    redis.pcall('HDEL', KEYS[5], tag)
-  end
   out[#out + 1] = stored
   out[#out + 1] = held
   out[#out + 1] = unsent
   a = a + 3 + n
   k = k + 1 + n
+end
+if #acked > 0 then
+  bulk('HDEL', KEYS[1], acked)
+  bulk('ZREM', KEYS[2], acked)
+  bulk('ZREM', KEYS[3], acked)
+  -- pcall: a running-marks key of another type costs the marks, not the
+  -- finish.
+  pcall(bulk, 'HDEL', KEYS[5], acked)
 end
 return out

@@ -9,9 +9,14 @@
 pcall(redis.replicate_commands)
 local t = redis.call('TIME')
 local until_ = math.ceil(tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(ARGV[1]) or 0))
-local n = 0
+-- One ZADD per key for the whole batch (the host sends at most 512 tags a
+-- call).
+local args = {}
 for i = 2, #ARGV do
-  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', until_, ARGV[i])
-  redis.call('ZADD', KEYS[2], 'XX', until_, ARGV[i])
+  args[#args + 1] = until_
+  args[#args + 1] = ARGV[i]
 end
+if #args == 0 then return 0 end
+local n = redis.call('ZADD', KEYS[1], 'XX', 'CH', unpack(args))
+redis.call('ZADD', KEYS[2], 'XX', unpack(args))
 return n

@@ -1,5 +1,5 @@
--- Reserve up to ARGV[1] messages in one atomic step: pop each from its
--- list and record it in kombu's ack emulation (HSET unacked, ZADD
+-- Reserve up to ARGV[1] messages in one atomic step: pop them from their
+-- lists and record them in kombu's ack emulation (HSET unacked, ZADD
 -- unacked_index), so no consumer can die between the pop and the record
 -- (kombu's BRPOP -> ZADD/HSET window), and in this host's lease index.
 --
@@ -18,19 +18,31 @@
 -- tag -> score, so our sweeper tells leases from entries of consumers that
 -- never renew (Python workers, whose score is their reservation time).
 --
+-- The first ARGV[3] messages reserved go to idle pool slots at once: they
+-- are marked "running here" in the same step (running.lua's mark, saving
+-- the host a call per task); the host unmarks one it holds instead (an
+-- eta), and marks the others itself when they start.
+--
+-- Cost per call (issue 26): one LMPOP takes every message wanted from the
+-- first non-empty list (another only when that list ran dry), and each
+-- record is one multi-field HSET / ZADD for the whole batch, rather than a
+-- pop per list and message and three writes per message.
+--
 -- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] billiard-host:leases,
---   KEYS[4..] the lists, in pop order
--- ARGV[1] how many at most, ARGV[2] the lease in seconds
--- ARGV[3 .. 2+#lists] the queue name of each list (the routing key when
+--   KEYS[4] billiard-host:running, KEYS[5..] the lists, in pop order
+-- ARGV[1] how many at most, ARGV[2] the lease in seconds,
+-- ARGV[3] how many to mark running, ARGV[4] the marks' head ("ttl\n"),
+-- ARGV[5] their tail ("\nwho, running it since when")
+-- ARGV[6 .. 5+#lists] the queue name of each list (the routing key when
 --   a message carries none)
--- ARGV[3+#lists ..] fresh delivery tags, one per message
--- Returns a flat array: tag, raw message, list index (1-based) per
--- message; tag '' marks an element that is not a JSON object (it was
--- popped and is not recorded: nothing could ever restore or run it).
--- The exchange and routing key are read without decoding the whole
--- envelope when each key occurs exactly once with a plain string value
--- (kombu's envelopes: the body is base64, so it holds no quotes); anything
--- else is decoded with cjson.
+-- ARGV[6+#lists ..] fresh delivery tags, one per message
+-- Returns a flat array: tag, raw message, list index (1-based), marked
+-- (1/0) per message; tag '' marks an element that is not a JSON object (it
+-- was popped and is not recorded: nothing could ever restore or run it).
+-- The exchange, routing key and task id are read without decoding the
+-- whole envelope when each key occurs exactly once with a plain string
+-- value (kombu's envelopes: the body is base64, so it holds no quotes);
+-- anything else is decoded with cjson (and not marked here).
 local function one(raw, key)
   local quoted = '"' .. key .. '"'
   local s1, e1 = string.find(raw, quoted, 1, true)
@@ -64,32 +76,119 @@ end
 -- effects (a no-op since Redis 5, the only mode since 7).
 pcall(redis.replicate_commands)
 local max = tonumber(ARGV[1])
+local tomark = tonumber(ARGV[3]) or 0
 local t = redis.call('TIME')
 local now = math.ceil(tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(ARGV[2]) or 0))
-local nlists = #KEYS - 3
-local spare = 3 + nlists
+local nlists = #KEYS - 4
+local spare = 6 + nlists
+local lmpop = true
+
+-- Pops up to c messages from the first non-empty list of lists i..nlists:
+-- its index and the messages, or nil when all are empty. LMPOP (Redis 7);
+-- RPOP one by one where Redis has no LMPOP.
+local function pop(i, c)
+  if lmpop then
+    local args = {'LMPOP', nlists - i + 1}
+    for j = i, nlists do args[#args + 1] = KEYS[4 + j] end
+    args[#args + 1] = 'RIGHT'
+    args[#args + 1] = 'COUNT'
+    args[#args + 1] = c
+    local r = redis.pcall(unpack(args))
+    if type(r) == 'table' and r['err'] then
+      lmpop = false
+    elseif type(r) ~= 'table' then
+      return nil
+    else
+      for j = i, nlists do
+        if KEYS[4 + j] == r[1] then return j, r[2] end
+      end
+      return nil
+    end
+  end
+  for j = i, nlists do
+    local els = {}
+    while #els < c do
+      local raw = redis.pcall('RPOP', KEYS[4 + j])
+      if type(raw) == 'table' and raw['err'] then
+        -- A key of another type: what was popped is kept (and recorded
+        -- below), the error goes back to the caller otherwise.
+        if #els > 0 then return j, els end
+        return nil, raw
+      end
+      if not raw then break end
+      els[#els + 1] = raw
+    end
+    if #els > 0 then return j, els end
+  end
+  return nil
+end
+
+-- One command per key for the whole batch, in chunks Lua's unpack takes.
+local function bulk(cmd, key, pre, items)
+  local i = 1
+  while i <= #items do
+    local args = {cmd, key}
+    for _, x in ipairs(pre) do args[#args + 1] = x end
+    local last = math.min(#items, i + 999)
+    for j = i, last do args[#args + 1] = items[j] end
+    redis.call(unpack(args))
+    i = last + 1
+  end
+end
+
 local out = {}
+local entries, scores, marks = {}, {}, {}
 local n = 0
-for i = 1, nlists do
-  while n < max do
-    local raw = redis.call('RPOP', KEYS[3 + i])
-    if not raw then break end
+local from = 1
+while n < max and from <= nlists do
+  local j, els = pop(from, max - n)
+  if not j then
+    -- Redis refused a pop (a queue key of another type): an error when
+    -- nothing was taken yet; otherwise what was taken is recorded and
+    -- handed out, and the next call meets the error first.
+    if els and n == 0 then return els end
+    break
+  end
+  for _, raw in ipairs(els) do
     n = n + 1
     local ok, ex, rk = fields(raw)
     local tag = ''
+    local marked = 0
     if ok then
       tag = ARGV[spare] or ('billiard-' .. now .. '-' .. n)
       spare = spare + 1
       ex = ex or ''
-      rk = rk or ARGV[2 + i]
-      redis.call('HSET', KEYS[1], tag,
-        '[' .. raw .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
-      redis.call('ZADD', KEYS[2], now, tag)
-      redis.call('ZADD', KEYS[3], now, tag)
+      rk = rk or ARGV[5 + j]
+      entries[#entries + 1] = tag
+      entries[#entries + 1] = '[' .. raw .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+      scores[#scores + 1] = now
+      scores[#scores + 1] = tag
+      if tomark > 0 then
+        tomark = tomark - 1
+        local id = one(raw, 'id')
+        if id and id ~= '' and not string.find(id, '\n', 1, true) then
+          marks[#marks + 1] = tag
+          marks[#marks + 1] = ARGV[4] .. id .. ARGV[5]
+          marked = 1
+        end
+      end
     end
     out[#out + 1] = tag
     out[#out + 1] = raw
-    out[#out + 1] = i
+    out[#out + 1] = j
+    out[#out + 1] = marked
+  end
+  from = j + 1
+end
+bulk('HSET', KEYS[1], {}, entries)
+bulk('ZADD', KEYS[2], {}, scores)
+bulk('ZADD', KEYS[3], {}, scores)
+if #marks > 0 then
+  -- pcall: a running-marks key of another type costs the marks (the host
+  -- then counts no death of these runs), never the reservation.
+  local ok = pcall(bulk, 'HSET', KEYS[4], {}, marks)
+  if not ok then
+    for i = 4, #out, 4 do out[i] = 0 end
   end
 end
 return out

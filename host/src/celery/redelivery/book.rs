@@ -196,6 +196,23 @@ impl Marker {
         Ok(Marker { tx })
     }
 
+    /// Takes back the mark of message `tag`, which the reserve marked
+    /// (`RedisBroker::reserve`) but which waits here instead of running
+    /// (an eta, a rate limit): it is marked again when it starts.
+    pub fn unmark(&self, tag: &str) {
+        let _ = self.tx.try_send((tag.to_string(), String::new()));
+    }
+
+    /// The mark's tail for a run starting now on this host: `"<node>,
+    /// running it since <now>"` (the reserve writes marks with it).
+    pub fn who(rules: &Rules) -> String {
+        format!(
+            "{}, running it since {}",
+            rules.node,
+            protocol::iso8601(Utc::now())
+        )
+    }
+
     /// The job of message `tag` (task `task_id`) is about to start here.
     pub fn started(&self, rules: &Rules, tag: &str, task_id: &str) {
         // The mark is line-separated: a task id with a line break in it
@@ -204,12 +221,7 @@ impl Marker {
         if task_id.contains('\n') || task_id.is_empty() {
             return;
         }
-        let mark = format!(
-            "{}\n{task_id}\n{}, running it since {}",
-            rules.ttl_s,
-            rules.node,
-            protocol::iso8601(Utc::now())
-        );
+        let mark = format!("{}\n{task_id}\n{}", rules.ttl_s, Marker::who(rules));
         match self.tx.try_send((tag.to_string(), mark)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => {
