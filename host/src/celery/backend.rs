@@ -5,14 +5,14 @@
 //!
 //! When the backend is the broker (the default), result, follow-up
 //! messages and ack go in one atomic script call per message
-//! ([`super::redis::finish`]); otherwise the result is stored on the
+//! ([`super::transport::redis::finish`]); otherwise the result is stored on the
 //! backend first and the broker's part (follow-ups + ack) follows, so a
 //! crash in between re-runs the task rather than losing its result.
 
 use std::time::Duration;
 
 use super::protocol::{result_key, ResultMeta};
-use super::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
+use super::transport::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
 
 /// Celery's default `result_expires`: one day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(24 * 3600);

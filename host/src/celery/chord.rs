@@ -31,7 +31,7 @@ use super::protocol::{self, Exception, ResultMeta, Signature, State};
 mod canvas;
 mod python;
 
-use super::redis::{self as broker, BrokerError, Finish, Link};
+use super::transport::redis::{self as broker, BrokerError, Finish, Link};
 pub use canvas::{apply, is_canvas, Applied};
 use python::py_str_repr_exc;
 pub use python::{encode_part, exc_repr, py_float, py_json};

@@ -88,14 +88,14 @@ pub enum ClientError {
 impl ClientError {
     /// True when the same call may succeed later (the connection failed or
     /// timed out, Redis is loading, ...), as the worker's
-    /// [`BrokerError::is_transient`](super::redis::BrokerError::is_transient)
+    /// [`BrokerError::is_transient`](super::transport::redis::BrokerError::is_transient)
     /// decides it (the one classification); false for what fails the same
     /// way every time: a bad URL, NOAUTH, WRONGPASS, NOPERM, a database
     /// index out of range, a refused option, a task's own failure.
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Timeout { .. } => true,
-            ClientError::Redis { source, .. } => super::redis::BrokerError::Redis {
+            ClientError::Redis { source, .. } => super::transport::redis::BrokerError::Redis {
                 what: "broker",
                 source: source.clone(),
             }
@@ -200,17 +200,17 @@ impl Default for Timeouts {
 }
 
 /// Opens `url` as a `redis::Client`, exactly as the worker does
-/// ([`super::redis::client`]): `redis://[:password@]host:port/db`,
+/// ([`super::transport::redis::client`]): `redis://[:password@]host:port/db`,
 /// `redis+unix:///path`, `unix:///path`, kombu's `redis+socket:///path`,
 /// and `rediss://` with redis-py's `ssl_*` query options.
 pub fn open(url: &str) -> Result<redis::Client> {
-    super::redis::client(url).map_err(|e| ClientError::Url {
+    super::transport::redis::client(url).map_err(|e| ClientError::Url {
         url: redact(url),
         reason: e.to_string(),
     })
 }
 
-pub use super::redis::redact;
+pub use super::transport::redis::redact;
 
 /// One Redis endpoint with a lazily (re)opened command connection.
 struct Endpoint {

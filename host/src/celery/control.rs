@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 use super::events::{self, Clock, Dispatcher, HeartbeatSource};
 use super::protocol::{self, Exception, State};
 use super::rate::RateLimits;
-use super::redis::{self as broker, BrokerError, Link};
+use super::transport::redis::{self as broker, BrokerError, Link};
 use crate::metrics::Metrics;
 use crate::plugin::PluginInfo;
 use crate::pool::{Event, JobId, Stats};

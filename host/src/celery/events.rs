@@ -16,7 +16,7 @@ use base64::Engine as _;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Map, Value};
 
-use super::redis::{BrokerError, Link};
+use super::transport::redis::{BrokerError, Link};
 
 /// How often `worker-heartbeat` is sent (Celery's default `freq`).
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -107,7 +107,7 @@ pub fn loadavg() -> Vec<f64> {
 /// The Redis database number of a broker URL (the `{db}` of kombu's
 /// fanout channel names).
 pub fn db_of(url: &str) -> Result<i64, BrokerError> {
-    let c = super::redis::client(url)?;
+    let c = super::transport::redis::client(url)?;
     Ok(c.get_connection_info().redis_settings().db())
 }
 

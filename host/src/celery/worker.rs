@@ -38,7 +38,7 @@ use super::protocol::{
 };
 use super::rate::{self, RateLimits};
 use super::redelivery::{self, Delivery, Marker, Rules, Verdict};
-use super::redis::{self as broker, BrokerError, Finished, Link, RedisBroker, Reserved};
+use super::transport::redis::{self as broker, BrokerError, Finished, Link, RedisBroker, Reserved};
 use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
 use crate::pool::{Limits, Pool, TaskRef};
@@ -2302,7 +2302,7 @@ fn store_less(
 /// Logs what had become of a message's reservation when its task finished
 /// (C15: "restored" only when a restore happened).
 fn report_finish(c: &Completion, r: &Finished) {
-    use super::redis::Held;
+    use super::transport::redis::Held;
     match r.held {
         Held::Held => {}
         Held::Restored => tracing::warn!(

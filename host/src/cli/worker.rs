@@ -421,7 +421,7 @@ pub fn run(args: Args) -> i32 {
             eprintln!(
                 "error: the broker {} cannot work: {e}\n  (a configuration error, not retried: \
                  check the URL's password, user and its rights, and database index)",
-                billiard_host::celery::redis::redact(&args.broker)
+                billiard_host::celery::transport::redis::redact(&args.broker)
             );
             exit::USAGE
         }

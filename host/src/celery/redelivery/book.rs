@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::super::backend::Completion;
 use super::super::protocol::{self, ResultMeta};
-use super::super::redis::{BrokerError, Link, DEATHS_PREFIX, LEASES, RUNNING};
+use super::super::transport::redis::{BrokerError, Link, DEATHS_PREFIX, LEASES, RUNNING};
 use super::{Delivery, Retry, Rules, REQUEUES_PREFIX};
 
 const RUNNING_LUA: &str = include_str!("../lua/running.lua");
@@ -157,7 +157,7 @@ impl Aftercare {
 /// how many went back.
 pub fn requeue_rejected(link: &mut Link, tags: &[String], abandon: &AtomicBool) -> u64 {
     while !tags.is_empty() {
-        match super::super::redis::requeue(link, tags) {
+        match super::super::transport::redis::requeue(link, tags) {
             Ok(n) => return n as u64,
             Err(e) => {
                 if abandon.load(Ordering::Acquire) {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, RedisResult, Value as RValue};
 use serde_json::Value;
 
-use super::protocol;
+use crate::celery::protocol;
 
 /// kombu's hash of delivered, unacknowledged messages: delivery tag →
 /// `[envelope, exchange, routing key]`. (These key names are kombu's,
@@ -74,11 +74,11 @@ pub const UNACKED_MUTEX_EXPIRE: Duration = Duration::from_secs(300);
 /// `routing_key\x06\x16pattern\x06\x16queue`.
 pub const BINDING_PREFIX: &str = "_kombu.binding.";
 
-const RESERVE_LUA: &str = include_str!("lua/reserve.lua");
-const FINISH_LUA: &str = include_str!("lua/finish.lua");
-const RESTORE_LUA: &str = include_str!("lua/restore.lua");
-const UNLOCK_LUA: &str = include_str!("lua/unlock.lua");
-const RENEW_LUA: &str = include_str!("lua/renew.lua");
+const RESERVE_LUA: &str = include_str!("../lua/reserve.lua");
+const FINISH_LUA: &str = include_str!("../lua/finish.lua");
+const RESTORE_LUA: &str = include_str!("../lua/restore.lua");
+const UNLOCK_LUA: &str = include_str!("../lua/unlock.lua");
+const RENEW_LUA: &str = include_str!("../lua/renew.lua");
 
 /// A broker or backend failure.
 #[derive(Debug, thiserror::Error)]
