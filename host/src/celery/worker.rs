@@ -38,7 +38,8 @@ use super::protocol::{
 };
 use super::rate::{self, RateLimits};
 use super::redelivery::{self, Delivery, Marker, Rules, Verdict};
-use super::transport::redis::{self as broker, BrokerError, Finished, Link, RedisBroker, Reserved};
+use super::transport::redis::{self as broker, BrokerError, Finished, Link, Reserved};
+use super::transport::{self, Transport};
 use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
 use crate::pool::{Limits, Pool, TaskRef};
@@ -46,7 +47,8 @@ use crate::pool::{Limits, Pool, TaskRef};
 /// How a `billiard-host worker` consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// `redis://...`, `rediss://...`, `redis+unix:///path`.
+    /// `redis://...`, `rediss://...`, `redis+unix:///path`,
+    /// `amqp://...`, `amqps://...` (see [`transport`]).
     pub broker_url: String,
     /// Where results go; None: the broker.
     pub backend_url: Option<String>,
@@ -89,6 +91,11 @@ pub struct WorkerOptions {
     /// (`--task-name proj.tasks.add=math.add`, `--task-names FILE`; see
     /// [`names`]), resolved before the plugins' own names.
     pub task_aliases: Vec<names::TaskAlias>,
+    /// AMQP: `x-max-priority` on the queues declared (Celery's
+    /// `task_queue_max_priority`).
+    pub queue_max_priority: Option<u8>,
+    /// AMQP: quorum queues (Celery's `task_default_queue_type = "quorum"`).
+    pub quorum_queues: bool,
 }
 
 impl Default for WorkerOptions {
@@ -107,6 +114,8 @@ impl Default for WorkerOptions {
             rate_limits: Vec::new(),
             global_rate_limits: Vec::new(),
             task_aliases: Vec::new(),
+            queue_max_priority: None,
+            quorum_queues: false,
         }
     }
 }
@@ -398,10 +407,11 @@ impl Worker {
         }
         opts.redelivery.check().map_err(WorkerError::Config)?;
         // Fail early on a URL that cannot work.
-        broker::client(&opts.broker_url)?;
+        transport::check(&opts.broker_url)?;
         if let Some(b) = &opts.backend_url {
             broker::client(b)?;
         }
+        book_url(&opts)?;
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         Ok(Worker {
             pool,
@@ -477,7 +487,12 @@ impl Worker {
             ops,
         } = self;
         drop(ctl_tx);
-        let mut broker = RedisBroker::new(&opts.broker_url, opts.queues.clone())?;
+        let book = book_url(&opts)?.to_string();
+        let mut broker = transport::open(
+            &opts.broker_url,
+            opts.queues.clone(),
+            &queue_options(&opts, pool.config().workers),
+        )?;
         let shared = Arc::new(Shared {
             live: Mutex::new(HashSet::new()),
             cold: AtomicBool::new(false),
@@ -493,7 +508,7 @@ impl Worker {
                     |o| o.hostname().to_string(),
                 ),
             ),
-            marker: match Marker::start(&opts.broker_url) {
+            marker: match Marker::start(&book) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     tracing::warn!("deaths of hosts running a task will not be counted: {e}");
@@ -523,7 +538,7 @@ impl Worker {
                         tracing::warn!("cannot reach the broker yet ({e}); retrying");
                         warned = true;
                     }
-                    match ctl_rx.recv_timeout(broker.link().backoff_left().max(ms(50))) {
+                    match ctl_rx.recv_timeout(broker.backoff_left().max(ms(50))) {
                         Ok(Control::Warm | Control::Cold) => {
                             let _ = pool.terminate();
                             return Ok(Summary {
@@ -581,17 +596,18 @@ impl Worker {
         )?;
         let finisher = {
             let shared = shared.clone();
-            let link = Link::new(&opts.broker_url, "broker")?;
+            let tp = broker.handle("broker")?;
+            let link = Link::new(&book, "broker")?;
             let chords = Chords::new(opts.chord.clone());
             std::thread::Builder::new()
                 .name("celery-finisher".into())
-                .spawn(move || finisher(fin_rx, freed_tx, link, backend, shared, chords))
+                .spawn(move || finisher(fin_rx, freed_tx, tp, link, backend, shared, chords))
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
         let (keeper_stop, keeper_rx) = crossbeam_channel::bounded::<()>(0);
         let keeper = {
             let shared = shared.clone();
-            let link = Link::new(&opts.broker_url, "broker")?;
+            let link = broker.handle("broker")?;
             let queues = opts.queues.clone();
             let lease = lease_of(opts.visibility_timeout);
             let foreign = opts.foreign_visibility_timeout;
@@ -602,7 +618,7 @@ impl Worker {
         };
 
         let rate_link = if opts.global_rate_limits.iter().any(|t| t.rate.is_some()) {
-            Some(Link::new(&opts.broker_url, "rate limits")?)
+            Some(Link::new(&book, "rate limits")?)
         } else {
             None
         };
@@ -611,6 +627,7 @@ impl Worker {
             pool: &pool,
             opts: &opts,
             broker,
+            book: Link::new(&book, "broker")?,
             shared: shared.clone(),
             fin_tx,
             workers: pool.config().workers,
@@ -642,7 +659,7 @@ impl Worker {
         if !requeue.is_empty() {
             let mut tries = 0;
             loop {
-                match broker::requeue(c.broker.link(), &requeue) {
+                match c.broker.requeue(&requeue) {
                     Ok(n) => {
                         shared
                             .counts
@@ -654,7 +671,7 @@ impl Worker {
                     Err(e) if tries < 20 => {
                         tries += 1;
                         tracing::warn!("cannot requeue held messages yet: {e}");
-                        std::thread::sleep(c.broker.link().backoff_left().max(ms(100)));
+                        std::thread::sleep(c.broker.backoff_left().max(ms(100)));
                     }
                     Err(e) => {
                         tracing::error!(
@@ -690,6 +707,34 @@ impl Worker {
             Some(why) => Err(WorkerError::PoolLost(why)),
             None => Ok(s),
         }
+    }
+}
+
+/// The Redis that keeps this host's bookkeeping (deaths, requeue counts,
+/// chords, fleet-wide rate limits): the broker when it is Redis, else the
+/// result backend, which must then be Redis.
+fn book_url(opts: &WorkerOptions) -> Result<&str, WorkerError> {
+    match transport::kind(&opts.broker_url)? {
+        transport::Kind::Redis => Ok(&opts.broker_url),
+        transport::Kind::Amqp => match opts.backend_url.as_deref() {
+            Some(b) if transport::kind(b).ok() == Some(transport::Kind::Redis) => Ok(b),
+            _ => Err(WorkerError::Config(
+                "an AMQP broker needs a Redis result backend: --result-backend redis://...".into(),
+            )),
+        },
+    }
+}
+
+/// How the broker declares and consumes this worker's queues.
+fn queue_options(opts: &WorkerOptions, workers: usize) -> transport::QueueOptions {
+    let prefetch = workers
+        .max(1)
+        .saturating_mul(opts.prefetch_multiplier.max(1));
+    transport::QueueOptions {
+        max_priority: opts.queue_max_priority,
+        quorum: opts.quorum_queues,
+        prefetch: u16::try_from(prefetch).unwrap_or(u16::MAX),
+        consumer_timeout: None,
     }
 }
 
@@ -864,7 +909,10 @@ fn limits_of(t: TimeLimit) -> Result<Limits, String> {
 struct Consumer<'a> {
     pool: &'a Pool,
     opts: &'a WorkerOptions,
-    broker: RedisBroker,
+    broker: Box<dyn Transport>,
+    /// The Redis of this host's bookkeeping (deaths, requeue counts): the
+    /// broker's, or the result backend's when the broker is not Redis.
+    book: Link,
     shared: Arc<Shared>,
     fin_tx: Sender<Fin>,
     workers: usize,
@@ -943,8 +991,8 @@ impl Consumer<'_> {
                 self.wait_events(ctl, freed, t);
                 continue;
             }
-            if self.broker.link().is_down() && !self.broker.link().backoff_left().is_zero() {
-                let t = self.broker.link().backoff_left().min(ms(250));
+            if self.broker.is_down() && !self.broker.backoff_left().is_zero() {
+                let t = self.broker.backoff_left().min(ms(250));
                 self.wait_events(ctl, freed, t);
                 continue;
             }
@@ -1369,7 +1417,7 @@ impl Consumer<'_> {
             Step::Discard(why) => {
                 tracing::error!("discarded message {} from queue {}: {why}", r.tag, r.queue);
                 let tags = [r.tag.clone()];
-                if let Err(e) = broker::ack(self.broker.link(), &tags) {
+                if let Err(e) = self.broker.ack(&tags) {
                     tracing::warn!("cannot ack the discarded message yet ({e})");
                 }
                 self.shared.forget(&tags);
@@ -1418,7 +1466,7 @@ impl Consumer<'_> {
         // A message delivered before whose task killed its worker or host
         // too often is a poison message: FAILURE, never run again.
         let (rules, d) = (&self.shared.rules, &mut ctx.delivery);
-        if let Some(exc) = redelivery::screen(self.broker.link(), rules, &ctx.task, &task_id, d) {
+        if let Some(exc) = redelivery::screen(&mut self.book, rules, &ctx.task, &task_id, d) {
             // A poison-capped chord part still counts (issue 23 item 1).
             ctx.embed = env.body().map(|b| b.embed).unwrap_or_default();
             return Step::Fail(ctx, exc);
@@ -1807,6 +1855,7 @@ fn canvas(
 fn finisher(
     rx: Receiver<Fin>,
     freed: Sender<usize>,
+    mut tp: Box<dyn Transport>,
     mut link: Link,
     mut backend: ResultBackend,
     shared: Arc<Shared>,
@@ -1856,6 +1905,7 @@ fn finisher(
         }
         chord_steps(
             &mut chords,
+            &mut *tp,
             &mut link,
             &mut backend,
             &shared,
@@ -1864,7 +1914,7 @@ fn finisher(
         );
         // Counted once stored: a result Redis never took is no success (C8).
         let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
-        let done = store(&mut link, &mut backend, &shared, &comps, false);
+        let done = store(&mut *tp, &mut backend, &shared, &comps, false);
         let mut tally = [0u64; 3];
         for ((success, d), (end, tidy)) in successes.into_iter().zip(done).zip(ends) {
             match d {
@@ -1884,11 +1934,11 @@ fn finisher(
         // next delivery reads the requeue count.
         care.apply(&mut link, shared.rules.ttl_s);
         if !care.unsent.is_empty() {
-            store(&mut link, &mut backend, &shared, &care.unsent, false);
+            store(&mut *tp, &mut backend, &shared, &care.unsent, false);
         }
-        tally[1] += redelivery::requeue_rejected(&mut link, &rejected, &shared.abandon);
+        tally[1] += redelivery::requeue_rejected(&mut *tp, &rejected, &shared.abandon);
         while !requeue.is_empty() {
-            match broker::requeue(&mut link, &requeue) {
+            match tp.requeue(&requeue) {
                 Ok(n) => {
                     shared
                         .counts
@@ -1902,7 +1952,7 @@ fn finisher(
                         tracing::error!("cannot requeue killed jobs' messages: {e}");
                         break;
                     }
-                    std::thread::sleep(link.backoff_left().max(ms(20)));
+                    std::thread::sleep(tp.backoff_left().max(ms(20)));
                 }
             }
         }
@@ -2103,6 +2153,7 @@ fn chord_part(ctx: &JobCtx, res: &Res, c: &Completion) -> Option<ChordWork> {
 /// dedup counts that run once.
 fn chord_steps(
     chords: &mut Chords,
+    tp: &mut dyn Transport,
     link: &mut Link,
     backend: &mut ResultBackend,
     shared: &Shared,
@@ -2121,8 +2172,8 @@ fn chord_steps(
     if !sizes.is_empty() {
         let ttl_s = backend.ttl_s();
         let mut io = chord::Io {
-            broker: &mut *link,
-            backend: backend.link_mut(),
+            broker: &mut *tp,
+            results: backend.link_mut().unwrap_or(&mut *link),
             ttl_s,
         };
         if let Err(e) = chord::retrying(&give_up, || chords.set_sizes(&mut io, &sizes)) {
@@ -2146,7 +2197,7 @@ fn chord_steps(
             chord_sizes: Vec::new(),
         })
         .collect();
-    let mut stored = store(link, backend, shared, &pre, false).into_iter();
+    let mut stored = store(tp, backend, shared, &pre, false).into_iter();
     for i in idx {
         if comps[i].meta.is_some() {
             if stored.next().flatten().is_none() {
@@ -2160,8 +2211,8 @@ fn chord_steps(
         };
         let ttl_s = backend.ttl_s();
         let mut io = chord::Io {
-            broker: &mut *link,
-            backend: backend.link_mut(),
+            broker: &mut *tp,
+            results: backend.link_mut().unwrap_or(&mut *link),
             ttl_s,
         };
         if let Some((chain, exc, root)) = &w.fail_chain {
@@ -2186,7 +2237,7 @@ fn chord_steps(
 /// its own, and one Redis keeps refusing is finished with less (without
 /// its result, then without its follow-ups), logged, and counted unstored.
 fn store(
-    link: &mut Link,
+    link: &mut dyn Transport,
     backend: &mut ResultBackend,
     shared: &Shared,
     comps: &[Completion],
@@ -2261,7 +2312,7 @@ fn store(
 /// result (the ack and follow-ups still go), or, refused again, acked
 /// alone; never retried for ever. Returns None: the outcome is not stored.
 fn store_less(
-    link: &mut Link,
+    link: &mut dyn Transport,
     backend: &mut ResultBackend,
     shared: &Shared,
     c: &Completion,
@@ -2339,7 +2390,7 @@ fn report_finish(c: &Completion, r: &Finished) {
 /// timeout.
 fn keeper(
     stop: Receiver<()>,
-    mut link: Link,
+    mut link: Box<dyn Transport>,
     queues: Vec<String>,
     lease: Duration,
     foreign: Duration,
@@ -2355,8 +2406,7 @@ fn keeper(
             .iter()
             .cloned()
             .collect();
-        let res = broker::heartbeat(&mut link, &tags, lease)
-            .and_then(|_| broker::sweep(&mut link, &queues, foreign, 1000));
+        let res = link.renew(&tags, lease, &queues, foreign);
         match res {
             Ok(_) => warned = false,
             // A signal, not Redis: the next round renews (C15).
@@ -2448,7 +2498,14 @@ impl Consumer<'_> {
                     tracing::warn!("remote control: not cancelling the last queue");
                     return;
                 }
-                match RedisBroker::new(&self.opts.broker_url, qs.clone()) {
+                if transport::kind(&self.opts.broker_url).ok() != Some(transport::Kind::Redis) {
+                    // The channel holds the running jobs' deliveries: a
+                    // new one could not ack them.
+                    tracing::error!("remote control: changing queues is for Redis brokers only");
+                    return;
+                }
+                let qo = queue_options(self.opts, self.workers);
+                match transport::open(&self.opts.broker_url, qs.clone(), &qo) {
                     Ok(b) => {
                         self.broker = b;
                         tracing::warn!("remote control: consuming [{}]", qs.join(", "));

@@ -114,6 +114,17 @@ pub enum BrokerError {
         /// Which link.
         what: &'static str,
     },
+    /// An AMQP broker (RabbitMQ) failed or refused (`transport::amqp`).
+    #[error("AMQP ({what}): {why}")]
+    Amqp {
+        /// Which part ("broker", "publish", ...).
+        what: &'static str,
+        /// The client's or the server's words.
+        why: String,
+        /// The connection or channel was lost (worth retrying; a call
+        /// may have been carried out), not a refusal.
+        transient: bool,
+    },
 }
 
 /// The error codes of a Redis that cannot serve *now* but will again
@@ -144,6 +155,7 @@ impl BrokerError {
     pub fn is_transient(&self) -> bool {
         match self {
             BrokerError::Interrupted { .. } => true,
+            BrokerError::Amqp { transient, .. } => *transient,
             BrokerError::Url { .. } | BrokerError::Reply(_) | BrokerError::Config(_) => false,
             BrokerError::Redis { source, .. } => {
                 if source.is_io_error() || source.is_timeout() || source.is_connection_dropped() {
@@ -173,6 +185,7 @@ impl BrokerError {
     pub fn may_have_applied(&self) -> bool {
         match self {
             BrokerError::Interrupted { .. } => true,
+            BrokerError::Amqp { transient, .. } => *transient,
             BrokerError::Redis { source, .. } => {
                 source.is_io_error() || source.is_timeout() || source.is_connection_dropped()
             }
@@ -598,6 +611,11 @@ impl RedisBroker {
     /// The broker's connection, for commands of its own.
     pub fn link(&mut self) -> &mut Link {
         &mut self.link
+    }
+
+    /// The broker's connection, to read its state.
+    pub fn link_ref(&self) -> &Link {
+        &self.link
     }
 
     /// Checks the connection (PING).

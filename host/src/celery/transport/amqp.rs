@@ -1,0 +1,841 @@
+//! AMQP 0-9-1 (RabbitMQ) behind the [`Transport`] seam, on `lapin`.
+//!
+//! `lapin` is async: it runs on a small tokio runtime owned by this
+//! transport, in the host process only (the pool's workers are forked from
+//! the exec'd zygote, never from this process, so no runtime ever forks).
+//! The worker's threads call in with `block_on`; deliveries arrive on a
+//! channel fed by one task per consumer.
+//!
+//! Queues are declared as Celery 5.7 declares them, so a Python worker and
+//! this one share them without `PRECONDITION_FAILED`: a durable direct
+//! exchange named after the queue, a durable queue bound to it with the
+//! queue's name as routing key, `x-max-priority` when set and
+//! `x-queue-type: quorum` for quorum queues (`celery/app/amqp.py`,
+//! `Queues.new_missing` and the default queue). `basic.qos` holds the
+//! worker's slots x prefetch multiplier (per channel on classic queues,
+//! per consumer on quorum queues, which have no channel-wide prefetch).
+//!
+//! A delivery is handed to the consumer loop as kombu's envelope (the
+//! body as its JSON text, `body_encoding` not base64), so the protocol
+//! reader is the one Redis uses. Its tag is `<generation>.<delivery tag>`:
+//! a delivery of a channel that has since died cannot be acked (RabbitMQ
+//! redelivers it); its completion says so ([`Held::Restored`]) and sends
+//! no follow-ups, as Redis does for a message a sweeper restored.
+//!
+//! What is published (chains, callbacks, retries, chord bodies) goes
+//! through a second channel in confirm mode and counts as sent once
+//! RabbitMQ confirmed it; the message it follows from is acked only then.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{json, Map, Value};
+
+use super::{BrokerError, Finish, Finished, Held, Link, QueueOptions, Reserved, Transport};
+use crate::celery::protocol;
+
+/// How long one connection attempt (connect, declare, consume) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a publish waits for RabbitMQ's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Parses a kombu AMQP URL into the form `lapin` takes: kombu's aliases
+/// (`pyamqp://`, `librabbitmq://`) are `amqp://`; the path is the virtual
+/// host, `/` when empty or `//` (kombu's `amqp://guest@host//`), percent
+/// encoded for `lapin`; query options are dropped but `heartbeat`.
+pub fn parse(url: &str) -> Result<String, BrokerError> {
+    let bad = |why: &str| BrokerError::Url {
+        url: super::redact(url),
+        why: why.to_string(),
+    };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme://"))?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "amqp" | "pyamqp" | "librabbitmq" => "amqp",
+        "amqps" => "amqps",
+        _ => return Err(bad("not an AMQP URL")),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (rest, ""),
+    };
+    if authority.rsplit('@').next().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    let vhost = if path.is_empty() || path == "/" {
+        "/".to_string()
+    } else {
+        path.to_string()
+    };
+    let vhost_enc: String = vhost
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'%' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let heartbeat = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find(|kv| kv.starts_with("heartbeat="));
+    let mut out = format!("{scheme}://{authority}/{vhost_enc}");
+    if let Some(h) = heartbeat {
+        out.push('?');
+        out.push_str(h);
+    }
+    out.parse::<lapin::uri::AMQPUri>()
+        .map_err(|e| bad(&format!("cannot read it: {e}")))?;
+    Ok(out)
+}
+
+/// One delivery waiting to be reserved.
+struct Incoming {
+    generation: u64,
+    queue: String,
+    delivery: Delivery,
+}
+
+/// A live connection and its two channels.
+struct Live {
+    conn: Connection,
+    consume: Channel,
+    publish: Channel,
+}
+
+impl Live {
+    fn up(&self) -> bool {
+        self.conn.status().connected()
+            && self.consume.status().connected()
+            && self.publish.status().connected()
+    }
+}
+
+struct State {
+    live: Option<Live>,
+    generation: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Queues (and their exchanges) declared for publishing on this
+    /// connection.
+    declared: HashSet<String>,
+}
+
+struct Shared {
+    rt: tokio::runtime::Runtime,
+    uri: String,
+    shown: String,
+    queues: Vec<String>,
+    opts: QueueOptions,
+    state: Mutex<State>,
+    tx: Sender<Incoming>,
+    rx: Receiver<Incoming>,
+    pending: Mutex<VecDeque<Incoming>>,
+    /// The ackers of the deliveries this host holds, by tag.
+    held: Mutex<HashMap<String, Acker>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let live = lock(&self.state).live.take();
+        if let Some(l) = live {
+            // Unacked deliveries go back to their queues with the channel.
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    l.conn.close(200, "billiard-host worker stopping".into()),
+                )
+                .await
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lost(what: &'static str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Amqp {
+        what,
+        why: e.to_string(),
+        transient: true,
+    }
+}
+
+/// One handle on an AMQP broker; every handle of one [`Amqp::open`] shares
+/// its connection and channels.
+pub struct Amqp {
+    sh: Arc<Shared>,
+    what: &'static str,
+}
+
+impl Amqp {
+    /// A consumer of `queues` at `url`; connects on first use (and again,
+    /// with backoff, after a loss).
+    pub fn open(url: &str, queues: Vec<String>, opts: QueueOptions) -> Result<Amqp, BrokerError> {
+        let uri = parse(url)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("celery-amqp")
+            .enable_all()
+            .build()
+            .map_err(|e| BrokerError::Config(format!("cannot start the AMQP runtime: {e}")))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Ok(Amqp {
+            sh: Arc::new(Shared {
+                rt,
+                uri,
+                shown: super::redact(url),
+                queues,
+                opts,
+                state: Mutex::new(State {
+                    live: None,
+                    generation: 0,
+                    failures: 0,
+                    retry_at: None,
+                    declared: HashSet::new(),
+                }),
+                tx,
+                rx,
+                pending: Mutex::new(VecDeque::new()),
+                held: Mutex::new(HashMap::new()),
+            }),
+            what: "broker",
+        })
+    }
+
+    /// The live channels (connecting first if needed, not before the
+    /// backoff allows) and their generation.
+    fn live(&self) -> Result<(Channel, Channel, u64), BrokerError> {
+        let mut st = lock(&self.sh.state);
+        if let Some(l) = &st.live {
+            if l.up() {
+                return Ok((l.consume.clone(), l.publish.clone(), st.generation));
+            }
+            tracing::warn!(
+                "lost the AMQP broker {}; reconnecting with backoff, running jobs carry on",
+                self.sh.shown
+            );
+            st.live = None;
+            st.declared.clear();
+            // Their channel is gone: RabbitMQ redelivers them.
+            lock(&self.sh.held).clear();
+            backoff(&mut st);
+        }
+        if let Some(t) = st.retry_at {
+            if Instant::now() < t {
+                return Err(lost(self.what, "reconnecting (backoff)"));
+            }
+        }
+        let generation = st.generation.wrapping_add(1);
+        let sh = &self.sh;
+        let got = sh.rt.block_on(async {
+            tokio::time::timeout(CONNECT_TIMEOUT, connect(sh, generation)).await
+        });
+        match got {
+            Ok(Ok(live)) => {
+                if st.failures > 0 {
+                    tracing::info!("the AMQP broker {} is reachable again", sh.shown);
+                }
+                let out = (live.consume.clone(), live.publish.clone(), generation);
+                st.live = Some(live);
+                st.generation = generation;
+                st.failures = 0;
+                st.retry_at = None;
+                Ok(out)
+            }
+            Ok(Err(e)) => {
+                backoff(&mut st);
+                Err(classify(self.what, e))
+            }
+            Err(_) => {
+                backoff(&mut st);
+                Err(lost(self.what, "connecting timed out"))
+            }
+        }
+    }
+
+    /// Publishes `msgs` with confirms; declares each target queue first.
+    fn publish(&self, msgs: &[(String, String)]) -> Result<(), BrokerError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let (_, ch, _) = self.live()?;
+        let mut out = Vec::with_capacity(msgs.len());
+        for (list, env) in msgs {
+            out.push(outgoing(list, env)?);
+        }
+        let to_declare: Vec<String> = {
+            let st = lock(&self.sh.state);
+            let mut v: Vec<String> = out
+                .iter()
+                .filter(|o| !st.declared.contains(&o.queue))
+                .map(|o| o.queue.clone())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let opts = self.sh.opts.clone();
+        let res: Result<(), BrokerError> = self.sh.rt.block_on(async {
+            let e = |e: lapin::Error| classify("publish", e);
+            for q in &to_declare {
+                declare(&ch, q, &opts).await.map_err(e)?;
+            }
+            let mut confirms = Vec::with_capacity(out.len());
+            for o in &out {
+                confirms.push(
+                    ch.basic_publish(
+                        o.queue.as_str().into(),
+                        o.queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &o.body,
+                        o.props.clone(),
+                    )
+                    .await
+                    .map_err(e)?,
+                );
+            }
+            for c in confirms {
+                let conf = tokio::time::timeout(CONFIRM_TIMEOUT, c)
+                    .await
+                    .map_err(|_| lost("publish", "no confirm from the broker"))?
+                    .map_err(e)?;
+                if conf.is_nack() {
+                    return Err(lost("publish", "the broker refused a message (nack)"));
+                }
+            }
+            Ok(())
+        });
+        res?;
+        lock(&self.sh.state).declared.extend(to_declare);
+        Ok(())
+    }
+
+    fn pop(&self, gen: u64) -> Option<Incoming> {
+        loop {
+            let next = lock(&self.sh.pending)
+                .pop_front()
+                .or_else(|| self.sh.rx.try_recv().ok())?;
+            if next.generation == gen {
+                return Some(next);
+            }
+            // A delivery of a dead channel: RabbitMQ redelivers it.
+        }
+    }
+}
+
+/// A message to publish, from a follow-up's (list, envelope).
+struct Outgoing {
+    queue: String,
+    body: Vec<u8>,
+    props: BasicProperties,
+}
+
+/// The queue a Redis list key names (`queue` or `queue\x06\x16<priority>`).
+fn queue_of(list: &str) -> &str {
+    list.split(protocol::PRIORITY_SEP).next().unwrap_or(list)
+}
+
+fn outgoing(list: &str, env: &str) -> Result<Outgoing, BrokerError> {
+    let bad = |why: String| BrokerError::Reply(format!("cannot publish a message: {why}"));
+    let v: Value = serde_json::from_str(env).map_err(|e| bad(e.to_string()))?;
+    let props = v.get("properties").cloned().unwrap_or(Value::Null);
+    let text = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+    let body_text = text(&v, "body").unwrap_or_default();
+    let body = if text(&props, "body_encoding").as_deref() == Some("base64") {
+        base64::engine::general_purpose::STANDARD
+            .decode(body_text.as_bytes())
+            .map_err(|e| bad(format!("bad base64 body: {e}")))?
+    } else {
+        body_text.into_bytes()
+    };
+    let mut p = BasicProperties::default()
+        .with_content_type(
+            text(&v, "content-type")
+                .unwrap_or_else(|| protocol::CONTENT_TYPE_JSON.into())
+                .into(),
+        )
+        .with_content_encoding(
+            text(&v, "content-encoding")
+                .unwrap_or_else(|| "utf-8".into())
+                .into(),
+        )
+        .with_delivery_mode(
+            props
+                .get("delivery_mode")
+                .and_then(Value::as_u64)
+                .and_then(|m| u8::try_from(m).ok())
+                .unwrap_or(2),
+        );
+    if let Some(Value::Object(h)) = v.get("headers") {
+        p = p.with_headers(table(h));
+    }
+    if let Some(c) = text(&props, "correlation_id") {
+        p = p.with_correlation_id(c.into());
+    }
+    if let Some(r) = text(&props, "reply_to") {
+        p = p.with_reply_to(r.into());
+    }
+    if let Some(x) = text(&props, "expiration") {
+        p = p.with_expiration(x.into());
+    }
+    if let Some(pr) = props.get("priority").and_then(Value::as_u64) {
+        p = p.with_priority(u8::try_from(pr.min(255)).unwrap_or(255));
+    }
+    Ok(Outgoing {
+        queue: queue_of(list).to_string(),
+        body,
+        props: p,
+    })
+}
+
+/// A JSON object as an AMQP field table (py-amqp's types: ints as
+/// signed 64-bit, floats as doubles, strings as long strings).
+fn table(m: &Map<String, Value>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in m {
+        t.insert(k.as_str().into(), amqp_value(v));
+    }
+    t
+}
+
+fn amqp_value(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => AMQPValue::LongLongInt(i),
+            (None, Some(f)) => AMQPValue::Double(f),
+            (None, None) => AMQPValue::LongString(n.to_string().into()),
+        },
+        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Value::Array(a) => {
+            let mut fa = FieldArray::default();
+            for x in a {
+                fa.push(amqp_value(x));
+            }
+            AMQPValue::FieldArray(fa)
+        }
+        Value::Object(o) => AMQPValue::FieldTable(table(o)),
+    }
+}
+
+/// An AMQP value as JSON, as py-amqp decodes it for Celery.
+fn json_value(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(i) => json!(i),
+        AMQPValue::ShortShortUInt(i) => json!(i),
+        AMQPValue::ShortInt(i) => json!(i),
+        AMQPValue::ShortUInt(i) => json!(i),
+        AMQPValue::LongInt(i) => json!(i),
+        AMQPValue::LongUInt(i) => json!(i),
+        AMQPValue::LongLongInt(i) => json!(i),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(f) => json!(f),
+        AMQPValue::DecimalValue(d) => {
+            let scale = i32::from(d.scale);
+            json!(f64::from(d.value) / 10f64.powi(scale))
+        }
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(json_value).collect()),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), json_value(v)))
+                .collect(),
+        ),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// kombu's envelope of a delivery: the body as its JSON text (base64 when
+/// it is not UTF-8), the AMQP headers and properties.
+fn envelope(d: &Delivery, tag: &str) -> Vec<u8> {
+    let p = &d.properties;
+    let s = |x: &Option<ShortString>| x.as_ref().map(|v| v.as_str().to_string());
+    let (body, encoding) = match std::str::from_utf8(&d.data) {
+        Ok(t) => (t.to_string(), "utf-8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&d.data),
+            "base64",
+        ),
+    };
+    let headers = p
+        .headers()
+        .as_ref()
+        .map(|t| json_value(&AMQPValue::FieldTable(t.clone())))
+        .unwrap_or_else(|| json!({}));
+    let mut info = json!({
+        "exchange": d.exchange.as_str(),
+        "routing_key": d.routing_key.as_str(),
+    });
+    if d.redelivered {
+        info["redelivered"] = json!(true);
+    }
+    let mut props = json!({
+        "correlation_id": s(p.correlation_id()),
+        "reply_to": s(p.reply_to()),
+        "delivery_mode": p.delivery_mode().unwrap_or(2),
+        "delivery_info": info,
+        "priority": p.priority().unwrap_or(0),
+        "body_encoding": encoding,
+        "delivery_tag": tag,
+    });
+    if let Some(x) = s(p.expiration()) {
+        props["expiration"] = json!(x);
+    }
+    let env = json!({
+        "body": body,
+        "content-encoding": s(p.content_encoding()).unwrap_or_else(|| "utf-8".into()),
+        "content-type": s(p.content_type()).unwrap_or_default(),
+        "headers": headers,
+        "properties": props,
+    });
+    serde_json::to_vec(&env).unwrap_or_default()
+}
+
+fn backoff(st: &mut State) {
+    st.failures = st.failures.saturating_add(1);
+    let ms = 100u64.saturating_mul(1 << st.failures.min(6)).min(5000);
+    st.retry_at = Some(crate::bounds::saturating_deadline(
+        Instant::now(),
+        Duration::from_millis(ms),
+    ));
+}
+
+/// A lapin error as a broker error: a refusal by the server (a channel or
+/// connection closed with a reply code, an access refusal, a bad
+/// declaration) is not retried for ever; a lost connection is.
+fn classify(what: &'static str, e: lapin::Error) -> BrokerError {
+    let text = e.to_string();
+    let refused = matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(_) | lapin::ErrorKind::InvalidConnectionState(_)
+    ) && !text.contains("CONNECTION_FORCED");
+    let access = text.contains("ACCESS_REFUSED")
+        || text.contains("NOT_ALLOWED")
+        || text.contains("PRECONDITION_FAILED");
+    BrokerError::Amqp {
+        what,
+        why: text,
+        transient: !(refused && access),
+    }
+}
+
+/// The arguments Celery 5.7 declares a queue with.
+fn queue_args(opts: &QueueOptions) -> FieldTable {
+    let mut args = FieldTable::default();
+    if let Some(p) = opts.max_priority {
+        // py-amqp writes a Python int that fits as a signed 32-bit 'I'.
+        args.insert("x-max-priority".into(), AMQPValue::LongInt(i32::from(p)));
+    }
+    if opts.quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
+    args
+}
+
+/// Declares `q` as Celery does: a durable direct exchange `q`, a durable
+/// queue `q`, bound with routing key `q`.
+async fn declare(ch: &Channel, q: &str, opts: &QueueOptions) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        q.into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        queue_args(opts),
+    )
+    .await?;
+    ch.queue_bind(
+        q.into(),
+        q.into(),
+        q.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from("billiard-host worker"));
+    let conn = Connection::connect(&sh.uri, props).await?;
+    let consume = conn.create_channel().await?;
+    for q in &sh.queues {
+        declare(&consume, q, &sh.opts).await?;
+    }
+    consume
+        .basic_qos(
+            sh.opts.prefetch.max(1),
+            BasicQosOptions {
+                global: !sh.opts.quorum,
+            },
+        )
+        .await?;
+    for q in &sh.queues {
+        let mut c = consume
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let tx = sh.tx.clone();
+        let queue = q.clone();
+        sh.rt.spawn(async move {
+            while let Some(Ok(delivery)) = c.next().await {
+                let inc = Incoming {
+                    generation,
+                    queue: queue.clone(),
+                    delivery,
+                };
+                if tx.send(inc).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(Live {
+        conn,
+        consume,
+        publish,
+    })
+}
+
+impl Transport for Amqp {
+    fn ping(&mut self) -> Result<(), BrokerError> {
+        self.live().map(|_| ())
+    }
+
+    fn reserve(&mut self, max: usize, _lease: Duration) -> Result<Vec<Reserved>, BrokerError> {
+        let (_, _, gen) = self.live()?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(inc) = self.pop(gen) else { break };
+            let tag = format!("{}.{}", inc.generation, inc.delivery.delivery_tag);
+            let raw = envelope(&inc.delivery, &tag);
+            lock(&self.sh.held).insert(tag.clone(), inc.delivery.acker.clone());
+            out.push(Reserved {
+                tag,
+                raw,
+                queue: inc.queue,
+            });
+        }
+        Ok(out)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<(), BrokerError> {
+        if !lock(&self.sh.pending).is_empty() {
+            return Ok(());
+        }
+        match self.sh.rx.recv_timeout(timeout) {
+            Ok(inc) => lock(&self.sh.pending).push_back(inc),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(timeout),
+        }
+        Ok(())
+    }
+
+    fn is_down(&self) -> bool {
+        lock(&self.sh.state).failures > 0
+    }
+
+    fn backoff_left(&self) -> Duration {
+        lock(&self.sh.state)
+            .retry_at
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    fn renew(
+        &mut self,
+        _tags: &[String],
+        _lease: Duration,
+        _queues: &[String],
+        _foreign: Duration,
+    ) -> Result<(), BrokerError> {
+        // The channel holds the deliveries; nothing to renew.
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        batch: &[Finish],
+        _ttl_s: u64,
+        _repeated: bool,
+    ) -> Result<Vec<Finished>, BrokerError> {
+        if batch.iter().any(|f| f.result.is_some()) {
+            return Err(BrokerError::Config(
+                "an AMQP broker stores no results: use a Redis result backend".into(),
+            ));
+        }
+        // A delivery whose channel died is RabbitMQ's to redeliver: its
+        // run there sends the follow-ups.
+        let held: Vec<bool> = {
+            let h = lock(&self.sh.held);
+            batch
+                .iter()
+                .map(|f| f.tag.is_empty() || h.contains_key(&f.tag))
+                .collect()
+        };
+        let sends: Vec<(String, String)> = batch
+            .iter()
+            .zip(&held)
+            .filter(|(_, h)| **h)
+            .flat_map(|(f, _)| f.send.iter().cloned())
+            .collect();
+        self.publish(&sends)?;
+        let tags: Vec<String> = batch.iter().map(|f| f.tag.clone()).collect();
+        self.ack(&tags)?;
+        Ok(held
+            .into_iter()
+            .map(|h| Finished {
+                stored: false,
+                held: if h { Held::Held } else { Held::Restored },
+                unsent: 0,
+            })
+            .collect())
+    }
+
+    fn ack(&mut self, tags: &[String]) -> Result<(), BrokerError> {
+        let ackers: Vec<Acker> = {
+            let mut h = lock(&self.sh.held);
+            tags.iter().filter_map(|t| h.remove(t)).collect()
+        };
+        if ackers.is_empty() {
+            return Ok(());
+        }
+        self.sh.rt.block_on(async {
+            for a in &ackers {
+                // A dead channel's delivery comes back redelivered.
+                let _ = a.ack(BasicAckOptions::default()).await;
+            }
+        });
+        Ok(())
+    }
+
+    fn requeue(&mut self, tags: &[String]) -> Result<usize, BrokerError> {
+        let ackers: Vec<Acker> = {
+            let mut h = lock(&self.sh.held);
+            tags.iter().filter_map(|t| h.remove(t)).collect()
+        };
+        let n = self.sh.rt.block_on(async {
+            let mut n = 0usize;
+            for a in &ackers {
+                if let Ok(true) = a.reject(BasicRejectOptions { requeue: true }).await {
+                    n = n.saturating_add(1);
+                }
+            }
+            n
+        });
+        Ok(n)
+    }
+
+    fn send(&mut self, msgs: &[(String, String)]) -> Result<(), BrokerError> {
+        self.publish(msgs)
+    }
+
+    fn handle(&self, what: &'static str) -> Result<Box<dyn Transport>, BrokerError> {
+        Ok(Box::new(Amqp {
+            sh: self.sh.clone(),
+            what,
+        }))
+    }
+
+    fn redis(&mut self) -> Option<&mut Link> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kombu_urls_become_lapin_uris() {
+        let p = |u: &str| parse(u).unwrap_or_else(|e| format!("ERR {e}"));
+        assert_eq!(
+            p("amqp://guest:guest@localhost:5672//"),
+            "amqp://guest:guest@localhost:5672/%2F"
+        );
+        assert_eq!(p("amqp://localhost"), "amqp://localhost/%2F");
+        assert_eq!(p("pyamqp://u:p@h:5673/"), "amqp://u:p@h:5673/%2F");
+        assert_eq!(p("amqp://h/prod"), "amqp://h/prod");
+        assert_eq!(
+            p("amqps://h/prod?heartbeat=30&ssl=1"),
+            "amqps://h/prod?heartbeat=30"
+        );
+        assert!(p("amqp://").starts_with("ERR"));
+        assert!(p("redis://h").starts_with("ERR"));
+    }
+
+    #[test]
+    fn headers_round_trip_through_a_field_table() {
+        let h = json!({"id": "x", "retries": 3, "eta": null, "timelimit": [null, 2.5],
+                       "stamps": {"a": ["b"]}, "ignore_result": false});
+        let Value::Object(m) = &h else { return };
+        let back = json_value(&AMQPValue::FieldTable(table(m)));
+        assert_eq!(back, h);
+    }
+
+    #[test]
+    fn queue_arguments_are_celerys() {
+        assert!(queue_args(&QueueOptions::default()).inner().is_empty());
+        let a = queue_args(&QueueOptions {
+            max_priority: Some(10),
+            quorum: true,
+            ..QueueOptions::default()
+        });
+        assert_eq!(
+            a.inner().get("x-max-priority"),
+            Some(&AMQPValue::LongInt(10))
+        );
+        assert_eq!(
+            a.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(queue_of("celery\x06\x163"), "celery");
+        assert_eq!(queue_of("celery"), "celery");
+    }
+}
