@@ -42,7 +42,10 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{json, Map, Value};
 
-use super::{BrokerError, Finish, Finished, Held, Link, QueueOptions, Reserved, Transport};
+use super::{
+    BrokerError, Exchange, ExchangeKind as Kind, Fanout, Finish, Finished, Held, Link,
+    QueueOptions, Reserved, Transport,
+};
 use crate::celery::protocol;
 
 /// How long one connection attempt (connect, declare, consume) may take.
@@ -110,6 +113,71 @@ struct Incoming {
     generation: u64,
     queue: String,
     delivery: Delivery,
+    /// Consumed without acks (the pidbox): nothing to hold.
+    no_ack: bool,
+}
+
+/// A queue to declare and consume, and the exchange it is bound to.
+#[derive(Debug, Clone)]
+struct QueueDecl {
+    name: String,
+    exchange: String,
+    kind: Kind,
+    exchange_durable: bool,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    args: FieldTable,
+    routing_key: String,
+    no_ack: bool,
+}
+
+impl QueueDecl {
+    /// A task queue as Celery 5.7 declares it.
+    fn task(q: &str, opts: &QueueOptions) -> QueueDecl {
+        QueueDecl {
+            name: q.to_string(),
+            exchange: q.to_string(),
+            kind: Kind::Direct,
+            exchange_durable: true,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            args: queue_args(opts),
+            routing_key: q.to_string(),
+            no_ack: false,
+        }
+    }
+
+    /// `{hostname}.celery.pidbox` as kombu's `Mailbox.get_queue` declares
+    /// it with Celery 5.7's control defaults: exclusive, auto-delete,
+    /// `x-expires` 10 s, `x-message-ttl` 300 s, bound to the
+    /// `celery.pidbox` fanout; consumed without acks.
+    fn pidbox(hostname: &str) -> QueueDecl {
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongInt(10_000));
+        args.insert("x-message-ttl".into(), AMQPValue::LongInt(300_000));
+        QueueDecl {
+            name: format!("{hostname}.celery.pidbox"),
+            exchange: "celery.pidbox".into(),
+            kind: Kind::Fanout,
+            exchange_durable: false,
+            durable: false,
+            exclusive: true,
+            auto_delete: true,
+            args,
+            routing_key: String::new(),
+            no_ack: true,
+        }
+    }
+}
+
+fn lapin_kind(k: Kind) -> ExchangeKind {
+    match k {
+        Kind::Direct => ExchangeKind::Direct,
+        Kind::Fanout => ExchangeKind::Fanout,
+        Kind::Topic => ExchangeKind::Topic,
+    }
 }
 
 /// A live connection and its two channels.
@@ -141,7 +209,7 @@ struct Shared {
     rt: tokio::runtime::Runtime,
     uri: String,
     shown: String,
-    queues: Vec<String>,
+    queues: Vec<QueueDecl>,
     opts: QueueOptions,
     state: Mutex<State>,
     tx: Sender<Incoming>,
@@ -190,6 +258,26 @@ impl Amqp {
     /// A consumer of `queues` at `url`; connects on first use (and again,
     /// with backoff, after a loss).
     pub fn open(url: &str, queues: Vec<String>, opts: QueueOptions) -> Result<Amqp, BrokerError> {
+        let decls = queues.iter().map(|q| QueueDecl::task(q, &opts)).collect();
+        Amqp::with_queues(url, decls, opts)
+    }
+
+    /// This host's remote-control mailbox (`{hostname}.celery.pidbox`):
+    /// [`Transport::wait`] and [`Transport::reserve`] hand out the
+    /// requests as envelopes; [`Fanout::publish`] sends the replies.
+    pub fn mailbox(url: &str, hostname: &str) -> Result<Amqp, BrokerError> {
+        Amqp::with_queues(
+            url,
+            vec![QueueDecl::pidbox(hostname)],
+            QueueOptions::default(),
+        )
+    }
+
+    fn with_queues(
+        url: &str,
+        queues: Vec<QueueDecl>,
+        opts: QueueOptions,
+    ) -> Result<Amqp, BrokerError> {
         let uri = parse(url)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -273,7 +361,7 @@ impl Amqp {
     }
 
     /// Publishes `msgs` with confirms; declares each target queue first.
-    fn publish(&self, msgs: &[(String, String)]) -> Result<(), BrokerError> {
+    fn publish_tasks(&self, msgs: &[(String, String)]) -> Result<(), BrokerError> {
         if msgs.is_empty() {
             return Ok(());
         }
@@ -286,7 +374,7 @@ impl Amqp {
             let st = lock(&self.sh.state);
             let mut v: Vec<String> = out
                 .iter()
-                .filter(|o| !st.declared.contains(&o.queue))
+                .filter(|o| !st.declared.contains(&format!("q:{}", o.queue)))
                 .map(|o| o.queue.clone())
                 .collect();
             v.sort();
@@ -297,7 +385,7 @@ impl Amqp {
         let res: Result<(), BrokerError> = self.sh.rt.block_on(async {
             let e = |e: lapin::Error| classify("publish", e);
             for q in &to_declare {
-                declare(&ch, q, &opts).await.map_err(e)?;
+                declare(&ch, &QueueDecl::task(q, &opts)).await.map_err(e)?;
             }
             let mut confirms = Vec::with_capacity(out.len());
             for o in &out {
@@ -325,7 +413,9 @@ impl Amqp {
             Ok(())
         });
         res?;
-        lock(&self.sh.state).declared.extend(to_declare);
+        lock(&self.sh.state)
+            .declared
+            .extend(to_declare.into_iter().map(|q| format!("q:{q}")));
         Ok(())
     }
 
@@ -560,32 +650,46 @@ fn queue_args(opts: &QueueOptions) -> FieldTable {
     args
 }
 
-/// Declares `q` as Celery does: a durable direct exchange `q`, a durable
-/// queue `q`, bound with routing key `q`.
-async fn declare(ch: &Channel, q: &str, opts: &QueueOptions) -> Result<(), lapin::Error> {
+/// Declares an exchange as kombu does (never auto-delete, never internal).
+async fn declare_exchange(ch: &Channel, x: &Exchange<'_>) -> Result<(), lapin::Error> {
     ch.exchange_declare(
-        q.into(),
-        ExchangeKind::Direct,
+        x.name.into(),
+        lapin_kind(x.kind),
         ExchangeDeclareOptions {
-            durable: true,
+            durable: x.durable,
             ..ExchangeDeclareOptions::default()
         },
         FieldTable::default(),
     )
+    .await
+}
+
+/// Declares `q`, its exchange and its binding as kombu does.
+async fn declare(ch: &Channel, q: &QueueDecl) -> Result<(), lapin::Error> {
+    declare_exchange(
+        ch,
+        &Exchange {
+            name: &q.exchange,
+            kind: q.kind,
+            durable: q.exchange_durable,
+        },
+    )
     .await?;
     ch.queue_declare(
-        q.into(),
+        q.name.as_str().into(),
         QueueDeclareOptions {
-            durable: true,
+            durable: q.durable,
+            exclusive: q.exclusive,
+            auto_delete: q.auto_delete,
             ..QueueDeclareOptions::default()
         },
-        queue_args(opts),
+        q.args.clone(),
     )
     .await?;
     ch.queue_bind(
-        q.into(),
-        q.into(),
-        q.into(),
+        q.name.as_str().into(),
+        q.exchange.as_str().into(),
+        q.routing_key.as_str().into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -598,7 +702,7 @@ async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
     let conn = Connection::connect(&sh.uri, props).await?;
     let consume = conn.create_channel().await?;
     for q in &sh.queues {
-        declare(&consume, q, &sh.opts).await?;
+        declare(&consume, q).await?;
     }
     consume
         .basic_qos(
@@ -611,20 +715,25 @@ async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
     for q in &sh.queues {
         let mut c = consume
             .basic_consume(
-                q.as_str().into(),
+                q.name.as_str().into(),
                 "".into(),
-                BasicConsumeOptions::default(),
+                BasicConsumeOptions {
+                    no_ack: q.no_ack,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
         let tx = sh.tx.clone();
-        let queue = q.clone();
+        let queue = q.name.clone();
+        let no_ack = q.no_ack;
         sh.rt.spawn(async move {
             while let Some(Ok(delivery)) = c.next().await {
                 let inc = Incoming {
                     generation,
                     queue: queue.clone(),
                     delivery,
+                    no_ack,
                 };
                 if tx.send(inc).is_err() {
                     break;
@@ -655,7 +764,9 @@ impl Transport for Amqp {
             let Some(inc) = self.pop(gen) else { break };
             let tag = format!("{}.{}", inc.generation, inc.delivery.delivery_tag);
             let raw = envelope(&inc.delivery, &tag);
-            lock(&self.sh.held).insert(tag.clone(), inc.delivery.acker.clone());
+            if !inc.no_ack {
+                lock(&self.sh.held).insert(tag.clone(), inc.delivery.acker.clone());
+            }
             out.push(Reserved {
                 tag,
                 raw,
@@ -725,7 +836,7 @@ impl Transport for Amqp {
             .filter(|(_, h)| **h)
             .flat_map(|(f, _)| f.send.iter().cloned())
             .collect();
-        self.publish(&sends)?;
+        self.publish_tasks(&sends)?;
         let tags: Vec<String> = batch.iter().map(|f| f.tag.clone()).collect();
         self.ack(&tags)?;
         Ok(held
@@ -773,7 +884,7 @@ impl Transport for Amqp {
     }
 
     fn send(&mut self, msgs: &[(String, String)]) -> Result<(), BrokerError> {
-        self.publish(msgs)
+        self.publish_tasks(msgs)
     }
 
     fn handle(&self, what: &'static str) -> Result<Box<dyn Transport>, BrokerError> {
@@ -785,6 +896,54 @@ impl Transport for Amqp {
 
     fn redis(&mut self) -> Option<&mut Link> {
         None
+    }
+}
+
+impl Fanout for Amqp {
+    fn publish(
+        &mut self,
+        to: &Exchange<'_>,
+        routing_key: &str,
+        envelope: &str,
+    ) -> Result<(), BrokerError> {
+        let (_, ch, _) = self.live()?;
+        let o = outgoing(routing_key, envelope)?;
+        let key = format!("x:{}", to.name);
+        let fresh = !lock(&self.sh.state).declared.contains(&key);
+        let res: Result<(), BrokerError> = self.sh.rt.block_on(async {
+            let e = |e: lapin::Error| classify("publish", e);
+            if fresh {
+                declare_exchange(&ch, to).await.map_err(e)?;
+            }
+            let c = ch
+                .basic_publish(
+                    to.name.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &o.body,
+                    o.props.clone(),
+                )
+                .await
+                .map_err(e)?;
+            tokio::time::timeout(CONFIRM_TIMEOUT, c)
+                .await
+                .map_err(|_| lost("publish", "no confirm from the broker"))?
+                .map_err(e)?;
+            Ok(())
+        });
+        res?;
+        if fresh {
+            lock(&self.sh.state).declared.insert(key);
+        }
+        Ok(())
+    }
+
+    fn is_down(&self) -> bool {
+        Transport::is_down(self)
+    }
+
+    fn backoff_left(&self) -> Duration {
+        Transport::backoff_left(self)
     }
 }
 

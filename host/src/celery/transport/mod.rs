@@ -122,6 +122,131 @@ pub trait Transport: Send {
     fn redis(&mut self) -> Option<&mut Link>;
 }
 
+/// The type of an exchange events and remote control publish to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routed by exact routing key (`reply.celery.pidbox`).
+    Direct,
+    /// To every bound queue (`celery.pidbox`).
+    Fanout,
+    /// Routed by pattern (`celeryev`).
+    Topic,
+}
+
+/// An exchange as kombu declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exchange<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its type.
+    pub kind: ExchangeKind,
+    /// Declared durable (kombu's default; false for the pidbox ones).
+    pub durable: bool,
+}
+
+/// Celery's events exchange (`celeryev`, topic, durable).
+pub const EVENTS: Exchange<'static> = Exchange {
+    name: "celeryev",
+    kind: ExchangeKind::Topic,
+    durable: true,
+};
+
+/// The publish side of events and remote-control replies.
+pub trait Fanout: Send {
+    /// Publishes a kombu envelope (JSON text) to `to` with `routing_key`:
+    /// Redis PUBLISHes to kombu's fanout channel (`/{db}.{exchange}[/{rk}]`)
+    /// or pushes to the queues bound to a direct exchange; AMQP declares
+    /// the exchange as kombu does and publishes.
+    fn publish(
+        &mut self,
+        to: &Exchange<'_>,
+        routing_key: &str,
+        envelope: &str,
+    ) -> Result<(), BrokerError>;
+    /// The connection failed and is being re-made.
+    fn is_down(&self) -> bool;
+    /// How long until the next reconnect attempt.
+    fn backoff_left(&self) -> Duration;
+}
+
+/// A publisher of events and replies on the broker `url`.
+pub fn fanout(url: &str, what: &'static str) -> Result<Box<dyn Fanout>, BrokerError> {
+    match kind(url)? {
+        Kind::Redis => Ok(Box::new(RedisFanout {
+            db: crate::celery::events::db_of(url)?,
+            link: Link::new(url, what)?,
+        })),
+        Kind::Amqp => Ok(Box::new(amqp::Amqp::open(
+            url,
+            Vec::new(),
+            QueueOptions::default(),
+        )?)),
+    }
+}
+
+/// kombu's Redis fanout: PUBLISH, or LPUSH to a direct exchange's queues.
+pub struct RedisFanout {
+    link: Link,
+    db: i64,
+}
+
+impl Fanout for RedisFanout {
+    fn publish(
+        &mut self,
+        to: &Exchange<'_>,
+        routing_key: &str,
+        envelope: &str,
+    ) -> Result<(), BrokerError> {
+        let (ex, rk) = (to.name, routing_key);
+        if to.kind != ExchangeKind::Direct {
+            let channel = if rk.is_empty() {
+                format!("/{}.{ex}", self.db)
+            } else {
+                format!("/{}.{ex}/{rk}", self.db)
+            };
+            return self.link.run(|c| {
+                ::redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(envelope)
+                    .query::<i64>(c)
+                    .map(|_| ())
+            });
+        }
+        let binding = format!("{}{ex}", self::redis::BINDING_PREFIX);
+        self.link.run(|c| {
+            let members: Vec<Vec<u8>> = ::redis::cmd("SMEMBERS").arg(&binding).query(c)?;
+            let mut p = ::redis::pipe();
+            for m in members {
+                let parts: Vec<&[u8]> = m.split(|&b| b == 0x06).collect();
+                // routing_key \x06\x16 pattern \x06\x16 queue
+                let fields: Vec<Vec<u8>> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if i == 0 {
+                            f.to_vec()
+                        } else {
+                            f.get(1..).unwrap_or(&[]).to_vec()
+                        }
+                    })
+                    .collect();
+                if fields.len() == 3 && fields[0] == rk.as_bytes() {
+                    p.cmd("LPUSH").arg(&fields[2]).arg(envelope).ignore();
+                }
+            }
+            p.query::<()>(c)
+        })
+    }
+
+    fn is_down(&self) -> bool {
+        self.link.is_down()
+    }
+
+    fn backoff_left(&self) -> Duration {
+        self.link.backoff_left()
+    }
+}
+
 /// Opens the transport `url` names, consuming `queues`.
 pub fn open(
     url: &str,

@@ -1,0 +1,214 @@
+//! The worker on RabbitMQ (issue 25): a private RabbitMQ node per test
+//! (its own data dir, node name, ports and epmd, stopped by pid), Redis as
+//! the result backend, real Python Celery 5.7 clients and tools.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::celery::{self, RabbitMqServer, RedisServer};
+use serde_json::{json, Value};
+
+/// A Python preamble: `app`, a Celery app on `broker` with `backend` as
+/// result backend, JSON only.
+fn py_app(broker: &str, backend: &str) -> String {
+    let b = serde_json::to_string(broker).expect("a string serializes");
+    let r = serde_json::to_string(backend).expect("a string serializes");
+    format!(
+        r#"import json, sys, time
+from celery import Celery, chain
+app = Celery("billiard_amqp", broker={b}, backend={r})
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+)
+"#
+    )
+}
+
+fn node(tag: &str) -> String {
+    format!("{tag}-{}@amqp-test", std::process::id())
+}
+
+fn worker(
+    rabbit: &RabbitMqServer,
+    redis: &RedisServer,
+    name: &str,
+    extra: &[&str],
+) -> celery::Worker {
+    let math = common::plugin_str("math");
+    let faults = common::plugin_str("faults");
+    let (b, r) = (rabbit.url(), redis.url());
+    let mut args = vec![
+        "worker",
+        &math,
+        "--plugin",
+        &faults,
+        "--broker",
+        &b,
+        "--result-backend",
+        &r,
+        "-n",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    celery::spawn_worker(args)
+}
+
+/// `name messages_ready messages_unacknowledged` of every queue.
+fn queues(rabbit: &RabbitMqServer) -> Vec<(String, u64, u64)> {
+    rabbit
+        .ctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [n, r, u] => Some((n.to_string(), r.parse().ok()?, u.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn amqp_python_client_gets_results_through_the_redis_backend() {
+    let test = "amqp_python_client_gets_results_through_the_redis_backend";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let w = worker(&rabbit, &redis, &node("results"), &["-c", "2"]);
+    let script = format!(
+        "{}\n\
+rs = [app.send_task('math.square', args=[i]) for i in range(20)]\n\
+got = [r.get(timeout=60) for r in rs]\n\
+c = chain(app.signature('math.square', args=[2]), app.signature('math.square')).apply_async()\n\
+failed = app.send_task('faults.fail', args=['no']).get(timeout=60, propagate=False)\n\
+print(json.dumps({{'squares': got, 'chain': c.get(timeout=60), 'failed': str(failed)}}))",
+        py_app(&rabbit.url(), &redis.url())
+    );
+    let v = celery::python_json(&script, &[]);
+    let squares: Vec<i64> = (0..20).map(|i| i * i).collect();
+    assert_eq!(v["squares"], json!(squares), "{}", w.stderr());
+    assert_eq!(v["chain"], json!(16), "{}", w.stderr());
+    assert_eq!(v["failed"], json!("no"), "{}", w.stderr());
+    // Every message acked once its result was stored; the queue is
+    // Celery's (the Python client declared it too, with no
+    // PRECONDITION_FAILED on either side).
+    let q = queues(&rabbit);
+    assert!(
+        q.iter()
+            .any(|(n, r, u)| n == "celery" && *r == 0 && *u == 0),
+        "queues: {q:?}\n{}",
+        w.stderr()
+    );
+    let log = w.stderr();
+    assert!(!log.contains("PRECONDITION_FAILED"), "{log}");
+    assert!(log.contains("amqp://guest:***@127.0.0.1"), "{log}");
+}
+
+fn celery_exe(py: &Path) -> PathBuf {
+    py.with_file_name("celery")
+}
+
+/// `celery -A amqpapp ARGS -j -t 3` (an app dir with `amqpapp.py`).
+fn celery_cli(py: &Path, dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(celery_exe(py));
+    cmd.current_dir(dir)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-A", "amqpapp"])
+        .args(args);
+    let out = celery::run_with_timeout(cmd, Duration::from_secs(90));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn amqp_inspect_ping_and_revoke_terminate() {
+    let test = "amqp_inspect_ping_and_revoke_terminate";
+    let Some((rabbit, redis, py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let name = node("ping");
+    let w = worker(&rabbit, &redis, &name, &["-c", "1"]);
+    let dir = celery::unique_temp_dir("amqp-app");
+    std::fs::write(dir.join("amqpapp.py"), py_app(&rabbit.url(), &redis.url()))
+        .expect("write amqpapp.py");
+    let (ok, out, err) = celery_cli(
+        &py,
+        &dir,
+        &["inspect", "ping", "-d", &name, "-j", "-t", "5"],
+    );
+    assert!(
+        ok,
+        "inspect ping failed:\n{out}\n{err}\n--- worker\n{}",
+        w.stderr()
+    );
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    assert_eq!(v[&name], json!({"ok": "pong"}), "{out}\n{err}");
+
+    // A long task, revoked with terminate: REVOKED in the backend.
+    let script = format!(
+        "{}\n\
+r = app.send_task('faults.sleep_ms', args=[600000])\n\
+print(json.dumps(r.id))",
+        py_app(&rabbit.url(), &redis.url())
+    );
+    let id = celery::python_json(&script, &[]);
+    let id = id.as_str().unwrap_or_default().to_string();
+    celery::wait_until(
+        "inspect active to show the sleeping job",
+        celery::DEADLINE,
+        || {
+            let (_, out, _) = celery_cli(
+                &py,
+                &dir,
+                &["inspect", "active", "-d", &name, "-j", "-t", "3"],
+            );
+            out.contains(&id) && out.contains("worker_pid")
+        },
+    );
+    // Celery 5's CLI form of revoke(id, terminate=True, signal=...).
+    let (ok, out, err) = celery_cli(
+        &py,
+        &dir,
+        &[
+            "control",
+            "terminate",
+            "SIGKILL",
+            &id,
+            "-d",
+            &name,
+            "-j",
+            "-t",
+            "5",
+        ],
+    );
+    assert!(ok, "control terminate failed:\n{out}\n{err}");
+    assert!(out.contains(&format!("terminate: {id}")), "{out}\n{err}");
+    celery::wait_until("REVOKED stored", celery::DEADLINE, || {
+        redis
+            .task_meta(&id)
+            .is_some_and(|m| m["status"] == "REVOKED")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
