@@ -212,3 +212,107 @@ print(json.dumps(r.id))",
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn host_timeout(args: &[&str]) -> std::process::Output {
+    let mut cmd = common::host_command();
+    cmd.args(args);
+    celery::run_with_timeout(cmd, Duration::from_secs(120))
+}
+
+/// `submit` and `run --broker` on AMQP give what a local `run` gives; an
+/// AMQP broker without a result backend is a usage error.
+#[test]
+fn amqp_submit_wait_and_run_broker_match_local_run() {
+    let test = "amqp_submit_wait_and_run_broker_match_local_run";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let dir = common::scratch(test);
+    let jobs = ["[1]", "[2]", "[3]", "[\"x\"]", "[40]"];
+    let input = common::lines_file(&dir, "jobs.jsonl", &jobs);
+    let math = common::plugin_str("math");
+    let local = host_timeout(&[
+        "run",
+        &math,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+        "-q",
+    ]);
+    let local_lines = common::json_lines(&common::stdout(&local));
+    assert_eq!(local_lines.len(), jobs.len(), "{}", common::stderr(&local));
+
+    let w = worker(&rabbit, &redis, &node("submit"), &["-c", "2"]);
+    let (b, r) = (rabbit.url(), redis.url());
+    let gist = |lines: &[Value]| -> Vec<Value> {
+        lines
+            .iter()
+            .map(|l| match l.get("ok") {
+                Some(v) => json!({"index": l["index"], "ok": v}),
+                None => json!({"index": l["index"], "error": l["error"]["kind"]}),
+            })
+            .collect()
+    };
+    let fleet = host_timeout(&[
+        "submit",
+        "--broker",
+        &b,
+        "--result-backend",
+        &r,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+        "--wait",
+        "-q",
+    ]);
+    assert_eq!(
+        gist(&common::json_lines(&common::stdout(&fleet))),
+        gist(&local_lines),
+        "submit --wait\n{}\n--- worker\n{}",
+        common::stderr(&fleet),
+        w.stderr()
+    );
+    assert_eq!(common::exit_code(&fleet), common::exit_code(&local));
+
+    let out = dir.join("fleet.jsonl");
+    let fleet = host_timeout(&[
+        "run",
+        "--broker",
+        &b,
+        "--result-backend",
+        &r,
+        "--task",
+        "math.square",
+        "--input",
+        &input,
+        "-o",
+        out.to_str().unwrap_or_default(),
+    ]);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        gist(&common::json_lines(&text)),
+        gist(&local_lines),
+        "run --broker\n{}",
+        common::stderr(&fleet)
+    );
+    assert_eq!(common::exit_code(&fleet), common::exit_code(&local));
+
+    let no_backend = host_timeout(&[
+        "submit",
+        "--broker",
+        &b,
+        "--task",
+        "math.square",
+        "--args",
+        "[1]",
+    ]);
+    assert_eq!(common::exit_code(&no_backend), 2);
+    assert!(
+        common::stderr(&no_backend).contains("--result-backend"),
+        "{}",
+        common::stderr(&no_backend)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

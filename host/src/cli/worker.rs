@@ -24,6 +24,8 @@ Examples:
   billiard-host worker libbilliard_math.so --broker redis://127.0.0.1:6379/0
   billiard-host worker libbilliard_math.so --plugin libbilliard_faults.so -Q rust,celery -c 8
   billiard-host worker libbilliard_math.so --broker redis+unix:///run/redis.sock --log-format json
+  billiard-host worker libbilliard_math.so --broker amqp://guest:guest@127.0.0.1:5672// \
+      --result-backend redis://127.0.0.1:6379/0
   billiard-host worker libbilliard_math.so -l debug   # Celery's -l/--loglevel, any case
 
   Then, from Python: Celery(broker=URL, backend=URL).send_task('math.square', args=[3]).get()
@@ -31,10 +33,15 @@ Examples:
 Task names: `plugin.task` (math.square), or the bare task name when only one plugin has it.
   Arguments: Celery's args, and kwargs mapped onto the task's argument names.
 
+Broker URLs (kombu's forms): redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS),
+  redis+unix:///PATH[?db=N], unix:///PATH, redis+socket:///PATH; amqp://USER:PASSWORD@HOST[:PORT]/VHOST
+  (RabbitMQ; `//` or no path is the vhost `/`), amqps://... (TLS), pyamqp://, librabbitmq://.
+  An AMQP broker needs a Redis --result-backend (results, chords and revokes live there).
+
 Broker: a broker that is down, times out or is loading is waited for (a warning, then retries
   with backoff); one that refuses this worker the same way every time (no or a wrong password,
-  a user without the rights, a database index out of range, a scheme other than Redis's) is a
-  configuration error: exit 2 at once, with Redis's reason.
+  a user without the rights, a database index out of range, an unknown scheme) is a
+  configuration error: exit 2 at once, with the broker's reason.
 
 Signals: SIGTERM/SIGINT: warm shutdown (stop reserving, finish and ack running jobs, exit 0);
   a second SIGTERM/SIGINT, or SIGQUIT: cold shutdown (kill running jobs and return their
@@ -60,7 +67,8 @@ pub struct Args {
     /// Another plugin to load (repeatable).
     #[arg(long = "plugin", value_name = "MORE.so")]
     more_plugins: Vec<PathBuf>,
-    /// The broker: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., redis+unix:///PATH.
+    /// The broker: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., redis+unix:///PATH,
+    /// amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://... (see below).
     #[arg(
         short,
         long,
@@ -68,7 +76,7 @@ pub struct Args {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     broker: String,
-    /// Where results go (default: the broker).
+    /// Where results go (default: the broker; required, a Redis, with an AMQP broker).
     #[arg(long, value_name = "URL")]
     result_backend: Option<String>,
     /// Queues to consume, comma-separated.
@@ -95,6 +103,14 @@ pub struct Args {
     /// Messages reserved per worker process.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive_u64)]
     prefetch_multiplier: u64,
+    /// AMQP: declare the queues with `x-max-priority` N (Celery's
+    /// task_queue_max_priority; 1-255, as the Python workers sharing them).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    queue_max_priority: Option<u8>,
+    /// AMQP: declare the queues as quorum queues (Celery's
+    /// task_default_queue_type = "quorum").
+    #[arg(long)]
+    quorum_queues: bool,
     /// How long results are kept (Celery's result_expires).
     #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
     result_expires: Duration,
@@ -297,6 +313,8 @@ pub fn run(args: Args) -> i32 {
         rate_limits: args.rate_limits.clone(),
         global_rate_limits: args.global_rate_limits.clone(),
         task_aliases,
+        queue_max_priority: args.queue_max_priority,
+        quorum_queues: args.quorum_queues,
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {
@@ -421,7 +439,7 @@ pub fn run(args: Args) -> i32 {
             eprintln!(
                 "error: the broker {} cannot work: {e}\n  (a configuration error, not retried: \
                  check the URL's password, user and its rights, and database index)",
-                billiard_host::celery::transport::redis::redact(&args.broker)
+                billiard_host::celery::transport::redact(&args.broker)
             );
             exit::USAGE
         }

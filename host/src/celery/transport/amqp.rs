@@ -419,6 +419,29 @@ impl Amqp {
         Ok(())
     }
 
+    /// How many messages wait in `queue` (a passive declare); 0 when
+    /// it does not exist yet.
+    pub fn queued(&self, queue: &str) -> Result<u64, BrokerError> {
+        let (_, ch, _) = self.live()?;
+        let q = self.sh.rt.block_on(async {
+            ch.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        });
+        match q {
+            Ok(q) => Ok(u64::from(q.message_count())),
+            // NOT_FOUND closes the channel: the next call reconnects.
+            Err(e) if e.to_string().contains("NOT_FOUND") => Ok(0),
+            Err(e) => Err(classify("queue.declare", e)),
+        }
+    }
+
     fn pop(&self, gen: u64) -> Option<Incoming> {
         loop {
             let next = lock(&self.sh.pending)
