@@ -316,3 +316,77 @@ fn amqp_submit_wait_and_run_broker_match_local_run() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Python Celery 5.7 worker on the same vhost (queue `py`, task
+/// `py.double`), both sides declaring their queues with
+/// `x-max-priority` 10: a chain crosses from ours to it and back, and no
+/// declaration is refused (PRECONDITION_FAILED) on either side.
+#[test]
+fn amqp_a_python_worker_shares_the_vhost_and_a_chain_crosses_them() {
+    let test = "amqp_a_python_worker_shares_the_vhost_and_a_chain_crosses_them";
+    let Some((rabbit, redis, py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let app = format!(
+        "{}app.conf.task_queue_max_priority = 10\n",
+        py_app(&rabbit.url(), &redis.url())
+    );
+    let dir = celery::unique_temp_dir("amqp-pyworker");
+    std::fs::write(
+        dir.join("pyamqp_tasks.py"),
+        format!("{app}\n@app.task(name='py.double')\ndef double(x):\n    return x * 2\n"),
+    )
+    .expect("write pyamqp_tasks.py");
+    let pynode = format!("py-{}@amqp-test", std::process::id());
+    let mut cmd = Command::new(&py);
+    cmd.args([
+        "-m",
+        "celery",
+        "-A",
+        "pyamqp_tasks",
+        "worker",
+        "-c",
+        "1",
+        "-Q",
+        "py",
+    ])
+    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
+    .args(["--without-heartbeat", "-l", "info", "-n", &pynode])
+    .current_dir(&dir)
+    .env("PYTHONDONTWRITEBYTECODE", "1")
+    .stdout(std::process::Stdio::null());
+    let pyw = celery::spawn_until(cmd, "ready.", Duration::from_secs(90));
+    let w = worker(
+        &rabbit,
+        &redis,
+        &node("cross"),
+        &["-c", "2", "--queue-max-priority", "10"],
+    );
+    let script = format!(
+        "{app}\n\
+sq = lambda *a: app.signature('math.square', args=list(a))\n\
+dbl = app.signature('py.double').set(queue='py')\n\
+c = chain(sq(3), dbl, app.signature('math.square')).apply_async()\n\
+p = app.send_task('math.square', args=[5], priority=7)\n\
+print(json.dumps([c.get(timeout=60), p.get(timeout=60)]))"
+    );
+    let v = celery::python_json(&script, &[]);
+    assert_eq!(
+        v,
+        json!([324, 25]),
+        "--- ours\n{}\n--- python\n{}",
+        w.stderr(),
+        pyw.stderr()
+    );
+    for log in [w.stderr(), pyw.stderr()] {
+        assert!(!log.contains("PRECONDITION_FAILED"), "{log}");
+    }
+    let q = queues(&rabbit);
+    for name in ["celery", "py"] {
+        assert!(
+            q.iter().any(|(n, r, u)| n == name && *r == 0 && *u == 0),
+            "{name}: {q:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
