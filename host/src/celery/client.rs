@@ -392,7 +392,10 @@ impl Client {
     /// Connects (and checks with PING) before returning.
     pub fn with_backend(broker_url: &str, backend_url: &str, timeouts: Timeouts) -> Result<Client> {
         use super::transport::{self, Kind, Transport as _};
-        let amqp = transport::kind(broker_url).ok() == Some(Kind::Amqp);
+        let amqp = transport::kind(broker_url).map_err(|e| ClientError::Url {
+            url: redact(broker_url),
+            reason: e.to_string(),
+        })? == Kind::Amqp;
         let broker = if amqp {
             let t = transport::amqp::Amqp::open(
                 broker_url,

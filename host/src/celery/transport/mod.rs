@@ -32,13 +32,14 @@ pub enum Kind {
 pub fn kind(url: &str) -> Result<Kind, BrokerError> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
     match scheme.to_ascii_lowercase().as_str() {
-        "redis" | "rediss" | "redis+unix" | "unix" | "redis+socket" | "socket" => Ok(Kind::Redis),
+        "redis" | "rediss" | "redis+unix" | "unix" | "redis+socket" | "socket" | "valkey"
+        | "valkeys" | "valkey+unix" => Ok(Kind::Redis),
         "amqp" | "amqps" | "pyamqp" | "librabbitmq" => Ok(Kind::Amqp),
         _ => Err(BrokerError::Url {
             url: redact(url),
             why: format!(
-                "unknown broker scheme {scheme:?}: use redis://, rediss://, redis+unix://, \
-                 amqp:// or amqps://"
+                "the scheme `{scheme}://` is not one this host speaks: redis://, rediss://, \
+                 redis+unix://, unix://, redis+socket://, amqp:// or amqps://"
             ),
         }),
     }
@@ -373,7 +374,7 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("unknown broker scheme \"sqs\""), "{e}");
+        assert!(e.contains("the scheme `sqs://` is not one"), "{e}");
         assert!(kind("nothing").is_err());
     }
 }
