@@ -409,7 +409,7 @@ impl Worker {
         // Fail early on a URL that cannot work.
         transport::check(&opts.broker_url)?;
         if let Some(b) = &opts.backend_url {
-            broker::client(b)?;
+            transport::check(b)?;
         }
         book_url(&opts)?;
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use billiard_host::celery::control::{node_name, Ops, OpsOptions};
+use billiard_host::celery::transport::sentinel;
 use billiard_host::celery::{Control, Worker, WorkerError, WorkerOptions};
 use billiard_host::metrics::Metrics;
 use billiard_host::service::Notifier;
@@ -34,7 +35,9 @@ Task names: `plugin.task` (math.square), or the bare task name when only one plu
   Arguments: Celery's args, and kwargs mapped onto the task's argument names.
 
 Broker URLs (kombu's forms): redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS),
-  redis+unix:///PATH[?db=N], unix:///PATH, redis+socket:///PATH; amqp://USER:PASSWORD@HOST[:PORT]/VHOST
+  redis+unix:///PATH[?db=N], unix:///PATH, redis+socket:///PATH;
+  sentinel://[:PASSWORD@]HOST:26379[/DB];sentinel://HOST2:26379 with --master-name NAME (or
+  ?master_name=NAME), broker and backend; amqp://USER:PASSWORD@HOST[:PORT]/VHOST
   (RabbitMQ; `//` or no path is the vhost `/`), amqps://... (TLS), pyamqp://, librabbitmq://.
   An AMQP broker needs a Redis --result-backend (results, chords and revokes live there).
 
@@ -107,6 +110,10 @@ pub struct Args {
     /// task_queue_max_priority; 1-255, as the Python workers sharing them).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     queue_max_priority: Option<u8>,
+    /// Redis Sentinel: the master's name for sentinel:// broker and backend
+    /// URLs that do not name it (kombu's transport option master_name).
+    #[arg(long, value_name = "NAME")]
+    master_name: Option<String>,
     /// AMQP: declare the queues as quorum queues (Celery's
     /// task_default_queue_type = "quorum").
     #[arg(long)]
@@ -293,8 +300,11 @@ pub fn run(args: Args) -> i32 {
     task_aliases.extend(args.task_aliases.iter().cloned());
     let opts = WorkerOptions {
         redelivery,
-        broker_url: args.broker.clone(),
-        backend_url: args.result_backend.clone(),
+        broker_url: sentinel::with_master_name(&args.broker, args.master_name.as_deref()),
+        backend_url: args
+            .result_backend
+            .as_deref()
+            .map(|b| sentinel::with_master_name(b, args.master_name.as_deref())),
         queues: args
             .queues
             .iter()

@@ -4,7 +4,9 @@
 //! - [`redis`]: kombu's Redis transport, consumer side (Lua reserve,
 //!   heartbeat, restore sweep, reconnect);
 //! - [`amqp`]: AMQP 0-9-1 (RabbitMQ) on `lapin`, its runtime on the
-//!   broker threads of the host process.
+//!   broker threads of the host process;
+//! - [`sentinel`]: Redis Sentinel URLs, resolved to the master on each
+//!   (re)connect.
 //!
 //! The consumer loop, the finisher and the keeper hold a
 //! `Box<dyn Transport>`; what only Redis keeps (deaths, requeue counts,
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 pub mod amqp;
 pub mod redis;
+pub mod sentinel;
 
 pub use self::redis::{BrokerError, Finish, Finished, Held, Link, Reserved};
 
@@ -33,7 +36,7 @@ pub fn kind(url: &str) -> Result<Kind, BrokerError> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
     match scheme.to_ascii_lowercase().as_str() {
         "redis" | "rediss" | "redis+unix" | "unix" | "redis+socket" | "socket" | "valkey"
-        | "valkeys" | "valkey+unix" => Ok(Kind::Redis),
+        | "valkeys" | "valkey+unix" | "sentinel" => Ok(Kind::Redis),
         "amqp" | "amqps" | "pyamqp" | "librabbitmq" => Ok(Kind::Amqp),
         _ => Err(BrokerError::Url {
             url: redact(url),
@@ -54,6 +57,7 @@ pub fn redact(url: &str) -> String {
 pub fn check(url: &str) -> Result<Kind, BrokerError> {
     let k = kind(url)?;
     match k {
+        Kind::Redis if sentinel::is_sentinel(url) => sentinel::parse(url).map(|_| k),
         Kind::Redis => self::redis::client(url).map(|_| k),
         Kind::Amqp => amqp::parse(url).map(|_| k),
     }

@@ -201,6 +201,10 @@ impl BrokerError {
 /// verification), `ssl_ca_certs=PATH` (PEM roots instead of the system's),
 /// `ssl_certfile=PATH` + `ssl_keyfile=PATH` (a client certificate).
 pub fn client(url: &str) -> Result<redis::Client, BrokerError> {
+    if super::sentinel::is_sentinel(url) {
+        // The current master (asked again by each Link's reconnect).
+        return client(&super::sentinel::master_url(url)?);
+    }
     let bad = |why: String| BrokerError::Url {
         url: redact(url),
         why,
@@ -354,6 +358,8 @@ pub struct Link {
     lost: bool,
     retry_at: Option<Instant>,
     read_timeout: Duration,
+    /// A `sentinel://` URL, resolved again to the master on each reconnect.
+    sentinel: Option<String>,
 }
 
 /// The scripts, as loaded on a connection.
@@ -394,7 +400,18 @@ impl Link {
     /// A link to `url`; `what` names it in errors ("broker", "backend").
     pub fn new(url: &str, what: &'static str) -> Result<Link, BrokerError> {
         Ok(Link {
-            client: client(url)?,
+            // A sentinel URL is resolved by each connect: sentinels that
+            // are not up yet are waited for like a broker that is down.
+            client: if super::sentinel::is_sentinel(url) {
+                super::sentinel::parse(url)?;
+                redis::Client::open("redis://127.0.0.1/").map_err(|e| BrokerError::Url {
+                    url: redact(url),
+                    why: e.to_string(),
+                })?
+            } else {
+                client(url)?
+            },
+            sentinel: super::sentinel::is_sentinel(url).then(|| url.to_string()),
             what,
             con: None,
             failures: 0,
@@ -429,6 +446,16 @@ impl Link {
                 let now = Instant::now();
                 if now < t {
                     std::thread::sleep(t.saturating_duration_since(now));
+                }
+            }
+            if let Some(url) = &self.sentinel {
+                // After a failover: the new master.
+                match client(url) {
+                    Ok(c) => self.client = c,
+                    Err(e) => {
+                        self.failed();
+                        return Err(e);
+                    }
                 }
             }
             // A signal interrupting the opening (EINTR: SIGSTOP/SIGCONT, a
@@ -517,7 +544,10 @@ impl Link {
             }
             Err(e) => {
                 let noscript = e.code() == Some("NOSCRIPT");
+                // A demoted master (Sentinel): ask the sentinels again.
+                let demoted = self.sentinel.is_some() && e.code() == Some("READONLY");
                 if noscript
+                    || demoted
                     || e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_timeout()
