@@ -390,3 +390,132 @@ print(json.dumps([c.get(timeout=60), p.get(timeout=60)]))"
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A worker whose finisher logs each task's end (`task NAME[ID]
+/// succeeded`), to count the runs of each task.
+fn counting_worker(
+    rabbit: &RabbitMqServer,
+    redis: &RedisServer,
+    name: &str,
+    extra: &[&str],
+) -> celery::Worker {
+    let faults = common::plugin_str("faults");
+    let (b, r) = (rabbit.url(), redis.url());
+    let mut cmd = common::host_command();
+    cmd.args([
+        "worker",
+        &faults,
+        "--broker",
+        &b,
+        "--result-backend",
+        &r,
+        "-n",
+        name,
+    ])
+    .args(extra)
+    .env("BILLIARD_LOG", "info,billiard_host::celery::worker=debug");
+    celery::spawn_worker_cmd(cmd)
+}
+
+/// Sends `n` × `faults.sleep_ms [ms]` with `submit` (no wait); their ids.
+fn submit_sleeps(rabbit: &RabbitMqServer, redis: &RedisServer, n: usize, ms: u64) -> Vec<String> {
+    let dir = celery::unique_temp_dir("amqp-batch");
+    let line = format!("[{ms}]");
+    let jobs: Vec<&str> = (0..n).map(|_| line.as_str()).collect();
+    let input = common::lines_file(&dir, "jobs.jsonl", &jobs);
+    let (b, r) = (rabbit.url(), redis.url());
+    let out = host_timeout(&[
+        "submit",
+        "--broker",
+        &b,
+        "--result-backend",
+        &r,
+        "--task",
+        "faults.sleep_ms",
+        "--input",
+        &input,
+        "-q",
+    ]);
+    assert_eq!(common::exit_code(&out), 0, "{}", common::stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::json_lines(&common::stdout(&out))
+        .iter()
+        .filter_map(|l| l["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn succeeded(redis: &RedisServer, id: &str) -> bool {
+    redis
+        .task_meta(id)
+        .is_some_and(|m| m["status"] == "SUCCESS")
+}
+
+fn runs(log: &str, id: &str) -> usize {
+    log.matches(&format!("task faults.sleep_ms[{id}] succeeded"))
+        .count()
+}
+
+/// kill -9 of our host mid-job: RabbitMQ requeues the delivery of the
+/// dead connection, another host runs it, once.
+#[test]
+fn amqp_a_host_killed_mid_job_has_its_message_completed_once_elsewhere() {
+    let test = "amqp_a_host_killed_mid_job_has_its_message_completed_once_elsewhere";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let mut a = counting_worker(&rabbit, &redis, &node("killed"), &["-c", "1"]);
+    let ids = submit_sleeps(&rabbit, &redis, 1, 4000);
+    let id = ids[0].clone();
+    celery::wait_until("host A to hold the message", celery::DEADLINE, || {
+        queues(&rabbit)
+            .iter()
+            .any(|(n, r, u)| n == "celery" && *r == 0 && *u == 1)
+    });
+    a.kill();
+    let b = counting_worker(&rabbit, &redis, &node("survivor"), &["-c", "1"]);
+    celery::wait_until("the task to succeed on host B", celery::DEADLINE, || {
+        succeeded(&redis, &id)
+    });
+    assert_eq!(runs(&b.stderr(), &id), 1, "{}", b.stderr());
+    assert_eq!(runs(&a.stderr(), &id), 0, "{}", a.stderr());
+    celery::wait_until("the message acked", celery::DEADLINE, || {
+        queues(&rabbit)
+            .iter()
+            .any(|(n, r, u)| n == "celery" && *r == 0 && *u == 0)
+    });
+}
+
+/// RabbitMQ killed and restarted mid-batch: the worker reconnects with
+/// backoff, running jobs carry on, and every job of the batch succeeds,
+/// each run exactly once (the redeliveries of jobs that were running are
+/// not run again).
+#[test]
+fn amqp_rabbitmq_restarted_mid_batch_every_job_completes_exactly_once() {
+    let test = "amqp_rabbitmq_restarted_mid_batch_every_job_completes_exactly_once";
+    let Some((mut rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let w = counting_worker(&rabbit, &redis, &node("restart"), &["-c", "4"]);
+    let ids = submit_sleeps(&rabbit, &redis, 40, 300);
+    celery::wait_until("some results", celery::DEADLINE, || {
+        ids.iter().filter(|id| succeeded(&redis, id)).count() >= 8
+    });
+    rabbit.restart();
+    celery::wait_until("every result", Duration::from_secs(180), || {
+        ids.iter().all(|id| succeeded(&redis, id))
+    });
+    let log = w.stderr();
+    for id in &ids {
+        assert_eq!(
+            runs(&log, id),
+            1,
+            "task {id} ran {} times:\n{log}",
+            runs(&log, id)
+        );
+    }
+    celery::wait_until("every message acked", celery::DEADLINE, || {
+        queues(&rabbit)
+            .iter()
+            .any(|(n, r, u)| n == "celery" && *r == 0 && *u == 0)
+    });
+}

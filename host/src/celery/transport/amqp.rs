@@ -215,8 +215,128 @@ struct Shared {
     tx: Sender<Incoming>,
     rx: Receiver<Incoming>,
     pending: Mutex<VecDeque<Incoming>>,
-    /// The ackers of the deliveries this host holds, by tag.
-    held: Mutex<HashMap<String, Acker>>,
+    /// The deliveries this host holds, and those of lost channels.
+    held: Mutex<Book>,
+}
+
+/// At most this many jobs finished on a lost channel are remembered for
+/// their redelivery.
+const FINISHED_KEPT: usize = 100_000;
+
+/// The deliveries this host holds, and what became of those of a lost
+/// channel (recovery, issue 25 step 5): their redelivery is neither lost
+/// nor run twice while this host lives.
+#[derive(Default)]
+struct Book {
+    /// Held on the live channel: tag → (acker, task id).
+    live: HashMap<String, (Acker, String)>,
+    /// Of a lost channel, their jobs still running here: tag → task id.
+    orphans: HashMap<String, String>,
+    /// The same, by task id.
+    orphan_of: HashMap<String, String>,
+    /// A lost delivery's tag → the tag of its redelivery, held for the
+    /// job still running.
+    alias: HashMap<String, String>,
+    /// Jobs that finished on a lost delivery (result stored, not acked):
+    /// task id → their follow-ups, sent when the redelivery comes, which
+    /// is then acked without running again.
+    finished: HashMap<String, Vec<(String, String)>>,
+    finished_order: VecDeque<String>,
+    /// Jobs acked here lately: a redelivery of one (its ack was lost with
+    /// the connection) is acked again, not run again.
+    acked: HashSet<String>,
+    acked_order: VecDeque<String>,
+}
+
+impl Book {
+    /// The channel is gone: what it held becomes orphans.
+    fn lose_channel(&mut self) {
+        for (tag, (_, id)) in self.live.drain() {
+            if !id.is_empty() {
+                self.orphan_of.insert(id.clone(), tag.clone());
+                self.orphans.insert(tag, id);
+            }
+        }
+    }
+
+    /// The live delivery a completion of `tag` settles, taken.
+    fn take(&mut self, tag: &str) -> Option<Acker> {
+        let t = self.alias.remove(tag).unwrap_or_else(|| tag.to_string());
+        let (a, key) = self.live.remove(&t)?;
+        if !key.is_empty() && self.acked.insert(key.clone()) {
+            self.acked_order.push_back(key);
+            while self.acked_order.len() > FINISHED_KEPT {
+                if let Some(old) = self.acked_order.pop_front() {
+                    self.acked.remove(&old);
+                }
+            }
+        }
+        Some(a)
+    }
+
+    fn is_live(&self, tag: &str) -> bool {
+        let t = self.alias.get(tag).map_or(tag, String::as_str);
+        self.live.contains_key(t)
+    }
+
+    /// `tag` finished while its delivery was lost: remembered for the
+    /// redelivery.
+    fn finished_lost(&mut self, tag: &str, send: &[(String, String)]) {
+        let t = self.alias.remove(tag).unwrap_or_else(|| tag.to_string());
+        let Some(id) = self.orphans.remove(&t) else {
+            return;
+        };
+        self.orphan_of.remove(&id);
+        self.finished.insert(id.clone(), send.to_vec());
+        self.finished_order.push_back(id);
+        while self.finished_order.len() > FINISHED_KEPT {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+}
+
+/// A task message to publish: (queue, kombu envelope JSON).
+type Msg = (String, String);
+
+/// What identifies one delivery of a task across redeliveries: its task id
+/// and its `retries` header (a retry is a new message with the same id).
+fn dedup_key(d: &Delivery) -> String {
+    let id = task_id_of(d);
+    if id.is_empty() {
+        return id;
+    }
+    let retries = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("retries").map(|v| json_value(v).to_string()))
+        .unwrap_or_default();
+    format!("{id}/{retries}")
+}
+
+/// The task id of a delivery: its `id` header, else its `correlation_id`.
+fn task_id_of(d: &Delivery) -> String {
+    let from_header = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| match h.inner().get("id") {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+            _ => None,
+        });
+    from_header
+        .or_else(|| {
+            d.properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.as_str().to_string())
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for Shared {
@@ -303,7 +423,7 @@ impl Amqp {
                 tx,
                 rx,
                 pending: Mutex::new(VecDeque::new()),
-                held: Mutex::new(HashMap::new()),
+                held: Mutex::new(Book::default()),
             }),
             what: "broker",
         })
@@ -323,8 +443,9 @@ impl Amqp {
             );
             st.live = None;
             st.declared.clear();
-            // Their channel is gone: RabbitMQ redelivers them.
-            lock(&self.sh.held).clear();
+            // Their channel is gone: RabbitMQ redelivers them; the jobs
+            // still running here answer for their redeliveries.
+            lock(&self.sh.held).lose_channel();
             backoff(&mut st);
         }
         if let Some(t) = st.retry_at {
@@ -783,18 +904,58 @@ impl Transport for Amqp {
     fn reserve(&mut self, max: usize, _lease: Duration) -> Result<Vec<Reserved>, BrokerError> {
         let (_, _, gen) = self.live()?;
         let mut out = Vec::new();
+        // Redeliveries settled here: (acker, follow-ups to send, task).
+        let mut settled: Vec<(Acker, Vec<Msg>, String)> = Vec::new();
         while out.len() < max {
             let Some(inc) = self.pop(gen) else { break };
             let tag = format!("{}.{}", inc.generation, inc.delivery.delivery_tag);
-            let raw = envelope(&inc.delivery, &tag);
             if !inc.no_ack {
-                lock(&self.sh.held).insert(tag.clone(), inc.delivery.acker.clone());
+                let id = dedup_key(&inc.delivery);
+                let acker = inc.delivery.acker.clone();
+                let mut book = lock(&self.sh.held);
+                if let Some(old) = (!id.is_empty())
+                    .then(|| book.orphan_of.remove(&id))
+                    .flatten()
+                {
+                    // Its job still runs here: the redelivery waits for it.
+                    book.orphans.remove(&old);
+                    book.alias.insert(old, tag.clone());
+                    book.live.insert(tag, (acker, id.clone()));
+                    tracing::info!(
+                        "task {id} came back redelivered while it still runs here: not run \
+                         twice; its end acks the redelivery"
+                    );
+                    continue;
+                }
+                if let Some(send) = book.finished.remove(&id) {
+                    settled.push((acker, send, id));
+                    continue;
+                }
+                if inc.delivery.redelivered && book.acked.contains(&id) {
+                    // Acked here, the ack lost with the connection.
+                    settled.push((acker, Vec::new(), id));
+                    continue;
+                }
+                book.live.insert(tag.clone(), (acker, id));
             }
+            let raw = envelope(&inc.delivery, &tag);
             out.push(Reserved {
                 tag,
                 raw,
                 queue: inc.queue,
             });
+        }
+        for (acker, send, id) in settled {
+            // Finished here on the lost channel (its result is stored):
+            // its follow-ups go now, then the redelivery is acked.
+            self.publish_tasks(&send)?;
+            let _ = self
+                .sh
+                .rt
+                .block_on(async { acker.ack(BasicAckOptions::default()).await });
+            tracing::info!(
+                "task {id} came back redelivered after it finished here: acked, not run again"
+            );
         }
         Ok(out)
     }
@@ -847,10 +1008,16 @@ impl Transport for Amqp {
         // A delivery whose channel died is RabbitMQ's to redeliver: its
         // run there sends the follow-ups.
         let held: Vec<bool> = {
-            let h = lock(&self.sh.held);
+            let mut h = lock(&self.sh.held);
             batch
                 .iter()
-                .map(|f| f.tag.is_empty() || h.contains_key(&f.tag))
+                .map(|f| {
+                    let live = f.tag.is_empty() || h.is_live(&f.tag);
+                    if !live {
+                        h.finished_lost(&f.tag, &f.send);
+                    }
+                    live
+                })
                 .collect()
         };
         let sends: Vec<(String, String)> = batch
@@ -875,7 +1042,7 @@ impl Transport for Amqp {
     fn ack(&mut self, tags: &[String]) -> Result<(), BrokerError> {
         let ackers: Vec<Acker> = {
             let mut h = lock(&self.sh.held);
-            tags.iter().filter_map(|t| h.remove(t)).collect()
+            tags.iter().filter_map(|t| h.take(t)).collect()
         };
         if ackers.is_empty() {
             return Ok(());
@@ -892,7 +1059,7 @@ impl Transport for Amqp {
     fn requeue(&mut self, tags: &[String]) -> Result<usize, BrokerError> {
         let ackers: Vec<Acker> = {
             let mut h = lock(&self.sh.held);
-            tags.iter().filter_map(|t| h.remove(t)).collect()
+            tags.iter().filter_map(|t| h.take(t)).collect()
         };
         let n = self.sh.rt.block_on(async {
             let mut n = 0usize;
