@@ -144,7 +144,7 @@ fn amqp_inspect_ping_and_revoke_terminate() {
         return;
     };
     let name = node("ping");
-    let w = worker(&rabbit, &redis, &name, &["-c", "1"]);
+    let w = worker(&rabbit, &redis, &name, &["-c", "1", "-E"]);
     let dir = celery::unique_temp_dir("amqp-app");
     std::fs::write(dir.join("amqpapp.py"), py_app(&rabbit.url(), &redis.url()))
         .expect("write amqpapp.py");
@@ -165,6 +165,23 @@ fn amqp_inspect_ping_and_revoke_terminate() {
         .unwrap_or_default();
     let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
     assert_eq!(v[&name], json!({"ok": "pong"}), "{out}\n{err}");
+    // -E: events on Celery's `celeryev` topic exchange, declared durable
+    // as kombu declares it (a Python event receiver's declare matches).
+    let exchanges = rabbit.ctl(&[
+        "list_exchanges",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "type",
+        "durable",
+    ]);
+    assert!(
+        exchanges
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["celeryev", "topic", "true"]),
+        "{exchanges}\n{}",
+        w.stderr()
+    );
 
     // A long task, revoked with terminate: REVOKED in the backend.
     let script = format!(
