@@ -536,3 +536,41 @@ fn amqp_rabbitmq_restarted_mid_batch_every_job_completes_exactly_once() {
             .any(|(n, r, u)| n == "celery" && *r == 0 && *u == 0)
     });
 }
+
+/// Quorum queues: `--quorum-queues` declares `x-queue-type: quorum` as a
+/// Celery 5.7 app with `task_default_queue_type = "quorum"` does (no
+/// PRECONDITION_FAILED either way round), and consumes with a
+/// per-consumer prefetch (quorum queues have no channel-wide one).
+#[test]
+fn amqp_quorum_queues_are_declared_as_celery_declares_them() {
+    let test = "amqp_quorum_queues_are_declared_as_celery_declares_them";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let w = worker(
+        &rabbit,
+        &redis,
+        &node("quorum"),
+        &["-c", "2", "--quorum-queues"],
+    );
+    let script = format!(
+        "{}app.conf.task_default_queue_type = 'quorum'\n\
+rs = [app.send_task('math.square', args=[i]) for i in range(5)]\n\
+print(json.dumps([r.get(timeout=60) for r in rs]))",
+        py_app(&rabbit.url(), &redis.url())
+    );
+    let v = celery::python_json(&script, &[]);
+    assert_eq!(v, json!([0, 1, 4, 9, 16]), "{}", w.stderr());
+    let types = rabbit.ctl(&["list_queues", "-q", "--no-table-headers", "name", "type"]);
+    assert!(
+        types
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["celery", "quorum"]),
+        "{types}"
+    );
+    assert!(
+        !w.stderr().contains("PRECONDITION_FAILED"),
+        "{}",
+        w.stderr()
+    );
+}
