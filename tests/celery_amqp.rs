@@ -574,3 +574,27 @@ print(json.dumps([r.get(timeout=60) for r in rs]))",
         w.stderr()
     );
 }
+
+/// An AMQP broker without a Redis result backend cannot work: exit 2 at
+/// start, saying what to add (no server needed).
+#[test]
+fn amqp_without_a_redis_result_backend_is_a_configuration_error() {
+    let math = common::plugin_str("math");
+    for extra in [&[][..], &["--result-backend", "amqp://127.0.0.1:1//"][..]] {
+        let mut args = vec![
+            "worker",
+            &math,
+            "--broker",
+            "amqp://guest:guest@127.0.0.1:1//",
+        ];
+        args.extend_from_slice(extra);
+        let out = host_timeout(&args);
+        let stderr = common::stderr(&out);
+        assert_eq!(common::exit_code(&out), 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--result-backend redis://"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("guest:guest"), "{stderr}");
+    }
+}
