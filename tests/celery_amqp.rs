@@ -598,3 +598,36 @@ fn amqp_without_a_redis_result_backend_is_a_configuration_error() {
         assert!(!stderr.contains("guest:guest"), "{stderr}");
     }
 }
+
+/// RabbitMQ's consumer_timeout: a job whose time limit is longer than
+/// `--consumer-timeout` is refused at receipt with a FAILURE saying so
+/// (not a channel closed under it and a second run); a shorter one runs.
+#[test]
+fn amqp_a_time_limit_past_the_consumer_timeout_is_refused_at_receipt() {
+    let test = "amqp_a_time_limit_past_the_consumer_timeout_is_refused_at_receipt";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let w = worker(
+        &rabbit,
+        &redis,
+        &node("ctimeout"),
+        &["-c", "1", "--consumer-timeout", "10s"],
+    );
+    let script = format!(
+        "{}\n\
+long = app.send_task('math.square', args=[3], time_limit=60)\n\
+short = app.send_task('math.square', args=[4], time_limit=5)\n\
+long.get(timeout=60, propagate=False)\n\
+print(json.dumps([long.state, str(long.result), short.get(timeout=60)]))",
+        py_app(&rabbit.url(), &redis.url())
+    );
+    let v = celery::python_json(&script, &[]);
+    assert_eq!(v[0], json!("FAILURE"), "{v}\n{}", w.stderr());
+    let why = v[1].as_str().unwrap_or_default();
+    assert!(
+        why.contains("consumer_timeout") && why.contains("1m") && why.contains("10s"),
+        "{why}"
+    );
+    assert_eq!(v[2], json!(16), "{v}");
+}

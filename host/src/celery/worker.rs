@@ -96,6 +96,10 @@ pub struct WorkerOptions {
     pub queue_max_priority: Option<u8>,
     /// AMQP: quorum queues (Celery's `task_default_queue_type = "quorum"`).
     pub quorum_queues: bool,
+    /// AMQP: the server's `consumer_timeout` (RabbitMQ closes a channel
+    /// holding a delivery unacked longer): a job whose time limit is
+    /// longer is refused at receipt. None: not checked (Redis).
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -116,6 +120,7 @@ impl Default for WorkerOptions {
             task_aliases: Vec::new(),
             queue_max_priority: None,
             quorum_queues: false,
+            consumer_timeout: None,
         }
     }
 }
@@ -1516,6 +1521,9 @@ impl Consumer<'_> {
             Ok(l) => l,
             Err(e) => return refuse(ctx, &format!("header \"timelimit\": {e}")),
         };
+        if let Some(why) = self.outlives_the_channel(&limits) {
+            return refuse(ctx, &why);
+        }
         let p = Prepared {
             ctx,
             target: entry.target,
@@ -1526,6 +1534,24 @@ impl Consumer<'_> {
             items: None,
         };
         schedule(p, msg.eta)
+    }
+
+    /// Why a job with `limits` cannot run on this AMQP channel: its time
+    /// limit is longer than the server's `consumer_timeout`, which would
+    /// close the channel under it and have the message run again.
+    fn outlives_the_channel(&self, limits: &Limits) -> Option<String> {
+        let held = self.opts.consumer_timeout?;
+        let hard = limits.hard.or(self.pool.config().time_limit)?;
+        (hard > held).then(|| {
+            format!(
+                "its time limit ({}) is longer than RabbitMQ's consumer_timeout ({}, \
+                 --consumer-timeout): the broker would close the channel under it and the \
+                 message would run again; raise consumer_timeout on the server and \
+                 --consumer-timeout, or lower the limit",
+                humantime::format_duration(hard),
+                humantime::format_duration(held)
+            )
+        })
     }
 
     /// A Celery builtin message (issue 29 item 3): expanded into messages

@@ -55,6 +55,14 @@ Operators: the worker answers `celery inspect` / `celery control` (ping, stats, 
   terminate, pool_grow, add_consumer, shutdown, ...) as NAME (-n); -E sends Celery events (Flower);
   --metrics-addr serves /metrics (Prometheus) and /healthz. See docs/celery.md.";
 
+/// `--consumer-timeout`: a duration, or `never` (Duration::MAX: no check).
+fn parse_consumer_timeout(s: &str) -> Result<Duration, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(Duration::MAX);
+    }
+    parse_duration(s)
+}
+
 /// How log lines are written (on stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -114,6 +122,11 @@ pub struct Args {
     /// URLs that do not name it (kombu's transport option master_name).
     #[arg(long, value_name = "NAME")]
     master_name: Option<String>,
+    /// AMQP: the server's consumer_timeout (RabbitMQ's default 30m): a job whose time
+    /// limit is longer is refused at receipt (FAILURE) instead of having its channel
+    /// closed under it; `never` when the server has none.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_consumer_timeout)]
+    consumer_timeout: Duration,
     /// AMQP: declare the queues as quorum queues (Celery's
     /// task_default_queue_type = "quorum").
     #[arg(long)]
@@ -324,6 +337,12 @@ pub fn run(args: Args) -> i32 {
         global_rate_limits: args.global_rate_limits.clone(),
         task_aliases,
         queue_max_priority: args.queue_max_priority,
+        consumer_timeout: match billiard_host::celery::transport::kind(&args.broker) {
+            Ok(billiard_host::celery::transport::Kind::Amqp) => {
+                Some(args.consumer_timeout).filter(|d| *d != Duration::MAX)
+            }
+            _ => None,
+        },
         quorum_queues: args.quorum_queues,
         ..WorkerOptions::default()
     };
