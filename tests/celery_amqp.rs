@@ -631,3 +631,32 @@ print(json.dumps([long.state, str(long.result), short.get(timeout=60)]))",
     );
     assert_eq!(v[2], json!(16), "{v}");
 }
+
+/// Countdown messages are held by the worker, as on Redis, and do not use
+/// up the channel's prefetch: with one slot and two messages held for 60s,
+/// a message sent after them runs at once.
+#[test]
+fn amqp_held_countdown_messages_do_not_use_up_the_prefetch() {
+    let test = "amqp_held_countdown_messages_do_not_use_up_the_prefetch";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let w = worker(&rabbit, &redis, &node("eta"), &["-c", "1"]);
+    let script = format!(
+        "{}\n\
+later = [app.send_task('math.square', args=[i], countdown=60) for i in (2, 3)]\n\
+now = app.send_task('math.square', args=[4])\n\
+got = now.get(timeout=45)\n\
+print(json.dumps([got, [r.state for r in later]]))",
+        py_app(&rabbit.url(), &redis.url())
+    );
+    let v = celery::python_json(&script, &[]);
+    assert_eq!(v, json!([16, ["PENDING", "PENDING"]]), "{}", w.stderr());
+    // Both held ones are unacked in the channel, none waits in the queue.
+    let q = queues(&rabbit);
+    assert!(
+        q.iter()
+            .any(|(n, r, u)| n == "celery" && *r == 0 && *u == 2),
+        "{q:?}"
+    );
+}

@@ -981,6 +981,8 @@ impl Consumer<'_> {
             }
             self.release_due();
             self.submit_ready();
+            self.broker
+                .set_held(self.held_jobs.len().saturating_add(self.limiter.len()));
             if self.stopping {
                 if self.running == 0 && self.ready.is_empty() {
                     return false;

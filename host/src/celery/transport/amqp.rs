@@ -217,6 +217,9 @@ struct Shared {
     pending: Mutex<VecDeque<Incoming>>,
     /// The deliveries this host holds, and those of lost channels.
     held: Mutex<Book>,
+    /// Messages held for later (eta, rate limits) on top of the slots'
+    /// prefetch, and the prefetch last set.
+    extra: Mutex<(usize, u16)>,
 }
 
 /// At most this many jobs finished on a lost channel are remembered for
@@ -399,6 +402,7 @@ impl Amqp {
         opts: QueueOptions,
     ) -> Result<Amqp, BrokerError> {
         let uri = parse(url)?;
+        let prefetch = opts.prefetch.max(1);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("celery-amqp")
@@ -424,6 +428,7 @@ impl Amqp {
                 rx,
                 pending: Mutex::new(VecDeque::new()),
                 held: Mutex::new(Book::default()),
+                extra: Mutex::new((0, prefetch)),
             }),
             what: "broker",
         })
@@ -848,9 +853,16 @@ async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
     for q in &sh.queues {
         declare(&consume, q).await?;
     }
+    let prefetch = {
+        let mut extra = lock(&sh.extra);
+        let p = u16::try_from(usize::from(sh.opts.prefetch.max(1)).saturating_add(extra.0))
+            .unwrap_or(u16::MAX);
+        extra.1 = p;
+        p
+    };
     consume
         .basic_qos(
-            sh.opts.prefetch.max(1),
+            prefetch,
             BasicQosOptions {
                 global: !sh.opts.quorum,
             },
@@ -1086,6 +1098,33 @@ impl Transport for Amqp {
 
     fn redis(&mut self) -> Option<&mut Link> {
         None
+    }
+
+    fn set_held(&mut self, n: usize) {
+        let want = u16::try_from(usize::from(self.sh.opts.prefetch.max(1)).saturating_add(n))
+            .unwrap_or(u16::MAX);
+        {
+            let mut extra = lock(&self.sh.extra);
+            extra.0 = n;
+            if extra.1 == want || self.sh.opts.quorum {
+                // Quorum queues take a per-consumer prefetch at consume
+                // only (Celery turns eta off for them).
+                return;
+            }
+        }
+        // (Not under `extra`: `live` locks the state, then `extra`.)
+        let live = lock(&self.sh.state)
+            .live
+            .as_ref()
+            .map(|l| l.consume.clone());
+        let Some(ch) = live else { return };
+        let set = self
+            .sh
+            .rt
+            .block_on(async { ch.basic_qos(want, BasicQosOptions { global: true }).await });
+        if set.is_ok() {
+            lock(&self.sh.extra).1 = want;
+        }
     }
 }
 

@@ -125,6 +125,10 @@ pub trait Transport: Send {
     fn handle(&self, what: &'static str) -> Result<Box<dyn Transport>, BrokerError>;
     /// The Redis connection when the broker is Redis.
     fn redis(&mut self) -> Option<&mut Link>;
+    /// `n` messages are held for later (eta, rate limits) besides the
+    /// slots: a transport whose prefetch the held ones would use up
+    /// (AMQP) raises it by as many, as Celery's consumer does.
+    fn set_held(&mut self, _n: usize) {}
 }
 
 /// The type of an exchange events and remote control publish to.
