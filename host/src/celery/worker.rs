@@ -2397,6 +2397,12 @@ fn report_finish(c: &Completion, r: &Finished) {
              its result is stored and its follow-ups are sent",
             c.task_id
         ),
+        Held::Redelivered => tracing::info!(
+            "task {} finished after the AMQP channel that delivered it was lost: its result is \
+             stored; its redelivery is acked with its follow-ups, not run again, while this host \
+             runs",
+            c.task_id
+        ),
         Held::AlreadyFinished => tracing::debug!(
             "task {}: a store whose reply was lost had already finished it",
             c.task_id

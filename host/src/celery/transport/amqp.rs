@@ -19,7 +19,7 @@
 //! body as its JSON text, `body_encoding` not base64), so the protocol
 //! reader is the one Redis uses. Its tag is `<generation>.<delivery tag>`:
 //! a delivery of a channel that has since died cannot be acked (RabbitMQ
-//! redelivers it); its completion says so ([`Held::Restored`]) and sends
+//! redelivers it); its completion says so ([`Held::Redelivered`]) and sends
 //! no follow-ups, as Redis does for a message a sweeper restored.
 //!
 //! What is published (chains, callbacks, retries, chord bodies) goes
@@ -1045,7 +1045,7 @@ impl Transport for Amqp {
             .into_iter()
             .map(|h| Finished {
                 stored: false,
-                held: if h { Held::Held } else { Held::Restored },
+                held: if h { Held::Held } else { Held::Redelivered },
                 unsent: 0,
             })
             .collect())

@@ -776,6 +776,10 @@ pub enum Held {
     /// This call repeated one whose reply was lost, and that one had
     /// finished it: nothing was done twice.
     AlreadyFinished,
+    /// AMQP: the channel that delivered it was lost before the ack; the
+    /// broker redelivers it, and its redelivery is acked (with these
+    /// follow-ups) without running again while this host lives.
+    Redelivered,
 }
 
 /// What [`finish`] did for one message.
