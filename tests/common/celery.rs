@@ -952,3 +952,243 @@ impl Drop for Worker {
         self.kill();
     }
 }
+
+// ----- rabbitmq-server ----------------------------------------------------
+
+/// The `rabbitmq-server` start script (Debian's package puts it in
+/// `/usr/lib/rabbitmq/bin`; the one in `/usr/sbin` switches users).
+pub fn rabbitmq_server_exe() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    if debian.is_file() {
+        return Some(debian);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("rabbitmq-server"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `epmd` (Erlang's port mapper), which each node gets on a port of its own.
+fn epmd_exe() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("epmd"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A [`RabbitMqServer`] and a [`RedisServer`] (the result backend), or a
+/// loud skip (a failure under CI) when rabbitmq-server, redis-server or
+/// the venv is missing.
+pub fn rabbitmq_or_skip(test: &str) -> Option<(RabbitMqServer, RedisServer, PathBuf)> {
+    let py = python_or_skip(test)?;
+    let redis = redis_or_skip(test)?;
+    if rabbitmq_server_exe().is_none() || epmd_exe().is_none() {
+        skip(
+            test,
+            "rabbitmq-server is not installed (apt-get install rabbitmq-server)",
+        );
+        return None;
+    }
+    Some((RabbitMqServer::start(), redis, py))
+}
+
+/// A private RabbitMQ node: its own data dir, node name, AMQP port,
+/// distribution port and `epmd` (on a port of its own, so nothing of it
+/// outlives the test), no plugins; stopped by pid on drop.
+pub struct RabbitMqServer {
+    exe: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    dist_port: u16,
+    epmd_port: u16,
+    epmd: Option<Child>,
+    child: Option<Child>,
+}
+
+/// How long a RabbitMQ node may take to accept AMQP connections.
+const RABBITMQ_START: Duration = Duration::from_secs(120);
+
+impl RabbitMqServer {
+    /// Starts a node and waits until it speaks AMQP on its port.
+    pub fn start() -> RabbitMqServer {
+        let exe = rabbitmq_server_exe().expect("rabbitmq-server is not installed");
+        let dir = unique_temp_dir("rabbitmq");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut s = RabbitMqServer {
+                exe: exe.clone(),
+                dir: dir.clone(),
+                port: free_port(),
+                dist_port: free_port(),
+                epmd_port: free_port(),
+                epmd: None,
+                child: None,
+            };
+            match s.spawn_and_wait() {
+                Ok(()) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("rabbitmq-server did not start: {last}");
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        if self.epmd.is_none() {
+            let epmd = Command::new(epmd_exe().ok_or("no epmd")?)
+                .args(["-port", &self.epmd_port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot run epmd: {e}"))?;
+            self.epmd = Some(epmd);
+        }
+        std::fs::write(self.dir.join("enabled_plugins"), "[].\n")
+            .map_err(|e| format!("enabled_plugins: {e}"))?;
+        let log = std::fs::File::create(self.dir.join("out.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.exe);
+        let d = |x: &str| self.dir.join(x);
+        cmd.env("HOME", &self.dir)
+            .env("RABBITMQ_MNESIA_BASE", d("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d("log"))
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("billiard{}@localhost", self.port),
+            )
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", d("pid"))
+            .env("RABBITMQ_CONFIG_FILE", d("rabbitmq"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", d("advanced.config"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // Its own process group: the start script stays the parent of the
+        // Erlang VM, and both go with the group.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let _ = std::fs::remove_file(d("pid"));
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| format!("cannot run rabbitmq-server: {e}"))?,
+        );
+        let deadline = Instant::now() + RABBITMQ_START;
+        loop {
+            if self.speaks_amqp() {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                let text = std::fs::read_to_string(d("out.log")).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                return Err(format!("exited with {status}: {tail:?}"));
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(format!(
+                    "no AMQP on port {} within {RABBITMQ_START:?}",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// True when the port answers an AMQP 0-9-1 header with connection.start.
+    fn speaks_amqp(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"AMQP\x00\x00\x09\x01").is_err() {
+            return false;
+        }
+        let mut frame = [0u8; 7];
+        s.read_exact(&mut frame).is_ok() && frame[0] == 1
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>//` (kombu's form, vhost `/`).
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}//", self.port)
+    }
+
+    /// The AMQP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The Erlang VM's pid (from RABBITMQ_PID_FILE).
+    fn vm_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    /// Kills the node with SIGKILL (its whole process group), as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(-(c.id() as i32)), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the node gracefully (SIGTERM to the VM), then its group.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Some(vm) = self.vm_pid() {
+                let _ = kill(Pid::from_raw(vm), Signal::SIGTERM);
+            }
+            let end = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < end && c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = kill(Pid::from_raw(-(c.id() as i32)), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the node and starts it again on the same ports and data
+    /// (durable queues and persistent messages survive).
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(e) = self.spawn_and_wait() {
+            panic!("rabbitmq-server did not restart: {e}");
+        }
+    }
+
+    /// Runs `rabbitmqctl ARGS` against this node; returns its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let ctl = self.exe.with_file_name("rabbitmqctl");
+        let mut cmd = Command::new(ctl);
+        cmd.env("HOME", &self.dir)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("billiard{}@localhost", self.port),
+            )
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .args(["-n", &format!("billiard{}@localhost", self.port)])
+            .args(args);
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RabbitMqServer {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(mut e) = self.epmd.take() {
+            let _ = kill(Pid::from_raw(e.id() as i32), Signal::SIGKILL);
+            let _ = e.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -5,14 +5,15 @@
 //!
 //! When the backend is the broker (the default), result, follow-up
 //! messages and ack go in one atomic script call per message
-//! ([`super::redis::finish`]); otherwise the result is stored on the
+//! ([`super::transport::redis::finish`]); otherwise the result is stored on the
 //! backend first and the broker's part (follow-ups + ack) follows, so a
 //! crash in between re-runs the task rather than losing its result.
 
 use std::time::Duration;
 
 use super::protocol::{result_key, ResultMeta};
-use super::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
+use super::transport::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
+use super::transport::Transport;
 
 /// Celery's default `result_expires`: one day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(24 * 3600);
@@ -84,7 +85,7 @@ impl ResultBackend {
     /// that call finished, not one to send follow-ups for again.
     pub fn complete(
         &mut self,
-        broker: &mut Link,
+        broker: &mut dyn Transport,
         batch: &[Completion],
         repeated: bool,
     ) -> Result<Vec<Finished>, BrokerError> {
@@ -103,7 +104,7 @@ impl ResultBackend {
                         send: c.send.clone(),
                     })
                     .collect();
-                finish(broker, &fin, self.ttl_s, repeated)
+                broker.finish(&fin, self.ttl_s, repeated)
             }
             Some(backend) => {
                 let store: Vec<Finish> = batch
@@ -143,7 +144,7 @@ impl ResultBackend {
                         send: c.send.clone(),
                     })
                     .collect();
-                let mut acked = finish(broker, &acks, self.ttl_s, repeated)?;
+                let mut acked = broker.finish(&acks, self.ttl_s, repeated)?;
                 let mut s = stored.into_iter();
                 for (c, f) in batch.iter().zip(acked.iter_mut()) {
                     f.stored = c.meta.is_some()

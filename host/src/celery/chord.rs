@@ -31,7 +31,8 @@ use super::protocol::{self, Exception, ResultMeta, Signature, State};
 mod canvas;
 mod python;
 
-use super::redis::{self as broker, BrokerError, Finish, Link};
+use super::transport::redis::{self as broker, BrokerError, Finish, Link};
+use super::transport::Transport;
 pub use canvas::{apply, is_canvas, Applied};
 use python::py_str_repr_exc;
 pub use python::{encode_part, exc_repr, py_float, py_json};
@@ -178,20 +179,17 @@ pub enum Counted {
 /// The links a part return uses: the broker (body, errbacks) and the
 /// result backend (`.j`, results), which may be the same Redis.
 pub struct Io<'a> {
-    /// The broker's link.
-    pub broker: &'a mut Link,
-    /// The result backend's own link; None: the broker's Redis.
-    pub backend: Option<&'a mut Link>,
+    /// The broker.
+    pub broker: &'a mut dyn Transport,
+    /// The result backend's link (the broker's when it is the backend).
+    pub results: &'a mut Link,
     /// The results' time to live (SETEX seconds, 0: none).
     pub ttl_s: u64,
 }
 
 impl Io<'_> {
     fn results(&mut self) -> &mut Link {
-        match &mut self.backend {
-            Some(b) => b,
-            None => self.broker,
-        }
+        self.results
     }
 }
 
@@ -598,7 +596,7 @@ impl Chords {
         )
         .and_then(|()| {
             retrying(give_up, || self.set_sizes(io, &out.sizes))
-                .and_then(|()| retrying(give_up, || broker::send(io.broker, &out.msgs)))
+                .and_then(|()| retrying(give_up, || io.broker.send(&out.msgs)))
                 .map_err(|e| e.to_string())
         });
         if let Err(e) = sent {
@@ -785,7 +783,7 @@ impl Chords {
         let chain = sigs_of(body.options.get("chain"));
         self.fail_chain(io, chain, &chord_exc, root, give_up, &mut stores, depth);
         self.store_all(io, &stores, give_up);
-        if let Err(e) = retrying(give_up, || broker::send(io.broker, &msgs)) {
+        if let Err(e) = retrying(give_up, || io.broker.send(&msgs)) {
             tracing::error!("cannot send the chord body's errbacks ({e})");
         }
     }

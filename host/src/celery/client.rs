@@ -55,6 +55,15 @@ pub enum ClientError {
         #[source]
         source: redis::RedisError,
     },
+    /// The AMQP broker could not be reached (after retrying) or refused.
+    #[error("broker {url}: {source}")]
+    Broker {
+        /// The broker's URL, password redacted.
+        url: String,
+        /// What the transport said.
+        #[source]
+        source: super::transport::BrokerError,
+    },
     /// No result within the time given.
     #[error("no result for task {id} within {waited:?}")]
     Timeout {
@@ -88,18 +97,19 @@ pub enum ClientError {
 impl ClientError {
     /// True when the same call may succeed later (the connection failed or
     /// timed out, Redis is loading, ...), as the worker's
-    /// [`BrokerError::is_transient`](super::redis::BrokerError::is_transient)
+    /// [`BrokerError::is_transient`](super::transport::redis::BrokerError::is_transient)
     /// decides it (the one classification); false for what fails the same
     /// way every time: a bad URL, NOAUTH, WRONGPASS, NOPERM, a database
     /// index out of range, a refused option, a task's own failure.
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Timeout { .. } => true,
-            ClientError::Redis { source, .. } => super::redis::BrokerError::Redis {
+            ClientError::Redis { source, .. } => super::transport::redis::BrokerError::Redis {
                 what: "broker",
                 source: source.clone(),
             }
             .is_transient(),
+            ClientError::Broker { source, .. } => source.is_transient(),
             ClientError::Url { .. }
             | ClientError::BadResult { .. }
             | ClientError::Option(_)
@@ -200,17 +210,17 @@ impl Default for Timeouts {
 }
 
 /// Opens `url` as a `redis::Client`, exactly as the worker does
-/// ([`super::redis::client`]): `redis://[:password@]host:port/db`,
+/// ([`super::transport::redis::client`]): `redis://[:password@]host:port/db`,
 /// `redis+unix:///path`, `unix:///path`, kombu's `redis+socket:///path`,
 /// and `rediss://` with redis-py's `ssl_*` query options.
 pub fn open(url: &str) -> Result<redis::Client> {
-    super::redis::client(url).map_err(|e| ClientError::Url {
+    super::transport::redis::client(url).map_err(|e| ClientError::Url {
         url: redact(url),
         reason: e.to_string(),
     })
 }
 
-pub use super::redis::redact;
+pub use super::transport::redis::redact;
 
 /// One Redis endpoint with a lazily (re)opened command connection.
 struct Endpoint {
@@ -300,11 +310,76 @@ fn retryable(e: &redis::RedisError) -> bool {
 /// their results (by default stored on the broker, as Celery's
 /// `result_backend = broker_url` does).
 pub struct Client {
-    broker: Endpoint,
+    broker: Broker,
     backend_url: String,
     timeouts: Timeouts,
     /// Queues whose bindings this connection declared.
     declared: Mutex<HashSet<String>>,
+}
+
+/// Where a client sends: kombu's Redis lists, or an AMQP broker.
+enum Broker {
+    Redis(Box<Endpoint>),
+    Amqp {
+        url: String,
+        link: Mutex<super::transport::amqp::Amqp>,
+        timeouts: Timeouts,
+    },
+}
+
+impl Broker {
+    fn url(&self) -> &str {
+        match self {
+            Broker::Redis(e) => &e.url,
+            Broker::Amqp { url, .. } => url,
+        }
+    }
+
+    fn redis(&self) -> Result<&Endpoint> {
+        match self {
+            Broker::Redis(e) => Ok(e),
+            Broker::Amqp { url, .. } => Err(ClientError::Url {
+                url: url.clone(),
+                reason: "not a Redis URL".into(),
+            }),
+        }
+    }
+
+    /// Runs `f` on the AMQP transport, retrying with backoff while the
+    /// broker is lost, for at most `retry_for`.
+    fn amqp<T>(
+        &self,
+        mut f: impl FnMut(
+            &mut super::transport::amqp::Amqp,
+        ) -> std::result::Result<T, super::transport::BrokerError>,
+    ) -> Result<T> {
+        let Broker::Amqp {
+            url,
+            link,
+            timeouts,
+        } = self
+        else {
+            return Err(ClientError::Option("not an AMQP broker".into()));
+        };
+        let mut t = link.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = bounds::deadline(Instant::now(), timeouts.retry_for);
+        loop {
+            match f(&mut t) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && !time_left(deadline).is_zero() => {
+                    use super::transport::Transport as _;
+                    let wait = t.backoff_left().max(Duration::from_millis(20));
+                    std::thread::sleep(wait.min(time_left(deadline)));
+                }
+                Err(e) => {
+                    return Err(ClientError::Broker {
+                        url: url.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
 }
 
 impl Client {
@@ -316,8 +391,31 @@ impl Client {
     /// A client with a separate result backend and explicit timeouts.
     /// Connects (and checks with PING) before returning.
     pub fn with_backend(broker_url: &str, backend_url: &str, timeouts: Timeouts) -> Result<Client> {
+        use super::transport::{self, Kind, Transport as _};
+        let amqp = transport::kind(broker_url).map_err(|e| ClientError::Url {
+            url: redact(broker_url),
+            reason: e.to_string(),
+        })? == Kind::Amqp;
+        let broker = if amqp {
+            let t = transport::amqp::Amqp::open(
+                broker_url,
+                Vec::new(),
+                transport::QueueOptions::default(),
+            )
+            .map_err(|e| ClientError::Url {
+                url: redact(broker_url),
+                reason: e.to_string(),
+            })?;
+            Broker::Amqp {
+                url: redact(broker_url),
+                link: Mutex::new(t),
+                timeouts,
+            }
+        } else {
+            Broker::Redis(Box::new(Endpoint::new(broker_url, timeouts)?))
+        };
         let client = Client {
-            broker: Endpoint::new(broker_url, timeouts)?,
+            broker,
             backend_url: backend_url.to_string(),
             timeouts,
             declared: Mutex::new(HashSet::new()),
@@ -325,17 +423,30 @@ impl Client {
         open(backend_url)?;
         // One attempt: a broker that is not there at all is reported now
         // (a connection lost later is retried).
-        let mut conn = client.broker.connect().map_err(|e| client.broker.err(e))?;
-        redis::cmd("PING")
-            .query::<String>(&mut conn)
-            .map_err(|e| client.broker.err(e))?;
-        *client.broker.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        match &client.broker {
+            Broker::Redis(ep) => {
+                let mut conn = ep.connect().map_err(|e| ep.err(e))?;
+                redis::cmd("PING")
+                    .query::<String>(&mut conn)
+                    .map_err(|e| ep.err(e))?;
+                *ep.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+            }
+            Broker::Amqp { url, link, .. } => {
+                link.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ping()
+                    .map_err(|e| ClientError::Broker {
+                        url: url.clone(),
+                        source: e,
+                    })?;
+            }
+        }
         Ok(client)
     }
 
     /// The broker URL (password redacted).
     pub fn broker_url(&self) -> &str {
-        &self.broker.url
+        self.broker.url()
     }
 
     /// Sends `task(*args, **kwargs)`; returns the handle of its result.
@@ -376,7 +487,13 @@ impl Client {
             }
             pushes.push((key, env.to_json()));
         }
-        self.broker.with(|c, fresh| {
+        if let Broker::Amqp { .. } = self.broker {
+            // Queues declared as Celery declares them, published with
+            // confirms (transport::amqp).
+            use super::transport::Transport as _;
+            return self.broker.amqp(|t| t.send(&pushes));
+        }
+        self.broker.redis()?.with(|c, fresh| {
             let mut declared = self.declared.lock().unwrap_or_else(|e| e.into_inner());
             if fresh {
                 declared.clear();
@@ -430,7 +547,10 @@ impl Client {
     /// priority lists): nothing has taken them yet. `submit --wait` reads
     /// it to tell a queue nobody consumes from a slow task.
     pub fn queued(&self, queue: &str) -> Result<u64> {
-        self.broker.with(|c, _| {
+        if let Broker::Amqp { .. } = self.broker {
+            return self.broker.amqp(|t| t.queued(queue));
+        }
+        self.broker.redis()?.with(|c, _| {
             let mut pipe = redis::pipe();
             for key in protocol::queue_keys(queue) {
                 pipe.cmd("LLEN").arg(key);

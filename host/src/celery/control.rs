@@ -29,7 +29,8 @@ use serde_json::{json, Map, Value};
 use super::events::{self, Clock, Dispatcher, HeartbeatSource};
 use super::protocol::{self, Exception, State};
 use super::rate::RateLimits;
-use super::redis::{self as broker, BrokerError, Link};
+use super::transport::redis::{self as broker, BrokerError, Link};
+use super::transport::{self, Fanout};
 use crate::metrics::Metrics;
 use crate::plugin::PluginInfo;
 use crate::pool::{Event, JobId, Stats};
@@ -356,9 +357,12 @@ impl Ops {
             registered: registered_lines(plugins),
             visibility_timeout,
         };
-        let db = events::db_of(broker_url)?;
+        // On AMQP, what Redis keeps (the revoked set) is on the result
+        // backend, which is then Redis (the worker checks it).
+        let amqp = transport::kind(broker_url)? == transport::Kind::Amqp;
+        let db = if amqp { 0 } else { events::db_of(broker_url)? };
         // Revokes persisted by any host.
-        let mut link = Link::new(broker_url, "ops")?;
+        let mut link = Link::new(book_of(broker_url, backend_url), "ops")?;
         self.load_revoked(&mut link);
         if self.opts.events {
             let d = Dispatcher::start(
@@ -383,10 +387,19 @@ impl Ops {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let me = self.clone();
         let url = broker_url.to_string();
-        spawn("pidbox", Box::new(move || me.pidbox(url, db, ready_tx)))?;
+        if amqp {
+            spawn("pidbox", Box::new(move || me.pidbox_amqp(url, ready_tx)))?;
+        } else {
+            spawn("pidbox", Box::new(move || me.pidbox(url, db, ready_tx)))?;
+        }
         let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        let mailbox = if amqp {
+            format!("{}.celery.pidbox", self.opts.hostname)
+        } else {
+            format!("/{db}.celery.pidbox")
+        };
         tracing::info!(
-            "remote control: answering as {} on /{db}.celery.pidbox; events {}",
+            "remote control: answering as {} on {mailbox}; events {}",
             self.opts.hostname,
             if self.opts.events {
                 "on (celeryev)"
@@ -786,7 +799,7 @@ impl Ops {
 
     fn pidbox(self: Arc<Ops>, url: String, db: i64, ready: Sender<()>) {
         let channel = format!("/{db}.celery.pidbox");
-        let mut reply = match Link::new(&url, "pidbox") {
+        let mut reply = match transport::fanout(&url, "pidbox") {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("remote control is off: {e}");
@@ -815,7 +828,7 @@ impl Ops {
                         .get_message()
                         .map_err(|e| BrokerError::Reply(e.to_string()))?;
                     let payload = msg.get_payload_bytes().to_vec();
-                    self.on_pidbox(&payload, &mut reply);
+                    self.on_pidbox(&payload, &mut *reply);
                 }
             });
             if let Err(e) = res {
@@ -829,7 +842,48 @@ impl Ops {
         }
     }
 
-    fn on_pidbox(&self, payload: &[u8], reply: &mut Link) {
+    /// The pidbox on AMQP: `{hostname}.celery.pidbox` bound to the
+    /// `celery.pidbox` fanout; replies on `reply.celery.pidbox`.
+    fn pidbox_amqp(self: Arc<Ops>, url: String, ready: Sender<()>) {
+        let mut mb = match transport::amqp::Amqp::mailbox(&url, self.hostname()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("remote control is off: {e}");
+                return;
+            }
+        };
+        let mut warned = false;
+        loop {
+            use transport::Transport as _;
+            match mb.ping() {
+                Ok(()) => {
+                    let _ = ready.try_send(());
+                    if warned {
+                        tracing::info!("remote control: consuming the pidbox again");
+                        warned = false;
+                    }
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!("remote control: lost the pidbox ({e}); reconnecting");
+                        warned = true;
+                    }
+                    std::thread::sleep(
+                        transport::Transport::backoff_left(&mb).max(Duration::from_millis(50)),
+                    );
+                    continue;
+                }
+            }
+            let _ = mb.wait(Duration::from_millis(500));
+            if let Ok(got) = mb.reserve(64, Duration::ZERO, &Default::default()) {
+                for r in got {
+                    self.on_pidbox(&r.raw, &mut mb);
+                }
+            }
+        }
+    }
+
+    fn on_pidbox(&self, payload: &[u8], reply: &mut dyn Fanout) {
         let Ok(env) = serde_json::from_slice::<Value>(payload) else {
             return;
         };
@@ -880,30 +934,12 @@ impl Ops {
             rk,
             1,
         );
-        let binding = format!("_kombu.binding.{ex}");
-        let r = reply.run(|c| {
-            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(&binding).query(c)?;
-            let mut p = redis::pipe();
-            for m in members {
-                let parts: Vec<&[u8]> = m.split(|&b| b == 0x06).collect();
-                // routing_key \x06\x16 pattern \x06\x16 queue
-                let fields: Vec<Vec<u8>> = parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| {
-                        if i == 0 {
-                            f.to_vec()
-                        } else {
-                            f.get(1..).unwrap_or(&[]).to_vec()
-                        }
-                    })
-                    .collect();
-                if fields.len() == 3 && fields[0] == rk.as_bytes() {
-                    p.cmd("LPUSH").arg(&fields[2]).arg(&env).ignore();
-                }
-            }
-            p.query::<()>(c)
-        });
+        let to = transport::Exchange {
+            name: ex,
+            kind: transport::ExchangeKind::Direct,
+            durable: false,
+        };
+        let r = reply.publish(&to, rk, &env);
         if let Err(e) = r {
             tracing::warn!("remote control: cannot reply to {method}: {e}");
         }
@@ -990,15 +1026,11 @@ impl Ops {
             }
         }
         // Persist for every host (and for hosts that start later).
-        if let Ok(mut link) = Link::new(
-            &self
-                .facts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .broker_url
-                .clone(),
-            "ops",
-        ) {
+        let book = {
+            let f = self.facts.lock().unwrap_or_else(|e| e.into_inner());
+            book_of(&f.broker_url, &f.backend_url).to_string()
+        };
+        if let Ok(mut link) = Link::new(&book, "ops") {
             let mut p = redis::pipe();
             for id in &ids {
                 p.cmd("ZADD").arg(REVOKED_KEY).arg(until).arg(id).ignore();
@@ -1608,6 +1640,15 @@ fn with_rate_fields(line: String, rates: &RateLimits) -> String {
     match line.strip_suffix(']') {
         Some(head) => format!("{head}{extra}]"),
         None => format!("{line} [{}]", extra.trim_start()),
+    }
+}
+
+/// The Redis that keeps the fleet's revoked set: the broker when it is
+/// Redis, else the result backend.
+fn book_of<'a>(broker_url: &'a str, backend_url: &'a str) -> &'a str {
+    match transport::kind(broker_url) {
+        Ok(transport::Kind::Amqp) => backend_url,
+        _ => broker_url,
     }
 }
 

@@ -16,7 +16,8 @@ use base64::Engine as _;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Map, Value};
 
-use super::redis::{BrokerError, Link};
+use super::transport::redis::BrokerError;
+use super::transport::{Fanout, EVENTS};
 
 /// How often `worker-heartbeat` is sent (Celery's default `freq`).
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -107,7 +108,7 @@ pub fn loadavg() -> Vec<f64> {
 /// The Redis database number of a broker URL (the `{db}` of kombu's
 /// fanout channel names).
 pub fn db_of(url: &str) -> Result<i64, BrokerError> {
-    let c = super::redis::client(url)?;
+    let c = super::transport::redis::client(url)?;
     Ok(c.get_connection_info().redis_settings().db())
 }
 
@@ -144,8 +145,7 @@ impl Dispatcher {
         clock: Arc<Clock>,
         load: Arc<dyn HeartbeatSource>,
     ) -> Result<Dispatcher, BrokerError> {
-        let db = db_of(broker_url)?;
-        let link = Link::new(broker_url, "events")?;
+        let link = super::transport::fanout(broker_url, "events")?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let common = Arc::new(Common {
             hostname: hostname.to_string(),
@@ -157,7 +157,7 @@ impl Dispatcher {
         let me = d.clone();
         std::thread::Builder::new()
             .name("celery-events".into())
-            .spawn(move || me.run(rx, link, db, load))
+            .spawn(move || me.run(rx, link, load))
             .map_err(|e| BrokerError::Reply(format!("cannot start a thread: {e}")))?;
         Ok(d)
     }
@@ -213,7 +213,7 @@ impl Dispatcher {
         Value::Object(fields)
     }
 
-    fn publish(&self, link: &mut Link, db: i64, ty: &str, event: &Value) {
+    fn publish(&self, link: &mut dyn Fanout, ty: &str, event: &Value) {
         let rk = ty.replace('-', ".");
         let env = envelope(
             event,
@@ -222,21 +222,15 @@ impl Dispatcher {
             &rk,
             1,
         );
-        let channel = format!("/{db}.celeryev/{rk}");
-        let r = link.run(|c| {
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(&env)
-                .query::<i64>(c)
-        });
+        let r = link.publish(&EVENTS, &rk, &env);
         if let Err(e) = r {
             tracing::debug!("event {ty} dropped: {e}");
         }
     }
 
-    fn run(self, rx: Receiver<Msg>, mut link: Link, db: i64, load: Arc<dyn HeartbeatSource>) {
+    fn run(self, rx: Receiver<Msg>, mut link: Box<dyn Fanout>, load: Arc<dyn HeartbeatSource>) {
         let online = self.fill("worker-online", Map::new(), load.as_ref());
-        self.publish(&mut link, db, "worker-online", &online);
+        self.publish(&mut *link, "worker-online", &online);
         let mut next = crate::bounds::saturating_deadline(Instant::now(), HEARTBEAT);
         loop {
             let wait = next.saturating_duration_since(Instant::now());
@@ -246,11 +240,11 @@ impl Dispatcher {
                         continue; // Redis away: drop rather than fall behind.
                     }
                     let ev = self.fill(&ty, fields, load.as_ref());
-                    self.publish(&mut link, db, &ty, &ev);
+                    self.publish(&mut *link, &ty, &ev);
                 }
                 Ok(Msg::Stop(done)) => {
                     let ev = self.fill("worker-offline", Map::new(), load.as_ref());
-                    self.publish(&mut link, db, "worker-offline", &ev);
+                    self.publish(&mut *link, "worker-offline", &ev);
                     let _ = done.send(());
                     return;
                 }
@@ -260,7 +254,7 @@ impl Dispatcher {
                         continue;
                     }
                     let ev = self.fill("worker-heartbeat", Map::new(), load.as_ref());
-                    self.publish(&mut link, db, "worker-heartbeat", &ev);
+                    self.publish(&mut *link, "worker-heartbeat", &ev);
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             }

@@ -3,7 +3,7 @@
 //! Python `AsyncResult.get()` finds them. See `docs/celery.md`.
 //!
 //! - [`protocol`]: the wire types (serde only, no I/O);
-//! - [`redis`]: kombu's Redis transport, consumer side (Lua reserve,
+//! - [`transport`]: the brokers: kombu's Redis transport, consumer side (Lua reserve,
 //!   heartbeat, restore sweep, reconnect);
 //! - [`backend`]: Celery's Redis result backend (SETEX + PUBLISH);
 //! - [`chord`]: chords counted on the result backend as Celery 5.7 counts
@@ -33,7 +33,7 @@ pub mod progress;
 pub mod protocol;
 pub mod rate;
 pub mod redelivery;
-pub mod redis;
+pub mod transport;
 pub mod worker;
 
 pub use worker::{Control, Controller, StartupInfo, Summary, Worker, WorkerError, WorkerOptions};

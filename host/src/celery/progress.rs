@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use super::protocol::result_key;
-use super::redis::{BrokerError, Link};
+use super::transport::redis::{BrokerError, Link};
 
 const PROGRESS_LUA: &str = include_str!("lua/progress.lua");
 
@@ -115,7 +115,8 @@ impl ProgressWriter {
 
 fn write_reports(rx: Receiver<Report>, mut link: Link, expires: Duration) {
     // Whole seconds rounded up, as the results (500 ms is 1 s, not forever).
-    let ttl = super::redis::ttl_secs(expires).unwrap_or(crate::bounds::MAX_DURATION.as_secs());
+    let ttl =
+        super::transport::redis::ttl_secs(expires).unwrap_or(crate::bounds::MAX_DURATION.as_secs());
     while let Ok(first) = rx.recv() {
         // The latest report per task; the rest are stale already.
         let mut latest: HashMap<String, Report> = HashMap::new();

@@ -37,7 +37,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::protocol::{self, Envelope, ExcInfo, Exception, ResultMeta, State};
-use super::redis::{Link, DEATHS_PREFIX};
+use super::transport::redis::{Link, DEATHS_PREFIX};
 use crate::bounds;
 use crate::error::{Directive, ErrorKind, TaskError};
 use crate::pool::{Pool, TaskRef};

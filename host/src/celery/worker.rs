@@ -37,7 +37,8 @@ use super::protocol::{
 };
 use super::rate::{self, RateLimits};
 use super::redelivery::{self, Delivery, Marker, Rules, Verdict};
-use super::redis::{self as broker, BrokerError, Finished, Link, RedisBroker, Reserved};
+use super::transport::redis::{self as broker, BrokerError, Finished, Link, Reserved};
+use super::transport::{self, Transport};
 use crate::bounds;
 use crate::error::{ErrorKind, TaskError};
 use crate::pool::{Limits, Pool, TaskRef};
@@ -45,7 +46,8 @@ use crate::pool::{Limits, Pool, TaskRef};
 /// How a `billiard-host worker` consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// `redis://...`, `rediss://...`, `redis+unix:///path`.
+    /// `redis://...`, `rediss://...`, `redis+unix:///path`,
+    /// `amqp://...`, `amqps://...` (see [`transport`]).
     pub broker_url: String,
     /// Where results go; None: the broker.
     pub backend_url: Option<String>,
@@ -88,6 +90,15 @@ pub struct WorkerOptions {
     /// (`--task-name proj.tasks.add=math.add`, `--task-names FILE`; see
     /// [`names`]), resolved before the plugins' own names.
     pub task_aliases: Vec<names::TaskAlias>,
+    /// AMQP: `x-max-priority` on the queues declared (Celery's
+    /// `task_queue_max_priority`).
+    pub queue_max_priority: Option<u8>,
+    /// AMQP: quorum queues (Celery's `task_default_queue_type = "quorum"`).
+    pub quorum_queues: bool,
+    /// AMQP: the server's `consumer_timeout` (RabbitMQ closes a channel
+    /// holding a delivery unacked longer): a job whose time limit is
+    /// longer is refused at receipt. None: not checked (Redis).
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -106,6 +117,9 @@ impl Default for WorkerOptions {
             rate_limits: Vec::new(),
             global_rate_limits: Vec::new(),
             task_aliases: Vec::new(),
+            queue_max_priority: None,
+            quorum_queues: false,
+            consumer_timeout: None,
         }
     }
 }
@@ -445,10 +459,11 @@ impl Worker {
         }
         opts.redelivery.check().map_err(WorkerError::Config)?;
         // Fail early on a URL that cannot work.
-        broker::client(&opts.broker_url)?;
+        transport::check(&opts.broker_url)?;
         if let Some(b) = &opts.backend_url {
-            broker::client(b)?;
+            transport::check(b)?;
         }
+        book_url(&opts)?;
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         Ok(Worker {
             pool,
@@ -524,7 +539,12 @@ impl Worker {
             ops,
         } = self;
         drop(ctl_tx);
-        let mut broker = RedisBroker::new(&opts.broker_url, opts.queues.clone())?;
+        let book = book_url(&opts)?.to_string();
+        let mut broker = transport::open(
+            &opts.broker_url,
+            opts.queues.clone(),
+            &queue_options(&opts, pool.config().workers),
+        )?;
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
         let shared = Arc::new(Shared {
             slots: Arc::new(Slots {
@@ -546,7 +566,7 @@ impl Worker {
                     |o| o.hostname().to_string(),
                 ),
             ),
-            marker: match Marker::start(&opts.broker_url) {
+            marker: match Marker::start(&book) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     tracing::warn!("deaths of hosts running a task will not be counted: {e}");
@@ -576,7 +596,7 @@ impl Worker {
                         tracing::warn!("cannot reach the broker yet ({e}); retrying");
                         warned = true;
                     }
-                    match ctl_rx.recv_timeout(broker.link().backoff_left().max(ms(50))) {
+                    match ctl_rx.recv_timeout(broker.backoff_left().max(ms(50))) {
                         Ok(Control::Warm | Control::Cold) => {
                             let _ = pool.terminate();
                             return Ok(Summary {
@@ -634,17 +654,18 @@ impl Worker {
         )?;
         let finisher = {
             let shared = shared.clone();
-            let link = Link::new(&opts.broker_url, "broker")?;
+            let tp = broker.handle("broker")?;
+            let link = Link::new(&book, "broker")?;
             let chords = Chords::new(opts.chord.clone());
             std::thread::Builder::new()
                 .name("celery-finisher".into())
-                .spawn(move || finisher(fin_rx, freed_tx, link, backend, shared, chords))
+                .spawn(move || finisher(fin_rx, freed_tx, tp, link, backend, shared, chords))
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
         let (keeper_stop, keeper_rx) = crossbeam_channel::bounded::<()>(0);
         let keeper = {
             let shared = shared.clone();
-            let link = Link::new(&opts.broker_url, "broker")?;
+            let link = broker.handle("broker")?;
             let queues = opts.queues.clone();
             let lease = lease_of(opts.visibility_timeout);
             let foreign = opts.foreign_visibility_timeout;
@@ -655,7 +676,7 @@ impl Worker {
         };
 
         let rate_link = if opts.global_rate_limits.iter().any(|t| t.rate.is_some()) {
-            Some(Link::new(&opts.broker_url, "rate limits")?)
+            Some(Link::new(&book, "rate limits")?)
         } else {
             None
         };
@@ -664,6 +685,7 @@ impl Worker {
             pool: &pool,
             opts: &opts,
             broker,
+            book: Link::new(&book, "broker")?,
             shared: shared.clone(),
             fin_tx,
             workers: pool.config().workers,
@@ -696,7 +718,7 @@ impl Worker {
         if !requeue.is_empty() {
             let mut tries = 0;
             loop {
-                match broker::requeue(c.broker.link(), &requeue) {
+                match c.broker.requeue(&requeue) {
                     Ok(n) => {
                         shared
                             .counts
@@ -708,7 +730,7 @@ impl Worker {
                     Err(e) if tries < 20 => {
                         tries += 1;
                         tracing::warn!("cannot requeue held messages yet: {e}");
-                        std::thread::sleep(c.broker.link().backoff_left().max(ms(100)));
+                        std::thread::sleep(c.broker.backoff_left().max(ms(100)));
                     }
                     Err(e) => {
                         tracing::error!(
@@ -744,6 +766,34 @@ impl Worker {
             Some(why) => Err(WorkerError::PoolLost(why)),
             None => Ok(s),
         }
+    }
+}
+
+/// The Redis that keeps this host's bookkeeping (deaths, requeue counts,
+/// chords, fleet-wide rate limits): the broker when it is Redis, else the
+/// result backend, which must then be Redis.
+fn book_url(opts: &WorkerOptions) -> Result<&str, WorkerError> {
+    match transport::kind(&opts.broker_url)? {
+        transport::Kind::Redis => Ok(&opts.broker_url),
+        transport::Kind::Amqp => match opts.backend_url.as_deref() {
+            Some(b) if transport::kind(b).ok() == Some(transport::Kind::Redis) => Ok(b),
+            _ => Err(WorkerError::Config(
+                "an AMQP broker needs a Redis result backend: --result-backend redis://...".into(),
+            )),
+        },
+    }
+}
+
+/// How the broker declares and consumes this worker's queues.
+fn queue_options(opts: &WorkerOptions, workers: usize) -> transport::QueueOptions {
+    let prefetch = workers
+        .max(1)
+        .saturating_mul(opts.prefetch_multiplier.max(1));
+    transport::QueueOptions {
+        max_priority: opts.queue_max_priority,
+        quorum: opts.quorum_queues,
+        prefetch: u16::try_from(prefetch).unwrap_or(u16::MAX),
+        consumer_timeout: None,
     }
 }
 
@@ -923,7 +973,10 @@ fn limits_of(t: TimeLimit) -> Result<Limits, String> {
 struct Consumer<'a> {
     pool: &'a Pool,
     opts: &'a WorkerOptions,
-    broker: RedisBroker,
+    broker: Box<dyn Transport>,
+    /// The Redis of this host's bookkeeping (deaths, requeue counts): the
+    /// broker's, or the result backend's when the broker is not Redis.
+    book: Link,
     shared: Arc<Shared>,
     fin_tx: Sender<Fin>,
     workers: usize,
@@ -996,6 +1049,8 @@ impl Consumer<'_> {
             }
             self.release_due();
             self.submit_ready();
+            self.broker
+                .set_held(self.held_jobs.len().saturating_add(self.limiter.len()));
             if self.stopping {
                 if self.running == 0 && self.ready.is_empty() {
                     return false;
@@ -1019,8 +1074,8 @@ impl Consumer<'_> {
                 self.wait_events(ctl, freed, t);
                 continue;
             }
-            if self.broker.link().is_down() && !self.broker.link().backoff_left().is_zero() {
-                let t = self.broker.link().backoff_left().min(ms(250));
+            if self.broker.is_down() && !self.broker.backoff_left().is_zero() {
+                let t = self.broker.backoff_left().min(ms(250));
                 self.wait_events(ctl, freed, t);
                 continue;
             }
@@ -1486,7 +1541,7 @@ impl Consumer<'_> {
                     m.unmark(&r.tag);
                 }
                 let tags = [r.tag.clone()];
-                if let Err(e) = broker::ack(self.broker.link(), &tags) {
+                if let Err(e) = self.broker.ack(&tags) {
                     tracing::warn!("cannot ack the discarded message yet ({e})");
                 }
                 self.shared.forget(&tags);
@@ -1536,7 +1591,7 @@ impl Consumer<'_> {
         // A message delivered before whose task killed its worker or host
         // too often is a poison message: FAILURE, never run again.
         let (rules, d) = (&self.shared.rules, &mut ctx.delivery);
-        if let Some(exc) = redelivery::screen(self.broker.link(), rules, &ctx.task, &task_id, d) {
+        if let Some(exc) = redelivery::screen(&mut self.book, rules, &ctx.task, &task_id, d) {
             // A poison-capped chord part still counts (issue 23 item 1).
             ctx.embed = env.body().map(|b| b.embed).unwrap_or_default();
             return Step::Fail(ctx, exc);
@@ -1620,6 +1675,9 @@ impl Consumer<'_> {
             Ok(l) => l,
             Err(e) => return refuse(ctx, &format!("header \"timelimit\": {e}")),
         };
+        if let Some(why) = self.outlives_the_channel(&limits) {
+            return refuse(ctx, &why);
+        }
         let p = Prepared {
             ctx,
             target: entry.target,
@@ -1630,6 +1688,24 @@ impl Consumer<'_> {
             items: None,
         };
         schedule(p, msg.eta)
+    }
+
+    /// Why a job with `limits` cannot run on this AMQP channel: its time
+    /// limit is longer than the server's `consumer_timeout`, which would
+    /// close the channel under it and have the message run again.
+    fn outlives_the_channel(&self, limits: &Limits) -> Option<String> {
+        let held = self.opts.consumer_timeout?;
+        let hard = limits.hard.or(self.pool.config().time_limit)?;
+        (hard > held).then(|| {
+            format!(
+                "its time limit ({}) is longer than RabbitMQ's consumer_timeout ({}, \
+                 --consumer-timeout): the broker would close the channel under it and the \
+                 message would run again; raise consumer_timeout on the server and \
+                 --consumer-timeout, or lower the limit",
+                humantime::format_duration(hard),
+                humantime::format_duration(held)
+            )
+        })
     }
 
     /// A Celery builtin message (issue 29 item 3): expanded into messages
@@ -2057,6 +2133,7 @@ fn canvas(
 fn finisher(
     rx: Receiver<Fin>,
     freed: Sender<usize>,
+    mut tp: Box<dyn Transport>,
     mut link: Link,
     mut backend: ResultBackend,
     shared: Arc<Shared>,
@@ -2120,6 +2197,7 @@ fn finisher(
         }
         chord_steps(
             &mut chords,
+            &mut *tp,
             &mut link,
             &mut backend,
             &shared,
@@ -2128,7 +2206,7 @@ fn finisher(
         );
         // Counted once stored: a result Redis never took is no success (C8).
         let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
-        let done = store(&mut link, &mut backend, &shared, &comps, false);
+        let done = store(&mut *tp, &mut backend, &shared, &comps, false);
         let mut tally = [0u64; 3];
         for ((success, d), (end, tidy)) in successes.into_iter().zip(done).zip(ends) {
             match d {
@@ -2148,11 +2226,11 @@ fn finisher(
         // next delivery reads the requeue count.
         care.apply(&mut link, shared.rules.ttl_s);
         if !care.unsent.is_empty() {
-            store(&mut link, &mut backend, &shared, &care.unsent, false);
+            store(&mut *tp, &mut backend, &shared, &care.unsent, false);
         }
-        tally[1] += redelivery::requeue_rejected(&mut link, &rejected, &shared.abandon);
+        tally[1] += redelivery::requeue_rejected(&mut *tp, &rejected, &shared.abandon);
         while !requeue.is_empty() {
-            match broker::requeue(&mut link, &requeue) {
+            match tp.requeue(&requeue) {
                 Ok(n) => {
                     shared
                         .counts
@@ -2166,7 +2244,7 @@ fn finisher(
                         tracing::error!("cannot requeue killed jobs' messages: {e}");
                         break;
                     }
-                    std::thread::sleep(link.backoff_left().max(ms(20)));
+                    std::thread::sleep(tp.backoff_left().max(ms(20)));
                 }
             }
         }
@@ -2374,6 +2452,7 @@ fn chord_part(ctx: &JobCtx, res: &Res, c: &Completion) -> Option<ChordWork> {
 /// dedup counts that run once.
 fn chord_steps(
     chords: &mut Chords,
+    tp: &mut dyn Transport,
     link: &mut Link,
     backend: &mut ResultBackend,
     shared: &Shared,
@@ -2392,8 +2471,8 @@ fn chord_steps(
     if !sizes.is_empty() {
         let ttl_s = backend.ttl_s();
         let mut io = chord::Io {
-            broker: &mut *link,
-            backend: backend.link_mut(),
+            broker: &mut *tp,
+            results: backend.link_mut().unwrap_or(&mut *link),
             ttl_s,
         };
         if let Err(e) = chord::retrying(&give_up, || chords.set_sizes(&mut io, &sizes)) {
@@ -2417,7 +2496,7 @@ fn chord_steps(
             chord_sizes: Vec::new(),
         })
         .collect();
-    let mut stored = store(link, backend, shared, &pre, false).into_iter();
+    let mut stored = store(tp, backend, shared, &pre, false).into_iter();
     for i in idx {
         if comps[i].meta.is_some() {
             if stored.next().flatten().is_none() {
@@ -2431,8 +2510,8 @@ fn chord_steps(
         };
         let ttl_s = backend.ttl_s();
         let mut io = chord::Io {
-            broker: &mut *link,
-            backend: backend.link_mut(),
+            broker: &mut *tp,
+            results: backend.link_mut().unwrap_or(&mut *link),
             ttl_s,
         };
         if let Some((chain, exc, root)) = &w.fail_chain {
@@ -2457,7 +2536,7 @@ fn chord_steps(
 /// its own, and one Redis keeps refusing is finished with less (without
 /// its result, then without its follow-ups), logged, and counted unstored.
 fn store(
-    link: &mut Link,
+    link: &mut dyn Transport,
     backend: &mut ResultBackend,
     shared: &Shared,
     comps: &[Completion],
@@ -2532,7 +2611,7 @@ fn store(
 /// result (the ack and follow-ups still go), or, refused again, acked
 /// alone; never retried for ever. Returns None: the outcome is not stored.
 fn store_less(
-    link: &mut Link,
+    link: &mut dyn Transport,
     backend: &mut ResultBackend,
     shared: &Shared,
     c: &Completion,
@@ -2573,7 +2652,7 @@ fn store_less(
 /// Logs what had become of a message's reservation when its task finished
 /// (C15: "restored" only when a restore happened).
 fn report_finish(c: &Completion, r: &Finished) {
-    use super::redis::Held;
+    use super::transport::redis::Held;
     match r.held {
         Held::Held => {}
         Held::Restored => tracing::warn!(
@@ -2587,6 +2666,12 @@ fn report_finish(c: &Completion, r: &Finished) {
             "task {} finished, but its message was gone from Redis's unacked bookkeeping \
              without having been restored (flushed or deleted): it does not run again here; \
              its result is stored and its follow-ups are sent",
+            c.task_id
+        ),
+        Held::Redelivered => tracing::info!(
+            "task {} finished after the AMQP channel that delivered it was lost: its result is \
+             stored; its redelivery is acked with its follow-ups, not run again, while this host \
+             runs",
             c.task_id
         ),
         Held::AlreadyFinished => tracing::debug!(
@@ -2610,7 +2695,7 @@ fn report_finish(c: &Completion, r: &Finished) {
 /// timeout.
 fn keeper(
     stop: Receiver<()>,
-    mut link: Link,
+    mut link: Box<dyn Transport>,
     queues: Vec<String>,
     lease: Duration,
     foreign: Duration,
@@ -2626,8 +2711,7 @@ fn keeper(
             .iter()
             .cloned()
             .collect();
-        let res = broker::heartbeat(&mut link, &tags, lease)
-            .and_then(|_| broker::sweep(&mut link, &queues, foreign, 1000));
+        let res = link.renew(&tags, lease, &queues, foreign);
         match res {
             Ok(_) => warned = false,
             // A signal, not Redis: the next round renews (C15).
@@ -2719,7 +2803,14 @@ impl Consumer<'_> {
                     tracing::warn!("remote control: not cancelling the last queue");
                     return;
                 }
-                match RedisBroker::new(&self.opts.broker_url, qs.clone()) {
+                if transport::kind(&self.opts.broker_url).ok() != Some(transport::Kind::Redis) {
+                    // The channel holds the running jobs' deliveries: a
+                    // new one could not ack them.
+                    tracing::error!("remote control: changing queues is for Redis brokers only");
+                    return;
+                }
+                let qo = queue_options(self.opts, self.workers);
+                match transport::open(&self.opts.broker_url, qs.clone(), &qo) {
                     Ok(b) => {
                         self.broker = b;
                         tracing::warn!("remote control: consuming [{}]", qs.join(", "));

@@ -142,7 +142,8 @@ pub struct Args {
     #[arg(short, long)]
     quiet: bool,
     /// Run the jobs on the Celery workers of this broker instead of here
-    /// (redis://HOST:PORT/DB; `billiard-host worker` or Python Celery):
+    /// (redis://HOST:PORT/DB, amqp://USER:PW@HOST/VHOST with --result-backend;
+    /// `billiard-host worker` or Python Celery):
     /// same input, same result lines, same exit codes; the first
     /// SIGINT/SIGTERM stops waiting at once, as `submit --wait` (exit 130).
     #[arg(long, value_name = "URL", conflicts_with_all = super::submit::WORKER_ONLY)]

@@ -71,10 +71,11 @@ Signals: the first SIGINT/SIGTERM stops: no more input is read, the results alre
     group(clap::ArgGroup::new("jobs").required(true).args(["args", "kwargs", "input"]).multiple(true)),
 )]
 pub struct Args {
-    /// The broker: redis://[:PASSWORD@]HOST:PORT/DB, rediss://..., redis+unix:///PATH.
+    /// The broker: redis://[:PASSWORD@]HOST:PORT/DB, rediss://..., redis+unix:///PATH,
+    /// amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://... (RabbitMQ).
     #[arg(long, value_name = "URL")]
     broker: String,
-    /// Where results are stored (default: the broker).
+    /// Where results are stored (default: the broker; a Redis, required with AMQP).
     #[arg(long, value_name = "URL")]
     result_backend: Option<String>,
     /// The task (`plugin.task`, or `task` when the workers have one of that
@@ -329,6 +330,13 @@ pub fn execute(b: Batch) -> i32 {
         },
         _ => Box::new(std::io::stdout()),
     };
+    let amqp = billiard_host::celery::transport::kind(&b.broker).ok()
+        == Some(billiard_host::celery::transport::Kind::Amqp);
+    if amqp && b.result_backend.is_none() {
+        return usage(format_args!(
+            "an AMQP broker stores no results here: give --result-backend redis://..."
+        ));
+    }
     let backend = b.result_backend.clone().unwrap_or_else(|| b.broker.clone());
     let client = match Client::with_backend(&b.broker, &backend, Timeouts::default()) {
         Ok(c) => c,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use billiard_host::celery::control::{node_name, Ops, OpsOptions};
+use billiard_host::celery::transport::sentinel;
 use billiard_host::celery::{Control, Worker, WorkerError, WorkerOptions};
 use billiard_host::metrics::Metrics;
 use billiard_host::service::Notifier;
@@ -24,6 +25,8 @@ Examples:
   billiard-host worker libbilliard_math.so --broker redis://127.0.0.1:6379/0
   billiard-host worker libbilliard_math.so --plugin libbilliard_faults.so -Q rust,celery -c 8
   billiard-host worker libbilliard_math.so --broker redis+unix:///run/redis.sock --log-format json
+  billiard-host worker libbilliard_math.so --broker amqp://guest:guest@127.0.0.1:5672// \
+      --result-backend redis://127.0.0.1:6379/0
   billiard-host worker libbilliard_math.so -l debug   # Celery's -l/--loglevel, any case
 
   Then, from Python: Celery(broker=URL, backend=URL).send_task('math.square', args=[3]).get()
@@ -31,10 +34,17 @@ Examples:
 Task names: `plugin.task` (math.square), or the bare task name when only one plugin has it.
   Arguments: Celery's args, and kwargs mapped onto the task's argument names.
 
+Broker URLs (kombu's forms): redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS),
+  redis+unix:///PATH[?db=N], unix:///PATH, redis+socket:///PATH;
+  sentinel://[:PASSWORD@]HOST:26379[/DB];sentinel://HOST2:26379 with --master-name NAME (or
+  ?master_name=NAME), broker and backend; amqp://USER:PASSWORD@HOST[:PORT]/VHOST
+  (RabbitMQ; `//` or no path is the vhost `/`), amqps://... (TLS), pyamqp://, librabbitmq://.
+  An AMQP broker needs a Redis --result-backend (results, chords and revokes live there).
+
 Broker: a broker that is down, times out or is loading is waited for (a warning, then retries
   with backoff); one that refuses this worker the same way every time (no or a wrong password,
-  a user without the rights, a database index out of range, a scheme other than Redis's) is a
-  configuration error: exit 2 at once, with Redis's reason.
+  a user without the rights, a database index out of range, an unknown scheme) is a
+  configuration error: exit 2 at once, with the broker's reason.
 
 Signals: SIGTERM/SIGINT: warm shutdown (stop reserving, finish and ack running jobs, exit 0);
   a second SIGTERM/SIGINT, or SIGQUIT: cold shutdown (kill running jobs and return their
@@ -44,6 +54,14 @@ Signals: SIGTERM/SIGINT: warm shutdown (stop reserving, finish and ack running j
 Operators: the worker answers `celery inspect` / `celery control` (ping, stats, active, revoke,
   terminate, pool_grow, add_consumer, shutdown, ...) as NAME (-n); -E sends Celery events (Flower);
   --metrics-addr serves /metrics (Prometheus) and /healthz. See docs/celery.md.";
+
+/// `--consumer-timeout`: a duration, or `never` (Duration::MAX: no check).
+fn parse_consumer_timeout(s: &str) -> Result<Duration, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(Duration::MAX);
+    }
+    parse_duration(s)
+}
 
 /// How log lines are written (on stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,7 +78,8 @@ pub struct Args {
     /// Another plugin to load (repeatable).
     #[arg(long = "plugin", value_name = "MORE.so")]
     more_plugins: Vec<PathBuf>,
-    /// The broker: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., redis+unix:///PATH.
+    /// The broker: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., redis+unix:///PATH,
+    /// amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://... (see below).
     #[arg(
         short,
         long,
@@ -68,7 +87,7 @@ pub struct Args {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     broker: String,
-    /// Where results go (default: the broker).
+    /// Where results go (default: the broker; required, a Redis, with an AMQP broker).
     #[arg(long, value_name = "URL")]
     result_backend: Option<String>,
     /// Queues to consume, comma-separated.
@@ -95,6 +114,23 @@ pub struct Args {
     /// Messages reserved per worker process.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive_u64)]
     prefetch_multiplier: u64,
+    /// AMQP: declare the queues with `x-max-priority` N (Celery's
+    /// task_queue_max_priority; 1-255, as the Python workers sharing them).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    queue_max_priority: Option<u8>,
+    /// Redis Sentinel: the master's name for sentinel:// broker and backend
+    /// URLs that do not name it (kombu's transport option master_name).
+    #[arg(long, value_name = "NAME")]
+    master_name: Option<String>,
+    /// AMQP: the server's consumer_timeout (RabbitMQ's default 30m): a job whose time
+    /// limit is longer is refused at receipt (FAILURE) instead of having its channel
+    /// closed under it; `never` when the server has none.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_consumer_timeout)]
+    consumer_timeout: Duration,
+    /// AMQP: declare the queues as quorum queues (Celery's
+    /// task_default_queue_type = "quorum").
+    #[arg(long)]
+    quorum_queues: bool,
     /// How long results are kept (Celery's result_expires).
     #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
     result_expires: Duration,
@@ -277,8 +313,11 @@ pub fn run(args: Args) -> i32 {
     task_aliases.extend(args.task_aliases.iter().cloned());
     let opts = WorkerOptions {
         redelivery,
-        broker_url: args.broker.clone(),
-        backend_url: args.result_backend.clone(),
+        broker_url: sentinel::with_master_name(&args.broker, args.master_name.as_deref()),
+        backend_url: args
+            .result_backend
+            .as_deref()
+            .map(|b| sentinel::with_master_name(b, args.master_name.as_deref())),
         queues: args
             .queues
             .iter()
@@ -297,6 +336,14 @@ pub fn run(args: Args) -> i32 {
         rate_limits: args.rate_limits.clone(),
         global_rate_limits: args.global_rate_limits.clone(),
         task_aliases,
+        queue_max_priority: args.queue_max_priority,
+        consumer_timeout: match billiard_host::celery::transport::kind(&args.broker) {
+            Ok(billiard_host::celery::transport::Kind::Amqp) => {
+                Some(args.consumer_timeout).filter(|d| *d != Duration::MAX)
+            }
+            _ => None,
+        },
+        quorum_queues: args.quorum_queues,
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {
@@ -421,7 +468,7 @@ pub fn run(args: Args) -> i32 {
             eprintln!(
                 "error: the broker {} cannot work: {e}\n  (a configuration error, not retried: \
                  check the URL's password, user and its rights, and database index)",
-                billiard_host::celery::redis::redact(&args.broker)
+                billiard_host::celery::transport::redact(&args.broker)
             );
             exit::USAGE
         }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::celery::protocol::{result_key, Exception, ResultMeta};
-use crate::celery::redis::{ttl_secs, Link};
+use crate::celery::transport::redis::{ttl_secs, Link};
 
 /// Stores REVOKED over no result or a not-yet-final one (Celery's
 /// `_revoke`: PENDING, RECEIVED, RETRY, REJECTED), with SETEX and the

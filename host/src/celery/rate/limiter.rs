@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Rate, RateLimits, Setting, RATE_KEY_PREFIX};
 use crate::bounds;
-use crate::celery::redis::{BrokerError, Link};
+use crate::celery::transport::redis::{BrokerError, Link};
 
 const RATE_LUA: &str = include_str!("../lua/rate.lua");
 

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::super::backend::Completion;
 use super::super::protocol::{self, ResultMeta};
-use super::super::redis::{BrokerError, Link, DEATHS_PREFIX, LEASES, RUNNING};
+use super::super::transport::redis::{BrokerError, Link, DEATHS_PREFIX, LEASES, RUNNING};
 use super::{Delivery, Retry, Rules, REQUEUES_PREFIX};
 
 const RUNNING_LUA: &str = include_str!("../lua/running.lua");
@@ -155,9 +155,13 @@ impl Aftercare {
 /// queues (the host's requeue, which counts no death), retrying while
 /// Redis is away until the finisher gives up (`abandon`: a stop); returns
 /// how many went back.
-pub fn requeue_rejected(link: &mut Link, tags: &[String], abandon: &AtomicBool) -> u64 {
+pub fn requeue_rejected(
+    link: &mut dyn crate::celery::transport::Transport,
+    tags: &[String],
+    abandon: &AtomicBool,
+) -> u64 {
     while !tags.is_empty() {
-        match super::super::redis::requeue(link, tags) {
+        match link.requeue(tags) {
             Ok(n) => return n as u64,
             Err(e) => {
                 if abandon.load(Ordering::Acquire) {

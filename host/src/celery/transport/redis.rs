@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, RedisResult, Value as RValue};
 use serde_json::Value;
 
-use super::protocol;
+use crate::celery::protocol;
 
 /// kombu's hash of delivered, unacknowledged messages: delivery tag →
 /// `[envelope, exchange, routing key]`. (These key names are kombu's,
@@ -74,11 +74,11 @@ pub const UNACKED_MUTEX_EXPIRE: Duration = Duration::from_secs(300);
 /// `routing_key\x06\x16pattern\x06\x16queue`.
 pub const BINDING_PREFIX: &str = "_kombu.binding.";
 
-const RESERVE_LUA: &str = include_str!("lua/reserve.lua");
-const FINISH_LUA: &str = include_str!("lua/finish.lua");
-const RESTORE_LUA: &str = include_str!("lua/restore.lua");
-const UNLOCK_LUA: &str = include_str!("lua/unlock.lua");
-const RENEW_LUA: &str = include_str!("lua/renew.lua");
+const RESERVE_LUA: &str = include_str!("../lua/reserve.lua");
+const FINISH_LUA: &str = include_str!("../lua/finish.lua");
+const RESTORE_LUA: &str = include_str!("../lua/restore.lua");
+const UNLOCK_LUA: &str = include_str!("../lua/unlock.lua");
+const RENEW_LUA: &str = include_str!("../lua/renew.lua");
 
 /// A broker or backend failure.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,17 @@ pub enum BrokerError {
         /// Which link.
         what: &'static str,
     },
+    /// An AMQP broker (RabbitMQ) failed or refused (`transport::amqp`).
+    #[error("AMQP ({what}): {why}")]
+    Amqp {
+        /// Which part ("broker", "publish", ...).
+        what: &'static str,
+        /// The client's or the server's words.
+        why: String,
+        /// The connection or channel was lost (worth retrying; a call
+        /// may have been carried out), not a refusal.
+        transient: bool,
+    },
 }
 
 /// The error codes of a Redis that cannot serve *now* but will again
@@ -144,6 +155,7 @@ impl BrokerError {
     pub fn is_transient(&self) -> bool {
         match self {
             BrokerError::Interrupted { .. } => true,
+            BrokerError::Amqp { transient, .. } => *transient,
             BrokerError::Url { .. } | BrokerError::Reply(_) | BrokerError::Config(_) => false,
             BrokerError::Redis { source, .. } => {
                 if source.is_io_error() || source.is_timeout() || source.is_connection_dropped() {
@@ -173,6 +185,7 @@ impl BrokerError {
     pub fn may_have_applied(&self) -> bool {
         match self {
             BrokerError::Interrupted { .. } => true,
+            BrokerError::Amqp { transient, .. } => *transient,
             BrokerError::Redis { source, .. } => {
                 source.is_io_error() || source.is_timeout() || source.is_connection_dropped()
             }
@@ -188,6 +201,10 @@ impl BrokerError {
 /// verification), `ssl_ca_certs=PATH` (PEM roots instead of the system's),
 /// `ssl_certfile=PATH` + `ssl_keyfile=PATH` (a client certificate).
 pub fn client(url: &str) -> Result<redis::Client, BrokerError> {
+    if super::sentinel::is_sentinel(url) {
+        // The current master (asked again by each Link's reconnect).
+        return client(&super::sentinel::master_url(url)?);
+    }
     let bad = |why: String| BrokerError::Url {
         url: redact(url),
         why,
@@ -341,6 +358,8 @@ pub struct Link {
     lost: bool,
     retry_at: Option<Instant>,
     read_timeout: Duration,
+    /// A `sentinel://` URL, resolved again to the master on each reconnect.
+    sentinel: Option<String>,
 }
 
 /// The scripts, as loaded on a connection.
@@ -381,7 +400,18 @@ impl Link {
     /// A link to `url`; `what` names it in errors ("broker", "backend").
     pub fn new(url: &str, what: &'static str) -> Result<Link, BrokerError> {
         Ok(Link {
-            client: client(url)?,
+            // A sentinel URL is resolved by each connect: sentinels that
+            // are not up yet are waited for like a broker that is down.
+            client: if super::sentinel::is_sentinel(url) {
+                super::sentinel::parse(url)?;
+                redis::Client::open("redis://127.0.0.1/").map_err(|e| BrokerError::Url {
+                    url: redact(url),
+                    why: e.to_string(),
+                })?
+            } else {
+                client(url)?
+            },
+            sentinel: super::sentinel::is_sentinel(url).then(|| url.to_string()),
             what,
             con: None,
             failures: 0,
@@ -416,6 +446,16 @@ impl Link {
                 let now = Instant::now();
                 if now < t {
                     std::thread::sleep(t.saturating_duration_since(now));
+                }
+            }
+            if let Some(url) = &self.sentinel {
+                // After a failover: the new master.
+                match client(url) {
+                    Ok(c) => self.client = c,
+                    Err(e) => {
+                        self.failed();
+                        return Err(e);
+                    }
                 }
             }
             // A signal interrupting the opening (EINTR: SIGSTOP/SIGCONT, a
@@ -504,7 +544,10 @@ impl Link {
             }
             Err(e) => {
                 let noscript = e.code() == Some("NOSCRIPT");
+                // A demoted master (Sentinel): ask the sentinels again.
+                let demoted = self.sentinel.is_some() && e.code() == Some("READONLY");
                 if noscript
+                    || demoted
                     || e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_timeout()
@@ -614,6 +657,11 @@ impl RedisBroker {
     /// The broker's connection, for commands of its own.
     pub fn link(&mut self) -> &mut Link {
         &mut self.link
+    }
+
+    /// The broker's connection, to read its state.
+    pub fn link_ref(&self) -> &Link {
+        &self.link
     }
 
     /// Checks the connection (PING).
@@ -764,6 +812,10 @@ pub enum Held {
     /// This call repeated one whose reply was lost, and that one had
     /// finished it: nothing was done twice.
     AlreadyFinished,
+    /// AMQP: the channel that delivered it was lost before the ack; the
+    /// broker redelivers it, and its redelivery is acked (with these
+    /// follow-ups) without running again while this host lives.
+    Redelivered,
 }
 
 /// What [`finish`] did for one message.
