@@ -562,3 +562,63 @@ fn a_plugin_that_starts_threads_when_loaded_is_refused_by_the_pool_naming_why() 
         stderr(&out)
     );
 }
+
+#[test]
+fn chunks_of_c_jobs_give_each_job_its_own_outcome() {
+    // One FFI loop per chunk: values, the plugin's errors and a refused
+    // late writer each land on their own job.
+    let c = c_plugin_str("c-example");
+    let dir = common::celery::unique_temp_dir("c-chunks");
+    let file = dir.join("in.jsonl");
+    std::fs::write(
+        &file,
+        "{\"task\": \"square\", \"args\": [2]}\n{\"task\": \"square\", \"args\": [\"x\"]}\n{\"task\": \"square\", \"args\": [4]}\n{\"task\": \"square\", \"args\": [5]}\n",
+    )
+    .expect("write input");
+    let out = host([
+        "run",
+        &c,
+        "-w",
+        "1",
+        "--chunksize",
+        "4",
+        "-i",
+        file.to_str().expect("utf-8"),
+    ]);
+    let got = lines(&out);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0]["ok"], 4);
+    assert_eq!(error_kind(&got[1]), "bad_args", "{got:?}");
+    assert_eq!(got[2]["ok"], 16);
+    assert_eq!(got[3]["ok"], 25);
+    let hostile = c_plugin_str("c-hostile");
+    let pool = Pool::builder()
+        .plugin(&hostile)
+        .workers(1)
+        .build()
+        .expect("pool");
+    let jobs = ["stash", "use_stash", "not_json", "echo"].map(|t| {
+        Ok(billiard_host::RawJob::new(
+            pool.task_ref("hostile_c", t).expect("task"),
+            Codec::Json,
+            b"[7]".to_vec(),
+        ))
+    });
+    let outcomes: Vec<_> = pool
+        .imap_raw(jobs.into_iter(), true, 4)
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(outcomes[0], Ok(b"1".to_vec()));
+    // The stash job's chunk has ended: its writer is refused. (Within one
+    // chunk of one task a kept writer can only add to the running job's
+    // own record, which the plugin writes anyway; the framing is the host's.)
+    assert_eq!(outcomes[1], Ok(b"\"refused\"".to_vec()), "{outcomes:?}");
+    assert_eq!(
+        outcomes[2].as_ref().map_err(|e| e.kind),
+        Err(ErrorKind::TaskError)
+    );
+    assert_eq!(outcomes[3], Ok(b"[7]".to_vec()));
+    pool.close();
+    pool.join().expect("join");
+    let _ = std::fs::remove_dir_all(dir);
+}

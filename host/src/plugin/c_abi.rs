@@ -444,7 +444,65 @@ extern "C" fn host_emit(host: *mut c_void, item: *const c_void, len: usize) -> i
     status.unwrap_or(Status::TaskError) as i32
 }
 
+/// Lists a call (or a chunk of them) in `CALLS`: its writer appends to
+/// `out`, its `progress`/`emit` go to `ctx`. Returns its token.
+fn register(out: &mut RVec<u8>, ctx: &TaskContext<'_>) -> u64 {
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    // SAFETY (lifetime): the 'static is a lie the listing keeps true: the
+    // caller unregisters before `ctx` and `out` can go away.
+    let ctx = (ctx as *const TaskContext<'_>).cast::<TaskContext<'static>>();
+    CALLS.write().unwrap_or_else(|e| e.into_inner()).push(Call {
+        token,
+        out: out as *mut RVec<u8>,
+        out_lock: std::sync::Mutex::new(()),
+        ctx,
+        refused: std::sync::Mutex::new(None),
+    });
+    token
+}
+
+/// Ends a listing: from here on the token's writes and services refuse.
+fn unregister(token: u64) {
+    let mut calls = CALLS.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = calls.iter().position(|c| c.token == token) {
+        calls.swap_remove(i);
+    }
+}
+
+/// Why a write or item of the listed call was refused, if one was (taken).
+fn take_refused(token: u64) -> Option<String> {
+    let calls = CALLS.read().unwrap_or_else(|e| e.into_inner());
+    let call = calls.iter().find(|c| c.token == token)?;
+    let mut r = call.refused.lock().unwrap_or_else(|e| e.into_inner());
+    r.take()
+}
+
 impl CPlugin {
+    /// Why a call cannot be made at all (another codec, no such task): the
+    /// status and message, before any plugin code runs.
+    fn refuse(info: &PluginInfo, task: u32, codec: Codec) -> Option<(Status, String)> {
+        let task_name = info.tasks.get(task as usize).map(|t| t.name.as_str());
+        if codec != Codec::Json {
+            return Some((
+                Status::BadArgs,
+                format!(
+                    "`{}.{}` is a task of a C plugin, which takes JSON only: \
+                     call it with JSON arguments (apply_raw with Codec::Json, the CLI, \
+                     Celery), not through a typed call such as Pool::apply",
+                    info.name,
+                    task_name.unwrap_or("?")
+                ),
+            ));
+        }
+        if task_name.is_none() {
+            return Some((
+                Status::UnknownTask,
+                format!("plugin `{}` has no task #{task}", info.name),
+            ));
+        }
+        None
+    }
+
     /// One call; appends the result (JSON) or the message to `out`.
     pub(super) fn call(
         &self,
@@ -455,28 +513,28 @@ impl CPlugin {
         ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> Status {
-        let start = out.len();
-        let status = self.call_into(info, task, codec, args, ctx, out);
-        // The message of an error is text.
-        if status != Status::Ok {
-            if let Some(tail) = out.as_slice().get(start..) {
-                if std::str::from_utf8(tail).is_err() {
-                    let text = String::from_utf8_lossy(tail).into_owned();
-                    out.truncate(start);
-                    out.extend_from_slice(text.as_bytes());
-                }
-            }
+        if let Some((status, why)) = Self::refuse(info, task, codec) {
+            out.extend_from_slice(why.as_bytes());
+            return status;
         }
+        let token = register(out, ctx);
+        let status = self.invoke(info, task, args, ctx, ctx.job_id(), token, out);
+        unregister(token);
         status
     }
 
-    fn call_into(
+    /// Runs the plugin's `call` for one job of the listed call `token`
+    /// (item job id `job_id`), appending to `out`, and checks what it
+    /// returned: a status it defines, JSON on success, UTF-8 otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn invoke(
         &self,
         info: &PluginInfo,
         task: u32,
-        codec: Codec,
         args: &[u8],
         ctx: &TaskContext<'_>,
+        job_id: u64,
+        token: u64,
         out: &mut RVec<u8>,
     ) -> Status {
         let start = out.len();
@@ -484,37 +542,10 @@ impl CPlugin {
             .tasks
             .get(task as usize)
             .map_or("?", |t| t.name.as_str());
-        if codec != Codec::Json {
-            out.extend_from_slice(
-                format!(
-                    "`{}.{task_name}` is a task of a C plugin, which takes JSON only: \
-                     call it with JSON arguments (apply_raw with Codec::Json, the CLI, \
-                     Celery), not through a typed call such as Pool::apply",
-                    info.name
-                )
-                .as_bytes(),
-            );
-            return Status::BadArgs;
-        }
-        if task as usize >= info.tasks.len() {
-            out.extend_from_slice(format!("plugin `{}` has no task #{task}", info.name).as_bytes());
-            return Status::UnknownTask;
-        }
-        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-        // SAFETY (lifetime): the 'static is a lie the listing keeps true:
-        // the call is removed below, before `ctx` can go away.
-        let ctx_ptr = (ctx as *const TaskContext<'_>).cast::<TaskContext<'static>>();
-        CALLS.write().unwrap_or_else(|e| e.into_inner()).push(Call {
-            token,
-            out: out as *mut RVec<u8>,
-            out_lock: std::sync::Mutex::new(()),
-            ctx: ctx_ptr,
-            refused: std::sync::Mutex::new(None),
-        });
         let raw = RawCtx {
             size: std::mem::size_of::<RawCtx>() as u32,
             attempt: ctx.attempt(),
-            job_id: ctx.job_id(),
+            job_id,
             stop: ctx.stop_flag() as *const AtomicU32,
             progress: host_progress,
             emit: host_emit,
@@ -522,7 +553,8 @@ impl CPlugin {
         };
         // SAFETY: `call` is the plugin's entry, checked non-null at load,
         // with the signature billiard_plugin.h declares; `args` and `raw`
-        // outlive the call; `host_write` accepts any `out` (a token).
+        // outlive the call; `host_write` accepts any `out` (a token), and
+        // `token` is listed, so its writes land in `out`.
         let code = unsafe {
             (self.call)(
                 task,
@@ -533,65 +565,59 @@ impl CPlugin {
                 token as *mut c_void,
             )
         };
-        let refused = {
-            let mut calls = CALLS.write().unwrap_or_else(|e| e.into_inner());
-            match calls.iter().position(|c| c.token == token) {
-                Some(i) => calls
-                    .swap_remove(i)
-                    .refused
-                    .into_inner()
-                    .unwrap_or_else(|e| e.into_inner()),
-                None => None,
-            }
+        let replace = |out: &mut RVec<u8>, text: String| {
+            out.truncate(start);
+            out.extend_from_slice(text.as_bytes());
         };
         let status = match u8::try_from(code).ok().and_then(Status::from_u8) {
             Some(s) => s,
             None => {
                 let said = String::from_utf8_lossy(out.as_slice().get(start..).unwrap_or_default())
                     .into_owned();
-                out.truncate(start);
-                out.extend_from_slice(
+                let sep = if said.is_empty() { "" } else { ": " };
+                replace(
+                    out,
                     format!(
-                        "`{}.{task_name}` returned status {code}, which billiard_plugin.h does not define{}{said}",
-                        info.name,
-                        if said.is_empty() { "" } else { ": " }
-                    )
-                    .as_bytes(),
+                        "`{}.{task_name}` returned status {code}, which billiard_plugin.h does not define{sep}{said}",
+                        info.name
+                    ),
                 );
                 return Status::TaskError;
             }
         };
-        if let Some(why) = refused {
+        if let Some(why) = take_refused(token) {
             // A refused write or item: the call's output is incomplete.
-            out.truncate(start);
-            out.extend_from_slice(format!("`{}.{task_name}`: {why}", info.name).as_bytes());
+            replace(out, format!("`{}.{task_name}`: {why}", info.name));
             return if status == Status::Ok {
                 Status::TaskError
             } else {
                 status
             };
         }
+        let body = out.as_slice().get(start..).unwrap_or_default();
         if status == Status::Ok {
-            let result = out.as_slice().get(start..).unwrap_or_default();
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(result) {
-                let shown = String::from_utf8_lossy(&result[..result.len().min(80)]).into_owned();
-                out.truncate(start);
-                out.extend_from_slice(
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+                replace(
+                    out,
                     format!(
                         "`{}.{task_name}` returned a result that is not JSON ({e}): {shown:?}",
                         info.name
-                    )
-                    .as_bytes(),
+                    ),
                 );
                 return Status::TaskError;
             }
+        } else if std::str::from_utf8(body).is_err() {
+            // The message of an error is text.
+            let text = String::from_utf8_lossy(body).into_owned();
+            replace(out, text);
         }
         status
     }
 
     /// A chunk of `count` argument records (see
-    /// `billiard_plugin_api::abi::BatchFn`): one call per record, item `i`
-    /// with job id `ctx.job_id() + i`.
+    /// `billiard_plugin_api::abi::BatchFn`): one plugin call per record,
+    /// item `i` with job id `ctx.job_id() + i`, listed once for the chunk.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn call_batch(
         &self,
@@ -603,22 +629,40 @@ impl CPlugin {
         ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> u32 {
+        let refused = Self::refuse(info, task, codec);
+        let token = match refused {
+            Some(_) => None,
+            None => Some(register(out, ctx)),
+        };
         let mut done = 0u32;
         for (i, rec) in billiard_plugin_api::codec::records(records)
             .take(count as usize)
             .enumerate()
         {
             let Some(args) = rec else { break };
-            let item_ctx = ctx.for_batch_item(i as u64);
             let at = out.len();
             out.extend_from_slice(&[0u8; 5]);
-            let status = self.call(info, task, codec, args, &item_ctx, out);
+            let status = match (&refused, token) {
+                (Some((status, why)), _) => {
+                    out.extend_from_slice(why.as_bytes());
+                    *status
+                }
+                (None, Some(token)) => {
+                    let job = ctx.job_id().wrapping_add(i as u64);
+                    self.invoke(info, task, args, ctx, job, token, out)
+                }
+                (None, None) => Status::TaskError,
+            };
             let len = out.len().saturating_sub(at).saturating_sub(5);
             let Ok(len) = u32::try_from(len) else { break };
-            let rec = out.as_mut_slice();
-            rec[at] = status as u8;
-            rec[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+            if let Some(rec) = out.as_mut_slice().get_mut(at..at.saturating_add(5)) {
+                rec[0] = status as u8;
+                rec[1..].copy_from_slice(&len.to_le_bytes());
+            }
             done = done.saturating_add(1);
+        }
+        if let Some(token) = token {
+            unregister(token);
         }
         done
     }
