@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,37 @@ pub enum Line {
     Error(u64, std::io::Error),
     /// The end of the input.
     End,
+}
+
+/// The one job of `--args JSON`: an array needs `--task`, an object may
+/// name its task (`run`, `run --broker` and `submit`).
+pub fn one_job(args: &str, task: Option<&str>) -> Result<Vec<u8>, String> {
+    if task.is_none() && !args.trim_start().starts_with('{') {
+        return Err(
+            "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})".into(),
+        );
+    }
+    Ok(args.as_bytes().to_vec())
+}
+
+/// Opens `--input PATH` (`-`: standard input) before any worker starts or
+/// any job is sent: a file that cannot be opened, or a directory (opening
+/// one works; reading it fails later, far from the path), is a usage error
+/// now. Returns the reader and the file's path (to count its lines for the
+/// progress bar), `None` for standard input.
+#[allow(clippy::type_complexity)]
+pub fn open_jobs(path: &Path) -> Result<(Box<dyn Read + Send>, Option<PathBuf>), String> {
+    if path.as_os_str() == "-" {
+        return Ok((Box::new(std::io::stdin()), None));
+    }
+    match std::fs::File::open(path) {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => Err(format!(
+            "cannot read {}: it is a directory, not a file of jobs",
+            path.display()
+        )),
+        Ok(f) => Ok((Box::new(f), Some(path.to_path_buf()))),
+        Err(e) => Err(format!("cannot open {}: {e}", path.display())),
+    }
 }
 
 /// The longest input line [`spawn_reader`] reads, in bytes: the pool's

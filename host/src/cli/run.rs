@@ -14,20 +14,18 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::Duration;
 
-use billiard_host::{
-    bounds, ErrorKind, JobHead, JobSource, Pool, PoolConfig, StartMethod, TaskError,
-};
+use billiard_host::{ErrorKind, JobHead, JobSource, Pool, PoolConfig, TaskError};
 use clap::ArgGroup;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::exit;
+use super::exit::{self, usage};
+use super::fleet;
 use super::input::{self, Jobs, LineNumbers, Pull};
 use super::output::{self, Output, Rendered};
+use super::pool_flags::{PoolFlags, POOL_GROUP};
 use super::progress::Progress;
 use super::signals::{self, Reactions, Stop};
-
-/// The most workers a pool accepts.
-const MAX_WORKERS: usize = 512;
+use super::values::{check_distinct_files, parse_duration, parse_size, BatchFiles, MAX_WORKERS};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -67,11 +65,11 @@ Signals: the first SIGINT/SIGTERM stops reading input; jobs already sent to the 
 pub struct Args {
     /// The plugin file (a .so built from a cdylib crate); not with --broker,
     /// where the fleet's workers load the plugins.
-    #[arg(required_unless_present = "broker")]
+    #[arg(required_unless_present = "broker", group = POOL_GROUP)]
     plugin: Option<PathBuf>,
     /// Another plugin to load (repeatable); a job names `plugin.task` when
     /// several plugins have the task.
-    #[arg(long = "plugin", value_name = "MORE.so")]
+    #[arg(long = "plugin", value_name = "MORE.so", group = POOL_GROUP)]
     more_plugins: Vec<PathBuf>,
     /// The task to run (`NAME` or `PLUGIN.NAME`); the default for input lines
     /// that do not name one.
@@ -90,12 +88,11 @@ pub struct Args {
     /// Write results as jobs complete instead of in input order.
     #[arg(long)]
     unordered: bool,
-    /// Worker processes (1 to 512; default: the number of CPUs, 1 for --args).
-    #[arg(short, long, value_name = "N", value_parser = parse_workers)]
-    workers: Option<usize>,
+    #[command(flatten)]
+    pool: PoolFlags,
     /// Jobs sent to a worker per message (and run in one call; at most
     /// 1048576).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_chunksize)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_chunksize, group = POOL_GROUP)]
     chunksize: usize,
     /// How results of tasks that return bytes (`Vec<u8>`) are written:
     /// `array` of numbers, or `base64` as {"$bytes": "<base64>"} (arguments
@@ -104,39 +101,15 @@ pub struct Args {
     bytes: BytesForm,
     /// Messages in flight per worker (1: only idle workers get work; at
     /// most 65536).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_prefetch)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_prefetch, group = POOL_GROUP)]
     prefetch: usize,
     /// The largest frame to or from a worker (default 1GiB): a job whose
     /// arguments, or an input line, are longer ends `bad_args`. For tests
     /// of the limit; hidden.
     #[arg(long, value_name = "SIZE", value_parser = parse_max_frame, hide = true)]
     max_frame: Option<usize>,
-    /// Replace a worker after it ran N jobs.
-    #[arg(long, value_name = "N", value_parser = parse_positive_u64)]
-    max_tasks_per_child: Option<u64>,
-    /// Replace a worker once its memory grew by more than SIZE (e.g. 200MiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    max_memory_per_child: Option<u64>,
-    /// Cap each worker's address space (RLIMIT_AS) at SIZE (e.g. 2GiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    address_space_limit: Option<u64>,
-    /// Ask a task to stop after this long (e.g. 500ms); it ends `soft_time_limit`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    soft_time_limit: Option<Duration>,
-    /// Kill a task's worker after this long (e.g. 2s); the job ends `time_limit`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    time_limit: Option<Duration>,
-    /// How workers are created.
-    #[arg(long, value_name = "METHOD", default_value_t = StartMethod::Forkserver)]
-    start_method: StartMethod,
-    /// Give up loading the plugins (at start, or on a SIGHUP reload, which
-    /// then keeps the current workers) after this long (default 60s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    load_timeout: Option<Duration>,
-    #[command(flatten)]
-    sandbox: super::sandbox::SandboxFlags,
     /// Write the pool's final statistics to FILE as JSON.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", group = POOL_GROUP)]
     stats_json: Option<PathBuf>,
     /// No progress bar, no summary (errors are still printed).
     #[arg(short, long)]
@@ -145,7 +118,7 @@ pub struct Args {
     /// (redis://HOST:PORT/DB; `billiard-host worker` or Python Celery):
     /// same input, same result lines, same exit codes; the first
     /// SIGINT/SIGTERM stops waiting at once, as `submit --wait` (exit 130).
-    #[arg(long, value_name = "URL", conflicts_with_all = super::submit::WORKER_ONLY)]
+    #[arg(long, value_name = "URL", conflicts_with = POOL_GROUP)]
     broker: Option<String>,
     /// With --broker: where the workers store results (default: the broker).
     #[arg(long, value_name = "URL", requires = "broker")]
@@ -282,15 +255,6 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-pub(super) fn parse_workers(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
-    match n {
-        0 => Err("a pool needs at least 1 worker".into()),
-        n if n > MAX_WORKERS => Err(format!("at most {MAX_WORKERS} workers")),
-        n => Ok(n),
-    }
-}
-
 /// The JSON form of byte-string results (`--bytes`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum BytesForm {
@@ -339,50 +303,12 @@ fn parse_max_frame(s: &str) -> Result<usize, String> {
     }
 }
 
-pub(super) fn parse_positive_u64(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>().map_err(|e| e.to_string())? {
-        0 => Err("must be at least 1".into()),
-        n => Ok(n),
-    }
-}
-
-pub(super) fn parse_size(s: &str) -> Result<u64, String> {
-    let size: bytesize::ByteSize = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{e} (e.g. 200MiB, 1GB, 4096)"))?;
-    match size.as_u64() {
-        0 => Err("must be more than 0 bytes".into()),
-        n => Ok(n),
-    }
-}
-
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 2s, 1m)"))?;
-    if d.is_zero() {
-        return Err("must be longer than 0".into());
-    }
-    if d > bounds::MAX_DURATION {
-        return Err(format!(
-            "{} is longer than the longest accepted duration ({})",
-            humantime::format_duration(d),
-            bounds::MAX_DURATION_TEXT
-        ));
-    }
-    Ok(d)
-}
-
 /// Where the jobs come from.
 enum Source {
     /// `--args`: one job.
     One(Vec<u8>),
     /// `--input`: one job per line (read in big blocks: no buffer here).
     Lines(Box<dyn Read + Send>, Option<PathBuf>),
-}
-
-fn usage(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {msg}");
-    exit::USAGE
 }
 
 fn create(path: &Path, what: &str) -> Result<std::fs::File, i32> {
@@ -393,49 +319,43 @@ fn create(path: &Path, what: &str) -> Result<std::fs::File, i32> {
 pub fn run(args: Args) -> i32 {
     // Before anything is opened for writing: an output that is the input
     // (or the other output) would destroy it.
-    if let Err(msg) = check_distinct_files(&args) {
+    let input_path = args.input.clone().unwrap_or_else(|| "-".into());
+    let plugins: Vec<PathBuf> = args
+        .plugin
+        .iter()
+        .chain(&args.more_plugins)
+        .cloned()
+        .collect();
+    if let Err(msg) = check_distinct_files(&BatchFiles {
+        input: args.args.is_none().then_some(input_path.as_path()),
+        output: args.output.as_deref(),
+        stats: args.stats_json.as_deref(),
+        plugins: &plugins,
+    }) {
         return usage(msg);
     }
     if let Some(broker) = args.broker.clone() {
-        return on_the_fleet(args, broker);
+        return on_the_fleet(args, broker, input_path);
     }
     if args.isolated {
-        if let Err(msg) = super::isolated::refuse(&super::isolated::Flags {
-            chunksize: args.chunksize,
-            prefetch: args.prefetch,
-            max_tasks_per_child: args.max_tasks_per_child,
-            max_memory_per_child: args.max_memory_per_child,
-            start_method: args.start_method,
-            stats_json: args.stats_json.is_some(),
-        }) {
+        if let Err(msg) = super::isolated::refuse(
+            &args.pool,
+            args.chunksize,
+            args.prefetch,
+            args.stats_json.is_some(),
+        ) {
             return usage(format_args!("--isolated: {msg}"));
         }
     }
-    let source = if let Some(a) = &args.args {
-        if args.task.is_none() && !a.trim_start().starts_with('{') {
-            return usage(
-                "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})",
-            );
-        }
-        Source::One(a.clone().into_bytes())
-    } else {
-        let path = args.input.clone().unwrap_or_else(|| "-".into());
-        if path.as_os_str() == "-" {
-            Source::Lines(Box::new(std::io::stdin()), None)
-        } else {
-            match std::fs::File::open(&path) {
-                // Opening a directory works; reading it fails later, far
-                // from the path. Say so now, before any worker starts.
-                Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => {
-                    return usage(format_args!(
-                        "cannot read {}: it is a directory, not a file of jobs",
-                        path.display()
-                    ))
-                }
-                Ok(f) => Source::Lines(Box::new(f), Some(path)),
-                Err(e) => return usage(format_args!("cannot open {}: {e}", path.display())),
-            }
-        }
+    let source = match &args.args {
+        Some(a) => match input::one_job(a, args.task.as_deref()) {
+            Ok(job) => Source::One(job),
+            Err(e) => return usage(e),
+        },
+        None => match input::open_jobs(&input_path) {
+            Ok((reader, file)) => Source::Lines(reader, file),
+            Err(e) => return usage(e),
+        },
     };
     let out: Box<dyn Write + Send> = match &args.output {
         Some(p) if p.as_os_str() != "-" => match create(p, "the output file") {
@@ -529,17 +449,9 @@ pub fn run(args: Args) -> i32 {
             pool.terminate_now();
             write_error = Some(e);
         }
-        if write_error.is_none() {
-            write_error = output.flush().err();
-        }
-        if write_error.is_some() {
-            // The summary counts the results that were written.
-            for failed in output.unwritten() {
-                progress.unrecord(failed);
-            }
-        }
+        // The summary counts the results that were written.
+        output::settle(output, &mut progress, &mut write_error);
         drop(flusher_done);
-        output.close();
         if let Some(h) = watcher {
             h.close();
         }
@@ -547,46 +459,24 @@ pub fn run(args: Args) -> i32 {
 
     let stats = pool.stats();
     let _ = pool.join();
-    let summary = progress.finish();
     let report = report.lock().unwrap_or_else(|e| e.into_inner());
-    let mut code = if progress.tally.failed_total() > 0 || report.stopped_early {
-        exit::JOBS_FAILED
-    } else {
-        exit::OK
+    // How many attempts failed and ran again (a line's "attempts" says
+    // which jobs).
+    let retried = match stats.as_ref().map(|s| s.retried) {
+        Ok(n) if n > 0 => format!("; {n} retr{}", if n == 1 { "y" } else { "ies" }),
+        _ => String::new(),
     };
-
-    if let Some(e) = &write_error {
-        // A closed pipe (`| head`) is an ordinary way to stop: no message.
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: cannot write the results: {e}");
-        }
-        code = exit::JOBS_FAILED;
-    }
-    // A closed pipe (`| head`) is an ordinary way to stop: no message.
-    let write_failed = write_error
-        .as_ref()
-        .is_some_and(|e| e.kind() != std::io::ErrorKind::BrokenPipe);
-    // Nor a summary: "N jobs: N ok" beside exit status 1 would contradict it.
-    let output_closed = write_error.is_some() && !write_failed;
-    if !args.quiet && !single && !output_closed {
-        match stats.as_ref().map(|s| s.retried) {
-            // How many attempts failed and ran again (a line's "attempts"
-            // says which jobs).
-            Ok(n) if n > 0 => eprintln!("{summary}; {n} retr{}", if n == 1 { "y" } else { "ies" }),
-            _ => eprintln!("{summary}"),
-        }
-        if write_failed {
-            eprintln!(
-                "stopped early (the results could not be written): the rest of the input \
-                 was not read"
-            );
-        } else if report.stopped_early {
-            eprintln!(
-                "stopped early ({}): the rest of the input was not read",
-                stop.reason().unwrap_or("stopped")
-            );
-        }
-    }
+    let mut code = output::finish_batch(
+        &progress,
+        output::Ending {
+            summary_suffix: &retried,
+            stopped_early: report.stopped_early,
+            stop_reason: stop.reason(),
+            write_error: write_error.as_ref(),
+            quiet: args.quiet,
+            single,
+        },
+    );
     if let Some(file) = stats_file {
         match stats {
             Ok(stats) => {
@@ -939,100 +829,6 @@ fn name_the_plugins(args: &Args, e: billiard_host::PoolError) -> String {
     }
 }
 
-/// What a path names, for telling whether two paths are one file: the
-/// inode of an existing file (symlinks followed, hard links included), else
-/// the absolute path (its directory resolved) it would be created at.
-#[derive(PartialEq, Eq)]
-enum FileId {
-    Inode(u64, u64),
-    Path(PathBuf),
-}
-
-/// True when the two paths name one file (or would create one file).
-pub(super) fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((file_id(a), file_id(b)), (Some(x), Some(y)) if x == y)
-}
-
-fn file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        return Some(FileId::Inode(m.dev(), m.ino()));
-    }
-    let name = path.file_name()?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Some(FileId::Path(std::fs::canonicalize(dir).ok()?.join(name)))
-}
-
-/// The identity of an open standard stream, when it is a regular file
-/// (`< jobs.jsonl`, `>> jobs.jsonl`).
-fn stream_id(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let f = std::fs::File::from(fd.try_clone_to_owned().ok()?);
-    let m = f.metadata().ok()?;
-    m.is_file().then(|| FileId::Inode(m.dev(), m.ino()))
-}
-
-/// Refuses `--output` or `--stats-json` naming the input file (directly,
-/// through a symlink or a hard link) or a plugin file, and one file named
-/// by both.
-fn check_distinct_files(args: &Args) -> Result<(), String> {
-    use std::os::fd::AsFd;
-    let named = |p: &Option<PathBuf>| p.as_ref().filter(|p| p.as_os_str() != "-").cloned();
-    let input_path = if args.args.is_some() {
-        None
-    } else {
-        Some(args.input.clone().unwrap_or_else(|| "-".into()))
-    };
-    let input = match &input_path {
-        Some(p) if p.as_os_str() == "-" => {
-            stream_id(std::io::stdin().as_fd()).map(|id| (id, "the standard input".to_string()))
-        }
-        Some(p) => file_id(p).map(|id| (id, format!("--input {}", p.display()))),
-        None => None,
-    };
-    let output = match named(&args.output) {
-        Some(p) => file_id(&p).map(|id| (id, format!("--output {}", p.display()))),
-        None => {
-            stream_id(std::io::stdout().as_fd()).map(|id| (id, "the standard output".to_string()))
-        }
-    };
-    let stats = named(&args.stats_json)
-        .and_then(|p| file_id(&p).map(|id| (id, format!("--stats-json {}", p.display()))));
-    for (written, what) in [&output, &stats].into_iter().flatten() {
-        if let Some((id, input)) = &input {
-            if id == written {
-                return Err(format!(
-                    "{what} is the input file ({input}): writing it would destroy the jobs \
-                     before they are read; write the results to another file"
-                ));
-            }
-        }
-    }
-    for plugin in args.plugin.iter().chain(&args.more_plugins) {
-        let Some(id) = file_id(plugin) else { continue };
-        for (written, what) in [&output, &stats].into_iter().flatten() {
-            if &id == written {
-                return Err(format!(
-                    "{what} is the plugin file {}: writing it would destroy the plugin",
-                    plugin.display()
-                ));
-            }
-        }
-    }
-    if let (Some((a, what_a)), Some((b, what_b))) = (&output, &stats) {
-        if a == b {
-            return Err(format!(
-                "{what_a} and {what_b} are the same file: the statistics would \
-                 overwrite the results; give them different files"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// `run --isolated`: hands the jobs to [`super::isolated`].
 fn isolated(args: &Args, single: bool, source: Source, out: Box<dyn Write + Send>) -> i32 {
     let stop = Arc::new(Stop::new());
@@ -1056,14 +852,11 @@ fn isolated(args: &Args, single: bool, source: Source, out: Box<dyn Write + Send
             .cloned()
             .collect(),
         load_timeout: args
+            .pool
             .load_timeout
             .unwrap_or(PoolConfig::default().load_timeout),
         default_task: args.task.clone(),
-        workers: args.workers.unwrap_or(if single {
-            1
-        } else {
-            PoolConfig::default().workers.min(MAX_WORKERS)
-        }),
+        workers: workers(args, single),
         ordered: !args.unordered,
         quiet: args.quiet,
         single,
@@ -1075,39 +868,33 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
     pool_builder(args, single).build()
 }
 
-/// The pool `run` starts (and `--isolated` starts one of per job).
-fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
-    let workers = args.workers.unwrap_or(if single {
+/// `-w N`, else one per CPU (one for `--args`).
+fn workers(args: &Args, single: bool) -> usize {
+    args.pool.workers.unwrap_or(if single {
         1
     } else {
         PoolConfig::default().workers.min(MAX_WORKERS)
-    });
+    })
+}
+
+/// The pool `run` starts (and `--isolated` starts one of per job).
+fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
+    let workers = workers(args, single);
     // Keep the pool's queue short: what the pool holds on a first SIGINT
     // still runs, lines read but not yet sent end `terminated` instead.
     let window = workers
         .saturating_mul(args.prefetch)
         .saturating_mul(args.chunksize)
         .saturating_mul(2);
-    let mut b = Pool::builder()
+    let mut b = args
+        .pool
+        .apply(Pool::builder())
         .workers(workers)
-        .start_method(args.start_method)
         .prefetch(args.prefetch)
         .imap_window(window)
         .bytes_base64(args.bytes == BytesForm::Base64);
     for p in args.plugin.iter().chain(&args.more_plugins) {
         b = b.plugin(p);
-    }
-    b = super::WorkerLimits {
-        max_tasks_per_child: args.max_tasks_per_child,
-        max_memory_per_child: args.max_memory_per_child,
-        address_space_limit: args.address_space_limit,
-        soft_time_limit: args.soft_time_limit,
-        load_timeout: args.load_timeout,
-    }
-    .apply(b);
-    b = args.sandbox.apply(b);
-    if let Some(d) = args.time_limit {
-        b = b.time_limit(d);
     }
     if let Some(n) = args.max_frame {
         b = b.max_frame(n);
@@ -1116,30 +903,25 @@ fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
 }
 
 /// `run --broker URL`: the same jobs, sent to the fleet (see
-/// [`super::submit`]); each result is deleted from the backend once read.
-fn on_the_fleet(args: Args, broker: String) -> i32 {
-    use super::submit::{self, Batch};
-    let source = match (&args.args, &args.input) {
-        (Some(a), _) => {
-            if args.task.is_none() && !a.trim_start().starts_with('{') {
-                return usage(
-                    "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})",
-                );
-            }
-            submit::Source::One(a.clone().into_bytes())
-        }
-        (None, input) => submit::Source::Path(input.clone().unwrap_or_else(|| "-".into())),
+/// [`super::fleet`]); each result is deleted from the backend once read.
+fn on_the_fleet(args: Args, broker: String, input_path: PathBuf) -> i32 {
+    let input = match &args.args {
+        Some(a) => match input::one_job(a, args.task.as_deref()) {
+            Ok(job) => fleet::Input::One(job),
+            Err(e) => return usage(e),
+        },
+        None => fleet::Input::Path(input_path),
     };
-    submit::execute(Batch {
+    fleet::execute(fleet::Request {
         broker,
         result_backend: args.result_backend,
         default_task: args.task,
-        source,
+        input,
         kwargs: Default::default(),
         options: billiard_host::celery::client::SendOptions {
             queue: args.queue,
-            time_limit: args.time_limit,
-            soft_time_limit: args.soft_time_limit,
+            time_limit: args.pool.time_limit,
+            soft_time_limit: args.pool.soft_time_limit,
             ..Default::default()
         },
         output: args.output,
