@@ -1,26 +1,22 @@
 //! `billiard-host run PLUGIN.so [--plugin MORE.so ...] (--args JSON | --input FILE)`
 //!
-//! A thin layer over [`Pool::imap_raw`]: input lines become jobs (see
+//! A thin layer over [`Pool::imap_fed`]: input lines become jobs (see
 //! [`super::input`]), outcomes become JSON result lines (see
 //! [`super::output`]), in input order or, with `--unordered`, as they
 //! complete. The contract (result format, exit codes, signals) is in the
 //! README's "billiard-host run" section and in `--help`.
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::Scope;
+use std::sync::Arc;
 use std::time::Duration;
 
-use billiard_host::{ErrorKind, JobHead, JobSource, Pool, PoolConfig, TaskError};
+use billiard_host::{ErrorKind, Pool, PoolConfig, TaskError};
 use clap::ArgGroup;
-use crossbeam_channel::{Receiver, Sender};
 
 use super::exit::{self, usage};
 use super::fleet;
-use super::input::{self, Jobs, LineNumbers, Pull};
+use super::input::{self, Jobs, LineNumbers};
 use super::output::{self, Output, Rendered};
 use super::pool_flags::{PoolFlags, POOL_GROUP};
 use super::progress::Progress;
@@ -403,11 +399,13 @@ pub fn run(args: Args) -> i32 {
             input::spawn_batch_reader(reader, stop.clone(), pool.config().max_frame)
         }
     };
+    let output = Output::new(out);
     let (mut jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
     let line_numbers = (!single).then(|| jobs.track_line_numbers());
-    let jobs = Mutex::new(jobs);
+    // Whoever sent the last line may wait for its result before sending
+    // the next: what was written goes out before the input is waited for.
+    let input_waits = jobs.on_wait(|| output.flush_if_dirty());
     let killed = std::sync::atomic::AtomicBool::new(false);
-    let output = Output::new(out);
     let mut write_error = None;
 
     std::thread::scope(|s| {
@@ -428,21 +426,21 @@ pub fn run(args: Args) -> i32 {
         let output = &output;
         let flusher_done = output::flush_in_background(s, output);
 
-        let written = stream_results(
-            s,
-            &pool,
-            &jobs,
-            !args.unordered,
-            args.chunksize,
-            line_numbers.as_ref(),
-            retry.as_ref(),
-            |batch| {
-                let ok = batch.lines.iter().filter(|(_, f)| f.is_none()).count();
-                progress.record_batch(ok as u64, batch.lines.iter().filter_map(|(_, f)| *f));
-                output.write_rendered(batch)
-            },
-            || output.flush_if_dirty(),
-        );
+        let stream = pool.imap_fed(s, jobs, !args.unordered, args.chunksize);
+        // The command line's policy, exactly: --retries is a cap.
+        let stream = match &retry {
+            Some(p) => stream.retry_policy(Some(p.clone())),
+            None => stream,
+        };
+        let written = write_results(stream, line_numbers.as_ref(), |batch| {
+            let ok = batch.lines.iter().filter(|(_, f)| f.is_none()).count();
+            progress.record_batch(ok as u64, batch.lines.iter().filter_map(|(_, f)| *f));
+            output.write_rendered(batch)?;
+            if input_waits.load(std::sync::atomic::Ordering::SeqCst) {
+                output.flush_if_dirty();
+            }
+            Ok(())
+        });
         if let Err(e) = written {
             // Nobody reads the results any more: stop everything.
             stop.request("the output was closed");
@@ -498,121 +496,10 @@ pub fn run(args: Args) -> i32 {
     code
 }
 
-/// At most this many streams run at once (see [`stream_results`]).
-const MAX_SEGMENTS: usize = 4;
-
-/// See [`Budget`].
-const HELD_WINDOWS: u64 = 16;
-
-/// Result batches (see `RESULT_BATCH`) a segment may have ready before the
-/// writer takes them; past that its thread waits, and so does its input.
-const SEGMENT_BUFFER: usize = 64;
-/// Most results one segment hands over in one message.
+/// Most results one batch hands to the output at once.
 const RESULT_BATCH: usize = 4096;
-/// Item lines of streaming jobs a batch collects before it goes over anyway.
+/// Item lines of streaming jobs a batch collects before it goes out anyway.
 const ITEM_BATCH_BYTES: usize = 256 * 1024;
-
-/// The input of one stream: jobs until the input goes quiet. It waits for
-/// a line only while it has handed out nothing, so the stream that pulls
-/// from it is never stuck on the input while it holds results. It tells
-/// the writer when it waits for the input ([`Ctl::Waiting`], then
-/// [`Ctl::Busy`]) and, exactly once, how many jobs it took.
-struct Segment<'a, 'p> {
-    jobs: &'a Mutex<Jobs<'p>>,
-    /// The index of its first job.
-    base: u64,
-    taken: u64,
-    paused: bool,
-    ctl: Sender<Ctl>,
-    budget: Arc<Budget>,
-}
-
-/// What segments tell the writer, besides results.
-enum Ctl {
-    /// It waits for the input's next line: whoever sent the last one may be
-    /// waiting for its result, so results are flushed at once from now on.
-    Waiting,
-    /// It got that line: results may be batched again.
-    Busy,
-    /// It stopped taking input after this many jobs, and why.
-    Paused(u64, &'static str),
-}
-
-/// Jobs taken from the input whose results have not come out of their
-/// stream yet, across all segments (the pool's queue plus what an ordered
-/// stream holds back behind a slow job). A new segment starts only once
-/// they are down to one window, so the pool holds at most two windows of
-/// jobs (what a first SIGINT lets finish stays short); a segment stops
-/// taking input at [`HELD_WINDOWS`] windows, so an ordered run behind a
-/// job that takes hours does not pile up results without end.
-struct Budget {
-    window: u64,
-    /// Results that came out of the segments' streams.
-    returned: AtomicU64,
-}
-
-impl Budget {
-    /// Jobs in flight when `taken` jobs were taken in all.
-    fn in_flight(&self, taken: u64) -> u64 {
-        taken.saturating_sub(self.returned.load(Ordering::Acquire))
-    }
-}
-
-impl Segment<'_, '_> {
-    fn pause(&mut self, why: &'static str) {
-        if !self.paused {
-            self.paused = true;
-            let _ = self.ctl.send(Ctl::Paused(self.taken, why));
-        }
-    }
-}
-
-impl JobSource for Segment<'_, '_> {
-    fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<JobHead, TaskError>> {
-        if self.paused {
-            return None;
-        }
-        let limit = self.budget.window.saturating_mul(HELD_WINDOWS);
-        if self.taken > 0 && self.budget.in_flight(self.base + self.taken) >= limit {
-            // Earlier segments still hold jobs: let them drain first.
-            self.pause("the jobs in flight reached their limit");
-            return None;
-        }
-        let first = self.taken == 0;
-        if first {
-            let _ = self.ctl.send(Ctl::Waiting);
-        }
-        let pulled = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pull(first, args);
-        match pulled {
-            Pull::Job(job) => {
-                if first {
-                    let _ = self.ctl.send(Ctl::Busy);
-                }
-                self.taken += 1;
-                Some(job)
-            }
-            Pull::Quiet => {
-                self.pause("the input went quiet");
-                None
-            }
-            Pull::End => {
-                self.pause("the input ended");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Segment<'_, '_> {
-    fn drop(&mut self) {
-        // Even if its stream ends early: the writer counts on it.
-        self.pause("its stream ended");
-    }
-}
 
 /// The result line of job `index`. The plugin's decoding errors say which
 /// input line, as the host's own do (looked up only then: it is rare).
@@ -638,174 +525,82 @@ fn render(
     out.push_attempted(index, outcome, attempts);
 }
 
-/// Runs the jobs through the pool and hands their result lines to `emit`
-/// in batches (in input order when `ordered`); stops at `emit`'s first
-/// error. `flush` is called when results were emitted, none is ready, and
-/// the input waits for a line (a client may be waiting for its answer);
-/// otherwise batching the writes is left to the caller.
-///
-/// One stream pulls its input synchronously, so a stream fed by a quiet
-/// pipe would sit on the results it already has. Instead the input is cut
-/// into segments at its quiet moments: each segment is a stream on a
-/// thread of its own that ends taking input when no line came for
-/// [`input::QUIET`], then delivers its results while the next segment
-/// waits for the next line. At most [`MAX_SEGMENTS`] run at once; indices
-/// run on across segments. Each segment renders its result lines itself
-/// (straight from the worker's result buffer) and hands them over in
-/// batches through a small bounded channel, read oldest segment first when
-/// `ordered` (so the output is the same as one stream's) and from any
-/// segment otherwise: a writer that cannot keep up, or an ordered run
-/// waiting for an earlier segment's slow job, stops the segments' streams,
-/// which stop taking input. Memory stays bounded by the segments' windows.
-#[allow(clippy::too_many_arguments)]
-fn stream_results<'scope, 'env>(
-    s: &'scope Scope<'scope, 'env>,
-    pool: &'env Pool,
-    jobs: &'env Mutex<Jobs<'env>>,
-    ordered: bool,
-    chunksize: usize,
-    line_numbers: Option<&'env LineNumbers>,
-    retry: Option<&'env billiard_host::retry::RetryPolicy>,
-    mut emit: impl FnMut(&Rendered) -> std::io::Result<()>,
-    mut flush: impl FnMut(),
+/// The batch being rendered and where it goes.
+struct Sink<E> {
+    batch: Rendered,
+    emit: E,
+    /// `emit`'s first error: nothing is emitted after it.
+    error: Option<std::io::Error>,
+}
+
+impl<E: FnMut(&Rendered) -> std::io::Result<()>> Sink<E> {
+    fn send(&mut self) {
+        if self.error.is_none() && (!self.batch.lines.is_empty() || !self.batch.bytes.is_empty()) {
+            self.error = (self.emit)(&self.batch).err();
+        }
+        self.batch = Rendered::default();
+    }
+}
+
+/// Takes the stream's results and hands their lines to `emit` in batches
+/// (a result line goes out no later than the end of its chunk, so the
+/// stream never waits on the pool with lines unwritten); stops at `emit`'s
+/// first error. The stream reads the input on a thread of its own
+/// ([`Pool::imap_fed`]): results flow while a pipe is quiet. A streaming
+/// job's items become item lines of the batch, in arrival order (so ahead
+/// of its result line); its progress reports feed the bar.
+fn write_results(
+    stream: billiard_host::FedStream<'_, '_>,
+    line_numbers: Option<&LineNumbers>,
+    emit: impl FnMut(&Rendered) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
-    let budget = Arc::new(Budget {
-        window: pool.config().imap_window.max(1) as u64,
-        returned: AtomicU64::new(0),
+    let sink = std::cell::RefCell::new(Sink {
+        batch: Rendered::default(),
+        emit,
+        error: None,
     });
-    let spawn = |offset: u64| -> Receiver<Rendered> {
-        let (tx, rx) = crossbeam_channel::bounded(SEGMENT_BUFFER);
-        let segment = Segment {
-            jobs,
-            base: offset,
-            taken: 0,
-            paused: false,
-            ctl: ctl_tx.clone(),
-            budget: budget.clone(),
-        };
-        let budget = budget.clone();
-        s.spawn(move || {
-            // Results go over in batches: what the stream has without
-            // waiting (the rest of a chunk) travels as one message.
-            // A streaming job's items become item lines of the batch, in
-            // arrival order (so ahead of its result line); its progress
-            // reports feed the bar. A batch of many item lines goes over
-            // before its job ends (the bounded channel holds the task back).
-            let batch = std::cell::RefCell::new(Rendered::default());
-            let send = |batch: &mut Rendered| {
-                budget
-                    .returned
-                    .fetch_add(batch.lines.len() as u64, Ordering::AcqRel);
-                tx.send(std::mem::take(batch)).is_ok()
-            };
-            let mut stream = pool.imap_source(segment, ordered, chunksize);
-            if let Some(p) = retry {
-                // The command line's policy, exactly: --retries is a cap.
-                stream = stream.retry_policy(Some(p.clone()));
+    let mut stream = stream.on_news(|i, news| match news {
+        billiard_host::News::Items(b) => {
+            let mut sink = sink.borrow_mut();
+            for item in b.items() {
+                output::render_item_into(&mut sink.batch.bytes, i, item);
             }
-            let mut stream = stream.on_news(|i, news| match news {
-                billiard_host::News::Items(b) => {
-                    let mut batch = batch.borrow_mut();
-                    for item in b.items() {
-                        output::render_item_into(&mut batch.bytes, offset + i, item);
-                    }
-                    if batch.bytes.len() >= ITEM_BATCH_BYTES {
-                        send(&mut batch);
-                    }
-                }
-                billiard_host::News::Progress { done, total } => {
-                    super::progress::PARTIAL.report(offset + i, done, total)
-                }
-            });
-            while stream
-                .next_with_attempts(|i, outcome, attempts| {
-                    super::progress::PARTIAL.finished(offset + i);
-                    render(
-                        &mut batch.borrow_mut(),
-                        offset + i,
-                        outcome,
-                        attempts,
-                        line_numbers,
-                    )
-                })
-                .is_some()
-            {
-                let mut batch = batch.borrow_mut();
-                if (stream.ready() == 0 || batch.lines.len() >= RESULT_BATCH) && !send(&mut batch) {
-                    return;
-                }
+            if sink.batch.bytes.len() >= ITEM_BATCH_BYTES {
+                sink.send();
             }
-            let mut batch = batch.borrow_mut();
-            if !batch.lines.is_empty() || !batch.bytes.is_empty() {
-                send(&mut batch);
-            }
-        });
-        rx
-    };
-    // Live segments, oldest first; one of them (the newest) may be taking
-    // input.
-    let mut segments: VecDeque<Receiver<Rendered>> = VecDeque::from([spawn(0)]);
-    let (mut taking, mut want_segment, mut offset) = (true, false, 0u64);
-    let (mut input_waits, mut unflushed) = (false, false);
-    while taking || want_segment || !segments.is_empty() {
-        // A new segment once the input went quiet (or a segment stopped for
-        // the budget) and the jobs in flight are down to a window.
-        if want_segment
-            && segments.len() < MAX_SEGMENTS
-            && budget.in_flight(offset) <= budget.window
-        {
-            tracing::debug!("a new segment starts at index {offset}");
-            segments.push_back(spawn(offset));
-            (taking, want_segment) = (true, false);
         }
-        let mut sel = crossbeam_channel::Select::new();
-        let ctl_op = sel.recv(&ctl_rx);
-        let watched = if ordered {
-            segments.len().min(1)
-        } else {
-            segments.len()
-        };
-        for rx in segments.iter().take(watched) {
-            sel.recv(rx);
+        billiard_host::News::Progress { done, total } => {
+            super::progress::PARTIAL.report(i, done, total)
         }
-        let op = match sel.try_select() {
-            Ok(op) => op,
-            Err(_) => {
-                if input_waits && unflushed {
-                    flush();
-                    unflushed = false;
-                }
-                sel.select()
-            }
-        };
-        if op.index() == ctl_op {
-            match op.recv(&ctl_rx) {
-                Ok(Ctl::Waiting) => input_waits = true,
-                Ok(Ctl::Busy) => input_waits = false,
-                Ok(Ctl::Paused(taken, why)) => {
-                    tracing::debug!("a segment took {taken} jobs and stopped: {why}");
-                    offset += taken;
-                    (taking, input_waits) = (false, false);
-                    want_segment = !jobs.lock().unwrap_or_else(|e| e.into_inner()).is_done();
-                }
-                Err(_) => {}
-            }
-            continue;
+    });
+    while stream
+        .next_with_attempts(|i, outcome, attempts| {
+            super::progress::PARTIAL.finished(i);
+            render(
+                &mut sink.borrow_mut().batch,
+                i,
+                outcome,
+                attempts,
+                line_numbers,
+            )
+        })
+        .is_some()
+    {
+        let mut sink = sink.borrow_mut();
+        if stream.ready() == 0 || sink.batch.lines.len() >= RESULT_BATCH {
+            sink.send();
         }
-        let k = op.index() - 1;
-        match op.recv(&segments[k]) {
-            Ok(batch) => {
-                emit(&batch)?;
-                unflushed = true;
-            }
-            // That segment delivered everything.
-            Err(_) => {
-                segments.remove(k);
-            }
+        if sink.error.is_some() {
+            break;
         }
     }
-    Ok(())
+    drop(stream);
+    let mut sink = sink.into_inner();
+    sink.send();
+    match sink.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A pool start error that does not say which file it is about (the zygote
