@@ -580,7 +580,10 @@ impl PipeSource {
 }
 
 impl billiard_host::JobSource for PipeSource {
-    fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<billiard_host::JobHead, TaskError>> {
+    fn next_job(
+        &mut self,
+        args: &mut Vec<u8>,
+    ) -> Option<Result<billiard_host::JobHead, TaskError>> {
         if let Ok(n) = self.jobs.try_recv() {
             return Some(self.job(n, args));
         }
