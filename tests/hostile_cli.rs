@@ -56,6 +56,17 @@ fn assert_usage_error(out: &Output, needles: &[&str]) {
 
 // ----- B6: an output file that is the input --------------------------------
 
+/// `args` read standard input, redirected from `input`, which `-o` names
+/// too: refused, `input` (holding `jobs`) unchanged.
+fn refuse_stdin_from_the_output(args: &[&str], input: &str, jobs: &str) {
+    let out = command(args, &[])
+        .stdin(std::fs::File::open(input).unwrap())
+        .output()
+        .unwrap();
+    assert_usage_error(&out, &["--output", "is the input file"]);
+    assert_eq!(std::fs::read_to_string(input).unwrap(), jobs);
+}
+
 #[test]
 fn b6_output_naming_the_input_is_refused() {
     let dir = scratch("b6_output");
@@ -87,15 +98,11 @@ fn b6_output_naming_the_input_is_refused() {
     }
 
     // The input as standard input, redirected from the output file.
-    let out = command(
+    refuse_stdin_from_the_output(
         &["run", &m, "--task", "square", "--input", "-", "-o", &input],
-        &[],
-    )
-    .stdin(std::fs::File::open(&input).unwrap())
-    .output()
-    .unwrap();
-    assert_usage_error(&out, &["--output", "is the input file"]);
-    assert_eq!(std::fs::read_to_string(&input).unwrap(), jobs);
+        &input,
+        &jobs,
+    );
 
     // Nor may the results overwrite the plugin.
     let copy = dir.join("libmath.so");
@@ -670,15 +677,11 @@ fn issue24_submit_output_naming_the_input_is_refused() {
         }
     }
     // The input as standard input, redirected from the output file.
-    let out = command(
+    refuse_stdin_from_the_output(
         &[&base[..], &["--input", "-", "-o", input.as_str()]].concat(),
-        &[],
-    )
-    .stdin(std::fs::File::open(&input).unwrap())
-    .output()
-    .unwrap();
-    assert_usage_error(&out, &["--output", "is the input file"]);
-    assert_eq!(std::fs::read_to_string(&input).unwrap(), jobs);
+        &input,
+        &jobs,
+    );
     // Another output file passes the check (and then fails on the broker).
     let results = dir.join("results.jsonl");
     let out = host(

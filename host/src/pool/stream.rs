@@ -380,6 +380,38 @@ impl Cursor {
     }
 }
 
+/// The stream's retry choice for `RawStream::retry_policy` and
+/// `FedStream::retry_policy`.
+fn retry_choice(policy: Option<crate::retry::RetryPolicy>) -> Choice {
+    match policy {
+        Some(p) => Choice::Exactly(p),
+        None => Choice::Off,
+    }
+}
+
+/// The chunk held that is handed out next: the next index when `ordered`,
+/// else the lowest.
+fn next_ready(
+    held: &mut BTreeMap<u64, ChunkResult>,
+    ordered: bool,
+    next_out: u64,
+) -> Option<ChunkResult> {
+    if ordered {
+        held.remove(&next_out)
+    } else {
+        held.pop_first().map(|(_, c)| c)
+    }
+}
+
+/// A running job's stream items or progress report: news, not an outcome.
+fn news_of(chunk: &ChunkResult) -> Option<News<'_>> {
+    match &chunk.body {
+        ChunkBody::Items(batch) => Some(News::Items(batch)),
+        &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
+        _ => None,
+    }
+}
+
 /// The most bytes of items one chunk's payload holds: the frame limit
 /// less the RUN frame's header.
 pub(super) fn frame_room(pool: &Pool) -> usize {
@@ -502,10 +534,7 @@ impl<'p> RawStream<'p> {
     /// before the first item is read (jobs already sent keep their policy).
     /// A delay past [`crate::bounds::MAX_DURATION`] waits that long.
     pub fn retry_policy(mut self, policy: Option<crate::retry::RetryPolicy>) -> Self {
-        let choice = match policy {
-            Some(p) => Choice::Exactly(p),
-            None => Choice::Off,
-        };
+        let choice = retry_choice(policy);
         self.tx = self.tx.clone().with_retry(self.pool.stream_retry(&choice));
         self
     }
@@ -689,12 +718,7 @@ impl<'p> RawStream<'p> {
                 self.cur = None;
             }
             self.top_up();
-            let ready = if self.ordered {
-                self.held.remove(&self.next_out)
-            } else {
-                self.held.pop_first().map(|(_, c)| c)
-            };
-            if let Some(chunk) = ready {
+            if let Some(chunk) = next_ready(&mut self.held, self.ordered, self.next_out) {
                 self.cur = Some(Cursor::new(chunk));
                 continue;
             }
@@ -723,12 +747,7 @@ impl<'p> RawStream<'p> {
             };
             match got {
                 Some(chunk) => {
-                    let news = match &chunk.body {
-                        ChunkBody::Items(batch) => Some(News::Items(batch)),
-                        &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
-                        _ => None,
-                    };
-                    if let Some(news) = news {
+                    if let Some(news) = news_of(&chunk) {
                         // Not an outcome: handed on at once (the batch's
                         // credit returns when `chunk` drops).
                         if let Some(f) = &mut self.news {

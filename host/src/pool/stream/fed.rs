@@ -23,7 +23,9 @@ use std::thread::Scope;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{frame_room, Cursor, Intake, JobSource, NewsFn, RawInput};
+use super::{
+    frame_room, news_of, next_ready, retry_choice, Cursor, Intake, JobSource, NewsFn, RawInput,
+};
 use crate::error::TaskError;
 use crate::pool::items::News;
 use crate::pool::job::{ChunkBody, ChunkResult, ChunkSender, Dispatch};
@@ -36,6 +38,14 @@ const HELD_WINDOWS: u64 = 16;
 /// Dispatches the feeder collects before one submission (one command to
 /// the supervisor), when the input has more at hand.
 const SUBMIT_BATCH: usize = 64;
+
+/// What [`FedStream::wait`] got.
+enum Got {
+    /// A result chunk from the pool; `None`: no more can come.
+    Result(Option<ChunkResult>),
+    /// A message of the feeder; `None`: it is gone.
+    Fed(Option<Fed>),
+}
 
 /// What the feeder tells the stream besides the pool's results.
 enum Fed {
@@ -213,6 +223,8 @@ pub struct FedStream<'s, 'env> {
     rx: Receiver<ChunkResult>,
     /// The feeder's messages; `None` once it ended.
     events: Option<Receiver<Fed>>,
+    /// False once no result can come from the pool any more.
+    rx_open: bool,
     /// How many items there are, once the feeder ended.
     total: Option<u64>,
     ordered: bool,
@@ -260,6 +272,7 @@ impl<'s, 'env> FedStream<'s, 'env> {
             window,
             rx,
             events: Some(events),
+            rx_open: true,
             total: None,
             ordered,
             next_out: 0,
@@ -280,10 +293,7 @@ impl<'s, 'env> FedStream<'s, 'env> {
     /// As [`RawStream::retry_policy`](super::RawStream::retry_policy);
     /// call it before the first `next` (the feeder starts there).
     pub fn retry_policy(mut self, policy: Option<crate::retry::RetryPolicy>) -> Self {
-        let choice = match policy {
-            Some(p) => Choice::Exactly(p),
-            None => Choice::Off,
-        };
+        let choice = retry_choice(policy);
         if let Some((f, _)) = &mut self.start {
             f.tx = f.tx.clone().with_retry(f.pool.stream_retry(&choice));
         }
@@ -317,12 +327,7 @@ impl<'s, 'env> FedStream<'s, 'env> {
                 }
                 self.cur = None;
             }
-            let ready = if self.ordered {
-                self.held.remove(&self.next_out)
-            } else {
-                self.held.pop_first().map(|(_, c)| c)
-            };
-            if let Some(chunk) = ready {
+            if let Some(chunk) = next_ready(&mut self.held, self.ordered, self.next_out) {
                 let n = u64::from(chunk.count);
                 self.gauge.update(self.window, |c| c.yielded += n);
                 self.cur = Some(Cursor::new(chunk));
@@ -331,29 +336,31 @@ impl<'s, 'env> FedStream<'s, 'env> {
             if self.total.is_some_and(|t| self.gauge.lock().yielded >= t) {
                 return None;
             }
-            if !self.wait()? {
+            if !self.wait() {
                 return None;
             }
         }
     }
 
-    /// Waits for the next result or feeder message and takes it in;
-    /// `Some(false)` when no more can come.
-    fn wait(&mut self) -> Option<bool> {
-        let got = match &self.events {
-            Some(events) => crossbeam_channel::select! {
-                recv(self.rx) -> chunk => chunk.ok().map(Ok),
-                recv(events) -> ev => Some(Err(ev.ok())),
+    /// Waits for the next result or feeder message and takes it in; false
+    /// when no more can come. The two channels end on their own: the
+    /// pool's results once the feeder and every job it sent are gone
+    /// (items the feeder failed may still be on their way), the feeder's
+    /// after its `End`.
+    fn wait(&mut self) -> bool {
+        let got = match (&self.events, self.rx_open) {
+            (Some(events), true) => crossbeam_channel::select! {
+                recv(self.rx) -> chunk => Got::Result(chunk.ok()),
+                recv(events) -> ev => Got::Fed(ev.ok()),
             },
-            None => self.rx.recv().ok().map(Ok),
+            (Some(events), false) => Got::Fed(events.recv().ok()),
+            (None, true) => Got::Result(self.rx.recv().ok()),
+            (None, false) => return false,
         };
         match got {
-            None => Some(false),
-            Some(Ok(chunk)) => {
-                self.take(chunk);
-                Some(true)
-            }
-            Some(Err(Some(Fed::Failed(index, e)))) => {
+            Got::Result(Some(chunk)) => self.take(chunk),
+            Got::Result(None) => self.rx_open = false,
+            Got::Fed(Some(Fed::Failed(index, e))) => {
                 self.held.insert(
                     index,
                     ChunkResult {
@@ -362,29 +369,20 @@ impl<'s, 'env> FedStream<'s, 'env> {
                         body: ChunkBody::One(Err(e)),
                     },
                 );
-                Some(true)
             }
-            Some(Err(Some(Fed::End(total)))) => {
-                self.total = Some(total);
-                Some(true)
-            }
-            // The feeder is gone without a word (it always says End).
-            Some(Err(None)) => {
+            Got::Fed(Some(Fed::End(total))) => self.total = Some(total),
+            // The feeder is gone: it said `End` first (its `Drop`).
+            Got::Fed(None) => {
                 self.events = None;
                 self.total.get_or_insert(0);
-                Some(true)
             }
         }
+        true
     }
 
     /// A chunk from the pool: news goes to the callback, outcomes are held.
     fn take(&mut self, chunk: ChunkResult) {
-        let news = match &chunk.body {
-            ChunkBody::Items(batch) => Some(News::Items(batch)),
-            &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
-            _ => None,
-        };
-        if let Some(news) = news {
+        if let Some(news) = news_of(&chunk) {
             if let Some(f) = &mut self.news {
                 f(chunk.first_index, news);
             }
