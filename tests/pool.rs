@@ -573,7 +573,11 @@ struct PipeSource {
 }
 
 impl PipeSource {
+    /// Job `n`; a negative `n` is bad input, failing in place.
     fn job(&self, n: i64, args: &mut Vec<u8>) -> Result<billiard_host::JobHead, TaskError> {
+        if n < 0 {
+            return Err(TaskError::new(ErrorKind::BadArgs, "a negative job"));
+        }
         args.extend_from_slice(format!("[{n}]").as_bytes());
         Ok(self.head)
     }
@@ -628,9 +632,12 @@ fn issue24_a_fed_stream_yields_results_while_its_input_stalls() {
             let source = PipeSource { jobs, waits, head };
             s.spawn(move || {
                 let mut stream = pool.imap_fed(s, source, ordered, chunksize);
-                while let Some(r) = stream.next_with_attempts(|i, outcome, _| {
-                    let v: i64 = serde_json::from_slice(outcome.expect("square succeeds")).unwrap();
-                    (i, v)
+                while let Some(r) = stream.next_with_attempts(|i, outcome, _| match outcome {
+                    Ok(v) => (i, serde_json::from_slice::<i64>(v).unwrap()),
+                    Err(e) => {
+                        assert_eq!(e.kind, ErrorKind::BadArgs, "{e:?}");
+                        (i, -1)
+                    }
                 }) {
                     out_tx.send(r).unwrap();
                 }
@@ -659,15 +666,20 @@ fn issue24_a_fed_stream_yields_results_while_its_input_stalls() {
                 }
                 assert!(out.is_empty(), "more results than jobs: {got:?}");
             }
+            // A last item that fails in place, then the end of the input:
+            // the item's error comes out (also when the pool's results
+            // ended first), then the stream ends.
+            job_tx.send(-1).unwrap();
             drop(job_tx);
-            // The end of the input ends the stream.
+            got.push(out.recv_timeout(bound).expect("the bad item's error"));
             assert!(out.recv_timeout(bound).is_err(), "{got:?}");
             if ordered {
                 let indices: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
-                assert_eq!(indices, (0..8).collect::<Vec<u64>>());
+                assert_eq!(indices, (0..9).collect::<Vec<u64>>());
             }
             got.sort_unstable();
-            let want: Vec<(u64, i64)> = (1..=8i64).map(|n| (n as u64 - 1, n * n)).collect();
+            let mut want: Vec<(u64, i64)> = (1..=8i64).map(|n| (n as u64 - 1, n * n)).collect();
+            want.push((8, -1));
             assert_eq!(got, want, "ordered {ordered}, chunksize {chunksize}");
         });
     }
