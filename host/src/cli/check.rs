@@ -30,7 +30,7 @@ use anstyle::{AnsiColor, Style};
 use billiard_host::cases::{self, one_line, Case, CaseResult, Change, ReadError, Report};
 use billiard_host::{PluginInfo, Pool};
 
-use super::exit::{self, usage as fail_usage};
+use super::exit::{self, usage};
 use super::loader::load_isolated;
 use super::pool_flags::PoolFlags;
 use super::values::same_file;
@@ -147,13 +147,13 @@ pub fn run(args: Args) -> i32 {
     // loading process (see `inspect::load_isolated`).
     let info = match load_isolated(&args.plugin, load_timeout(&args)) {
         Ok(info) => info,
-        Err(e) => return fail_usage(e),
+        Err(e) => return usage(e),
     };
     let cases = match &args.cases {
         None => Vec::new(),
         Some(path) => match cases::read_file(path) {
             Ok(c) => c,
-            Err(e @ ReadError::Io { .. }) => return fail_usage(e),
+            Err(e @ ReadError::Io { .. }) => return usage(e),
             Err(e @ ReadError::Invalid { .. }) => {
                 if let ReadError::Invalid { errors, .. } = &e {
                     for line in errors {
@@ -167,7 +167,7 @@ pub fn run(args: Args) -> i32 {
     };
     if let (Some(cases), Some(junit)) = (&args.cases, &args.junit) {
         if same_file(cases, junit) {
-            return fail_usage(format_args!(
+            return usage(format_args!(
                 "--junit {} is the cases file (--cases {}): writing the report would \
                  destroy the cases; write it to another file",
                 junit.display(),
@@ -180,7 +180,7 @@ pub fn run(args: Args) -> i32 {
         Some(p) => match std::fs::File::create(p) {
             Ok(f) => Some(f),
             Err(e) => {
-                return fail_usage(format_args!(
+                return usage(format_args!(
                     "cannot create the JUnit file {}: {e}",
                     p.display()
                 ))
@@ -222,7 +222,7 @@ pub fn run(args: Args) -> i32 {
 
     if let (Some(file), Some(path)) = (junit_file, &args.junit) {
         if let Err(e) = report.write_junit(&info, file) {
-            return fail_usage(format_args!(
+            return usage(format_args!(
                 "cannot write the JUnit file {}: {e}",
                 path.display()
             ));
@@ -277,7 +277,7 @@ fn run_cases(
         .plugin(&args.plugin)
         .time_limit(args.pool.time_limit.unwrap_or(DEFAULT_TIME_LIMIT))
         .load_timeout(load_timeout(args));
-    let mut run = cases::Run::start(b, cases).map_err(fail_usage)?;
+    let mut run = cases::Run::start(b, cases).map_err(usage)?;
 
     let limits_text = match (args.pool.soft_time_limit, args.pool.time_limit) {
         (Some(s), h) => format!(
