@@ -56,6 +56,17 @@ fn assert_usage_error(out: &Output, needles: &[&str]) {
 
 // ----- B6: an output file that is the input --------------------------------
 
+/// `args` read standard input, redirected from `input`, which `-o` names
+/// too: refused, `input` (holding `jobs`) unchanged.
+fn refuse_stdin_from_the_output(args: &[&str], input: &str, jobs: &str) {
+    let out = command(args, &[])
+        .stdin(std::fs::File::open(input).unwrap())
+        .output()
+        .unwrap();
+    assert_usage_error(&out, &["--output", "is the input file"]);
+    assert_eq!(std::fs::read_to_string(input).unwrap(), jobs);
+}
+
 #[test]
 fn b6_output_naming_the_input_is_refused() {
     let dir = scratch("b6_output");
@@ -87,15 +98,11 @@ fn b6_output_naming_the_input_is_refused() {
     }
 
     // The input as standard input, redirected from the output file.
-    let out = command(
+    refuse_stdin_from_the_output(
         &["run", &m, "--task", "square", "--input", "-", "-o", &input],
-        &[],
-    )
-    .stdin(std::fs::File::open(&input).unwrap())
-    .output()
-    .unwrap();
-    assert_usage_error(&out, &["--output", "is the input file"]);
-    assert_eq!(std::fs::read_to_string(&input).unwrap(), jobs);
+        &input,
+        &jobs,
+    );
 
     // Nor may the results overwrite the plugin.
     let copy = dir.join("libmath.so");
@@ -633,4 +640,126 @@ fn a_plugins_bad_args_message_names_the_input_line() {
     let out = host(&["run", &m, "--task", "square", "--args", "[\"x\"]"], &[]);
     let msg = json_lines(&stdout(&out))[0]["error"]["message"].clone();
     assert!(msg.as_str().unwrap().starts_with("bad arguments"), "{msg}");
+}
+
+// ----- issue 24 item 4: one fleet module, one group of local flags ---------
+
+/// A broker nothing listens on: the refusals below come before any
+/// connection (and a flag that is accepted fails on the connection).
+const NO_BROKER: &str = "redis://127.0.0.1:1/0";
+
+/// `submit --input F --output F` is refused as `run`'s is (B6): before this,
+/// `submit` created (truncated) the output before reading the input.
+#[test]
+fn issue24_submit_output_naming_the_input_is_refused() {
+    let dir = scratch("issue24_submit_output");
+    let jobs = numbers(20);
+    let input = common::write_file(&dir, "jobs.jsonl", jobs.as_bytes());
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let base = ["submit", "--broker", NO_BROKER, "--task", "math.square"];
+    for output in [input.as_str(), link.to_str().unwrap()] {
+        for wait in [&["--wait"][..], &[]] {
+            let args: Vec<&str> = base
+                .iter()
+                .copied()
+                .chain(["--input", &input, "--output", output])
+                .chain(wait.iter().copied())
+                .collect();
+            let out = host(&args, &[]);
+            assert_usage_error(&out, &["--output", "is the input file"]);
+            assert_eq!(stdout(&out), "");
+            assert_eq!(
+                std::fs::read_to_string(&input).unwrap(),
+                jobs,
+                "{args:?} changed the input"
+            );
+        }
+    }
+    // The input as standard input, redirected from the output file.
+    refuse_stdin_from_the_output(
+        &[&base[..], &["--input", "-", "-o", input.as_str()]].concat(),
+        &input,
+        &jobs,
+    );
+    // Another output file passes the check (and then fails on the broker).
+    let results = dir.join("results.jsonl");
+    let out = host(
+        &[
+            &base[..],
+            &["--input", input.as_str(), "-o", results.to_str().unwrap()],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_usage_error(&out, &["broker"]);
+    assert!(
+        !stderr(&out).contains("is the input file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), jobs);
+}
+
+/// `run --broker` refuses every flag that sets up local workers (the clap
+/// group `pool`, which replaced a hand-kept list of 19 names): a usage
+/// error (exit 2) naming the flag, before any connection. The per-job
+/// limits are not among them: they travel with the messages.
+#[test]
+fn issue24_run_broker_refuses_the_local_pool_flags() {
+    let dir = scratch("issue24_broker_flags");
+    let m = math();
+    let stats = dir.join("stats.json");
+    let stats = stats.to_str().unwrap();
+    let base = [
+        "run", "--broker", NO_BROKER, "--task", "square", "--args", "[1]",
+    ];
+    let local: Vec<Vec<&str>> = vec![
+        vec!["--workers", "2"],
+        vec!["-w", "2"],
+        vec![m.as_str()],
+        vec!["--plugin", m.as_str()],
+        vec!["--chunksize", "2"],
+        vec!["--prefetch", "2"],
+        vec!["--max-tasks-per-child", "2"],
+        vec!["--max-memory-per-child", "100MiB"],
+        vec!["--address-space-limit", "1GiB"],
+        vec!["--start-method", "spawn"],
+        vec!["--load-timeout", "5s"],
+        vec!["--stats-json", stats],
+        vec!["--sandbox", "standard"],
+        vec!["--no-network"],
+        vec!["--allow-write", "/tmp"],
+        vec!["--user", "nobody"],
+        vec!["--keep-env", "HOME"],
+        vec!["--max-procs", "10"],
+        vec!["--max-open-files", "10"],
+        vec!["--max-file-size", "1MiB"],
+    ];
+    for flag in &local {
+        let args: Vec<&str> = base.iter().copied().chain(flag.iter().copied()).collect();
+        let out = host(&args, &[]);
+        let err = stderr(&out);
+        assert_eq!(exit_code(&out), 2, "{flag:?}: {err}");
+        assert!(
+            err.contains("'--broker <URL>' cannot be used with") && err.contains("Usage:"),
+            "{flag:?}: {err}"
+        );
+        let named = if flag[0].starts_with("--") {
+            flag[0]
+        } else if flag[0] == "-w" {
+            "--workers"
+        } else {
+            "[PLUGIN]"
+        };
+        assert!(err.contains(named), "{flag:?}: {err}");
+        assert!(!err.contains("cannot reach the broker"), "{flag:?}: {err}");
+    }
+    assert!(!Path::new(stats).exists(), "--stats-json was created");
+    // The limits a message carries are not local flags.
+    for flag in [["--time-limit", "2s"], ["--soft-time-limit", "1s"]] {
+        let args: Vec<&str> = base.iter().copied().chain(flag).collect();
+        let out = host(&args, &[]);
+        assert_usage_error(&out, &["cannot reach the broker"]);
+    }
 }

@@ -560,3 +560,154 @@ fn issue28_type_mismatches_name_the_types_and_are_the_callers_error() {
     assert_eq!(err.kind, ErrorKind::TaskError);
     pool.join().unwrap();
 }
+
+// ----- issue 24 item 3: a stream fed by a quiet input ----------------------
+
+/// A job source fed through a channel, as a pipe feeds `run`: `next_job`
+/// waits for the next job (and says so on `waits` first); `poll_job` says
+/// `Pending` when none is at hand.
+struct PipeSource {
+    jobs: crossbeam_channel::Receiver<i64>,
+    waits: crossbeam_channel::Sender<()>,
+    head: billiard_host::JobHead,
+}
+
+impl PipeSource {
+    /// Job `n`; a negative `n` is bad input, failing in place.
+    fn job(&self, n: i64, args: &mut Vec<u8>) -> Result<billiard_host::JobHead, TaskError> {
+        if n < 0 {
+            return Err(TaskError::new(ErrorKind::BadArgs, "a negative job"));
+        }
+        args.extend_from_slice(format!("[{n}]").as_bytes());
+        Ok(self.head)
+    }
+}
+
+impl billiard_host::JobSource for PipeSource {
+    fn next_job(
+        &mut self,
+        args: &mut Vec<u8>,
+    ) -> Option<Result<billiard_host::JobHead, TaskError>> {
+        if let Ok(n) = self.jobs.try_recv() {
+            return Some(self.job(n, args));
+        }
+        let _ = self.waits.send(());
+        let n = self.jobs.recv().ok()?;
+        Some(self.job(n, args))
+    }
+
+    fn poll_job(
+        &mut self,
+        args: &mut Vec<u8>,
+    ) -> std::task::Poll<Option<Result<billiard_host::JobHead, TaskError>>> {
+        match self.jobs.try_recv() {
+            Ok(n) => std::task::Poll::Ready(Some(self.job(n, args))),
+            Err(crossbeam_channel::TryRecvError::Empty) => std::task::Poll::Pending,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// `Pool::imap_fed` never waits for the input while results wait: the
+/// results of the jobs sent so far arrive while the source is stalled in
+/// `next_job` (a `RawStream` would sit on them there), in chunks cut
+/// short where the input went quiet; ordered or not, every item once.
+#[test]
+fn issue24_a_fed_stream_yields_results_while_its_input_stalls() {
+    let pool = pool(2);
+    let head = billiard_host::JobHead {
+        target: pool.find_task("math.square").unwrap(),
+        codec: Codec::Json,
+        limits: Limits::default(),
+    };
+    // A bound on a hang, never a synchronization: each step below waits
+    // on a channel for what the step before caused.
+    let bound = Duration::from_secs(60);
+    for (ordered, chunksize) in [(true, 1), (true, 3), (false, 1), (false, 4)] {
+        let (job_tx, jobs) = crossbeam_channel::unbounded::<i64>();
+        let (waits, waited) = crossbeam_channel::unbounded::<()>();
+        let (out_tx, out) = crossbeam_channel::unbounded::<(u64, i64)>();
+        std::thread::scope(|s| {
+            let pool = &pool;
+            let source = PipeSource { jobs, waits, head };
+            s.spawn(move || {
+                let mut stream = pool.imap_fed(s, source, ordered, chunksize);
+                while let Some(r) = stream.next_with_attempts(|i, outcome, _| match outcome {
+                    Ok(v) => (i, serde_json::from_slice::<i64>(v).unwrap()),
+                    Err(e) => {
+                        assert_eq!(e.kind, ErrorKind::BadArgs, "{e:?}");
+                        (i, -1)
+                    }
+                }) {
+                    out_tx.send(r).unwrap();
+                }
+            });
+            let mut got = Vec::new();
+            let mut sent = 0i64;
+            // Three rounds: some jobs, then the source stalls until every
+            // result of them came out.
+            for round in [2i64, 5, 1] {
+                for _ in 0..round {
+                    sent += 1;
+                    job_tx.send(sent).unwrap();
+                }
+                waited
+                    .recv_timeout(bound)
+                    .expect("the source waits for more input");
+                while got.len() < sent as usize {
+                    let r = out.recv_timeout(bound).unwrap_or_else(|_| {
+                        panic!(
+                            "ordered {ordered}, chunksize {chunksize}: {} of {sent} results \
+                             while the input stalls: {got:?}",
+                            got.len()
+                        )
+                    });
+                    got.push(r);
+                }
+                assert!(out.is_empty(), "more results than jobs: {got:?}");
+            }
+            // A last item that fails in place, then the end of the input:
+            // the item's error comes out (also when the pool's results
+            // ended first), then the stream ends.
+            job_tx.send(-1).unwrap();
+            drop(job_tx);
+            got.push(out.recv_timeout(bound).expect("the bad item's error"));
+            assert!(out.recv_timeout(bound).is_err(), "{got:?}");
+            if ordered {
+                let indices: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+                assert_eq!(indices, (0..9).collect::<Vec<u64>>());
+            }
+            got.sort_unstable();
+            let mut want: Vec<(u64, i64)> = (1..=8i64).map(|n| (n as u64 - 1, n * n)).collect();
+            want.push((8, -1));
+            assert_eq!(got, want, "ordered {ordered}, chunksize {chunksize}");
+        });
+    }
+    pool.join().unwrap();
+}
+
+/// A fed stream dropped early stops its feeder once the source returns,
+/// and the scope ends.
+#[test]
+fn issue24_a_dropped_fed_stream_stops_its_feeder() {
+    let pool = pool(1);
+    let head = billiard_host::JobHead {
+        target: pool.find_task("math.square").unwrap(),
+        codec: Codec::Json,
+        limits: Limits::default(),
+    };
+    let (job_tx, jobs) = crossbeam_channel::unbounded::<i64>();
+    let (waits, waited) = crossbeam_channel::unbounded::<()>();
+    std::thread::scope(|s| {
+        let mut stream = pool.imap_fed(s, PipeSource { jobs, waits, head }, true, 1);
+        job_tx.send(7).unwrap();
+        let first = stream.next_with_attempts(|i, o, _| (i, o.map(<[u8]>::to_vec)));
+        assert_eq!(first, Some((0, Ok(b"49".to_vec()))));
+        waited.recv().unwrap();
+        drop(stream);
+        // The source returns (its input ends): the feeder sees the stream
+        // gone and ends, so the scope does.
+        drop(job_tx);
+    });
+    pool.join().unwrap();
+}

@@ -54,6 +54,7 @@ pub use plugin::{
     closest_name, outcome, resolve_task, ArgSpec, Plugin, PluginInfo, PluginKind, PluginLoadError,
     PluginMeta, TaskSpec, C_ABI_VERSION,
 };
+pub use pool::FedStream;
 pub use pool::{
     AsyncResult, CancelOnDrop, Event, Generation, Imap, ImapStream, Initializer, JobHead, JobId,
     JobOptions, JobSource, Limits, MapResult, Outcome, Pool, PoolBuilder, PoolConfig, PoolError,

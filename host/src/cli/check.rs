@@ -28,14 +28,20 @@ use std::time::{Duration, Instant};
 use anstream::{AutoStream, ColorChoice};
 use anstyle::{AnsiColor, Style};
 use billiard_host::cases::{self, one_line, Case, CaseResult, Change, ReadError, Report};
-use billiard_host::{PluginInfo, Pool, StartMethod};
+use billiard_host::{PluginInfo, Pool};
 
-use super::exit;
-use super::run::{parse_duration, parse_positive_u64, parse_size, parse_workers};
+use super::exit::{self, usage};
+use super::loader::load_isolated;
+use super::pool_flags::PoolFlags;
+use super::values::same_file;
 
 /// The hard time limit of a case when neither `--time-limit` nor the case
 /// sets one: a hanging task fails its case instead of hanging the check.
 const DEFAULT_TIME_LIMIT: Duration = cases::DEFAULT_TIME_LIMIT;
+
+/// `check --load-timeout`'s default (shorter than the pool's 60s: a check
+/// loads one plugin).
+const DEFAULT_LOAD_TIMEOUT: &str = "30s";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -66,7 +72,23 @@ pub enum ColorWhen {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = AFTER_HELP)]
+#[command(
+    after_help = AFTER_HELP,
+    // `run`'s pool flags, with help (and a load timeout) for cases.
+    mut_arg("workers", |a| a.help(
+        "Worker processes (1 to 512; default: one per case, at most the number of CPUs)."
+    )),
+    mut_arg("time_limit", |a| a.help(
+        "Kill a case's worker after this long; the case ends `time_limit` (default 60s; a \
+         case's own \"time_limit\" wins)."
+    )),
+    mut_arg("soft_time_limit", |a| a.help(
+        "Ask a case's task to stop after this long (a case's own \"soft_time_limit\" wins)."
+    )),
+    mut_arg("load_timeout", |a| a.default_value(DEFAULT_LOAD_TIMEOUT).help(
+        "Give up loading the plugin after this long (its initialization code may block)."
+    )),
+)]
 pub struct Args {
     /// The plugin file (a .so built from a cdylib crate).
     plugin: PathBuf,
@@ -76,39 +98,11 @@ pub struct Args {
     /// Write a JUnit XML report of the cases to FILE.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
-    /// Worker processes (1 to 512; default: one per case, at most the
-    /// number of CPUs).
-    #[arg(short, long, value_name = "N", value_parser = parse_workers)]
-    workers: Option<usize>,
-    /// Kill a case's worker after this long; the case ends `time_limit`
-    /// (default 60s; a case's own "time_limit" wins).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    time_limit: Option<Duration>,
-    /// Ask a case's task to stop after this long (a case's own
-    /// "soft_time_limit" wins).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    soft_time_limit: Option<Duration>,
-    /// Replace a worker after it ran N jobs.
-    #[arg(long, value_name = "N", value_parser = parse_positive_u64)]
-    max_tasks_per_child: Option<u64>,
-    /// Replace a worker once its memory grew by more than SIZE (e.g. 200MiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    max_memory_per_child: Option<u64>,
-    /// Cap each worker's address space (RLIMIT_AS) at SIZE (e.g. 2GiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    address_space_limit: Option<u64>,
-    /// How workers are created.
-    #[arg(long, value_name = "METHOD", default_value_t = StartMethod::Forkserver)]
-    start_method: StartMethod,
+    #[command(flatten)]
+    pool: PoolFlags,
     /// Colour the table.
     #[arg(long, value_name = "WHEN", value_enum, default_value_t = ColorWhen::Auto)]
     color: ColorWhen,
-    /// Give up loading the plugin after this long (its initialization code
-    /// may block).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    load_timeout: Duration,
-    #[command(flatten)]
-    sandbox: super::sandbox::SandboxFlags,
 }
 
 /// Colours for the table; `anstream` drops them where colour is off.
@@ -148,23 +142,18 @@ fn color_choice(when: ColorWhen) -> ColorChoice {
     }
 }
 
-fn fail_usage(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {msg}");
-    exit::USAGE
-}
-
 pub fn run(args: Args) -> i32 {
     // In a child process: the plugin's own code may end or block the
     // loading process (see `inspect::load_isolated`).
-    let info = match super::inspect::load_isolated(&args.plugin, args.load_timeout) {
+    let info = match load_isolated(&args.plugin, load_timeout(&args)) {
         Ok(info) => info,
-        Err(e) => return fail_usage(e),
+        Err(e) => return usage(e),
     };
     let cases = match &args.cases {
         None => Vec::new(),
         Some(path) => match cases::read_file(path) {
             Ok(c) => c,
-            Err(e @ ReadError::Io { .. }) => return fail_usage(e),
+            Err(e @ ReadError::Io { .. }) => return usage(e),
             Err(e @ ReadError::Invalid { .. }) => {
                 if let ReadError::Invalid { errors, .. } = &e {
                     for line in errors {
@@ -177,8 +166,8 @@ pub fn run(args: Args) -> i32 {
         },
     };
     if let (Some(cases), Some(junit)) = (&args.cases, &args.junit) {
-        if super::run::same_file(cases, junit) {
-            return fail_usage(format_args!(
+        if same_file(cases, junit) {
+            return usage(format_args!(
                 "--junit {} is the cases file (--cases {}): writing the report would \
                  destroy the cases; write it to another file",
                 junit.display(),
@@ -191,7 +180,7 @@ pub fn run(args: Args) -> i32 {
         Some(p) => match std::fs::File::create(p) {
             Ok(f) => Some(f),
             Err(e) => {
-                return fail_usage(format_args!(
+                return usage(format_args!(
                     "cannot create the JUnit file {}: {e}",
                     p.display()
                 ))
@@ -202,7 +191,7 @@ pub fn run(args: Args) -> i32 {
     let p = &PALETTE;
     let mut out = AutoStream::new(std::io::stdout().lock(), color_choice(args.color));
     let _ = write_header(&mut out, &info, p);
-    let sandbox = args.sandbox.policy();
+    let sandbox = args.pool.sandbox.policy();
     if !sandbox.is_none() {
         let _ = writeln!(out, "   sandbox: {}", sandbox.summary());
     }
@@ -233,7 +222,7 @@ pub fn run(args: Args) -> i32 {
 
     if let (Some(file), Some(path)) = (junit_file, &args.junit) {
         if let Err(e) = report.write_junit(&info, file) {
-            return fail_usage(format_args!(
+            return usage(format_args!(
                 "cannot write the JUnit file {}: {e}",
                 path.display()
             ));
@@ -267,6 +256,11 @@ fn write_header(out: &mut impl Write, info: &PluginInfo, p: &Palette) -> std::io
     Ok(())
 }
 
+/// `--load-timeout` (it has a default: never unset).
+fn load_timeout(args: &Args) -> Duration {
+    args.pool.load_timeout.unwrap_or(Duration::from_secs(30))
+}
+
 /// Runs the cases in a pool, printing one table row per case as it
 /// finishes (in file order).
 fn run_cases(
@@ -278,24 +272,17 @@ fn run_cases(
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let workers = args.workers.unwrap_or(cases.len().clamp(1, cpus));
-    let b = Pool::builder()
+    let workers = args.pool.workers.unwrap_or(cases.len().clamp(1, cpus));
+    let b = args
+        .pool
+        .apply(Pool::builder())
         .workers(workers)
         .plugin(&args.plugin)
-        .start_method(args.start_method)
-        .time_limit(args.time_limit.unwrap_or(DEFAULT_TIME_LIMIT));
-    let b = super::WorkerLimits {
-        max_tasks_per_child: args.max_tasks_per_child,
-        max_memory_per_child: args.max_memory_per_child,
-        address_space_limit: args.address_space_limit,
-        soft_time_limit: args.soft_time_limit,
-        load_timeout: Some(args.load_timeout),
-    }
-    .apply(b);
-    let b = args.sandbox.apply(b);
-    let mut run = cases::Run::start(b, cases).map_err(fail_usage)?;
+        .time_limit(args.pool.time_limit.unwrap_or(DEFAULT_TIME_LIMIT))
+        .load_timeout(load_timeout(args));
+    let mut run = cases::Run::start(b, cases).map_err(usage)?;
 
-    let limits_text = match (args.soft_time_limit, args.time_limit) {
+    let limits_text = match (args.pool.soft_time_limit, args.pool.time_limit) {
         (Some(s), h) => format!(
             "soft time limit {}, time limit {}",
             humantime::format_duration(s),

@@ -14,3 +14,10 @@ pub const TIMED_OUT: i32 = 124;
 /// result arrived (the results received were written; the others end
 /// `terminated`). 130 as a shell reports Ctrl-C.
 pub const INTERRUPTED: i32 = 130;
+
+/// The one usage-error path: prints `error: MSG` on stderr and returns
+/// [`USAGE`].
+pub fn usage(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    USAGE
+}

@@ -11,10 +11,13 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
-use billiard_host::{Codec, ErrorKind, JobHead, Limits, Pool, TaskError, TaskRef};
+use billiard_host::{Codec, ErrorKind, JobHead, JobSource, Limits, Pool, TaskError, TaskRef};
 use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 
@@ -35,6 +38,37 @@ pub enum Line {
     Error(u64, std::io::Error),
     /// The end of the input.
     End,
+}
+
+/// The one job of `--args JSON`: an array needs `--task`, an object may
+/// name its task (`run`, `run --broker` and `submit`).
+pub fn one_job(args: &str, task: Option<&str>) -> Result<Vec<u8>, String> {
+    if task.is_none() && !args.trim_start().starts_with('{') {
+        return Err(
+            "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})".into(),
+        );
+    }
+    Ok(args.as_bytes().to_vec())
+}
+
+/// Opens `--input PATH` (`-`: standard input) before any worker starts or
+/// any job is sent: a file that cannot be opened, or a directory (opening
+/// one works; reading it fails later, far from the path), is a usage error
+/// now. Returns the reader and the file's path (to count its lines for the
+/// progress bar), `None` for standard input.
+#[allow(clippy::type_complexity)]
+pub fn open_jobs(path: &Path) -> Result<(Box<dyn Read + Send>, Option<PathBuf>), String> {
+    if path.as_os_str() == "-" {
+        return Ok((Box::new(std::io::stdin()), None));
+    }
+    match std::fs::File::open(path) {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => Err(format!(
+            "cannot read {}: it is a directory, not a file of jobs",
+            path.display()
+        )),
+        Ok(f) => Ok((Box::new(f), Some(path.to_path_buf()))),
+        Err(e) => Err(format!("cannot open {}: {e}", path.display())),
+    }
 }
 
 /// The longest input line [`spawn_reader`] reads, in bytes: the pool's
@@ -402,9 +436,9 @@ pub struct InputReport {
     pub read_error: Option<String>,
 }
 
-/// The jobs of the input, in order; see the module docs. [`Jobs::pull`]
-/// hands them out, waiting for the input or not (`run`'s segments, see
-/// `stream_results` in `run.rs`).
+/// The jobs of the input, in order; see the module docs. A [`JobSource`]
+/// that says when its input is quiet ([`JobSource::poll_job`]: no line
+/// within [`QUIET`]), for [`Pool::imap_fed`].
 pub struct Jobs<'p> {
     pool: &'p Pool,
     lines: Receiver<Batch>,
@@ -426,6 +460,10 @@ pub struct Jobs<'p> {
     line_numbers: Option<LineNumbers>,
     /// Blank lines skipped before the last job (see [`LineNumbers`]).
     skipped: u64,
+    /// Called before waiting for the input (see [`Jobs::on_wait`]).
+    on_wait: Option<Box<dyn Fn() + Send + Sync + 'p>>,
+    /// Raised while waiting for the input.
+    waiting: Arc<AtomicBool>,
 }
 
 impl<'p> Jobs<'p> {
@@ -451,6 +489,8 @@ impl<'p> Jobs<'p> {
             produced: 0,
             line_numbers: None,
             skipped: 0,
+            on_wait: None,
+            waiting: Arc::default(),
         };
         (jobs, report)
     }
@@ -698,10 +738,6 @@ impl Jobs<'_> {
         pulled
     }
 
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
     /// The next job and its input line. With `wait`, blocks until a line
     /// (or the end, or a stop) arrives; without, gives up after [`QUIET`]
     /// so that the caller can deliver results meanwhile.
@@ -747,6 +783,10 @@ impl Jobs<'_> {
                 Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
                 Err(crossbeam_channel::TryRecvError::Empty) => {
                     let timeout = if wait {
+                        self.waiting.store(true, Ordering::SeqCst);
+                        if let Some(f) = &self.on_wait {
+                            f();
+                        }
                         crossbeam_channel::never()
                     } else {
                         crossbeam_channel::after(QUIET)
@@ -756,6 +796,7 @@ impl Jobs<'_> {
                         recv(self.stop.woken()) -> _ => None,
                         recv(timeout) -> _ => return (Pull::Quiet, None),
                     };
+                    self.waiting.store(false, Ordering::SeqCst);
                     match got {
                         Some(msg) => msg,
                         None => {
@@ -779,5 +820,32 @@ impl Jobs<'_> {
 
     fn report_mut(&self) -> std::sync::MutexGuard<'_, InputReport> {
         self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<'p> Jobs<'p> {
+    /// Calls `f` each time before the input is waited for (`run`: flush
+    /// the results written, a client may wait for them before it sends
+    /// the next line); returns the flag raised while it is waited for.
+    pub fn on_wait(&mut self, f: impl Fn() + Send + Sync + 'p) -> Arc<AtomicBool> {
+        self.on_wait = Some(Box::new(f));
+        self.waiting.clone()
+    }
+}
+
+impl JobSource for Jobs<'_> {
+    fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<JobHead, TaskError>> {
+        match self.pull(true, args) {
+            Pull::Job(job) => Some(job),
+            Pull::Quiet | Pull::End => None,
+        }
+    }
+
+    fn poll_job(&mut self, args: &mut Vec<u8>) -> Poll<Option<Result<JobHead, TaskError>>> {
+        match self.pull(false, args) {
+            Pull::Job(job) => Poll::Ready(Some(job)),
+            Pull::Quiet => Poll::Pending,
+            Pull::End => Poll::Ready(None),
+        }
     }
 }

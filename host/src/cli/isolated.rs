@@ -27,26 +27,25 @@ use crossbeam_channel::Receiver;
 
 use super::exit;
 use super::input::{self, Line, LineJob};
+use super::loader::load_isolated;
 use super::output::{self, Output};
+use super::pool_flags::PoolFlags;
 use super::progress::Progress;
 use super::signals::{self, Reactions, Stop};
 
-/// The flags that contradict `--isolated`, checked before anything runs.
-pub struct Flags {
-    pub chunksize: usize,
-    pub prefetch: usize,
-    pub max_tasks_per_child: Option<u64>,
-    pub max_memory_per_child: Option<u64>,
-    pub start_method: StartMethod,
-    pub stats_json: bool,
-}
-
-/// Refuses flags `--isolated` contradicts (see the module docs).
-pub fn refuse(f: &Flags) -> Result<(), String> {
-    let why = if f.chunksize > 1 {
+/// Refuses flags `--isolated` contradicts (see the module docs): the
+/// pool flags as `run` flattened them, and `run`'s own `--chunksize`,
+/// `--prefetch` and `--stats-json`.
+pub fn refuse(
+    f: &PoolFlags,
+    chunksize: usize,
+    prefetch: usize,
+    stats_json: bool,
+) -> Result<(), String> {
+    let why = if chunksize > 1 {
         "--chunksize groups jobs into one message for one process; --isolated runs every job in \
          a process of its own (drop one of them)"
-    } else if f.prefetch > 1 {
+    } else if prefetch > 1 {
         "--prefetch queues several jobs at one process; --isolated runs every job in a process \
          of its own (drop one of them)"
     } else if f.max_tasks_per_child.is_some_and(|n| n > 1) {
@@ -58,7 +57,7 @@ pub fn refuse(f: &Flags) -> Result<(), String> {
     } else if f.start_method == StartMethod::Fork {
         "--start-method fork forks this program, which runs several threads with --isolated; \
          use forkserver (the default) or spawn"
-    } else if f.stats_json {
+    } else if stats_json {
         "--stats-json writes a pool's statistics; --isolated keeps no pool"
     } else {
         return Ok(());
@@ -100,19 +99,15 @@ pub fn run(
     // for `run` (loaded in a child: its constructor may misbehave).
     let mut infos = Vec::with_capacity(plan.plugins.len());
     for p in &plan.plugins {
-        match super::inspect::load_isolated(p, plan.load_timeout) {
+        match load_isolated(p, plan.load_timeout) {
             Ok(info) => infos.push(info),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
+            Err(e) => return exit::usage(e),
         }
     }
     // As for `run`: a default task no plugin has is refused before any job.
     if let Some(task) = &plan.default_task {
         if let Err(e) = billiard_host::resolve_task(&infos, task) {
-            eprintln!("error: --task {task}: {}", e.message);
-            return exit::USAGE;
+            return exit::usage(format_args!("--task {task}: {}", e.message));
         }
     }
     let visible =
@@ -233,55 +228,25 @@ pub fn run(
         }
         // The runners are gone: no ticket is waited for any more.
         drop(ticket_tx);
-        if write_error.is_none() {
-            write_error = output.flush().err();
-        }
-        if write_error.is_some() {
-            for failed in output.unwritten() {
-                progress.unrecord(failed);
-            }
-        }
+        output::settle(output, &mut progress, &mut write_error);
         drop(flusher_done);
-        output.close();
         if let Some(h) = &signal_handle {
             h.close();
         }
     });
 
-    let summary = progress.finish();
     let p = puller.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut code = if progress.tally.failed_total() > 0 || p.stopped_early {
-        exit::JOBS_FAILED
-    } else {
-        exit::OK
-    };
-    let write_failed = write_error
-        .as_ref()
-        .is_some_and(|e| e.kind() != std::io::ErrorKind::BrokenPipe);
-    if write_error.is_some() {
-        if write_failed {
-            if let Some(e) = &write_error {
-                eprintln!("error: cannot write the results: {e}");
-            }
-        }
-        code = exit::JOBS_FAILED;
-    }
-    // A closed stdout (`| head`): no summary, as for `run`.
-    let output_closed = write_error.is_some() && !write_failed;
-    if !plan.quiet && !plan.single && !output_closed {
-        eprintln!("{summary}");
-        if write_failed {
-            eprintln!(
-                "stopped early (the results could not be written): the rest of the input \
-                 was not read"
-            );
-        } else if p.stopped_early {
-            eprintln!(
-                "stopped early ({}): the rest of the input was not read",
-                stop.reason().unwrap_or("stopped")
-            );
-        }
-    }
+    let mut code = output::finish_batch(
+        &progress,
+        output::Ending {
+            summary_suffix: "",
+            stopped_early: p.stopped_early,
+            stop_reason: stop.reason(),
+            write_error: write_error.as_ref(),
+            quiet: plan.quiet,
+            single: plan.single,
+        },
+    );
     if let Some(e) = &p.read_error {
         eprintln!("error: {e}");
         code = exit::USAGE;

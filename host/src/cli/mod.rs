@@ -1,19 +1,26 @@
 //! Command-line parsing and the subcommands. Each subcommand is a small
 //! function over the library; exit codes are named in [`exit`].
 
+// The modules in layers: a module imports (`super::x`) only from a lower
+// layer, so the CLI has no import circle (ARCHITECTURE.md, "The CLI";
+// pinned by `tests::imports_only_run_downward`).
 mod check;
 pub mod exit;
+mod fleet;
 mod input;
 mod inspect;
 mod isolated;
+mod loader;
 pub(crate) mod logging;
 mod new;
 mod output;
+mod pool_flags;
 mod progress;
 mod run;
 mod sandbox;
 mod signals;
 mod submit;
+mod values;
 mod worker;
 mod worker_retry;
 
@@ -73,9 +80,9 @@ enum Command {
 /// Parses the command line, runs the subcommand and returns the exit code.
 pub fn main() -> i32 {
     let mut argv = std::env::args_os().skip(1);
-    if argv.next().is_some_and(|a| a == inspect::LOADER_ARG) {
+    if argv.next().is_some_and(|a| a == loader::LOADER_ARG) {
         if let (Some(path), None) = (argv.next(), argv.next()) {
-            inspect::loader_main(std::path::Path::new(&path));
+            loader::loader_main(std::path::Path::new(&path));
         }
     }
     let cli = match Cli::try_parse() {
@@ -146,34 +153,72 @@ fn init_logging() {
     logging::init("warn", logging::Format::Text);
 }
 
-/// The per-worker limits `run` and `check` share, applied where set.
-pub(crate) struct WorkerLimits {
-    pub max_tasks_per_child: Option<u64>,
-    pub max_memory_per_child: Option<u64>,
-    pub address_space_limit: Option<u64>,
-    pub soft_time_limit: Option<std::time::Duration>,
-    /// How long the zygote may take to load the plugins (at start and on
-    /// a reload); the pool's default (60 s) when unset.
-    pub load_timeout: Option<std::time::Duration>,
-}
+/// The layers of `cli/`, top first (see [`tests::imports_only_run_downward`]).
+#[cfg(test)]
+const LAYERS: [&[&str]; 4] = [
+    // The subcommands.
+    &["check", "inspect", "new", "run", "submit", "worker"],
+    // How a batch runs: on a Celery fleet, or a process per job.
+    &["fleet", "isolated"],
+    // What the runners and commands share.
+    &[
+        "input",
+        "loader",
+        "logging",
+        "output",
+        "pool_flags",
+        "sandbox",
+        "worker_retry",
+    ],
+    // Leaves: they import nothing of `cli/`.
+    &["exit", "progress", "signals", "values"],
+];
 
-impl WorkerLimits {
-    pub(crate) fn apply(&self, mut b: billiard_host::PoolBuilder) -> billiard_host::PoolBuilder {
-        if let Some(n) = self.max_tasks_per_child {
-            b = b.max_tasks_per_child(n);
+#[cfg(test)]
+mod tests {
+    use super::LAYERS;
+
+    /// Every `super::x` a module of `cli/` names is in a lower layer than
+    /// the module itself (the review's "only downward edges").
+    #[test]
+    fn imports_only_run_downward() {
+        let sources: [(&str, &str); 19] = [
+            ("check", include_str!("check.rs")),
+            ("exit", include_str!("exit.rs")),
+            ("fleet", include_str!("fleet.rs")),
+            ("input", include_str!("input.rs")),
+            ("inspect", include_str!("inspect.rs")),
+            ("isolated", include_str!("isolated.rs")),
+            ("loader", include_str!("loader.rs")),
+            ("logging", include_str!("logging.rs")),
+            ("new", include_str!("new.rs")),
+            ("output", include_str!("output.rs")),
+            ("pool_flags", include_str!("pool_flags.rs")),
+            ("progress", include_str!("progress.rs")),
+            ("run", include_str!("run.rs")),
+            ("sandbox", include_str!("sandbox.rs")),
+            ("signals", include_str!("signals.rs")),
+            ("submit", include_str!("submit.rs")),
+            ("values", include_str!("values.rs")),
+            ("worker", include_str!("worker.rs")),
+            ("worker_retry", include_str!("worker_retry.rs")),
+        ];
+        let layer = |m: &str| LAYERS.iter().position(|l| l.contains(&m));
+        for (module, text) in sources {
+            let own = layer(module).unwrap_or_else(|| panic!("{module} is in no layer"));
+            // A module's unit tests (`use super::*`) see their own module.
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+            for (at, _) in code.match_indices("super::") {
+                let name: String = code[at + "super::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let Some(theirs) = layer(&name) else { continue };
+                assert!(
+                    theirs > own,
+                    "cli/{module}.rs imports super::{name}, which is not in a lower layer"
+                );
+            }
         }
-        if let Some(n) = self.max_memory_per_child {
-            b = b.max_memory_per_child(n);
-        }
-        if let Some(n) = self.address_space_limit {
-            b = b.address_space_limit(n);
-        }
-        if let Some(d) = self.soft_time_limit {
-            b = b.soft_time_limit(d);
-        }
-        if let Some(d) = self.load_timeout {
-            b = b.load_timeout(d);
-        }
-        b
     }
 }

@@ -13,6 +13,9 @@ use billiard_host::retry::Attempts;
 use billiard_host::{ErrorKind, Outcome, TaskError};
 use serde::Serialize;
 
+use super::exit;
+use super::progress::Progress;
+
 /// How long a waiting result may sit in the buffer before it is flushed.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
@@ -390,6 +393,76 @@ pub fn flush_in_background<'scope, 'env>(
         }
     });
     over_tx
+}
+
+/// The end of a batch's output, on the writer's side: flushes what is
+/// still buffered (a failure becomes the write error if there was none)
+/// and, after a write error, takes the lines that were not written back
+/// out of the summary's counts; then closes the output.
+pub fn settle(output: &Output, progress: &mut Progress, write_error: &mut Option<std::io::Error>) {
+    if write_error.is_none() {
+        *write_error = output.flush().err();
+    }
+    if write_error.is_some() {
+        for failed in output.unwritten() {
+            progress.unrecord(failed);
+        }
+    }
+    output.close();
+}
+
+/// How a batch (`run`, `run --isolated`, `submit`, `run --broker`) ended,
+/// for [`finish_batch`].
+pub struct Ending<'a> {
+    /// Appended to the summary line (`run`: "; 3 retries").
+    pub summary_suffix: &'a str,
+    /// A stop request ended the input before its end.
+    pub stopped_early: bool,
+    /// Why (the stop's reason).
+    pub stop_reason: Option<&'a str>,
+    /// Writing the results failed.
+    pub write_error: Option<&'a std::io::Error>,
+    pub quiet: bool,
+    /// `--args`: one job, no summary.
+    pub single: bool,
+}
+
+/// The one batch epilogue: the exit code from the tally and the stop, the
+/// write error (a closed pipe, `| head`, is an ordinary way to stop: no
+/// message, and no summary, which beside exit status 1 would contradict
+/// it), the summary line and why the batch stopped early.
+pub fn finish_batch(progress: &Progress, end: Ending<'_>) -> i32 {
+    let summary = progress.finish();
+    let mut code = if progress.tally.failed_total() > 0 || end.stopped_early {
+        exit::JOBS_FAILED
+    } else {
+        exit::OK
+    };
+    let write_failed = end
+        .write_error
+        .is_some_and(|e| e.kind() != std::io::ErrorKind::BrokenPipe);
+    if let Some(e) = end.write_error {
+        if write_failed {
+            eprintln!("error: cannot write the results: {e}");
+        }
+        code = exit::JOBS_FAILED;
+    }
+    let output_closed = end.write_error.is_some() && !write_failed;
+    if !end.quiet && !end.single && !output_closed {
+        eprintln!("{summary}{}", end.summary_suffix);
+        if write_failed {
+            eprintln!(
+                "stopped early (the results could not be written): the rest of the input \
+                 was not read"
+            );
+        } else if end.stopped_early {
+            eprintln!(
+                "stopped early ({}): the rest of the input was not read",
+                end.stop_reason.unwrap_or("stopped")
+            );
+        }
+    }
+    code
 }
 
 #[cfg(test)]

@@ -1,33 +1,27 @@
 //! `billiard-host run PLUGIN.so [--plugin MORE.so ...] (--args JSON | --input FILE)`
 //!
-//! A thin layer over [`Pool::imap_raw`]: input lines become jobs (see
+//! A thin layer over [`Pool::imap_fed`]: input lines become jobs (see
 //! [`super::input`]), outcomes become JSON result lines (see
 //! [`super::output`]), in input order or, with `--unordered`, as they
 //! complete. The contract (result format, exit codes, signals) is in the
 //! README's "billiard-host run" section and in `--help`.
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::Scope;
+use std::sync::Arc;
 use std::time::Duration;
 
-use billiard_host::{
-    bounds, ErrorKind, JobHead, JobSource, Pool, PoolConfig, StartMethod, TaskError,
-};
+use billiard_host::{ErrorKind, Pool, PoolConfig, TaskError};
 use clap::ArgGroup;
-use crossbeam_channel::{Receiver, Sender};
 
-use super::exit;
-use super::input::{self, Jobs, LineNumbers, Pull};
+use super::exit::{self, usage};
+use super::fleet;
+use super::input::{self, Jobs, LineNumbers};
 use super::output::{self, Output, Rendered};
+use super::pool_flags::{PoolFlags, POOL_GROUP};
 use super::progress::Progress;
 use super::signals::{self, Reactions, Stop};
-
-/// The most workers a pool accepts.
-const MAX_WORKERS: usize = 512;
+use super::values::{check_distinct_files, parse_duration, parse_size, BatchFiles, MAX_WORKERS};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -67,11 +61,11 @@ Signals: the first SIGINT/SIGTERM stops reading input; jobs already sent to the 
 pub struct Args {
     /// The plugin file (a .so built from a cdylib crate); not with --broker,
     /// where the fleet's workers load the plugins.
-    #[arg(required_unless_present = "broker")]
+    #[arg(required_unless_present = "broker", group = POOL_GROUP)]
     plugin: Option<PathBuf>,
     /// Another plugin to load (repeatable); a job names `plugin.task` when
     /// several plugins have the task.
-    #[arg(long = "plugin", value_name = "MORE.so")]
+    #[arg(long = "plugin", value_name = "MORE.so", group = POOL_GROUP)]
     more_plugins: Vec<PathBuf>,
     /// The task to run (`NAME` or `PLUGIN.NAME`); the default for input lines
     /// that do not name one.
@@ -90,12 +84,11 @@ pub struct Args {
     /// Write results as jobs complete instead of in input order.
     #[arg(long)]
     unordered: bool,
-    /// Worker processes (1 to 512; default: the number of CPUs, 1 for --args).
-    #[arg(short, long, value_name = "N", value_parser = parse_workers)]
-    workers: Option<usize>,
+    #[command(flatten)]
+    pool: PoolFlags,
     /// Jobs sent to a worker per message (and run in one call; at most
     /// 1048576).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_chunksize)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_chunksize, group = POOL_GROUP)]
     chunksize: usize,
     /// How results of tasks that return bytes (`Vec<u8>`) are written:
     /// `array` of numbers, or `base64` as {"$bytes": "<base64>"} (arguments
@@ -104,39 +97,15 @@ pub struct Args {
     bytes: BytesForm,
     /// Messages in flight per worker (1: only idle workers get work; at
     /// most 65536).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_prefetch)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_prefetch, group = POOL_GROUP)]
     prefetch: usize,
     /// The largest frame to or from a worker (default 1GiB): a job whose
     /// arguments, or an input line, are longer ends `bad_args`. For tests
     /// of the limit; hidden.
     #[arg(long, value_name = "SIZE", value_parser = parse_max_frame, hide = true)]
     max_frame: Option<usize>,
-    /// Replace a worker after it ran N jobs.
-    #[arg(long, value_name = "N", value_parser = parse_positive_u64)]
-    max_tasks_per_child: Option<u64>,
-    /// Replace a worker once its memory grew by more than SIZE (e.g. 200MiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    max_memory_per_child: Option<u64>,
-    /// Cap each worker's address space (RLIMIT_AS) at SIZE (e.g. 2GiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    address_space_limit: Option<u64>,
-    /// Ask a task to stop after this long (e.g. 500ms); it ends `soft_time_limit`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    soft_time_limit: Option<Duration>,
-    /// Kill a task's worker after this long (e.g. 2s); the job ends `time_limit`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    time_limit: Option<Duration>,
-    /// How workers are created.
-    #[arg(long, value_name = "METHOD", default_value_t = StartMethod::Forkserver)]
-    start_method: StartMethod,
-    /// Give up loading the plugins (at start, or on a SIGHUP reload, which
-    /// then keeps the current workers) after this long (default 60s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    load_timeout: Option<Duration>,
-    #[command(flatten)]
-    sandbox: super::sandbox::SandboxFlags,
     /// Write the pool's final statistics to FILE as JSON.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", group = POOL_GROUP)]
     stats_json: Option<PathBuf>,
     /// No progress bar, no summary (errors are still printed).
     #[arg(short, long)]
@@ -146,7 +115,7 @@ pub struct Args {
     /// `billiard-host worker` or Python Celery):
     /// same input, same result lines, same exit codes; the first
     /// SIGINT/SIGTERM stops waiting at once, as `submit --wait` (exit 130).
-    #[arg(long, value_name = "URL", conflicts_with_all = super::submit::WORKER_ONLY)]
+    #[arg(long, value_name = "URL", conflicts_with = POOL_GROUP)]
     broker: Option<String>,
     /// With --broker: where the workers store results (default: the broker).
     #[arg(long, value_name = "URL", requires = "broker")]
@@ -283,15 +252,6 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-pub(super) fn parse_workers(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
-    match n {
-        0 => Err("a pool needs at least 1 worker".into()),
-        n if n > MAX_WORKERS => Err(format!("at most {MAX_WORKERS} workers")),
-        n => Ok(n),
-    }
-}
-
 /// The JSON form of byte-string results (`--bytes`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum BytesForm {
@@ -340,50 +300,12 @@ fn parse_max_frame(s: &str) -> Result<usize, String> {
     }
 }
 
-pub(super) fn parse_positive_u64(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>().map_err(|e| e.to_string())? {
-        0 => Err("must be at least 1".into()),
-        n => Ok(n),
-    }
-}
-
-pub(super) fn parse_size(s: &str) -> Result<u64, String> {
-    let size: bytesize::ByteSize = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{e} (e.g. 200MiB, 1GB, 4096)"))?;
-    match size.as_u64() {
-        0 => Err("must be more than 0 bytes".into()),
-        n => Ok(n),
-    }
-}
-
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 2s, 1m)"))?;
-    if d.is_zero() {
-        return Err("must be longer than 0".into());
-    }
-    if d > bounds::MAX_DURATION {
-        return Err(format!(
-            "{} is longer than the longest accepted duration ({})",
-            humantime::format_duration(d),
-            bounds::MAX_DURATION_TEXT
-        ));
-    }
-    Ok(d)
-}
-
 /// Where the jobs come from.
 enum Source {
     /// `--args`: one job.
     One(Vec<u8>),
     /// `--input`: one job per line (read in big blocks: no buffer here).
     Lines(Box<dyn Read + Send>, Option<PathBuf>),
-}
-
-fn usage(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {msg}");
-    exit::USAGE
 }
 
 fn create(path: &Path, what: &str) -> Result<std::fs::File, i32> {
@@ -394,49 +316,43 @@ fn create(path: &Path, what: &str) -> Result<std::fs::File, i32> {
 pub fn run(args: Args) -> i32 {
     // Before anything is opened for writing: an output that is the input
     // (or the other output) would destroy it.
-    if let Err(msg) = check_distinct_files(&args) {
+    let input_path = args.input.clone().unwrap_or_else(|| "-".into());
+    let plugins: Vec<PathBuf> = args
+        .plugin
+        .iter()
+        .chain(&args.more_plugins)
+        .cloned()
+        .collect();
+    if let Err(msg) = check_distinct_files(&BatchFiles {
+        input: args.args.is_none().then_some(input_path.as_path()),
+        output: args.output.as_deref(),
+        stats: args.stats_json.as_deref(),
+        plugins: &plugins,
+    }) {
         return usage(msg);
     }
     if let Some(broker) = args.broker.clone() {
-        return on_the_fleet(args, broker);
+        return on_the_fleet(args, broker, input_path);
     }
     if args.isolated {
-        if let Err(msg) = super::isolated::refuse(&super::isolated::Flags {
-            chunksize: args.chunksize,
-            prefetch: args.prefetch,
-            max_tasks_per_child: args.max_tasks_per_child,
-            max_memory_per_child: args.max_memory_per_child,
-            start_method: args.start_method,
-            stats_json: args.stats_json.is_some(),
-        }) {
+        if let Err(msg) = super::isolated::refuse(
+            &args.pool,
+            args.chunksize,
+            args.prefetch,
+            args.stats_json.is_some(),
+        ) {
             return usage(format_args!("--isolated: {msg}"));
         }
     }
-    let source = if let Some(a) = &args.args {
-        if args.task.is_none() && !a.trim_start().starts_with('{') {
-            return usage(
-                "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})",
-            );
-        }
-        Source::One(a.clone().into_bytes())
-    } else {
-        let path = args.input.clone().unwrap_or_else(|| "-".into());
-        if path.as_os_str() == "-" {
-            Source::Lines(Box::new(std::io::stdin()), None)
-        } else {
-            match std::fs::File::open(&path) {
-                // Opening a directory works; reading it fails later, far
-                // from the path. Say so now, before any worker starts.
-                Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => {
-                    return usage(format_args!(
-                        "cannot read {}: it is a directory, not a file of jobs",
-                        path.display()
-                    ))
-                }
-                Ok(f) => Source::Lines(Box::new(f), Some(path)),
-                Err(e) => return usage(format_args!("cannot open {}: {e}", path.display())),
-            }
-        }
+    let source = match &args.args {
+        Some(a) => match input::one_job(a, args.task.as_deref()) {
+            Ok(job) => Source::One(job),
+            Err(e) => return usage(e),
+        },
+        None => match input::open_jobs(&input_path) {
+            Ok((reader, file)) => Source::Lines(reader, file),
+            Err(e) => return usage(e),
+        },
     };
     let out: Box<dyn Write + Send> = match &args.output {
         Some(p) if p.as_os_str() != "-" => match create(p, "the output file") {
@@ -484,11 +400,13 @@ pub fn run(args: Args) -> i32 {
             input::spawn_batch_reader(reader, stop.clone(), pool.config().max_frame)
         }
     };
+    let output = Output::new(out);
     let (mut jobs, report) = Jobs::new(&pool, lines, stop.clone(), args.task.clone());
     let line_numbers = (!single).then(|| jobs.track_line_numbers());
-    let jobs = Mutex::new(jobs);
+    // Whoever sent the last line may wait for its result before sending
+    // the next: what was written goes out before the input is waited for.
+    let input_waits = jobs.on_wait(|| output.flush_if_dirty());
     let killed = std::sync::atomic::AtomicBool::new(false);
-    let output = Output::new(out);
     let mut write_error = None;
 
     std::thread::scope(|s| {
@@ -509,38 +427,30 @@ pub fn run(args: Args) -> i32 {
         let output = &output;
         let flusher_done = output::flush_in_background(s, output);
 
-        let written = stream_results(
-            s,
-            &pool,
-            &jobs,
-            !args.unordered,
-            args.chunksize,
-            line_numbers.as_ref(),
-            retry.as_ref(),
-            |batch| {
-                let ok = batch.lines.iter().filter(|(_, f)| f.is_none()).count();
-                progress.record_batch(ok as u64, batch.lines.iter().filter_map(|(_, f)| *f));
-                output.write_rendered(batch)
-            },
-            || output.flush_if_dirty(),
-        );
+        let stream = pool.imap_fed(s, jobs, !args.unordered, args.chunksize);
+        // The command line's policy, exactly: --retries is a cap.
+        let stream = match &retry {
+            Some(p) => stream.retry_policy(Some(p.clone())),
+            None => stream,
+        };
+        let written = write_results(stream, line_numbers.as_ref(), |batch| {
+            let ok = batch.lines.iter().filter(|(_, f)| f.is_none()).count();
+            progress.record_batch(ok as u64, batch.lines.iter().filter_map(|(_, f)| *f));
+            output.write_rendered(batch)?;
+            if input_waits.load(std::sync::atomic::Ordering::SeqCst) {
+                output.flush_if_dirty();
+            }
+            Ok(())
+        });
         if let Err(e) = written {
             // Nobody reads the results any more: stop everything.
             stop.request("the output was closed");
             pool.terminate_now();
             write_error = Some(e);
         }
-        if write_error.is_none() {
-            write_error = output.flush().err();
-        }
-        if write_error.is_some() {
-            // The summary counts the results that were written.
-            for failed in output.unwritten() {
-                progress.unrecord(failed);
-            }
-        }
+        // The summary counts the results that were written.
+        output::settle(output, &mut progress, &mut write_error);
         drop(flusher_done);
-        output.close();
         if let Some(h) = watcher {
             h.close();
         }
@@ -548,46 +458,24 @@ pub fn run(args: Args) -> i32 {
 
     let stats = pool.stats();
     let _ = pool.join();
-    let summary = progress.finish();
     let report = report.lock().unwrap_or_else(|e| e.into_inner());
-    let mut code = if progress.tally.failed_total() > 0 || report.stopped_early {
-        exit::JOBS_FAILED
-    } else {
-        exit::OK
+    // How many attempts failed and ran again (a line's "attempts" says
+    // which jobs).
+    let retried = match stats.as_ref().map(|s| s.retried) {
+        Ok(n) if n > 0 => format!("; {n} retr{}", if n == 1 { "y" } else { "ies" }),
+        _ => String::new(),
     };
-
-    if let Some(e) = &write_error {
-        // A closed pipe (`| head`) is an ordinary way to stop: no message.
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: cannot write the results: {e}");
-        }
-        code = exit::JOBS_FAILED;
-    }
-    // A closed pipe (`| head`) is an ordinary way to stop: no message.
-    let write_failed = write_error
-        .as_ref()
-        .is_some_and(|e| e.kind() != std::io::ErrorKind::BrokenPipe);
-    // Nor a summary: "N jobs: N ok" beside exit status 1 would contradict it.
-    let output_closed = write_error.is_some() && !write_failed;
-    if !args.quiet && !single && !output_closed {
-        match stats.as_ref().map(|s| s.retried) {
-            // How many attempts failed and ran again (a line's "attempts"
-            // says which jobs).
-            Ok(n) if n > 0 => eprintln!("{summary}; {n} retr{}", if n == 1 { "y" } else { "ies" }),
-            _ => eprintln!("{summary}"),
-        }
-        if write_failed {
-            eprintln!(
-                "stopped early (the results could not be written): the rest of the input \
-                 was not read"
-            );
-        } else if report.stopped_early {
-            eprintln!(
-                "stopped early ({}): the rest of the input was not read",
-                stop.reason().unwrap_or("stopped")
-            );
-        }
-    }
+    let mut code = output::finish_batch(
+        &progress,
+        output::Ending {
+            summary_suffix: &retried,
+            stopped_early: report.stopped_early,
+            stop_reason: stop.reason(),
+            write_error: write_error.as_ref(),
+            quiet: args.quiet,
+            single,
+        },
+    );
     if let Some(file) = stats_file {
         match stats {
             Ok(stats) => {
@@ -609,121 +497,10 @@ pub fn run(args: Args) -> i32 {
     code
 }
 
-/// At most this many streams run at once (see [`stream_results`]).
-const MAX_SEGMENTS: usize = 4;
-
-/// See [`Budget`].
-const HELD_WINDOWS: u64 = 16;
-
-/// Result batches (see `RESULT_BATCH`) a segment may have ready before the
-/// writer takes them; past that its thread waits, and so does its input.
-const SEGMENT_BUFFER: usize = 64;
-/// Most results one segment hands over in one message.
+/// Most results one batch hands to the output at once.
 const RESULT_BATCH: usize = 4096;
-/// Item lines of streaming jobs a batch collects before it goes over anyway.
+/// Item lines of streaming jobs a batch collects before it goes out anyway.
 const ITEM_BATCH_BYTES: usize = 256 * 1024;
-
-/// The input of one stream: jobs until the input goes quiet. It waits for
-/// a line only while it has handed out nothing, so the stream that pulls
-/// from it is never stuck on the input while it holds results. It tells
-/// the writer when it waits for the input ([`Ctl::Waiting`], then
-/// [`Ctl::Busy`]) and, exactly once, how many jobs it took.
-struct Segment<'a, 'p> {
-    jobs: &'a Mutex<Jobs<'p>>,
-    /// The index of its first job.
-    base: u64,
-    taken: u64,
-    paused: bool,
-    ctl: Sender<Ctl>,
-    budget: Arc<Budget>,
-}
-
-/// What segments tell the writer, besides results.
-enum Ctl {
-    /// It waits for the input's next line: whoever sent the last one may be
-    /// waiting for its result, so results are flushed at once from now on.
-    Waiting,
-    /// It got that line: results may be batched again.
-    Busy,
-    /// It stopped taking input after this many jobs, and why.
-    Paused(u64, &'static str),
-}
-
-/// Jobs taken from the input whose results have not come out of their
-/// stream yet, across all segments (the pool's queue plus what an ordered
-/// stream holds back behind a slow job). A new segment starts only once
-/// they are down to one window, so the pool holds at most two windows of
-/// jobs (what a first SIGINT lets finish stays short); a segment stops
-/// taking input at [`HELD_WINDOWS`] windows, so an ordered run behind a
-/// job that takes hours does not pile up results without end.
-struct Budget {
-    window: u64,
-    /// Results that came out of the segments' streams.
-    returned: AtomicU64,
-}
-
-impl Budget {
-    /// Jobs in flight when `taken` jobs were taken in all.
-    fn in_flight(&self, taken: u64) -> u64 {
-        taken.saturating_sub(self.returned.load(Ordering::Acquire))
-    }
-}
-
-impl Segment<'_, '_> {
-    fn pause(&mut self, why: &'static str) {
-        if !self.paused {
-            self.paused = true;
-            let _ = self.ctl.send(Ctl::Paused(self.taken, why));
-        }
-    }
-}
-
-impl JobSource for Segment<'_, '_> {
-    fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<JobHead, TaskError>> {
-        if self.paused {
-            return None;
-        }
-        let limit = self.budget.window.saturating_mul(HELD_WINDOWS);
-        if self.taken > 0 && self.budget.in_flight(self.base + self.taken) >= limit {
-            // Earlier segments still hold jobs: let them drain first.
-            self.pause("the jobs in flight reached their limit");
-            return None;
-        }
-        let first = self.taken == 0;
-        if first {
-            let _ = self.ctl.send(Ctl::Waiting);
-        }
-        let pulled = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pull(first, args);
-        match pulled {
-            Pull::Job(job) => {
-                if first {
-                    let _ = self.ctl.send(Ctl::Busy);
-                }
-                self.taken += 1;
-                Some(job)
-            }
-            Pull::Quiet => {
-                self.pause("the input went quiet");
-                None
-            }
-            Pull::End => {
-                self.pause("the input ended");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Segment<'_, '_> {
-    fn drop(&mut self) {
-        // Even if its stream ends early: the writer counts on it.
-        self.pause("its stream ended");
-    }
-}
 
 /// The result line of job `index`. The plugin's decoding errors say which
 /// input line, as the host's own do (looked up only then: it is rare).
@@ -749,174 +526,82 @@ fn render(
     out.push_attempted(index, outcome, attempts);
 }
 
-/// Runs the jobs through the pool and hands their result lines to `emit`
-/// in batches (in input order when `ordered`); stops at `emit`'s first
-/// error. `flush` is called when results were emitted, none is ready, and
-/// the input waits for a line (a client may be waiting for its answer);
-/// otherwise batching the writes is left to the caller.
-///
-/// One stream pulls its input synchronously, so a stream fed by a quiet
-/// pipe would sit on the results it already has. Instead the input is cut
-/// into segments at its quiet moments: each segment is a stream on a
-/// thread of its own that ends taking input when no line came for
-/// [`input::QUIET`], then delivers its results while the next segment
-/// waits for the next line. At most [`MAX_SEGMENTS`] run at once; indices
-/// run on across segments. Each segment renders its result lines itself
-/// (straight from the worker's result buffer) and hands them over in
-/// batches through a small bounded channel, read oldest segment first when
-/// `ordered` (so the output is the same as one stream's) and from any
-/// segment otherwise: a writer that cannot keep up, or an ordered run
-/// waiting for an earlier segment's slow job, stops the segments' streams,
-/// which stop taking input. Memory stays bounded by the segments' windows.
-#[allow(clippy::too_many_arguments)]
-fn stream_results<'scope, 'env>(
-    s: &'scope Scope<'scope, 'env>,
-    pool: &'env Pool,
-    jobs: &'env Mutex<Jobs<'env>>,
-    ordered: bool,
-    chunksize: usize,
-    line_numbers: Option<&'env LineNumbers>,
-    retry: Option<&'env billiard_host::retry::RetryPolicy>,
-    mut emit: impl FnMut(&Rendered) -> std::io::Result<()>,
-    mut flush: impl FnMut(),
+/// The batch being rendered and where it goes.
+struct Sink<E> {
+    batch: Rendered,
+    emit: E,
+    /// `emit`'s first error: nothing is emitted after it.
+    error: Option<std::io::Error>,
+}
+
+impl<E: FnMut(&Rendered) -> std::io::Result<()>> Sink<E> {
+    fn send(&mut self) {
+        if self.error.is_none() && (!self.batch.lines.is_empty() || !self.batch.bytes.is_empty()) {
+            self.error = (self.emit)(&self.batch).err();
+        }
+        self.batch = Rendered::default();
+    }
+}
+
+/// Takes the stream's results and hands their lines to `emit` in batches
+/// (a result line goes out no later than the end of its chunk, so the
+/// stream never waits on the pool with lines unwritten); stops at `emit`'s
+/// first error. The stream reads the input on a thread of its own
+/// ([`Pool::imap_fed`]): results flow while a pipe is quiet. A streaming
+/// job's items become item lines of the batch, in arrival order (so ahead
+/// of its result line); its progress reports feed the bar.
+fn write_results(
+    stream: billiard_host::FedStream<'_, '_>,
+    line_numbers: Option<&LineNumbers>,
+    emit: impl FnMut(&Rendered) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded::<Ctl>();
-    let budget = Arc::new(Budget {
-        window: pool.config().imap_window.max(1) as u64,
-        returned: AtomicU64::new(0),
+    let sink = std::cell::RefCell::new(Sink {
+        batch: Rendered::default(),
+        emit,
+        error: None,
     });
-    let spawn = |offset: u64| -> Receiver<Rendered> {
-        let (tx, rx) = crossbeam_channel::bounded(SEGMENT_BUFFER);
-        let segment = Segment {
-            jobs,
-            base: offset,
-            taken: 0,
-            paused: false,
-            ctl: ctl_tx.clone(),
-            budget: budget.clone(),
-        };
-        let budget = budget.clone();
-        s.spawn(move || {
-            // Results go over in batches: what the stream has without
-            // waiting (the rest of a chunk) travels as one message.
-            // A streaming job's items become item lines of the batch, in
-            // arrival order (so ahead of its result line); its progress
-            // reports feed the bar. A batch of many item lines goes over
-            // before its job ends (the bounded channel holds the task back).
-            let batch = std::cell::RefCell::new(Rendered::default());
-            let send = |batch: &mut Rendered| {
-                budget
-                    .returned
-                    .fetch_add(batch.lines.len() as u64, Ordering::AcqRel);
-                tx.send(std::mem::take(batch)).is_ok()
-            };
-            let mut stream = pool.imap_source(segment, ordered, chunksize);
-            if let Some(p) = retry {
-                // The command line's policy, exactly: --retries is a cap.
-                stream = stream.retry_policy(Some(p.clone()));
+    let mut stream = stream.on_news(|i, news| match news {
+        billiard_host::News::Items(b) => {
+            let mut sink = sink.borrow_mut();
+            for item in b.items() {
+                output::render_item_into(&mut sink.batch.bytes, i, item);
             }
-            let mut stream = stream.on_news(|i, news| match news {
-                billiard_host::News::Items(b) => {
-                    let mut batch = batch.borrow_mut();
-                    for item in b.items() {
-                        output::render_item_into(&mut batch.bytes, offset + i, item);
-                    }
-                    if batch.bytes.len() >= ITEM_BATCH_BYTES {
-                        send(&mut batch);
-                    }
-                }
-                billiard_host::News::Progress { done, total } => {
-                    super::progress::PARTIAL.report(offset + i, done, total)
-                }
-            });
-            while stream
-                .next_with_attempts(|i, outcome, attempts| {
-                    super::progress::PARTIAL.finished(offset + i);
-                    render(
-                        &mut batch.borrow_mut(),
-                        offset + i,
-                        outcome,
-                        attempts,
-                        line_numbers,
-                    )
-                })
-                .is_some()
-            {
-                let mut batch = batch.borrow_mut();
-                if (stream.ready() == 0 || batch.lines.len() >= RESULT_BATCH) && !send(&mut batch) {
-                    return;
-                }
+            if sink.batch.bytes.len() >= ITEM_BATCH_BYTES {
+                sink.send();
             }
-            let mut batch = batch.borrow_mut();
-            if !batch.lines.is_empty() || !batch.bytes.is_empty() {
-                send(&mut batch);
-            }
-        });
-        rx
-    };
-    // Live segments, oldest first; one of them (the newest) may be taking
-    // input.
-    let mut segments: VecDeque<Receiver<Rendered>> = VecDeque::from([spawn(0)]);
-    let (mut taking, mut want_segment, mut offset) = (true, false, 0u64);
-    let (mut input_waits, mut unflushed) = (false, false);
-    while taking || want_segment || !segments.is_empty() {
-        // A new segment once the input went quiet (or a segment stopped for
-        // the budget) and the jobs in flight are down to a window.
-        if want_segment
-            && segments.len() < MAX_SEGMENTS
-            && budget.in_flight(offset) <= budget.window
-        {
-            tracing::debug!("a new segment starts at index {offset}");
-            segments.push_back(spawn(offset));
-            (taking, want_segment) = (true, false);
         }
-        let mut sel = crossbeam_channel::Select::new();
-        let ctl_op = sel.recv(&ctl_rx);
-        let watched = if ordered {
-            segments.len().min(1)
-        } else {
-            segments.len()
-        };
-        for rx in segments.iter().take(watched) {
-            sel.recv(rx);
+        billiard_host::News::Progress { done, total } => {
+            super::progress::PARTIAL.report(i, done, total)
         }
-        let op = match sel.try_select() {
-            Ok(op) => op,
-            Err(_) => {
-                if input_waits && unflushed {
-                    flush();
-                    unflushed = false;
-                }
-                sel.select()
-            }
-        };
-        if op.index() == ctl_op {
-            match op.recv(&ctl_rx) {
-                Ok(Ctl::Waiting) => input_waits = true,
-                Ok(Ctl::Busy) => input_waits = false,
-                Ok(Ctl::Paused(taken, why)) => {
-                    tracing::debug!("a segment took {taken} jobs and stopped: {why}");
-                    offset += taken;
-                    (taking, input_waits) = (false, false);
-                    want_segment = !jobs.lock().unwrap_or_else(|e| e.into_inner()).is_done();
-                }
-                Err(_) => {}
-            }
-            continue;
+    });
+    while stream
+        .next_with_attempts(|i, outcome, attempts| {
+            super::progress::PARTIAL.finished(i);
+            render(
+                &mut sink.borrow_mut().batch,
+                i,
+                outcome,
+                attempts,
+                line_numbers,
+            )
+        })
+        .is_some()
+    {
+        let mut sink = sink.borrow_mut();
+        if stream.ready() == 0 || sink.batch.lines.len() >= RESULT_BATCH {
+            sink.send();
         }
-        let k = op.index() - 1;
-        match op.recv(&segments[k]) {
-            Ok(batch) => {
-                emit(&batch)?;
-                unflushed = true;
-            }
-            // That segment delivered everything.
-            Err(_) => {
-                segments.remove(k);
-            }
+        if sink.error.is_some() {
+            break;
         }
     }
-    Ok(())
+    drop(stream);
+    let mut sink = sink.into_inner();
+    sink.send();
+    match sink.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A pool start error that does not say which file it is about (the zygote
@@ -938,100 +623,6 @@ fn name_the_plugins(args: &Args, e: billiard_host::PoolError) -> String {
         [one] => format!("cannot load plugin {one}: {msg}"),
         many => format!("cannot load the plugins {}: {msg}", many.join(", ")),
     }
-}
-
-/// What a path names, for telling whether two paths are one file: the
-/// inode of an existing file (symlinks followed, hard links included), else
-/// the absolute path (its directory resolved) it would be created at.
-#[derive(PartialEq, Eq)]
-enum FileId {
-    Inode(u64, u64),
-    Path(PathBuf),
-}
-
-/// True when the two paths name one file (or would create one file).
-pub(super) fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((file_id(a), file_id(b)), (Some(x), Some(y)) if x == y)
-}
-
-fn file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        return Some(FileId::Inode(m.dev(), m.ino()));
-    }
-    let name = path.file_name()?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Some(FileId::Path(std::fs::canonicalize(dir).ok()?.join(name)))
-}
-
-/// The identity of an open standard stream, when it is a regular file
-/// (`< jobs.jsonl`, `>> jobs.jsonl`).
-fn stream_id(fd: std::os::fd::BorrowedFd<'_>) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let f = std::fs::File::from(fd.try_clone_to_owned().ok()?);
-    let m = f.metadata().ok()?;
-    m.is_file().then(|| FileId::Inode(m.dev(), m.ino()))
-}
-
-/// Refuses `--output` or `--stats-json` naming the input file (directly,
-/// through a symlink or a hard link) or a plugin file, and one file named
-/// by both.
-fn check_distinct_files(args: &Args) -> Result<(), String> {
-    use std::os::fd::AsFd;
-    let named = |p: &Option<PathBuf>| p.as_ref().filter(|p| p.as_os_str() != "-").cloned();
-    let input_path = if args.args.is_some() {
-        None
-    } else {
-        Some(args.input.clone().unwrap_or_else(|| "-".into()))
-    };
-    let input = match &input_path {
-        Some(p) if p.as_os_str() == "-" => {
-            stream_id(std::io::stdin().as_fd()).map(|id| (id, "the standard input".to_string()))
-        }
-        Some(p) => file_id(p).map(|id| (id, format!("--input {}", p.display()))),
-        None => None,
-    };
-    let output = match named(&args.output) {
-        Some(p) => file_id(&p).map(|id| (id, format!("--output {}", p.display()))),
-        None => {
-            stream_id(std::io::stdout().as_fd()).map(|id| (id, "the standard output".to_string()))
-        }
-    };
-    let stats = named(&args.stats_json)
-        .and_then(|p| file_id(&p).map(|id| (id, format!("--stats-json {}", p.display()))));
-    for (written, what) in [&output, &stats].into_iter().flatten() {
-        if let Some((id, input)) = &input {
-            if id == written {
-                return Err(format!(
-                    "{what} is the input file ({input}): writing it would destroy the jobs \
-                     before they are read; write the results to another file"
-                ));
-            }
-        }
-    }
-    for plugin in args.plugin.iter().chain(&args.more_plugins) {
-        let Some(id) = file_id(plugin) else { continue };
-        for (written, what) in [&output, &stats].into_iter().flatten() {
-            if &id == written {
-                return Err(format!(
-                    "{what} is the plugin file {}: writing it would destroy the plugin",
-                    plugin.display()
-                ));
-            }
-        }
-    }
-    if let (Some((a, what_a)), Some((b, what_b))) = (&output, &stats) {
-        if a == b {
-            return Err(format!(
-                "{what_a} and {what_b} are the same file: the statistics would \
-                 overwrite the results; give them different files"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// `run --isolated`: hands the jobs to [`super::isolated`].
@@ -1057,14 +648,11 @@ fn isolated(args: &Args, single: bool, source: Source, out: Box<dyn Write + Send
             .cloned()
             .collect(),
         load_timeout: args
+            .pool
             .load_timeout
             .unwrap_or(PoolConfig::default().load_timeout),
         default_task: args.task.clone(),
-        workers: args.workers.unwrap_or(if single {
-            1
-        } else {
-            PoolConfig::default().workers.min(MAX_WORKERS)
-        }),
+        workers: workers(args, single),
         ordered: !args.unordered,
         quiet: args.quiet,
         single,
@@ -1076,39 +664,33 @@ fn build_pool(args: &Args, single: bool) -> Result<Pool, billiard_host::PoolErro
     pool_builder(args, single).build()
 }
 
-/// The pool `run` starts (and `--isolated` starts one of per job).
-fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
-    let workers = args.workers.unwrap_or(if single {
+/// `-w N`, else one per CPU (one for `--args`).
+fn workers(args: &Args, single: bool) -> usize {
+    args.pool.workers.unwrap_or(if single {
         1
     } else {
         PoolConfig::default().workers.min(MAX_WORKERS)
-    });
+    })
+}
+
+/// The pool `run` starts (and `--isolated` starts one of per job).
+fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
+    let workers = workers(args, single);
     // Keep the pool's queue short: what the pool holds on a first SIGINT
     // still runs, lines read but not yet sent end `terminated` instead.
     let window = workers
         .saturating_mul(args.prefetch)
         .saturating_mul(args.chunksize)
         .saturating_mul(2);
-    let mut b = Pool::builder()
+    let mut b = args
+        .pool
+        .apply(Pool::builder())
         .workers(workers)
-        .start_method(args.start_method)
         .prefetch(args.prefetch)
         .imap_window(window)
         .bytes_base64(args.bytes == BytesForm::Base64);
     for p in args.plugin.iter().chain(&args.more_plugins) {
         b = b.plugin(p);
-    }
-    b = super::WorkerLimits {
-        max_tasks_per_child: args.max_tasks_per_child,
-        max_memory_per_child: args.max_memory_per_child,
-        address_space_limit: args.address_space_limit,
-        soft_time_limit: args.soft_time_limit,
-        load_timeout: args.load_timeout,
-    }
-    .apply(b);
-    b = args.sandbox.apply(b);
-    if let Some(d) = args.time_limit {
-        b = b.time_limit(d);
     }
     if let Some(n) = args.max_frame {
         b = b.max_frame(n);
@@ -1117,30 +699,25 @@ fn pool_builder(args: &Args, single: bool) -> billiard_host::PoolBuilder {
 }
 
 /// `run --broker URL`: the same jobs, sent to the fleet (see
-/// [`super::submit`]); each result is deleted from the backend once read.
-fn on_the_fleet(args: Args, broker: String) -> i32 {
-    use super::submit::{self, Batch};
-    let source = match (&args.args, &args.input) {
-        (Some(a), _) => {
-            if args.task.is_none() && !a.trim_start().starts_with('{') {
-                return usage(
-                    "--args needs --task NAME (or an object {\"task\": NAME, \"args\": [...]})",
-                );
-            }
-            submit::Source::One(a.clone().into_bytes())
-        }
-        (None, input) => submit::Source::Path(input.clone().unwrap_or_else(|| "-".into())),
+/// [`super::fleet`]); each result is deleted from the backend once read.
+fn on_the_fleet(args: Args, broker: String, input_path: PathBuf) -> i32 {
+    let input = match &args.args {
+        Some(a) => match input::one_job(a, args.task.as_deref()) {
+            Ok(job) => fleet::Input::One(job),
+            Err(e) => return usage(e),
+        },
+        None => fleet::Input::Path(input_path),
     };
-    submit::execute(Batch {
+    fleet::execute(fleet::Request {
         broker,
         result_backend: args.result_backend,
         default_task: args.task,
-        source,
+        input,
         kwargs: Default::default(),
         options: billiard_host::celery::client::SendOptions {
             queue: args.queue,
-            time_limit: args.time_limit,
-            soft_time_limit: args.soft_time_limit,
+            time_limit: args.pool.time_limit,
+            soft_time_limit: args.pool.soft_time_limit,
             ..Default::default()
         },
         output: args.output,

@@ -13,12 +13,13 @@ use billiard_host::celery::transport::sentinel;
 use billiard_host::celery::{Control, Worker, WorkerError, WorkerOptions};
 use billiard_host::metrics::Metrics;
 use billiard_host::service::Notifier;
-use billiard_host::{Pool, StartMethod};
+use billiard_host::Pool;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use signal_hook::iterator::Signals;
 
 use super::exit;
-use super::run::{parse_duration, parse_positive_u64, parse_size, parse_workers};
+use super::pool_flags::PoolFlags;
+use super::values::{parse_duration, parse_positive_u64};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -71,7 +72,22 @@ pub enum LogFormat {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = AFTER_HELP)]
+#[command(
+    after_help = AFTER_HELP,
+    // `run`'s pool flags, with Celery's -c/--concurrency and the limits as
+    // defaults a message overrides.
+    mut_arg("workers", |a| a
+        .short('c')
+        .long("concurrency")
+        .visible_alias("workers")
+        .help("Worker processes (1 to 512; default: the number of CPUs).")),
+    mut_arg("soft_time_limit", |a| a.help(
+        "Default soft limit (a message's `timelimit` header overrides it)."
+    )),
+    mut_arg("time_limit", |a| a.help(
+        "Default hard limit (a message's `timelimit` header overrides it)."
+    )),
+)]
 pub struct Args {
     /// The plugin file (a .so built from a cdylib crate).
     plugin: PathBuf,
@@ -193,72 +209,22 @@ pub struct Args {
     pool: PoolFlags,
 }
 
-/// The pool flags `worker` shares with `run` (same names, same parsers).
-#[derive(clap::Args, Debug)]
-pub struct PoolFlags {
-    /// Worker processes (1 to 512; default: the number of CPUs).
-    #[arg(short = 'c', long = "concurrency", visible_alias = "workers", value_name = "N", value_parser = parse_workers)]
-    workers: Option<usize>,
-    /// Replace a worker after it ran N jobs.
-    #[arg(long, value_name = "N", value_parser = parse_positive_u64)]
-    max_tasks_per_child: Option<u64>,
-    /// Replace a worker once its memory grew by more than SIZE (e.g. 200MiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    max_memory_per_child: Option<u64>,
-    /// Cap each worker's address space (RLIMIT_AS) at SIZE (e.g. 2GiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    address_space_limit: Option<u64>,
-    /// Default soft limit (a message's `timelimit` header overrides it).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    soft_time_limit: Option<Duration>,
-    /// Default hard limit (a message's `timelimit` header overrides it).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    time_limit: Option<Duration>,
-    /// How workers are created.
-    #[arg(long, value_name = "METHOD", default_value_t = StartMethod::Forkserver)]
-    start_method: StartMethod,
-    /// Give up loading the plugins (at start, or on a SIGHUP reload, which
-    /// then keeps the current workers) after this long (default 60s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    load_timeout: Option<Duration>,
-    #[command(flatten)]
-    sandbox: super::sandbox::SandboxFlags,
-}
-
-impl PoolFlags {
-    fn build(
-        &self,
-        plugins: &[PathBuf],
-        events: Option<crossbeam_channel::Sender<billiard_host::Event>>,
-    ) -> Result<Pool, billiard_host::PoolError> {
-        // `Vec<u8>` results as `{"$bytes": ...}`, which the worker writes
-        // as kombu's bytes tag (issue 29 item 5: read back as `bytes`).
-        let mut b = Pool::builder()
-            .start_method(self.start_method)
-            .bytes_base64(true);
-        if let Some(tx) = events {
-            b = b.events(tx);
-        }
-        if let Some(n) = self.workers {
-            b = b.workers(n);
-        }
-        for p in plugins {
-            b = b.plugin(p);
-        }
-        b = super::WorkerLimits {
-            max_tasks_per_child: self.max_tasks_per_child,
-            max_memory_per_child: self.max_memory_per_child,
-            address_space_limit: self.address_space_limit,
-            soft_time_limit: self.soft_time_limit,
-            load_timeout: self.load_timeout,
-        }
-        .apply(b);
-        b = self.sandbox.apply(b);
-        if let Some(d) = self.time_limit {
-            b = b.time_limit(d);
-        }
-        b.build()
+/// The pool `worker` runs the tasks on: `run`'s pool flags, `Vec<u8>`
+/// results as `{"$bytes": ...}`, which the worker writes as kombu's bytes
+/// tag (issue 29 item 5: read back as `bytes`).
+fn build_pool(
+    flags: &PoolFlags,
+    plugins: &[PathBuf],
+    events: Option<crossbeam_channel::Sender<billiard_host::Event>>,
+) -> Result<Pool, billiard_host::PoolError> {
+    let mut b = flags.apply(Pool::builder()).bytes_base64(true);
+    if let Some(tx) = events {
+        b = b.events(tx);
     }
+    for p in plugins {
+        b = b.plugin(p);
+    }
+    b.build()
 }
 
 /// Logging to stderr, info by default, text or JSON (see `cli::logging`).
@@ -284,7 +250,7 @@ pub fn run(args: Args) -> i32 {
     // The pool starts before this process has other threads (the fork
     // start method needs it).
     let ops = ops_for(&args);
-    let pool = match args.pool.build(&plugins, Some(ops.pool_events())) {
+    let pool = match build_pool(&args.pool, &plugins, Some(ops.pool_events())) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

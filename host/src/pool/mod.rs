@@ -43,7 +43,7 @@ pub use items::{ItemBatch, News, ProgressHook};
 pub use job::{JobId, Outcome, WorkerId};
 pub use retry::Attempts;
 pub use stats::Stats;
-pub use stream::{Imap, JobHead, JobSource, RawJob, RawStream};
+pub use stream::{FedStream, Imap, JobHead, JobSource, RawJob, RawStream};
 pub use streaming::{ItemStream, Streamed};
 pub use supervisor::Generation;
 
@@ -585,6 +585,33 @@ impl Pool {
     ) -> RawStream<'p> {
         RawStream::from_source(
             self,
+            Box::new(jobs),
+            ordered,
+            chunksize.max(1),
+            self.cfg.imap_window.max(1),
+        )
+    }
+
+    /// [`Pool::imap_source`] whose input is read on a thread of `scope`,
+    /// so the stream never waits for the input while results wait: on a
+    /// quiet pipe, the results of the jobs sent so far come out while the
+    /// next line is awaited (a [`RawStream`] would sit on them inside
+    /// `next`). Chunks are cut short where `jobs` says its input is quiet
+    /// ([`JobSource::poll_job`]); the window is the pool's `imap_window`,
+    /// and an ordered stream holds at most 16 windows of items behind a
+    /// slow one. The feeder thread starts with the first `next` and ends
+    /// when the input does, or, once the stream is dropped, when `jobs`
+    /// next returns.
+    pub fn imap_fed<'scope, 'env>(
+        &'env self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        jobs: impl JobSource + Send + 'env,
+        ordered: bool,
+        chunksize: usize,
+    ) -> FedStream<'scope, 'env> {
+        FedStream::new(
+            self,
+            scope,
             Box::new(jobs),
             ordered,
             chunksize.max(1),

@@ -13,6 +13,10 @@ use billiard_plugin_api::{codec, Codec, Status};
 use crossbeam_channel::Receiver;
 use serde::de::DeserializeOwned;
 
+mod fed;
+
+pub use fed::FedStream;
+
 use super::config::Limits;
 use super::items::News;
 use super::job::{ChunkBody, ChunkResult, ChunkSender, Outcome};
@@ -75,6 +79,19 @@ pub trait JobSource {
     /// head. `Some(Err(e))` is an item that fails in place with `e` (it must
     /// append nothing); `None` ends the input.
     fn next_job(&mut self, args: &mut Vec<u8>) -> Option<Result<JobHead, TaskError>>;
+
+    /// The next job if one is at hand without waiting for the input
+    /// (`Ready`, as [`JobSource::next_job`]), else `Pending`, having
+    /// appended nothing. The default never waits: it is `next_job`. A
+    /// source fed by a pipe or a socket says `Pending` when its input is
+    /// quiet; [`Pool::imap_fed`](super::Pool::imap_fed) then sends the jobs
+    /// it has (a chunk cut short) instead of holding them while it waits.
+    fn poll_job(
+        &mut self,
+        args: &mut Vec<u8>,
+    ) -> std::task::Poll<Option<Result<JobHead, TaskError>>> {
+        std::task::Poll::Ready(self.next_job(args))
+    }
 }
 
 /// [`RawJob`]s as a [`JobSource`].
@@ -99,11 +116,7 @@ impl<I: Iterator<Item = Result<RawJob, TaskError>>> JobSource for RawJobs<I> {
 pub(crate) type EncodeNext<'p> = Box<dyn FnMut(&mut Vec<u8>) -> Option<Result<(), TaskError>> + 'p>;
 
 enum Source<'p> {
-    Raw {
-        input: Box<dyn JobSource + 'p>,
-        /// A job read but not of the chunk being built: it starts the next.
-        peeked: Option<Result<(JobHead, Vec<u8>), TaskError>>,
-    },
+    Raw(RawInput<dyn JobSource + 'p>),
     Typed {
         target: TaskRef,
         next: EncodeNext<'p>,
@@ -111,6 +124,193 @@ enum Source<'p> {
         /// have taken it past the frame limit): it starts the next.
         carried: Option<Vec<u8>>,
     },
+}
+
+/// A chunk built from the input: its task, codec, limits, payload and
+/// item count.
+pub(super) type Chunk = (TaskRef, Codec, Limits, Vec<u8>, u32);
+
+/// What a stream took from its input so far (the window's accounting),
+/// and the items that failed in place (bad input) for the stream to hold.
+pub(super) struct Intake {
+    pub(super) chunksize: usize,
+    pub(super) window: usize,
+    /// Items taken from the input so far (the next item's index).
+    pub(super) taken: u64,
+    /// Argument bytes of the items submitted so far (for the byte window).
+    pub(super) bytes_taken: u64,
+    pub(super) exhausted: bool,
+    /// Items that failed in place: their index and error.
+    pub(super) failed: Vec<(u64, TaskError)>,
+}
+
+impl Intake {
+    pub(super) fn new(chunksize: usize, window: usize) -> Intake {
+        // A chunk's job count travels as 32 bits: a larger chunksize is a
+        // hint taken as the most a chunk holds.
+        let chunksize = chunksize.clamp(1, super::config::MAX_CHUNKSIZE);
+        Intake {
+            chunksize,
+            window: window.max(chunksize),
+            taken: 0,
+            bytes_taken: 0,
+            exhausted: false,
+            failed: Vec::new(),
+        }
+    }
+
+    /// The window in items, narrowed for large items so that about
+    /// [`BYTES_WINDOW`] of arguments are in flight: 4096 items of 1 MiB
+    /// would be encoded (and held) far ahead of the workers, in fresh
+    /// memory each, where 32 buffers reused keep them just as busy.
+    pub(super) fn item_window(&self) -> usize {
+        let avg = self.bytes_taken / self.taken.max(1);
+        if avg == 0 {
+            return self.window;
+        }
+        let by_bytes = (BYTES_WINDOW / avg).max(MIN_WINDOW) as usize;
+        self.window.min(by_bytes.max(self.chunksize))
+    }
+}
+
+/// A [`JobSource`] and the job read ahead of the chunk being built.
+pub(super) struct RawInput<J: ?Sized> {
+    input: Box<J>,
+    /// A job read but not of the chunk being built: it starts the next.
+    peeked: Option<Result<(JobHead, Vec<u8>), TaskError>>,
+}
+
+impl<J: JobSource + ?Sized> RawInput<J> {
+    pub(super) fn new(input: Box<J>) -> Self {
+        RawInput {
+            input,
+            peeked: None,
+        }
+    }
+
+    /// Makes the next job (or the input's end) known, reading it ahead;
+    /// waits for the input only when `wait`. False when it would have had
+    /// to wait.
+    pub(super) fn prime(&mut self, intake: &mut Intake, wait: bool) -> bool {
+        if self.peeked.is_some() || intake.exhausted {
+            return true;
+        }
+        let mut args = Vec::new();
+        let got = if wait {
+            std::task::Poll::Ready(self.input.next_job(&mut args))
+        } else {
+            self.input.poll_job(&mut args)
+        };
+        match got {
+            std::task::Poll::Pending => false,
+            std::task::Poll::Ready(None) => {
+                intake.exhausted = true;
+                true
+            }
+            std::task::Poll::Ready(Some(job)) => {
+                self.peeked = Some(job.map(|h| (h, args)));
+                true
+            }
+        }
+    }
+
+    /// Next chunk of raw jobs: consecutive jobs of one head, their records
+    /// written by the source straight into the payload, at most `room`
+    /// bytes. With `cut_when_quiet`, the chunk ends where the source would
+    /// have to wait ([`JobSource::poll_job`]). An item that fails in place
+    /// goes to `intake.failed`.
+    pub(super) fn next_chunk(
+        &mut self,
+        intake: &mut Intake,
+        room: usize,
+        cut_when_quiet: bool,
+    ) -> Option<Chunk> {
+        let single = intake.chunksize == 1;
+        let mut payload = Vec::new();
+        if !single {
+            payload.extend_from_slice(&[0; 4]);
+        }
+        let first = match self.peeked.take() {
+            Some(Ok((head, args))) => {
+                if single {
+                    payload = args;
+                } else {
+                    payload.extend_from_slice(&args);
+                }
+                Ok(head)
+            }
+            Some(Err(e)) => Err(e),
+            None if intake.exhausted => return None,
+            None => match self.input.next_job(&mut payload) {
+                None => {
+                    intake.exhausted = true;
+                    return None;
+                }
+                Some(first) => first,
+            },
+        };
+        let index = intake.taken;
+        intake.taken += 1;
+        let head = match first {
+            Ok(head) => head,
+            Err(e) => {
+                intake.failed.push((index, e));
+                return None;
+            }
+        };
+        let mut count = 1u32;
+        if !single {
+            let len = (payload.len() - 4) as u32;
+            payload[..4].copy_from_slice(&len.to_le_bytes());
+            payload.reserve(
+                payload
+                    .len()
+                    .saturating_mul(intake.chunksize - 1)
+                    .min(1 << 20),
+            );
+        }
+        // A chunk stays within the frame limit: a job that would push it
+        // over starts the next chunk, so a big job fails (if it must) alone,
+        // never its neighbours.
+        while (count as usize) < intake.chunksize {
+            let start = payload.len();
+            payload.extend_from_slice(&[0; 4]);
+            let next = if cut_when_quiet {
+                self.input.poll_job(&mut payload)
+            } else {
+                std::task::Poll::Ready(self.input.next_job(&mut payload))
+            };
+            match next {
+                std::task::Poll::Ready(Some(Ok(h))) if h == head && payload.len() <= room => {
+                    let len = (payload.len() - start - 4) as u32;
+                    payload[start..start + 4].copy_from_slice(&len.to_le_bytes());
+                    intake.taken += 1;
+                    count += 1;
+                }
+                std::task::Poll::Ready(Some(other)) => {
+                    // Another kind of job (or an error): it starts the next chunk.
+                    self.peeked = Some(other.map(|h| (h, payload[start + 4..].to_vec())));
+                    payload.truncate(start);
+                    break;
+                }
+                std::task::Poll::Ready(None) => {
+                    payload.truncate(start);
+                    intake.exhausted = true;
+                    break;
+                }
+                std::task::Poll::Pending => {
+                    // The input is quiet: what the chunk has goes now.
+                    payload.truncate(start);
+                    break;
+                }
+            }
+        }
+        if count == 1 && !single {
+            // A lone item travels as plain arguments, not as a record.
+            payload.drain(..4);
+        }
+        Some((head.target, head.codec, head.limits, payload, count))
+    }
 }
 
 /// Walks the items of one chunk.
@@ -180,7 +380,47 @@ impl Cursor {
     }
 }
 
-/// Arguments in flight per stream, about (see `RawStream::item_window`).
+/// The stream's retry choice for `RawStream::retry_policy` and
+/// `FedStream::retry_policy`.
+fn retry_choice(policy: Option<crate::retry::RetryPolicy>) -> Choice {
+    match policy {
+        Some(p) => Choice::Exactly(p),
+        None => Choice::Off,
+    }
+}
+
+/// The chunk held that is handed out next: the next index when `ordered`,
+/// else the lowest.
+fn next_ready(
+    held: &mut BTreeMap<u64, ChunkResult>,
+    ordered: bool,
+    next_out: u64,
+) -> Option<ChunkResult> {
+    if ordered {
+        held.remove(&next_out)
+    } else {
+        held.pop_first().map(|(_, c)| c)
+    }
+}
+
+/// A running job's stream items or progress report: news, not an outcome.
+fn news_of(chunk: &ChunkResult) -> Option<News<'_>> {
+    match &chunk.body {
+        ChunkBody::Items(batch) => Some(News::Items(batch)),
+        &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
+        _ => None,
+    }
+}
+
+/// The most bytes of items one chunk's payload holds: the frame limit
+/// less the RUN frame's header.
+pub(super) fn frame_room(pool: &Pool) -> usize {
+    pool.config()
+        .max_frame
+        .saturating_sub(crate::ipc::RUN_HEADER)
+}
+
+/// Arguments in flight per stream, about (see `Intake::item_window`).
 const BYTES_WINDOW: u64 = 32 << 20;
 /// The byte window never narrows a stream below this many items.
 const MIN_WINDOW: u64 = 8;
@@ -193,17 +433,11 @@ pub struct RawStream<'p> {
     tx: ChunkSender,
     rx: Receiver<ChunkResult>,
     ordered: bool,
-    chunksize: usize,
-    window: usize,
-    /// Items taken from the input so far (the next item's index).
-    taken: u64,
-    /// Argument bytes of the items submitted so far (for the byte window).
-    bytes_taken: u64,
+    intake: Intake,
     in_flight: usize,
     next_out: u64,
     held: BTreeMap<u64, ChunkResult>,
     cur: Option<Cursor>,
-    exhausted: bool,
     /// Where the stream items and progress reports of running jobs go.
     news: Option<NewsFn<'p>>,
 }
@@ -231,10 +465,7 @@ impl<'p> RawStream<'p> {
     ) -> Self {
         Self::with_source(
             pool,
-            Source::Raw {
-                input,
-                peeked: None,
-            },
+            Source::Raw(RawInput::new(input)),
             ordered,
             chunksize,
             window,
@@ -271,24 +502,17 @@ impl<'p> RawStream<'p> {
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         let tx = ChunkSender::new(tx).with_retry(pool.stream_retry(&Choice::Pool));
-        // A chunk's job count travels as 32 bits: a larger chunksize is a
-        // hint taken as the most a chunk holds.
-        let chunksize = chunksize.clamp(1, super::config::MAX_CHUNKSIZE);
         RawStream {
             pool,
             source,
             tx,
             rx,
             ordered,
-            chunksize,
-            window: window.max(chunksize),
-            taken: 0,
-            bytes_taken: 0,
+            intake: Intake::new(chunksize, window),
             in_flight: 0,
             next_out: 0,
             held: BTreeMap::new(),
             cur: None,
-            exhausted: false,
             news: None,
         }
     }
@@ -310,10 +534,7 @@ impl<'p> RawStream<'p> {
     /// before the first item is read (jobs already sent keep their policy).
     /// A delay past [`crate::bounds::MAX_DURATION`] waits that long.
     pub fn retry_policy(mut self, policy: Option<crate::retry::RetryPolicy>) -> Self {
-        let choice = match policy {
-            Some(p) => Choice::Exactly(p),
-            None => Choice::Off,
-        };
+        let choice = retry_choice(policy);
         self.tx = self.tx.clone().with_retry(self.pool.stream_retry(&choice));
         self
     }
@@ -330,37 +551,28 @@ impl<'p> RawStream<'p> {
         );
     }
 
-    /// The window in items, narrowed for large items so that about
-    /// [`BYTES_WINDOW`] of arguments are in flight: 4096 items of 1 MiB
-    /// would be encoded (and held) far ahead of the workers, in fresh
-    /// memory each, where 32 buffers reused keep them just as busy.
-    fn item_window(&self) -> usize {
-        let avg = self.bytes_taken / self.taken.max(1);
-        if avg == 0 {
-            return self.window;
-        }
-        let by_bytes = (BYTES_WINDOW / avg).max(MIN_WINDOW) as usize;
-        self.window.min(by_bytes.max(self.chunksize))
-    }
-
     /// Submits input until `window` jobs are in flight (hysteresis: only
     /// once half the window has drained, so submissions go in batches).
     fn top_up(&mut self) {
-        let window = self.item_window();
-        if self.exhausted || self.in_flight > window / 2 {
+        let window = self.intake.item_window();
+        if self.intake.exhausted || self.in_flight > window / 2 {
             return;
         }
         let mut dispatches = Vec::new();
+        let room = frame_room(self.pool);
         // Re-read each time: the first items tell how large they are.
-        while self.in_flight < self.item_window() && !self.exhausted {
-            let index = self.taken;
+        while self.in_flight < self.intake.item_window() && !self.intake.exhausted {
+            let index = self.intake.taken;
             let chunk = match &mut self.source {
-                Source::Raw { .. } => self.next_raw_chunk(),
+                Source::Raw(raw) => raw.next_chunk(&mut self.intake, room, false),
                 Source::Typed { .. } => self.next_typed_chunk(),
             };
+            for (index, e) in std::mem::take(&mut self.intake.failed) {
+                self.hold_error(index, e);
+            }
             if let Some((target, codec, limits, payload, count)) = chunk {
                 self.in_flight += count as usize;
-                self.bytes_taken += payload.len() as u64;
+                self.intake.bytes_taken += payload.len() as u64;
                 dispatches.push(
                     self.pool
                         .chunk_dispatch(target, codec, limits, payload, count, &self.tx, index),
@@ -375,105 +587,13 @@ impl<'p> RawStream<'p> {
         }
     }
 
-    /// Next chunk of raw jobs: consecutive jobs of one head, their records
-    /// written by the source straight into the payload.
-    #[allow(clippy::type_complexity)]
-    fn next_raw_chunk(&mut self) -> Option<(TaskRef, Codec, Limits, Vec<u8>, u32)> {
-        let single = self.chunksize == 1;
-        let Source::Raw { input, peeked } = &mut self.source else {
-            return None;
-        };
-        let mut payload = Vec::new();
-        if !single {
-            payload.extend_from_slice(&[0; 4]);
-        }
-        let first = match peeked.take() {
-            Some(Ok((head, args))) => {
-                if single {
-                    payload = args;
-                } else {
-                    payload.extend_from_slice(&args);
-                }
-                Ok(head)
-            }
-            Some(Err(e)) => Err(e),
-            None => match input.next_job(&mut payload) {
-                None => {
-                    self.exhausted = true;
-                    return None;
-                }
-                Some(first) => first,
-            },
-        };
-        let index = self.taken;
-        self.taken += 1;
-        let head = match first {
-            Ok(head) => head,
-            Err(e) => {
-                self.hold_error(index, e);
-                return None;
-            }
-        };
-        let mut count = 1u32;
-        if !single {
-            let len = (payload.len() - 4) as u32;
-            payload[..4].copy_from_slice(&len.to_le_bytes());
-            payload.reserve(
-                payload
-                    .len()
-                    .saturating_mul(self.chunksize - 1)
-                    .min(1 << 20),
-            );
-        }
-        // A chunk stays within the frame limit: a job that would push it
-        // over starts the next chunk, so a big job fails (if it must) alone,
-        // never its neighbours.
-        let room = self
-            .pool
-            .config()
-            .max_frame
-            .saturating_sub(crate::ipc::RUN_HEADER);
-        while (count as usize) < self.chunksize {
-            let start = payload.len();
-            payload.extend_from_slice(&[0; 4]);
-            match input.next_job(&mut payload) {
-                Some(Ok(h)) if h == head && payload.len() <= room => {
-                    let len = (payload.len() - start - 4) as u32;
-                    payload[start..start + 4].copy_from_slice(&len.to_le_bytes());
-                    self.taken += 1;
-                    count += 1;
-                }
-                Some(other) => {
-                    // Another kind of job (or an error): it starts the next chunk.
-                    *peeked = Some(other.map(|h| (h, payload[start + 4..].to_vec())));
-                    payload.truncate(start);
-                    break;
-                }
-                None => {
-                    payload.truncate(start);
-                    self.exhausted = true;
-                    break;
-                }
-            }
-        }
-        if count == 1 && !single {
-            // A lone item travels as plain arguments, not as a record.
-            payload.drain(..4);
-        }
-        Some((head.target, head.codec, head.limits, payload, count))
-    }
-
     /// Next chunk of typed items, encoded straight into the payload.
-    #[allow(clippy::type_complexity)]
-    fn next_typed_chunk(&mut self) -> Option<(TaskRef, Codec, Limits, Vec<u8>, u32)> {
-        let single = self.chunksize == 1;
-        // As in `next_raw_chunk`: an item that would take the chunk past the
-        // frame limit starts the next one (a big item fails alone).
-        let room = self
-            .pool
-            .config()
-            .max_frame
-            .saturating_sub(crate::ipc::RUN_HEADER);
+    fn next_typed_chunk(&mut self) -> Option<Chunk> {
+        let single = self.intake.chunksize == 1;
+        let chunksize = self.intake.chunksize;
+        // As in `RawInput::next_chunk`: an item that would take the chunk
+        // past the frame limit starts the next one (a big item fails alone).
+        let room = frame_room(self.pool);
         let Source::Typed {
             target,
             next,
@@ -486,7 +606,7 @@ impl<'p> RawStream<'p> {
         let mut payload = Vec::with_capacity(if single {
             16
         } else {
-            self.chunksize.saturating_mul(12).min(1 << 20)
+            chunksize.saturating_mul(12).min(1 << 20)
         });
         let mut count = 0u32;
         let mut bad = None;
@@ -497,7 +617,7 @@ impl<'p> RawStream<'p> {
             payload.extend_from_slice(&item);
             count = 1;
         }
-        while (count as usize) < self.chunksize {
+        while (count as usize) < chunksize {
             let start = payload.len();
             if !single {
                 payload.extend_from_slice(&[0; 4]);
@@ -505,7 +625,7 @@ impl<'p> RawStream<'p> {
             match next(&mut payload) {
                 None => {
                     payload.truncate(start);
-                    self.exhausted = true;
+                    self.intake.exhausted = true;
                     break;
                 }
                 Some(Err(e)) => {
@@ -527,14 +647,14 @@ impl<'p> RawStream<'p> {
                 }
             }
         }
-        self.taken += count as u64;
+        self.intake.taken += count as u64;
         if count == 1 && !single {
             // A lone item travels as plain arguments, not as a record.
             payload.drain(..4);
         }
         if let Some(e) = bad {
-            let index = self.taken;
-            self.taken += 1;
+            let index = self.intake.taken;
+            self.intake.taken += 1;
             self.hold_error(index, e);
         }
         (count > 0).then_some((target, Codec::Bincode, Limits::default(), payload, count))
@@ -598,17 +718,12 @@ impl<'p> RawStream<'p> {
                 self.cur = None;
             }
             self.top_up();
-            let ready = if self.ordered {
-                self.held.remove(&self.next_out)
-            } else {
-                self.held.pop_first().map(|(_, c)| c)
-            };
-            if let Some(chunk) = ready {
+            if let Some(chunk) = next_ready(&mut self.held, self.ordered, self.next_out) {
                 self.cur = Some(Cursor::new(chunk));
                 continue;
             }
             if self.in_flight == 0 {
-                if !self.exhausted {
+                if !self.intake.exhausted {
                     continue;
                 }
                 // Nothing in flight and nothing more to read: done (an
@@ -632,12 +747,7 @@ impl<'p> RawStream<'p> {
             };
             match got {
                 Some(chunk) => {
-                    let news = match &chunk.body {
-                        ChunkBody::Items(batch) => Some(News::Items(batch)),
-                        &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
-                        _ => None,
-                    };
-                    if let Some(news) = news {
+                    if let Some(news) = news_of(&chunk) {
                         // Not an outcome: handed on at once (the batch's
                         // credit returns when `chunk` drops).
                         if let Some(f) = &mut self.news {
