@@ -7,7 +7,7 @@
 //! plugin that forges or garbles the encoding gets a plain `task_error`;
 //! `#[task(...)]` registration options reach `inspect --json`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
