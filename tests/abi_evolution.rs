@@ -10,7 +10,7 @@
 //! (incremental on reruns); the newer one is generated from the current
 //! `plugin-api/` into `target/fixtures/next-layout-src`.
 
-use crate::common;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

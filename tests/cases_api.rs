@@ -4,7 +4,7 @@
 //! the JUnit report that `check` prints. (The pool's zygote is the
 //! `billiard-host` executable, as in every pool test.)
 
-use crate::common;
+mod common;
 
 use std::time::Duration;
 

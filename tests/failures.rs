@@ -7,7 +7,7 @@
 //! plugin that forges or garbles the encoding gets a plain `task_error`;
 //! `#[task(...)]` registration options reach `inspect --json`.
 
-use crate::common;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,22 +5,17 @@
 //! `cargo test -p billiard-host --test integration -- cli_run::`.
 //!
 //! A test file that inspects the test process itself (its children, its
-//! open files, its memory, its environment) or forks it stays a binary of
-//! its own (`[[test]]` in host/Cargo.toml, with the reason); the Celery
+//! open files, its memory, its environment), forks it or loads plugins
+//! into it stays a binary of its own (`[[test]]` in host/Cargo.toml, with the reason); the Celery
 //! tests are the `celery` binary (tests/celery.rs).
 
 mod common;
 
-// ABI evolution: a plugin of the previous plugin-api layout (frozen in
-// tests/fixtures/old-plugin-api) loads; one of a newer layout is refused.
-mod abi_evolution;
 // async/await: futures, streams, cancellation (tokio as a dev-dependency).
 mod r#async;
 mod authoring;
 mod bad_input;
 mod bounds;
-// Golden cases through the library API (billiard_host::cases), no `check`.
-mod cases_api;
 mod cli_bytes;
 mod cli_check;
 mod cli_golden;
@@ -32,10 +27,6 @@ mod cli_run;
 // Embedding with no setting (the run_if_helper hook) and clear errors for a
 // wrong zygote executable.
 mod embed;
-// A task's Failure (exception class, retry/reject/ignore) across every
-// path, hostile encodings, registration options (issue 23 item 2, issue 29
-// item 2).
-mod failures;
 mod hostile_cli;
 mod hostile_pool;
 mod hostile_process;
@@ -47,7 +38,6 @@ mod isolation;
 // `billiard-host new` (the scaffold builds and runs outside the repository)
 // and the authoring friction and polish of issue 18.
 mod new;
-mod plugins;
 // Pool::builder().retry_policy for embedding programs: callbacks once,
 // terminate_job, close/terminate with waiting retries (issue 23 item 2).
 mod pool_retry;

@@ -3,7 +3,7 @@
 //! `call_json`, and the raw `call_raw` / `call_batch_raw` entries) of the
 //! example plugins' tasks, checking values and error kinds.
 
-use crate::common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
