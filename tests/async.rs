@@ -2,7 +2,7 @@
 //! `futures_core::Stream`s, under tokio here (a dev-dependency only: the
 //! library knows no runtime).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -215,17 +215,11 @@ fn a_raw_result_is_a_future_too() {
 
 /// One HTTP/1.1 GET over a fresh connection; the whole response.
 fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the example");
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("read timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send the request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read the response");
+    let (out, err) = common::http_get(addr, path, Duration::from_secs(60))
+        .expect("connect to the example and send the request");
+    if let Some(e) = err {
+        panic!("read the response: {e}");
+    }
     out
 }
 

@@ -3,7 +3,7 @@
 //! request, useful debug logs without colour codes in files, a quiet stop
 //! on a closed pipe, and an Examples section in every `--help`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};

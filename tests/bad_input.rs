@@ -4,13 +4,13 @@
 //! `cli_run.rs` (missing files, usage errors, bad lines, invalid UTF-8),
 //! `cli_inspect.rs` and `pool.rs` (refused plugins, wrong argument types).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Output, Stdio};
 
 use billiard_host::{Codec, ErrorKind, Limits, Pool, PoolBuilder, TaskRef};
-use common::{exit_code, host_command, plugin_str, scratch, stderr, stdout};
+use common::{exit_code, host_command, kind, plugin_str, scratch, stderr, stdout};
 use serde_json::Value;
 
 fn run(args: &[&str]) -> Output {
@@ -34,10 +34,6 @@ fn run_with(args: &[&str], stdin: Option<&[u8]>) -> Output {
         child.stdin.take().unwrap().write_all(bytes).unwrap();
     }
     child.wait_with_output().unwrap()
-}
-
-fn kind(r: &Value) -> &str {
-    r["error"]["kind"].as_str().unwrap_or("ok")
 }
 
 fn is_root() -> bool {
@@ -371,11 +367,7 @@ fn two_plugins_with_the_same_name_are_refused() {
 // ----- the library ----------------------------------------------------------
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("math"))
-        .plugin(common::plugin("faults"))
+    common::pool_builder(workers, &["math", "faults"])
 }
 
 #[test]

@@ -4,18 +4,14 @@
 //! thread died says so on every call and for every pending job (the
 //! defence in depth of C1).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use billiard_host::{ErrorKind, Pool, PoolBuilder, PoolError};
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("math"))
-        .plugin(common::plugin("hostile"))
+    common::pool_builder(workers, &["math", "hostile"])
 }
 
 /// The message every error and outcome of a pool killed by `msg` carries.

@@ -9,16 +9,12 @@ mod common;
 use std::time::Duration;
 
 use billiard_host::cases::{self, Case, Change, Expect, ReadError};
-use billiard_host::{ErrorKind, Event, Limits, Pool, PoolBuilder};
+use billiard_host::{ErrorKind, Event, Limits, PoolBuilder};
 use common::{exit_code, host_command, plugin_str, scratch, stderr};
 use serde_json::json;
 
 fn builder(plugin: &str, workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .plugin(common::plugin(plugin))
-        .worker_exe(common::bin())
-        .time_limit(Duration::from_secs(20))
+    common::pool_builder(workers, &[plugin]).time_limit(Duration::from_secs(20))
 }
 
 const CASES: &[&str] = &[

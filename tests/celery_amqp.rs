@@ -2,7 +2,7 @@
 //! (its own data dir, node name, ports and epmd, stopped by pid), Redis as
 //! the result backend, real Python Celery 5.7 clients and tools.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,11 +6,9 @@
 //! test, the real binary, real Python; every wait polls a condition with a
 //! deadline.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::celery::{self, RedisServer};
 use common::celery::{wait_until, DEADLINE};
@@ -53,29 +51,14 @@ fn py_on(broker: &str, backend: &str, body: &str) -> Value {
 /// A Python Celery 5.7 worker consuming queue `py` with `py.double(x)`
 /// and `py.total(xs)`.
 fn python_worker(python: &Path, url: &str, dir: &Path) -> celery::Worker {
-    std::fs::write(
-        dir.join("pychord.py"),
-        format!(
-            "{}\n@app.task(name='py.double')\n\
-             def double(x):\n\
-             \x20   return x * 2\n\
-             @app.task(name='py.total')\n\
-             def total(xs):\n\
-             \x20   return sum(xs)\n",
-            celery::py_app(url)
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m", "celery", "-A", "pychord", "worker", "-c", "1", "-Q", "py",
-    ])
-    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
-    .args(["--without-heartbeat", "-l", "info", "-n", "py@%h"])
-    .current_dir(dir)
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .stdout(Stdio::null());
-    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+    let tasks = "@app.task(name='py.double')\n\
+                 def double(x):\n\
+                 \x20   return x * 2\n\
+                 @app.task(name='py.total')\n\
+                 def total(xs):\n\
+                 \x20   return sum(xs)\n";
+    let flags = ["-Q", "py", "--without-mingle", "-n", "py@%h"];
+    celery::python_worker(python, url, dir, "pychord", tasks, &flags)
 }
 
 /// The chord keys of group `gid` that exist, with their types.

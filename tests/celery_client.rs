@@ -1,7 +1,7 @@
 //! The producer side of the Celery mode (`billiard_host::celery::client`,
 //! `billiard-host submit`, `billiard-host run --broker`) against a real
 //! redis-server, and the test infrastructure of tests/common/celery.rs.
-mod common;
+use crate::common;
 
 use common::celery::{self, Reply};
 

@@ -4,28 +4,21 @@
 //! C8, C15). A private redis-server per test, the real binary, the real
 //! Python Celery client; every wait polls a condition with a deadline.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::celery::{self, RedisServer};
-use common::celery::{wait_until, DEADLINE};
+use common::celery::{hlen_unacked, lines, py, wait_until, DEADLINE};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// `billiard-host worker math --plugin hostile --broker URL <extra>`,
 /// waited for until it consumes.
 fn worker(url: &str, extra: &[&str]) -> celery::Worker {
     celery::worker_with(&["math", "hostile"], url, extra)
-}
-
-/// Runs a Python snippet after the app preamble and returns its last
-/// stdout line as JSON.
-fn py(url: &str, body: &str) -> Value {
-    celery::python_json(&format!("{}\n{body}", celery::py_app(url)), &[])
 }
 
 /// Sends `hostile.append_line(path, tag, ms)` (a line per execution) and
@@ -40,18 +33,6 @@ fn send_append(url: &str, log: &Path, tag: &str, ms: u64) -> String {
         ),
     );
     id.as_str().expect("a task id").to_string()
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn hlen_unacked(redis: &RedisServer) -> i64 {
-    redis.cmd(&["HLEN", "unacked"]).int()
 }
 
 fn succeeded(redis: &RedisServer, id: &str) -> bool {
@@ -211,28 +192,15 @@ fn c7_kombus_sweeper_restores_a_dead_hosts_job_once_its_lease_ran_out() {
 /// A Python `celery worker` (acks_late, solo pool) serving `py.slow(s, path)`
 /// (appends a line, sleeps `s` seconds) on queue `celery`.
 fn python_worker(python: &Path, url: &str, dir: &Path) -> celery::Worker {
-    std::fs::write(
-        dir.join("pyslow.py"),
-        format!(
-            "{}\napp.conf.task_acks_late = True\n\
-             @app.task(name='py.slow')\n\
-             def slow(s, path):\n\
-             \x20   with open(path, 'a') as f:\n\
-             \x20       f.write('run\\n')\n\
-             \x20   time.sleep(s)\n\
-             \x20   return s\n",
-            celery::py_app(url)
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pyslow", "worker", "-c", "1"])
-        .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
-        .args(["--without-heartbeat", "-l", "info", "-n", "py@%h"])
-        .current_dir(dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(Stdio::null());
-    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+    let tasks = "app.conf.task_acks_late = True\n\
+                 @app.task(name='py.slow')\n\
+                 def slow(s, path):\n\
+                 \x20   with open(path, 'a') as f:\n\
+                 \x20       f.write('run\\n')\n\
+                 \x20   time.sleep(s)\n\
+                 \x20   return s\n";
+    let flags = ["--without-mingle", "-n", "py@%h"];
+    celery::python_worker(python, url, dir, "pyslow", tasks, &flags)
 }
 
 #[test]

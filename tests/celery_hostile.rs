@@ -12,31 +12,18 @@
 //!   queue, never acked as REVOKED.
 //! - C9: `submit`'s countdown and expiry bounds.
 
-mod common;
+use crate::common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use billiard_host::celery::protocol;
-use common::celery::{self, RedisServer, Reply};
-use common::celery::{wait_until, DEADLINE};
+use common::celery;
+use common::celery::{hlen_unacked, lines, llen, wait_until, DEADLINE};
 use serde_json::{json, Value};
 
 /// `billiard-host worker math --plugin hostile --broker URL <extra>`.
 fn worker(url: &str, extra: &[&str]) -> celery::Worker {
     celery::worker_with(&["math", "hostile"], url, extra)
-}
-
-fn int(r: Reply) -> i64 {
-    r.int()
-}
-
-fn llen(redis: &RedisServer, key: &str) -> i64 {
-    int(redis.cmd(&["LLEN", key]))
-}
-
-fn hlen_unacked(redis: &RedisServer) -> i64 {
-    int(redis.cmd(&["HLEN", "unacked"]))
 }
 
 /// Where a change goes in an envelope.
@@ -450,14 +437,6 @@ fn c1_a_dead_pool_stops_the_worker_and_its_messages_go_to_another_host() {
     want_sorted.sort();
     assert_eq!(runs, want_sorted, "each job exactly once");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// `submit --countdown/--expires/--time-limit` past 10 years: exit 2 with

@@ -7,17 +7,15 @@
 //! the two answers must be the same: results, and for a call that does not
 //! fit, the exception's class and Python's `TypeError` words.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use common::celery;
 use serde_json::Value;
 
 fn node(tag: &str) -> String {
-    format!("{tag}-{}@k29-args", std::process::id())
+    celery::node(tag, "k29-args")
 }
 
 /// `plugins/proj` in Python: the same names, parameters and results.
@@ -54,21 +52,8 @@ def multiply(a, b):
 /// A Python `celery worker` (solo pool) with [`PY_TASKS`], on queue `py`.
 fn python_worker(python: &Path, url: &str, node: &str) -> celery::Worker {
     let dir = celery::unique_temp_dir("k29-args-python");
-    std::fs::write(
-        dir.join("pyproj.py"),
-        format!("{}\n{PY_TASKS}", celery::py_app(url)),
-    )
-    .expect("write pyproj.py");
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m", "celery", "-A", "pyproj", "worker", "-c", "1", "-Q", "py",
-    ])
-    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
-    .args(["--without-heartbeat", "-l", "info", "-n", node])
-    .current_dir(&dir)
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .stdout(std::process::Stdio::null());
-    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+    let flags = ["-Q", "py", "--without-mingle", "-n", node];
+    celery::python_worker(python, url, &dir, "pyproj", PY_TASKS, &flags)
 }
 
 /// Both workers on one Redis: (Python, ours, their node names).

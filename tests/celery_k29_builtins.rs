@@ -6,11 +6,9 @@
 //! its own, so both consume the default `celery` queue, where the
 //! builtins' expansions go): what the client reads back must be the same.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use common::celery;
 use serde_json::json;
@@ -19,25 +17,12 @@ use serde_json::json;
 /// them.
 fn python_worker(python: &Path, url: &str) -> celery::Worker {
     let dir = celery::unique_temp_dir("k29-builtins-python");
-    std::fs::write(
-        dir.join("pybuiltins.py"),
-        format!(
-            "{}\n@app.task(name='math.add')\ndef add(a, b):\n    return a + b\n\
-             @app.task(name='math.square')\ndef square(x):\n    return x * x\n\
-             @app.task(name='math.sum')\ndef xsum(xs):\n    return float(sum(xs))\n",
-            celery::py_app(url)
-        ),
-    )
-    .expect("write pybuiltins.py");
+    let tasks = "@app.task(name='math.add')\ndef add(a, b):\n    return a + b\n\
+                 @app.task(name='math.square')\ndef square(x):\n    return x * x\n\
+                 @app.task(name='math.sum')\ndef xsum(xs):\n    return float(sum(xs))\n";
     let node = format!("py-{}@k29-builtins", std::process::id());
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "pybuiltins", "worker", "-c", "1"])
-        .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
-        .args(["--without-heartbeat", "-l", "info", "-n", &node])
-        .current_dir(&dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(std::process::Stdio::null());
-    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+    let flags = ["--without-mingle", "-n", &node];
+    celery::python_worker(python, url, &dir, "pybuiltins", tasks, &flags)
 }
 
 /// Every builtin as a Celery 5.7 client sends it; prints what it reads

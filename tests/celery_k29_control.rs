@@ -12,17 +12,15 @@
 //! - `inspect registered` with task-info items, `conf`, `report`,
 //!   `scheduled` (priority, `acknowledged`) have the Python worker's shape.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 use common::celery;
 use serde_json::Value;
 
 fn node(tag: &str) -> String {
-    format!("{tag}-{}@k29-control", std::process::id())
+    celery::node(tag, "k29-control")
 }
 
 /// A Python Celery worker serving `math.add` and `math.square`
@@ -34,26 +32,11 @@ fn python_worker(python: &Path, url: &str, node: &str) -> celery::Worker {
 /// [`python_worker`] with other flags than `--without-mingle`.
 fn python_worker_with(python: &Path, url: &str, node: &str, flags: &[&str]) -> celery::Worker {
     let dir = celery::unique_temp_dir("k29-control-python");
-    std::fs::write(
-        dir.join("pyk29.py"),
-        format!(
-            "{}\n@app.task(name='math.add')\ndef add(a, b):\n    return a + b\n\n\
-             @app.task(name='math.square', rate_limit='10/s')\ndef square(x):\n    return x * x\n",
-            celery::py_app(url)
-        ),
-    )
-    .expect("write pyk29.py");
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m", "celery", "-A", "pyk29", "worker", "-c", "1", "-Q", "py",
-    ])
-    .args(["--pool", "solo", "--without-gossip"])
-    .args(flags)
-    .args(["--without-heartbeat", "-l", "info", "-n", node])
-    .current_dir(&dir)
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .stdout(std::process::Stdio::null());
-    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+    let tasks = "@app.task(name='math.add')\ndef add(a, b):\n    return a + b\n\n\
+                 @app.task(name='math.square', rate_limit='10/s')\ndef square(x):\n    return x * x\n";
+    let mut all = vec!["-Q", "py", "-n", node];
+    all.extend_from_slice(flags);
+    celery::python_worker(python, url, &dir, "pyk29", tasks, &all)
 }
 
 /// Python helpers every script here shares: `merged(replies)` (a

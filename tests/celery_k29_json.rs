@@ -7,11 +7,9 @@
 //! Malformed tags (which only a hand-made message carries) fail the task
 //! with a `TypeError` naming the argument, and the worker goes on.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::celery;
 use serde_json::Value;
@@ -42,25 +40,12 @@ def texts(items):
 
 fn python_worker(python: &Path, url: &str, node: &str) -> celery::Worker {
     let dir = celery::unique_temp_dir("k29-json-python");
-    std::fs::write(
-        dir.join("pytyped.py"),
-        format!("{}{PY_TASKS}", celery::py_app(url)),
-    )
-    .expect("write pytyped.py");
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m", "celery", "-A", "pytyped", "worker", "-c", "1", "-Q", "py",
-    ])
-    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
-    .args(["--without-heartbeat", "-l", "info", "-n", node])
-    .current_dir(&dir)
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .stdout(Stdio::null());
-    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+    let flags = ["-Q", "py", "--without-mingle", "-n", node];
+    celery::python_worker(python, url, &dir, "pytyped", PY_TASKS, &flags)
 }
 
 fn node(tag: &str) -> String {
-    format!("{tag}-{}@k29-json", std::process::id())
+    celery::node(tag, "k29-json")
 }
 
 /// Python helpers of the client scripts: `outcome(r)` is what `.get()`

@@ -8,10 +8,9 @@
 //! with `celery[redis]==5.7.0` and `flower==2.2.0`. Missing: a loud SKIP,
 //! or a failure with `CI=true`.
 
-mod common;
+use crate::common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,7 +103,7 @@ fn ask(py: &Path, dir: &Path, node: &str, args: &[&str]) -> Value {
 }
 
 fn node(tag: &str) -> String {
-    format!("{tag}-{}@ops-test", std::process::id())
+    celery::node(tag, "ops-test")
 }
 
 /// `billiard-host worker math --plugin faults --plugin hostile ...`.
@@ -569,16 +568,11 @@ fn events_carry_celerys_standard_fields() {
 
 /// GET `path` from 127.0.0.1:`port`: (status, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (text, err) =
+        common::http_get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(20)).ok()?;
+    if err.is_some() {
+        return None;
+    }
     let (head, body) = text.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     let body = if head
@@ -803,13 +797,7 @@ fn flower_dashboard_screenshot_shows_our_worker() {
 
 /// The port of `metrics: serving http://ADDR/metrics` in the worker's log.
 fn metrics_port(w: &celery::Worker) -> u16 {
-    poll("the metrics line", DEADLINE, || {
-        let err = w.stderr();
-        let at = err.find("metrics: serving http://")?;
-        let rest = &err[at + "metrics: serving http://".len()..];
-        let addr = rest.split('/').next()?;
-        addr.rsplit(':').next()?.parse().ok()
-    })
+    celery::metrics_port(w, DEADLINE)
 }
 
 #[test]

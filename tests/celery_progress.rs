@@ -8,7 +8,7 @@
 //! `redis-server` and the venv with `celery[redis]`; missing: a loud SKIP
 //! (a failure with `CI=true`).
 
-mod common;
+use crate::common;
 
 use common::celery;
 use serde_json::{json, Value};

@@ -6,14 +6,13 @@
 //! and the venv with `celery[redis]`. Missing: a loud SKIP, or a failure
 //! with `CI=true`.
 
-mod common;
+use crate::common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::celery::{self, RedisServer, Reply};
-use common::celery::{wait_until, DEADLINE};
+use common::celery::{self, RedisServer};
+use common::celery::{hlen_unacked, lines, llen, py, wait_until, DEADLINE};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -23,34 +22,8 @@ fn worker(url: &str, extra: &[&str]) -> celery::Worker {
     celery::worker_with(&["math", "faults", "hostile"], url, extra)
 }
 
-/// Runs a Python snippet after the app preamble (broker and backend:
-/// `url`) and returns its last stdout line as JSON.
-fn py(url: &str, body: &str) -> Value {
-    celery::python_json(&format!("{}\n{body}", celery::py_app(url)), &[])
-}
-
-fn int(r: Reply) -> i64 {
-    r.int()
-}
-
-fn hlen_unacked(redis: &RedisServer) -> i64 {
-    int(redis.cmd(&["HLEN", "unacked"]))
-}
-
 fn zcard_index(redis: &RedisServer) -> i64 {
-    int(redis.cmd(&["ZCARD", "unacked_index"]))
-}
-
-fn llen(redis: &RedisServer, key: &str) -> i64 {
-    int(redis.cmd(&["LLEN", key]))
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    redis.cmd(&["ZCARD", "unacked_index"]).int()
 }
 
 /// The Python client's view of one call: `{"ok": value}` or the exception

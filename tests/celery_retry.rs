@@ -4,12 +4,9 @@
 //! Python worker where Celery's own behaviour is the reference); every wait
 //! polls a condition with a deadline.
 
-mod common;
+use crate::common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::celery::{self, RedisServer};
@@ -67,16 +64,9 @@ fn path_json(p: &Path) -> String {
 
 /// GET `path` from 127.0.0.1:`port`: the body.
 fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the metrics port answers");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    common::http_get(&format!("127.0.0.1:{port}"), path, Duration::from_secs(20))
+        .expect("the metrics port answers")
+        .0
 }
 
 /// The stored meta of `id` once it is final (SUCCESS, FAILURE, REVOKED).
@@ -241,26 +231,11 @@ fn k23_past_max_retries_the_client_gets_the_original_error() {
 /// A Python `celery worker` on queue `py` serving `py.flaky(path,
 /// countdown)`: `self.retry(countdown=countdown)` on every run.
 fn python_worker(python: &Path, url: &str, dir: &Path) -> celery::Worker {
-    std::fs::write(
-        dir.join("pyretry.py"),
-        format!(
-            "{}\n@app.task(bind=True, name='py.flaky', max_retries=3)\n\
-             def flaky(self, path, countdown):\n\
-             \x20   raise self.retry(countdown=countdown)\n",
-            celery::py_app(url)
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m", "celery", "-A", "pyretry", "worker", "-c", "1", "-Q", "py",
-    ])
-    .args(["--pool", "solo", "--without-gossip", "--without-mingle"])
-    .args(["--without-heartbeat", "-l", "info", "-n", "py@%h"])
-    .current_dir(dir)
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .stdout(Stdio::null());
-    celery::spawn_until(cmd, "ready.", Duration::from_secs(90))
+    let tasks = "@app.task(bind=True, name='py.flaky', max_retries=3)\n\
+                 def flaky(self, path, countdown):\n\
+                 \x20   raise self.retry(countdown=countdown)\n";
+    let flags = ["-Q", "py", "--without-mingle", "-n", "py@%h"];
+    celery::python_worker(python, url, dir, "pyretry", tasks, &flags)
 }
 
 /// The `unacked` entry of task `id` (a worker holds its eta message).

@@ -3,7 +3,7 @@
 //! worker's broker and result backend are `sentinel://` URLs; the master
 //! is killed mid-batch and the batch completes on the promoted replica.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -4,7 +4,7 @@
 //! that form (and only then), and a bad byte string is `bad_args` for its
 //! line only.
 
-mod common;
+use crate::common;
 
 use std::process::{Output, Stdio};
 

@@ -3,7 +3,7 @@
 //! every error kind a case can expect, invalid cases files and plugins
 //! that cannot be loaded (exit 2).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Output;

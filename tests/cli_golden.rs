@@ -14,9 +14,9 @@
 //! To regenerate the golden files (only when the contract changes on
 //! purpose): `BILLIARD_GOLDEN_BLESS=/path/to/billiard-host
 //! BILLIARD_GOLDEN_PLUGINS=/dir/with/the/plugins cargo test -p billiard-host
-//! --test cli_golden`.
+//! --test integration -- cli_golden::`.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

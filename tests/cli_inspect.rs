@@ -2,7 +2,7 @@
 //! plugin (text and `--json`) and how it refuses files that are not
 //! loadable plugins (exit code 2, a message naming the file and the reason).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

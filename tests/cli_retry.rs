@@ -3,7 +3,7 @@
 //! real `faults` plugin, and each result line says how many attempts its
 //! job took and how the earlier ones failed.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

@@ -3,16 +3,15 @@
 //! kind a job can end with, exit codes, pool flags, `--stats-json`, and
 //! what SIGTERM, SIGINT and a closed stdout do mid-batch.
 
-mod common;
+use crate::common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{exit_code, host_command, plugin_str, scratch, stderr, stdout};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use common::run::{finish, signal};
+use common::{by_index, exit_code, host_command, kind, plugin_str, scratch, stderr, stdout};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 /// `billiard-host run ARGS...` with `stdin` piped in; no backtraces in panic
@@ -47,29 +46,11 @@ fn base_command(args: &[&str]) -> Command {
     cmd
 }
 
-/// Result lines keyed by index; asserts each index appears once.
-fn by_index(results: &[Value]) -> BTreeMap<u64, Value> {
-    let mut map = BTreeMap::new();
-    for r in results {
-        let i = r["index"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no index: {r}"));
-        assert!(map.insert(i, r.clone()).is_none(), "index {i} twice");
-    }
-    map
-}
-
 fn indices(results: &[Value]) -> Vec<u64> {
     results
         .iter()
         .map(|r| r["index"].as_u64().unwrap())
         .collect()
-}
-
-fn kind(r: &Value) -> &str {
-    r["error"]["kind"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error: {r}"))
 }
 
 fn message(r: &Value) -> &str {
@@ -594,10 +575,6 @@ fn spawn_batch(args: &[&str]) -> Child {
         .expect("billiard-host starts")
 }
 
-fn signal(child: &Child, sig: Signal) {
-    kill(Pid::from_raw(child.id() as i32), sig).unwrap();
-}
-
 #[test]
 fn sigterm_mid_batch_finishes_running_jobs_and_terminates_the_rest() {
     let dir = scratch("sigterm");
@@ -616,20 +593,10 @@ fn sigterm_mid_batch_finishes_running_jobs_and_terminates_the_rest() {
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
     assert_eq!(first, "{\"index\":0,\"ok\":50}\n");
-    signal(&child, Signal::SIGTERM);
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(1), "stderr: {err}");
+    signal(child.id() as i32, Signal::SIGTERM);
+    let (rs, err, code) = finish(child, out, first);
+    assert_eq!(code, 1, "stderr: {err}");
 
-    let rs = common::json_lines(&(first + &rest));
     assert_eq!(
         indices(&rs),
         (0..40).collect::<Vec<_>>(),
@@ -673,11 +640,11 @@ fn a_second_signal_kills_the_running_jobs() {
     out.read_line(&mut first).unwrap();
     assert_eq!(first, "{\"index\":0,\"ok\":0}\n");
 
-    signal(&child, Signal::SIGTERM);
+    signal(child.id() as i32, Signal::SIGTERM);
     let mut note = String::new();
     errs.read_line(&mut note).unwrap();
     assert!(note.starts_with("SIGTERM: no more input"), "{note}");
-    signal(&child, Signal::SIGINT);
+    signal(child.id() as i32, Signal::SIGINT);
 
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
@@ -772,7 +739,7 @@ fn sighup_reloads_the_plugins_and_the_batch_goes_on() {
     let mut errs = BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    signal(&child, Signal::SIGHUP);
+    signal(child.id() as i32, Signal::SIGHUP);
     let mut note = String::new();
     errs.read_line(&mut note).unwrap();
     assert!(note.starts_with("SIGHUP: reloading"), "{note}");

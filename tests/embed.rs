@@ -2,7 +2,7 @@
 //! hook in `main` no setting is needed, and a wrong zygote executable is a
 //! configuration error that names the setting and the path.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -25,7 +25,7 @@ use billiard_host::ipc::{
     self, decode_body, encode_arena, encode_done, encode_done_shm, encode_exit, encode_run,
     encode_run_shm, ArenaInfo, DoneHeader, Frame, FrameError, FrameReader, RunHeader, ShmRef,
 };
-use billiard_host::{Codec, ErrorKind, Pool, PoolBuilder};
+use billiard_host::{Codec, ErrorKind, PoolBuilder};
 use billiard_plugin_api::codec;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -687,11 +687,7 @@ fn huge_length_prefixes_are_errors_not_allocations() {
 // ----- workers that write garbage on their socket --------------------------
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("math"))
-        .plugin(common::plugin("faults"))
+    common::pool_builder(workers, &["math", "faults"])
 }
 
 /// The caller asks for the wrong result type: the host refuses the bytes

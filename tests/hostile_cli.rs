@@ -3,7 +3,7 @@
 //! one test per finding, named after its B-number (or after the finding for
 //! the report's unnumbered UX list).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

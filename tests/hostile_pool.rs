@@ -3,7 +3,7 @@
 //! task returned, stopped zygotes, output floods, blocking constructors and
 //! chunks under time limits. One test per finding, named after its B-number.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use billiard_host::{Codec, ErrorKind, Limits, Pool};
-use common::{exit_code, json_lines, plugin_str, scratch, stderr, stdout};
+use common::{exit_code, json_lines, kind, plugin_str, scratch, stderr, stdout};
 use serde_json::Value;
 
 fn hostile() -> String {
@@ -67,21 +67,17 @@ fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> std::process::
 
 /// Results by index, checking every index 0..n appears exactly once.
 fn by_index(out: &str, n: usize) -> Vec<Value> {
-    let mut got: Vec<Option<Value>> = vec![None; n];
-    for v in json_lines(out) {
-        let i = v["index"].as_u64().expect("index") as usize;
-        assert!(i < n, "index {i} out of range: {out}");
-        assert!(got[i].is_none(), "index {i} twice: {out}");
-        got[i] = Some(v);
+    let got = common::by_index(&json_lines(out));
+    if let Some(i) = got.keys().find(|&&i| i >= n as u64) {
+        panic!("index {i} out of range: {out}");
     }
-    got.into_iter()
-        .enumerate()
-        .map(|(i, v)| v.unwrap_or_else(|| panic!("no result for index {i}: {out}")))
+    (0..n as u64)
+        .map(|i| {
+            got.get(&i)
+                .cloned()
+                .unwrap_or_else(|| panic!("no result for index {i}: {out}"))
+        })
         .collect()
-}
-
-fn kind(v: &Value) -> &str {
-    v["error"]["kind"].as_str().unwrap_or("ok")
 }
 
 /// Installs plugin `from` at `path` the way a build should: copy beside it,

@@ -18,59 +18,18 @@
 //! Waiting for another process to die or appear is done by polling /proc
 //! with a deadline (`common::eventually`).
 
-mod common;
+use crate::common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{host_command, json_lines, lines_file, plugin_str, scratch};
+use common::run::{finish, helpers_of, signal, start};
+use common::{host_command, json_lines, kind, lines_file, plugin_str, scratch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-/// `billiard-host run ARGS` in a process group of its own, stdout and
-/// stderr piped.
-fn start(args: &[&str]) -> Child {
-    host_command()
-        .arg("run")
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("billiard-host starts")
-}
-
-fn signal(pid: i32, sig: Signal) {
-    kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill({pid}, {sig}): {e}"));
-}
-
-/// Reads the rest of a run: (result lines, stderr, exit code).
-fn finish(
-    mut child: Child,
-    mut out: BufReader<std::process::ChildStdout>,
-    first: String,
-) -> (Vec<Value>, String, i32) {
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
-    let rs = json_lines(&(first + &rest));
-    let code = status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal: {status:?}; stderr: {err}"));
-    (rs, err, code)
-}
 
 /// Runs `billiard-host run ARGS` to the end: (results, stderr, exit code).
 fn run(args: &[&str]) -> (Vec<Value>, String, i32) {
@@ -87,20 +46,6 @@ fn run(args: &[&str]) -> (Vec<Value>, String, i32) {
         .code()
         .unwrap_or_else(|| panic!("killed by a signal: {:?}; stderr: {err}", out.status));
     (json_lines(&common::stdout(&out)), err, code)
-}
-
-fn kind(r: &Value) -> &str {
-    r["error"]["kind"].as_str().unwrap_or("ok")
-}
-
-/// The host's zygote(s) and their workers, as `(zygotes, workers)`.
-fn helpers_of(host: i32) -> (Vec<i32>, Vec<i32>) {
-    let zygotes = common::children_of(host);
-    let workers = zygotes
-        .iter()
-        .flat_map(|&z| common::children_of(z))
-        .collect();
-    (zygotes, workers)
 }
 
 /// Starts a run of `jobs` (object lines) on the hostile plugin with `-w 2`,

@@ -1,7 +1,7 @@
 //! Regression tests of the adversarial report's "Other UX problems"
 //! (../shared/reports/adversarial-2026-12-01.md) that no B-number covers.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

@@ -7,7 +7,7 @@
 //! decoder too (`bad_args`). A `#[task]` left out of `export_plugin!` is a
 //! compile-time warning naming it.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

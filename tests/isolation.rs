@@ -4,7 +4,7 @@
 //! frame limit (C14). The `hostile` plugin's `board_*` tasks attack; the
 //! innocent jobs around them must come out as if nothing happened.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

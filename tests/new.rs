@@ -5,7 +5,7 @@
 //! target directory, so reruns are incremental (the first run compiles the
 //! host's dependencies there once, a few minutes).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU32;
 use abi_stable::std_types::RVec;
 use billiard_host::{ErrorKind, Plugin, PluginLoadError, TaskError};
 use billiard_plugin_api::{codec, Codec, Status, StopReason, TaskContext};
-use common::plugin;
+use common::{fnv1a, plugin};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -368,15 +368,6 @@ fn math_bad_args_and_unknown_tasks() {
 }
 
 // --------------------------------------------------------------- bytes --
-
-fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
 
 #[test]
 fn bytes_typed_calls() {

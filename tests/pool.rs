@@ -13,21 +13,11 @@ use billiard_host::{
 };
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("math"))
-        .plugin(common::plugin("faults"))
-        .plugin(common::plugin("bytes"))
+    common::pool_builder(workers, &["math", "faults", "bytes"])
 }
 
 fn pool(workers: usize) -> Pool {
     builder(workers).build().expect("pool builds")
-}
-
-/// True while the process exists, zombie or not (a zombie is not reaped yet).
-fn alive(pid: u32) -> bool {
-    common::proc_stat(pid as i32).is_some()
 }
 
 #[test]
@@ -360,7 +350,8 @@ fn no_worker_survives_terminate_or_drop() {
             }
         }
         for pid in pids {
-            assert!(!alive(pid as u32), "{how}: worker {pid} still exists");
+            // It exists until reaped: a zombie counts.
+            assert!(!common::exists(pid), "{how}: worker {pid} still exists");
         }
     }
     // Only processes of other tests may remain; none of them is a zombie of ours.

@@ -2,7 +2,7 @@
 //! policy as `run --retries`, through the library only, with real worker
 //! processes and the real `faults` plugin.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,10 +23,7 @@ fn quick(max: u32) -> RetryPolicy {
 }
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("faults"))
+    common::pool_builder(workers, &["faults"])
 }
 
 fn runs(path: &Path) -> usize {

@@ -24,11 +24,6 @@ fn hostile(task: &str, args: impl serde::Serialize) -> Process {
     Process::new(plugin("hostile"), task, args).worker_exe(common::bin())
 }
 
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: i32) -> bool {
-    common::proc_stat(pid).is_some_and(|(state, ..)| state != 'Z')
-}
-
 /// Live processes whose name (`/proc/PID/comm`) is `name`.
 fn named(name: &str) -> Vec<i32> {
     common::all_processes()
@@ -62,7 +57,7 @@ fn join_and_check_gone(mut p: Process) -> billiard_host::Outcome {
     let pid = p.pid();
     let o = p.join();
     if let Some(pid) = pid {
-        assert!(!alive(pid), "the process {pid} outlived join");
+        assert!(!common::running(pid), "the process {pid} outlived join");
     }
     assert!(p.outcome().is_some());
     assert!(!p.is_running());
@@ -82,7 +77,7 @@ fn join_returns_the_value_in_a_fresh_process_each_call() {
         let pid = p.pid().expect("the pid is known once started");
         let got: u32 = p.join_value().expect("ok");
         assert_eq!(got as i32, pid, "the task ran in the process pid() names");
-        assert!(!alive(pid), "the process {pid} outlived join");
+        assert!(!common::running(pid), "the process {pid} outlived join");
         pids.push(pid);
     }
     pids.dedup();
@@ -227,9 +222,9 @@ fn limits_hold_against_a_task_deaf_to_every_signal_but_sigkill() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
     }
     assert!(p.join_timeout(Duration::from_millis(300)).is_none());
-    assert!(alive(pid));
+    assert!(common::running(pid));
     assert_eq!(error_of(p.kill()).kind, ErrorKind::Terminated);
-    assert!(!alive(pid));
+    assert!(!common::running(pid));
 }
 
 #[test]
@@ -301,11 +296,14 @@ fn join_timeout_on_a_hanging_task_then_kill() {
     assert!(p.join_timeout(Duration::from_millis(200)).is_none());
     assert!(p.is_running());
     assert!(p.outcome().is_none());
-    assert!(alive(pid));
+    assert!(common::running(pid));
     let e = error_of(p.kill());
     assert_eq!(e.kind, ErrorKind::Terminated, "{e}");
     assert!(e.message.contains(&format!("pid {pid}")), "{e}");
-    assert!(!alive(pid), "kill returns once the process is gone");
+    assert!(
+        !common::running(pid),
+        "kill returns once the process is gone"
+    );
     assert_eq!(error_of(p.join()), e, "join after kill gives the outcome");
     // kill of a finished call keeps its outcome.
     let mut p = faults("square", (3u64,));
@@ -326,9 +324,9 @@ fn kill_ends_a_task_that_ignores_sigterm() {
     )
     .expect("signal");
     assert!(p.join_timeout(Duration::from_millis(300)).is_none());
-    assert!(alive(pid), "SIGTERM did not end it");
+    assert!(common::running(pid), "SIGTERM did not end it");
     assert_eq!(error_of(p.kill()).kind, ErrorKind::Terminated);
-    assert!(!alive(pid));
+    assert!(!common::running(pid));
 }
 
 #[test]
@@ -340,7 +338,7 @@ fn an_escapee_in_its_own_session_is_gone_after_join() {
         let child: i32 = p.join_value().expect("ok");
         assert!(child > 0);
         assert!(
-            named(&name).is_empty() && !alive(child),
+            named(&name).is_empty() && !common::running(child),
             "the task's child {child} outlived join"
         );
     }
@@ -353,14 +351,17 @@ fn drop_kills_the_process() {
     let mut p = faults("sleep_ms", (600_000u64,));
     p.start().expect("started");
     let pid = p.pid().expect("pid");
-    assert!(alive(pid));
+    assert!(common::running(pid));
     assert_ne!(
         our_children(),
         before,
         "the zygote is our child while it runs"
     );
     drop(p);
-    assert!(!alive(pid), "drop returns once the process is gone");
+    assert!(
+        !common::running(pid),
+        "drop returns once the process is gone"
+    );
     assert_eq!(our_children(), before, "nothing is left behind");
     // Dropping a process never started starts nothing.
     drop(faults("sleep_ms", (600_000u64,)));
@@ -452,11 +453,14 @@ fn run_isolated_runs_every_job_in_a_fresh_process() {
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "each job in its own process: {pids:?}");
     for pid in pids {
-        assert!(!alive(pid as i32), "the process {pid} outlived the run");
+        assert!(
+            !common::running(pid as i32),
+            "the process {pid} outlived the run"
+        );
     }
     assert!(named(name).is_empty(), "the escapee outlived the run");
     let child = rs[6]["ok"].as_i64().expect("the escapee's pid") as i32;
-    assert!(!alive(child));
+    assert!(!common::running(child));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! - the worker processes (plugin code) do not inherit `$NOTIFY_SOCKET`;
 //! - a dead pool: the worker says STOPPING with the error and pings no more.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

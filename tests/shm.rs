@@ -8,7 +8,9 @@
 //! The tests of this file run one at a time (`serial`): they count the
 //! arena memfds this process holds.
 
-mod common;
+use crate::common;
+
+use common::fnv1a;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,12 +28,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("bytes"))
-        .plugin(common::plugin("hostile"))
-        .plugin(common::plugin("faults"))
+    common::pool_builder(workers, &["bytes", "hostile", "faults"])
 }
 
 /// `n` bytes that differ from one position to the next.
@@ -39,15 +36,6 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
         .collect()
-}
-
-fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// The fds of this process that are arena memfds.

@@ -16,74 +16,18 @@
 //! Waiting for another process to die or appear is done by polling /proc
 //! with a deadline (`common::eventually`), the only way to observe it.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use billiard_host::{ErrorKind, Event, JobOptions, Pool, PoolBuilder};
-use common::{host_command, plugin_str, scratch};
+use common::run::{finish, helpers_of, signal, start};
+use common::{kind, plugin_str, scratch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-/// `billiard-host run ARGS` in a process group of its own (like a service
-/// under a container manager), stdout and stderr piped.
-fn start(args: &[&str]) -> Child {
-    host_command()
-        .arg("run")
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("billiard-host starts")
-}
-
-fn signal(pid: i32, sig: Signal) {
-    kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill({pid}, {sig}): {e}"));
-}
-
-/// Reads the rest of a run: (result lines, stderr, exit code).
-fn finish(
-    mut child: Child,
-    mut out: BufReader<std::process::ChildStdout>,
-    first: String,
-) -> (Vec<Value>, String, i32) {
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let rs = common::json_lines(&(first + &rest));
-    let code = status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal: {status:?}; stderr: {err}"));
-    (rs, err, code)
-}
-
-fn kind(r: &Value) -> &str {
-    r["error"]["kind"].as_str().unwrap_or("ok")
-}
-
-/// The host's zygote(s) and their workers, as `(zygotes, workers)`.
-fn helpers_of(host: i32) -> (Vec<i32>, Vec<i32>) {
-    let zygotes = common::children_of(host);
-    let workers = zygotes
-        .iter()
-        .flat_map(|&z| common::children_of(z))
-        .collect();
-    (zygotes, workers)
-}
 
 /// Live `sleep SECS` processes (the grandchildren `spawn_sleeper` starts;
 /// each test uses its own SECS so that tests never see each other's).
@@ -331,11 +275,7 @@ fn a_task_that_leaves_grandchildren_and_passes_its_hard_limit_leaves_none() {
 // ----- a worker killed or stopped from outside ------------------------------
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("math"))
-        .plugin(common::plugin("faults"))
+    common::pool_builder(workers, &["math", "faults"])
 }
 
 /// Submits a long job that starts a `sleep SECS` child, and returns it

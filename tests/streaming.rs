@@ -2,19 +2,14 @@
 //! (`ctx.progress`): the library's `apply_stream`, back-pressure, deaths
 //! and terminations mid-stream, coalesced progress, and the CLI's lines.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use billiard_host::{ErrorKind, Event, Pool, PoolBuilder, Streamed};
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("stream"))
-        .plugin(common::plugin("hostile"))
-        .plugin(common::plugin("math"))
+    common::pool_builder(workers, &["stream", "hostile", "math"])
 }
 
 /// This process's resident set size, from /proc.

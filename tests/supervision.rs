@@ -1,7 +1,7 @@
 //! Supervision: time limits, recycling, terminating jobs, resizing,
 //! rolling restarts, the restart rate limit, stats and events.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,11 +9,7 @@ use std::time::Duration;
 use billiard_host::{ErrorKind, Event, JobOptions, Pool, PoolBuilder, StartMethod};
 
 fn builder(workers: usize) -> PoolBuilder {
-    Pool::builder()
-        .workers(workers)
-        .worker_exe(common::bin())
-        .plugin(common::plugin("math"))
-        .plugin(common::plugin("faults"))
+    common::pool_builder(workers, &["math", "faults"])
 }
 
 fn pid(pool: &Pool) -> u32 {

@@ -22,6 +22,7 @@
 // placeholder there, not an HTML tag).
 #![allow(rustdoc::invalid_html_tags)]
 
+mod baseline;
 mod charts;
 mod external;
 mod proc;
@@ -146,6 +147,13 @@ struct Args {
     /// Reuse the C limits' results from this JSONL file instead of running them.
     #[arg(long)]
     limits_jsonl: Option<PathBuf>,
+    /// Also run the selected workloads against a release build of this git
+    /// revision (exported and built under <target>/baseline/<sha>, with its
+    /// own Cargo.lock and profile), interleaved run by run with this tree's;
+    /// writes baseline.md and a "baseline" section of bench.json. E.g.
+    /// `--baseline a4ac5d3 --workloads W6,W8 --skip-python --skip-limits`.
+    #[arg(long, value_name = "REV")]
+    baseline: Option<String>,
     /// Reuse billiard-host results from this JSONL file (e.g. an earlier
     /// results-host.jsonl) instead of running the Rust workloads; with
     /// --python-jsonl and --limits-jsonl it only rebuilds the report.
@@ -247,7 +255,12 @@ fn child_main(args: &Args) -> Result<ExitCode> {
 /// Runs one workload in a child process (its own process group, killed
 /// with its group after `cap`); returns its result lines.
 fn run_child(args: &Args, ctx: &Ctx, w: &str, cap: Duration) -> Result<Vec<Record>> {
-    let mut cmd = Command::new(std::env::current_exe()?);
+    run_child_of(&std::env::current_exe()?, args, ctx, w, cap)
+}
+
+/// [`run_child`] with the `bench` executable `exe` (a baseline's).
+fn run_child_of(exe: &Path, args: &Args, ctx: &Ctx, w: &str, cap: Duration) -> Result<Vec<Record>> {
+    let mut cmd = Command::new(exe);
     cmd.args(["--child", w])
         .arg("--mode")
         .arg(match ctx.mode {
@@ -537,14 +550,83 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
     for r in &host {
         writeln!(hf, "{}", r.to_line())?;
     }
+    let base = match &args.baseline {
+        Some(rev) => Some(baseline::prepare(
+            &root,
+            &target_dir(),
+            rev,
+            &PLUGIN_PACKAGES,
+            args.no_build,
+        )?),
+        None => None,
+    };
+    let mut base_recs = Vec::new();
     for w in wls.iter().filter(|_| args.host_jsonl.is_none()) {
-        eprintln!("[bench] billiard-host {w}");
-        for r in run_child(args, &ctx, w, cap)? {
+        let recs = match &base {
+            None => {
+                eprintln!("[bench] billiard-host {w}");
+                run_child(args, &ctx, w, cap)?
+            }
+            Some(b) => {
+                // One run per child, alternating which goes first.
+                let one = |plugin_dir: &Path, host_exe: &Path| Ctx {
+                    plugin_dir: plugin_dir.to_path_buf(),
+                    host_exe: host_exe.to_path_buf(),
+                    cli_exe: host_exe.to_path_buf(),
+                    runs: 1,
+                    ..ctx.clone()
+                };
+                let (ours_ctx, base_ctx) = (
+                    Ctx {
+                        cli_exe: ctx.cli_exe.clone(),
+                        ..one(&ctx.plugin_dir, &ctx.host_exe)
+                    },
+                    one(&b.plugin_dir, &b.host_exe()),
+                );
+                let me = std::env::current_exe()?;
+                let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+                for run in 0..runs {
+                    eprintln!(
+                        "[bench] {w} run {}/{runs}: this tree and {}",
+                        run + 1,
+                        b.rev
+                    );
+                    let order: [bool; 2] = if run % 2 == 0 {
+                        [true, false]
+                    } else {
+                        [false, true]
+                    };
+                    for mine in order {
+                        if mine {
+                            ours.extend(run_child_of(&me, args, &ours_ctx, w, cap)?);
+                        } else {
+                            theirs.extend(run_child_of(&b.bench_exe, args, &base_ctx, w, cap)?);
+                        }
+                    }
+                }
+                base_recs.extend(baseline::merge(&theirs));
+                baseline::merge(&ours)
+            }
+        };
+        for r in recs {
             let line = r.to_line();
             println!("{line}");
             writeln!(hf, "{line}")?;
             host.push(r);
         }
+    }
+    if let Some(b) = &base {
+        let t = baseline::table(&host, &base_recs, &b.rev);
+        let md = format!(
+            "# This tree ({}) against {} (`--baseline`)\n\nRuns interleaved, {runs} per side; value = median. Load average at start: {loadavg_before}; now: {}.\nCommand: `{}`\n\n{t}",
+            git_state().unwrap_or_default(),
+            b.rev,
+            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+            command_text(),
+        );
+        std::fs::write(out_dir.join("baseline.md"), &md)?;
+        eprint!("{t}");
+        eprintln!("[bench] wrote {}", out_dir.join("baseline.md").display());
     }
     let _ = std::fs::remove_dir(&ctx.tmp_dir);
 
@@ -642,7 +724,12 @@ fn parent_main(args: &Args) -> Result<ExitCode> {
     let rows = report::rows(&all);
     let md = render_markdown(&header, &rows, &host, &python, &limits);
     std::fs::write(out_dir.join("bench.md"), &md)?;
-    let doc = json!({ "header": header, "rows": rows, "results": all });
+    let doc = json!({
+        "header": header,
+        "rows": rows,
+        "results": all,
+        "baseline": base.as_ref().map(|b| json!({ "rev": b.rev, "results": base_recs })),
+    });
     std::fs::write(
         out_dir.join("bench.json"),
         serde_json::to_string_pretty(&doc)?,

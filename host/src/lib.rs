@@ -7,6 +7,19 @@
 //! A program that embeds [`Pool`] with the default `forkserver` start
 //! method needs the `billiard-host` executable (it is exec'd as the
 //! zygote); see [`PoolBuilder::worker_exe`].
+//!
+//! ## Cargo features
+//!
+//! All on by default; an embedding program that wants the pool alone sets
+//! `default-features = false` (no clap, no Redis, no HTTP server):
+//!
+//! - `cli`: the `billiard-host` executable (and `clap::ValueEnum` on
+//!   [`StartMethod`] and [`sandbox::Profile`]); enables the two below.
+//! - `celery`: the `celery` module, a Celery worker and client over Redis;
+//!   enables `metrics`.
+//! - `metrics`: the `metrics` module, Prometheus metrics and the
+//!   /metrics, /healthz server.
+//! - `cases`: the `cases` module, the golden-case runner of `check`.
 
 #![warn(missing_docs)]
 // No arithmetic that can panic on a value from outside: `Instant +
@@ -18,13 +31,16 @@
 #![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
 
 pub mod bounds;
+#[cfg(feature = "cases")]
 pub mod cases;
+#[cfg(feature = "celery")]
 pub mod celery;
 mod error;
 // Not part of the API: public (and hidden from the docs) only for the frame
 // fuzzer in tests/fuzz.rs, which drives the decoders directly.
 #[doc(hidden)]
 pub mod ipc;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 mod plugin;
 mod pool;

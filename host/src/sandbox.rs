@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use crate::sys::{self, sandbox as os};
 
 /// A named sandbox level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// No sandbox (the default): workers can do what the host can.

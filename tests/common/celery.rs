@@ -1192,3 +1192,83 @@ impl Drop for RabbitMqServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `HLEN unacked`: messages reserved and not yet acked.
+pub fn hlen_unacked(redis: &RedisServer) -> i64 {
+    redis.cmd(&["HLEN", "unacked"]).int()
+}
+
+/// `LLEN key`.
+pub fn llen(redis: &RedisServer, key: &str) -> i64 {
+    redis.cmd(&["LLEN", key]).int()
+}
+
+/// The lines of a file (none if it does not exist yet).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs a Python snippet after the app preamble (broker and backend:
+/// `url`) and returns its last stdout line as JSON.
+pub fn py(url: &str, body: &str) -> serde_json::Value {
+    python_json(&format!("{}\n{body}", py_app(url)), &[])
+}
+
+/// A worker's node name, unique to this test process:
+/// `TAG-PID@SUFFIX`.
+pub fn node(tag: &str, suffix: &str) -> String {
+    format!("{tag}-{}@{suffix}", std::process::id())
+}
+
+/// A Python Celery worker of one process (`--pool solo`, no gossip, no
+/// heartbeat, `-l info`) whose app is [`py_app`]`(url)` followed by
+/// `tasks` (Python source), written to `dir/MODULE.py`; `flags` adds
+/// `-Q`, `-n`, `--without-mingle`... Waited for until it is ready.
+pub fn python_worker(
+    python: &Path,
+    url: &str,
+    dir: &Path,
+    module: &str,
+    tasks: &str,
+    flags: &[&str],
+) -> Worker {
+    std::fs::write(
+        dir.join(format!("{module}.py")),
+        format!("{}\n{tasks}", py_app(url)),
+    )
+    .unwrap_or_else(|e| panic!("write {module}.py: {e}"));
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "celery", "-A", module, "worker", "-c", "1"])
+        .args(["--pool", "solo", "--without-gossip", "--without-heartbeat"])
+        .args(["-l", "info"])
+        .args(flags)
+        .current_dir(dir)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(Stdio::null());
+    spawn_until(cmd, "ready.", Duration::from_secs(90))
+}
+
+/// The port of a worker's `--metrics-addr` server, from its
+/// `metrics: serving http://ADDR/` line (waited for up to `limit`).
+pub fn metrics_port(w: &Worker, limit: Duration) -> u16 {
+    let mut port = 0;
+    wait_until("the metrics line", limit, || {
+        let err = w.stderr();
+        let Some(at) = err.find("metrics: serving http://") else {
+            return false;
+        };
+        let rest = &err[at + "metrics: serving http://".len()..];
+        let addr = rest.split('/').next().unwrap_or_default();
+        port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        port != 0
+    });
+    port
+}

@@ -1,7 +1,9 @@
 //! Shared helpers of the end-to-end tests in `tests/`.
 //!
-//! Every test file is a test target of the `billiard-host` crate
-//! (`[[test]]` entries in `host/Cargo.toml`) and starts with `mod common;`.
+//! Most test files are modules of one of two test binaries,
+//! tests/integration.rs and tests/celery.rs, and start with
+//! `use crate::common;`; a file that must be alone in its process is a
+//! `[[test]]` of its own in `host/Cargo.toml` and starts with `mod common;`.
 //! The helpers give the paths of the built `billiard-host` binary and of
 //! the plugin `.so` files; the plugins are built on first use, once per test
 //! binary, with the same cargo, profile and target directory as the test
@@ -23,6 +25,9 @@
 /// The Celery tests' helpers: a private redis-server, the Python venv,
 /// a Redis client, a `billiard-host worker` child.
 pub mod celery;
+
+/// A `billiard-host run` child: start, signal, finish.
+pub mod run;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -468,10 +473,17 @@ pub fn exe_of(pid: i32) -> Option<PathBuf> {
 }
 
 /// A fresh, empty scratch directory for one test:
-/// `$CARGO_TARGET_TMPDIR/<test binary>/<test>`.
+/// `$CARGO_TARGET_TMPDIR/<test binary>/<test file>/<test>` (the file of the
+/// caller, so that two files of one binary never share a directory).
+#[track_caller]
 pub fn scratch(test: &str) -> PathBuf {
+    let file = Path::new(std::panic::Location::caller().file())
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(env!("CARGO_CRATE_NAME"))
+        .join(file)
         .join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -496,4 +508,73 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:.200}")))
         .collect()
+}
+
+/// A pool builder of `workers` workers over the named plugins (as
+/// [`plugin`] knows them), with the built `billiard-host` as its worker
+/// executable.
+pub fn pool_builder(workers: usize, plugins: &[&str]) -> billiard_host::PoolBuilder {
+    plugins.iter().fold(
+        billiard_host::Pool::builder()
+            .workers(workers)
+            .worker_exe(bin()),
+        |b, p| b.plugin(plugin(p)),
+    )
+}
+
+/// The error kind of a result line (`"ok"` for a success).
+pub fn kind(r: &serde_json::Value) -> &str {
+    r["error"]["kind"].as_str().unwrap_or("ok")
+}
+
+/// FNV-1a, 64 bits: the checksum the `bytes` and `hostile` plugins return
+/// for a payload.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// `GET path` over HTTP/1.1 to `addr` (`host:port`) with `Connection:
+/// close`: Err if the connection or the request fails, else the response
+/// as text (status line, headers, body) as far as it arrived, and the
+/// error that ended the read early, if one did.
+pub fn http_get(
+    addr: &str,
+    path: &str,
+    read_timeout: std::time::Duration,
+) -> std::io::Result<(String, Option<std::io::Error>)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(read_timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    let err = s.read_to_end(&mut buf).err();
+    Ok((String::from_utf8_lossy(&buf).into_owned(), err))
+}
+
+/// Result lines keyed by their `index`; asserts each line has one and no
+/// index appears twice.
+pub fn by_index(
+    results: &[serde_json::Value],
+) -> std::collections::BTreeMap<u64, serde_json::Value> {
+    let mut map = std::collections::BTreeMap::new();
+    for r in results {
+        let i = r["index"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no index: {r}"));
+        assert!(map.insert(i, r.clone()).is_none(), "index {i} twice");
+    }
+    map
+}
+
+/// True while `pid` exists, zombie or not.
+pub fn exists(pid: i32) -> bool {
+    proc_stat(pid).is_some()
 }

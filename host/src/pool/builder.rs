@@ -155,6 +155,7 @@ impl PoolBuilder {
     }
     /// Takes the event channel out (the cases runner puts its own in and
     /// passes every event on).
+    #[cfg(feature = "cases")]
     pub(crate) fn take_events(&mut self) -> Option<Sender<Event>> {
         self.events.take()
     }
