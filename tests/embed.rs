@@ -2,7 +2,7 @@
 //! hook in `main` no setting is needed, and a wrong zygote executable is a
 //! configuration error that names the setting and the path.
 
-use crate::common;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -24,9 +24,6 @@ mod cli_inspect;
 // result line (issue 23 item 2).
 mod cli_retry;
 mod cli_run;
-// Embedding with no setting (the run_if_helper hook) and clear errors for a
-// wrong zygote executable.
-mod embed;
 mod hostile_cli;
 mod hostile_pool;
 mod hostile_process;
