@@ -146,11 +146,19 @@ fn sentinel_failover_mid_batch_loses_nothing() {
         "every result on the promoted replica",
         Duration::from_secs(120),
         || {
-            ids.iter().all(|id| {
-                replica
-                    .task_meta(id)
-                    .is_some_and(|m| m["status"] == "SUCCESS")
-            })
+            // On promotion the sentinels close the replica's client
+            // connections (CLIENT KILL TYPE normal), ours included: a
+            // connection reset is "not yet", asked again on the next poll.
+            let Ok(mut c) = celery::RedisConn::connect(replica.port()) else {
+                return false;
+            };
+            ids.iter().all(
+                |id| match c.try_cmd(&["GET", &format!("celery-task-meta-{id}")]) {
+                    Ok(celery::Reply::Nil) | Err(_) => false,
+                    Ok(r) => serde_json::from_slice::<serde_json::Value>(r.bytes())
+                        .is_ok_and(|m| m["status"] == "SUCCESS"),
+                },
+            )
         },
     );
     let promoted = sentinels[0].ask(&["SENTINEL", "get-master-addr-by-name", "mymaster"]);
