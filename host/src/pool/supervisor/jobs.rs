@@ -207,14 +207,17 @@ impl Supervisor {
                 // EOF: the worker exited or closed its socket. The zygote's
                 // exit report finalizes it; make sure it really goes.
                 w.broke();
-                let kill_later = w.state.kill().is_none() && !w.inflight.is_empty();
+                let kill_later = w.state.kill().is_none() && (!w.inflight.is_empty() || !w.ready);
                 let _ = self.poll.registry().deregister(&mut w.sock);
                 if kill_later {
                     // A worker that is exiting (killed from outside, or its
                     // task ended the process) closes its socket just before
                     // it is gone: give it a moment, so its own cause is the
                     // one reported. One still alive after that lost its
-                    // socket mid-job (the task closed it) and is killed.
+                    // socket mid-job (the task closed it) and is killed;
+                    // so is one that lost it before READY (its initializer
+                    // closed it): it can never serve, and it holds its
+                    // place in the pool until its exit is reaped.
                     let at = crate::bounds::saturating_deadline(Instant::now(), EOF_KILL_GRACE);
                     self.arm(at, TimerKind::EofKill(wid));
                 }

@@ -449,8 +449,9 @@ impl Supervisor {
         self.zygotes.kill_if_stopped(gen);
     }
 
-    /// A worker's socket closed mid-job a while ago and it is still alive:
-    /// it lost its socket (the task closed it) and is killed.
+    /// A worker's socket closed mid-job (or before READY) a while ago and
+    /// it is still alive: it lost its socket (its task or initializer
+    /// closed it) and is killed.
     pub(super) fn kill_at_eof(&mut self, wid: WorkerId) {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
@@ -462,7 +463,7 @@ impl Supervisor {
             ..
         } = &mut w.state
         {
-            if alive && !w.inflight.is_empty() {
+            if alive && (!w.inflight.is_empty() || !w.ready) {
                 *killed_at_eof = true;
                 let _ = sys::pidfd_send_signal(&w.pidfd, sys::SIGKILL);
             }

@@ -170,6 +170,12 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// Its socket broke before it said READY, and nobody asked it to go:
+    /// its exit, once reaped, is a start failure.
+    fn dying_at_start(&self) -> bool {
+        !self.ready && self.state.broken() && self.state.kill().is_none() && !self.state.leaving()
+    }
+
     /// The pool kills it: its process group (grandchildren a task spawned)
     /// and the process itself, by pidfd (never a reused pid).
     pub fn kill(&mut self, why: Kill) {
@@ -245,8 +251,18 @@ impl Workers {
 
     /// Serving workers plus spawns asked of a zygote `is_current` says is
     /// current: what counts towards the target.
+    ///
+    /// A worker whose socket broke before it said READY still holds its
+    /// place until its exit is reaped: that exit is what the restart
+    /// limiter counts, so replacing it earlier would let forks run ahead
+    /// of the limiter on a busy machine (a worker dying in its
+    /// initializer would be replaced, and its replacement die, before the
+    /// first death was ever counted).
     pub fn live(&self, is_current: impl Fn(u64) -> bool) -> usize {
-        self.serving()
+        self.map
+            .values()
+            .filter(|w| w.state.serving() || w.dying_at_start())
+            .count()
             + self
                 .pending
                 .values()
