@@ -273,11 +273,14 @@ impl Metrics {
         out
     }
 
-    /// Serves `/metrics` and `/healthz` on `addr` from a thread of its own.
-    /// Returns the bound address (`addr` may name port 0).
+    /// Serves `/metrics` and `/healthz` on `addr` from a thread of its own;
+    /// `refresh` runs before each answer (samples what is sampled, such as
+    /// the pool's worker count). Returns the bound address (`addr` may name
+    /// port 0).
     pub fn serve(
         self: &Arc<Metrics>,
         addr: &str,
+        refresh: Arc<dyn Fn() + Send + Sync>,
         health: HealthCheck,
     ) -> Result<std::net::SocketAddr, String> {
         let server = tiny_http::Server::http(addr).map_err(|e| format!("{addr}: {e}"))?;
@@ -291,6 +294,9 @@ impl Metrics {
             .spawn(move || {
                 for req in server.incoming_requests() {
                     let path = req.url().split('?').next().unwrap_or("").to_string();
+                    if path == "/metrics" || path == "/healthz" {
+                        refresh();
+                    }
                     let (code, ctype, body) = match path.as_str() {
                         "/metrics" => (
                             200,

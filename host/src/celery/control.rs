@@ -725,16 +725,7 @@ impl Ops {
             if ok && n.is_multiple_of(2) {
                 self.load_revoked(&mut link);
             }
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            if self.cmd_tx.send(OpsCmd::Stats(tx)).is_ok() {
-                if let Ok((Some(stats), _)) = rx.recv_timeout(Duration::from_secs(2)) {
-                    self.workers_alive
-                        .store(stats.workers as u64, Ordering::Release);
-                    if let Some(m) = &self.opts.metrics {
-                        m.pool(&stats);
-                    }
-                }
-            }
+            self.refresh_pool();
             n += 1;
             std::thread::sleep(if ok {
                 every
@@ -953,6 +944,20 @@ impl Ops {
                 Some(p) if !p.is_empty() => glob(p, me),
                 _ => true,
             },
+        }
+    }
+
+    /// Samples the pool now: `workers_alive` and the pool's metrics. The
+    /// ticker does it every second, and a scrape of `/metrics` or
+    /// `/healthz` first, so neither answers from a sample taken before
+    /// the workers started.
+    pub fn refresh_pool(&self) {
+        if let (Some(stats), _) = self.pool_snapshot() {
+            self.workers_alive
+                .store(stats.workers as u64, Ordering::Release);
+            if let Some(m) = &self.opts.metrics {
+                m.pool(&stats);
+            }
         }
     }
 

@@ -497,8 +497,10 @@ fn serve_metrics(addr: &str, ops: &std::sync::Arc<Ops>) -> Result<(), String> {
     };
     let o = ops.clone();
     let lost = m.clone();
+    let sampler = ops.clone();
     let bound = m.serve(
         addr,
+        std::sync::Arc::new(move || sampler.refresh_pool()),
         std::sync::Arc::new(move || {
             if let Some(why) = lost.pool_error() {
                 return Err(format!("the pool stopped: {why}"));
