@@ -175,6 +175,14 @@ pub struct Delivery {
     pub history: bool,
     /// It was delivered before (restored, requeued, retried): screened.
     again: bool,
+    /// The client's reply queue and the message's correlation id (the
+    /// `rpc://` result backend publishes there).
+    pub reply_to: Option<String>,
+    /// The `correlation_id` property.
+    pub correlation_id: Option<String>,
+    /// RabbitMQ's `x-delivery-count` header (quorum queues): how many
+    /// times it was returned to its queue before this delivery.
+    pub delivery_count: Option<u64>,
 }
 
 impl Delivery {
@@ -196,6 +204,12 @@ impl Delivery {
             again: h.redelivered == Some(true)
                 || env.properties.delivery_info.redelivered == Some(true)
                 || h.retries > 0,
+            reply_to: env.properties.reply_to.clone().filter(|r| !r.is_empty()),
+            correlation_id: env.properties.correlation_id.clone(),
+            delivery_count: h.extra.get("x-delivery-count").and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            }),
         }
     }
 }

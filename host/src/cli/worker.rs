@@ -103,7 +103,9 @@ pub struct Args {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     broker: String,
-    /// Where results go (default: the broker; required, a Redis, with an AMQP broker).
+    /// Where results go: redis://... (default: the broker), sentinel://..., or rpc://
+    /// (AMQP broker only: each result to its client's reply_to queue, as Celery's rpc
+    /// backend; no chords, no death/requeue history). Required with an AMQP broker.
     #[arg(long, value_name = "URL")]
     result_backend: Option<String>,
     /// Queues to consume, comma-separated.

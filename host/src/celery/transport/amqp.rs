@@ -1022,7 +1022,7 @@ impl Transport for Amqp {
     ) -> Result<Vec<Finished>, BrokerError> {
         if batch.iter().any(|f| f.result.is_some()) {
             return Err(BrokerError::Config(
-                "an AMQP broker stores no results: use a Redis result backend".into(),
+                "an AMQP broker stores no results: use a Redis or rpc:// result backend".into(),
             ));
         }
         // A delivery whose channel died is RabbitMQ's to redeliver: its
@@ -1108,6 +1108,10 @@ impl Transport for Amqp {
         None
     }
 
+    fn reply(&mut self, replies: &[super::Reply]) -> Result<(), BrokerError> {
+        self.publish_replies(replies)
+    }
+
     fn set_held(&mut self, n: usize) {
         let want = u16::try_from(usize::from(self.sh.opts.prefetch.max(1)).saturating_add(n))
             .unwrap_or(u16::MAX);
@@ -1133,6 +1137,52 @@ impl Transport for Amqp {
         if set.is_ok() {
             lock(&self.sh.extra).1 = want;
         }
+    }
+}
+
+impl Amqp {
+    /// Publishes `replies` on the confirm channel to the default exchange,
+    /// each with its reply queue as routing key, as Celery's `rpc://`
+    /// backend does: `correlation_id`, JSON, transient (`delivery_mode` 1,
+    /// `result_persistent` off). A reply queue that is gone drops it (the
+    /// default exchange routes nowhere; RabbitMQ still confirms it).
+    fn publish_replies(&self, replies: &[super::Reply]) -> Result<(), BrokerError> {
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let (_, ch, _) = self.live()?;
+        self.sh.rt.block_on(async {
+            let e = |e: lapin::Error| classify("result reply", e);
+            let mut confirms = Vec::with_capacity(replies.len());
+            for r in replies {
+                let props = BasicProperties::default()
+                    .with_content_type(protocol::CONTENT_TYPE_JSON.into())
+                    .with_content_encoding("utf-8".into())
+                    .with_delivery_mode(1)
+                    .with_correlation_id(r.correlation_id.as_str().into());
+                confirms.push(
+                    ch.basic_publish(
+                        "".into(),
+                        r.to.as_str().into(),
+                        BasicPublishOptions::default(),
+                        r.body.as_bytes(),
+                        props,
+                    )
+                    .await
+                    .map_err(e)?,
+                );
+            }
+            for c in confirms {
+                let conf = tokio::time::timeout(CONFIRM_TIMEOUT, c)
+                    .await
+                    .map_err(|_| lost("result reply", "no confirm from the broker"))?
+                    .map_err(e)?;
+                if conf.is_nack() {
+                    return Err(lost("result reply", "the broker refused a reply (nack)"));
+                }
+            }
+            Ok(())
+        })
     }
 }
 
