@@ -644,3 +644,62 @@ fn amqp_rpc_backend_where_it_cannot_work_is_a_usage_error() {
     assert_eq!(common::exit_code(&submit), 2, "{err}");
     assert!(err.contains("--result-backend redis://"), "{err}");
 }
+
+/// Quorum queues' delivery limit (here a `delivery-limit` policy of 2 on
+/// the node, `--delivery-limit 2`): a task that rejects its message with
+/// requeue comes back with a growing `x-delivery-count`; the worker logs
+/// it from half the limit on, and on the last delivery the limit allows it
+/// stores FAILURE saying so instead of requeueing the message for RabbitMQ
+/// to drop.
+#[test]
+fn amqp_quorum_delivery_limit_is_said_in_the_log_and_the_result() {
+    let test = "amqp_quorum_delivery_limit_is_said_in_the_log_and_the_result";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    rabbit.ctl(&[
+        "set_policy",
+        "--apply-to",
+        "queues",
+        "limit",
+        "^celery$",
+        r#"{"delivery-limit": 2}"#,
+    ]);
+    let w = celery::amqp_worker(
+        &rabbit,
+        &redis.url(),
+        &celery::node("dlimit", AT),
+        &["-c", "1", "--quorum-queues", "--delivery-limit", "2"],
+    );
+    let script = format!(
+        "{}app.conf.task_default_queue_type = 'quorum'\n\
+r = app.send_task('faults.reject', args=[True])\n\
+r.get(timeout=60, propagate=False)\n\
+print(json.dumps([r.id, r.state, str(r.result)]))",
+        celery::py_app_with(&rabbit.url(), &redis.url())
+    );
+    let out = celery::run_python(&script, &[], celery::PYTHON_TIMEOUT);
+    let log = w.stderr();
+    assert!(
+        out.status.success(),
+        "{}\n--- worker\n{log}\n--- policies\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rabbit.ctl(&["list_policies"])
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or(Value::Null);
+    let id = v[0].as_str().unwrap_or_default();
+    assert_eq!(v[1], json!("FAILURE"), "{v}\n{log}");
+    let why = v[2].as_str().unwrap_or_default();
+    assert!(
+        why.contains("rejected with requeue on delivery 3 of at most 3 from quorum queue celery")
+            && why.contains("its last")
+            && why.contains("not requeued"),
+        "{why}\n{log}"
+    );
+    let said = |n: u32| format!("task faults.reject[{id}]: delivery {n} of at most 3");
+    assert!(log.contains(&said(2)), "{log}");
+    assert!(log.contains(&said(3)), "{log}");
+    rabbit.wait_settled("celery");
+}

@@ -46,7 +46,7 @@ enum Store {
     /// The broker's own Redis, with the ack in one script call.
     Broker,
     /// A Redis of its own.
-    Redis(Link),
+    Redis(Box<Link>),
     /// Celery's `rpc://`: to the client's reply queue on the AMQP broker.
     Rpc,
 }
@@ -77,7 +77,7 @@ impl ResultBackend {
         let ttl_s = ttl_secs(expires).map_err(|e| BrokerError::Config(e.to_string()))?;
         let store = match url {
             Some(u) if is_rpc(u) => Store::Rpc,
-            Some(u) if u != broker_url => Store::Redis(Link::new(u, "result backend")?),
+            Some(u) if u != broker_url => Store::Redis(Box::new(Link::new(u, "result backend")?)),
             _ => Store::Broker,
         };
         Ok(ResultBackend { store, ttl_s })
@@ -88,7 +88,7 @@ impl ResultBackend {
     /// queues (`rpc://`).
     pub fn link_mut(&mut self) -> Option<&mut Link> {
         match &mut self.store {
-            Store::Redis(l) => Some(l),
+            Store::Redis(l) => Some(&mut **l),
             Store::Broker | Store::Rpc => None,
         }
     }

@@ -38,7 +38,7 @@ struct Report {
 /// Where the writer stores reports.
 enum Sink {
     /// The Redis result backend, with the results' time to live.
-    Redis(Link, Duration),
+    Redis(Box<Link>, Duration),
     /// `rpc://`: reply queues on the AMQP broker.
     Rpc(Box<dyn Transport>),
 }
@@ -99,7 +99,7 @@ impl ProgressWriter {
     /// Starts the writer on the result backend at `url`.
     pub fn spawn(url: &str, expires: Duration) -> Result<ProgressWriter, BrokerError> {
         let link = Link::new(url, "result backend (progress)")?;
-        ProgressWriter::start(Sink::Redis(link, expires))
+        ProgressWriter::start(Sink::Redis(Box::new(link), expires))
     }
 
     /// Starts the writer for the `rpc://` backend, publishing on `broker`

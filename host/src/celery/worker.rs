@@ -1625,6 +1625,7 @@ impl Consumer<'_> {
         // A message delivered before whose task killed its worker or host
         // too often is a poison message: FAILURE, never run again.
         let (rules, d) = (&self.shared.rules, &mut ctx.delivery);
+        redelivery::note_receipt(rules, d, &ctx.task, &task_id);
         let screened = self
             .book
             .as_mut()

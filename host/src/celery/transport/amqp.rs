@@ -262,11 +262,13 @@ impl Book {
         }
     }
 
-    /// The live delivery a completion of `tag` settles, taken.
-    fn take(&mut self, tag: &str) -> Option<Acker> {
+    /// The live delivery a completion of `tag` settles, taken; `acked`:
+    /// it is being acked (remembered, so a redelivery whose ack was lost
+    /// is not run again), not requeued (whose redelivery must run).
+    fn take(&mut self, tag: &str, acked: bool) -> Option<Acker> {
         let t = self.alias.remove(tag).unwrap_or_else(|| tag.to_string());
         let (a, key) = self.live.remove(&t)?;
-        if !key.is_empty() && self.acked.insert(key.clone()) {
+        if acked && !key.is_empty() && self.acked.insert(key.clone()) {
             self.acked_order.push_back(key);
             while self.acked_order.len() > FINISHED_KEPT {
                 if let Some(old) = self.acked_order.pop_front() {
@@ -1062,7 +1064,7 @@ impl Transport for Amqp {
     fn ack(&mut self, tags: &[String]) -> Result<(), BrokerError> {
         let ackers: Vec<Acker> = {
             let mut h = lock(&self.sh.held);
-            tags.iter().filter_map(|t| h.take(t)).collect()
+            tags.iter().filter_map(|t| h.take(t, true)).collect()
         };
         if ackers.is_empty() {
             return Ok(());
@@ -1079,7 +1081,8 @@ impl Transport for Amqp {
     fn requeue(&mut self, tags: &[String]) -> Result<usize, BrokerError> {
         let ackers: Vec<Acker> = {
             let mut h = lock(&self.sh.held);
-            tags.iter().filter_map(|t| h.take(t)).collect()
+            // Requeued: its redelivery runs (not taken for a lost ack).
+            tags.iter().filter_map(|t| h.take(t, false)).collect()
         };
         let n = self.sh.rt.block_on(async {
             let mut n = 0usize;
