@@ -7,24 +7,16 @@ use crate::common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::celery::{self, RabbitMqServer, RedisServer};
+use common::celery::{self, AmqpRig};
 use serde_json::{json, Value};
-
-/// The host part of the node names of these tests' workers.
-const AT: &str = "amqp-test";
 
 #[test]
 fn amqp_python_client_gets_results_through_the_redis_backend() {
     let test = "amqp_python_client_gets_results_through_the_redis_backend";
-    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("results", AT),
-        &["-c", "2"],
-    );
+    let w = rig.worker("results", &["-c", "2"]);
     let script = format!(
         "{}\n\
 rs = [app.send_task('math.square', args=[i]) for i in range(20)]\n\
@@ -32,7 +24,7 @@ got = [r.get(timeout=60) for r in rs]\n\
 c = chain(app.signature('math.square', args=[2]), app.signature('math.square')).apply_async()\n\
 failed = app.send_task('faults.fail', args=['no']).get(timeout=60, propagate=False)\n\
 print(json.dumps({{'squares': got, 'chain': c.get(timeout=60), 'failed': str(failed)}}))",
-        celery::py_app_with(&rabbit.url(), &redis.url())
+        rig.app()
     );
     let v = celery::python_json(&script, &[]);
     let squares: Vec<i64> = (0..20).map(|i| i * i).collect();
@@ -43,9 +35,9 @@ print(json.dumps({{'squares': got, 'chain': c.get(timeout=60), 'failed': str(fai
     // Celery's (the Python client declared it too, with no
     // PRECONDITION_FAILED on either side).
     assert!(
-        rabbit.queue_holds("celery", 0, 0),
+        rig.rabbit.queue_holds("celery", 0, 0),
         "queues: {:?}\n{}",
-        rabbit.queues(),
+        rig.rabbit.queues(),
         w.stderr()
     );
     let log = w.stderr();
@@ -56,19 +48,15 @@ print(json.dumps({{'squares': got, 'chain': c.get(timeout=60), 'failed': str(fai
 #[test]
 fn amqp_inspect_ping_and_revoke_terminate() {
     let test = "amqp_inspect_ping_and_revoke_terminate";
-    let Some((rabbit, redis, py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let name = celery::node("ping", AT);
-    let w = celery::amqp_worker(&rabbit, &redis.url(), &name, &["-c", "1", "-E"]);
+    let name = AmqpRig::node("ping");
+    let w = celery::amqp_worker(&rig.rabbit, &rig.redis.url(), &name, &["-c", "1", "-E"]);
     let dir = celery::unique_temp_dir("amqp-app");
-    std::fs::write(
-        dir.join("amqpapp.py"),
-        celery::py_app_with(&rabbit.url(), &redis.url()),
-    )
-    .expect("write amqpapp.py");
+    std::fs::write(dir.join("amqpapp.py"), rig.app()).expect("write amqpapp.py");
     let (ok, out, err) = celery::celery_cli_in(
-        &py,
+        &rig.py,
         &dir,
         "amqpapp",
         &["inspect", "ping", "-d", &name, "-j", "-t", "5"],
@@ -87,7 +75,7 @@ fn amqp_inspect_ping_and_revoke_terminate() {
     assert_eq!(v[&name], json!({"ok": "pong"}), "{out}\n{err}");
     // -E: events on Celery's `celeryev` topic exchange, declared durable
     // as kombu declares it (a Python event receiver's declare matches).
-    let exchanges = rabbit.ctl(&[
+    let exchanges = rig.rabbit.ctl(&[
         "list_exchanges",
         "-q",
         "--no-table-headers",
@@ -108,7 +96,7 @@ fn amqp_inspect_ping_and_revoke_terminate() {
         "{}\n\
 r = app.send_task('faults.sleep_ms', args=[600000])\n\
 print(json.dumps(r.id))",
-        celery::py_app_with(&rabbit.url(), &redis.url())
+        rig.app()
     );
     let id = celery::python_json(&script, &[]);
     let id = id.as_str().unwrap_or_default().to_string();
@@ -117,7 +105,7 @@ print(json.dumps(r.id))",
         celery::DEADLINE,
         || {
             let (_, out, _) = celery::celery_cli_in(
-                &py,
+                &rig.py,
                 &dir,
                 "amqpapp",
                 &["inspect", "active", "-d", &name, "-j", "-t", "3"],
@@ -127,7 +115,7 @@ print(json.dumps(r.id))",
     );
     // Celery 5's CLI form of revoke(id, terminate=True, signal=...).
     let (ok, out, err) = celery::celery_cli_in(
-        &py,
+        &rig.py,
         &dir,
         "amqpapp",
         &[
@@ -145,7 +133,7 @@ print(json.dumps(r.id))",
     assert!(ok, "control terminate failed:\n{out}\n{err}");
     assert!(out.contains(&format!("terminate: {id}")), "{out}\n{err}");
     celery::wait_until("REVOKED stored", celery::DEADLINE, || {
-        redis
+        rig.redis
             .task_meta(&id)
             .is_some_and(|m| m["status"] == "REVOKED")
     });
@@ -157,7 +145,7 @@ print(json.dumps(r.id))",
 #[test]
 fn amqp_submit_wait_and_run_broker_match_local_run() {
     let test = "amqp_submit_wait_and_run_broker_match_local_run";
-    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
     let dir = common::scratch(test);
@@ -176,13 +164,8 @@ fn amqp_submit_wait_and_run_broker_match_local_run() {
     let local_lines = common::json_lines(&common::stdout(&local));
     assert_eq!(local_lines.len(), jobs.len(), "{}", common::stderr(&local));
 
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("submit", AT),
-        &["-c", "2"],
-    );
-    let (b, r) = (rabbit.url(), redis.url());
+    let w = rig.worker("submit", &["-c", "2"]);
+    let (b, r) = (rig.rabbit.url(), rig.redis.url());
     let fleet = celery::host_timeout(&[
         "submit",
         "--broker",
@@ -253,13 +236,10 @@ fn amqp_submit_wait_and_run_broker_match_local_run() {
 #[test]
 fn amqp_a_python_worker_shares_the_vhost_and_a_chain_crosses_them() {
     let test = "amqp_a_python_worker_shares_the_vhost_and_a_chain_crosses_them";
-    let Some((rabbit, redis, py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let app = format!(
-        "{}app.conf.task_queue_max_priority = 10\n",
-        celery::py_app_with(&rabbit.url(), &redis.url())
-    );
+    let app = format!("{}app.conf.task_queue_max_priority = 10\n", rig.app());
     let dir = celery::unique_temp_dir("amqp-pyworker");
     std::fs::write(
         dir.join("pyamqp_tasks.py"),
@@ -267,7 +247,7 @@ fn amqp_a_python_worker_shares_the_vhost_and_a_chain_crosses_them() {
     )
     .expect("write pyamqp_tasks.py");
     let pynode = format!("py-{}@amqp-test", std::process::id());
-    let mut cmd = Command::new(&py);
+    let mut cmd = Command::new(&rig.py);
     cmd.args([
         "-m",
         "celery",
@@ -285,12 +265,7 @@ fn amqp_a_python_worker_shares_the_vhost_and_a_chain_crosses_them() {
     .env("PYTHONDONTWRITEBYTECODE", "1")
     .stdout(std::process::Stdio::null());
     let pyw = celery::spawn_until(cmd, "ready.", Duration::from_secs(90));
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("cross", AT),
-        &["-c", "2", "--queue-max-priority", "10"],
-    );
+    let w = rig.worker("cross", &["-c", "2", "--queue-max-priority", "10"]);
     let script = format!(
         "{app}\n\
 sq = lambda *a: app.signature('math.square', args=list(a))\n\
@@ -312,21 +287,21 @@ print(json.dumps([c.get(timeout=60), p.get(timeout=60)]))"
     }
     for name in ["celery", "py"] {
         assert!(
-            rabbit.queue_holds(name, 0, 0),
+            rig.rabbit.queue_holds(name, 0, 0),
             "{name}: {:?}",
-            rabbit.queues()
+            rig.rabbit.queues()
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Sends `n` × `faults.sleep_ms [ms]` with `submit` (no wait); their ids.
-fn submit_sleeps(rabbit: &RabbitMqServer, redis: &RedisServer, n: usize, ms: u64) -> Vec<String> {
+fn submit_sleeps(rig: &AmqpRig, n: usize, ms: u64) -> Vec<String> {
     let dir = celery::unique_temp_dir("amqp-batch");
     let line = format!("[{ms}]");
     let jobs: Vec<&str> = (0..n).map(|_| line.as_str()).collect();
     let input = common::lines_file(&dir, "jobs.jsonl", &jobs);
-    let (b, r) = (rabbit.url(), redis.url());
+    let (b, r) = (rig.rabbit.url(), rig.redis.url());
     let out = celery::host_timeout(&[
         "submit",
         "--broker",
@@ -352,33 +327,23 @@ fn submit_sleeps(rabbit: &RabbitMqServer, redis: &RedisServer, n: usize, ms: u64
 #[test]
 fn amqp_a_host_killed_mid_job_has_its_message_completed_once_elsewhere() {
     let test = "amqp_a_host_killed_mid_job_has_its_message_completed_once_elsewhere";
-    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let mut a = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("killed", AT),
-        &["-c", "1"],
-    );
-    let ids = submit_sleeps(&rabbit, &redis, 1, 4000);
+    let mut a = rig.worker("killed", &["-c", "1"]);
+    let ids = submit_sleeps(&rig, 1, 4000);
     let id = ids[0].clone();
     celery::wait_until("host A to hold the message", celery::DEADLINE, || {
-        rabbit.queue_holds("celery", 0, 1)
+        rig.rabbit.queue_holds("celery", 0, 1)
     });
     a.kill();
-    let b = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("survivor", AT),
-        &["-c", "1"],
-    );
+    let b = rig.worker("survivor", &["-c", "1"]);
     celery::wait_until("the task to succeed on host B", celery::DEADLINE, || {
-        celery::succeeded(&redis, &id)
+        celery::succeeded(&rig.redis, &id)
     });
     assert_eq!(celery::runs(&b.stderr(), &id), 1, "{}", b.stderr());
     assert_eq!(celery::runs(&a.stderr(), &id), 0, "{}", a.stderr());
-    rabbit.wait_settled("celery");
+    rig.rabbit.wait_settled("celery");
 }
 
 /// RabbitMQ killed and restarted mid-batch: the worker reconnects with
@@ -388,25 +353,20 @@ fn amqp_a_host_killed_mid_job_has_its_message_completed_once_elsewhere() {
 #[test]
 fn amqp_rabbitmq_restarted_mid_batch_every_job_completes_exactly_once() {
     let test = "amqp_rabbitmq_restarted_mid_batch_every_job_completes_exactly_once";
-    let Some((mut rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(mut rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("restart", AT),
-        &["-c", "4"],
-    );
-    let ids = submit_sleeps(&rabbit, &redis, 40, 300);
+    let w = rig.worker("restart", &["-c", "4"]);
+    let ids = submit_sleeps(&rig, 40, 300);
     celery::wait_until("some results", celery::DEADLINE, || {
         ids.iter()
-            .filter(|id| celery::succeeded(&redis, id))
+            .filter(|id| celery::succeeded(&rig.redis, id))
             .count()
             >= 8
     });
-    rabbit.restart();
+    rig.rabbit.restart();
     celery::wait_until("every result", Duration::from_secs(180), || {
-        ids.iter().all(|id| celery::succeeded(&redis, id))
+        ids.iter().all(|id| celery::succeeded(&rig.redis, id))
     });
     let log = w.stderr();
     for id in &ids {
@@ -417,7 +377,7 @@ fn amqp_rabbitmq_restarted_mid_batch_every_job_completes_exactly_once() {
             celery::runs(&log, id)
         );
     }
-    rabbit.wait_settled("celery");
+    rig.rabbit.wait_settled("celery");
 }
 
 /// Quorum queues: `--quorum-queues` declares `x-queue-type: quorum` as a
@@ -427,24 +387,21 @@ fn amqp_rabbitmq_restarted_mid_batch_every_job_completes_exactly_once() {
 #[test]
 fn amqp_quorum_queues_are_declared_as_celery_declares_them() {
     let test = "amqp_quorum_queues_are_declared_as_celery_declares_them";
-    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("quorum", AT),
-        &["-c", "2", "--quorum-queues"],
-    );
+    let w = rig.worker("quorum", &["-c", "2", "--quorum-queues"]);
     let script = format!(
         "{}app.conf.task_default_queue_type = 'quorum'\n\
 rs = [app.send_task('math.square', args=[i]) for i in range(5)]\n\
 print(json.dumps([r.get(timeout=60) for r in rs]))",
-        celery::py_app_with(&rabbit.url(), &redis.url())
+        rig.app()
     );
     let v = celery::python_json(&script, &[]);
     assert_eq!(v, json!([0, 1, 4, 9, 16]), "{}", w.stderr());
-    let types = rabbit.ctl(&["list_queues", "-q", "--no-table-headers", "name", "type"]);
+    let types = rig
+        .rabbit
+        .ctl(&["list_queues", "-q", "--no-table-headers", "name", "type"]);
     assert!(
         types
             .lines()
@@ -488,22 +445,17 @@ fn amqp_without_a_redis_result_backend_is_a_configuration_error() {
 #[test]
 fn amqp_a_time_limit_past_the_consumer_timeout_is_refused_at_receipt() {
     let test = "amqp_a_time_limit_past_the_consumer_timeout_is_refused_at_receipt";
-    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("ctimeout", AT),
-        &["-c", "1", "--consumer-timeout", "10s"],
-    );
+    let w = rig.worker("ctimeout", &["-c", "1", "--consumer-timeout", "10s"]);
     let script = format!(
         "{}\n\
 long = app.send_task('math.square', args=[3], time_limit=60)\n\
 short = app.send_task('math.square', args=[4], time_limit=5)\n\
 long.get(timeout=60, propagate=False)\n\
 print(json.dumps([long.state, str(long.result), short.get(timeout=60)]))",
-        celery::py_app_with(&rabbit.url(), &redis.url())
+        rig.app()
     );
     let v = celery::python_json(&script, &[]);
     assert_eq!(v[0], json!("FAILURE"), "{v}\n{}", w.stderr());
@@ -521,27 +473,26 @@ print(json.dumps([long.state, str(long.result), short.get(timeout=60)]))",
 #[test]
 fn amqp_held_countdown_messages_do_not_use_up_the_prefetch() {
     let test = "amqp_held_countdown_messages_do_not_use_up_the_prefetch";
-    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("eta", AT),
-        &["-c", "1"],
-    );
+    let w = rig.worker("eta", &["-c", "1"]);
     let script = format!(
         "{}\n\
 later = [app.send_task('math.square', args=[i], countdown=60) for i in (2, 3)]\n\
 now = app.send_task('math.square', args=[4])\n\
 got = now.get(timeout=45)\n\
 print(json.dumps([got, [r.state for r in later]]))",
-        celery::py_app_with(&rabbit.url(), &redis.url())
+        rig.app()
     );
     let v = celery::python_json(&script, &[]);
     assert_eq!(v, json!([16, ["PENDING", "PENDING"]]), "{}", w.stderr());
     // Both held ones are unacked in the channel, none waits in the queue.
-    assert!(rabbit.queue_holds("celery", 0, 2), "{:?}", rabbit.queues());
+    assert!(
+        rig.rabbit.queue_holds("celery", 0, 2),
+        "{:?}",
+        rig.rabbit.queues()
+    );
 }
 
 /// Celery's `rpc://` result backend: a Python 5.7 client with
@@ -553,27 +504,19 @@ print(json.dumps([got, [r.state for r in later]]))",
 #[test]
 fn amqp_rpc_backend_python_client_gets_progress_values_failures_and_groups() {
     let test = "amqp_rpc_backend_python_client_gets_progress_values_failures_and_groups";
-    let Some((rabbit, _redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let w = celery::amqp_worker(&rabbit, "rpc://", &celery::node("rpc", AT), &["-c", "2"]);
+    let w = celery::amqp_worker(&rig.rabbit, "rpc://", &AmqpRig::node("rpc"), &["-c", "2"]);
     let dir = celery::unique_temp_dir("amqp-rpc");
     let flag = dir.join("go");
     let script = format!(
         r#"{app}
-from celery.result import AsyncResult
 flag = sys.argv[1]
-p = app.send_task('stream.progress_until_file', args=[flag, 7])
-seen = []
-deadline = time.time() + 60
-while time.time() < deadline:
-    a = AsyncResult(p.id, app=app)
-    if a.state == 'PROGRESS':
-        seen = [a.state, a.info]
-        break
-    time.sleep(0.01)
+r = app.send_task('stream.progress_until_file', args=[flag, 7])
+{see}
 open(flag, 'w').write('go')
-progressed = p.get(timeout=60)
+progressed = r.get(timeout=60)
 rs = [app.send_task('math.square', args=[i]) for i in range(10)]
 got = [r.get(timeout=60) for r in rs]
 f = app.send_task('faults.raise_as', args=['ValueError', 'bad value'])
@@ -586,7 +529,8 @@ g = group(app.signature('math.square', args=[i]) for i in range(6)).apply_async(
 print(json.dumps({{'seen': seen, 'progressed': progressed, 'squares': got, 'exc': exc,
                   'group': g.get(timeout=60)}}))
 "#,
-        app = celery::py_app_with(&rabbit.url(), "rpc://")
+        app = celery::py_app_with(&rig.rabbit.url(), "rpc://"),
+        see = celery::PY_SEE_PROGRESS
     );
     let v = celery::python_json(&script, &[flag.to_str().unwrap_or_default()]);
     let log = w.stderr();
@@ -604,7 +548,7 @@ print(json.dumps({{'seen': seen, 'progressed': progressed, 'squares': got, 'exc'
         "{v}\n{log}"
     );
     assert_eq!(v["group"], json!([0, 1, 4, 9, 16, 25]), "{v}\n{log}");
-    rabbit.wait_settled("celery");
+    rig.rabbit.wait_settled("celery");
     assert!(!log.contains("PRECONDITION_FAILED"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -654,10 +598,10 @@ fn amqp_rpc_backend_where_it_cannot_work_is_a_usage_error() {
 #[test]
 fn amqp_quorum_delivery_limit_is_said_in_the_log_and_the_result() {
     let test = "amqp_quorum_delivery_limit_is_said_in_the_log_and_the_result";
-    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+    let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    rabbit.ctl(&[
+    rig.rabbit.ctl(&[
         "set_policy",
         "--apply-to",
         "queues",
@@ -665,10 +609,8 @@ fn amqp_quorum_delivery_limit_is_said_in_the_log_and_the_result() {
         "^celery$",
         r#"{"delivery-limit": 2}"#,
     ]);
-    let w = celery::amqp_worker(
-        &rabbit,
-        &redis.url(),
-        &celery::node("dlimit", AT),
+    let w = rig.worker(
+        "dlimit",
         &["-c", "1", "--quorum-queues", "--delivery-limit", "2"],
     );
     let script = format!(
@@ -676,7 +618,7 @@ fn amqp_quorum_delivery_limit_is_said_in_the_log_and_the_result() {
 r = app.send_task('faults.reject', args=[True])\n\
 r.get(timeout=60, propagate=False)\n\
 print(json.dumps([r.id, r.state, str(r.result)]))",
-        celery::py_app_with(&rabbit.url(), &redis.url())
+        rig.app()
     );
     let out = celery::run_python(&script, &[], celery::PYTHON_TIMEOUT);
     let log = w.stderr();
@@ -684,7 +626,7 @@ print(json.dumps([r.id, r.state, str(r.result)]))",
         out.status.success(),
         "{}\n--- worker\n{log}\n--- policies\n{}",
         String::from_utf8_lossy(&out.stderr),
-        rabbit.ctl(&["list_policies"])
+        rig.rabbit.ctl(&["list_policies"])
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: Value =
@@ -701,5 +643,5 @@ print(json.dumps([r.id, r.state, str(r.result)]))",
     let said = |n: u32| format!("task faults.reject[{id}]: delivery {n} of at most 3");
     assert!(log.contains(&said(2)), "{log}");
     assert!(log.contains(&said(3)), "{log}");
-    rabbit.wait_settled("celery");
+    rig.rabbit.wait_settled("celery");
 }

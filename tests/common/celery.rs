@@ -721,6 +721,21 @@ pub fn gist(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Python, after a task sent as `r`: polls `AsyncResult(r.id)` for up to
+/// 60 s until its state is PROGRESS; `seen` is then `[state, info]`, else
+/// `[]`.
+pub const PY_SEE_PROGRESS: &str = r#"
+from celery.result import AsyncResult
+seen = []
+deadline = time.time() + 60
+while time.time() < deadline:
+    a = AsyncResult(r.id, app=app)
+    if a.state == "PROGRESS":
+        seen = [a.state, a.info]
+        break
+    time.sleep(0.01)
+"#;
+
 /// How long a Python snippet may run before the test fails.
 pub const PYTHON_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -1023,6 +1038,40 @@ fn epmd_exe() -> Option<PathBuf> {
             .map(|d| d.join("epmd"))
             .find(|p| p.is_file())
     })
+}
+
+/// What an AMQP test needs: a private RabbitMQ node, a Redis (the result
+/// backend) and the venv's Python.
+pub struct AmqpRig {
+    /// The node.
+    pub rabbit: RabbitMqServer,
+    /// The result backend.
+    pub redis: RedisServer,
+    /// The venv's Python.
+    pub py: PathBuf,
+}
+
+impl AmqpRig {
+    /// Starts the servers, or a loud skip ([`rabbitmq_or_skip`]).
+    pub fn start_or_skip(test: &str) -> Option<AmqpRig> {
+        let (rabbit, redis, py) = rabbitmq_or_skip(test)?;
+        Some(AmqpRig { rabbit, redis, py })
+    }
+
+    /// A worker's node name in these tests: `TAG-PID@amqp-test`.
+    pub fn node(tag: &str) -> String {
+        node(tag, "amqp-test")
+    }
+
+    /// [`py_app_with`] on the node, results on the Redis.
+    pub fn app(&self) -> String {
+        py_app_with(&self.rabbit.url(), &self.redis.url())
+    }
+
+    /// [`amqp_worker`] with results on the Redis, named [`AmqpRig::node`]`(tag)`.
+    pub fn worker(&self, tag: &str, extra: &[&str]) -> Worker {
+        amqp_worker(&self.rabbit, &self.redis.url(), &AmqpRig::node(tag), extra)
+    }
 }
 
 /// A [`RabbitMqServer`] and a [`RedisServer`] (the result backend), or a

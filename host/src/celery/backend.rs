@@ -158,15 +158,7 @@ impl ResultBackend {
                         })
                         .collect());
                 }
-                let acks: Vec<Finish> = batch
-                    .iter()
-                    .map(|c| Finish {
-                        tag: c.tag.clone(),
-                        result: None,
-                        send: c.send.clone(),
-                    })
-                    .collect();
-                let mut acked = broker.finish(&acks, self.ttl_s, repeated)?;
+                let mut acked = broker.finish(&acks_of(batch), self.ttl_s, repeated)?;
                 let mut s = stored.into_iter();
                 for (c, f) in batch.iter().zip(acked.iter_mut()) {
                     f.stored = c.meta.is_some()
@@ -177,6 +169,18 @@ impl ResultBackend {
             }
         }
     }
+}
+
+/// The broker's part of `batch`: follow-ups and acks, no results.
+fn acks_of(batch: &[Completion]) -> Vec<Finish> {
+    batch
+        .iter()
+        .map(|c| Finish {
+            tag: c.tag.clone(),
+            result: None,
+            send: c.send.clone(),
+        })
+        .collect()
 }
 
 /// `rpc://`: the replies published and confirmed, then the follow-ups
@@ -202,14 +206,6 @@ fn complete_rpc(
         })
         .collect();
     broker.reply(&replies)?;
-    let acks: Vec<Finish> = batch
-        .iter()
-        .map(|c| Finish {
-            tag: c.tag.clone(),
-            result: None,
-            send: c.send.clone(),
-        })
-        .collect();
     let mut done = if batch.iter().all(|c| c.tag.is_empty() && c.send.is_empty()) {
         vec![
             Finished {
@@ -220,7 +216,7 @@ fn complete_rpc(
             batch.len()
         ]
     } else {
-        broker.finish(&acks, ttl_s, repeated)?
+        broker.finish(&acks_of(batch), ttl_s, repeated)?
     };
     for (c, f) in batch.iter().zip(done.iter_mut()) {
         // Published, or nowhere to go (no reply_to): done either way.
