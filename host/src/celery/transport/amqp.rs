@@ -529,16 +529,7 @@ impl Amqp {
                     .map_err(e)?,
                 );
             }
-            for c in confirms {
-                let conf = tokio::time::timeout(CONFIRM_TIMEOUT, c)
-                    .await
-                    .map_err(|_| lost("publish", "no confirm from the broker"))?
-                    .map_err(e)?;
-                if conf.is_nack() {
-                    return Err(lost("publish", "the broker refused a message (nack)"));
-                }
-            }
-            Ok(())
+            confirmed("publish", confirms).await
         });
         res?;
         lock(&self.sh.state)
@@ -1175,18 +1166,27 @@ impl Amqp {
                     .map_err(e)?,
                 );
             }
-            for c in confirms {
-                let conf = tokio::time::timeout(CONFIRM_TIMEOUT, c)
-                    .await
-                    .map_err(|_| lost("result reply", "no confirm from the broker"))?
-                    .map_err(e)?;
-                if conf.is_nack() {
-                    return Err(lost("result reply", "the broker refused a reply (nack)"));
-                }
-            }
-            Ok(())
+            confirmed("result reply", confirms).await
         })
     }
+}
+
+/// Waits for the broker's confirm of each of `confirms`; a nack or none
+/// within [`CONFIRM_TIMEOUT`] fails them all (a retry publishes again).
+async fn confirmed(
+    what: &'static str,
+    confirms: Vec<lapin::PublisherConfirm>,
+) -> Result<(), BrokerError> {
+    for c in confirms {
+        let conf = tokio::time::timeout(CONFIRM_TIMEOUT, c)
+            .await
+            .map_err(|_| lost(what, "no confirm from the broker"))?
+            .map_err(|e| classify(what, e))?;
+        if conf.is_nack() {
+            return Err(lost(what, "the broker refused a message (nack)"));
+        }
+    }
+    Ok(())
 }
 
 impl Fanout for Amqp {
