@@ -499,7 +499,8 @@ print(json.dumps([got, [r.state for r in later]]))",
 /// `backend='rpc://'` on `amqp://` gets through `AsyncResult` what our
 /// worker publishes to its `reply_to` queue (with `correlation_id` = task
 /// id): a PROGRESS state while the task runs, values, a failure (its
-/// exception type and message), and a group's results; every message is
+/// exception type and message), a group's results and a chain's last
+/// (its steps carry the client's `reply_to` in their options); every message is
 /// acked once its reply was confirmed, and no Redis is involved.
 #[test]
 fn amqp_rpc_backend_python_client_gets_progress_values_failures_and_groups() {
@@ -526,8 +527,9 @@ try:
 except Exception as e:
     exc = [type(e).__name__, str(e), f.state]
 g = group(app.signature('math.square', args=[i]) for i in range(6)).apply_async()
+c = chain(app.signature('math.square', args=[2]), app.signature('math.square')).apply_async()
 print(json.dumps({{'seen': seen, 'progressed': progressed, 'squares': got, 'exc': exc,
-                  'group': g.get(timeout=60)}}))
+                  'group': g.get(timeout=60), 'chain': c.get(timeout=60)}}))
 "#,
         app = celery::py_app_with(&rig.rabbit.url(), "rpc://"),
         see = celery::PY_SEE_PROGRESS
@@ -548,6 +550,7 @@ print(json.dumps({{'seen': seen, 'progressed': progressed, 'squares': got, 'exc'
         "{v}\n{log}"
     );
     assert_eq!(v["group"], json!([0, 1, 4, 9, 16, 25]), "{v}\n{log}");
+    assert_eq!(v["chain"], json!(16), "{v}\n{log}");
     rig.rabbit.wait_settled("celery");
     assert!(!log.contains("PRECONDITION_FAILED"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -2043,6 +2043,11 @@ pub(super) fn signature_message(
     };
     let (mut env, list) = t.envelope();
     env.headers.group_index = o.get("group_index").and_then(Value::as_i64);
+    // The client's reply queue, which `freeze` put in the options: an
+    // `rpc://` backend publishes the step's result there (a chain's last).
+    if let Some(r) = s("reply_to").filter(|r| !r.is_empty()) {
+        env.properties.reply_to = Some(r);
+    }
     if bad_eta.is_some() {
         env.headers.eta = bad_eta;
     }
