@@ -83,13 +83,6 @@ fn worker(url: &str, queue: &str) -> celery::Worker {
     ])
 }
 
-/// Runs `billiard-host ARGS` with a deadline.
-fn host_timeout(args: &[&str]) -> std::process::Output {
-    let mut cmd = common::host_command();
-    cmd.args(args);
-    celery::run_with_timeout(cmd, Duration::from_secs(120))
-}
-
 /// The library Client against a billiard-host worker: a value comes back
 /// through `get_timeout`, kwargs reach the task, a failure comes back as
 /// `ClientError::Task` with our error kind, and a result stored before
@@ -198,18 +191,6 @@ const MIXED: &[&str] = &[
     r#"{"task": "math.transform", "args": [{"id": 7, "name": "box", "shape": {"rect": {"w": 2.0, "h": 3.0}}, "note": null, "tags": {}}, 2.0]}"#,
 ];
 
-/// What a result line says, for comparing two runs: index and value, or
-/// index and error kind (messages may be worded differently on each side).
-fn gist(lines: &[Value]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|l| match l.get("ok") {
-            Some(v) => json!({"index": l["index"], "ok": v}),
-            None => json!({"index": l["index"], "error": l["error"]["kind"]}),
-        })
-        .collect()
-}
-
 /// `submit --input --wait` and `run --broker --input` print what `run`
 /// prints for the same input: one line per non-blank line, in input order,
 /// the same values and error kinds, the same exit status.
@@ -222,7 +203,7 @@ fn submit_wait_and_run_broker_match_local_run() {
     let input = common::lines_file(&dir, "jobs.jsonl", MIXED);
     let math = common::plugin_str("math");
     let faults = common::plugin_str("faults");
-    let local = host_timeout(&[
+    let local = celery::host_timeout(&[
         "run",
         &math,
         "--plugin",
@@ -255,7 +236,7 @@ fn submit_wait_and_run_broker_match_local_run() {
 
     let _w = worker(&redis.url(), "celery");
     let url = redis.url();
-    let fleet = host_timeout(&[
+    let fleet = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -267,8 +248,8 @@ fn submit_wait_and_run_broker_match_local_run() {
         "-q",
     ]);
     assert_eq!(
-        gist(&common::json_lines(&common::stdout(&fleet))),
-        gist(&local_lines),
+        celery::gist(&common::json_lines(&common::stdout(&fleet))),
+        celery::gist(&local_lines),
         "submit --wait\n{}",
         common::stderr(&fleet)
     );
@@ -279,7 +260,7 @@ fn submit_wait_and_run_broker_match_local_run() {
     assert_eq!(redis.keys("celery-task-meta-*").len(), 11);
 
     let out = dir.join("fleet.jsonl");
-    let fleet = host_timeout(&[
+    let fleet = celery::host_timeout(&[
         "run",
         "--broker",
         &url,
@@ -292,8 +273,8 @@ fn submit_wait_and_run_broker_match_local_run() {
     ]);
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
-        gist(&common::json_lines(&text)),
-        gist(&local_lines),
+        celery::gist(&common::json_lines(&text)),
+        celery::gist(&local_lines),
         "run --broker\n{}",
         common::stderr(&fleet)
     );
@@ -307,7 +288,7 @@ fn submit_wait_and_run_broker_match_local_run() {
     assert_eq!(redis.keys("celery-task-meta-*").len(), 11);
 
     // --unordered: the same lines, any order.
-    let fleet = host_timeout(&[
+    let fleet = celery::host_timeout(&[
         "run",
         "--broker",
         &url,
@@ -318,12 +299,12 @@ fn submit_wait_and_run_broker_match_local_run() {
         "--unordered",
         "-q",
     ]);
-    let mut got = gist(&common::json_lines(&common::stdout(&fleet)));
+    let mut got = celery::gist(&common::json_lines(&common::stdout(&fleet)));
     got.sort_by_key(|l| l["index"].as_u64());
-    assert_eq!(got, gist(&local_lines));
+    assert_eq!(got, celery::gist(&local_lines));
 
     // One job; success is exit 0.
-    let one = host_timeout(&[
+    let one = celery::host_timeout(&[
         "run",
         "--broker",
         &url,
@@ -343,7 +324,7 @@ fn submit_wait_and_run_broker_match_local_run() {
 fn producer_usage_errors() {
     let port = celery::free_port().to_string();
     let url = format!("redis://127.0.0.1:{port}/0");
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -358,7 +339,7 @@ fn producer_usage_errors() {
         "{}",
         common::stderr(&out)
     );
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "run",
         "--broker",
         &url,
@@ -376,11 +357,11 @@ fn producer_usage_errors() {
         common::stderr(&out)
     );
     let math = common::plugin_str("math");
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "run", &math, "--broker", &url, "--task", "square", "--args", "[1]",
     ]);
     assert_eq!(common::exit_code(&out), 2);
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit", "--broker", &url, "--task", "math.add", "--args", "[1]", "--kwargs", "[2]",
     ]);
     assert_eq!(common::exit_code(&out), 2);
@@ -414,7 +395,7 @@ fn python_asyncresult_gets_results_of_our_submit() {
     );
     let url = redis.url();
     // Sent before any worker runs: Python subscribes while they wait.
-    let sent = host_timeout(&[
+    let sent = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -527,7 +508,7 @@ fn python_send_task_and_our_submit_lay_out_the_same_message() {
             queue,
         ];
         args.extend(extra_ours.iter().copied());
-        let ours = host_timeout(&args);
+        let ours = celery::host_timeout(&args);
         assert_eq!(common::exit_code(&ours), 0, "{}", common::stderr(&ours));
         let our_id = common::json_lines(&common::stdout(&ours))[0]["id"].clone();
 
@@ -728,7 +709,7 @@ fn u28_submit_wait_timeout_and_the_no_consumer_note() {
         return;
     };
     let url = redis.url();
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -760,7 +741,7 @@ fn u28_submit_wait_timeout_and_the_no_consumer_note() {
 
     // A consumed queue: the result comes well within the timeout.
     let _w = worker(&url, "busy");
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -784,7 +765,7 @@ fn u28_submit_wait_timeout_and_the_no_consumer_note() {
         String::from_utf8_lossy(&out.stdout),
         "{\"index\":0,\"ok\":9}\n"
     );
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -821,7 +802,7 @@ fn u28_submit_wait_timeout_and_the_no_consumer_note() {
             "[1]",
         ];
         args.extend(bad.iter().copied());
-        let out = host_timeout(&args);
+        let out = celery::host_timeout(&args);
         assert_eq!(
             out.status.code(),
             Some(2),
@@ -840,7 +821,7 @@ fn producer_over_tls() {
         return;
     };
     let _w = worker(&url, "celery");
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -885,7 +866,7 @@ fn producer_over_tls() {
 fn u28_worker_loglevel_as_celery_and_submit_kwargs_alone() {
     let math = common::plugin_str("math");
     for bad in ["verbose", "10", "information"] {
-        let out = host_timeout(&["worker", &math, "--loglevel", bad]);
+        let out = celery::host_timeout(&["worker", &math, "--loglevel", bad]);
         assert_eq!(common::exit_code(&out), 2, "{bad:?}");
         let e = common::stderr(&out);
         assert!(e.contains("debug, info, warning, error"), "{bad:?}: {e}");
@@ -912,7 +893,7 @@ fn u28_worker_loglevel_as_celery_and_submit_kwargs_alone() {
             cmd.args([flag, level]);
         }
         let mut w = celery::spawn_worker_cmd(cmd);
-        let out = host_timeout(&[
+        let out = celery::host_timeout(&[
             "submit",
             "--broker",
             &url,
@@ -953,14 +934,14 @@ fn u28_worker_loglevel_as_celery_and_submit_kwargs_alone() {
         );
     }
     // --kwargs needs the task; with --input it is refused (one job only).
-    let out = host_timeout(&["submit", "--broker", &url, "--kwargs", "{}"]);
+    let out = celery::host_timeout(&["submit", "--broker", &url, "--kwargs", "{}"]);
     assert_eq!(common::exit_code(&out), 2);
     assert!(
         common::stderr(&out).contains("--task"),
         "{}",
         common::stderr(&out)
     );
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit", "--broker", &url, "--task", "math.add", "--kwargs", "{}", "--input", "-",
     ]);
     assert_eq!(common::exit_code(&out), 2);
@@ -985,7 +966,7 @@ fn u28_not_registered_says_the_closest_registered_name() {
     };
     let url = redis.url();
     let _w = worker(&url, "celery");
-    let out = host_timeout(&[
+    let out = celery::host_timeout(&[
         "submit",
         "--broker",
         &url,
@@ -1064,7 +1045,7 @@ fn u28_a_broker_url_that_can_never_work_is_a_configuration_error() {
         (format!("sqs://127.0.0.1:{port}//"), "the scheme `sqs://`"),
     ];
     let check = |url: &str, what: &str| {
-        let out = host_timeout(&["worker", &math, "--broker", url]);
+        let out = celery::host_timeout(&["worker", &math, "--broker", url]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "worker {url}: {stderr}");
         assert!(stderr.contains(what), "worker {url}: {stderr}");
@@ -1076,7 +1057,7 @@ fn u28_a_broker_url_that_can_never_work_is_a_configuration_error() {
             !stderr.contains(":wrong@") && !stderr.contains(":pw@"),
             "{stderr}"
         );
-        let out = host_timeout(&[
+        let out = celery::host_timeout(&[
             "submit",
             "--broker",
             url,

@@ -35,12 +35,6 @@ fn send_append(url: &str, log: &Path, tag: &str, ms: u64) -> String {
     id.as_str().expect("a task id").to_string()
 }
 
-fn succeeded(redis: &RedisServer, id: &str) -> bool {
-    redis
-        .task_meta(id)
-        .is_some_and(|m| m["status"] == "SUCCESS")
-}
-
 /// Waits until no message is held or queued: a run that a wrong restore
 /// caused has then ended too (its line is in the log).
 fn settled(redis: &RedisServer) {
@@ -98,7 +92,7 @@ fn c7_a_short_timeout_host_never_restores_a_long_timeout_hosts_live_job() {
     // long-timeout host sweeps too.
     let id_b = send_append(&url, &log_b, "run", 3000);
     wait_until("both jobs to succeed", DEADLINE, || {
-        succeeded(&redis, &id_a) && succeeded(&redis, &id_b)
+        celery::succeeded(&redis, &id_a) && celery::succeeded(&redis, &id_b)
     });
     settled(&redis);
     assert_eq!(lines(&log_a), ["run"], "A's job ran more than once");
@@ -145,7 +139,9 @@ fn c7_kombus_own_sweeper_never_restores_a_live_hosts_job() {
         ),
     );
     assert_eq!(v, 0, "kombu's sweeper restored a live host's message");
-    wait_until("the job to succeed", DEADLINE, || succeeded(&redis, &id));
+    wait_until("the job to succeed", DEADLINE, || {
+        celery::succeeded(&redis, &id)
+    });
     settled(&redis);
     assert_eq!(lines(&log), ["run"]);
     let _ = std::fs::remove_dir_all(&dir);
@@ -230,7 +226,7 @@ fn c7_our_sweeper_leaves_a_python_workers_long_job_alone() {
     // by our sweepers (the report's mixed2.py: started 4 times).
     let ours = worker(&url, &["-c", "1", "--visibility-timeout", "1s"]);
     wait_until("the Python job to succeed", DEADLINE, || {
-        succeeded(&redis, &id)
+        celery::succeeded(&redis, &id)
     });
     settled(&redis);
     assert_eq!(lines(&log), ["run"], "the Python job ran more than once");
@@ -416,7 +412,7 @@ fn c8_a_warm_stop_ends_while_redis_refuses_stores_for_now() {
     redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
     let _b = worker(&url, &["-c", "1", "--visibility-timeout", "2s"]);
     wait_until("the job to succeed on host B", DEADLINE, || {
-        succeeded(&redis, &id)
+        celery::succeeded(&redis, &id)
     });
     assert_eq!(lines(&log), ["run", "run"]);
     let _ = std::fs::remove_dir_all(&dir);
@@ -474,7 +470,7 @@ fn c15_a_duplicated_envelope_is_two_reservations_and_no_false_restore() {
     assert_eq!(redis.cmd(&["LLEN", "celery"]).int(), 2);
     let w = worker(&url, &["-c", "2"]);
     wait_until("both copies to run and be acked", DEADLINE, || {
-        lines(&log).len() == 2 && hlen_unacked(&redis) == 0 && succeeded(&redis, &id)
+        lines(&log).len() == 2 && hlen_unacked(&redis) == 0 && celery::succeeded(&redis, &id)
     });
     // Each copy is its own reservation: both were held (two entries while
     // they ran), both acked, and neither finish claims a restore.
@@ -512,11 +508,11 @@ fn c15_flushall_mid_task_still_sends_the_chain_step_and_says_so() {
     });
     redis.cmd(&["FLUSHALL"]);
     wait_until("the chain's next step to run", DEADLINE, || {
-        succeeded(&redis, next)
+        celery::succeeded(&redis, next)
     });
     assert_eq!(redis.task_meta(next).unwrap()["result"], 4000 * 4000);
     assert!(
-        succeeded(&redis, first),
+        celery::succeeded(&redis, first),
         "the first step's result is stored"
     );
     let err = w.stderr();
@@ -564,9 +560,11 @@ fn c15_a_host_stopped_past_its_lease_says_its_job_may_run_again() {
         lines(&log).len() == 2
     });
     a.signal(Signal::SIGCONT);
-    wait_until("the chain's step", DEADLINE, || succeeded(&redis, step));
+    wait_until("the chain's step", DEADLINE, || {
+        celery::succeeded(&redis, step)
+    });
     settled(&redis);
-    assert!(succeeded(&redis, first));
+    assert!(celery::succeeded(&redis, first));
     // The one true "may run again": A's finish found its message restored,
     // kept its result, and left the follow-up to B (sent once).
     wait_until("A to finish its late job", DEADLINE, || {
@@ -660,7 +658,7 @@ fn c15_a_reply_lost_to_a_stalled_redis_is_no_restore() {
     });
     kill(pid, Signal::SIGCONT).unwrap();
     wait_until("the result and the ack", DEADLINE, || {
-        succeeded(&redis, &id) && hlen_unacked(&redis) == 0
+        celery::succeeded(&redis, &id) && hlen_unacked(&redis) == 0
     });
     wait_until("the stored result to be logged", DEADLINE, || {
         w.stderr()
@@ -733,7 +731,7 @@ fn k26_a_fleet_of_eight_loses_nothing_and_runs_nothing_twice_while_its_host_live
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let done = |redis: &RedisServer| ids.iter().filter(|id| succeeded(redis, id)).count();
+    let done = |redis: &RedisServer| ids.iter().filter(|id| celery::succeeded(redis, id)).count();
     // Two hosts are killed (SIGKILL of the host and its pool) while they
     // run tasks...
     wait_until("a quarter of the results", DEADLINE, || done(&redis) >= 100);

@@ -37,11 +37,6 @@ fn poll<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> 
     }
 }
 
-/// The venv's `celery` executable, next to its Python.
-fn celery_exe(py: &Path) -> PathBuf {
-    py.with_file_name("celery")
-}
-
 /// A directory with `opsapp.py`: a Celery app on `url` (broker and backend).
 fn app_dir(url: &str) -> PathBuf {
     let dir = celery::unique_temp_dir("celery-ops-app");
@@ -53,7 +48,7 @@ fn app_dir(url: &str) -> PathBuf {
 /// `celery -A opsapp <args> -j` → its JSON output (`{node: reply}`);
 /// Null when no node replied.
 fn celery_json(py: &Path, dir: &Path, args: &[&str]) -> Value {
-    let mut cmd = Command::new(celery_exe(py));
+    let mut cmd = Command::new(celery::celery_exe(py));
     cmd.current_dir(dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .arg("-A")
@@ -675,7 +670,7 @@ fn start_flower(py: &Path, dir: &Path) -> (Killed, u16) {
     let port = celery::free_port();
     let log = std::fs::File::create(dir.join("flower.log")).unwrap();
     let flower = Killed(
-        Command::new(celery_exe(py))
+        Command::new(celery::celery_exe(py))
             .current_dir(dir)
             .env("FLOWER_UNAUTHENTICATED_API", "1")
             .args(["-A", "opsapp", "flower", "--address=127.0.0.1"])

@@ -657,12 +657,19 @@ fn show_args<A: AsRef<[u8]>>(args: &[A]) -> Vec<String> {
 /// makes `app`, a Celery app with `broker_url` as broker and result
 /// backend, JSON only.
 pub fn py_app(broker_url: &str) -> String {
+    py_app_with(broker_url, broker_url)
+}
+
+/// [`py_app`] with a result backend of its own: a Redis beside an AMQP
+/// broker, or `rpc://`. (`chain` and `group` are imported too.)
+pub fn py_app_with(broker_url: &str, backend_url: &str) -> String {
     let url = serde_json::to_string(broker_url).expect("a string serializes");
+    let backend = serde_json::to_string(backend_url).expect("a string serializes");
     format!(
         r#"import json, sys, time
 import celery
-from celery import Celery
-app = Celery("billiard_test", broker={url}, backend={url})
+from celery import Celery, chain, group
+app = Celery("billiard_test", broker={url}, backend={backend})
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
@@ -673,6 +680,61 @@ app.conf.update(
 "#
     )
 }
+
+/// The venv's `celery` executable, next to its Python.
+pub fn celery_exe(py: &Path) -> PathBuf {
+    py.with_file_name("celery")
+}
+
+/// `celery -A MODULE ARGS` run in `dir` (which holds `MODULE.py`):
+/// (success, stdout, stderr).
+pub fn celery_cli_in(py: &Path, dir: &Path, module: &str, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(celery_exe(py));
+    cmd.current_dir(dir)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-A", module])
+        .args(args);
+    let out = run_with_timeout(cmd, Duration::from_secs(90));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `billiard-host ARGS` to its end, within 120 s.
+pub fn host_timeout(args: &[&str]) -> Output {
+    let mut cmd = super::host_command();
+    cmd.args(args);
+    run_with_timeout(cmd, Duration::from_secs(120))
+}
+
+/// What a result line says, for comparing two runs: index and value, or
+/// index and error kind (messages may be worded differently on each side).
+pub fn gist(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| match l.get("ok") {
+            Some(v) => serde_json::json!({"index": l["index"], "ok": v}),
+            None => serde_json::json!({"index": l["index"], "error": l["error"]["kind"]}),
+        })
+        .collect()
+}
+
+/// Python, after a task sent as `r`: polls `AsyncResult(r.id)` for up to
+/// 60 s until its state is PROGRESS; `seen` is then `[state, info]`, else
+/// `[]`.
+pub const PY_SEE_PROGRESS: &str = r#"
+from celery.result import AsyncResult
+seen = []
+deadline = time.time() + 60
+while time.time() < deadline:
+    a = AsyncResult(r.id, app=app)
+    if a.state == "PROGRESS":
+        seen = [a.state, a.info]
+        break
+    time.sleep(0.01)
+"#;
 
 /// How long a Python snippet may run before the test fails.
 pub const PYTHON_TIMEOUT: Duration = Duration::from_secs(120);
@@ -978,6 +1040,40 @@ fn epmd_exe() -> Option<PathBuf> {
     })
 }
 
+/// What an AMQP test needs: a private RabbitMQ node, a Redis (the result
+/// backend) and the venv's Python.
+pub struct AmqpRig {
+    /// The node.
+    pub rabbit: RabbitMqServer,
+    /// The result backend.
+    pub redis: RedisServer,
+    /// The venv's Python.
+    pub py: PathBuf,
+}
+
+impl AmqpRig {
+    /// Starts the servers, or a loud skip ([`rabbitmq_or_skip`]).
+    pub fn start_or_skip(test: &str) -> Option<AmqpRig> {
+        let (rabbit, redis, py) = rabbitmq_or_skip(test)?;
+        Some(AmqpRig { rabbit, redis, py })
+    }
+
+    /// A worker's node name in these tests: `TAG-PID@amqp-test`.
+    pub fn node(tag: &str) -> String {
+        node(tag, "amqp-test")
+    }
+
+    /// [`py_app_with`] on the node, results on the Redis.
+    pub fn app(&self) -> String {
+        py_app_with(&self.rabbit.url(), &self.redis.url())
+    }
+
+    /// [`amqp_worker`] with results on the Redis, named [`AmqpRig::node`]`(tag)`.
+    pub fn worker(&self, tag: &str, extra: &[&str]) -> Worker {
+        amqp_worker(&self.rabbit, &self.redis.url(), &AmqpRig::node(tag), extra)
+    }
+}
+
 /// A [`RabbitMqServer`] and a [`RedisServer`] (the result backend), or a
 /// loud skip (a failure under CI) when rabbitmq-server, redis-server or
 /// the venv is missing.
@@ -1165,6 +1261,42 @@ impl RabbitMqServer {
         }
     }
 
+    /// `name messages_ready messages_unacknowledged` of every queue.
+    pub fn queues(&self) -> Vec<(String, u64, u64)> {
+        self.ctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [n, r, u] => Some((n.to_string(), r.parse().ok()?, u.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+    }
+
+    /// True when queue `name` holds `ready` messages waiting and `unacked`
+    /// delivered and not yet acked.
+    pub fn queue_holds(&self, name: &str, ready: u64, unacked: u64) -> bool {
+        self.queues()
+            .iter()
+            .any(|(n, r, u)| n == name && *r == ready && *u == unacked)
+    }
+
+    /// Waits until queue `name` is empty with nothing unacked.
+    pub fn wait_settled(&self, name: &str) {
+        wait_until(&format!("queue {name} settled"), DEADLINE, || {
+            self.queue_holds(name, 0, 0)
+        });
+    }
+
     /// Runs `rabbitmqctl ARGS` against this node; returns its stdout.
     pub fn ctl(&self, args: &[&str]) -> String {
         let ctl = self.exe.with_file_name("rabbitmqctl");
@@ -1191,6 +1323,37 @@ impl Drop for RabbitMqServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// True once the result of task `id` in `redis` is SUCCESS.
+pub fn succeeded(redis: &RedisServer, id: &str) -> bool {
+    redis
+        .task_meta(id)
+        .is_some_and(|m| m["status"] == "SUCCESS")
+}
+
+/// `billiard-host worker` on the RabbitMQ node `rabbit` with the `math`,
+/// `faults` and `stream` plugins, `--result-backend backend` (a Redis URL
+/// or `rpc://`), node name `name`, then `extra`; its finisher logs each
+/// task's end (`task NAME[ID] succeeded`, counted by [`runs`]). Waited for
+/// until it consumes.
+pub fn amqp_worker(rabbit: &RabbitMqServer, backend: &str, name: &str, extra: &[&str]) -> Worker {
+    let mut cmd = super::host_command();
+    cmd.args(["worker", &super::plugin_str("math")])
+        .args(["--plugin", &super::plugin_str("faults")])
+        .args(["--plugin", &super::plugin_str("stream")])
+        .args(["--broker", &rabbit.url(), "--result-backend", backend])
+        .args(["-n", name])
+        .args(extra)
+        .env("BILLIARD_LOG", "info,billiard_host::celery::worker=debug");
+    spawn_worker_cmd(cmd)
+}
+
+/// How many times a worker's log (see [`amqp_worker`]) says task
+/// `faults.sleep_ms[id]` succeeded.
+pub fn runs(log: &str, id: &str) -> usize {
+    log.matches(&format!("task faults.sleep_ms[{id}] succeeded"))
+        .count()
 }
 
 /// `HLEN unacked`: messages reserved and not yet acked.

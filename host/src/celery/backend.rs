@@ -1,7 +1,10 @@
 //! Celery's Redis result backend: `celery-task-meta-<id>` written with
 //! SETEX **and** PUBLISH on the channel of the same name (a Python
 //! `AsyncResult.get()` waits on that channel), never over a stored
-//! SUCCESS.
+//! SUCCESS; and Celery's `rpc://` backend on an AMQP broker: the meta
+//! published to the client's `reply_to` queue with the task's
+//! `correlation_id` ([`Transport::reply`]), confirmed before the ack; a
+//! task sent without a `reply_to` has its result go nowhere, as in Celery.
 //!
 //! When the backend is the broker (the default), result, follow-up
 //! messages and ack go in one atomic script call per message
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use super::protocol::{result_key, ResultMeta};
 use super::transport::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
-use super::transport::Transport;
+use super::transport::{Reply, Transport};
 
 /// Celery's default `result_expires`: one day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(24 * 3600);
@@ -33,14 +36,32 @@ pub struct Completion {
     /// go to `.s` on the result backend before the messages are sent
     /// (`celery::chord`, issue 23 item 1).
     pub chord_sizes: Vec<(String, u64)>,
+    /// Where an `rpc://` backend publishes the result: the message's
+    /// (`reply_to`, `correlation_id` or task id); None: nowhere.
+    pub reply: Option<(String, String)>,
+}
+
+/// Where results go.
+enum Store {
+    /// The broker's own Redis, with the ack in one script call.
+    Broker,
+    /// A Redis of its own.
+    Redis(Box<Link>),
+    /// Celery's `rpc://`: to the client's reply queue on the AMQP broker.
+    Rpc,
 }
 
 /// Where results go.
 pub struct ResultBackend {
-    /// None: the broker's own Redis.
-    link: Option<Link>,
+    store: Store,
     /// The results' time to live as SETEX takes it ([`ttl_secs`]).
     ttl_s: u64,
+}
+
+/// True for Celery's `rpc://` result backend URL (any case, any rest).
+pub fn is_rpc(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(s, _)| s.eq_ignore_ascii_case("rpc"))
 }
 
 impl ResultBackend {
@@ -54,22 +75,22 @@ impl ResultBackend {
         expires: Duration,
     ) -> Result<ResultBackend, BrokerError> {
         let ttl_s = ttl_secs(expires).map_err(|e| BrokerError::Config(e.to_string()))?;
-        let link = match url {
-            Some(u) if u != broker_url => Some(Link::new(u, "result backend")?),
-            _ => None,
+        let store = match url {
+            Some(u) if is_rpc(u) => Store::Rpc,
+            Some(u) if u != broker_url => Store::Redis(Box::new(Link::new(u, "result backend")?)),
+            _ => Store::Broker,
         };
-        Ok(ResultBackend { link, ttl_s })
-    }
-
-    /// True when results are stored in the broker's Redis.
-    pub fn is_broker(&self) -> bool {
-        self.link.is_none()
+        Ok(ResultBackend { store, ttl_s })
     }
 
     /// The result backend's own link; None: results go to the broker's
-    /// Redis (chord bookkeeping lives where the results do).
+    /// Redis (chord bookkeeping lives where the results do) or to reply
+    /// queues (`rpc://`).
     pub fn link_mut(&mut self) -> Option<&mut Link> {
-        self.link.as_mut()
+        match &mut self.store {
+            Store::Redis(l) => Some(&mut **l),
+            Store::Broker | Store::Rpc => None,
+        }
     }
 
     /// The results' time to live in SETEX seconds (0: none).
@@ -94,8 +115,9 @@ impl ResultBackend {
                 .as_ref()
                 .map(|m| (result_key(&c.task_id), m.to_json()))
         };
-        match &mut self.link {
-            None => {
+        match &mut self.store {
+            Store::Rpc => complete_rpc(broker, batch, self.ttl_s, repeated),
+            Store::Broker => {
                 let fin: Vec<Finish> = batch
                     .iter()
                     .map(|c| Finish {
@@ -106,7 +128,7 @@ impl ResultBackend {
                     .collect();
                 broker.finish(&fin, self.ttl_s, repeated)
             }
-            Some(backend) => {
+            Store::Redis(backend) => {
                 let store: Vec<Finish> = batch
                     .iter()
                     .filter(|c| c.meta.is_some())
@@ -136,15 +158,7 @@ impl ResultBackend {
                         })
                         .collect());
                 }
-                let acks: Vec<Finish> = batch
-                    .iter()
-                    .map(|c| Finish {
-                        tag: c.tag.clone(),
-                        result: None,
-                        send: c.send.clone(),
-                    })
-                    .collect();
-                let mut acked = broker.finish(&acks, self.ttl_s, repeated)?;
+                let mut acked = broker.finish(&acks_of(batch), self.ttl_s, repeated)?;
                 let mut s = stored.into_iter();
                 for (c, f) in batch.iter().zip(acked.iter_mut()) {
                     f.stored = c.meta.is_some()
@@ -154,5 +168,72 @@ impl ResultBackend {
                 Ok(acked)
             }
         }
+    }
+}
+
+/// The broker's part of `batch`: follow-ups and acks, no results.
+fn acks_of(batch: &[Completion]) -> Vec<Finish> {
+    batch
+        .iter()
+        .map(|c| Finish {
+            tag: c.tag.clone(),
+            result: None,
+            send: c.send.clone(),
+        })
+        .collect()
+}
+
+/// `rpc://`: the replies published and confirmed, then the follow-ups
+/// sent and the messages acked. A call repeated after a lost confirm
+/// publishes a reply twice: the client takes the first of a final state
+/// (Celery's result consumer keeps the rest out of band).
+fn complete_rpc(
+    broker: &mut dyn Transport,
+    batch: &[Completion],
+    ttl_s: u64,
+    repeated: bool,
+) -> Result<Vec<Finished>, BrokerError> {
+    let replies: Vec<Reply> = batch
+        .iter()
+        .filter_map(|c| {
+            let m = c.meta.as_ref()?;
+            let (to, correlation_id) = c.reply.as_ref()?;
+            Some(Reply {
+                to: to.clone(),
+                correlation_id: correlation_id.clone(),
+                body: m.to_json(),
+            })
+        })
+        .collect();
+    broker.reply(&replies)?;
+    let mut done = if batch.iter().all(|c| c.tag.is_empty() && c.send.is_empty()) {
+        vec![
+            Finished {
+                stored: false,
+                held: Held::Held,
+                unsent: 0,
+            };
+            batch.len()
+        ]
+    } else {
+        broker.finish(&acks_of(batch), ttl_s, repeated)?
+    };
+    for (c, f) in batch.iter().zip(done.iter_mut()) {
+        // Published, or nowhere to go (no reply_to): done either way.
+        f.stored = c.meta.is_some();
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_urls_are_told_apart() {
+        assert!(is_rpc("rpc://"));
+        assert!(is_rpc("RPC://x"));
+        assert!(!is_rpc("redis://h/0"));
+        assert!(!is_rpc("rpc"));
     }
 }

@@ -362,8 +362,14 @@ impl Ops {
         let amqp = transport::kind(broker_url)? == transport::Kind::Amqp;
         let db = if amqp { 0 } else { events::db_of(broker_url)? };
         // Revokes persisted by any host.
-        let mut link = Link::new(book_of(broker_url, backend_url), "ops")?;
-        self.load_revoked(&mut link);
+        // None: rpc:// on AMQP, no Redis (revokes live in each worker's
+        // memory, as Celery's without a persistent state file).
+        let mut link = book_of(broker_url, backend_url)
+            .map(|b| Link::new(b, "ops"))
+            .transpose()?;
+        if let Some(link) = link.as_mut() {
+            self.load_revoked(link);
+        }
         if self.opts.events {
             let d = Dispatcher::start(
                 broker_url,
@@ -709,12 +715,16 @@ impl Ops {
         }
     }
 
-    fn ticker(self: Arc<Ops>, mut link: Link) {
+    fn ticker(self: Arc<Ops>, mut link: Option<Link>) {
         let every = Duration::from_secs(1);
         let mut n = 0u64;
         let mut was_ok = true;
         loop {
-            let ok = link.run(|c| redis::cmd("PING").query::<String>(c)).is_ok();
+            // Without a Redis (rpc:// on AMQP) the broker's health is the
+            // consumer's to see: this one stays up.
+            let ok = link
+                .as_mut()
+                .is_none_or(|l| l.run(|c| redis::cmd("PING").query::<String>(c)).is_ok());
             self.broker_ok.store(ok, Ordering::Release);
             if ok && !was_ok {
                 if let Some(m) = &self.opts.metrics {
@@ -722,15 +732,15 @@ impl Ops {
                 }
             }
             was_ok = ok;
-            if ok && n.is_multiple_of(2) {
-                self.load_revoked(&mut link);
+            if let Some(l) = link.as_mut().filter(|_| ok && n.is_multiple_of(2)) {
+                self.load_revoked(l);
             }
             self.refresh_pool();
             n += 1;
             std::thread::sleep(if ok {
                 every
             } else {
-                link.backoff_left().max(every)
+                link.as_ref().map_or(every, |l| l.backoff_left().max(every))
             });
         }
     }
@@ -1033,9 +1043,9 @@ impl Ops {
         // Persist for every host (and for hosts that start later).
         let book = {
             let f = self.facts.lock().unwrap_or_else(|e| e.into_inner());
-            book_of(&f.broker_url, &f.backend_url).to_string()
+            book_of(&f.broker_url, &f.backend_url).map(str::to_string)
         };
-        if let Ok(mut link) = Link::new(&book, "ops") {
+        if let Some(Ok(mut link)) = book.map(|b| Link::new(&b, "ops")) {
             let mut p = redis::pipe();
             for id in &ids {
                 p.cmd("ZADD").arg(REVOKED_KEY).arg(until).arg(id).ignore();
@@ -1060,7 +1070,10 @@ impl Ops {
             .unwrap_or_else(|e| e.into_inner())
             .backend_url
             .clone();
-        revoke::mark_revoked(&backend, &idle, expires);
+        if !crate::celery::backend::is_rpc(&backend) {
+            // (rpc://: REVOKED reaches a client when the message does.)
+            revoke::mark_revoked(&backend, &idle, expires);
+        }
         let terminate = args
             .get("terminate")
             .and_then(Value::as_bool)
@@ -1649,11 +1662,12 @@ fn with_rate_fields(line: String, rates: &RateLimits) -> String {
 }
 
 /// The Redis that keeps the fleet's revoked set: the broker when it is
-/// Redis, else the result backend.
-fn book_of<'a>(broker_url: &'a str, backend_url: &'a str) -> &'a str {
+/// Redis, else the result backend; None when that is `rpc://`.
+fn book_of<'a>(broker_url: &'a str, backend_url: &'a str) -> Option<&'a str> {
     match transport::kind(broker_url) {
-        Ok(transport::Kind::Amqp) => backend_url,
-        _ => broker_url,
+        Ok(transport::Kind::Amqp) if crate::celery::backend::is_rpc(backend_url) => None,
+        Ok(transport::Kind::Amqp) => Some(backend_url),
+        _ => Some(broker_url),
     }
 }
 

@@ -7,7 +7,10 @@
 //!
 //! Reports reach one writer thread (the pool already coalesces them to
 //! about one per 50 ms per job); it keeps only the latest per task and never
-//! writes over a finished result (`lua/progress.lua`).
+//! writes over a finished result (`lua/progress.lua`). With the `rpc://`
+//! backend the meta is published to the client's reply queue instead, as
+//! Celery's `update_state` does there (a task sent without a `reply_to`
+//! reports to no one).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use serde::Serialize;
 
 use super::protocol::result_key;
 use super::transport::redis::{BrokerError, Link};
+use super::transport::{Reply, Transport};
 
 const PROGRESS_LUA: &str = include_str!("lua/progress.lua");
 
@@ -25,8 +29,18 @@ struct Report {
     task_id: String,
     group: Option<String>,
     parent: Option<String>,
+    /// `rpc://`: the reply queue and correlation id.
+    reply: Option<(String, String)>,
     done: u64,
     total: u64,
+}
+
+/// Where the writer stores reports.
+enum Sink {
+    /// The Redis result backend, with the results' time to live.
+    Redis(Box<Link>, Duration),
+    /// `rpc://`: reply queues on the AMQP broker.
+    Rpc(Box<dyn Transport>),
 }
 
 /// Celery's result meta of a custom state, fields in Python's order.
@@ -85,10 +99,20 @@ impl ProgressWriter {
     /// Starts the writer on the result backend at `url`.
     pub fn spawn(url: &str, expires: Duration) -> Result<ProgressWriter, BrokerError> {
         let link = Link::new(url, "result backend (progress)")?;
+        ProgressWriter::start(Sink::Redis(Box::new(link), expires))
+    }
+
+    /// Starts the writer for the `rpc://` backend, publishing on `broker`
+    /// (a handle on the AMQP broker).
+    pub fn spawn_rpc(broker: Box<dyn Transport>) -> Result<ProgressWriter, BrokerError> {
+        ProgressWriter::start(Sink::Rpc(broker))
+    }
+
+    fn start(sink: Sink) -> Result<ProgressWriter, BrokerError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("celery-progress".into())
-            .spawn(move || write_reports(rx, link, expires))
+            .spawn(move || write_reports(rx, sink))
             .map_err(|e| BrokerError::Reply(format!("cannot start a thread: {e}")))?;
         Ok(ProgressWriter { tx })
     }
@@ -99,6 +123,7 @@ impl ProgressWriter {
         task_id: String,
         group: Option<String>,
         parent: Option<String>,
+        reply: Option<(String, String)>,
     ) -> impl Fn(u64, u64) + Send + Sync + 'static {
         let tx = self.tx.clone();
         move |done, total| {
@@ -106,6 +131,7 @@ impl ProgressWriter {
                 task_id: task_id.clone(),
                 group: group.clone(),
                 parent: parent.clone(),
+                reply: reply.clone(),
                 done,
                 total,
             });
@@ -113,10 +139,7 @@ impl ProgressWriter {
     }
 }
 
-fn write_reports(rx: Receiver<Report>, mut link: Link, expires: Duration) {
-    // Whole seconds rounded up, as the results (500 ms is 1 s, not forever).
-    let ttl =
-        super::transport::redis::ttl_secs(expires).unwrap_or(crate::bounds::MAX_DURATION.as_secs());
+fn write_reports(rx: Receiver<Report>, mut sink: Sink) {
     while let Ok(first) = rx.recv() {
         // The latest report per task; the rest are stale already.
         let mut latest: HashMap<String, Report> = HashMap::new();
@@ -124,6 +147,16 @@ fn write_reports(rx: Receiver<Report>, mut link: Link, expires: Duration) {
         while let Ok(r) = rx.try_recv() {
             latest.insert(r.task_id.clone(), r);
         }
+        let (link, expires) = match &mut sink {
+            Sink::Redis(link, expires) => (link, *expires),
+            Sink::Rpc(broker) => {
+                publish_reports(&mut **broker, latest.into_values());
+                continue;
+            }
+        };
+        // Whole seconds rounded up, as the results (500 ms is 1 s, not forever).
+        let ttl = super::transport::redis::ttl_secs(expires)
+            .unwrap_or(crate::bounds::MAX_DURATION.as_secs());
         for r in latest.into_values() {
             let meta = progress_meta(
                 &r.task_id,
@@ -147,6 +180,35 @@ fn write_reports(rx: Receiver<Report>, mut link: Link, expires: Duration) {
                 tracing::debug!("cannot store the progress of task {}: {e}", r.task_id);
             }
         }
+    }
+}
+
+/// `rpc://`: each task's latest report to its client's reply queue (the
+/// broker confirms them; the result, published later on the same channel,
+/// arrives after them).
+fn publish_reports(broker: &mut dyn Transport, reports: impl Iterator<Item = Report>) {
+    let replies: Vec<Reply> = reports
+        .filter_map(|r| {
+            let (to, correlation_id) = r.reply?;
+            Some(Reply {
+                to,
+                correlation_id,
+                body: progress_meta(
+                    &r.task_id,
+                    r.group.as_deref(),
+                    r.parent.as_deref(),
+                    r.done,
+                    r.total,
+                ),
+            })
+        })
+        .collect();
+    if let Err(e) = broker.reply(&replies) {
+        // Progress is advisory: the next report (or the result) follows.
+        tracing::debug!(
+            "cannot publish the progress of {} task(s): {e}",
+            replies.len()
+        );
     }
 }
 

@@ -52,6 +52,10 @@ pub const DEFAULT_MAX_WORKER_DEATHS: u32 = 3;
 /// `--max-requeues` by default: RabbitMQ 4's quorum-queue delivery limit,
 /// the bound Celery users on RabbitMQ already live with.
 pub const DEFAULT_MAX_REQUEUES: u32 = 20;
+/// `--delivery-limit` by default: RabbitMQ 4's `x-delivery-limit` of quorum
+/// queues (a message returned to its queue more often is dropped, or
+/// dead-lettered when the queue has a dead-letter exchange).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
 /// The largest `--max-worker-deaths` / `--max-requeues` accepted.
 pub const MAX_CAP: u32 = 1000;
 /// Prefix of the per-task requeue counters (`billiard-host:requeues:<id>`).
@@ -71,6 +75,10 @@ pub struct Options {
     /// A task rejecting its message with requeue is requeued at most this
     /// many times, then stored FAILURE (1 to [`MAX_CAP`]).
     pub max_requeues: u32,
+    /// The delivery limit of the quorum queues consumed (their
+    /// `x-delivery-limit` or `delivery-limit` policy; 1 to [`MAX_CAP`]):
+    /// read against each delivery's `x-delivery-count` ([`budget`]).
+    pub delivery_limit: u32,
 }
 
 impl Default for Options {
@@ -79,6 +87,7 @@ impl Default for Options {
             policy: RetryPolicy::default(),
             max_worker_deaths: DEFAULT_MAX_WORKER_DEATHS,
             max_requeues: DEFAULT_MAX_REQUEUES,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
         }
     }
 }
@@ -90,6 +99,7 @@ impl Options {
         for (what, n) in [
             ("--max-worker-deaths", self.max_worker_deaths),
             ("--max-requeues", self.max_requeues),
+            ("--delivery-limit", self.delivery_limit),
         ] {
             if !(1..=MAX_CAP).contains(&n) {
                 return Err(format!("{what} {n} is not between 1 and {MAX_CAP}"));
@@ -175,6 +185,14 @@ pub struct Delivery {
     pub history: bool,
     /// It was delivered before (restored, requeued, retried): screened.
     again: bool,
+    /// The client's reply queue and the message's correlation id (the
+    /// `rpc://` result backend publishes there).
+    pub reply_to: Option<String>,
+    /// The `correlation_id` property.
+    pub correlation_id: Option<String>,
+    /// RabbitMQ's `x-delivery-count` header (quorum queues): how many
+    /// times it was returned to its queue before this delivery.
+    pub delivery_count: Option<u64>,
 }
 
 impl Delivery {
@@ -196,6 +214,12 @@ impl Delivery {
             again: h.redelivered == Some(true)
                 || env.properties.delivery_info.redelivered == Some(true)
                 || h.retries > 0,
+            reply_to: env.properties.reply_to.clone().filter(|r| !r.is_empty()),
+            correlation_id: env.properties.correlation_id.clone(),
+            delivery_count: h.extra.get("x-delivery-count").and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            }),
         }
     }
 }
@@ -330,8 +354,111 @@ impl Retry {
     }
 }
 
-/// Decides what becomes of a message whose job failed with `err`.
+/// Where a delivery from a quorum queue stands against the queue's
+/// delivery limit. RabbitMQ counts the returns of a message to its queue
+/// (a channel or connection lost holding it, a reject with requeue) in
+/// `x-delivery-count`, absent on the first delivery, and drops (or
+/// dead-letters) a message returned once more than `limit` times: the
+/// delivery whose count is `limit` is its last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// No count (a first delivery, a classic queue) or under half the limit.
+    Plenty,
+    /// Half the limit or more returns so far: it keeps coming back.
+    PastHalf {
+        /// `x-delivery-count`.
+        count: u64,
+    },
+    /// Its last delivery: returned once more, RabbitMQ drops it.
+    Last {
+        /// `x-delivery-count`.
+        count: u64,
+    },
+}
+
+/// The [`Budget`] of a delivery with `x-delivery-count` `count` from a
+/// quorum queue whose delivery limit is `limit`.
+pub fn budget(count: Option<u64>, limit: u32) -> Budget {
+    let Some(count) = count.filter(|c| *c > 0) else {
+        return Budget::Plenty;
+    };
+    if count >= u64::from(limit) {
+        Budget::Last { count }
+    } else if count.saturating_mul(2) >= u64::from(limit) {
+        Budget::PastHalf { count }
+    } else {
+        Budget::Plenty
+    }
+}
+
+/// What a result and the log say of a delivery near its queue's limit;
+/// None when it is not.
+pub fn budget_note(d: &Delivery, limit: u32) -> Option<String> {
+    let head = |count: u64| {
+        format!(
+            "delivery {} of at most {} from quorum queue {} (x-delivery-count {count}, delivery \
+             limit {limit})",
+            count.saturating_add(1),
+            u64::from(limit).saturating_add(1),
+            d.queue
+        )
+    };
+    match budget(d.delivery_count, limit) {
+        Budget::Plenty => None,
+        Budget::PastHalf { count } => Some(format!(
+            "{}: the message keeps coming back to its queue (hosts lost holding it, or \
+             requeued)",
+            head(count)
+        )),
+        Budget::Last { count } => Some(format!(
+            "{}: its last; returned to its queue once more, RabbitMQ drops it (or dead-letters \
+             it)",
+            head(count)
+        )),
+    }
+}
+
+/// Logs a delivery near its quorum queue's delivery limit, at receipt
+/// (issue 25: RabbitMQ must not drop a message silently).
+pub fn note_receipt(rules: &Rules, d: &Delivery, task: &str, task_id: &str) {
+    let limit = rules.opts.delivery_limit;
+    let Some(note) = budget_note(d, limit) else {
+        return;
+    };
+    match budget(d.delivery_count, limit) {
+        Budget::Last { .. } => tracing::error!("task {task}[{task_id}]: {note}"),
+        _ => tracing::warn!("task {task}[{task_id}]: {note}"),
+    }
+}
+
+/// Decides what becomes of a message whose job failed with `err`. A
+/// worker lost on a delivery near its quorum queue's limit says so in the
+/// failure stored; a reject with requeue on the last delivery the limit
+/// allows is stored FAILURE instead (requeued, RabbitMQ would drop it).
 pub fn judge(rules: &Rules, d: &Delivery, task: &str, task_id: &str, err: &TaskError) -> Verdict {
+    let limit = rules.opts.delivery_limit;
+    let last = matches!(budget(d.delivery_count, limit), Budget::Last { .. });
+    if last && matches!(err.directive(), Some(Directive::Reject { requeue: true })) {
+        let note = budget_note(d, limit).unwrap_or_default();
+        return Verdict::Reject(reject(&format!(
+            "{}; rejected with requeue on {note}: not requeued",
+            err.message
+        )));
+    }
+    let v = judge_plain(rules, d, task, task_id, err);
+    let Some(note) = budget_note(d, limit).filter(|_| err.kind == ErrorKind::WorkerLost) else {
+        return v;
+    };
+    match v {
+        Verdict::AsIs => {
+            Verdict::Fail(TaskError::new(err.kind, format!("{}; {note}", err.message)))
+        }
+        Verdict::Fail(e) => Verdict::Fail(TaskError::new(e.kind, format!("{}; {note}", e.message))),
+        other => other,
+    }
+}
+
+fn judge_plain(rules: &Rules, d: &Delivery, task: &str, task_id: &str, err: &TaskError) -> Verdict {
     // A revoke (terminate) is final whatever a task's own options list:
     // retrying it would undo the operator's revoke.
     if err.kind == ErrorKind::Terminated {

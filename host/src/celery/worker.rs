@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::backend::{Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
+use super::backend::{self, Completion, ResultBackend, DEFAULT_RESULT_EXPIRES};
 use super::builtins;
 use super::chord::{self, Chords};
 use super::control::{Ops, OpsCmd, Outcome};
@@ -460,10 +460,10 @@ impl Worker {
         opts.redelivery.check().map_err(WorkerError::Config)?;
         // Fail early on a URL that cannot work.
         transport::check(&opts.broker_url)?;
-        if let Some(b) = &opts.backend_url {
+        book_url(&opts)?;
+        if let Some(b) = opts.backend_url.as_deref().filter(|b| !backend::is_rpc(b)) {
             transport::check(b)?;
         }
-        book_url(&opts)?;
         let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
         Ok(Worker {
             pool,
@@ -539,7 +539,7 @@ impl Worker {
             ops,
         } = self;
         drop(ctl_tx);
-        let book = book_url(&opts)?.to_string();
+        let book = book_url(&opts)?.map(str::to_string);
         let mut broker = transport::open(
             &opts.broker_url,
             opts.queues.clone(),
@@ -566,12 +566,13 @@ impl Worker {
                     |o| o.hostname().to_string(),
                 ),
             ),
-            marker: match Marker::start(&book) {
-                Ok(m) => Some(m),
-                Err(e) => {
+            marker: match book.as_deref().map(Marker::start) {
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
                     tracing::warn!("deaths of hosts running a task will not be counted: {e}");
                     None
                 }
+                None => None,
             },
         });
 
@@ -655,7 +656,10 @@ impl Worker {
         let finisher = {
             let shared = shared.clone();
             let tp = broker.handle("broker")?;
-            let link = Link::new(&book, "broker")?;
+            let link = book
+                .as_deref()
+                .map(|b| Link::new(b, "broker"))
+                .transpose()?;
             let chords = Chords::new(opts.chord.clone());
             std::thread::Builder::new()
                 .name("celery-finisher".into())
@@ -675,17 +679,34 @@ impl Worker {
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
 
-        let rate_link = if opts.global_rate_limits.iter().any(|t| t.rate.is_some()) {
-            Some(Link::new(&book, "rate limits")?)
-        } else {
-            None
+        let rate_link = match &book {
+            Some(b) if opts.global_rate_limits.iter().any(|t| t.rate.is_some()) => {
+                Some(Link::new(b, "rate limits")?)
+            }
+            _ => None,
+        };
+        let writer = match opts.backend_url.as_deref() {
+            Some(b) if backend::is_rpc(b) => broker
+                .handle("progress")
+                .and_then(ProgressWriter::spawn_rpc),
+            b => ProgressWriter::spawn(b.unwrap_or(&opts.broker_url), opts.result_expires),
+        };
+        let progress = match writer {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("task progress will not be stored: {e}");
+                None
+            }
         };
         let mut c = Consumer {
             limiter: rate::Limiter::new(rates, rate_link),
             pool: &pool,
             opts: &opts,
             broker,
-            book: Link::new(&book, "broker")?,
+            book: book
+                .as_deref()
+                .map(|b| Link::new(b, "broker"))
+                .transpose()?,
             shared: shared.clone(),
             fin_tx,
             workers: pool.config().workers,
@@ -700,16 +721,7 @@ impl Worker {
             broker_warned: false,
             ops_rx,
             wake: wake_rx,
-            progress: match ProgressWriter::spawn(
-                opts.backend_url.as_deref().unwrap_or(&opts.broker_url),
-                opts.result_expires,
-            ) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!("task progress will not be stored: {e}");
-                    None
-                }
-            },
+            progress,
         };
         let cold = c.consume(&ctl_rx, &freed_rx);
         let lost = c.lost.take();
@@ -771,14 +783,34 @@ impl Worker {
 
 /// The Redis that keeps this host's bookkeeping (deaths, requeue counts,
 /// chords, fleet-wide rate limits): the broker when it is Redis, else the
-/// result backend, which must then be Redis.
-fn book_url(opts: &WorkerOptions) -> Result<&str, WorkerError> {
+/// result backend when it is Redis; None with `rpc://` on AMQP, where
+/// those are off (fleet-wide rate limits are then refused).
+fn book_url(opts: &WorkerOptions) -> Result<Option<&str>, WorkerError> {
+    let rpc = opts.backend_url.as_deref().is_some_and(backend::is_rpc);
     match transport::kind(&opts.broker_url)? {
-        transport::Kind::Redis => Ok(&opts.broker_url),
+        transport::Kind::Redis if rpc => Err(WorkerError::Config(
+            "the rpc:// result backend needs an AMQP broker (amqp://...); on Redis, results go \
+             to Redis: leave --result-backend out or give a redis:// URL"
+                .into(),
+        )),
+        transport::Kind::Redis => Ok(Some(&opts.broker_url)),
+        transport::Kind::Amqp if rpc => {
+            if opts.global_rate_limits.iter().any(|t| t.rate.is_some()) {
+                return Err(WorkerError::Config(
+                    "fleet-wide rate limits are counted in Redis: with an AMQP broker they need \
+                     --result-backend redis://..., not rpc://"
+                        .into(),
+                ));
+            }
+            Ok(None)
+        }
         transport::Kind::Amqp => match opts.backend_url.as_deref() {
-            Some(b) if transport::kind(b).ok() == Some(transport::Kind::Redis) => Ok(b),
+            Some(b) if transport::kind(b).ok() == Some(transport::Kind::Redis) => Ok(Some(b)),
             _ => Err(WorkerError::Config(
-                "an AMQP broker needs a Redis result backend: --result-backend redis://...".into(),
+                "an AMQP broker needs a result backend: --result-backend redis://... (results, \
+                 chords and the poison-message cap in Redis) or --result-backend rpc:// \
+                 (results to the client's reply queue, as Celery's rpc backend)"
+                    .into(),
             )),
         },
     }
@@ -975,8 +1007,9 @@ struct Consumer<'a> {
     opts: &'a WorkerOptions,
     broker: Box<dyn Transport>,
     /// The Redis of this host's bookkeeping (deaths, requeue counts): the
-    /// broker's, or the result backend's when the broker is not Redis.
-    book: Link,
+    /// broker's, or the result backend's when the broker is not Redis;
+    /// None with `rpc://` on AMQP (no death or requeue history kept).
+    book: Option<Link>,
     shared: Arc<Shared>,
     fin_tx: Sender<Fin>,
     workers: usize,
@@ -1420,6 +1453,7 @@ impl Consumer<'_> {
                     task_id.clone(),
                     p.ctx.group.clone(),
                     p.ctx.parent_id.clone(),
+                    reply_of(&p.ctx),
                 )
             });
             // Before the submit: a job may finish before apply returns.
@@ -1591,7 +1625,12 @@ impl Consumer<'_> {
         // A message delivered before whose task killed its worker or host
         // too often is a poison message: FAILURE, never run again.
         let (rules, d) = (&self.shared.rules, &mut ctx.delivery);
-        if let Some(exc) = redelivery::screen(&mut self.book, rules, &ctx.task, &task_id, d) {
+        redelivery::note_receipt(rules, d, &ctx.task, &task_id);
+        let screened = self
+            .book
+            .as_mut()
+            .and_then(|b| redelivery::screen(b, rules, &ctx.task, &task_id, d));
+        if let Some(exc) = screened {
             // A poison-capped chord part still counts (issue 23 item 1).
             ctx.embed = env.body().map(|b| b.embed).unwrap_or_default();
             return Step::Fail(ctx, exc);
@@ -2004,6 +2043,11 @@ pub(super) fn signature_message(
     };
     let (mut env, list) = t.envelope();
     env.headers.group_index = o.get("group_index").and_then(Value::as_i64);
+    // The client's reply queue, which `freeze` put in the options: an
+    // `rpc://` backend publishes the step's result there (a chain's last).
+    if let Some(r) = s("reply_to").filter(|r| !r.is_empty()) {
+        env.properties.reply_to = Some(r);
+    }
     if bad_eta.is_some() {
         env.headers.eta = bad_eta;
     }
@@ -2091,9 +2135,24 @@ fn completion(ctx: &JobCtx, res: &Res) -> (Completion, bool) {
             meta: (!ctx.ignore_result).then_some(meta),
             send,
             chord_sizes,
+            reply: reply_of(ctx),
         },
         ok,
     )
+}
+
+/// Where an `rpc://` result backend publishes the results of `ctx`'s
+/// task: its message's `reply_to` with its `correlation_id` (else the task
+/// id), as Celery's `RPCBackend.destination_for`; None without a reply_to.
+fn reply_of(ctx: &JobCtx) -> Option<(String, String)> {
+    let to = ctx.delivery.reply_to.clone()?;
+    let id = ctx
+        .delivery
+        .correlation_id
+        .clone()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| ctx.task_id.clone());
+    Some((to, id))
 }
 
 /// Adds the messages (and chord sizes) of a canvas follow-up `sig` sent
@@ -2134,7 +2193,7 @@ fn finisher(
     rx: Receiver<Fin>,
     freed: Sender<usize>,
     mut tp: Box<dyn Transport>,
-    mut link: Link,
+    mut link: Option<Link>,
     mut backend: ResultBackend,
     shared: Arc<Shared>,
     mut chords: Chords,
@@ -2224,7 +2283,9 @@ fn finisher(
         }
         // Before the rejected messages are back on their queue: their
         // next delivery reads the requeue count.
-        care.apply(&mut link, shared.rules.ttl_s);
+        if let Some(link) = link.as_mut() {
+            care.apply(link, shared.rules.ttl_s);
+        }
         if !care.unsent.is_empty() {
             store(&mut *tp, &mut backend, &shared, &care.unsent, false);
         }
@@ -2394,6 +2455,7 @@ fn finish_one(
             };
             // Celery stores no RETRY for an ignored result.
             c.meta = (!ctx.ignore_result).then(|| r.meta(&ctx.task_id, group, parent));
+            c.reply = reply_of(ctx);
             c.send = vec![r.message.clone()];
             let tidy = redelivery::Tidy::retried(&r, &ctx.task_id, group, parent);
             Some((c, (End::Retried, tidy), Part::No))
@@ -2453,7 +2515,7 @@ fn chord_part(ctx: &JobCtx, res: &Res, c: &Completion) -> Option<ChordWork> {
 fn chord_steps(
     chords: &mut Chords,
     tp: &mut dyn Transport,
-    link: &mut Link,
+    link: &mut Option<Link>,
     backend: &mut ResultBackend,
     shared: &Shared,
     comps: &mut [Completion],
@@ -2468,11 +2530,28 @@ fn chord_steps(
         .iter()
         .flat_map(|c| c.chord_sizes.iter().cloned())
         .collect();
+    if backend.link_mut().is_none() && link.is_none() {
+        // rpc:// on AMQP: no Redis to count chords in (Celery's rpc
+        // backend refuses them at the client: `E_NO_CHORD_SUPPORT`), nor
+        // to store the failure of a chain's later steps in.
+        let parts = work.iter().flatten().filter(|w| w.part.is_some()).count();
+        if parts > 0 || !sizes.is_empty() {
+            tracing::error!(
+                "chords need a Redis result backend: {} chord step(s) of this batch are not \
+                 counted (the rpc:// result backend has no chord support, as in Celery)",
+                sizes.len().saturating_add(parts)
+            );
+        }
+        return;
+    }
     if !sizes.is_empty() {
         let ttl_s = backend.ttl_s();
+        let Some(results) = backend.link_mut().or(link.as_mut()) else {
+            return;
+        };
         let mut io = chord::Io {
             broker: &mut *tp,
-            results: backend.link_mut().unwrap_or(&mut *link),
+            results,
             ttl_s,
         };
         if let Err(e) = chord::retrying(&give_up, || chords.set_sizes(&mut io, &sizes)) {
@@ -2494,6 +2573,7 @@ fn chord_steps(
             meta: comps[*i].meta.clone(),
             send: Vec::new(),
             chord_sizes: Vec::new(),
+            reply: comps[*i].reply.clone(),
         })
         .collect();
     let mut stored = store(tp, backend, shared, &pre, false).into_iter();
@@ -2509,9 +2589,12 @@ fn chord_steps(
             continue;
         };
         let ttl_s = backend.ttl_s();
+        let Some(results) = backend.link_mut().or(link.as_mut()) else {
+            return;
+        };
         let mut io = chord::Io {
             broker: &mut *tp,
-            results: backend.link_mut().unwrap_or(&mut *link),
+            results,
             ttl_s,
         };
         if let Some((chain, exc, root)) = &w.fail_chain {

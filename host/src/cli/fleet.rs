@@ -108,6 +108,15 @@ pub fn execute(b: Request) -> i32 {
             "an AMQP broker stores no results here: give --result-backend redis://..."
         ));
     }
+    if b.result_backend
+        .as_deref()
+        .is_some_and(billiard_host::celery::backend::is_rpc)
+    {
+        return exit::usage(format_args!(
+            "--result-backend rpc:// is for workers (results to each client's reply queue); \
+             this client reads results from Redis: give --result-backend redis://..."
+        ));
+    }
     let backend = b.result_backend.clone().unwrap_or_else(|| b.broker.clone());
     let client = match Client::with_backend(&b.broker, &backend, Timeouts::default()) {
         Ok(c) => c,

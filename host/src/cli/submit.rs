@@ -59,7 +59,8 @@ pub struct Args {
     /// amqp://USER:PASSWORD@HOST[:PORT]/VHOST, amqps://... (RabbitMQ).
     #[arg(long, value_name = "URL")]
     broker: String,
-    /// Where results are stored (default: the broker; a Redis, required with AMQP).
+    /// Where results are stored (default: the broker; a Redis, required with AMQP;
+    /// not rpc://, whose results go to the reply queue of the client that sent them).
     #[arg(long, value_name = "URL")]
     result_backend: Option<String>,
     /// The task (`plugin.task`, or `task` when the workers have one of that

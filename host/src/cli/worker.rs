@@ -40,7 +40,8 @@ Broker URLs (kombu's forms): redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... 
   sentinel://[:PASSWORD@]HOST:26379[/DB];sentinel://HOST2:26379 with --master-name NAME (or
   ?master_name=NAME), broker and backend; amqp://USER:PASSWORD@HOST[:PORT]/VHOST
   (RabbitMQ; `//` or no path is the vhost `/`), amqps://... (TLS), pyamqp://, librabbitmq://.
-  An AMQP broker needs a Redis --result-backend (results, chords and revokes live there).
+  An AMQP broker needs a --result-backend: a Redis (results, chords and revokes live there),
+  or rpc:// (Celery's rpc backend: each result to its client's reply_to queue; no chords).
 
 Broker: a broker that is down, times out or is loading is waited for (a warning, then retries
   with backoff); one that refuses this worker the same way every time (no or a wrong password,
@@ -103,7 +104,9 @@ pub struct Args {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     broker: String,
-    /// Where results go (default: the broker; required, a Redis, with an AMQP broker).
+    /// Where results go: redis://... (default: the broker), sentinel://..., or rpc://
+    /// (AMQP broker only: each result to its client's reply_to queue, as Celery's rpc
+    /// backend; no chords, no death/requeue history). Required with an AMQP broker.
     #[arg(long, value_name = "URL")]
     result_backend: Option<String>,
     /// Queues to consume, comma-separated.

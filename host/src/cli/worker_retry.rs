@@ -63,6 +63,13 @@ pub struct RetryFlags {
     /// 1000).
     #[arg(long, value_name = "N", value_parser = parse_deaths)]
     max_requeues: Option<u32>,
+    /// The delivery limit of the quorum queues consumed (their x-delivery-limit
+    /// argument or delivery-limit policy; RabbitMQ 4's default 20, 1 to 1000): a
+    /// delivery whose x-delivery-count nears it is logged, a worker lost on it says
+    /// so in the FAILURE, and a reject with requeue on the last one allowed is stored
+    /// FAILURE instead of being requeued for RabbitMQ to drop.
+    #[arg(long, value_name = "N", value_parser = parse_deaths)]
+    delivery_limit: Option<u32>,
 }
 
 impl RetryFlags {
@@ -90,6 +97,9 @@ impl RetryFlags {
             max_requeues: self
                 .max_requeues
                 .unwrap_or(redelivery::DEFAULT_MAX_REQUEUES),
+            delivery_limit: self
+                .delivery_limit
+                .unwrap_or(redelivery::DEFAULT_DELIVERY_LIMIT),
         };
         o.check()?;
         Ok(o)

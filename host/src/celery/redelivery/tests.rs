@@ -333,3 +333,63 @@ fn a_terminated_job_is_never_retried_whatever_the_policy_lists() {
         Verdict::AsIs
     ));
 }
+
+#[test]
+fn the_delivery_budget_reads_x_delivery_count_against_the_limit() {
+    assert_eq!(budget(None, 20), Budget::Plenty);
+    assert_eq!(budget(Some(0), 20), Budget::Plenty);
+    assert_eq!(budget(Some(9), 20), Budget::Plenty);
+    assert_eq!(budget(Some(10), 20), Budget::PastHalf { count: 10 });
+    assert_eq!(budget(Some(19), 20), Budget::PastHalf { count: 19 });
+    assert_eq!(budget(Some(20), 20), Budget::Last { count: 20 });
+    assert_eq!(budget(Some(u64::MAX), 20), Budget::Last { count: u64::MAX });
+    assert_eq!(budget(Some(1), 1), Budget::Last { count: 1 });
+    assert_eq!(budget(Some(1), 2), Budget::PastHalf { count: 1 });
+}
+
+#[test]
+fn a_requeue_on_the_last_delivery_allowed_is_stored_failure_not_dropped() {
+    let mut d = delivery(RetryPolicy::default());
+    let err = asking(Directive::Reject { requeue: true }, None);
+    d.delivery_count = Some(19);
+    assert!(matches!(
+        judge(&rules(), &d, "faults.reject", "t-1", &err),
+        Verdict::Requeue
+    ));
+    d.delivery_count = Some(20);
+    match judge(&rules(), &d, "faults.reject", "t-1", &err) {
+        Verdict::Reject(x) => {
+            let m = x.info.exc_message[0].as_str().unwrap_or_default();
+            assert!(
+                m.contains("delivery 21 of at most 21 from quorum queue celery")
+                    && m.contains("its last")
+                    && m.contains("not requeued"),
+                "{m}"
+            );
+        }
+        v => panic!("{v:?}"),
+    }
+}
+
+#[test]
+fn a_worker_lost_near_the_delivery_limit_says_so_in_the_failure() {
+    let mut d = delivery(RetryPolicy::default());
+    d.deaths.clear();
+    let err = TaskError::new(ErrorKind::WorkerLost, "the worker died (SIGKILL)");
+    d.delivery_count = Some(3);
+    assert!(matches!(
+        judge(&rules(), &d, "faults.x", "t-1", &err),
+        Verdict::AsIs
+    ));
+    d.delivery_count = Some(12);
+    match judge(&rules(), &d, "faults.x", "t-1", &err) {
+        Verdict::Fail(e) => assert!(
+            e.message
+                .starts_with("the worker died (SIGKILL); delivery 13 of at most 21")
+                && e.message.contains("keeps coming back"),
+            "{}",
+            e.message
+        ),
+        v => panic!("{v:?}"),
+    }
+}

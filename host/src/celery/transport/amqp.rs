@@ -262,11 +262,13 @@ impl Book {
         }
     }
 
-    /// The live delivery a completion of `tag` settles, taken.
-    fn take(&mut self, tag: &str) -> Option<Acker> {
+    /// The live delivery a completion of `tag` settles, taken; `acked`:
+    /// it is being acked (remembered, so a redelivery whose ack was lost
+    /// is not run again), not requeued (whose redelivery must run).
+    fn take(&mut self, tag: &str, acked: bool) -> Option<Acker> {
         let t = self.alias.remove(tag).unwrap_or_else(|| tag.to_string());
         let (a, key) = self.live.remove(&t)?;
-        if !key.is_empty() && self.acked.insert(key.clone()) {
+        if acked && !key.is_empty() && self.acked.insert(key.clone()) {
             self.acked_order.push_back(key);
             while self.acked_order.len() > FINISHED_KEPT {
                 if let Some(old) = self.acked_order.pop_front() {
@@ -527,16 +529,7 @@ impl Amqp {
                     .map_err(e)?,
                 );
             }
-            for c in confirms {
-                let conf = tokio::time::timeout(CONFIRM_TIMEOUT, c)
-                    .await
-                    .map_err(|_| lost("publish", "no confirm from the broker"))?
-                    .map_err(e)?;
-                if conf.is_nack() {
-                    return Err(lost("publish", "the broker refused a message (nack)"));
-                }
-            }
-            Ok(())
+            confirmed("publish", confirms).await
         });
         res?;
         lock(&self.sh.state)
@@ -1022,7 +1015,7 @@ impl Transport for Amqp {
     ) -> Result<Vec<Finished>, BrokerError> {
         if batch.iter().any(|f| f.result.is_some()) {
             return Err(BrokerError::Config(
-                "an AMQP broker stores no results: use a Redis result backend".into(),
+                "an AMQP broker stores no results: use a Redis or rpc:// result backend".into(),
             ));
         }
         // A delivery whose channel died is RabbitMQ's to redeliver: its
@@ -1062,7 +1055,7 @@ impl Transport for Amqp {
     fn ack(&mut self, tags: &[String]) -> Result<(), BrokerError> {
         let ackers: Vec<Acker> = {
             let mut h = lock(&self.sh.held);
-            tags.iter().filter_map(|t| h.take(t)).collect()
+            tags.iter().filter_map(|t| h.take(t, true)).collect()
         };
         if ackers.is_empty() {
             return Ok(());
@@ -1079,7 +1072,8 @@ impl Transport for Amqp {
     fn requeue(&mut self, tags: &[String]) -> Result<usize, BrokerError> {
         let ackers: Vec<Acker> = {
             let mut h = lock(&self.sh.held);
-            tags.iter().filter_map(|t| h.take(t)).collect()
+            // Requeued: its redelivery runs (not taken for a lost ack).
+            tags.iter().filter_map(|t| h.take(t, false)).collect()
         };
         let n = self.sh.rt.block_on(async {
             let mut n = 0usize;
@@ -1108,6 +1102,10 @@ impl Transport for Amqp {
         None
     }
 
+    fn reply(&mut self, replies: &[super::Reply]) -> Result<(), BrokerError> {
+        self.publish_replies(replies)
+    }
+
     fn set_held(&mut self, n: usize) {
         let want = u16::try_from(usize::from(self.sh.opts.prefetch.max(1)).saturating_add(n))
             .unwrap_or(u16::MAX);
@@ -1134,6 +1132,61 @@ impl Transport for Amqp {
             lock(&self.sh.extra).1 = want;
         }
     }
+}
+
+impl Amqp {
+    /// Publishes `replies` on the confirm channel to the default exchange,
+    /// each with its reply queue as routing key, as Celery's `rpc://`
+    /// backend does: `correlation_id`, JSON, transient (`delivery_mode` 1,
+    /// `result_persistent` off). A reply queue that is gone drops it (the
+    /// default exchange routes nowhere; RabbitMQ still confirms it).
+    fn publish_replies(&self, replies: &[super::Reply]) -> Result<(), BrokerError> {
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let (_, ch, _) = self.live()?;
+        self.sh.rt.block_on(async {
+            let e = |e: lapin::Error| classify("result reply", e);
+            let mut confirms = Vec::with_capacity(replies.len());
+            for r in replies {
+                let props = BasicProperties::default()
+                    .with_content_type(protocol::CONTENT_TYPE_JSON.into())
+                    .with_content_encoding("utf-8".into())
+                    .with_delivery_mode(1)
+                    .with_correlation_id(r.correlation_id.as_str().into());
+                confirms.push(
+                    ch.basic_publish(
+                        "".into(),
+                        r.to.as_str().into(),
+                        BasicPublishOptions::default(),
+                        r.body.as_bytes(),
+                        props,
+                    )
+                    .await
+                    .map_err(e)?,
+                );
+            }
+            confirmed("result reply", confirms).await
+        })
+    }
+}
+
+/// Waits for the broker's confirm of each of `confirms`; a nack or none
+/// within [`CONFIRM_TIMEOUT`] fails them all (a retry publishes again).
+async fn confirmed(
+    what: &'static str,
+    confirms: Vec<lapin::PublisherConfirm>,
+) -> Result<(), BrokerError> {
+    for c in confirms {
+        let conf = tokio::time::timeout(CONFIRM_TIMEOUT, c)
+            .await
+            .map_err(|_| lost(what, "no confirm from the broker"))?
+            .map_err(|e| classify(what, e))?;
+        if conf.is_nack() {
+            return Err(lost(what, "the broker refused a message (nack)"));
+        }
+    }
+    Ok(())
 }
 
 impl Fanout for Amqp {

@@ -138,6 +138,29 @@ pub trait Transport: Send {
     /// slots: a transport whose prefetch the held ones would use up
     /// (AMQP) raises it by as many, as Celery's consumer does.
     fn set_held(&mut self, _n: usize) {}
+    /// Publishes result metas to their clients' reply queues (Celery's
+    /// `rpc://` backend) and returns once the broker confirmed them all.
+    /// Only AMQP carries them; others refuse.
+    fn reply(&mut self, _replies: &[Reply]) -> Result<(), BrokerError> {
+        Err(BrokerError::Config(
+            "the rpc:// result backend needs an AMQP broker (amqp://)".into(),
+        ))
+    }
+}
+
+/// One result meta for Celery's `rpc://` result backend: published to the
+/// default exchange with the client's `reply_to` queue as routing key and
+/// the task's `correlation_id` (`celery/backends/rpc.py`,
+/// `RPCBackend.store_result`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The client's reply queue (the task message's `reply_to`).
+    pub to: String,
+    /// The task message's `correlation_id`, else the task id.
+    pub correlation_id: String,
+    /// The meta, JSON (`{"status", "result", "traceback", "children",
+    /// "date_done", "task_id", ...}`).
+    pub body: String,
 }
 
 /// The type of an exchange events and remote control publish to.
