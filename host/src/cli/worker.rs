@@ -144,9 +144,17 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_consumer_timeout)]
     consumer_timeout: Duration,
     /// AMQP: declare the queues as quorum queues (Celery's
-    /// task_default_queue_type = "quorum").
+    /// task_default_queue_type = "quorum"), and set up Celery 5.5+'s native
+    /// delayed delivery as Celery's worker does with them (the
+    /// celery_delayed_* exchanges and queues; the queues bound to
+    /// celery_delayed_delivery when --exchange-type is topic or fanout).
     #[arg(long)]
     quorum_queues: bool,
+    /// AMQP: the type of each queue's exchange, as the fleet's
+    /// task_default_exchange_type: direct (Celery's default), topic or
+    /// fanout. Native delayed delivery needs topic or fanout.
+    #[arg(long, value_name = "TYPE", default_value = "direct")]
+    exchange_type: billiard_host::celery::transport::ExchangeKind,
     /// How long results are kept (Celery's result_expires).
     #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
     result_expires: Duration,
@@ -310,6 +318,7 @@ pub fn run(args: Args) -> i32 {
             _ => None,
         },
         quorum_queues: args.quorum_queues,
+        exchange_type: args.exchange_type,
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {

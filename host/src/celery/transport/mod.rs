@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 pub mod amqp;
+pub mod delayed;
 pub mod redis;
 pub mod sentinel;
 
@@ -77,6 +78,9 @@ pub struct QueueOptions {
     /// The longest `--time-limit` a job may run for
     /// (`x-consumer-timeout`, ms, when set).
     pub consumer_timeout: Option<Duration>,
+    /// The type of each task queue's exchange (Celery's
+    /// `task_default_exchange_type`; direct by default).
+    pub exchange_type: ExchangeKind,
 }
 
 /// The verbs the consumer loop, the finisher and the keeper use.
@@ -128,6 +132,10 @@ pub trait Transport: Send {
     fn requeue(&mut self, tags: &[String]) -> Result<usize, BrokerError>;
     /// Publishes task messages: (queue, kombu envelope JSON).
     fn send(&mut self, msgs: &[(String, String)]) -> Result<(), BrokerError>;
+    /// Consumes `queues` from now on (`celery control add_consumer` /
+    /// `cancel_consumer`): new ones declared and consumed, dropped ones
+    /// cancelled; the messages this host holds stay its to complete.
+    fn set_queues(&mut self, queues: &[String]) -> Result<(), BrokerError>;
     /// Another handle on this broker for another thread (Redis: a
     /// connection of its own; AMQP: the same channel, so acks reach the
     /// channel that delivered).
@@ -140,15 +148,32 @@ pub trait Transport: Send {
     fn set_held(&mut self, _n: usize) {}
 }
 
-/// The type of an exchange events and remote control publish to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The type of an exchange (events, remote control, task queues).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExchangeKind {
     /// Routed by exact routing key (`reply.celery.pidbox`).
+    #[default]
     Direct,
     /// To every bound queue (`celery.pidbox`).
     Fanout,
     /// Routed by pattern (`celeryev`).
     Topic,
+}
+
+impl std::str::FromStr for ExchangeKind {
+    type Err = String;
+
+    /// Celery's names: `direct`, `topic`, `fanout`.
+    fn from_str(s: &str) -> Result<ExchangeKind, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "direct" => Ok(ExchangeKind::Direct),
+            "topic" => Ok(ExchangeKind::Topic),
+            "fanout" => Ok(ExchangeKind::Fanout),
+            other => Err(format!(
+                "`{other}` is not an exchange type: direct, topic or fanout"
+            )),
+        }
+    }
 }
 
 /// An exchange as kombu declares it.
@@ -361,6 +386,12 @@ impl Transport for RedisTransport {
             &self.url,
             self.queues.clone(),
         )?))
+    }
+
+    fn set_queues(&mut self, queues: &[String]) -> Result<(), BrokerError> {
+        // Redis has no consumers to cancel: a broker on the new lists.
+        *self = RedisTransport::new(&self.url, queues.to_vec())?;
+        Ok(())
     }
 
     fn redis(&mut self) -> Option<&mut Link> {
