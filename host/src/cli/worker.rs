@@ -41,6 +41,8 @@ Broker URLs (kombu's forms): redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... 
   ?master_name=NAME), broker and backend; amqp://USER:PASSWORD@HOST[:PORT]/VHOST
   (RabbitMQ; `//` or no path is the vhost `/`), amqps://... (TLS), pyamqp://, librabbitmq://.
   An AMQP broker needs a Redis --result-backend (results, chords and revokes live there).
+  A quorum-queue fleet (task_default_queue_type=\"quorum\", task_default_exchange_type=\"topic\"):
+  --quorum-queues --exchange-type topic, and Celery 5.5+'s native delayed delivery is set up.
 
 Broker: a broker that is down, times out or is loading is waited for (a warning, then retries
   with backoff); one that refuses this worker the same way every time (no or a wrong password,

@@ -430,4 +430,14 @@ mod tests {
         assert!(e.contains("the scheme `sqs://` is not one"), "{e}");
         assert!(kind("nothing").is_err());
     }
+
+    #[test]
+    fn exchange_types_are_celerys_names() {
+        assert_eq!("topic".parse(), Ok(ExchangeKind::Topic));
+        assert_eq!(" Fanout".parse(), Ok(ExchangeKind::Fanout));
+        assert_eq!("direct".parse(), Ok(ExchangeKind::Direct));
+        assert_eq!(ExchangeKind::default(), ExchangeKind::Direct);
+        let e = "headers".parse::<ExchangeKind>().err().unwrap_or_default();
+        assert!(e.contains("direct, topic or fanout"), "{e}");
+    }
 }
