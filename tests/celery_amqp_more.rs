@@ -367,3 +367,36 @@ print(json.dumps(app.send_task('math.square', args=[9]).get(timeout=60)))",
         w.stderr()
     );
 }
+
+/// A vhost whose delayed-delivery queues were declared classic (a fleet
+/// with `broker_native_delayed_delivery_queue_type = "classic"`) refuses
+/// our quorum ones: the worker stops at start with RabbitMQ's reason
+/// (exit 2), not a retry for ever.
+#[test]
+fn amqp_delayed_queues_declared_otherwise_stop_the_start_with_the_reason() {
+    let test = "amqp_delayed_queues_declared_otherwise_stop_the_start_with_the_reason";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let script = format!(
+        "{}{}",
+        quorum_fleet_app(&rabbit.url(), &redis.url()),
+        r#"
+from kombu.transport.native_delayed_delivery import (
+    declare_native_delayed_delivery_exchanges_and_queues)
+with app.connection_for_write() as conn:
+    declare_native_delayed_delivery_exchanges_and_queues(conn, 'classic')
+print(json.dumps('declared'))
+"#
+    );
+    assert_eq!(celery::python_json(&script, &[]), json!("declared"));
+    let math = common::plugin_str("math");
+    let (b, r) = (rabbit.url(), redis.url());
+    let mut cmd = common::host_command();
+    cmd.args(["worker", &math, "--broker", &b, "--result-backend", &r])
+        .args(["--quorum-queues", "--exchange-type", "topic"]);
+    let out = celery::run_with_timeout(cmd, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("PRECONDITION_FAILED"), "{err}");
+}
