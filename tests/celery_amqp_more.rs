@@ -371,7 +371,8 @@ print(json.dumps(app.send_task('math.square', args=[9]).get(timeout=60)))",
 /// A vhost whose delayed-delivery queues were declared classic (a fleet
 /// with `broker_native_delayed_delivery_queue_type = "classic"`) refuses
 /// our quorum ones: the worker stops at start with RabbitMQ's reason
-/// (exit 2), not a retry for ever.
+/// (exit 2), not a retry for ever; with `--delayed-delivery-queue-type
+/// classic`, as the fleet, it starts and runs their countdown tasks.
 #[test]
 fn amqp_delayed_queues_declared_otherwise_stop_the_start_with_the_reason() {
     let test = "amqp_delayed_queues_declared_otherwise_stop_the_start_with_the_reason";
@@ -399,4 +400,27 @@ print(json.dumps('declared'))
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("PRECONDITION_FAILED"), "{err}");
+
+    let name = celery::node("classic", "amqp-test");
+    let w = quorum_worker(
+        &rabbit,
+        &redis,
+        &name,
+        &["-c", "1", "--delayed-delivery-queue-type", "classic"],
+    );
+    let script = format!(
+        "{}{}",
+        quorum_fleet_app(&rabbit.url(), &redis.url()),
+        r#"
+r = app.send_task('math.square', args=[6], countdown=1)
+print(json.dumps([r.get(timeout=60), published[r.id][0]]))
+"#
+    );
+    assert_eq!(
+        celery::python_json(&script, &[]),
+        json!([36, "celery_delayed_27"]),
+        "{}",
+        w.stderr()
+    );
+    assert!(w.stderr().contains("declared (classic)"), "{}", w.stderr());
 }

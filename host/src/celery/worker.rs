@@ -101,6 +101,9 @@ pub struct WorkerOptions {
     /// `task_default_exchange_type`): native delayed delivery needs
     /// `topic` or `fanout`.
     pub exchange_type: transport::ExchangeKind,
+    /// AMQP: the type of the native delayed delivery queues (Celery's
+    /// `broker_native_delayed_delivery_queue_type`).
+    pub delayed_queue_type: transport::delayed::QueueType,
     /// AMQP: the server's `consumer_timeout` (RabbitMQ closes a channel
     /// holding a delivery unacked longer): a job whose time limit is
     /// longer is refused at receipt. None: not checked (Redis).
@@ -126,6 +129,7 @@ impl Default for WorkerOptions {
             queue_max_priority: None,
             quorum_queues: false,
             exchange_type: transport::ExchangeKind::Direct,
+            delayed_queue_type: transport::delayed::QueueType::Quorum,
             consumer_timeout: None,
         }
     }
@@ -805,6 +809,7 @@ fn queue_options(opts: &WorkerOptions, workers: usize) -> transport::QueueOption
         prefetch: u16::try_from(prefetch).unwrap_or(u16::MAX),
         consumer_timeout: None,
         exchange_type: opts.exchange_type,
+        delayed_queue_type: opts.delayed_queue_type,
     }
 }
 

@@ -157,6 +157,11 @@ pub struct Args {
     /// fanout. Native delayed delivery needs topic or fanout.
     #[arg(long, value_name = "TYPE", default_value = "direct")]
     exchange_type: billiard_host::celery::transport::ExchangeKind,
+    /// AMQP with --quorum-queues: the type of the celery_delayed_* queues, as the
+    /// fleet's broker_native_delayed_delivery_queue_type: quorum (Celery's default)
+    /// or classic.
+    #[arg(long, value_name = "TYPE", default_value = "quorum")]
+    delayed_delivery_queue_type: billiard_host::celery::transport::delayed::QueueType,
     /// How long results are kept (Celery's result_expires).
     #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
     result_expires: Duration,
@@ -321,6 +326,7 @@ pub fn run(args: Args) -> i32 {
         },
         quorum_queues: args.quorum_queues,
         exchange_type: args.exchange_type,
+        delayed_queue_type: args.delayed_delivery_queue_type,
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {

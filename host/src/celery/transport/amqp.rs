@@ -859,7 +859,8 @@ async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
         declare(&consume, q).await?;
     }
     if delayed_delivery(&sh.opts, &queues) {
-        declare_delayed(&consume, &queues, generation == 1).await?;
+        let qt = sh.opts.delayed_queue_type;
+        declare_delayed(&consume, &queues, qt, generation == 1).await?;
     }
     let prefetch = {
         let mut extra = lock(&sh.extra);
@@ -945,10 +946,11 @@ fn delayed_delivery(opts: &QueueOptions, queues: &[QueueDecl]) -> bool {
 async fn declare_delayed(
     ch: &Channel,
     queues: &[QueueDecl],
+    queue_type: super::delayed::QueueType,
     say: bool,
 ) -> Result<(), lapin::Error> {
     use super::delayed::Step;
-    for step in super::delayed::topology("quorum") {
+    for step in super::delayed::topology(queue_type.as_str()) {
         match step {
             Step::Exchange(name) => {
                 declare_exchange(
@@ -1005,8 +1007,9 @@ async fn declare_delayed(
     }
     if say {
         tracing::info!(
-            "native delayed delivery: celery_delayed_0..27 declared (quorum), countdown/ETA \
+            "native delayed delivery: celery_delayed_0..27 declared ({}), countdown/ETA \
              tasks from Celery 5.5+ producers come through {}",
+            queue_type.as_str(),
             super::delayed::DELIVERY_EXCHANGE
         );
     }

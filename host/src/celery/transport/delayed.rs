@@ -32,6 +32,39 @@ pub const BITS: u32 = 28;
 /// Where level 0 delivers (kombu's `CELERY_DELAYED_DELIVERY_EXCHANGE`).
 pub const DELIVERY_EXCHANGE: &str = "celery_delayed_delivery";
 
+/// The type of the `celery_delayed_*` queues (Celery's
+/// `broker_native_delayed_delivery_queue_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// Celery's default.
+    #[default]
+    Quorum,
+    /// Classic queues.
+    Classic,
+}
+
+impl QueueType {
+    /// Its `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<QueueType, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "quorum" => Ok(QueueType::Quorum),
+            "classic" => Ok(QueueType::Classic),
+            other => Err(format!("`{other}` is not a queue type: quorum or classic")),
+        }
+    }
+}
+
 /// The exchange and queue of delay level `level`: `celery_delayed_{level}`.
 pub fn level_name(level: u32) -> String {
     format!("celery_delayed_{level}")
@@ -210,6 +243,9 @@ mod tests {
         };
         assert!(args.inner().get("x-dead-letter-strategy").is_none());
         assert_eq!(binding_key("celery"), "#.celery");
+        assert_eq!("Classic".parse(), Ok(QueueType::Classic));
+        assert_eq!(QueueType::default().as_str(), "quorum");
+        assert!("stream".parse::<QueueType>().is_err());
         assert_eq!(binding_key("#.x"), "#.x");
     }
 }

@@ -81,6 +81,9 @@ pub struct QueueOptions {
     /// The type of each task queue's exchange (Celery's
     /// `task_default_exchange_type`; direct by default).
     pub exchange_type: ExchangeKind,
+    /// The type of the native delayed delivery queues (Celery's
+    /// `broker_native_delayed_delivery_queue_type`), with `quorum`.
+    pub delayed_queue_type: delayed::QueueType,
 }
 
 /// The verbs the consumer loop, the finisher and the keeper use.
