@@ -8,6 +8,9 @@ mod common;
 // The worker on RabbitMQ (issue 25): a private rabbitmq-server node per
 // test, Python Celery 5.7 clients, celery inspect/control, a Python worker.
 mod celery_amqp;
+// More of the worker on RabbitMQ (issue 25): native delayed delivery on a
+// quorum-queue fleet, add_consumer/cancel_consumer, /healthz.
+mod celery_amqp_more;
 // Chords and nested canvases from Python Celery 5.7 run on our workers
 // (issue 23 items 1 and 6).
 mod celery_chord;

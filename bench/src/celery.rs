@@ -19,6 +19,11 @@
 //! Prints one JSON line per measurement and a Markdown table at the end,
 //! and draws the throughput as an SVG chart (`--chart`).
 //!
+//! `--broker amqp`: the same through a private RabbitMQ node this program
+//! starts (`rabbitmq-server` on the PATH or in /usr/lib/rabbitmq/bin),
+//! the results on the Redis, both workers on the same node in the same
+//! run; the node's CPU per task is reported beside Redis's.
+//!
 //! Celery's worker runs from the benchmarks' venv (`target/bench-venv`,
 //! made and pip-installed from `bench/python/requirements.txt` on first
 //! use), so a fresh clone needs only `python3` and `redis-server`.
@@ -49,7 +54,7 @@ mod venv;
 #[derive(Parser, Debug)]
 #[command(
     name = "bench-celery",
-    about = "Throughput and latency of billiard-host worker vs Celery's prefork worker on one local Redis"
+    about = "Throughput and latency of billiard-host worker vs Celery's prefork worker on one local Redis or RabbitMQ (--broker amqp)"
 )]
 struct Args {
     /// Tasks per throughput run.
@@ -104,6 +109,17 @@ struct Args {
     /// <workspace>/target/bench/charts/celery-fleet.svg).
     #[arg(long)]
     fleet_chart: Option<PathBuf>,
+    /// The broker both workers consume from: `redis` (the results go
+    /// there too), or `amqp`: a private rabbitmq-server node this program
+    /// starts (its own data dir, ports and epmd), results on the Redis.
+    #[arg(long, value_enum, default_value_t = BrokerKind::Redis)]
+    broker: BrokerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BrokerKind {
+    Redis,
+    Amqp,
 }
 
 fn workspace_root() -> PathBuf {
@@ -147,8 +163,27 @@ fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let redis = Redis::start(&tmp)?;
-    let url = format!("redis://127.0.0.1:{}/0", redis.port);
-    eprintln!("redis-server pid {} on {url}", redis.child.id());
+    let backend = format!("redis://127.0.0.1:{}/0", redis.port);
+    eprintln!("redis-server pid {} on {backend}", redis.child.id());
+    let rabbit = match args.broker {
+        BrokerKind::Redis => None,
+        BrokerKind::Amqp => Some(RabbitMq::start(&tmp)?),
+    };
+    let url = rabbit
+        .as_ref()
+        .map_or_else(|| backend.clone(), RabbitMq::url);
+    let on = if rabbit.is_some() { " on RabbitMQ" } else { "" };
+    // On AMQP the results go to the Redis (on Redis, the broker keeps them).
+    let backend_args: Vec<&str> = if rabbit.is_some() {
+        vec!["--result-backend", &backend]
+    } else {
+        Vec::new()
+    };
+    let urls = Urls {
+        broker: &url,
+        backend: &backend,
+        rabbit: rabbit.as_ref(),
+    };
 
     let mut table = Vec::new();
     if !args.skip_host {
@@ -158,17 +193,18 @@ fn main() -> Result<()> {
             cmd.arg("worker")
                 .arg(&plugin)
                 .args(["--broker", &url, "-Q", &queue])
+                .args(&backend_args)
                 .args(["--concurrency", &args.concurrency.to_string()])
                 .args(["--prefetch-multiplier", &mult.to_string()])
                 .env_remove("RUST_LOG");
             let label = format!(
-                "billiard-host worker (-c {}, prefetch x{mult})",
+                "billiard-host worker{on} (-c {}, prefetch x{mult})",
                 args.concurrency
             );
             let name = format!("billiard-host-x{mult}");
             table.push(measure(
                 &args,
-                &url,
+                &urls,
                 &queue,
                 &name,
                 &label,
@@ -197,7 +233,7 @@ fn main() -> Result<()> {
             &tasks,
             format!(
                 r#"from celery import Celery
-app = Celery("bench", broker={url:?}, backend={url:?})
+app = Celery("bench", broker={url:?}, backend={backend:?})
 app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                 result_accept_content=["json"], worker_hijack_root_logger=False)
 
@@ -232,12 +268,12 @@ def square(x):
                 "--without-heartbeat",
             ]);
         let label = format!(
-            "Celery 5.7 prefork worker (-c {}, prefetch x4)",
+            "Celery 5.7 prefork worker{on} (-c {}, prefetch x4)",
             args.concurrency
         );
         table.push(measure(
             &args,
-            &url,
+            &urls,
             queue,
             "celery",
             &label,
@@ -259,6 +295,7 @@ def square(x):
                 cmd.arg("worker")
                     .arg(&plugin)
                     .args(["--broker", &url, "-Q", &queue])
+                    .args(&backend_args)
                     .args(["-n", &format!("fleet{i}")])
                     .args(["--concurrency", &c.to_string()])
                     .args(["--prefetch-multiplier", &args.fleet_prefetch.to_string()])
@@ -271,7 +308,7 @@ def square(x):
             args.fleet_prefetch
         );
         let name = format!("fleet-{n}");
-        let row = measure(&args, &url, &queue, &name, &label, cmds, &redis)?;
+        let row = measure(&args, &urls, &queue, &name, &label, cmds, &redis)?;
         println!(
             "{}",
             json!({"impl": "billiard-host", "measure": "fleet", "hosts": n,
@@ -286,11 +323,17 @@ def square(x):
     }
 
     println!();
-    println!("| worker | tasks/s (median of {}) | runs | p50 latency | p99 latency | CPU µs per task: redis / worker / producer | Redis commands per task |", args.runs);
+    let rabbit_col = if rabbit.is_some() { "rabbitmq / " } else { "" };
+    println!("| worker | tasks/s (median of {}) | runs | p50 latency | p99 latency | CPU µs per task: {rabbit_col}redis / worker / producer | Redis commands per task |", args.runs);
     println!("|---|---|---|---|---|---|---|");
     for r in table.iter().chain(fleet.iter().map(|(_, r)| r)) {
+        let rabbit_cpu = if rabbit.is_some() {
+            format!("{:.1} / ", r.cpu_rabbit)
+        } else {
+            String::new()
+        };
         println!(
-            "| {} | {:.0} | {} | {} | {} | {:.1} / {:.1} / {:.1} | {:.2} |",
+            "| {} | {:.0} | {} | {} | {} | {rabbit_cpu}{:.1} / {:.1} / {:.1} | {:.2} |",
             r.label,
             r.rate,
             r.rates
@@ -338,6 +381,7 @@ def square(x):
             );
         }
     }
+    drop(rabbit);
     drop(redis);
     let _ = std::fs::remove_dir_all(&tmp);
     let chart = args
@@ -355,7 +399,12 @@ def square(x):
         })
         .collect();
     if !bars.is_empty() {
-        charts::fleet_svg(&bars, "Celery mode: tiny tasks through one Redis", &chart)?;
+        let title = if args.broker == BrokerKind::Amqp {
+            "Celery mode: tiny tasks through one RabbitMQ (results on Redis)"
+        } else {
+            "Celery mode: tiny tasks through one Redis"
+        };
+        charts::fleet_svg(&bars, title, &chart)?;
         eprintln!("wrote {}", chart.display());
     }
     if !fleet.is_empty() {
@@ -389,6 +438,8 @@ struct Row {
     p99: Option<f64>,
     /// CPU µs per task over the throughput runs, from /proc.
     cpu_redis: f64,
+    /// The RabbitMQ node's (0 on Redis).
+    cpu_rabbit: f64,
     cpu_worker: f64,
     cpu_producer: f64,
     /// Redis's busy share of one core over the throughput runs.
@@ -404,7 +455,7 @@ struct Row {
 /// stops them.
 fn measure(
     args: &Args,
-    url: &str,
+    urls: &Urls<'_>,
     queue: &str,
     name: &str,
     label: &str,
@@ -440,7 +491,7 @@ fn measure(
         }));
         workers.push(worker);
     }
-    let res = measure_running(args, url, queue, name, label, &workers, redis);
+    let res = measure_running(args, urls, queue, name, label, &workers, redis);
     for w in &mut workers {
         stop(w);
     }
@@ -455,7 +506,7 @@ fn measure(
 
 fn measure_running(
     args: &Args,
-    url: &str,
+    urls: &Urls<'_>,
     queue: &str,
     name: &str,
     label: &str,
@@ -466,7 +517,7 @@ fn measure_running(
         io: Duration::from_secs(30),
         retry_for: Duration::from_secs(10),
     };
-    let client = Client::with_backend(url, url, timeouts)?;
+    let client = Client::with_backend(urls.broker, urls.backend, timeouts)?;
     let opts = SendOptions {
         queue: Some(queue.into()),
         ..SendOptions::default()
@@ -485,7 +536,9 @@ fn measure_running(
     let mut rates = Vec::new();
     redis.cmd(&["CONFIG", "RESETSTAT"])?;
     let t0 = Instant::now();
+    let rabbit_cpu = || urls.rabbit.map_or(0.0, |r| cpu_tree(r.child.id() as i32));
     let cpu0 = (cpu_seconds(&[redis.child.id() as i32]), tree(), self_cpu());
+    let rabbit0 = rabbit_cpu();
     let mut done = Vec::new();
     for run in 0..args.runs {
         let (rate, ids, waiter) = throughput(&client, &opts, args.jobs)
@@ -499,6 +552,7 @@ fn measure_running(
         rates.push(rate);
     }
     let cpu1 = (cpu_seconds(&[redis.child.id() as i32]), tree(), self_cpu());
+    let rabbit1 = rabbit_cpu();
     let wall = t0.elapsed().as_secs_f64();
     let stats = redis.cmd(&["INFO", "commandstats"])?;
     // Drop the results (they would otherwise stay a day), outside the
@@ -522,6 +576,7 @@ fn measure_running(
         "{}",
         json!({"impl": name, "measure": "redis", "hosts": workers.len(),
                "redis_us_per_task": per_task(cpu0.0, cpu1.0),
+               "rabbitmq_us_per_task": per_task(rabbit0, rabbit1),
                "worker_us_per_task": per_task(cpu0.1, cpu1.1),
                "producer_us_per_task": per_task(cpu0.2, cpu1.2),
                "redis_calls_per_task": calls_per_task,
@@ -551,6 +606,7 @@ fn measure_running(
         p50,
         p99,
         cpu_redis: per_task(cpu0.0, cpu1.0),
+        cpu_rabbit: per_task(rabbit0, rabbit1),
         cpu_worker: per_task(cpu0.1, cpu1.1),
         cpu_producer: per_task(cpu0.2, cpu1.2),
         redis_share: (cpu1.0 - cpu0.0) / wall.max(1e-9),
@@ -709,6 +765,118 @@ fn cpu_tree(pid: i32) -> f64 {
 
 fn self_cpu() -> f64 {
     cpu_seconds(&[std::process::id() as i32])
+}
+
+/// Where the workers and the producer connect.
+struct Urls<'a> {
+    broker: &'a str,
+    backend: &'a str,
+    rabbit: Option<&'a RabbitMq>,
+}
+
+/// A private RabbitMQ node (`--broker amqp`): its own data dir, node name,
+/// AMQP and distribution ports and `epmd`, no plugins; its process group
+/// killed on drop.
+struct RabbitMq {
+    child: Child,
+    epmd: Child,
+    port: u16,
+}
+
+impl RabbitMq {
+    fn start(dir: &Path) -> Result<RabbitMq> {
+        let free = || -> Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let exe = [
+            "/usr/lib/rabbitmq/bin/rabbitmq-server",
+            "/usr/sbin/rabbitmq-server",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("rabbitmq-server is not installed (apt-get install rabbitmq-server)")?;
+        let (port, dist, epmd_port) = (free()?, free()?, free()?);
+        let epmd = Command::new("epmd")
+            .args(["-port", &epmd_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting epmd (it comes with rabbitmq-server)")?;
+        let home = dir.join("rabbitmq");
+        std::fs::create_dir_all(&home)?;
+        std::fs::write(home.join("enabled_plugins"), "[].\n")?;
+        let log = std::fs::File::create(home.join("out.log"))?;
+        let child = Command::new(exe)
+            .env("HOME", &home)
+            .env("RABBITMQ_MNESIA_BASE", home.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", home.join("log"))
+            .env("RABBITMQ_NODENAME", format!("bench{port}@localhost"))
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("ERL_EPMD_PORT", epmd_port.to_string())
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                home.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_CONFIG_FILE", home.join("rabbitmq"))
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                home.join("advanced.config"),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting rabbitmq-server")?;
+        let mut node = RabbitMq { child, epmd, port };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if node.speaks_amqp() {
+                eprintln!("rabbitmq-server pid {} on {}", node.child.id(), node.url());
+                return Ok(node);
+            }
+            if node.child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "rabbitmq-server did not start (see {})",
+            home.join("out.log").display()
+        )
+    }
+
+    /// The port answers an AMQP 0-9-1 header with a frame.
+    fn speaks_amqp(&mut self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut frame = [0u8; 7];
+        s.write_all(b"AMQP\x00\x00\x09\x01").is_ok()
+            && s.read_exact(&mut frame).is_ok()
+            && frame[0] == 1
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}//", self.port)
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = self.epmd.kill();
+        let _ = self.epmd.wait();
+    }
 }
 
 /// A private redis-server (no persistence), killed on drop.

@@ -178,6 +178,10 @@ pub struct Ops {
     job_pid: Mutex<HashMap<u64, i32>>,
     /// The broker answered the ticker's last PING.
     pub broker_ok: AtomicBool,
+    /// What the ticker pings for `broker_ok` when the broker is not the
+    /// Redis it keeps the revoked set on (AMQP): a handle on the
+    /// consumer's own connection.
+    probe: Mutex<Option<Box<dyn transport::Transport>>>,
     /// Live worker processes at the last snapshot.
     pub workers_alive: AtomicU64,
     started_threads: AtomicBool,
@@ -295,6 +299,7 @@ impl Ops {
             pids: Mutex::new(BTreeMap::new()),
             job_pid: Mutex::new(HashMap::new()),
             broker_ok: AtomicBool::new(false),
+            probe: Mutex::new(None),
             workers_alive: AtomicU64::new(0),
             started_threads: AtomicBool::new(false),
             redelivered: Default::default(),
@@ -715,16 +720,29 @@ impl Ops {
         }
     }
 
+    /// `broker_ok` (`/healthz`) follows `probe`'s pings instead of the
+    /// Redis PINGs: set it before [`Ops::start`] when the broker is not
+    /// Redis (on AMQP the Redis is the result backend, and the broker's
+    /// state is its AMQP connection's).
+    pub fn set_broker_probe(&self, probe: Box<dyn transport::Transport>) {
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
+    }
+
     fn ticker(self: Arc<Ops>, mut link: Option<Link>) {
         let every = Duration::from_secs(1);
         let mut n = 0u64;
         let mut was_ok = true;
+        let mut probe = self.probe.lock().unwrap_or_else(|e| e.into_inner()).take();
         loop {
-            // Without a Redis (rpc:// on AMQP) the broker's health is the
+            // The broker's own connection when it is not Redis; without a
+            // Redis and a probe (rpc:// on AMQP) the broker's health is the
             // consumer's to see: this one stays up.
-            let ok = link
-                .as_mut()
-                .is_none_or(|l| l.run(|c| redis::cmd("PING").query::<String>(c)).is_ok());
+            let ok = match probe.as_mut() {
+                Some(p) => p.ping().is_ok(),
+                None => link
+                    .as_mut()
+                    .is_none_or(|l| l.run(|c| redis::cmd("PING").query::<String>(c)).is_ok()),
+            };
             self.broker_ok.store(ok, Ordering::Release);
             if ok && !was_ok {
                 if let Some(m) = &self.opts.metrics {

@@ -93,8 +93,17 @@ pub struct WorkerOptions {
     /// AMQP: `x-max-priority` on the queues declared (Celery's
     /// `task_queue_max_priority`).
     pub queue_max_priority: Option<u8>,
-    /// AMQP: quorum queues (Celery's `task_default_queue_type = "quorum"`).
+    /// AMQP: quorum queues (Celery's `task_default_queue_type = "quorum"`);
+    /// with them, Celery 5.5+'s native delayed delivery is set up as
+    /// Celery's worker sets it up ([`transport::delayed`]).
     pub quorum_queues: bool,
+    /// AMQP: the type of each queue's exchange (Celery's
+    /// `task_default_exchange_type`): native delayed delivery needs
+    /// `topic` or `fanout`.
+    pub exchange_type: transport::ExchangeKind,
+    /// AMQP: the type of the native delayed delivery queues (Celery's
+    /// `broker_native_delayed_delivery_queue_type`).
+    pub delayed_queue_type: transport::delayed::QueueType,
     /// AMQP: the server's `consumer_timeout` (RabbitMQ closes a channel
     /// holding a delivery unacked longer): a job whose time limit is
     /// longer is refused at receipt. None: not checked (Redis).
@@ -119,6 +128,8 @@ impl Default for WorkerOptions {
             task_aliases: Vec::new(),
             queue_max_priority: None,
             quorum_queues: false,
+            exchange_type: transport::ExchangeKind::Direct,
+            delayed_queue_type: transport::delayed::QueueType::Quorum,
             consumer_timeout: None,
         }
     }
@@ -630,6 +641,9 @@ impl Worker {
         // Remote control, events, pool view: subscribed before the startup line.
         let ops_rx = match &ops {
             Some(o) => {
+                if broker.redis().is_none() {
+                    o.set_broker_probe(broker.handle("health")?);
+                }
                 o.start(
                     &opts.broker_url,
                     opts.backend_url.as_deref().unwrap_or(&opts.broker_url),
@@ -826,6 +840,8 @@ fn queue_options(opts: &WorkerOptions, workers: usize) -> transport::QueueOption
         quorum: opts.quorum_queues,
         prefetch: u16::try_from(prefetch).unwrap_or(u16::MAX),
         consumer_timeout: None,
+        exchange_type: opts.exchange_type,
+        delayed_queue_type: opts.delayed_queue_type,
     }
 }
 
@@ -2886,18 +2902,11 @@ impl Consumer<'_> {
                     tracing::warn!("remote control: not cancelling the last queue");
                     return;
                 }
-                if transport::kind(&self.opts.broker_url).ok() != Some(transport::Kind::Redis) {
-                    // The channel holds the running jobs' deliveries: a
-                    // new one could not ack them.
-                    tracing::error!("remote control: changing queues is for Redis brokers only");
-                    return;
-                }
-                let qo = queue_options(self.opts, self.workers);
-                match transport::open(&self.opts.broker_url, qs.clone(), &qo) {
-                    Ok(b) => {
-                        self.broker = b;
-                        tracing::warn!("remote control: consuming [{}]", qs.join(", "));
-                    }
+                // AMQP: consumers added and cancelled on the channel that
+                // holds the running jobs' deliveries; Redis: a broker on
+                // the new lists.
+                match self.broker.set_queues(&qs) {
+                    Ok(()) => tracing::warn!("remote control: consuming [{}]", qs.join(", ")),
                     Err(e) => tracing::error!("remote control: cannot change queues: {e}"),
                 }
             }

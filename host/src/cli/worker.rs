@@ -42,6 +42,8 @@ Broker URLs (kombu's forms): redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... 
   (RabbitMQ; `//` or no path is the vhost `/`), amqps://... (TLS), pyamqp://, librabbitmq://.
   An AMQP broker needs a --result-backend: a Redis (results, chords and revokes live there),
   or rpc:// (Celery's rpc backend: each result to its client's reply_to queue; no chords).
+  A quorum-queue fleet (task_default_queue_type=\"quorum\", task_default_exchange_type=\"topic\"):
+  --quorum-queues --exchange-type topic, and Celery 5.5+'s native delayed delivery is set up.
 
 Broker: a broker that is down, times out or is loading is waited for (a warning, then retries
   with backoff); one that refuses this worker the same way every time (no or a wrong password,
@@ -147,9 +149,22 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_consumer_timeout)]
     consumer_timeout: Duration,
     /// AMQP: declare the queues as quorum queues (Celery's
-    /// task_default_queue_type = "quorum").
+    /// task_default_queue_type = "quorum"), and set up Celery 5.5+'s native
+    /// delayed delivery as Celery's worker does with them (the
+    /// celery_delayed_* exchanges and queues; the queues bound to
+    /// celery_delayed_delivery when --exchange-type is topic or fanout).
     #[arg(long)]
     quorum_queues: bool,
+    /// AMQP: the type of each queue's exchange, as the fleet's
+    /// task_default_exchange_type: direct (Celery's default), topic or
+    /// fanout. Native delayed delivery needs topic or fanout.
+    #[arg(long, value_name = "TYPE", default_value = "direct")]
+    exchange_type: billiard_host::celery::transport::ExchangeKind,
+    /// AMQP with --quorum-queues: the type of the celery_delayed_* queues, as the
+    /// fleet's broker_native_delayed_delivery_queue_type: quorum (Celery's default)
+    /// or classic.
+    #[arg(long, value_name = "TYPE", default_value = "quorum")]
+    delayed_delivery_queue_type: billiard_host::celery::transport::delayed::QueueType,
     /// How long results are kept (Celery's result_expires).
     #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
     result_expires: Duration,
@@ -313,6 +328,8 @@ pub fn run(args: Args) -> i32 {
             _ => None,
         },
         quorum_queues: args.quorum_queues,
+        exchange_type: args.exchange_type,
+        delayed_queue_type: args.delayed_delivery_queue_type,
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {

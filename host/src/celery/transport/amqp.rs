@@ -35,8 +35,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -138,7 +139,7 @@ impl QueueDecl {
         QueueDecl {
             name: q.to_string(),
             exchange: q.to_string(),
-            kind: Kind::Direct,
+            kind: opts.exchange_type,
             exchange_durable: true,
             durable: true,
             exclusive: false,
@@ -185,6 +186,8 @@ struct Live {
     conn: Connection,
     consume: Channel,
     publish: Channel,
+    /// The consumer tag of each queue consumed.
+    consumers: HashMap<String, ShortString>,
 }
 
 impl Live {
@@ -209,7 +212,8 @@ struct Shared {
     rt: tokio::runtime::Runtime,
     uri: String,
     shown: String,
-    queues: Vec<QueueDecl>,
+    /// The queues consumed (`set_queues` changes them).
+    queues: Mutex<Vec<QueueDecl>>,
     opts: QueueOptions,
     state: Mutex<State>,
     tx: Sender<Incoming>,
@@ -417,7 +421,7 @@ impl Amqp {
                 rt,
                 uri,
                 shown: super::redact(url),
-                queues,
+                queues: Mutex::new(queues),
                 opts,
                 state: Mutex::new(State {
                     live: None,
@@ -843,8 +847,13 @@ async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
         .with_connection_name(LongString::from("billiard-host worker"));
     let conn = Connection::connect(&sh.uri, props).await?;
     let consume = conn.create_channel().await?;
-    for q in &sh.queues {
+    let queues = lock(&sh.queues).clone();
+    for q in &queues {
         declare(&consume, q).await?;
+    }
+    if delayed_delivery(&sh.opts, &queues) {
+        let qt = sh.opts.delayed_queue_type;
+        declare_delayed(&consume, &queues, qt, generation == 1).await?;
     }
     let prefetch = {
         let mut extra = lock(&sh.extra);
@@ -861,34 +870,10 @@ async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
             },
         )
         .await?;
-    for q in &sh.queues {
-        let mut c = consume
-            .basic_consume(
-                q.name.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: q.no_ack,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let tx = sh.tx.clone();
-        let queue = q.name.clone();
-        let no_ack = q.no_ack;
-        sh.rt.spawn(async move {
-            while let Some(Ok(delivery)) = c.next().await {
-                let inc = Incoming {
-                    generation,
-                    queue: queue.clone(),
-                    delivery,
-                    no_ack,
-                };
-                if tx.send(inc).is_err() {
-                    break;
-                }
-            }
-        });
+    let mut consumers = HashMap::new();
+    for q in &queues {
+        let tag = consume_queue(sh, &consume, q, generation).await?;
+        consumers.insert(q.name.clone(), tag);
     }
     let publish = conn.create_channel().await?;
     publish
@@ -898,7 +883,166 @@ async fn connect(sh: &Shared, generation: u64) -> Result<Live, lapin::Error> {
         conn,
         consume,
         publish,
+        consumers,
     })
+}
+
+/// Consumes `q` on `ch`, its deliveries forwarded to the consumer loop;
+/// returns the consumer tag.
+async fn consume_queue(
+    sh: &Shared,
+    ch: &Channel,
+    q: &QueueDecl,
+    generation: u64,
+) -> Result<ShortString, lapin::Error> {
+    let mut c = ch
+        .basic_consume(
+            q.name.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: q.no_ack,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let tag = c.tag();
+    let tx = sh.tx.clone();
+    let queue = q.name.clone();
+    let no_ack = q.no_ack;
+    sh.rt.spawn(async move {
+        while let Some(Ok(delivery)) = c.next().await {
+            let inc = Incoming {
+                generation,
+                queue: queue.clone(),
+                delivery,
+                no_ack,
+            };
+            if tx.send(inc).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(tag)
+}
+
+/// Whether this consumer sets up native delayed delivery: Celery's
+/// `DelayedDelivery` bootstep runs when any of the worker's queues is a
+/// quorum queue.
+fn delayed_delivery(opts: &QueueOptions, queues: &[QueueDecl]) -> bool {
+    opts.quorum && queues.iter().any(|q| !q.no_ack)
+}
+
+/// Declares the `celery_delayed_*` exchanges and queues and binds each
+/// task queue to `celery_delayed_delivery`, as Celery 5.7's worker does
+/// ([`delayed`](super::delayed)); `say` logs what it did (once per run).
+async fn declare_delayed(
+    ch: &Channel,
+    queues: &[QueueDecl],
+    queue_type: super::delayed::QueueType,
+    say: bool,
+) -> Result<(), lapin::Error> {
+    use super::delayed::Step;
+    for step in super::delayed::topology(queue_type.as_str()) {
+        match step {
+            Step::Exchange(name) => {
+                declare_exchange(
+                    ch,
+                    &Exchange {
+                        name: &name,
+                        kind: Kind::Topic,
+                        durable: true,
+                    },
+                )
+                .await?
+            }
+            Step::Queue {
+                name,
+                args,
+                routing_key,
+            } => {
+                ch.queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    args,
+                )
+                .await?;
+                ch.queue_bind(
+                    name.as_str().into(),
+                    name.as_str().into(),
+                    routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            }
+            Step::Bind {
+                destination,
+                source,
+                routing_key,
+            } => {
+                ch.exchange_bind(
+                    destination.as_str().into(),
+                    source.as_str().into(),
+                    routing_key.as_str().into(),
+                    ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?
+            }
+        }
+    }
+    for q in queues.iter().filter(|q| !q.no_ack) {
+        bind_delayed(ch, q, say).await?;
+    }
+    if say {
+        tracing::info!(
+            "native delayed delivery: celery_delayed_0..27 declared ({}), countdown/ETA \
+             tasks from Celery 5.5+ producers come through {}",
+            queue_type.as_str(),
+            super::delayed::DELIVERY_EXCHANGE
+        );
+    }
+    Ok(())
+}
+
+/// Binds task queue `q` to `celery_delayed_delivery` through its exchange
+/// (kombu's `bind_queue_to_native_delayed_delivery_exchange`); a direct
+/// exchange cannot be (kombu warns and skips it).
+async fn bind_delayed(ch: &Channel, q: &QueueDecl, say: bool) -> Result<(), lapin::Error> {
+    if q.kind == Kind::Direct {
+        if say {
+            tracing::warn!(
+                "queue {}: its exchange {} is a direct exchange, which native delayed delivery \
+                 does not support (--exchange-type topic, as the fleet's \
+                 task_default_exchange_type); countdown/ETA tasks sent to it are held by the \
+                 worker until their ETA",
+                q.name,
+                q.exchange
+            );
+        }
+        return Ok(());
+    }
+    let key = super::delayed::binding_key(&q.routing_key);
+    ch.exchange_bind(
+        q.exchange.as_str().into(),
+        super::delayed::DELIVERY_EXCHANGE.into(),
+        key.as_str().into(),
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        q.name.as_str().into(),
+        q.exchange.as_str().into(),
+        key.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
 }
 
 impl Transport for Amqp {
@@ -1089,6 +1233,71 @@ impl Transport for Amqp {
 
     fn send(&mut self, msgs: &[(String, String)]) -> Result<(), BrokerError> {
         self.publish_tasks(msgs)
+    }
+
+    fn set_queues(&mut self, queues: &[String]) -> Result<(), BrokerError> {
+        let opts = &self.sh.opts;
+        // The list first: a connection made from now on consumes it.
+        let (add, gone): (Vec<QueueDecl>, Vec<String>) = {
+            let mut cur = lock(&self.sh.queues);
+            let add: Vec<QueueDecl> = queues
+                .iter()
+                .filter(|q| !cur.iter().any(|c| !c.no_ack && &c.name == *q))
+                .map(|q| QueueDecl::task(q, opts))
+                .collect();
+            let gone: Vec<String> = cur
+                .iter()
+                .filter(|c| !c.no_ack && !queues.contains(&c.name))
+                .map(|c| c.name.clone())
+                .collect();
+            cur.retain(|c| c.no_ack || !gone.contains(&c.name));
+            cur.extend(add.iter().cloned());
+            (add, gone)
+        };
+        let (ch, _, generation) = self.live()?;
+        // What the live connection does not consume yet (a reconnect in
+        // `live` may have consumed the new list already).
+        let add: Vec<QueueDecl> = {
+            let st = lock(&self.sh.state);
+            let have = st.live.as_ref().map(|l| &l.consumers);
+            add.into_iter()
+                .filter(|q| !have.is_some_and(|h| h.contains_key(&q.name)))
+                .collect()
+        };
+        let delayed = delayed_delivery(opts, &add);
+        let sh = &self.sh;
+        let res: Result<Vec<(String, ShortString)>, lapin::Error> = sh.rt.block_on(async {
+            let mut tags = Vec::new();
+            for q in &add {
+                declare(&ch, q).await?;
+                if delayed {
+                    bind_delayed(&ch, q, true).await?;
+                }
+                tags.push((q.name.clone(), consume_queue(sh, &ch, q, generation).await?));
+            }
+            Ok(tags)
+        });
+        let tags = res.map_err(|e| classify("basic.consume", e))?;
+        let cancel: Vec<ShortString> = {
+            let mut st = lock(&sh.state);
+            let Some(live) = st.live.as_mut() else {
+                // Gone meanwhile: the next connection consumes the list.
+                return Ok(());
+            };
+            live.consumers.extend(tags);
+            gone.iter()
+                .filter_map(|q| live.consumers.remove(q))
+                .collect()
+        };
+        // Deliveries already prefetched from a cancelled queue stay held
+        // here and run; nothing more comes from it.
+        let res: Result<(), lapin::Error> = sh.rt.block_on(async {
+            for tag in cancel {
+                ch.basic_cancel(tag, BasicCancelOptions::default()).await?;
+            }
+            Ok(())
+        });
+        res.map_err(|e| classify("basic.cancel", e))
     }
 
     fn handle(&self, what: &'static str) -> Result<Box<dyn Transport>, BrokerError> {

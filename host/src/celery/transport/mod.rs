@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 pub mod amqp;
+pub mod delayed;
 pub mod redis;
 pub mod sentinel;
 
@@ -77,6 +78,12 @@ pub struct QueueOptions {
     /// The longest `--time-limit` a job may run for
     /// (`x-consumer-timeout`, ms, when set).
     pub consumer_timeout: Option<Duration>,
+    /// The type of each task queue's exchange (Celery's
+    /// `task_default_exchange_type`; direct by default).
+    pub exchange_type: ExchangeKind,
+    /// The type of the native delayed delivery queues (Celery's
+    /// `broker_native_delayed_delivery_queue_type`), with `quorum`.
+    pub delayed_queue_type: delayed::QueueType,
 }
 
 /// The verbs the consumer loop, the finisher and the keeper use.
@@ -128,6 +135,10 @@ pub trait Transport: Send {
     fn requeue(&mut self, tags: &[String]) -> Result<usize, BrokerError>;
     /// Publishes task messages: (queue, kombu envelope JSON).
     fn send(&mut self, msgs: &[(String, String)]) -> Result<(), BrokerError>;
+    /// Consumes `queues` from now on (`celery control add_consumer` /
+    /// `cancel_consumer`): new ones declared and consumed, dropped ones
+    /// cancelled; the messages this host holds stay its to complete.
+    fn set_queues(&mut self, queues: &[String]) -> Result<(), BrokerError>;
     /// Another handle on this broker for another thread (Redis: a
     /// connection of its own; AMQP: the same channel, so acks reach the
     /// channel that delivered).
@@ -163,15 +174,32 @@ pub struct Reply {
     pub body: String,
 }
 
-/// The type of an exchange events and remote control publish to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The type of an exchange (events, remote control, task queues).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExchangeKind {
     /// Routed by exact routing key (`reply.celery.pidbox`).
+    #[default]
     Direct,
     /// To every bound queue (`celery.pidbox`).
     Fanout,
     /// Routed by pattern (`celeryev`).
     Topic,
+}
+
+impl std::str::FromStr for ExchangeKind {
+    type Err = String;
+
+    /// Celery's names: `direct`, `topic`, `fanout`.
+    fn from_str(s: &str) -> Result<ExchangeKind, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "direct" => Ok(ExchangeKind::Direct),
+            "topic" => Ok(ExchangeKind::Topic),
+            "fanout" => Ok(ExchangeKind::Fanout),
+            other => Err(format!(
+                "`{other}` is not an exchange type: direct, topic or fanout"
+            )),
+        }
+    }
 }
 
 /// An exchange as kombu declares it.
@@ -386,6 +414,12 @@ impl Transport for RedisTransport {
         )?))
     }
 
+    fn set_queues(&mut self, queues: &[String]) -> Result<(), BrokerError> {
+        // Redis has no consumers to cancel: a broker on the new lists.
+        *self = RedisTransport::new(&self.url, queues.to_vec())?;
+        Ok(())
+    }
+
     fn redis(&mut self) -> Option<&mut Link> {
         Some(self.broker.link())
     }
@@ -421,5 +455,15 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("the scheme `sqs://` is not one"), "{e}");
         assert!(kind("nothing").is_err());
+    }
+
+    #[test]
+    fn exchange_types_are_celerys_names() {
+        assert_eq!("topic".parse(), Ok(ExchangeKind::Topic));
+        assert_eq!(" Fanout".parse(), Ok(ExchangeKind::Fanout));
+        assert_eq!("direct".parse(), Ok(ExchangeKind::Direct));
+        assert_eq!(ExchangeKind::default(), ExchangeKind::Direct);
+        let e = "headers".parse::<ExchangeKind>().err().unwrap_or_default();
+        assert!(e.contains("direct, topic or fanout"), "{e}");
     }
 }
