@@ -508,9 +508,15 @@ fn amqp_rpc_backend_python_client_gets_progress_values_failures_and_groups() {
     let Some(rig) = AmqpRig::start_or_skip(test) else {
         return;
     };
-    let w = celery::amqp_worker(&rig.rabbit, "rpc://", &AmqpRig::node("rpc"), &["-c", "2"]);
+    let w = celery::amqp_worker(
+        &rig.rabbit,
+        "rpc://",
+        &AmqpRig::node("rpc"),
+        &["-c", "2", "--track-started"],
+    );
     let dir = celery::unique_temp_dir("amqp-rpc");
     let flag = dir.join("go");
+    let started_flag = dir.join("started");
     let script = format!(
         r#"{app}
 flag = sys.argv[1]
@@ -535,7 +541,35 @@ print(json.dumps({{'seen': seen, 'progressed': progressed, 'squares': got, 'exc'
         see = celery::PY_SEE_PROGRESS
     );
     let v = celery::python_json(&script, &[flag.to_str().unwrap_or_default()]);
+    // --track-started: STARTED ({"pid", "hostname"}) reaches the client's
+    // reply queue before the result. A client of its own: one that called
+    // get() before consumes its reply queue, and polling `state` (a
+    // basic_get) no longer sees what arrives.
+    let started = celery::python_json(
+        &format!(
+            r#"{app}
+s = app.send_task('faults.wait_for_file', args=[sys.argv[1]])
+started = []
+deadline = time.time() + 60
+while time.time() < deadline:
+    if s.state != 'PENDING':
+        started = [s.state, sorted(s.info)]
+        break
+    time.sleep(0.01)
+open(sys.argv[1], 'w').write('go')
+started.append(s.get(timeout=60))
+print(json.dumps(started))
+"#,
+            app = celery::py_app_with(&rig.rabbit.url(), "rpc://"),
+        ),
+        &[started_flag.to_str().unwrap_or_default()],
+    );
     let log = w.stderr();
+    assert_eq!(
+        started,
+        json!(["STARTED", ["hostname", "pid"], 1]),
+        "{started}\n{log}"
+    );
     assert_eq!(
         v["seen"],
         json!(["PROGRESS", {"current": 1, "total": 2}]),

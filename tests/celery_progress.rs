@@ -63,3 +63,71 @@ print(json.dumps({{"seen": seen, "raw": json.loads(raw), "ref": json.loads(ref),
     assert_eq!(v["final"], json!("SUCCESS"), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--track-started` (Celery's `task_track_started`): a Python client sees
+/// STARTED, with the `{"pid", "hostname"}` Celery's worker stores, while
+/// the task runs, stored as Python's own backend stores that state; the
+/// result follows as usual.
+#[test]
+fn track_started_stores_started_as_celerys_worker_does() {
+    let Some((redis, _py)) =
+        celery::celery_or_skip("track_started_stores_started_as_celerys_worker_does")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let faults = common::plugin_str("faults");
+    let w = celery::spawn_worker([
+        "worker",
+        &faults,
+        "--broker",
+        &url,
+        "-c",
+        "1",
+        "-n",
+        "started@%h",
+        "--track-started",
+    ]);
+    let dir = celery::unique_temp_dir("track-started");
+    let flag = dir.join("go");
+    let script = format!(
+        r#"{app}
+from celery.result import AsyncResult
+from celery.app.task import Context
+flag = sys.argv[1]
+r = app.send_task("faults.wait_for_file", args=[flag])
+seen = []
+deadline = time.time() + 60
+while time.time() < deadline:
+    a = AsyncResult(r.id, app=app)
+    if a.state != "PENDING":
+        seen = [a.state, a.info]
+        break
+    time.sleep(0.01)
+raw = app.backend.client.get(app.backend.get_key_for_task(r.id))
+info = seen[1] if len(seen) == 2 and isinstance(seen[1], dict) else {{}}
+req = Context(id="ref-" + r.id, children=[])
+app.backend.store_result("ref-" + r.id, {{"pid": info.get("pid"), "hostname": info.get("hostname")}},
+                         "STARTED", request=req)
+ref = app.backend.client.get(app.backend.get_key_for_task("ref-" + r.id))
+open(flag, "w").write("go")
+value = r.get(timeout=60)
+print(json.dumps({{"seen": seen, "raw": json.loads(raw), "ref": json.loads(ref),
+                  "value": value, "final": AsyncResult(r.id, app=app).state}}))
+"#,
+        app = celery::py_app(&url),
+    );
+    let v: Value = celery::python_json(&script, &[flag.to_str().unwrap()]);
+    assert_eq!(v["seen"][0], json!("STARTED"), "{v}");
+    let host = v["seen"][1]["hostname"].as_str().unwrap_or_default();
+    assert!(host.starts_with("started@"), "{v}");
+    assert_eq!(v["seen"][1]["pid"], json!(w.pid()), "{v}");
+    let mut raw = v["raw"].clone();
+    let mut reference = v["ref"].clone();
+    raw.as_object_mut().unwrap().remove("task_id");
+    reference.as_object_mut().unwrap().remove("task_id");
+    assert_eq!(raw, reference, "{v}");
+    assert_eq!(v["value"], json!(1), "{v}");
+    assert_eq!(v["final"], json!("SUCCESS"), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

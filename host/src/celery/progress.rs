@@ -11,6 +11,10 @@
 //! backend the meta is published to the client's reply queue instead, as
 //! Celery's `update_state` does there (a task sent without a `reply_to`
 //! reports to no one).
+//!
+//! With `--track-started` the same writer stores STARTED (`{"pid",
+//! "hostname"}`) when a task is handed to the pool, as Celery's worker
+//! does with `task_track_started`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,8 +35,17 @@ struct Report {
     parent: Option<String>,
     /// `rpc://`: the reply queue and correlation id.
     reply: Option<(String, String)>,
-    done: u64,
-    total: u64,
+    state: State,
+}
+
+/// What a report says.
+#[derive(Clone)]
+enum State {
+    /// `ctx.progress(done, total)`: Celery's custom state PROGRESS.
+    Progress { done: u64, total: u64 },
+    /// The task was handed to the pool (`--track-started`, Celery's
+    /// `task_track_started`): STARTED, `{"pid", "hostname"}`.
+    Started { pid: u32, hostname: String },
 }
 
 /// Where the writer stores reports.
@@ -47,7 +60,7 @@ enum Sink {
 #[derive(Serialize)]
 struct Meta<'a> {
     status: &'static str,
-    result: Info,
+    result: Info<'a>,
     traceback: Option<()>,
     children: [(); 0],
     date_done: Option<()>,
@@ -59,9 +72,10 @@ struct Meta<'a> {
 }
 
 #[derive(Serialize)]
-struct Info {
-    current: u64,
-    total: u64,
+#[serde(untagged)]
+enum Info<'a> {
+    Progress { current: u64, total: u64 },
+    Started { pid: u32, hostname: &'a str },
 }
 
 /// The JSON `update_state(state="PROGRESS", meta={"current", "total"})`
@@ -73,12 +87,35 @@ pub fn progress_meta(
     done: u64,
     total: u64,
 ) -> String {
+    meta_json(
+        task_id,
+        group,
+        parent,
+        &State::Progress { done, total },
+    )
+}
+
+/// The JSON of a report's state, fields in Python's order.
+fn meta_json(task_id: &str, group: Option<&str>, parent: Option<&str>, state: &State) -> String {
+    let (status, result) = match state {
+        State::Progress { done, total } => (
+            "PROGRESS",
+            Info::Progress {
+                current: *done,
+                total: *total,
+            },
+        ),
+        State::Started { pid, hostname } => (
+            "STARTED",
+            Info::Started {
+                pid: *pid,
+                hostname,
+            },
+        ),
+    };
     serde_json::to_string(&Meta {
-        status: "PROGRESS",
-        result: Info {
-            current: done,
-            total,
-        },
+        status,
+        result,
         traceback: None,
         children: [],
         date_done: None,
@@ -87,6 +124,17 @@ pub fn progress_meta(
         task_id,
     })
     .unwrap_or_default()
+}
+
+impl Report {
+    fn meta(&self) -> String {
+        meta_json(
+            &self.task_id,
+            self.group.as_deref(),
+            self.parent.as_deref(),
+            &self.state,
+        )
+    }
 }
 
 /// Sends reports to the writer thread.
@@ -132,10 +180,33 @@ impl ProgressWriter {
                 group: group.clone(),
                 parent: parent.clone(),
                 reply: reply.clone(),
-                done,
-                total,
+                state: State::Progress { done, total },
             });
         }
+    }
+
+    /// Stores (or publishes, on `rpc://`) STARTED for a task handed to the
+    /// pool, as Celery's worker does with `task_track_started`; `pid` is
+    /// the host's (the pool picks the worker process later), `hostname`
+    /// the node name. Like PROGRESS, it never overwrites a finished result.
+    pub fn started(
+        &self,
+        task_id: String,
+        group: Option<String>,
+        parent: Option<String>,
+        reply: Option<(String, String)>,
+        hostname: String,
+    ) {
+        let _ = self.tx.send(Report {
+            task_id,
+            group,
+            parent,
+            reply,
+            state: State::Started {
+                pid: std::process::id(),
+                hostname,
+            },
+        });
     }
 }
 
@@ -158,13 +229,7 @@ fn write_reports(rx: Receiver<Report>, mut sink: Sink) {
         let ttl = super::transport::redis::ttl_secs(expires)
             .unwrap_or(crate::bounds::MAX_DURATION.as_secs());
         for r in latest.into_values() {
-            let meta = progress_meta(
-                &r.task_id,
-                r.group.as_deref(),
-                r.parent.as_deref(),
-                r.done,
-                r.total,
-            );
+            let meta = r.meta();
             let key = result_key(&r.task_id);
             let stored = link.run(|c| {
                 redis::cmd("EVAL")
@@ -189,17 +254,12 @@ fn write_reports(rx: Receiver<Report>, mut sink: Sink) {
 fn publish_reports(broker: &mut dyn Transport, reports: impl Iterator<Item = Report>) {
     let replies: Vec<Reply> = reports
         .filter_map(|r| {
+            let body = r.meta();
             let (to, correlation_id) = r.reply?;
             Some(Reply {
                 to,
                 correlation_id,
-                body: progress_meta(
-                    &r.task_id,
-                    r.group.as_deref(),
-                    r.parent.as_deref(),
-                    r.done,
-                    r.total,
-                ),
+                body,
             })
         })
         .collect();
@@ -225,6 +285,18 @@ mod tests {
         assert_eq!(
             progress_meta("abc", Some("g"), Some("p"), 1, 2),
             r#"{"status":"PROGRESS","result":{"current":1,"total":2},"traceback":null,"children":[],"date_done":null,"group_id":"g","parent_id":"p","task_id":"abc"}"#
+        );
+    }
+
+    #[test]
+    fn started_is_what_task_track_started_stores() {
+        let state = State::Started {
+            pid: 42,
+            hostname: "celery@h".into(),
+        };
+        assert_eq!(
+            meta_json("abc", None, Some("p"), &state),
+            r#"{"status":"STARTED","result":{"pid":42,"hostname":"celery@h"},"traceback":null,"children":[],"date_done":null,"parent_id":"p","task_id":"abc"}"#
         );
     }
 }

@@ -71,6 +71,9 @@ pub struct WorkerOptions {
     pub prefetch_multiplier: usize,
     /// Result time to live (Celery's `result_expires`, default 1 day).
     pub result_expires: Duration,
+    /// Store STARTED when a task is handed to the pool (Celery's
+    /// `task_track_started`; off by default, as there).
+    pub track_started: bool,
     /// At most this many eta messages are held without counting against
     /// the reservation limit.
     pub max_eta_held: usize,
@@ -120,6 +123,7 @@ impl Default for WorkerOptions {
             foreign_visibility_timeout: broker::KOMBU_VISIBILITY_TIMEOUT,
             prefetch_multiplier: 1,
             result_expires: DEFAULT_RESULT_EXPIRES,
+            track_started: false,
             max_eta_held: 10_000,
             redelivery: redelivery::Options::default(),
             chord: chord::ChordOptions::default(),
@@ -391,6 +395,8 @@ impl Drop for Pending {
 
 /// State shared by the consumer, the finisher and the keeper.
 struct Shared {
+    /// `--track-started`: the node name STARTED names.
+    track_started: Option<String>,
     /// Tags this host holds (reserved, not yet acked or requeued).
     live: Mutex<HashSet<String>>,
     /// A cold shutdown is under way: `terminated` outcomes are requeued.
@@ -557,7 +563,12 @@ impl Worker {
             &queue_options(&opts, pool.config().workers),
         )?;
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        let node = ops.as_ref().map_or_else(
+            || super::control::node_name(None),
+            |o| o.hostname().to_string(),
+        );
         let shared = Arc::new(Shared {
+            track_started: opts.track_started.then(|| node.clone()),
             slots: Arc::new(Slots {
                 done: std::sync::atomic::AtomicUsize::new(0),
                 busy: std::sync::atomic::AtomicUsize::new(0),
@@ -572,10 +583,7 @@ impl Worker {
             rules: Rules::new(
                 opts.redelivery.clone(),
                 broker::ttl_secs(opts.result_expires).unwrap_or(86_400),
-                &ops.as_ref().map_or_else(
-                    || super::control::node_name(None),
-                    |o| o.hostname().to_string(),
-                ),
+                &node,
             ),
             marker: match book.as_deref().map(Marker::start) {
                 Some(Ok(m)) => Some(m),
@@ -1475,6 +1483,15 @@ impl Consumer<'_> {
             // Before the submit: a job may finish before apply returns.
             if let Some(o) = &self.shared.ops {
                 o.started(&task_id);
+            }
+            if let (Some(w), Some(node)) = (&self.progress, &self.shared.track_started) {
+                w.started(
+                    task_id.clone(),
+                    p.ctx.group.clone(),
+                    p.ctx.parent_id.clone(),
+                    reply_of(&p.ctx),
+                    node.clone(),
+                );
             }
             if let Some(m) = self.shared.marker.as_ref().filter(|_| !p.ctx.marked) {
                 m.started(&self.shared.rules, &p.ctx.tag, &task_id);

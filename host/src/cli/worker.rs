@@ -168,6 +168,10 @@ pub struct Args {
     /// How long results are kept (Celery's result_expires).
     #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
     result_expires: Duration,
+    /// Store STARTED ({"pid", "hostname"}) in the result backend when a task is
+    /// handed to the pool, as Celery's task_track_started (off by default, as there).
+    #[arg(long)]
+    track_started: bool,
     /// Log lines as text or as JSON objects (one per line, on stderr).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -312,6 +316,7 @@ pub fn run(args: Args) -> i32 {
         foreign_visibility_timeout: args.foreign_visibility_timeout,
         prefetch_multiplier: args.prefetch_multiplier.min(1 << 16) as usize,
         result_expires: args.result_expires,
+        track_started: args.track_started,
         chord: billiard_host::celery::chord::ChordOptions {
             protocol: args.chord_protocol,
             ordered: args.chord_ordered,
