@@ -87,12 +87,7 @@ pub fn progress_meta(
     done: u64,
     total: u64,
 ) -> String {
-    meta_json(
-        task_id,
-        group,
-        parent,
-        &State::Progress { done, total },
-    )
+    meta_json(task_id, group, parent, &State::Progress { done, total })
 }
 
 /// The JSON of a report's state, fields in Python's order.
