@@ -115,7 +115,7 @@ impl RateError {
 
 /// Python's `repr()` of a string: the one `control` writes Celery's
 /// replies with.
-use super::control::revoke::py_str as py_repr;
+use crate::pyrepr::py_str as py_repr;
 
 /// Python's `float()` of a string: surrounding white space is ignored,
 /// `_` may separate digits; `inf`/`nan` parse (and are refused by the
