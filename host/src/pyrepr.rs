@@ -1,7 +1,12 @@
 //! Python's `repr()` of the values this host words Celery's replies and
 //! errors with (strings, JSON values, floats), byte for byte as CPython
 //! writes them: one copy for the control replies, the rate-limit errors
-//! and the chord's exception reprs.
+//! and the chord's exception reprs. Not behind the `celery` feature: the
+//! rate syntax shared with the task options (`crate::rate`) words its
+//! errors with it.
+
+// Without the `celery` feature only the task options' check uses it.
+#![cfg_attr(not(feature = "celery"), allow(dead_code))]
 
 use serde_json::Value;
 
