@@ -45,6 +45,8 @@ pub mod metrics;
 mod plugin;
 mod pool;
 mod process;
+mod pyrepr;
+mod rate;
 pub mod retry;
 pub mod sandbox;
 pub mod service;

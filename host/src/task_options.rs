@@ -312,28 +312,25 @@ pub fn check_rate(s: &str) -> Result<(), String> {
 }
 
 /// The rate as tasks per second (`"100/m"`: 1.666...); see [`check_rate`].
+/// A declared option is held to a plain decimal count and a unit after
+/// any `/` (Celery's own `rate()`, which converts it here too, also takes
+/// `1e3`, `1_000` and `5/`).
 pub fn parse_rate(s: &str) -> Result<f64, String> {
     let bad = || {
         format!(
             "`{s}` is not a rate limit: write N, N/s, N/m or N/h (tasks per second, minute or hour), e.g. \"100/m\""
         )
     };
-    let (n, per) = match s.split_once('/') {
-        Some((n, "s")) => (n, 1.0),
-        Some((n, "m")) => (n, 60.0),
-        Some((n, "h")) => (n, 3600.0),
-        Some(_) => return Err(bad()),
-        None => (s, 1.0),
-    };
+    let (n, unit) = s.split_once('/').unwrap_or((s, "s"));
     let plain = !n.is_empty()
         && n.chars().all(|c| c.is_ascii_digit() || c == '.')
         && n.chars().filter(|&c| c == '.').count() <= 1
         && n.chars().any(|c| c.is_ascii_digit());
-    if !plain {
+    if !plain || unit.is_empty() {
         return Err(bad());
     }
-    match n.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v / per),
+    match crate::rate::per_second(s) {
+        Ok(v) if v.is_finite() => Ok(v),
         _ => Err(bad()),
     }
 }

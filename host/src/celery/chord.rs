@@ -33,9 +33,10 @@ mod python;
 
 use super::transport::redis::{self as broker, BrokerError, Finish, Link};
 use super::transport::Transport;
+pub use crate::pyrepr::py_float;
 pub use canvas::{apply, is_canvas, Applied};
 use python::py_str_repr_exc;
-pub use python::{encode_part, exc_repr, py_float, py_json};
+pub use python::{encode_part, exc_repr, py_json};
 
 /// Celery's `celery-taskset-meta-` prefix: a group's (and a chord's) keys.
 pub const GROUP_KEY_PREFIX: &str = "celery-taskset-meta-";

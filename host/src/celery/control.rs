@@ -1136,7 +1136,7 @@ impl Ops {
                 .unwrap_or_else(|e| e.into_inner());
             revoke::add_stamps(&mut rs, &headers);
         }
-        let shown = revoke::py_repr(&Value::Object(headers.clone()));
+        let shown = crate::pyrepr::py_repr(&Value::Object(headers.clone()));
         let terminate = args
             .get("terminate")
             .and_then(Value::as_bool)
@@ -1493,8 +1493,11 @@ impl Ops {
             std::env::consts::ARCH,
         );
         let conf = [
-            ("broker_url", revoke::py_str(&broker::redact(&f.broker_url))),
-            ("result_backend", revoke::py_str(&results)),
+            (
+                "broker_url",
+                crate::pyrepr::py_str(&broker::redact(&f.broker_url)),
+            ),
+            ("result_backend", crate::pyrepr::py_str(&results)),
             ("worker_concurrency", f.concurrency.to_string()),
             (
                 "worker_prefetch_multiplier",

@@ -62,76 +62,36 @@ enum Lang {
     C,
 }
 
+/// A template's files, `(path in the new plugin, contents)`: each path
+/// under `$dir` (from the checkout's root), or `path = "from"` where the
+/// file is named otherwise in the checkout.
+macro_rules! template_files {
+    ($dir:literal: $($to:literal $(= $from:literal)?),* $(,)?) => {
+        &[$((
+            $to,
+            include_str!(concat!("../../../", $dir, "/", template_files!(@from $to $($from)?))),
+        )),*]
+    };
+    (@from $to:literal) => { $to };
+    (@from $to:literal $from:literal) => { $from };
+}
+
 /// The C template's name (`examples/c-plugin-template`).
 const C_TEMPLATE: &str = "c_plugin_template";
 
 /// The C template's files: path in the new plugin, contents.
-const C_FILES: &[(&str, &str)] = &[
-    (
-        "plugin.c",
-        include_str!("../../../examples/c-plugin-template/plugin.c"),
-    ),
-    (
-        "Makefile",
-        include_str!("../../../examples/c-plugin-template/Makefile"),
-    ),
-    (
-        "cases.jsonl",
-        include_str!("../../../examples/c-plugin-template/cases.jsonl"),
-    ),
-    (
-        "README.md",
-        include_str!("../../../examples/c-plugin-template/README.md"),
-    ),
-    (
-        ".gitignore",
-        include_str!("../../../examples/c-plugin-template/gitignore"),
-    ),
-    (
-        "include/billiard_plugin.h",
-        include_str!("../../../plugin-api-c/include/billiard_plugin.h"),
-    ),
-];
+const C_FILES: &[(&str, &str)] = template_files!("examples/c-plugin-template":
+    "plugin.c", "Makefile", "cases.jsonl", "README.md", ".gitignore" = "gitignore",
+    "include/billiard_plugin.h" = "../../plugin-api-c/include/billiard_plugin.h");
 
 /// The template's name as a package and as a crate (`examples/plugin-template`).
 const TEMPLATE_PACKAGE: &str = "plugin-template";
 const TEMPLATE_CRATE: &str = "plugin_template";
 
 /// The template files: path in the new crate, contents.
-const FILES: &[(&str, &str)] = &[
-    (
-        "Cargo.toml",
-        include_str!("../../../examples/plugin-template/Cargo.toml"),
-    ),
-    (
-        "README.md",
-        include_str!("../../../examples/plugin-template/README.md"),
-    ),
-    (
-        ".gitignore",
-        include_str!("../../../examples/plugin-template/.gitignore"),
-    ),
-    (
-        "cases.jsonl",
-        include_str!("../../../examples/plugin-template/cases.jsonl"),
-    ),
-    (
-        "src/lib.rs",
-        include_str!("../../../examples/plugin-template/src/lib.rs"),
-    ),
-    (
-        "tests/tasks.rs",
-        include_str!("../../../examples/plugin-template/tests/tasks.rs"),
-    ),
-    (
-        "tests/agreement.rs",
-        include_str!("../../../examples/plugin-template/tests/agreement.rs"),
-    ),
-    (
-        "tests/cases.rs",
-        include_str!("../../../examples/plugin-template/tests/cases.rs"),
-    ),
-];
+const FILES: &[(&str, &str)] = template_files!("examples/plugin-template":
+    "Cargo.toml", "README.md", ".gitignore", "cases.jsonl", "src/lib.rs", "tests/tasks.rs",
+    "tests/agreement.rs", "tests/cases.rs");
 
 /// The template manifest's in-repository dependency paths, replaced by
 /// absolute ones.
@@ -164,20 +124,7 @@ fn create(args: &Args) -> Result<()> {
             "the checkout this billiard-host was built in",
         ),
     };
-    let dir = args
-        .path
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&args.name));
-    let dir = std::path::absolute(&dir).unwrap_or(dir);
-    prepare_dir(&dir)?;
-    for (rel, text) in files(&args.name, &checkout)? {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    let dir = write_tree(args, files(&args.name, &checkout)?)?;
     // The checkout's lock file: the new crate starts with the versions the
     // checkout is built and tested with (cargo drops the entries it does
     // not need on the first build).
@@ -186,9 +133,7 @@ fn create(args: &Args) -> Result<()> {
         let _ = std::fs::copy(&lock, dir.join("Cargo.lock"));
     }
 
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "billiard-host".into());
+    let exe = this_exe();
     let lib = format!(
         "{}{}{}",
         std::env::consts::DLL_PREFIX,
@@ -217,24 +162,11 @@ fn create(args: &Args) -> Result<()> {
 fn create_c(args: &Args) -> Result<()> {
     check_c_name(&args.name)?;
     let name = crate_name(&args.name);
-    let dir = args
-        .path
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&args.name));
-    let dir = std::path::absolute(&dir).unwrap_or(dir);
-    prepare_dir(&dir)?;
-    for (rel, text) in C_FILES {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(&path, text.replace(C_TEMPLATE, &name))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "billiard-host".into());
+    let files = C_FILES
+        .iter()
+        .map(|(rel, text)| (*rel, text.replace(C_TEMPLATE, &name)));
+    let dir = write_tree(args, files)?;
+    let exe = this_exe();
     eprintln!("Created C plugin `{name}` in {}", dir.display());
     eprintln!("Next:");
     eprintln!("  cd {}", shell_word(&dir.display().to_string()));
@@ -252,9 +184,15 @@ fn create_c(args: &Args) -> Result<()> {
 
 /// A C plugin's name: ASCII letters, digits, `-` and `_`, from a letter.
 fn check_c_name(name: &str) -> Result<()> {
+    check_chars(name, "plugin", |c| c.is_ascii_alphabetic(), "my-c-plugin")
+}
+
+/// A `what` name (plugin, crate) of at most MAX_NAME characters, of ASCII
+/// letters, digits, `-` and `_`, whose first character passes `first`.
+fn check_chars(name: &str, what: &str, first: fn(char) -> bool, example: &str) -> Result<()> {
     if name.chars().count() > MAX_NAME {
         bail!(
-            "`{}...` is {} characters long: a plugin name has at most {MAX_NAME}",
+            "`{}...` is {} characters long: a {what} name has at most {MAX_NAME}",
             name.chars().take(20).collect::<String>(),
             name.chars().count()
         );
@@ -262,11 +200,11 @@ fn check_c_name(name: &str) -> Result<()> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    let starts_well = name.chars().next().is_some_and(first);
     if !ok_chars || !starts_well {
         bail!(
-            "`{name}` is not a usable plugin name: use ASCII letters, digits, `-` and `_`, \
-             starting with a letter (e.g. my-c-plugin)"
+            "`{name}` is not a usable {what} name: use ASCII letters, digits, `-` and `_`, \
+             starting with a letter (e.g. {example})"
         );
     }
     Ok(())
@@ -291,26 +229,12 @@ const MAX_NAME: usize = 64;
 
 /// A cargo package name that also works as the plugin's name.
 fn check_name(name: &str) -> Result<()> {
-    if name.chars().count() > MAX_NAME {
-        bail!(
-            "`{}...` is {} characters long: a crate name has at most {MAX_NAME}",
-            name.chars().take(20).collect::<String>(),
-            name.chars().count()
-        );
-    }
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    let starts_well = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !ok_chars || !starts_well {
-        bail!(
-            "`{name}` is not a usable crate name: use ASCII letters, digits, `-` and `_`, \
-             starting with a letter (e.g. my-plugin)"
-        );
-    }
+    check_chars(
+        name,
+        "crate",
+        |c| c.is_ascii_alphabetic() || c == '_',
+        "my-plugin",
+    )?;
     const TAKEN: &[&str] = &[
         "billiard-plugin-api",
         "billiard-testing",
@@ -345,6 +269,38 @@ fn check_name(name: &str) -> Result<()> {
 
 fn crate_name(name: &str) -> String {
     name.replace('-', "_")
+}
+
+/// Writes `files` (path in the new plugin, contents) into the new plugin's
+/// directory (`--path`, or ./NAME), which must not exist or be empty;
+/// returns that directory, absolute.
+fn write_tree(
+    args: &Args,
+    files: impl IntoIterator<Item = (&'static str, String)>,
+) -> Result<PathBuf> {
+    let dir = args
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    prepare_dir(&dir)?;
+    for (rel, text) in files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
+/// This executable's path, for the next steps printed (`billiard-host` if
+/// it cannot be known).
+fn this_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "billiard-host".into())
 }
 
 /// The directory `dir` exists and is empty afterwards (created if needed).

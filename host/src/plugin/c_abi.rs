@@ -22,7 +22,7 @@ use std::sync::RwLock;
 use abi_stable::std_types::{RSlice, RVec};
 use billiard_plugin_api::{Codec, Status, TaskContext};
 
-use super::{ArgSpec, PluginInfo, PluginKind, PluginMeta, TaskSpec};
+use super::{ArgSpec, PluginInfo, PluginKind, PluginMeta, Request, TaskSpec};
 use crate::sys;
 use crate::task_options::TaskOptions;
 
@@ -504,15 +504,13 @@ impl CPlugin {
     }
 
     /// One call; appends the result (JSON) or the message to `out`.
-    pub(super) fn call(
-        &self,
-        info: &PluginInfo,
-        task: u32,
-        codec: Codec,
-        args: &[u8],
-        ctx: &TaskContext<'_>,
-        out: &mut RVec<u8>,
-    ) -> Status {
+    pub(super) fn call(&self, info: &PluginInfo, c: &Request<'_>, out: &mut RVec<u8>) -> Status {
+        let Request {
+            task,
+            codec,
+            input: args,
+            ctx,
+        } = *c;
         if let Some((status, why)) = Self::refuse(info, task, codec) {
             out.extend_from_slice(why.as_bytes());
             return status;
@@ -618,17 +616,19 @@ impl CPlugin {
     /// A chunk of `count` argument records (see
     /// `billiard_plugin_api::abi::BatchFn`): one plugin call per record,
     /// item `i` with job id `ctx.job_id() + i`, listed once for the chunk.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn call_batch(
         &self,
         info: &PluginInfo,
-        task: u32,
-        codec: Codec,
-        records: &[u8],
+        c: &Request<'_>,
         count: u32,
-        ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> u32 {
+        let Request {
+            task,
+            codec,
+            input: records,
+            ctx,
+        } = *c;
         let refused = Self::refuse(info, task, codec);
         let token = match refused {
             Some(_) => None,

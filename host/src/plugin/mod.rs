@@ -257,6 +257,17 @@ pub struct Plugin {
     info: std::sync::Arc<PluginInfo>,
 }
 
+/// One call (or one chunk) as a backend takes it: the task's index, the
+/// codec, the input (the arguments, or a chunk's argument records) and the
+/// job's context.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    task: u32,
+    codec: Codec,
+    input: &'a [u8],
+    ctx: &'a TaskContext<'a>,
+}
+
 /// How a plugin's tasks are called: one of two, chosen at load by the
 /// symbol the file exports.
 #[derive(Clone)]
@@ -510,9 +521,15 @@ impl Plugin {
         ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> Status {
+        let call = Request {
+            task,
+            codec,
+            input: args,
+            ctx,
+        };
         match &self.backend {
-            Backend::Stable(p) => p.call(task, codec, args, ctx, out),
-            Backend::C(p) => p.call(&self.info, task, codec, args, ctx, out),
+            Backend::Stable(p) => p.call(&call, out),
+            Backend::C(p) => p.call(&self.info, &call, out),
         }
     }
 
@@ -598,9 +615,15 @@ impl Plugin {
         ctx: &TaskContext<'_>,
         out: &mut RVec<u8>,
     ) -> u32 {
+        let call = Request {
+            task,
+            codec,
+            input: records,
+            ctx,
+        };
         match &self.backend {
-            Backend::Stable(p) => p.call_batch(task, codec, records, count, ctx, out),
-            Backend::C(p) => p.call_batch(&self.info, task, codec, records, count, ctx, out),
+            Backend::Stable(p) => p.call_batch(&call, count, out),
+            Backend::C(p) => p.call_batch(&self.info, &call, count, out),
         }
     }
 

@@ -11,9 +11,9 @@ use std::path::Path;
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
 use abi_stable::std_types::{RSlice, RVec};
 use billiard_plugin_api::abi::PluginModRef;
-use billiard_plugin_api::{Codec, Status, TaskContext, ABI_VERSION};
+use billiard_plugin_api::{Status, ABI_VERSION};
 
-use super::{ArgSpec, PluginInfo, PluginKind, PluginMeta, TaskSpec};
+use super::{ArgSpec, PluginInfo, PluginKind, PluginMeta, Request, TaskSpec};
 use crate::task_options::TaskOptions;
 use crate::task_schema::TaskSchema;
 
@@ -145,29 +145,15 @@ pub(super) fn load(abs: &Path) -> Result<(StablePlugin, PluginInfo), String> {
 impl StablePlugin {
     /// One call by task index; see `Plugin::call_raw`.
     #[inline]
-    pub(super) fn call(
-        &self,
-        task: u32,
-        codec: Codec,
-        args: &[u8],
-        ctx: &TaskContext<'_>,
-        out: &mut RVec<u8>,
-    ) -> Status {
-        (self.module.call())(task, codec, RSlice::from_slice(args), ctx, out)
+    pub(super) fn call(&self, c: &Request<'_>, out: &mut RVec<u8>) -> Status {
+        (self.module.call())(c.task, c.codec, RSlice::from_slice(c.input), c.ctx, out)
     }
 
     /// One batch; see `Plugin::call_batch_raw`.
     #[inline]
-    pub(super) fn call_batch(
-        &self,
-        task: u32,
-        codec: Codec,
-        records: &[u8],
-        count: u32,
-        ctx: &TaskContext<'_>,
-        out: &mut RVec<u8>,
-    ) -> u32 {
-        (self.module.call_batch())(task, codec, RSlice::from_slice(records), count, ctx, out)
+    pub(super) fn call_batch(&self, c: &Request<'_>, count: u32, out: &mut RVec<u8>) -> u32 {
+        let records = RSlice::from_slice(c.input);
+        (self.module.call_batch())(c.task, c.codec, records, count, c.ctx, out)
     }
 }
 

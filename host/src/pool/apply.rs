@@ -20,7 +20,7 @@ impl Pool {
         args: Vec<u8>,
         limits: Limits,
     ) -> Result<RawResult, TaskError> {
-        self.apply_raw_with(target, codec, args, limits, None)
+        self.apply_raw_choice(target, codec, args, limits, None, &retry::Choice::Pool)
     }
 
     /// Like [`Pool::apply_raw`], and `then` runs with the outcome on the
@@ -35,7 +35,15 @@ impl Pool {
         limits: Limits,
         then: impl FnOnce(&Outcome) + Send + 'static,
     ) -> Result<RawResult, TaskError> {
-        self.apply_raw_with(target, codec, args, limits, Some(Box::new(then)))
+        let then: job::Callback = Box::new(then);
+        self.apply_raw_choice(
+            target,
+            codec,
+            args,
+            limits,
+            Some(then),
+            &retry::Choice::Pool,
+        )
     }
 
     /// Like [`Pool::apply_raw_then`] (`then` optional), with this job's own
@@ -56,17 +64,6 @@ impl Pool {
             None => retry::Choice::Off,
         };
         self.apply_raw_choice(target, codec, args, limits, then, &choice)
-    }
-
-    fn apply_raw_with(
-        &self,
-        target: TaskRef,
-        codec: Codec,
-        args: Vec<u8>,
-        limits: Limits,
-        callback: Option<job::Callback>,
-    ) -> Result<RawResult, TaskError> {
-        self.apply_raw_choice(target, codec, args, limits, callback, &retry::Choice::Pool)
     }
 
     /// The retry rule of a job (or a stream's jobs) that chose `choice`.
@@ -115,41 +112,24 @@ impl Pool {
         callback: Option<job::Callback>,
         choice: &retry::Choice,
     ) -> Result<RawResult, TaskError> {
-        let id = self.job_ids(1);
         let slot = ResultSlot::new(callback);
-        let d = Dispatch {
-            first_job: id,
-            count: 1,
-            plugin: target.plugin,
-            task: target.task,
-            gen: target.gen,
-            codec,
-            payload: Arc::new(args),
-            limits,
-            reply: Reply::Slot(slot.clone()),
-            attempt: 0,
-            retries: 0,
-            cancelled: false,
-            delivered: 0,
+        let mut d = self.new_dispatch(target, codec, args, 1, limits, Reply::Slot(slot.clone()));
+        let id = d.first_job;
+        // A job's own policy is checked as its limits are: out of range,
+        // the job ends `bad_args` naming the setting.
+        let bad_policy = match choice {
+            retry::Choice::Exactly(p) => retry::check_policy(p).err(),
+            retry::Choice::Pool | retry::Choice::Off => None,
         };
-        if let retry::Choice::Exactly(p) = choice {
-            // A job's own policy is checked as its limits are: out of
-            // range, the job ends `bad_args` naming the setting.
-            if let Err(e) = retry::check_policy(p) {
-                let mut d = d;
-                d.fail_rest(|_| TaskError::new(ErrorKind::BadArgs, e.clone()));
-                return Ok(RawResult {
-                    id,
-                    slot,
-                    waker_key: None,
-                });
+        if let Some(e) = bad_policy {
+            d.fail_rest(|_| TaskError::new(ErrorKind::BadArgs, e.clone()));
+        } else {
+            if let Some(rule) = self.retry_rule(choice) {
+                let rule = self.task_rule(target, &rule);
+                slot.set_retry(retry::SlotRetry::new(&self.retries, rule, &d, &slot));
             }
+            self.submit(vec![d])?;
         }
-        if let Some(rule) = self.retry_rule(choice) {
-            let rule = self.task_rule(target, &rule);
-            slot.set_retry(retry::SlotRetry::new(&self.retries, rule, &d, &slot));
-        }
-        self.submit(vec![d])?;
         Ok(RawResult {
             id,
             slot,
@@ -333,7 +313,29 @@ impl Pool {
         tx: &job::ChunkSender,
         first_index: u64,
     ) -> Dispatch {
-        let d = Dispatch {
+        let reply = Reply::Stream {
+            tx: tx.clone(),
+            first_index,
+        };
+        let d = self.new_dispatch(target, codec, payload, count, limits, reply);
+        if let Some(r) = tx.retry() {
+            r.register(first_index, &d, self.task_rule(target, r.rule()));
+        }
+        d
+    }
+
+    /// A dispatch of `count` new jobs of `target` (their ids taken here),
+    /// not yet run, whose outcomes go to `reply`.
+    fn new_dispatch(
+        &self,
+        target: TaskRef,
+        codec: Codec,
+        payload: Vec<u8>,
+        count: u32,
+        limits: Limits,
+        reply: Reply,
+    ) -> Dispatch {
+        Dispatch {
             first_job: self.job_ids(count),
             count,
             plugin: target.plugin,
@@ -342,18 +344,11 @@ impl Pool {
             codec,
             payload: Arc::new(payload),
             limits,
-            reply: Reply::Stream {
-                tx: tx.clone(),
-                first_index,
-            },
+            reply,
             attempt: 0,
             retries: 0,
             cancelled: false,
             delivered: 0,
-        };
-        if let Some(r) = tx.retry() {
-            r.register(first_index, &d, self.task_rule(target, r.rule()));
         }
-        d
     }
 }

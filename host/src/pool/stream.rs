@@ -389,26 +389,103 @@ fn retry_choice(policy: Option<crate::retry::RetryPolicy>) -> Choice {
     }
 }
 
-/// The chunk held that is handed out next: the next index when `ordered`,
-/// else the lowest.
-fn next_ready(
-    held: &mut BTreeMap<u64, ChunkResult>,
+/// The results side of a stream (`RawStream`, `FedStream`): the chunks
+/// that arrived, held until their turn, the one being read, and where the
+/// news of running jobs goes.
+pub(super) struct Outlet<'a> {
     ordered: bool,
     next_out: u64,
-) -> Option<ChunkResult> {
-    if ordered {
-        held.remove(&next_out)
-    } else {
-        held.pop_first().map(|(_, c)| c)
-    }
+    held: BTreeMap<u64, ChunkResult>,
+    cur: Option<Cursor>,
+    /// Where the stream items and progress reports of running jobs go.
+    news: Option<NewsFn<'a>>,
 }
 
-/// A running job's stream items or progress report: news, not an outcome.
-fn news_of(chunk: &ChunkResult) -> Option<News<'_>> {
-    match &chunk.body {
-        ChunkBody::Items(batch) => Some(News::Items(batch)),
-        &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
-        _ => None,
+impl<'a> Outlet<'a> {
+    pub(super) fn new(ordered: bool) -> Self {
+        Outlet {
+            ordered,
+            next_out: 0,
+            held: BTreeMap::new(),
+            cur: None,
+            news: None,
+        }
+    }
+
+    pub(super) fn on_news(&mut self, f: impl FnMut(u64, News<'_>) + 'a) {
+        self.news = Some(Box::new(f));
+    }
+
+    /// The rest of the chunk being read.
+    pub(super) fn ready(&self) -> usize {
+        self.cur
+            .as_ref()
+            .map_or(0, |c| c.chunk.count.saturating_sub(c.i) as usize)
+    }
+
+    /// The next item of the chunk being read, handed to `f`; `None` when
+    /// there is none (that chunk is done with).
+    pub(super) fn next_item<T>(
+        &mut self,
+        f: impl FnOnce(u64, Result<&[u8], TaskError>, Option<&Attempts>) -> T,
+    ) -> Option<T> {
+        let cur = self.cur.as_mut()?;
+        match cur.next_item() {
+            Some((index, item, attempts)) => {
+                self.next_out = index + 1;
+                Some(f(index, item, attempts))
+            }
+            None => {
+                self.cur = None;
+                None
+            }
+        }
+    }
+
+    /// Starts reading the chunk held that is handed out next (the next
+    /// index when ordered, else the lowest); its item count, or `None`
+    /// when none is ready.
+    pub(super) fn next_chunk(&mut self) -> Option<u32> {
+        let chunk = if self.ordered {
+            self.held.remove(&self.next_out)
+        } else {
+            self.held.pop_first().map(|(_, c)| c)
+        }?;
+        let n = chunk.count;
+        self.cur = Some(Cursor::new(chunk));
+        Some(n)
+    }
+
+    /// A chunk from the pool: a running job's stream items or progress
+    /// report go to the news callback at once (the batch's credit returns
+    /// when `chunk` drops); outcomes are held, and their count returned.
+    pub(super) fn take(&mut self, chunk: ChunkResult) -> Option<u32> {
+        let news = match &chunk.body {
+            ChunkBody::Items(batch) => Some(News::Items(batch)),
+            &ChunkBody::Progress(done, total) => Some(News::Progress { done, total }),
+            _ => None,
+        };
+        if let Some(news) = news {
+            if let Some(f) = &mut self.news {
+                f(chunk.first_index, news);
+            }
+            return None;
+        }
+        let n = chunk.count;
+        self.held.insert(chunk.first_index, chunk);
+        Some(n)
+    }
+
+    /// An item's own error (bad input), standing in its place.
+    pub(super) fn hold_error(&mut self, index: u64, e: TaskError) {
+        self.held.insert(
+            index,
+            ChunkResult {
+                first_index: index,
+                count: 1,
+                body: ChunkBody::One(Err(e)),
+            },
+        );
     }
 }
 
@@ -432,14 +509,9 @@ pub struct RawStream<'p> {
     source: Source<'p>,
     tx: ChunkSender,
     rx: Receiver<ChunkResult>,
-    ordered: bool,
     intake: Intake,
     in_flight: usize,
-    next_out: u64,
-    held: BTreeMap<u64, ChunkResult>,
-    cur: Option<Cursor>,
-    /// Where the stream items and progress reports of running jobs go.
-    news: Option<NewsFn<'p>>,
+    out: Outlet<'p>,
 }
 
 /// The callback of [`RawStream::on_news`].
@@ -507,13 +579,9 @@ impl<'p> RawStream<'p> {
             source,
             tx,
             rx,
-            ordered,
             intake: Intake::new(chunksize, window),
             in_flight: 0,
-            next_out: 0,
-            held: BTreeMap::new(),
-            cur: None,
-            news: None,
+            out: Outlet::new(ordered),
         }
     }
 
@@ -522,7 +590,7 @@ impl<'p> RawStream<'p> {
     /// yielded; without it they are dropped. `f` runs inside `next`: a slow
     /// `f` holds the streaming task back (back-pressure), never memory.
     pub fn on_news(mut self, f: impl FnMut(u64, News<'_>) + 'p) -> Self {
-        self.news = Some(Box::new(f));
+        self.out.on_news(f);
         self
     }
 
@@ -537,18 +605,6 @@ impl<'p> RawStream<'p> {
         let choice = retry_choice(policy);
         self.tx = self.tx.clone().with_retry(self.pool.stream_retry(&choice));
         self
-    }
-
-    /// An item's own error (bad input), standing in its place.
-    fn hold_error(&mut self, index: u64, e: TaskError) {
-        self.held.insert(
-            index,
-            ChunkResult {
-                first_index: index,
-                count: 1,
-                body: ChunkBody::One(Err(e)),
-            },
-        );
     }
 
     /// Submits input until `window` jobs are in flight (hysteresis: only
@@ -568,7 +624,7 @@ impl<'p> RawStream<'p> {
                 Source::Typed { .. } => self.next_typed_chunk(),
             };
             for (index, e) in std::mem::take(&mut self.intake.failed) {
-                self.hold_error(index, e);
+                self.out.hold_error(index, e);
             }
             if let Some((target, codec, limits, payload, count)) = chunk {
                 self.in_flight += count as usize;
@@ -655,7 +711,7 @@ impl<'p> RawStream<'p> {
         if let Some(e) = bad {
             let index = self.intake.taken;
             self.intake.taken += 1;
-            self.hold_error(index, e);
+            self.out.hold_error(index, e);
         }
         (count > 0).then_some((target, Codec::Bincode, Limits::default(), payload, count))
     }
@@ -664,9 +720,7 @@ impl<'p> RawStream<'p> {
     /// the rest of the chunk being read (a consumer that forwards results
     /// elsewhere can batch them, one hand-off per chunk instead of per item).
     pub fn ready(&self) -> usize {
-        self.cur
-            .as_ref()
-            .map_or(0, |c| c.chunk.count.saturating_sub(c.i) as usize)
+        self.out.ready()
     }
 
     /// The next item, handed to `f` as its index and encoded outcome (a
@@ -710,16 +764,11 @@ impl<'p> RawStream<'p> {
     ) -> std::task::Poll<Option<T>> {
         use std::task::Poll;
         loop {
-            if let Some(cur) = &mut self.cur {
-                if let Some((index, item, attempts)) = cur.next_item() {
-                    self.next_out = index + 1;
-                    return Poll::Ready(Some(f(index, item, attempts)));
-                }
-                self.cur = None;
+            if let Some(item) = self.out.next_item(&mut f) {
+                return Poll::Ready(Some(item));
             }
             self.top_up();
-            if let Some(chunk) = next_ready(&mut self.held, self.ordered, self.next_out) {
-                self.cur = Some(Cursor::new(chunk));
+            if self.out.next_chunk().is_some() {
                 continue;
             }
             if self.in_flight == 0 {
@@ -747,16 +796,9 @@ impl<'p> RawStream<'p> {
             };
             match got {
                 Some(chunk) => {
-                    if let Some(news) = news_of(&chunk) {
-                        // Not an outcome: handed on at once (the batch's
-                        // credit returns when `chunk` drops).
-                        if let Some(f) = &mut self.news {
-                            f(chunk.first_index, news);
-                        }
-                        continue;
+                    if let Some(n) = self.out.take(chunk) {
+                        self.in_flight -= n as usize;
                     }
-                    self.in_flight -= chunk.count as usize;
-                    self.held.insert(chunk.first_index, chunk);
                 }
                 None => return Poll::Ready(None),
             }

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::celery::protocol::State;
+use crate::pyrepr::{py_float, py_repr, py_str};
 
 /// A `.j` entry as Python's backend encodes it: `json.dumps([1, tid,
 /// state, result])` (kombu's json: `", "` and `": "`, `ensure_ascii`,
@@ -119,109 +120,6 @@ fn write_json(v: &Value, s: &mut String) {
     }
 }
 
-/// Python's `repr(float)`: the shortest digits that round-trip, fixed
-/// notation for exponents -4..16, else `d.ddde+XX`.
-pub fn py_float(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
-    }
-    let sci = format!("{:e}", f);
-    let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i64 = exp.parse().unwrap_or(0);
-    let neg = mant.starts_with('-');
-    let digits: String = mant.chars().filter(char::is_ascii_digit).collect();
-    let sign = if neg { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        let (int, frac) = if exp >= 0 {
-            let e = exp as usize + 1;
-            if digits.len() > e {
-                (digits[..e].to_string(), digits[e..].to_string())
-            } else {
-                (
-                    format!("{digits}{}", "0".repeat(e - digits.len())),
-                    String::new(),
-                )
-            }
-        } else {
-            (
-                "0".to_string(),
-                format!("{}{digits}", "0".repeat((-exp - 1) as usize)),
-            )
-        };
-        let frac = if frac.is_empty() {
-            "0".to_string()
-        } else {
-            frac
-        };
-        format!("{sign}{int}.{frac}")
-    } else {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
-        format!(
-            "{sign}{m}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.unsigned_abs()
-        )
-    }
-}
-
-/// Python's `repr()` of a JSON value (`None`, `True`, `'text'`, `[1, 2]`,
-/// `{'k': 1}`).
-fn py_repr(v: &Value) -> String {
-    match v {
-        Value::Null => "None".into(),
-        Value::Bool(b) => if *b { "True" } else { "False" }.into(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => py_float(f),
-            _ => n.to_string(),
-        },
-        Value::String(s) => py_str(s),
-        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
-        Value::Object(o) => format!(
-            "{{{}}}",
-            o.iter()
-                .map(|(k, x)| format!("{}: {}", py_str(k), py_repr(x)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// Python's `repr(str)`.
-fn py_str(s: &str) -> String {
-    let q = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(q);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == q => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || (0x7f..0xa0).contains(&(c as u32)) => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(q);
-    out
-}
-
 /// `repr(ExcType('message'))` of a one-argument exception.
 pub(super) fn py_str_repr_exc(ty: &str, message: &str) -> String {
     format!("{ty}({})", py_str(message))
@@ -290,20 +188,6 @@ mod tests {
             encode_part("t", State::Success, &json!("😀\n\u{7f}")),
             "[1, \"t\", \"SUCCESS\", \"\\ud83d\\ude00\\n\\u007f\"]"
         );
-        for (f, py) in [
-            (1.0, "1.0"),
-            (0.1, "0.1"),
-            (1e16, "1e+16"),
-            (1e15, "1000000000000000.0"),
-            (1.5e-7, "1.5e-07"),
-            (0.0001, "0.0001"),
-            (1e-5, "1e-05"),
-            (-2.5, "-2.5"),
-            (123456789012345678.0, "1.2345678901234568e+17"),
-            (100.0, "100.0"),
-        ] {
-            assert_eq!(py_float(f), py, "{f}");
-        }
     }
 
     #[test]

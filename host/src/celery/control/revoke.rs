@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::pyrepr::{py_repr, py_str};
+
 use crate::celery::protocol::{result_key, Exception, ResultMeta};
 use crate::celery::transport::redis::{ttl_secs, Link};
 
@@ -196,59 +198,6 @@ pub fn matching(
     out
 }
 
-/// Python's `repr` of a JSON value (dicts, lists, str, numbers, True,
-/// False, None), for replies Celery writes with f-strings.
-pub fn py_repr(v: &Value) -> String {
-    match v {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => py_str(s),
-        Value::Array(a) => {
-            let items: Vec<String> = a.iter().map(py_repr).collect();
-            format!("[{}]", items.join(", "))
-        }
-        Value::Object(m) => {
-            let items: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
-                .collect();
-            format!("{{{}}}", items.join(", "))
-        }
-    }
-}
-
-/// Python's `repr` of a str: single quotes unless the text holds one
-/// and no double quote.
-pub fn py_str(s: &str) -> String {
-    let q = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len().saturating_add(2));
-    out.push(q);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == q => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(q);
-    out
-}
-
 /// The `terminated_scheme_to_stamps_mapping` of Celery's reply, a
 /// `defaultdict(set)`, as Python prints it.
 pub fn terminated_repr(m: &BTreeMap<String, Vec<Value>>) -> String {
@@ -266,15 +215,6 @@ pub fn terminated_repr(m: &BTreeMap<String, Vec<Value>>) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn python_reprs() {
-        assert_eq!(
-            py_repr(&json!({"a": ["x", 1, null, true], "b'": "it's"})),
-            r#"{'a': ['x', 1, None, True], "b'": "it's"}"#
-        );
-        assert_eq!(py_str("a\\b\n"), r"'a\\b\n'");
-    }
 
     #[test]
     fn stamps_of_a_message_and_their_match() {

@@ -1020,23 +1020,7 @@ fn restore_one(
         // No entry (or not one kombu could restore either): forget a
         // lapsed lease of ours whose entry someone else took, leaving the
         // tombstone a late finish reads.
-        let _: i64 = redis::cmd("EVALSHA")
-            .arg(sha(RESTORE_LUA))
-            .arg(6)
-            .arg(UNACKED)
-            .arg(UNACKED_INDEX)
-            .arg(LEASES)
-            .arg(RESTORED)
-            .arg(UNACKED)
-            .arg(RUNNING)
-            .arg(tag)
-            .arg(&ceil)
-            .arg("")
-            .arg("")
-            .arg("R")
-            .arg(sweep)
-            .arg(DEATHS_PREFIX)
-            .query(c)?;
+        let _: i64 = restore_cmd(UNACKED, tag, &ceil, b"", "", sweep).query(c)?;
         return Ok(false);
     };
     let mut queues = lookup(c, &e.exchange, &e.routing_key)?;
@@ -1058,23 +1042,7 @@ fn restore_one(
     for (i, q) in queues.iter().enumerate() {
         let list = protocol::queue_key(q, pri);
         if i == 0 {
-            let r: i64 = redis::cmd("EVALSHA")
-                .arg(sha(RESTORE_LUA))
-                .arg(6)
-                .arg(UNACKED)
-                .arg(UNACKED_INDEX)
-                .arg(LEASES)
-                .arg(RESTORED)
-                .arg(&list)
-                .arg(RUNNING)
-                .arg(tag)
-                .arg(&ceil)
-                .arg(&e.raw)
-                .arg(&msg)
-                .arg("R")
-                .arg(sweep)
-                .arg(DEATHS_PREFIX)
-                .query(c)?;
+            let r: i64 = restore_cmd(&list, tag, &ceil, &e.raw, &msg, sweep).query(c)?;
             restored = r == 1;
             if !restored {
                 break;
@@ -1084,6 +1052,37 @@ fn restore_one(
         }
     }
     Ok(restored)
+}
+
+/// `lua/restore.lua` for `tag`: push `msg` (the entry `raw` read,
+/// marked redelivered) onto `list` if its score is still at most `ceil`
+/// (empty: whatever it is); with an empty `raw`, only forget a lapsed
+/// lease. `sweep` ("1"/"0"): a sweeper's restore, which counts a death.
+fn restore_cmd(
+    list: &str,
+    tag: &str,
+    ceil: &str,
+    raw: &[u8],
+    msg: &str,
+    sweep: &str,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha(RESTORE_LUA))
+        .arg(6)
+        .arg(UNACKED)
+        .arg(UNACKED_INDEX)
+        .arg(LEASES)
+        .arg(RESTORED)
+        .arg(list)
+        .arg(RUNNING)
+        .arg(tag)
+        .arg(ceil)
+        .arg(raw)
+        .arg(msg)
+        .arg("R")
+        .arg(sweep)
+        .arg(DEATHS_PREFIX);
+    cmd
 }
 
 /// Returns these messages (ours, in flight) to their queues at once: a

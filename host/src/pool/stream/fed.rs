@@ -17,18 +17,15 @@
 //! stream behind a job that takes hours holds a bounded number of
 //! results.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::Scope;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{
-    frame_room, news_of, next_ready, retry_choice, Cursor, Intake, JobSource, NewsFn, RawInput,
-};
+use super::{frame_room, retry_choice, Intake, JobSource, Outlet, RawInput};
 use crate::error::TaskError;
 use crate::pool::items::News;
-use crate::pool::job::{ChunkBody, ChunkResult, ChunkSender, Dispatch};
+use crate::pool::job::{ChunkResult, ChunkSender, Dispatch};
 use crate::pool::retry::{Attempts, Choice};
 use crate::pool::Pool;
 
@@ -227,11 +224,7 @@ pub struct FedStream<'s, 'env> {
     rx_open: bool,
     /// How many items there are, once the feeder ended.
     total: Option<u64>,
-    ordered: bool,
-    next_out: u64,
-    held: BTreeMap<u64, ChunkResult>,
-    cur: Option<Cursor>,
-    news: Option<NewsFn<'s>>,
+    out: Outlet<'s>,
 }
 
 /// Starts the feeder on a thread of the caller's scope.
@@ -274,11 +267,7 @@ impl<'s, 'env> FedStream<'s, 'env> {
             events: Some(events),
             rx_open: true,
             total: None,
-            ordered,
-            next_out: 0,
-            held: BTreeMap::new(),
-            cur: None,
-            news: None,
+            out: Outlet::new(ordered),
         }
     }
 
@@ -286,7 +275,7 @@ impl<'s, 'env> FedStream<'s, 'env> {
     /// and progress reports of running jobs go to `f` (on the caller's
     /// thread, inside `next`).
     pub fn on_news(mut self, f: impl FnMut(u64, News<'_>) + 's) -> Self {
-        self.news = Some(Box::new(f));
+        self.out.on_news(f);
         self
     }
 
@@ -303,9 +292,7 @@ impl<'s, 'env> FedStream<'s, 'env> {
     /// How many results the next calls of `next` return without waiting
     /// (the rest of the chunk being read).
     pub fn ready(&self) -> usize {
-        self.cur
-            .as_ref()
-            .map_or(0, |c| c.chunk.count.saturating_sub(c.i) as usize)
+        self.out.ready()
     }
 
     /// The next item, handed to `f` with its index, its encoded outcome
@@ -320,17 +307,12 @@ impl<'s, 'env> FedStream<'s, 'env> {
             spawn(feeder);
         }
         loop {
-            if let Some(cur) = &mut self.cur {
-                if let Some((index, item, attempts)) = cur.next_item() {
-                    self.next_out = index + 1;
-                    return Some(f(index, item, attempts));
-                }
-                self.cur = None;
+            if let Some(item) = self.out.next_item(&mut f) {
+                return Some(item);
             }
-            if let Some(chunk) = next_ready(&mut self.held, self.ordered, self.next_out) {
-                let n = u64::from(chunk.count);
-                self.gauge.update(self.window, |c| c.yielded += n);
-                self.cur = Some(Cursor::new(chunk));
+            if let Some(n) = self.out.next_chunk() {
+                self.gauge
+                    .update(self.window, |c| c.yielded += u64::from(n));
                 continue;
             }
             if self.total.is_some_and(|t| self.gauge.lock().yielded >= t) {
@@ -360,16 +342,7 @@ impl<'s, 'env> FedStream<'s, 'env> {
         match got {
             Got::Result(Some(chunk)) => self.take(chunk),
             Got::Result(None) => self.rx_open = false,
-            Got::Fed(Some(Fed::Failed(index, e))) => {
-                self.held.insert(
-                    index,
-                    ChunkResult {
-                        first_index: index,
-                        count: 1,
-                        body: ChunkBody::One(Err(e)),
-                    },
-                );
-            }
+            Got::Fed(Some(Fed::Failed(index, e))) => self.out.hold_error(index, e),
             Got::Fed(Some(Fed::End(total))) => self.total = Some(total),
             // The feeder is gone: it said `End` first (its `Drop`).
             Got::Fed(None) => {
@@ -382,15 +355,10 @@ impl<'s, 'env> FedStream<'s, 'env> {
 
     /// A chunk from the pool: news goes to the callback, outcomes are held.
     fn take(&mut self, chunk: ChunkResult) {
-        if let Some(news) = news_of(&chunk) {
-            if let Some(f) = &mut self.news {
-                f(chunk.first_index, news);
-            }
-            return;
+        if let Some(n) = self.out.take(chunk) {
+            self.gauge
+                .update(self.window, |c| c.arrived += u64::from(n));
         }
-        let n = u64::from(chunk.count);
-        self.gauge.update(self.window, |c| c.arrived += n);
-        self.held.insert(chunk.first_index, chunk);
     }
 }
 

@@ -60,6 +60,14 @@ impl RunFrame {
     }
 }
 
+/// Whether `d` may be queued to a worker that has not said READY yet: only
+/// a job without a time limit (soft or hard), whose clock would otherwise
+/// run during the worker's start-up.
+pub(super) fn may_wait_for_ready(d: &Dispatch, cfg: &PoolConfig) -> bool {
+    let limits = d.limits.or(cfg);
+    limits.soft.is_none() && limits.hard.is_none()
+}
+
 /// Where outcomes go, and their count.
 pub(super) struct Delivery {
     pub stats: Stats,

@@ -26,23 +26,31 @@ impl Supervisor {
         }
         let prefetch = self.cfg.prefetch.max(1);
         // Least-loaded first: idle workers before ones with prefetched work.
-        // Only workers that said READY: a job's time limits run from its
-        // dispatch, and a worker's start-up (fork or exec, plugin load,
-        // initializer) is not the job's time: a slow start must not end a
-        // job as `time_limit` that never ran.
+        // A worker still starting (it has not said READY) takes only jobs
+        // without a time limit, which wait in its socket until it reads
+        // them: a job's time limits run from its dispatch, and a worker's
+        // start-up (fork or exec, plugin load, initializer) is not the
+        // job's time: a slow start must not end a job as `time_limit` that
+        // never ran. Jobs without a limit gain the start-up's overlap.
         for depth in 0..prefetch {
-            let mut ids: Vec<WorkerId> = self
+            let mut ids: Vec<(WorkerId, bool)> = self
                 .workers
                 .values()
-                .filter(|w| w.ready && w.state.serving() && w.inflight.len() == depth)
-                .map(|w| w.id)
+                .filter(|w| w.state.serving() && w.inflight.len() == depth)
+                .map(|w| (w.id, w.ready))
                 .collect();
             ids.sort();
-            for wid in ids {
+            for (wid, ready) in ids {
                 // A dispatch can fail without reaching the worker (a task
                 // gone after a reload, arguments over the frame limit):
                 // then the worker is still free for the next one.
                 loop {
+                    let Some(front) = self.queue.front() else {
+                        return;
+                    };
+                    if !ready && !dispatch::may_wait_for_ready(front, &self.cfg) {
+                        break;
+                    }
                     let Some(d) = self.queue.pop_front() else {
                         return;
                     };
