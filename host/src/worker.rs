@@ -244,6 +244,23 @@ impl Worker {
                     leave(exit_code::PROTOCOL);
                 }
             };
+            if h.count > 1 {
+                // A chunk: item by item, results going out as they finish.
+                let retiring = self.run_chunk(h, args, &mut out);
+                // The last piece (a large one through the arena) ends it.
+                let flags = if retiring { FLAG_RETIRING } else { 0 };
+                if chunk_flush(arena.as_mut(), flags, true).is_err() {
+                    leave(exit_code::PROTOCOL);
+                }
+                if retiring {
+                    leave(0);
+                }
+                if let Err(e) = sys::restore_worker_signals() {
+                    eprintln!("billiard worker: cannot restore its signal state: {e}");
+                    leave(exit_code::SETUP);
+                }
+                continue;
+            }
             let by_count = self.run_job(h, args, &mut out);
             // A result the supervisor would refuse (over the frame limit,
             // by socket or through the arena alike) is the job's error,
@@ -323,7 +340,7 @@ impl Worker {
     /// the way: [`Worker::over_memory`]).
     fn run_job(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>) -> bool {
         out.clear();
-        self.slot.running.store(h.job, Ordering::Release);
+        self.slot.start(h.job);
         STOP.store(0, Ordering::Release);
         // A stop for this job may have been posted before it started.
         if self.slot.stop_job.load(Ordering::Acquire) == h.job {
@@ -406,6 +423,54 @@ impl Worker {
         self.slot.running.store(0, Ordering::Release);
         self.tasks_done += h.count as u64;
         self.params.max_tasks.is_some_and(|m| self.tasks_done >= m)
+    }
+
+    /// Runs a chunk (`h.count > 1`) item by item, each as a job of its own
+    /// (its own id, stop flag, start on the scoreboard, so the supervisor
+    /// times and stops each item), and sends the results as DONE pieces of
+    /// consecutive items (see `ipc`): when a piece reaches
+    /// [`PIECE_BYTES`], when the ticker finds results older than a tick,
+    /// and with the last item. A crash writes the piece being filled
+    /// (`sys::crash_flush_publish`): the items that finished keep their
+    /// results. Returns whether to retire after it; the caller sends the
+    /// last piece ([`chunk_flush`]).
+    fn run_chunk(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>) -> bool {
+        let records: Option<Vec<&[u8]>> = billiard_plugin_api::codec::records(args).collect();
+        let records = records.filter(|r| r.len() == h.count as usize);
+        let mut by_count = false;
+        chunk_begin(h.job, self.sock.as_raw_fd());
+        for i in 0..h.count {
+            let job = h.job.saturating_add(u64::from(i));
+            let item = ipc::RunHeader { job, count: 1, ..h };
+            let status = match records.as_ref().and_then(|r| r.get(i as usize)) {
+                Some(rec) => {
+                    by_count |= self.run_job(item, rec, out);
+                    // Room for the record's header and the DONE frame's.
+                    let room = self
+                        .params
+                        .max_frame
+                        .saturating_sub(ipc::DONE_HEADER + 5 - 4);
+                    if out.len() > room {
+                        self.over_frame_limit(1, out);
+                    }
+                    self.last_status
+                }
+                None => {
+                    out.clear();
+                    out.extend_from_slice(b"the chunk's argument records are malformed");
+                    Status::BadArgs
+                }
+            };
+            let last = i + 1 == h.count;
+            let full = chunk_push(status, out.as_slice(), last, self.params.max_frame);
+            if full && !last && chunk_flush(None, 0, false).is_err() {
+                leave(exit_code::PROTOCOL);
+            }
+            if out.capacity() > OUT_RETAIN {
+                *out = RVec::with_capacity(64 * 1024);
+            }
+        }
+        by_count || self.over_memory()
     }
 
     /// Replaces a result too large for one frame with the job's error (for
@@ -637,9 +702,14 @@ fn host_services() -> HostServicesRef {
 /// stack; a worker that cannot start it (address-space limit) goes without:
 /// items then go out per full batch and at the end, progress at `total`.
 fn start_ticking(job: u64) {
-    static TICKER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
     TICKING.store(job, Ordering::Release);
     FLUSH_DUE.store(0, Ordering::Relaxed);
+    wake_ticker();
+}
+
+/// Starts the ticker, or wakes it.
+fn wake_ticker() {
+    static TICKER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
     let ticker = TICKER.get_or_init(|| {
         std::thread::Builder::new()
             .name("billiard-ticker".into())
@@ -656,12 +726,16 @@ fn start_ticking(job: u64) {
 fn tick() {
     let mut n = 0u32;
     loop {
-        if TICKING.load(Ordering::Acquire) == 0 {
+        let chunk = CHUNK_TICKING.load(Ordering::Acquire);
+        if TICKING.load(Ordering::Acquire) == 0 && !chunk {
             std::thread::park();
             n = 0;
             continue;
         }
         std::thread::sleep(FLUSH_TICK);
+        if chunk {
+            chunk_tick();
+        }
         FLUSH_DUE.store(1, Ordering::Relaxed);
         n += 1;
         if n >= PROGRESS_TICKS {
@@ -669,4 +743,168 @@ fn tick() {
             HOST_FLAGS.fetch_or(HOST_FLAG_PROGRESS_DUE, Ordering::Relaxed);
         }
     }
+}
+
+/// A chunk's piece of results is sent once it reaches this size.
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// The results of the running chunk not sent yet: one DONE frame whose
+/// header is kept current (so a crash handler can write it as it is),
+/// with the result records of items `first .. first + count`.
+struct Piece {
+    /// The DONE header, then the records.
+    buf: Vec<u8>,
+    first: u64,
+    count: u32,
+    /// The chunk's last record is in: only the worker's thread sends it
+    /// (with the chunk's flags), never the ticker.
+    last: bool,
+    /// The worker's socket while a chunk runs (-1: none).
+    fd: i32,
+    /// A tick passed since the piece's first record: the ticker sends it.
+    aged: bool,
+}
+
+static PIECE: Mutex<Piece> = Mutex::new(Piece {
+    buf: Vec::new(),
+    first: 0,
+    count: 0,
+    last: false,
+    fd: -1,
+    aged: false,
+});
+/// A chunk runs: the ticker sends its aged results.
+static CHUNK_TICKING: AtomicBool = AtomicBool::new(false);
+
+fn piece() -> std::sync::MutexGuard<'static, Piece> {
+    PIECE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A chunk whose first item is `first` starts on socket `fd`.
+fn chunk_begin(first: u64, fd: i32) {
+    {
+        let mut p = piece();
+        p.buf.clear();
+        p.first = first;
+        p.count = 0;
+        p.last = false;
+        p.fd = fd;
+        p.aged = false;
+    }
+    CHUNK_TICKING.store(true, Ordering::Release);
+    wake_ticker();
+}
+
+/// Adds one item's result record to the piece; returns whether the piece
+/// is full (send it before the next item).
+fn chunk_push(status: Status, result: &[u8], last: bool, max_frame: usize) -> bool {
+    let mut p = piece();
+    let need = 5usize.saturating_add(result.len());
+    // A piece stays within the frame limit: send what is there first.
+    if p.count > 0 && p.buf.len().saturating_add(need) > max_frame {
+        let _ = send_piece(&mut p, None, 0);
+    }
+    if p.buf.is_empty() {
+        p.buf.extend_from_slice(&[0u8; ipc::DONE_HEADER]);
+    }
+    if p.buf.capacity() - p.buf.len() < need {
+        // The buffer may move: a crash meanwhile writes nothing.
+        sys::crash_flush_publish(&[]);
+    }
+    p.buf.push(status as u8);
+    p.buf
+        .extend_from_slice(&u32::try_from(result.len()).unwrap_or(u32::MAX).to_le_bytes());
+    p.buf.extend_from_slice(result);
+    p.count = p.count.saturating_add(1);
+    p.last = last;
+    write_piece_header(&mut p, 0);
+    sys::crash_flush_publish(&p.buf);
+    p.buf.len() >= PIECE_BYTES
+}
+
+fn write_piece_header(p: &mut Piece, flags: u8) {
+    let done = DoneHeader {
+        job: p.first,
+        count: p.count,
+        flags,
+        status: Status::Ok as u8,
+    };
+    let len = p.buf.len().saturating_sub(ipc::DONE_HEADER);
+    if let Ok(header) = ipc::encode_done(&done, len) {
+        p.buf[..ipc::DONE_HEADER].copy_from_slice(&header);
+    }
+}
+
+/// Sends the piece (the worker's thread; `end`: the chunk's last, which
+/// carries `flags`). A large one goes through the arena if it has room.
+fn chunk_flush(
+    arena: Option<&mut shm::WorkerArena>,
+    flags: u8,
+    end: bool,
+) -> std::io::Result<()> {
+    if end {
+        CHUNK_TICKING.store(false, Ordering::Release);
+    }
+    let mut p = piece();
+    let r = send_piece(&mut p, arena, flags);
+    if end {
+        p.fd = -1;
+        // A buffer grown by a chunk of big results is not kept.
+        if p.buf.capacity() > PIECE_BYTES * 2 {
+            p.buf = Vec::new();
+        }
+    }
+    r
+}
+
+fn send_piece(
+    p: &mut Piece,
+    arena: Option<&mut shm::WorkerArena>,
+    flags: u8,
+) -> std::io::Result<()> {
+    if p.count == 0 || p.fd < 0 {
+        return Ok(());
+    }
+    write_piece_header(p, flags);
+    let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    sys::crash_flush_busy(true);
+    let in_arena = arena.and_then(|a| a.put_result(&p.buf[ipc::DONE_HEADER..]));
+    let r = match in_arena {
+        Some(at) => {
+            let done = DoneHeader {
+                job: p.first,
+                count: p.count,
+                flags,
+                status: Status::Ok as u8,
+            };
+            sys::write_all_vectored(&p.fd, &[&ipc::encode_done_shm(&done, at)])
+        }
+        None => sys::write_all_vectored(&p.fd, &[p.buf.as_slice()]),
+    };
+    sys::crash_flush_publish(&[]);
+    sys::crash_flush_busy(false);
+    p.first = p.first.saturating_add(u64::from(p.count));
+    p.count = 0;
+    p.aged = false;
+    p.buf.clear();
+    if p.buf.capacity() > OUT_RETAIN {
+        p.buf = Vec::new();
+    }
+    r
+}
+
+/// The ticker's turn for a chunk: a piece that waited a whole tick goes
+/// out (an item that runs long must not sit on the results before it).
+fn chunk_tick() {
+    let mut p = piece();
+    if p.count == 0 || p.last {
+        return;
+    }
+    if !p.aged {
+        p.aged = true;
+        return;
+    }
+    // A failed write is the supervisor gone: the worker's own next write
+    // ends it.
+    let _ = send_piece(&mut p, None, 0);
 }

@@ -131,6 +131,7 @@ impl Pool {
             retries: 0,
             cancelled: false,
             delivered: 0,
+            cancel_items: Vec::new(),
         };
         if let retry::Choice::Exactly(p) = choice {
             // A job's own policy is checked as its limits are: out of
@@ -350,6 +351,7 @@ impl Pool {
             retries: 0,
             cancelled: false,
             delivered: 0,
+            cancel_items: Vec::new(),
         };
         if let Some(r) = tx.retry() {
             r.register(first_index, &d, self.task_rule(target, r.rule()));

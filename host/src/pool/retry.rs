@@ -182,6 +182,7 @@ impl Spec {
             retries,
             cancelled: false,
             delivered: 0,
+            cancel_items: Vec::new(),
         }
     }
 }
