@@ -2,7 +2,7 @@
 //! inside a chunk costs the item that ran, the items that finished keep
 //! their results and the ones not started are resent once; time limits
 //! reach the item running. Each item counts its runs in a file
-//! (`faults.mark_item`).
+//! (`hostile.mark_item`).
 
 use crate::common;
 
@@ -13,13 +13,13 @@ use std::time::Duration;
 use billiard_host::{Codec, ErrorKind, Event, Outcome, Pool, PoolBuilder, RawJob};
 
 fn builder() -> PoolBuilder {
-    common::pool_builder(1, &["faults"])
+    common::pool_builder(1, &["hostile"])
 }
 
 /// Runs `n` items of `mark_item` (`how` at item `at`) in chunks of
 /// `chunksize`; returns the outcomes by index.
 fn run_items(pool: &Pool, marks: &Path, n: u64, at: u64, how: &str, chunksize: usize) -> Vec<Outcome> {
-    let task = pool.task_ref("faults", "mark_item").expect("mark_item");
+    let task = pool.task_ref("hostile", "mark_item").expect("mark_item");
     let path = marks.to_str().expect("utf-8 path").to_string();
     let jobs = (0..n).map(move |i| {
         let args = serde_json::to_vec(&(path.as_str(), i, at, how)).expect("json");

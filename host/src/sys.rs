@@ -36,16 +36,42 @@ fn cvt_long(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// The system-wide monotonic clock (CLOCK_MONOTONIC) in nanoseconds: the
-/// same clock in every process of the machine, so a worker's start time
-/// can be compared with the supervisor's now.
+/// The system-wide coarse monotonic clock (CLOCK_MONOTONIC_COARSE) in
+/// nanoseconds: the same clock in every process of the machine, so a
+/// worker's start time can be compared with the supervisor's now. Coarse:
+/// read without a system call or a clock source read (a chunk's worker
+/// reads it once per item), at the kernel tick's resolution
+/// ([`monotonic_coarse_res`]).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec into the valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    timespec_ns(&ts)
+}
+
+/// The resolution of [`monotonic_ns`] (a kernel tick, 1 to 10 ms).
+pub fn monotonic_coarse_res() -> Duration {
+    static RES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ns = *RES.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres writes one timespec into the valid pointer.
+        let r = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        if r == 0 {
+            timespec_ns(&ts)
+        } else {
+            10_000_000
+        }
+    });
+    Duration::from_nanos(ns)
+}
+
+fn timespec_ns(ts: &libc::timespec) -> u64 {
     u64::try_from(ts.tv_sec)
         .unwrap_or(0)
         .saturating_mul(1_000_000_000)
@@ -1089,18 +1115,17 @@ impl Slot {
         (running, finished)
     }
 
-    /// The job the worker runs now and for how long it has run by its
-    /// own clock word (0 when it names a time still to come): `(0, _)`
-    /// between jobs. Both come from the worker's page, which its task can
-    /// rewrite: the caller bounds what it does with them.
+    /// The job the worker runs now and for how long it has run at least
+    /// by its own clock word (the coarse clock's tick taken off, so never
+    /// more than it really ran; 0 when it names a time still to come):
+    /// `(0, _)` between jobs. Both come from the worker's page, which its
+    /// task can rewrite: the caller bounds what it does with them.
     pub fn running_for(&self) -> (u64, Duration) {
         use std::sync::atomic::Ordering;
         let running = self.running.load(Ordering::Acquire);
         let started = self.started.load(Ordering::Acquire);
-        (
-            running,
-            Duration::from_nanos(monotonic_ns().saturating_sub(started)),
-        )
+        let ran = Duration::from_nanos(monotonic_ns().saturating_sub(started));
+        (running, ran.saturating_sub(monotonic_coarse_res()))
     }
 
     /// Marks `job` as started now (the worker's side).

@@ -324,6 +324,17 @@ impl Worker {
     }
 }
 
+/// Ends the call of the host services' `JobHost`: from here on they
+/// refuse (a thread of the task may still hold its context); the write
+/// lock waits for any service call still using it.
+fn leave_call() {
+    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
+        token: 0,
+        host: std::ptr::null(),
+    };
+    TICKING.store(0, Ordering::Release);
+}
+
 /// Ends the worker. One whose zygote died kills what its tasks left
 /// behind first (it is their subreaper; otherwise the zygote does this
 /// when it reaps the worker).
@@ -339,6 +350,33 @@ impl Worker {
     /// by the task count (memory is looked at once the result is out of
     /// the way: [`Worker::over_memory`]).
     fn run_job(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>) -> bool {
+        let host = JobHost::new(h.job, self.sock.as_raw_fd(), self.params.max_frame);
+        let token = self.enter_call(&host);
+        self.call(h, args, out, token);
+        // From here on the call's services refuse (a thread of the task may
+        // still hold its context).
+        leave_call();
+        HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
+        self.end_call(h, out, &host);
+        drop(host);
+        self.params.max_tasks.is_some_and(|m| self.tasks_done >= m)
+    }
+
+    /// Makes `host` the one the host services serve, under a fresh token
+    /// (0 means none; wrapping needs 2^64 calls), which it returns.
+    fn enter_call(&mut self, host: &JobHost) -> usize {
+        self.calls = self.calls.wrapping_add(1).max(1);
+        let token = self.calls;
+        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
+            token,
+            host: host as *const JobHost as *const c_void,
+        };
+        token
+    }
+
+    /// Calls job `h` (one item: `h.count` is 1, or a chunk through the
+    /// plugin's batch entry) with the services of `token`, into `out`.
+    fn call(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>, token: usize) {
         out.clear();
         self.slot.start(h.job);
         STOP.store(0, Ordering::Release);
@@ -349,14 +387,6 @@ impl Worker {
                 Ordering::Release,
             );
         }
-        let host = JobHost::new(h.job, &self.sock, self.params.max_frame);
-        // A fresh token per call (0 means none; wrapping needs 2^64 calls).
-        self.calls = self.calls.wrapping_add(1).max(1);
-        let token = self.calls;
-        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
-            token,
-            host: &host as *const JobHost as *const c_void,
-        };
         HOST_FLAGS.store(
             self.params.host_flags | HOST_FLAG_PROGRESS_DUE,
             Ordering::Release,
@@ -376,53 +406,35 @@ impl Worker {
         self.last_status = match self.plugins.get(h.plugin as usize) {
             None => {
                 let msg = format!("no plugin #{} in this worker", h.plugin);
-                if h.count == 1 {
-                    out.extend_from_slice(msg.as_bytes());
-                } else {
-                    for _ in 0..h.count {
-                        out.push(Status::UnknownTask as u8);
-                        out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-                        out.extend_from_slice(msg.as_bytes());
-                    }
-                }
+                out.extend_from_slice(msg.as_bytes());
                 Status::UnknownTask
             }
-            Some(p) if h.count == 1 => {
+            Some(p) => {
                 let status = p.call_raw(h.task, h.codec, args, &ctx, out);
                 p.plain_errors(status, 1, out, 0);
                 status
             }
-            Some(p) => {
-                p.call_batch_raw(h.task, h.codec, args, h.count, &ctx, out);
-                p.plain_errors(Status::Ok, h.count, out, 0);
-                Status::Ok
-            }
         };
-        // From here on the call's services refuse (a thread of the task may
-        // still hold its context); the write lock waits for any service
-        // call still using `host`.
-        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
-            token: 0,
-            host: std::ptr::null(),
-        };
-        TICKING.store(0, Ordering::Release);
-        HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
+    }
+
+    /// After job `h`'s call: its buffered stream items go out, an item
+    /// refused for its size becomes its error, the scoreboard says it
+    /// finished.
+    fn end_call(&mut self, h: ipc::RunHeader, out: &mut RVec<u8>, host: &JobHost) {
         // The items still buffered go out before the job's DONE.
         if host.flush().is_err() {
             leave(exit_code::PROTOCOL);
         }
         // An item refused for its size: the task's error says why (C14).
         if let Some(why) = host.take_refused() {
-            if h.count == 1 && self.last_status == Status::TaskError {
+            if self.last_status == Status::TaskError {
                 out.clear();
                 out.extend_from_slice(why.as_bytes());
             }
         }
-        drop(host);
         self.slot.finished.store(h.job, Ordering::Release);
         self.slot.running.store(0, Ordering::Release);
-        self.tasks_done += h.count as u64;
-        self.params.max_tasks.is_some_and(|m| self.tasks_done >= m)
+        self.tasks_done += 1;
     }
 
     /// Runs a chunk (`h.count > 1`) item by item, each as a job of its own
@@ -437,14 +449,19 @@ impl Worker {
     fn run_chunk(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>) -> bool {
         let records: Option<Vec<&[u8]>> = billiard_plugin_api::codec::records(args).collect();
         let records = records.filter(|r| r.len() == h.count as usize);
-        let mut by_count = false;
         chunk_begin(h.job, self.sock.as_raw_fd());
+        // One set of host services for the chunk (as one batch call had):
+        // each item's own id, one token.
+        let host = JobHost::new(h.job, self.sock.as_raw_fd(), self.params.max_frame);
+        let token = self.enter_call(&host);
         for i in 0..h.count {
             let job = h.job.saturating_add(u64::from(i));
             let item = ipc::RunHeader { job, count: 1, ..h };
             let status = match records.as_ref().and_then(|r| r.get(i as usize)) {
                 Some(rec) => {
-                    by_count |= self.run_job(item, rec, out);
+                    host.job.store(job, Ordering::Relaxed);
+                    self.call(item, rec, out, token);
+                    self.end_call(item, out, &host);
                     // Room for the record's header and the DONE frame's.
                     let room = self
                         .params
@@ -470,6 +487,10 @@ impl Worker {
                 *out = RVec::with_capacity(64 * 1024);
             }
         }
+        leave_call();
+        HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
+        drop(host);
+        let by_count = self.params.max_tasks.is_some_and(|m| self.tasks_done >= m);
         by_count || self.over_memory()
     }
 
@@ -516,9 +537,11 @@ impl Worker {
 /// after a tick, and before DONE), progress becomes PROGRESS frames. A
 /// blocked socket (the consumer is behind: the supervisor stops reading)
 /// blocks the emitting task: that is the back-pressure.
-struct JobHost<'s> {
-    job: u64,
-    sock: &'s UnixStream,
+struct JobHost {
+    /// The job it serves (a chunk's item: set per item).
+    job: AtomicU64,
+    /// The worker's socket (open for the worker's life).
+    sock: std::os::fd::RawFd,
     /// The ITEMS frame being filled (its header kept current, so a crash
     /// handler can write it as it is). Only the task's thread touches it:
     /// `Emitter` is neither `Send` nor `Sync`.
@@ -532,12 +555,14 @@ struct JobHost<'s> {
     max_frame: usize,
     /// Why an item was refused (over the frame limit), for the job's error.
     refused: Mutex<Option<String>>,
+    /// `refused` was set.
+    refused_any: AtomicBool,
 }
 
-impl<'s> JobHost<'s> {
-    fn new(job: u64, sock: &'s UnixStream, max_frame: usize) -> Self {
+impl JobHost {
+    fn new(job: u64, sock: std::os::fd::RawFd, max_frame: usize) -> Self {
         JobHost {
-            job,
+            job: AtomicU64::new(job),
             sock,
             items: UnsafeCell::new(Vec::new()),
             count: UnsafeCell::new(0),
@@ -545,10 +570,16 @@ impl<'s> JobHost<'s> {
             ticking: AtomicBool::new(false),
             max_frame,
             refused: Mutex::new(None),
+            refused_any: AtomicBool::new(false),
         }
     }
 
     fn take_refused(&self) -> Option<String> {
+        // Nearly always none: one load, not a lock, per job.
+        if !self.refused_any.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.refused_any.store(false, Ordering::Relaxed);
         self.refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -560,7 +591,7 @@ impl<'s> JobHost<'s> {
     fn tick_from_now(&self) {
         if !self.ticking.load(Ordering::Relaxed) {
             self.ticking.store(true, Ordering::Relaxed);
-            start_ticking(self.job);
+            start_ticking(self.job.load(Ordering::Relaxed));
         }
     }
 
@@ -577,6 +608,7 @@ impl<'s> JobHost<'s> {
                 item.len(),
                 self.max_frame
             ));
+            self.refused_any.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         // SAFETY: only the task's thread calls `emit` (see `items`), and
@@ -600,7 +632,7 @@ impl<'s> JobHost<'s> {
         buf.extend_from_slice(&(item.len() as u32).to_le_bytes());
         buf.extend_from_slice(item);
         *count += 1;
-        let header = ipc::encode_items(self.job, *count, buf.len() - ipc::ITEMS_HEADER)
+        let header = ipc::encode_items(self.job.load(Ordering::Relaxed), *count, buf.len() - ipc::ITEMS_HEADER)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         buf[..ipc::ITEMS_HEADER].copy_from_slice(&header);
         sys::crash_flush_publish(buf);
@@ -620,7 +652,7 @@ impl<'s> JobHost<'s> {
         }
         let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         sys::crash_flush_busy(true);
-        let r = sys::write_all_vectored(self.sock, &[buf.as_slice()]);
+        let r = sys::write_all_vectored(&self.sock, &[buf.as_slice()]);
         sys::crash_flush_publish(&[]);
         sys::crash_flush_busy(false);
         buf.clear();
@@ -636,12 +668,12 @@ impl<'s> JobHost<'s> {
             return;
         }
         *last = Some((done, total));
-        let frame = ipc::encode_progress(self.job, done, total);
+        let frame = ipc::encode_progress(self.job.load(Ordering::Relaxed), done, total);
         let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         sys::crash_flush_busy(true);
         // A failed write is the supervisor gone: the DONE write after the
         // call notices it and ends the worker.
-        let _ = sys::write_all_vectored(self.sock, &[&frame]);
+        let _ = sys::write_all_vectored(&self.sock, &[&frame]);
         sys::crash_flush_busy(false);
     }
 }

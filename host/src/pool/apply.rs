@@ -225,7 +225,8 @@ impl Pool {
 
     /// Applies a one-argument task to every item; results in input order.
     /// Fails with the first failed item's error. `chunksize` items travel
-    /// per message (and run in one FFI call).
+    /// per message (run one after another by one worker, each with its own
+    /// time limits).
     pub fn map<A: Serialize, R: DeserializeOwned>(
         &self,
         plugin: &str,

@@ -306,57 +306,12 @@ fn spin_until(deadline: Instant, mut stop: impl FnMut() -> bool) {
     }
 }
 
-/// Item `i` of a run that counts its items' runs: appends `i` and a
-/// newline to the file at `path` (one `O_APPEND` write), then, when `i ==
-/// at`, does `how`: `segv` kills its worker with SIGSEGV, `hang` sleeps
-/// for a minute ignoring stops (a hard limit ends it), `coop` sleeps until
-/// asked to stop (a soft limit ends it). Returns `i`.
-#[task]
-pub fn mark_item(
-    path: String,
-    i: u64,
-    at: u64,
-    how: String,
-    ctx: &TaskContext,
-) -> Result<u64, billiard_plugin_api::Stopped> {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
-        let _ = f.write_all(format!("{i}\n").as_bytes());
-    }
-    if i != at {
-        return Ok(i);
-    }
-    match how.as_str() {
-        "segv" => {
-            // SAFETY: raise() delivers SIGSEGV with the default action,
-            // which ends the worker: the point of the task.
-            unsafe {
-                libc::raise(libc::SIGSEGV);
-            }
-        }
-        "hang" => std::thread::sleep(Duration::from_secs(60)),
-        "coop" => {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                ctx.check()?;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        _ => {}
-    }
-    Ok(i)
-}
-
 export_plugin!(
     name: "faults",
     tasks: [
         panic, fail, segfault, abort, exit, sleep_ms, spin_ms, spin, cooperative_spin,
         cooperative_spin_result, cooperative_sleep, leak_mb, garbage_fds, log, spawn_sleeper,
         context_info, pid, square, flaky, flaky_with, reject, reject_once, ignore, raise_as,
-        rate_limited, autoretried, mark_item,
+        rate_limited, autoretried,
     ]
 );

@@ -511,7 +511,10 @@ impl Supervisor {
         // (between items, or it was stopped) a whole limit from now, which
         // is no later than the next item's deadline.
         let wait = match item {
-            Some(j) if !over && w.soft_sent != Some(j) => limit.saturating_sub(ran),
+            // Not before the worker's clock word can have moved on.
+            Some(j) if !over && w.soft_sent != Some(j) => limit
+                .saturating_sub(ran)
+                .max(sys::monotonic_coarse_res()),
             _ => limit,
         };
         let mut at = crate::bounds::deadline(now, wait);
