@@ -18,7 +18,14 @@ fn builder() -> PoolBuilder {
 
 /// Runs `n` items of `mark_item` (`how` at item `at`) in chunks of
 /// `chunksize`; returns the outcomes by index.
-fn run_items(pool: &Pool, marks: &Path, n: u64, at: u64, how: &str, chunksize: usize) -> Vec<Outcome> {
+fn run_items(
+    pool: &Pool,
+    marks: &Path,
+    n: u64,
+    at: u64,
+    how: &str,
+    chunksize: usize,
+) -> Vec<Outcome> {
     let task = pool.task_ref("hostile", "mark_item").expect("mark_item");
     let path = marks.to_str().expect("utf-8 path").to_string();
     let jobs = (0..n).map(move |i| {
@@ -38,7 +45,9 @@ fn runs(marks: &Path) -> BTreeMap<u64, usize> {
     let text = std::fs::read_to_string(marks).unwrap_or_default();
     let mut runs = BTreeMap::new();
     for line in text.lines() {
-        *runs.entry(line.parse::<u64>().expect("a mark")).or_default() += 1;
+        *runs
+            .entry(line.parse::<u64>().expect("a mark"))
+            .or_default() += 1;
     }
     runs
 }

@@ -632,8 +632,12 @@ impl JobHost {
         buf.extend_from_slice(&(item.len() as u32).to_le_bytes());
         buf.extend_from_slice(item);
         *count += 1;
-        let header = ipc::encode_items(self.job.load(Ordering::Relaxed), *count, buf.len() - ipc::ITEMS_HEADER)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let header = ipc::encode_items(
+            self.job.load(Ordering::Relaxed),
+            *count,
+            buf.len() - ipc::ITEMS_HEADER,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         buf[..ipc::ITEMS_HEADER].copy_from_slice(&header);
         sys::crash_flush_publish(buf);
         if buf.len() >= ITEMS_BATCH || FLUSH_DUE.swap(0, Ordering::Relaxed) != 0 {
@@ -844,8 +848,11 @@ fn chunk_push(status: Status, result: &[u8], last: bool, max_frame: usize) -> bo
         sys::crash_flush_publish(&[]);
     }
     p.buf.push(status as u8);
-    p.buf
-        .extend_from_slice(&u32::try_from(result.len()).unwrap_or(u32::MAX).to_le_bytes());
+    p.buf.extend_from_slice(
+        &u32::try_from(result.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     p.buf.extend_from_slice(result);
     p.count = p.count.saturating_add(1);
     p.last = last;
@@ -869,11 +876,7 @@ fn write_piece_header(p: &mut Piece, flags: u8) {
 
 /// Sends the piece (the worker's thread; `end`: the chunk's last, which
 /// carries `flags`). A large one goes through the arena if it has room.
-fn chunk_flush(
-    arena: Option<&mut shm::WorkerArena>,
-    flags: u8,
-    end: bool,
-) -> std::io::Result<()> {
+fn chunk_flush(arena: Option<&mut shm::WorkerArena>, flags: u8, end: bool) -> std::io::Result<()> {
     if end {
         CHUNK_TICKING.store(false, Ordering::Release);
     }

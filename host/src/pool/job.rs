@@ -339,7 +339,8 @@ pub struct Dispatch {
     /// Items whose outcome went out (always a prefix: 0..delivered).
     pub delivered: u32,
     /// Items of a chunk (by index) that `terminate_job` ended while it
-    /// ran: each ends as `terminated` whatever it returns.
+    /// ran: each ends as `terminated` whatever it returns (boxed: nearly
+    /// always none, and a dispatch stays small).
     pub cancel_items: Vec<u32>,
 }
 
@@ -421,6 +422,11 @@ impl Dispatch {
     /// Item `i` ends as `terminated` whatever it returns.
     pub fn item_cancelled(&self, i: u32) -> bool {
         self.cancelled || self.cancel_items.contains(&i)
+    }
+
+    /// Item `i` of the chunk is to end as `terminated`.
+    pub fn cancel_item(&mut self, i: u32) {
+        self.cancel_items.push(i);
     }
 
     /// Splits off the items `at..` of a chunk as a dispatch of their own
@@ -573,7 +579,8 @@ mod tests {
     #[test]
     fn a_chunk_splits_off_its_tail_numbered_as_in_the_chunk() {
         let mut d = chunk(stream(), &[b"1", b"22", b"333", b"4444"], 4);
-        d.cancel_items = vec![0, 3];
+        d.cancel_item(0);
+        d.cancel_item(3);
         let mut tail = d.split_off(2).expect("a stream chunk splits");
         assert_eq!((d.count, d.cancel_items.clone()), (2, vec![0]));
         assert_eq!((tail.first_job, tail.count), (JobId(12), 2));

@@ -301,7 +301,10 @@ fn death_error(
         w.id, w.pid
     );
     if count > 1 {
-        msg.push_str(&format!(" (and the {} jobs after it in its chunk)", count.saturating_sub(1)));
+        msg.push_str(&format!(
+            " (and the {} jobs after it in its chunk)",
+            count.saturating_sub(1)
+        ));
     }
     if let Some(i) = info {
         msg.push_str(&format!(

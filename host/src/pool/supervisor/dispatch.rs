@@ -80,7 +80,10 @@ impl Delivery {
     pub fn valid_piece(d: &Dispatch, at: u32, n: u32, payload: &[u8]) -> bool {
         let mut seen = 0u32;
         for rec in codec::result_records(payload) {
-            if rec.and_then(|(status, _)| Status::from_u8(status)).is_none() {
+            if rec
+                .and_then(|(status, _)| Status::from_u8(status))
+                .is_none()
+            {
                 return false;
             }
             seen = seen.saturating_add(1);

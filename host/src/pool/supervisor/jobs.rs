@@ -280,7 +280,10 @@ impl Supervisor {
         // A single job's DONE, or the next piece of a chunk's (`ipc`).
         let piece = w.inflight.front().and_then(|d| {
             let at = d.first_job.0.saturating_add(u64::from(d.delivered));
-            let fits = h.count >= 1 && d.delivered.checked_add(h.count).is_some_and(|e| e <= d.count);
+            let fits = h.count >= 1
+                && d.delivered
+                    .checked_add(h.count)
+                    .is_some_and(|e| e <= d.count);
             let ok = if d.count == 1 {
                 h.job == d.first_job.0 && h.count == 1
             } else {
@@ -334,7 +337,8 @@ impl Supervisor {
             count: d.count,
             elapsed,
         });
-        self.delivery.done(&mut d, first, h.count, h.status, payload);
+        self.delivery
+            .done(&mut d, first, h.count, h.status, payload);
     }
 
     /// Ends job `job` on request: failed at once if queued; its worker
@@ -384,7 +388,7 @@ impl Supervisor {
             if pos == 0 && running == Some(job.0) && !w.state.broken() {
                 w.kill(Kill::Terminated(job));
             } else {
-                w.inflight[pos].cancel_items.push(i);
+                w.inflight[pos].cancel_item(i);
                 if let Some(s) = slot {
                     s.post_stop(StopReason::Cancelled.as_flag() as u64, job.0);
                 }

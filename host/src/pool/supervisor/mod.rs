@@ -488,9 +488,9 @@ impl Supervisor {
             .unwrap_or_default();
         let first_open = d.first_job.0.saturating_add(u64::from(d.delivered));
         let item = (running >= first_open && d.contains(JobId(running))).then_some(JobId(running));
-        let backstop = w.head_since.and_then(|s| {
-            crate::bounds::deadline(s, crate::bounds::scaled(limit, d.count.max(1)))
-        });
+        let backstop = w
+            .head_since
+            .and_then(|s| crate::bounds::deadline(s, crate::bounds::scaled(limit, d.count.max(1))));
         let overdue = backstop.is_some_and(|b| now >= b);
         let over = item.is_some() && ran >= limit;
         if over || overdue {
@@ -512,9 +512,9 @@ impl Supervisor {
         // is no later than the next item's deadline.
         let wait = match item {
             // Not before the worker's clock word can have moved on.
-            Some(j) if !over && w.soft_sent != Some(j) => limit
-                .saturating_sub(ran)
-                .max(sys::monotonic_coarse_res()),
+            Some(j) if !over && w.soft_sent != Some(j) => {
+                limit.saturating_sub(ran).max(sys::monotonic_coarse_res())
+            }
             _ => limit,
         };
         let mut at = crate::bounds::deadline(now, wait);
