@@ -58,9 +58,10 @@ static WRITE_LOCK: Mutex<()> = Mutex::new(());
 /// context carries, a number, never an address) and its `JobHost`. A
 /// service called with another token — a context or `Emitter` kept past
 /// its call, used by a thread of a finished task — is refused: its items
-/// and progress never reach a later job (C13). `run_job` clears it after
-/// the call, taking the write lock, so a service that passed the check
-/// (holding the read lock) is done with the `JobHost` before it goes.
+/// and progress never reach a later job (C13). `run_job` (`run_chunk`:
+/// after the chunk's last item) clears it after the call, taking the
+/// write lock, so a service that passed the check (holding the read lock)
+/// is done with the `JobHost` before it goes.
 static CURRENT: RwLock<Current> = RwLock::new(Current {
     token: 0,
     host: std::ptr::null(),
@@ -374,8 +375,8 @@ impl Worker {
         token
     }
 
-    /// Calls job `h` (one item: `h.count` is 1, or a chunk through the
-    /// plugin's batch entry) with the services of `token`, into `out`.
+    /// Calls job `h` (a single job, or one item of a chunk) with the
+    /// services of `token`, into `out`.
     fn call(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>, token: usize) {
         out.clear();
         self.slot.start(h.job);
@@ -690,7 +691,7 @@ fn with_current<R>(data: *const c_void, f: impl FnOnce(&JobHost) -> R) -> Option
         return None;
     }
     // SAFETY: CURRENT names the `JobHost` of the running call, which
-    // `run_job` keeps alive until it has cleared CURRENT under the write
+    // `run_job` / `run_chunk` keeps alive until it has cleared CURRENT under the write
     // lock, i.e. until after this read guard is gone.
     let host = unsafe { &*(cur.host as *const JobHost) };
     Some(f(host))
