@@ -16,6 +16,9 @@ mod r#async;
 mod authoring;
 mod bad_input;
 mod bounds;
+// Chunks item by item: a crash costs one item, limits reach the item
+// running (issue 24 item 2).
+mod chunks;
 mod cli_bytes;
 mod cli_check;
 mod cli_golden;

@@ -37,7 +37,14 @@
 //!
 //! With `count == 1`, `args` / `payload` are the raw encoded arguments /
 //! result; with `count > 1` they are batch records (see
-//! `billiard_plugin_api::codec::records`). A frame longer than the limit, an
+//! `billiard_plugin_api::codec::records`).
+//!
+//! A chunk (RUN with `count > 1`) runs item by item, item `i` as job
+//! `job + i` (its start and end on the scoreboard), and is answered in
+//! pieces: DONE (or DONE_SHM) frames of result records for consecutive
+//! items, `job` the first item of the piece and `count` how many, in order,
+//! until every item is answered; only the last piece carries `flags`. A
+//! piece's payload is always records, even of one item. A frame longer than the limit, an
 //! unknown kind or a short body is a protocol error: the supervisor treats
 //! the worker as lost.
 //!

@@ -36,6 +36,48 @@ fn cvt_long(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+/// The system-wide coarse monotonic clock (CLOCK_MONOTONIC_COARSE) in
+/// nanoseconds: the same clock in every process of the machine, so a
+/// worker's start time can be compared with the supervisor's now. Coarse:
+/// read without a system call or a clock source read (a chunk's worker
+/// reads it once per item), at the kernel tick's resolution
+/// ([`monotonic_coarse_res`]).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    timespec_ns(&ts)
+}
+
+/// The resolution of [`monotonic_ns`] (a kernel tick, 1 to 10 ms).
+pub fn monotonic_coarse_res() -> Duration {
+    static RES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ns = *RES.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres writes one timespec into the valid pointer.
+        let r = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        if r == 0 {
+            timespec_ns(&ts)
+        } else {
+            10_000_000
+        }
+    });
+    Duration::from_nanos(ns)
+}
+
+fn timespec_ns(ts: &libc::timespec) -> u64 {
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
 /// Number of threads of this process (from /proc/self/status).
 pub fn thread_count() -> io::Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -1054,6 +1096,9 @@ pub struct Slot {
     /// Id of the job (or first job of a batch) the worker finished last,
     /// so a result still in transit is told apart from a job not started.
     pub finished: AtomicU64,
+    /// When the job in `running` started ([`monotonic_ns`]), written just
+    /// before `running`: a chunk's per-item time limits run from here.
+    pub started: AtomicU64,
 }
 
 impl Slot {
@@ -1066,7 +1111,28 @@ impl Slot {
         let finished = self.finished.load(Ordering::Acquire);
         self.stop_job.store(0, Ordering::Release);
         self.finished.store(0, Ordering::Release);
+        self.started.store(0, Ordering::Release);
         (running, finished)
+    }
+
+    /// The job the worker runs now and for how long it has run at least
+    /// by its own clock word (the coarse clock's tick taken off, so never
+    /// more than it really ran; 0 when it names a time still to come):
+    /// `(0, _)` between jobs. Both come from the worker's page, which its
+    /// task can rewrite: the caller bounds what it does with them.
+    pub fn running_for(&self) -> (u64, Duration) {
+        use std::sync::atomic::Ordering;
+        let running = self.running.load(Ordering::Acquire);
+        let started = self.started.load(Ordering::Acquire);
+        let ran = Duration::from_nanos(monotonic_ns().saturating_sub(started));
+        (running, ran.saturating_sub(monotonic_coarse_res()))
+    }
+
+    /// Marks `job` as started now (the worker's side).
+    pub fn start(&self, job: u64) {
+        use std::sync::atomic::Ordering;
+        self.started.store(monotonic_ns(), Ordering::Release);
+        self.running.store(job, Ordering::Release);
     }
 
     /// Asks the worker to stop `job` for `reason` (a `StopReason` flag):
@@ -1127,7 +1193,7 @@ impl BoardPage {
 
     pub fn slot(&self) -> &Slot {
         // SAFETY: the mapping is at least SLOT_BYTES long (checked in
-        // `map`) and page-aligned; Slot is repr(C) of four AtomicU64, valid
+        // `map`) and page-aligned; Slot is repr(C) of five AtomicU64, valid
         // for any bit pattern and only accessed atomically; the reference
         // lives no longer than `self`, which owns the mapping.
         unsafe { &*self.slot }

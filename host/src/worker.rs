@@ -58,9 +58,10 @@ static WRITE_LOCK: Mutex<()> = Mutex::new(());
 /// context carries, a number, never an address) and its `JobHost`. A
 /// service called with another token — a context or `Emitter` kept past
 /// its call, used by a thread of a finished task — is refused: its items
-/// and progress never reach a later job (C13). `run_job` clears it after
-/// the call, taking the write lock, so a service that passed the check
-/// (holding the read lock) is done with the `JobHost` before it goes.
+/// and progress never reach a later job (C13). `run_job` (`run_chunk`:
+/// after the chunk's last item) clears it after the call, taking the
+/// write lock, so a service that passed the check (holding the read lock)
+/// is done with the `JobHost` before it goes.
 static CURRENT: RwLock<Current> = RwLock::new(Current {
     token: 0,
     host: std::ptr::null(),
@@ -244,6 +245,23 @@ impl Worker {
                     leave(exit_code::PROTOCOL);
                 }
             };
+            if h.count > 1 {
+                // A chunk: item by item, results going out as they finish.
+                let retiring = self.run_chunk(h, args, &mut out);
+                // The last piece (a large one through the arena) ends it.
+                let flags = if retiring { FLAG_RETIRING } else { 0 };
+                if chunk_flush(arena.as_mut(), flags, true).is_err() {
+                    leave(exit_code::PROTOCOL);
+                }
+                if retiring {
+                    leave(0);
+                }
+                if let Err(e) = sys::restore_worker_signals() {
+                    eprintln!("billiard worker: cannot restore its signal state: {e}");
+                    leave(exit_code::SETUP);
+                }
+                continue;
+            }
             let by_count = self.run_job(h, args, &mut out);
             // A result the supervisor would refuse (over the frame limit,
             // by socket or through the arena alike) is the job's error,
@@ -307,6 +325,17 @@ impl Worker {
     }
 }
 
+/// Ends the call of the host services' `JobHost`: from here on they
+/// refuse (a thread of the task may still hold its context); the write
+/// lock waits for any service call still using it.
+fn leave_call() {
+    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
+        token: 0,
+        host: std::ptr::null(),
+    };
+    TICKING.store(0, Ordering::Release);
+}
+
 /// Ends the worker. One whose zygote died kills what its tasks left
 /// behind first (it is their subreaper; otherwise the zygote does this
 /// when it reaps the worker).
@@ -322,8 +351,35 @@ impl Worker {
     /// by the task count (memory is looked at once the result is out of
     /// the way: [`Worker::over_memory`]).
     fn run_job(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>) -> bool {
+        let host = JobHost::new(h.job, self.sock.as_raw_fd(), self.params.max_frame);
+        let token = self.enter_call(&host);
+        self.call(h, args, out, token);
+        // From here on the call's services refuse (a thread of the task may
+        // still hold its context).
+        leave_call();
+        HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
+        self.end_call(h, out, &host);
+        drop(host);
+        self.params.max_tasks.is_some_and(|m| self.tasks_done >= m)
+    }
+
+    /// Makes `host` the one the host services serve, under a fresh token
+    /// (0 means none; wrapping needs 2^64 calls), which it returns.
+    fn enter_call(&mut self, host: &JobHost) -> usize {
+        self.calls = self.calls.wrapping_add(1).max(1);
+        let token = self.calls;
+        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
+            token,
+            host: host as *const JobHost as *const c_void,
+        };
+        token
+    }
+
+    /// Calls job `h` (a single job, or one item of a chunk) with the
+    /// services of `token`, into `out`.
+    fn call(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>, token: usize) {
         out.clear();
-        self.slot.running.store(h.job, Ordering::Release);
+        self.slot.start(h.job);
         STOP.store(0, Ordering::Release);
         // A stop for this job may have been posted before it started.
         if self.slot.stop_job.load(Ordering::Acquire) == h.job {
@@ -332,14 +388,6 @@ impl Worker {
                 Ordering::Release,
             );
         }
-        let host = JobHost::new(h.job, &self.sock, self.params.max_frame);
-        // A fresh token per call (0 means none; wrapping needs 2^64 calls).
-        self.calls = self.calls.wrapping_add(1).max(1);
-        let token = self.calls;
-        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
-            token,
-            host: &host as *const JobHost as *const c_void,
-        };
         HOST_FLAGS.store(
             self.params.host_flags | HOST_FLAG_PROGRESS_DUE,
             Ordering::Release,
@@ -359,53 +407,92 @@ impl Worker {
         self.last_status = match self.plugins.get(h.plugin as usize) {
             None => {
                 let msg = format!("no plugin #{} in this worker", h.plugin);
-                if h.count == 1 {
-                    out.extend_from_slice(msg.as_bytes());
-                } else {
-                    for _ in 0..h.count {
-                        out.push(Status::UnknownTask as u8);
-                        out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-                        out.extend_from_slice(msg.as_bytes());
-                    }
-                }
+                out.extend_from_slice(msg.as_bytes());
                 Status::UnknownTask
             }
-            Some(p) if h.count == 1 => {
+            Some(p) => {
                 let status = p.call_raw(h.task, h.codec, args, &ctx, out);
                 p.plain_errors(status, 1, out, 0);
                 status
             }
-            Some(p) => {
-                p.call_batch_raw(h.task, h.codec, args, h.count, &ctx, out);
-                p.plain_errors(Status::Ok, h.count, out, 0);
-                Status::Ok
-            }
         };
-        // From here on the call's services refuse (a thread of the task may
-        // still hold its context); the write lock waits for any service
-        // call still using `host`.
-        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Current {
-            token: 0,
-            host: std::ptr::null(),
-        };
-        TICKING.store(0, Ordering::Release);
-        HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
+    }
+
+    /// After job `h`'s call: its buffered stream items go out, an item
+    /// refused for its size becomes its error, the scoreboard says it
+    /// finished.
+    fn end_call(&mut self, h: ipc::RunHeader, out: &mut RVec<u8>, host: &JobHost) {
         // The items still buffered go out before the job's DONE.
         if host.flush().is_err() {
             leave(exit_code::PROTOCOL);
         }
         // An item refused for its size: the task's error says why (C14).
         if let Some(why) = host.take_refused() {
-            if h.count == 1 && self.last_status == Status::TaskError {
+            if self.last_status == Status::TaskError {
                 out.clear();
                 out.extend_from_slice(why.as_bytes());
             }
         }
-        drop(host);
         self.slot.finished.store(h.job, Ordering::Release);
         self.slot.running.store(0, Ordering::Release);
-        self.tasks_done += h.count as u64;
-        self.params.max_tasks.is_some_and(|m| self.tasks_done >= m)
+        self.tasks_done += 1;
+    }
+
+    /// Runs a chunk (`h.count > 1`) item by item, each as a job of its own
+    /// (its own id, stop flag, start on the scoreboard, so the supervisor
+    /// times and stops each item), and sends the results as DONE pieces of
+    /// consecutive items (see `ipc`): when a piece reaches
+    /// [`PIECE_BYTES`], when the ticker finds results older than a tick,
+    /// and with the last item. A crash writes the piece being filled
+    /// (`sys::crash_flush_publish`): the items that finished keep their
+    /// results. Returns whether to retire after it; the caller sends the
+    /// last piece ([`chunk_flush`]).
+    fn run_chunk(&mut self, h: ipc::RunHeader, args: &[u8], out: &mut RVec<u8>) -> bool {
+        let records: Option<Vec<&[u8]>> = billiard_plugin_api::codec::records(args).collect();
+        let records = records.filter(|r| r.len() == h.count as usize);
+        chunk_begin(h.job, self.sock.as_raw_fd());
+        // One set of host services for the chunk (as one batch call had):
+        // each item's own id, one token.
+        let host = JobHost::new(h.job, self.sock.as_raw_fd(), self.params.max_frame);
+        let token = self.enter_call(&host);
+        for i in 0..h.count {
+            let job = h.job.saturating_add(u64::from(i));
+            let item = ipc::RunHeader { job, count: 1, ..h };
+            let status = match records.as_ref().and_then(|r| r.get(i as usize)) {
+                Some(rec) => {
+                    host.job.store(job, Ordering::Relaxed);
+                    self.call(item, rec, out, token);
+                    self.end_call(item, out, &host);
+                    // Room for the record's header and the DONE frame's.
+                    let room = self
+                        .params
+                        .max_frame
+                        .saturating_sub(ipc::DONE_HEADER + 5 - 4);
+                    if out.len() > room {
+                        self.over_frame_limit(1, out);
+                    }
+                    self.last_status
+                }
+                None => {
+                    out.clear();
+                    out.extend_from_slice(b"the chunk's argument records are malformed");
+                    Status::BadArgs
+                }
+            };
+            let last = i + 1 == h.count;
+            let full = chunk_push(status, out.as_slice(), last, self.params.max_frame);
+            if full && !last && chunk_flush(None, 0, false).is_err() {
+                leave(exit_code::PROTOCOL);
+            }
+            if out.capacity() > OUT_RETAIN {
+                *out = RVec::with_capacity(64 * 1024);
+            }
+        }
+        leave_call();
+        HOST_FLAGS.store(self.params.host_flags, Ordering::Release);
+        drop(host);
+        let by_count = self.params.max_tasks.is_some_and(|m| self.tasks_done >= m);
+        by_count || self.over_memory()
     }
 
     /// Replaces a result too large for one frame with the job's error (for
@@ -451,9 +538,11 @@ impl Worker {
 /// after a tick, and before DONE), progress becomes PROGRESS frames. A
 /// blocked socket (the consumer is behind: the supervisor stops reading)
 /// blocks the emitting task: that is the back-pressure.
-struct JobHost<'s> {
-    job: u64,
-    sock: &'s UnixStream,
+struct JobHost {
+    /// The job it serves (a chunk's item: set per item).
+    job: AtomicU64,
+    /// The worker's socket (open for the worker's life).
+    sock: std::os::fd::RawFd,
     /// The ITEMS frame being filled (its header kept current, so a crash
     /// handler can write it as it is). Only the task's thread touches it:
     /// `Emitter` is neither `Send` nor `Sync`.
@@ -467,12 +556,14 @@ struct JobHost<'s> {
     max_frame: usize,
     /// Why an item was refused (over the frame limit), for the job's error.
     refused: Mutex<Option<String>>,
+    /// `refused` was set.
+    refused_any: AtomicBool,
 }
 
-impl<'s> JobHost<'s> {
-    fn new(job: u64, sock: &'s UnixStream, max_frame: usize) -> Self {
+impl JobHost {
+    fn new(job: u64, sock: std::os::fd::RawFd, max_frame: usize) -> Self {
         JobHost {
-            job,
+            job: AtomicU64::new(job),
             sock,
             items: UnsafeCell::new(Vec::new()),
             count: UnsafeCell::new(0),
@@ -480,10 +571,16 @@ impl<'s> JobHost<'s> {
             ticking: AtomicBool::new(false),
             max_frame,
             refused: Mutex::new(None),
+            refused_any: AtomicBool::new(false),
         }
     }
 
     fn take_refused(&self) -> Option<String> {
+        // Nearly always none: one load, not a lock, per job.
+        if !self.refused_any.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.refused_any.store(false, Ordering::Relaxed);
         self.refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -495,7 +592,7 @@ impl<'s> JobHost<'s> {
     fn tick_from_now(&self) {
         if !self.ticking.load(Ordering::Relaxed) {
             self.ticking.store(true, Ordering::Relaxed);
-            start_ticking(self.job);
+            start_ticking(self.job.load(Ordering::Relaxed));
         }
     }
 
@@ -512,6 +609,7 @@ impl<'s> JobHost<'s> {
                 item.len(),
                 self.max_frame
             ));
+            self.refused_any.store(true, Ordering::Relaxed);
             return Ok(false);
         }
         // SAFETY: only the task's thread calls `emit` (see `items`), and
@@ -535,8 +633,12 @@ impl<'s> JobHost<'s> {
         buf.extend_from_slice(&(item.len() as u32).to_le_bytes());
         buf.extend_from_slice(item);
         *count += 1;
-        let header = ipc::encode_items(self.job, *count, buf.len() - ipc::ITEMS_HEADER)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let header = ipc::encode_items(
+            self.job.load(Ordering::Relaxed),
+            *count,
+            buf.len() - ipc::ITEMS_HEADER,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         buf[..ipc::ITEMS_HEADER].copy_from_slice(&header);
         sys::crash_flush_publish(buf);
         if buf.len() >= ITEMS_BATCH || FLUSH_DUE.swap(0, Ordering::Relaxed) != 0 {
@@ -555,7 +657,7 @@ impl<'s> JobHost<'s> {
         }
         let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         sys::crash_flush_busy(true);
-        let r = sys::write_all_vectored(self.sock, &[buf.as_slice()]);
+        let r = sys::write_all_vectored(&self.sock, &[buf.as_slice()]);
         sys::crash_flush_publish(&[]);
         sys::crash_flush_busy(false);
         buf.clear();
@@ -571,12 +673,12 @@ impl<'s> JobHost<'s> {
             return;
         }
         *last = Some((done, total));
-        let frame = ipc::encode_progress(self.job, done, total);
+        let frame = ipc::encode_progress(self.job.load(Ordering::Relaxed), done, total);
         let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         sys::crash_flush_busy(true);
         // A failed write is the supervisor gone: the DONE write after the
         // call notices it and ends the worker.
-        let _ = sys::write_all_vectored(self.sock, &[&frame]);
+        let _ = sys::write_all_vectored(&self.sock, &[&frame]);
         sys::crash_flush_busy(false);
     }
 }
@@ -589,7 +691,7 @@ fn with_current<R>(data: *const c_void, f: impl FnOnce(&JobHost) -> R) -> Option
         return None;
     }
     // SAFETY: CURRENT names the `JobHost` of the running call, which
-    // `run_job` keeps alive until it has cleared CURRENT under the write
+    // `run_job` / `run_chunk` keeps alive until it has cleared CURRENT under the write
     // lock, i.e. until after this read guard is gone.
     let host = unsafe { &*(cur.host as *const JobHost) };
     Some(f(host))
@@ -637,9 +739,14 @@ fn host_services() -> HostServicesRef {
 /// stack; a worker that cannot start it (address-space limit) goes without:
 /// items then go out per full batch and at the end, progress at `total`.
 fn start_ticking(job: u64) {
-    static TICKER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
     TICKING.store(job, Ordering::Release);
     FLUSH_DUE.store(0, Ordering::Relaxed);
+    wake_ticker();
+}
+
+/// Starts the ticker, or wakes it.
+fn wake_ticker() {
+    static TICKER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
     let ticker = TICKER.get_or_init(|| {
         std::thread::Builder::new()
             .name("billiard-ticker".into())
@@ -656,12 +763,16 @@ fn start_ticking(job: u64) {
 fn tick() {
     let mut n = 0u32;
     loop {
-        if TICKING.load(Ordering::Acquire) == 0 {
+        let chunk = CHUNK_TICKING.load(Ordering::Acquire);
+        if TICKING.load(Ordering::Acquire) == 0 && !chunk {
             std::thread::park();
             n = 0;
             continue;
         }
         std::thread::sleep(FLUSH_TICK);
+        if chunk {
+            chunk_tick();
+        }
         FLUSH_DUE.store(1, Ordering::Relaxed);
         n += 1;
         if n >= PROGRESS_TICKS {
@@ -669,4 +780,167 @@ fn tick() {
             HOST_FLAGS.fetch_or(HOST_FLAG_PROGRESS_DUE, Ordering::Relaxed);
         }
     }
+}
+
+/// A chunk's piece of results is sent once it reaches this size.
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// The results of the running chunk not sent yet: one DONE frame whose
+/// header is kept current (so a crash handler can write it as it is),
+/// with the result records of items `first .. first + count`.
+struct Piece {
+    /// The DONE header, then the records.
+    buf: Vec<u8>,
+    first: u64,
+    count: u32,
+    /// The chunk's last record is in: only the worker's thread sends it
+    /// (with the chunk's flags), never the ticker.
+    last: bool,
+    /// The worker's socket while a chunk runs (-1: none).
+    fd: i32,
+    /// A tick passed since the piece's first record: the ticker sends it.
+    aged: bool,
+}
+
+static PIECE: Mutex<Piece> = Mutex::new(Piece {
+    buf: Vec::new(),
+    first: 0,
+    count: 0,
+    last: false,
+    fd: -1,
+    aged: false,
+});
+/// A chunk runs: the ticker sends its aged results.
+static CHUNK_TICKING: AtomicBool = AtomicBool::new(false);
+
+fn piece() -> std::sync::MutexGuard<'static, Piece> {
+    PIECE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A chunk whose first item is `first` starts on socket `fd`.
+fn chunk_begin(first: u64, fd: i32) {
+    {
+        let mut p = piece();
+        p.buf.clear();
+        p.first = first;
+        p.count = 0;
+        p.last = false;
+        p.fd = fd;
+        p.aged = false;
+    }
+    CHUNK_TICKING.store(true, Ordering::Release);
+    wake_ticker();
+}
+
+/// Adds one item's result record to the piece; returns whether the piece
+/// is full (send it before the next item).
+fn chunk_push(status: Status, result: &[u8], last: bool, max_frame: usize) -> bool {
+    let mut p = piece();
+    let need = 5usize.saturating_add(result.len());
+    // A piece stays within the frame limit: send what is there first.
+    if p.count > 0 && p.buf.len().saturating_add(need) > max_frame {
+        let _ = send_piece(&mut p, None, 0);
+    }
+    if p.buf.is_empty() {
+        p.buf.extend_from_slice(&[0u8; ipc::DONE_HEADER]);
+    }
+    if p.buf.capacity() - p.buf.len() < need {
+        // The buffer may move: a crash meanwhile writes nothing.
+        sys::crash_flush_publish(&[]);
+    }
+    p.buf.push(status as u8);
+    p.buf.extend_from_slice(
+        &u32::try_from(result.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    p.buf.extend_from_slice(result);
+    p.count = p.count.saturating_add(1);
+    p.last = last;
+    write_piece_header(&mut p, 0);
+    sys::crash_flush_publish(&p.buf);
+    p.buf.len() >= PIECE_BYTES
+}
+
+fn write_piece_header(p: &mut Piece, flags: u8) {
+    let done = DoneHeader {
+        job: p.first,
+        count: p.count,
+        flags,
+        status: Status::Ok as u8,
+    };
+    let len = p.buf.len().saturating_sub(ipc::DONE_HEADER);
+    if let Ok(header) = ipc::encode_done(&done, len) {
+        p.buf[..ipc::DONE_HEADER].copy_from_slice(&header);
+    }
+}
+
+/// Sends the piece (the worker's thread; `end`: the chunk's last, which
+/// carries `flags`). A large one goes through the arena if it has room.
+fn chunk_flush(arena: Option<&mut shm::WorkerArena>, flags: u8, end: bool) -> std::io::Result<()> {
+    if end {
+        CHUNK_TICKING.store(false, Ordering::Release);
+    }
+    let mut p = piece();
+    let r = send_piece(&mut p, arena, flags);
+    if end {
+        p.fd = -1;
+        // A buffer grown by a chunk of big results is not kept.
+        if p.buf.capacity() > PIECE_BYTES * 2 {
+            p.buf = Vec::new();
+        }
+    }
+    r
+}
+
+fn send_piece(
+    p: &mut Piece,
+    arena: Option<&mut shm::WorkerArena>,
+    flags: u8,
+) -> std::io::Result<()> {
+    if p.count == 0 || p.fd < 0 {
+        return Ok(());
+    }
+    write_piece_header(p, flags);
+    let _w = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    sys::crash_flush_busy(true);
+    let in_arena = arena.and_then(|a| a.put_result(&p.buf[ipc::DONE_HEADER..]));
+    let r = match in_arena {
+        Some(at) => {
+            let done = DoneHeader {
+                job: p.first,
+                count: p.count,
+                flags,
+                status: Status::Ok as u8,
+            };
+            sys::write_all_vectored(&p.fd, &[&ipc::encode_done_shm(&done, at)])
+        }
+        None => sys::write_all_vectored(&p.fd, &[p.buf.as_slice()]),
+    };
+    sys::crash_flush_publish(&[]);
+    sys::crash_flush_busy(false);
+    p.first = p.first.saturating_add(u64::from(p.count));
+    p.count = 0;
+    p.aged = false;
+    p.buf.clear();
+    if p.buf.capacity() > OUT_RETAIN {
+        p.buf = Vec::new();
+    }
+    r
+}
+
+/// The ticker's turn for a chunk: a piece that waited a whole tick goes
+/// out (an item that runs long must not sit on the results before it).
+fn chunk_tick() {
+    let mut p = piece();
+    if p.count == 0 || p.last {
+        return;
+    }
+    if !p.aged {
+        p.aged = true;
+        return;
+    }
+    // A failed write is the supervisor gone: the worker's own next write
+    // ends it.
+    let _ = send_piece(&mut p, None, 0);
 }

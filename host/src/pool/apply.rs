@@ -204,7 +204,8 @@ impl Pool {
 
     /// Applies a one-argument task to every item; results in input order.
     /// Fails with the first failed item's error. `chunksize` items travel
-    /// per message (and run in one FFI call).
+    /// per message (run one after another by one worker, each with its own
+    /// time limits).
     pub fn map<A: Serialize, R: DeserializeOwned>(
         &self,
         plugin: &str,
@@ -349,6 +350,7 @@ impl Pool {
             retries: 0,
             cancelled: false,
             delivered: 0,
+            cancel_items: Vec::new(),
         }
     }
 }

@@ -338,6 +338,10 @@ pub struct Dispatch {
     pub cancelled: bool,
     /// Items whose outcome went out (always a prefix: 0..delivered).
     pub delivered: u32,
+    /// Items of a chunk (by index) that `terminate_job` ended while it
+    /// ran: each ends as `terminated` whatever it returns (boxed: nearly
+    /// always none, and a dispatch stays small).
+    pub cancel_items: Vec<u32>,
 }
 
 thread_local! {
@@ -407,11 +411,77 @@ impl Dispatch {
                 retries: d.retries,
                 cancelled: d.cancelled,
                 delivered: 0,
+                cancel_items: Vec::new(),
             })
             .collect();
         // The items carry every outcome now.
         d.delivered = d.count;
         Some(items)
+    }
+
+    /// Item `i` ends as `terminated` whatever it returns.
+    pub fn item_cancelled(&self, i: u32) -> bool {
+        self.cancelled || self.cancel_items.contains(&i)
+    }
+
+    /// Item `i` of the chunk is to end as `terminated`.
+    pub fn cancel_item(&mut self, i: u32) {
+        self.cancel_items.push(i);
+    }
+
+    /// Splits off the items `at..` of a chunk as a dispatch of their own
+    /// (numbered as in the chunk; one item: its raw arguments), leaving
+    /// `..at` here. `None` if it cannot be split (nothing past `at`, a slot
+    /// reply, or records that do not parse): then it stays whole.
+    pub fn split_off(&mut self, at: u32) -> Option<Dispatch> {
+        if at <= self.delivered || at >= self.count {
+            return None;
+        }
+        let Reply::Stream { tx, first_index } = &self.reply else {
+            return None;
+        };
+        let records: Option<Vec<&[u8]>> = codec::records(&self.payload).collect();
+        let records = records.filter(|r| r.len() == self.count as usize)?;
+        let payload = |items: &[&[u8]]| match items {
+            [one] => one.to_vec(),
+            many => {
+                let mut p = Vec::new();
+                for r in many {
+                    codec::push_record(&mut p, r);
+                }
+                p
+            }
+        };
+        let (head, tail) = records.split_at(at as usize);
+        let (head, tail) = (payload(head), payload(tail));
+        let n = self.count - at;
+        let rest = Dispatch {
+            first_job: JobId(self.first_job.0.saturating_add(u64::from(at))),
+            count: n,
+            plugin: self.plugin,
+            task: self.task,
+            gen: self.gen,
+            codec: self.codec,
+            payload: Arc::new(tail),
+            limits: self.limits,
+            reply: Reply::Stream {
+                tx: tx.clone(),
+                first_index: first_index.saturating_add(u64::from(at)),
+            },
+            attempt: self.attempt,
+            retries: self.retries,
+            cancelled: self.cancelled,
+            delivered: 0,
+            cancel_items: self
+                .cancel_items
+                .iter()
+                .filter_map(|&i| i.checked_sub(at))
+                .collect(),
+        };
+        self.cancel_items.retain(|&i| i < at);
+        self.count = at;
+        self.payload = Arc::new(head);
+        Some(rest)
     }
 
     /// Ends every item whose outcome has not gone out with `err(job
@@ -467,6 +537,7 @@ mod tests {
             retries: 2,
             cancelled: false,
             delivered: 0,
+            cancel_items: Vec::new(),
         }
     }
 
@@ -503,5 +574,34 @@ mod tests {
         assert!(chunk(stream(), &[b"1", b"22"], 3).split_items().is_none());
         let slot = Reply::Slot(ResultSlot::new(None));
         assert!(chunk(slot, &[b"1", b"2"], 2).split_items().is_none());
+    }
+
+    #[test]
+    fn a_chunk_splits_off_its_tail_numbered_as_in_the_chunk() {
+        let mut d = chunk(stream(), &[b"1", b"22", b"333", b"4444"], 4);
+        d.cancel_item(0);
+        d.cancel_item(3);
+        let mut tail = d.split_off(2).expect("a stream chunk splits");
+        assert_eq!((d.count, d.cancel_items.clone()), (2, vec![0]));
+        assert_eq!((tail.first_job, tail.count), (JobId(12), 2));
+        assert_eq!(tail.cancel_items, vec![1]);
+        let recs: Vec<_> = codec::records(&tail.payload).flatten().collect();
+        assert_eq!(recs, [&b"333"[..], b"4444"]);
+        let Reply::Stream { first_index, .. } = &tail.reply else {
+            panic!("not a stream");
+        };
+        assert_eq!(*first_index, 102);
+        // What stays is its own items (one: its raw arguments).
+        let recs: Vec<_> = codec::records(&d.payload).flatten().collect();
+        assert_eq!(recs, [&b"1"[..], b"22"]);
+        let last = tail.split_off(1).expect("splits");
+        assert_eq!(tail.payload.as_slice(), b"333");
+        assert_eq!((last.first_job, last.count), (JobId(13), 1));
+        assert_eq!(last.payload.as_slice(), b"4444");
+        // Nothing past the end, nothing delivered cut off.
+        assert!(tail.split_off(1).is_none());
+        d.delivered = 1;
+        assert!(d.split_off(1).is_none());
+        // The dispatches are dropped undelivered: they end as terminated.
     }
 }

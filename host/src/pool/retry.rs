@@ -182,6 +182,7 @@ impl Spec {
             retries,
             cancelled: false,
             delivered: 0,
+            cancel_items: Vec::new(),
         }
     }
 }
@@ -271,11 +272,11 @@ impl Retries {
 
     /// Puts `d`, the next attempt of job `original`, in the waiting room
     /// for `delay`; gives it back once the pool is going away.
-    fn schedule(&self, original: JobId, d: Dispatch, delay: Duration) -> Result<(), Dispatch> {
+    fn schedule(&self, original: JobId, d: Dispatch, delay: Duration) -> Result<(), Box<Dispatch>> {
         {
             let mut w = lock(&self.state);
             if w.closed {
-                return Err(d);
+                return Err(Box::new(d));
             }
             let at = crate::bounds::saturating_deadline(Instant::now(), delay);
             let id = d.first_job;

@@ -2,9 +2,10 @@
 //! `imap_unordered`, `map`, `starmap` and the CLI's `run --input`.
 //!
 //! Items are grouped into chunks of `chunksize` consecutive jobs of the same
-//! task; a chunk travels as one message, runs in one FFI call and comes
-//! back as one [`ChunkResult`], which this stream then hands out item by
-//! item, decoding straight from the worker's result buffer.
+//! task; a chunk travels as one message, runs item by item in one worker
+//! and comes back as one [`ChunkResult`] per piece of finished items
+//! (usually one), which this stream then hands out item by item, decoding
+//! straight from the worker's result buffer.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;

@@ -1207,7 +1207,52 @@ pub fn sb2_socket(family: i32, ty: i32) -> Result<String, String> {
 
 // HOSTILE-TASKS: add new tasks above this line and list them in export_plugin!.
 
+/// Item `i` of a run that counts its items' runs: appends `i` and a
+/// newline to the file at `path` (one `O_APPEND` write), then, when `i ==
+/// at`, does `how`: `segv` kills its worker with SIGSEGV, `hang` sleeps
+/// for a minute ignoring stops (a hard limit ends it), `coop` sleeps until
+/// asked to stop (a soft limit ends it). Returns `i`.
+#[task]
+pub fn mark_item(
+    path: String,
+    i: u64,
+    at: u64,
+    how: String,
+    ctx: &TaskContext,
+) -> Result<u64, billiard_plugin_api::Stopped> {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = f.write_all(format!("{i}\n").as_bytes());
+    }
+    if i != at {
+        return Ok(i);
+    }
+    match how.as_str() {
+        "segv" => {
+            // SAFETY: raise() delivers SIGSEGV with the default action,
+            // which ends the worker: the point of the task.
+            unsafe {
+                libc::raise(libc::SIGSEGV);
+            }
+        }
+        "hang" => std::thread::sleep(Duration::from_secs(60)),
+        "coop" => {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                ctx.check()?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        _ => {}
+    }
+    Ok(i)
+}
+
 export_plugin!(
     name: "hostile",
-    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, board_stops, board_scribble, board_forge, board_late, board_after_late, board_after_late_stream, board_big, board_big_item, board_huge_frame, board_truncate, board_dodge, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32, sb2_socket],
+    tasks: [nap, coop, echo_f64, ppid, kill_parent, kill_pid, child_signals, spoil_signals, fork_named, escape_group, floats_with, spew, mark_close_socket, segv, append_line, die_noisily, sb_connect, sb_write, sb_fork_bomb, sb_kill_parent, sb_kill, sb_ptrace, sb_read_mem, sb_env, sb_load_module, sb_open_write, emit_then_segv, emit_then_exit, emit_then_abort, arena_maps, arena_scribble, forge_shm_done, deaf_spin, board_stops, board_scribble, board_forge, board_late, board_after_late, board_after_late_stream, board_big, board_big_item, board_huge_frame, board_truncate, board_dodge, sb2_tty, sb2_ioctls, sb2_unix, sb2_shm_list, sb2_shm_write, sb2_ipc_leave, sb2_int80, sb2_x32, sb2_socket, mark_item],
 );

@@ -24,8 +24,10 @@ pub(super) struct Lost {
     pub clean_exit: bool,
     /// The job (first id, count) it was running when it ended.
     pub head: Option<(JobId, u32)>,
-    /// The job it was running, failed (with the error to deliver).
-    pub failed: Option<(Dispatch, TaskError)>,
+    /// The job it was running, failed (with the error to deliver); of a
+    /// chunk: the item running, and the items that finished but whose
+    /// results were lost.
+    pub failed: Vec<(Dispatch, TaskError)>,
     /// Jobs it held that never ran (or may run again): queued again, first.
     pub resend: Vec<Dispatch>,
     /// It died before it said READY: why, for the restart limiter.
@@ -75,8 +77,18 @@ pub(super) fn on_exit(
     let kill = w.state.kill();
     let died_at_start = !w.ready && kill.is_none() && !clean_exit && !w.state.leaving();
     let mut inflight = std::mem::take(&mut w.inflight);
-    let mut failed = None;
-    if let Some(mut head) = inflight.pop_front() {
+    let mut failed = Vec::new();
+    let chunk = inflight.front().is_some_and(|d| d.count > 1) && !died_at_start;
+    if chunk {
+        if let Some(head) = inflight.pop_front() {
+            let page = Page { running, finished };
+            let (lost, resend) = chunk_death(cfg, w, head, page, info, &how);
+            failed = lost;
+            if let Some(d) = resend {
+                inflight.push_front(d);
+            }
+        }
+    } else if let Some(mut head) = inflight.pop_front() {
         // Whether the job had started comes from the worker's own page,
         // which its task can rewrite ("not started" forged to be run
         // again): so every death of a set-up worker is charged to the
@@ -94,7 +106,7 @@ pub(super) fn on_exit(
             inflight.push_front(head);
         } else {
             let err = death_error(cfg, w, &head, info, &how, head_started, head_finished);
-            failed = Some((head, err));
+            failed.push((head, err));
         }
     }
     let died_at_start = died_at_start.then(|| {
@@ -116,6 +128,99 @@ pub(super) fn on_exit(
         // Jobs queued behind (prefetch) never started: run them elsewhere.
         resend: inflight.into(),
         died_at_start,
+    }
+}
+
+/// What a dead worker's page said: the job it ran, the one it finished
+/// last (0: none).
+#[derive(Clone, Copy)]
+struct Page {
+    running: u64,
+    finished: u64,
+}
+
+/// The fate of a chunk whose worker died while it ran it: the items whose
+/// results came keep them (they went out), the item running gets the
+/// death, the items that finished after the last result that came are
+/// failed as finished (they ran; never resent), and the items not started
+/// go back to the queue as a smaller chunk. Returns the failed pieces and
+/// what to resend.
+///
+/// The page is the worker's own, which its task can forge (C3): with no
+/// item running by it, the first item it says had not started is charged
+/// as a single job is (resent with its attempt raised, at most
+/// MAX_UNSTARTED_RETRIES times, then failed), so a forging task cannot run
+/// its items forever: every death either fails an item or raises the
+/// attempt of what is resent.
+fn chunk_death(
+    cfg: &PoolConfig,
+    w: &Worker,
+    mut head: Dispatch,
+    page: Page,
+    info: Option<&ExitInfo>,
+    how: &str,
+) -> (Vec<(Dispatch, TaskError)>, Option<Dispatch>) {
+    let open = head.delivered;
+    let index = |id: u64| -> Option<u32> {
+        let i = id.checked_sub(head.first_job.0)?;
+        let i = u32::try_from(i).ok()?;
+        (id != 0 && i >= open && i < head.count).then_some(i)
+    };
+    let (running, finished) = (index(page.running), index(page.finished));
+    let mut failed = Vec::new();
+    // `head` keeps the items before `at`; what is split off goes on.
+    let split = |head: &mut Dispatch, at: u32| -> Option<Dispatch> { head.split_off(at) };
+    // Items `open..at` ran to their end, their results lost.
+    let lost = |head: Dispatch, failed: &mut Vec<(Dispatch, TaskError)>| {
+        let err = death_error(cfg, w, &head, info, how, true, true);
+        failed.push((head, err));
+    };
+    match running {
+        Some(k) => {
+            let tail = split(&mut head, k.saturating_add(1));
+            let item = if k > open { split(&mut head, k) } else { None };
+            match item {
+                Some(item) => {
+                    lost(head, &mut failed);
+                    let err = death_error(cfg, w, &item, info, how, true, false);
+                    failed.push((item, err));
+                }
+                // The item is all that is left (or the chunk did not split:
+                // it fails whole, as before items were told apart).
+                None => {
+                    let err = death_error(cfg, w, &head, info, how, true, false);
+                    failed.push((head, err));
+                }
+            }
+            (failed, tail)
+        }
+        None => {
+            let next = finished.map_or(open, |f| f.saturating_add(1));
+            let mut rest = if next > open {
+                match split(&mut head, next) {
+                    Some(rest) => {
+                        lost(head, &mut failed);
+                        rest
+                    }
+                    None => {
+                        // Every item finished (or no split): it ran.
+                        lost(head, &mut failed);
+                        return (failed, None);
+                    }
+                }
+            } else {
+                head
+            };
+            if rest.attempt < rest.retries.saturating_add(MAX_UNSTARTED_RETRIES) {
+                rest.attempt += 1;
+                return (failed, Some(rest));
+            }
+            let second = rest.delivered.saturating_add(1);
+            let tail = split(&mut rest, second);
+            let err = death_error(cfg, w, &rest, info, how, false, false);
+            failed.push((rest, err));
+            (failed, tail)
+        }
     }
 }
 
@@ -160,6 +265,9 @@ fn death_error(
     started: bool,
     finished: bool,
 ) -> TaskError {
+    // The items whose outcomes did not go out: the ones this is about.
+    let first = head.first_job.0.saturating_add(u64::from(head.delivered));
+    let count = head.count.saturating_sub(head.delivered);
     match w.state.kill() {
         Some(Kill::TimeLimit(job)) if head.contains(job) => {
             let limit = head.limits.or(cfg).hard.unwrap_or_default();
@@ -167,7 +275,7 @@ fn death_error(
                 ErrorKind::TimeLimit,
                 format!(
                     "job {} exceeded its hard time limit of {}; worker {} (pid {}) was killed and replaced",
-                    head.first_job.0,
+                    first,
                     humantime::format_duration(limit),
                     w.id,
                     w.pid
@@ -189,11 +297,14 @@ fn death_error(
         _ => {}
     }
     let mut msg = format!(
-        "worker {} (pid {}) {how} while running job {}",
-        w.id, w.pid, head.first_job.0
+        "worker {} (pid {}) {how} while running job {first}",
+        w.id, w.pid
     );
-    if head.count > 1 {
-        msg.push_str(&format!(" (a chunk of {} jobs)", head.count));
+    if count > 1 {
+        msg.push_str(&format!(
+            " (and the {} jobs after it in its chunk)",
+            count.saturating_sub(1)
+        ));
     }
     if let Some(i) = info {
         msg.push_str(&format!(

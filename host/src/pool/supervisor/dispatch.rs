@@ -82,8 +82,26 @@ impl Delivery {
         }
     }
 
-    /// A worker's DONE for `d`: one outcome, or a chunk's records.
-    pub fn done(&mut self, mut d: Dispatch, status: u8, payload: Vec<u8>) {
+    /// Whether `payload` is a well-formed piece of chunk `d`: the `n`
+    /// result records of its items `at..at + n`, which follow the ones
+    /// delivered.
+    pub fn valid_piece(d: &Dispatch, at: u32, n: u32, payload: &[u8]) -> bool {
+        let mut seen = 0u32;
+        for rec in codec::result_records(payload) {
+            if rec
+                .and_then(|(status, _)| Status::from_u8(status))
+                .is_none()
+            {
+                return false;
+            }
+            seen = seen.saturating_add(1);
+        }
+        seen == n && at == d.delivered && n > 0 && at.checked_add(n).is_some_and(|e| e <= d.count)
+    }
+
+    /// A worker's DONE for `d`: its one outcome (a single job), or a piece
+    /// of a chunk ([`Delivery::valid_piece`], checked by the caller).
+    pub fn done(&mut self, d: &mut Dispatch, at: u32, n: u32, status: u8, payload: Vec<u8>) {
         if d.count == 1 {
             let outcome = match Status::from_u8(status) {
                 Some(status) => crate::plugin::outcome(status, payload),
@@ -92,71 +110,44 @@ impl Delivery {
                     format!("the worker reported an unknown status {status}"),
                 )),
             };
-            self.deliver(&mut d, 0, outcome);
-        } else {
-            self.deliver_records(d, payload);
+            self.deliver(d, 0, outcome);
+            return;
         }
-    }
-
-    /// Delivers a batch result in one piece (streams) or item by item.
-    fn deliver_records(&mut self, mut d: Dispatch, payload: Vec<u8>) {
         let mut ok = 0u32;
-        let mut n = 0u32;
-        let mut malformed = false;
         let mut failed: Vec<ErrorKind> = Vec::new();
         for rec in codec::result_records(&payload) {
             match rec.and_then(|(status, _)| Status::from_u8(status)) {
                 Some(Status::Ok) => ok += 1,
                 Some(status) => failed.extend(ErrorKind::from_status(status)),
-                None => malformed = true,
+                None => {}
             }
-            n += 1;
         }
-        if malformed || n != d.count {
-            // Undo the per-kind counts: every item fails the same way.
-            let err = TaskError::new(
-                ErrorKind::WorkerLost,
-                "the worker returned a malformed batch result",
-            );
-            self.fail_dispatch(d, err);
-            return;
-        }
-        if d.cancelled {
-            let err = TaskError::new(
-                ErrorKind::Terminated,
-                format!("job {} was terminated on request", d.first_job.0),
-            );
-            self.fail_dispatch(d, err);
-            return;
-        }
-        self.stats.succeeded += ok as u64;
-        for kind in failed {
-            *self.stats.failed.entry(kind).or_default() += 1;
-        }
+        let cancelled = (at..at + n).any(|i| d.item_cancelled(i));
         match &d.reply {
-            Reply::Stream { tx, first_index } => {
+            Reply::Stream { tx, first_index } if !cancelled => {
+                self.stats.succeeded += u64::from(ok);
+                for kind in failed {
+                    *self.stats.failed.entry(kind).or_default() += 1;
+                }
                 let _ = tx.send(ChunkResult {
-                    first_index: *first_index,
-                    count: d.count,
+                    first_index: first_index + u64::from(at),
+                    count: n,
                     body: ChunkBody::Records(payload),
                 });
-                d.delivered = d.count;
+                d.delivered = at + n;
             }
-            Reply::Slot(_) => {
-                // Not produced by the API (slots are single jobs); handle anyway.
-                let outcomes: Vec<Outcome> = codec::result_records(&payload)
-                    .map(
-                        |r| match r.and_then(|(st, b)| Some((Status::from_u8(st)?, b))) {
-                            Some((st, b)) => crate::plugin::outcome(st, b.to_vec()),
-                            None => Err(TaskError::new(
-                                ErrorKind::WorkerLost,
-                                "malformed batch result",
-                            )),
-                        },
-                    )
-                    .collect();
-                for (i, o) in outcomes.into_iter().enumerate() {
-                    self.send_outcome(&mut d, i as u32, o);
+            _ => {
+                // Item by item: a slot per item (not produced by the API),
+                // or items ended on request among them.
+                for (i, r) in (at..).zip(codec::result_records(&payload)) {
+                    let o = match r.and_then(|(st, b)| Some((Status::from_u8(st)?, b))) {
+                        Some((st, b)) => crate::plugin::outcome(st, b.to_vec()),
+                        None => Err(TaskError::new(
+                            ErrorKind::WorkerLost,
+                            "malformed batch result",
+                        )),
+                    };
+                    self.deliver(d, i, o);
                 }
             }
         }
@@ -165,7 +156,7 @@ impl Delivery {
     /// Sends item `i` of a dispatch its outcome (or `terminated` if it was
     /// cancelled meanwhile) and counts it.
     pub fn deliver(&mut self, d: &mut Dispatch, i: u32, outcome: Outcome) {
-        let outcome = if d.cancelled {
+        let outcome = if d.item_cancelled(i) {
             Err(TaskError::new(
                 ErrorKind::Terminated,
                 format!("job {} was terminated on request", d.first_job.0 + i as u64),
@@ -220,8 +211,8 @@ impl Delivery {
         }
     }
 
-    /// A progress report of the running dispatch `d`.
-    pub fn progress(&self, d: &Dispatch, done: u64, total: u64) {
+    /// A progress report of item `i` of the running dispatch `d`.
+    pub fn progress(&self, d: &Dispatch, i: u32, done: u64, total: u64) {
         match &d.reply {
             Reply::Slot(slot) => {
                 if let Some(hook) = slot.progress.set(done, total) {
@@ -230,7 +221,7 @@ impl Delivery {
             }
             Reply::Stream { tx, first_index } => {
                 let _ = tx.send(ChunkResult {
-                    first_index: *first_index,
+                    first_index: first_index + u64::from(i),
                     count: 0,
                     body: ChunkBody::Progress(done, total),
                 });

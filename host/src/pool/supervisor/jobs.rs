@@ -74,15 +74,13 @@ impl Supervisor {
             self.delivery.fail_dispatch(d, e);
             return;
         }
-        // A chunk under a time limit goes out item by item (pipelined to
-        // the same worker): each job gets its own deadline, the jobs that
-        // finished before a kill keep their results and the ones behind it
-        // are resent, exactly as for single jobs. The price is one result
-        // frame per job instead of one per chunk.
-        let limits = d.limits.or(&self.cfg);
-        // A streaming task runs one call per job (its items are the job's).
+        // A chunk runs in one RUN frame, item by item, its results coming
+        // back in pieces (`ipc`), each item timed on its own (`chunk_timer`).
+        // A streaming task's chunk still goes out job by job: its stream
+        // items, their back-pressure and progress belong to the one job a
+        // worker runs (`streams`), and its jobs are few and long anyway.
         let streaming = d.count > 1 && self.zygotes.is_streaming(&d, worker_gen);
-        if d.count > 1 && (streaming || limits.soft.is_some() || limits.hard.is_some()) {
+        if streaming {
             if let Some(items) = d.split_items() {
                 for item in items {
                     self.send_dispatch(wid, item);
@@ -132,13 +130,14 @@ impl Supervisor {
         };
         let now = Instant::now();
         w.head_since = Some(now);
+        w.soft_sent = None;
         let limits = d.limits.or(&self.cfg);
-        // A chunk gets the limit once per item, saturating; a deadline the
-        // clock cannot hold never comes (no timer), it never panics here.
-        let scale = d.count.max(1);
+        // A chunk's first item starts now; `chunk_timer` follows the rest.
+        // A deadline the clock cannot hold never comes (no timer), it
+        // never panics here.
         let (job, count) = (d.first_job, d.count);
         let at = |limit: Option<std::time::Duration>| {
-            limit.and_then(|l| crate::bounds::deadline(now, crate::bounds::scaled(l, scale)))
+            limit.and_then(|l| crate::bounds::deadline(now, l))
         };
         let (soft, hard) = (at(limits.soft), at(limits.hard));
         if let Some(t) = soft {
@@ -238,8 +237,9 @@ impl Supervisor {
         let Some(d) = self.workers.get(&wid).and_then(|w| w.inflight.front()) else {
             return;
         };
-        if d.first_job.0 != job || d.cancelled {
-            // A report racing its job's end (or a batch item's): stale.
+        let i = job.wrapping_sub(d.first_job.0);
+        if !d.contains(JobId(job)) || i < u64::from(d.delivered) || d.item_cancelled(i as u32) {
+            // A report racing its job's end (or a chunk item's): stale.
             return;
         }
         self.events.emit(Event::JobProgress {
@@ -247,7 +247,7 @@ impl Supervisor {
             done,
             total,
         });
-        self.delivery.progress(d, done, total);
+        self.delivery.progress(d, i as u32, done, total);
     }
 
     /// Reads on from the workers whose stream consumers caught up.
@@ -285,18 +285,49 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
-        let matches = w
-            .inflight
-            .front()
-            .is_some_and(|d| d.first_job.0 == h.job && d.count == h.count);
-        if !matches {
+        // A single job's DONE, or the next piece of a chunk's (`ipc`).
+        let piece = w.inflight.front().and_then(|d| {
+            let at = d.first_job.0.saturating_add(u64::from(d.delivered));
+            let fits = h.count >= 1
+                && d.delivered
+                    .checked_add(h.count)
+                    .is_some_and(|e| e <= d.count);
+            let ok = if d.count == 1 {
+                h.job == d.first_job.0 && h.count == 1
+            } else {
+                h.job == at && fits
+            };
+            ok.then_some(d.delivered)
+        });
+        let Some(first) = piece else {
             self.protocol_error(
                 wid,
                 &format!("result for job {} which it was not running", h.job),
             );
             return;
+        };
+        let valid = w.inflight.front().is_some_and(|d| {
+            d.count == 1 || dispatch::Delivery::valid_piece(d, first, h.count, &payload)
+        });
+        if !valid {
+            self.protocol_error(
+                wid,
+                &format!("a malformed result for the jobs from {}", h.job),
+            );
+            return;
         }
-        let Some(d) = w.inflight.pop_front() else {
+        let ends = w
+            .inflight
+            .front()
+            .is_some_and(|d| first.saturating_add(h.count) >= d.count);
+        if !ends {
+            // A piece of the chunk: more follow.
+            if let Some(d) = w.inflight.front_mut() {
+                self.delivery.done(d, first, h.count, h.status, payload);
+            }
+            return;
+        }
+        let Some(mut d) = w.inflight.pop_front() else {
             return;
         };
         conn::arena_finished(w, d.first_job.0);
@@ -314,7 +345,8 @@ impl Supervisor {
             count: d.count,
             elapsed,
         });
-        self.delivery.done(d, h.status, payload);
+        self.delivery
+            .done(&mut d, first, h.count, h.status, payload);
     }
 
     /// Ends job `job` on request: failed at once if queued; its worker
@@ -349,6 +381,28 @@ impl Supervisor {
         let slot = self.board.slot(w.slot as usize);
         let finished = slot.map(|s| s.last_finished());
         let head = &w.inflight[pos];
+        if head.count > 1 {
+            // An item of a chunk: killed if its page says it runs now (the
+            // items before it keep their results, the ones after it are
+            // resent); else it ends as `terminated` whatever it returns,
+            // told to stop if it starts.
+            let i = job.0.saturating_sub(head.first_job.0);
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            if i < head.delivered {
+                // Its outcome went out: the pool no longer holds it.
+                return false;
+            }
+            let running = slot.map(|s| s.running_for().0);
+            if pos == 0 && running == Some(job.0) && !w.state.broken() {
+                w.kill(Kill::Terminated(job));
+            } else {
+                w.inflight[pos].cancel_item(i);
+                if let Some(s) = slot {
+                    s.post_stop(StopReason::Cancelled.as_flag() as u64, job.0);
+                }
+            }
+            return true;
+        }
         // The worker's current job, unless it already finished it and its
         // result is on the way (then killing would only hit the next job).
         // "Finished" is the worker's own page, which its task can forge to

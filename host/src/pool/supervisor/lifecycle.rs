@@ -388,6 +388,7 @@ impl Supervisor {
                 outq: VecDeque::new(),
                 inflight: VecDeque::new(),
                 head_since: None,
+                soft_sent: None,
                 ready: false,
                 refused: None,
                 dispatches_done: 0,
@@ -529,15 +530,17 @@ impl Supervisor {
                 elapsed,
             });
         }
-        if let Some((head, mut err)) = lost.failed {
-            if let Some((note, reload)) = self.zygotes.overwritten(w.gen, info.as_ref(), &self.cfg)
-            {
-                err.message.push_str(&note);
-                if reload {
-                    self.restart(None);
+        if !lost.failed.is_empty() {
+            let note = self.zygotes.overwritten(w.gen, info.as_ref(), &self.cfg);
+            for (d, mut err) in lost.failed {
+                if let Some((note, _)) = &note {
+                    err.message.push_str(note);
                 }
+                self.delivery.fail_dispatch(d, err);
             }
-            self.delivery.fail_dispatch(head, err);
+            if note.is_some_and(|(_, reload)| reload) {
+                self.restart(None);
+            }
         }
         for d in lost.resend.into_iter().rev() {
             self.queue.push_front(d);

@@ -448,6 +448,10 @@ impl Supervisor {
             if w.state.broken() || w.inflight.front().map(|d| d.first_job) != Some(job) {
                 continue;
             }
+            if w.inflight.front().is_some_and(|d| d.count > 1) {
+                self.chunk_timer(wid, kind);
+                continue;
+            }
             if let TimerKind::Hard(..) = kind {
                 w.kill(Kill::TimeLimit(job));
             } else {
@@ -456,6 +460,71 @@ impl Supervisor {
                 }
                 let _ = sys::pidfd_send_signal(&w.pidfd, sys::STOP_SIGNAL);
             }
+        }
+    }
+
+    /// A time limit of the chunk `wid` runs: found on its page, the item
+    /// running now gets the limit when it ran that long; otherwise the
+    /// timer comes back when it would. The page is the worker's own and
+    /// may be forged (C3): the chunk as a whole still ends when it ran
+    /// the limit once per item (the bound before items were timed).
+    fn chunk_timer(&mut self, wid: WorkerId, kind: TimerKind) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let Some(d) = w.inflight.front() else {
+            return;
+        };
+        let limits = d.limits.or(&self.cfg);
+        let hard = matches!(kind, TimerKind::Hard(..));
+        let Some(limit) = (if hard { limits.hard } else { limits.soft }) else {
+            return;
+        };
+        let now = Instant::now();
+        let (running, ran) = self
+            .board
+            .slot(w.slot as usize)
+            .map(|s| s.running_for())
+            .unwrap_or_default();
+        let first_open = d.first_job.0.saturating_add(u64::from(d.delivered));
+        let item = (running >= first_open && d.contains(JobId(running))).then_some(JobId(running));
+        let backstop = w
+            .head_since
+            .and_then(|s| crate::bounds::deadline(s, crate::bounds::scaled(limit, d.count.max(1))));
+        let overdue = backstop.is_some_and(|b| now >= b);
+        let over = item.is_some() && ran >= limit;
+        if over || overdue {
+            let target = item.unwrap_or(JobId(first_open));
+            if hard {
+                w.kill(Kill::TimeLimit(target));
+                return;
+            }
+            if w.soft_sent != Some(target) {
+                w.soft_sent = Some(target);
+                if let Some(s) = self.board.slot(w.slot as usize) {
+                    s.post_stop(StopReason::SoftTimeLimit.as_flag() as u64, target.0);
+                }
+                let _ = sys::pidfd_send_signal(&w.pidfd, sys::STOP_SIGNAL);
+            }
+        }
+        // The next look: when the item running now reaches the limit, or
+        // (between items, or it was stopped) a whole limit from now, which
+        // is no later than the next item's deadline.
+        let wait = match item {
+            // Not before the worker's clock word can have moved on.
+            Some(j) if !over && w.soft_sent != Some(j) => {
+                limit.saturating_sub(ran).max(sys::monotonic_coarse_res())
+            }
+            _ => limit,
+        };
+        let mut at = crate::bounds::deadline(now, wait);
+        if !overdue {
+            if let (Some(a), Some(b)) = (at, backstop) {
+                at = Some(a.min(b));
+            }
+        }
+        if let Some(at) = at {
+            self.arm(at, kind);
         }
     }
 

@@ -148,6 +148,8 @@ pub(super) struct Worker {
     pub inflight: VecDeque<Dispatch>,
     /// When the job at the head of `inflight` started (its timers run from here).
     pub head_since: Option<Instant>,
+    /// The item of its running chunk its soft limit was delivered to.
+    pub soft_sent: Option<super::super::job::JobId>,
     /// It said READY (set up, taking jobs): written before any job's task
     /// ran, so a task cannot unsay it. A death without it is a death at
     /// start (counted by the restart limiter, no job charged); a death
