@@ -13,6 +13,28 @@ use crate::common;
 use common::celery;
 use serde_json::{json, Value};
 
+/// The end of both scripts: Python's own meta of the state (`ref`, stored
+/// under "ref-<id>" by the script just before), then the task let go and
+/// its result.
+const PY_FINISH: &str = r#"ref = app.backend.client.get(app.backend.get_key_for_task("ref-" + r.id))
+open(flag, "w").write("go")
+value = r.get(timeout=60)
+print(json.dumps({"seen": seen, "raw": json.loads(raw), "ref": json.loads(ref),
+                  "value": value, "final": AsyncResult(r.id, app=app).state}))
+"#;
+
+/// The meta our worker stored (`raw`) is Python's (`ref`), field for field
+/// but the task id.
+fn assert_stored_as_python_stores_it(v: &Value) {
+    let mut raw = v["raw"].clone();
+    let mut reference = v["ref"].clone();
+    let id = raw["task_id"].as_str().unwrap().to_string();
+    assert_eq!(reference["task_id"], json!(format!("ref-{id}")));
+    raw.as_object_mut().unwrap().remove("task_id");
+    reference.as_object_mut().unwrap().remove("task_id");
+    assert_eq!(raw, reference, "{v}");
+}
+
 #[test]
 fn python_sees_the_progress_of_a_running_rust_task() {
     let Some((redis, _py)) =
@@ -36,14 +58,10 @@ r = app.send_task("stream.progress_until_file", args=[flag, 7])
 from celery.app.task import Context
 req = Context(id="ref-" + r.id, children=[])
 app.backend.store_result("ref-" + r.id, {{"current": 1, "total": 2}}, "PROGRESS", request=req)
-ref = app.backend.client.get(app.backend.get_key_for_task("ref-" + r.id))
-open(flag, "w").write("go")
-value = r.get(timeout=60)
-print(json.dumps({{"seen": seen, "raw": json.loads(raw), "ref": json.loads(ref),
-                  "value": value, "final": AsyncResult(r.id, app=app).state}}))
-"#,
+{finish}"#,
         app = celery::py_app(&url),
-        see = celery::PY_SEE_PROGRESS
+        see = celery::PY_SEE_PROGRESS,
+        finish = PY_FINISH,
     );
     let v: Value = celery::python_json(&script, &[flag.to_str().unwrap()]);
     assert_eq!(
@@ -52,13 +70,7 @@ print(json.dumps({{"seen": seen, "raw": json.loads(raw), "ref": json.loads(ref),
         "{v}"
     );
     // The stored meta is Python's, field for field (but the task id).
-    let mut raw = v["raw"].clone();
-    let mut reference = v["ref"].clone();
-    let id = raw["task_id"].as_str().unwrap().to_string();
-    assert_eq!(reference["task_id"], json!(format!("ref-{id}")));
-    raw.as_object_mut().unwrap().remove("task_id");
-    reference.as_object_mut().unwrap().remove("task_id");
-    assert_eq!(raw, reference, "{v}");
+    assert_stored_as_python_stores_it(&v);
     assert_eq!(v["value"], json!(7), "{v}");
     assert_eq!(v["final"], json!("SUCCESS"), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -109,24 +121,16 @@ info = seen[1] if len(seen) == 2 and isinstance(seen[1], dict) else {{}}
 req = Context(id="ref-" + r.id, children=[])
 app.backend.store_result("ref-" + r.id, {{"pid": info.get("pid"), "hostname": info.get("hostname")}},
                          "STARTED", request=req)
-ref = app.backend.client.get(app.backend.get_key_for_task("ref-" + r.id))
-open(flag, "w").write("go")
-value = r.get(timeout=60)
-print(json.dumps({{"seen": seen, "raw": json.loads(raw), "ref": json.loads(ref),
-                  "value": value, "final": AsyncResult(r.id, app=app).state}}))
-"#,
+{finish}"#,
         app = celery::py_app(&url),
+        finish = PY_FINISH,
     );
     let v: Value = celery::python_json(&script, &[flag.to_str().unwrap()]);
     assert_eq!(v["seen"][0], json!("STARTED"), "{v}");
     let host = v["seen"][1]["hostname"].as_str().unwrap_or_default();
     assert!(host.starts_with("started@"), "{v}");
     assert_eq!(v["seen"][1]["pid"], json!(w.pid()), "{v}");
-    let mut raw = v["raw"].clone();
-    let mut reference = v["ref"].clone();
-    raw.as_object_mut().unwrap().remove("task_id");
-    reference.as_object_mut().unwrap().remove("task_id");
-    assert_eq!(raw, reference, "{v}");
+    assert_stored_as_python_stores_it(&v);
     assert_eq!(v["value"], json!(1), "{v}");
     assert_eq!(v["final"], json!("SUCCESS"), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
