@@ -30,6 +30,36 @@ fn max_tasks_per_child_recycles_workers() {
     pool.join().unwrap();
 }
 
+/// With prefetch, a worker is never sent more jobs than its task quota
+/// leaves: a job queued behind the one that uses up the quota would be
+/// sent back when the worker retires, charged an attempt, and a job so
+/// sent back twice would end `worker_lost` without ever running.
+#[test]
+fn prefetch_never_sends_a_worker_jobs_past_its_task_quota() {
+    let pool = builder(2)
+        .max_tasks_per_child(1)
+        .prefetch(4)
+        .build()
+        .unwrap();
+    let hs: Vec<_> = (0..40u64)
+        .map(|i| pool.apply_async::<_, u64>("math", "square", (i,)).unwrap())
+        .collect();
+    for (i, h) in hs.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(h.get().unwrap(), i * i);
+        assert!(
+            h.attempts().is_none(),
+            "job {i} was sent back: {:?}",
+            h.attempts()
+        );
+    }
+    let stats = pool.stats().unwrap();
+    assert_eq!(stats.retried, 0, "{stats:?}");
+    assert_eq!(stats.worker_deaths, 0, "{stats:?}");
+    assert!(stats.recycled >= 39, "{stats:?}");
+    pool.join().unwrap();
+}
+
 #[test]
 fn memory_over_the_limit_recycles_after_the_job() {
     let pool = builder(1).max_memory_per_child(40 << 20).build().unwrap();

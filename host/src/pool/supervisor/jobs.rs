@@ -36,7 +36,9 @@ impl Supervisor {
             let mut ids: Vec<(WorkerId, bool)> = self
                 .workers
                 .values()
-                .filter(|w| w.state.serving() && w.inflight.len() == depth)
+                .filter(|w| {
+                    w.state.serving() && w.inflight.len() == depth && w.has_quota(&self.cfg)
+                })
                 .map(|w| (w.id, w.ready))
                 .collect();
             ids.sort();
@@ -55,10 +57,9 @@ impl Supervisor {
                         return;
                     };
                     self.send_dispatch(wid, d);
-                    let still_free = self
-                        .workers
-                        .get(&wid)
-                        .is_some_and(|w| w.inflight.len() == depth && !w.state.broken());
+                    let still_free = self.workers.get(&wid).is_some_and(|w| {
+                        w.inflight.len() == depth && !w.state.broken() && w.has_quota(&self.cfg)
+                    });
                     if !still_free {
                         break;
                     }
@@ -112,6 +113,7 @@ impl Supervisor {
         let at = conn::arena_put(w, &d, &self.cfg);
         w.outq.push_back(frame.item(&d, at));
         let first = w.inflight.is_empty();
+        w.jobs_sent = w.jobs_sent.saturating_add(u64::from(d.count));
         w.inflight.push_back(d);
         if first {
             self.head_started(wid);
@@ -334,6 +336,13 @@ impl Supervisor {
         w.dispatches_done += 1;
         if h.flags & ipc::FLAG_RETIRING != 0 {
             w.retiring();
+            self.delivery.stats.recycled += 1;
+        } else if w.inflight.is_empty() && w.state.serving() && !w.has_quota(&self.cfg) {
+            // Sent its whole quota and idle, yet it did not say it retires
+            // (it counted fewer tasks: a chunk whose records did not
+            // parse): it gets nothing more, so it must not sit idle in a
+            // place of the pool; it is recycled as if it had said so.
+            w.leave();
             self.delivery.stats.recycled += 1;
         }
         let started = w.head_since;

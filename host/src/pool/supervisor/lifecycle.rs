@@ -392,6 +392,7 @@ impl Supervisor {
                 ready: false,
                 refused: None,
                 dispatches_done: 0,
+                jobs_sent: 0,
                 gate: Gate::new(self.waker.clone()),
                 arena: None,
                 want_out: 0,

@@ -159,6 +159,10 @@ pub(super) struct Worker {
     /// message.
     pub refused: Option<String>,
     pub dispatches_done: u64,
+    /// Jobs sent to it so far (a chunk counts its items): against
+    /// `max_tasks_per_child`, so that it is never sent a job it would
+    /// retire before running.
+    pub jobs_sent: u64,
     /// Stream item bytes of this worker on their way to a consumer.
     pub gate: Arc<Gate>,
     /// Its shared-memory arena for large payloads (`crate::shm`), made the
@@ -172,6 +176,13 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// Whether its task quota (`max_tasks_per_child`) leaves room for
+    /// another job: it retires after the dispatch that uses the quota up,
+    /// so a job sent past it would come back unrun, charged an attempt.
+    pub fn has_quota(&self, cfg: &PoolConfig) -> bool {
+        cfg.max_tasks_per_child.is_none_or(|m| self.jobs_sent < m)
+    }
+
     /// Its socket broke before it said READY, and nobody asked it to go:
     /// its exit, once reaped, is a start failure.
     fn dying_at_start(&self) -> bool {
