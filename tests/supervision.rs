@@ -60,6 +60,39 @@ fn prefetch_never_sends_a_worker_jobs_past_its_task_quota() {
     pool.join().unwrap();
 }
 
+/// A worker recycled for its memory cannot be foreseen: the jobs
+/// prefetched behind the job that crossed the limit never ran and go back
+/// to the queue uncharged (no attempt counted against them), however often
+/// that happens to the same job.
+#[test]
+fn jobs_prefetched_to_a_worker_recycled_for_memory_go_back_uncharged() {
+    let pool = builder(1)
+        .max_memory_per_child(40 << 20)
+        .prefetch(4)
+        .build()
+        .unwrap();
+    let leaks: Vec<_> = (0..3)
+        .map(|_| {
+            pool.apply_async::<_, u64>("faults", "leak_mb", (64u64,))
+                .unwrap()
+        })
+        .collect();
+    let sq = pool
+        .apply_async::<_, u64>("math", "square", (7u64,))
+        .unwrap();
+    for h in &leaks {
+        assert_eq!(h.get().unwrap(), 64);
+    }
+    assert_eq!(sq.get().unwrap(), 49);
+    let stats = pool.stats().unwrap();
+    assert!(stats.recycled >= 3, "{stats:?}");
+    assert_eq!(stats.failed.len(), 0, "{stats:?}");
+    // A recycling is no death: before, each such exit with jobs held
+    // counted one and charged the first job held an attempt.
+    assert_eq!(stats.worker_deaths, 0, "{stats:?}");
+    pool.join().unwrap();
+}
+
 #[test]
 fn memory_over_the_limit_recycles_after_the_job() {
     let pool = builder(1).max_memory_per_child(40 << 20).build().unwrap();

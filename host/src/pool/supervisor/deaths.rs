@@ -49,7 +49,14 @@ pub(super) fn on_exit(
         .map(ExitInfo::describe)
         .or(lost_how)
         .unwrap_or_else(|| "was lost when its zygote died".into());
-    let clean_exit = info.is_some_and(|i| i.code == Some(0)) && w.inflight.is_empty();
+    // A worker that said it retires (memory over its limit, or a quota
+    // prefetch could not foresee) and then exited 0 ended as asked: the
+    // jobs it still held were sent before that was known and never ran;
+    // they go back uncharged. (A task that forges RETIRING and exits
+    // gains nothing: the jobs behind it are other jobs, each resent once
+    // per such end, and its own job is finished by its forged result.)
+    let retired = w.said_retiring && info.is_some_and(|i| i.code == Some(0));
+    let clean_exit = info.is_some_and(|i| i.code == Some(0)) && (w.inflight.is_empty() || retired);
     tracing::debug!(
         "{} (pid {}) ended: {how}; {} dispatch(es) in flight, {} done",
         w.id,
@@ -78,7 +85,9 @@ pub(super) fn on_exit(
     let died_at_start = !w.ready && kill.is_none() && !clean_exit && !w.state.leaving();
     let mut inflight = std::mem::take(&mut w.inflight);
     let mut failed = Vec::new();
-    let chunk = inflight.front().is_some_and(|d| d.count > 1) && !died_at_start;
+    // Nothing it held ran: a death at start, or an announced retirement.
+    let uncharged = died_at_start || retired;
+    let chunk = inflight.front().is_some_and(|d| d.count > 1) && !uncharged;
     if chunk {
         if let Some(head) = inflight.pop_front() {
             let page = Page { running, finished };
@@ -95,12 +104,12 @@ pub(super) fn on_exit(
         // job it was running, and a job is resent at most
         // MAX_UNSTARTED_RETRIES times (C3). Deaths at start are bounded
         // by the start-failure limit instead; no task can fake one.
-        if died_at_start
+        if uncharged
             || (!head_started
                 && kill.is_none()
                 && head.attempt < head.retries.saturating_add(MAX_UNSTARTED_RETRIES))
         {
-            if !died_at_start {
+            if !uncharged {
                 head.attempt += 1;
             }
             inflight.push_front(head);

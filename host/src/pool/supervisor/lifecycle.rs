@@ -393,6 +393,7 @@ impl Supervisor {
                 refused: None,
                 dispatches_done: 0,
                 jobs_sent: 0,
+                said_retiring: false,
                 gate: Gate::new(self.waker.clone()),
                 arena: None,
                 want_out: 0,

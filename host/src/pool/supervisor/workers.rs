@@ -163,6 +163,9 @@ pub(super) struct Worker {
     /// `max_tasks_per_child`, so that it is never sent a job it would
     /// retire before running.
     pub jobs_sent: u64,
+    /// It said it retires (RETIRING on a result: its quota or memory):
+    /// what it still holds was sent before that was known and never ran.
+    pub said_retiring: bool,
     /// Stream item bytes of this worker on their way to a consumer.
     pub gate: Arc<Gate>,
     /// Its shared-memory arena for large payloads (`crate::shm`), made the
@@ -209,6 +212,7 @@ impl Worker {
 
     /// It said it retires (its task quota is used up): it exits by itself.
     pub fn retiring(&mut self) {
+        self.said_retiring = true;
         self.state.retiring();
     }
 
