@@ -548,7 +548,7 @@ print(json.dumps({{'seen': seen, 'progressed': progressed, 'squares': got, 'exc'
     let started = celery::python_json(
         &format!(
             r#"{app}
-s = app.send_task('faults.wait_for_file', args=[sys.argv[1]])
+s = app.send_task('stream.wait_for_file', args=[sys.argv[1]])
 started = []
 deadline = time.time() + 60
 while time.time() < deadline:

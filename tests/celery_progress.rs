@@ -88,10 +88,10 @@ fn track_started_stores_started_as_celerys_worker_does() {
         return;
     };
     let url = redis.url();
-    let faults = common::plugin_str("faults");
+    let stream = common::plugin_str("stream");
     let w = celery::spawn_worker([
         "worker",
-        &faults,
+        &stream,
         "--broker",
         &url,
         "-c",
@@ -107,7 +107,7 @@ fn track_started_stores_started_as_celerys_worker_does() {
 from celery.result import AsyncResult
 from celery.app.task import Context
 flag = sys.argv[1]
-r = app.send_task("faults.wait_for_file", args=[flag])
+r = app.send_task("stream.wait_for_file", args=[flag])
 seen = []
 deadline = time.time() + 60
 while time.time() < deadline:

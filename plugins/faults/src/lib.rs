@@ -48,17 +48,6 @@ pub fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 
-/// Waits (checking for a stop) until `path` exists, then returns 1: a task
-/// that is running for as long as a test needs, without reporting anything.
-#[task]
-pub fn wait_for_file(ctx: &TaskContext, path: String) -> u64 {
-    while !std::path::Path::new(&path).exists() {
-        ctx.checkpoint();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    1
-}
-
 /// Busy-loops on the monotonic clock for `ms` milliseconds, ignoring any
 /// request to stop (only a hard time limit ends it early). Returns `ms`.
 #[task]
@@ -320,7 +309,7 @@ fn spin_until(deadline: Instant, mut stop: impl FnMut() -> bool) {
 export_plugin!(
     name: "faults",
     tasks: [
-        panic, fail, segfault, abort, exit, sleep_ms, wait_for_file, spin_ms, spin, cooperative_spin,
+        panic, fail, segfault, abort, exit, sleep_ms, spin_ms, spin, cooperative_spin,
         cooperative_spin_result, cooperative_sleep, leak_mb, garbage_fds, log, spawn_sleeper,
         context_info, pid, square, flaky, flaky_with, reject, reject_once, ignore, raise_as,
         rate_limited, autoretried,

@@ -125,6 +125,17 @@ pub fn progress_until_file(ctx: &TaskContext, path: String, n: u64) -> u64 {
     n
 }
 
+/// Waits (checking for a stop) until `path` exists, then returns 1: a task
+/// that is running for as long as a test needs, without reporting anything.
+#[task]
+pub fn wait_for_file(ctx: &TaskContext, path: String) -> u64 {
+    while !std::path::Path::new(&path).exists() {
+        ctx.checkpoint();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    1
+}
+
 export_plugin!(
     name: "stream",
     tasks: [
@@ -138,5 +149,6 @@ export_plugin!(
         plain_loop,
         slow_progress,
         progress_until_file,
+        wait_for_file,
     ]
 );
