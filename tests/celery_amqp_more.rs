@@ -424,3 +424,91 @@ print(json.dumps([r.get(timeout=60), published[r.id][0]]))
     );
     assert!(w.stderr().contains("declared (classic)"), "{}", w.stderr());
 }
+
+/// `submit` and `run --broker` declare the queue they publish to as the
+/// fleet does (`--quorum-queues --exchange-type topic`, as its workers):
+/// with the flags the jobs run on a quorum-queue fleet's worker; without
+/// them RabbitMQ refuses the classic declaration (`PRECONDITION_FAILED`)
+/// and the command says so; `run` without `--broker` refuses the flags.
+#[test]
+fn amqp_submit_and_run_broker_declare_queues_as_the_fleet_does() {
+    let test = "amqp_submit_and_run_broker_declare_queues_as_the_fleet_does";
+    let Some((rabbit, redis, _py)) = celery::rabbitmq_or_skip(test) else {
+        return;
+    };
+    let name = celery::node("declare", "amqp-test");
+    let w = quorum_worker(&rabbit, &redis, &name, &["-c", "2"]);
+    let (b, r) = (rabbit.url(), redis.url());
+    let fleet = ["--quorum-queues", "--exchange-type", "topic"];
+    let submit = |extra: &[&str]| {
+        let mut args = vec![
+            "submit",
+            "--broker",
+            &b,
+            "--result-backend",
+            &r,
+            "--task",
+            "math.square",
+            "--args",
+            "[6]",
+            "--wait",
+        ];
+        args.extend_from_slice(extra);
+        celery::host_timeout(&args)
+    };
+    let ok = submit(&fleet);
+    let lines = common::json_lines(&common::stdout(&ok));
+    assert_eq!(
+        lines.first().map(|l| l["ok"].clone()),
+        Some(json!(36)),
+        "{}{}\n--- worker\n{}",
+        common::stdout(&ok),
+        common::stderr(&ok),
+        w.stderr()
+    );
+    assert_eq!(common::exit_code(&ok), 0);
+    let classic = submit(&[]);
+    assert_ne!(common::exit_code(&classic), 0);
+    assert!(
+        common::stderr(&classic).contains("PRECONDITION_FAILED"),
+        "{}",
+        common::stderr(&classic)
+    );
+    let run = celery::host_timeout(&[
+        "run",
+        "--broker",
+        &b,
+        "--result-backend",
+        &r,
+        "--task",
+        "math.square",
+        "--args",
+        "[7]",
+        "--quorum-queues",
+        "--exchange-type",
+        "topic",
+    ]);
+    let lines = common::json_lines(&common::stdout(&run));
+    assert_eq!(
+        lines.first().map(|l| l["ok"].clone()),
+        Some(json!(49)),
+        "{}",
+        common::stderr(&run)
+    );
+    let math = common::plugin_str("math");
+    let local = celery::host_timeout(&[
+        "run",
+        &math,
+        "--task",
+        "square",
+        "--args",
+        "[2]",
+        "--quorum-queues",
+    ]);
+    assert_eq!(common::exit_code(&local), 2, "{}", common::stderr(&local));
+    assert!(
+        common::stderr(&local).contains("go with --broker"),
+        "{}",
+        common::stderr(&local)
+    );
+}

@@ -391,20 +391,35 @@ impl Client {
     /// A client with a separate result backend and explicit timeouts.
     /// Connects (and checks with PING) before returning.
     pub fn with_backend(broker_url: &str, backend_url: &str, timeouts: Timeouts) -> Result<Client> {
+        Client::with_queues(
+            broker_url,
+            backend_url,
+            timeouts,
+            super::transport::QueueOptions::default(),
+        )
+    }
+
+    /// [`Client::with_backend`] declaring AMQP queues as `queues` says
+    /// (the fleet's `x-max-priority`, quorum queues, exchange type: as its
+    /// workers declare them, or RabbitMQ refuses the declaration). Redis
+    /// declares nothing: `queues` changes nothing there.
+    pub fn with_queues(
+        broker_url: &str,
+        backend_url: &str,
+        timeouts: Timeouts,
+        queues: super::transport::QueueOptions,
+    ) -> Result<Client> {
         use super::transport::{self, Kind, Transport as _};
         let amqp = transport::kind(broker_url).map_err(|e| ClientError::Url {
             url: redact(broker_url),
             reason: e.to_string(),
         })? == Kind::Amqp;
         let broker = if amqp {
-            let t = transport::amqp::Amqp::open(
-                broker_url,
-                Vec::new(),
-                transport::QueueOptions::default(),
-            )
-            .map_err(|e| ClientError::Url {
-                url: redact(broker_url),
-                reason: e.to_string(),
+            let t = transport::amqp::Amqp::open(broker_url, Vec::new(), queues).map_err(|e| {
+                ClientError::Url {
+                    url: redact(broker_url),
+                    reason: e.to_string(),
+                }
             })?;
             Broker::Amqp {
                 url: redact(broker_url),

@@ -44,6 +44,8 @@ pub enum Input {
 /// One batch for the fleet: what `submit` and `run --broker` hand over.
 pub struct Request {
     pub broker: String,
+    /// How the fleet declares its AMQP queues.
+    pub queues: billiard_host::celery::transport::QueueOptions,
     pub result_backend: Option<String>,
     /// `--task`.
     pub default_task: Option<String>,
@@ -118,16 +120,17 @@ pub fn execute(b: Request) -> i32 {
         ));
     }
     let backend = b.result_backend.clone().unwrap_or_else(|| b.broker.clone());
-    let client = match Client::with_backend(&b.broker, &backend, Timeouts::default()) {
-        Ok(c) => c,
-        Err(e) if !e.is_transient() => {
-            return exit::usage(format_args!(
-                "the broker cannot work: {e}\n  (a configuration error: check the URL's \
+    let client =
+        match Client::with_queues(&b.broker, &backend, Timeouts::default(), b.queues.clone()) {
+            Ok(c) => c,
+            Err(e) if !e.is_transient() => {
+                return exit::usage(format_args!(
+                    "the broker cannot work: {e}\n  (a configuration error: check the URL's \
                  scheme, password, user and database index)"
-            ))
-        }
-        Err(e) => return exit::usage(format_args!("cannot reach the broker: {e}")),
-    };
+                ))
+            }
+            Err(e) => return exit::usage(format_args!("cannot reach the broker: {e}")),
+        };
     let waiter = if b.wait {
         match client.waiter() {
             Ok(w) => Some(w),

@@ -16,6 +16,7 @@ mod new;
 mod output;
 mod pool_flags;
 mod progress;
+mod queue_flags;
 mod run;
 mod sandbox;
 mod signals;

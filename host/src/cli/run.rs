@@ -20,6 +20,7 @@ use super::input::{self, Jobs, LineNumbers};
 use super::output::{self, Output, Rendered};
 use super::pool_flags::{PoolFlags, POOL_GROUP};
 use super::progress::Progress;
+use super::queue_flags::QueueFlags;
 use super::signals::{self, Reactions, Stop};
 use super::values::{check_distinct_files, parse_duration, parse_size, BatchFiles, MAX_WORKERS};
 
@@ -123,6 +124,9 @@ pub struct Args {
     /// With --broker: the queue to send the jobs to (default: celery).
     #[arg(short = 'Q', long, value_name = "QUEUE", requires = "broker")]
     queue: Option<String>,
+    /// With --broker (AMQP): how the fleet declares its queues.
+    #[command(flatten)]
+    queues_declared: QueueFlags,
     /// Run every job in a fresh process of its own, which loads the plugin
     /// files afresh and is gone when the job ends (no pool, no zygote kept;
     /// -w N run at a time). Refused with --chunksize, --prefetch or
@@ -333,6 +337,13 @@ pub fn run(args: Args) -> i32 {
     }
     if let Some(broker) = args.broker.clone() {
         return on_the_fleet(args, broker, input_path);
+    }
+    if args.queues_declared.any_set() {
+        return usage(
+            "--queue-max-priority, --quorum-queues, --exchange-type and \
+             --delayed-delivery-queue-type say how a fleet declares its queues: \
+             they go with --broker",
+        );
     }
     if args.isolated {
         if let Err(msg) = super::isolated::refuse(
@@ -709,6 +720,7 @@ fn on_the_fleet(args: Args, broker: String, input_path: PathBuf) -> i32 {
         None => fleet::Input::Path(input_path),
     };
     fleet::execute(fleet::Request {
+        queues: args.queues_declared.options(),
         broker,
         result_backend: args.result_backend,
         default_task: args.task,

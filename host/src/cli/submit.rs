@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::exit::usage;
 use super::fleet::{self, Input};
 use super::input;
+use super::queue_flags::QueueFlags;
 use super::values::{check_distinct_files, parse_duration, BatchFiles};
 
 const AFTER_HELP: &str = "\
@@ -82,6 +83,8 @@ pub struct Args {
     /// The queue (default: celery).
     #[arg(short = 'Q', long, value_name = "QUEUE")]
     queue: Option<String>,
+    #[command(flatten)]
+    queues_declared: QueueFlags,
     /// Message priority 0-9 (kombu's Redis priority lists; 0 is the highest).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=9))]
     priority: Option<u8>,
@@ -154,6 +157,7 @@ pub fn run(args: Args) -> i32 {
         (None, _) => Input::Path(input_path),
     };
     fleet::execute(fleet::Request {
+        queues: args.queues_declared.options(),
         broker: args.broker,
         result_backend: args.result_backend,
         default_task: args.task,

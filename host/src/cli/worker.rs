@@ -19,6 +19,7 @@ use signal_hook::iterator::Signals;
 
 use super::exit;
 use super::pool_flags::PoolFlags;
+use super::queue_flags::QueueFlags;
 use super::values::{parse_duration, parse_positive_u64};
 
 const AFTER_HELP: &str = "\
@@ -135,10 +136,6 @@ pub struct Args {
     /// Messages reserved per worker process.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive_u64)]
     prefetch_multiplier: u64,
-    /// AMQP: declare the queues with `x-max-priority` N (Celery's
-    /// task_queue_max_priority; 1-255, as the Python workers sharing them).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
-    queue_max_priority: Option<u8>,
     /// Redis Sentinel: the master's name for sentinel:// broker and backend
     /// URLs that do not name it (kombu's transport option master_name).
     #[arg(long, value_name = "NAME")]
@@ -148,23 +145,8 @@ pub struct Args {
     /// closed under it; `never` when the server has none.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_consumer_timeout)]
     consumer_timeout: Duration,
-    /// AMQP: declare the queues as quorum queues (Celery's
-    /// task_default_queue_type = "quorum"), and set up Celery 5.5+'s native
-    /// delayed delivery as Celery's worker does with them (the
-    /// celery_delayed_* exchanges and queues; the queues bound to
-    /// celery_delayed_delivery when --exchange-type is topic or fanout).
-    #[arg(long)]
-    quorum_queues: bool,
-    /// AMQP: the type of each queue's exchange, as the fleet's
-    /// task_default_exchange_type: direct (Celery's default), topic or
-    /// fanout. Native delayed delivery needs topic or fanout.
-    #[arg(long, value_name = "TYPE", default_value = "direct")]
-    exchange_type: billiard_host::celery::transport::ExchangeKind,
-    /// AMQP with --quorum-queues: the type of the celery_delayed_* queues, as the
-    /// fleet's broker_native_delayed_delivery_queue_type: quorum (Celery's default)
-    /// or classic.
-    #[arg(long, value_name = "TYPE", default_value = "quorum")]
-    delayed_delivery_queue_type: billiard_host::celery::transport::delayed::QueueType,
+    #[command(flatten)]
+    queues_declared: QueueFlags,
     /// How long results are kept (Celery's result_expires).
     #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = parse_duration)]
     result_expires: Duration,
@@ -325,16 +307,16 @@ pub fn run(args: Args) -> i32 {
         rate_limits: args.rate_limits.clone(),
         global_rate_limits: args.global_rate_limits.clone(),
         task_aliases,
-        queue_max_priority: args.queue_max_priority,
+        queue_max_priority: args.queues_declared.queue_max_priority,
         consumer_timeout: match billiard_host::celery::transport::kind(&args.broker) {
             Ok(billiard_host::celery::transport::Kind::Amqp) => {
                 Some(args.consumer_timeout).filter(|d| *d != Duration::MAX)
             }
             _ => None,
         },
-        quorum_queues: args.quorum_queues,
-        exchange_type: args.exchange_type,
-        delayed_queue_type: args.delayed_delivery_queue_type,
+        quorum_queues: args.queues_declared.quorum_queues,
+        exchange_type: args.queues_declared.exchange_type,
+        delayed_queue_type: args.queues_declared.delayed_delivery_queue_type,
         ..WorkerOptions::default()
     };
     let worker = match Worker::new(pool, opts) {
