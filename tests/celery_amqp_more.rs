@@ -18,20 +18,10 @@ use serde_json::json;
 /// same way; broker `broker`, results on `backend`. Records what each
 /// publish went to in `published` (`before_task_publish`).
 fn quorum_fleet_app(broker: &str, backend: &str) -> String {
-    let b = serde_json::to_string(broker).expect("a string serializes");
-    let r = serde_json::to_string(backend).expect("a string serializes");
     format!(
-        r#"import json, sys, time
-from datetime import datetime, timedelta, timezone
-from celery import Celery
+        r#"{app}from datetime import datetime, timedelta, timezone
 from celery.signals import before_task_publish
-app = Celery("quorum_fleet", broker={b}, backend={r})
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    broker_connection_retry_on_startup=True,
     task_default_queue_type="quorum",
     task_default_exchange_type="topic",
     task_create_missing_queue_type="quorum",
@@ -42,7 +32,8 @@ published = {{}}
 @before_task_publish.connect
 def _where(headers=None, exchange=None, routing_key=None, **kw):
     published[headers["id"]] = [getattr(exchange, "name", exchange), routing_key]
-"#
+"#,
+        app = celery::py_app_with(broker, backend)
     )
 }
 
