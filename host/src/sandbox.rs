@@ -850,6 +850,25 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// In a zygote that re-executed itself after [`enter_process_wide`] (to
+/// leave a plugin that starts threads to its workers): the layers are in
+/// place (namespaces, mounts, rlimits, no_new_privs, filters, the scrubbed
+/// environment all survive exec); only what they keep in this process is
+/// made again: the resolved `--user` and the workers' seccomp programs.
+pub fn reenter_after_exec(s: &Sandbox) -> Result<(), SandboxError> {
+    if s.is_none() {
+        return Ok(());
+    }
+    if let Some(name) = &s.user {
+        let ids = resolve_user(name)?;
+        let _ = USER_IDS.set(ids);
+    }
+    if s.isolate {
+        let _ = PROGRAMS.set((1, seccomp_programs(1)?));
+    }
+    Ok(())
+}
+
 /// Forks a worker: with pid isolation, into a PID namespace (and mount and
 /// IPC namespaces) of its own. Call it single-threaded.
 pub fn fork_worker(s: &Sandbox) -> io::Result<sys::Forked> {

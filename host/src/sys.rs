@@ -582,6 +582,34 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A memfd holding `bytes`, left open across `exec` (no `FD_CLOEXEC`), read
+/// from its start: how a zygote hands what it learnt to the program it
+/// re-executes ([`read_exec_state`] reads it there).
+pub fn exec_state_fd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    // SAFETY: memfd_create with a valid C string and no flags (no
+    // CLOEXEC: the fd is meant to survive exec).
+    let fd = cvt(unsafe { libc::memfd_create(c"billiard-zygote-state".as_ptr(), 0) })?;
+    // SAFETY: a fresh fd that nothing else owns.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Reads (at most `max` bytes of) the state an [`exec_state_fd`] handed to
+/// this program as fd `fd`, and closes it.
+pub fn read_exec_state(fd: RawFd, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::from(inherited_fd(fd)?);
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::other(format!("it is over {max} bytes")));
+    }
+    Ok(bytes)
+}
+
 /// Which group a process made by [`setup_worker_process`] leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lead {
@@ -690,7 +718,11 @@ fn set_disposition(sig: i32, handler: libc::sighandler_t) -> io::Result<()> {
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
         act.sa_sigaction = handler;
-        act.sa_flags = libc::SA_RESTART;
+        // SA_ONSTACK: a thread of a Go runtime (a Go plugin's) may take
+        // the signal on a small goroutine stack; it has a signal stack
+        // for that (`sigaltstack`), which the flag makes the handler use.
+        // Without one (every other thread) it changes nothing.
+        act.sa_flags = libc::SA_RESTART | libc::SA_ONSTACK;
         libc::sigemptyset(&mut act.sa_mask);
         cvt(libc::sigaction(sig, &act, std::ptr::null_mut()))?;
     }
@@ -1418,9 +1450,14 @@ const CRASH_SIGNALS: [i32; 5] = [
 extern "C" fn crash_flush_handler(sig: libc::c_int) {
     crash_flush_now();
     // SA_RESETHAND put the default action back; SA_NODEFER lets it act at
-    // once: the process dies of `sig` as it would have without us.
-    // SAFETY: raise is async-signal-safe.
+    // once: the process dies of `sig` as it would have without us. A Go
+    // runtime loaded after us (a Go plugin) installs its own handler and
+    // calls this one for a fault outside Go code: then the default action
+    // is put back here, or the raise would come back to Go's handler, and
+    // this one, for ever.
+    // SAFETY: signal and raise are async-signal-safe.
     unsafe {
+        libc::signal(sig, libc::SIG_DFL);
         libc::raise(sig);
     }
 }

@@ -30,7 +30,8 @@ pub mod exit_code {
     pub const PROTOCOL: i32 = 70;
     /// The pool's initializer task failed.
     pub const INITIALIZER_FAILED: i32 = 71;
-    /// A plugin could not be loaded (spawn start method).
+    /// A plugin could not be loaded (spawn start method, or a plugin each
+    /// worker loads after its fork).
     pub const PLUGIN_LOAD: i32 = 72;
     /// The worker could not set itself up (fds, signals, rlimits).
     pub const SETUP: i32 = 73;
@@ -97,10 +98,21 @@ struct Worker {
     calls: usize,
 }
 
+/// The plugins a worker loads itself after its signal setup (they start
+/// threads; see `zygote::PerWorker`), and the pool's plugin files.
+pub(crate) struct Late {
+    pub paths: Vec<std::path::PathBuf>,
+    pub plugins: Vec<crate::zygote::PerWorker>,
+}
+
 /// Runs the worker loop; never returns. `zygote` is the pid of the
-/// worker's parent, whose death it watches for.
-pub fn run(
-    plugins: Vec<Plugin>,
+/// worker's parent, whose death it watches for. `plugins` are those it was
+/// forked (or exec'd and loaded) with; `late`'s are loaded here, after
+/// the signal setup (a Go runtime then finds the worker's crash handlers
+/// and forwards the faults of non-Go code to them) and before READY.
+pub(crate) fn run(
+    mut plugins: Vec<Plugin>,
+    late: Late,
     mut params: WorkerParams,
     sock: OwnedFd,
     page: &'static BoardPage,
@@ -113,6 +125,12 @@ pub fn run(
     if let Err(e) = setup(&params, slot, &sock, zygote) {
         eprintln!("billiard worker: setup failed: {e}");
         sys::exit_now(exit_code::SETUP);
+    }
+    if !late.plugins.is_empty() {
+        if let Err(e) = crate::zygote::load_per_worker(&mut plugins, &late.paths, &late.plugins) {
+            eprintln!("billiard worker: {e}");
+            sys::exit_now(exit_code::PLUGIN_LOAD);
+        }
     }
     let mut w = Worker {
         plugins,

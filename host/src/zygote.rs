@@ -19,12 +19,14 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::ipc::{self, WorkerParams, ZygoteCmd, ZygoteMsg};
-use crate::plugin::{Plugin, PluginLoadError};
+use crate::plugin::{Plugin, PluginInfo, PluginLoadError};
 use crate::sandbox::{self, Sandbox};
 use crate::sys::{self, BoardPage};
 use crate::worker;
@@ -38,9 +40,127 @@ pub enum Birth {
     Exec { exe: PathBuf },
 }
 
-/// Loads every plugin, or says which one failed.
-pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Plugin>, PluginLoadError> {
-    paths.iter().map(|p| Plugin::load_for_fork(p)).collect()
+/// A plugin each worker loads itself, right after its fork (or exec) and
+/// its signal setup, before READY: one whose loading starts threads (a Go
+/// `c-shared` library starts the Go runtime's), which the zygote must not
+/// hold, since it forks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PerWorker {
+    /// Its place in the pool's plugin list.
+    pub index: usize,
+    /// What the zygote's own load of it found: each worker's load must
+    /// find the same (a file rebuilt in place since would give the pool's
+    /// jobs another plugin than the one their names were resolved in).
+    /// `None` in a spawned worker (it has no copy; it loads every file
+    /// afresh, as for every plugin).
+    pub expect: Option<PluginInfo>,
+}
+
+/// What the zygote's loading of the plugins came to.
+enum Loaded {
+    /// Every plugin: those it holds, in order, and those each worker loads.
+    All(Vec<Plugin>, Vec<PerWorker>),
+    /// Plugin `index` left threads running after it loaded (`info` is what
+    /// it is): the zygote cannot fork any more.
+    StartedThreads {
+        index: usize,
+        info: Box<PluginInfo>,
+        threads: usize,
+    },
+}
+
+/// Loads the plugins the zygote holds, in order, skipping those of
+/// `per_worker` (loaded by each worker); stops at the first that leaves
+/// threads running after it loaded.
+fn load_in_zygote(
+    paths: &[PathBuf],
+    per_worker: Vec<PerWorker>,
+) -> Result<Loaded, PluginLoadError> {
+    let mut held = Vec::with_capacity(paths.len());
+    for (index, path) in paths.iter().enumerate() {
+        if per_worker.iter().any(|p| p.index == index) {
+            continue;
+        }
+        let before = sys::thread_count().ok();
+        let plugin = Plugin::load(path)?;
+        let after = sys::thread_count().ok();
+        if let (Some(before), Some(after)) = (before, after) {
+            if after > before {
+                return Ok(Loaded::StartedThreads {
+                    index,
+                    info: Box::new(plugin.info().clone()),
+                    threads: after.saturating_sub(before),
+                });
+            }
+        }
+        held.push(plugin);
+    }
+    Ok(Loaded::All(held, per_worker))
+}
+
+/// The refusal of a plugin that starts threads by a zygote that cannot
+/// re-execute itself: a `fork` start method's, a copy of the host.
+fn threads_refusal(path: &Path, threads: usize) -> PluginLoadError {
+    PluginLoadError {
+        path: path.to_path_buf(),
+        reason: format!(
+            "it started {threads} thread(s) while loading (a Go c-shared library starts the Go runtime's); \
+             the `fork` start method makes the workers from a copy of this program that loads the plugins, \
+             and a multithreaded process cannot fork safely: use the forkserver (default) or spawn start \
+             method, which load such a plugin in each worker"
+        ),
+    }
+}
+
+/// Loads every plugin in this process, in order (a spawned worker: it
+/// never forks), except those of `late`; says which one failed.
+fn load_but(paths: &[PathBuf], late: &[PerWorker]) -> Result<Vec<Plugin>, PluginLoadError> {
+    paths
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !late.iter().any(|p| p.index == *i))
+        .map(|(_, p)| Plugin::load(p))
+        .collect()
+}
+
+/// In a worker, after its signal setup and before READY: loads the
+/// plugins of `late` and puts each at its place among `plugins` (the ones
+/// it was forked or exec'd with). A plugin that is not what the zygote
+/// found (its file was rebuilt in place since) is refused, naming both.
+pub(crate) fn load_per_worker(
+    plugins: &mut Vec<Plugin>,
+    paths: &[PathBuf],
+    late: &[PerWorker],
+) -> Result<(), String> {
+    let mut late: Vec<&PerWorker> = late.iter().collect();
+    late.sort_by_key(|p| p.index);
+    for p in late {
+        let path = paths
+            .get(p.index)
+            .ok_or_else(|| format!("no plugin #{} to load", p.index))?;
+        let plugin = Plugin::load(path).map_err(|e| e.to_string())?;
+        if let Some(want) = &p.expect {
+            if plugin.info() != want {
+                return Err(format!(
+                    "cannot load plugin {}: it is not the plugin the pool loaded at start \
+                     ({} {} with {} task(s)) but {} {} with {} task(s): was the file rebuilt in place? \
+                     Reload the pool (SIGHUP) to load the new one",
+                    path.display(),
+                    want.name,
+                    want.version,
+                    want.tasks.len(),
+                    plugin.info().name,
+                    plugin.info().version,
+                    plugin.info().tasks.len()
+                ));
+            }
+        }
+        if p.index > plugins.len() {
+            return Err(format!("plugin #{} is out of order", p.index));
+        }
+        plugins.insert(p.index, plugin);
+    }
+    Ok(())
 }
 
 /// The largest piece of the hello sent as one datagram: far below the
@@ -105,8 +225,27 @@ impl HelloParts {
     }
 }
 
+/// How a zygote came to be, for what it may do about a plugin that starts
+/// threads.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A fork of the host (the `fork` start method): it cannot become
+    /// another program, so it refuses such a plugin.
+    Forked,
+    /// Exec'd by the pool (forkserver, spawn): it re-executes itself,
+    /// leaving such plugins to each worker (`per_worker`: those found so
+    /// far, by earlier executions of this zygote; their sandbox layers are
+    /// in place already).
+    Execd { per_worker: Vec<PerWorker> },
+}
+
 /// Runs the zygote loop; never returns.
 pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox) -> ! {
+    run_as(ctl, paths, birth, sandbox, Origin::Forked)
+}
+
+/// [`run`] for a zygote of `origin`.
+fn run_as(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox, origin: Origin) -> ! {
     // Before the plugins' constructors run: a SIGTERM or SIGHUP meant for
     // the host must not end the zygote, not even while it loads.
     if let Err(e) = sys::zygote_signal_dispositions() {
@@ -120,17 +259,47 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox) ->
             sys::exit_now(1);
         }
     };
-    // The sandbox's process-wide layers, before any plugin code runs.
-    if let Err(e) = sandbox::enter_process_wide(&sandbox) {
+    // The sandbox's process-wide layers, before any plugin code runs (a
+    // re-executed zygote is in them already: only the state they keep in
+    // this process is made again).
+    let (per_worker, can_reexec) = match origin {
+        Origin::Forked => (Vec::new(), false),
+        Origin::Execd { per_worker } => (per_worker, true),
+    };
+    let entered = if per_worker.is_empty() {
+        sandbox::enter_process_wide(&sandbox)
+    } else {
+        sandbox::reenter_after_exec(&sandbox)
+    };
+    if let Err(e) = entered {
         eprintln!("billiard zygote: {e}");
         sys::exit_now(1);
     }
-    let loaded = load_all(&paths);
+    let loaded = match load_in_zygote(&paths, per_worker.clone()) {
+        Ok(Loaded::All(held, late)) => Ok((held, late)),
+        Ok(Loaded::StartedThreads {
+            index,
+            info,
+            threads,
+        }) => {
+            let path = info.path.clone();
+            if can_reexec {
+                let mut per_worker = per_worker;
+                per_worker.push(PerWorker {
+                    index,
+                    expect: Some(*info),
+                });
+                reexec(&ctl, &paths, &birth, &sandbox, &per_worker)
+            }
+            Err(threads_refusal(&path, threads))
+        }
+        Err(e) => Err(e),
+    };
     let hello = ZygoteMsg::Hello {
         pid: sys::getpid(),
         plugins: loaded
             .as_ref()
-            .map(|ps| ps.iter().map(|p| p.info().clone()).collect())
+            .map(|(held, late)| plugin_list(held, late))
             .map_err(Clone::clone),
     };
     if let Err(e) = send_hello(&ctl, &hello) {
@@ -138,13 +307,14 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox) ->
         eprintln!("billiard zygote: cannot send the plugin list to the host: {e}");
         sys::exit_now(1);
     }
-    let Ok(plugins) = loaded else {
+    let Ok((plugins, late)) = loaded else {
         // The supervisor reports the load error; nothing more to do.
         sys::exit_now(0);
     };
     let mut z = Zygote {
         ctl,
         plugins,
+        late,
         paths,
         birth,
         sandbox,
@@ -190,9 +360,79 @@ pub fn run(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox) ->
     }
 }
 
+/// The plugin list of the hello: the zygote's plugins with the
+/// per-worker ones at their places.
+fn plugin_list(held: &[Plugin], late: &[PerWorker]) -> Vec<PluginInfo> {
+    let mut list: Vec<PluginInfo> = held.iter().map(|p| p.info().clone()).collect();
+    let mut late: Vec<&PerWorker> = late.iter().collect();
+    late.sort_by_key(|p| p.index);
+    for p in late {
+        if let Some(info) = &p.expect {
+            let at = p.index.min(list.len());
+            list.insert(at, info.clone());
+        }
+    }
+    list
+}
+
+/// The largest per-worker state a re-executed zygote reads.
+const MAX_EXEC_STATE: u64 = MAX_HELLO as u64;
+
+/// The zygote's argument (first, before MODE) that makes it a zygote
+/// re-executed by itself: its handshake is made, its sandbox entered, and
+/// fd N holds the plugins each worker loads (JSON).
+const PER_WORKER_ARG_PREFIX: &str = "--per-worker-fd=";
+
+/// Re-executes this zygote (same pid, same control socket, same output)
+/// so that it leaves the plugins of `per_worker` to each worker: exec
+/// ends every thread a plugin started, which is what makes the zygote
+/// single-threaded again. Returns only if the exec failed (said on
+/// stderr).
+fn reexec(
+    ctl: &OwnedFd,
+    paths: &[PathBuf],
+    birth: &Birth,
+    sandbox: &Sandbox,
+    per_worker: &[PerWorker],
+) {
+    use std::os::unix::process::CommandExt;
+    let state = match serde_json::to_vec(per_worker) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("billiard zygote: cannot write its state for its re-execution: {e}");
+            return;
+        }
+    };
+    let fd = match sys::exec_state_fd(&state) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("billiard zygote: cannot hand its state to its re-execution: {e}");
+            return;
+        }
+    };
+    // /proc/self/exe runs this program even when its file was replaced.
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg(ZYGOTE_ARG)
+        .arg(format!("{PER_WORKER_ARG_PREFIX}{}", fd.as_raw_fd()))
+        .arg(match birth {
+            Birth::Fork => "fork",
+            Birth::Exec { .. } => "exec",
+        });
+    if let Some(a) = sandbox_arg(sandbox) {
+        cmd.arg(a);
+    }
+    cmd.args(paths.iter().map(OsString::from));
+    debug_assert_eq!(ctl.as_raw_fd(), 3);
+    let err = cmd.exec();
+    eprintln!("billiard zygote: cannot re-execute itself to leave a plugin that starts threads to the workers: {err}");
+}
+
 struct Zygote {
     ctl: OwnedFd,
+    /// The plugins it holds (every worker is forked with them).
     plugins: Vec<Plugin>,
+    /// The plugins each worker loads after its fork.
+    late: Vec<PerWorker>,
     paths: Vec<PathBuf>,
     birth: Birth,
     sandbox: Sandbox,
@@ -288,11 +528,15 @@ impl Zygote {
                 match (&self.birth, page) {
                     (Birth::Fork, Some(page)) => {
                         let plugins = std::mem::take(&mut self.plugins);
-                        worker::run(plugins, params, sock, page, zygote)
+                        let late = worker::Late {
+                            paths: std::mem::take(&mut self.paths),
+                            plugins: std::mem::take(&mut self.late),
+                        };
+                        worker::run(plugins, late, params, sock, page, zygote)
                     }
                     (Birth::Fork, None) => sys::exit_now(worker::exit_code::SETUP),
                     (Birth::Exec { exe }, _) => {
-                        exec_worker(exe, &params, &self.paths, self.sandbox.isolate)
+                        exec_worker(exe, &params, &self.paths, &self.late, self.sandbox.isolate)
                     }
                 }
             }
@@ -382,6 +626,7 @@ fn exec_worker(
     exe: &std::path::Path,
     params: &WorkerParams,
     paths: &[PathBuf],
+    late: &[PerWorker],
     sandboxed: bool,
 ) -> ! {
     use std::os::unix::process::CommandExt;
@@ -391,6 +636,10 @@ fn exec_worker(
     if sandboxed {
         // exec makes a process dumpable again: the worker undoes that.
         cmd.arg(NOT_DUMPABLE_ARG);
+    }
+    if !late.is_empty() {
+        let list: Vec<String> = late.iter().map(|p| p.index.to_string()).collect();
+        cmd.arg(format!("{LATE_ARG_PREFIX}{}", list.join(",")));
     }
     cmd.args(paths.iter().map(OsString::from));
     let err = cmd.exec();
@@ -405,6 +654,10 @@ pub const WORKER_ARG: &str = "__billiard_worker";
 /// After the params of a sandboxed spawned worker: make itself not
 /// dumpable again (exec reset it) before it loads the plugins.
 const NOT_DUMPABLE_ARG: &str = "--not-dumpable";
+/// After the params (and `--not-dumpable`) of a spawned worker: the
+/// indexes of the plugins it loads after its signal setup (they start
+/// threads).
+const LATE_ARG_PREFIX: &str = "--late=";
 /// The zygote's argument (after MODE) that carries its sandbox, as JSON.
 const SANDBOX_ARG_PREFIX: &str = "--sandbox=";
 
@@ -465,15 +718,48 @@ fn helper_zygote(args: Vec<OsString>) -> ! {
             sys::exit_now(2);
         }
     };
-    // The handshake first, before anything can fail or block: it tells the
-    // pool this executable is a zygote of its version (`ipc::check_handshake`).
-    let threads = sys::thread_count().unwrap_or(0);
-    let handshake = ipc::encode_handshake(threads);
-    if sys::send_with_fds(&ctl, &handshake, &[]).is_err() || threads > 1 {
-        // More than one thread: the pool refuses the handshake and says why.
-        sys::exit_now(2);
-    }
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().peekable();
+    // Re-executed by itself (`reexec`): the handshake is made.
+    let state_fd = it
+        .peek()
+        .and_then(|a| a.to_str())
+        .and_then(|a| a.strip_prefix(PER_WORKER_ARG_PREFIX))
+        .map(|n| n.parse::<i32>());
+    let per_worker = match state_fd {
+        None => {
+            // The handshake first, before anything can fail or block: it
+            // tells the pool this executable is a zygote of its version
+            // (`ipc::check_handshake`).
+            let threads = sys::thread_count().unwrap_or(0);
+            let handshake = ipc::encode_handshake(threads);
+            if sys::send_with_fds(&ctl, &handshake, &[]).is_err() || threads > 1 {
+                // More than one thread: the pool refuses the handshake and
+                // says why.
+                sys::exit_now(2);
+            }
+            Vec::new()
+        }
+        Some(fd) => {
+            it.next();
+            let state = fd
+                .map_err(|e| e.to_string())
+                .and_then(|fd| sys::read_exec_state(fd, MAX_EXEC_STATE).map_err(|e| e.to_string()))
+                .and_then(|b| {
+                    serde_json::from_slice::<Vec<PerWorker>>(&b).map_err(|e| e.to_string())
+                });
+            match state {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => {
+                    eprintln!("billiard zygote: re-executed without a per-worker plugin");
+                    sys::exit_now(1);
+                }
+                Err(e) => {
+                    eprintln!("billiard zygote: cannot read the state of its re-execution: {e}");
+                    sys::exit_now(1);
+                }
+            }
+        }
+    };
     let birth = match it.next().as_deref().and_then(|m| m.to_str()) {
         Some("exec") => match std::env::current_exe() {
             Ok(exe) => Birth::Exec { exe },
@@ -501,7 +787,7 @@ fn helper_zygote(args: Vec<OsString>) -> ! {
         it.next();
     }
     let paths = it.map(PathBuf::from).collect();
-    run(ctl, paths, birth, sandbox)
+    run_as(ctl, paths, birth, sandbox, Origin::Execd { per_worker })
 }
 
 /// `__billiard_worker PARAMS_JSON PLUGIN...` with fd 3 = socket, fd 4 =
@@ -537,10 +823,32 @@ fn helper_worker(args: Vec<OsString>) -> ! {
             sys::exit_now(worker::exit_code::SETUP);
         }
     }
+    let mut late = Vec::new();
+    if let Some(list) = it
+        .peek()
+        .and_then(|a| a.to_str())
+        .and_then(|a| a.strip_prefix(LATE_ARG_PREFIX))
+    {
+        late = list
+            .split(',')
+            .filter_map(|n| n.parse().ok())
+            .map(|index| PerWorker {
+                index,
+                expect: None,
+            })
+            .collect();
+        it.next();
+    }
     let paths: Vec<PathBuf> = it.map(PathBuf::from).collect();
     let zygote = std::os::unix::process::parent_id() as i32;
-    match load_all(&paths) {
-        Ok(plugins) => worker::run(plugins, params, sock, page, zygote),
+    match load_but(&paths, &late) {
+        Ok(plugins) => {
+            let late = worker::Late {
+                paths,
+                plugins: late,
+            };
+            worker::run(plugins, late, params, sock, page, zygote)
+        }
         Err(e) => {
             eprintln!("billiard worker: {e}");
             sys::exit_now(worker::exit_code::PLUGIN_LOAD);
@@ -551,7 +859,7 @@ fn helper_worker(args: Vec<OsString>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::{PluginInfo, TaskSpec};
+    use crate::plugin::TaskSpec;
 
     /// A plugin list of `plugins` plugins of `tasks` tasks with `doc`-long
     /// docs.

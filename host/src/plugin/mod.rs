@@ -469,31 +469,6 @@ impl Plugin {
         })
     }
 
-    /// [`Plugin::load`] in a process that forks workers from itself (the
-    /// zygote): a plugin that leaves threads running after it loads (a Go
-    /// `c-shared` library starts the Go runtime's) is refused, naming the
-    /// count, since a forked copy of a multithreaded process may deadlock
-    /// and every fork of the zygote would fail.
-    pub(crate) fn load_for_fork(path: &Path) -> Result<Plugin, PluginLoadError> {
-        let before = crate::sys::thread_count().ok();
-        let plugin = Plugin::load(path)?;
-        let after = crate::sys::thread_count().ok();
-        if let (Some(before), Some(after)) = (before, after) {
-            if after > before {
-                return Err(PluginLoadError {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "it started {} thread(s) while loading (a Go c-shared library starts the Go runtime's); \
-                         the pool forks its workers from the process that loads the plugins, which a \
-                         multithreaded process cannot do safely, so such a plugin cannot run in a pool yet",
-                        after.saturating_sub(before)
-                    ),
-                });
-            }
-        }
-        Ok(plugin)
-    }
-
     /// What the plugin is: its name, version and tasks.
     pub fn info(&self) -> &PluginInfo {
         &self.info

@@ -1,0 +1,3 @@
+module billiard/go-example
+
+go 1.19
