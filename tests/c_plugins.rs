@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use billiard_host::{Codec, ErrorKind, Plugin, PluginKind, Pool, Process};
+use billiard_host::{Codec, ErrorKind, Plugin, PluginKind, Pool, Process, StartMethod};
 use common::{c_plugin, c_plugin_str, exit_code, host, plugin, stderr, stdout};
 use serde_json::{json, Value};
 
@@ -535,31 +535,52 @@ print(json.dumps([call("c_example.square", [7]), call("c_example.add", [2, 3]),
 }
 
 #[test]
-fn a_plugin_that_starts_threads_when_loaded_is_refused_by_the_pool_naming_why() {
-    // As a Go c-shared library does: the zygote forks workers from itself,
-    // which a multithreaded process cannot do safely.
+fn a_plugin_that_starts_threads_when_loaded_runs_in_a_pool_and_fork_refuses_it_naming_why() {
+    // As a Go c-shared library does: the zygote, which forks the workers,
+    // must stay single-threaded, so it leaves the plugin to each worker.
     let path = c_plugin_str("c-thread-ctor");
-    // It loads (inspect runs it in a child of its own)...
     let out = host(["inspect", &path]);
     assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
-    // ...but a pool refuses it at build, naming the plugin and the threads.
-    match Pool::builder().plugin(&path).workers(1).build() {
-        Ok(_) => panic!("a pool was built"),
-        Err(e) => {
-            let e = e.to_string();
-            assert!(
-                e.contains(&path) && e.contains("it started 1 thread(s) while loading"),
-                "{e}"
-            );
-        }
+    for method in [StartMethod::Forkserver, StartMethod::Spawn] {
+        let pool = Pool::builder()
+            .plugin(&path)
+            .plugin(plugin("math"))
+            .start_method(method)
+            .workers(2)
+            .build()
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        let names: Vec<String> = pool.plugins().iter().map(|p| p.name.clone()).collect();
+        assert_eq!(names, ["hostile_c", "math"], "{method}");
+        let echo = pool.task_ref("hostile_c", "echo").expect("echo");
+        let r = pool
+            .apply_raw(echo, Codec::Json, b"[1]".to_vec(), Default::default())
+            .expect("submit");
+        assert_eq!(r.get(), Ok(b"[1]".to_vec()), "{method}");
+        assert_eq!(pool.apply::<_, u64>("math", "square", (5u64,)), Ok(25));
+        pool.close();
+        pool.join().expect("join");
     }
-    let out = host(["run", &path, "-t", "echo", "--args", "[1]"]);
+    let v = run_one(&path, "echo", "[1]", &[]);
+    assert_eq!(v["ok"], json!([1]), "{v}");
+    // The fork start method makes the zygote from a copy of the host,
+    // which cannot become a single-threaded program again: refused by
+    // name.
+    let out = host([
+        "run",
+        &path,
+        "-t",
+        "echo",
+        "--args",
+        "[1]",
+        "--start-method",
+        "fork",
+    ]);
     assert_ne!(exit_code(&out), 0);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
-        format!("{}{}", stdout(&out), stderr(&out)).contains("started 1 thread(s) while loading"),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
+        said.contains("started 1 thread(s) while loading")
+            && said.contains("use the forkserver (default) or spawn start method"),
+        "{said}"
     );
 }
 
@@ -621,4 +642,321 @@ fn chunks_of_c_jobs_give_each_job_its_own_outcome() {
     pool.close();
     pool.join().expect("join");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ----- Go: plugins/go-example (cgo, -buildmode=c-shared) -------------------
+//
+// The Go runtime starts threads when the library loads: the zygote leaves
+// the plugin to each worker (loaded after its fork, before READY).
+
+/// `run PLUGIN -w N -i FILE <extra>` over `input`: its result lines.
+fn run_file(plugin: &str, input: &str, extra: &[&str]) -> Vec<Value> {
+    let dir = common::celery::unique_temp_dir("go-run");
+    let file = dir.join("in.jsonl");
+    std::fs::write(&file, input).expect("write input");
+    let mut argv = vec!["run", plugin, "-i", file.to_str().expect("utf-8")];
+    argv.extend_from_slice(extra);
+    let out = host(&argv);
+    let _ = std::fs::remove_dir_all(dir);
+    lines(&out)
+}
+
+#[test]
+fn the_go_example_inspects_as_a_c_plugin_with_its_tasks() {
+    let path = c_plugin_str("go-example");
+    let out = host(["inspect", &path]);
+    assert_eq!(exit_code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("plugin:  go_example 0.1.0\n"), "{text}");
+    assert!(
+        text.contains("\nabi:     1 (C plugin, billiard_plugin.h 1)\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nkind:    c (billiard_plugin.h"), "{text}");
+    let out = host(["inspect", "--json", &path]);
+    let info: Value = serde_json::from_str(&stdout(&out)).expect("inspect --json is JSON");
+    assert_eq!(info["kind"], "c", "{info}");
+    let names: Vec<&str> = info["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "square",
+            "add",
+            "divide",
+            "count",
+            "sum_squares",
+            "wait_for_stop",
+            "hang",
+            "crash",
+            "go_panic",
+            "leak"
+        ],
+        "{info}"
+    );
+    assert_eq!(info["tasks"][3]["streaming"], true, "{info}");
+}
+
+#[test]
+fn the_go_example_runs_values_errors_streams_and_limits() {
+    let go = c_plugin_str("go-example");
+    assert_eq!(run_one(&go, "square", "[7]", &[])["ok"], 49);
+    assert_eq!(run_one(&go, "add", "[2, -5]", &[])["ok"], -3);
+    // Four goroutines on the Go runtime's threads, in the worker.
+    assert_eq!(
+        run_one(&go, "sum_squares", "[1000]", &[])["ok"],
+        332_833_500
+    );
+    let v = run_one(&go, "divide", "[1, 0]", &[]);
+    assert_eq!(
+        (error_kind(&v), error_message(&v)),
+        ("task_error", "division by zero"),
+        "{v}"
+    );
+    let v = run_one(&go, "square", "[\"seven\"]", &[]);
+    assert_eq!(
+        (error_kind(&v), error_message(&v)),
+        ("bad_args", "square takes one integer, as [x]"),
+        "{v}"
+    );
+    let out = host(["run", &go, "-t", "count", "--args", "[3]"]);
+    assert_eq!(
+        lines(&out),
+        vec![
+            json!({"index": 0, "item": 0}),
+            json!({"index": 0, "item": 1}),
+            json!({"index": 0, "item": 2}),
+            json!({"index": 0, "ok": 3}),
+        ],
+        "{}",
+        stderr(&out)
+    );
+    // The stop flag, polled from Go, ends it at the soft limit; `hang`
+    // ignores it and meets the hard one.
+    let v = run_one(&go, "wait_for_stop", "[]", &["--soft-time-limit", "100ms"]);
+    assert_eq!(
+        (error_kind(&v), error_message(&v)),
+        ("soft_time_limit", "stopped as asked"),
+        "{v}"
+    );
+    let v = run_one(&go, "hang", "[]", &["--time-limit", "300ms"]);
+    assert_eq!(error_kind(&v), "time_limit", "{v}");
+}
+
+#[test]
+fn a_go_nil_dereference_or_panic_is_worker_lost_and_the_other_jobs_finish() {
+    let go = c_plugin_str("go-example");
+    for (crash, said) in [
+        ("crash", "invalid memory address or nil pointer dereference"),
+        ("go_panic", "panic: go_panic was called"),
+    ] {
+        for method in ["forkserver", "spawn"] {
+            let mut input = String::new();
+            for i in 0..12 {
+                if i == 5 {
+                    input.push_str(&format!("{{\"task\": \"{crash}\", \"args\": []}}\n"));
+                } else {
+                    input.push_str(&format!("{{\"task\": \"square\", \"args\": [{i}]}}\n"));
+                }
+            }
+            let got = run_file(&go, &input, &["-w", "2", "--start-method", method]);
+            assert_eq!(got.len(), 12, "{got:?}");
+            for (i, v) in got.iter().enumerate() {
+                if i == 5 {
+                    assert_eq!(error_kind(v), "worker_lost", "{method}: {v}");
+                    // The Go runtime's own report is in the worker's last
+                    // output lines.
+                    assert!(error_message(v).contains(said), "{method}: {v}");
+                } else {
+                    assert_eq!(v["ok"], i * i, "{method} {crash}: {v}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn check_runs_golden_cases_on_the_go_plugin() {
+    let go = c_plugin_str("go-example");
+    let cases = common::workspace_root().join("plugins/go-example/cases.jsonl");
+    let out = host(["check", &go, "--cases", cases.to_str().expect("utf-8")]);
+    let text = stdout(&out);
+    assert_eq!(exit_code(&out), 0, "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("go_example 0.1.0 loads: ABI version 1, a C plugin, billiard_plugin.h 1"),
+        "{text}"
+    );
+    assert!(text.contains("9 passed"), "{text}");
+}
+
+#[test]
+fn a_pool_holds_rust_c_and_go_plugins_and_a_crash_in_one_spares_the_others() {
+    let pool = Pool::builder()
+        .plugin(plugin("math"))
+        .plugin(c_plugin("c-example"))
+        .plugin(c_plugin("go-example"))
+        .workers(2)
+        .build()
+        .expect("pool");
+    let names: Vec<String> = pool.plugins().iter().map(|p| p.name.clone()).collect();
+    assert_eq!(names, ["math", "c_example", "go_example"]);
+    let json = |plugin: &str, task: &str, args: &[u8]| {
+        let t = pool.task_ref(plugin, task).expect("task");
+        pool.apply_raw(t, Codec::Json, args.to_vec(), Default::default())
+            .expect("submit")
+            .get()
+    };
+    assert_eq!(json("math", "square", b"[6]"), Ok(b"36".to_vec()));
+    assert_eq!(json("c_example", "square", b"[6]"), Ok(b"36".to_vec()));
+    assert_eq!(json("go_example", "square", b"[6]"), Ok(b"36".to_vec()));
+    // A segfault in C code of a worker that runs the Go runtime too: the
+    // Go runtime forwards it to the worker's crash handler, which ends the
+    // worker by that signal.
+    let e = json("c_example", "crash", b"[]").expect_err("crash");
+    assert_eq!(e.kind, ErrorKind::WorkerLost, "{e}");
+    assert!(e.message.contains("SIGSEGV"), "{e}");
+    let e = json("go_example", "crash", b"[]").expect_err("crash");
+    assert_eq!(e.kind, ErrorKind::WorkerLost, "{e}");
+    for _ in 0..3 {
+        assert_eq!(json("go_example", "add", b"[2, 3]"), Ok(b"5".to_vec()));
+        assert_eq!(json("c_example", "add", b"[2, 3]"), Ok(b"5".to_vec()));
+        assert_eq!(pool.apply::<_, u64>("math", "square", (7u64,)), Ok(49));
+    }
+    pool.close();
+    pool.join().expect("join");
+}
+
+#[test]
+fn go_workers_are_recycled_by_task_count_and_by_memory() {
+    let pool = Pool::builder()
+        .plugin(c_plugin("go-example"))
+        .workers(2)
+        .max_tasks_per_child(1)
+        .build()
+        .expect("pool");
+    let t = pool.task_ref("go_example", "square").expect("square");
+    let results: Vec<_> = (0..20u64)
+        .map(|i| {
+            pool.apply_raw(
+                t,
+                Codec::Json,
+                format!("[{i}]").into_bytes(),
+                Default::default(),
+            )
+            .expect("submit")
+        })
+        .collect();
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.get(), Ok(format!("{}", i * i).into_bytes()));
+    }
+    let stats = pool.stats().expect("stats");
+    assert!(stats.workers_started >= 20, "{stats:?}");
+    assert_eq!(stats.worker_deaths, 0, "{stats:?}");
+    pool.close();
+    pool.join().expect("join");
+    // --max-memory-per-child counts resident memory, not the address
+    // space the Go runtime reserves: a worker that keeps 32 MiB is
+    // replaced, one job each.
+    let dir = common::celery::unique_temp_dir("go-leak");
+    let stats_file = dir.join("stats.json");
+    let got = run_file(
+        &c_plugin_str("go-example"),
+        "{\"task\": \"leak\", \"args\": [32]}\n{\"task\": \"leak\", \"args\": [32]}\n",
+        &[
+            "-w",
+            "1",
+            "--max-memory-per-child",
+            "16MB",
+            "--stats-json",
+            stats_file.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|v| v["ok"] == 32), "{got:?}");
+    let stats: Value =
+        serde_json::from_slice(&std::fs::read(&stats_file).expect("stats")).expect("JSON");
+    assert_eq!(stats["recycled"], 2, "{stats}");
+    assert_eq!(stats["worker_deaths"], 0, "{stats}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn process_isolated_runs_and_the_strict_sandbox_run_go_tasks() {
+    let go = c_plugin("go-example");
+    let mut one = Process::raw(&go, "square", Codec::Json, b"[5]".to_vec());
+    assert_eq!(one.join(), Ok(b"25".to_vec()));
+    let mut crash = Process::raw(&go, "crash", Codec::Json, b"[]".to_vec());
+    assert_eq!(crash.join().map_err(|e| e.kind), Err(ErrorKind::WorkerLost));
+    let mut soft = Process::raw(&go, "wait_for_stop", Codec::Json, b"[]".to_vec())
+        .soft_time_limit(Duration::from_millis(100));
+    assert_eq!(
+        soft.join().map_err(|e| e.kind),
+        Err(ErrorKind::SoftTimeLimit)
+    );
+    let go = c_plugin_str("go-example");
+    let got = run_file(
+        &go,
+        "{\"task\": \"square\", \"args\": [2]}\n{\"task\": \"go_panic\", \"args\": []}\n{\"task\": \"sum_squares\", \"args\": [10]}\n",
+        &["--isolated", "-w", "2"],
+    );
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0]["ok"], 4, "{got:?}");
+    assert_eq!(error_kind(&got[1]), "worker_lost", "{got:?}");
+    assert_eq!(got[2]["ok"], 285, "{got:?}");
+    // The Go runtime's threads and memory under the strict sandbox's
+    // seccomp filter, PID namespace and read-only filesystem: forkserver
+    // and spawn alike.
+    for method in ["forkserver", "spawn"] {
+        let strict = ["--sandbox", "strict", "--start-method", method];
+        let v = run_one(&go, "sum_squares", "[1000]", &strict);
+        assert_eq!(v["ok"], 332_833_500, "{method}: {v}");
+        let v = run_one(&go, "crash", "[]", &strict);
+        assert_eq!(error_kind(&v), "worker_lost", "{method}: {v}");
+    }
+}
+
+#[test]
+fn the_celery_worker_runs_go_tasks_for_a_python_client() {
+    let Some((redis, _py)) =
+        common::celery::celery_or_skip("the_celery_worker_runs_go_tasks_for_a_python_client")
+    else {
+        return;
+    };
+    let url = redis.url();
+    let _w = common::celery::spawn_worker([
+        "worker".to_string(),
+        c_plugin_str("go-example"),
+        "--broker".to_string(),
+        url.clone(),
+        "-c".to_string(),
+        "2".to_string(),
+    ]);
+    let script = format!(
+        r#"{app}
+def call(name, args=()):
+    r = app.send_task(name, args=list(args))
+    try:
+        return {{"ok": r.get(timeout=60)}}
+    except Exception as e:
+        return {{"type": type(e).__name__, "msg": str(e), "state": r.state}}
+print(json.dumps([call("go_example.square", [7]), call("go_example.divide", [1, 0]),
+                  call("go_example.sum_squares", [10])]))
+"#,
+        app = common::celery::py_app(&url)
+    );
+    let got = common::celery::python_json(&script, &[]);
+    assert_eq!(got[0], json!({"ok": 49}), "{got}");
+    assert_eq!(got[1]["state"], "FAILURE", "{got}");
+    assert!(
+        got[1]["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("division by zero"),
+        "{got}"
+    );
+    assert_eq!(got[2], json!({"ok": 285}), "{got}");
 }

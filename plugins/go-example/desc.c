@@ -26,6 +26,8 @@ static const billiard_task tasks[] = {
      0, "null", NULL},
     {"go_panic", "Panics (an unrecovered Go panic: the worker exits).", NULL, 0, 0, "null",
      NULL},
+    {"leak", "Allocates n MiB and keeps it (what --max-memory-per-child recycles).", n_arg, 1,
+     0, "int", NULL},
 };
 
 const billiard_plugin_desc billiard_plugin = {

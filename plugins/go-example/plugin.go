@@ -49,7 +49,11 @@ const (
 	taskHang
 	taskCrash
 	taskPanic
+	taskLeak
 )
+
+// What `leak` keeps: memory the worker never gets back.
+var leaked [][]byte
 
 // A call's writer: the host's callback and its token.
 type writer struct {
@@ -157,6 +161,18 @@ func billiard_go_call(task C.uint32_t, args *C.uint8_t, argsLen C.size_t, ctx *C
 		*nowhere = 1
 	case taskPanic:
 		panic(fmt.Sprintf("go_panic was called with %d bytes of arguments", len(in)))
+	case taskLeak:
+		v, ok := ints(in, 1)
+		if !ok || v[0] < 0 || v[0] > 4096 {
+			w.text("leak takes one integer 0 <= n <= 4096 (MiB), as [n]")
+			return C.BILLIARD_BAD_ARGS
+		}
+		b := make([]byte, v[0]<<20)
+		for i := range b {
+			b[i] = 1
+		}
+		leaked = append(leaked, b)
+		w.text(strconv.FormatInt(v[0], 10))
 	default:
 		w.text("no such task")
 		return C.BILLIARD_UNKNOWN_TASK

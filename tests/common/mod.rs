@@ -91,6 +91,10 @@ pub const PLUGINS: &[(&str, &str, &str)] = &[
 pub const C_PLUGINS: &[(&str, &str, &str)] = &[
     ("c-example", "plugins/c-example", "libc_example.so"),
     ("cpp-example", "plugins/cpp-example", "libcpp_example.so"),
+    // Go (cgo, -buildmode=c-shared): its build cache and module path are
+    // kept in the c-plugins directory (a machine without a home cache
+    // builds it too, offline: the standard library only).
+    ("go-example", "plugins/go-example", "libgo_example.so"),
 ];
 
 /// The variants of `tests/fixtures/c-abi/hostile.c` (see its head): `c-X`
@@ -133,9 +137,11 @@ pub fn c_plugin(name: &str) -> PathBuf {
         cmd.arg("-s")
             .arg("-C")
             .arg(workspace_root().join(dir))
-            .arg(format!("OUT={}", out.display()));
+            .arg(format!("OUT={}", out.display()))
+            .env("GOCACHE", out.join("go-cache"))
+            .env("GOPATH", out.join("go-path"));
         let done = cmd.output().unwrap_or_else(|e| {
-            panic!("cannot run make ({cmd:?}): {e}; the C plugin tests need make and cc")
+            panic!("cannot run make ({cmd:?}): {e}; the C plugin tests need make and cc (and go for the Go example)")
         });
         assert!(
             done.status.success(),
