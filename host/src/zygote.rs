@@ -3,6 +3,12 @@
 //! plugins already mapped. It reaps its workers and reports how they ended
 //! (exit status and rusage), since only a parent can.
 //!
+//! It stays single-threaded: a plugin that leaves threads running after
+//! it loads (a Go `c-shared` library) makes an exec'd zygote re-execute
+//! itself ([`reexec`]: exec ends the threads) and leave that plugin to each
+//! worker, which loads it after its fork ([`PerWorker`]); a zygote forked
+//! from the host (the `fork` start method) refuses it.
+//!
 //! It talks to the supervisor over a SOCK_SEQPACKET control socket (see
 //! `ipc`). When that socket closes — the pool or the whole host went away —
 //! or its parent-death signal (a real-time signal, never SIGTERM) arrives,

@@ -30,7 +30,9 @@
  * goes with `billiard_emit(ctx, json, len)`.
  *
  * A task that crashes (a segfault, abort()) costs one worker process: its
- * job ends as `worker_lost`, every other job and the pool go on. Tasks may
+ * job ends as `worker_lost`, every other job and the pool go on. A plugin
+ * that starts threads when loaded (a Go c-shared library: see
+ * plugins/go-example) is loaded by each worker after it starts. Tasks may
  * be run from several worker processes at once, one call at a time per
  * process; the host may also call from several threads of one process
  * (in-process harnesses), so keep tasks free of unguarded global state.
