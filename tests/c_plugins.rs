@@ -826,6 +826,11 @@ fn a_pool_holds_rust_c_and_go_plugins_and_a_crash_in_one_spares_the_others() {
         assert_eq!(json("c_example", "add", b"[2, 3]"), Ok(b"5".to_vec()));
         assert_eq!(pool.apply::<_, u64>("math", "square", (7u64,)), Ok(49));
     }
+    // A rolling restart loads the files in a new zygote, which leaves the
+    // Go plugin to its workers again.
+    pool.restart().expect("reload");
+    assert_eq!(json("go_example", "square", b"[8]"), Ok(b"64".to_vec()));
+    assert_eq!(json("c_example", "square", b"[8]"), Ok(b"64".to_vec()));
     pool.close();
     pool.join().expect("join");
 }
