@@ -965,3 +965,43 @@ print(json.dumps([call("go_example.square", [7]), call("go_example.divide", [1, 
     );
     assert_eq!(got[2], json!({"ok": 285}), "{got}");
 }
+
+#[test]
+fn a_per_worker_plugin_replaced_by_another_is_refused_by_the_next_worker_naming_both() {
+    // Each worker loads a thread-starting plugin from its file: one
+    // renamed over it since the pool loaded it, with other tasks, must not
+    // be run under the old task list.
+    let dir = common::celery::unique_temp_dir("go-replaced");
+    let path = dir.join("libthreads.so");
+    std::fs::copy(c_plugin("c-thread-ctor"), &path).expect("copy");
+    let pool = Pool::builder()
+        .plugin(&path)
+        .workers(1)
+        .max_tasks_per_child(2)
+        .restart_limit(1, Duration::from_secs(60))
+        .build()
+        .expect("pool");
+    let echo = pool.task_ref("hostile_c", "echo").expect("echo");
+    let run = |args: &[u8]| {
+        pool.apply_raw(echo, Codec::Json, args.to_vec(), Default::default())
+            .expect("submit")
+            .get()
+    };
+    assert_eq!(run(b"[1]"), Ok(b"[1]".to_vec()));
+    let next = dir.join("libthreads.so.new");
+    std::fs::copy(c_plugin("go-example"), &next).expect("copy");
+    std::fs::rename(&next, &path).expect("rename");
+    // The worker that loaded the old file serves its second job, then
+    // retires; its replacement finds go_example where hostile_c was.
+    assert_eq!(run(b"[2]"), Ok(b"[2]".to_vec()));
+    let e = run(b"[3]").expect_err("no worker can start");
+    assert!(
+        e.message
+            .contains("it is not the plugin the pool loaded at start")
+            && e.message.contains("hostile_c 0.0.1")
+            && e.message.contains("go_example 0.1.0"),
+        "{e}"
+    );
+    let _ = pool.terminate();
+    let _ = std::fs::remove_dir_all(dir);
+}
