@@ -718,11 +718,7 @@ fn set_disposition(sig: i32, handler: libc::sighandler_t) -> io::Result<()> {
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
         act.sa_sigaction = handler;
-        // SA_ONSTACK: a thread of a Go runtime (a Go plugin's) may take
-        // the signal on a small goroutine stack; it has a signal stack
-        // for that (`sigaltstack`), which the flag makes the handler use.
-        // Without one (every other thread) it changes nothing.
-        act.sa_flags = libc::SA_RESTART | libc::SA_ONSTACK;
+        act.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut act.sa_mask);
         cvt(libc::sigaction(sig, &act, std::ptr::null_mut()))?;
     }
@@ -791,6 +787,27 @@ pub fn restore_worker_signals() -> io::Result<()> {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         let r = libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
+/// Blocks every signal in the calling thread (a synchronous fault is
+/// still delivered). A worker loads its per-worker plugins so: the threads
+/// a plugin starts inherit the mask (a Go runtime keeps it on its own
+/// threads, unblocking only the signals it needs itself: its faults and
+/// its preemption signal), so the signals sent to the worker (the stop
+/// signal, SIGTERM, SIGHUP, the orphan signal) always reach its main
+/// thread, never a handler of ours on a goroutine's small stack.
+/// [`restore_worker_signals`] unblocks them on the main thread again.
+pub fn block_all_signals() -> io::Result<()> {
+    // SAFETY: a full set built by sigfillset; the old mask is not asked for.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let r = libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         if r != 0 {
             return Err(io::Error::from_raw_os_error(r));
         }

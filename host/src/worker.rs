@@ -127,9 +127,19 @@ pub(crate) fn run(
         sys::exit_now(exit_code::SETUP);
     }
     if !late.plugins.is_empty() {
+        // With every signal blocked: the plugin's threads keep them blocked
+        // (see `sys::block_all_signals`); the main thread unblocks them.
+        if let Err(e) = sys::block_all_signals() {
+            eprintln!("billiard worker: setup failed: {e}");
+            sys::exit_now(exit_code::SETUP);
+        }
         if let Err(e) = crate::zygote::load_per_worker(&mut plugins, &late.paths, &late.plugins) {
             eprintln!("billiard worker: {e}");
             sys::exit_now(exit_code::PLUGIN_LOAD);
+        }
+        if let Err(e) = sys::restore_worker_signals() {
+            eprintln!("billiard worker: setup failed: {e}");
+            sys::exit_now(exit_code::SETUP);
         }
     }
     let mut w = Worker {
