@@ -694,7 +694,8 @@ fn the_go_example_inspects_as_a_c_plugin_with_its_tasks() {
             "hang",
             "crash",
             "go_panic",
-            "leak"
+            "leak",
+            "nap"
         ],
         "{info}"
     );
@@ -1003,5 +1004,49 @@ fn a_per_worker_plugin_replaced_by_another_is_refused_by_the_next_worker_naming_
         "{e}"
     );
     let _ = pool.terminate();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn operator_signals_to_go_workers_change_nothing() {
+    // SIGUSR1 (the stop signal, with no stop asked), SIGTERM, SIGHUP... sent
+    // to the zygote and to workers running the Go runtime: the Go runtime's
+    // threads keep them blocked, the worker's main thread rides them out.
+    use common::run::{finish, helpers_of, signal, start};
+    use nix::sys::signal::Signal;
+    use std::io::BufRead;
+    let dir = common::celery::unique_temp_dir("go-signals");
+    let file = dir.join("in.jsonl");
+    std::fs::write(&file, "{\"task\": \"nap\", \"args\": [200]}\n".repeat(10)).expect("input");
+    let go = c_plugin_str("go-example");
+    let mut child = start(&[&go, "-i", file.to_str().expect("utf-8"), "-w", "2"]);
+    let host = child.id() as i32;
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("first line");
+    assert!(first.contains("\"ok\""), "{first}");
+    let mut helpers = Vec::new();
+    let found = common::eventually(Duration::from_secs(10), || {
+        let (z, w) = helpers_of(host);
+        helpers = z.iter().chain(&w).copied().collect();
+        z.len() == 1 && w.len() == 2
+    });
+    assert!(found, "no zygote with two workers: {helpers:?}");
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
+        for &p in &helpers {
+            signal(p, sig);
+        }
+    }
+    let (rs, err, code) = finish(child, out, first);
+    assert_eq!(code, 0, "{rs:?}\n{err}");
+    assert_eq!(rs.len(), 10, "{rs:?}");
+    assert!(rs.iter().all(|r| r["ok"] == 200), "{rs:?}\n{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

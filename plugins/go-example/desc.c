@@ -9,6 +9,7 @@
 static const billiard_arg x_arg[] = {{"x", "int"}};
 static const billiard_arg ab_args[] = {{"a", "int"}, {"b", "int"}};
 static const billiard_arg n_arg[] = {{"n", "int"}};
+static const billiard_arg ms_arg[] = {{"ms", "int"}};
 
 /* The order is the task indexes plugin.go switches on. */
 static const billiard_task tasks[] = {
@@ -28,6 +29,8 @@ static const billiard_task tasks[] = {
      NULL},
     {"leak", "Allocates n MiB and keeps it (what --max-memory-per-child recycles).", n_arg, 1,
      0, "int", NULL},
+    {"nap", "Sleeps ms milliseconds (on a goroutine timer), then returns ms.", ms_arg, 1, 0,
+     "int", NULL},
 };
 
 const billiard_plugin_desc billiard_plugin = {

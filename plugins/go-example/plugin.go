@@ -50,6 +50,7 @@ const (
 	taskCrash
 	taskPanic
 	taskLeak
+	taskNap
 )
 
 // What `leak` keeps: memory the worker never gets back.
@@ -172,6 +173,14 @@ func billiard_go_call(task C.uint32_t, args *C.uint8_t, argsLen C.size_t, ctx *C
 			b[i] = 1
 		}
 		leaked = append(leaked, b)
+		w.text(strconv.FormatInt(v[0], 10))
+	case taskNap:
+		v, ok := ints(in, 1)
+		if !ok || v[0] < 0 || v[0] > 3600000 {
+			w.text("nap takes one integer 0 <= ms <= 3600000, as [ms]")
+			return C.BILLIARD_BAD_ARGS
+		}
+		<-time.After(time.Duration(v[0]) * time.Millisecond)
 		w.text(strconv.FormatInt(v[0], 10))
 	default:
 		w.text("no such task")
