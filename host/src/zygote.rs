@@ -55,7 +55,7 @@ pub(crate) struct PerWorker {
     /// Its place in the pool's plugin list.
     pub index: usize,
     /// What the zygote's own load of it found: each worker's load must
-    /// find the same (a file rebuilt in place since would give the pool's
+    /// find the same (a file replaced since would give the pool's
     /// jobs another plugin than the one their names were resolved in).
     /// `None` in a spawned worker (it has no copy; it loads every file
     /// afresh, as for every plugin).
@@ -132,7 +132,7 @@ fn load_but(paths: &[PathBuf], late: &[PerWorker]) -> Result<Vec<Plugin>, Plugin
 /// In a worker, after its signal setup and before READY: loads the
 /// plugins of `late` and puts each at its place among `plugins` (the ones
 /// it was forked or exec'd with). A plugin that is not what the zygote
-/// found (its file was rebuilt in place since) is refused, naming both.
+/// found (its file was replaced since) is refused, naming both.
 pub(crate) fn load_per_worker(
     plugins: &mut Vec<Plugin>,
     paths: &[PathBuf],
@@ -149,7 +149,7 @@ pub(crate) fn load_per_worker(
             if plugin.info() != want {
                 return Err(format!(
                     "cannot load plugin {}: it is not the plugin the pool loaded at start \
-                     ({} {} with {} task(s)) but {} {} with {} task(s): was the file rebuilt in place? \
+                     ({} {} with {} task(s)) but {} {} with {} task(s): was the file replaced? \
                      Reload the pool (SIGHUP) to load the new one",
                     path.display(),
                     want.name,
@@ -295,9 +295,18 @@ fn run_as(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox, ori
                     index,
                     expect: Some(*info),
                 });
-                reexec(&ctl, &paths, &birth, &sandbox, &per_worker)
+                reexec(&ctl, &paths, &birth, &sandbox, &per_worker);
+                // Still here: the exec failed (its output says why).
+                Err(PluginLoadError {
+                    path,
+                    reason: format!(
+                        "it started {threads} thread(s) while loading, and the zygote could not \
+                         re-execute itself to leave it to each worker (see its output)"
+                    ),
+                })
+            } else {
+                Err(threads_refusal(&path, threads))
             }
-            Err(threads_refusal(&path, threads))
         }
         Err(e) => Err(e),
     };
