@@ -314,7 +314,7 @@ fn run_as(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox, ori
         pid: sys::getpid(),
         plugins: loaded
             .as_ref()
-            .map(|(held, late)| plugin_list(held, late))
+            .map(|(held, late)| plugin_list(held.iter().map(Plugin::info), late))
             .map_err(Clone::clone),
     };
     if let Err(e) = send_hello(&ctl, &hello) {
@@ -377,8 +377,11 @@ fn run_as(ctl: OwnedFd, paths: Vec<PathBuf>, birth: Birth, sandbox: Sandbox, ori
 
 /// The plugin list of the hello: the zygote's plugins with the
 /// per-worker ones at their places.
-fn plugin_list(held: &[Plugin], late: &[PerWorker]) -> Vec<PluginInfo> {
-    let mut list: Vec<PluginInfo> = held.iter().map(|p| p.info().clone()).collect();
+fn plugin_list<'a>(
+    held: impl IntoIterator<Item = &'a PluginInfo>,
+    late: &[PerWorker],
+) -> Vec<PluginInfo> {
+    let mut list: Vec<PluginInfo> = held.into_iter().cloned().collect();
     let mut late: Vec<&PerWorker> = late.iter().collect();
     late.sort_by_key(|p| p.index);
     for p in late {
@@ -874,7 +877,7 @@ fn helper_worker(args: Vec<OsString>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::TaskSpec;
+    use crate::plugin::{PluginInfo, TaskSpec};
 
     /// A plugin list of `plugins` plugins of `tasks` tasks with `doc`-long
     /// docs.
@@ -923,6 +926,46 @@ mod tests {
         let sent = sender.join().unwrap().unwrap();
         assert_eq!(format!("{sent:?}"), format!("{got:?}"));
         got
+    }
+
+    #[test]
+    fn per_worker_plugins_take_their_places_in_the_hello() {
+        let info = |name: &str| PluginInfo {
+            path: format!("/plugins/{name}.so").into(),
+            name: name.into(),
+            version: "1".into(),
+            kind: Default::default(),
+            abi_version: 1,
+            api_version: "1".into(),
+            tasks: Vec::new(),
+            metadata: None,
+        };
+        let held = [info("a"), info("c")];
+        // Found in any order (one per re-execution), put back by index.
+        let late = [
+            PerWorker {
+                index: 3,
+                expect: Some(info("d")),
+            },
+            PerWorker {
+                index: 1,
+                expect: Some(info("b")),
+            },
+        ];
+        let names: Vec<String> = plugin_list(&held, &late)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        let late = [PerWorker {
+            index: 0,
+            expect: Some(info("first")),
+        }];
+        let names: Vec<String> = plugin_list(&held, &late)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["first", "a", "c"]);
     }
 
     #[test]
