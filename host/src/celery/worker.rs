@@ -5,7 +5,11 @@
 //!   many as idle slots × prefetch multiplier), decodes them, holds eta
 //!   messages (reserved and heartbeated, without a worker), submits jobs;
 //! - the *finisher* stores results, sends follow-ups (chain, link,
-//!   link_error) and acks, in batches, retrying with backoff what may pass
+//!   link_error) and acks, in batches (with results on the broker, the
+//!   same script call reserves the next messages for the slots of the
+//!   batch's successes and hands them to the consumer: one call per task
+//!   at prefetch x1, never more reserved than slots × prefetch), retrying
+//!   with backoff what may pass
 //!   (Redis away, out of memory: running jobs keep running meanwhile) and
 //!   finishing with less, never retrying for ever, what Redis refuses for
 //!   good (`store`);
@@ -2322,8 +2326,22 @@ fn finisher(
         // pool, their results are waited for a moment, so one script call
         // stores several (issue 26). An idle pool's one result goes at once.
         // (One sleep, not a wait per result: the thread wakes once a batch.)
+        // A batch whose slots wait for the finish call to reserve their next
+        // messages ([`Slots::merge`]) waits only until the pool is idle: a
+        // wake-up per result, but no slot idles for the whole moment.
         if batch.len() < BATCH && shared.slots.busy.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(FINISH_LINGER);
+            if batch.iter().any(|f| f.credit) {
+                let until = bounds::saturating_deadline(Instant::now(), FINISH_LINGER);
+                while batch.len() < BATCH && shared.slots.busy.load(Ordering::Acquire) > 0 {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
+                }
+            } else {
+                std::thread::sleep(FINISH_LINGER);
+            }
             while batch.len() < BATCH {
                 match rx.try_recv() {
                     Ok(f) => batch.push(f),

@@ -19,7 +19,10 @@
 //!   tag, so a duplicated envelope is two reservations and a late finish
 //!   never acks someone else's reservation of the same message;
 //! - **finish** is one Lua script (`lua/finish.lua`): result + PUBLISH +
-//!   follow-up messages + ack at once when the backend is the broker;
+//!   follow-up messages + ack at once when the backend is the broker; the
+//!   worker's finisher runs it with the reserve for the slots it frees in
+//!   one script call (`lua/finish_reserve.lua`,
+//!   [`RedisBroker::finish_reserve`]);
 //! - a lost connection is re-opened with backoff by every [`Link`].
 //!
 //! Waiting for work: Lua cannot block, so an idle consumer blocks on
