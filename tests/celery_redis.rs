@@ -964,3 +964,156 @@ fn a_result_key_of_another_type_is_overwritten_not_fatal() {
         hlen_unacked(&redis) == 0
     });
 }
+
+/// A kombu envelope (as Celery's `send_task` writes it) of task `id`.
+fn kombu_envelope(id: &str) -> String {
+    json!({
+        "body": "W1sxLCAyXSwge30sIHt9XQ==",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": "math.add", "id": id, "root_id": id},
+        "properties": {
+            "correlation_id": id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "celery"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": "t"
+        }
+    })
+    .to_string()
+}
+
+#[test]
+fn k26_finish_reserve_acks_stores_then_reserves_in_one_call() {
+    use billiard_host::celery::transport::redis::{Finish, Finished, Held, RedisBroker, RunMarks};
+    let Some(redis) =
+        celery::redis_or_skip("k26_finish_reserve_acks_stores_then_reserves_in_one_call")
+    else {
+        return;
+    };
+    for id in ["a", "b", "c"] {
+        redis.cmd(&["LPUSH", "celery", &kombu_envelope(id)]);
+    }
+    let lease = Duration::from_secs(60);
+    let mut b = RedisBroker::new(&redis.url(), vec!["celery".into()]).unwrap();
+    let first = b.reserve(1, lease, &RunMarks::default()).unwrap();
+    assert_eq!(first.len(), 1);
+    let meta = r#"{"status": "SUCCESS", "result": 3, "task_id": "a"}"#;
+    let fin = |tag: &str, id: &str| Finish {
+        tag: tag.to_string(),
+        result: Some((format!("celery-task-meta-{id}"), meta.to_string())),
+        send: Vec::new(),
+    };
+    let marks = RunMarks {
+        count: 2,
+        ttl_s: 100,
+        who: "me, running it since now",
+    };
+    let (done, got) = b
+        .finish_reserve(&[fin(&first[0].tag, "a")], 3600, false, 2, lease, &marks)
+        .unwrap();
+    let held = Finished {
+        stored: true,
+        held: Held::Held,
+        unsent: 0,
+    };
+    assert_eq!(done, vec![held]);
+    assert_eq!(redis.cmd(&["GET", "celery-task-meta-a"]).text(), meta);
+    assert!(redis.cmd(&["TTL", "celery-task-meta-a"]).int() > 0);
+    let got = got.unwrap();
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.raw).unwrap()["headers"]["id"].to_string())
+        .collect();
+    assert_eq!(ids, ["\"b\"", "\"c\""], "the oldest first");
+    assert!(got.iter().all(|r| r.marked && r.queue == "celery"));
+    // Acked: the first reservation's records are gone; the new ones are
+    // kombu's `[envelope, exchange, routing_key]`, with a lease and a mark.
+    assert_eq!(hlen_unacked(&redis), 2);
+    assert_eq!(zcard_index(&redis), 2);
+    assert_eq!(redis.cmd(&["ZCARD", "billiard-host:leases"]).int(), 2);
+    for (r, id) in got.iter().zip(["b", "c"]) {
+        let entry: Value =
+            serde_json::from_str(&redis.cmd(&["HGET", "unacked", &r.tag]).text()).unwrap();
+        let raw: Value = serde_json::from_slice(&r.raw).unwrap();
+        assert_eq!(entry, json!([raw, "", "celery"]));
+        assert_eq!(
+            redis.cmd(&["HGET", "billiard-host:running", &r.tag]).text(),
+            format!("100\n{id}\nme, running it since now")
+        );
+    }
+    assert_eq!(llen(&redis, "celery"), 0);
+    // Nothing left to reserve: the finish alone.
+    let (done, more) = b
+        .finish_reserve(&[fin(&got[0].tag, "b")], 3600, false, 1, lease, &marks)
+        .unwrap();
+    assert_eq!(done, vec![held]);
+    assert_eq!(more.unwrap(), Vec::new());
+    assert_eq!(
+        redis
+            .cmd(&["HEXISTS", "billiard-host:running", &got[0].tag])
+            .int(),
+        0
+    );
+    // A queue key Redis refuses to pop: the finish is done all the same,
+    // the reserve's refusal comes apart.
+    redis.cmd(&["SET", "celery", "not a list"]);
+    let (done, refused) = b
+        .finish_reserve(&[fin(&got[1].tag, "c")], 3600, false, 1, lease, &marks)
+        .unwrap();
+    assert_eq!(done, vec![held]);
+    let e = refused.unwrap_err().to_string();
+    assert!(e.contains("WRONGTYPE"), "{e}");
+    assert_eq!(hlen_unacked(&redis), 0);
+    assert_eq!(zcard_index(&redis), 0);
+    assert_eq!(redis.cmd(&["ZCARD", "billiard-host:leases"]).int(), 0);
+}
+
+#[test]
+fn k26_prefetch_x1_never_holds_more_messages_than_slots_while_a_long_task_runs() {
+    let Some((redis, _py)) = celery::celery_or_skip(
+        "k26_prefetch_x1_never_holds_more_messages_than_slots_while_a_long_task_runs",
+    ) else {
+        return;
+    };
+    let url = redis.url();
+    let mut w = worker(&url, &["-c", "2"]);
+    let long = send(&url, "hostile.nap", json!([600000]));
+    wait_until("the long task to be reserved", DEADLINE, || {
+        hlen_unacked(&redis) == 1
+    });
+    // 40 short tasks through the other slot (each finish call reserves
+    // the next for it), then three long ones, which must wait in the list.
+    let ids = py(
+        &url,
+        "ids = [app.send_task('math.add', args=[i, 1]).id for i in range(40)]\n\
+         ids += [app.send_task('hostile.nap', args=[600000]).id for i in range(3)]\n\
+         print(json.dumps(ids))",
+    );
+    let ids: Vec<String> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let mut most = 0;
+    wait_until("the short tasks' results", DEADLINE, || {
+        most = most.max(hlen_unacked(&redis));
+        ids[..40].iter().all(|id| redis.task_meta(id).is_some())
+    });
+    wait_until("two long tasks held, two queued", DEADLINE, || {
+        most = most.max(hlen_unacked(&redis));
+        hlen_unacked(&redis) == 2 && llen(&redis, "celery") == 2
+    });
+    assert!(most <= 2, "{most} messages reserved by two slots at x1");
+    for (i, id) in ids[..40].iter().enumerate() {
+        assert_eq!(redis.task_meta(id).unwrap()["result"], json!(i + 1));
+    }
+    assert!(redis.task_meta(&long).is_none());
+    w.signal(Signal::SIGQUIT);
+    w.wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the worker did not exit:\n{}", w.stderr()));
+    assert_eq!(llen(&redis, "celery"), 4, "every long one is back");
+    assert_eq!(hlen_unacked(&redis), 0);
+}

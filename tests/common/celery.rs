@@ -840,6 +840,8 @@ pub struct Worker {
     child: Option<Child>,
     pid: i32,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr: finished once the pipe closed.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How long a condition may take before a Celery test fails.
@@ -902,10 +904,11 @@ pub fn spawn_until(mut cmd: Command, marker: &str, limit: Duration) -> Worker {
     let pipe = child.stderr.take().expect("stderr is piped");
     let stderr = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let reader;
     {
         let stderr = Arc::clone(&stderr);
         let marker = marker.to_string();
-        std::thread::spawn(move || {
+        reader = Some(std::thread::spawn(move || {
             let mut reader = BufReader::new(pipe);
             let mut line = Vec::new();
             let mut seen = false;
@@ -925,12 +928,13 @@ pub fn spawn_until(mut cmd: Command, marker: &str, limit: Duration) -> Worker {
                 }
             }
             // Dropping tx tells a waiting spawn_until that stderr closed.
-        });
+        }));
     }
     let mut worker = Worker {
         child: Some(child),
         pid,
         stderr,
+        reader,
     };
     match rx.recv_timeout(limit) {
         Ok(()) => worker,
@@ -978,6 +982,15 @@ impl Worker {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
+                // Its last lines (the shutdown summary) are read before
+                // stderr() is asked: until the pipe closes, for 5 s at most
+                // (a process it left behind may hold the pipe open).
+                let read_by = deadline.min(Instant::now() + Duration::from_secs(5));
+                if let Some(r) = &self.reader {
+                    while !r.is_finished() && Instant::now() < read_by {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {

@@ -15,7 +15,9 @@
 use std::time::Duration;
 
 use super::protocol::{result_key, ResultMeta};
-use super::transport::redis::{finish, ttl_secs, BrokerError, Finish, Finished, Held, Link};
+use super::transport::redis::{
+    finish, ttl_secs, BrokerError, Finish, FinishReserved, Finished, Held, Link, RunMarks,
+};
 use super::transport::{Reply, Transport};
 
 /// Celery's default `result_expires`: one day.
@@ -98,6 +100,31 @@ impl ResultBackend {
         self.ttl_s
     }
 
+    /// True when results go to the broker's Redis, in the script call
+    /// that acks ([`ResultBackend::complete_reserve`] can reserve in it).
+    pub fn is_broker(&self) -> bool {
+        matches!(self.store, Store::Broker)
+    }
+
+    /// [`ResultBackend::complete`], and, where results go to the broker
+    /// ([`ResultBackend::is_broker`]), a reserve of up to `max` messages
+    /// in the same script call ([`Transport::finish_reserve`]); anywhere
+    /// else nothing is reserved.
+    pub fn complete_reserve(
+        &mut self,
+        broker: &mut dyn Transport,
+        batch: &[Completion],
+        repeated: bool,
+        max: usize,
+        lease: Duration,
+        mark: &RunMarks<'_>,
+    ) -> Result<FinishReserved, BrokerError> {
+        if !self.is_broker() || max == 0 {
+            return Ok((self.complete(broker, batch, repeated)?, Ok(Vec::new())));
+        }
+        broker.finish_reserve(&finishes(batch), self.ttl_s, repeated, max, lease, mark)
+    }
+
     /// Stores the results of `batch`, sends the follow-ups and acks, in one
     /// round trip per server. All or nothing per message; on an error the
     /// whole batch may be retried (storing twice is harmless, a second ack
@@ -117,17 +144,7 @@ impl ResultBackend {
         };
         match &mut self.store {
             Store::Rpc => complete_rpc(broker, batch, self.ttl_s, repeated),
-            Store::Broker => {
-                let fin: Vec<Finish> = batch
-                    .iter()
-                    .map(|c| Finish {
-                        tag: c.tag.clone(),
-                        result: meta(c),
-                        send: c.send.clone(),
-                    })
-                    .collect();
-                broker.finish(&fin, self.ttl_s, repeated)
-            }
+            Store::Broker => broker.finish(&finishes(batch), self.ttl_s, repeated),
             Store::Redis(backend) => {
                 let store: Vec<Finish> = batch
                     .iter()
@@ -169,6 +186,21 @@ impl ResultBackend {
             }
         }
     }
+}
+
+/// `batch` as the broker's script finishes it: result, follow-ups, ack.
+fn finishes(batch: &[Completion]) -> Vec<Finish> {
+    batch
+        .iter()
+        .map(|c| Finish {
+            tag: c.tag.clone(),
+            result: c
+                .meta
+                .as_ref()
+                .map(|m| (result_key(&c.task_id), m.to_json())),
+            send: c.send.clone(),
+        })
+        .collect()
 }
 
 /// The broker's part of `batch`: follow-ups and acks, no results.

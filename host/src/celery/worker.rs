@@ -5,7 +5,11 @@
 //!   many as idle slots × prefetch multiplier), decodes them, holds eta
 //!   messages (reserved and heartbeated, without a worker), submits jobs;
 //! - the *finisher* stores results, sends follow-ups (chain, link,
-//!   link_error) and acks, in batches, retrying with backoff what may pass
+//!   link_error) and acks, in batches (with results on the broker, the
+//!   same script call reserves the next messages for the slots of the
+//!   batch's successes and hands them to the consumer: one call per task
+//!   at prefetch x1, never more reserved than slots × prefetch), retrying
+//!   with backoff what may pass
 //!   (Redis away, out of memory: running jobs keep running meanwhile) and
 //!   finishing with less, never retrying for ever, what Redis refuses for
 //!   good (`store`);
@@ -312,7 +316,14 @@ struct Fin {
     unrun: bool,
     /// Its slot was counted free when the job ended ([`Slots`]).
     early: bool,
+    /// It succeeded and its slot is the finisher's to fill: the finish
+    /// call reserves the next message for it ([`Slots::merge`]).
+    credit: bool,
 }
+
+/// Slots the finisher gives back to the consumer (their messages
+/// acked) and the messages it reserved for them in the same call.
+type Freed = (usize, Vec<Reserved>);
 
 /// Sends a job's outcome to the finisher exactly once: when the pool runs
 /// the callback, or, if the pool drops it unrun (shutdown, a dead
@@ -342,6 +353,12 @@ struct Slots {
     busy: std::sync::atomic::AtomicUsize,
     /// Wakes the consumer (coalesced: capacity 1).
     wake: Sender<()>,
+    /// The finisher reserves for the slots of succeeded jobs in the script
+    /// call that finishes them (results on the broker's Redis: one call
+    /// per task at prefetch x1, issue 26): such a slot stays busy for the
+    /// consumer until the finisher hands it back with what it reserved
+    /// for it. Otherwise a success frees its slot when it ends.
+    merge: bool,
 }
 
 impl Slots {
@@ -362,7 +379,8 @@ impl Slots {
 impl Pending {
     fn done(mut self, res: Res) {
         if let Some(ctx) = self.ctx.take() {
-            let early = matches!(res, Res::Ok(_));
+            let ok = matches!(res, Res::Ok(_));
+            let early = ok && !self.slots.merge;
             self.slots.ended(early);
             let _ = self.tx.send(Fin {
                 ctx,
@@ -370,6 +388,7 @@ impl Pending {
                 slot: true,
                 unrun: false,
                 early,
+                credit: ok && self.slots.merge,
             });
         }
     }
@@ -388,6 +407,7 @@ impl Drop for Pending {
                 slot: true,
                 unrun: true,
                 early: false,
+                credit: false,
             });
         }
     }
@@ -416,6 +436,14 @@ struct Shared {
     marker: Option<Marker>,
     /// Slots whose job ended, not yet acked (see [`Slots`]).
     slots: Arc<Slots>,
+    /// The consumer's window is full and nothing waits in it (no ready
+    /// job, no held one past `max_eta_held`), and it is not stopping:
+    /// the finisher may reserve for the slots its successes free
+    /// ([`Slots::merge`]) without reserving past slots × prefetch.
+    lend: AtomicBool,
+    /// Queues the consumer switched to (`control add_consumer` /
+    /// `cancel_consumer`), for the finisher's reserves.
+    queues: Mutex<Option<Vec<String>>>,
 }
 
 impl Shared {
@@ -563,6 +591,12 @@ impl Worker {
             &queue_options(&opts, pool.config().workers),
         )?;
         let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        let backend = ResultBackend::new(
+            opts.backend_url.as_deref(),
+            &opts.broker_url,
+            opts.result_expires,
+        )?;
+        let merge = backend.is_broker() && broker.redis().is_some();
         let node = ops.as_ref().map_or_else(
             || super::control::node_name(None),
             |o| o.hostname().to_string(),
@@ -573,7 +607,10 @@ impl Worker {
                 done: std::sync::atomic::AtomicUsize::new(0),
                 busy: std::sync::atomic::AtomicUsize::new(0),
                 wake: wake_tx,
+                merge,
             }),
+            lend: AtomicBool::new(false),
+            queues: Mutex::new(None),
             live: Mutex::new(HashSet::new()),
             cold: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
@@ -669,12 +706,7 @@ impl Worker {
         ready(&info);
 
         let (fin_tx, fin_rx) = crossbeam_channel::unbounded::<Fin>();
-        let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<usize>();
-        let backend = ResultBackend::new(
-            opts.backend_url.as_deref(),
-            &opts.broker_url,
-            opts.result_expires,
-        )?;
+        let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<Freed>();
         let finisher = {
             let shared = shared.clone();
             let tp = broker.handle("broker")?;
@@ -683,9 +715,10 @@ impl Worker {
                 .map(|b| Link::new(b, "broker"))
                 .transpose()?;
             let chords = Chords::new(opts.chord.clone());
+            let lease = lease_of(opts.visibility_timeout);
             std::thread::Builder::new()
                 .name("celery-finisher".into())
-                .spawn(move || finisher(fin_rx, freed_tx, tp, link, backend, shared, chords))
+                .spawn(move || finisher(fin_rx, freed_tx, tp, link, backend, shared, chords, lease))
                 .map_err(|e| WorkerError::Config(format!("cannot start a thread: {e}")))?
         };
         let (keeper_stop, keeper_rx) = crossbeam_channel::bounded::<()>(0);
@@ -1085,7 +1118,7 @@ impl Consumer<'_> {
 
     /// Runs until a warm stop completed (false) or a cold stop was asked
     /// (true).
-    fn consume(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>) -> bool {
+    fn consume(&mut self, ctl: &Receiver<Control>, freed: &Receiver<Freed>) -> bool {
         loop {
             if let Err(e) = self.pool.check_alive() {
                 return self.pool_lost(freed, e.to_string());
@@ -1101,14 +1134,15 @@ impl Consumer<'_> {
             if self.cold_requested {
                 return self.cold_stop(freed);
             }
-            while let Ok(n) = freed.try_recv() {
-                self.running = self.running.saturating_sub(n);
+            while let Ok(f) = freed.try_recv() {
+                self.freed(f);
             }
             self.release_due();
             self.submit_ready();
             self.broker
                 .set_held(self.held_jobs.len().saturating_add(self.limiter.len()));
             if self.stopping {
+                self.shared.lend.store(false, Ordering::Release);
                 if self.running == 0 && self.ready.is_empty() {
                     return false;
                 }
@@ -1127,10 +1161,15 @@ impl Consumer<'_> {
                 .div_ceil(2)
                 .max(1);
             if room == 0 || (room < low && self.busy() + self.ready.len() >= self.workers) {
+                // The window is full: the finisher reserves for the slots
+                // its successes free, unless messages wait in the window.
+                let lend = self.ready.is_empty() && self.overheld() == 0;
+                self.shared.lend.store(lend, Ordering::Release);
                 let t = self.next_due().unwrap_or(ms(250)).min(ms(250));
                 self.wait_events(ctl, freed, t);
                 continue;
             }
+            self.shared.lend.store(false, Ordering::Release);
             if self.broker.is_down() && !self.broker.backoff_left().is_zero() {
                 let t = self.broker.backoff_left().min(ms(250));
                 self.wait_events(ctl, freed, t);
@@ -1202,6 +1241,42 @@ impl Consumer<'_> {
         }
     }
 
+    /// The finisher gave slots back (their messages acked), with the
+    /// messages it reserved for them in the finish call ([`Slots::merge`]):
+    /// taken as the consumer's own reserve's; returned to their queue at
+    /// once when the worker is stopping.
+    fn freed(&mut self, (n, got): Freed) {
+        self.running = self.running.saturating_sub(n);
+        if got.is_empty() {
+            return;
+        }
+        if !self.stopping {
+            for r in got {
+                self.take(r);
+            }
+            return;
+        }
+        let tags: Vec<String> = got
+            .into_iter()
+            .map(|r| r.tag)
+            .filter(|t| !t.is_empty())
+            .collect();
+        match self.broker.requeue(&tags) {
+            Ok(k) => {
+                self.shared
+                    .counts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .requeued += k as u64;
+            }
+            Err(e) => tracing::error!(
+                "cannot return {} message(s) reserved as the worker stopped ({e}); a sweeper \
+                 returns them once their lease lapses",
+                tags.len()
+            ),
+        }
+    }
+
     fn broker_down(&mut self, e: BrokerError) {
         if let BrokerError::Interrupted { .. } = e {
             // A signal (SIGTERM, SIGSTOP/SIGCONT), not a lost broker (C15).
@@ -1254,12 +1329,12 @@ impl Consumer<'_> {
             .map(|t| t.saturating_duration_since(Instant::now()))
     }
 
-    fn wait_events(&mut self, ctl: &Receiver<Control>, freed: &Receiver<usize>, t: Duration) {
+    fn wait_events(&mut self, ctl: &Receiver<Control>, freed: &Receiver<Freed>, t: Duration) {
         let ops_rx = self.ops_rx.clone();
         let wake = self.wake.clone();
         crossbeam_channel::select! {
             recv(ops_rx) -> c => if let Ok(c) = c { self.ops_cmd(c) },
-            recv(freed) -> n => if let Ok(n) = n { self.running = self.running.saturating_sub(n) },
+            recv(freed) -> f => if let Ok(f) = f { self.freed(f) },
             recv(wake) -> _ => {},
             recv(ctl) -> c => if let Ok(c) = c {
                 // A cold stop is carried out on the next turn of the loop.
@@ -1289,6 +1364,7 @@ impl Consumer<'_> {
                     at.get_or_insert_with(Instant::now);
                 }
                 self.stopping = true;
+                self.shared.lend.store(false, Ordering::Release);
                 false
             }
             Control::Cold => true,
@@ -1331,13 +1407,14 @@ impl Consumer<'_> {
 
     /// Kills the running jobs (their `terminated` outcomes are requeued by
     /// the finisher) and waits for them to be requeued.
-    fn cold_stop(&mut self, freed: &Receiver<usize>) -> bool {
+    fn cold_stop(&mut self, freed: &Receiver<Freed>) -> bool {
         tracing::warn!(
             "cold shutdown: killing {} running job(s); their messages go back to the queue",
             self.running
         );
         self.shared.cold.store(true, Ordering::Release);
         self.stopping = true;
+        self.shared.lend.store(false, Ordering::Release);
         self.pool.terminate_now();
         let deadline = crate::bounds::saturating_deadline(Instant::now(), Duration::from_secs(10));
         while self.running > 0 {
@@ -1346,8 +1423,8 @@ impl Consumer<'_> {
                 self.shared.abandon.store(true, Ordering::Release);
                 break;
             }
-            if let Ok(n) = freed.recv_timeout(left) {
-                self.running = self.running.saturating_sub(n);
+            if let Ok(f) = freed.recv_timeout(left) {
+                self.freed(f);
             }
         }
         true
@@ -1358,7 +1435,7 @@ impl Consumer<'_> {
     /// let the jobs it dropped come back as `unrun` (the finisher requeues
     /// their messages, held and ready ones are requeued on the way out).
     /// Returns true: the pool is terminated, not joined.
-    fn pool_lost(&mut self, freed: &Receiver<usize>, why: String) -> bool {
+    fn pool_lost(&mut self, freed: &Receiver<Freed>, why: String) -> bool {
         tracing::error!(
             "the pool stopped ({why}); no more messages are reserved, the {} job(s) it \
              held go back to the queue, and this worker exits with an error so its \
@@ -1372,6 +1449,7 @@ impl Consumer<'_> {
             }
         }
         self.stopping = true;
+        self.shared.lend.store(false, Ordering::Release);
         self.lost = Some(why);
         let deadline = crate::bounds::saturating_deadline(Instant::now(), Duration::from_secs(10));
         while self.running > 0 {
@@ -1385,8 +1463,8 @@ impl Consumer<'_> {
                 self.shared.abandon.store(true, Ordering::Release);
                 break;
             }
-            if let Ok(n) = freed.recv_timeout(left) {
-                self.running = self.running.saturating_sub(n);
+            if let Ok(f) = freed.recv_timeout(left) {
+                self.freed(f);
             }
         }
         true
@@ -1554,6 +1632,7 @@ impl Consumer<'_> {
             slot: false,
             unrun: false,
             early: false,
+            credit: false,
         });
     }
 
@@ -1600,6 +1679,7 @@ impl Consumer<'_> {
                     slot: false,
                     unrun: false,
                     early: false,
+                    credit: false,
                 });
             }
             Step::Discard(why) => {
@@ -2222,14 +2302,16 @@ fn canvas(
 
 /// The finisher thread: stores, sends follow-ups, acks; in batches; with
 /// retries while Redis is away. Ends when every sender is gone.
+#[allow(clippy::too_many_arguments)]
 fn finisher(
     rx: Receiver<Fin>,
-    freed: Sender<usize>,
+    freed: Sender<Freed>,
     mut tp: Box<dyn Transport>,
     mut link: Option<Link>,
     mut backend: ResultBackend,
     shared: Arc<Shared>,
     mut chords: Chords,
+    lease: Duration,
 ) {
     const BATCH: usize = 256;
     while let Ok(first) = rx.recv() {
@@ -2244,8 +2326,22 @@ fn finisher(
         // pool, their results are waited for a moment, so one script call
         // stores several (issue 26). An idle pool's one result goes at once.
         // (One sleep, not a wait per result: the thread wakes once a batch.)
+        // A batch whose slots wait for the finish call to reserve their next
+        // messages ([`Slots::merge`]) waits only until the pool is idle: a
+        // wake-up per result, but no slot idles for the whole moment.
         if batch.len() < BATCH && shared.slots.busy.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(FINISH_LINGER);
+            if batch.iter().any(|f| f.credit) {
+                let until = bounds::saturating_deadline(Instant::now(), FINISH_LINGER);
+                while batch.len() < BATCH && shared.slots.busy.load(Ordering::Acquire) > 0 {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
+                }
+            } else {
+                std::thread::sleep(FINISH_LINGER);
+            }
             while batch.len() < BATCH {
                 match rx.try_recv() {
                     Ok(f) => batch.push(f),
@@ -2298,7 +2394,37 @@ fn finisher(
         );
         // Counted once stored: a result Redis never took is no success (C8).
         let (mut ok, mut failed, mut unstored) = (0u64, 0u64, 0u64);
-        let done = store(&mut *tp, &mut backend, &shared, &comps, false);
+        // The slots of a batch of successes get their next messages from
+        // the finish call itself (issue 26): only when nothing else in
+        // the batch sends a message its death or requeue count must
+        // precede (a retry, a requeue, a rejection), and while the
+        // consumer's window is full with nothing waiting in it.
+        let credits = batch.iter().filter(|f| f.credit).count();
+        let lend = credits > 0
+            && requeue.is_empty()
+            && rejected.is_empty()
+            && ends.iter().all(|(e, _)| *e == End::Success)
+            && !cold
+            && !shared.abandon.load(Ordering::Acquire)
+            && shared.lend.load(Ordering::Acquire);
+        let (done, got) = if lend {
+            let queues = shared
+                .queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(q) = queues {
+                if let Err(e) = tp.set_queues(&q) {
+                    tracing::warn!("the finisher cannot switch queues: {e}");
+                }
+            }
+            store_reserve(&mut *tp, &mut backend, &shared, &comps, credits, lease)
+        } else {
+            (
+                store(&mut *tp, &mut backend, &shared, &comps, false),
+                Vec::new(),
+            )
+        };
         let mut tally = [0u64; 3];
         for ((success, d), (end, tidy)) in successes.into_iter().zip(done).zip(ends) {
             match d {
@@ -2361,8 +2487,56 @@ fn finisher(
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
                     Some(d.saturating_sub(early))
                 });
-            let _ = freed.send(slots);
+            let _ = freed.send((slots, got));
+        } else if !got.is_empty() {
+            let _ = freed.send((0, got));
         }
+    }
+}
+
+/// [`store`], with a reserve of up to `max` messages in the same script
+/// call for the slots the batch's successes freed ([`Slots::merge`]):
+/// the results and the messages reserved. A first call that fails goes
+/// on as [`store`] (nothing reserved: what a call whose reply was lost
+/// may have reserved comes back once its lease lapses, as for the
+/// consumer's own reserve).
+fn store_reserve(
+    tp: &mut dyn Transport,
+    backend: &mut ResultBackend,
+    shared: &Shared,
+    comps: &[Completion],
+    max: usize,
+    lease: Duration,
+) -> (Vec<Option<Finished>>, Vec<Reserved>) {
+    let who = shared
+        .marker
+        .as_ref()
+        .map(|_| Marker::who(&shared.rules))
+        .unwrap_or_default();
+    let marks = broker::RunMarks {
+        count: if shared.marker.is_some() { max } else { 0 },
+        ttl_s: shared.rules.ttl_s,
+        who: &who,
+    };
+    let t0 = Instant::now();
+    match backend.complete_reserve(tp, comps, false, max, lease, &marks) {
+        Ok((res, got)) => {
+            if let Some(o) = &shared.ops {
+                o.ack_latency(t0.elapsed());
+            }
+            for (c, r) in comps.iter().zip(&res) {
+                report_finish(c, r);
+            }
+            let got = got.unwrap_or_else(|e| {
+                tracing::warn!("cannot reserve with the finish call ({e}); the consumer reserves");
+                Vec::new()
+            });
+            (res.into_iter().map(Some).collect(), got)
+        }
+        Err(e) => (
+            store(tp, backend, shared, comps, e.may_have_applied()),
+            Vec::new(),
+        ),
     }
 }
 
@@ -2923,7 +3097,10 @@ impl Consumer<'_> {
                 // holds the running jobs' deliveries; Redis: a broker on
                 // the new lists.
                 match self.broker.set_queues(&qs) {
-                    Ok(()) => tracing::warn!("remote control: consuming [{}]", qs.join(", ")),
+                    Ok(()) => {
+                        tracing::warn!("remote control: consuming [{}]", qs.join(", "));
+                        *self.shared.queues.lock().unwrap_or_else(|e| e.into_inner()) = Some(qs);
+                    }
                     Err(e) => tracing::error!("remote control: cannot change queues: {e}"),
                 }
             }

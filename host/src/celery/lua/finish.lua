@@ -92,7 +92,8 @@ while a <= #ARGV do
       -- The first write of the script: where Redis refuses one when out
       -- of memory, before anything is changed.
       if ttl > 0 then
-        redis.call('SETEX', key, ttl, result)
+        -- ARGV[1] as it came: a Lua number would be formatted again.
+        redis.call('SETEX', key, ARGV[1], result)
       else
         redis.call('SET', key, result)
       end

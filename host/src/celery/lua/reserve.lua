@@ -33,16 +33,22 @@
 -- ARGV[1] how many at most, ARGV[2] the lease in seconds,
 -- ARGV[3] how many to mark running, ARGV[4] the marks' head ("ttl\n"),
 -- ARGV[5] their tail ("\nwho, running it since when")
--- ARGV[6 .. 5+#lists] the queue name of each list (the routing key when
---   a message carries none)
+-- ARGV[6 .. 5+#lists] the queue name of each list
 -- ARGV[6+#lists ..] fresh delivery tags, one per message
 -- Returns a flat array: tag, raw message, list index (1-based), marked
 -- (1/0) per message; tag '' marks an element that is not a JSON object (it
 -- was popped and is not recorded: nothing could ever restore or run it).
--- The exchange, routing key and task id are read without decoding the
--- whole envelope when each key occurs exactly once with a plain string
--- value (kombu's envelopes: the body is base64, so it holds no quotes);
--- anything else is decoded with cjson (and not marked here).
+--
+-- The `unacked` entry is kombu's `[envelope, exchange, routing_key]` with
+-- exchange '' and the routing key the queue it was popped from (issue 26:
+-- the envelope's own routing fields are not parsed): kombu's restore and
+-- ours look up '' as "the queue named by the routing key", so the message
+-- goes back to the queue it came from (rather than to every queue its
+-- exchange binds, which the message's own fields would have restored a
+-- fanout or topic message to). The task id of a "running here" mark is
+-- read without decoding the envelope when "id" occurs exactly once with a
+-- plain string value (kombu's envelopes: the body is base64, so it holds
+-- no quotes); otherwise the message is not marked here.
 local function one(raw, key)
   local quoted = '"' .. key .. '"'
   local s1, e1 = string.find(raw, quoted, 1, true)
@@ -52,23 +58,15 @@ local function one(raw, key)
   return v
 end
 
-local function fields(raw)
-  if string.sub(raw, 1, 1) == '{' and string.sub(raw, -1) == '}' then
-    local ex, rk = one(raw, 'exchange'), one(raw, 'routing_key')
-    if ex and rk then return true, ex, rk end
-  end
+-- A list element is recorded only when it is a JSON object (anything else
+-- could never be restored or run): one that starts with '{' and ends with
+-- '}' is taken as one unread (a kombu envelope always is; the host reads
+-- it next and acks one it cannot read as a message); anything else is
+-- decoded to know.
+local function object(raw)
+  if string.sub(raw, 1, 1) == '{' and string.sub(raw, -1) == '}' then return true end
   local ok, msg = pcall(cjson.decode, raw)
-  if not ok or type(msg) ~= 'table' then return false end
-  local ex, rk = nil, nil
-  local p = msg['properties']
-  if type(p) == 'table' then
-    local di = p['delivery_info']
-    if type(di) == 'table' then
-      if type(di['exchange']) == 'string' then ex = di['exchange'] end
-      if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
-    end
-  end
-  return true, ex, rk
+  return ok and type(msg) == 'table'
 end
 
 -- TIME before writes: Redis before 5 replicates whole scripts and refuses
@@ -79,6 +77,8 @@ local max = tonumber(ARGV[1])
 local tomark = tonumber(ARGV[3]) or 0
 local t = redis.call('TIME')
 local now = math.ceil(tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(ARGV[2]) or 0))
+-- As text once: Redis would format the number again for every score.
+now = string.format('%d', now)
 local nlists = #KEYS - 4
 local spare = 6 + nlists
 local lmpop = true
@@ -138,6 +138,8 @@ end
 
 local out = {}
 local entries, scores, marks = {}, {}, {}
+-- Per list: the end of its entries (exchange '', routing key its queue).
+local tails = {}
 local n = 0
 local from = 1
 while n < max and from <= nlists do
@@ -151,16 +153,14 @@ while n < max and from <= nlists do
   end
   for _, raw in ipairs(els) do
     n = n + 1
-    local ok, ex, rk = fields(raw)
     local tag = ''
     local marked = 0
-    if ok then
+    if object(raw) then
       tag = ARGV[spare] or ('billiard-' .. now .. '-' .. n)
       spare = spare + 1
-      ex = ex or ''
-      rk = rk or ARGV[5 + j]
+      if not tails[j] then tails[j] = ',"",' .. cjson.encode(ARGV[5 + j]) .. ']' end
       entries[#entries + 1] = tag
-      entries[#entries + 1] = '[' .. raw .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']'
+      entries[#entries + 1] = '[' .. raw .. tails[j]
       scores[#scores + 1] = now
       scores[#scores + 1] = tag
       if tomark > 0 then

@@ -129,6 +129,23 @@ pub trait Transport: Send {
         ttl_s: u64,
         repeated: bool,
     ) -> Result<Vec<Finished>, BrokerError>;
+    /// [`Transport::finish`], and in the same round trip a reserve of up
+    /// to `max` messages ([`Transport::reserve`]) for the pool slots the
+    /// batch's successes freed (issue 26: one call per task at prefetch
+    /// x1). The reserve's own failure comes as the inner error, the finish
+    /// done. A transport that cannot do both in one step only finishes
+    /// (nothing reserved: the consumer reserves for those slots).
+    fn finish_reserve(
+        &mut self,
+        batch: &[Finish],
+        ttl_s: u64,
+        repeated: bool,
+        _max: usize,
+        _lease: Duration,
+        _mark: &self::redis::RunMarks<'_>,
+    ) -> Result<self::redis::FinishReserved, BrokerError> {
+        Ok((self.finish(batch, ttl_s, repeated)?, Ok(Vec::new())))
+    }
     /// Acks messages (no result, no follow-up).
     fn ack(&mut self, tags: &[String]) -> Result<(), BrokerError>;
     /// Puts messages back on their queue; returns how many went back.
@@ -393,6 +410,19 @@ impl Transport for RedisTransport {
         repeated: bool,
     ) -> Result<Vec<Finished>, BrokerError> {
         self::redis::finish(self.broker.link(), batch, ttl_s, repeated)
+    }
+
+    fn finish_reserve(
+        &mut self,
+        batch: &[Finish],
+        ttl_s: u64,
+        repeated: bool,
+        max: usize,
+        lease: Duration,
+        mark: &self::redis::RunMarks<'_>,
+    ) -> Result<self::redis::FinishReserved, BrokerError> {
+        self.broker
+            .finish_reserve(batch, ttl_s, repeated, max, lease, mark)
     }
 
     fn ack(&mut self, tags: &[String]) -> Result<(), BrokerError> {

@@ -19,7 +19,10 @@
 //!   tag, so a duplicated envelope is two reservations and a late finish
 //!   never acks someone else's reservation of the same message;
 //! - **finish** is one Lua script (`lua/finish.lua`): result + PUBLISH +
-//!   follow-up messages + ack at once when the backend is the broker;
+//!   follow-up messages + ack at once when the backend is the broker; the
+//!   worker's finisher runs it with the reserve for the slots it frees in
+//!   one script call (`lua/finish_reserve.lua`,
+//!   [`RedisBroker::finish_reserve`]);
 //! - a lost connection is re-opened with backoff by every [`Link`].
 //!
 //! Waiting for work: Lua cannot block, so an idle consumer blocks on
@@ -79,6 +82,16 @@ const FINISH_LUA: &str = include_str!("../lua/finish.lua");
 const RESTORE_LUA: &str = include_str!("../lua/restore.lua");
 const UNLOCK_LUA: &str = include_str!("../lua/unlock.lua");
 const RENEW_LUA: &str = include_str!("../lua/renew.lua");
+/// `lua/finish.lua` and `lua/reserve.lua` as functions of their own KEYS
+/// and ARGV, called one after the other by `lua/finish_reserve.lua`.
+const FINISH_RESERVE_LUA: &str = concat!(
+    "pcall(redis.replicate_commands)\nlocal function finish(KEYS, ARGV)\n",
+    include_str!("../lua/finish.lua"),
+    "\nend\nlocal function reserve(KEYS, ARGV)\n",
+    include_str!("../lua/reserve.lua"),
+    "\nend\n",
+    include_str!("../lua/finish_reserve.lua"),
+);
 
 /// A broker or backend failure.
 #[derive(Debug, thiserror::Error)]
@@ -366,8 +379,15 @@ pub struct Link {
 struct Scripts;
 
 impl Scripts {
-    fn all() -> [&'static str; 5] {
-        [RESERVE_LUA, FINISH_LUA, RESTORE_LUA, UNLOCK_LUA, RENEW_LUA]
+    fn all() -> [&'static str; 6] {
+        [
+            RESERVE_LUA,
+            FINISH_LUA,
+            RESTORE_LUA,
+            UNLOCK_LUA,
+            RENEW_LUA,
+            FINISH_RESERVE_LUA,
+        ]
     }
 }
 
@@ -684,8 +704,29 @@ impl RedisBroker {
         lease: Duration,
         mark: &RunMarks<'_>,
     ) -> Result<Vec<Reserved>, BrokerError> {
-        if max == 0 || self.queues.is_empty() {
+        let Some(call) = self.reserve_call(max, lease, mark) else {
             return Ok(Vec::new());
+        };
+        let reply: Vec<RValue> = self.link.run(|c| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha(RESERVE_LUA)).arg(call.nkeys());
+            call.keys(&mut cmd);
+            call.argv(&mut cmd);
+            cmd.query(c)
+        })?;
+        call.parse(&reply)
+    }
+
+    /// The lists, arguments and fresh tags of one `lua/reserve.lua` call;
+    /// None when there is nothing to reserve.
+    fn reserve_call(
+        &mut self,
+        max: usize,
+        lease: Duration,
+        mark: &RunMarks<'_>,
+    ) -> Option<ReserveCall> {
+        if max == 0 || self.queues.is_empty() {
+            return None;
         }
         let n = self.queues.len();
         let start = self.rotate % n;
@@ -697,62 +738,86 @@ impl RedisBroker {
                 lists.push((protocol::queue_key(q, step), q.clone()));
             }
         }
-        let spares: Vec<String> = (0..max).map(|_| protocol::new_id()).collect();
-        let now = lease_arg(lease);
-        let head = format!("{}\n", mark.ttl_s);
-        let tail = format!("\n{}", mark.who);
-        let reply: Vec<RValue> = self.link.run(|c| {
+        Some(ReserveCall {
+            lists,
+            max,
+            lease: lease_arg(lease),
+            marks: mark.count.min(max),
+            head: format!("{}\n", mark.ttl_s),
+            tail: format!("\n{}", mark.who),
+            spares: (0..max).map(|_| protocol::new_id()).collect(),
+        })
+    }
+
+    /// Finishes `batch` (as [`finish`]) and, in the same script call and
+    /// round trip, reserves up to `max` messages (as
+    /// [`RedisBroker::reserve`]) for the pool slots its successes freed
+    /// (`lua/finish_reserve.lua`). The finish's outcome is the call's: an
+    /// error means nothing is known of either part (a lost reply: the
+    /// messages it may have reserved come back once their lease lapses).
+    /// The reserve's own refusal (a queue key of another type) comes as
+    /// the inner error, the finish done. A batch of more than one script
+    /// call's messages (256) is finished alone.
+    pub fn finish_reserve(
+        &mut self,
+        batch: &[Finish],
+        ttl_s: u64,
+        repeated: bool,
+        max: usize,
+        lease: Duration,
+        mark: &RunMarks<'_>,
+    ) -> Result<FinishReserved, BrokerError> {
+        if batch.is_empty() || batch.len() > FINISH_CHUNK {
+            return Ok((
+                finish(&mut self.link, batch, ttl_s, repeated)?,
+                Ok(Vec::new()),
+            ));
+        }
+        let Some(call) = self.reserve_call(max, lease, mark) else {
+            return Ok((
+                finish(&mut self.link, batch, ttl_s, repeated)?,
+                Ok(Vec::new()),
+            ));
+        };
+        let fkeys = finish_nkeys(batch);
+        let fargs = finish_nargs(batch);
+        let reply: RValue = self.link.run(|c| {
             let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(sha(RESERVE_LUA))
-                .arg(4 + lists.len())
-                .arg(UNACKED)
-                .arg(UNACKED_INDEX)
-                .arg(LEASES)
-                .arg(RUNNING);
-            for (l, _) in &lists {
-                cmd.arg(l);
-            }
-            cmd.arg(max)
-                .arg(now)
-                .arg(mark.count.min(max))
-                .arg(&head)
-                .arg(&tail);
-            for (_, q) in &lists {
-                cmd.arg(q);
-            }
-            for s in &spares {
-                cmd.arg(s);
-            }
+            cmd.arg(sha(FINISH_RESERVE_LUA))
+                .arg(fkeys.saturating_add(call.nkeys()));
+            finish_keys(&mut cmd, batch);
+            call.keys(&mut cmd);
+            cmd.arg(fkeys).arg(fargs);
+            finish_argv(&mut cmd, batch, ttl_s, repeated);
+            call.argv(&mut cmd);
             cmd.query(c)
         })?;
-        let mut out = Vec::with_capacity(reply.len() / 4);
-        for t in reply.chunks(4) {
-            let [tag, raw, idx, marked] = t else {
+        let RValue::Array(parts) = reply else {
+            return Err(BrokerError::Reply(
+                "finish and reserve answered no pair".into(),
+            ));
+        };
+        let (done, got, refused) = match parts.as_slice() {
+            [done, got] => (done, got, None),
+            [done, got, why] => (done, got, bytes(why)),
+            _ => {
                 return Err(BrokerError::Reply(
-                    "reserve returned a partial quadruple".into(),
-                ));
-            };
-            let tag = bytes(tag).map(|b| String::from_utf8_lossy(&b).into_owned());
-            let raw = bytes(raw);
-            let idx = match idx {
-                RValue::Int(i) => usize::try_from(*i).unwrap_or(0),
-                _ => 0,
-            };
-            let (Some(tag), Some(raw)) = (tag, raw) else {
-                return Err(BrokerError::Reply("reserve returned a non-string".into()));
-            };
-            let queue = lists
-                .get(idx.wrapping_sub(1))
-                .map(|(_, q)| q.clone())
-                .unwrap_or_default();
-            out.push(Reserved {
-                tag,
-                raw,
-                queue,
-                marked: matches!(marked, RValue::Int(1)),
-            });
-        }
-        Ok(out)
+                    "finish and reserve answered no pair".into(),
+                ))
+            }
+        };
+        let done: Vec<i64> = redis::from_redis_value_ref(done)
+            .map_err(|e| BrokerError::Reply(format!("finish answered {e}")))?;
+        let finished = finished_of(&done, batch.len())?;
+        let reserved = match (got, refused) {
+            (_, Some(why)) => Err(BrokerError::Reply(format!(
+                "the reserve was refused: {}",
+                String::from_utf8_lossy(&why)
+            ))),
+            (RValue::Array(els), None) => call.parse(els),
+            (other, None) => Err(BrokerError::Reply(format!("reserve answered {other:?}"))),
+        };
+        Ok((finished, reserved))
     }
 
     /// Blocks up to `timeout` until the first queue's main list has a
@@ -848,47 +913,82 @@ pub fn finish(
     let hash = sha(FINISH_LUA);
     let replies: Vec<Vec<i64>> = link.run(|c| {
         let mut pipe = redis::pipe();
-        for chunk in batch.chunks(256) {
-            let nkeys: usize = 5 + chunk.iter().map(|f| 1 + f.send.len()).sum::<usize>();
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(hash)
-                .arg(nkeys)
-                .arg(UNACKED)
-                .arg(UNACKED_INDEX)
-                .arg(LEASES)
-                .arg(RESTORED)
-                .arg(RUNNING);
-            for f in chunk {
-                match &f.result {
-                    Some((k, _)) => cmd.arg(k),
-                    None => cmd.arg(protocol::RESULT_KEY_PREFIX),
-                };
-                for (l, _) in &f.send {
-                    cmd.arg(l);
-                }
-            }
-            cmd.arg(ttl_s).arg(if repeated { "1" } else { "0" });
-            for f in chunk {
-                cmd.arg(&f.tag);
-                match &f.result {
-                    Some((_, v)) => cmd.arg(v),
-                    None => cmd.arg(""),
-                };
-                cmd.arg(f.send.len());
-                for (_, m) in &f.send {
-                    cmd.arg(m);
-                }
-            }
+        for chunk in batch.chunks(FINISH_CHUNK) {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(hash).arg(finish_nkeys(chunk));
+            finish_keys(&mut cmd, chunk);
+            finish_argv(&mut cmd, chunk, ttl_s, repeated);
+            pipe.add_command(cmd);
         }
         pipe.query(c)
     })?;
     let flat: Vec<i64> = replies.into_iter().flatten().collect();
-    if flat.len() != batch.len() * 3 {
+    finished_of(&flat, batch.len())
+}
+
+/// Messages per `lua/finish.lua` call.
+const FINISH_CHUNK: usize = 256;
+
+/// What [`RedisBroker::finish_reserve`] did: the finish's outcome per
+/// message, and the messages reserved (or why none could be).
+pub type FinishReserved = (Vec<Finished>, Result<Vec<Reserved>, BrokerError>);
+
+/// How many KEYS `lua/finish.lua` takes for `chunk`.
+fn finish_nkeys(chunk: &[Finish]) -> usize {
+    chunk
+        .iter()
+        .map(|f| f.send.len().saturating_add(1))
+        .fold(5usize, usize::saturating_add)
+}
+
+/// How many ARGV `lua/finish.lua` takes for `chunk`.
+fn finish_nargs(chunk: &[Finish]) -> usize {
+    chunk
+        .iter()
+        .map(|f| f.send.len().saturating_add(3))
+        .fold(2usize, usize::saturating_add)
+}
+
+/// `lua/finish.lua`'s KEYS for `chunk` (see the script).
+fn finish_keys(cmd: &mut redis::Cmd, chunk: &[Finish]) {
+    cmd.arg(UNACKED)
+        .arg(UNACKED_INDEX)
+        .arg(LEASES)
+        .arg(RESTORED)
+        .arg(RUNNING);
+    for f in chunk {
+        match &f.result {
+            Some((k, _)) => cmd.arg(k),
+            None => cmd.arg(protocol::RESULT_KEY_PREFIX),
+        };
+        for (l, _) in &f.send {
+            cmd.arg(l);
+        }
+    }
+}
+
+/// `lua/finish.lua`'s ARGV for `chunk`.
+fn finish_argv(cmd: &mut redis::Cmd, chunk: &[Finish], ttl_s: u64, repeated: bool) {
+    cmd.arg(ttl_s).arg(if repeated { "1" } else { "0" });
+    for f in chunk {
+        cmd.arg(&f.tag);
+        match &f.result {
+            Some((_, v)) => cmd.arg(v),
+            None => cmd.arg(""),
+        };
+        cmd.arg(f.send.len());
+        for (_, m) in &f.send {
+            cmd.arg(m);
+        }
+    }
+}
+
+/// `lua/finish.lua`'s flat {stored, held, unsent} triples, read.
+fn finished_of(flat: &[i64], n: usize) -> Result<Vec<Finished>, BrokerError> {
+    if flat.len() != n.saturating_mul(3) {
         return Err(BrokerError::Reply(format!(
-            "finish answered {} values for {} messages",
+            "finish answered {} values for {n} messages",
             flat.len(),
-            batch.len()
         )));
     }
     flat.chunks(3)
@@ -907,6 +1007,80 @@ pub fn finish(
             })
         })
         .collect()
+}
+
+/// One `lua/reserve.lua` call's lists and arguments
+/// ([`RedisBroker::reserve`]).
+struct ReserveCall {
+    /// (list key, its queue) in pop order.
+    lists: Vec<(String, String)>,
+    max: usize,
+    lease: String,
+    marks: usize,
+    head: String,
+    tail: String,
+    /// A fresh delivery tag per message.
+    spares: Vec<String>,
+}
+
+impl ReserveCall {
+    fn nkeys(&self) -> usize {
+        self.lists.len().saturating_add(4)
+    }
+
+    fn keys(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(UNACKED).arg(UNACKED_INDEX).arg(LEASES).arg(RUNNING);
+        for (l, _) in &self.lists {
+            cmd.arg(l);
+        }
+    }
+
+    fn argv(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.max)
+            .arg(&self.lease)
+            .arg(self.marks)
+            .arg(&self.head)
+            .arg(&self.tail);
+        for (_, q) in &self.lists {
+            cmd.arg(q);
+        }
+        for s in &self.spares {
+            cmd.arg(s);
+        }
+    }
+
+    /// The script's flat (tag, message, list index, marked) quadruples.
+    fn parse(&self, reply: &[RValue]) -> Result<Vec<Reserved>, BrokerError> {
+        let mut out = Vec::with_capacity(reply.len() / 4);
+        for t in reply.chunks(4) {
+            let [tag, raw, idx, marked] = t else {
+                return Err(BrokerError::Reply(
+                    "reserve returned a partial quadruple".into(),
+                ));
+            };
+            let tag = bytes(tag).map(|b| String::from_utf8_lossy(&b).into_owned());
+            let raw = bytes(raw);
+            let idx = match idx {
+                RValue::Int(i) => usize::try_from(*i).unwrap_or(0),
+                _ => 0,
+            };
+            let (Some(tag), Some(raw)) = (tag, raw) else {
+                return Err(BrokerError::Reply("reserve returned a non-string".into()));
+            };
+            let queue = self
+                .lists
+                .get(idx.wrapping_sub(1))
+                .map(|(_, q)| q.clone())
+                .unwrap_or_default();
+            out.push(Reserved {
+                tag,
+                raw,
+                queue,
+                marked: matches!(marked, RValue::Int(1)),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Sets `redelivered` in the headers and delivery_info, as kombu's restore
