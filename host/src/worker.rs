@@ -1055,7 +1055,7 @@ mod tests {
         let mut burst = frame(b"one");
         burst.extend(frame(b""));
         burst.extend(frame(&[7u8; 100_000])); // over the first buffer
-        // The first frame and part of the next one's length.
+                                              // The first frame and part of the next one's length.
         tx.write_all(&burst[..9]).expect("write");
         let body = inbox.next(&rx, 1 << 20).expect("a frame");
         assert_eq!(&inbox.buf[body], b"one");

@@ -132,22 +132,30 @@ mod tests {
         tx.send_all(&mut b);
         let mut got = Vec::new();
         assert!(rx.recv_all(&mut got));
-        assert_eq!(got.len(), 5, "two hand-overs before the thread looked: one batch");
+        assert_eq!(
+            got.len(),
+            5,
+            "two hand-overs before the thread looked: one batch"
+        );
         for job in got.drain(..) {
             job();
         }
-        assert_eq!(*seen.lock().unwrap_or_else(|e| e.into_inner()), [0, 1, 2, 0, 1]);
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|e| e.into_inner()),
+            [0, 1, 2, 0, 1]
+        );
         drop(tx);
-        assert!(!rx.recv_all(&mut got), "the sender is gone and nothing is left");
+        assert!(
+            !rx.recv_all(&mut got),
+            "the sender is gone and nothing is left"
+        );
     }
 
     #[test]
     fn callbacks_handed_over_before_the_sender_goes_still_run() {
         let (tx, rx) = queue();
         let ran = Arc::new(AtomicUsize::new(0));
-        let thread = {
-            std::thread::spawn(move || rx.run())
-        };
+        let thread = { std::thread::spawn(move || rx.run()) };
         for _ in 0..100 {
             let r = ran.clone();
             let mut jobs: Vec<CallbackJob> = vec![
@@ -159,7 +167,9 @@ mod tests {
             tx.send_all(&mut jobs);
         }
         drop(tx);
-        thread.join().expect("the callback thread ends without panicking");
+        thread
+            .join()
+            .expect("the callback thread ends without panicking");
         assert_eq!(ran.load(Ordering::SeqCst), 100);
     }
 }

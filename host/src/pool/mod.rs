@@ -235,13 +235,12 @@ impl Pool {
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let (sup, waker) = match Supervisor::new(
                         sup_cfg,
-                        rx,
+                        (rx, sup_wake_flag),
                         board,
                         cb_tx,
                         sink,
                         sup_live,
                         sup_retries,
-                        sup_wake_flag,
                     ) {
                         Ok(s) => s,
                         Err(e) => {

@@ -167,7 +167,11 @@ fn written_out(q: &mut VecDeque<OutItem>, mut n: usize) {
     while let Some(item) = q.front_mut() {
         let payload: &[u8] = item.payload.as_deref().map_or(&[], |p| p.as_slice());
         let bufs: [&[u8]; 2] = [&item.header, payload];
-        let done = bufs[..item.idx.min(2)].iter().map(|b| b.len()).sum::<usize>() + item.off;
+        let done = bufs[..item.idx.min(2)]
+            .iter()
+            .map(|b| b.len())
+            .sum::<usize>()
+            + item.off;
         let left = (item.header.len() + payload.len()).saturating_sub(done);
         if n < left {
             sys::advance(&bufs, &mut item.idx, &mut item.off, n);

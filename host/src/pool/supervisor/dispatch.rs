@@ -5,11 +5,11 @@
 
 use billiard_plugin_api::{codec, Status};
 
+use super::super::callbacks::{CallbackJob, CallbackSender};
 use super::super::config::PoolConfig;
 use super::super::job::{ChunkBody, ChunkResult, Dispatch, Outcome, Reply};
 use super::super::stats::Stats;
 use super::conn::OutItem;
-use super::super::callbacks::{CallbackJob, CallbackSender};
 use crate::error::{ErrorKind, TaskError};
 use crate::ipc;
 

@@ -218,16 +218,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// `cmds`: the API's command channel and its pending-wake-up flag.
     pub fn new(
         cfg: PoolConfig,
-        rx: Receiver<Cmd>,
+        cmds: (Receiver<Cmd>, WakeFlag),
         board: Scoreboard,
         callbacks: CallbackSender,
         events: EventSink,
         live: LiveGeneration,
         retries: Arc<super::retry::Retries>,
-        wake_flag: WakeFlag,
     ) -> std::io::Result<(Supervisor, Arc<Waker>)> {
+        let (rx, wake_flag) = cmds;
         let poll = Poll::new()?;
         // The OOM-kill counter's baseline: later deaths by an outside
         // SIGKILL are named as OOM kills when it has moved.
