@@ -282,7 +282,7 @@ fn inspect_reports_the_new_field_absent_for_an_old_plugin() {
 fn u28_an_old_plugin_shows_no_schema() {
     // Built before `task_schema` was appended: its schemas are unknown
     // (`null`, "unknown"), never an empty schema that accepts anything.
-    let p = Plugin::load(old_plugin()).expect("the old plugin loads");
+    let p = Plugin::load_with_schemas(old_plugin()).expect("the old plugin loads");
     assert!(p.info().tasks.iter().all(|t| t.schema.is_none()));
     let old = old_plugin().to_string_lossy().into_owned();
     let out = host(["inspect", "--json", &old]);

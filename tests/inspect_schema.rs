@@ -323,3 +323,21 @@ fn u28_a_task_left_out_of_export_plugin_warns_at_compile_time() {
         "{text}"
     );
 }
+
+/// Issue 26: a plugin loaded to run (a pool's zygote, `Plugin::load`) is
+/// not asked for its schemas (schemars built them at every pool start, the
+/// first result's time); `inspect`'s loader asks for them.
+#[test]
+fn u26_schemas_are_built_only_when_asked_for() {
+    use billiard_host::Plugin;
+    let math = plugin("math");
+    let run = Plugin::load(&math).expect("math loads");
+    assert!(run.info().tasks.iter().all(|t| t.schema.is_none()));
+    let shown = Plugin::load_with_schemas(&math).expect("math loads");
+    let square = shown.info().tasks.iter().find(|t| t.name == "square");
+    assert!(square.expect("math has square").schema.is_some());
+    assert_eq!(
+        task(&inspect_json(&plugin_str("math")), "square")["schema"]["args"]["type"],
+        "array"
+    );
+}

@@ -431,6 +431,20 @@ impl FrameReader {
     /// Reads what is available from `r` (until WouldBlock). Returns false
     /// at EOF.
     pub fn fill(&mut self, r: &mut impl std::io::Read) -> std::io::Result<bool> {
+        self.fill_from(r, true)
+    }
+
+    /// [`FrameReader::fill`] that stops after a read that did not fill
+    /// the room it was given: the stream had no more just then, and what
+    /// comes later is a new edge of an edge-triggered poll. Saves the
+    /// read that would say WouldBlock (a syscall per wake-up of the
+    /// supervisor, issue 26). An EOF behind the data is seen only by a
+    /// draining `fill`: use that when the poll said the peer closed.
+    pub fn fill_available(&mut self, r: &mut impl std::io::Read) -> std::io::Result<bool> {
+        self.fill_from(r, false)
+    }
+
+    fn fill_from(&mut self, r: &mut impl std::io::Read, drain: bool) -> std::io::Result<bool> {
         loop {
             if self.start == self.end {
                 self.start = 0;
@@ -449,9 +463,15 @@ impl FrameReader {
                 .min(buffered.max(READ_CHUNK) * 2)
                 .max(READ_CHUNK);
             self.reserve(grow);
+            let room = self.buf.len() - self.end;
             match r.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Ok(false),
-                Ok(n) => self.end += n,
+                Ok(n) => {
+                    self.end += n;
+                    if !drain && n < room {
+                        return Ok(true);
+                    }
+                }
                 Err(e) => match e.kind() {
                     std::io::ErrorKind::WouldBlock => return Ok(true),
                     std::io::ErrorKind::Interrupted => continue,
@@ -668,6 +688,43 @@ mod tests {
         assert_eq!(r.next_frame().unwrap(), Some(Frame::Done(d, b"ok")));
         assert_eq!(r.next_frame().unwrap(), Some(Frame::Exit));
         assert_eq!(r.next_frame().unwrap(), None);
+    }
+
+    /// Reads as a socket does: what has arrived per call, then WouldBlock.
+    struct Arrivals(std::collections::VecDeque<Vec<u8>>, usize);
+
+    impl std::io::Read for Arrivals {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 += 1;
+            match self.0.pop_front() {
+                Some(b) => {
+                    buf[..b.len()].copy_from_slice(&b);
+                    Ok(b.len())
+                }
+                None => Err(std::io::ErrorKind::WouldBlock.into()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_read_ends_fill_available_without_the_read_that_would_block() {
+        let exit = encode_exit().to_vec();
+        let mut r = FrameReader::new(1 << 20);
+        let mut s = Arrivals(vec![exit.clone(), exit.clone()].into(), 0);
+        assert!(r.fill_available(&mut s).unwrap());
+        assert_eq!(s.1, 1, "one read: it was short");
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Exit));
+        assert_eq!(r.next_frame().unwrap(), None);
+        // A draining fill reads on to WouldBlock.
+        assert!(r.fill(&mut s).unwrap());
+        assert_eq!(s.1, 3);
+        assert_eq!(r.next_frame().unwrap(), Some(Frame::Exit));
+        // A read that filled the room it was given is not the end.
+        let big = vec![0u8; READ_CHUNK];
+        let mut s = Arrivals(vec![big, exit].into(), 0);
+        let mut r = FrameReader::new(1 << 20);
+        assert!(r.fill_available(&mut s).unwrap());
+        assert_eq!(s.1, 2);
     }
 
     #[test]

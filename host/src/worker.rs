@@ -5,7 +5,6 @@
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -205,35 +204,23 @@ impl Worker {
     }
 
     fn serve(&mut self) -> ! {
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut out: RVec<u8> = RVec::with_capacity(64 * 1024);
         // The shared-memory arena for large payloads (`crate::shm`), once
         // the supervisor sends one; fds arrive with an ARENA frame's bytes.
         let mut arena: Option<shm::WorkerArena> = None;
-        let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut inbox = Inbox::new();
         loop {
-            let mut len = [0u8; 4];
-            fds.clear();
-            if let Err(e) = sys::shm::recv_exact_with_fds(&self.sock, &mut len, &mut fds) {
+            let body = match inbox.next(&self.sock, self.params.max_frame) {
+                Ok(body) => body,
                 // EOF: the supervisor closed our socket; that is our cue.
-                let code = if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    0
-                } else {
-                    exit_code::PROTOCOL
-                };
-                leave(code);
-            }
-            let len = u32::from_le_bytes(len) as usize;
-            if len > self.params.max_frame {
-                eprintln!("billiard worker: frame of {len} bytes exceeds the limit");
-                leave(exit_code::PROTOCOL);
-            }
-            buf.clear();
-            buf.resize(len, 0);
-            if self.sock.read_exact(&mut buf).is_err() {
-                leave(exit_code::PROTOCOL);
-            }
-            let (h, args) = match ipc::decode_body(&buf) {
+                Err(InboxEnd::Eof) => leave(0),
+                Err(InboxEnd::TooLarge(len)) => {
+                    eprintln!("billiard worker: frame of {len} bytes exceeds the limit");
+                    leave(exit_code::PROTOCOL);
+                }
+                Err(InboxEnd::Broken) => leave(exit_code::PROTOCOL),
+            };
+            let (h, args) = match ipc::decode_body(&inbox.buf[body]) {
                 Ok(Frame::Run(h, args)) => (h, args),
                 Ok(Frame::RunShm(h, at)) => match arena.as_ref().and_then(|a| a.args(at)) {
                     Some(args) => (h, args),
@@ -248,7 +235,7 @@ impl Worker {
                 Ok(Frame::Arena(info)) => {
                     // The old mapping goes first (all its jobs are answered).
                     drop(arena.take());
-                    match shm::WorkerArena::map(info, std::mem::take(&mut fds)) {
+                    match shm::WorkerArena::map(info, std::mem::take(&mut inbox.fds)) {
                         Ok(a) => arena = Some(a),
                         Err(e) => {
                             eprintln!(
@@ -349,6 +336,111 @@ impl Worker {
                 eprintln!("billiard worker: cannot restore its signal state: {e}");
                 leave(exit_code::SETUP);
             }
+        }
+    }
+}
+
+/// What the worker reads from its socket: whole frames, as many per
+/// `recvmsg` as have arrived (the supervisor writes a worker's new frames
+/// together: prefetched jobs come in one read, not two reads each, issue
+/// 26), with the fds that came with them (an ARENA frame's memfds).
+struct Inbox {
+    buf: Vec<u8>,
+    /// The unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Fds received and not yet taken by an ARENA frame.
+    fds: Vec<OwnedFd>,
+}
+
+/// Why [`Inbox::next`] has no frame.
+#[derive(Debug, PartialEq, Eq)]
+enum InboxEnd {
+    /// The supervisor closed the socket between frames: our cue to go.
+    Eof,
+    /// A frame announced over the frame limit (its length).
+    TooLarge(usize),
+    /// EOF mid-frame, or the socket failed.
+    Broken,
+}
+
+const INBOX_BYTES: usize = 64 * 1024;
+
+impl Inbox {
+    fn new() -> Inbox {
+        Inbox {
+            buf: vec![0; INBOX_BYTES],
+            start: 0,
+            end: 0,
+            fds: Vec::new(),
+        }
+    }
+
+    /// The next frame's body (after its length prefix) as a range of
+    /// `buf`, read from `sock` as needed; valid until the next call.
+    fn next(
+        &mut self,
+        sock: &impl AsRawFd,
+        max_frame: usize,
+    ) -> Result<std::ops::Range<usize>, InboxEnd> {
+        loop {
+            let have = self.end - self.start;
+            let need = match self.buf.get(self.start..self.start + 4) {
+                Some(len) if have >= 4 => {
+                    let mut b = [0u8; 4];
+                    b.copy_from_slice(len);
+                    let len = u32::from_le_bytes(b) as usize;
+                    if len > max_frame {
+                        return Err(InboxEnd::TooLarge(len));
+                    }
+                    let need = len.saturating_add(4);
+                    if have >= need {
+                        let body = self.start + 4..self.start + need;
+                        self.start += need;
+                        return Ok(body);
+                    }
+                    need
+                }
+                _ => 4,
+            };
+            self.make_room(need);
+            self.read(sock)?;
+        }
+    }
+
+    /// Room in `buf` for `need` bytes from the first unread one.
+    fn make_room(&mut self, need: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            // Every frame received is read: fds still here came with none
+            // that takes them (only an ARENA frame does).
+            self.fds.clear();
+            // A huge frame's buffer is not kept (it counts as the
+            // worker's own memory).
+            if self.buf.len() > OUT_RETAIN {
+                self.buf = vec![0; INBOX_BYTES];
+            }
+        }
+        if self.buf.len() - self.start < need {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() < need {
+                self.buf.resize(need, 0);
+            }
+        }
+    }
+
+    fn read(&mut self, sock: &impl AsRawFd) -> Result<(), InboxEnd> {
+        match sys::recv_with_fds(sock, &mut self.buf[self.end..]) {
+            Ok(Some((n, fds))) => {
+                self.end += n;
+                self.fds.extend(fds);
+                Ok(())
+            }
+            Ok(None) if self.start == self.end => Err(InboxEnd::Eof),
+            Ok(None) | Err(_) => Err(InboxEnd::Broken),
         }
     }
 }
@@ -971,4 +1063,46 @@ fn chunk_tick() {
     // A failed write is the supervisor gone: the worker's own next write
     // ends it.
     let _ = send_piece(&mut p, None, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn frames_written_together_are_read_together_and_in_order() {
+        let (mut tx, rx) = UnixStream::pair().expect("socketpair");
+        let mut inbox = Inbox::new();
+        let mut burst = frame(b"one");
+        burst.extend(frame(b""));
+        burst.extend(frame(&[7u8; 100_000])); // over the first buffer
+                                              // The first frame and part of the next one's length.
+        tx.write_all(&burst[..9]).expect("write");
+        let body = inbox.next(&rx, 1 << 20).expect("a frame");
+        assert_eq!(&inbox.buf[body], b"one");
+        tx.write_all(&burst[9..]).expect("write");
+        let body = inbox.next(&rx, 1 << 20).expect("a frame");
+        assert!(body.is_empty());
+        let body = inbox.next(&rx, 1 << 20).expect("a frame");
+        assert_eq!(inbox.buf[body].len(), 100_000);
+        // A frame over the limit is refused before its bytes are read.
+        tx.write_all(&frame(&[1u8; 10])).expect("write");
+        assert_eq!(inbox.next(&rx, 9), Err(InboxEnd::TooLarge(10)));
+        let body = inbox.next(&rx, 10).expect("a frame");
+        assert_eq!(&inbox.buf[body], &[1u8; 10]);
+        // Between frames, EOF is the cue; mid-frame it is broken.
+        tx.write_all(&frame(b"cut")[..5]).expect("write");
+        drop(tx);
+        assert_eq!(inbox.next(&rx, 1 << 20), Err(InboxEnd::Broken));
+        let (tx, rx) = UnixStream::pair().expect("socketpair");
+        drop(tx);
+        assert_eq!(Inbox::new().next(&rx, 1 << 20), Err(InboxEnd::Eof));
+    }
 }

@@ -145,7 +145,7 @@ fn color_choice(when: ColorWhen) -> ColorChoice {
 pub fn run(args: Args) -> i32 {
     // In a child process: the plugin's own code may end or block the
     // loading process (see `inspect::load_isolated`).
-    let info = match load_isolated(&args.plugin, load_timeout(&args)) {
+    let info = match load_isolated(&args.plugin, load_timeout(&args), false) {
         Ok(info) => info,
         Err(e) => return usage(e),
     };

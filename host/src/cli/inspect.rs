@@ -46,7 +46,7 @@ pub fn run(args: Args) -> i32 {
         eprintln!("error: no plugin given");
         return exit::USAGE;
     };
-    let info = match load_isolated(plugin, args.load_timeout) {
+    let info = match load_isolated(plugin, args.load_timeout, true) {
         Ok(info) => info,
         Err(e) => {
             eprintln!("error: {e}");

@@ -99,7 +99,7 @@ pub fn run(
     // for `run` (loaded in a child: its constructor may misbehave).
     let mut infos = Vec::with_capacity(plan.plugins.len());
     for p in &plan.plugins {
-        match load_isolated(p, plan.load_timeout) {
+        match load_isolated(p, plan.load_timeout, false) {
             Ok(info) => infos.push(info),
             Err(e) => return exit::usage(e),
         }

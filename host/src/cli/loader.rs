@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 
 /// The hidden first argument that makes this executable a plugin loader.
 pub const LOADER_ARG: &str = "__billiard_load_plugin";
+/// The loader's optional argument after the path: the tasks' JSON Schemas
+/// are asked for too (only `inspect` shows them; building them is not
+/// free, see `Plugin::load_with_schemas`).
+pub const SCHEMAS_ARG: &str = "--schemas";
 
 /// How long, after the loader ended, its forwarded stderr may take to reach
 /// its end (a child the plugin started may hold the pipe open for ever).
@@ -32,9 +36,9 @@ enum LoaderAnswer {
     Refused(PluginLoadError),
 }
 
-/// `billiard-host __billiard_load_plugin PLUGIN`: loads the plugin in this
-/// process and prints the answer; never returns.
-pub fn loader_main(path: &Path) -> ! {
+/// `billiard-host __billiard_load_plugin PLUGIN [--schemas]`: loads the
+/// plugin in this process and prints the answer; never returns.
+pub fn loader_main(path: &Path, schemas: bool) -> ! {
     // The plugin's constructors run here: out of the operator's session
     // first, so they cannot reach its terminal (C2; its stderr is a pipe
     // that load_isolated forwards with control characters escaped).
@@ -47,7 +51,12 @@ pub fn loader_main(path: &Path) -> ! {
         println!();
         billiard_host::__private::exit_now(1)
     }
-    let answer = match Plugin::load(path) {
+    let loaded = if schemas {
+        Plugin::load_with_schemas(path)
+    } else {
+        Plugin::load(path)
+    };
+    let answer = match loaded {
         Ok(p) => LoaderAnswer::Loaded(p.info().clone()),
         Err(e) => LoaderAnswer::Refused(e),
     };
@@ -106,8 +115,13 @@ fn forward_stderr(err: std::process::ChildStderr) -> Option<crossbeam_channel::R
 }
 
 /// Loads `path` in a child process (see the module docs) and returns what
-/// the plugin is, or why it cannot be loaded.
-pub fn load_isolated(path: &Path, timeout: Duration) -> Result<PluginInfo, PluginLoadError> {
+/// the plugin is (with its tasks' schemas if `schemas`), or why it cannot
+/// be loaded.
+pub fn load_isolated(
+    path: &Path,
+    timeout: Duration,
+    schemas: bool,
+) -> Result<PluginInfo, PluginLoadError> {
     let fail = |reason: String| PluginLoadError {
         path: path.to_path_buf(),
         reason,
@@ -120,9 +134,12 @@ pub fn load_isolated(path: &Path, timeout: Duration) -> Result<PluginInfo, Plugi
         std::env::current_exe()
             .map_err(|e| fail(format!("cannot find this executable to load it with: {e}")))?
     };
-    let mut child = Command::new(exe)
-        .arg(LOADER_ARG)
-        .arg(path)
+    let mut cmd = Command::new(exe);
+    cmd.arg(LOADER_ARG).arg(path);
+    if schemas {
+        cmd.arg(SCHEMAS_ARG);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

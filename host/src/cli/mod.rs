@@ -82,8 +82,12 @@ enum Command {
 pub fn main() -> i32 {
     let mut argv = std::env::args_os().skip(1);
     if argv.next().is_some_and(|a| a == loader::LOADER_ARG) {
-        if let (Some(path), None) = (argv.next(), argv.next()) {
-            loader::loader_main(std::path::Path::new(&path));
+        match (argv.next(), argv.next(), argv.next()) {
+            (Some(path), None, None) => loader::loader_main(std::path::Path::new(&path), false),
+            (Some(path), Some(flag), None) if flag == loader::SCHEMAS_ARG => {
+                loader::loader_main(std::path::Path::new(&path), true)
+            }
+            _ => {}
         }
     }
     let cli = match Cli::try_parse() {

@@ -77,6 +77,9 @@ pub struct TaskSpec {
     /// JSON Schemas of its argument array and its result, derived by
     /// `#[task]` from the task's types (issue 28 item 9); `None` (`null`)
     /// for a plugin built before schemas existed: unknown, not "anything".
+    /// Filled only by [`Plugin::load_with_schemas`] (what `inspect`
+    /// shows): [`Plugin::load`], and so a pool, leaves it `None` (building
+    /// them cost every pool's start its first result's time, issue 26).
     #[serde(default)]
     pub schema: Option<TaskSchema>,
 }
@@ -436,9 +439,20 @@ fn check_segments(f: &mut std::fs::File, header: &[u8], elf: Elf, len: u64) -> R
 
 impl Plugin {
     /// Loads a plugin file, Rust or C, checking that it is a billiard
-    /// plugin with a compatible layout and ABI version.
+    /// plugin with a compatible layout and ABI version. Its tasks'
+    /// schemas ([`TaskSpec::schema`]) are not asked for: see
+    /// [`Plugin::load_with_schemas`].
     pub fn load(path: impl AsRef<Path>) -> Result<Plugin, PluginLoadError> {
-        let path = path.as_ref();
+        Plugin::load_opts(path.as_ref(), false)
+    }
+
+    /// [`Plugin::load`], and each task's JSON Schemas too
+    /// ([`TaskSpec::schema`], what `inspect` shows).
+    pub fn load_with_schemas(path: impl AsRef<Path>) -> Result<Plugin, PluginLoadError> {
+        Plugin::load_opts(path.as_ref(), true)
+    }
+
+    fn load_opts(path: &Path, schemas: bool) -> Result<Plugin, PluginLoadError> {
         let fail = |reason: String| PluginLoadError {
             path: path.to_path_buf(),
             reason,
@@ -456,7 +470,7 @@ impl Plugin {
                 (Backend::C(p), info)
             }
             None => {
-                let (p, info) = stable::load(&abs).map_err(fail)?;
+                let (p, info) = stable::load(&abs, schemas).map_err(fail)?;
                 (Backend::Stable(p), info)
             }
         };

@@ -50,8 +50,11 @@ impl PluginMeta {
 }
 
 /// Loads the root module of the library at `abs` (an absolute path) and
-/// describes it; the task table is not yet checked for duplicates.
-pub(super) fn load(abs: &Path) -> Result<(StablePlugin, PluginInfo), String> {
+/// describes it; the task table is not yet checked for duplicates. The
+/// tasks' JSON Schemas are asked for only with `schemas` (schemars builds
+/// them in the plugin: a pool's every start paid for them, and only
+/// `inspect` shows them).
+pub(super) fn load(abs: &Path, schemas: bool) -> Result<(StablePlugin, PluginInfo), String> {
     let header = lib_header_from_path(abs).map_err(explain)?;
     // Checked against the ABI 2 prefix, so that plugins built before a
     // field was appended load too; read through the full layout.
@@ -106,7 +109,7 @@ pub(super) fn load(abs: &Path) -> Result<(StablePlugin, PluginInfo), String> {
         })
         .collect::<Vec<TaskSpec>>();
     // Appended too: absent in older plugins (their schemas stay None).
-    if let Some(schema_of) = module.task_schema() {
+    if let Some(schema_of) = module.task_schema().filter(|_| schemas) {
         let mut text = RVec::new();
         for (i, t) in tasks.iter_mut().enumerate() {
             let Ok(i) = u32::try_from(i) else { break };

@@ -57,6 +57,10 @@ struct SlotState {
     /// per handle: a handle dropped while pending removes its own).
     wakers: Vec<(u64, Waker)>,
     next_key: u64,
+    /// Threads blocked in [`ResultSlot::wait`]: `fill` notifies the
+    /// condition variable only then (a notify is a syscall, paid per job
+    /// by the supervisor otherwise: most slots are never waited on).
+    waiting: u32,
 }
 
 impl ResultSlot {
@@ -67,6 +71,7 @@ impl ResultSlot {
                 callback,
                 wakers: Vec::new(),
                 next_key: 1,
+                waiting: 0,
             }),
             cv: Condvar::new(),
             progress: Default::default(),
@@ -101,8 +106,11 @@ impl ResultSlot {
         let cb = st.callback.take().map(|cb| (cb, outcome.clone()));
         st.outcome = Some(outcome);
         let wakers = std::mem::take(&mut st.wakers);
+        let waiting = st.waiting > 0;
         drop(st);
-        self.cv.notify_all();
+        if waiting {
+            self.cv.notify_all();
+        }
         for (_, w) in wakers {
             w.wake();
         }
@@ -167,11 +175,14 @@ impl ResultSlot {
             if let Some(o) = &st.outcome {
                 return Some(o.clone());
             }
+            // Counted while blocked, under the lock `fill` takes.
+            st.waiting = st.waiting.saturating_add(1);
             match deadline {
                 None => st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
+                        st.waiting = st.waiting.saturating_sub(1);
                         return None;
                     }
                     st = self
@@ -181,6 +192,7 @@ impl ResultSlot {
                         .0;
                 }
             }
+            st.waiting = st.waiting.saturating_sub(1);
         }
     }
 }

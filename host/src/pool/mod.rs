@@ -13,6 +13,7 @@
 mod apply;
 mod async_io;
 mod builder;
+mod callbacks;
 pub(crate) mod config;
 pub(crate) mod events;
 mod handles;
@@ -101,6 +102,8 @@ pub const TEST_PANIC_ENV: &str = "BILLIARD_HOST_TEST_PANIC_SUPERVISOR_AT_JOB";
 pub struct Pool {
     tx: Sender<Cmd>,
     waker: Arc<mio::Waker>,
+    /// Whether a wake-up for commands is pending (`supervisor::WakeFlag`).
+    wake_flag: supervisor::WakeFlag,
     thread: Option<JoinHandle<()>>,
     callback_thread: Option<JoinHandle<()>>,
     /// The generation of plugins the newest zygote loaded (a rolling
@@ -201,16 +204,10 @@ impl Pool {
         };
 
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (cb_tx, cb_rx) = crossbeam_channel::unbounded::<supervisor::CallbackJob>();
+        let (cb_tx, cb_rx) = callbacks::queue();
         let callback_thread = std::thread::Builder::new()
             .name("billiard-callbacks".into())
-            .spawn(move || {
-                for job in cb_rx {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        tracing::error!("a result callback panicked; the pool carries on");
-                    }
-                }
-            })
+            .spawn(move || cb_rx.run())
             .map_err(io("cannot start the callback thread"))?;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let live = supervisor::LiveGeneration::default();
@@ -222,6 +219,8 @@ impl Pool {
         let next_job = Arc::new(AtomicU64::new(1));
         let retries = retry::Retries::new(next_job.clone());
         let sup_retries = retries.clone();
+        let wake_flag = supervisor::WakeFlag::default();
+        let sup_wake_flag = wake_flag.clone();
         // The supervisor thread starts the zygote itself: the zygote dies
         // with the thread that started it (PR_SET_PDEATHSIG), and that
         // thread lives exactly as long as the pool.
@@ -236,7 +235,7 @@ impl Pool {
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let (sup, waker) = match Supervisor::new(
                         sup_cfg,
-                        rx,
+                        (rx, sup_wake_flag),
                         board,
                         cb_tx,
                         sink,
@@ -312,6 +311,7 @@ impl Pool {
         Ok(Pool {
             tx,
             waker,
+            wake_flag,
             thread: Some(thread),
             callback_thread: Some(callback_thread),
             live,
@@ -422,7 +422,13 @@ impl Pool {
             }
             return Err(err);
         }
+        if !self.wake_flag.raise() {
+            // A wake-up is pending: the supervisor drains this command too.
+            return Ok(());
+        }
         self.waker.wake().map_err(|e| {
+            // Not pending after all: the next command tries again.
+            self.wake_flag.lower();
             TaskError::new(
                 ErrorKind::Terminated,
                 format!("cannot wake the supervisor: {e}"),

@@ -231,24 +231,3 @@ pub fn send_with_fds_partial(
         }
     }
 }
-
-/// Fills `buf` from a blocking stream socket, keeping any fds that arrive
-/// with the bytes (SCM_RIGHTS) in `fds`. EOF before the first byte is
-/// `UnexpectedEof`, as with `read_exact`.
-pub fn recv_exact_with_fds(
-    sock: &impl AsRawFd,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        match super::recv_with_fds(sock, &mut buf[got..])? {
-            None => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Some((n, more)) => {
-                got += n;
-                fds.extend(more);
-            }
-        }
-    }
-    Ok(())
-}

@@ -3,6 +3,7 @@
 //! (large arguments go out through it, large results come back through
 //! it).
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -59,9 +60,17 @@ pub(super) enum Inbound {
 }
 
 /// Reads what the socket has into the frame reader; false at EOF (or
-/// when the socket failed).
-pub(super) fn fill(w: &mut Worker) -> bool {
-    w.reader.fill(&mut ReadAdapter(&w.sock)).unwrap_or_default()
+/// when the socket failed). Without `drain`, up to the first short read
+/// (`FrameReader::fill_available`: for a readable event that did not say
+/// the worker closed its end).
+pub(super) fn fill(w: &mut Worker, drain: bool) -> bool {
+    let r = &mut ReadAdapter(&w.sock);
+    let read = if drain {
+        w.reader.fill(r)
+    } else {
+        w.reader.fill_available(r)
+    };
+    read.unwrap_or_default()
 }
 
 /// The next whole frame read from the worker, if any.
@@ -101,20 +110,37 @@ pub(super) fn next(w: &mut Worker, cfg: &PoolConfig) -> Option<Inbound> {
     })
 }
 
-/// Writes what is queued to the worker as far as its socket takes it. A
-/// write error means the worker is gone (its exit report follows): it is
-/// marked broken and its queue dropped.
+/// The most frames one write takes (two iovecs each, within
+/// `sys::writev_from`'s 64).
+const FLUSH_FRAMES: usize = 32;
+
+/// Writes what is queued to the worker as far as its socket takes it,
+/// several frames per write (a worker handed several jobs at once gets
+/// them in one syscall, and reads them in one). A write error means the
+/// worker is gone (its exit report follows): it is marked broken and its
+/// queue dropped.
 pub(super) fn flush(w: &mut Worker) {
     if w.state.broken() {
         return;
     }
     while let Some(item) = w.outq.front_mut() {
-        let payload: &[u8] = item.payload.as_deref().map(|p| p.as_slice()).unwrap_or(&[]);
-        let bufs: [&[u8]; 2] = [&item.header, payload];
         let written = if item.fds.is_empty() {
-            sys::writev_from(&w.sock, &bufs, item.idx, item.off)
+            let mut bufs: Vec<&[u8]> = Vec::with_capacity(2 * FLUSH_FRAMES);
+            for it in w
+                .outq
+                .iter()
+                .take(FLUSH_FRAMES)
+                .take_while(|it| it.fds.is_empty())
+            {
+                bufs.push(&it.header);
+                bufs.push(it.payload.as_deref().map_or(&[], |p| p.as_slice()));
+            }
+            let (idx, off) = w.outq.front().map_or((0, 0), |it| (it.idx, it.off));
+            sys::writev_from(&w.sock, &bufs, idx, off)
         } else {
-            // An ARENA frame: its memfds go with its first byte.
+            // An ARENA frame, alone: its memfds go with its first byte.
+            let payload: &[u8] = item.payload.as_deref().map_or(&[], |p| p.as_slice());
+            let bufs: [&[u8]; 2] = [&item.header, payload];
             let raw: Vec<i32> = item.fds.iter().map(|f| f.as_raw_fd()).collect();
             let n = sys::shm::send_with_fds_partial(&w.sock, &bufs, &raw);
             if n.is_ok() {
@@ -123,12 +149,7 @@ pub(super) fn flush(w: &mut Worker) {
             n
         };
         match written {
-            Ok(n) => {
-                sys::advance(&bufs, &mut item.idx, &mut item.off, n);
-                if item.idx >= bufs.len() {
-                    w.outq.pop_front();
-                }
-            }
+            Ok(n) => written_out(&mut w.outq, n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(_) => {
                 // Broken pipe: the worker is gone; its exit report follows.
@@ -136,6 +157,30 @@ pub(super) fn flush(w: &mut Worker) {
                 w.outq.clear();
                 return;
             }
+        }
+    }
+}
+
+/// `n` more bytes of the queue's front frames were written: the frames
+/// written whole leave the queue, the next one's cursor moves on.
+fn written_out(q: &mut VecDeque<OutItem>, mut n: usize) {
+    while let Some(item) = q.front_mut() {
+        let payload: &[u8] = item.payload.as_deref().map_or(&[], |p| p.as_slice());
+        let bufs: [&[u8]; 2] = [&item.header, payload];
+        let done = bufs[..item.idx.min(2)]
+            .iter()
+            .map(|b| b.len())
+            .sum::<usize>()
+            + item.off;
+        let left = (item.header.len() + payload.len()).saturating_sub(done);
+        if n < left {
+            sys::advance(&bufs, &mut item.idx, &mut item.off, n);
+            return;
+        }
+        n -= left;
+        q.pop_front();
+        if n == 0 {
+            return;
         }
     }
 }
@@ -214,5 +259,38 @@ impl Read for ReadAdapter<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let mut s = self.0;
         s.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(q: &VecDeque<OutItem>) -> Vec<(usize, usize)> {
+        q.iter().map(|it| (it.idx, it.off)).collect()
+    }
+
+    #[test]
+    fn one_write_of_several_frames_moves_the_queue_on_frame_by_frame() {
+        let mut q: VecDeque<OutItem> = VecDeque::new();
+        q.push_back(OutItem::with_payload(vec![1; 3], Arc::new(vec![2; 4])));
+        q.push_back(OutItem::frame(vec![3; 2]));
+        q.push_back(OutItem::with_payload(vec![4; 5], Arc::new(vec![5; 1])));
+        q.push_back(OutItem::with_payload(vec![6; 1], Arc::new(Vec::new())));
+        // Part of the first frame's header.
+        written_out(&mut q, 2);
+        assert_eq!(cursor(&q), [(0, 2), (0, 0), (0, 0), (0, 0)]);
+        // The rest of it and the whole second: two frames leave.
+        written_out(&mut q, 1 + 4 + 2);
+        assert_eq!(cursor(&q), [(0, 0), (0, 0)]);
+        // Into the third's payload.
+        written_out(&mut q, 5);
+        assert_eq!(cursor(&q), [(1, 0), (0, 0)]);
+        // Nothing written moves nothing.
+        written_out(&mut q, 0);
+        assert_eq!(cursor(&q), [(1, 0), (0, 0)]);
+        // The third's last byte and the fourth (an empty payload).
+        written_out(&mut q, 1 + 1);
+        assert!(q.is_empty());
     }
 }

@@ -4,13 +4,12 @@
 //! callbacks go to the callback thread.
 
 use billiard_plugin_api::{codec, Status};
-use crossbeam_channel::Sender;
 
+use super::super::callbacks::{CallbackJob, CallbackSender};
 use super::super::config::PoolConfig;
 use super::super::job::{ChunkBody, ChunkResult, Dispatch, Outcome, Reply};
 use super::super::stats::Stats;
 use super::conn::OutItem;
-use super::CallbackJob;
 use crate::error::{ErrorKind, TaskError};
 use crate::ipc;
 
@@ -71,15 +70,25 @@ pub(super) fn may_wait_for_ready(d: &Dispatch, cfg: &PoolConfig) -> bool {
 /// Where outcomes go, and their count.
 pub(super) struct Delivery {
     pub stats: Stats,
-    callbacks: Sender<CallbackJob>,
+    callbacks: CallbackSender,
+    /// Callbacks of this turn of the event loop, handed to the callback
+    /// thread together ([`Delivery::flush_callbacks`]).
+    pending: Vec<CallbackJob>,
 }
 
 impl Delivery {
-    pub fn new(callbacks: Sender<CallbackJob>) -> Delivery {
+    pub fn new(callbacks: CallbackSender) -> Delivery {
         Delivery {
             stats: Stats::default(),
             callbacks,
+            pending: Vec::new(),
         }
+    }
+
+    /// Hands the callbacks queued since the last call to the callback
+    /// thread (one wake-up of it, if it sleeps).
+    pub fn flush_callbacks(&mut self) {
+        self.callbacks.send_all(&mut self.pending);
     }
 
     /// Whether `payload` is a well-formed piece of chunk `d`: the `n`
@@ -176,7 +185,7 @@ impl Delivery {
         match &d.reply {
             Reply::Slot(slot) => {
                 if let Some((cb, outcome)) = slot.fill(outcome) {
-                    let _ = self.callbacks.send(Box::new(move || cb(&outcome)));
+                    self.pending.push(Box::new(move || cb(&outcome)));
                 }
             }
             Reply::Stream { tx, first_index } => {
@@ -212,11 +221,11 @@ impl Delivery {
     }
 
     /// A progress report of item `i` of the running dispatch `d`.
-    pub fn progress(&self, d: &Dispatch, i: u32, done: u64, total: u64) {
+    pub fn progress(&mut self, d: &Dispatch, i: u32, done: u64, total: u64) {
         match &d.reply {
             Reply::Slot(slot) => {
                 if let Some(hook) = slot.progress.set(done, total) {
-                    let _ = self.callbacks.send(Box::new(move || hook(done, total)));
+                    self.pending.push(Box::new(move || hook(done, total)));
                 }
             }
             Reply::Stream { tx, first_index } => {
@@ -227,5 +236,13 @@ impl Delivery {
                 });
             }
         }
+    }
+}
+
+impl Drop for Delivery {
+    /// What is queued still runs: the supervisor's last turn (a shutdown
+    /// that ends every job) hands its callbacks over here.
+    fn drop(&mut self) {
+        self.flush_callbacks();
     }
 }

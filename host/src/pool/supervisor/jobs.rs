@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use billiard_plugin_api::StopReason;
+use mio::Interest;
 
 use super::super::events::Event;
 use super::super::job::{Dispatch, JobId, WorkerId};
@@ -20,10 +21,22 @@ use crate::ipc;
 
 impl Supervisor {
     pub(super) fn schedule(&mut self) {
-        if self.queue.is_empty() {
-            self.retire_idle_leavers();
-            return;
+        if !self.queue.is_empty() {
+            // The frames go out once per worker, after the queue is
+            // handed out: a worker given several jobs (prefetch, a burst
+            // of submits) gets them in one write (`conn::flush`).
+            let mut sent: Vec<WorkerId> = Vec::new();
+            self.hand_out(&mut sent);
+            for wid in sent {
+                self.flush(wid);
+            }
         }
+        self.retire_idle_leavers();
+    }
+
+    /// Hands queued jobs to workers with room (their frames queued, not
+    /// yet written); the workers given any are in `sent`.
+    fn hand_out(&mut self, sent: &mut Vec<WorkerId>) {
         let prefetch = self.cfg.prefetch.max(1);
         // Least-loaded first: idle workers before ones with prefetched work.
         // A worker still starting (it has not said READY) takes only jobs
@@ -56,6 +69,9 @@ impl Supervisor {
                     let Some(d) = self.queue.pop_front() else {
                         return;
                     };
+                    if !sent.contains(&wid) {
+                        sent.push(wid);
+                    }
                     self.send_dispatch(wid, d);
                     let still_free = self.workers.get(&wid).is_some_and(|w| {
                         w.inflight.len() == depth && !w.state.broken() && w.has_quota(&self.cfg)
@@ -66,7 +82,6 @@ impl Supervisor {
                 }
             }
         }
-        self.retire_idle_leavers();
     }
 
     fn send_dispatch(&mut self, wid: WorkerId, mut d: Dispatch) {
@@ -118,7 +133,7 @@ impl Supervisor {
         if first {
             self.head_started(wid);
         }
-        self.flush(wid);
+        // Written by `schedule`, with the worker's other new frames.
     }
 
     /// The job at the head of a worker's queue starts now: arm its timers.
@@ -155,9 +170,32 @@ impl Supervisor {
         });
     }
 
+    /// Writes the worker's queued frames as far as its socket takes them;
+    /// its socket is watched for room only while some wait.
     pub(super) fn flush(&mut self, wid: WorkerId) {
-        if let Some(w) = self.workers.get_mut(&wid) {
-            conn::flush(w);
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        conn::flush(w);
+        let want = !w.outq.is_empty() && !w.state.broken();
+        if want == w.write_armed || w.state.broken() {
+            return;
+        }
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        // A modification looks at the socket as it is now: room made since
+        // the write that blocked is not missed.
+        match self
+            .poll
+            .registry()
+            .reregister(&mut w.sock, w.sock_token, interest)
+        {
+            Ok(()) => w.write_armed = want,
+            // Tried again at the next flush; the frames wait meanwhile.
+            Err(e) => tracing::warn!("worker {wid}: cannot watch its socket for room: {e}"),
         }
     }
 
@@ -170,7 +208,16 @@ impl Supervisor {
 
     // ----- what workers send ---------------------------------------------
 
+    /// Takes in whatever the worker sent, to the end of what its socket
+    /// holds (and its EOF).
     pub(super) fn worker_readable(&mut self, wid: WorkerId) {
+        self.read_worker(wid, true);
+    }
+
+    /// Takes in what the worker sent; without `drain`, as far as the
+    /// first short read (a readable event that did not say the worker
+    /// closed its end: more, or the EOF, is a new event).
+    pub(super) fn read_worker(&mut self, wid: WorkerId, drain: bool) {
         if self.streams.is_paused(wid) {
             // The consumer of its stream is behind: leave the socket full
             // (the worker's writes block); `resume_streams` reads on.
@@ -179,7 +226,7 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
-        let open = conn::fill(w);
+        let open = conn::fill(w, drain);
         loop {
             let Some(w) = self.workers.get_mut(&wid) else {
                 return;

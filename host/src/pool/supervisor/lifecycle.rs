@@ -345,11 +345,8 @@ impl Supervisor {
         let pidfd_token = self.token();
         let reg = self.poll.registry();
         if reg
-            .register(
-                &mut sock,
-                sock_token,
-                Interest::READABLE | Interest::WRITABLE,
-            )
+            // Writable only while frames wait for room (`Supervisor::flush`).
+            .register(&mut sock, sock_token, Interest::READABLE)
             .is_err()
             || reg
                 .register(&mut output, out_token, Interest::READABLE)
@@ -383,6 +380,7 @@ impl Supervisor {
                 state: WorkerState::Serving,
                 sock,
                 sock_token,
+                write_armed: false,
                 output: Capture::new(output, out_token),
                 reader: FrameReader::new(self.cfg.max_frame),
                 outq: VecDeque::new(),

@@ -87,6 +87,71 @@ const EXIT_REPORT_GRACE: Duration = Duration::from_millis(500);
 /// itself before the pool kills it (see `worker_readable`).
 const EOF_KILL_GRACE: Duration = Duration::from_millis(100);
 
+/// Whether a wake-up of the supervisor for commands is pending: the API
+/// writes the waker (a syscall) only when it raises the flag, so a burst of
+/// submits while the supervisor is busy costs one write, not one per job.
+/// The supervisor lowers it before it drains the channel.
+#[derive(Clone, Default)]
+pub struct WakeFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl WakeFlag {
+    /// Raises the flag; true when it was down, so the caller must wake
+    /// the supervisor. A command sent before a raise that finds it up is
+    /// drained by the wake-up pending (its lowering swap synchronizes
+    /// with this one).
+    pub fn raise(&self) -> bool {
+        !self.0.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Lowers the flag (the supervisor, before it drains the commands).
+    pub fn lower(&self) {
+        self.0.swap(false, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A map keyed by the supervisor's own integers (poll tokens, worker
+/// ids): hashed by a multiply ([`IntHasher`]), not SipHash, which took a
+/// tenth of the loop's CPU (issue 26). The keys are the pool's counters,
+/// never an outsider's choice: nothing to defend against.
+pub(super) type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHasher>>;
+
+/// The hash of [`IntMap`]: FxHash's step (rotate, xor, multiply by an odd
+/// constant) per word.
+#[derive(Default, Clone, Copy)]
+pub(super) struct IntHasher(u64);
+
+impl IntHasher {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+}
+
 /// Requests from the API to the supervisor thread.
 pub enum Cmd {
     Submit(Vec<Dispatch>),
@@ -106,8 +171,7 @@ pub enum Cmd {
     TestPanic(String),
 }
 
-/// Callbacks to run off the supervisor thread.
-pub type CallbackJob = Box<dyn FnOnce() + Send>;
+use super::callbacks::CallbackSender;
 
 /// Where `Pool::restart` waits for its reload to serve or fail.
 pub type ReloadReply = Sender<Result<(), TaskError>>;
@@ -130,7 +194,10 @@ pub struct Supervisor {
     poll: Poll,
     rx: Receiver<Cmd>,
     waker: Arc<Waker>,
-    tokens: HashMap<Token, (WorkerId, Source)>,
+    /// Raised by a command's sender that woke the waker; lowered here
+    /// before the commands are drained (see [`WakeFlag`]).
+    wake_flag: WakeFlag,
+    tokens: IntMap<Token, (WorkerId, Source)>,
     next_token: usize,
     closing: bool,
     queue: VecDeque<Dispatch>,
@@ -151,15 +218,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// `cmds`: the API's command channel and its pending-wake-up flag.
     pub fn new(
         cfg: PoolConfig,
-        rx: Receiver<Cmd>,
+        cmds: (Receiver<Cmd>, WakeFlag),
         board: Scoreboard,
-        callbacks: Sender<CallbackJob>,
+        callbacks: CallbackSender,
         events: EventSink,
         live: LiveGeneration,
         retries: Arc<super::retry::Retries>,
     ) -> std::io::Result<(Supervisor, Arc<Waker>)> {
+        let (rx, wake_flag) = cmds;
         let poll = Poll::new()?;
         // The OOM-kill counter's baseline: later deaths by an outside
         // SIGKILL are named as OOM kills when it has moved.
@@ -173,7 +242,8 @@ impl Supervisor {
                 poll,
                 rx,
                 waker: waker.clone(),
-                tokens: HashMap::new(),
+                wake_flag,
+                tokens: IntMap::default(),
                 next_token: 1,
                 closing: false,
                 queue: VecDeque::new(),
@@ -261,6 +331,9 @@ impl Supervisor {
                 Some(Duration::ZERO)
             };
             let timeout = self.retries.poll_timeout(timeout);
+            // This turn's callbacks go to the callback thread together
+            // (one wake-up for many results) before the loop may sleep.
+            self.delivery.flush_callbacks();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!("supervisor poll failed: {e}");
@@ -271,6 +344,9 @@ impl Supervisor {
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKER {
+                    // Lowered before the drain: a command sent after it
+                    // wakes the loop again.
+                    self.wake_flag.lower();
                     if self.drain_commands() {
                         self.shutdown();
                         return;
@@ -284,8 +360,9 @@ impl Supervisor {
                             if ev.is_writable() {
                                 self.flush(wid);
                             }
-                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                                self.worker_readable(wid);
+                            let closed = ev.is_read_closed() || ev.is_error();
+                            if ev.is_readable() || closed {
+                                self.read_worker(wid, closed);
                             }
                         }
                         Source::Output => self.output_readable(wid),

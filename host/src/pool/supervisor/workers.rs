@@ -3,7 +3,7 @@
 //! size. The kill of a worker (its process group, then its pidfd) exists
 //! here only ([`Worker::kill`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
@@ -142,6 +142,10 @@ pub(super) struct Worker {
     pub state: WorkerState,
     pub sock: mio::net::UnixStream,
     pub sock_token: Token,
+    /// Its socket is watched for room to write: only while frames wait in
+    /// `outq` (every read of the worker frees room; watched always, each
+    /// woke the supervisor for nothing, once per job: issue 26).
+    pub write_armed: bool,
     pub output: Capture,
     pub reader: FrameReader,
     pub outq: VecDeque<OutItem>,
@@ -235,21 +239,21 @@ impl Worker {
 
 /// The workers, their scoreboard slots and the spawns asked for.
 pub(super) struct Workers {
-    pub map: HashMap<WorkerId, Worker>,
+    pub map: super::IntMap<WorkerId, Worker>,
     pub free_slots: Vec<u32>,
     next_worker: u64,
     /// Spawn requests not answered yet: worker id → (slot, zygote generation).
-    pub pending: HashMap<u64, (u32, u64)>,
+    pub pending: super::IntMap<u64, (u32, u64)>,
     pub target: usize,
 }
 
 impl Workers {
     pub fn new(slots: u32, target: usize) -> Workers {
         Workers {
-            map: HashMap::new(),
+            map: Default::default(),
             free_slots: (0..slots).rev().collect(),
             next_worker: 1,
-            pending: HashMap::new(),
+            pending: Default::default(),
             target,
         }
     }
