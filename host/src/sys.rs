@@ -711,14 +711,20 @@ pub fn die_with_parent_by(sig: i32) -> io::Result<()> {
 }
 
 /// Sets the disposition of `sig` (a handler address, `SIG_IGN` or
-/// `SIG_DFL`) with `SA_RESTART` and an empty handler mask.
+/// `SIG_DFL`) with `SA_RESTART`, `SA_ONSTACK` and an empty handler mask.
+/// `SA_ONSTACK`: a handler runs on the thread's alternate signal stack
+/// ([`install_signal_stack`] in a worker), never on the stack the thread
+/// was on: a worker's main thread running Go code (a Go `c-shared`
+/// plugin) is on a goroutine's small stack, which a signal frame of ours
+/// would overflow (Go requires it of every non-Go handler). Without an
+/// alternate stack the flag changes nothing.
 fn set_disposition(sig: i32, handler: libc::sighandler_t) -> io::Result<()> {
     // SAFETY: a zeroed sigaction is valid; `handler` is SIG_IGN, SIG_DFL or
     // one of this module's async-signal-safe `extern "C"` handlers.
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
         act.sa_sigaction = handler;
-        act.sa_flags = libc::SA_RESTART;
+        act.sa_flags = libc::SA_RESTART | libc::SA_ONSTACK;
         libc::sigemptyset(&mut act.sa_mask);
         cvt(libc::sigaction(sig, &act, std::ptr::null_mut()))?;
     }
@@ -761,6 +767,7 @@ pub fn zygote_signal_dispositions() -> io::Result<()> {
 /// SIGSEGV handler would swallow a crash), an empty signal mask; and makes
 /// the worker the subreaper of whatever its tasks start.
 pub fn reset_worker_signals() -> io::Result<()> {
+    install_signal_stack()?;
     for sig in OPERATOR_SIGNALS {
         set_disposition(sig, handler_addr(ignore_signal))?;
     }
@@ -769,6 +776,49 @@ pub fn reset_worker_signals() -> io::Result<()> {
     }
     restore_worker_signals()?;
     become_subreaper()
+}
+
+/// The size of a worker's alternate signal stack: room for the signal
+/// frames of every worker signal nested in each other (each a few KiB
+/// with the CPU's extended state), where Rust's own (a few pages, made
+/// for its stack-overflow report) overflowed once handlers ran on it.
+const WORKER_SIGNAL_STACK: usize = 256 * 1024;
+
+/// Gives the calling thread (a worker's main thread) an alternate signal
+/// stack of [`WORKER_SIGNAL_STACK`] bytes above a guard page, for the
+/// `SA_ONSTACK` handlers of [`set_disposition`] and the crash handler.
+/// Mapped once per worker and never unmapped (the thread keeps using it).
+fn install_signal_stack() -> io::Result<()> {
+    let page = usize::try_from(page_size()).unwrap_or(4096);
+    let len = WORKER_SIGNAL_STACK.saturating_add(page);
+    // SAFETY: an anonymous private mapping of `len` bytes at an address
+    // the kernel picks; the result is checked before use.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the first page of the mapping just made; the stack grows
+    // down towards it, so an overflow faults instead of writing past it.
+    cvt(unsafe { libc::mprotect(base, page, libc::PROT_NONE) })?;
+    let ss = libc::stack_t {
+        // SAFETY: `page` < `len`: the pointer stays inside the mapping.
+        ss_sp: unsafe { base.cast::<u8>().add(page) }.cast(),
+        ss_flags: 0,
+        ss_size: WORKER_SIGNAL_STACK,
+    };
+    // SAFETY: `ss` describes memory that stays mapped for the process's
+    // life; the old stack is not asked for.
+    cvt(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) })?;
+    Ok(())
 }
 
 /// After every job: puts back the part of the worker's signal state that
