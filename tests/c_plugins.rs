@@ -254,16 +254,24 @@ fn a_streaming_c_task_emits_items_then_its_result() {
 
 #[test]
 fn check_runs_golden_cases_on_a_c_plugin() {
-    let c = c_plugin_str("c-example");
-    let cases = common::workspace_root().join("plugins/c-example/cases.jsonl");
-    let out = host(["check", &c, "--cases", cases.to_str().expect("utf-8")]);
+    check_example_cases("c-example", "c_example", 7);
+}
+
+/// `check` over `plugins/EXAMPLE/cases.jsonl`: exit 0, the load line of a
+/// C plugin named `name`, and `passed` cases passed.
+fn check_example_cases(example: &str, name: &str, passed: usize) {
+    let so = c_plugin_str(example);
+    let cases = common::workspace_root().join(format!("plugins/{example}/cases.jsonl"));
+    let out = host(["check", &so, "--cases", cases.to_str().expect("utf-8")]);
     let text = stdout(&out);
     assert_eq!(exit_code(&out), 0, "{text}\n{}", stderr(&out));
     assert!(
-        text.contains("c_example 0.1.0 loads: ABI version 1, a C plugin, billiard_plugin.h 1"),
+        text.contains(&format!(
+            "{name} 0.1.0 loads: ABI version 1, a C plugin, billiard_plugin.h 1"
+        )),
         "{text}"
     );
-    assert!(text.contains("7 passed"), "{text}");
+    assert!(text.contains(&format!("{passed} passed")), "{text}");
 }
 
 #[test]
@@ -782,16 +790,7 @@ fn a_go_nil_dereference_or_panic_is_worker_lost_and_the_other_jobs_finish() {
 
 #[test]
 fn check_runs_golden_cases_on_the_go_plugin() {
-    let go = c_plugin_str("go-example");
-    let cases = common::workspace_root().join("plugins/go-example/cases.jsonl");
-    let out = host(["check", &go, "--cases", cases.to_str().expect("utf-8")]);
-    let text = stdout(&out);
-    assert_eq!(exit_code(&out), 0, "{text}\n{}", stderr(&out));
-    assert!(
-        text.contains("go_example 0.1.0 loads: ABI version 1, a C plugin, billiard_plugin.h 1"),
-        "{text}"
-    );
-    assert!(text.contains("9 passed"), "{text}");
+    check_example_cases("go-example", "go_example", 9);
 }
 
 #[test]
@@ -1012,8 +1011,7 @@ fn operator_signals_to_go_workers_change_nothing() {
     // SIGUSR1 (the stop signal, with no stop asked), SIGTERM, SIGHUP... sent
     // to the zygote and to workers running the Go runtime: the Go runtime's
     // threads keep them blocked, the worker's main thread rides them out.
-    use common::run::{finish, helpers_of, signal, start};
-    use nix::sys::signal::Signal;
+    use common::run::{finish, helpers_of, start};
     use std::io::BufRead;
     let dir = common::celery::unique_temp_dir("go-signals");
     let file = dir.join("in.jsonl");
@@ -1032,18 +1030,7 @@ fn operator_signals_to_go_workers_change_nothing() {
         z.len() == 1 && w.len() == 2
     });
     assert!(found, "no zygote with two workers: {helpers:?}");
-    for sig in [
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGPIPE,
-    ] {
-        for &p in &helpers {
-            signal(p, sig);
-        }
-    }
+    common::run::signal_as_an_operator(&helpers);
     let (rs, err, code) = finish(child, out, first);
     assert_eq!(code, 0, "{rs:?}\n{err}");
     assert_eq!(rs.len(), 10, "{rs:?}");

@@ -147,18 +147,7 @@ fn b9_operator_signals_to_the_zygote_and_workers_change_nothing() {
     // Signals that reach the helpers but not the host (a mistyped pid, a
     // `pkill -f` pattern matching their command line): they are not theirs
     // to act on.
-    for sig in [
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGPIPE,
-    ] {
-        for &p in &helpers {
-            signal(p, sig);
-        }
-    }
+    common::run::signal_as_an_operator(&helpers);
     let (rs, err, code) = finish(child, out, first);
     assert_eq!(code, 0, "{rs:?}\n{err}");
     assert_eq!(

@@ -781,10 +781,7 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
     if s.is_none() {
         return Ok(());
     }
-    if let Some(name) = &s.user {
-        let ids = resolve_user(name)?;
-        let _ = USER_IDS.set(ids);
-    }
+    keep_in_process(s)?;
     if s.isolate {
         os::set_no_new_privs().map_err(setup("PR_SET_NO_NEW_PRIVS"))?;
         os::scrub_environment(&s.keep_env);
@@ -830,9 +827,6 @@ pub fn enter_process_wide(s: &Sandbox) -> Result<(), SandboxError> {
         os::read_only_except(&s.allow_write).map_err(setup("read-only filesystem"))?;
     }
     if s.isolate {
-        // An isolated worker is process 1, and leads group 1, of its own
-        // PID namespace: its filters can be compiled once, here.
-        let _ = PROGRAMS.set((1, seccomp_programs(1)?));
         // Root without capabilities still owns every root-owned file by
         // its mode: no device node but the harmless ones, and no write to
         // sysfs (the workers' fresh /proc is read-only too).
@@ -859,6 +853,14 @@ pub fn reenter_after_exec(s: &Sandbox) -> Result<(), SandboxError> {
     if s.is_none() {
         return Ok(());
     }
+    keep_in_process(s)
+}
+
+/// What the sandbox keeps in this process's memory (gone with an exec,
+/// unlike the layers): the uid/gid `--user` resolves to, and the workers'
+/// seccomp programs (an isolated worker is process 1, and leads group 1,
+/// of its own PID namespace: its filters can be compiled once, here).
+fn keep_in_process(s: &Sandbox) -> Result<(), SandboxError> {
     if let Some(name) = &s.user {
         let ids = resolve_user(name)?;
         let _ = USER_IDS.set(ids);

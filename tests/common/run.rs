@@ -31,6 +31,24 @@ pub fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill({pid}, {sig}): {e}"));
 }
 
+/// Sends every signal an operator sends to "the service" (and the stop
+/// signal, with no stop asked) to each of `pids`: what the pool's helper
+/// processes must ride out without losing a job.
+pub fn signal_as_an_operator(pids: &[i32]) {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
+        for &p in pids {
+            signal(p, sig);
+        }
+    }
+}
+
 /// Reads the rest of a run whose `first` line was read from `out`: (result
 /// lines, stderr, exit code). Stderr is read to its end before the wait;
 /// panics if the child was killed by a signal.
